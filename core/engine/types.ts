@@ -1,0 +1,46 @@
+import type { Dataset } from "../data/dataset";
+import type { WeightLayout } from "../tensor/layout";
+import type { ModelSpec } from "./model-spec";
+
+export interface TrainOptions {
+  readonly epochs: number;
+  readonly batchSize: number;
+  readonly lr: number;
+  /** FedProx μ: adds μ/2·||w − w_global||² to the local loss (Li et al. 2020, "Federated Optimization in
+   *  Heterogeneous Networks"). w_global is the weights the model held when train() was called. */
+  readonly mu?: number;
+  /** Seed for shuffling the local data each epoch. */
+  readonly seed: number;
+  /** Called after each batch with samples done so far (for progress bars). */
+  readonly onProgress?: (samplesDone: number, samplesTotal: number) => void;
+  readonly abortSignal?: AbortSignal;
+}
+
+export interface TrainSummary {
+  /** Mean training loss over the last epoch. */
+  readonly loss: number;
+  /** Training accuracy over the last epoch (classifiers; NaN for the autoencoder). */
+  readonly accuracy: number;
+  readonly samples: number;
+  readonly steps: number;
+  readonly ms: number;
+}
+
+export interface EvalSummary {
+  readonly loss: number;
+  /** Fraction 0..1. The autoencoder reports anomaly-detection accuracy (label 0 = normal). */
+  readonly accuracy: number;
+  readonly n: number;
+}
+
+/** A model on the TensorFlow.js wasm backend whose weights are read and written as one flat vector. */
+export interface LocalModel {
+  readonly spec: ModelSpec;
+  readonly layout: WeightLayout;
+  readonly numParams: number;
+  getWeights(): Float32Array;
+  setWeights(w: Float32Array): void;
+  train(data: Dataset, opts: TrainOptions): Promise<TrainSummary>;
+  evaluate(data: Dataset, batchSize?: number): EvalSummary;
+  dispose(): void;
+}
