@@ -1,0 +1,144 @@
+import { fail } from "../errors";
+import type { FitConfig } from "../strategies/strategy";
+
+/**
+ * Round protocol messages. Every message is one binary frame so that tensors never go through JSON:
+ *
+ *   offset 0  magic "FLT1" (4 bytes)
+ *   offset 4  u32 LE header length H
+ *   offset 8  H bytes of UTF-8 JSON header (with `type`, and `payloadLength` in bytes)
+ *   then zero padding to a multiple of 4, then the float32 LE payload (weights or a delta)
+ *
+ * The same frames cross the in-memory transport of the simulation and, in the IoT Hub transport, are carried
+ * (chunked) in device-to-cloud messages and blobs.
+ */
+export const MAGIC = 0x31544c46; // "FLT1" read as u32 LE
+
+export interface TrainRequest {
+  readonly type: "train";
+  readonly jobId: string;
+  readonly round: number;
+  /** sha256 of the global weights the device must start from. */
+  readonly modelHash: string;
+  readonly layoutHash: string;
+  readonly config: FitConfig;
+  /** Wall-clock deadline (ms since epoch) by which the result must arrive; 0 = none. */
+  readonly deadline: number;
+  readonly weights: Float32Array;
+}
+
+export interface TrainResultMessage {
+  readonly type: "result";
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly layoutHash: string;
+  readonly numSamples: number;
+  readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
+  readonly delta: Float32Array;
+}
+
+export interface TrainFailureMessage {
+  readonly type: "failure";
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly code: string;
+  readonly reason: string;
+}
+
+export type ServerMessage = TrainRequest;
+export type DeviceMessage = TrainResultMessage | TrainFailureMessage;
+export type Message = ServerMessage | DeviceMessage;
+
+const enc = new TextEncoder();
+const dec = new TextDecoder("utf-8", { fatal: true });
+
+export function encodeMessage(msg: Message): Uint8Array {
+  const { payload, header } = splitPayload(msg);
+  const headerBytes = enc.encode(JSON.stringify({ ...header, payloadLength: payload ? payload.byteLength : 0 }));
+  const payloadOffset = align4(8 + headerBytes.length);
+  const out = new Uint8Array(payloadOffset + (payload ? payload.byteLength : 0));
+  const view = new DataView(out.buffer);
+  view.setUint32(0, MAGIC, true);
+  view.setUint32(4, headerBytes.length, true);
+  out.set(headerBytes, 8);
+  if (payload) out.set(new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength), payloadOffset);
+  return out;
+}
+
+/**
+ * Decodes a frame. The payload is a Float32Array view into `bytes` when aligned (no copy), so the aggregator can
+ * stream it straight into its accumulator. Malformed frames throw FlotillaError E_PROTO_* with one line.
+ */
+export function decodeMessage(bytes: Uint8Array): Message {
+  if (bytes.byteLength < 8) fail("E_PROTO_TRUNCATED", `message of ${bytes.byteLength} bytes is shorter than a header`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (view.getUint32(0, true) !== MAGIC) fail("E_PROTO_MAGIC", "message does not start with the FLT1 magic");
+  const headerLength = view.getUint32(4, true);
+  if (8 + headerLength > bytes.byteLength) fail("E_PROTO_TRUNCATED", "message header is truncated");
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(dec.decode(bytes.subarray(8, 8 + headerLength))) as Record<string, unknown>;
+  } catch {
+    return fail("E_PROTO_HEADER", "message header is not valid UTF-8 JSON");
+  }
+  if (typeof header !== "object" || header === null) fail("E_PROTO_HEADER", "message header is not a JSON object");
+  const payloadLength = Number(header.payloadLength ?? 0);
+  const payloadOffset = align4(8 + headerLength);
+  if (!Number.isInteger(payloadLength) || payloadLength < 0 || payloadLength % 4 !== 0) {
+    fail("E_PROTO_HEADER", `message payloadLength ${String(header.payloadLength)} is invalid`);
+  }
+  if (payloadOffset + payloadLength !== bytes.byteLength) {
+    fail(
+      "E_PROTO_TRUNCATED",
+      `message payload has ${bytes.byteLength - payloadOffset} bytes, header says ${payloadLength}`,
+    );
+  }
+  const payload = floatView(bytes, payloadOffset, payloadLength / 4);
+  delete header.payloadLength;
+  switch (header.type) {
+    case "train":
+      requireFields(header, ["jobId", "round", "modelHash", "layoutHash", "config", "deadline"]);
+      return { ...(header as unknown as Omit<TrainRequest, "weights">), weights: payload };
+    case "result":
+      requireFields(header, ["jobId", "round", "deviceId", "layoutHash", "numSamples", "metrics"]);
+      return { ...(header as unknown as Omit<TrainResultMessage, "delta">), delta: payload };
+    case "failure":
+      requireFields(header, ["jobId", "round", "deviceId", "code", "reason"]);
+      return header as unknown as TrainFailureMessage;
+    default:
+      return fail("E_PROTO_TYPE", `unknown message type '${String(header.type)}'`);
+  }
+}
+
+function splitPayload(msg: Message): { header: Record<string, unknown>; payload: Float32Array | null } {
+  switch (msg.type) {
+    case "train": {
+      const { weights, ...header } = msg;
+      return { header, payload: weights };
+    }
+    case "result": {
+      const { delta, ...header } = msg;
+      return { header, payload: delta };
+    }
+    default:
+      return { header: { ...msg }, payload: null };
+  }
+}
+
+function requireFields(h: Record<string, unknown>, names: string[]): void {
+  for (const n of names) {
+    if (h[n] === undefined || h[n] === null) fail("E_PROTO_HEADER", `'${String(h.type)}' message lacks '${n}'`);
+  }
+}
+
+function align4(n: number): number {
+  return (n + 3) & ~3;
+}
+
+function floatView(bytes: Uint8Array, offset: number, length: number): Float32Array {
+  const abs = bytes.byteOffset + offset;
+  if (abs % 4 === 0) return new Float32Array(bytes.buffer, abs, length);
+  return new Float32Array(bytes.slice(offset, offset + length * 4).buffer);
+}

@@ -1,0 +1,200 @@
+import { isFlotillaError } from "../errors";
+import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
+import type { ServerTransport } from "../protocol/transport";
+import type { FitFailure, Strategy } from "../strategies/strategy";
+import { weightsHash, type WeightLayout } from "../tensor/layout";
+
+export interface RoundRecord {
+  readonly round: number;
+  /** Devices asked to train this round. */
+  readonly participants: string[];
+  /** Devices whose update was aggregated. */
+  readonly completed: string[];
+  readonly failures: FitFailure[];
+  /** Test metrics of the new global model (server-side evaluation), NaN when there is no evaluator. */
+  readonly accuracy: number;
+  readonly loss: number;
+  /** Sample-weighted mean of the participants' training loss. */
+  readonly trainLoss: number;
+  readonly uplinkBytes: number;
+  readonly downlinkBytes: number;
+  readonly durationMs: number;
+  /** Longest local training time among completed participants. */
+  readonly slowestTrainMs: number;
+}
+
+export interface ServerEvents {
+  /** A round starts: its participants are known. */
+  onRoundStart?(round: number, participants: readonly string[]): void;
+  /** One device's update arrived (or failed) during a round. */
+  onDeviceDone?(round: number, deviceId: string, ok: boolean): void;
+  onRoundEnd?(record: RoundRecord): void;
+  /** A frame that was rejected (malformed, late, duplicate, wrong layout): logged and counted, never fatal. */
+  onRejected?(code: string, reason: string): void;
+}
+
+export interface JobOptions {
+  readonly jobId: string;
+  readonly rounds: number;
+  readonly layout: WeightLayout;
+  /** A round closes when every participant answered or after this long. */
+  readonly roundTimeoutInMs: number;
+  /** Server-side evaluation of a global model (e.g. on a held-out test set). */
+  readonly evaluate?: (weights: Float32Array) => Promise<{ loss: number; accuracy: number }>;
+  readonly events?: ServerEvents;
+  readonly abortSignal?: AbortSignal;
+}
+
+/**
+ * Drives a federated job: each round the strategy picks participants, the engine sends them the global model
+ * through the transport, streams their updates into the strategy's aggregation as they arrive, and closes the round
+ * when all have answered or the deadline passes (partial participation is part of the contract).
+ */
+export async function runJob(strategy: Strategy, transport: ServerTransport, opts: JobOptions): Promise<RoundRecord[]> {
+  const records: RoundRecord[] = [];
+  for (let round = 1; round <= opts.rounds; round++) {
+    if (opts.abortSignal?.aborted) break;
+    const record = await runRound(strategy, transport, round, opts);
+    records.push(record);
+    opts.events?.onRoundEnd?.(record);
+  }
+  return records;
+}
+
+export async function runRound(
+  strategy: Strategy,
+  transport: ServerTransport,
+  round: number,
+  opts: JobOptions,
+): Promise<RoundRecord> {
+  const t0 = performance.now();
+  const up0 = transport.stats.uplinkBytes;
+  const down0 = transport.stats.downlinkBytes;
+  const available = await transport.listDevices();
+  const instructions = strategy.configureFit(round, available);
+  const participants = instructions.map((i) => i.deviceId);
+  opts.events?.onRoundStart?.(round, participants);
+
+  const global = strategy.weights;
+  const modelHash = weightsHash(global);
+  const deadline = Date.now() + opts.roundTimeoutInMs;
+  const aggregation = strategy.beginAggregate(round);
+  const pending = new Set(participants);
+  const failures: FitFailure[] = [];
+  const completed: string[] = [];
+  let lossSum = 0;
+  let sampleSum = 0;
+  let slowestTrainMs = 0;
+
+  let timer: NodeJS.Timeout | undefined;
+  let off: () => void = () => {};
+  let finishIfDone: () => void = () => {};
+  const onAbort = () => finishIfDone();
+  const done = new Promise<void>((resolve) => {
+    finishIfDone = () => {
+      if (pending.size === 0 || opts.abortSignal?.aborted) resolve();
+    };
+    timer = setTimeout(resolve, opts.roundTimeoutInMs);
+    opts.abortSignal?.addEventListener("abort", onAbort, { once: true });
+    off = transport.onMessage((frame) => {
+      let msg: DeviceMessage;
+      try {
+        const m = decodeMessage(frame);
+        if (m.type === "train") throw Object.assign(new Error("device sent a train request"), { code: "E_PROTO_TYPE" });
+        msg = m;
+      } catch (e) {
+        opts.events?.onRejected?.(codeOf(e), messageOf(e));
+        return;
+      }
+      if (msg.jobId !== opts.jobId || msg.round !== round || !pending.has(msg.deviceId)) {
+        opts.events?.onRejected?.(
+          "E_PROTO_STALE",
+          `update from '${msg.deviceId}' for job ${msg.jobId} round ${msg.round} is not expected (late or duplicate)`,
+        );
+        return;
+      }
+      pending.delete(msg.deviceId);
+      if (msg.type === "failure") {
+        failures.push({ deviceId: msg.deviceId, code: msg.code, reason: msg.reason });
+        opts.events?.onDeviceDone?.(round, msg.deviceId, false);
+      } else {
+        try {
+          if (msg.layoutHash !== opts.layout.hash) {
+            throw Object.assign(new Error(`update from '${msg.deviceId}' has another weight layout`), {
+              code: "E_MODEL_LAYOUT",
+            });
+          }
+          aggregation.add({
+            deviceId: msg.deviceId,
+            numSamples: msg.numSamples,
+            delta: msg.delta,
+            metrics: msg.metrics,
+          });
+          completed.push(msg.deviceId);
+          lossSum += msg.metrics.loss * msg.numSamples;
+          sampleSum += msg.numSamples;
+          slowestTrainMs = Math.max(slowestTrainMs, msg.metrics.trainMs);
+          opts.events?.onDeviceDone?.(round, msg.deviceId, true);
+        } catch (e) {
+          failures.push({ deviceId: msg.deviceId, code: codeOf(e), reason: messageOf(e) });
+          opts.events?.onRejected?.(codeOf(e), messageOf(e));
+          opts.events?.onDeviceDone?.(round, msg.deviceId, false);
+        }
+      }
+      finishIfDone();
+    });
+  });
+
+  for (const ins of instructions) {
+    const frame = encodeMessage({
+      type: "train",
+      jobId: opts.jobId,
+      round,
+      modelHash,
+      layoutHash: opts.layout.hash,
+      config: ins.config,
+      deadline,
+      weights: global,
+    });
+    try {
+      await transport.send(ins.deviceId, frame);
+    } catch (e) {
+      pending.delete(ins.deviceId);
+      failures.push({ deviceId: ins.deviceId, code: codeOf(e), reason: messageOf(e) });
+    }
+  }
+  finishIfDone();
+  await done;
+  clearTimeout(timer);
+  off();
+  opts.abortSignal?.removeEventListener("abort", onAbort);
+  for (const id of pending) {
+    failures.push({ deviceId: id, code: "E_ROUND_TIMEOUT", reason: `no update before the round deadline` });
+  }
+  const next = aggregation.finish(failures);
+  if (next !== strategy.weights) strategy.weights.set(next);
+  const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
+  return {
+    round,
+    participants,
+    completed,
+    failures,
+    accuracy: metrics.accuracy,
+    loss: metrics.loss,
+    trainLoss: sampleSum > 0 ? lossSum / sampleSum : NaN,
+    uplinkBytes: transport.stats.uplinkBytes - up0,
+    downlinkBytes: transport.stats.downlinkBytes - down0,
+    durationMs: performance.now() - t0,
+    slowestTrainMs,
+  };
+}
+
+function codeOf(e: unknown): string {
+  if (isFlotillaError(e)) return e.code;
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === "string" ? c : "E_INTERNAL";
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

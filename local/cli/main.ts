@@ -1,0 +1,215 @@
+import { Command, CommanderError, Option } from "commander";
+import { SingleBar, Presets } from "cli-progress";
+import * as path from "node:path";
+import { isFlotillaError, fail } from "../../core/errors";
+import {
+  DEFAULT_CONFIG,
+  PRESETS,
+  nonNegativeInt,
+  nonNegativeNumber,
+  positiveInt,
+  positiveNumber,
+  validateConfig,
+  type SimConfig,
+} from "../sim/config";
+import { simulate, type RoundSummary } from "../sim/simulate";
+import { mb } from "../report/report";
+import { benchTrain } from "../../core/engine/bench";
+import { benchAggregate } from "../../core/tensor/bench-aggregate";
+
+/** Options as commander hands them over: strings, validated by us so every error is one clear line. */
+type RawOptions = Record<string, string | boolean | undefined>;
+
+function buildSimConfig(o: RawOptions): SimConfig {
+  const presetName = (o.preset as string | undefined) ?? undefined;
+  if (presetName !== undefined && !PRESETS[presetName]) {
+    fail("E_CONFIG_VALUE", `unknown preset '${presetName}' (expected one of ${Object.keys(PRESETS).join(", ")})`);
+  }
+  const c: SimConfig = { ...DEFAULT_CONFIG, ...(presetName ? PRESETS[presetName] : {}) };
+  const s = (k: string) => o[k] as string | undefined;
+  if (s("devices") !== undefined) c.devices = positiveInt("devices", s("devices")!);
+  if (s("rounds") !== undefined) c.rounds = positiveInt("rounds", s("rounds")!);
+  if (s("clientsPerRound") !== undefined) c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!);
+  if (s("dataset") !== undefined) c.dataset = s("dataset")!;
+  if (s("model") !== undefined) c.model = s("model")!;
+  if (s("partition") !== undefined) c.partition = s("partition")!;
+  else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
+  if (s("strategy") !== undefined) c.strategy = s("strategy")!;
+  if (s("localEpochs") !== undefined) c.localEpochs = positiveInt("local-epochs", s("localEpochs")!);
+  if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!);
+  if (s("lr") !== undefined) c.lr = positiveNumber("lr", s("lr")!);
+  if (s("mu") !== undefined) c.mu = nonNegativeNumber("mu", s("mu")!);
+  if (s("serverLr") !== undefined) c.serverLr = positiveNumber("server-lr", s("serverLr")!);
+  if (s("seed") !== undefined) c.seed = nonNegativeInt("seed", s("seed")!);
+  if (s("workers") !== undefined) c.workers = nonNegativeInt("workers", s("workers")!);
+  if (s("samplesPerDevice") !== undefined) {
+    c.samplesPerDevice = positiveInt("samples-per-device", s("samplesPerDevice")!);
+  }
+  if (s("roundTimeout") !== undefined) c.roundTimeoutMs = positiveNumber("round-timeout", s("roundTimeout")!) * 1000;
+  if (s("targetAccuracy") !== undefined) {
+    c.targetAccuracy = nonNegativeNumber("target-accuracy", s("targetAccuracy")!);
+  }
+  if (s("out") !== undefined) c.out = s("out")!;
+  if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
+  return validateConfig(c);
+}
+
+function roundLine(r: RoundSummary, total: number): string {
+  const acc = Number.isFinite(r.accuracy) ? `${(r.accuracy * 100).toFixed(2)}%` : "n/a";
+  const loss = Number.isFinite(r.loss) ? r.loss.toFixed(4) : "n/a";
+  return (
+    `round ${String(r.round).padStart(String(total).length)}/${total}  ` +
+    `participants ${r.completed}/${r.participants.length}  accuracy ${acc.padStart(7)}  loss ${loss}  ` +
+    `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s`
+  );
+}
+
+async function runSimulate(o: RawOptions): Promise<number> {
+  const config = buildSimConfig(o);
+  const interactive = Boolean(process.stderr.isTTY);
+  const bar = new SingleBar(
+    { format: "round {round} [{bar}] {percentage}% | {value}/{total} samples | {eta_formatted} left", hideCursor: true },
+    Presets.shades_classic,
+  );
+  let barActive = false;
+  console.log(
+    `flotilla simulate: ${config.devices} devices, ${config.clientsPerRound} per round, ${config.rounds} rounds, ` +
+      `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
+  );
+  const result = await simulate(config, {
+    onStart: (i) => console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
+    onRoundStart: (round, _p, total) => {
+      if (!interactive) return;
+      bar.start(total, 0, { round });
+      barActive = true;
+    },
+    onProgress: (_round, done) => {
+      if (barActive) bar.update(done);
+    },
+    onRoundEnd: (r) => {
+      if (barActive) {
+        bar.stop();
+        barActive = false;
+      }
+      console.log(roundLine(r, config.rounds));
+    },
+  });
+  const acc = Number.isFinite(result.final.accuracy) ? `${(result.final.accuracy * 100).toFixed(2)}%` : "n/a";
+  console.log(
+    `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}`,
+  );
+  const rejected = Object.entries(result.rejected);
+  if (rejected.length) console.log(`rejected frames: ${rejected.map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  console.log(`results: ${path.join(config.out, "results.json")}`);
+  console.log(`report:  ${path.join(config.out, "report.html")}`);
+  return 0;
+}
+
+async function runBenchTrain(o: RawOptions): Promise<number> {
+  const model = (o.model as string) ?? "mlp";
+  if (!["mlp", "cnn", "cnn1d", "autoencoder"].includes(model)) {
+    fail("E_CONFIG_MODEL", `unknown model '${model}' (expected one of mlp, cnn, cnn1d, autoencoder)`);
+  }
+  const batchSize = positiveInt("batch-size", (o.batchSize as string) ?? "10");
+  const seconds = o.seconds !== undefined ? positiveNumber("seconds", o.seconds as string) : undefined;
+  const r = await benchTrain({ model, batchSize, seconds });
+  if (o.json) console.log(JSON.stringify(r));
+  else console.log(`${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params): ${r.samplesPerSecond.toFixed(1)} samples/s`);
+  return 0;
+}
+
+async function runBenchAggregate(o: RawOptions): Promise<number> {
+  const updates = positiveInt("updates", (o.updates as string) ?? "100");
+  const params = positiveInt("params", (o.params as string) ?? "1000000");
+  const r = benchAggregate({ updates, params });
+  if (o.json) console.log(JSON.stringify(r));
+  else {
+    console.log(
+      `${r.updates} updates x ${r.params.toLocaleString("en-US")} params: ` +
+        `${r.updatesPerSecond.toFixed(1)} updates/s, ${r.gbPerSecond.toFixed(2)} GB/s`,
+    );
+  }
+  return 0;
+}
+
+export function buildProgram(): Command {
+  const program = new Command("flotilla")
+    .description("Federated learning for Azure IoT Edge device fleets")
+    .version(require("../../../package.json").version as string)
+    .exitOverride()
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s.startsWith("error: ") ? `flotilla: ${s.slice(7)}` : s),
+    });
+
+  program
+    .command("simulate")
+    .description("run a federated job on a simulated fleet; writes results.json and report.html")
+    .addOption(new Option("--preset <name>", `start from a preset (${Object.keys(PRESETS).join(", ")})`))
+    .option("--devices <n>", "simulated devices", String(DEFAULT_CONFIG.devices))
+    .option("--rounds <n>", "federated rounds")
+    .option("--clients-per-round <n>", "devices asked to train each round")
+    .option("--dataset <name>", "mnist | sensors | dir:PATH")
+    .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder")
+    .option("--partition <spec>", "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)")
+    .option("--strategy <name>", "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad")
+    .option("--local-epochs <n>", "local epochs per round")
+    .option("--batch-size <n>", "local mini-batch size")
+    .option("--lr <x>", "local learning rate")
+    .option("--mu <x>", "FedProx proximal coefficient")
+    .option("--server-lr <x>", "server learning rate (FedAvgM, FedAdam, FedYogi, FedAdagrad)")
+    .option("--seed <n>", "seed for data, partitions, initialisation and sampling")
+    .option("--workers <n>", "worker threads hosting the devices (0 = main thread)")
+    .option("--samples-per-device <n>", "samples per simulated sensor device")
+    .option("--round-timeout <seconds>", "close a round after this long")
+    .option("--target-accuracy <fraction>", "stop once test accuracy reaches this")
+    .option("--out <dir>", "output directory")
+    .action(async (opts: RawOptions, cmd: Command) => {
+      // --devices has a display default; only count it when given.
+      if (cmd.getOptionValueSource("devices") === "default") delete opts.devices;
+      exitCode = await runSimulate(opts);
+    });
+
+  const bench = program.command("bench").description("measure speed");
+  bench
+    .command("train")
+    .description("local training throughput (samples/s)")
+    .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder", "mlp")
+    .option("--batch-size <n>", "mini-batch size", "10")
+    .option("--seconds <s>", "measuring time")
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchTrain(opts);
+    });
+  bench
+    .command("aggregate")
+    .description("streaming FedAvg aggregation throughput")
+    .option("--updates <n>", "updates per round", "100")
+    .option("--params <n>", "parameters per update", "1000000")
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchAggregate(opts);
+    });
+  return program;
+}
+
+let exitCode = 0;
+
+/** Entry point used by bin/flotilla.js. Returns the process exit code; never lets a stack trace reach the user. */
+export async function main(argv: string[]): Promise<number> {
+  exitCode = 0;
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      return e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0 ? 0 : 2;
+    }
+    if (isFlotillaError(e)) {
+      console.error(`flotilla: ${e.code}: ${e.message}`);
+      return 2;
+    }
+    console.error(`flotilla: E_INTERNAL: ${e instanceof Error ? e.message : String(e)}`);
+    return 1;
+  }
+}

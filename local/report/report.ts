@@ -1,0 +1,109 @@
+import * as fs from "node:fs";
+
+/** The slice of a results.json the report draws. */
+export interface ReportInput {
+  config: object;
+  rounds: {
+    round: number;
+    accuracy: number;
+    loss: number;
+    uplinkBytes: number;
+    downlinkBytes: number;
+    durationMs: number;
+    participants: string[];
+    completed?: number;
+  }[];
+  final: { accuracy: number; loss: number; rounds: number; wallMs: number };
+}
+
+let chartJs: string | undefined;
+/** Chart.js (UMD build) from node_modules, inlined so the report opens offline with no CDN. */
+function chartLibrary(): string {
+  chartJs ??= fs.readFileSync(require.resolve("chart.js/dist/chart.umd.min.js"), "utf8");
+  return chartJs;
+}
+
+function esc(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+function pct(v: number): string {
+  return Number.isFinite(v) ? `${(v * 100).toFixed(2)}%` : "n/a";
+}
+
+export function mb(bytes: number): string {
+  return `${(bytes / 1e6).toFixed(2)} MB`;
+}
+
+/** A self-contained HTML report: summary, configuration, and charts of accuracy, loss, bytes and time per round. */
+export function renderReport(r: ReportInput, title = "Flotilla federated training report"): string {
+  const rounds = r.rounds.map((x) => x.round);
+  const series = {
+    rounds,
+    accuracy: r.rounds.map((x) => (Number.isFinite(x.accuracy) ? x.accuracy * 100 : null)),
+    loss: r.rounds.map((x) => (Number.isFinite(x.loss) ? x.loss : null)),
+    up: r.rounds.map((x) => x.uplinkBytes / 1e6),
+    down: r.rounds.map((x) => x.downlinkBytes / 1e6),
+    seconds: r.rounds.map((x) => x.durationMs / 1000),
+  };
+  const totalUp = r.rounds.reduce((a, x) => a + x.uplinkBytes, 0);
+  const totalDown = r.rounds.reduce((a, x) => a + x.downlinkBytes, 0);
+  const configRows = Object.entries(r.config)
+    .filter(([, v]) => typeof v !== "object")
+    .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(String(v))}</td></tr>`)
+    .join("");
+  const roundRows = r.rounds
+    .map(
+      (x) =>
+        `<tr><td>${x.round}</td><td>${x.completed ?? x.participants.length}/${x.participants.length}</td>` +
+        `<td>${pct(x.accuracy)}</td><td>${Number.isFinite(x.loss) ? x.loss.toFixed(4) : "n/a"}</td>` +
+        `<td>${mb(x.uplinkBytes)}</td><td>${mb(x.downlinkBytes)}</td><td>${(x.durationMs / 1000).toFixed(1)}</td></tr>`,
+    )
+    .join("");
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${esc(title)}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#1b1f24}
+h1{font-size:1.5rem}.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #d0d7de;border-radius:8px;padding:.8rem 1.2rem}
+.card b{display:block;font-size:1.4rem}.grid{display:grid;grid-template-columns:1fr 1fr;gap:1.5rem;margin:1.5rem 0}
+table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:left}
+canvas{max-height:320px}
+</style></head><body>
+<h1>${esc(title)}</h1>
+<div class="cards">
+<div class="card">final test accuracy<b>${pct(r.final.accuracy)}</b></div>
+<div class="card">final test loss<b>${Number.isFinite(r.final.loss) ? r.final.loss.toFixed(4) : "n/a"}</b></div>
+<div class="card">rounds<b>${r.final.rounds}</b></div>
+<div class="card">wall time<b>${(r.final.wallMs / 1000).toFixed(1)} s</b></div>
+<div class="card">uplink total<b>${mb(totalUp)}</b></div>
+<div class="card">downlink total<b>${mb(totalDown)}</b></div>
+</div>
+<div class="grid">
+<div><h2>Test accuracy per round</h2><canvas id="acc"></canvas></div>
+<div><h2>Test loss per round</h2><canvas id="loss"></canvas></div>
+<div><h2>Bytes per round</h2><canvas id="bytes"></canvas></div>
+<div><h2>Round wall time</h2><canvas id="time"></canvas></div>
+</div>
+<h2>Rounds</h2>
+<table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th></tr>${roundRows}</table>
+<h2>Configuration</h2><table>${configRows}</table>
+<script>${chartLibrary()}</script>
+<script>
+const S = ${JSON.stringify(series)};
+const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
+  type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
+  options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
+line("acc", "test accuracy (%)", S.accuracy, "#1f77b4", "%");
+line("loss", "test loss", S.loss, "#d62728", "loss");
+line("time", "seconds", S.seconds, "#2ca02c", "s");
+new Chart(document.getElementById("bytes"), { type: "bar", data: { labels: S.rounds, datasets: [
+  { label: "uplink (MB)", data: S.up, backgroundColor: "#ff7f0e" }, { label: "downlink (MB)", data: S.down, backgroundColor: "#9467bd" }] },
+  options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB" } } } } });
+</script>
+</body></html>
+`;
+}
+
+export function writeReport(file: string, r: ReportInput, title?: string): void {
+  fs.writeFileSync(file, renderReport(r, title));
+}

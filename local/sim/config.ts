@@ -1,0 +1,120 @@
+import { fail } from "../../core/errors";
+
+/** Everything that defines a simulated federated job. Serialised into results.json as `config`. */
+export interface SimConfig {
+  devices: number;
+  rounds: number;
+  clientsPerRound: number;
+  /** "mnist", "sensors" or "dir:PATH". */
+  dataset: string;
+  /** mlp | cnn | cnn1d | autoencoder. */
+  model: string;
+  /** iid | shards[:K] | dirichlet:ALPHA; "natural" keeps each simulated sensor device's own data. */
+  partition: string;
+  strategy: string;
+  localEpochs: number;
+  batchSize: number;
+  lr: number;
+  mu: number;
+  serverLr: number;
+  seed: number;
+  /** Worker threads hosting the simulated devices (0 = all in the main thread). */
+  workers: number;
+  /** Samples per simulated sensor device. */
+  samplesPerDevice: number;
+  /** A round closes after this long even if some devices have not answered. */
+  roundTimeoutMs: number;
+  /** Stop early once the test accuracy reaches this fraction (0 = never). */
+  targetAccuracy: number;
+  out: string;
+}
+
+export const DEFAULT_CONFIG: SimConfig = {
+  devices: 20,
+  rounds: 10,
+  clientsPerRound: 10,
+  dataset: "sensors",
+  model: "mlp",
+  partition: "natural",
+  strategy: "fedavg",
+  localEpochs: 1,
+  batchSize: 10,
+  lr: 0.05,
+  mu: 0,
+  serverLr: 1,
+  seed: 42,
+  workers: 2,
+  samplesPerDevice: 200,
+  roundTimeoutMs: 600_000,
+  targetAccuracy: 0,
+  out: "out/simulation",
+};
+
+/** Presets selectable with --preset; explicit flags override them. */
+export const PRESETS: Record<string, Partial<SimConfig>> = {
+  default: { dataset: "sensors", model: "mlp", devices: 20, clientsPerRound: 10, rounds: 10, out: "out/default" },
+  "mnist-mlp": {
+    dataset: "mnist",
+    model: "mlp",
+    devices: 100,
+    clientsPerRound: 10,
+    localEpochs: 5,
+    batchSize: 10,
+    lr: 0.05,
+    partition: "iid",
+  },
+  "mnist-cnn": {
+    dataset: "mnist",
+    model: "cnn",
+    devices: 100,
+    clientsPerRound: 10,
+    localEpochs: 5,
+    batchSize: 10,
+    lr: 0.05,
+    partition: "iid",
+  },
+};
+
+export function positiveInt(name: string, raw: string | number): number {
+  const v = typeof raw === "number" ? raw : Number(raw);
+  if (!Number.isInteger(v) || v <= 0 || String(raw).trim() === "") {
+    fail("E_CONFIG_VALUE", `--${name} must be a positive integer, got '${raw}'`);
+  }
+  return v;
+}
+
+export function nonNegativeInt(name: string, raw: string | number): number {
+  const v = typeof raw === "number" ? raw : Number(raw);
+  if (!Number.isInteger(v) || v < 0 || String(raw).trim() === "") {
+    fail("E_CONFIG_VALUE", `--${name} must be a non-negative integer, got '${raw}'`);
+  }
+  return v;
+}
+
+export function positiveNumber(name: string, raw: string | number): number {
+  const v = typeof raw === "number" ? raw : Number(raw);
+  if (!Number.isFinite(v) || v <= 0 || String(raw).trim() === "") {
+    fail("E_CONFIG_VALUE", `--${name} must be a positive number, got '${raw}'`);
+  }
+  return v;
+}
+
+export function nonNegativeNumber(name: string, raw: string | number): number {
+  const v = typeof raw === "number" ? raw : Number(raw);
+  if (!Number.isFinite(v) || v < 0 || String(raw).trim() === "") {
+    fail("E_CONFIG_VALUE", `--${name} must be a number ≥ 0, got '${raw}'`);
+  }
+  return v;
+}
+
+/** Cross-field checks. */
+export function validateConfig(c: SimConfig): SimConfig {
+  if (c.clientsPerRound > c.devices) {
+    fail("E_CONFIG_VALUE", `--clients-per-round ${c.clientsPerRound} exceeds --devices ${c.devices}`);
+  }
+  if (c.targetAccuracy > 1) fail("E_CONFIG_VALUE", `--target-accuracy is a fraction 0..1, got ${c.targetAccuracy}`);
+  if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
+    fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
+  }
+  return c;
+}

@@ -1,0 +1,83 @@
+import { reshape, subset, type Dataset } from "../../core/data/dataset";
+import { loadDirectory } from "../../core/data/dirloader";
+import { loadMnist } from "../../core/data/mnist";
+import { parsePartition, partition } from "../../core/data/partition";
+import { Rng } from "../../core/data/rng";
+import { generateSensors } from "../../core/data/sensors";
+import { defaultSpec, type ModelSpec } from "../../core/engine/model-spec";
+import { fail } from "../../core/errors";
+import type { SimConfig } from "./config";
+
+export interface FleetData {
+  /** Each simulated device's local training data, index i = device i. */
+  readonly devices: Dataset[];
+  /** Held-out test set for server-side evaluation. */
+  readonly test: Dataset;
+  readonly spec: ModelSpec;
+}
+
+/** Name of simulated device i (zero-padded so names sort in order). */
+export function deviceName(i: number, total: number): string {
+  return `device-${String(i).padStart(Math.max(3, String(total - 1).length), "0")}`;
+}
+
+/**
+ * Builds the fleet's data deterministically from the config, so the main thread and every worker thread compute
+ * exactly the same partitions without shipping data between them.
+ */
+export function loadFleetData(c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model">): FleetData {
+  let devices: Dataset[];
+  let test: Dataset;
+  if (c.dataset === "sensors") {
+    const s = generateSensors({ devices: c.devices, samplesPerDevice: c.samplesPerDevice, seed: c.seed });
+    test = s.test;
+    if (c.partition === "natural") {
+      devices = s.devices;
+    } else {
+      devices = repartition(concat(s.devices), c);
+    }
+  } else if (c.dataset === "mnist") {
+    const m = loadMnist();
+    test = m.test;
+    devices = repartition(m.train, c);
+  } else if (c.dataset.startsWith("dir:")) {
+    const all = loadDirectory(c.dataset.slice(4));
+    // A fixed 20% of the rows (seeded) is held out for evaluation.
+    const rng = new Rng(c.seed ^ 0x5eed);
+    const order = rng.shuffle(Int32Array.from({ length: all.n }, (_, i) => i));
+    const nTest = Math.max(1, Math.floor(all.n * 0.2));
+    if (all.n - nTest < c.devices) {
+      fail("E_CONFIG_VALUE", `directory has ${all.n} rows: too few for ${c.devices} devices and a test split`);
+    }
+    test = subset(all, order.subarray(0, nTest));
+    devices = repartition(subset(all, order.subarray(nTest)), c);
+  } else {
+    return fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
+  }
+  const spec = defaultSpec(c.model, test.inputShape, test.numClasses);
+  const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
+  return { devices: devices.map(view), test: view(test), spec };
+}
+
+function repartition(pool: Dataset, c: Pick<SimConfig, "devices" | "partition" | "seed">): Dataset[] {
+  const spec = parsePartition(c.partition === "natural" ? "iid" : c.partition);
+  return partition(pool.y, c.devices, spec, c.seed).map((idx) => subset(pool, idx));
+}
+
+function concat(parts: Dataset[]): Dataset {
+  const n = parts.reduce((a, d) => a + d.n, 0);
+  const size = parts[0].x.length / Math.max(1, parts[0].n);
+  const x = new Float32Array(n * size);
+  const y = new Int32Array(n);
+  let o = 0;
+  for (const d of parts) {
+    x.set(d.x, o * size);
+    y.set(d.y, o);
+    o += d.n;
+  }
+  return { ...parts[0], x, y, n };
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}

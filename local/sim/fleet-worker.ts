@@ -1,0 +1,51 @@
+/**
+ * Worker-thread entry: hosts simulated devices. It rebuilds the fleet's data from the config (deterministic), keeps
+ * one model on the wasm backend, and trains whichever device a request is addressed to, one request at a time.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { initBackend } from "../../core/engine/backend";
+import { createModel } from "../../core/engine/models";
+import { DeviceRuntime } from "../../core/round/device";
+import type { SimConfig } from "./config";
+import { deviceName, loadFleetData } from "./data";
+import type { ToWorker, FromWorker } from "./worker-fleet";
+
+async function main(): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error("fleet-worker must run in a worker thread");
+  const config = workerData as SimConfig;
+  const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
+  try {
+    await initBackend();
+    const data = loadFleetData(config);
+    const model = await createModel(data.spec, config.seed);
+    let lastProgress = 0;
+    const runtimes = data.devices.map(
+      (d, i) =>
+        new DeviceRuntime(deviceName(i, config.devices), d, model, (deviceId, done, total) => {
+          const now = Date.now();
+          if (now - lastProgress >= 100 || done === total) {
+            lastProgress = now;
+            post({ kind: "progress", deviceId, done, total });
+          }
+        }),
+    );
+    const byName = new Map(runtimes.map((r) => [r.deviceId, r]));
+    let queue: Promise<void> = Promise.resolve();
+    port.on("message", (m: ToWorker) => {
+      if (m.kind !== "train") return;
+      queue = queue.then(async () => {
+        const rt = byName.get(m.deviceId);
+        if (!rt) return;
+        const reply = await rt.handle(m.frame);
+        const buf = reply.buffer as ArrayBuffer;
+        post({ kind: "reply", deviceId: m.deviceId, frame: reply }, [buf]);
+      });
+    });
+    post({ kind: "ready", devices: runtimes.map((r) => ({ deviceId: r.deviceId, numSamples: r.numSamples })) });
+  } catch (e) {
+    post({ kind: "error", message: e instanceof Error ? e.message : String(e), code: (e as { code?: string }).code });
+  }
+}
+
+void main();

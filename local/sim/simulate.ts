@@ -1,0 +1,151 @@
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { initBackend } from "../../core/engine/backend";
+import { createModel } from "../../core/engine/models";
+import type { ServerTransport } from "../../core/protocol/transport";
+import { runJob, type RoundRecord, type ServerEvents } from "../../core/round/server";
+import { createStrategy } from "../../core/strategies/registry";
+import { writeReport } from "../report/report";
+import type { SimConfig } from "./config";
+import { loadFleetData } from "./data";
+import { WorkerFleet, startInProcessFleet } from "./worker-fleet";
+
+export interface RoundSummary {
+  round: number;
+  participants: string[];
+  completed: number;
+  failures: { deviceId: string; code: string; reason: string }[];
+  accuracy: number;
+  loss: number;
+  trainLoss: number;
+  uplinkBytes: number;
+  downlinkBytes: number;
+  durationMs: number;
+  slowestTrainMs: number;
+}
+
+export interface SimulationResult {
+  config: SimConfig & { modelSpec: unknown; params: number; layoutHash: string };
+  rounds: RoundSummary[];
+  final: { accuracy: number; loss: number; rounds: number; wallMs: number };
+  rejected: Record<string, number>;
+}
+
+export interface SimulationReporter {
+  onStart?(info: { devices: number; params: number; testSamples: number }): void;
+  onRoundStart?(round: number, participants: readonly string[], totalSamples: number): void;
+  onProgress?(round: number, samplesDone: number): void;
+  onRoundEnd?(r: RoundSummary): void;
+}
+
+/** Runs a federated job on a simulated fleet and writes results.json and report.html into config.out. */
+export async function simulate(config: SimConfig, reporter: SimulationReporter = {}): Promise<SimulationResult> {
+  const t0 = performance.now();
+  await initBackend();
+  const data = loadFleetData(config);
+  const evalModel = await createModel(data.spec, config.seed);
+  const initial = evalModel.getWeights();
+  reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
+
+  const strategy = createStrategy(config.strategy, {
+    clientsPerRound: config.clientsPerRound,
+    fit: { epochs: config.localEpochs, batchSize: config.batchSize, lr: config.lr, mu: config.mu },
+    serverLr: config.serverLr,
+    seed: config.seed,
+  });
+  strategy.initialize(initial);
+
+  // Progress: samples trained so far this round, summed over devices.
+  let round = 0;
+  const doneByDevice = new Map<string, number>();
+  let doneTotal = 0;
+  const onProgress = (deviceId: string, done: number) => {
+    doneTotal += done - (doneByDevice.get(deviceId) ?? 0);
+    doneByDevice.set(deviceId, done);
+    reporter.onProgress?.(round, doneTotal);
+  };
+  const samplesOf = new Map<string, number>();
+  let transport: ServerTransport;
+  if (config.workers > 0) {
+    transport = await WorkerFleet.start(config, onProgress);
+  } else {
+    transport = await startInProcessFleet(config, data, onProgress);
+  }
+  for (const d of await transport.listDevices()) samplesOf.set(d.deviceId, d.numSamples ?? 0);
+
+  const rejected: Record<string, number> = {};
+  const summaries: RoundSummary[] = [];
+  const abort = new AbortController();
+  const events: ServerEvents = {
+    onRoundStart: (r, participants) => {
+      round = r;
+      doneByDevice.clear();
+      doneTotal = 0;
+      const total = participants.reduce((a, id) => a + (samplesOf.get(id) ?? 0), 0) * config.localEpochs;
+      reporter.onRoundStart?.(r, participants, total);
+    },
+    onRoundEnd: (rec: RoundRecord) => {
+      const s = summarize(rec);
+      summaries.push(s);
+      reporter.onRoundEnd?.(s);
+      if (config.targetAccuracy > 0 && rec.accuracy >= config.targetAccuracy) abort.abort();
+    },
+    onRejected: (code) => {
+      rejected[code] = (rejected[code] ?? 0) + 1;
+    },
+  };
+  try {
+    await runJob(strategy, transport, {
+      jobId: `sim-${config.seed}`,
+      rounds: config.rounds,
+      layout: evalModel.layout,
+      roundTimeoutInMs: config.roundTimeoutMs,
+      evaluate: async (w) => {
+        evalModel.setWeights(w);
+        return evalModel.evaluate(data.test, 500);
+      },
+      events,
+      abortSignal: abort.signal,
+    });
+  } finally {
+    await transport.close();
+  }
+  const last = summaries[summaries.length - 1];
+  const result: SimulationResult = {
+    config: { ...config, modelSpec: data.spec, params: evalModel.numParams, layoutHash: evalModel.layout.hash },
+    rounds: summaries,
+    final: {
+      accuracy: last ? last.accuracy : NaN,
+      loss: last ? last.loss : NaN,
+      rounds: summaries.length,
+      wallMs: performance.now() - t0,
+    },
+    rejected,
+  };
+  evalModel.dispose();
+  fs.mkdirSync(config.out, { recursive: true });
+  fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
+  writeReport(path.join(config.out, "report.html"), result);
+  return result;
+}
+
+function summarize(r: RoundRecord): RoundSummary {
+  return {
+    round: r.round,
+    participants: r.participants,
+    completed: r.completed.length,
+    failures: r.failures,
+    accuracy: r.accuracy,
+    loss: r.loss,
+    trainLoss: r.trainLoss,
+    uplinkBytes: r.uplinkBytes,
+    downlinkBytes: r.downlinkBytes,
+    durationMs: Math.round(r.durationMs),
+    slowestTrainMs: Math.round(r.slowestTrainMs),
+  };
+}
+
+/** JSON has no NaN: write null instead. */
+function jsonNumbers(_key: string, value: unknown): unknown {
+  return typeof value === "number" && !Number.isFinite(value) ? null : value;
+}

@@ -1,0 +1,129 @@
+import * as path from "node:path";
+import { Worker } from "node:worker_threads";
+import { FlotillaError, fail } from "../../core/errors";
+import type { DeviceTransport, ServerTransport, TransportStats } from "../../core/protocol/transport";
+import { MemoryTransport } from "../../core/protocol/memory-transport";
+import type { ClientInfo } from "../../core/strategies/strategy";
+import { initBackend } from "../../core/engine/backend";
+import { createModel } from "../../core/engine/models";
+import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
+import type { SimConfig } from "./config";
+import { deviceName, type FleetData } from "./data";
+
+export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array };
+export type FromWorker =
+  | { kind: "ready"; devices: { deviceId: string; numSamples: number }[] }
+  | { kind: "reply"; deviceId: string; frame: Uint8Array }
+  | { kind: "progress"; deviceId: string; done: number; total: number }
+  | { kind: "error"; message: string; code?: string };
+
+/**
+ * The simulated fleet as a transport: devices live in worker threads (wasm is single-threaded, so threads are how
+ * the simulation uses every core). Frames are posted between threads (transferred, never shared), and each request
+ * goes to the worker with the fewest requests in flight. Every worker can host every device: the data are rebuilt
+ * deterministically in each worker.
+ */
+export class WorkerFleet implements ServerTransport {
+  readonly stats: TransportStats = { uplinkBytes: 0, downlinkBytes: 0 };
+  private readonly handlers = new Set<(frame: Uint8Array) => void>();
+  private readonly inFlight: number[];
+  private devices: ClientInfo[] = [];
+
+  private constructor(
+    private readonly workers: Worker[],
+    private readonly onProgress?: DeviceProgress,
+  ) {
+    this.inFlight = workers.map(() => 0);
+  }
+
+  static async start(config: SimConfig, onProgress?: DeviceProgress): Promise<WorkerFleet> {
+    const script = path.join(__dirname, "fleet-worker.js");
+    const workers = Array.from({ length: config.workers }, () => new Worker(script, { workerData: config }));
+    const fleet = new WorkerFleet(workers, onProgress);
+    try {
+      const ready = await Promise.all(workers.map((w, i) => fleet.wire(w, i)));
+      fleet.devices = ready[0];
+    } catch (e) {
+      await fleet.close();
+      throw e;
+    }
+    return fleet;
+  }
+
+  private wire(w: Worker, index: number): Promise<ClientInfo[]> {
+    return new Promise((resolve, reject) => {
+      w.on("message", (m: FromWorker) => {
+        switch (m.kind) {
+          case "ready":
+            resolve(m.devices);
+            break;
+          case "error":
+            reject(new FlotillaError(m.code ?? "E_SIM_WORKER", m.message));
+            break;
+          case "progress":
+            this.onProgress?.(m.deviceId, m.done, m.total);
+            break;
+          case "reply":
+            this.inFlight[index]--;
+            this.stats.uplinkBytes += m.frame.byteLength;
+            this.handlers.forEach((h) => h(m.frame));
+            break;
+        }
+      });
+      w.on("error", (e) => reject(new FlotillaError("E_SIM_WORKER", `simulation worker failed: ${e.message}`)));
+    });
+  }
+
+  async listDevices(): Promise<ClientInfo[]> {
+    return this.devices;
+  }
+
+  async send(deviceId: string, frame: Uint8Array): Promise<void> {
+    if (!this.devices.some((d) => d.deviceId === deviceId)) {
+      fail("E_TRANSPORT_UNKNOWN_DEVICE", `unknown device '${deviceId}'`);
+    }
+    let best = 0;
+    for (let i = 1; i < this.inFlight.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    this.inFlight[best]++;
+    this.stats.downlinkBytes += frame.byteLength;
+    const copy = frame.slice();
+    const msg: ToWorker = { kind: "train", deviceId, frame: copy };
+    this.workers[best].postMessage(msg, [copy.buffer as ArrayBuffer]);
+  }
+
+  onMessage(handler: (frame: Uint8Array) => void): () => void {
+    this.handlers.add(handler);
+    return () => this.handlers.delete(handler);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/**
+ * The same fleet in the main thread over the MemoryTransport (used with --workers 0 and in tests): one model,
+ * devices train one after another.
+ */
+export async function startInProcessFleet(
+  config: SimConfig,
+  data: FleetData,
+  onProgress?: DeviceProgress,
+): Promise<MemoryTransport> {
+  await initBackend();
+  const transport = new MemoryTransport();
+  const model = await createModel(data.spec, config.seed);
+  let queue: Promise<void> = Promise.resolve();
+  data.devices.forEach((d, i) => {
+    const deviceId = deviceName(i, config.devices);
+    const rt = new DeviceRuntime(deviceId, d, model, onProgress);
+    const link: DeviceTransport = transport.connect({ deviceId, numSamples: d.n });
+    link.onMessage((frame) => {
+      queue = queue.then(async () => {
+        const reply = await rt.handle(frame);
+        await link.send(reply).catch(() => undefined);
+      });
+    });
+  });
+  return transport;
+}

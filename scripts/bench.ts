@@ -1,0 +1,38 @@
+/**
+ * `npm run bench`: the speed figures of docs/benchmarks.md, measured in one process so ratios are comparable.
+ * Writes bench-out/speed.json and prints a Markdown table. Learning (rounds-to-accuracy) runs are separate:
+ * `node dist/scripts/bench-learning.js` (long).
+ */
+import * as fs from "node:fs";
+import { benchTrain } from "../core/engine/bench";
+import { benchAggregate } from "../core/tensor/bench-aggregate";
+
+const PYTORCH = { mlp: 4171, cnn: 368 } as const; // samples/s, PyTorch 1.13 CPU 2 threads, B=10, this machine class
+
+async function main(): Promise<void> {
+  const rows: string[] = ["| figure | measured | reference | target |", "|---|---|---|---|"];
+  const out: Record<string, unknown> = { date: new Date().toISOString() };
+  for (const model of ["mlp", "cnn"] as const) {
+    const r = await benchTrain({ model, batchSize: 10, seconds: model === "cnn" ? 20 : 10 });
+    out[`train_${model}`] = r;
+    rows.push(
+      `| train ${model} B=10 (samples/s) | ${r.samplesPerSecond.toFixed(0)} | PyTorch ${PYTORCH[model]} ` +
+        `(${((r.samplesPerSecond / PYTORCH[model]) * 100).toFixed(0)}%) | ≥ ${PYTORCH[model] / 2} |`,
+    );
+    console.error(JSON.stringify(r));
+  }
+  const a = benchAggregate({ updates: 100, params: 1_000_000, repeats: 7 });
+  out.aggregate = a;
+  console.error(JSON.stringify(a));
+  rows.push(`| FedAvg 100 x 1M float32 (GB/s) | ${a.gbPerSecond.toFixed(2)} | numpy 16.8; scalar JS ${
+    (a as { referenceGbPerSecond?: number }).referenceGbPerSecond?.toFixed(2) ?? "1.75"
+  } (same run) | ≥ 8 |`);
+  fs.mkdirSync("bench-out", { recursive: true });
+  fs.writeFileSync("bench-out/speed.json", JSON.stringify(out, null, 2));
+  console.log(rows.join("\n"));
+}
+
+main().catch((e) => {
+  console.error(`bench: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});

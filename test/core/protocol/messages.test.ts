@@ -1,0 +1,82 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { decodeMessage, encodeMessage, type TrainRequest } from "../../../core/protocol/messages";
+import { isFlotillaError } from "../../../core/errors";
+
+const request: TrainRequest = {
+  type: "train",
+  jobId: "job-1",
+  round: 3,
+  modelHash: "ab".repeat(32),
+  layoutHash: "cd".repeat(32),
+  config: { epochs: 1, batchSize: 10, lr: 0.1, seed: 7 },
+  deadline: 123,
+  weights: Float32Array.from([1, -2.5, 3.25]),
+};
+
+function codeOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(isFlotillaError(e), `expected a FlotillaError, got ${String(e)}`);
+    return e.code;
+  }
+  assert.fail("expected an error");
+}
+
+test("train request round-trips with its weights", () => {
+  const bytes = encodeMessage(request);
+  const back = decodeMessage(bytes);
+  assert.equal(back.type, "train");
+  if (back.type !== "train") return;
+  assert.deepEqual([...back.weights], [1, -2.5, 3.25]);
+  assert.deepEqual(back.config, request.config);
+  assert.equal(back.round, 3);
+  // Payload starts 4-byte aligned, so the decoder hands out a view, not a copy.
+  assert.equal(back.weights.buffer, bytes.buffer);
+});
+
+test("result and failure messages round-trip", () => {
+  const r = decodeMessage(
+    encodeMessage({
+      type: "result",
+      jobId: "j",
+      round: 1,
+      deviceId: "d1",
+      layoutHash: "h",
+      numSamples: 80,
+      metrics: { loss: 0.5, accuracy: 0.9, trainMs: 12 },
+      delta: new Float32Array([0.5, 0.25]),
+    }),
+  );
+  assert.equal(r.type, "result");
+  if (r.type === "result") assert.deepEqual([...r.delta], [0.5, 0.25]);
+  const f = decodeMessage(
+    encodeMessage({ type: "failure", jobId: "j", round: 1, deviceId: "d1", code: "E_X", reason: "boom" }),
+  );
+  assert.deepEqual(f, { type: "failure", jobId: "j", round: 1, deviceId: "d1", code: "E_X", reason: "boom" });
+});
+
+test("an unaligned frame still decodes (payload copied)", () => {
+  const bytes = encodeMessage(request);
+  const shifted = new Uint8Array(bytes.length + 1).subarray(1);
+  shifted.set(bytes);
+  const back = decodeMessage(shifted);
+  assert.ok(back.type === "train" && back.weights[1] === -2.5);
+});
+
+test("malformed frames are rejected with stable codes", () => {
+  const good = encodeMessage(request);
+  assert.equal(codeOf(() => decodeMessage(new Uint8Array(3))), "E_PROTO_TRUNCATED");
+  const badMagic = good.slice();
+  badMagic[0] ^= 0xff;
+  assert.equal(codeOf(() => decodeMessage(badMagic)), "E_PROTO_MAGIC");
+  assert.equal(codeOf(() => decodeMessage(good.subarray(0, good.length - 4))), "E_PROTO_TRUNCATED");
+  const badJson = good.slice();
+  badJson[8] = 0x7b + 1; // corrupt the '{'
+  assert.equal(codeOf(() => decodeMessage(badJson)), "E_PROTO_HEADER");
+  const unknownType = encodeMessage({ ...request, type: "nope" } as unknown as TrainRequest);
+  assert.equal(codeOf(() => decodeMessage(unknownType)), "E_PROTO_TYPE");
+  const missing = encodeMessage({ type: "failure", jobId: "j", round: 1, deviceId: "d" } as never);
+  assert.equal(codeOf(() => decodeMessage(missing)), "E_PROTO_HEADER");
+});
