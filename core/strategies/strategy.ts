@@ -65,7 +65,7 @@ export interface StrategyOptions {
   readonly serverLr?: number;
   /** Server momentum β (FedAvgM), default 0.9. */
   readonly serverMomentum?: number;
-  /** Adaptive optimizers: β1, β2, τ (Reddi et al. 2021 defaults 0.9, 0.99, 1e-3). */
+  /** Adaptive optimizers: β1, β2, τ (defaults per strategy follow Flower's: see fedopt.ts). */
   readonly beta1?: number;
   readonly beta2?: number;
   readonly tau?: number;

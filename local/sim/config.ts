@@ -15,8 +15,10 @@ export interface SimConfig {
   localEpochs: number;
   batchSize: number;
   lr: number;
-  mu: number;
-  serverLr: number;
+  /** FedProx μ; unset = the strategy's default (FedProx 0.01). */
+  mu?: number;
+  /** Server learning rate; unset = the strategy's default. */
+  serverLr?: number;
   seed: number;
   /** Worker threads hosting the simulated devices (0 = all in the main thread). */
   workers: number;
@@ -40,8 +42,6 @@ export const DEFAULT_CONFIG: SimConfig = {
   localEpochs: 1,
   batchSize: 10,
   lr: 0.05,
-  mu: 0,
-  serverLr: 1,
   seed: 42,
   workers: 2,
   samplesPerDevice: 200,

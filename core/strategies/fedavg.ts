@@ -1,0 +1,257 @@
+/**
+ * FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data"):
+ * each round a uniform sample of the available devices trains locally, and the new global model is
+ * `global + Σ n_k Δ_k / Σ n_k`, the sample-weighted mean of their deltas.
+ *
+ * This class is also the base of every other strategy here (as in Flower, where FedProx, FedAvgM and FedOpt
+ * derive from FedAvg): subclasses override exactly one hook,
+ *   - `fitConfig(round, deviceId)`  what a device is told to do (FedProx adds μ), or
+ *   - `createOptimizer()`           the server step applied to the mean delta (FedAvgM, FedAdam, ...).
+ *
+ * Aggregation streams: each update is validated and folded into one Accumulator, never retained.
+ */
+import { Rng } from "../data/rng";
+import { fail, isFlotillaError } from "../errors";
+import { Accumulator } from "../tensor/accumulator";
+import {
+  checkRound,
+  deviceSeed,
+  roundSeed,
+  validateOptions,
+  type RoundSummary,
+  type ServerOptimizer,
+} from "./base";
+import type {
+  ClientInfo,
+  FitConfig,
+  FitFailure,
+  FitInstruction,
+  FitResult,
+  RoundAggregation,
+  Strategy,
+  StrategyOptions,
+} from "./strategy";
+
+/** FedAvg's server step: the new model is the old one plus the mean delta. Stateless. */
+export class AveragingStep implements ServerOptimizer {
+  reset(): void {}
+  step(global: Float32Array, meanDelta: Float32Array, next: Float32Array): void {
+    for (let i = 0; i < next.length; i++) next[i] = global[i] + meanDelta[i];
+  }
+}
+
+interface OpenRound {
+  readonly round: number;
+  readonly seen: Set<string>;
+  readonly rejected: FitFailure[];
+  accepted: number;
+  totalSamples: number;
+}
+
+/** A round's streaming aggregation; stops working once finished or once a newer round begins. */
+export interface StreamingAggregation extends RoundAggregation {
+  readonly round: number;
+  /** Updates refused so far this round (each one also threw from `add`). */
+  readonly rejected: readonly FitFailure[];
+}
+
+export class FedAvg implements Strategy {
+  readonly name: string = "fedavg";
+  protected readonly options: StrategyOptions;
+  /** Rounds that ended with the global model unchanged (no usable update). */
+  readonly failedRounds: number[] = [];
+  private last: RoundSummary | undefined;
+
+  private readonly optimizer: ServerOptimizer;
+  private global: Float32Array | null = null;
+  private acc: Accumulator | null = null;
+  private meanDelta = new Float32Array(0);
+  private open: OpenRound | null = null;
+
+  constructor(options: StrategyOptions) {
+    validateOptions(options);
+    this.options = options;
+    // Called from the constructor: implementations must only read `options`, not subclass fields.
+    this.optimizer = this.createOptimizer(options);
+  }
+
+  /** The server step; FedAvg's is `global + meanDelta`. */
+  protected createOptimizer(_options: StrategyOptions): ServerOptimizer {
+    return new AveragingStep();
+  }
+
+  /**
+   * The training config sent to `deviceId` for `round`: epochs, batch size and lr, plus a per-device seed.
+   * `fit.mu` is not forwarded: a device given μ trains FedProx's proximal objective, which is FedProx's override.
+   */
+  protected fitConfig(round: number, deviceId: string): FitConfig {
+    const { epochs, batchSize, lr } = this.options.fit;
+    return { epochs, batchSize, lr, seed: deviceSeed(this.options.seed, round, deviceId) };
+  }
+
+  /** Summary of the most recently finished round. */
+  get lastRound(): RoundSummary | undefined {
+    return this.last;
+  }
+
+  get weights(): Float32Array {
+    if (this.global === null) return fail("E_STRATEGY_STATE", `${this.name}: initialize() was not called`);
+    return this.global;
+  }
+
+  initialize(weights: Float32Array): void {
+    if (!(weights instanceof Float32Array) || weights.length === 0) {
+      fail("E_STRATEGY_SIZE", `${this.name}: initial weights must be a non-empty Float32Array`);
+    }
+    if (!allFinite(weights)) {
+      fail("E_STRATEGY_NONFINITE", `${this.name}: initial weights contain NaN or Infinity`);
+    }
+    const n = weights.length;
+    if (this.acc === null || this.acc.size !== n) {
+      this.acc?.dispose();
+      this.acc = new Accumulator(n);
+      this.meanDelta = new Float32Array(n);
+    } else {
+      this.acc.reset();
+    }
+    this.global = weights.slice();
+    this.open = null;
+    this.optimizer.reset(n);
+  }
+
+  /**
+   * Samples min(clientsPerRound, distinct available) devices uniformly without replacement. The draw depends only
+   * on (options.seed, round) and the *set* of available device ids (they are put in a canonical order first), so
+   * replaying a round, or listing the same devices in another order, picks the same devices.
+   */
+  configureFit(round: number, available: readonly ClientInfo[]): FitInstruction[] {
+    checkRound(round);
+    const ids = [...new Set(available.map((c) => c.deviceId))].sort();
+    const rng = new Rng(roundSeed(this.options.seed, round));
+    const picks = rng.sample(ids.length, Math.min(this.options.clientsPerRound, ids.length));
+    return picks.map((i) => ({ deviceId: ids[i], config: this.fitConfig(round, ids[i]) }));
+  }
+
+  /** Starts a round; a round that was begun but not finished is abandoned (its aggregation stops working). */
+  beginAggregate(round: number): StreamingAggregation {
+    checkRound(round);
+    const acc = this.requireAccumulator();
+    acc.reset();
+    const state: OpenRound = { round, seen: new Set(), rejected: [], accepted: 0, totalSamples: 0 };
+    this.open = state;
+    return {
+      round,
+      get count() {
+        return state.accepted;
+      },
+      get rejected() {
+        return state.rejected;
+      },
+      add: (result) => this.addUpdate(state, result),
+      finish: (failures) => this.finishRound(state, failures),
+    };
+  }
+
+  /** Releases the accumulator (which may hold wasm memory). The strategy must be initialized again to be used. */
+  dispose(): void {
+    this.acc?.dispose();
+    this.acc = null;
+    this.global = null;
+    this.open = null;
+  }
+
+  private requireAccumulator(): Accumulator {
+    if (this.acc === null || this.global === null) {
+      return fail("E_STRATEGY_STATE", `${this.name}: initialize() was not called`);
+    }
+    return this.acc;
+  }
+
+  private requireOpen(state: OpenRound): Accumulator {
+    if (this.open !== state) {
+      fail(
+        "E_STRATEGY_STATE",
+        `${this.name}: round ${state.round} aggregation is closed (finished or superseded)`,
+      );
+    }
+    return this.requireAccumulator();
+  }
+
+  private addUpdate(state: OpenRound, r: FitResult): void {
+    const acc = this.requireOpen(state);
+    try {
+      if (state.seen.has(r.deviceId)) {
+        fail("E_STRATEGY_DUPLICATE", `round ${state.round}: a second update from '${r.deviceId}'`);
+      }
+      const d = r.delta;
+      if (!(d instanceof Float32Array) || d.length !== acc.size) {
+        const got = d instanceof Float32Array ? `${d.length} values` : "not a Float32Array";
+        fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' has ${got}, expected ${acc.size} values`);
+      }
+      const n = r.numSamples;
+      if (typeof n !== "number" || !(n > 0 && n <= Number.MAX_SAFE_INTEGER)) {
+        fail(
+          "E_STRATEGY_SAMPLES",
+          `update from '${r.deviceId}' reports ${n} samples (expected a number > 0)`,
+        );
+      }
+      if (!allFinite(d)) {
+        fail(
+          "E_STRATEGY_NONFINITE",
+          `update from '${r.deviceId}' has NaN or Infinity at index ${firstNonFinite(d)}`,
+        );
+      }
+      acc.add(d, n);
+    } catch (e) {
+      if (isFlotillaError(e)) state.rejected.push({ deviceId: r.deviceId, code: e.code, reason: e.message });
+      throw e;
+    }
+    state.seen.add(r.deviceId);
+    state.accepted++;
+    state.totalSamples += r.numSamples;
+  }
+
+  private finishRound(state: OpenRound, failures: readonly FitFailure[]): Float32Array {
+    const acc = this.requireOpen(state);
+    this.open = null;
+    const global = this.weights;
+    const base = { round: state.round, accepted: state.accepted, totalSamples: state.totalSamples };
+    const record = { rejected: state.rejected.slice(), failures: failures.slice() };
+    if (acc.count === 0) {
+      return this.failRound({ ...base, ...record, status: "failed", reason: "no update was aggregated" });
+    }
+    acc.mean(this.meanDelta);
+    const next = new Float32Array(global.length);
+    this.optimizer.step(global, this.meanDelta, next);
+    if (!allFinite(next)) {
+      // Float32 overflow (e.g. a huge delta): keep the model, restart the optimizer state it may have absorbed.
+      this.optimizer.reset(global.length);
+      const reason = "the server step overflowed to NaN or Infinity; model kept, optimizer state reset";
+      return this.failRound({ ...base, ...record, status: "failed", reason });
+    }
+    this.global = next;
+    this.last = { ...base, ...record, status: "aggregated" };
+    return next;
+  }
+
+  private failRound(summary: RoundSummary): Float32Array {
+    this.last = summary;
+    this.failedRounds.push(summary.round);
+    return this.weights;
+  }
+}
+
+/**
+ * True when every value is finite. Summing Float32 values in a double cannot overflow (|x| < 3.5e38, so even
+ * 1e9 values stay far below 1.8e308), while one NaN or ±Infinity makes the sum non-finite: one cheap pass.
+ */
+export function allFinite(x: Float32Array): boolean {
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += x[i];
+  return Number.isFinite(s);
+}
+
+function firstNonFinite(x: Float32Array): number {
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i])) return i;
+  return -1;
+}
