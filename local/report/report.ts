@@ -1,4 +1,5 @@
 import * as fs from "node:fs";
+import * as path from "node:path";
 
 /** The slice of a results.json the report draws. */
 export interface ReportInput {
@@ -19,7 +20,7 @@ export interface ReportInput {
 let chartJs: string | undefined;
 /** Chart.js (UMD build) from node_modules, inlined so the report opens offline with no CDN. */
 function chartLibrary(): string {
-  chartJs ??= fs.readFileSync(require.resolve("chart.js/dist/chart.umd.min.js"), "utf8");
+  chartJs ??= fs.readFileSync(path.join(path.dirname(require.resolve("chart.js")), "chart.umd.min.js"), "utf8");
   return chartJs;
 }
 
