@@ -34,7 +34,8 @@ export function defaultSpec(kind: string, inputShape: readonly number[], numClas
     case "mlp":
       return { kind, inputShape: [size], numClasses, hidden: [200, 200] };
     case "cnn": {
-      if (inputShape.length === 3) return { kind, inputShape, numClasses, filters: [32, 64], kernelSize: 5, dense: 512 };
+      if (inputShape.length === 3)
+        return { kind, inputShape, numClasses, filters: [32, 64], kernelSize: 5, dense: 512 };
       const side = Math.round(Math.sqrt(size));
       if (side * side !== size) {
         fail("E_MODEL_SHAPE", `model cnn needs square images, the data has samples of shape [${inputShape}]`);
@@ -43,7 +44,10 @@ export function defaultSpec(kind: string, inputShape: readonly number[], numClas
     }
     case "cnn1d":
       if (inputShape.length !== 2) {
-        fail("E_MODEL_SHAPE", `model cnn1d needs [time, channels] windows, the data has samples of shape [${inputShape}]`);
+        fail(
+          "E_MODEL_SHAPE",
+          `model cnn1d needs [time, channels] windows, the data has samples of shape [${inputShape}]`,
+        );
       }
       return { kind, inputShape, numClasses, filters: [32, 64], kernelSize: 5 };
     case "autoencoder":
@@ -56,7 +60,8 @@ export function defaultSpec(kind: string, inputShape: readonly number[], numClas
 export function validateSpec(spec: unknown): ModelSpec {
   const s = spec as Partial<ModelSpec> | null;
   if (!s || typeof s !== "object") fail("E_MODEL_SPEC", "model spec must be a JSON object");
-  if (!MODEL_KINDS.includes(s.kind as ModelKind)) fail("E_MODEL_SPEC", `model spec has unknown kind '${String(s.kind)}'`);
+  if (!MODEL_KINDS.includes(s.kind as ModelKind))
+    fail("E_MODEL_SPEC", `model spec has unknown kind '${String(s.kind)}'`);
   if (!Array.isArray(s.inputShape) || s.inputShape.some((d) => !Number.isInteger(d) || d <= 0)) {
     fail("E_MODEL_SPEC", "model spec inputShape must be positive integers");
   }

@@ -1,0 +1,76 @@
+/**
+ * The TensorFlow.js backend every model runs on: the WebAssembly backend (XNNPACK kernels, SIMD when the runtime
+ * has it, one thread under Node). No native libtensorflow, so the same code runs on any device that runs Node.
+ *
+ * `initBackend()` is idempotent and safe to call concurrently: it points the wasm backend at its .wasm binaries
+ * (resolved from the installed @tensorflow/tfjs-backend-wasm package, so it works from any working directory),
+ * selects it, and registers the training kernels the wasm backend lacks (`kernels/index.ts`).
+ */
+import * as path from "node:path";
+import * as tf from "@tensorflow/tfjs";
+import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
+import { fail } from "../errors";
+import { registerWasmTrainingKernels } from "./kernels/index";
+
+export const BACKEND = "wasm";
+
+let initializing: Promise<void> | null = null;
+
+export interface InitBackendOptions {
+  /** Silence tfjs's console warnings (default true); see silenceTfjs(). */
+  readonly quiet?: boolean;
+}
+
+/** Selects the tfjs wasm backend and registers the training kernels. Resolves once; later calls are free. */
+export function initBackend(opts: InitBackendOptions = {}): Promise<void> {
+  if (opts.quiet !== false) silenceTfjs();
+  if (initializing === null) {
+    initializing = init().catch((e: unknown) => {
+      initializing = null; // let a later call retry
+      throw e;
+    });
+  }
+  return initializing;
+}
+
+async function init(): Promise<void> {
+  if (tf.getBackend() !== BACKEND || tf.findBackend(BACKEND) === null) {
+    try {
+      // The directory holding tfjs-backend-wasm*.wasm (the package's main file lives next to them).
+      setWasmPaths(path.dirname(require.resolve("@tensorflow/tfjs-backend-wasm")) + path.sep);
+    } catch {
+      // The wasm backend was already initialized by someone else: its paths are fixed, nothing to do.
+    }
+    let ok = false;
+    try {
+      ok = await tf.setBackend(BACKEND);
+    } catch (e) {
+      fail("E_ENGINE_BACKEND", `cannot start the TensorFlow.js wasm backend: ${(e as Error).message}`);
+    }
+    if (!ok) fail("E_ENGINE_BACKEND", "cannot start the TensorFlow.js wasm backend");
+  }
+  await tf.ready();
+  registerWasmTrainingKernels();
+}
+
+/** True once initBackend() has finished and wasm is the active backend. */
+export function backendReady(): boolean {
+  return tf.getBackend() === BACKEND && tf.findBackend(BACKEND) !== null;
+}
+
+/** The active wasm backend (for code that reads or writes tensor memory on the wasm heap). */
+export function wasmBackend(): BackendWasm {
+  if (!backendReady())
+    fail("E_ENGINE_BACKEND", "the wasm backend is not initialized (await initBackend() first)");
+  return tf.backend() as unknown as BackendWasm;
+}
+
+/**
+ * Silences tfjs's console output: the "Hi, looks like you are running TensorFlow.js in Node.js ... install our
+ * node backend" banner (printed when the cpu backend first stores data) and its other console.warn hints. tfjs's
+ * PROD flag gates exactly those warnings (it disables no computation checks: those hang off the DEBUG flag).
+ */
+export function silenceTfjs(): void {
+  tf.env().set("PROD", true);
+}
