@@ -8,10 +8,12 @@ if (!fs.existsSync(entry)) {
   console.error("flotilla: E_NOT_BUILT: run `npm install` (or `npm run build`) first");
   process.exit(2);
 }
-require(entry).main(process.argv).then(
-  (code) => process.exit(code ?? 0),
-  (err) => {
-    console.error(`flotilla: ${err && err.message ? err.message : String(err)}`);
-    process.exit(1);
-  },
-);
+require(entry)
+  .main(process.argv)
+  .then(
+    (code) => process.exit(code ?? 0),
+    (err) => {
+      console.error(`flotilla: ${err && err.message ? err.message : String(err)}`);
+      process.exit(1);
+    },
+  );

@@ -56,7 +56,10 @@ async function main(): Promise<void> {
         for (const t of c.thresholds) {
           if (reached[t] === undefined && s.accuracy >= t) reached[t] = { round: s.round, wallS: elapsed };
         }
-        if (s.round % 10 === 0) console.error(`${name} round ${s.round}: ${(s.accuracy * 100).toFixed(2)}% (${elapsed.toFixed(0)} s)`);
+        if (s.round % 10 === 0)
+          console.error(
+            `${name} round ${s.round}: ${(s.accuracy * 100).toFixed(2)}% (${elapsed.toFixed(0)} s)`,
+          );
       },
     });
     for (const t of c.thresholds) reached[t] ??= null;

@@ -24,9 +24,11 @@ async function main(): Promise<void> {
   const a = benchAggregate({ updates: 100, params: 1_000_000, repeats: 7 });
   out.aggregate = a;
   console.error(JSON.stringify(a));
-  rows.push(`| FedAvg 100 x 1M float32 (GB/s) | ${a.gbPerSecond.toFixed(2)} | numpy 16.8; scalar JS ${
-    (a as { referenceGbPerSecond?: number }).referenceGbPerSecond?.toFixed(2) ?? "1.75"
-  } (same run) | ≥ 8 |`);
+  rows.push(
+    `| FedAvg 100 x 1M float32 (GB/s) | ${a.gbPerSecond.toFixed(2)} | numpy 16.8; scalar JS ${
+      (a as { referenceGbPerSecond?: number }).referenceGbPerSecond?.toFixed(2) ?? "1.75"
+    } (same run) | ≥ 8 |`,
+  );
   fs.mkdirSync("bench-out", { recursive: true });
   fs.writeFileSync("bench-out/speed.json", JSON.stringify(out, null, 2));
   console.log(rows.join("\n"));

@@ -42,7 +42,14 @@ export function subset(ds: Dataset, indices: ArrayLike<number>): Dataset {
     x.set(ds.x.subarray(j * size, (j + 1) * size), i * size);
     y[i] = ds.y[j];
   }
-  return { x, y, n: indices.length, inputShape: ds.inputShape, numClasses: ds.numClasses, classNames: ds.classNames };
+  return {
+    x,
+    y,
+    n: indices.length,
+    inputShape: ds.inputShape,
+    numClasses: ds.numClasses,
+    classNames: ds.classNames,
+  };
 }
 
 /** The same data seen with another per-sample shape of the same size (e.g. [784] <-> [28, 28, 1]). */

@@ -17,7 +17,8 @@ export class MemoryTransport implements ServerTransport {
 
   /** Connects a device; returns its side of the transport. */
   connect(info: ClientInfo): DeviceTransport {
-    if (this.devices.has(info.deviceId)) fail("E_TRANSPORT_DUPLICATE", `device '${info.deviceId}' is already connected`);
+    if (this.devices.has(info.deviceId))
+      fail("E_TRANSPORT_DUPLICATE", `device '${info.deviceId}' is already connected`);
     const entry = { info, handlers: new Set<Handler>(), online: true };
     this.devices.set(info.deviceId, entry);
     return {

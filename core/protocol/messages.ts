@@ -56,7 +56,9 @@ const dec = new TextDecoder("utf-8", { fatal: true });
 
 export function encodeMessage(msg: Message): Uint8Array {
   const { payload, header } = splitPayload(msg);
-  const headerBytes = enc.encode(JSON.stringify({ ...header, payloadLength: payload ? payload.byteLength : 0 }));
+  const headerBytes = enc.encode(
+    JSON.stringify({ ...header, payloadLength: payload ? payload.byteLength : 0 }),
+  );
   const payloadOffset = align4(8 + headerBytes.length);
   const out = new Uint8Array(payloadOffset + (payload ? payload.byteLength : 0));
   const view = new DataView(out.buffer);
@@ -72,7 +74,8 @@ export function encodeMessage(msg: Message): Uint8Array {
  * stream it straight into its accumulator. Malformed frames throw FlotillaError E_PROTO_* with one line.
  */
 export function decodeMessage(bytes: Uint8Array): Message {
-  if (bytes.byteLength < 8) fail("E_PROTO_TRUNCATED", `message of ${bytes.byteLength} bytes is shorter than a header`);
+  if (bytes.byteLength < 8)
+    fail("E_PROTO_TRUNCATED", `message of ${bytes.byteLength} bytes is shorter than a header`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (view.getUint32(0, true) !== MAGIC) fail("E_PROTO_MAGIC", "message does not start with the FLT1 magic");
   const headerLength = view.getUint32(4, true);
@@ -83,7 +86,8 @@ export function decodeMessage(bytes: Uint8Array): Message {
   } catch {
     return fail("E_PROTO_HEADER", "message header is not valid UTF-8 JSON");
   }
-  if (typeof header !== "object" || header === null) fail("E_PROTO_HEADER", "message header is not a JSON object");
+  if (typeof header !== "object" || header === null)
+    fail("E_PROTO_HEADER", "message header is not a JSON object");
   const payloadLength = Number(header.payloadLength ?? 0);
   const payloadOffset = align4(8 + headerLength);
   if (!Number.isInteger(payloadLength) || payloadLength < 0 || payloadLength % 4 !== 0) {
@@ -129,7 +133,8 @@ function splitPayload(msg: Message): { header: Record<string, unknown>; payload:
 
 function requireFields(h: Record<string, unknown>, names: string[]): void {
   for (const n of names) {
-    if (h[n] === undefined || h[n] === null) fail("E_PROTO_HEADER", `'${String(h.type)}' message lacks '${n}'`);
+    if (h[n] === undefined || h[n] === null)
+      fail("E_PROTO_HEADER", `'${String(h.type)}' message lacks '${n}'`);
   }
 }
 

@@ -50,7 +50,11 @@ export interface JobOptions {
  * through the transport, streams their updates into the strategy's aggregation as they arrive, and closes the round
  * when all have answered or the deadline passes (partial participation is part of the contract).
  */
-export async function runJob(strategy: Strategy, transport: ServerTransport, opts: JobOptions): Promise<RoundRecord[]> {
+export async function runJob(
+  strategy: Strategy,
+  transport: ServerTransport,
+  opts: JobOptions,
+): Promise<RoundRecord[]> {
   const records: RoundRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.abortSignal?.aborted) break;
@@ -100,7 +104,8 @@ export async function runRound(
       let msg: DeviceMessage;
       try {
         const m = decodeMessage(frame);
-        if (m.type === "train") throw Object.assign(new Error("device sent a train request"), { code: "E_PROTO_TYPE" });
+        if (m.type === "train")
+          throw Object.assign(new Error("device sent a train request"), { code: "E_PROTO_TYPE" });
         msg = m;
       } catch (e) {
         opts.events?.onRejected?.(codeOf(e), messageOf(e));

@@ -34,7 +34,10 @@ export function makeLayout(tensors: readonly { name: string; shape: readonly num
 
 export function checkLayout(expected: WeightLayout, hash: string, length: number): void {
   if (hash !== expected.hash) {
-    fail("E_MODEL_LAYOUT", `weight layout ${hash.slice(0, 12)} does not match the model's ${expected.hash.slice(0, 12)}`);
+    fail(
+      "E_MODEL_LAYOUT",
+      `weight layout ${hash.slice(0, 12)} does not match the model's ${expected.hash.slice(0, 12)}`,
+    );
   }
   if (length !== expected.totalSize) {
     fail("E_MODEL_LAYOUT", `weights have ${length} values, the layout needs ${expected.totalSize}`);
@@ -43,5 +46,7 @@ export function checkLayout(expected: WeightLayout, hash: string, length: number
 
 /** sha256 (hex) of a weight vector's bytes: identifies one global model version. */
 export function weightsHash(w: Float32Array): string {
-  return createHash("sha256").update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength)).digest("hex");
+  return createHash("sha256")
+    .update(new Uint8Array(w.buffer, w.byteOffset, w.byteLength))
+    .digest("hex");
 }

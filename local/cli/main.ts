@@ -23,13 +23,17 @@ type RawOptions = Record<string, string | boolean | undefined>;
 function buildSimConfig(o: RawOptions): SimConfig {
   const presetName = (o.preset as string | undefined) ?? undefined;
   if (presetName !== undefined && !PRESETS[presetName]) {
-    fail("E_CONFIG_VALUE", `unknown preset '${presetName}' (expected one of ${Object.keys(PRESETS).join(", ")})`);
+    fail(
+      "E_CONFIG_VALUE",
+      `unknown preset '${presetName}' (expected one of ${Object.keys(PRESETS).join(", ")})`,
+    );
   }
   const c: SimConfig = { ...DEFAULT_CONFIG, ...(presetName ? PRESETS[presetName] : {}) };
   const s = (k: string) => o[k] as string | undefined;
   if (s("devices") !== undefined) c.devices = positiveInt("devices", s("devices")!);
   if (s("rounds") !== undefined) c.rounds = positiveInt("rounds", s("rounds")!);
-  if (s("clientsPerRound") !== undefined) c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!);
+  if (s("clientsPerRound") !== undefined)
+    c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!);
   if (s("dataset") !== undefined) c.dataset = s("dataset")!;
   if (s("model") !== undefined) c.model = s("model")!;
   if (s("partition") !== undefined) c.partition = s("partition")!;
@@ -45,7 +49,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("samplesPerDevice") !== undefined) {
     c.samplesPerDevice = positiveInt("samples-per-device", s("samplesPerDevice")!);
   }
-  if (s("roundTimeout") !== undefined) c.roundTimeoutMs = positiveNumber("round-timeout", s("roundTimeout")!) * 1000;
+  if (s("roundTimeout") !== undefined)
+    c.roundTimeoutMs = positiveNumber("round-timeout", s("roundTimeout")!) * 1000;
   if (s("targetAccuracy") !== undefined) {
     c.targetAccuracy = nonNegativeNumber("target-accuracy", s("targetAccuracy")!);
   }
@@ -68,7 +73,10 @@ async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
   const interactive = Boolean(process.stderr.isTTY);
   const bar = new SingleBar(
-    { format: "round {round} [{bar}] {percentage}% | {value}/{total} samples | {eta_formatted} left", hideCursor: true },
+    {
+      format: "round {round} [{bar}] {percentage}% | {value}/{total} samples | {eta_formatted} left",
+      hideCursor: true,
+    },
     Presets.shades_classic,
   );
   let barActive = false;
@@ -77,7 +85,8 @@ async function runSimulate(o: RawOptions): Promise<number> {
       `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
   );
   const result = await simulate(config, {
-    onStart: (i) => console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
+    onStart: (i) =>
+      console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
     onRoundStart: (round, _p, total) => {
       if (!interactive) return;
       bar.start(total, 0, { round });
@@ -114,7 +123,10 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
   const seconds = o.seconds !== undefined ? positiveNumber("seconds", o.seconds as string) : undefined;
   const r = await benchTrain({ model, batchSize, seconds });
   if (o.json) console.log(JSON.stringify(r));
-  else console.log(`${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params): ${r.samplesPerSecond.toFixed(1)} samples/s`);
+  else
+    console.log(
+      `${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params): ${r.samplesPerSecond.toFixed(1)} samples/s`,
+    );
   return 0;
 }
 
@@ -150,7 +162,10 @@ export function buildProgram(): Command {
     .option("--clients-per-round <n>", "devices asked to train each round")
     .option("--dataset <name>", "mnist | sensors | dir:PATH")
     .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder")
-    .option("--partition <spec>", "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)")
+    .option(
+      "--partition <spec>",
+      "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)",
+    )
     .option("--strategy <name>", "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad")
     .option("--local-epochs <n>", "local epochs per round")
     .option("--batch-size <n>", "local mini-batch size")
@@ -203,7 +218,9 @@ export async function main(argv: string[]): Promise<number> {
     return exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
-      return e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0 ? 0 : 2;
+      return e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0
+        ? 0
+        : 2;
     }
     if (isFlotillaError(e)) {
       console.error(`flotilla: ${e.code}: ${e.message}`);

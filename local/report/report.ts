@@ -20,7 +20,10 @@ export interface ReportInput {
 let chartJs: string | undefined;
 /** Chart.js (UMD build) from node_modules, inlined so the report opens offline with no CDN. */
 function chartLibrary(): string {
-  chartJs ??= fs.readFileSync(path.join(path.dirname(require.resolve("chart.js")), "chart.umd.min.js"), "utf8");
+  chartJs ??= fs.readFileSync(
+    path.join(path.dirname(require.resolve("chart.js")), "chart.umd.min.js"),
+    "utf8",
+  );
   return chartJs;
 }
 

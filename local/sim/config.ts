@@ -52,7 +52,14 @@ export const DEFAULT_CONFIG: SimConfig = {
 
 /** Presets selectable with --preset; explicit flags override them. */
 export const PRESETS: Record<string, Partial<SimConfig>> = {
-  default: { dataset: "sensors", model: "mlp", devices: 20, clientsPerRound: 10, rounds: 10, out: "out/default" },
+  default: {
+    dataset: "sensors",
+    model: "mlp",
+    devices: 20,
+    clientsPerRound: 10,
+    rounds: 10,
+    out: "out/default",
+  },
   "mnist-mlp": {
     dataset: "mnist",
     model: "mlp",
@@ -112,7 +119,8 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (c.clientsPerRound > c.devices) {
     fail("E_CONFIG_VALUE", `--clients-per-round ${c.clientsPerRound} exceeds --devices ${c.devices}`);
   }
-  if (c.targetAccuracy > 1) fail("E_CONFIG_VALUE", `--target-accuracy is a fraction 0..1, got ${c.targetAccuracy}`);
+  if (c.targetAccuracy > 1)
+    fail("E_CONFIG_VALUE", `--target-accuracy is a fraction 0..1, got ${c.targetAccuracy}`);
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }

@@ -25,7 +25,9 @@ export function deviceName(i: number, total: number): string {
  * Builds the fleet's data deterministically from the config, so the main thread and every worker thread compute
  * exactly the same partitions without shipping data between them.
  */
-export function loadFleetData(c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model">): FleetData {
+export function loadFleetData(
+  c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model">,
+): FleetData {
   let devices: Dataset[];
   let test: Dataset;
   if (c.dataset === "sensors") {
@@ -47,7 +49,10 @@ export function loadFleetData(c: Pick<SimConfig, "dataset" | "devices" | "partit
     const order = rng.shuffle(Int32Array.from({ length: all.n }, (_, i) => i));
     const nTest = Math.max(1, Math.floor(all.n * 0.2));
     if (all.n - nTest < c.devices) {
-      fail("E_CONFIG_VALUE", `directory has ${all.n} rows: too few for ${c.devices} devices and a test split`);
+      fail(
+        "E_CONFIG_VALUE",
+        `directory has ${all.n} rows: too few for ${c.devices} devices and a test split`,
+      );
     }
     test = subset(all, order.subarray(0, nTest));
     devices = repartition(subset(all, order.subarray(nTest)), c);

@@ -42,9 +42,16 @@ async function main(): Promise<void> {
         post({ kind: "reply", deviceId: m.deviceId, frame: reply }, [buf]);
       });
     });
-    post({ kind: "ready", devices: runtimes.map((r) => ({ deviceId: r.deviceId, numSamples: r.numSamples })) });
+    post({
+      kind: "ready",
+      devices: runtimes.map((r) => ({ deviceId: r.deviceId, numSamples: r.numSamples })),
+    });
   } catch (e) {
-    post({ kind: "error", message: e instanceof Error ? e.message : String(e), code: (e as { code?: string }).code });
+    post({
+      kind: "error",
+      message: e instanceof Error ? e.message : String(e),
+      code: (e as { code?: string }).code,
+    });
   }
 }
 

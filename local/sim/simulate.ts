@@ -39,7 +39,10 @@ export interface SimulationReporter {
 }
 
 /** Runs a federated job on a simulated fleet and writes results.json and report.html into config.out. */
-export async function simulate(config: SimConfig, reporter: SimulationReporter = {}): Promise<SimulationResult> {
+export async function simulate(
+  config: SimConfig,
+  reporter: SimulationReporter = {},
+): Promise<SimulationResult> {
   const t0 = performance.now();
   await initBackend();
   const data = loadFleetData(config);
@@ -112,7 +115,12 @@ export async function simulate(config: SimConfig, reporter: SimulationReporter =
   }
   const last = summaries[summaries.length - 1];
   const result: SimulationResult = {
-    config: { ...config, modelSpec: data.spec, params: evalModel.numParams, layoutHash: evalModel.layout.hash },
+    config: {
+      ...config,
+      modelSpec: data.spec,
+      params: evalModel.numParams,
+      layoutHash: evalModel.layout.hash,
+    },
     rounds: summaries,
     final: {
       accuracy: last ? last.accuracy : NaN,

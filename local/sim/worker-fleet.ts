@@ -70,7 +70,9 @@ export class WorkerFleet implements ServerTransport {
             break;
         }
       });
-      w.on("error", (e) => reject(new FlotillaError("E_SIM_WORKER", `simulation worker failed: ${e.message}`)));
+      w.on("error", (e) =>
+        reject(new FlotillaError("E_SIM_WORKER", `simulation worker failed: ${e.message}`)),
+      );
     });
   }
 

@@ -36,5 +36,11 @@ export class FakeModel implements LocalModel {
 }
 
 export function labelsDataset(labels: number[]): Dataset {
-  return { x: new Float32Array(labels.length), y: Int32Array.from(labels), n: labels.length, inputShape: [1], numClasses: 2 };
+  return {
+    x: new Float32Array(labels.length),
+    y: Int32Array.from(labels),
+    n: labels.length,
+    inputShape: [1],
+    numClasses: 2,
+  };
 }

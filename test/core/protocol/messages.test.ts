@@ -67,16 +67,34 @@ test("an unaligned frame still decodes (payload copied)", () => {
 
 test("malformed frames are rejected with stable codes", () => {
   const good = encodeMessage(request);
-  assert.equal(codeOf(() => decodeMessage(new Uint8Array(3))), "E_PROTO_TRUNCATED");
+  assert.equal(
+    codeOf(() => decodeMessage(new Uint8Array(3))),
+    "E_PROTO_TRUNCATED",
+  );
   const badMagic = good.slice();
   badMagic[0] ^= 0xff;
-  assert.equal(codeOf(() => decodeMessage(badMagic)), "E_PROTO_MAGIC");
-  assert.equal(codeOf(() => decodeMessage(good.subarray(0, good.length - 4))), "E_PROTO_TRUNCATED");
+  assert.equal(
+    codeOf(() => decodeMessage(badMagic)),
+    "E_PROTO_MAGIC",
+  );
+  assert.equal(
+    codeOf(() => decodeMessage(good.subarray(0, good.length - 4))),
+    "E_PROTO_TRUNCATED",
+  );
   const badJson = good.slice();
   badJson[8] = 0x7b + 1; // corrupt the '{'
-  assert.equal(codeOf(() => decodeMessage(badJson)), "E_PROTO_HEADER");
+  assert.equal(
+    codeOf(() => decodeMessage(badJson)),
+    "E_PROTO_HEADER",
+  );
   const unknownType = encodeMessage({ ...request, type: "nope" } as unknown as TrainRequest);
-  assert.equal(codeOf(() => decodeMessage(unknownType)), "E_PROTO_TYPE");
+  assert.equal(
+    codeOf(() => decodeMessage(unknownType)),
+    "E_PROTO_TYPE",
+  );
   const missing = encodeMessage({ type: "failure", jobId: "j", round: 1, deviceId: "d" } as never);
-  assert.equal(codeOf(() => decodeMessage(missing)), "E_PROTO_HEADER");
+  assert.equal(
+    codeOf(() => decodeMessage(missing)),
+    "E_PROTO_HEADER",
+  );
 });

@@ -8,7 +8,10 @@ import { createStrategy } from "../../../core/strategies/registry";
 import { FakeModel, labelsDataset } from "../../helpers/fake-model";
 
 /** Three devices whose fake training moves weights towards their mean label (1, 0, 0.5) with lr 0.5. */
-function fleet(transport: MemoryTransport, models: FakeModel[] = [new FakeModel(), new FakeModel(), new FakeModel()]) {
+function fleet(
+  transport: MemoryTransport,
+  models: FakeModel[] = [new FakeModel(), new FakeModel(), new FakeModel()],
+) {
   const data = [labelsDataset([1, 1]), labelsDataset([0, 0, 0, 0]), labelsDataset([0, 1, 0, 1, 0, 1])];
   data.forEach((d, i) => {
     const rt = new DeviceRuntime(`d${i}`, d, models[i]);
@@ -20,7 +23,11 @@ function fleet(transport: MemoryTransport, models: FakeModel[] = [new FakeModel(
 }
 
 function strategy(clients = 3) {
-  const s = createStrategy("fedavg", { clientsPerRound: clients, fit: { epochs: 1, batchSize: 1, lr: 0.5 }, seed: 1 });
+  const s = createStrategy("fedavg", {
+    clientsPerRound: clients,
+    fit: { epochs: 1, batchSize: 1, lr: 0.5 },
+    seed: 1,
+  });
   s.initialize(new Float32Array(4));
   return s;
 }
@@ -52,7 +59,10 @@ test("an offline device does not block the round: it closes at the deadline and 
     return origSend(id, frame);
   };
   const rec = await runRound(s, t, 1, { ...base, roundTimeoutInMs: 200 });
-  assert.deepEqual(rec.failures.map((f) => [f.deviceId, f.code]), [["d1", "E_ROUND_TIMEOUT"]]);
+  assert.deepEqual(
+    rec.failures.map((f) => [f.deviceId, f.code]),
+    [["d1", "E_ROUND_TIMEOUT"]],
+  );
   // (1 + 1.5) / 8
   assert.ok(Math.abs(s.weights[0] - 2.5 / 8) < 1e-6);
 });
@@ -69,7 +79,14 @@ test("garbage, stale and duplicate frames are rejected and counted, never fatal"
   const p = runRound(s, t, 1, { ...base, events: { onRejected: (code) => rejected.push(code) } });
   await intruder.send(new Uint8Array([1, 2, 3]));
   await intruder.send(
-    encodeMessage({ type: "failure", jobId: "job", round: 0, deviceId: "d0", code: "E", reason: "old round" }),
+    encodeMessage({
+      type: "failure",
+      jobId: "job",
+      round: 0,
+      deviceId: "d0",
+      code: "E",
+      reason: "old round",
+    }),
   );
   const rec = await p;
   assert.equal(rec.completed.length, 3);

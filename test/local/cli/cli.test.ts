@@ -51,7 +51,10 @@ test("CLI errors are one clear line", () => {
     [["bench", "aggregate", "--updates", "x"], /--updates must be a positive integer/],
   ];
   fs.writeFileSync(path.join(tmp, "bad.csv"), "a,b,label\n1,2,x\n3,oops,y\n");
-  cases.push([["simulate", "--dataset", `dir:${tmp}`, "--devices", "1", "--rounds", "1"], /E_DATA_PARSE.*bad\.csv/]);
+  cases.push([
+    ["simulate", "--dataset", `dir:${tmp}`, "--devices", "1", "--rounds", "1"],
+    /E_DATA_PARSE.*bad\.csv/,
+  ]);
   for (const [args, pattern] of cases) expectOneLineError(args, pattern);
 });
 

@@ -40,8 +40,22 @@ test("the CLI runs a simulation over worker threads and writes the results", () 
   const bin = path.join(__dirname, "..", "..", "..", "..", "bin", "flotilla.js");
   const r = spawnSync(
     process.execPath,
-    [bin, "simulate", "--devices", "4", "--clients-per-round", "2", "--rounds", "2", "--samples-per-device", "40",
-      "--workers", "2", "--out", out],
+    [
+      bin,
+      "simulate",
+      "--devices",
+      "4",
+      "--clients-per-round",
+      "2",
+      "--rounds",
+      "2",
+      "--samples-per-device",
+      "40",
+      "--workers",
+      "2",
+      "--out",
+      out,
+    ],
     { encoding: "utf8", timeout: 300_000 },
   );
   assert.equal(r.status, 0, r.stderr);
