@@ -38,7 +38,7 @@ export function renderModule(wasm: Uint8Array): string {
     `// Regenerate with: ${COMMAND}`,
     `// ${wasm.length} bytes, sha256 ${sha}`,
     "",
-    "/** The compiled SIMD kernels of the accumulator, as base64 (instantiated once per process). */",
+    "/** The SIMD kernels of core/tensor/accumulator.ts as wasm bytes in base64 (compiled once per process). */",
     "export const SIMD_KERNELS_WASM_BASE64 =",
     `  "${Buffer.from(wasm).toString("base64")}";`,
     "",
