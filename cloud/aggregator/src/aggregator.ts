@@ -1,0 +1,96 @@
+/**
+ * `createAggregator(services)`: every trigger's handler built over one AggregatorServices object. The Function
+ * app (index.ts) registers them with @azure/functions; tests and a local host call them directly with
+ * `new HttpRequest({...})`, `new InvocationContext({...})`.
+ */
+import type { InvocationContext, Timer } from "@azure/functions";
+import { IotHubFleet } from "./fleet/fleet";
+import { createHttpApi, type HttpApi } from "./http-api";
+import { Ingestor, type IngestEvent } from "./ingest";
+import { Orchestrator, type TickReport } from "./orchestrator";
+import { AzureBlobStore, MemoryBlobStore } from "./store/blob-store";
+import type { AggregatorServices } from "./services";
+
+export interface Aggregator {
+  readonly services: AggregatorServices;
+  readonly orchestrator: Orchestrator;
+  readonly ingestor: Ingestor;
+  readonly http: HttpApi;
+  /** Timer trigger handler (roundTimer). */
+  roundTimer(timer: Timer | unknown, context: InvocationContext): Promise<TickReport>;
+  /** Event Hub trigger handler (ingestUpdates, cardinality many). Never throws. */
+  ingestUpdates(
+    messages: unknown,
+    context: InvocationContext,
+  ): Promise<{ accepted: number; rejected: number }>;
+}
+
+/**
+ * Zips the Event Hub trigger's bodies with their properties: with cardinality `many` the handler gets the bodies
+ * and the properties arrive in `triggerMetadata.propertiesArray` / `systemPropertiesArray`. Events that already
+ * are `{body, properties, systemProperties}` (the local hub's D2CEvent, tests) pass through.
+ */
+export function eventsFromTrigger(messages: unknown, context: InvocationContext): IngestEvent[] {
+  const list = Array.isArray(messages) ? messages : [messages];
+  const meta = context.triggerMetadata ?? {};
+  const props = Array.isArray(meta.propertiesArray) ? (meta.propertiesArray as unknown[]) : [];
+  const sys = Array.isArray(meta.systemPropertiesArray) ? (meta.systemPropertiesArray as unknown[]) : [];
+  return list.map((m, i) => {
+    if (m && typeof m === "object" && "body" in m && "properties" in m) return m as IngestEvent;
+    return {
+      body: m,
+      properties: (props[i] ?? undefined) as IngestEvent["properties"],
+      systemProperties: (sys[i] ?? undefined) as IngestEvent["systemProperties"],
+    };
+  });
+}
+
+export function createAggregator(services: AggregatorServices): Aggregator {
+  const orchestrator = new Orchestrator(services);
+  const ingestor = new Ingestor(services);
+  return {
+    services,
+    orchestrator,
+    ingestor,
+    http: createHttpApi(services),
+    async roundTimer(_timer, context) {
+      const report = await orchestrator.tick(services.clock());
+      for (const j of report.jobs) context.log(`roundTimer ${j.jobId}: ${j.actions.join("; ")}`);
+      return report;
+    },
+    async ingestUpdates(messages, context) {
+      try {
+        const r = await ingestor.ingestEvents(eventsFromTrigger(messages, context));
+        if (r.rejected > 0) context.warn(`ingestUpdates: ${r.accepted} accepted, ${r.rejected} rejected`);
+        return r;
+      } catch (e) {
+        context.error(`ingestUpdates: ${e instanceof Error ? e.message : String(e)}`);
+        return { accepted: 0, rejected: Array.isArray(messages) ? messages.length : 1 };
+      }
+    },
+  };
+}
+
+/**
+ * Services from app settings:
+ *   AZURE_STORAGE_CONNECTION_STRING (else AzureWebJobsStorage, else `UseDevelopmentStorage=true`, i.e. Azurite);
+ *   FLOTILLA_STORE=memory keeps state in process memory (single-instance local runs only);
+ *   FLOTILLA_CONTAINER (default "flotilla");
+ *   IOTHUB_SERVICE_CONNECTION_STRING (a policy with registry read/write and service connect).
+ */
+export function servicesFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+  log: (line: string) => void = (l) => console.log(l),
+): AggregatorServices {
+  const hubCs = env.IOTHUB_SERVICE_CONNECTION_STRING;
+  if (!hubCs) throw new Error("app setting IOTHUB_SERVICE_CONNECTION_STRING is not set");
+  const store =
+    env.FLOTILLA_STORE === "memory"
+      ? new MemoryBlobStore()
+      : new AzureBlobStore({
+          connectionString:
+            env.AZURE_STORAGE_CONNECTION_STRING ?? env.AzureWebJobsStorage ?? "UseDevelopmentStorage=true",
+          containerName: env.FLOTILLA_CONTAINER ?? "flotilla",
+        });
+  return { store, fleet: IotHubFleet.fromConnectionString(hubCs, { log }), clock: () => Date.now(), log };
+}

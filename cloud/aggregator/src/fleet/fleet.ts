@@ -1,0 +1,181 @@
+/**
+ * The fleet as the orchestration sees it: who can train, and the four calls of the wire contract
+ * (docs/iothub-protocol.md) — the `trainer` twin's desired `flotilla`, the `startRound` method, the update-queue's
+ * `ack` method and its desired `openRounds`.
+ *
+ * IotHubFleet speaks to IoT Hub with the real azure-iothub service SDK (Registry for twins and queries, Client for
+ * direct methods). Method failures (device offline → 404, timeout → 504) are not errors here: the twin still
+ * carries the round, and the update-queue resends until acknowledged.
+ */
+import { Client, Registry } from "azure-iothub";
+import type { FitConfig } from "../../../../core/strategies/strategy";
+import type { ModelSpec } from "../../../../core/engine/model-spec";
+
+export const TRAINER_MODULE = "trainer";
+export const UPDATE_QUEUE_MODULE = "update-queue";
+export const PROFILER_MODULE = "profiler";
+
+/** The trainer's desired `flotilla` (also the `startRound` payload). */
+export interface RoundDesired {
+  readonly jobId: string;
+  readonly round: number;
+  readonly modelUrl: string;
+  readonly modelSha256: string;
+  readonly layoutHash: string;
+  readonly modelSpec: ModelSpec;
+  readonly config: FitConfig;
+  /** ms since epoch. */
+  readonly deadline: number;
+}
+
+export interface TrainerInfo {
+  readonly deviceId: string;
+  /** The trainer module's connection state. */
+  readonly connected: boolean;
+  /** From the trainer's reported `flotilla.numSamples`. */
+  readonly numSamples?: number;
+  /** The trainer's reported `flotilla.status`. */
+  readonly status?: string;
+  /** From the profiler's reported `capabilities.samplesPerSecond` (by model key). */
+  readonly samplesPerSecond?: Readonly<Record<string, number>>;
+}
+
+export interface Fleet {
+  listTrainers(): Promise<TrainerInfo[]>;
+  /** Replaces the trainer's desired `flotilla` (null = idle). */
+  configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
+  /** Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). */
+  startRound(deviceId: string, payload: RoundDesired): Promise<boolean>;
+  /** Calls `ack` on the update-queue; false when it did not get through. */
+  ack(deviceId: string, updateIds: readonly string[]): Promise<boolean>;
+  /** Sets the update-queue's desired `openRounds[jobId]` (null removes it). */
+  setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void>;
+}
+
+interface TwinDoc {
+  deviceId?: string;
+  moduleId?: string;
+  connectionState?: string;
+  properties?: { reported?: Record<string, unknown>; desired?: Record<string, unknown> };
+}
+
+export interface IotHubFleetOptions {
+  /** Direct method response timeout (default 10 s). */
+  readonly methodTimeoutSeconds?: number;
+  /** Log sink for non-fatal failures. */
+  readonly log?: (line: string) => void;
+}
+
+export class IotHubFleet implements Fleet {
+  private readonly timeout: number;
+  private readonly log: (line: string) => void;
+
+  constructor(
+    readonly registry: Registry,
+    readonly client: Client,
+    opts: IotHubFleetOptions = {},
+  ) {
+    this.timeout = opts.methodTimeoutSeconds ?? 10;
+    this.log = opts.log ?? (() => {});
+  }
+
+  /** Production: both SDK objects from the service connection string (policy with registry read/write + service connect). */
+  static fromConnectionString(cs: string, opts?: IotHubFleetOptions): IotHubFleet {
+    return new IotHubFleet(Registry.fromConnectionString(cs), Client.fromConnectionString(cs), opts);
+  }
+
+  private async query(sql: string): Promise<TwinDoc[]> {
+    const q = this.registry.createQuery(sql, 100);
+    const out: TwinDoc[] = [];
+    do {
+      const page = await q.next();
+      out.push(...((page.result as TwinDoc[]) ?? []));
+    } while (q.hasMoreResults);
+    return out;
+  }
+
+  async listTrainers(): Promise<TrainerInfo[]> {
+    const [trainers, profilers] = await Promise.all([
+      this.query(`SELECT * FROM devices.modules WHERE moduleId = '${TRAINER_MODULE}'`),
+      this.query(`SELECT * FROM devices.modules WHERE moduleId = '${PROFILER_MODULE}'`),
+    ]);
+    const caps = new Map<string, Record<string, number>>();
+    for (const p of profilers) {
+      const c = p.properties?.reported?.capabilities as { samplesPerSecond?: unknown } | undefined;
+      const sps = c?.samplesPerSecond;
+      if (p.deviceId && sps && typeof sps === "object") {
+        const clean: Record<string, number> = {};
+        for (const [k, v] of Object.entries(sps as Record<string, unknown>)) {
+          if (typeof v === "number" && Number.isFinite(v) && v > 0) clean[k] = v;
+        }
+        caps.set(p.deviceId, clean);
+      }
+    }
+    const out: TrainerInfo[] = [];
+    for (const t of trainers) {
+      if (!t.deviceId) continue;
+      const rep = t.properties?.reported?.flotilla as { numSamples?: unknown; status?: unknown } | undefined;
+      const n = rep?.numSamples;
+      out.push({
+        deviceId: t.deviceId,
+        connected: t.connectionState === "Connected",
+        numSamples: typeof n === "number" && n > 0 ? n : undefined,
+        status: typeof rep?.status === "string" ? rep.status : undefined,
+        samplesPerSecond: caps.get(t.deviceId),
+      });
+    }
+    return out.sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
+  }
+
+  async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
+    // A desired property object is merged by a PATCH: set it to null first would lose atomicity, so the round
+    // object always carries every field (a stale `mu` is overwritten with null when absent).
+    const value = desired === null ? null : { ...desired, config: { mu: null, ...desired.config } };
+    await this.registry.updateModuleTwin(
+      deviceId,
+      TRAINER_MODULE,
+      { properties: { desired: { flotilla: value } } },
+      "*",
+    );
+  }
+
+  private async invoke(
+    deviceId: string,
+    moduleId: string,
+    methodName: string,
+    payload: unknown,
+  ): Promise<boolean> {
+    try {
+      const r = await this.client.invokeDeviceMethod(deviceId, moduleId, {
+        methodName,
+        payload,
+        responseTimeoutInSeconds: this.timeout,
+      });
+      const status = (r.result as { status?: number } | undefined)?.status ?? 0;
+      if (status >= 200 && status < 300) return true;
+      this.log(`${methodName} on ${deviceId}/${moduleId}: status ${status}`);
+      return false;
+    } catch (e) {
+      const code = (e as { response?: { statusCode?: number } }).response?.statusCode;
+      this.log(`${methodName} on ${deviceId}/${moduleId} failed (${code ?? (e as Error).name}): non-fatal`);
+      return false;
+    }
+  }
+
+  startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
+    return this.invoke(deviceId, TRAINER_MODULE, "startRound", payload);
+  }
+
+  ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {
+    return this.invoke(deviceId, UPDATE_QUEUE_MODULE, "ack", { updateIds: [...updateIds] });
+  }
+
+  async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
+    await this.registry.updateModuleTwin(
+      deviceId,
+      UPDATE_QUEUE_MODULE,
+      { properties: { desired: { openRounds: { [jobId]: round } } } },
+      "*",
+    );
+  }
+}

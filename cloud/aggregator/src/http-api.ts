@@ -1,0 +1,177 @@
+/**
+ * The job API (HTTP triggers). Errors are JSON `{code, message}`: 400 for invalid input (E_JOB_*), 404 for an
+ * unknown job or model, 409 for a conflicting state change.
+ *
+ *   POST /api/jobs                     create (body: JobDefinition JSON)          → 201 job
+ *   POST /api/jobs/{id}/start          created|stopped → running                  → 200 job
+ *   POST /api/jobs/{id}/stop           running → stopped                          → 200 job
+ *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
+ *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
+ *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
+ */
+import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
+import { isFlotillaError } from "../../../core/errors";
+import { modelLayout } from "../../../core/engine/models";
+import { validateJob } from "./jobs/job";
+import { JobRepository, paths, type JobDocument } from "./jobs/state";
+import { isConflict } from "./store/blob-store";
+import type { AggregatorServices } from "./services";
+
+export type HttpHandler = (request: HttpRequest, context: InvocationContext) => Promise<HttpResponseInit>;
+
+export interface HttpApi {
+  createJob: HttpHandler;
+  startJob: HttpHandler;
+  stopJob: HttpHandler;
+  getJob: HttpHandler;
+  listJobs: HttpHandler;
+  getModel: HttpHandler;
+}
+
+const MAX_BODY = 64 * 1024;
+
+function error(status: number, code: string, message: string): HttpResponseInit {
+  return { status, jsonBody: { code, message } };
+}
+
+function summary(job: JobDocument) {
+  const d = job.definition;
+  return {
+    jobId: d.jobId,
+    status: job.status,
+    strategy: d.strategy,
+    currentRound: job.currentRound,
+    rounds: d.rounds,
+    completedRounds: job.rounds.length,
+    createdAt: job.createdAt,
+    updatedAt: job.updatedAt,
+  };
+}
+
+export function createHttpApi(services: AggregatorServices): HttpApi {
+  const repo = new JobRepository(services.store);
+
+  const guard =
+    (fn: HttpHandler): HttpHandler =>
+    async (req, ctx) => {
+      try {
+        return await fn(req, ctx);
+      } catch (e) {
+        if (isFlotillaError(e)) {
+          const status = e.code.startsWith("E_JOB_") || e.code.startsWith("E_MODEL_") ? 400 : 500;
+          return error(status, e.code, e.message);
+        }
+        ctx.error(
+          `http ${req.method} ${req.url}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`,
+        );
+        return error(500, "E_INTERNAL", "internal error");
+      }
+    };
+
+  const jobOr404 = async (req: HttpRequest): Promise<JobDocument | HttpResponseInit> => {
+    const id = req.params.id ?? "";
+    const job = /^[a-z0-9-]{1,63}$/.test(id) ? await repo.getJob(id) : undefined;
+    return job ?? error(404, "E_JOB_NOT_FOUND", `no job '${id}'`);
+  };
+
+  const transition = (from: readonly string[], to: "running" | "stopped"): HttpHandler =>
+    guard(async (req) => {
+      const found = await jobOr404(req);
+      if (!("definition" in found)) return found;
+      let refused: string | null = null;
+      const now = services.clock();
+      const next = await repo.updateJob(found.definition.jobId, (cur) => {
+        if (cur.status === to) return undefined;
+        if (!from.includes(cur.status)) {
+          refused = cur.status;
+          return undefined;
+        }
+        return { ...cur, status: to, updatedAt: now };
+      });
+      if (refused !== null) {
+        return error(409, "E_JOB_STATE", `job '${found.definition.jobId}' is ${refused}: cannot go ${to}`);
+      }
+      services.log(`job ${found.definition.jobId} → ${to}`);
+      return { status: 200, jsonBody: summary(next ?? found) };
+    });
+
+  return {
+    createJob: guard(async (req) => {
+      const text = await req.text();
+      if (text.length > MAX_BODY) return error(413, "E_JOB_TOO_LARGE", `body over ${MAX_BODY} bytes`);
+      let body: unknown;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        return error(400, "E_JOB_JSON", "body is not valid JSON");
+      }
+      const definition = validateJob(body);
+      const layout = modelLayout(definition.modelSpec);
+      const now = services.clock();
+      const doc: JobDocument = {
+        definition,
+        status: "created",
+        currentRound: 0,
+        rounds: [],
+        layoutHash: layout.hash,
+        modelLength: layout.totalSize,
+        createdAt: now,
+        updatedAt: now,
+      };
+      try {
+        await repo.createJob(doc);
+      } catch (e) {
+        if (isConflict(e)) return error(409, "E_JOB_EXISTS", `job '${definition.jobId}' exists`);
+        throw e;
+      }
+      return { status: 201, jsonBody: { ...summary(doc), definition } };
+    }),
+    startJob: transition(["created", "stopped"], "running"),
+    stopJob: transition(["created", "running"], "stopped"),
+    getJob: guard(async (req) => {
+      const found = await jobOr404(req);
+      if (!("definition" in found)) return found;
+      const openRound =
+        found.currentRound > 0 ? await repo.getRound(found.definition.jobId, found.currentRound) : undefined;
+      return {
+        status: 200,
+        jsonBody: {
+          ...summary(found),
+          definition: found.definition,
+          layoutHash: found.layoutHash,
+          modelLength: found.modelLength,
+          history: found.rounds,
+          currentRoundState: openRound
+            ? {
+                round: openRound.round,
+                status: openRound.status,
+                participants: openRound.participants.map((p) => p.deviceId),
+                received: Object.keys(openRound.received),
+                deadline: openRound.deadline,
+              }
+            : null,
+        },
+      };
+    }),
+    listJobs: guard(async () => {
+      const jobs = [];
+      for (const id of await repo.listJobIds()) {
+        const j = await repo.getJob(id);
+        if (j) jobs.push(summary(j));
+      }
+      return { status: 200, jsonBody: { jobs } };
+    }),
+    getModel: guard(async (req) => {
+      const found = await jobOr404(req);
+      if (!("definition" in found)) return found;
+      const round = Number(req.params.round);
+      if (!Number.isInteger(round) || round < 0)
+        return error(400, "E_JOB_ROUND", "round must be an integer >= 0");
+      const meta = await repo.getModelMeta(found.definition.jobId, round);
+      if (!meta)
+        return error(404, "E_MODEL_NOT_FOUND", `job '${found.definition.jobId}' has no model ${round}`);
+      const url = await services.store.url(paths.model(meta.jobId, round), found.definition.modelUrlMinutes);
+      return { status: 200, jsonBody: { ...meta, url } };
+    }),
+  };
+}

@@ -1,0 +1,351 @@
+/**
+ * The Event Hub trigger's body: device-to-cloud chunks of update frames from the update-queue module
+ * (docs/iothub-protocol.md, "update-queue → cloud"). Each event is checked, stored once, and when every chunk of
+ * an update is in, the frame is reassembled, verified, stored as `updates/{deviceId}.frame` in its round, marked
+ * received in the round state and acknowledged to the device.
+ *
+ * Never throws: a bad event is logged with its reason and counted. A store error on one event is counted as
+ * `errors` and the batch goes on (the device resends unacknowledged updates, so nothing is lost for good).
+ */
+import { decodeMessage, type Message } from "../../../core/protocol/messages";
+import { isFlotillaError } from "../../../core/errors";
+import { isConflict, sha256Hex } from "./store/blob-store";
+import { JobRepository, paths, type JobDocument, type RoundState } from "./jobs/state";
+import type { AggregatorServices } from "./services";
+
+/** An event as the Event Hub trigger delivers it (body + application properties + system properties). */
+export interface IngestEvent {
+  readonly body: unknown;
+  readonly properties?: Readonly<Record<string, unknown>>;
+  readonly systemProperties?: Readonly<Record<string, unknown>>;
+}
+
+export const INGEST_COUNTERS = [
+  "events",
+  "chunks_stored",
+  "duplicate_chunks",
+  "updates_completed",
+  "duplicate_updates",
+  "failures_received",
+  "acks_sent",
+  "acks_failed",
+  "rejected_malformed",
+  "rejected_oversized",
+  "rejected_unknown_job",
+  "rejected_not_participant",
+  "rejected_hash",
+  "rejected_device",
+  "rejected_frame",
+  "late",
+  "errors",
+] as const;
+export type IngestCounter = (typeof INGEST_COUNTERS)[number];
+
+/** IoT Hub's 256 KB message cap: no chunk body can be larger. */
+export const MAX_CHUNK_BODY = 256 * 1024;
+/** Frame header allowance above the model's payload (JSON header + padding). */
+const HEADER_ALLOWANCE = 64 * 1024;
+const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+
+interface ChunkProps {
+  jobId: string;
+  round: number;
+  deviceId: string;
+  updateId: string;
+  chunkIndex: number;
+  chunkCount: number;
+  size: number;
+  sha256: string;
+  chunkSha256?: string;
+}
+
+class Reject extends Error {
+  constructor(
+    readonly counter: IngestCounter,
+    reason: string,
+  ) {
+    super(reason);
+  }
+}
+
+function str(p: Readonly<Record<string, unknown>>, k: string): string {
+  const v = p[k];
+  if (typeof v === "string" && v.length > 0 && v.length <= 256) return v;
+  if (typeof v === "number" && Number.isFinite(v)) return String(v);
+  throw new Reject("rejected_malformed", `property '${k}' missing or invalid`);
+}
+
+function intProp(p: Readonly<Record<string, unknown>>, k: string, min: number): number {
+  const s = str(p, k);
+  if (!/^\d{1,15}$/.test(s) || Number(s) < min)
+    throw new Reject("rejected_malformed", `property '${k}'='${s}' is not an integer >= ${min}`);
+  return Number(s);
+}
+
+export function parseChunkProps(p: Readonly<Record<string, unknown>> | undefined): ChunkProps {
+  if (!p || typeof p !== "object") throw new Reject("rejected_malformed", "no application properties");
+  const props: ChunkProps = {
+    jobId: str(p, "jobId"),
+    round: intProp(p, "round", 1),
+    deviceId: str(p, "deviceId"),
+    updateId: str(p, "updateId"),
+    chunkIndex: intProp(p, "chunkIndex", 0),
+    chunkCount: intProp(p, "chunkCount", 1),
+    size: intProp(p, "size", 1),
+    sha256: str(p, "sha256").toLowerCase(),
+  };
+  if (p.chunkSha256 !== undefined) props.chunkSha256 = str(p, "chunkSha256").toLowerCase();
+  if (!UPDATE_ID.test(props.updateId))
+    throw new Reject("rejected_malformed", `updateId '${props.updateId}' is invalid`);
+  if (!HEX64.test(props.sha256)) throw new Reject("rejected_malformed", "sha256 is not 64 hex digits");
+  if (props.chunkSha256 !== undefined && !HEX64.test(props.chunkSha256)) {
+    throw new Reject("rejected_malformed", "chunkSha256 is not 64 hex digits");
+  }
+  if (props.chunkIndex >= props.chunkCount) {
+    throw new Reject(
+      "rejected_malformed",
+      `chunkIndex ${props.chunkIndex} >= chunkCount ${props.chunkCount}`,
+    );
+  }
+  if (props.chunkCount > Math.ceil(props.size / 1) || props.chunkCount * MAX_CHUNK_BODY < props.size) {
+    throw new Reject("rejected_malformed", `chunkCount ${props.chunkCount} cannot carry ${props.size} bytes`);
+  }
+  return props;
+}
+
+function bodyBytes(body: unknown): Uint8Array {
+  if (body instanceof Uint8Array) return body;
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  throw new Reject("rejected_malformed", `body is ${body === null ? "null" : typeof body}, not binary`);
+}
+
+export class Ingestor {
+  readonly counters: Record<IngestCounter, number> = Object.fromEntries(
+    INGEST_COUNTERS.map((c) => [c, 0]),
+  ) as Record<IngestCounter, number>;
+  private readonly repo: JobRepository;
+
+  constructor(private readonly services: AggregatorServices) {
+    this.repo = new JobRepository(services.store);
+  }
+
+  /** Handles a batch in order; returns how many events were accepted (stored or harmless duplicates). */
+  async ingestEvents(events: readonly IngestEvent[]): Promise<{ accepted: number; rejected: number }> {
+    const jobs = new Map<string, JobDocument | undefined>();
+    let accepted = 0;
+    let rejected = 0;
+    for (const ev of Array.isArray(events) ? events : []) {
+      this.counters.events++;
+      try {
+        await this.ingestOne(ev, jobs);
+        accepted++;
+      } catch (e) {
+        rejected++;
+        if (e instanceof Reject) {
+          this.counters[e.counter]++;
+          this.services.log(`ingest: rejected (${e.counter}): ${e.message}`);
+        } else {
+          this.counters.errors++;
+          this.services.log(`ingest: error: ${e instanceof Error ? e.message : String(e)}`);
+        }
+      }
+    }
+    return { accepted, rejected };
+  }
+
+  private async job(
+    jobId: string,
+    cache: Map<string, JobDocument | undefined>,
+  ): Promise<JobDocument | undefined> {
+    if (!cache.has(jobId)) cache.set(jobId, await this.repo.getJob(jobId));
+    return cache.get(jobId);
+  }
+
+  private async ingestOne(ev: IngestEvent, jobs: Map<string, JobDocument | undefined>): Promise<void> {
+    if (!ev || typeof ev !== "object") throw new Reject("rejected_malformed", "event is not an object");
+    const p = parseChunkProps(ev.properties);
+    const body = bodyBytes(ev.body);
+    const sender = ev.systemProperties?.["iothub-connection-device-id"];
+    if (sender !== p.deviceId) {
+      throw new Reject("rejected_device", `chunk for '${p.deviceId}' sent by '${String(sender)}'`);
+    }
+    if (body.byteLength === 0 || body.byteLength > MAX_CHUNK_BODY) {
+      throw new Reject("rejected_oversized", `chunk body of ${body.byteLength} bytes`);
+    }
+    const job = await this.job(p.jobId, jobs);
+    if (!job) throw new Reject("rejected_unknown_job", `unknown job '${p.jobId}'`);
+    if (p.size > job.modelLength * 4 + HEADER_ALLOWANCE) {
+      throw new Reject(
+        "rejected_oversized",
+        `update of ${p.size} bytes for a model of ${job.modelLength} values`,
+      );
+    }
+    const round = await this.repo.getRound(p.jobId, p.round);
+    if (!round || round.round > job.currentRound) {
+      throw new Reject("rejected_malformed", `job '${p.jobId}' has no round ${p.round}`);
+    }
+    if (!round.participants.some((x) => x.deviceId === p.deviceId)) {
+      throw new Reject(
+        "rejected_not_participant",
+        `'${p.deviceId}' is not a participant of ${p.jobId}/${p.round}`,
+      );
+    }
+    if (round.received[p.deviceId]?.updateId === p.updateId) {
+      // Already complete: the device did not get our ack. Acknowledge again.
+      this.counters.duplicate_updates++;
+      await this.ack(p.deviceId, p.updateId);
+      return;
+    }
+    if (round.status !== "open" || job.status !== "running") {
+      await this.ack(p.deviceId, p.updateId); // it can never be used: let the queue drop it
+      throw new Reject(
+        "late",
+        `${p.jobId}/${p.round} is ${round.status} (job ${job.status}): update ${p.updateId}`,
+      );
+    }
+    if (p.chunkSha256 !== undefined && sha256Hex(body) !== p.chunkSha256) {
+      throw new Reject("rejected_hash", `chunk ${p.chunkIndex} of ${p.updateId}: chunkSha256 mismatch`);
+    }
+    try {
+      await this.services.store.put(paths.chunk(p.jobId, p.round, p.updateId, p.chunkIndex), body, {
+        ifNoneMatch: "*",
+      });
+      this.counters.chunks_stored++;
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+      this.counters.duplicate_chunks++;
+    }
+    await this.tryComplete(p, job);
+  }
+
+  private async tryComplete(p: ChunkProps, job: JobDocument): Promise<void> {
+    const store = this.services.store;
+    const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
+    const names = await store.list(dir);
+    if (names.length < p.chunkCount) return;
+    // Reassemble, one chunk at a time into one buffer of the announced size.
+    const frame = new Uint8Array(p.size);
+    let offset = 0;
+    for (let i = 0; i < p.chunkCount; i++) {
+      const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
+      if (!c) return; // deleted by a concurrent completion: it finishes the update
+      if (offset + c.bytes.byteLength > p.size) {
+        await this.dropChunks(names);
+        throw new Reject(
+          "rejected_hash",
+          `update ${p.updateId}: chunks exceed the announced ${p.size} bytes`,
+        );
+      }
+      frame.set(c.bytes, offset);
+      offset += c.bytes.byteLength;
+    }
+    if (offset !== p.size || sha256Hex(frame) !== p.sha256) {
+      await this.dropChunks(names);
+      throw new Reject(
+        "rejected_hash",
+        `update ${p.updateId}: reassembled ${offset} bytes do not match sha256/size`,
+      );
+    }
+    let msg: Message;
+    try {
+      msg = decodeMessage(frame);
+    } catch (e) {
+      await this.dropChunks(names);
+      throw new Reject(
+        "rejected_frame",
+        `update ${p.updateId}: ${isFlotillaError(e) ? e.message : String(e)}`,
+      );
+    }
+    if (
+      msg.type === "train" ||
+      msg.jobId !== p.jobId ||
+      msg.round !== p.round ||
+      msg.deviceId !== p.deviceId
+    ) {
+      await this.dropChunks(names);
+      throw new Reject("rejected_frame", `update ${p.updateId}: frame does not match its properties`);
+    }
+    if (msg.type === "result") {
+      if (msg.layoutHash !== job.layoutHash || msg.delta.length !== job.modelLength) {
+        await this.dropChunks(names);
+        throw new Reject(
+          "rejected_frame",
+          `update ${p.updateId}: layout ${String(msg.layoutHash).slice(0, 12)}/${msg.delta.length} values, ` +
+            `job needs ${job.layoutHash.slice(0, 12)}/${job.modelLength}`,
+        );
+      }
+      if (typeof msg.numSamples !== "number" || !(msg.numSamples > 0)) {
+        await this.dropChunks(names);
+        throw new Reject("rejected_frame", `update ${p.updateId}: numSamples ${String(msg.numSamples)}`);
+      }
+    }
+    const updatePath = paths.update(p.jobId, p.round, p.deviceId);
+    let stored = true;
+    try {
+      await store.put(updatePath, frame, { ifNoneMatch: "*" });
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+      stored = false; // an earlier (or concurrent) completion stored this device's update
+    }
+    const now = this.services.clock();
+    let outcome = "duplicate" as "recorded" | "duplicate" | "late";
+    await this.repo.updateRound(p.jobId, p.round, (cur: RoundState) => {
+      const prev = cur.received[p.deviceId];
+      if (prev) {
+        outcome = "duplicate";
+        return undefined;
+      }
+      if (cur.status !== "open") {
+        outcome = "late";
+        return undefined;
+      }
+      outcome = "recorded";
+      const entry =
+        msg.type === "result"
+          ? {
+              updateId: p.updateId,
+              kind: "result" as const,
+              bytes: p.size,
+              numSamples: msg.numSamples,
+              loss: Number.isFinite(msg.metrics?.loss) ? msg.metrics.loss : undefined,
+              at: now,
+            }
+          : {
+              updateId: p.updateId,
+              kind: "failure" as const,
+              bytes: p.size,
+              code: msg.code,
+              reason: msg.reason,
+              at: now,
+            };
+      return { ...cur, received: { ...cur.received, [p.deviceId]: entry } };
+    });
+    if (outcome === "late" && stored) await store.delete(updatePath);
+    await this.dropChunks(names);
+    if (outcome === "recorded") {
+      this.counters[msg.type === "result" ? "updates_completed" : "failures_received"]++;
+      this.services.log(`ingest: ${msg.type} ${p.updateId} from ${p.deviceId} for ${p.jobId}/${p.round}`);
+    } else if (outcome === "duplicate") {
+      this.counters.duplicate_updates++;
+    }
+    await this.ack(p.deviceId, p.updateId);
+    if (outcome === "late")
+      throw new Reject("late", `${p.jobId}/${p.round} closed while ${p.updateId} completed`);
+  }
+
+  private async dropChunks(names: readonly string[]): Promise<void> {
+    for (const n of names) {
+      try {
+        await this.services.store.delete(n);
+      } catch {
+        // best effort: leftover chunks are harmless
+      }
+    }
+  }
+
+  private async ack(deviceId: string, updateId: string): Promise<void> {
+    const ok = await this.services.fleet.ack(deviceId, [updateId]).catch(() => false);
+    this.counters[ok ? "acks_sent" : "acks_failed"]++;
+  }
+}

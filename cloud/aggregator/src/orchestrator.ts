@@ -1,0 +1,360 @@
+/**
+ * Round orchestration: the timer trigger's body. `tick(now)` is idempotent and resumable — every step reads the
+ * persisted job and round state, does the next thing, and persists it before moving on, so a Function instance
+ * killed at any point is resumed by the next tick (on any instance):
+ *
+ *   running job, no open round  → publish models/{r-1}.f32, select participants (connected, fast enough for the
+ *                                 deadline, then the strategy's configureFit), write rounds/{r}/state.json,
+ *                                 advance job.currentRound, configure each trainer's twin + startRound +
+ *                                 update-queue openRounds, mark the round dispatched
+ *   open round                  → close when every participant answered (result or failure frame) or the
+ *                                 deadline passed: state `closing` freezes the set of updates
+ *   closing round               → stream each stored frame through strategy.beginAggregate(r).add() one at a
+ *                                 time, publish models/{r}.f32, record the round in job.json (completing the job
+ *                                 after the last round), state `closed`; then the next round opens in the same tick
+ *
+ * A round with no usable update keeps the model (round status `failed`) and the job goes on. A round that closes
+ * at the deadline with fewer than minCompletedFraction × participants updates is aggregated anyway and recorded
+ * with `belowQuorum: true`.
+ */
+import { decodeMessage } from "../../../core/protocol/messages";
+import { initialWeights } from "../../../core/engine/models";
+import { createStrategy } from "../../../core/strategies/registry";
+import type { ClientInfo, FitFailure, Strategy } from "../../../core/strategies/strategy";
+import { weightsHash } from "../../../core/tensor/layout";
+import type { RoundDesired, TrainerInfo } from "./fleet/fleet";
+import { putJson } from "./store/blob-store";
+import {
+  JobRepository,
+  paths,
+  type JobDocument,
+  type ModelMeta,
+  type RoundRecord,
+  type RoundState,
+} from "./jobs/state";
+import type { AggregatorServices } from "./services";
+
+/** Strategies whose whole server state is the global model (nothing lost on restart). */
+const STATELESS = new Set(["fedavg", "fedprox"]);
+
+export interface TickReport {
+  readonly jobs: { jobId: string; actions: string[] }[];
+}
+
+interface CachedStrategy {
+  strategy: Strategy;
+  /** The model round its weights are (models/{round}.f32). */
+  round: number;
+  sha256: string;
+}
+
+export interface OrchestratorOptions {
+  /** Parallel twin updates / method calls per round dispatch (default 8). */
+  readonly dispatchConcurrency?: number;
+}
+
+export class Orchestrator {
+  readonly repo: JobRepository;
+  private readonly strategies = new Map<string, CachedStrategy>();
+  private readonly concurrency: number;
+  private running: Promise<TickReport> | null = null;
+
+  constructor(
+    private readonly services: AggregatorServices,
+    opts: OrchestratorOptions = {},
+  ) {
+    this.repo = new JobRepository(services.store);
+    this.concurrency = opts.dispatchConcurrency ?? 8;
+  }
+
+  /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
+  tick(now: number = this.services.clock()): Promise<TickReport> {
+    this.running ??= this.tickAll(now).finally(() => {
+      this.running = null;
+    });
+    return this.running;
+  }
+
+  private async tickAll(now: number): Promise<TickReport> {
+    const report: TickReport = { jobs: [] };
+    for (const jobId of await this.repo.listJobIds()) {
+      const actions: string[] = [];
+      try {
+        await this.tickJob(jobId, now, actions);
+      } catch (e) {
+        actions.push(`error: ${e instanceof Error ? e.message : String(e)}`);
+        this.services.log(`tick ${jobId}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+      }
+      if (actions.length > 0) report.jobs.push({ jobId, actions });
+    }
+    return report;
+  }
+
+  /** Advances one job as far as it can go now. */
+  async tickJob(jobId: string, now: number, actions: string[] = []): Promise<void> {
+    for (let step = 0; step < 4; step++) {
+      const job = await this.repo.getJob(jobId);
+      if (!job || job.status !== "running") return;
+      const r = job.currentRound;
+      if (r > 0) {
+        let st = await this.repo.getRound(jobId, r);
+        if (st && st.status === "open") {
+          if (!st.dispatched) {
+            st = await this.dispatch(job, st);
+            actions.push(`dispatched round ${r}`);
+          }
+          if (!this.shouldClose(st, now)) return;
+          st = await this.repo.updateRound(jobId, r, (cur) =>
+            cur.status === "open" ? { ...cur, status: "closing" } : undefined,
+          );
+        }
+        if (st && st.status === "closing") {
+          await this.closeRound(job, st, now);
+          actions.push(`closed round ${r}`);
+          continue;
+        }
+        if (!st) {
+          // job advanced but the round state is missing: cannot happen with our write order; reopen it
+          await this.openRound(job, r, now, actions);
+          return;
+        }
+      }
+      if (r >= job.definition.rounds) {
+        await this.repo.updateJob(jobId, (cur) =>
+          cur.status === "running" ? { ...cur, status: "completed", updatedAt: now } : undefined,
+        );
+        return;
+      }
+      if (!(await this.openRound(job, r + 1, now, actions))) return;
+    }
+  }
+
+  private shouldClose(st: RoundState, now: number): boolean {
+    const answered = st.participants.filter((p) => st.received[p.deviceId] !== undefined).length;
+    return answered >= st.participants.length || now >= st.deadline;
+  }
+
+  /** Publishes the initial model (round 0) once. */
+  private async ensureInitialModel(job: JobDocument, now: number): Promise<void> {
+    const id = job.definition.jobId;
+    if (await this.services.store.exists(paths.modelMeta(id, 0))) return;
+    const w = initialWeights(job.definition.modelSpec, job.definition.seed);
+    await this.publishModel(job, 0, w, now);
+  }
+
+  private async publishModel(
+    job: JobDocument,
+    round: number,
+    w: Float32Array,
+    now: number,
+  ): Promise<ModelMeta> {
+    const id = job.definition.jobId;
+    const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
+    await this.services.store.put(paths.model(id, round), bytes);
+    const meta: ModelMeta = {
+      jobId: id,
+      round,
+      sha256: weightsHash(w),
+      layoutHash: job.layoutHash,
+      length: w.length,
+      createdAt: now,
+    };
+    await putJson(this.services.store, paths.modelMeta(id, round), meta);
+    return meta;
+  }
+
+  /** Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline. */
+  eligible(job: JobDocument, trainers: readonly TrainerInfo[]): ClientInfo[] {
+    const d = job.definition;
+    const out: ClientInfo[] = [];
+    for (const t of trainers) {
+      if (!t.connected) continue;
+      const sps = t.samplesPerSecond?.[d.modelKey];
+      const n = t.numSamples ?? d.defaultNumSamples;
+      if (sps !== undefined && sps > 0) {
+        const seconds = (n * d.strategyOptions.fit.epochs) / sps;
+        if (seconds > d.roundDeadlineSeconds) continue;
+      }
+      out.push({ deviceId: t.deviceId, numSamples: t.numSamples, samplesPerSecond: sps });
+    }
+    return out;
+  }
+
+  private async openRound(job: JobDocument, round: number, now: number, actions: string[]): Promise<boolean> {
+    const d = job.definition;
+    await this.ensureInitialModel(job, now);
+    let st = await this.repo.getRound(d.jobId, round);
+    if (!st) {
+      const meta = await this.repo.getModelMeta(d.jobId, round - 1);
+      if (!meta) throw new Error(`model ${round - 1} of ${d.jobId} is missing`);
+      const available = this.eligible(job, await this.services.fleet.listTrainers());
+      const strategy = createStrategy(d.strategy, d.strategyOptions);
+      const picks = strategy.configureFit(round, available);
+      if (picks.length === 0) {
+        actions.push(`round ${round}: no eligible trainer, waiting`);
+        return false;
+      }
+      const fresh: RoundState = {
+        jobId: d.jobId,
+        round,
+        status: "open",
+        participants: picks.map((p) => ({ deviceId: p.deviceId, config: p.config })),
+        received: {},
+        openedAt: now,
+        deadline: now + d.roundDeadlineSeconds * 1000,
+        modelSha256: meta.sha256,
+        dispatched: false,
+      };
+      st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
+      if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
+      actions.push(`opened round ${round} with ${st.participants.length} participants`);
+    }
+    await this.repo.updateJob(d.jobId, (cur) =>
+      cur.currentRound < round ? { ...cur, currentRound: round, updatedAt: now } : undefined,
+    );
+    if (st.status === "open" && !st.dispatched) {
+      await this.dispatch(job, st);
+      actions.push(`dispatched round ${round}`);
+    }
+    return true;
+  }
+
+  /** Configures every participant (twin, startRound, update-queue openRounds); then marks the round dispatched. */
+  private async dispatch(job: JobDocument, st: RoundState): Promise<RoundState> {
+    const d = job.definition;
+    const { fleet, store, log } = this.services;
+    const modelUrl = await store.url(paths.model(d.jobId, st.round - 1), d.modelUrlMinutes);
+    const work = st.participants.map((p) => async () => {
+      const desired: RoundDesired = {
+        jobId: d.jobId,
+        round: st.round,
+        modelUrl,
+        modelSha256: st.modelSha256,
+        layoutHash: job.layoutHash,
+        modelSpec: d.modelSpec,
+        config: p.config,
+        deadline: st.deadline,
+      };
+      try {
+        await fleet.configureRound(p.deviceId, desired);
+      } catch (e) {
+        log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
+      }
+      await fleet.startRound(p.deviceId, desired).catch(() => false);
+      try {
+        await fleet.setOpenRound(p.deviceId, d.jobId, st.round);
+      } catch (e) {
+        log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${(e as Error).message}`);
+      }
+    });
+    await pool(work, this.concurrency);
+    const next = await this.repo.updateRound(d.jobId, st.round, (cur) =>
+      cur.dispatched ? undefined : { ...cur, dispatched: true },
+    );
+    return next ?? { ...st, dispatched: true };
+  }
+
+  /** A strategy holding models/{round}.f32 as its global model (the cached one when it still matches). */
+  private async strategyAt(job: JobDocument, round: number): Promise<{ strategy: Strategy; reset: boolean }> {
+    const d = job.definition;
+    const model = await this.repo.getModel(d.jobId, round);
+    if (!model) throw new Error(`model ${round} of ${d.jobId} is missing`);
+    const cached = this.strategies.get(d.jobId);
+    if (cached && cached.round === round && cached.sha256 === model.sha256) {
+      return { strategy: cached.strategy, reset: false };
+    }
+    const strategy = createStrategy(d.strategy, d.strategyOptions);
+    strategy.initialize(model.weights);
+    return { strategy, reset: round > 0 && !STATELESS.has(d.strategy) };
+  }
+
+  private async closeRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
+    const d = job.definition;
+    const { strategy, reset } = await this.strategyAt(job, st.round - 1);
+    const agg = strategy.beginAggregate(st.round);
+    const failures: FitFailure[] = [];
+    let bytes = 0;
+    let lossSum = 0;
+    let lossN = 0;
+    for (const p of st.participants) {
+      const rec = st.received[p.deviceId];
+      if (!rec) {
+        failures.push({
+          deviceId: p.deviceId,
+          code: "E_ROUND_TIMEOUT",
+          reason: "no update before the deadline",
+        });
+        continue;
+      }
+      bytes += rec.bytes;
+      if (rec.kind === "failure") {
+        failures.push({
+          deviceId: p.deviceId,
+          code: rec.code ?? "E_DEVICE",
+          reason: rec.reason ?? "device failure",
+        });
+        continue;
+      }
+      const blob = await this.services.store.get(paths.update(d.jobId, st.round, p.deviceId));
+      if (!blob) {
+        failures.push({ deviceId: p.deviceId, code: "E_ROUND_MISSING", reason: "stored update is missing" });
+        continue;
+      }
+      try {
+        const msg = decodeMessage(blob.bytes);
+        if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
+        agg.add({ deviceId: p.deviceId, numSamples: msg.numSamples, delta: msg.delta, metrics: msg.metrics });
+        if (Number.isFinite(msg.metrics?.loss)) {
+          lossSum += msg.metrics.loss * msg.numSamples;
+          lossN += msg.numSamples;
+        }
+      } catch (e) {
+        const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
+        failures.push({ deviceId: p.deviceId, code, reason: (e as Error).message });
+      }
+    }
+    const completed = agg.count;
+    const next = agg.finish(failures);
+    const meta = await this.publishModel(job, st.round, next, now);
+    this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
+    const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
+    const record: RoundRecord = {
+      round: st.round,
+      status: completed > 0 ? "aggregated" : "failed",
+      participants: st.participants.length,
+      completed,
+      failures,
+      trainLoss: lossN > 0 ? lossSum / lossN : null,
+      bytesReceived: bytes,
+      durationMs: now - st.openedAt,
+      belowQuorum: completed < quorum,
+      modelSha256: meta.sha256,
+      optimizerStateReset: reset,
+      closedAt: now,
+    };
+    await this.repo.updateJob(d.jobId, (cur) => {
+      if (cur.rounds.some((x) => x.round === st.round)) return undefined;
+      const done = st.round >= cur.definition.rounds;
+      return {
+        ...cur,
+        rounds: [...cur.rounds, record],
+        status: done && cur.status === "running" ? "completed" : cur.status,
+        updatedAt: now,
+      };
+    });
+    await this.repo.updateRound(d.jobId, st.round, (cur) =>
+      cur.status === "closed" ? undefined : { ...cur, status: "closed" },
+    );
+    this.services.log(
+      `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${meta.sha256.slice(0, 12)}`,
+    );
+  }
+}
+
+async function pool(work: (() => Promise<void>)[], n: number): Promise<void> {
+  let i = 0;
+  const runners = Array.from({ length: Math.min(n, work.length) }, async () => {
+    while (i < work.length) await work[i++]();
+  });
+  await Promise.all(runners);
+}

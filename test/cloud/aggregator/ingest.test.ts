@@ -1,0 +1,186 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { modelLayout } from "../../../core/engine/models";
+import type { ModelSpec } from "../../../core/engine/model-spec";
+import { encodeMessage } from "../../../core/protocol/messages";
+import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
+import { decodeMessage } from "../../../core/protocol/messages";
+import { chunkEvents, makeDelta, sha256, shuffle, SPEC, startJob, world } from "./support";
+
+const layout = modelLayout(SPEC as unknown as ModelSpec);
+const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
+
+function result(deviceId: string, over: Record<string, unknown> = {}) {
+  return {
+    type: "result" as const,
+    jobId: "job-1",
+    round: 1,
+    deviceId,
+    layoutHash: layout.hash,
+    numSamples: 10,
+    metrics: { loss: 0.5, accuracy: 0.5, trainMs: 10 },
+    delta: makeDelta(layout.totalSize, 3),
+    ...over,
+  };
+}
+
+async function openRound() {
+  const w = world();
+  await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  return w;
+}
+
+test("chunks out of order with duplicates: stored once, reassembled, verified, recorded, acked", async () => {
+  const w = await openRound();
+  const msg = result("dev-a");
+  const { events, updateId, frame } = chunkEvents(msg, { maxChunkBytes: 50 });
+  assert.ok(events.length > 5);
+  const noisy = shuffle([...events, events[0], events[3], events[3]], 99);
+  // the last chunk to arrive completes the update; redeliver the whole batch afterwards too
+  const r = await w.agg.ingestUpdates(noisy, ctxStub);
+  assert.equal(r.rejected, 0, w.logs.join("\n"));
+  const c = w.agg.ingestor.counters;
+  assert.equal(c.updates_completed, 1);
+  const stored = await w.store.get(paths.update("job-1", 1, "dev-a"));
+  assert.deepEqual(stored?.bytes, frame);
+  const decoded = decodeMessage(stored!.bytes);
+  assert.equal(decoded.type, "result");
+  const st = await new JobRepository(w.store).getRound("job-1", 1);
+  assert.equal(st?.received["dev-a"]?.updateId, updateId);
+  assert.equal(st?.received["dev-a"]?.numSamples, 10);
+  assert.deepEqual(w.fleet.acks.at(-1), { deviceId: "dev-a", updateIds: [updateId] });
+  // a chunk delivered twice before completion counts once
+  assert.equal(c.chunks_stored, events.length);
+  assert.equal(c.duplicate_chunks + c.duplicate_updates, 3);
+  // redelivery after completion: acked again, nothing recorded twice
+  await w.agg.ingestUpdates(events, ctxStub);
+  assert.equal(c.updates_completed, 1);
+  assert.equal(c.duplicate_updates >= events.length, true);
+  assert.equal(Object.keys((await new JobRepository(w.store).getRound("job-1", 1))!.received).length, 1);
+});
+
+test("a tampered chunk is rejected by chunkSha256; a bad whole-update hash is rejected at reassembly", async () => {
+  const w = await openRound();
+  const { events } = chunkEvents(result("dev-a"), { maxChunkBytes: 100 });
+  const bad = { ...events[1], body: Buffer.from(events[1].body as Buffer).fill(7) };
+  await w.agg.ingestUpdates([bad], ctxStub);
+  assert.equal(w.agg.ingestor.counters.rejected_hash, 1);
+
+  const { events: ev2 } = chunkEvents(result("dev-b"), { maxChunkBytes: 100, chunkSha: false });
+  ev2[2] = { ...ev2[2], body: Buffer.from(ev2[2].body as Buffer).fill(1) };
+  await w.agg.ingestUpdates(ev2, ctxStub);
+  assert.equal(w.agg.ingestor.counters.rejected_hash, 2);
+  assert.equal(w.agg.ingestor.counters.updates_completed, 0);
+  assert.equal(await w.store.get(paths.update("job-1", 1, "dev-b")), undefined);
+  assert.deepEqual(
+    await w.store.list("jobs/job-1/rounds/1/chunks/"),
+    [],
+    "a failed reassembly drops the chunks",
+  );
+});
+
+test("a chunk sent by another device than its deviceId is rejected; so is a non-participant", async () => {
+  const w = await openRound();
+  const { events } = chunkEvents(result("dev-a"), { sender: "dev-evil" });
+  await w.agg.ingestUpdates(events, ctxStub);
+  assert.equal(w.agg.ingestor.counters.rejected_device, events.length);
+  const { events: ev2 } = chunkEvents(result("stranger"));
+  await w.agg.ingestUpdates(ev2, ctxStub);
+  assert.equal(w.agg.ingestor.counters.rejected_not_participant, ev2.length);
+  assert.equal(w.agg.ingestor.counters.updates_completed, 0);
+  assert.equal(w.fleet.acks.length, 0);
+});
+
+test("unknown job, wrong layout, frame/property mismatch and device failure frames", async () => {
+  const w = await openRound();
+  const c = w.agg.ingestor.counters;
+  await w.agg.ingestUpdates(chunkEvents(result("dev-a", { jobId: "nope" })).events, ctxStub);
+  assert.equal(c.rejected_unknown_job, 1);
+  await w.agg.ingestUpdates(chunkEvents(result("dev-a", { layoutHash: "f".repeat(64) })).events, ctxStub);
+  assert.equal(c.rejected_frame, 1);
+  await w.agg.ingestUpdates(chunkEvents(result("dev-a", { delta: new Float32Array(3) })).events, ctxStub);
+  assert.equal(c.rejected_frame, 2);
+  const f = chunkEvents({
+    type: "failure",
+    jobId: "job-1",
+    round: 1,
+    deviceId: "dev-c",
+    code: "E_OOM",
+    reason: "x",
+  });
+  await w.agg.ingestUpdates(f.events, ctxStub);
+  assert.equal(c.failures_received, 1);
+  const st = await new JobRepository(w.store).getRound("job-1", 1);
+  assert.equal(st?.received["dev-c"]?.kind, "failure");
+  assert.equal(st?.received["dev-a"], undefined);
+});
+
+test("garbage never throws: every malformed event is counted", async () => {
+  const w = await openRound();
+  const good = chunkEvents(result("dev-a")).events[0];
+  const props = good.properties as Record<string, string>;
+  const garbage: unknown[] = [
+    null,
+    42,
+    {},
+    { body: "a string" },
+    { body: Buffer.from("x"), properties: {} },
+    { body: Buffer.from("x"), properties: { ...props, round: "-1" } },
+    { body: Buffer.from("x"), properties: { ...props, chunkIndex: "9", chunkCount: "2" } },
+    { body: Buffer.from("x"), properties: { ...props, sha256: "zz" } },
+    { body: Buffer.from("x"), properties: { ...props, updateId: "../../etc" } },
+    {
+      body: Buffer.from("x"),
+      properties: { ...props, size: "99999999999" },
+      systemProperties: good.systemProperties,
+    },
+    { body: Buffer.alloc(300 * 1024), properties: props, systemProperties: good.systemProperties },
+    { body: good.body, properties: { ...props, round: "7" }, systemProperties: good.systemProperties },
+  ];
+  const r = await w.agg.ingestUpdates(garbage, ctxStub);
+  assert.equal(r.accepted, 0);
+  assert.equal(r.rejected, garbage.length);
+  const c = w.agg.ingestor.counters;
+  assert.equal(c.rejected_malformed + c.rejected_oversized + c.rejected_device, garbage.length);
+  assert.equal(c.rejected_oversized, 1, "the 300 KB body");
+  // not even an array, or a frame that is not FLT1 at all
+  await w.agg.ingestUpdates("nonsense", ctxStub);
+  const junk = Buffer.from("definitely not a frame");
+  const ev = {
+    body: junk,
+    properties: {
+      ...props,
+      chunkIndex: "0",
+      chunkCount: "1",
+      size: String(junk.length),
+      sha256: sha256(junk),
+    },
+    systemProperties: good.systemProperties,
+  };
+  delete (ev.properties as Record<string, string>).chunkSha256;
+  await w.agg.ingestUpdates([ev], ctxStub);
+  assert.equal(c.rejected_frame, 1);
+  assert.equal(c.updates_completed, 0);
+});
+
+test("Event Hub trigger shape: bodies + triggerMetadata.propertiesArray/systemPropertiesArray", async () => {
+  const w = await openRound();
+  const { events } = chunkEvents(result("dev-b"), { maxChunkBytes: 200 });
+  const context = {
+    log() {},
+    warn() {},
+    error() {},
+    triggerMetadata: {
+      propertiesArray: events.map((e) => e.properties),
+      systemPropertiesArray: events.map((e) => e.systemProperties),
+    },
+  } as never;
+  const r = await w.agg.ingestUpdates(
+    events.map((e) => new Uint8Array(e.body as Buffer)),
+    context,
+  );
+  assert.equal(r.accepted, events.length, w.logs.join("\n"));
+  assert.equal(w.agg.ingestor.counters.updates_completed, 1);
+  assert.ok(encodeMessage);
+});

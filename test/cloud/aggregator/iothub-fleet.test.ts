@@ -1,0 +1,143 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import { ModuleClient, type Twin } from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import { createRegistry, createServiceClient, startLocalHub } from "../../../local/hub";
+import { IotHubFleet, type RoundDesired } from "../../../cloud/aggregator/src/fleet/fleet";
+
+function reported(twin: Twin, patch: unknown): Promise<void> {
+  const update = twin.properties.reported.update as (p: unknown, cb: (e?: Error) => void) => void;
+  return new Promise((res, rej) => update(patch, (e) => (e ? rej(e) : res())));
+}
+
+async function waitFor(cond: () => boolean, ms: number, what: string) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+test("IotHubFleet against the local hub with the real azure-iothub and azure-iot-device SDKs", async () => {
+  const hub = await startLocalHub({ log: () => {} });
+  const clients: ModuleClient[] = [];
+  const open = async (d: string, m: string) => {
+    const c = ModuleClient.fromConnectionString(hub.createModule(d, m), Mqtt);
+    await c.setOptions({ ca: hub.caCertPem });
+    await c.open();
+    clients.push(c);
+    return c;
+  };
+  const registry = createRegistry(hub);
+  const service = createServiceClient(hub);
+  const logs: string[] = [];
+  const fleet = new IotHubFleet(registry, service, { methodTimeoutSeconds: 5, log: (l) => logs.push(l) });
+  try {
+    // edge-1: trainer + update-queue + profiler online; edge-2: trainer identity only, offline
+    const trainer = await open("edge-1", "trainer");
+    const queue = await open("edge-1", "update-queue");
+    const profiler = await open("edge-1", "profiler");
+    hub.createModule("edge-2", "trainer");
+
+    const started: unknown[] = [];
+    trainer.onMethod("startRound", (req, res) => {
+      if (!req || !res) return;
+      started.push(req.payload);
+      void res.send(200, { accepted: true });
+    });
+    const acks: unknown[] = [];
+    queue.onMethod("ack", (req, res) => {
+      if (!req || !res) return;
+      acks.push(req.payload);
+      void res.send(200, {});
+    });
+    const tTwin = await trainer.getTwin();
+    await reported(tTwin, { flotilla: { status: "idle", numSamples: 600 } });
+    await reported(await profiler.getTwin(), { capabilities: { samplesPerSecond: { mlp: 250, cnn: 12 } } });
+    const desiredSeen: unknown[] = [];
+    tTwin.on("properties.desired", (d: Record<string, unknown>) => {
+      if (d.flotilla !== undefined) desiredSeen.push(d.flotilla);
+    });
+    await waitFor(
+      () => hub.subscriptions("edge-1", "trainer").some((s) => s.startsWith("$iothub/methods")),
+      5000,
+      "methods",
+    );
+
+    const trainers = await fleet.listTrainers();
+    assert.deepEqual(trainers, [
+      {
+        deviceId: "edge-1",
+        connected: true,
+        numSamples: 600,
+        status: "idle",
+        samplesPerSecond: { mlp: 250, cnn: 12 },
+      },
+      {
+        deviceId: "edge-2",
+        connected: false,
+        numSamples: undefined,
+        status: undefined,
+        samplesPerSecond: undefined,
+      },
+    ]);
+
+    const desired: RoundDesired = {
+      jobId: "job-x",
+      round: 4,
+      modelUrl: "http://127.0.0.1/devstoreaccount1/flotilla/jobs/job-x/models/3.f32?sig=abc",
+      modelSha256: "a".repeat(64),
+      layoutHash: "b".repeat(64),
+      modelSpec: { kind: "mlp", inputShape: [4], numClasses: 3, hidden: [5] },
+      config: { epochs: 2, batchSize: 16, lr: 0.05, seed: 99 },
+      deadline: 1_800_000_000_000,
+    };
+    await fleet.configureRound("edge-1", desired);
+    const twin = await registry.getModuleTwin("edge-1", "trainer");
+    const got = (twin.responseBody.properties.desired as Record<string, unknown>).flotilla as Record<
+      string,
+      unknown
+    >;
+    assert.equal(got.jobId, "job-x");
+    assert.equal(got.round, 4);
+    assert.equal(got.modelUrl, desired.modelUrl);
+    assert.deepEqual((got.config as Record<string, unknown>).epochs, 2);
+    // the module itself sees it (desired-properties notification over MQTT)
+    await waitFor(
+      () => desiredSeen.some((d) => (d as { round?: number }).round === 4),
+      5000,
+      "trainer desired notification",
+    );
+    const fresh = await trainer.getTwin();
+    assert.equal((fresh.properties.desired.flotilla as { jobId: string }).jobId, "job-x");
+
+    assert.equal(await fleet.startRound("edge-1", desired), true);
+    assert.equal((started[0] as { round: number }).round, 4);
+    assert.equal((started[0] as { modelSha256: string }).modelSha256, desired.modelSha256);
+    // offline: 404, non-fatal
+    assert.equal(await fleet.startRound("edge-2", desired), false);
+    assert.ok(
+      logs.some((l) => l.includes("edge-2") && l.includes("404")),
+      logs.join("\n"),
+    );
+
+    assert.equal(await fleet.ack("edge-1", ["u1", "u2"]), true);
+    assert.deepEqual(acks, [{ updateIds: ["u1", "u2"] }]);
+    assert.equal(await fleet.ack("edge-2", ["u3"]), false);
+
+    await fleet.setOpenRound("edge-1", "job-x", 4);
+    const qTwin = await registry.getModuleTwin("edge-1", "update-queue");
+    assert.deepEqual((qTwin.responseBody.properties.desired as Record<string, unknown>).openRounds, {
+      "job-x": 4,
+    });
+
+    await fleet.configureRound("edge-1", null);
+    const idle = await registry.getModuleTwin("edge-1", "trainer");
+    assert.equal((idle.responseBody.properties.desired as Record<string, unknown>).flotilla ?? null, null);
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await hub.close();
+    if (fs.existsSync(hub.stateDir)) fs.rmSync(hub.stateDir, { recursive: true, force: true });
+  }
+});

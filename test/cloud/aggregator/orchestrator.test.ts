@@ -1,0 +1,263 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { initialWeights, modelLayout } from "../../../core/engine/models";
+import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
+import type { ModelSpec } from "../../../core/engine/model-spec";
+import { chunkEvents, makeDelta, sha256, shuffle, SPEC, startJob, world, type World } from "./support";
+
+const layout = modelLayout(SPEC as unknown as ModelSpec);
+
+function result(
+  jobId: string,
+  round: number,
+  deviceId: string,
+  numSamples: number,
+  delta: Float32Array,
+  loss = 1,
+) {
+  return {
+    type: "result" as const,
+    jobId,
+    round,
+    deviceId,
+    layoutHash: layout.hash,
+    numSamples,
+    metrics: { loss, accuracy: 0.5, trainMs: 10 },
+    delta,
+  };
+}
+
+async function send(
+  w: World,
+  jobId: string,
+  round: number,
+  deviceId: string,
+  n: number,
+  delta: Float32Array,
+) {
+  const { events } = chunkEvents(result(jobId, round, deviceId, n, delta), { maxChunkBytes: 97 });
+  const r = await w.agg.ingestUpdates(shuffle(events, n), ctxStub);
+  assert.equal(r.rejected, 0, w.logs.join("\n"));
+}
+
+const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
+
+async function model(w: World, jobId: string, round: number): Promise<Float32Array> {
+  const m = await new JobRepository(w.store).getModel(jobId, round);
+  assert.ok(m, `model ${round} exists`);
+  return m.weights;
+}
+
+/** FedAvg by hand, in float64: global + Σ n_k Δ_k / Σ n_k. */
+function fedavg(global: Float32Array, ups: { n: number; d: Float32Array }[]): Float64Array {
+  const total = ups.reduce((s, u) => s + u.n, 0);
+  const out = Float64Array.from(global);
+  for (const u of ups) for (let i = 0; i < out.length; i++) out[i] += (u.n * u.d[i]) / total;
+  return out;
+}
+
+function assertClose(a: Float32Array, b: Float64Array) {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  assert.ok(worst < 1e-6, `max |diff| ${worst}`);
+}
+
+test("a round end to end: publish, dispatch, ingest chunked frames, aggregate = hand-computed FedAvg", async () => {
+  const w = world();
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+
+  // round 1 is open: initial model published, every trainer configured and started
+  const w0 = await model(w, id, 0);
+  assert.deepEqual(w0, initialWeights(SPEC as unknown as ModelSpec, 1));
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  assert.equal(st?.status, "open");
+  assert.equal(st?.dispatched, true);
+  assert.deepEqual(st?.participants.map((p) => p.deviceId).sort(), ["dev-a", "dev-b", "dev-c"]);
+  assert.equal(w.fleet.configured.length, 3);
+  assert.equal(w.fleet.started.length, 3);
+  const desired = w.fleet.configured[0].desired;
+  assert.equal(desired?.round, 1);
+  assert.equal(desired?.modelSha256, sha256(new Uint8Array(w0.buffer)));
+  assert.equal(desired?.layoutHash, layout.hash);
+  assert.equal(desired?.deadline, w.now.t + 60_000);
+  assert.match(String(desired?.modelUrl), /jobs\/job-1\/models\/0\.f32/);
+  assert.deepEqual(w.fleet.openRounds.map((o) => [o.deviceId, o.round]).sort(), [
+    ["dev-a", 1],
+    ["dev-b", 1],
+    ["dev-c", 1],
+  ]);
+
+  // a tick with nothing arrived changes nothing
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await new JobRepository(w.store).getRound(id, 1))?.status, "open");
+
+  const ups = [
+    { dev: "dev-a", n: 10, d: makeDelta(layout.totalSize, 1) },
+    { dev: "dev-b", n: 30, d: makeDelta(layout.totalSize, 2) },
+    { dev: "dev-c", n: 60, d: makeDelta(layout.totalSize, 3) },
+  ];
+  for (const u of ups) await send(w, id, 1, u.dev, u.n, u.d);
+  assert.equal(w.agg.ingestor.counters.updates_completed, 3);
+  assert.equal(w.fleet.acks.length, 3);
+
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  assertClose(await model(w, id, 1), fedavg(w0, ups));
+
+  const job = await new JobRepository(w.store).getJob(id);
+  assert.equal(job?.rounds.length, 1);
+  const rec = job!.rounds[0];
+  assert.equal(rec.status, "aggregated");
+  assert.equal(rec.completed, 3);
+  assert.equal(rec.participants, 3);
+  assert.deepEqual(rec.failures, []);
+  assert.equal(rec.trainLoss, 1);
+  assert.ok(rec.bytesReceived > layout.totalSize * 4 * 3);
+  assert.equal(rec.modelSha256, sha256(new Uint8Array((await model(w, id, 1)).buffer)));
+  // the next round opened in the same tick, from model 1
+  assert.equal(job?.currentRound, 2);
+  const r2 = w.fleet.configured.filter((c) => c.desired?.round === 2);
+  assert.equal(r2.length, 3);
+  assert.equal(r2[0].desired?.modelSha256, rec.modelSha256);
+  // the chunks were cleaned up, the frames kept
+  assert.deepEqual(await w.store.list(`jobs/${id}/rounds/1/chunks/`), []);
+  assert.equal((await w.store.list(`jobs/${id}/rounds/1/updates/`)).length, 3);
+});
+
+test("the deadline closes a round with what arrived (quorum recorded); an empty round fails and the job goes on", async () => {
+  const w = world();
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const w0 = await model(w, id, 0);
+  const ups = [
+    { dev: "dev-a", n: 5, d: makeDelta(layout.totalSize, 11) },
+    { dev: "dev-c", n: 15, d: makeDelta(layout.totalSize, 12) },
+  ];
+  for (const u of ups) await send(w, id, 1, u.dev, u.n, u.d);
+  w.now.t += 59_000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal(
+    (await new JobRepository(w.store).getRound(id, 1))?.status,
+    "open",
+    "before the deadline: waits",
+  );
+  w.now.t += 1_001;
+  await w.agg.roundTimer({}, ctxStub);
+  assertClose(await model(w, id, 1), fedavg(w0, ups));
+  let job = await new JobRepository(w.store).getJob(id);
+  const rec = job!.rounds[0];
+  assert.equal(rec.completed, 2);
+  assert.equal(rec.belowQuorum, false, "2 of 3 ≥ ceil(0.6 × 3)");
+  assert.deepEqual(
+    rec.failures.map((f) => [f.deviceId, f.code]),
+    [["dev-b", "E_ROUND_TIMEOUT"]],
+  );
+
+  // dev-b's late update is refused as late (and acknowledged so its queue drops it)
+  const acks = w.fleet.acks.length;
+  const { events } = chunkEvents(result(id, 1, "dev-b", 9, makeDelta(layout.totalSize, 13)));
+  await w.agg.ingestUpdates(events, ctxStub);
+  assert.equal(w.agg.ingestor.counters.late, 1);
+  assert.equal(w.fleet.acks.length, acks + 1);
+
+  // round 2: nobody answers → failed round, model unchanged, job completes (rounds: 2)
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  job = await new JobRepository(w.store).getJob(id);
+  assert.equal(job?.rounds[1].status, "failed");
+  assert.equal(job?.rounds[1].completed, 0);
+  assert.deepEqual(await model(w, id, 2), await model(w, id, 1));
+  assert.equal(job?.status, "completed");
+});
+
+test("capability filter and connection state select the participants", async () => {
+  const w = world();
+  w.fleet.trainers = [
+    { deviceId: "fast", connected: true, numSamples: 1000, samplesPerSecond: { mlp: 1000 } },
+    { deviceId: "slow", connected: true, numSamples: 1000, samplesPerSecond: { mlp: 10 } }, // 100 s > 60 s
+    { deviceId: "unprofiled", connected: true },
+    { deviceId: "offline", connected: false, samplesPerSecond: { mlp: 1e6 } },
+  ];
+  const id = await startJob(w, {
+    strategyOptions: { clientsPerRound: 10, fit: { epochs: 1, batchSize: 8, lr: 0.1 } },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  assert.deepEqual(st?.participants.map((p) => p.deviceId).sort(), ["fast", "unprofiled"]);
+});
+
+test("no eligible trainer: the round waits, and opens once one connects", async () => {
+  const w = world([]);
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal(await new JobRepository(w.store).getRound(id, 1), undefined);
+  w.fleet.trainers = [{ deviceId: "late-comer", connected: true }];
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(
+    (await new JobRepository(w.store).getRound(id, 1))?.participants.map((p) => p.deviceId),
+    ["late-comer"],
+  );
+});
+
+test("restart-resume: a new orchestrator over the same store finishes the round, also from a crash mid-close", async () => {
+  const w = world();
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const w0 = await model(w, id, 0);
+  const ups = [
+    { dev: "dev-a", n: 7, d: makeDelta(layout.totalSize, 21) },
+    { dev: "dev-b", n: 8, d: makeDelta(layout.totalSize, 22) },
+    { dev: "dev-c", n: 9, d: makeDelta(layout.totalSize, 23) },
+  ];
+  await send(w, id, 1, ups[0].dev, ups[0].n, ups[0].d);
+  w.restart(); // the Function host recycled: nothing in memory survives
+  await send(w, id, 1, ups[1].dev, ups[1].n, ups[1].d);
+  await send(w, id, 1, ups[2].dev, ups[2].n, ups[2].d);
+  await w.agg.roundTimer({}, ctxStub);
+  assertClose(await model(w, id, 1), fedavg(w0, ups));
+
+  // round 2: all updates in; simulate a crash after the round was frozen as `closing`
+  const w1 = await model(w, id, 1);
+  const ups2 = ups.map((u, i) => ({ ...u, d: makeDelta(layout.totalSize, 31 + i) }));
+  for (const u of ups2) await send(w, id, 2, u.dev, u.n, u.d);
+  const repo = new JobRepository(w.store);
+  await repo.updateRound(id, 2, (cur) => ({ ...cur, status: "closing" }));
+  // ...and after the model was written with garbage (a torn earlier attempt): the resume rewrites it
+  await w.store.put(paths.model(id, 2), new Uint8Array(8));
+  w.restart();
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  assertClose(await model(w, id, 2), fedavg(w1, ups2));
+  const job = await repo.getJob(id);
+  assert.equal(job?.status, "completed");
+  assert.deepEqual(
+    job?.rounds.map((r) => [r.round, r.completed]),
+    [
+      [1, 3],
+      [2, 3],
+    ],
+  );
+  // ticking again is a no-op
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await repo.getJob(id))?.rounds.length, 2);
+});
+
+test("a stopped job does not advance and takes no updates", async () => {
+  const w = world();
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  const { events } = chunkEvents(result(id, 1, "dev-a", 3, makeDelta(layout.totalSize, 5)));
+  const stop = await w.agg.http.stopJob(
+    { params: { id }, method: "POST", url: "http://x" } as never,
+    { error() {} } as never,
+  );
+  assert.equal(stop.status, 200);
+  await w.agg.ingestUpdates(events, ctxStub);
+  assert.equal(w.agg.ingestor.counters.late, 1, "updates for a stopped job are not taken");
+  w.now.t += 120_000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await new JobRepository(w.store).getRound(id, 1))?.status, "open");
+});

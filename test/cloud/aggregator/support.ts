@@ -1,0 +1,252 @@
+/** Test helpers for the aggregator: Azurite as a child process, a recording Fleet, devices' chunked frames. */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { encodeMessage, type DeviceMessage } from "../../../core/protocol/messages";
+import type { Fleet, RoundDesired, TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
+import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Azurite {
+  readonly blobEndpoint: string;
+  stop(): Promise<void>;
+}
+
+/** Spawns Azurite's blob service in memory on a free port; resolves when it listens. */
+export async function startAzurite(): Promise<Azurite> {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-azurite-"));
+  const main = require.resolve("azurite/dist/src/blob/main.js");
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [main, "--blobHost", "127.0.0.1", "--blobPort", String(port), "--inMemoryPersistence", "--loose"].concat([
+      "--skipApiVersionCheck",
+      "--silent",
+      "--disableTelemetry",
+    ]),
+    { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+  child.stderr?.on("data", (d: Buffer) => (out += d.toString()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`azurite exited: ${out}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const c = net.connect(port, "127.0.0.1", () => {
+        c.destroy();
+        resolve(true);
+      });
+      c.once("error", () => resolve(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`azurite did not listen within 20 s: ${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { blobEndpoint: `http://127.0.0.1:${port}/devstoreaccount1`, stop };
+}
+
+/** A Fleet that records every call; the test plays the devices. */
+export class RecordingFleet implements Fleet {
+  trainers: TrainerInfo[] = [];
+  readonly configured: { deviceId: string; desired: RoundDesired | null }[] = [];
+  readonly started: { deviceId: string; payload: RoundDesired }[] = [];
+  readonly acks: { deviceId: string; updateIds: string[] }[] = [];
+  readonly openRounds: { deviceId: string; jobId: string; round: number | null }[] = [];
+  /** Devices whose startRound "fails" (offline). */
+  readonly offline = new Set<string>();
+
+  async listTrainers(): Promise<TrainerInfo[]> {
+    return this.trainers.map((t) => ({ ...t }));
+  }
+  async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
+    this.configured.push({ deviceId, desired });
+  }
+  async startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
+    this.started.push({ deviceId, payload });
+    return !this.offline.has(deviceId);
+  }
+  async ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {
+    this.acks.push({ deviceId, updateIds: [...updateIds] });
+    return true;
+  }
+  async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
+    this.openRounds.push({ deviceId, jobId, round });
+  }
+}
+
+export const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+/** A device's frame cut into D2C events the way the update-queue outbox sends them. */
+export function chunkEvents(
+  msg: DeviceMessage,
+  opts: { maxChunkBytes?: number; sender?: string; chunkSha?: boolean } = {},
+): { events: IngestEvent[]; updateId: string; frame: Uint8Array } {
+  const frame = encodeMessage(msg);
+  const max = opts.maxChunkBytes ?? 255_000;
+  const hash = sha256(frame);
+  const updateId = hash.slice(0, 32);
+  const count = Math.max(1, Math.ceil(frame.byteLength / max));
+  const events: IngestEvent[] = [];
+  for (let i = 0; i < count; i++) {
+    const body = Buffer.from(frame.subarray(i * max, Math.min(frame.byteLength, (i + 1) * max)));
+    events.push({
+      body,
+      properties: {
+        jobId: msg.jobId,
+        round: String(msg.round),
+        deviceId: msg.deviceId,
+        updateId,
+        chunkIndex: String(i),
+        chunkCount: String(count),
+        size: String(frame.byteLength),
+        sha256: hash,
+        ...(opts.chunkSha === false ? {} : { chunkSha256: sha256(body) }),
+        "flotilla-content-type": "flotilla-frame",
+      },
+      systemProperties: {
+        "iothub-connection-device-id": opts.sender ?? msg.deviceId,
+        "iothub-connection-module-id": "update-queue",
+        "message-id": `${updateId}:${i}`,
+      },
+    });
+  }
+  return { events, updateId, frame };
+}
+
+export const logs: string[] = [];
+export const testLog = (l: string) => {
+  logs.push(l);
+};
+
+import { HttpRequest, InvocationContext } from "@azure/functions";
+import { createAggregator, type Aggregator } from "../../../cloud/aggregator/src/aggregator";
+import { MemoryBlobStore, type BlobStore } from "../../../cloud/aggregator/src/store/blob-store";
+
+export const SPEC = { kind: "mlp", inputShape: [4], numClasses: 3, hidden: [5] } as const;
+
+export function jobBody(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    jobId: "job-1",
+    modelSpec: SPEC,
+    strategy: "fedavg",
+    strategyOptions: { clientsPerRound: 3, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    rounds: 3,
+    roundDeadlineSeconds: 60,
+    minCompletedFraction: 0.6,
+    seed: 1,
+    ...over,
+  };
+}
+
+export function ctx(): InvocationContext {
+  return new InvocationContext({ functionName: "test", invocationId: "t", logHandler: () => {} });
+}
+
+export function post(url: string, body?: unknown, params: Record<string, string> = {}): HttpRequest {
+  return new HttpRequest({
+    method: "POST",
+    url: `http://localhost${url}`,
+    params,
+    ...(body === undefined
+      ? {}
+      : { body: { string: typeof body === "string" ? body : JSON.stringify(body) } }),
+  });
+}
+
+export function get(url: string, params: Record<string, string> = {}): HttpRequest {
+  return new HttpRequest({ method: "GET", url: `http://localhost${url}`, params });
+}
+
+export interface World {
+  store: BlobStore;
+  fleet: RecordingFleet;
+  agg: Aggregator;
+  now: { t: number };
+  logs: string[];
+  /** A fresh aggregator over the same store and fleet (a restarted Function instance). */
+  restart(): Aggregator;
+}
+
+export function world(devices = ["dev-a", "dev-b", "dev-c"]): World {
+  const store = new MemoryBlobStore();
+  const fleet = new RecordingFleet();
+  fleet.trainers = devices.map((deviceId) => ({ deviceId, connected: true, numSamples: 100 }));
+  const now = { t: 1_700_000_000_000 };
+  const logs: string[] = [];
+  const make = () => createAggregator({ store, fleet, clock: () => now.t, log: (l) => logs.push(l) });
+  const w: World = {
+    store,
+    fleet,
+    agg: make(),
+    now,
+    logs,
+    restart() {
+      w.agg = make();
+      return w.agg;
+    },
+  };
+  return w;
+}
+
+/** Creates and starts a job through the HTTP API. */
+export async function startJob(w: World, over: Record<string, unknown> = {}): Promise<string> {
+  const body = jobBody(over);
+  const r = await w.agg.http.createJob(post("/api/jobs", body), ctx());
+  if (r.status !== 201) throw new Error(`create failed: ${JSON.stringify(r.jsonBody)}`);
+  const id = String(body.jobId);
+  const s = await w.agg.http.startJob(post(`/api/jobs/${id}/start`, undefined, { id }), ctx());
+  if (s.status !== 200) throw new Error(`start failed: ${JSON.stringify(s.jsonBody)}`);
+  return id;
+}
+
+/** Deterministic pseudo-random delta. */
+export function makeDelta(n: number, seed: number): Float32Array {
+  const d = new Float32Array(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    d[i] = (x / 2 ** 32 - 0.5) * 0.2;
+  }
+  return d;
+}
+
+export function shuffle<T>(a: T[], seed: number): T[] {
+  const out = a.slice();
+  let x = seed;
+  for (let i = out.length - 1; i > 0; i--) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    const j = x % (i + 1);
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
