@@ -22,7 +22,7 @@ const CASES: Record<string, Case> = {
   "mlp-iid": { model: "mlp", partition: "iid", thresholds: [0.93, 0.94], maxRounds: 200 },
   "mlp-shards": { model: "mlp", partition: "shards", thresholds: [0.93], maxRounds: 400 },
   "cnn-iid": { model: "cnn", partition: "iid", thresholds: [0.96, 0.97], maxRounds: 80 },
-  "cnn-shards": { model: "cnn", partition: "shards", thresholds: [0.96, 0.97], maxRounds: 150 },
+  "cnn-shards": { model: "cnn", partition: "shards", thresholds: [0.96, 0.97], maxRounds: 120 },
 };
 
 async function main(): Promise<void> {

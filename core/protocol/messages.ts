@@ -145,5 +145,8 @@ function align4(n: number): number {
 function floatView(bytes: Uint8Array, offset: number, length: number): Float32Array {
   const abs = bytes.byteOffset + offset;
   if (abs % 4 === 0) return new Float32Array(bytes.buffer, abs, length);
-  return new Float32Array(bytes.slice(offset, offset + length * 4).buffer);
+  // Copy into a fresh buffer (a Node Buffer's slice() would be a view into its shared pool).
+  const copy = new Uint8Array(length * 4);
+  copy.set(bytes.subarray(offset, offset + length * 4));
+  return new Float32Array(copy.buffer);
 }

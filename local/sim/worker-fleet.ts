@@ -28,6 +28,7 @@ export class WorkerFleet implements ServerTransport {
   private readonly handlers = new Set<(frame: Uint8Array) => void>();
   private readonly inFlight: number[];
   private devices: ClientInfo[] = [];
+  private exited = false;
 
   private constructor(
     private readonly workers: Worker[],
@@ -99,6 +100,7 @@ export class WorkerFleet implements ServerTransport {
   }
 
   async close(): Promise<void> {
+    this.exited = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }

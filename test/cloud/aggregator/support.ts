@@ -1,75 +1,10 @@
 /** Test helpers for the aggregator: Azurite as a child process, a recording Fleet, devices' chunked frames. */
-import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import * as fs from "node:fs";
-import * as net from "node:net";
-import * as os from "node:os";
-import * as path from "node:path";
 import { encodeMessage, type DeviceMessage } from "../../../core/protocol/messages";
 import type { Fleet, RoundDesired, TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-export interface Azurite {
-  readonly blobEndpoint: string;
-  stop(): Promise<void>;
-}
-
-/** Spawns Azurite's blob service in memory on a free port; resolves when it listens. */
-export async function startAzurite(): Promise<Azurite> {
-  const port = await freePort();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-azurite-"));
-  const main = require.resolve("azurite/dist/src/blob/main.js");
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [main, "--blobHost", "127.0.0.1", "--blobPort", String(port), "--inMemoryPersistence", "--loose"].concat([
-      "--skipApiVersionCheck",
-      "--silent",
-      "--disableTelemetry",
-    ]),
-    { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
-  );
-  let out = "";
-  child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
-  child.stderr?.on("data", (d: Buffer) => (out += d.toString()));
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once("exit", r));
-      child.kill("SIGTERM");
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-    }
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`azurite exited: ${out}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const c = net.connect(port, "127.0.0.1", () => {
-        c.destroy();
-        resolve(true);
-      });
-      c.once("error", () => resolve(false));
-    });
-    if (ok) break;
-    if (Date.now() > deadline) {
-      await stop();
-      throw new Error(`azurite did not listen within 20 s: ${out}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return { blobEndpoint: `http://127.0.0.1:${port}/devstoreaccount1`, stop };
-}
+export { freePort, startAzurite, type Azurite } from "../../../local/stack/azurite";
 
 /** A Fleet that records every call; the test plays the devices. */
 export class RecordingFleet implements Fleet {
