@@ -1,0 +1,650 @@
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { Message, ModuleClient } from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
+import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
+import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
+import { frameMeta, Outbox, type InputChunkMeta, type OutboxChunk, type OutboxStats } from "./outbox";
+import { Sender } from "./sender";
+
+/**
+ * The update-queue IoT Edge module. edgeHub routes the trainer's updates here
+ * (FROM /messages/modules/trainer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates"));
+ * each one is stored in the outbox before the input message is completed, then sent as chunks on the `upstream`
+ * output (FROM /messages/modules/update-queue/outputs/* INTO $upstream) until the cloud acknowledges it through
+ * the module twin (desired `acks`) or the `ack` direct method.
+ *
+ * `startUpdateQueue` takes an injected client and touches no globals (no process.env, signals or exit), so a local
+ * fleet launcher can run many queues in one process; `run` is the container entry point.
+ */
+
+/** The slice of ModuleClient (azure-iot-device 1.18) the queue uses; a launcher or test may pass a look-alike. */
+export interface UpdateQueueClient {
+  open(): Promise<unknown>;
+  close(): Promise<unknown>;
+  on(event: "inputMessage", listener: (inputName: string, msg: Message) => void): unknown;
+  on(event: "connect", listener: () => void): unknown;
+  on(event: "disconnect" | "error", listener: (err?: unknown) => void): unknown;
+  removeListener(event: "inputMessage", listener: (inputName: string, msg: Message) => void): unknown;
+  removeListener(event: "connect", listener: () => void): unknown;
+  removeListener(event: "disconnect" | "error", listener: (err?: unknown) => void): unknown;
+  complete(msg: Message): Promise<unknown>;
+  sendOutputEvent(outputName: string, msg: Message): Promise<unknown>;
+  getTwin(): Promise<TwinLike>;
+  onMethod(
+    methodName: string,
+    callback: (request?: MethodRequestLike, response?: MethodResponseLike) => void,
+  ): void;
+}
+
+export interface TwinLike {
+  properties: {
+    desired: Record<string, unknown>;
+    /** The SDK types this as an index signature; at run time it has `update(patch, done)`. */
+    reported: Record<string, unknown>;
+  };
+  on(event: "properties.desired", listener: (delta: Record<string, unknown>) => void): unknown;
+  on(event: "error", listener: (err: Error) => void): unknown;
+  removeListener(event: "properties.desired", listener: (delta: Record<string, unknown>) => void): unknown;
+  removeListener(event: "error", listener: (err: Error) => void): unknown;
+}
+
+type ReportedUpdate = (patch: Record<string, unknown>, done: (err?: Error) => void) => void;
+
+export interface MethodRequestLike {
+  payload?: unknown;
+}
+
+export interface MethodResponseLike {
+  send(status: number, payload?: unknown): Promise<void>;
+}
+
+export type LogLevel = "info" | "warn" | "error";
+
+export interface UpdateQueueOptions {
+  client: UpdateQueueClient;
+  /** Directory of the queue file (created if missing). */
+  dir: string;
+  maxChunkBytes?: number;
+  resendAfterMs?: number;
+  maxBytes?: number;
+  /** Module input the trainer's updates arrive on. */
+  inputName?: string;
+  /** Module output routed INTO $upstream. */
+  outputName?: string;
+  /** Updates sent at once. */
+  concurrency?: number;
+  /** Least time between two reported-property patches, in ms. */
+  reportIntervalMs?: number;
+  /** Give up waiting for a twin GET after this long, in ms (the SDK itself never times out). */
+  twinTimeoutMs?: number;
+  sendTimeoutMs?: number;
+  /** Backoff between reconnect attempts. */
+  reconnectBackoff?: BackoffOptions;
+  /** Backoff after a failed send. */
+  sendBackoff?: BackoffOptions;
+  /** Close the client in stop() (the container entry owns its client; a launcher may not). */
+  closeClient?: boolean;
+  log?: (level: LogLevel, message: string) => void;
+  random?: () => number;
+}
+
+export interface UpdateQueueStatus extends OutboxStats {
+  readonly online: boolean;
+  /** Input messages that could not be stored because they were not valid updates. */
+  readonly invalidInputs: number;
+  readonly lastError: string | null;
+  readonly config: { readonly maxChunkBytes: number; readonly resendAfterMs: number };
+}
+
+export interface UpdateQueueHandle {
+  readonly outbox: Outbox;
+  readonly sender: Sender;
+  status(): UpdateQueueStatus;
+  /** Sends the reported properties now instead of at the next throttle slot. */
+  reportNow(): void;
+  stop(): Promise<void>;
+}
+
+export const QUEUE_FILE = "outbox.sqlite";
+/** Reported property holding the queue's status. */
+export const REPORTED_KEY = "updateQueue";
+
+const DEFAULTS = {
+  inputName: "updates",
+  outputName: "upstream",
+  reportIntervalMs: 10_000,
+  twinTimeoutMs: 30_000,
+  reconnectBackoff: { initialMs: 1000, maxMs: 60_000, factor: 2 },
+};
+
+/** Input errors a redelivery cannot fix: the message is completed (dropped) and counted. */
+const INPUT_ERRORS = new Set([
+  "E_QUEUE_INVALID",
+  "E_QUEUE_FRAME",
+  "E_QUEUE_META_MISMATCH",
+  "E_QUEUE_TOO_LARGE",
+  "E_QUEUE_CONFLICT",
+  "E_QUEUE_CHECKSUM",
+]);
+
+export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<UpdateQueueHandle> {
+  const { client } = opts;
+  const inputName = opts.inputName ?? DEFAULTS.inputName;
+  const outputName = opts.outputName ?? DEFAULTS.outputName;
+  const log = opts.log ?? defaultLog;
+  const random = opts.random ?? Math.random;
+  const reconnectBackoff = checkBackoff(
+    opts.reconnectBackoff ?? DEFAULTS.reconnectBackoff,
+    "reconnect backoff",
+  );
+  const twinTimeoutMs = opts.twinTimeoutMs ?? DEFAULTS.twinTimeoutMs;
+
+  try {
+    mkdirSync(opts.dir, { recursive: true });
+  } catch (e) {
+    fail("E_QUEUE_OPEN", `cannot create queue directory ${opts.dir}: ${(e as Error).message}`);
+  }
+  const outbox = new Outbox(join(opts.dir, QUEUE_FILE), {
+    maxChunkBytes: opts.maxChunkBytes,
+    maxBytes: opts.maxBytes,
+  });
+  const sender = new Sender(outbox, {
+    send: (chunk) => client.sendOutputEvent(outputName, toMessage(chunk)).then(() => undefined),
+    concurrency: opts.concurrency,
+    resendAfterMs: opts.resendAfterMs,
+    sendTimeoutMs: opts.sendTimeoutMs,
+    backoff: opts.sendBackoff,
+    online: false,
+    random,
+  });
+
+  let stopped = false;
+  let invalidInputs = 0;
+  let lastError: string | null = null;
+  let twin: TwinLike | undefined;
+  let opening = false;
+  let syncing = false;
+  let resyncRequested = false;
+  let reconnectFailures = 0;
+  let reconnectTimer: NodeJS.Timeout | undefined;
+  let twinFailures = 0;
+  let twinTimer: NodeJS.Timeout | undefined;
+
+  const problem = (level: LogLevel, message: string): void => {
+    lastError = message;
+    log(level, message);
+  };
+
+  const status = (): UpdateQueueStatus => ({
+    ...outbox.stats(),
+    online: sender.online,
+    invalidInputs,
+    lastError,
+    config: { maxChunkBytes: outbox.maxChunkBytes, resendAfterMs: sender.resendAfterMs },
+  });
+
+  const reporter = new Throttle(opts.reportIntervalMs ?? DEFAULTS.reportIntervalMs, () => {
+    if (stopped || !twin || !sender.online) return;
+    let patch: Record<string, unknown>;
+    try {
+      patch = { [REPORTED_KEY]: { ...status(), reportedAt: new Date().toISOString() } };
+    } catch (e) {
+      return problem("warn", `update-queue: cannot read queue status: ${message(e)}`);
+    }
+    const update = twin.properties.reported.update as ReportedUpdate | undefined;
+    if (typeof update !== "function")
+      return problem("warn", "update-queue: the twin cannot update reported properties");
+    update.call(twin.properties.reported, patch, (err) => {
+      if (err) log("warn", `update-queue: reporting status failed: ${message(err)}`);
+    });
+  });
+
+  // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
+  const applyDesired = (desired: Record<string, unknown>): void => {
+    if (stopped || typeof desired !== "object" || desired === null) return;
+    const { config, errors } = parseDesiredConfig(desired);
+    for (const e of errors) problem("warn", `update-queue: ${e}`);
+    try {
+      if (config.maxChunkBytes !== undefined) outbox.setMaxChunkBytes(config.maxChunkBytes);
+      if (config.resendAfterMs !== undefined) sender.setResendAfterMs(config.resendAfterMs);
+      const acks = ackIdsOf(desired.acks);
+      if (acks.length > 0) outbox.ackMany(acks);
+      for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
+        const n = outbox.dropClosedRounds(jobId, round);
+        if (n > 0)
+          log("info", `update-queue: dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`);
+      }
+    } catch (e) {
+      problem("warn", `update-queue: applying desired properties failed: ${message(e)}`);
+    }
+    sender.kick();
+    reporter.schedule();
+  };
+  const onDesired = (delta: Record<string, unknown>): void => applyDesired(delta);
+  const onTwinError = (err: Error): void => problem("warn", `update-queue: twin error: ${message(err)}`);
+
+  // --- link state ---------------------------------------------------------------------------------------------
+  /** GETs the twin and applies it; true on success. */
+  const readTwin = async (): Promise<boolean> => {
+    try {
+      const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
+      if (stopped) return false;
+      if (t !== twin) {
+        twin?.removeListener("properties.desired", onDesired);
+        twin?.removeListener("error", onTwinError);
+        twin = t;
+        t.on("error", onTwinError);
+        t.on("properties.desired", onDesired);
+      }
+      applyDesired(t.properties.desired);
+      twinFailures = 0;
+      return true;
+    } catch (e) {
+      problem("warn", `update-queue: reading the module twin failed: ${message(e)}`);
+      return false;
+    }
+  };
+
+  /** A failed twin GET is retried on its own (with backoff) while the link is up, without resending anything. */
+  const retryTwinLater = (): void => {
+    if (stopped || twinTimer) return;
+    twinFailures++;
+    twinTimer = setTimeout(
+      () => {
+        twinTimer = undefined;
+        if (stopped || !sender.online || syncing) return;
+        void readTwin().then((ok) => (ok ? undefined : retryTwinLater()));
+      },
+      backoffDelay(twinFailures, reconnectBackoff, random),
+    );
+  };
+
+  /**
+   * After every (re)connection: GET the twin again (the SDK re-subscribes but does not re-GET, so acks and config
+   * set while offline would be missed), apply its acks, then resend everything still unacknowledged.
+   */
+  const sync = async (): Promise<void> => {
+    if (syncing) {
+      resyncRequested = true;
+      return;
+    }
+    syncing = true;
+    try {
+      do {
+        resyncRequested = false;
+        const ok = await readTwin();
+        if (stopped) return;
+        sender.resendUnacked();
+        sender.setOnline(true);
+        reporter.schedule();
+        if (!ok) retryTwinLater();
+      } while (resyncRequested && !stopped);
+    } finally {
+      syncing = false;
+    }
+  };
+
+  const connect = async (): Promise<void> => {
+    reconnectTimer = undefined;
+    if (stopped) return;
+    opening = true;
+    try {
+      await client.open();
+    } catch (e) {
+      opening = false;
+      problem("warn", `update-queue: connecting failed: ${message(e)}`);
+      scheduleReconnect();
+      return;
+    }
+    opening = false;
+    reconnectFailures = 0;
+    if (!stopped) await sync();
+  };
+
+  const scheduleReconnect = (): void => {
+    if (stopped || opening || reconnectTimer) return;
+    reconnectFailures++;
+    const delay = backoffDelay(reconnectFailures, reconnectBackoff, random);
+    log("info", `update-queue: reconnecting in ${delay} ms`);
+    reconnectTimer = setTimeout(() => void connect(), delay);
+  };
+
+  const onConnect = (): void => {
+    // The SDK reconnected by itself (or open() is connecting): either way the twin must be read again.
+    if (stopped || opening) return;
+    void sync();
+  };
+  const onDisconnect = (err?: unknown): void => {
+    if (stopped) return;
+    problem("warn", `update-queue: disconnected${err ? `: ${message(err)}` : ""}`);
+    sender.setOnline(false);
+    scheduleReconnect();
+  };
+  const onError = (err?: unknown): void => {
+    if (stopped) return;
+    problem("warn", `update-queue: client error: ${message(err)}`);
+    sender.setOnline(false);
+    scheduleReconnect();
+  };
+
+  // --- trainer → module -----------------------------------------------------------------------------------------
+  const onInput = (name: string, msg: Message): void => {
+    if (stopped) return;
+    if (name !== inputName) {
+      log("warn", `update-queue: ignoring a message on unknown input '${name}'`);
+      settle(client.complete(msg), log);
+      return;
+    }
+    // Stored synchronously, inside the input event: over MQTT the SDK has already PUBACKed the message (complete()
+    // is a no-op there), so the sooner the fsync the smaller the window; over AMQP complete() is the real ack and
+    // is only sent below, after the commit.
+    try {
+      const bytes = msg.getBytes();
+      const chunk = inputChunkMeta(msg);
+      if (chunk) {
+        outbox.stageChunk(bytes, chunk); // one message of an update the trainer split up
+      } else {
+        const id = property(msg, "updateId");
+        outbox.enqueue(bytes, { ...frameMeta(bytes), ...(id ? { updateId: id } : {}) });
+      }
+    } catch (e) {
+      if (isFlotillaError(e) && INPUT_ERRORS.has(e.code)) {
+        invalidInputs++;
+        problem("warn", `update-queue: rejected an input message: ${e.code}: ${e.message}`);
+        settle(client.complete(msg), log); // a redelivery would fail the same way
+        reporter.schedule();
+      } else {
+        // Not completed: over AMQP edgeHub redelivers it; over MQTT the message is lost.
+        problem("error", `update-queue: could not store an update: ${message(e)}`);
+      }
+      return;
+    }
+    settle(client.complete(msg), log);
+    sender.kick();
+    reporter.schedule();
+  };
+
+  // Link listeners first: registering methods and inputs makes the SDK subscribe, and failures come as "error".
+  client.on("error", onError);
+  client.on("disconnect", onDisconnect);
+  client.on("connect", onConnect);
+
+  // --- direct methods -------------------------------------------------------------------------------------------
+  client.onMethod("ack", (request, response) => {
+    if (!response) return;
+    if (stopped)
+      return respond(response, 503, { code: "E_QUEUE_STOPPED", message: "the update queue is stopped" }, log);
+    try {
+      const ids = ackIdsOf(parsePayload(request?.payload)?.updateIds, true);
+      const acked = outbox.ackMany(ids);
+      sender.kick();
+      reporter.schedule();
+      respond(response, 200, { acked, depth: outbox.stats().depth }, log);
+    } catch (e) {
+      const code = isFlotillaError(e) ? e.code : "E_QUEUE_IO";
+      respond(response, code === "E_QUEUE_INVALID" ? 400 : 500, { code, message: message(e) }, log);
+    }
+  });
+  client.onMethod("status", (_request, response) => {
+    if (!response) return;
+    if (stopped)
+      return respond(response, 503, { code: "E_QUEUE_STOPPED", message: "the update queue is stopped" }, log);
+    try {
+      respond(response, 200, status(), log);
+    } catch (e) {
+      respond(response, 500, { code: isFlotillaError(e) ? e.code : "E_QUEUE_IO", message: message(e) }, log);
+    }
+  });
+
+  sender.on("sent", () => reporter.schedule());
+  sender.on("dropped", ({ updateId, error }) =>
+    problem("error", `update-queue: dropped ${updateId}: ${message(error)}`),
+  );
+  sender.on("fault", ({ error }) => problem("error", `update-queue: queue failure: ${message(error)}`));
+  sender.on("retry", ({ updateId, error, delayMs }) =>
+    log("warn", `update-queue: sending ${updateId} failed (${message(error)}); retrying in ${delayMs} ms`),
+  );
+
+  client.on("inputMessage", onInput);
+  sender.start();
+  await connect();
+
+  return {
+    outbox,
+    sender,
+    status,
+    reportNow: () => reporter.flush(),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (reconnectTimer) clearTimeout(reconnectTimer);
+      if (twinTimer) clearTimeout(twinTimer);
+      reporter.cancel();
+      client.removeListener("inputMessage", onInput);
+      client.removeListener("connect", onConnect);
+      client.removeListener("disconnect", onDisconnect);
+      // The "error" listener stays (inert): removing the input listener makes the SDK unsubscribe, and a failure
+      // of that is emitted as "error", which would throw with no listener.
+      twin?.removeListener("properties.desired", onDesired);
+      await sender.stop();
+      outbox.close();
+      if (opts.closeClient) {
+        try {
+          await client.close();
+        } catch (e) {
+          log("warn", `update-queue: closing the client failed: ${message(e)}`);
+        }
+      }
+    },
+  };
+}
+
+function property(msg: Message, key: string): string | undefined {
+  const v: unknown = msg.properties?.getValue(key);
+  return typeof v === "string" && v !== "" ? v : undefined;
+}
+
+/**
+ * The chunk properties of an input message (docs/iothub-protocol.md), or undefined for a message carrying a whole
+ * frame (no `chunkCount`). Missing or malformed values come out as ""/NaN and are rejected by Outbox.stageChunk.
+ */
+export function inputChunkMeta(msg: Message): InputChunkMeta | undefined {
+  if (property(msg, "chunkCount") === undefined) return undefined;
+  const int = (key: string): number => {
+    const v = property(msg, key);
+    return v !== undefined && /^\d+$/.test(v) ? Number(v) : NaN;
+  };
+  return {
+    jobId: property(msg, "jobId") ?? "",
+    round: int("round"),
+    deviceId: property(msg, "deviceId") ?? "",
+    updateId: property(msg, "updateId") ?? "",
+    chunkIndex: int("chunkIndex"),
+    chunkCount: int("chunkCount"),
+    size: int("size"),
+    sha256: property(msg, "sha256") ?? "",
+  };
+}
+
+/** One chunk as an IoT Hub message: binary body, messageId for the cloud's dedup, chunk metadata as properties. */
+export function toMessage(chunk: OutboxChunk): Message {
+  const msg = new Message(chunk.body);
+  msg.messageId = chunk.messageId;
+  // The SDK's type admits only 'application/json', but any MIME type goes into the $.ct system property.
+  msg.contentType = "application/octet-stream" as Message["contentType"];
+  for (const [k, v] of Object.entries(chunk.properties)) msg.properties.add(k, v);
+  return msg;
+}
+
+/**
+ * Update ids in the desired `acks` (an array, or a map whose truthy keys are acked: patches to a map merge) or
+ * in the `ack` method's `updateIds`. `strict` (the method) rejects anything that is not an array of strings.
+ */
+export function ackIdsOf(value: unknown, strict = false): string[] {
+  if (value === undefined || value === null) {
+    if (strict) fail("E_QUEUE_INVALID", "expected { updateIds: string[] }");
+    return [];
+  }
+  if (Array.isArray(value)) {
+    const ids = value.filter((v): v is string => typeof v === "string" && v !== "");
+    if (strict && ids.length !== value.length) fail("E_QUEUE_INVALID", "updateIds must be non-empty strings");
+    return ids.filter((id) => id.length <= 128);
+  }
+  if (!strict && typeof value === "object") {
+    return Object.entries(value as Record<string, unknown>)
+      .filter(([k, v]) => !k.startsWith("$") && Boolean(v))
+      .map(([k]) => k);
+  }
+  return fail("E_QUEUE_INVALID", "expected { updateIds: string[] }");
+}
+
+/** Desired `openRounds`: `{ [jobId]: openRound }` or `[{ jobId, round }]` (job ids with '.' cannot be twin keys). */
+export function openRoundsOf(value: unknown): [string, number][] {
+  const out: [string, number][] = [];
+  const add = (jobId: unknown, round: unknown): void => {
+    if (typeof jobId === "string" && jobId !== "" && Number.isSafeInteger(round) && (round as number) >= 0) {
+      out.push([jobId, round as number]);
+    }
+  };
+  if (Array.isArray(value)) {
+    for (const e of value)
+      if (typeof e === "object" && e !== null)
+        add((e as { jobId?: unknown }).jobId, (e as { round?: unknown }).round);
+  } else if (typeof value === "object" && value !== null) {
+    for (const [k, v] of Object.entries(value)) if (!k.startsWith("$")) add(k, v);
+  }
+  return out;
+}
+
+function parsePayload(payload: unknown): Record<string, unknown> | undefined {
+  let p = payload;
+  if (Buffer.isBuffer(p)) p = p.toString("utf8");
+  if (typeof p === "string") {
+    try {
+      p = JSON.parse(p);
+    } catch {
+      fail("E_QUEUE_INVALID", "method payload is not JSON");
+    }
+  }
+  return typeof p === "object" && p !== null ? (p as Record<string, unknown>) : undefined;
+}
+
+function respond(
+  response: MethodResponseLike,
+  status: number,
+  payload: unknown,
+  log: (level: LogLevel, message: string) => void,
+): void {
+  response
+    .send(status, payload)
+    .catch((e: unknown) => log("warn", `update-queue: method response failed: ${message(e)}`));
+}
+
+function settle(p: Promise<unknown>, log: (level: LogLevel, message: string) => void): void {
+  p.catch((e: unknown) => log("warn", `update-queue: completing an input message failed: ${message(e)}`));
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(
+      () => reject(new FlotillaError("E_QUEUE_TIMEOUT", `${what} got no answer in ${ms} ms`)),
+      ms,
+    );
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+}
+
+function message(e: unknown): string {
+  if (isFlotillaError(e)) return `${e.code}: ${e.message}`;
+  return e instanceof Error ? e.message : String(e);
+}
+
+function defaultLog(level: LogLevel, msg: string): void {
+  (level === "info" ? console.log : console.error)(`[${level}] ${msg}`);
+}
+
+/** Runs `fn` at most once per `intervalMs`; calls in between coalesce into one trailing run. */
+class Throttle {
+  private last = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  constructor(
+    private readonly intervalMs: number,
+    private readonly fn: () => void,
+  ) {}
+  schedule(): void {
+    if (this.timer) return;
+    const wait = Math.max(0, this.last + this.intervalMs - Date.now());
+    this.timer = setTimeout(() => this.flush(), wait);
+  }
+  flush(): void {
+    this.cancel();
+    this.last = Date.now();
+    this.fn();
+  }
+  cancel(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+// --- container entry ------------------------------------------------------------------------------------------
+
+/** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
+export async function createModuleClient(config: UpdateQueueConfig): Promise<ModuleClient> {
+  if (config.connection.mode === "edge") {
+    // The callback form: the promise form skipped the EdgeHubConnectionString branch in a version we read.
+    return new Promise((resolve, reject) =>
+      ModuleClient.fromEnvironment(Mqtt, (err, client) => (err || !client ? reject(err) : resolve(client))),
+    );
+  }
+  const client = ModuleClient.fromConnectionString(config.connection.connectionString, Mqtt);
+  if (config.connection.caCertPath) {
+    let ca: string;
+    try {
+      ca = readFileSync(config.connection.caCertPath, "utf8");
+    } catch (e) {
+      return fail(
+        "E_CONFIG_CA_CERT",
+        `FLOTILLA_CA_CERT: cannot read ${config.connection.caCertPath}: ${message(e)}`,
+      );
+    }
+    if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
+      fail("E_CONFIG_CA_CERT", `FLOTILLA_CA_CERT: ${config.connection.caCertPath} is not a PEM certificate`);
+    }
+    // PEM text, not the path: a path breaks the SDK's file-upload client.
+    await client.setOptions({ ca });
+  }
+  return client;
+}
+
+/** Container entry: configuration from the environment, runs until SIGTERM/SIGINT. */
+export async function run(env: Env = process.env): Promise<void> {
+  const config = loadConfig(env);
+  const client = await createModuleClient(config);
+  const handle = await startUpdateQueue({
+    client,
+    dir: config.queueDir,
+    maxChunkBytes: config.maxChunkBytes,
+    resendAfterMs: config.resendAfterMs,
+    maxBytes: config.maxBytes,
+    closeClient: true,
+  });
+  await new Promise<void>((resolve) => {
+    process.once("SIGTERM", () => resolve());
+    process.once("SIGINT", () => resolve());
+  });
+  await handle.stop();
+  // Everything is on disk by now. The SDK may still be retrying an operation against an unreachable hub (its retry
+  // policy runs for up to 4 minutes); do not let that keep the container from stopping.
+  setTimeout(() => process.exit(), 5000).unref();
+}
+
+if (require.main === module) {
+  run().catch((e: unknown) => {
+    console.error(`update-queue: ${message(e)}`);
+    process.exitCode = 1;
+  });
+}

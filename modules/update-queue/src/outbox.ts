@@ -1,0 +1,951 @@
+import { createHash } from "node:crypto";
+import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
+import { decodeMessage } from "../../../core/protocol/messages";
+import { openSqlite, queueError, type SqliteDatabase, type SqliteStatement } from "./sqlite";
+
+/**
+ * The update-queue's durable outbox: every update the trainer hands over is stored in a SQLite file before the
+ * trainer's message is acknowledged, then cut into device-to-cloud sized chunks, sent, resent until the cloud
+ * acknowledges it, and finally forgotten. The trainer sends big updates as several input messages
+ * (docs/iothub-protocol.md): `stageChunk` stores each one as it arrives and turns the update into a queued one,
+ * atomically, when its last chunk is in and the whole matches its sha256.
+ *
+ * Durability. The file runs in WAL mode with `synchronous=FULL`: each commit appends to the write-ahead log and
+ * fsyncs it before `enqueue` returns, so an update whose enqueue returned survives a process crash *and* a power
+ * cut (with `synchronous=NORMAL` WAL commits are only synced at checkpoints: the database stays consistent after
+ * a power cut but the last commits may be gone, which would lose updates the trainer was already told were safe).
+ * Every mutation is one transaction, so a crash mid-enqueue leaves either the whole update or nothing. The file is
+ * opened with `locking_mode=EXCLUSIVE`, so a second process (or a second Outbox) on the same file fails with
+ * E_QUEUE_LOCKED instead of interleaving writes; with an exclusive lock WAL needs no shared-memory file.
+ *
+ * Chunk size. IoT Hub caps a device-to-cloud message at 256 KB = 262,144 bytes *including* system and application
+ * properties, and meters it in 4 KB units (Microsoft docs: iot-hub-devguide-quotas-throttling). A chunk carries at
+ * most ~1.9 KB of properties: the values are bounded by `validateMeta` (jobId/deviceId ≤ 128 bytes, even if every
+ * byte is %-encoded three times over in the MQTT property bag), plus message id, content type and the output name.
+ * The default body of 255,000 bytes therefore stays under 63 × 4,096 = 258,048 bytes with its properties — billed
+ * 63 units rather than 64 — and leaves more than 7 KB below the hard limit. `maxChunkBytes` may be raised up to
+ * MAX_CHUNK_BYTES (262,144 − 4,096 reserved for properties) or lowered freely.
+ */
+
+/** IoT Hub's device-to-cloud message limit, body and properties together. */
+export const D2C_MAX_MESSAGE_BYTES = 256 * 1024;
+/** Bytes of every chunk reserved for the system and application properties. */
+export const PROPERTY_RESERVE_BYTES = 4096;
+export const MAX_CHUNK_BYTES = D2C_MAX_MESSAGE_BYTES - PROPERTY_RESERVE_BYTES;
+export const DEFAULT_MAX_CHUNK_BYTES = 255_000;
+/** Application property naming what the body is, next to the `application/octet-stream` content type. */
+export const CONTENT_TYPE_PROPERTY = "flotilla-content-type";
+export const FLOTILLA_FRAME_CONTENT_TYPE = "flotilla-frame";
+
+const DEFAULTS = {
+  maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES,
+  /** Bytes of unacknowledged updates kept; beyond it the oldest are dropped (counted as dropped_overflow). */
+  maxBytes: 256 * 1024 * 1024,
+  /** Acked/dropped updates remembered (without their bodies) so a late duplicate enqueue stays a no-op. */
+  tombstoneLimit: 10_000,
+  /** Freed pages (4 KB each) tolerated before the file is shrunk with an incremental vacuum. */
+  vacuumPages: 1024,
+  /** How long to wait for a lock held elsewhere before E_QUEUE_LOCKED, in ms. */
+  lockTimeoutMs: 200,
+  /** A partly received update whose last chunk came in longer ago than this is given up, in ms (edgeHub keeps
+   * undelivered messages for 2 h by default, so by then no missing chunk can still arrive). */
+  stagingTtlMs: 24 * 3600_000,
+};
+
+const SCHEMA_VERSION = 1;
+const MAX_ID_BYTES = 128;
+const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
+
+export type UpdateState = "pending" | "sent" | "acked" | "dropped";
+export type DropReason = "closed_round" | "overflow" | "corrupt";
+
+export interface UpdateMeta {
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  /** Caller-chosen id ([A-Za-z0-9_:-], ≤ 100 chars); the first 32 hex digits of the sha256 when absent. */
+  readonly updateId?: string;
+}
+
+/** One input message of an update the trainer split up: the application properties of docs/iothub-protocol.md. */
+export interface InputChunkMeta {
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly updateId: string;
+  readonly chunkIndex: number;
+  readonly chunkCount: number;
+  /** Bytes of the whole update. */
+  readonly size: number;
+  /** sha256 (hex) of the whole update. */
+  readonly sha256: string;
+}
+
+export interface StageResult {
+  readonly updateId: string;
+  /** True once the whole update is queued (this chunk completed it, or it was queued before). */
+  readonly complete: boolean;
+  /** Chunks of the update received so far. */
+  readonly received: number;
+  readonly chunkCount: number;
+}
+
+export interface OutboxOptions {
+  /** Body bytes per chunk (1 … MAX_CHUNK_BYTES); default 255,000. */
+  maxChunkBytes?: number;
+  maxBytes?: number;
+  tombstoneLimit?: number;
+  /** Check that every frame is a well-formed FLT1 `result`/`failure` frame agreeing with its meta; default true. */
+  validateFrames?: boolean;
+  lockTimeoutMs?: number;
+  stagingTtlMs?: number;
+  /** Clock in ms since the epoch; injectable for tests. */
+  now?: () => number;
+}
+
+/** Application properties of one chunk. Values are strings because the IoT Hub property bag is string-only. */
+export interface ChunkProperties extends Record<string, string> {
+  jobId: string;
+  round: string;
+  deviceId: string;
+  updateId: string;
+  chunkIndex: string;
+  chunkCount: string;
+  /** Byte length of the whole update, so the receiver can preallocate. */
+  size: string;
+  /** sha256 (hex) of the whole update: the receiver checks the reassembled bytes against it. */
+  sha256: string;
+  /** sha256 (hex) of this chunk's body. */
+  chunkSha256: string;
+  [CONTENT_TYPE_PROPERTY]: string;
+}
+
+export interface OutboxChunk {
+  readonly body: Buffer;
+  readonly properties: ChunkProperties;
+  /** `{updateId}:{chunkIndex}`: what the cloud deduplicates on. */
+  readonly messageId: string;
+}
+
+export interface UpdateInfo {
+  readonly updateId: string;
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly sha256: string;
+  readonly size: number;
+  readonly state: UpdateState;
+  readonly dropReason: DropReason | null;
+  /** Send attempts started (including resumed ones). */
+  readonly attempts: number;
+  /** Times every chunk went out. */
+  readonly sentCount: number;
+  /** First chunk the next attempt starts from (progress of an interrupted attempt). */
+  readonly nextChunk: number;
+  readonly enqueuedAt: number;
+  readonly lastAttemptAt: number | null;
+  /** When the last complete send finished; the resend timer runs from here. */
+  readonly sentAt: number | null;
+}
+
+export type CounterName =
+  | "enqueued"
+  | "duplicates"
+  | "sent_chunks"
+  | "sent_updates"
+  | "resent"
+  | "acked"
+  | "dropped_closed"
+  | "dropped_overflow"
+  | "dropped_corrupt"
+  | "staged_chunks"
+  | "rejected"
+  | "dropped_staged";
+
+export const COUNTER_NAMES: readonly CounterName[] = [
+  "enqueued",
+  "duplicates",
+  "sent_chunks",
+  "sent_updates",
+  "resent",
+  "acked",
+  "dropped_closed",
+  "dropped_overflow",
+  "dropped_corrupt",
+  "staged_chunks",
+  "rejected",
+  "dropped_staged",
+];
+
+export interface OutboxStats {
+  /** Updates not yet acknowledged (pending + sent). */
+  readonly depth: number;
+  readonly pending: number;
+  /** Sent completely, awaiting the cloud's ack. */
+  readonly awaitingAck: number;
+  readonly bytesPending: number;
+  /** Updates of which some but not all input chunks have arrived, and their bytes so far. */
+  readonly stagedUpdates: number;
+  readonly stagedBytes: number;
+  readonly counters: Readonly<Record<CounterName, number>>;
+}
+
+/** What an attempt to send an update starts from (see `beginAttempt`). */
+export interface AttemptPlan {
+  readonly chunks: readonly OutboxChunk[];
+  readonly startChunk: number;
+  readonly attempt: number;
+}
+
+interface UpdateRow {
+  seq: number;
+  update_id: string;
+  job_id: string;
+  round: number;
+  device_id: string;
+  sha256: string;
+  size: number;
+  state: UpdateState;
+  drop_reason: DropReason | null;
+  attempts: number;
+  sent_count: number;
+  next_chunk: number;
+  chunk_bytes: number;
+  enqueued_at: number;
+  last_attempt_at: number | null;
+  sent_at: number | null;
+}
+
+const ROW_COLUMNS = `seq, update_id, job_id, round, device_id, sha256, size, state, drop_reason, attempts, sent_count,
+  next_chunk, chunk_bytes, enqueued_at, last_attempt_at, sent_at`;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS updates (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  update_id TEXT NOT NULL UNIQUE,
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  device_id TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  body BLOB,
+  state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'acked', 'dropped')),
+  drop_reason TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  sent_count INTEGER NOT NULL DEFAULT 0,
+  next_chunk INTEGER NOT NULL DEFAULT 0,
+  chunk_bytes INTEGER NOT NULL DEFAULT 0,
+  enqueued_at INTEGER NOT NULL,
+  last_attempt_at INTEGER,
+  sent_at INTEGER,
+  settled_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS updates_by_state ON updates (state, seq);
+CREATE INDEX IF NOT EXISTS updates_by_round ON updates (job_id, round);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS staged_chunks (
+  update_id TEXT NOT NULL,
+  chunk_index INTEGER NOT NULL,
+  chunk_count INTEGER NOT NULL,
+  job_id TEXT NOT NULL,
+  round INTEGER NOT NULL,
+  device_id TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  sha256 TEXT NOT NULL,
+  body BLOB NOT NULL,
+  received_at INTEGER NOT NULL,
+  PRIMARY KEY (update_id, chunk_index)
+);
+CREATE INDEX IF NOT EXISTS staged_by_round ON staged_chunks (job_id, round);
+`;
+
+const LIVE = "state IN ('pending', 'sent')";
+
+export class Outbox {
+  readonly file: string;
+  private readonly db: SqliteDatabase;
+  private readonly now: () => number;
+  private readonly validateFrames: boolean;
+  private readonly maxBytes: number;
+  private readonly tombstoneLimit: number;
+  private chunkBytes: number;
+  private readonly stmt: Record<string, SqliteStatement>;
+  private readonly stagingTtlMs: number;
+  private readonly enqueueTx: (frame: Buffer, meta: UpdateMeta, sha: string, updateId: string) => string;
+  private readonly stageTx: (body: Buffer, meta: InputChunkMeta) => StageResult | { rejected: FlotillaError };
+
+  constructor(file: string, options: OutboxOptions = {}) {
+    this.file = file;
+    this.now = options.now ?? Date.now;
+    this.validateFrames = options.validateFrames ?? true;
+    this.chunkBytes = checkChunkBytes(options.maxChunkBytes ?? DEFAULTS.maxChunkBytes);
+    this.maxBytes = positiveInt(options.maxBytes ?? DEFAULTS.maxBytes, "maxBytes");
+    this.tombstoneLimit = nonNegativeInt(options.tombstoneLimit ?? DEFAULTS.tombstoneLimit, "tombstoneLimit");
+    this.stagingTtlMs = positiveInt(options.stagingTtlMs ?? DEFAULTS.stagingTtlMs, "stagingTtlMs");
+    const lockTimeoutMs = nonNegativeInt(options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs, "lockTimeoutMs");
+    let db: SqliteDatabase | undefined;
+    try {
+      db = openSqlite(file, { timeout: lockTimeoutMs });
+      // Order matters: the exclusive lock before WAL (so no -shm file is needed), auto_vacuum before any table.
+      db.pragma("locking_mode = EXCLUSIVE");
+      const version = Number(db.pragma("user_version", { simple: true }));
+      if (version > SCHEMA_VERSION) {
+        fail(
+          "E_QUEUE_SCHEMA",
+          `queue file ${file} has schema ${version}; this build reads up to ${SCHEMA_VERSION}`,
+        );
+      }
+      if (version === 0) db.pragma("auto_vacuum = INCREMENTAL");
+      const mode = String(db.pragma("journal_mode = WAL", { simple: true }));
+      if (mode.toLowerCase() !== "wal")
+        fail("E_QUEUE_OPEN", `queue file ${file} refused WAL mode (got ${mode})`);
+      db.pragma("synchronous = FULL");
+      // Keep the log from growing without bound after a burst of multi-MB updates (bytes).
+      db.pragma("journal_size_limit = 67108864");
+      db.exec(SCHEMA);
+      if (version === 0) db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    } catch (e) {
+      if (db?.open) db.close();
+      throw queueError(e, `opening ${file}`);
+    }
+    this.db = db;
+    this.stmt = {
+      find: db.prepare(`SELECT ${ROW_COLUMNS} FROM updates WHERE update_id = ?`),
+      body: db.prepare(`SELECT ${ROW_COLUMNS}, body FROM updates WHERE update_id = ? AND ${LIVE}`),
+      insert: db.prepare(
+        `INSERT INTO updates (update_id, job_id, round, device_id, sha256, size, body, state, enqueued_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)`,
+      ),
+      liveBytes: db.prepare(`SELECT COALESCE(SUM(size), 0) AS bytes FROM updates WHERE ${LIVE}`),
+      oldestLive: db.prepare(`SELECT seq, size FROM updates WHERE ${LIVE} ORDER BY seq LIMIT 1`),
+      dropSeq: db.prepare(
+        `UPDATE updates SET state = 'dropped', drop_reason = ?, body = NULL, settled_at = ? WHERE seq = ?`,
+      ),
+      count: db.prepare(
+        `INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value`,
+      ),
+      counters: db.prepare(`SELECT name, value FROM counters`),
+      ack: db.prepare(
+        `UPDATE updates SET state = 'acked', body = NULL, settled_at = ? WHERE update_id = ? AND ${LIVE}`,
+      ),
+      dropClosed: db.prepare(
+        `UPDATE updates SET state = 'dropped', drop_reason = 'closed_round', body = NULL, settled_at = ?
+         WHERE job_id = ? AND round < ? AND ${LIVE}`,
+      ),
+      dropId: db.prepare(
+        `UPDATE updates SET state = 'dropped', drop_reason = ?, body = NULL, settled_at = ?
+         WHERE update_id = ? AND ${LIVE}`,
+      ),
+      live: db.prepare(`SELECT ${ROW_COLUMNS} FROM updates WHERE ${LIVE} ORDER BY seq`),
+      due: db.prepare(
+        `SELECT ${ROW_COLUMNS} FROM updates
+         WHERE state = 'pending' OR (state = 'sent' AND sent_at <= ?) ORDER BY seq LIMIT ?`,
+      ),
+      nextResend: db.prepare(`SELECT MIN(sent_at) AS t FROM updates WHERE state = 'sent'`),
+      begin: db.prepare(
+        `UPDATE updates SET state = 'pending', attempts = attempts + 1, last_attempt_at = ?, next_chunk = ?,
+         chunk_bytes = ? WHERE update_id = ?`,
+      ),
+      chunkSent: db.prepare(
+        `UPDATE updates SET next_chunk = ? WHERE update_id = ? AND state = 'pending' AND chunk_bytes = ?`,
+      ),
+      markSent: db.prepare(
+        `UPDATE updates SET state = 'sent', sent_at = ?, sent_count = sent_count + 1, next_chunk = 0
+         WHERE update_id = ? AND state = 'pending'`,
+      ),
+      requeue: db.prepare(`UPDATE updates SET state = 'pending', next_chunk = 0 WHERE state = 'sent'`),
+      stateCounts: db.prepare(
+        `SELECT state, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM updates WHERE ${LIVE} GROUP BY state`,
+      ),
+      stagedHead: db.prepare(
+        `SELECT job_id, round, device_id, chunk_count, size, sha256 FROM staged_chunks WHERE update_id = ? LIMIT 1`,
+      ),
+      stagedChunk: db.prepare(`SELECT body FROM staged_chunks WHERE update_id = ? AND chunk_index = ?`),
+      stageInsert: db.prepare(
+        `INSERT INTO staged_chunks (update_id, chunk_index, chunk_count, job_id, round, device_id, size, sha256, body,
+         received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      stagedCount: db.prepare(`SELECT COUNT(*) AS n FROM staged_chunks WHERE update_id = ?`),
+      stagedBodies: db.prepare(`SELECT body FROM staged_chunks WHERE update_id = ? ORDER BY chunk_index`),
+      unstage: db.prepare(`DELETE FROM staged_chunks WHERE update_id = ?`),
+      staleStaged: db.prepare(
+        `SELECT update_id FROM staged_chunks GROUP BY update_id HAVING MAX(received_at) < ?`,
+      ),
+      closedStaged: db.prepare(`SELECT DISTINCT update_id FROM staged_chunks WHERE job_id = ? AND round < ?`),
+      stagedStats: db.prepare(
+        `SELECT COUNT(DISTINCT update_id) AS updates, COALESCE(SUM(LENGTH(body)), 0) AS bytes FROM staged_chunks`,
+      ),
+      pruneTombstones: db.prepare(
+        `DELETE FROM updates WHERE seq IN (SELECT seq FROM updates WHERE state IN ('acked', 'dropped')
+         ORDER BY seq DESC LIMIT -1 OFFSET ?)`,
+      ),
+    };
+    this.enqueueTx = db.transaction((frame: Buffer, meta: UpdateMeta, sha: string, updateId: string) =>
+      this.insertLocked(frame, meta, sha, updateId),
+    ).immediate;
+    this.stageTx = db.transaction((body: Buffer, meta: InputChunkMeta) =>
+      this.stageLocked(body, meta),
+    ).immediate;
+  }
+
+  /** Inside a transaction: queues a whole update unless it is there already (idempotent). */
+  private insertLocked(frame: Buffer, meta: UpdateMeta, sha: string, updateId: string): string {
+    const existing = this.stmt.find.get(updateId) as UpdateRow | undefined;
+    if (existing) {
+      if (existing.sha256 !== sha) {
+        fail("E_QUEUE_CONFLICT", `update ${updateId} is already queued with different content`);
+      }
+      this.bump("duplicates", 1);
+      return updateId;
+    }
+    const now = this.now();
+    let live = Number((this.stmt.liveBytes.get() as { bytes: number }).bytes);
+    let dropped = 0;
+    while (live + frame.byteLength > this.maxBytes) {
+      const oldest = this.stmt.oldestLive.get() as { seq: number; size: number } | undefined;
+      if (!oldest) break;
+      this.stmt.dropSeq.run("overflow", now, oldest.seq);
+      live -= oldest.size;
+      dropped++;
+    }
+    this.stmt.insert.run(updateId, meta.jobId, meta.round, meta.deviceId, sha, frame.byteLength, frame, now);
+    this.bump("enqueued", 1);
+    if (dropped > 0) this.settled("dropped_overflow", dropped);
+    return updateId;
+  }
+
+  /** Inside a transaction: stores one input chunk, and queues the update when it is complete. */
+  private stageLocked(body: Buffer, meta: InputChunkMeta): StageResult | { rejected: FlotillaError } {
+    const { updateId, chunkIndex, chunkCount } = meta;
+    this.expireStaged();
+    const queued = this.stmt.find.get(updateId) as UpdateRow | undefined;
+    if (queued) {
+      if (queued.sha256 !== meta.sha256) {
+        fail("E_QUEUE_CONFLICT", `update ${updateId} is already queued with different content`);
+      }
+      this.bump("duplicates", 1);
+      return { updateId, complete: true, received: chunkCount, chunkCount };
+    }
+    const head = this.stmt.stagedHead.get(updateId) as
+      | {
+          job_id: string;
+          round: number;
+          device_id: string;
+          chunk_count: number;
+          size: number;
+          sha256: string;
+        }
+      | undefined;
+    if (
+      head &&
+      (head.job_id !== meta.jobId ||
+        head.round !== meta.round ||
+        head.device_id !== meta.deviceId ||
+        head.chunk_count !== chunkCount ||
+        head.size !== meta.size ||
+        head.sha256 !== meta.sha256)
+    ) {
+      fail(
+        "E_QUEUE_CONFLICT",
+        `chunk ${chunkIndex} of ${updateId} disagrees with the chunks received before`,
+      );
+    }
+    const same = this.stmt.stagedChunk.get(updateId, chunkIndex) as { body: Buffer } | undefined;
+    if (same) {
+      if (!same.body.equals(body))
+        fail("E_QUEUE_CONFLICT", `chunk ${chunkIndex} of ${updateId} arrived twice, differing`);
+      this.bump("duplicates", 1);
+    } else {
+      this.stmt.stageInsert.run(
+        updateId,
+        chunkIndex,
+        chunkCount,
+        meta.jobId,
+        meta.round,
+        meta.deviceId,
+        meta.size,
+        meta.sha256,
+        body,
+        this.now(),
+      );
+      this.bump("staged_chunks", 1);
+    }
+    const received = Number((this.stmt.stagedCount.get(updateId) as { n: number }).n);
+    if (received < chunkCount) return { updateId, complete: false, received, chunkCount };
+
+    const frame = Buffer.concat(
+      (this.stmt.stagedBodies.all(updateId) as { body: Buffer }[]).map((r) => r.body),
+    );
+    this.stmt.unstage.run(updateId);
+    let problem: FlotillaError | undefined;
+    const sha = sha256(frame);
+    if (frame.byteLength !== meta.size || sha !== meta.sha256) {
+      problem = new FlotillaError(
+        "E_QUEUE_CHECKSUM",
+        `update ${updateId} reassembled to ${frame.byteLength} bytes with sha256 ${sha}; expected ${meta.size} bytes, ${meta.sha256}`,
+      );
+    } else if (this.validateFrames) {
+      try {
+        checkFrame(frame, meta);
+      } catch (e) {
+        problem = queueError(e, `update ${updateId}`);
+      }
+    }
+    if (problem) {
+      // Committed without the update: its chunks are gone and it is counted; the caller reports the error.
+      this.bump("rejected", 1);
+      return { rejected: problem };
+    }
+    this.insertLocked(frame, meta, sha, updateId);
+    return { updateId, complete: true, received, chunkCount };
+  }
+
+  /** Inside a transaction: gives up partly received updates whose last chunk is older than stagingTtlMs. */
+  private expireStaged(): void {
+    const stale = this.stmt.staleStaged.all(this.now() - this.stagingTtlMs) as { update_id: string }[];
+    for (const r of stale) this.stmt.unstage.run(r.update_id);
+    if (stale.length > 0) this.bump("dropped_staged", stale.length);
+  }
+
+  get maxChunkBytes(): number {
+    return this.chunkBytes;
+  }
+
+  /** Changes the chunk size for attempts started from now on (e.g. from the module twin). */
+  setMaxChunkBytes(bytes: number): void {
+    this.chunkBytes = checkChunkBytes(bytes);
+  }
+
+  /**
+   * Stores an update durably and returns its id. Only after this returns may the trainer's message be
+   * acknowledged. Enqueueing the same update again (same id and content) changes nothing but the `duplicates`
+   * counter. Invalid input throws E_QUEUE_INVALID / E_QUEUE_FRAME / E_QUEUE_META_MISMATCH / E_QUEUE_TOO_LARGE /
+   * E_QUEUE_CONFLICT before anything is written.
+   */
+  enqueue(frame: Uint8Array, meta: UpdateMeta): string {
+    if (!(frame instanceof Uint8Array)) fail("E_QUEUE_INVALID", "an update must be a Uint8Array");
+    if (frame.byteLength === 0) fail("E_QUEUE_INVALID", "an update cannot be empty");
+    validateMeta(meta);
+    if (frame.byteLength > this.maxBytes) {
+      fail(
+        "E_QUEUE_TOO_LARGE",
+        `update of ${frame.byteLength} bytes exceeds the queue's ${this.maxBytes} bytes`,
+      );
+    }
+    if (this.validateFrames) checkFrame(frame, meta);
+    const body = Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength);
+    const sha = sha256(body);
+    const updateId = meta.updateId ?? deriveUpdateId(sha);
+    try {
+      return this.enqueueTx(body, meta, sha, updateId);
+    } catch (e) {
+      throw queueError(e, `enqueueing update ${updateId}`);
+    }
+  }
+
+  /**
+   * Stores one input chunk of an update the trainer split into several messages, durably: only after this returns
+   * may that input message be completed. When the last chunk is in, the chunks are concatenated, checked against
+   * `size` and `sha256` (and as an FLT1 frame matching jobId/round/deviceId) and queued as one update, in the same
+   * transaction. A repeated chunk is a no-op. A chunk that contradicts earlier ones throws E_QUEUE_CONFLICT and
+   * changes nothing; an update that does not reassemble throws E_QUEUE_CHECKSUM (or E_QUEUE_FRAME /
+   * E_QUEUE_META_MISMATCH) after its chunks were discarded and counted in `rejected`.
+   */
+  stageChunk(body: Uint8Array, meta: InputChunkMeta): StageResult {
+    if (!(body instanceof Uint8Array) || body.byteLength === 0)
+      fail("E_QUEUE_INVALID", "a chunk must be non-empty bytes");
+    validateChunkMeta(meta);
+    if (meta.size > this.maxBytes) {
+      fail("E_QUEUE_TOO_LARGE", `update of ${meta.size} bytes exceeds the queue's ${this.maxBytes} bytes`);
+    }
+    if (body.byteLength > meta.size) {
+      fail("E_QUEUE_INVALID", `chunk of ${body.byteLength} bytes is larger than its update (${meta.size})`);
+    }
+    let outcome: StageResult | { rejected: FlotillaError };
+    try {
+      outcome = this.stageTx(Buffer.from(body.buffer, body.byteOffset, body.byteLength), meta);
+    } catch (e) {
+      throw queueError(e, `staging chunk ${meta.chunkIndex} of ${meta.updateId}`);
+    }
+    this.maybeVacuum();
+    if ("rejected" in outcome) throw outcome.rejected;
+    return outcome;
+  }
+
+  /** State and bookkeeping of one update (also acked/dropped ones while their tombstone is kept). */
+  get(updateId: string): UpdateInfo | undefined {
+    const row = this.stmt.find.get(updateId) as UpdateRow | undefined;
+    return row && toInfo(row);
+  }
+
+  /**
+   * Cuts a stored update into chunks of at most `maxChunkBytes`. The stored bytes are checked against their
+   * sha256 first: a damaged row throws E_QUEUE_CORRUPT rather than sending garbage. An update that is not
+   * (or no longer) waiting to be sent throws E_QUEUE_NOT_FOUND.
+   */
+  chunksOf(updateId: string): OutboxChunk[] {
+    const row = this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined;
+    if (!row) fail("E_QUEUE_NOT_FOUND", `update ${updateId} is not in the queue (unknown, acked or dropped)`);
+    return cut(row, this.chunkBytes);
+  }
+
+  /**
+   * Starts (or resumes) sending an update: returns its chunks and the index to start from. An attempt resumes an
+   * interrupted one when the chunk size is unchanged; an update already sent completely starts over (a resend).
+   * Returns undefined when the update is no longer waiting to be sent.
+   */
+  beginAttempt(updateId: string): AttemptPlan | undefined {
+    try {
+      const tx = this.db.transaction(() => {
+        const row = this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined;
+        if (!row) return undefined;
+        const chunks = cut(row, this.chunkBytes);
+        const resume = row.state === "pending" && row.chunk_bytes === this.chunkBytes;
+        const startChunk = resume ? Math.min(row.next_chunk, chunks.length - 1) : 0;
+        this.stmt.begin.run(this.now(), startChunk, this.chunkBytes, updateId);
+        return { chunks, startChunk, attempt: row.attempts + 1 };
+      });
+      return tx.immediate();
+    } catch (e) {
+      throw queueError(e, `starting to send update ${updateId}`);
+    }
+  }
+
+  /**
+   * Records that chunk `chunkIndex` went out. Returns false when the update was acked or dropped meanwhile (or the
+   * chunk size changed), telling the sender to stop sending its remaining chunks.
+   */
+  markChunkSent(updateId: string, chunkIndex: number): boolean {
+    return this.write(`recording a chunk of ${updateId}`, () => {
+      this.bump("sent_chunks", 1);
+      return this.stmt.chunkSent.run(chunkIndex + 1, updateId, this.chunkBytes).changes === 1;
+    });
+  }
+
+  /** Records that every chunk of the update went out; it now waits for the cloud's ack. */
+  markSent(updateId: string): boolean {
+    return this.write(`recording update ${updateId} as sent`, () => {
+      const row = this.stmt.find.get(updateId) as UpdateRow | undefined;
+      if (!row || this.stmt.markSent.run(this.now(), updateId).changes !== 1) return false;
+      this.bump("sent_updates", 1);
+      if (row.sent_count > 0) this.bump("resent", 1);
+      return true;
+    });
+  }
+
+  /** The cloud has the update: forget its bytes. Returns false if it was not waiting (unknown, acked, dropped). */
+  ack(updateId: string): boolean {
+    return this.ackMany([updateId]) === 1;
+  }
+
+  /** Acks several updates in one transaction; returns how many were waiting. */
+  ackMany(updateIds: readonly string[]): number {
+    for (const id of updateIds) {
+      if (typeof id !== "string" || id.length === 0 || id.length > MAX_ID_BYTES) {
+        fail("E_QUEUE_INVALID", `ack: '${String(id)}' is not an update id`);
+      }
+    }
+    return this.write("recording acks", () => {
+      const now = this.now();
+      let n = 0;
+      for (const id of updateIds) n += this.stmt.ack.run(now, id).changes;
+      if (n > 0) this.settled("acked", n);
+      return n;
+    });
+  }
+
+  /**
+   * Drops the unacknowledged updates of `jobId` whose round is closed, i.e. every round before `openRound` (the
+   * server ignores late updates: core/round/server.ts), and counts them in `dropped_closed`. Returns the count.
+   */
+  dropClosedRounds(jobId: string, openRound: number): number {
+    if (typeof jobId !== "string" || jobId.length === 0)
+      fail("E_QUEUE_INVALID", "dropClosedRounds: jobId is empty");
+    if (!Number.isSafeInteger(openRound) || openRound < 0) {
+      fail("E_QUEUE_INVALID", `dropClosedRounds: openRound ${String(openRound)} is not a round number`);
+    }
+    return this.write(`dropping closed rounds of ${jobId}`, () => {
+      let n = this.stmt.dropClosed.run(this.now(), jobId, openRound).changes;
+      for (const r of this.stmt.closedStaged.all(jobId, openRound) as { update_id: string }[]) {
+        this.stmt.unstage.run(r.update_id);
+        n++;
+      }
+      if (n > 0) this.settled("dropped_closed", n);
+      return n;
+    });
+  }
+
+  /** Gives up on one update whose stored bytes are damaged (counted in `dropped_corrupt`). */
+  dropCorrupt(updateId: string): boolean {
+    return this.write(`dropping damaged update ${updateId}`, () => {
+      const n = this.stmt.dropId.run("corrupt", this.now(), updateId).changes;
+      if (n > 0) this.settled("dropped_corrupt", n);
+      return n === 1;
+    });
+  }
+
+  /** Every update not yet acknowledged, oldest first (no bodies). */
+  pending(): UpdateInfo[] {
+    return (this.stmt.live.all() as UpdateRow[]).map(toInfo);
+  }
+
+  /**
+   * Updates to send now, oldest first: those not yet sent completely, and those sent at or before
+   * `resendSentBefore` without an ack.
+   */
+  due(resendSentBefore: number, limit: number): UpdateInfo[] {
+    return (this.stmt.due.all(resendSentBefore, limit) as UpdateRow[]).map(toInfo);
+  }
+
+  /** Completion time of the oldest update awaiting an ack, or undefined. */
+  oldestSentAt(): number | undefined {
+    const t = (this.stmt.nextResend.get() as { t: number | null }).t;
+    return t === null ? undefined : Number(t);
+  }
+
+  /** Marks every update awaiting an ack for sending again (after a restart or a reconnect). Returns the count. */
+  requeueUnacked(): number {
+    return this.write("requeueing unacked updates", () => this.stmt.requeue.run().changes);
+  }
+
+  stats(): OutboxStats {
+    const counters = Object.fromEntries(COUNTER_NAMES.map((n) => [n, 0])) as Record<CounterName, number>;
+    for (const r of this.stmt.counters.all() as { name: string; value: number }[]) {
+      if (r.name in counters) counters[r.name as CounterName] = Number(r.value);
+    }
+    let pending = 0;
+    let awaitingAck = 0;
+    let bytesPending = 0;
+    for (const r of this.stmt.stateCounts.all() as { state: UpdateState; n: number; bytes: number }[]) {
+      if (r.state === "pending") pending = Number(r.n);
+      else awaitingAck = Number(r.n);
+      bytesPending += Number(r.bytes);
+    }
+    const staged = this.stmt.stagedStats.get() as { updates: number; bytes: number };
+    return {
+      depth: pending + awaitingAck,
+      pending,
+      awaitingAck,
+      bytesPending,
+      stagedUpdates: Number(staged.updates),
+      stagedBytes: Number(staged.bytes),
+      counters,
+    };
+  }
+
+  /** The SQLite settings durability rests on, read back from the connection (journal mode, synchronous level). */
+  durability(): {
+    journalMode: string;
+    synchronous: "OFF" | "NORMAL" | "FULL" | "EXTRA";
+    lockingMode: string;
+  } {
+    const sync = Number(this.db.pragma("synchronous", { simple: true }));
+    return {
+      journalMode: String(this.db.pragma("journal_mode", { simple: true })),
+      synchronous: (["OFF", "NORMAL", "FULL", "EXTRA"] as const)[sync],
+      lockingMode: String(this.db.pragma("locking_mode", { simple: true })),
+    };
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  private bump(name: CounterName, by: number): void {
+    this.stmt.count.run(name, by);
+  }
+
+  private settled(counter: CounterName, n: number): void {
+    this.bump(counter, n);
+    this.pruneTombstones();
+  }
+
+  private pruneTombstones(): void {
+    this.stmt.pruneTombstones.run(this.tombstoneLimit);
+  }
+
+  private write<R>(what: string, fn: () => R): R {
+    let result: R;
+    try {
+      result = this.db.transaction(fn).immediate();
+    } catch (e) {
+      throw queueError(e, what);
+    }
+    this.maybeVacuum();
+    return result;
+  }
+
+  /** Gives freed pages (acked bodies) back to the file system, a bounded amount at a time. */
+  private maybeVacuum(): void {
+    try {
+      const free = Number(this.db.pragma("freelist_count", { simple: true }));
+      if (free >= DEFAULTS.vacuumPages) this.db.pragma(`incremental_vacuum(${free})`);
+    } catch {
+      // Best effort: the write before it is committed; the pages are reused by later updates anyway.
+    }
+  }
+}
+
+/** sha256 of bytes as lower-case hex. */
+export function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/**
+ * The id of an update without a caller-chosen one, as the trainer computes it (docs/iothub-protocol.md): the first
+ * 32 hex digits of its sha256. The same update always gets the same id (idempotent enqueue); two rounds never
+ * collide because the frame's header carries jobId, round and deviceId.
+ */
+export function deriveUpdateId(contentSha256: string): string {
+  return contentSha256.slice(0, 32);
+}
+
+/** jobId, round and deviceId read from an FLT1 `result`/`failure` frame; E_QUEUE_FRAME if it is not one. */
+export function frameMeta(frame: Uint8Array): UpdateMeta {
+  let msg;
+  try {
+    // A plain Uint8Array view, never a Buffer: decodeMessage copies an unaligned payload with `slice`, which on a
+    // Buffer returns a view of the whole (pooled) ArrayBuffer instead of a copy, and the Float32Array then throws
+    // a RangeError. Input messages from the MQTT transport are such Buffers, at any byte offset.
+    msg = decodeMessage(new Uint8Array(frame.buffer, frame.byteOffset, frame.byteLength));
+  } catch (e) {
+    const detail = isFlotillaError(e) ? `${e.code}: ${e.message}` : String(e);
+    return fail("E_QUEUE_FRAME", `update is not a valid FLT1 frame (${detail})`);
+  }
+  if (msg.type !== "result" && msg.type !== "failure") {
+    fail("E_QUEUE_FRAME", `update frame has type '${msg.type}'; only 'result' and 'failure' go upstream`);
+  }
+  return { jobId: msg.jobId, round: msg.round, deviceId: msg.deviceId };
+}
+
+function checkFrame(frame: Uint8Array, meta: UpdateMeta): void {
+  const header = frameMeta(frame);
+  for (const k of ["jobId", "round", "deviceId"] as const) {
+    if (header[k] !== meta[k]) {
+      fail(
+        "E_QUEUE_META_MISMATCH",
+        `update meta ${k}=${String(meta[k])} but the frame says ${String(header[k])}`,
+      );
+    }
+  }
+}
+
+function validateMeta(meta: UpdateMeta): void {
+  if (typeof meta !== "object" || meta === null) fail("E_QUEUE_INVALID", "update meta is missing");
+  for (const k of ["jobId", "deviceId"] as const) {
+    const v: unknown = meta[k];
+    if (typeof v !== "string" || v.length === 0)
+      fail("E_QUEUE_INVALID", `update meta ${k} must be a non-empty string`);
+    if (Buffer.byteLength(v) > MAX_ID_BYTES || hasControlChars(v)) {
+      fail(
+        "E_QUEUE_INVALID",
+        `update meta ${k} must be at most ${MAX_ID_BYTES} bytes without control characters`,
+      );
+    }
+  }
+  if (!Number.isInteger(meta.round) || meta.round < 0 || meta.round > 0x7fffffff) {
+    fail("E_QUEUE_INVALID", `update meta round ${String(meta.round)} is not a round number`);
+  }
+  if (meta.updateId !== undefined && (typeof meta.updateId !== "string" || !UPDATE_ID.test(meta.updateId))) {
+    fail("E_QUEUE_INVALID", `update id '${String(meta.updateId)}' must match ${UPDATE_ID.source}`);
+  }
+}
+
+function validateChunkMeta(meta: InputChunkMeta): void {
+  validateMeta(meta);
+  if (typeof meta.updateId !== "string") fail("E_QUEUE_INVALID", "a chunk needs an updateId");
+  const int = (name: "chunkIndex" | "chunkCount" | "size", min: number): number => {
+    const v = meta[name];
+    if (!Number.isSafeInteger(v) || v < min)
+      fail("E_QUEUE_INVALID", `chunk ${name} ${String(v)} is not an integer ≥ ${min}`);
+    return v;
+  };
+  const count = int("chunkCount", 1);
+  if (int("chunkIndex", 0) >= count)
+    fail("E_QUEUE_INVALID", `chunkIndex ${meta.chunkIndex} ≥ chunkCount ${count}`);
+  if (int("size", 1) < count) fail("E_QUEUE_INVALID", `${count} chunks cannot make ${meta.size} bytes`);
+  if (typeof meta.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(meta.sha256)) {
+    fail("E_QUEUE_INVALID", `chunk sha256 '${String(meta.sha256)}' is not 64 lower-case hex digits`);
+  }
+}
+
+function hasControlChars(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
+
+function cut(row: UpdateRow & { body: Buffer | null }, chunkBytes: number): OutboxChunk[] {
+  const body = row.body;
+  if (!body || body.byteLength !== row.size || sha256(body) !== row.sha256) {
+    throw new FlotillaError(
+      "E_QUEUE_CORRUPT",
+      `stored update ${row.update_id} does not match its sha256 (${body?.byteLength ?? 0} of ${row.size} bytes)`,
+    );
+  }
+  const count = Math.max(1, Math.ceil(body.byteLength / chunkBytes));
+  const chunks: OutboxChunk[] = [];
+  for (let i = 0; i < count; i++) {
+    const part = body.subarray(i * chunkBytes, Math.min(body.byteLength, (i + 1) * chunkBytes));
+    chunks.push({
+      body: part,
+      messageId: `${row.update_id}:${i}`,
+      properties: {
+        jobId: row.job_id,
+        round: String(row.round),
+        deviceId: row.device_id,
+        updateId: row.update_id,
+        chunkIndex: String(i),
+        chunkCount: String(count),
+        size: String(row.size),
+        sha256: row.sha256,
+        chunkSha256: sha256(part),
+        [CONTENT_TYPE_PROPERTY]: FLOTILLA_FRAME_CONTENT_TYPE,
+      },
+    });
+  }
+  return chunks;
+}
+
+function toInfo(r: UpdateRow): UpdateInfo {
+  return {
+    updateId: r.update_id,
+    jobId: r.job_id,
+    round: Number(r.round),
+    deviceId: r.device_id,
+    sha256: r.sha256,
+    size: Number(r.size),
+    state: r.state,
+    dropReason: r.drop_reason,
+    attempts: Number(r.attempts),
+    sentCount: Number(r.sent_count),
+    nextChunk: Number(r.next_chunk),
+    enqueuedAt: Number(r.enqueued_at),
+    lastAttemptAt: r.last_attempt_at === null ? null : Number(r.last_attempt_at),
+    sentAt: r.sent_at === null ? null : Number(r.sent_at),
+  };
+}
+
+function checkChunkBytes(n: number): number {
+  if (!Number.isInteger(n) || n < 1 || n > MAX_CHUNK_BYTES) {
+    throw new FlotillaError(
+      "E_QUEUE_CONFIG",
+      `maxChunkBytes ${String(n)} must be an integer from 1 to ${MAX_CHUNK_BYTES} (256 KB less room for properties)`,
+    );
+  }
+  return n;
+}
+
+function positiveInt(n: number, name: string): number {
+  if (!Number.isSafeInteger(n) || n < 1)
+    fail("E_QUEUE_CONFIG", `${name} ${String(n)} must be a positive integer`);
+  return n;
+}
+
+function nonNegativeInt(n: number, name: string): number {
+  if (!Number.isSafeInteger(n) || n < 0)
+    fail("E_QUEUE_CONFIG", `${name} ${String(n)} must be a non-negative integer`);
+  return n;
+}
