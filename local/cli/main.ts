@@ -13,6 +13,8 @@ import {
   type SimConfig,
 } from "../sim/config";
 import { simulate, type RoundSummary } from "../sim/simulate";
+import { simulateOverIotHub } from "../stack/iothub-simulate";
+import { startLocalHub, writeHubInfo } from "../hub";
 import { mb } from "../report/report";
 import { benchTrain } from "../../core/engine/bench";
 import { benchAggregate } from "../../core/tensor/bench-aggregate";
@@ -55,6 +57,12 @@ function buildSimConfig(o: RawOptions): SimConfig {
     c.targetAccuracy = nonNegativeNumber("target-accuracy", s("targetAccuracy")!);
   }
   if (s("out") !== undefined) c.out = s("out")!;
+  if (s("transport") !== undefined) {
+    if (s("transport") !== "memory" && s("transport") !== "iothub") {
+      fail("E_CONFIG_VALUE", `--transport must be memory or iothub, got '${s("transport")}'`);
+    }
+    c.transport = s("transport") as "memory" | "iothub";
+  }
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -84,7 +92,8 @@ async function runSimulate(o: RawOptions): Promise<number> {
     `flotilla simulate: ${config.devices} devices, ${config.clientsPerRound} per round, ${config.rounds} rounds, ` +
       `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
   );
-  const result = await simulate(config, {
+  const run = config.transport === "iothub" ? simulateOverIotHub : simulate;
+  const result = await run(config, {
     onStart: (i) =>
       console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
     onRoundStart: (round, _p, total) => {
@@ -144,6 +153,35 @@ async function runBenchAggregate(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runHub(o: RawOptions): Promise<number> {
+  const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string);
+  const httpsPort = nonNegativeInt("https-port", o.httpsPort as string);
+  const hub = await startLocalHub({
+    mqttPort,
+    httpsPort,
+    stateDir: o.stateDir as string,
+    persistRegistry: true,
+    onEvent: (batch) => {
+      for (const e of batch) {
+        const sp = e.systemProperties as unknown as Record<string, unknown>;
+        console.log(`event from ${String(sp["iothub-connection-device-id"])}: ${e.body.length} bytes`);
+      }
+    },
+  });
+  const file = path.join(".flotilla", "hub.json");
+  writeHubInfo(hub, file);
+  console.log(
+    `local IoT Hub ${hub.hubName}: MQTT/TLS ${hub.mqttHost}:${hub.mqttPort}, REST https://127.0.0.1:${hub.httpsPort}`,
+  );
+  console.log(`connection info: ${file} (CA certificate ${hub.caCertPath}); Ctrl-C stops it`);
+  await new Promise<void>((resolve) => {
+    process.once("SIGINT", resolve);
+    process.once("SIGTERM", resolve);
+  });
+  await hub.close();
+  return 0;
+}
+
 export function buildProgram(): Command {
   const program = new Command("flotilla")
     .description("Federated learning for Azure IoT Edge device fleets")
@@ -178,10 +216,23 @@ export function buildProgram(): Command {
     .option("--round-timeout <seconds>", "close a round after this long")
     .option("--target-accuracy <fraction>", "stop once test accuracy reaches this")
     .option("--out <dir>", "output directory")
+    .option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)")
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.
       if (cmd.getOptionValueSource("devices") === "default") delete opts.devices;
       exitCode = await runSimulate(opts);
+    });
+
+  program
+    .command("hub")
+    .description(
+      "start the local IoT Hub alone; writes .flotilla/hub.json for any azure-iot-device / azure-iothub client",
+    )
+    .option("--mqtt-port <n>", "MQTT over TLS port", "8883")
+    .option("--https-port <n>", "service REST API port", "8443")
+    .option("--state-dir <dir>", "CA, certificates and registry", ".flotilla/hub")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runHub(opts);
     });
 
   const bench = program.command("bench").description("measure speed");

@@ -29,6 +29,8 @@ export interface SimConfig {
   /** Stop early once the test accuracy reaches this fraction (0 = never). */
   targetAccuracy: number;
   out: string;
+  /** memory: in-process/worker-thread transport; iothub: the local IoT Hub stack with the real modules. */
+  transport: "memory" | "iothub";
 }
 
 export const DEFAULT_CONFIG: SimConfig = {
@@ -48,6 +50,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   roundTimeoutMs: 600_000,
   targetAccuracy: 0,
   out: "out/simulation",
+  transport: "memory",
 };
 
 /** Presets selectable with --preset; explicit flags override them. */

@@ -1,0 +1,155 @@
+/**
+ * `flotilla simulate --transport iothub`: the same job as the in-memory simulation, run over the local stack —
+ * devices are IoT Edge module sets on the embedded IoT Hub, the round is driven by the aggregation Function's
+ * handlers (created and started through its HTTP API), updates travel as chunked device-to-cloud messages through
+ * each device's durable update-queue, and models are blobs in Azurite. The runner only watches: it reads each
+ * published global model from blob storage and evaluates it on the held-out test set.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { initBackend } from "../../core/engine/backend";
+import { createModel } from "../../core/engine/models";
+import { FlotillaError } from "../../core/errors";
+import { getJson } from "../../cloud/aggregator/src/store/blob-store";
+import { paths, type JobDocument, type RoundState } from "../../cloud/aggregator/src/jobs/state";
+import { writeReport } from "../report/report";
+import type { SimConfig } from "../sim/config";
+import { deviceName, loadFleetData } from "../sim/data";
+import type { RoundSummary, SimulationReporter, SimulationResult } from "../sim/simulate";
+import { startLocalStack } from "./stack";
+
+async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
+  const res = await fetch(`${base}/api/${route}`, {
+    method,
+    headers: { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = (await res.json().catch(() => ({}))) as { code?: string; message?: string };
+  if (!res.ok)
+    throw new FlotillaError(json.code ?? "E_HTTP", json.message ?? `HTTP ${res.status} for ${route}`);
+  return json;
+}
+
+export async function simulateOverIotHub(
+  config: SimConfig,
+  reporter: SimulationReporter = {},
+): Promise<SimulationResult> {
+  const t0 = performance.now();
+  await initBackend();
+  const data = loadFleetData(config);
+  const evalModel = await createModel(data.spec, config.seed);
+  reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
+  const deviceIds = data.devices.map((_, i) => deviceName(i, config.devices));
+  const stack = await startLocalStack({
+    data: data.devices,
+    deviceIds,
+    workers: Math.max(1, config.workers),
+    stateDir: path.join(config.out, ".stack"),
+    timerIntervalMs: 250,
+  });
+  const summaries: RoundSummary[] = [];
+  const jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
+  try {
+    const store = stack.aggregator.services.store;
+    await api(stack.host.url, "POST", "jobs", {
+      jobId,
+      modelSpec: data.spec,
+      strategy: config.strategy,
+      strategyOptions: {
+        clientsPerRound: config.clientsPerRound,
+        fit: {
+          epochs: config.localEpochs,
+          batchSize: config.batchSize,
+          lr: config.lr,
+          ...(config.mu !== undefined ? { mu: config.mu } : {}),
+        },
+        ...(config.serverLr !== undefined ? { serverLr: config.serverLr } : {}),
+        seed: config.seed,
+      },
+      rounds: config.rounds,
+      roundDeadlineSeconds: Math.max(1, Math.round(config.roundTimeoutMs / 1000)),
+      minCompletedFraction: 1,
+      seed: config.seed,
+    });
+    await api(stack.host.url, "POST", `jobs/${jobId}/start`);
+    let seen = 0;
+    let roundStart = performance.now();
+    let announced = 0;
+    for (;;) {
+      const doc = (await getJson<JobDocument>(store, paths.job(jobId)))?.value;
+      if (!doc) throw new FlotillaError("E_JOB_MISSING", `job ${jobId} vanished`);
+      if (doc.currentRound > announced && doc.currentRound > seen) {
+        announced = doc.currentRound;
+        const st = (await getJson<RoundState>(store, paths.round(jobId, doc.currentRound)))?.value;
+        const ids = st ? st.participants.map((p) => p.deviceId) : [];
+        const total = ids.reduce((a, id) => a + (data.devices[deviceIds.indexOf(id)]?.n ?? 0), 0);
+        reporter.onRoundStart?.(doc.currentRound, ids, total * config.localEpochs);
+      }
+      while (seen < doc.rounds.length) {
+        const rec = doc.rounds[seen++];
+        const st = (await getJson<RoundState>(store, paths.round(jobId, rec.round)))?.value;
+        const model = await store.get(paths.model(jobId, rec.round));
+        let metrics = { loss: NaN, accuracy: NaN };
+        if (model) {
+          const b = model.bytes;
+          const w = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+          evalModel.setWeights(w);
+          metrics = evalModel.evaluate(data.test, 500);
+        }
+        const participants = st ? st.participants.map((p) => p.deviceId) : [];
+        const summary: RoundSummary = {
+          round: rec.round,
+          participants,
+          completed: rec.completed,
+          failures: [...rec.failures],
+          accuracy: metrics.accuracy,
+          loss: metrics.loss,
+          trainLoss: rec.trainLoss ?? NaN,
+          uplinkBytes: rec.bytesReceived,
+          downlinkBytes: participants.length * evalModel.numParams * 4,
+          durationMs: Math.round(performance.now() - roundStart),
+          slowestTrainMs: 0,
+        };
+        roundStart = performance.now();
+        summaries.push(summary);
+        reporter.onRoundEnd?.(summary);
+      }
+      if (doc.status === "completed" || doc.status === "failed" || doc.status === "stopped") {
+        if (doc.status === "failed") throw new FlotillaError("E_JOB_FAILED", doc.error ?? "the job failed");
+        break;
+      }
+      if (config.targetAccuracy > 0 && summaries.some((s) => s.accuracy >= config.targetAccuracy)) {
+        await api(stack.host.url, "POST", `jobs/${jobId}/stop`);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    await stack.close();
+  }
+  const last = summaries[summaries.length - 1];
+  const result: SimulationResult = {
+    config: {
+      ...config,
+      modelSpec: data.spec,
+      params: evalModel.numParams,
+      layoutHash: evalModel.layout.hash,
+    },
+    rounds: summaries,
+    final: {
+      accuracy: last ? last.accuracy : NaN,
+      loss: last ? last.loss : NaN,
+      rounds: summaries.length,
+      wallMs: performance.now() - t0,
+    },
+    rejected: {},
+  };
+  evalModel.dispose();
+  fs.mkdirSync(config.out, { recursive: true });
+  fs.writeFileSync(
+    path.join(config.out, "results.json"),
+    JSON.stringify(result, (_k, v: unknown) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2),
+  );
+  writeReport(path.join(config.out, "report.html"), result);
+  return result;
+}

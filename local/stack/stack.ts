@@ -1,0 +1,160 @@
+/**
+ * The local stack that `npm start` runs: the embedded IoT Hub (MQTT/TLS + service REST), Azurite, the aggregation
+ * Function's handlers in a local host, and a fleet of simulated IoT Edge devices, each running the real trainer,
+ * update-queue and profiler modules on unmodified azure-iot-device ModuleClients over TLS.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { ModuleClient } from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import { createAggregator, type Aggregator } from "../../cloud/aggregator/src/aggregator";
+import { IotHubFleet } from "../../cloud/aggregator/src/fleet/fleet";
+import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregator/src/store/blob-store";
+import type { Dataset } from "../../core/data/dataset";
+import { startTrainer, type TrainerHandle } from "../../modules/trainer/src/trainer";
+import { startUpdateQueue, type UpdateQueueHandle } from "../../modules/update-queue/src/main";
+import { startProfiler, type BenchFn, type ProfilerHandle } from "../../modules/profiler/src/profiler";
+import { benchTrain, type BenchTrainResult } from "../../core/engine/bench";
+import { createRegistry, createServiceClient, startLocalHub, type LocalHub } from "../hub";
+import { startAzurite, type Azurite } from "./azurite";
+import { startFunctionsHost, type FunctionsHost } from "./functions-host";
+import { TrainPool } from "./train-pool";
+
+/** The edgeHub routes of deployment-manifests/deployment.template.json. */
+export function manifestRoutes(): Record<string, unknown> {
+  const file = path.join(__dirname, "..", "..", "..", "deployment-manifests", "deployment.template.json");
+  const manifest = JSON.parse(fs.readFileSync(file, "utf8")) as {
+    modulesContent: { $edgeHub: { "properties.desired": { routes: Record<string, unknown> } } };
+  };
+  return manifest.modulesContent.$edgeHub["properties.desired"].routes;
+}
+
+export interface StackDevice {
+  readonly deviceId: string;
+  readonly trainer: TrainerHandle;
+  readonly queue: UpdateQueueHandle;
+  readonly profiler: ProfilerHandle;
+  readonly clients: ModuleClient[];
+}
+
+export interface LocalStack {
+  readonly hub: LocalHub;
+  readonly azurite: Azurite;
+  readonly aggregator: Aggregator;
+  readonly host: FunctionsHost;
+  readonly devices: StackDevice[];
+  readonly pool: TrainPool;
+  readonly stateDir: string;
+  /** Takes one device's modules off the network (fault injection) or back. */
+  setOnline(deviceId: string, online: boolean): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface LocalStackOptions {
+  /** Each device's local data, index i = device i. */
+  data: Dataset[];
+  deviceIds: string[];
+  /** Worker threads for training. */
+  workers: number;
+  stateDir?: string;
+  timerIntervalMs?: number;
+  log?: (line: string) => void;
+  onProgress?: (deviceId: string, line: string) => void;
+}
+
+async function openModule(hub: LocalHub, deviceId: string, moduleId: string): Promise<ModuleClient> {
+  const client = ModuleClient.fromConnectionString(hub.createModule(deviceId, moduleId), Mqtt);
+  await client.setOptions({ ca: hub.caCertPem });
+  await client.open();
+  return client;
+}
+
+export async function startLocalStack(opts: LocalStackOptions): Promise<LocalStack> {
+  const log = opts.log ?? (() => undefined);
+  const stateDir = opts.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-stack-"));
+  fs.mkdirSync(stateDir, { recursive: true });
+  const azurite = await startAzurite();
+  let host: FunctionsHost | undefined;
+  const hub = await startLocalHub({
+    stateDir: path.join(stateDir, "hub"),
+    routes: manifestRoutes(),
+    onEvent: async (batch) => host?.deliver(batch),
+    log: (l: string) => log(`[hub] ${l}`),
+  } as Parameters<typeof startLocalHub>[0]);
+  const store = new AzureBlobStore({ connectionString: devStorageConnectionString(azurite.blobEndpoint) });
+  const fleet = new IotHubFleet(createRegistry(hub), createServiceClient(hub), { log });
+  const aggregator = createAggregator({ store, fleet, clock: Date.now, log });
+  host = await startFunctionsHost(aggregator, { timerIntervalMs: opts.timerIntervalMs ?? 1000, log });
+  const pool = new TrainPool(opts.workers);
+  const devices: StackDevice[] = [];
+  // The simulated devices share this machine: one real measurement per (model, batch size) serves them all.
+  const measured = new Map<string, Promise<BenchTrainResult>>();
+  const sharedBench: BenchFn = (o) => {
+    const key = `${o.model}/${o.batchSize}`;
+    if (!measured.has(key)) measured.set(key, benchTrain({ ...o, seconds: Math.min(o.seconds ?? 2, 2) }));
+    return measured.get(key)!;
+  };
+  const quiet = () => undefined;
+  // Connect in small batches: hundreds of TLS handshakes at once starve the event loop on 2 cores.
+  const batch = 10;
+  for (let i = 0; i < opts.deviceIds.length; i += batch) {
+    const ids = opts.deviceIds.slice(i, i + batch);
+    devices.push(
+      ...(await Promise.all(
+        ids.map(async (deviceId, j) => {
+          const [tc, qc, pc] = await Promise.all([
+            openModule(hub, deviceId, "trainer"),
+            openModule(hub, deviceId, "update-queue"),
+            openModule(hub, deviceId, "profiler"),
+          ]);
+          const queue = await startUpdateQueue({
+            client: qc,
+            dir: path.join(stateDir, "queues", deviceId),
+            closeClient: true,
+            resendAfterMs: 60_000,
+            log: quiet,
+          });
+          const trainer = await startTrainer({
+            client: tc,
+            deviceId,
+            data: opts.data[i + j],
+            trainExecutor: pool,
+            closeClient: true,
+            log: quiet,
+          });
+          const profiler = await startProfiler({
+            client: pc,
+            closeClient: true,
+            bench: sharedBench,
+            log: quiet,
+          });
+          return { deviceId, trainer, queue, profiler, clients: [tc, qc, pc] };
+        }),
+      )),
+    );
+  }
+  return {
+    hub,
+    azurite,
+    aggregator,
+    host,
+    devices,
+    pool,
+    stateDir,
+    async setOnline(deviceId, online) {
+      const d = devices.find((x) => x.deviceId === deviceId);
+      if (!d) return;
+      if (!online) for (const m of ["trainer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
+    },
+    async close() {
+      for (const d of devices) {
+        await Promise.allSettled([d.trainer.stop(), d.queue.stop(), d.profiler.stop()]);
+      }
+      await host?.close();
+      await pool.close();
+      await hub.close();
+      await azurite.stop();
+    },
+  };
+}
