@@ -75,17 +75,19 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   const stateDir = opts.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-stack-"));
   fs.mkdirSync(stateDir, { recursive: true });
   const azurite = await startAzurite();
-  let host: FunctionsHost | undefined;
+  // Events can only be delivered once the host exists; the hub starts first (the host needs the hub's fleet).
+  const hostRef: { current?: FunctionsHost } = {};
   const hub = await startLocalHub({
     stateDir: path.join(stateDir, "hub"),
     routes: manifestRoutes(),
-    onEvent: async (batch) => host?.deliver(batch),
+    onEvent: async (batch) => hostRef.current?.deliver(batch),
     log: (l: string) => log(`[hub] ${l}`),
   } as Parameters<typeof startLocalHub>[0]);
   const store = new AzureBlobStore({ connectionString: devStorageConnectionString(azurite.blobEndpoint) });
   const fleet = new IotHubFleet(createRegistry(hub), createServiceClient(hub), { log });
   const aggregator = createAggregator({ store, fleet, clock: Date.now, log });
-  host = await startFunctionsHost(aggregator, { timerIntervalMs: opts.timerIntervalMs ?? 1000, log });
+  const host = await startFunctionsHost(aggregator, { timerIntervalMs: opts.timerIntervalMs ?? 1000, log });
+  hostRef.current = host;
   const pool = new TrainPool(opts.workers);
   const devices: StackDevice[] = [];
   // The simulated devices share this machine: one real measurement per (model, batch size) serves them all.
@@ -151,7 +153,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
       for (const d of devices) {
         await Promise.allSettled([d.trainer.stop(), d.queue.stop(), d.profiler.stop()]);
       }
-      await host?.close();
+      await host.close();
       await pool.close();
       await hub.close();
       await azurite.stop();
