@@ -131,6 +131,7 @@ export async function simulateOverIotHub(
   const result: SimulationResult = {
     config: {
       ...config,
+      transport: "iothub",
       modelSpec: data.spec,
       params: evalModel.numParams,
       layoutHash: evalModel.layout.hash,
