@@ -62,6 +62,7 @@ export const PRESETS: Record<string, Partial<SimConfig>> = {
     clientsPerRound: 10,
     rounds: 10,
     out: "out/default",
+    transport: "iothub",
   },
   "mnist-mlp": {
     dataset: "mnist",

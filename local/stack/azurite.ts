@@ -22,6 +22,8 @@ export function freePort(): Promise<number> {
 
 export interface Azurite {
   readonly blobEndpoint: string;
+  /** The Azurite child process (for memory accounting). */
+  readonly pid: number | undefined;
   stop(): Promise<void>;
 }
 
@@ -69,5 +71,5 @@ export async function startAzurite(opts: { port?: number } = {}): Promise<Azurit
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { blobEndpoint: `http://127.0.0.1:${port}/devstoreaccount1`, stop };
+  return { blobEndpoint: `http://127.0.0.1:${port}/devstoreaccount1`, pid: child.pid, stop };
 }

@@ -38,6 +38,11 @@ export interface FunctionsHost {
   tick(): Promise<void>;
   /** Delivers device-to-cloud events to the Event Hub trigger. */
   deliver(events: unknown[]): Promise<void>;
+  /**
+   * Routes every later HTTP request, timer run and event batch to `next` (a restarted Function instance over the
+   * same store and fleet). A timer run or batch already in progress finishes on the old one.
+   */
+  replaceAggregator(next: Aggregator): void;
   close(): Promise<void>;
 }
 
@@ -57,9 +62,10 @@ function context(functionName: string, log: (line: string) => void): InvocationC
 }
 
 export async function startFunctionsHost(
-  agg: Aggregator,
+  initial: Aggregator,
   opts: FunctionsHostOptions = {},
 ): Promise<FunctionsHost> {
+  let agg = initial;
   const log = opts.log ?? (() => undefined);
   const server = http.createServer((req, res) => {
     void handle(req, res);
@@ -132,6 +138,9 @@ export async function startFunctionsHost(
       // One batch at a time, in order, as an Event Hub partition delivers them.
       delivering = delivering.then(() => agg.ingestUpdates(events, context("ingestUpdates", log)));
       return delivering.then(() => undefined);
+    },
+    replaceAggregator: (next) => {
+      agg = next;
     },
     close: async () => {
       clearInterval(timer);

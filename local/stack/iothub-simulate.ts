@@ -73,7 +73,6 @@ export async function simulateOverIotHub(
     });
     await api(stack.host.url, "POST", `jobs/${jobId}/start`);
     let seen = 0;
-    let roundStart = performance.now();
     let announced = 0;
     for (;;) {
       const doc = (await getJson<JobDocument>(store, paths.job(jobId)))?.value;
@@ -107,10 +106,10 @@ export async function simulateOverIotHub(
           trainLoss: rec.trainLoss ?? NaN,
           uplinkBytes: rec.bytesReceived,
           downlinkBytes: participants.length * evalModel.numParams * 4,
-          durationMs: Math.round(performance.now() - roundStart),
-          slowestTrainMs: 0,
+          durationMs: Math.round(rec.durationMs),
+          // The fleet shares this machine's training workers: the round's training critical path.
+          slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
         };
-        roundStart = performance.now();
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);
       }

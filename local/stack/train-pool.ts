@@ -25,6 +25,7 @@ export class TrainPool implements TrainExecutor {
   private readonly load: number[];
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private readonly spans = new Map<string, { start: number; end: number }>();
 
   constructor(size: number) {
     const script = path.join(__dirname, "train-pool-worker.js");
@@ -43,8 +44,17 @@ export class TrainPool implements TrainExecutor {
     for (let i = 1; i < this.load.length; i++) if (this.load[i] < this.load[best]) best = i;
     const id = this.nextId++;
     this.load[best]++;
+    const key = `${job.jobId}/${job.round}`;
+    const span = this.spans.get(key) ?? { start: performance.now(), end: 0 };
+    this.spans.set(key, span);
     return new Promise<TrainOutcome>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, onProgress, worker: best });
+      const done = () => (span.end = Math.max(span.end, performance.now()));
+      this.pending.set(id, {
+        resolve: (o) => (done(), resolve(o)),
+        reject: (e) => (done(), reject(e)),
+        onProgress,
+        worker: best,
+      });
       signal.addEventListener("abort", () => this.workers[best].postMessage({ kind: "abort", id }), {
         once: true,
       });
@@ -69,6 +79,12 @@ export class TrainPool implements TrainExecutor {
       this.pending.delete(id);
       p.reject(new FlotillaError("E_SIM_WORKER", `training worker ${worker} ${why}`));
     }
+  }
+
+  /** Wall time from the first training job of a round starting to its last one ending (ms), if any ran. */
+  trainingSpanMs(jobId: string, round: number): number | undefined {
+    const s = this.spans.get(`${jobId}/${round}`);
+    return s && s.end > 0 ? s.end - s.start : undefined;
   }
 
   async close(): Promise<void> {

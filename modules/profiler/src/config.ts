@@ -1,0 +1,24 @@
+import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
+
+/**
+ * The profiler module's settings (validated at start-up, naming every missing or invalid setting):
+ *
+ *   FLOTILLA_DATA_DIR            directory whose file system's free space is reported   default /data
+ *   FLOTILLA_BENCH_SECONDS       time budget of each training benchmark, s              default 5
+ *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
+ *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ */
+export interface ProfilerConfig {
+  readonly dataDir: string;
+  readonly benchSeconds: number;
+  readonly connection: ConnectionConfig;
+}
+
+export function loadProfilerConfig(env: Env): ProfilerConfig {
+  const p = new ConfigProblems("profiler", env);
+  const dataDir = p.value("FLOTILLA_DATA_DIR") ?? "/data";
+  const benchSeconds = p.number("FLOTILLA_BENCH_SECONDS", 5, 0.1, 600, false);
+  const connection = readConnection(p);
+  p.check();
+  return { dataDir, benchSeconds, connection };
+}

@@ -1,0 +1,307 @@
+import { statfs } from "node:fs/promises";
+import * as os from "node:os";
+import { Message } from "azure-iot-device";
+import { benchTrain, type BenchTrainOptions, type BenchTrainResult } from "../../../core/engine/bench";
+import { MODEL_KINDS } from "../../../core/engine/model-spec";
+import {
+  defaultLog,
+  errorText,
+  respond,
+  updateReported,
+  withTimeout,
+  type EdgeModuleClient,
+  type Log,
+  type TwinLike,
+} from "../../shared/module-client";
+
+/**
+ * The profiler IoT Edge module: measures what the cloud's device selection needs and reports it in the module
+ * twin's reported `capabilities` (docs/iothub-protocol.md):
+ *
+ *   samplesPerSecond      {[model]: samples/s} of LocalModel.train (core/engine/bench.ts benchTrain, synthetic data)
+ *   memoryBytes, freeMemoryBytes   os.totalmem() / os.freemem()
+ *   freeDiskBytes         fs.statfs on the data directory: bavail × bsize (space an unprivileged process can use)
+ *   rttMs                 median of 3 reported-property PATCH round trips (publish → the hub's 204 response)
+ *   uplinkBytesPerSecond  a 64 KiB message on output `profile`, timed from send to the PUBACK (the hub or edgeHub
+ *                         has it). On IoT Edge this measures the module → edgeHub link, not edgeHub → IoT Hub; no
+ *                         route is needed for `profile` (edgeHub drops unrouted messages after accepting them).
+ *   uptimeSeconds         os.uptime() (the machine's)
+ *   availability          fraction of the time since the profiler started that the module was connected
+ *   measuredAt            ISO time
+ *
+ * Measured at start, every desired `scheduleMinutes` (the timer is rescheduled when it changes; 0/absent = only
+ * on start and on demand) and by the `profile` direct method, which answers with the capabilities. Measurements
+ * never overlap: a request during one joins it. The benchmark is injectable (`bench`), so a fleet launcher can
+ * share one measurement among simulated devices on the same machine.
+ */
+export interface Capabilities {
+  readonly samplesPerSecond: Record<string, number>;
+  readonly memoryBytes: number;
+  readonly freeMemoryBytes: number;
+  readonly freeDiskBytes: number | null;
+  readonly rttMs: number | null;
+  readonly uplinkBytesPerSecond: number | null;
+  readonly uptimeSeconds: number;
+  readonly availability: number;
+  readonly measuredAt: string;
+}
+
+export type BenchFn = (opts: BenchTrainOptions) => Promise<BenchTrainResult>;
+
+export interface ProfilerOptions {
+  client: EdgeModuleClient;
+  /** Models to benchmark. Default: desired `models` (array) or `model`, else ['mlp']. */
+  models?: string[];
+  benchSeconds?: number;
+  batchSize?: number;
+  /** Free disk is measured on this directory's file system (default /data, else the working directory). */
+  dataDir?: string;
+  bench?: BenchFn;
+  log?: Log;
+  /** Bytes of the uplink probe message (default 64 KiB). */
+  uplinkProbeBytes?: number;
+  outputName?: string;
+  twinTimeoutMs?: number;
+  /** One scheduling minute in ms (tests shorten it; default 60,000). */
+  minuteMs?: number;
+  closeClient?: boolean;
+}
+
+export interface ProfilerHandle {
+  /** Measures now (joining a measurement in progress) and reports. */
+  measure(): Promise<Capabilities>;
+  last(): Capabilities | undefined;
+  /** Current schedule in minutes (0 = none). */
+  scheduleMinutes(): number;
+  stop(): Promise<void>;
+}
+
+export const REPORTED_KEY = "capabilities";
+
+export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHandle> {
+  const { client } = opts;
+  const log = opts.log ?? defaultLog;
+  const bench = opts.bench ?? benchTrain;
+  const benchSeconds = opts.benchSeconds ?? 5;
+  const minuteMs = opts.minuteMs ?? 60_000;
+  const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;
+  const outputName = opts.outputName ?? "profile";
+  const probeBytes = opts.uplinkProbeBytes ?? 64 * 1024;
+  const dataDir = opts.dataDir ?? "/data";
+
+  const startedAt = Date.now();
+  let connectedMs = 0;
+  let connectedSince: number | undefined;
+  let stopped = false;
+  let twin: TwinLike | undefined;
+  let last: Capabilities | undefined;
+  let inFlight: Promise<Capabilities> | undefined;
+  let schedule = 0;
+  let timer: NodeJS.Timeout | undefined;
+  let opening = false;
+
+  const setOnline = (on: boolean): void => {
+    const now = Date.now();
+    if (on && connectedSince === undefined) connectedSince = now;
+    if (!on && connectedSince !== undefined) {
+      connectedMs += now - connectedSince;
+      connectedSince = undefined;
+    }
+  };
+  const availability = (): number => {
+    const now = Date.now();
+    const total = now - startedAt;
+    const up = connectedMs + (connectedSince !== undefined ? now - connectedSince : 0);
+    return total <= 0 ? (connectedSince !== undefined ? 1 : 0) : Math.min(1, up / total);
+  };
+
+  const modelsToBench = (): string[] => {
+    if (opts.models && opts.models.length > 0) return opts.models;
+    const d = twin?.properties.desired ?? {};
+    const fromDesired = Array.isArray(d.models) ? d.models : typeof d.model === "string" ? [d.model] : [];
+    const ok = fromDesired.filter(
+      (m): m is string => typeof m === "string" && MODEL_KINDS.includes(m as never),
+    );
+    return ok.length > 0 ? ok : ["mlp"];
+  };
+
+  const measureOnce = async (): Promise<Capabilities> => {
+    const samplesPerSecond: Record<string, number> = {};
+    for (const model of modelsToBench()) {
+      try {
+        const r = await bench({ model, batchSize: opts.batchSize ?? 32, seconds: benchSeconds });
+        samplesPerSecond[model] = Math.round(r.samplesPerSecond * 10) / 10;
+      } catch (e) {
+        log("warn", `profiler: benchmark of ${model} failed: ${errorText(e)}`);
+      }
+    }
+    let freeDiskBytes: number | null = null;
+    for (const dir of [dataDir, process.cwd()]) {
+      try {
+        const s = await statfs(dir);
+        freeDiskBytes = Number(s.bavail) * Number(s.bsize);
+        break;
+      } catch {
+        // the data directory may not be mounted: fall back to the working directory
+      }
+    }
+    const rttMs = await measureRtt();
+    const uplinkBytesPerSecond = await measureUplink();
+    return {
+      samplesPerSecond,
+      memoryBytes: os.totalmem(),
+      freeMemoryBytes: os.freemem(),
+      freeDiskBytes,
+      rttMs,
+      uplinkBytesPerSecond,
+      uptimeSeconds: Math.round(os.uptime()),
+      availability: Math.round(availability() * 10_000) / 10_000,
+      measuredAt: new Date().toISOString(),
+    };
+  };
+
+  /** Median of 3 reported-property PATCH round trips (a tiny patch of the probe's own key). */
+  const measureRtt = async (): Promise<number | null> => {
+    if (!twin) return null;
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t0 = performance.now();
+      try {
+        await updateReported(twin, { profilerProbe: { seq: i } }, twinTimeoutMs);
+        times.push(performance.now() - t0);
+      } catch (e) {
+        log("warn", `profiler: RTT probe failed: ${errorText(e)}`);
+      }
+    }
+    if (times.length === 0) return null;
+    times.sort((a, b) => a - b);
+    return Math.round(times[times.length >> 1] * 100) / 100;
+  };
+
+  const measureUplink = async (): Promise<number | null> => {
+    const body = Buffer.alloc(probeBytes, 0x5a);
+    const msg = new Message(body);
+    msg.properties.add("flotilla-content-type", "profile-probe");
+    const t0 = performance.now();
+    try {
+      await withTimeout(client.sendOutputEvent(outputName, msg), 30_000, "uplink probe");
+    } catch (e) {
+      log("warn", `profiler: uplink probe failed: ${errorText(e)}`);
+      return null;
+    }
+    const s = Math.max(1e-4, (performance.now() - t0) / 1000);
+    return Math.round(probeBytes / s);
+  };
+
+  const measure = (): Promise<Capabilities> => {
+    if (inFlight) return inFlight;
+    inFlight = (async () => {
+      try {
+        const caps = await measureOnce();
+        last = caps;
+        if (twin && !stopped) {
+          await updateReported(twin, { [REPORTED_KEY]: caps }, twinTimeoutMs).catch((e: unknown) =>
+            log("warn", `profiler: reporting capabilities failed: ${errorText(e)}`),
+          );
+        }
+        return caps;
+      } finally {
+        inFlight = undefined;
+      }
+    })();
+    return inFlight;
+  };
+
+  const reschedule = (minutes: number): void => {
+    if (minutes === schedule && (timer !== undefined || minutes === 0)) return;
+    schedule = minutes;
+    if (timer) clearInterval(timer);
+    timer = undefined;
+    if (minutes > 0 && !stopped) {
+      timer = setInterval(() => {
+        measure().catch((e: unknown) =>
+          log("warn", `profiler: scheduled measurement failed: ${errorText(e)}`),
+        );
+      }, minutes * minuteMs);
+      timer.unref?.();
+    }
+    log("info", `profiler: schedule every ${minutes} min`);
+  };
+
+  const onDesired = (delta: Record<string, unknown>): void => {
+    if (stopped || !delta || !("scheduleMinutes" in delta)) return;
+    const v = twin?.properties.desired.scheduleMinutes ?? delta.scheduleMinutes;
+    if (v === null || v === undefined) return reschedule(0);
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 7 * 24 * 60) {
+      log("warn", `profiler: desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`);
+      return;
+    }
+    reschedule(v);
+  };
+
+  const readTwin = async (): Promise<void> => {
+    const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
+    if (stopped) return;
+    if (t !== twin) {
+      twin?.removeListener("properties.desired", onDesired);
+      twin = t;
+      t.on("properties.desired", onDesired);
+    }
+    onDesired(t.properties.desired);
+  };
+
+  const onConnect = (): void => {
+    setOnline(true);
+    if (stopped || opening) return;
+    readTwin().catch((e: unknown) => log("warn", `profiler: reading the twin failed: ${errorText(e)}`));
+  };
+  const onDisconnect = (err?: unknown): void => {
+    setOnline(false);
+    if (!stopped) log("warn", `profiler: disconnected${err ? `: ${errorText(err)}` : ""}`);
+  };
+  const onError = (err?: unknown): void => {
+    if (!stopped) log("warn", `profiler: client error: ${errorText(err)}`);
+  };
+  client.on("error", onError);
+  client.on("disconnect", onDisconnect);
+  client.on("connect", onConnect);
+  client.onMethod("profile", (_request, response) => {
+    if (stopped) return respond(response, 503, { code: "E_PROFILER_STOPPED", message: "stopped" }, log);
+    measure().then(
+      (caps) => respond(response, 200, caps, log),
+      (e: unknown) => respond(response, 500, { code: "E_PROFILER", message: errorText(e) }, log),
+    );
+  });
+
+  opening = true;
+  try {
+    await client.open();
+  } finally {
+    opening = false;
+  }
+  setOnline(true);
+  await readTwin();
+  await measure();
+
+  return {
+    measure,
+    last: () => last,
+    scheduleMinutes: () => schedule,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (timer) clearInterval(timer);
+      await inFlight?.catch(() => undefined);
+      client.removeListener("connect", onConnect);
+      client.removeListener("disconnect", onDisconnect);
+      twin?.removeListener("properties.desired", onDesired);
+      if (opts.closeClient) {
+        try {
+          await withTimeout(client.close(), 5000, "client close");
+        } catch (e) {
+          log("warn", `profiler: closing the client failed: ${errorText(e)}`);
+        }
+      }
+    },
+  };
+}

@@ -1,0 +1,29 @@
+import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
+
+/**
+ * The trainer module's settings, from the environment at start-up, validated at once with every missing or invalid
+ * setting named (E_CONFIG_MISSING / E_CONFIG_INVALID):
+ *
+ *   FLOTILLA_DATA_DIR            the device's training data (see core/data/dirloader.ts)   default /data
+ *   FLOTILLA_MAX_CHUNK_BYTES     body bytes per `updates` output message                   default 255,000
+ *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
+ *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ */
+export const DEFAULT_DATA_DIR = "/data";
+/** edgeHub, like IoT Hub, refuses messages over 256 KB: bodies stay at 255,000 bytes, leaving room for properties. */
+export const MAX_CHUNK_BYTES = 255_000;
+
+export interface TrainerConfig {
+  readonly dataDir: string;
+  readonly maxChunkBytes: number;
+  readonly connection: ConnectionConfig;
+}
+
+export function loadTrainerConfig(env: Env): TrainerConfig {
+  const p = new ConfigProblems("trainer", env);
+  const dataDir = p.value("FLOTILLA_DATA_DIR") ?? DEFAULT_DATA_DIR;
+  const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", MAX_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
+  const connection = readConnection(p);
+  p.check();
+  return { dataDir, maxChunkBytes, connection };
+}

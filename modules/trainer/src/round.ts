@@ -1,0 +1,73 @@
+import { FlotillaError } from "../../../core/errors";
+import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
+import type { FitConfig } from "../../../core/strategies/strategy";
+
+/** The desired `flotilla` object / `startRound` payload (docs/iothub-protocol.md). */
+export interface RoundOrder {
+  readonly jobId: string;
+  readonly round: number;
+  readonly modelUrl: string;
+  readonly modelSha256: string;
+  readonly layoutHash: string;
+  readonly modelSpec: ModelSpec;
+  readonly config: FitConfig;
+  /** ms since epoch; 0 = none. */
+  readonly deadline: number;
+}
+
+/** undefined = idle (`null`, or no jobId); throws E_ROUND_INVALID naming the first bad field. */
+export function parseRoundOrder(value: unknown): RoundOrder | undefined {
+  if (value === null || value === undefined) return undefined;
+  if (typeof value !== "object" || Array.isArray(value)) bad("flotilla must be an object");
+  const o = value as Record<string, unknown>;
+  if (o.jobId === undefined || o.jobId === null) return undefined;
+  if (typeof o.jobId !== "string" || o.jobId === "") bad("jobId must be a non-empty string");
+  if (!Number.isSafeInteger(o.round) || (o.round as number) < 0) bad("round must be an integer ≥ 0");
+  if (typeof o.modelUrl !== "string" || !/^https?:\/\//i.test(o.modelUrl))
+    bad("modelUrl must be an http(s) URL");
+  if (typeof o.modelSha256 !== "string" || !/^[0-9a-f]{64}$/i.test(o.modelSha256))
+    bad("modelSha256 must be 64 hex digits");
+  if (typeof o.layoutHash !== "string" || o.layoutHash === "") bad("layoutHash must be a string");
+  let modelSpec: ModelSpec;
+  try {
+    modelSpec = validateSpec(o.modelSpec);
+  } catch (e) {
+    return bad(`modelSpec: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const c = o.config;
+  if (typeof c !== "object" || c === null) return bad("config must be an object");
+  const cfg = c as Record<string, unknown>;
+  if (!Number.isSafeInteger(cfg.epochs) || (cfg.epochs as number) < 1)
+    bad("config.epochs must be an integer ≥ 1");
+  if (!Number.isSafeInteger(cfg.batchSize) || (cfg.batchSize as number) < 1)
+    bad("config.batchSize must be an integer ≥ 1");
+  if (typeof cfg.lr !== "number" || !(cfg.lr > 0) || !Number.isFinite(cfg.lr)) bad("config.lr must be > 0");
+  if (cfg.mu !== undefined && cfg.mu !== null && (typeof cfg.mu !== "number" || !(cfg.mu >= 0)))
+    bad("config.mu must be ≥ 0");
+  const seed = cfg.seed === undefined || cfg.seed === null ? 0 : cfg.seed;
+  if (!Number.isSafeInteger(seed)) bad("config.seed must be an integer");
+  const deadline = o.deadline === undefined || o.deadline === null ? 0 : o.deadline;
+  if (typeof deadline !== "number" || !Number.isFinite(deadline) || deadline < 0)
+    bad("deadline must be ms since epoch");
+  const config: FitConfig = {
+    epochs: cfg.epochs as number,
+    batchSize: cfg.batchSize as number,
+    lr: cfg.lr as number,
+    seed: seed as number,
+    ...(typeof cfg.mu === "number" && cfg.mu > 0 ? { mu: cfg.mu } : {}),
+  };
+  return {
+    jobId: o.jobId as string,
+    round: o.round as number,
+    modelUrl: o.modelUrl as string,
+    modelSha256: (o.modelSha256 as string).toLowerCase(),
+    layoutHash: o.layoutHash as string,
+    modelSpec,
+    config,
+    deadline: deadline as number,
+  };
+}
+
+function bad(message: string): never {
+  throw new FlotillaError("E_ROUND_INVALID", `round order: ${message}`);
+}
