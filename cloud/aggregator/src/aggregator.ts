@@ -45,7 +45,14 @@ export function eventsFromTrigger(messages: unknown, context: InvocationContext)
   });
 }
 
-export function createAggregator(services: AggregatorServices): Aggregator {
+export interface AggregatorOptions {
+  /** Run the round timer's body after a batch that accepted updates, so a round closes as soon as its last
+   *  update is in rather than at the next timer tick (default true). */
+  readonly tickAfterIngest?: boolean;
+}
+
+export function createAggregator(services: AggregatorServices, options: AggregatorOptions = {}): Aggregator {
+  const tickAfterIngest = options.tickAfterIngest ?? true;
   const orchestrator = new Orchestrator(services);
   const ingestor = new Ingestor(services);
   return {
@@ -62,6 +69,10 @@ export function createAggregator(services: AggregatorServices): Aggregator {
       try {
         const r = await ingestor.ingestEvents(eventsFromTrigger(messages, context));
         if (r.rejected > 0) context.warn(`ingestUpdates: ${r.accepted} accepted, ${r.rejected} rejected`);
+        // Close a round as soon as its last update is in, instead of waiting for the next timer tick. Ticks are
+        // idempotent and their state writes ETag-conditional, so one racing the timer's is harmless.
+        if (tickAfterIngest && r.accepted > 0)
+          await orchestrator.tick(services.clock()).catch(() => undefined);
         return r;
       } catch (e) {
         context.error(`ingestUpdates: ${e instanceof Error ? e.message : String(e)}`);

@@ -37,6 +37,7 @@ export const INGEST_COUNTERS = [
   "rejected_device",
   "rejected_frame",
   "late",
+  "ignored_other",
   "errors",
 ] as const;
 export type IngestCounter = (typeof INGEST_COUNTERS)[number];
@@ -137,6 +138,11 @@ export class Ingestor {
     let rejected = 0;
     for (const ev of Array.isArray(events) ? events : []) {
       this.counters.events++;
+      if (!isFlotillaEvent(ev)) {
+        // Other telemetry on the same built-in endpoint (e.g. the profiler's uplink probe): not ours, not an error.
+        this.counters.ignored_other++;
+        continue;
+      }
       try {
         await this.ingestOne(ev, jobs);
         accepted++;
@@ -151,6 +157,7 @@ export class Ingestor {
         }
       }
     }
+    await Promise.all(this.pendingAcks.splice(0));
     return { accepted, rejected };
   }
 
@@ -344,8 +351,25 @@ export class Ingestor {
     }
   }
 
+  /** Acks go out together at the end of the batch (concurrently), not one round trip per update. */
+  private readonly pendingAcks: Promise<void>[] = [];
+
   private async ack(deviceId: string, updateId: string): Promise<void> {
-    const ok = await this.services.fleet.ack(deviceId, [updateId]).catch(() => false);
-    this.counters[ok ? "acks_sent" : "acks_failed"]++;
+    this.pendingAcks.push(
+      this.services.fleet
+        .ack(deviceId, [updateId])
+        .catch(() => false)
+        .then((ok) => {
+          this.counters[ok ? "acks_sent" : "acks_failed"]++;
+        }),
+    );
   }
+}
+
+/** Messages marked with another flotilla content type (e.g. the profiler's uplink probe) are not updates. */
+function isFlotillaEvent(ev: IngestEvent): boolean {
+  const p = ev && typeof ev === "object" ? (ev.properties as Record<string, unknown> | undefined) : undefined;
+  if (!p || typeof p !== "object") return true; // let validation reject it with a reason
+  const kind = p["flotilla-content-type"];
+  return kind === undefined || kind === "flotilla-frame";
 }

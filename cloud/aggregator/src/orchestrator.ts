@@ -49,7 +49,7 @@ interface CachedStrategy {
 }
 
 export interface OrchestratorOptions {
-  /** Parallel twin updates / method calls per round dispatch (default 8). */
+  /** Participants configured at once per round dispatch (default 32; each does 2 twin updates + 1 method). */
   readonly dispatchConcurrency?: number;
 }
 
@@ -64,7 +64,7 @@ export class Orchestrator {
     opts: OrchestratorOptions = {},
   ) {
     this.repo = new JobRepository(services.store);
-    this.concurrency = opts.dispatchConcurrency ?? 8;
+    this.concurrency = opts.dispatchConcurrency ?? 32;
   }
 
   /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
@@ -235,17 +235,19 @@ export class Orchestrator {
         config: p.config,
         deadline: st.deadline,
       };
-      try {
-        await fleet.configureRound(p.deviceId, desired);
-      } catch (e) {
-        log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
-      }
-      await fleet.startRound(p.deviceId, desired).catch(() => false);
-      try {
-        await fleet.setOpenRound(p.deviceId, d.jobId, st.round);
-      } catch (e) {
-        log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${(e as Error).message}`);
-      }
+      // The trainer's twin and the update-queue's twin are independent: update them concurrently.
+      const trainer = (async () => {
+        try {
+          await fleet.configureRound(p.deviceId, desired);
+        } catch (e) {
+          log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
+        }
+        await fleet.startRound(p.deviceId, desired).catch(() => false);
+      })();
+      const queue = fleet.setOpenRound(p.deviceId, d.jobId, st.round).catch((e: Error) => {
+        log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
+      });
+      await Promise.all([trainer, queue]);
     });
     await pool(work, this.concurrency);
     const next = await this.repo.updateRound(d.jobId, st.round, (cur) =>

@@ -134,7 +134,12 @@ export function world(devices = ["dev-a", "dev-b", "dev-c"]): World {
   fleet.trainers = devices.map((deviceId) => ({ deviceId, connected: true, numSamples: 100 }));
   const now = { t: 1_700_000_000_000 };
   const logs: string[] = [];
-  const make = () => createAggregator({ store, fleet, clock: () => now.t, log: (l) => logs.push(l) });
+  // These tests drive the timer by hand: no tick after ingest.
+  const make = () =>
+    createAggregator(
+      { store, fleet, clock: () => now.t, log: (l) => logs.push(l) },
+      { tickAfterIngest: false },
+    );
   const w: World = {
     store,
     fleet,
