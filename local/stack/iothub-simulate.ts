@@ -47,7 +47,9 @@ export async function simulateOverIotHub(
     stateDir: path.join(config.out, ".stack"),
     timerIntervalMs: 250,
     // FLOTILLA_STACK_LOG=1 prints the hub's and the Function's log lines with timestamps (debugging).
-    log: process.env.FLOTILLA_STACK_LOG ? (l) => console.error(`${new Date().toISOString()} ${l}`) : undefined,
+    log: process.env.FLOTILLA_STACK_LOG
+      ? (l) => console.error(`${new Date().toISOString()} ${l}`)
+      : undefined,
   });
   const summaries: RoundSummary[] = [];
   const jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
