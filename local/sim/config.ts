@@ -86,37 +86,22 @@ export const PRESETS: Record<string, Partial<SimConfig>> = {
   },
 };
 
-export function positiveInt(name: string, raw: string | number): number {
+/** Parses a numeric flag; `kind` says what is accepted, and anything else is one E_CONFIG_VALUE line. */
+function numberFlag(name: string, raw: string | number, integer: boolean, min: 0 | 1, what: string): number {
   const v = typeof raw === "number" ? raw : Number(raw);
-  if (!Number.isInteger(v) || v <= 0 || String(raw).trim() === "") {
-    fail("E_CONFIG_VALUE", `--${name} must be a positive integer, got '${raw}'`);
-  }
+  const ok = (integer ? Number.isInteger(v) : Number.isFinite(v)) && (min === 1 ? v > 0 : v >= 0);
+  if (!ok || String(raw).trim() === "") fail("E_CONFIG_VALUE", `--${name} must be ${what}, got '${raw}'`);
   return v;
 }
 
-export function nonNegativeInt(name: string, raw: string | number): number {
-  const v = typeof raw === "number" ? raw : Number(raw);
-  if (!Number.isInteger(v) || v < 0 || String(raw).trim() === "") {
-    fail("E_CONFIG_VALUE", `--${name} must be a non-negative integer, got '${raw}'`);
-  }
-  return v;
-}
-
-export function positiveNumber(name: string, raw: string | number): number {
-  const v = typeof raw === "number" ? raw : Number(raw);
-  if (!Number.isFinite(v) || v <= 0 || String(raw).trim() === "") {
-    fail("E_CONFIG_VALUE", `--${name} must be a positive number, got '${raw}'`);
-  }
-  return v;
-}
-
-export function nonNegativeNumber(name: string, raw: string | number): number {
-  const v = typeof raw === "number" ? raw : Number(raw);
-  if (!Number.isFinite(v) || v < 0 || String(raw).trim() === "") {
-    fail("E_CONFIG_VALUE", `--${name} must be a number ≥ 0, got '${raw}'`);
-  }
-  return v;
-}
+export const positiveInt = (name: string, raw: string | number): number =>
+  numberFlag(name, raw, true, 1, "a positive integer");
+export const nonNegativeInt = (name: string, raw: string | number): number =>
+  numberFlag(name, raw, true, 0, "a non-negative integer");
+export const positiveNumber = (name: string, raw: string | number): number =>
+  numberFlag(name, raw, false, 1, "a positive number");
+export const nonNegativeNumber = (name: string, raw: string | number): number =>
+  numberFlag(name, raw, false, 0, "a number ≥ 0");
 
 /** Cross-field checks. */
 export function validateConfig(c: SimConfig): SimConfig {

@@ -113,24 +113,32 @@ export async function simulate(
   } finally {
     await transport.close();
   }
+  const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0);
+  evalModel.dispose();
+  return result;
+}
+
+/** Builds the results of a finished run and writes results.json and report.html into config.out. */
+export function finishResult(
+  config: SimConfig,
+  spec: unknown,
+  model: { numParams: number; layout: { hash: string } },
+  summaries: RoundSummary[],
+  rejected: Record<string, number>,
+  startedAt: number,
+): SimulationResult {
   const last = summaries[summaries.length - 1];
   const result: SimulationResult = {
-    config: {
-      ...config,
-      modelSpec: data.spec,
-      params: evalModel.numParams,
-      layoutHash: evalModel.layout.hash,
-    },
+    config: { ...config, modelSpec: spec, params: model.numParams, layoutHash: model.layout.hash },
     rounds: summaries,
     final: {
       accuracy: last ? last.accuracy : NaN,
       loss: last ? last.loss : NaN,
       rounds: summaries.length,
-      wallMs: performance.now() - t0,
+      wallMs: performance.now() - startedAt,
     },
     rejected,
   };
-  evalModel.dispose();
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
   writeReport(path.join(config.out, "report.html"), result);

@@ -5,17 +5,20 @@
  * each device's durable update-queue, and models are blobs in Azurite. The runner only watches: it reads each
  * published global model from blob storage and evaluates it on the held-out test set.
  */
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { FlotillaError } from "../../core/errors";
 import { getJson } from "../../cloud/aggregator/src/store/blob-store";
 import { paths, type JobDocument, type RoundState } from "../../cloud/aggregator/src/jobs/state";
-import { writeReport } from "../report/report";
 import type { SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
-import type { RoundSummary, SimulationReporter, SimulationResult } from "../sim/simulate";
+import {
+  finishResult,
+  type RoundSummary,
+  type SimulationReporter,
+  type SimulationResult,
+} from "../sim/simulate";
 import { startLocalStack } from "./stack";
 
 async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
@@ -130,30 +133,7 @@ export async function simulateOverIotHub(
   } finally {
     await stack.close();
   }
-  const last = summaries[summaries.length - 1];
-  const result: SimulationResult = {
-    config: {
-      ...config,
-      transport: "iothub",
-      modelSpec: data.spec,
-      params: evalModel.numParams,
-      layoutHash: evalModel.layout.hash,
-    },
-    rounds: summaries,
-    final: {
-      accuracy: last ? last.accuracy : NaN,
-      loss: last ? last.loss : NaN,
-      rounds: summaries.length,
-      wallMs: performance.now() - t0,
-    },
-    rejected: {},
-  };
+  const result = finishResult({ ...config, transport: "iothub" }, data.spec, evalModel, summaries, {}, t0);
   evalModel.dispose();
-  fs.mkdirSync(config.out, { recursive: true });
-  fs.writeFileSync(
-    path.join(config.out, "results.json"),
-    JSON.stringify(result, (_k, v: unknown) => (typeof v === "number" && !Number.isFinite(v) ? null : v), 2),
-  );
-  writeReport(path.join(config.out, "report.html"), result);
   return result;
 }

@@ -21,15 +21,9 @@ export const DEFAULT_QUEUE_MAX_BYTES = 256 * 1024 * 1024;
 /** Bounds for resendAfterMs taken from the environment or the twin, in ms: 1 s … 7 days. */
 export const RESEND_AFTER_MS_RANGE = [1000, 7 * 24 * 3600_000] as const;
 
-/** What ModuleClient.fromEnvironment needs when EdgeHubConnectionString is not set (azure-iot-device 1.18). */
-export const IOTEDGE_VARIABLES = [
-  "IOTEDGE_WORKLOADURI",
-  "IOTEDGE_DEVICEID",
-  "IOTEDGE_MODULEID",
-  "IOTEDGE_IOTHUBHOSTNAME",
-  "IOTEDGE_AUTHSCHEME",
-  "IOTEDGE_MODULEGENERATIONID",
-] as const;
+import { IOTEDGE_VARIABLES } from "../../shared/module-client";
+
+export { IOTEDGE_VARIABLES };
 
 export type ConnectionConfig =
   | { readonly mode: "edge" }
