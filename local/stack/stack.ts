@@ -46,8 +46,8 @@ export interface LocalStack {
   readonly devices: StackDevice[];
   readonly pool: TrainPool;
   readonly stateDir: string;
-  /** Takes one device's modules off the network (fault injection) or back. */
-  setOnline(deviceId: string, online: boolean): Promise<void>;
+  /** Drops one device's module connections (fault injection); the SDK clients reconnect by themselves. */
+  dropConnections(deviceId: string): void;
   close(): Promise<void>;
 }
 
@@ -144,10 +144,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     devices,
     pool,
     stateDir,
-    async setOnline(deviceId, online) {
-      const d = devices.find((x) => x.deviceId === deviceId);
-      if (!d) return;
-      if (!online) for (const m of ["trainer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
+    dropConnections(deviceId) {
+      for (const m of ["trainer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
     },
     async close() {
       for (const d of devices) {

@@ -432,7 +432,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       outbox.close();
       if (opts.closeClient) {
         try {
-          await client.close();
+          // close() never settles while the SDK is reconnecting: bound it, as the trainer and profiler do.
+          await withTimeout(client.close(), 5000, "client close");
         } catch (e) {
           log("warn", `update-queue: closing the client failed: ${message(e)}`);
         }
