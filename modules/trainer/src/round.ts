@@ -2,18 +2,8 @@ import { FlotillaError } from "../../../core/errors";
 import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
-/** The desired `flotilla` object / `startRound` payload (docs/iothub-protocol.md). */
-export interface RoundOrder {
-  readonly jobId: string;
-  readonly round: number;
-  readonly modelUrl: string;
-  readonly modelSha256: string;
-  readonly layoutHash: string;
-  readonly modelSpec: ModelSpec;
-  readonly config: FitConfig;
-  /** ms since epoch; 0 = none. */
-  readonly deadline: number;
-}
+export type { RoundOrder } from "../../../core/protocol/round-order";
+import type { RoundOrder } from "../../../core/protocol/round-order";
 
 /** undefined = idle (`null`, or no jobId); throws E_ROUND_INVALID naming the first bad field. */
 export function parseRoundOrder(value: unknown): RoundOrder | undefined {

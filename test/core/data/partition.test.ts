@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { formatPartition, parsePartition, partition, type PartitionSpec } from "../../../core/data/partition";
-import { isFlotillaError } from "../../../core/errors";
+import { errorCode as code } from "../../helpers/errors";
 
 /** n labels of `classes` classes, in the order 0,1,..,K-1,0,1,.. with class sizes differing by at most one. */
 function labels(n: number, classes: number): Int32Array {
@@ -21,17 +21,6 @@ function unevenLabels(classes: number, base: number): Int32Array {
 
 function gcd(a: number, b: number): number {
   return b === 0 ? a : gcd(b, a % b);
-}
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(isFlotillaError(e), `expected a FlotillaError, got ${String(e)}`);
-    assert.ok(!e.message.includes("\n"), "error message must be one line");
-    return e.code;
-  }
-  assert.fail("expected an error");
 }
 
 function assertDisjoint(parts: Int32Array[], n: number, exhaustive: boolean): void {

@@ -7,7 +7,7 @@ import {
   SENSOR_SAMPLE_RATE_HZ,
 } from "../../../core/data/sensors";
 import type { Dataset } from "../../../core/data/dataset";
-import { isFlotillaError } from "../../../core/errors";
+import { errorCode as code } from "../../helpers/errors";
 
 const SMALL = { devices: 6, samplesPerDevice: 100, seed: 7, testSamples: 250 };
 
@@ -52,16 +52,6 @@ function amplitudeAt(ds: Dataset, i: number, c: number, hz: number): number {
     im += v * Math.sin((2 * Math.PI * hz * t) / SENSOR_SAMPLE_RATE_HZ);
   }
   return Math.hypot(re, im) / T;
-}
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(isFlotillaError(e), `expected a FlotillaError, got ${String(e)}`);
-    return e.code;
-  }
-  assert.fail("expected an error");
 }
 
 test("shapes, class count and names", () => {

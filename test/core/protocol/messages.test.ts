@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { decodeMessage, encodeMessage, type TrainRequest } from "../../../core/protocol/messages";
-import { isFlotillaError } from "../../../core/errors";
+import { errorCode as codeOf } from "../../helpers/errors";
 
 const request: TrainRequest = {
   type: "train",
@@ -13,16 +13,6 @@ const request: TrainRequest = {
   deadline: 123,
   weights: Float32Array.from([1, -2.5, 3.25]),
 };
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(isFlotillaError(e), `expected a FlotillaError, got ${String(e)}`);
-    return e.code;
-  }
-  assert.fail("expected an error");
-}
 
 test("train request round-trips with its weights", () => {
   const bytes = encodeMessage(request);

@@ -2,29 +2,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FedAvg } from "../../../core/strategies/fedavg";
 import { FEDAVGM_DEFAULTS, FedAvgM } from "../../../core/strategies/fedavgm";
-import type { FitResult, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
-
-const opts = (over: Partial<StrategyOptions> = {}): StrategyOptions => ({
-  clientsPerRound: 2,
-  fit: { epochs: 1, batchSize: 4, lr: 0.1 },
-  seed: 1,
-  ...over,
-});
-const upd = (deviceId: string, numSamples: number, delta: number[]): FitResult => ({
-  deviceId,
-  numSamples,
-  delta: Float32Array.from(delta),
-  metrics: { loss: 0, accuracy: 0, trainMs: 0 },
-});
-function round(s: Strategy, r: number, results: FitResult[]): number[] {
-  const agg = s.beginAggregate(r);
-  for (const x of results) agg.add(x);
-  return [...agg.finish([])];
-}
-function assertClose(actual: number[], expected: number[], tol = 1e-6): void {
-  assert.equal(actual.length, expected.length);
-  actual.forEach((a, i) => assert.ok(Math.abs(a - expected[i]) <= tol, `[${i}] ${a} != ${expected[i]}`));
-}
+import {
+  aggregateRound as round,
+  assertClose,
+  strategyOptions as opts,
+  update as upd,
+} from "../../helpers/strategy";
 
 test("defaults: serverLr 1, serverMomentum 0.9", () => {
   assert.deepEqual(FEDAVGM_DEFAULTS, { serverLr: 1, serverMomentum: 0.9 });

@@ -8,29 +8,13 @@ import {
   FedAdam,
   FedYogi,
 } from "../../../core/strategies/fedopt";
-import type { FitResult, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
+import {
+  aggregateRound as round,
+  assertClose,
+  strategyOptions as opts,
+  update as upd,
+} from "../../helpers/strategy";
 
-const opts = (over: Partial<StrategyOptions> = {}): StrategyOptions => ({
-  clientsPerRound: 2,
-  fit: { epochs: 1, batchSize: 4, lr: 0.1 },
-  seed: 1,
-  ...over,
-});
-const upd = (deviceId: string, numSamples: number, delta: number[]): FitResult => ({
-  deviceId,
-  numSamples,
-  delta: Float32Array.from(delta),
-  metrics: { loss: 0, accuracy: 0, trainMs: 0 },
-});
-function round(s: Strategy, r: number, results: FitResult[]): number[] {
-  const agg = s.beginAggregate(r);
-  for (const x of results) agg.add(x);
-  return [...agg.finish([])];
-}
-function assertClose(actual: number[], expected: number[], tol = 1e-6): void {
-  assert.equal(actual.length, expected.length);
-  actual.forEach((a, i) => assert.ok(Math.abs(a - expected[i]) <= tol, `[${i}] ${a} != ${expected[i]}`));
-}
 const isConfigError = (e: unknown) => (e as { code?: string }).code === "E_CONFIG_STRATEGY";
 
 test("defaults are Flower's", () => {

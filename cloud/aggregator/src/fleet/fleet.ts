@@ -8,25 +8,14 @@
  * carries the round, and the update-queue resends until acknowledged.
  */
 import { Client, Registry } from "azure-iothub";
-import type { FitConfig } from "../../../../core/strategies/strategy";
-import type { ModelSpec } from "../../../../core/engine/model-spec";
 
 export const TRAINER_MODULE = "trainer";
 export const UPDATE_QUEUE_MODULE = "update-queue";
 export const PROFILER_MODULE = "profiler";
 
-/** The trainer's desired `flotilla` (also the `startRound` payload). */
-export interface RoundDesired {
-  readonly jobId: string;
-  readonly round: number;
-  readonly modelUrl: string;
-  readonly modelSha256: string;
-  readonly layoutHash: string;
-  readonly modelSpec: ModelSpec;
-  readonly config: FitConfig;
-  /** ms since epoch. */
-  readonly deadline: number;
-}
+/** The trainer's desired `flotilla` (also the `startRound` payload): the shared wire type. */
+export type { RoundOrder as RoundDesired } from "../../../../core/protocol/round-order";
+import type { RoundOrder as RoundDesired } from "../../../../core/protocol/round-order";
 
 export interface TrainerInfo {
   readonly deviceId: string;
