@@ -127,7 +127,13 @@ export function waitJobDone(f: FaultFleet, jobId: string, timeoutMs: number): Pr
     `job ${jobId} to finish`,
     async () => {
       const doc = await jobDoc(f.store, jobId);
-      return doc && doc.status !== "running" && doc.status !== "created" ? doc : undefined;
+      if (!doc || doc.status === "running" || doc.status === "created") return undefined;
+      // The orchestrator commits a round to the job document first and marks the round's own state closed just
+      // after: wait for that second write too, so callers see a settled store.
+      for (const r of doc.rounds) {
+        if ((await roundState(f.store, jobId, r.round))?.status !== "closed") return undefined;
+      }
+      return doc;
     },
     timeoutMs,
     100,
