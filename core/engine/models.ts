@@ -1059,6 +1059,38 @@ class WasmModel implements LocalModel {
     return { loss: sum / n, accuracy: anomalyAccuracy(errors, data.y), n };
   }
 
+  predict(x: Float32Array, n: number, batchSize = EVAL_BATCH): Float32Array {
+    this.usable("predict", false);
+    const plan = this.net.plan;
+    if (!Number.isInteger(n) || n < 0 || !(x instanceof Float32Array) || x.length !== n * plan.inputSize) {
+      fail(
+        "E_DATA_SHAPE",
+        `predict: expected ${n} samples of ${plan.inputSize} values, got ${x?.length} values`,
+      );
+    }
+    const width = plan.task === "classifier" ? plan.numClasses : plan.inputSize;
+    const out = new Float32Array(n * width);
+    const data: Dataset = {
+      x,
+      y: new Int32Array(n),
+      n,
+      inputShape: [plan.inputSize],
+      numClasses: plan.numClasses,
+    };
+    const idx = new Int32Array(n);
+    for (let i = 0; i < n; i++) idx[i] = i;
+    for (let from = 0; from < n; from += batchSize) {
+      const to = Math.min(from + batchSize, n);
+      const t = tf.tidy(() => {
+        const o = tf.transpose(this.net.forward(this.net.batch(data, idx, from, to, false), false).outT);
+        return plan.task === "classifier" ? tf.softmax(o) : o;
+      });
+      out.set(t.dataSync() as Float32Array, from * width);
+      t.dispose();
+    }
+    return out;
+  }
+
   dispose(): void {
     if (this.disposed) return;
     if (this.busy) fail("E_MODEL_BUSY", "dispose: the model is training");

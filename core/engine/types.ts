@@ -42,5 +42,8 @@ export interface LocalModel {
   setWeights(w: Float32Array): void;
   train(data: Dataset, opts: TrainOptions): Promise<TrainSummary>;
   evaluate(data: Dataset, batchSize?: number): EvalSummary;
+  /** The model's outputs for n samples x (n × input size, row-major): softmax probabilities [n, classes] for
+   *  classifiers, the reconstruction [n, input size] for the autoencoder. Optional: test doubles may omit it. */
+  predict?(x: Float32Array, n: number): Float32Array;
   dispose(): void;
 }
