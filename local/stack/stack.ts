@@ -1,7 +1,8 @@
 /**
  * The local stack that `npm start` runs: the embedded IoT Hub (MQTT/TLS + service REST), Azurite, the aggregation
  * Function's handlers in a local host, and a fleet of simulated IoT Edge devices, each running the real trainer,
- * update-queue and profiler modules on unmodified azure-iot-device ModuleClients over TLS.
+ * quantizer, update-queue and profiler modules on unmodified azure-iot-device ModuleClients over TLS (the hub's
+ * routes, from the deployment manifest, carry updates trainer → quantizer → update-queue → $upstream).
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -14,6 +15,7 @@ import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregat
 import type { Dataset } from "../../core/data/dataset";
 import { startTrainer, type TrainerHandle } from "../../modules/trainer/src/trainer";
 import { startUpdateQueue, type UpdateQueueHandle } from "../../modules/update-queue/src/main";
+import { startQuantizer, type QuantizerHandle } from "../../modules/quantizer/src/quantizer";
 import { startProfiler, type BenchFn, type ProfilerHandle } from "../../modules/profiler/src/profiler";
 import { benchTrain, type BenchTrainResult } from "../../core/engine/bench";
 import { createRegistry, createServiceClient, startLocalHub, type LocalHub } from "../hub";
@@ -33,6 +35,8 @@ export function manifestRoutes(): Record<string, unknown> {
 export interface StackDevice {
   readonly deviceId: string;
   readonly trainer: TrainerHandle;
+  /** Compresses the trainer's updates for the jobs its module twin configures; passes the rest through. */
+  readonly quantizer: QuantizerHandle;
   readonly queue: UpdateQueueHandle;
   readonly profiler: ProfilerHandle;
   readonly clients: ModuleClient[];
@@ -105,16 +109,25 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     devices.push(
       ...(await Promise.all(
         ids.map(async (deviceId, j) => {
-          const [tc, qc, pc] = await Promise.all([
+          const [tc, qc, pc, zc] = await Promise.all([
             openModule(hub, deviceId, "trainer"),
             openModule(hub, deviceId, "update-queue"),
             openModule(hub, deviceId, "profiler"),
+            openModule(hub, deviceId, "quantizer"),
           ]);
+          // Downstream first: each module is listening before the one routing to it can send.
           const queue = await startUpdateQueue({
             client: qc,
             dir: path.join(stateDir, "queues", deviceId),
             closeClient: true,
             resendAfterMs: 60_000,
+            log: quiet,
+          });
+          const quantizer = await startQuantizer({
+            client: zc,
+            stateDir: path.join(stateDir, "quantizers", deviceId),
+            deviceId,
+            closeClient: true,
             log: quiet,
           });
           const trainer = await startTrainer({
@@ -131,7 +144,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             bench: sharedBench,
             log: quiet,
           });
-          return { deviceId, trainer, queue, profiler, clients: [tc, qc, pc] };
+          return { deviceId, trainer, quantizer, queue, profiler, clients: [tc, qc, pc, zc] };
         }),
       )),
     );
@@ -145,11 +158,17 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     pool,
     stateDir,
     dropConnections(deviceId) {
-      for (const m of ["trainer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
+      for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
     },
     async close() {
       for (const d of devices) {
-        await Promise.allSettled([d.trainer.stop(), d.queue.stop(), d.profiler.stop()]);
+        // Upstream first along the route, so no module is stopped while the one feeding it still sends.
+        const stopPipeline = async (): Promise<void> => {
+          for (const stop of [() => d.trainer.stop(), () => d.quantizer.stop(), () => d.queue.stop()]) {
+            await stop().catch(() => undefined);
+          }
+        };
+        await Promise.allSettled([stopPipeline(), d.profiler.stop()]);
       }
       await host.close();
       await pool.close();

@@ -12,6 +12,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import Ajv from "ajv-draft-04";
 import type { ValidateFunction } from "ajv-draft-04";
+import { matchRoutes, parseRoutes } from "../../local/hub/routes";
+import { loadQuantizerConfig } from "../../modules/quantizer/src/config";
 import { loadConfig, parseDesiredConfig } from "../../modules/update-queue/src/config";
 import {
   CREATE_OPTIONS_CHUNK_CHARS,
@@ -30,7 +32,7 @@ const baseTemplateFile = path.join(manifestsDir, "deployment.template.json");
 const layeredTemplateFile = path.join(manifestsDir, "layered", "flotilla-trainers.template.json");
 const renderScript = path.join(repoRoot, "dist", "scripts", "render-manifest.js");
 
-const MODULES = ["trainer", "update-queue", "profiler"] as const;
+const MODULES = ["trainer", "quantizer", "update-queue", "profiler"] as const;
 const PLATFORMS = {
   amd64: "./Dockerfile.amd64",
   "amd64.debug": "./Dockerfile.amd64.debug",
@@ -259,19 +261,66 @@ test("the schemas reject broken manifests (the validators are live)", () => {
   );
 });
 
-test("routes: trainer updates go to the update queue, the queue and the profiler go upstream", () => {
+test("routes: trainer updates go through the quantizer to the update queue, the queue and the profiler go upstream", () => {
   const manifest = render(baseTemplateFile);
   const routes = routesOf(manifest);
   assertRoutesReferenceModules(routes, Object.keys(modulesOf(manifest)), "deployment");
   assert.deepEqual(
     routes.sort(),
     [
-      'FROM /messages/modules/trainer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates")',
+      'FROM /messages/modules/trainer/outputs/updates INTO BrokeredEndpoint("/modules/quantizer/inputs/updates")',
+      'FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates")',
       "FROM /messages/modules/profiler/outputs/* INTO $upstream",
       "FROM /messages/modules/update-queue/outputs/* INTO $upstream",
     ].sort(),
   );
+  assert.deepEqual(Object.keys(obj(hubDesired(manifest).routes, "routes")).sort(), [
+    "profilerToUpstream",
+    "quantizerToQueue",
+    "queueToUpstream",
+    "trainerToQuantizer",
+  ]);
   assert.deepEqual(hubDesired(manifest).storeAndForwardConfiguration, { timeToLiveSecs: 7 * 24 * 3600 });
+});
+
+/** Where the local hub's edgeHub router (the one `npm start` runs) delivers a module output under these routes. */
+function sinksOf(routes: Json, moduleId: string, output: string): string[] {
+  return matchRoutes(parseRoutes(routes), {
+    moduleId,
+    outputName: output,
+    properties: {},
+    system: {},
+    body: Buffer.alloc(0),
+  })
+    .map((s) => (s.kind === "upstream" ? "$upstream" : `${s.moduleId}/${s.input}`))
+    .sort();
+}
+
+test("routes: an update takes exactly one path, trainer → quantizer → update-queue → $upstream (base and layered)", () => {
+  const base = render(baseTemplateFile);
+  const layer = obj(render(layeredTemplateFile).content, "content");
+  const layered = applyLayer(
+    { modulesContent: { $edgeHub: { "properties.desired": { schemaVersion: "1.2", routes: {} } } } },
+    layer,
+  );
+  for (const [what, manifest] of [
+    ["base", base],
+    ["layered", layered],
+  ] as const) {
+    const routes = obj(hubDesired(manifest).routes, "routes");
+    assert.deepEqual(
+      sinksOf(routes, "trainer", "updates"),
+      ["quantizer/updates"],
+      `${what}: trainer updates`,
+    );
+    assert.deepEqual(sinksOf(routes, "quantizer", "updates"), ["update-queue/updates"], `${what}: quantizer`);
+    assert.deepEqual(sinksOf(routes, "update-queue", "upstream"), ["$upstream"], `${what}: update-queue`);
+    // Nothing reaches the update-queue but the quantizer's output (a direct trainer route would send updates twice).
+    for (const text of routesOf(manifest)) {
+      if (text.includes("/modules/update-queue/inputs/"))
+        assert.match(text, /^FROM \/messages\/modules\/quantizer\/outputs\/updates /, `${what}: ${text}`);
+    }
+  }
 });
 
 test("a route to a module that is not deployed is caught", () => {
@@ -377,6 +426,15 @@ test("module containers: memory limits, init, no capabilities, volumes where the
   );
   const queueDir = obj(env("update-queue").FLOTILLA_QUEUE_DIR, "FLOTILLA_QUEUE_DIR").value;
   assert.deepEqual(queueHost.Mounts, [{ Type: "volume", Source: "flotilla-queue", Target: queueDir }]);
+  const quantizerHost = obj(
+    createOptionsOf(modulesOf(manifest).quantizer).HostConfig,
+    "quantizer HostConfig",
+  );
+  const quantizerDir = obj(env("quantizer").FLOTILLA_QUANTIZER_DIR, "FLOTILLA_QUANTIZER_DIR").value;
+  assert.equal(quantizerDir, "/var/lib/flotilla/quantizer");
+  assert.deepEqual(quantizerHost.Mounts, [
+    { Type: "volume", Source: "flotilla-quantizer", Target: quantizerDir },
+  ]);
   // The update-queue accepts the environment the deployment gives it, plus what edgeAgent adds on a device.
   const edgeAgentAdds = {
     IOTEDGE_WORKLOADURI: "unix:///var/run/iotedge/workload.sock",
@@ -390,6 +448,13 @@ test("module containers: memory limits, init, no capabilities, volumes where the
     Object.entries(env("update-queue")).map(([k, v]) => [k, String(obj(v, k).value)]),
   );
   assert.equal(loadConfig({ ...queueEnv, ...edgeAgentAdds }).queueDir, queueDir);
+  const quantizerEnv = Object.fromEntries(
+    Object.entries(env("quantizer")).map(([k, v]) => [k, String(obj(v, k).value)]),
+  );
+  assert.equal(
+    loadQuantizerConfig({ ...quantizerEnv, ...edgeAgentAdds, IOTEDGE_MODULEID: "quantizer" }).stateDir,
+    quantizerDir,
+  );
   const custom = render(baseTemplateFile, "amd64", { ...VARS, FLOTILLA_HOST_DATA_DIR: "/mnt/plant-data" });
   const customHost = obj(createOptionsOf(modulesOf(custom).trainer).HostConfig, "trainer HostConfig");
   assert.deepEqual(customHost.Binds, ["/mnt/plant-data:/data:ro"]);
@@ -400,6 +465,8 @@ test("module twins: the documented defaults, within IoT Hub's twin limits", () =
   const desired = (name: string) => obj(obj(content[name], name)["properties.desired"], `${name} desired`);
   assert.deepEqual(desired("trainer"), { job: null, round: 0 });
   assert.deepEqual(desired("profiler"), { scheduleMinutes: 60 });
+  // The quantizer starts with no job to compress: every update passes through until the cloud configures a job.
+  assert.deepEqual(desired("quantizer"), { flotilla: { jobs: {} } });
   // The update-queue reads its twin with parseDesiredConfig: every key deployed must be one it takes, valid.
   const queue = desired("update-queue");
   assert.deepEqual(Object.keys(queue).sort(), ["maxChunkBytes", "resendAfterMs"]);
@@ -471,6 +538,7 @@ test("the layered trainers deployment: user modules only, dot-path keys, fleet t
     }
   }
   assert.equal(content.trainer, undefined, "the layer leaves the trainer's job and round to the coordinator");
+  assert.equal(content.quantizer, undefined, "the layer leaves the quantizer's jobs to the coordinator");
   assert.equal(layered.targetCondition, "tags.flotilla.role='trainer' AND tags.flotilla.fleet='pilot-7'");
   assert.ok(Number.isInteger(layered.priority) && (layered.priority as number) > 0);
   assert.match(String(layered.id), /^[a-z0-9\-:+%_#*?!(),=@;']{1,128}$/, "deployment id");
@@ -488,7 +556,7 @@ test("the layered deployment on a base without the training stack gives the base
     const stackModules = Object.keys(obj(obj(layer.modulesContent, "mc").$edgeAgent, "$edgeAgent"))
       .filter((k) => k.startsWith("properties.desired.modules."))
       .map((k) => k.slice("properties.desired.modules.".length));
-    assert.deepEqual(stackModules.sort(), ["trainer", "update-queue"]);
+    assert.deepEqual(stackModules.sort(), ["quantizer", "trainer", "update-queue"]);
     const base = structuredClone(full);
     const baseRoutes = obj(hubDesired(base).routes, "routes");
     for (const name of stackModules) {
@@ -504,8 +572,9 @@ test("the layered deployment on a base without the training stack gives the base
     validateDeployment(merged, `base + layered ${platform}`);
     assertRoutesReferenceModules(routesOf(merged), Object.keys(modulesOf(merged)), "base + layered");
     // The two templates describe the training stack once each: they must not drift apart. The layer leaves the
-    // trainer's twin (job and round: state the coordinator writes) alone; everything else must match the base.
+    // trainer's and the quantizer's twins (state the coordinator writes) alone; everything else must match the base.
     delete obj(full.modulesContent, "mc").trainer;
+    delete obj(full.modulesContent, "mc").quantizer;
     assert.deepEqual(
       merged,
       full,
@@ -534,8 +603,8 @@ test("unresolved placeholders fail with one line naming every one", () => {
   }
   const layered = err(() => render(layeredTemplateFile, "amd64", { ...VARS, FLOTILLA_FLEET: undefined }));
   assert.match(layered.message, /\$\{FLOTILLA_FLEET\}/);
-  const noModule = err(() => renderManifest({ image: "${MODULES.quantizer}", other: "${NOPE}" }, VARS));
-  assert.match(noModule.message, /\$\{MODULES\.quantizer\}/);
+  const noModule = err(() => renderManifest({ image: "${MODULES.no-such-module}", other: "${NOPE}" }, VARS));
+  assert.match(noModule.message, /\$\{MODULES\.no-such-module\}/);
   assert.match(noModule.message, /\$\{NOPE\}/);
   const noPlatform = err(() => render(baseTemplateFile, "arm32v7"));
   assert.match(noPlatform.message, /\$\{MODULES\.trainer\}.*\$\{MODULES\.update-queue\}/);
@@ -817,12 +886,13 @@ test("Dockerfiles: run as a non-root user, CMD starts the module's own entry poi
   }
 });
 
-test("Dockerfiles: update-queue compiles better-sqlite3 and owns its queue volume; trainer has /data", () => {
+test("Dockerfiles: update-queue compiles better-sqlite3 and owns its queue volume, quantizer its residuals; trainer has /data", () => {
   const manifest = render(baseTemplateFile);
   const envValue = (name: string, key: string) =>
     obj(obj(obj(modulesOf(manifest)[name], name).env, "env")[key], key).value as string;
   const queueDir = envValue("update-queue", "FLOTILLA_QUEUE_DIR");
   const dataDir = envValue("trainer", "FLOTILLA_DATA_DIR");
+  const quantizerDir = envValue("quantizer", "FLOTILLA_QUANTIZER_DIR");
   for (const { name, platform, stages } of dockerfiles()) {
     const where = `${name} ${platform}`;
     const build = stages.find((s) => / AS build$/i.test(s[0].args)) ?? [];
@@ -850,6 +920,14 @@ test("Dockerfiles: update-queue compiles better-sqlite3 and owns its queue volum
     }
     if (name === "trainer")
       assert.ok(runtimeRuns.includes(`mkdir -p ${dataDir}`), `${where}: creates ${dataDir}`);
+    if (name === "quantizer") {
+      assert.ok(runtimeRuns.includes(`mkdir -p ${quantizerDir}`), `${where}: creates ${quantizerDir}`);
+      assert.ok(
+        runtimeRuns.includes(`chown node:node ${quantizerDir}`),
+        `${where}: ${quantizerDir} owned by node`,
+      );
+      assert.doesNotMatch(buildRuns, /better-sqlite3/, `${where}: no native build`);
+    }
   }
 });
 

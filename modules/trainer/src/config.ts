@@ -1,3 +1,4 @@
+import { MAX_CHUNK_BYTES } from "../../shared/chunks";
 import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
 
 /**
@@ -10,8 +11,8 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
  */
 export const DEFAULT_DATA_DIR = "/data";
-/** edgeHub, like IoT Hub, refuses messages over 256 KB: bodies stay at 255,000 bytes, leaving room for properties. */
-export const MAX_CHUNK_BYTES = 255_000;
+/** edgeHub, like IoT Hub, refuses messages over 256 KB: bodies stay at 255,000 bytes (modules/shared/chunks.ts). */
+export { MAX_CHUNK_BYTES };
 
 export interface TrainerConfig {
   readonly dataDir: string;

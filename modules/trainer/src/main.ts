@@ -5,7 +5,7 @@ import { startTrainer } from "./trainer";
 export { loadTrainerConfig, type TrainerConfig } from "./config";
 export * from "./executor";
 export * from "./trainer";
-export { frameChunks } from "./chunks";
+export { frameChunks } from "../../shared/chunks";
 export { parseRoundOrder, type RoundOrder } from "./round";
 
 /** Container entry: configuration from the environment (validated, naming what is missing), runs until SIGTERM. */

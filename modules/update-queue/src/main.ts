@@ -5,12 +5,13 @@ import { Mqtt } from "azure-iot-device-mqtt";
 import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
 import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
-import { frameMeta, Outbox, type InputChunkMeta, type OutboxChunk, type OutboxStats } from "./outbox";
+import { frameMeta, Outbox, type OutboxChunk, type OutboxStats } from "./outbox";
 import { Sender } from "./sender";
+import { inputChunkMeta } from "../../shared/chunks";
 
 /**
- * The update-queue IoT Edge module. edgeHub routes the trainer's updates here
- * (FROM /messages/modules/trainer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates"));
+ * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
+ * (FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates"));
  * each one is stored in the outbox before the input message is completed, then sent as chunks on the `upstream`
  * output (FROM /messages/modules/update-queue/outputs/* INTO $upstream) until the cloud acknowledges it through
  * the module twin (desired `acks`) or the `ack` direct method.
@@ -449,25 +450,10 @@ function property(msg: Message, key: string): string | undefined {
 
 /**
  * The chunk properties of an input message (docs/iothub-protocol.md), or undefined for a message carrying a whole
- * frame (no `chunkCount`). Missing or malformed values come out as ""/NaN and are rejected by Outbox.stageChunk.
+ * frame (no `chunkCount`): modules/shared/chunks.ts, shared with the quantizer. Missing or malformed values come out
+ * as ""/NaN and are rejected by Outbox.stageChunk.
  */
-export function inputChunkMeta(msg: Message): InputChunkMeta | undefined {
-  if (property(msg, "chunkCount") === undefined) return undefined;
-  const int = (key: string): number => {
-    const v = property(msg, key);
-    return v !== undefined && /^\d+$/.test(v) ? Number(v) : NaN;
-  };
-  return {
-    jobId: property(msg, "jobId") ?? "",
-    round: int("round"),
-    deviceId: property(msg, "deviceId") ?? "",
-    updateId: property(msg, "updateId") ?? "",
-    chunkIndex: int("chunkIndex"),
-    chunkCount: int("chunkCount"),
-    size: int("size"),
-    sha256: property(msg, "sha256") ?? "",
-  };
-}
+export { inputChunkMeta };
 
 /** One chunk as an IoT Hub message: binary body, messageId for the cloud's dedup, chunk metadata as properties. */
 export function toMessage(chunk: OutboxChunk): Message {

@@ -1,0 +1,808 @@
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, promises as fsp } from "node:fs";
+import { join } from "node:path";
+import type { Message } from "azure-iot-device";
+import { ErrorFeedback, encodeTensor, parseCompression, type CompressionSpec } from "../../../core/compress";
+import { FlotillaError, isFlotillaError } from "../../../core/errors";
+import { decodeMessage, encodeMessage, type TrainResultMessage } from "../../../core/protocol/messages";
+import {
+  frameChunks,
+  inputChunkMeta,
+  MAX_CHUNK_BYTES,
+  type ChunkMeta,
+  type FrameMeta,
+} from "../../shared/chunks";
+import {
+  defaultLog,
+  errorText,
+  respond,
+  updateReported,
+  withTimeout,
+  type EdgeModuleClient,
+  type Log,
+  type MethodRequestLike,
+  type MethodResponseLike,
+  type TwinLike,
+} from "../../shared/module-client";
+import { Reassembler } from "../../shared/reassembly";
+import { DEFAULT_MAX_BYTES } from "./config";
+
+/**
+ * The quantizer IoT Edge module (docs/iothub-protocol.md), on the edgeHub route trainer → quantizer → update-queue:
+ *
+ *   FROM /messages/modules/trainer/outputs/updates   INTO BrokeredEndpoint("/modules/quantizer/inputs/updates")
+ *   FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates")
+ *
+ * It reassembles the trainer's chunks in memory (modules/shared/reassembly.ts), decodes the FLT1 frame and, when the
+ * update is a `result` of a job its module twin configures with a lossy codec chain (core/compress), replaces the
+ * raw float32 delta by a compressed envelope (`encoding: "flz"`): with a sparsifier through the job's error feedback
+ * (the residual persisted in `stateDir/residual-<jobId>.bin`), otherwise with encodeTensor. The new frame goes out
+ * on output `updates` in chunks (frameChunks). Failure frames, results of other jobs and deltas already encoded are
+ * forwarded unchanged.
+ *
+ * Configuration: module twin desired `flotilla: { jobs: { [jobId]: { compression: "topk:0.01+int8" } | null } }`.
+ * Reported `flotilla: { status, jobs, counters, error, lastError, updatedAt }`. Nothing the cloud or the trainer sends
+ * crashes the module: bad chunks and frames are counted, logged on one line with their code and dropped; a bad spec
+ * is reported (E_COMPRESS_SPEC) and its job passes through uncompressed.
+ *
+ * Delivery. Partial updates live in memory only: the module stopping mid-update loses that update (over MQTT edgeHub
+ * counts a message as delivered once the SDK has acknowledged it), and the cloud sees the device as missing from the
+ * round, as for any dropout; the update-queue downstream is where updates become durable.
+ *
+ * `startQuantizer` takes an injected client and touches no globals, so a local fleet launcher can run many.
+ */
+
+/** The slice of ModuleClient (azure-iot-device 1.18) the quantizer uses: the shared one plus module inputs. */
+export interface QuantizerClient extends EdgeModuleClient {
+  on(event: "inputMessage", listener: (inputName: string, msg: Message) => void): unknown;
+  on(event: "connect", listener: () => void): unknown;
+  on(event: "disconnect" | "error", listener: (err?: unknown) => void): unknown;
+  removeListener(event: "inputMessage", listener: (inputName: string, msg: Message) => void): unknown;
+  removeListener(event: "connect", listener: () => void): unknown;
+  removeListener(event: "disconnect" | "error", listener: (err?: unknown) => void): unknown;
+  complete(msg: Message): Promise<unknown>;
+}
+
+export interface QuantizerOptions {
+  client: QuantizerClient;
+  /** Directory of the error-feedback residuals (created if missing). */
+  stateDir: string;
+  /**
+   * This device's id, part of the stochastic-rounding seed (with jobId and round). Default: the frame's deviceId,
+   * which the trainer sets to its device's id.
+   */
+  deviceId?: string;
+  log?: Log;
+  /** Module input the trainer's updates arrive on (default "updates"). */
+  inputName?: string;
+  /** Module output routed to the update-queue (default "updates"). */
+  outputName?: string;
+  /** Body bytes per output message (default 255,000). */
+  maxChunkBytes?: number;
+  /** Bytes of partly received updates held in memory (default 64 MiB). */
+  maxBytes?: number;
+  /** A partly received update idle for longer than this is given up, ms (default 30 min). */
+  partialTtlMs?: number;
+  /** Complete updates waiting to be processed; beyond it new ones are dropped (E_QUANT_BUSY; default 16). */
+  maxQueued?: number;
+  /** Least time between two reported-property patches, ms (default 10,000). */
+  reportIntervalMs?: number;
+  twinTimeoutMs?: number;
+  /** Send attempts per output message before the update is dropped with E_QUANT_SEND (default 8). */
+  sendAttempts?: number;
+  /** Delay after the first failed send / reconnect, ms (doubles up to 60 s; default 1000). */
+  retryDelayMs?: number;
+  /** Close the client in stop() (the container entry owns its client; a launcher may not). */
+  closeClient?: boolean;
+}
+
+export interface QuantizerCounters {
+  /** Complete updates received (reassembled). */
+  readonly received: number;
+  /** Updates sent compressed. */
+  readonly compressed: number;
+  /** Updates sent unchanged. */
+  readonly passthrough: number;
+  /** Frame bytes received / sent. */
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  /** Malformed chunks and frames, failed sends, residual I/O and codec failures. */
+  readonly errors: number;
+  /** Residuals not used because their length did not match the update's (or they could not be read). */
+  readonly residualsDiscarded: number;
+}
+
+/** The reported property `flotilla`. */
+export interface QuantizerState {
+  readonly status: "running" | "stopped";
+  /** Each configured job and the codec chain applied to it ("none" when it passes through). */
+  readonly jobs: Readonly<Record<string, string>>;
+  readonly counters: QuantizerCounters;
+  /** A configuration problem (a bad spec: E_COMPRESS_SPEC), while it lasts. */
+  readonly error: { readonly code: string; readonly message: string; readonly jobId?: string } | null;
+  /** The last problem of any kind, as `CODE: message`. */
+  readonly lastError: string | null;
+  readonly updatedAt: string;
+}
+
+export interface QuantizerHandle {
+  state(): QuantizerState;
+  /** Resolves when every update received so far has been processed (sent or dropped). */
+  idle(): Promise<void>;
+  /** Sends the reported properties now instead of at the next throttle slot. */
+  reportNow(): void;
+  stop(): Promise<void>;
+}
+
+/** The reported property, and the desired one the configuration comes from. */
+export const REPORTED_KEY = "flotilla";
+export const DESIRED_KEY = "flotilla";
+export const RESIDUAL_PREFIX = "residual-";
+const STOPPED = "E_QUANT_STOPPED";
+
+interface JobConfig {
+  /** Canonical spec text, or "none" (including a job whose spec is invalid). */
+  readonly text: string;
+  /** A lossy spec to apply; undefined = pass through. */
+  readonly spec?: CompressionSpec;
+  readonly error?: { readonly code: string; readonly message: string };
+}
+
+interface Update {
+  readonly frame: Uint8Array;
+  /** The chunk properties it came with (undefined for a message carrying a whole frame). */
+  readonly meta?: ChunkMeta;
+}
+
+/** The residual file of a job: `residual-<jobId>.bin`, or a hash of the id when it is not a safe file name. */
+export function residualFileName(jobId: string): string {
+  if (/^[A-Za-z0-9_-]{1,100}$/.test(jobId)) return `${RESIDUAL_PREFIX}${jobId}.bin`;
+  return `${RESIDUAL_PREFIX}~${createHash("sha256").update(jobId).digest("hex").slice(0, 32)}.bin`;
+}
+
+/** Seed of the stochastic rounding (and randk's draw): the first 4 bytes of sha256(deviceId, jobId, round). */
+export function compressionSeed(deviceId: string, jobId: string, round: number): number {
+  return createHash("sha256").update(`${deviceId}\n${jobId}\n${round}`).digest().readUInt32LE(0);
+}
+
+export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerHandle> {
+  const { client, stateDir } = opts;
+  const log = opts.log ?? defaultLog;
+  const inputName = opts.inputName ?? "updates";
+  const outputName = opts.outputName ?? "updates";
+  const maxChunkBytes = opts.maxChunkBytes ?? MAX_CHUNK_BYTES;
+  const maxQueued = opts.maxQueued ?? 16;
+  const reportIntervalMs = opts.reportIntervalMs ?? 10_000;
+  const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;
+  const sendAttempts = opts.sendAttempts ?? 8;
+  const retryDelayMs = opts.retryDelayMs ?? 1000;
+  if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes < 1 || maxChunkBytes > MAX_CHUNK_BYTES)
+    throw new FlotillaError("E_QUANT_CONFIG", `maxChunkBytes must be from 1 to ${MAX_CHUNK_BYTES}`);
+  try {
+    mkdirSync(stateDir, { recursive: true });
+  } catch (e) {
+    throw new FlotillaError("E_QUANT_STATE_DIR", `cannot create ${stateDir}: ${errorText(e)}`);
+  }
+  const reassembler = new Reassembler({
+    maxBytes: opts.maxBytes ?? DEFAULT_MAX_BYTES,
+    ttlMs: opts.partialTtlMs,
+  });
+
+  let stopped = false;
+  const stopSignal = new AbortController();
+  let twin: TwinLike | undefined;
+  let online = false;
+  let opening = false;
+  let reconnectTimer: NodeJS.Timeout | undefined;
+  let reconnectFailures = 0;
+
+  let jobs = new Map<string, JobConfig>();
+  /** Jobs of the last well-formed configuration: a job leaving it is removed (and its residual deleted). */
+  let knownJobs = new Set<string>();
+  /** Jobs in the last reported `jobs` (a removed one must be reported as null: reported patches merge). */
+  let reportedJobs = new Set<string>();
+  const residuals = new Map<string, ErrorFeedback>();
+  /** Jobs whose residual file was read (or found missing) since start or since their residual was reset. */
+  const residualRead = new Set<string>();
+  const counters = {
+    received: 0,
+    compressed: 0,
+    passthrough: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    errors: 0,
+    residualsDiscarded: 0,
+  };
+  let lastError: string | null = null;
+  let configError: QuantizerState["error"] = null;
+  let status: QuantizerState["status"] = "running";
+  let updatedAt = new Date().toISOString();
+
+  /** Updates are processed one at a time, in arrival order; residual file changes go through the same chain. */
+  let chain: Promise<void> = Promise.resolve();
+  let queued = 0;
+  let reportChain: Promise<void> = Promise.resolve();
+
+  // Updates wait for the first twin read (their job's configuration), at most twinTimeoutMs.
+  let configured!: () => void;
+  const configReady = new Promise<void>((resolve) => (configured = resolve));
+  const configTimer = setTimeout(() => configured(), twinTimeoutMs);
+  configTimer.unref();
+  let firstTwinApplied = false;
+
+  const residualPath = (jobId: string): string => join(stateDir, residualFileName(jobId));
+
+  const state = (): QuantizerState => ({
+    status,
+    jobs: Object.fromEntries([...jobs].map(([id, j]) => [id, j.text])),
+    counters: { ...counters },
+    error: configError,
+    lastError,
+    updatedAt,
+  });
+
+  const problem = (e: unknown, context: string): void => {
+    const { code, message } = errorOf(e);
+    counters.errors++;
+    lastError = `${code}: ${message}`;
+    log("warn", `quantizer: ${context}: ${code}: ${oneLine(message)}`);
+    changed();
+  };
+
+  // --- reported state ---------------------------------------------------------------------------------------------
+  const pushReported = (): void => {
+    reportChain = reportChain.then(async () => {
+      if (!twin || !online) return; // sent again on the next connection
+      const snapshot = state();
+      const jobsPatch: Record<string, string | null> = { ...snapshot.jobs };
+      for (const id of reportedJobs) if (!(id in jobsPatch)) jobsPatch[id] = null;
+      try {
+        await updateReported(twin, { [REPORTED_KEY]: { ...snapshot, jobs: jobsPatch } }, twinTimeoutMs);
+        reportedJobs = new Set(Object.keys(snapshot.jobs));
+      } catch (e) {
+        log("warn", `quantizer: reporting the state failed: ${errorText(e)}`);
+      }
+    });
+  };
+  const reporter = new Throttle(reportIntervalMs, () => {
+    if (!stopped) pushReported();
+  });
+  function changed(): void {
+    updatedAt = new Date().toISOString();
+    if (!stopped) reporter.schedule();
+  }
+
+  // --- configuration (module twin) -----------------------------------------------------------------------------------
+  const parseJob = (jobId: string, value: unknown): JobConfig => {
+    const text = (value as { compression?: unknown } | null)?.compression;
+    try {
+      if (typeof value !== "object" || value === null || Array.isArray(value) || typeof text !== "string")
+        throw new FlotillaError("E_COMPRESS_SPEC", `job ${jobId}: expected { compression: "<spec>" }`);
+      const spec = parseCompression(text);
+      return spec.lossless || spec.stages.length === 0 ? { text: spec.text } : { text: spec.text, spec };
+    } catch (e) {
+      const { code, message } = errorOf(e);
+      return {
+        text: "none",
+        error: { code: code === "E_QUANT_INTERNAL" ? "E_COMPRESS_SPEC" : code, message },
+      };
+    }
+  };
+
+  /**
+   * Applies the whole desired `flotilla` (the SDK merges patches into properties.desired). Returns false when it is
+   * malformed as a whole: then nothing is compressed, but no residual is deleted (a typo must not lose them).
+   */
+  const applyDesired = (desired: Record<string, unknown> | undefined): boolean => {
+    if (stopped) return false;
+    const value = desired?.[DESIRED_KEY];
+    let raw: unknown =
+      typeof value === "object" && value !== null ? (value as { jobs?: unknown }).jobs : undefined;
+    const next = new Map<string, JobConfig>();
+    let shapeError: QuantizerState["error"] = null;
+    if (value !== undefined && value !== null && (typeof value !== "object" || Array.isArray(value))) {
+      shapeError = { code: "E_QUANT_CONFIG", message: "desired flotilla must be an object { jobs }" };
+      raw = undefined;
+    } else if (raw !== undefined && raw !== null && (typeof raw !== "object" || Array.isArray(raw))) {
+      shapeError = { code: "E_QUANT_CONFIG", message: "desired flotilla.jobs must be an object" };
+      raw = undefined;
+    }
+    for (const [jobId, v] of Object.entries((raw ?? {}) as Record<string, unknown>)) {
+      if (jobId.startsWith("$") || v === null || v === undefined) continue; // null: the job is removed
+      next.set(jobId, parseJob(jobId, v));
+    }
+    const before = jobs;
+    jobs = next;
+    for (const [jobId, job] of next) {
+      const old = before.get(jobId);
+      if (old && old.text === job.text && old.error?.message === job.error?.message) continue;
+      if (job.error) {
+        log(
+          "warn",
+          `quantizer: job ${jobId}: ${job.error.code}: ${oneLine(job.error.message)}; passing through`,
+        );
+        lastError = `${job.error.code}: ${job.error.message}`;
+      } else {
+        log("info", `quantizer: job ${jobId}: ${job.text}`);
+      }
+    }
+    if (!shapeError) {
+      for (const jobId of knownJobs) if (!next.has(jobId)) removeJob(jobId);
+      knownJobs = new Set(next.keys());
+    }
+    const bad = [...next].find(([, j]) => j.error);
+    configError = shapeError ?? (bad ? { ...bad[1].error!, jobId: bad[0] } : null);
+    if (shapeError) {
+      lastError = `${shapeError.code}: ${shapeError.message}`;
+      log("warn", `quantizer: ${lastError}`);
+    }
+    changed();
+    return !shapeError;
+  };
+
+  /** Forgets a job and deletes its residual, in turn with the updates already queued (which may still save it). */
+  const removeJob = (jobId: string): void => {
+    log("info", `quantizer: job ${jobId} removed`);
+    enqueueWork(async () => {
+      if (jobs.has(jobId)) return; // configured again meanwhile: its residual stays
+      residuals.delete(jobId);
+      residualRead.delete(jobId);
+      await deleteFile(residualPath(jobId));
+    });
+  };
+
+  /** After the first full twin read: residual files of jobs no longer configured (removed while we were down). */
+  const removeOrphans = (): void => {
+    enqueueWork(async () => {
+      let names: string[];
+      try {
+        names = await fsp.readdir(stateDir);
+      } catch (e) {
+        return problem(
+          new FlotillaError("E_QUANT_RESIDUAL", `listing ${stateDir}: ${errorText(e)}`),
+          "cleanup",
+        );
+      }
+      const keep = new Set([...jobs.keys()].map(residualFileName));
+      for (const name of names) {
+        const temp = name.startsWith(RESIDUAL_PREFIX) && name.includes(".bin.tmp-");
+        if (temp || (name.startsWith(RESIDUAL_PREFIX) && name.endsWith(".bin") && !keep.has(name))) {
+          log("info", `quantizer: deleting ${name} (no such job configured)`);
+          await deleteFile(join(stateDir, name));
+        }
+      }
+    });
+  };
+
+  const deleteFile = async (file: string): Promise<void> => {
+    try {
+      await fsp.rm(file, { force: true });
+    } catch (e) {
+      problem(new FlotillaError("E_QUANT_RESIDUAL", `deleting ${file}: ${errorText(e)}`), "residual");
+    }
+  };
+
+  // --- residuals -----------------------------------------------------------------------------------------------------
+  const discardResidual = (jobId: string, why: string): void => {
+    counters.residualsDiscarded++;
+    log("warn", `quantizer: discarding the residual of job ${jobId}: ${oneLine(why)}`);
+    changed();
+  };
+
+  /** The job's error feedback for a delta of `length` values: in memory, else from its file, else zeros. */
+  const residualFor = async (jobId: string, length: number): Promise<ErrorFeedback> => {
+    let ef = residuals.get(jobId);
+    if (ef && ef.residual.length !== length) {
+      discardResidual(jobId, `it has ${ef.residual.length} values, the update ${length}`);
+      ef = undefined;
+    }
+    if (!ef && !residualRead.has(jobId)) {
+      residualRead.add(jobId);
+      let bytes: Uint8Array | undefined;
+      try {
+        bytes = await fsp.readFile(residualPath(jobId));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOENT")
+          discardResidual(jobId, `reading ${residualPath(jobId)}: ${errorText(e)}`);
+      }
+      if (bytes) {
+        try {
+          ef = ErrorFeedback.fromBytes(
+            new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+            length,
+          );
+          log("info", `quantizer: job ${jobId}: residual of ${length} values loaded`);
+        } catch (e) {
+          discardResidual(jobId, errorText(e));
+        }
+      }
+    }
+    ef ??= new ErrorFeedback(length);
+    residuals.set(jobId, ef);
+    return ef;
+  };
+
+  /** Writes a residual atomically: a temp file, fsync, rename over the old one, fsync of the directory. */
+  const saveResidual = async (jobId: string, ef: ErrorFeedback): Promise<void> => {
+    const file = residualPath(jobId);
+    const temp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+    try {
+      const fh = await fsp.open(temp, "w", 0o600);
+      try {
+        await fh.writeFile(ef.toBytes());
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.rename(temp, file);
+    } catch (e) {
+      await fsp.rm(temp, { force: true }).catch(() => undefined);
+      throw new FlotillaError("E_QUANT_RESIDUAL", `saving the residual of job ${jobId}: ${errorText(e)}`);
+    }
+    try {
+      const dir = await fsp.open(stateDir, "r");
+      try {
+        await dir.sync(); // the rename itself survives a power cut
+      } finally {
+        await dir.close();
+      }
+    } catch {
+      // Not every file system lets a directory be fsynced; the data itself is synced.
+    }
+  };
+
+  // --- updates -------------------------------------------------------------------------------------------------------
+  function enqueueWork(work: () => Promise<void>): void {
+    chain = chain.then(work).catch((e: unknown) => problem(e, "internal"));
+  }
+
+  const enqueueUpdate = (u: Update): void => {
+    if (queued >= maxQueued) {
+      problem(
+        new FlotillaError(
+          "E_QUANT_BUSY",
+          `${queued} updates are waiting to be sent; dropping one of ${u.frame.byteLength} bytes`,
+        ),
+        "input",
+      );
+      return;
+    }
+    queued++;
+    counters.received++;
+    counters.bytesIn += u.frame.byteLength;
+    changed();
+    enqueueWork(async () => {
+      try {
+        await processUpdate(u);
+      } finally {
+        queued--;
+      }
+    });
+  };
+
+  const processUpdate = async (u: Update): Promise<void> => {
+    await configReady;
+    if (stopped) {
+      log("warn", `quantizer: an update of ${u.frame.byteLength} bytes was not sent: the quantizer stopped`);
+      return;
+    }
+    let msg;
+    try {
+      msg = decodeMessage(u.frame);
+    } catch (e) {
+      return problem(new FlotillaError("E_QUANT_FRAME", `not a valid FLT1 frame (${errorText(e)})`), "input");
+    }
+    if (msg.type !== "result" && msg.type !== "failure")
+      return problem(
+        new FlotillaError("E_QUANT_FRAME", `frame type '${msg.type}' is not an update`),
+        "input",
+      );
+    const meta: FrameMeta = { jobId: msg.jobId, round: msg.round, deviceId: msg.deviceId };
+    if (u.meta) {
+      for (const k of ["jobId", "round", "deviceId"] as const) {
+        if (u.meta[k] !== meta[k])
+          return problem(
+            new FlotillaError(
+              "E_QUANT_META_MISMATCH",
+              `chunk property ${k}=${String(u.meta[k])} but the frame says ${String(meta[k])}`,
+            ),
+            "input",
+          );
+      }
+    }
+    let out = u.frame;
+    let compressed = false;
+    const job = msg.type === "result" ? jobs.get(msg.jobId) : undefined;
+    if (msg.type === "result" && job?.spec && msg.delta instanceof Float32Array) {
+      try {
+        out = await compress(msg as TrainResultMessage & { delta: Float32Array }, job.spec);
+        compressed = true;
+      } catch (e) {
+        // The update still counts: it goes out raw (the aggregator takes both).
+        problem(e, `job ${msg.jobId} round ${msg.round}: compressing failed, sending it raw`);
+      }
+    }
+    try {
+      await sendFrame(out, meta);
+    } catch (e) {
+      if (isFlotillaError(e) && e.code === STOPPED)
+        return log("warn", `quantizer: job ${meta.jobId} round ${meta.round}: ${e.message}`);
+      return problem(e, `job ${meta.jobId} round ${meta.round}`);
+    }
+    if (compressed) counters.compressed++;
+    else counters.passthrough++;
+    counters.bytesOut += out.byteLength;
+    changed();
+  };
+
+  /**
+   * The result frame with its delta compressed. With a sparsifier the job's residual is updated and saved BEFORE
+   * the frame is sent. Exactly-once is impossible across a crash here, so the order picks the safe failure:
+   * - saved, then crash before (or while) sending: the update is lost (a dropout the cloud already tolerates), and
+   *   what it transmitted is counted as transmitted by the residual: at most once, never twice;
+   * - the other order (send, then save) would, on a crash in between, reload the old residual and add its
+   *   error-feedback mass to the next round's update again: sent twice, a bias the aggregate cannot detect.
+   * A residual that cannot be saved is reset to zeros (its file removed) rather than kept diverging from the disk.
+   */
+  const compress = async (
+    msg: TrainResultMessage & { delta: Float32Array },
+    spec: CompressionSpec,
+  ): Promise<Uint8Array> => {
+    const seed = compressionSeed(opts.deviceId ?? msg.deviceId, msg.jobId, msg.round);
+    const encodeOpts = { layoutHash: msg.layoutHash, seed };
+    let bytes: Uint8Array;
+    if (spec.sparse) {
+      const ef = await residualFor(msg.jobId, msg.delta.length);
+      try {
+        bytes = ef.compress(msg.delta, spec, encodeOpts);
+      } catch (e) {
+        // The in-memory residual may be half-updated: read the file (the state before this update) next time.
+        residuals.delete(msg.jobId);
+        residualRead.delete(msg.jobId);
+        throw new FlotillaError("E_QUANT_ENCODE", `error-feedback compression failed: ${errorText(e)}`);
+      }
+      try {
+        await saveResidual(msg.jobId, ef);
+      } catch (e) {
+        problem(e, `job ${msg.jobId}`);
+        residuals.set(msg.jobId, new ErrorFeedback(msg.delta.length));
+        await deleteFile(residualPath(msg.jobId));
+      }
+    } else {
+      try {
+        bytes = encodeTensor(msg.delta, spec, encodeOpts);
+      } catch (e) {
+        throw new FlotillaError("E_QUANT_ENCODE", `compression failed: ${errorText(e)}`);
+      }
+    }
+    return encodeMessage({ ...msg, delta: { encoding: "flz", bytes } });
+  };
+
+  /** Sends a frame as chunks on the output, retrying each chunk with backoff (like the trainer). */
+  const sendFrame = async (frame: Uint8Array, meta: FrameMeta): Promise<void> => {
+    const { messages } = frameChunks(frame, meta, maxChunkBytes);
+    for (const msg of messages) {
+      for (let attempt = 1; ; attempt++) {
+        if (stopSignal.signal.aborted)
+          throw new FlotillaError(STOPPED, `${msg.messageId} not sent: stopping`);
+        try {
+          await withTimeout(client.sendOutputEvent(outputName, msg), 60_000, "sendOutputEvent");
+          break;
+        } catch (e) {
+          if (attempt >= sendAttempts)
+            throw new FlotillaError(
+              "E_QUANT_SEND",
+              `sending ${msg.messageId} failed ${attempt} times: ${errorText(e)}`,
+            );
+          const delay = Math.min(60_000, retryDelayMs * 2 ** (attempt - 1));
+          log(
+            "warn",
+            `quantizer: sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`,
+          );
+          await sleep(delay, stopSignal.signal);
+        }
+      }
+    }
+  };
+
+  const onInput = (name: string, msg: Message): void => {
+    if (stopped) return;
+    if (name !== inputName) {
+      log("warn", `quantizer: ignoring a message on unknown input '${name}'`);
+      settle(client.complete(msg), log);
+      return;
+    }
+    try {
+      const body = msg.getBytes();
+      const meta = inputChunkMeta(msg);
+      if (!meta) {
+        // A whole frame in one message (no chunk properties): a plain copy, never a view of a pooled Buffer.
+        if (!body || body.byteLength === 0) throw new FlotillaError("E_QUANT_CHUNK", "an empty message");
+        enqueueUpdate({ frame: new Uint8Array(body) });
+      } else {
+        const r = reassembler.add(body, meta);
+        if (r.status === "complete") enqueueUpdate({ frame: r.frame, meta: r.meta });
+      }
+    } catch (e) {
+      problem(e, "input");
+    }
+    settle(client.complete(msg), log);
+  };
+
+  // --- link ----------------------------------------------------------------------------------------------------------
+  const onDesired = (): void => {
+    if (!stopped) applyDesired(twin?.properties.desired);
+  };
+  const onTwinError = (err: Error): void => log("warn", `quantizer: twin error: ${errorText(err)}`);
+
+  const readTwin = async (): Promise<void> => {
+    const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
+    if (stopped) return;
+    if (t !== twin) {
+      twin?.removeListener("properties.desired", onDesired);
+      twin?.removeListener("error", onTwinError);
+      twin = t;
+      const r = t.properties.reported?.[REPORTED_KEY] as { jobs?: unknown } | undefined;
+      if (r && typeof r.jobs === "object" && r.jobs !== null)
+        for (const id of Object.keys(r.jobs)) reportedJobs.add(id);
+      t.on("error", onTwinError);
+      t.on("properties.desired", onDesired);
+    }
+    // The SDK re-subscribes after a reconnect but does not re-read the twin: changes made meanwhile are read here.
+    const wellFormed = applyDesired(t.properties.desired);
+    if (!firstTwinApplied) {
+      firstTwinApplied = true;
+      if (wellFormed) removeOrphans();
+      configured();
+    }
+  };
+
+  const connect = async (): Promise<void> => {
+    reconnectTimer = undefined;
+    if (stopped) return;
+    opening = true;
+    try {
+      await client.open();
+      opening = false;
+      online = true;
+      reconnectFailures = 0;
+      await readTwin();
+      reporter.flush();
+    } catch (e) {
+      opening = false;
+      log("warn", `quantizer: connecting failed: ${errorText(e)}`);
+      scheduleReconnect();
+    }
+  };
+  const scheduleReconnect = (): void => {
+    if (stopped || reconnectTimer) return;
+    reconnectFailures++;
+    const delay = Math.min(60_000, retryDelayMs * 2 ** (reconnectFailures - 1)) * (0.5 + Math.random() / 2);
+    reconnectTimer = setTimeout(() => void connect(), delay);
+  };
+  const onConnect = (): void => {
+    if (stopped || opening) return;
+    online = true;
+    readTwin()
+      .then(() => reporter.flush())
+      .catch((e: unknown) => log("warn", `quantizer: reading the twin failed: ${errorText(e)}`));
+  };
+  const onDisconnect = (err?: unknown): void => {
+    if (stopped) return;
+    online = false;
+    log("warn", `quantizer: disconnected${err ? `: ${errorText(err)}` : ""}`);
+    scheduleReconnect();
+  };
+  const onError = (err?: unknown): void => {
+    if (!stopped) log("warn", `quantizer: client error: ${errorText(err)}`);
+  };
+
+  // Link listeners first: registering methods and inputs makes the SDK subscribe, and failures come as "error".
+  client.on("error", onError);
+  client.on("disconnect", onDisconnect);
+  client.on("connect", onConnect);
+  client.onMethod("status", (_request?: MethodRequestLike, response?: MethodResponseLike) => {
+    if (stopped) return respond(response, 503, { code: STOPPED, message: "the quantizer is stopped" }, log);
+    respond(response, 200, state(), log);
+  });
+  client.on("inputMessage", onInput);
+
+  await connect();
+
+  return {
+    state,
+    idle: async () => {
+      for (let c = chain; ; c = chain) {
+        await c;
+        if (c === chain) break;
+      }
+      await reportChain;
+    },
+    reportNow: () => reporter.flush(),
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      if (reconnectTimer) clearTimeout(reconnectTimer);
+      clearTimeout(configTimer);
+      configured(); // queued updates are dropped, not processed
+      reporter.cancel();
+      stopSignal.abort(new FlotillaError(STOPPED, "the quantizer is stopping"));
+      client.removeListener("inputMessage", onInput);
+      await chain.catch(() => undefined);
+      reassembler.clear();
+      status = "stopped";
+      updatedAt = new Date().toISOString();
+      pushReported();
+      // The last reported state goes out before the client closes.
+      await withTimeout(reportChain, 2000, "reported state").catch(() => undefined);
+      client.removeListener("connect", onConnect);
+      client.removeListener("disconnect", onDisconnect);
+      // The "error" listener stays (inert): unsubscribing the input may fail, which the SDK emits as "error".
+      twin?.removeListener("properties.desired", onDesired);
+      twin?.removeListener("error", onTwinError);
+      if (opts.closeClient) {
+        try {
+          await withTimeout(client.close(), 5000, "client close");
+        } catch (e) {
+          log("warn", `quantizer: closing the client failed: ${errorText(e)}`);
+        }
+      }
+    },
+  };
+}
+
+function errorOf(e: unknown): { code: string; message: string } {
+  if (isFlotillaError(e)) return { code: e.code, message: e.message };
+  const code = (e as { code?: unknown })?.code;
+  return {
+    code: typeof code === "string" && code.startsWith("E_") ? code : "E_QUANT_INTERNAL",
+    message: e instanceof Error ? e.message : String(e),
+  };
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, " ");
+}
+
+function settle(p: Promise<unknown>, log: Log): void {
+  p.catch((e: unknown) => log("warn", `quantizer: completing an input message failed: ${errorText(e)}`));
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+/** Runs `fn` at most once per `intervalMs`; calls in between coalesce into one trailing run. */
+class Throttle {
+  private last = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+  constructor(
+    private readonly intervalMs: number,
+    private readonly fn: () => void,
+  ) {}
+  schedule(): void {
+    if (this.timer) return;
+    const wait = Math.max(0, this.last + this.intervalMs - Date.now());
+    this.timer = setTimeout(() => this.flush(), wait);
+  }
+  flush(): void {
+    this.cancel();
+    this.last = Date.now();
+    this.fn();
+  }
+  cancel(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
