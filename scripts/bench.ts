@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import { benchTrain } from "../core/engine/bench";
 import { benchAggregate } from "../core/tensor/bench-aggregate";
+import { benchCodecs } from "../core/compress";
 
 const PYTORCH = { mlp: 4171, cnn: 368 } as const; // samples/s, PyTorch 1.13 CPU 2 threads, B=10, this machine class
 
@@ -29,6 +30,16 @@ async function main(): Promise<void> {
       (a as { referenceGbPerSecond?: number }).referenceGbPerSecond?.toFixed(2) ?? "1.75"
     } (same run) | ≥ 8 |`,
   );
+  const codecs = benchCodecs({ repeats: 7 });
+  out.codecs = codecs;
+  for (const c of codecs) {
+    console.error(JSON.stringify(c));
+    rows.push(
+      `| codec ${c.spec}, 1.66M values: ratio / encode / decode / decode+sum (GB/s) | ` +
+        `${c.ratio.toFixed(1)}× / ${c.encodeGBps.toFixed(2)} / ${c.decodeGBps.toFixed(2)} / ${c.accumulateGBps.toFixed(2)} | ` +
+        `plain float32 add ${c.addReferenceGBps.toFixed(2)} (same run) | — |`,
+    );
+  }
   fs.mkdirSync("bench-out", { recursive: true });
   fs.writeFileSync("bench-out/speed.json", JSON.stringify(out, null, 2));
   console.log(rows.join("\n"));

@@ -1,3 +1,4 @@
+import type { EncodedTensor } from "../compress/api";
 import { fail } from "../errors";
 import type { FitConfig } from "../strategies/strategy";
 
@@ -7,7 +8,8 @@ import type { FitConfig } from "../strategies/strategy";
  *   offset 0  magic "FLT1" (4 bytes)
  *   offset 4  u32 LE header length H
  *   offset 8  H bytes of UTF-8 JSON header (with `type`, and `payloadLength` in bytes)
- *   then zero padding to a multiple of 4, then the float32 LE payload (weights or a delta)
+ *   then zero padding to a multiple of 4, then the payload (weights or a delta): float32 LE values, or, when the
+ *   header has `encoding: "flz"`, one compressed envelope (core/compress/envelope.ts) of any length
  *
  * The same frames cross the in-memory transport of the simulation and, in the IoT Hub transport, are carried
  * (chunked) in device-to-cloud messages and blobs.
@@ -24,7 +26,13 @@ export interface TrainRequest {
   readonly config: FitConfig;
   /** Wall-clock deadline (ms since epoch) by which the result must arrive; 0 = none. */
   readonly deadline: number;
-  readonly weights: Float32Array;
+  /**
+   * The global weights, raw or compressed (downlink compression). `modelHash` is the sha256 of what is carried:
+   * the raw float32 bytes, or the envelope's bytes.
+   */
+  readonly weights: Float32Array | EncodedTensor;
+  /** Uplink codec chain the device applies to its delta (core/compress spec text); absent = raw float32. */
+  readonly uplink?: string;
 }
 
 export interface TrainResultMessage {
@@ -35,7 +43,8 @@ export interface TrainResultMessage {
   readonly layoutHash: string;
   readonly numSamples: number;
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
-  readonly delta: Float32Array;
+  /** clientWeights − globalWeights, raw or compressed (decoded by the aggregator inside its streaming sum). */
+  readonly delta: Float32Array | EncodedTensor;
 }
 
 export interface TrainFailureMessage {
@@ -55,9 +64,15 @@ const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
 
 export function encodeMessage(msg: Message): Uint8Array {
-  const { payload, header } = splitPayload(msg);
+  const { payload: tensor, header } = splitPayload(msg);
+  const encoded = tensor !== null && !(tensor instanceof Float32Array);
+  const payload = tensor === null ? null : encoded ? tensor.bytes : tensor;
   const headerBytes = enc.encode(
-    JSON.stringify({ ...header, payloadLength: payload ? payload.byteLength : 0 }),
+    JSON.stringify({
+      ...header,
+      ...(encoded ? { encoding: "flz" } : {}),
+      payloadLength: payload ? payload.byteLength : 0,
+    }),
   );
   const payloadOffset = align4(8 + headerBytes.length);
   const out = new Uint8Array(payloadOffset + (payload ? payload.byteLength : 0));
@@ -90,7 +105,10 @@ export function decodeMessage(bytes: Uint8Array): Message {
     fail("E_PROTO_HEADER", "message header is not a JSON object");
   const payloadLength = Number(header.payloadLength ?? 0);
   const payloadOffset = align4(8 + headerLength);
-  if (!Number.isInteger(payloadLength) || payloadLength < 0 || payloadLength % 4 !== 0) {
+  const encoding = header.encoding;
+  if (encoding !== undefined && encoding !== "flz")
+    fail("E_PROTO_HEADER", `message payload encoding '${String(encoding)}' is unknown`);
+  if (!Number.isInteger(payloadLength) || payloadLength < 0 || (!encoding && payloadLength % 4 !== 0)) {
     fail("E_PROTO_HEADER", `message payloadLength ${String(header.payloadLength)} is invalid`);
   }
   if (payloadOffset + payloadLength !== bytes.byteLength) {
@@ -99,8 +117,11 @@ export function decodeMessage(bytes: Uint8Array): Message {
       `message payload has ${bytes.byteLength - payloadOffset} bytes, header says ${payloadLength}`,
     );
   }
-  const payload = floatView(bytes, payloadOffset, payloadLength / 4);
+  const payload: Float32Array | EncodedTensor = encoding
+    ? { encoding: "flz", bytes: bytes.subarray(payloadOffset, payloadOffset + payloadLength) }
+    : floatView(bytes, payloadOffset, payloadLength / 4);
   delete header.payloadLength;
+  delete header.encoding;
   switch (header.type) {
     case "train":
       requireFields(header, ["jobId", "round", "modelHash", "layoutHash", "config", "deadline"]);
@@ -116,7 +137,10 @@ export function decodeMessage(bytes: Uint8Array): Message {
   }
 }
 
-function splitPayload(msg: Message): { header: Record<string, unknown>; payload: Float32Array | null } {
+function splitPayload(msg: Message): {
+  header: Record<string, unknown>;
+  payload: Float32Array | EncodedTensor | null;
+} {
   switch (msg.type) {
     case "train": {
       const { weights, ...header } = msg;

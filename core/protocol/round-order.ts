@@ -8,9 +8,21 @@ import type { FitConfig } from "../strategies/strategy";
 export interface RoundOrder {
   readonly jobId: string;
   readonly round: number;
-  /** Blob URL (with a read SAS) of the global weights as raw float32 LE. */
+  /**
+   * Blob URL (with a read SAS) of the global weights: raw float32 LE, or (modelEncoding "flz") one compressed
+   * envelope (core/compress) when the job compresses the downlink.
+   */
   readonly modelUrl: string;
+  /** sha256 of the bytes at modelUrl. */
   readonly modelSha256: string;
+  readonly modelEncoding?: "flz";
+  /** The same model as ONNX (fp32 and int8) for on-device inference with onnxruntime, when published. */
+  readonly onnx?: {
+    readonly url: string;
+    readonly sha256: string;
+    readonly int8Url?: string;
+    readonly int8Sha256?: string;
+  };
   readonly layoutHash: string;
   readonly modelSpec: ModelSpec;
   readonly config: FitConfig;

@@ -1,7 +1,15 @@
+import { createHash } from "node:crypto";
+import { decodeTensor, ErrorFeedback, parseCompression } from "../compress";
 import type { Dataset } from "../data/dataset";
 import type { LocalModel } from "../engine/types";
 import { isFlotillaError } from "../errors";
-import { decodeMessage, encodeMessage, type DeviceMessage, type TrainRequest } from "../protocol/messages";
+import {
+  decodeMessage,
+  encodeMessage,
+  type DeviceMessage,
+  type TrainRequest,
+  type TrainResultMessage,
+} from "../protocol/messages";
 import { weightsHash } from "../tensor/layout";
 
 export interface DeviceProgress {
@@ -14,12 +22,47 @@ export interface DeviceProgress {
  * code and a reason: a device never throws at the server). The edge trainer module runs the same code.
  */
 export class DeviceRuntime {
+  /** Error-feedback residuals by job (uplink sparsification). */
+  private readonly residuals = new Map<string, ErrorFeedback>();
+
   constructor(
     readonly deviceId: string,
     private readonly data: Dataset,
     private readonly model: LocalModel,
     private readonly onProgress?: DeviceProgress,
   ) {}
+
+  /**
+   * The device's carried state (its error-feedback residuals) as bytes, so a simulator can move a device between
+   * worker threads; `importState` restores it. Undefined when there is none.
+   */
+  exportState(): Uint8Array | undefined {
+    if (this.residuals.size === 0) return undefined;
+    const parts: Uint8Array[] = [];
+    for (const [jobId, ef] of this.residuals) {
+      const id = Buffer.from(jobId, "utf8");
+      const body = ef.toBytes();
+      const head = Buffer.alloc(8);
+      head.writeUInt32LE(id.length, 0);
+      head.writeUInt32LE(body.length, 4);
+      parts.push(head, id, body);
+    }
+    return Buffer.concat(parts);
+  }
+
+  importState(state: Uint8Array | undefined): void {
+    this.residuals.clear();
+    if (!state) return;
+    const b = Buffer.from(state.buffer, state.byteOffset, state.byteLength);
+    for (let o = 0; o + 8 <= b.length;) {
+      const idLen = b.readUInt32LE(o);
+      const bodyLen = b.readUInt32LE(o + 4);
+      const jobId = b.toString("utf8", o + 8, o + 8 + idLen);
+      const body = b.subarray(o + 8 + idLen, o + 8 + idLen + bodyLen);
+      this.residuals.set(jobId, ErrorFeedback.fromBytes(body, this.model.numParams));
+      o += 8 + idLen + bodyLen;
+    }
+  }
 
   get numSamples(): number {
     return this.data.n;
@@ -53,10 +96,20 @@ export class DeviceRuntime {
         code: "E_MODEL_LAYOUT",
       });
     }
-    if (weightsHash(req.weights) !== req.modelHash) {
+    const carried = req.weights;
+    const hash =
+      carried instanceof Float32Array
+        ? weightsHash(carried)
+        : createHash("sha256").update(carried.bytes).digest("hex");
+    if (hash !== req.modelHash) {
       throw Object.assign(new Error("global model does not match its sha256"), { code: "E_MODEL_HASH" });
     }
-    const global = req.weights;
+    // A compressed global model (downlink codec) is decoded once; training starts from what was received and
+    // the delta is taken against it.
+    const global =
+      carried instanceof Float32Array
+        ? carried
+        : decodeTensor(carried.bytes, { layoutHash: this.model.layout.hash, length: this.model.numParams });
     this.model.setWeights(global);
     const summary = await this.model.train(this.data, {
       epochs: req.config.epochs,
@@ -69,6 +122,39 @@ export class DeviceRuntime {
     const delta = this.model.getWeights();
     for (let i = 0; i < delta.length; i++) delta[i] -= global[i];
     return {
+      ...this.resultHeader(req, summary),
+      delta: req.uplink ? { encoding: "flz", bytes: this.compress(req, delta) } : delta,
+    };
+  }
+
+  /**
+   * The uplink codec, as the quantizer module applies it on a real device: with a sparsifier, the part of the
+   * update that was not sent stays in this device's error-feedback residual for its next round of the job
+   * (Stich et al. 2018, "Sparsified SGD with Memory").
+   */
+  private compress(req: TrainRequest, delta: Float32Array): Uint8Array {
+    const spec = parseCompression(req.uplink ?? "none");
+    let ef = this.residuals.get(req.jobId);
+    if (!ef || ef.residual.length !== delta.length) {
+      ef = new ErrorFeedback(delta.length);
+      this.residuals.set(req.jobId, ef);
+    }
+    const seed = createHash("sha256")
+      .update(`${this.deviceId}/${req.jobId}/${req.round}`)
+      .digest()
+      .readUInt32LE(0);
+    return ef.compress(delta, spec, {
+      layoutHash: this.model.layout.hash,
+      segments: this.model.layout.entries.map((e) => e.size),
+      seed,
+    });
+  }
+
+  private resultHeader(
+    req: TrainRequest,
+    summary: { loss: number; accuracy: number; ms: number },
+  ): Omit<TrainResultMessage, "delta"> {
+    return {
       type: "result",
       jobId: req.jobId,
       round: req.round,
@@ -76,7 +162,6 @@ export class DeviceRuntime {
       layoutHash: this.model.layout.hash,
       numSamples: this.data.n,
       metrics: { loss: summary.loss, accuracy: summary.accuracy, trainMs: summary.ms },
-      delta,
     };
   }
 }

@@ -1,4 +1,7 @@
+import { createHash } from "node:crypto";
+import { encodeTensor, type CompressionSpec } from "../compress";
 import { isFlotillaError } from "../errors";
+import type { EncodedTensor } from "../compress/api";
 import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
 import type { FitFailure, Strategy } from "../strategies/strategy";
@@ -43,6 +46,10 @@ export interface JobOptions {
   readonly evaluate?: (weights: Float32Array) => Promise<{ loss: number; accuracy: number }>;
   readonly events?: ServerEvents;
   readonly abortSignal?: AbortSignal;
+  /** Codec chain devices apply to their updates (error feedback on the device when it sparsifies). */
+  readonly uplink?: CompressionSpec;
+  /** Codec of the global model sent to devices (value codecs only: fp16, intN, qsgd). */
+  readonly downlink?: CompressionSpec;
 }
 
 /**
@@ -80,7 +87,7 @@ export async function runRound(
   opts.events?.onRoundStart?.(round, participants);
 
   const global = strategy.weights;
-  const modelHash = weightsHash(global);
+  const { weights: carried, modelHash } = downlinkModel(global, round, opts);
   const deadline = Date.now() + opts.roundTimeoutInMs;
   const aggregation = strategy.beginAggregate(round);
   const pending = new Set(participants);
@@ -159,7 +166,8 @@ export async function runRound(
       layoutHash: opts.layout.hash,
       config: ins.config,
       deadline,
-      weights: global,
+      weights: carried,
+      ...(opts.uplink && !opts.uplink.lossless ? { uplink: opts.uplink.text } : {}),
     });
     try {
       await transport.send(ins.deviceId, frame);
@@ -191,6 +199,25 @@ export async function runRound(
     downlinkBytes: transport.stats.downlinkBytes - down0,
     durationMs: performance.now() - t0,
     slowestTrainMs,
+  };
+}
+
+/** The global model as sent: raw float32, or one envelope per round shared by every participant. */
+export function downlinkModel(
+  global: Float32Array,
+  round: number,
+  opts: Pick<JobOptions, "downlink" | "layout">,
+): { weights: Float32Array | EncodedTensor; modelHash: string } {
+  const spec = opts.downlink;
+  if (!spec || spec.lossless) return { weights: global, modelHash: weightsHash(global) };
+  const bytes = encodeTensor(global, spec, {
+    layoutHash: opts.layout.hash,
+    segments: opts.layout.entries.map((e) => e.size),
+    seed: round,
+  });
+  return {
+    weights: { encoding: "flz", bytes },
+    modelHash: createHash("sha256").update(bytes).digest("hex"),
   };
 }
 

@@ -11,6 +11,7 @@
  * Aggregation streams: each update is validated and folded into one Accumulator, never retained.
  */
 import { Rng } from "../data/rng";
+import { decodeTensorInto } from "../compress";
 import { fail, isFlotillaError } from "../errors";
 import { Accumulator } from "../tensor/accumulator";
 import {
@@ -184,10 +185,6 @@ export class FedAvg implements Strategy {
         fail("E_STRATEGY_DUPLICATE", `round ${state.round}: a second update from '${r.deviceId}'`);
       }
       const d = r.delta;
-      if (!(d instanceof Float32Array) || d.length !== acc.size) {
-        const got = d instanceof Float32Array ? `${d.length} values` : "not a Float32Array";
-        fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' has ${got}, expected ${acc.size} values`);
-      }
       const n = r.numSamples;
       if (typeof n !== "number" || !(n > 0 && n <= Number.MAX_SAFE_INTEGER)) {
         fail(
@@ -195,13 +192,32 @@ export class FedAvg implements Strategy {
           `update from '${r.deviceId}' reports ${n} samples (expected a number > 0)`,
         );
       }
-      if (!allFinite(d)) {
-        fail(
-          "E_STRATEGY_NONFINITE",
-          `update from '${r.deviceId}' has NaN or Infinity at index ${firstNonFinite(d)}`,
-        );
+      if (d instanceof Float32Array) {
+        if (d.length !== acc.size) {
+          fail(
+            "E_STRATEGY_SIZE",
+            `update from '${r.deviceId}' has ${d.length} values, expected ${acc.size} values`,
+          );
+        }
+        checkFinite(r.deviceId, d);
+        acc.add(d, n);
+      } else if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
+        // Decode inside the streaming loop, straight into the accumulator's input view: no float32 copy of
+        // the update is ever made. A bad envelope throws E_ENVELOPE_* before anything is summed.
+        const view = acc.acquireInput();
+        try {
+          decodeTensorInto(d.bytes, view, { length: acc.size });
+        } catch (e) {
+          if (isFlotillaError(e) && e.code === "E_ENVELOPE_LAYOUT") {
+            fail("E_STRATEGY_SIZE", `update from '${r.deviceId}': ${e.message}`);
+          }
+          throw e;
+        }
+        checkFinite(r.deviceId, view);
+        acc.addAcquired(n);
+      } else {
+        fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' is neither a Float32Array nor an envelope`);
       }
-      acc.add(d, n);
     } catch (e) {
       if (isFlotillaError(e)) state.rejected.push({ deviceId: r.deviceId, code: e.code, reason: e.message });
       throw e;
@@ -249,6 +265,15 @@ export function allFinite(x: Float32Array): boolean {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i];
   return Number.isFinite(s);
+}
+
+function checkFinite(deviceId: string, d: Float32Array): void {
+  if (!allFinite(d)) {
+    fail(
+      "E_STRATEGY_NONFINITE",
+      `update from '${deviceId}' has NaN or Infinity at index ${firstNonFinite(d)}`,
+    );
+  }
 }
 
 function firstNonFinite(x: Float32Array): number {

@@ -8,6 +8,8 @@
  * Optimization") treat `-weightedMean(delta)` as a pseudo-gradient.
  */
 
+import type { EncodedTensor } from "../compress/api";
+
 /** What the server knows about a device when it selects participants. */
 export interface ClientInfo {
   readonly deviceId: string;
@@ -37,8 +39,11 @@ export interface FitInstruction {
 export interface FitResult {
   readonly deviceId: string;
   readonly numSamples: number;
-  /** clientWeights - globalWeights, same layout as the global model. */
-  readonly delta: Float32Array;
+  /**
+   * clientWeights - globalWeights, same layout as the global model: raw, or a compressed envelope that the
+   * aggregation decodes straight into its accumulator (core/compress).
+   */
+  readonly delta: Float32Array | EncodedTensor;
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
 }
 

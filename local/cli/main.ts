@@ -18,6 +18,10 @@ import { startLocalHub, writeHubInfo } from "../hub";
 import { mb } from "../report/report";
 import { benchTrain } from "../../core/engine/bench";
 import { benchAggregate } from "../../core/tensor/bench-aggregate";
+import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
+import { loadModelDir } from "../../core/export/model-dir";
+import { exportOnnx } from "../../core/export/onnx";
+import * as fs from "node:fs";
 
 /** Options as commander hands them over: strings, validated by us so every error is one clear line. */
 type RawOptions = Record<string, string | boolean | undefined>;
@@ -63,6 +67,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
     }
     c.transport = s("transport") as "memory" | "iothub";
   }
+  if (s("compression") !== undefined) c.compression = s("compression")!;
+  if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -153,6 +159,48 @@ async function runBenchAggregate(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runExport(o: RawOptions): Promise<number> {
+  const format = o.format as string;
+  if (format !== "onnx") fail("E_EXPORT_FORMAT", `unsupported --format '${format}' (expected onnx)`);
+  const quantize = o.quantize as string | undefined;
+  if (quantize !== undefined && quantize !== "int8") {
+    fail("E_EXPORT_FORMAT", `unsupported --quantize '${quantize}' (expected int8)`);
+  }
+  const { spec, weights } = loadModelDir(o.model as string);
+  const bytes = exportOnnx(spec, weights, quantize ? { quantize } : {});
+  const out = o.out as string;
+  try {
+    fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+    fs.writeFileSync(out, bytes);
+  } catch (e) {
+    fail("E_EXPORT_WRITE", `${out}: cannot write: ${(e as Error).message.split("\n")[0]}`);
+  }
+  console.log(
+    `exported ${out}: ${bytes.byteLength} bytes, ${spec.kind} ${weights.length} params, ${quantize ?? "fp32"} onnx`,
+  );
+  return 0;
+}
+
+async function runBenchCompress(o: RawOptions): Promise<number> {
+  const size = positiveInt("params", (o.params as string) ?? String(DEFAULT_BENCH_SIZE));
+  const repeats = positiveInt("repeats", (o.repeats as string) ?? "5");
+  const specs = typeof o.codecs === "string" ? o.codecs.split(",") : undefined;
+  for (const s of specs ?? []) parseCompression(s); // one clear E_COMPRESS_SPEC line for a bad codec
+  const rows = benchCodecs({ size, repeats, specs });
+  if (o.json) console.log(JSON.stringify(rows));
+  else {
+    console.log(`${size.toLocaleString("en-US")} float32 values, median of ${repeats}:`);
+    console.log("codec               ratio    encode GB/s  decode GB/s  decode+sum GB/s  (plain add GB/s)");
+    for (const r of rows) {
+      console.log(
+        `${r.spec.padEnd(18)} ${r.ratio.toFixed(1).padStart(6)}x ${r.encodeGBps.toFixed(2).padStart(12)} ` +
+          `${r.decodeGBps.toFixed(2).padStart(12)} ${r.accumulateGBps.toFixed(2).padStart(16)}  (${r.addReferenceGBps.toFixed(2)})`,
+      );
+    }
+  }
+  return 0;
+}
+
 async function runHub(o: RawOptions): Promise<number> {
   const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string);
   const httpsPort = nonNegativeInt("https-port", o.httpsPort as string);
@@ -217,6 +265,14 @@ export function buildProgram(): Command {
     .option("--target-accuracy <fraction>", "stop once test accuracy reaches this")
     .option("--out <dir>", "output directory")
     .option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)")
+    .option(
+      "--compression <spec>",
+      "uplink codecs: none | fp16 | int8 | int4 | int2 | topk:F | randk:F | qsgd:L, chained with + (topk:0.01+int8)",
+    )
+    .option(
+      "--downlink-compression <spec>",
+      "codec of the global model sent to devices: none | fp16 | int8 | ...",
+    )
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.
       if (cmd.getOptionValueSource("devices") === "default") delete opts.devices;
@@ -233,6 +289,17 @@ export function buildProgram(): Command {
     .option("--state-dir <dir>", "CA, certificates and registry", ".flotilla/hub")
     .action(async (opts: RawOptions) => {
       exitCode = await runHub(opts);
+    });
+
+  program
+    .command("export")
+    .description("export a saved model directory (spec.json, weights.bin, layout.json) for inference")
+    .requiredOption("--model <dir>", "model directory, e.g. the simulate output's model/")
+    .requiredOption("--format <name>", "onnx")
+    .option("--quantize <type>", "int8: int8 weights (about 4x smaller)")
+    .requiredOption("--out <file>", "output file")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runExport(opts);
     });
 
   const bench = program.command("bench").description("measure speed");
@@ -254,6 +321,16 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchAggregate(opts);
+    });
+  bench
+    .command("compress")
+    .description("update codecs: compression ratio, encode/decode speed, and the aggregator's decode+sum")
+    .option("--params <n>", "values per update", String(DEFAULT_BENCH_SIZE))
+    .option("--repeats <n>", "timed repeats (median)", "5")
+    .option("--codecs <list>", "comma-separated codec specs (default: a standard sweep)")
+    .option("--json", "print one JSON array")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchCompress(opts);
     });
   return program;
 }

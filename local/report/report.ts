@@ -19,7 +19,7 @@ export interface ReportInput {
 
 let chartJs: string | undefined;
 /** Chart.js (UMD build) from node_modules, inlined so the report opens offline with no CDN. */
-function chartLibrary(): string {
+export function chartLibrary(): string {
   chartJs ??= fs.readFileSync(
     path.join(path.dirname(require.resolve("chart.js")), "chart.umd.min.js"),
     "utf8",
@@ -27,11 +27,11 @@ function chartLibrary(): string {
   return chartJs;
 }
 
-function esc(s: string): string {
+export function esc(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
-function pct(v: number): string {
+export function pct(v: number): string {
   return Number.isFinite(v) ? `${(v * 100).toFixed(2)}%` : "n/a";
 }
 

@@ -1,3 +1,4 @@
+import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 
 /** Everything that defines a simulated federated job. Serialised into results.json as `config`. */
@@ -31,6 +32,10 @@ export interface SimConfig {
   out: string;
   /** memory: in-process/worker-thread transport; iothub: the local IoT Hub stack with the real modules. */
   transport: "memory" | "iothub";
+  /** Uplink codec chain (core/compress spec, e.g. "topk:0.01+int8"); "none" = raw float32. */
+  compression: string;
+  /** Codec of the global model sent to devices: none | fp16 | int8 | int4 | int2 | qsgd:L (no sparsifier). */
+  downlinkCompression: string;
 }
 
 export const DEFAULT_CONFIG: SimConfig = {
@@ -51,6 +56,8 @@ export const DEFAULT_CONFIG: SimConfig = {
   targetAccuracy: 0,
   out: "out/simulation",
   transport: "memory",
+  compression: "none",
+  downlinkCompression: "none",
 };
 
 /** Presets selectable with --preset; explicit flags override them. */
@@ -110,6 +117,15 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   if (c.targetAccuracy > 1)
     fail("E_CONFIG_VALUE", `--target-accuracy is a fraction 0..1, got ${c.targetAccuracy}`);
+  c.compression = parseCompression(c.compression).text;
+  const down = parseCompression(c.downlinkCompression);
+  if (down.sparse) {
+    fail(
+      "E_COMPRESS_SPEC",
+      `--downlink-compression '${c.downlinkCompression}': the global model cannot be sparsified (use fp16, int8, ...)`,
+    );
+  }
+  c.downlinkCompression = down.text;
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }

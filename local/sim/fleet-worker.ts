@@ -37,9 +37,16 @@ async function main(): Promise<void> {
       queue = queue.then(async () => {
         const rt = byName.get(m.deviceId);
         if (!rt) return;
+        try {
+          rt.importState(m.state);
+        } catch {
+          rt.importState(undefined); // a damaged residual restarts error feedback from zero
+        }
         const reply = await rt.handle(m.frame);
+        const state = rt.exportState();
+        rt.importState(undefined); // the state lives with the fleet, not in this worker
         const buf = reply.buffer as ArrayBuffer;
-        post({ kind: "reply", deviceId: m.deviceId, frame: reply }, [buf]);
+        post({ kind: "reply", deviceId: m.deviceId, frame: reply, state }, [buf]);
       });
     });
     post({

@@ -3,6 +3,9 @@ import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import type { ServerTransport } from "../../core/protocol/transport";
+import { parseCompression } from "../../core/compress";
+import type { ModelSpec } from "../../core/engine/model-spec";
+import { saveModelDir } from "../../core/export/model-dir";
 import { runJob, type RoundRecord, type ServerEvents } from "../../core/round/server";
 import { createStrategy } from "../../core/strategies/registry";
 import { writeReport } from "../report/report";
@@ -109,11 +112,13 @@ export async function simulate(
       },
       events,
       abortSignal: abort.signal,
+      uplink: parseCompression(config.compression),
+      downlink: parseCompression(config.downlinkCompression),
     });
   } finally {
     await transport.close();
   }
-  const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0);
+  const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights);
   evalModel.dispose();
   return result;
 }
@@ -126,6 +131,7 @@ export function finishResult(
   summaries: RoundSummary[],
   rejected: Record<string, number>,
   startedAt: number,
+  finalWeights?: Float32Array,
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
   const result: SimulationResult = {
@@ -142,6 +148,13 @@ export function finishResult(
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
   writeReport(path.join(config.out, "report.html"), result);
+  // The final global model, for `flotilla export --model DIR/model`.
+  if (finalWeights) {
+    saveModelDir(path.join(config.out, "model"), spec as ModelSpec, finalWeights, {
+      jobId: `sim-${config.seed}`,
+      round: last ? last.round : 0,
+    });
+  }
   return result;
 }
 

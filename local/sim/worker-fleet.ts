@@ -10,10 +10,10 @@ import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
 import type { SimConfig } from "./config";
 import { deviceName, type FleetData } from "./data";
 
-export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array };
+export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array; state?: Uint8Array };
 export type FromWorker =
   | { kind: "ready"; devices: { deviceId: string; numSamples: number }[] }
-  | { kind: "reply"; deviceId: string; frame: Uint8Array }
+  | { kind: "reply"; deviceId: string; frame: Uint8Array; state?: Uint8Array }
   | { kind: "progress"; deviceId: string; done: number; total: number }
   | { kind: "error"; message: string; code?: string };
 
@@ -28,6 +28,8 @@ export class WorkerFleet implements ServerTransport {
   private readonly handlers = new Set<(frame: Uint8Array) => void>();
   private readonly inFlight: number[];
   private devices: ClientInfo[] = [];
+  /** Each device's carried state (error-feedback residuals): any worker can host any device. */
+  private readonly deviceState = new Map<string, Uint8Array>();
   private exited = false;
 
   private constructor(
@@ -66,6 +68,8 @@ export class WorkerFleet implements ServerTransport {
             break;
           case "reply":
             this.inFlight[index]--;
+            if (m.state) this.deviceState.set(m.deviceId, m.state);
+            else this.deviceState.delete(m.deviceId);
             this.stats.uplinkBytes += m.frame.byteLength;
             this.handlers.forEach((h) => h(m.frame));
             break;
@@ -90,7 +94,7 @@ export class WorkerFleet implements ServerTransport {
     this.inFlight[best]++;
     this.stats.downlinkBytes += frame.byteLength;
     const copy = frame.slice();
-    const msg: ToWorker = { kind: "train", deviceId, frame: copy };
+    const msg: ToWorker = { kind: "train", deviceId, frame: copy, state: this.deviceState.get(deviceId) };
     this.workers[best].postMessage(msg, [copy.buffer as ArrayBuffer]);
   }
 

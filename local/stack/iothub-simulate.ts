@@ -10,7 +10,12 @@ import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { FlotillaError } from "../../core/errors";
 import { getJson } from "../../cloud/aggregator/src/store/blob-store";
-import { paths, type JobDocument, type RoundState } from "../../cloud/aggregator/src/jobs/state";
+import {
+  paths,
+  type JobDocument,
+  type ModelMeta,
+  type RoundState,
+} from "../../cloud/aggregator/src/jobs/state";
 import type { SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
 import {
@@ -55,6 +60,7 @@ export async function simulateOverIotHub(
       : undefined,
   });
   const summaries: RoundSummary[] = [];
+  let finalWeights: Float32Array | undefined;
   const jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
   try {
     const store = stack.aggregator.services.store;
@@ -77,6 +83,8 @@ export async function simulateOverIotHub(
       roundDeadlineSeconds: Math.max(1, Math.round(config.roundTimeoutMs / 1000)),
       minCompletedFraction: 1,
       seed: config.seed,
+      compression: config.compression,
+      downlinkCompression: config.downlinkCompression,
     });
     await api(stack.host.url, "POST", `jobs/${jobId}/start`);
     let seen = 0;
@@ -95,12 +103,14 @@ export async function simulateOverIotHub(
         const rec = doc.rounds[seen++];
         const st = (await getJson<RoundState>(store, paths.round(jobId, rec.round)))?.value;
         const model = await store.get(paths.model(jobId, rec.round));
+        const prevMeta = (await getJson<ModelMeta>(store, paths.modelMeta(jobId, rec.round - 1)))?.value;
         let metrics = { loss: NaN, accuracy: NaN };
         if (model) {
           const b = model.bytes;
           const w = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
           evalModel.setWeights(w);
           metrics = evalModel.evaluate(data.test, 500);
+          finalWeights = w;
         }
         const participants = st ? st.participants.map((p) => p.deviceId) : [];
         const summary: RoundSummary = {
@@ -112,7 +122,8 @@ export async function simulateOverIotHub(
           loss: metrics.loss,
           trainLoss: rec.trainLoss ?? NaN,
           uplinkBytes: rec.bytesReceived,
-          downlinkBytes: participants.length * evalModel.numParams * 4,
+          // Each participant downloads the round's model blob once (compressed when the job says so).
+          downlinkBytes: participants.length * (prevMeta?.downlink?.bytes ?? evalModel.numParams * 4),
           durationMs: Math.round(rec.durationMs),
           // The fleet shares this machine's training workers: the round's training critical path.
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
@@ -133,7 +144,15 @@ export async function simulateOverIotHub(
   } finally {
     await stack.close();
   }
-  const result = finishResult({ ...config, transport: "iothub" }, data.spec, evalModel, summaries, {}, t0);
+  const result = finishResult(
+    { ...config, transport: "iothub" },
+    data.spec,
+    evalModel,
+    summaries,
+    {},
+    t0,
+    finalWeights,
+  );
   evalModel.dispose();
   return result;
 }

@@ -7,6 +7,7 @@
  * Never throws: a bad event is logged with its reason and counted. A store error on one event is counted as
  * `errors` and the batch goes on (the device resends unacknowledged updates, so nothing is lost for good).
  */
+import { readEnvelope } from "../../../core/compress";
 import { decodeMessage, type Message } from "../../../core/protocol/messages";
 import { isFlotillaError } from "../../../core/errors";
 import { isConflict, sha256Hex } from "./store/blob-store";
@@ -274,11 +275,28 @@ export class Ingestor {
       throw new Reject("rejected_frame", `update ${p.updateId}: frame does not match its properties`);
     }
     if (msg.type === "result") {
-      if (msg.layoutHash !== job.layoutHash || msg.delta.length !== job.modelLength) {
+      let layoutHash = msg.layoutHash;
+      let length: number;
+      try {
+        if (msg.delta instanceof Float32Array) length = msg.delta.length;
+        else {
+          // A compressed update: its envelope is checked (header, checksum, layout) now, decoded at aggregation.
+          const info = readEnvelope(msg.delta.bytes);
+          length = info.length;
+          if (info.layoutHash !== msg.layoutHash) layoutHash = info.layoutHash;
+        }
+      } catch (e) {
         await this.dropChunks(names);
         throw new Reject(
           "rejected_frame",
-          `update ${p.updateId}: layout ${String(msg.layoutHash).slice(0, 12)}/${msg.delta.length} values, ` +
+          `update ${p.updateId}: ${isFlotillaError(e) ? e.message : String(e)}`,
+        );
+      }
+      if (layoutHash !== job.layoutHash || length !== job.modelLength) {
+        await this.dropChunks(names);
+        throw new Reject(
+          "rejected_frame",
+          `update ${p.updateId}: layout ${String(layoutHash).slice(0, 12)}/${length} values, ` +
             `job needs ${job.layoutHash.slice(0, 12)}/${job.modelLength}`,
         );
       }

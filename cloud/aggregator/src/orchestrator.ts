@@ -17,10 +17,15 @@
  * at the deadline with fewer than minCompletedFraction × participants updates is aggregated anyway and recorded
  * with `belowQuorum: true`.
  */
+import { createHash } from "node:crypto";
+import { parseCompression } from "../../../core/compress";
+import { exportOnnx } from "../../../core/export/onnx";
 import { decodeMessage } from "../../../core/protocol/messages";
+import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/models";
 import { createStrategy } from "../../../core/strategies/registry";
 import type { ClientInfo, FitFailure, Strategy } from "../../../core/strategies/strategy";
+import { modelLayout } from "../../../core/engine/models";
 import { weightsHash } from "../../../core/tensor/layout";
 import type { RoundDesired, TrainerInfo } from "./fleet/fleet";
 import { putJson } from "./store/blob-store";
@@ -149,8 +154,34 @@ export class Orchestrator {
     now: number,
   ): Promise<ModelMeta> {
     const id = job.definition.jobId;
+    const d = job.definition;
     const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
     await this.services.store.put(paths.model(id, round), bytes);
+    // Downlink compression: the copy devices download, one envelope per model (its sha256 goes in the order).
+    let downlink: ModelMeta["downlink"];
+    const spec = parseCompression(d.downlinkCompression ?? "none");
+    if (!spec.lossless) {
+      const enc = downlinkModel(w, round, { downlink: spec, layout: modelLayout(d.modelSpec) }).weights;
+      if (!(enc instanceof Float32Array)) {
+        await this.services.store.put(paths.modelEncoded(id, round), enc.bytes);
+        downlink = { spec: spec.text, sha256: sha256(enc.bytes), bytes: enc.bytes.byteLength };
+      }
+    }
+    // Every published model gets its ONNX files (fp32 and int8) for inference on devices. An export failure is
+    // logged and never stops the job.
+    let onnx: ModelMeta["onnx"];
+    try {
+      const fp32 = exportOnnx(d.modelSpec, w, { name: `${id}-${round}` });
+      const int8 = exportOnnx(d.modelSpec, w, { quantize: "int8", name: `${id}-${round}-int8` });
+      await this.services.store.put(paths.modelOnnx(id, round, "fp32"), fp32);
+      await this.services.store.put(paths.modelOnnx(id, round, "int8"), int8);
+      onnx = {
+        fp32: { bytes: fp32.byteLength, sha256: sha256(fp32) },
+        int8: { bytes: int8.byteLength, sha256: sha256(int8) },
+      };
+    } catch (e) {
+      this.services.log(`model ${id}/${round}: ONNX export failed: ${(e as Error).message}`);
+    }
     const meta: ModelMeta = {
       jobId: id,
       round,
@@ -158,6 +189,8 @@ export class Orchestrator {
       layoutHash: job.layoutHash,
       length: w.length,
       createdAt: now,
+      ...(downlink ? { downlink } : {}),
+      ...(onnx ? { onnx } : {}),
     };
     await putJson(this.services.store, paths.modelMeta(id, round), meta);
     return meta;
@@ -223,20 +256,43 @@ export class Orchestrator {
   private async dispatch(job: JobDocument, st: RoundState): Promise<RoundState> {
     const d = job.definition;
     const { fleet, store, log } = this.services;
-    const modelUrl = await store.url(paths.model(d.jobId, st.round - 1), d.modelUrlMinutes);
+    const prev = st.round - 1;
+    const meta = await this.repo.getModelMeta(d.jobId, prev);
+    const encoded = meta?.downlink && meta.sha256 === st.modelSha256 ? meta.downlink : undefined;
+    const modelUrl = await store.url(
+      encoded ? paths.modelEncoded(d.jobId, prev) : paths.model(d.jobId, prev),
+      d.modelUrlMinutes,
+    );
+    const onnx = meta?.onnx
+      ? {
+          url: await store.url(paths.modelOnnx(d.jobId, prev, "fp32"), d.modelUrlMinutes),
+          sha256: meta.onnx.fp32.sha256,
+          int8Url: await store.url(paths.modelOnnx(d.jobId, prev, "int8"), d.modelUrlMinutes),
+          int8Sha256: meta.onnx.int8.sha256,
+        }
+      : undefined;
+    const compression = parseCompression(d.compression ?? "none");
     const work = st.participants.map((p) => async () => {
       const desired: RoundDesired = {
         jobId: d.jobId,
         round: st.round,
         modelUrl,
-        modelSha256: st.modelSha256,
+        modelSha256: encoded ? encoded.sha256 : st.modelSha256,
+        ...(encoded ? { modelEncoding: "flz" as const } : {}),
+        ...(onnx ? { onnx } : {}),
         layoutHash: job.layoutHash,
         modelSpec: d.modelSpec,
         config: p.config,
         deadline: st.deadline,
       };
-      // The trainer's twin and the update-queue's twin are independent: update them concurrently.
+      // The trainer's twin and the update-queue's twin are independent: update them concurrently. The
+      // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
       const trainer = (async () => {
+        if (!compression.lossless) {
+          await fleet.configureQuantizer(p.deviceId, d.jobId, compression.text).catch((e: Error) => {
+            log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
+          });
+        }
         try {
           await fleet.configureRound(p.deviceId, desired);
         } catch (e) {
@@ -351,6 +407,10 @@ export class Orchestrator {
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${meta.sha256.slice(0, 12)}`,
     );
   }
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash("sha256").update(b).digest("hex");
 }
 
 async function pool(work: (() => Promise<void>)[], n: number): Promise<void> {

@@ -104,6 +104,8 @@ export class InProcessTrainExecutor implements TrainExecutor {
       if (answer.type === "failure") throw new FlotillaError(answer.code, answer.reason);
       if (answer.type !== "result")
         throw new FlotillaError("E_DEVICE_INTERNAL", `unexpected '${answer.type}'`);
+      if (!(answer.delta instanceof Float32Array))
+        throw new FlotillaError("E_DEVICE_INTERNAL", "the runtime compressed an update it was not asked to");
       return { delta: answer.delta.slice(), numSamples: answer.numSamples, metrics: answer.metrics };
     } finally {
       model.dispose();

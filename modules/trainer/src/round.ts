@@ -39,6 +39,23 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
   const deadline = o.deadline === undefined || o.deadline === null ? 0 : o.deadline;
   if (typeof deadline !== "number" || !Number.isFinite(deadline) || deadline < 0)
     bad("deadline must be ms since epoch");
+  const enc = o.modelEncoding;
+  if (enc !== undefined && enc !== null && enc !== "flz") bad("modelEncoding must be 'flz' or absent");
+  let onnx: RoundOrder["onnx"];
+  if (o.onnx !== undefined && o.onnx !== null) {
+    const x = o.onnx as Record<string, unknown>;
+    const url = (k: string) => typeof x[k] === "string" && /^https?:\/\//i.test(x[k] as string);
+    const hex = (k: string) => typeof x[k] === "string" && /^[0-9a-f]{64}$/i.test(x[k] as string);
+    if (typeof x !== "object" || !url("url") || !hex("sha256"))
+      bad("onnx must have an http(s) url and a sha256");
+    onnx = {
+      url: x.url as string,
+      sha256: (x.sha256 as string).toLowerCase(),
+      ...(url("int8Url") && hex("int8Sha256")
+        ? { int8Url: x.int8Url as string, int8Sha256: (x.int8Sha256 as string).toLowerCase() }
+        : {}),
+    };
+  }
   const config: FitConfig = {
     epochs: cfg.epochs as number,
     batchSize: cfg.batchSize as number,
@@ -55,6 +72,8 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     modelSpec,
     config,
     deadline: deadline as number,
+    ...(enc === "flz" ? { modelEncoding: "flz" as const } : {}),
+    ...(onnx ? { onnx } : {}),
   };
 }
 

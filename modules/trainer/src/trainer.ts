@@ -2,7 +2,9 @@ import { createHash } from "node:crypto";
 import type { Dataset } from "../../../core/data/dataset";
 import { countParams, modelLayout } from "../../../core/engine/models";
 import { FlotillaError, isFlotillaError } from "../../../core/errors";
+import { decodeTensor } from "../../../core/compress";
 import { encodeMessage } from "../../../core/protocol/messages";
+import { weightsHash } from "../../../core/tensor/layout";
 import {
   defaultLog,
   errorText,
@@ -15,10 +17,12 @@ import {
   type MethodResponseLike,
   type TwinLike,
 } from "../../shared/module-client";
-import { frameChunks } from "./chunks";
+import { frameChunks } from "../../shared/chunks";
 import { DEFAULT_DATA_DIR, MAX_CHUNK_BYTES } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
+import { TrainerInference, type InferencePrecision, type InferenceReport } from "./inference";
 import { parseRoundOrder, type RoundOrder } from "./round";
+import { resolveData } from "./executor";
 
 /**
  * The trainer IoT Edge module (docs/iothub-protocol.md). The cloud orders a round through the module twin's desired
@@ -48,6 +52,8 @@ export interface TrainerState {
   readonly progress: number | null;
   readonly updateId: string | null;
   readonly error: { readonly code: string; readonly message: string } | null;
+  /** The published ONNX global model evaluated with onnxruntime on the local data (null before the first). */
+  readonly inference?: InferenceReport | { readonly error: { code: string; message: string } } | null;
   readonly updatedAt: string;
 }
 
@@ -90,6 +96,11 @@ export interface TrainerOptions {
   retryDelayMs?: number;
   /** Close the client in stop() (the container entry owns its client; a launcher may not). */
   closeClient?: boolean;
+  /**
+   * ONNX inference with onnxruntime on the published global model (evaluation after each round, and the
+   * `predict` method): "int8" (default), "fp32", or "off".
+   */
+  inference?: InferencePrecision | "off";
 }
 
 export interface TrainerHandle {
@@ -174,6 +185,27 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         log("warn", `trainer: reporting ${snapshot.status} failed: ${errorText(e)}`);
       }
     });
+  };
+
+  // --- ONNX inference ---------------------------------------------------------------------------------------------
+  const inference =
+    opts.inference === "off"
+      ? undefined
+      : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, stopSignal.signal));
+  let inferenceChain: Promise<void> = Promise.resolve();
+  let localData: Dataset | undefined;
+  const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
+    if (!inference || !order.onnx || stopped) return;
+    try {
+      await inference.update(order);
+      localData ??= resolveData(dataRef, order.modelSpec);
+      const report = await inference.evaluate(localData);
+      if (report && !stopped) setState({ inference: report });
+    } catch (e) {
+      const err = errorOf(e);
+      log("warn", `trainer: ONNX inference on round ${order.round - 1}'s model: ${err.code}: ${err.message}`);
+      if (!stopped) setState({ inference: { error: err } });
+    }
   };
 
   // --- round orders ---------------------------------------------------------------------------------------------
@@ -262,7 +294,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         updateId: null,
         error: null,
       });
-      const weights = await download(order, signal);
+      const { weights, sha256: weightsSha256 } = await download(order, signal);
       const layout = modelLayout(order.modelSpec);
       if (layout.hash !== order.layoutHash) {
         throw new FlotillaError(
@@ -278,7 +310,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
           deviceId,
           spec: order.modelSpec,
           weights,
-          modelSha256: order.modelSha256,
+          modelSha256: weightsSha256,
           layoutHash: order.layoutHash,
           config: order.config,
           data: dataRef,
@@ -311,6 +343,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       const updateId = await sendFrame(frame, order, signal);
       setState({ status: "done", updateId });
       log("info", `trainer: round ${order.round} of ${order.jobId} done (${outcome.numSamples} samples)`);
+      // After the update is out (never on the round's critical path): the round's starting model, as ONNX.
+      inferenceChain = inferenceChain.then(() => evaluateOnnx(order));
     } catch (e) {
       const err = signal.aborted && isFlotillaError(signal.reason) ? signal.reason : e;
       const { code, message } = errorOf(err);
@@ -335,7 +369,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   const stopSignal = new AbortController();
 
   /** The global model: from the cache or over http(s), checked against modelSha256 and the spec's size. */
-  const download = async (order: RoundOrder, signal: AbortSignal): Promise<Float32Array> => {
+  /** The round's global weights, and the sha256 of their float32 bytes. */
+  const download = async (
+    order: RoundOrder,
+    signal: AbortSignal,
+  ): Promise<{ weights: Float32Array; sha256: string }> => {
     let blob = cache.get(order.modelSha256);
     if (!blob) {
       blob = fetchBlob(order.modelUrl, signal);
@@ -357,6 +395,17 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       );
     }
     const params = countParams(order.modelSpec);
+    if (order.modelEncoding === "flz") {
+      // Downlink compression: the blob is one envelope (core/compress); its checksum, layout and length are
+      // checked as it is decoded.
+      try {
+        const weights = decodeTensor(bytes, { layoutHash: order.layoutHash, length: params });
+        return { weights, sha256: weightsHash(weights) };
+      } catch (e) {
+        if (isFlotillaError(e)) throw new FlotillaError("E_MODEL_SIZE", `model envelope: ${e.message}`);
+        throw e;
+      }
+    }
     if (bytes.byteLength !== params * 4) {
       throw new FlotillaError(
         "E_MODEL_SIZE",
@@ -365,7 +414,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     const weights = new Float32Array(params);
     new Uint8Array(weights.buffer).set(bytes);
-    return weights;
+    return { weights, sha256: order.modelSha256 };
   };
 
   const fetchBlob = async (url: string, signal: AbortSignal): Promise<Uint8Array> => {
@@ -522,6 +571,25 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     respond(response, aborted.length > 0 ? 200 : 404, { aborted: aborted.length > 0, rounds: aborted }, log);
   });
+  client.onMethod("predict", (request, response) => {
+    if (stopped) return stoppedAnswer(response);
+    if (!inference) {
+      respond(
+        response,
+        501,
+        { code: "E_PREDICT_DISABLED", message: "inference is off on this trainer" },
+        log,
+      );
+      return;
+    }
+    inference.predict(parsePayload(request?.payload)).then(
+      (answer) => respond(response, 200, answer, log),
+      (e) => {
+        const err = errorOf(e);
+        respond(response, err.code === "E_PREDICT_NO_MODEL" ? 404 : 400, err, log);
+      },
+    );
+  });
   client.onMethod("status", (_request, response) => {
     if (stopped) return stoppedAnswer(response);
     respond(response, 200, state, log);
@@ -548,6 +616,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       active?.controller.abort(reason);
       pending?.controller.abort(reason);
       await chain.catch(() => undefined);
+      await inferenceChain;
+      await inference?.close();
       // The last reported state (e.g. the final `done`) goes out before the client closes.
       await withTimeout(reportChain, 2000, "reported state").catch(() => undefined);
       client.removeListener("connect", onConnect);

@@ -33,6 +33,10 @@ export class RecordingFleet implements Fleet {
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
     this.openRounds.push({ deviceId, jobId, round });
   }
+  readonly quantizers: { deviceId: string; jobId: string; compression: string | null }[] = [];
+  async configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void> {
+    this.quantizers.push({ deviceId, jobId, compression });
+  }
 }
 
 export const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");

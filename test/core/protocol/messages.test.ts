@@ -1,4 +1,6 @@
 import { test } from "node:test";
+import type { EncodedTensor } from "../../../core/compress/api";
+import { encodeTensor, parseCompression } from "../../../core/compress";
 import assert from "node:assert/strict";
 import { decodeMessage, encodeMessage, type TrainRequest } from "../../../core/protocol/messages";
 import { errorCode as codeOf } from "../../helpers/errors";
@@ -19,11 +21,11 @@ test("train request round-trips with its weights", () => {
   const back = decodeMessage(bytes);
   assert.equal(back.type, "train");
   if (back.type !== "train") return;
-  assert.deepEqual([...back.weights], [1, -2.5, 3.25]);
+  assert.deepEqual([...raw(back.weights)], [1, -2.5, 3.25]);
   assert.deepEqual(back.config, request.config);
   assert.equal(back.round, 3);
   // Payload starts 4-byte aligned, so the decoder hands out a view, not a copy.
-  assert.equal(back.weights.buffer, bytes.buffer);
+  assert.equal(raw(back.weights).buffer, bytes.buffer);
 });
 
 test("result and failure messages round-trip", () => {
@@ -40,7 +42,7 @@ test("result and failure messages round-trip", () => {
     }),
   );
   assert.equal(r.type, "result");
-  if (r.type === "result") assert.deepEqual([...r.delta], [0.5, 0.25]);
+  if (r.type === "result") assert.deepEqual([...raw(r.delta)], [0.5, 0.25]);
   const f = decodeMessage(
     encodeMessage({ type: "failure", jobId: "j", round: 1, deviceId: "d1", code: "E_X", reason: "boom" }),
   );
@@ -52,7 +54,7 @@ test("an unaligned frame still decodes (payload copied)", () => {
   const shifted = new Uint8Array(bytes.length + 1).subarray(1);
   shifted.set(bytes);
   const back = decodeMessage(shifted);
-  assert.ok(back.type === "train" && back.weights[1] === -2.5);
+  assert.ok(back.type === "train" && raw(back.weights)[1] === -2.5);
 });
 
 test("malformed frames are rejected with stable codes", () => {
@@ -87,4 +89,33 @@ test("malformed frames are rejected with stable codes", () => {
     codeOf(() => decodeMessage(missing)),
     "E_PROTO_HEADER",
   );
+});
+
+function raw(x: Float32Array | EncodedTensor): Float32Array {
+  assert.ok(x instanceof Float32Array, "a raw float32 payload");
+  return x;
+}
+
+test("a compressed payload (envelope) round-trips as bytes of any length, flagged encoding flz", () => {
+  const env = encodeTensor(new Float32Array([0.5, -0.25, 1, 2, 3]), parseCompression("int8"), {
+    layoutHash: "ab".repeat(32),
+    seed: 1,
+  });
+  const frame = encodeMessage({
+    type: "result",
+    jobId: "j",
+    round: 2,
+    deviceId: "d",
+    layoutHash: "ab".repeat(32),
+    numSamples: 5,
+    metrics: { loss: 1, accuracy: 0.5, trainMs: 3 },
+    delta: { encoding: "flz", bytes: env },
+  });
+  const back = decodeMessage(frame);
+  assert.ok(back.type === "result" && !(back.delta instanceof Float32Array));
+  assert.deepEqual(Buffer.from(back.delta.bytes), Buffer.from(env));
+  assert.equal("encoding" in back, false, "the header's encoding field is not leaked into the message");
+  // An unknown encoding is refused.
+  const text = Buffer.from(frame).toString("latin1").replace('"encoding":"flz"', '"encoding":"zzz"');
+  assert.throws(() => decodeMessage(Buffer.from(text, "latin1")), /E_PROTO_HEADER|encoding/);
 });

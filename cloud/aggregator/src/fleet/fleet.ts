@@ -12,6 +12,7 @@ import { Client, Registry } from "azure-iothub";
 export const TRAINER_MODULE = "trainer";
 export const UPDATE_QUEUE_MODULE = "update-queue";
 export const PROFILER_MODULE = "profiler";
+export const QUANTIZER_MODULE = "quantizer";
 
 /** The trainer's desired `flotilla` (also the `startRound` payload): the shared wire type. */
 export type { RoundOrder as RoundDesired } from "../../../../core/protocol/round-order";
@@ -39,6 +40,8 @@ export interface Fleet {
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean>;
   /** Sets the update-queue's desired `openRounds[jobId]` (null removes it). */
   setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void>;
+  /** Sets the quantizer's desired `flotilla.jobs[jobId]` (its codec for the job; null removes the job). */
+  configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void>;
 }
 
 interface TwinDoc {
@@ -119,7 +122,10 @@ export class IotHubFleet implements Fleet {
   async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
     // A desired property object is merged by a PATCH: set it to null first would lose atomicity, so the round
     // object always carries every field (a stale `mu` is overwritten with null when absent).
-    const value = desired === null ? null : { ...desired, config: { mu: null, ...desired.config } };
+    const value =
+      desired === null
+        ? null
+        : { modelEncoding: null, onnx: null, ...desired, config: { mu: null, ...desired.config } };
     await this.registry.updateModuleTwin(
       deviceId,
       TRAINER_MODULE,
@@ -157,6 +163,19 @@ export class IotHubFleet implements Fleet {
 
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {
     return this.invoke(deviceId, UPDATE_QUEUE_MODULE, "ack", { updateIds: [...updateIds] });
+  }
+
+  async configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void> {
+    await this.registry.updateModuleTwin(
+      deviceId,
+      QUANTIZER_MODULE,
+      {
+        properties: {
+          desired: { flotilla: { jobs: { [jobId]: compression === null ? null : { compression } } } },
+        },
+      },
+      "*",
+    );
   }
 
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {

@@ -1,6 +1,7 @@
 /**
  * A federated training job's definition, as POSTed to /api/jobs, and its validation (FlotillaError E_JOB_*).
  */
+import { parseCompression } from "../../../../core/compress";
 import { fail, isFlotillaError } from "../../../../core/errors";
 import { modelLayout } from "../../../../core/engine/models";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
@@ -24,6 +25,10 @@ export interface JobDefinition {
   readonly seed: number;
   /** Minutes a model download URL stays valid (default: deadline + 10 min). */
   readonly modelUrlMinutes: number;
+  /** Uplink codec chain the devices' quantizer modules apply (core/compress spec; default "none"). */
+  readonly compression: string;
+  /** Codec of the global model devices download (value codecs only; default "none"). */
+  readonly downlinkCompression: string;
 }
 
 export const JOB_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -130,7 +135,22 @@ export function validateJob(input: unknown): JobDefinition {
       7 * 1440,
       Math.ceil(roundDeadlineSeconds / 60) + 10,
     ),
+    compression: codec(j.compression, "compression", true),
+    downlinkCompression: codec(j.downlinkCompression, "downlinkCompression", false),
   };
+}
+
+function codec(v: unknown, what: string, sparseOk: boolean): string {
+  if (v === undefined || v === null) return "none";
+  if (typeof v !== "string") fail("E_JOB_COMPRESSION", `${what} must be a codec spec string`);
+  try {
+    const spec = parseCompression(v);
+    if (spec.sparse && !sparseOk) fail("E_COMPRESS_SPEC", "the global model cannot be sparsified");
+    return spec.text;
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_COMPRESSION", `${what}: ${e.message}`);
+    throw e;
+  }
 }
 
 function defined<K extends string>(k: K, v: number | undefined): { [P in K]?: number } {

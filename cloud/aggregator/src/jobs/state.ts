@@ -83,6 +83,13 @@ export interface ModelMeta {
   readonly layoutHash: string;
   readonly length: number;
   readonly createdAt: number;
+  /** The same model compressed for devices (job.downlinkCompression), when the job asks for it. */
+  readonly downlink?: { readonly spec: string; readonly sha256: string; readonly bytes: number };
+  /** ONNX files of this model (fp32 and int8) for inference on devices. */
+  readonly onnx?: {
+    readonly fp32: { readonly bytes: number; readonly sha256: string };
+    readonly int8: { readonly bytes: number; readonly sha256: string };
+  };
 }
 
 export const paths = {
@@ -90,6 +97,9 @@ export const paths = {
   round: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/state.json`,
   model: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.f32`,
   modelMeta: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.json`,
+  modelEncoded: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.flz`,
+  modelOnnx: (jobId: string, round: number, kind: "fp32" | "int8") =>
+    `jobs/${jobId}/models/${round}${kind === "int8" ? ".int8" : ""}.onnx`,
   chunkDir: (jobId: string, round: number, updateId: string) =>
     `jobs/${jobId}/rounds/${round}/chunks/${updateId}/`,
   chunk: (jobId: string, round: number, updateId: string, index: number) =>
