@@ -1,6 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { initialWeights, modelLayout } from "../../../core/engine/models";
+import { decodeTensor, encodeTensor, parseCompression } from "../../../core/compress";
+import { OnnxModel } from "../../../core/export/onnx-runtime";
 import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { chunkEvents, makeDelta, sha256, shuffle, SPEC, startJob, world, type World } from "./support";
@@ -260,4 +262,76 @@ test("a stopped job does not advance and takes no updates", async () => {
   w.now.t += 120_000;
   await w.agg.roundTimer({}, ctxStub);
   assert.equal((await new JobRepository(w.store).getRound(id, 1))?.status, "open");
+});
+
+test("a compressed job: quantizers configured, int8 model envelope + ONNX files published, compressed updates aggregated", async () => {
+  const w = world();
+  const id = await startJob(w, { compression: "topk:0.5+int8", downlinkCompression: "int8" });
+  await w.agg.roundTimer({}, ctxStub);
+  const w0 = await model(w, id, 0);
+  // Every participant's quantizer learns the job's codec.
+  assert.deepEqual(w.fleet.quantizers.map((q) => [q.deviceId, q.jobId, q.compression]).sort(), [
+    ["dev-a", id, "topk:0.5+int8"],
+    ["dev-b", id, "topk:0.5+int8"],
+    ["dev-c", id, "topk:0.5+int8"],
+  ]);
+  // The round order points at the compressed model, with the envelope's own sha256.
+  const desired = w.fleet.configured[0].desired!;
+  assert.equal(desired.modelEncoding, "flz");
+  assert.match(desired.modelUrl, /models\/0\.flz/);
+  const env = await w.store.get(paths.modelEncoded(id, 0));
+  assert.ok(env);
+  assert.equal(desired.modelSha256, sha256(env.bytes));
+  const decoded = decodeTensor(env.bytes, { layoutHash: layout.hash, length: layout.totalSize });
+  for (let i = 0; i < w0.length; i++) assert.ok(Math.abs(decoded[i] - w0[i]) < 0.01, `w0[${i}]`);
+  // ONNX files of the model, named in the order with their hashes; both load in onnxruntime.
+  const fp32 = await w.store.get(paths.modelOnnx(id, 0, "fp32"));
+  const int8 = await w.store.get(paths.modelOnnx(id, 0, "int8"));
+  assert.ok(fp32 && int8);
+  assert.equal(desired.onnx?.sha256, sha256(fp32.bytes));
+  assert.equal(desired.onnx?.int8Sha256, sha256(int8.bytes));
+  for (const f of [fp32, int8]) await (await OnnxModel.load(f.bytes)).close();
+
+  const spec = parseCompression("topk:0.5+int8");
+  const ups = [
+    { dev: "dev-a", n: 10, d: makeDelta(layout.totalSize, 1) },
+    { dev: "dev-b", n: 30, d: makeDelta(layout.totalSize, 2) },
+    { dev: "dev-c", n: 60, d: makeDelta(layout.totalSize, 3) },
+  ].map((u, i) => {
+    const bytes = encodeTensor(u.d, spec, { layoutHash: layout.hash, seed: i });
+    return { ...u, bytes, d: decodeTensor(bytes) };
+  });
+  // An envelope of another layout is refused at ingest (its frame header claims the job's layout).
+  const alien = encodeTensor(ups[0].d, spec, { layoutHash: "ef".repeat(32), seed: 0 });
+  const bad = chunkEvents({
+    ...result(id, 1, "dev-a", 10, ups[0].d),
+    delta: { encoding: "flz", bytes: alien },
+  });
+  assert.equal((await w.agg.ingestUpdates(bad.events, ctxStub)).rejected, 1);
+  let frameBytes = 0;
+  for (const u of ups) {
+    const { events, frame } = chunkEvents({
+      ...result(id, 1, u.dev, u.n, u.d),
+      delta: { encoding: "flz", bytes: u.bytes },
+    });
+    assert.equal((await w.agg.ingestUpdates(events, ctxStub)).rejected, 0, w.logs.join("\n"));
+    frameBytes += frame.byteLength;
+  }
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  assertClose(await model(w, id, 1), fedavg(w0, ups));
+  const rec = (await new JobRepository(w.store).getJob(id))!.rounds[0];
+  assert.equal(rec.completed, 3);
+  // What was received is exactly the compressed frames.
+  assert.equal(rec.bytesReceived, frameBytes);
+  const meta = await new JobRepository(w.store).getModelMeta(id, 1);
+  assert.equal(meta?.downlink?.spec, "int8");
+  assert.ok(meta?.onnx && meta.onnx.int8.sha256 !== meta.onnx.fp32.sha256, "model 1 has both ONNX files");
+});
+
+test("a job with an invalid codec is refused with E_JOB_COMPRESSION", async () => {
+  const w = world();
+  for (const over of [{ compression: "topk:2" }, { downlinkCompression: "topk:0.1" }, { compression: 5 }]) {
+    await assert.rejects(startJob(w, over), /E_JOB_COMPRESSION/);
+  }
 });

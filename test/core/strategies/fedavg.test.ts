@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { FedAvg } from "../../../core/strategies/fedavg";
+import { decodeTensor, encodeTensor, parseCompression } from "../../../core/compress";
 import type { ClientInfo, FitResult, StrategyOptions } from "../../../core/strategies/strategy";
 
 const FIT = { epochs: 2, batchSize: 16, lr: 0.05 };
@@ -310,4 +311,48 @@ test("each device gets the fit hyperparameters and its own per-round seed", () =
 test("invalid options are refused at construction (E_CONFIG_STRATEGY)", () => {
   assert.throws(() => fedavg({ clientsPerRound: 0 }), code("E_CONFIG_STRATEGY"));
   assert.throws(() => fedavg({ fit: { ...FIT, lr: 0 } }), code("E_CONFIG_STRATEGY"));
+});
+
+test("compressed updates are decoded inside the streaming sum; a damaged envelope is refused and changes nothing", () => {
+  const layoutHash = "cd".repeat(32);
+  const n = 1000;
+  const a = Float32Array.from({ length: n }, (_, i) => Math.sin(i) / 10);
+  const b = Float32Array.from({ length: n }, (_, i) => Math.cos(i) / 10);
+  const envA = encodeTensor(a, parseCompression("topk:0.1+int8"), { layoutHash, seed: 1 });
+  const envB = encodeTensor(b, parseCompression("fp16"), { layoutHash, seed: 2 });
+  const s = fedavg({ clientsPerRound: 3 });
+  s.initialize(new Float32Array(n));
+  const agg = s.beginAggregate(1);
+  agg.add({ ...upd("a", 10, []), delta: { encoding: "flz", bytes: envA } });
+  const damaged = envB.slice();
+  damaged[damaged.length - 20] ^= 0xff;
+  assert.throws(
+    () => agg.add({ ...upd("c", 10, []), delta: { encoding: "flz", bytes: damaged } }),
+    (e: unknown) => (e as { code?: string }).code === "E_ENVELOPE_CHECKSUM",
+  );
+  assert.throws(
+    () =>
+      agg.add({
+        ...upd("d", 10, []),
+        delta: {
+          encoding: "flz",
+          bytes: encodeTensor(a.subarray(1), parseCompression("int8"), { layoutHash, seed: 1 }),
+        },
+      }),
+    (e: unknown) => (e as { code?: string }).code === "E_STRATEGY_SIZE",
+  );
+  agg.add({ ...upd("b", 30, []), delta: { encoding: "flz", bytes: envB } });
+  assert.equal(agg.count, 2);
+  const next = agg.finish([]);
+  const da = decodeTensor(envA);
+  const db = decodeTensor(envB);
+  const expected = Array.from({ length: n }, (_, i) => (10 * da[i] + 30 * db[i]) / 40);
+  assertClose(next, expected, 1e-6);
+  assert.deepEqual(
+    agg.rejected.map((r) => [r.deviceId, r.code]),
+    [
+      ["c", "E_ENVELOPE_CHECKSUM"],
+      ["d", "E_STRATEGY_SIZE"],
+    ],
+  );
 });

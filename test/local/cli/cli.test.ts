@@ -49,6 +49,10 @@ test("CLI errors are one clear line", () => {
     [["bench", "train", "--model", "vgg"], /unknown model 'vgg'/],
     [["bench", "train", "--batch-size", "0"], /--batch-size must be a positive integer/],
     [["bench", "aggregate", "--updates", "x"], /--updates must be a positive integer/],
+    [["simulate", "--compression", "int7"], /E_COMPRESS_SPEC: .*int7/],
+    [["simulate", "--compression", "int8+topk:0.1"], /E_COMPRESS_SPEC/],
+    [["simulate", "--downlink-compression", "topk:0.1"], /E_COMPRESS_SPEC: .*cannot be sparsified/],
+    [["bench", "compress", "--codecs", "zip"], /E_COMPRESS_SPEC/],
   ];
   fs.writeFileSync(path.join(tmp, "bad.csv"), "a,b,label\n1,2,x\n3,oops,y\n");
   cases.push([

@@ -65,3 +65,57 @@ test("the CLI runs a simulation over worker threads and writes the results", () 
   assert.equal(json.rounds.length, 2);
   assert.equal(json.config.workers, 2);
 });
+
+test("--compression and --downlink-compression shrink what crosses the wire; the final model is saved for export", () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-cli-simc-"));
+  const bin = path.join(__dirname, "..", "..", "..", "..", "bin", "flotilla.js");
+  const args = ["--devices", "4", "--clients-per-round", "2", "--rounds", "3", "--samples-per-device", "40"];
+  const r = spawnSync(
+    process.execPath,
+    [
+      bin,
+      "simulate",
+      ...args,
+      "--workers",
+      "2",
+      "--compression",
+      "topk:0.1+int8",
+      "--downlink-compression",
+      "fp16",
+    ],
+    { encoding: "utf8", timeout: 300_000, cwd: out },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  const json = JSON.parse(fs.readFileSync(path.join(out, "out/simulation/results.json"), "utf8"));
+  assert.equal(json.config.compression, "topk:0.1+int8");
+  const raw = json.config.params * 4;
+  for (const round of json.rounds) {
+    const n = round.participants.length;
+    assert.equal(round.completed, n);
+    // Top 10% as int8 with varint indices: well under a tenth of float32 (frame headers included).
+    assert.ok(round.uplinkBytes < (n * raw) / 10, `round ${round.round}: uplink ${round.uplinkBytes}`);
+    // fp16 model: about half of float32.
+    assert.ok(round.downlinkBytes < (n * raw) / 1.8 && round.downlinkBytes > (n * raw) / 2.2);
+  }
+  assert.ok(json.final.accuracy > 0);
+  // The final global model, in the directory `flotilla export` reads.
+  const onnx = path.join(out, "model.onnx");
+  const e = spawnSync(
+    process.execPath,
+    [
+      bin,
+      "export",
+      "--model",
+      "out/simulation/model",
+      "--format",
+      "onnx",
+      "--quantize",
+      "int8",
+      "--out",
+      onnx,
+    ],
+    { encoding: "utf8", cwd: out },
+  );
+  assert.equal(e.status, 0, e.stderr);
+  assert.ok(fs.statSync(onnx).size > 0);
+});
