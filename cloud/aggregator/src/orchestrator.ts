@@ -196,6 +196,27 @@ export class Orchestrator {
     return meta;
   }
 
+  /**
+   * At the end of a compressed job, removes it from the quantizer twin of every device that took part, so each
+   * quantizer deletes the job's error-feedback residual. Best effort: a device that misses it keeps a small file.
+   */
+  private async releaseQuantizers(job: JobDocument): Promise<void> {
+    const d = job.definition;
+    if (parseCompression(d.compression ?? "none").lossless) return;
+    const devices = new Set<string>();
+    for (let r = 1; r <= d.rounds; r++) {
+      const st = await this.repo.getRound(d.jobId, r);
+      if (!st) break;
+      for (const p of st.participants) devices.add(p.deviceId);
+    }
+    const work = [...devices].map((id) => async () => {
+      await this.services.fleet.configureQuantizer(id, d.jobId, null).catch((e: Error) => {
+        this.services.log(`job ${d.jobId}: quantizer of ${id} not released: ${e.message}`);
+      });
+    });
+    await pool(work, this.concurrency);
+  }
+
   /** Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline. */
   eligible(job: JobDocument, trainers: readonly TrainerInfo[]): ClientInfo[] {
     const d = job.definition;
@@ -403,6 +424,7 @@ export class Orchestrator {
     await this.repo.updateRound(d.jobId, st.round, (cur) =>
       cur.status === "closed" ? undefined : { ...cur, status: "closed" },
     );
+    if (st.round >= d.rounds) await this.releaseQuantizers(job);
     this.services.log(
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${meta.sha256.slice(0, 12)}`,
     );

@@ -329,6 +329,24 @@ test("a compressed job: quantizers configured, int8 model envelope + ONNX files 
   assert.ok(meta?.onnx && meta.onnx.int8.sha256 !== meta.onnx.fp32.sha256, "model 1 has both ONNX files");
 });
 
+test("at the end of a compressed job every participant's quantizer is told to drop the job", async () => {
+  const w = world();
+  const id = await startJob(w, { compression: "int8", rounds: 1 });
+  await w.agg.roundTimer({}, ctxStub);
+  for (const dev of ["dev-a", "dev-b", "dev-c"])
+    await send(w, id, 1, dev, 10, makeDelta(layout.totalSize, 4));
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await new JobRepository(w.store).getJob(id))?.status, "completed");
+  assert.deepEqual(
+    w.fleet.quantizers
+      .filter((q) => q.compression === null)
+      .map((q) => q.deviceId)
+      .sort(),
+    ["dev-a", "dev-b", "dev-c"],
+  );
+});
+
 test("a job with an invalid codec is refused with E_JOB_COMPRESSION", async () => {
   const w = world();
   for (const over of [{ compression: "topk:2" }, { downlinkCompression: "topk:0.1" }, { compression: 5 }]) {

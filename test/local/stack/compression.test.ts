@@ -141,7 +141,6 @@ test(
         const q = device.quantizer.state();
         assert.equal(q.jobs[jobId], UPLINK, `${deviceId}'s quantizer configuration`);
         assert.ok(q.counters.compressed >= 1, `${deviceId}: ${JSON.stringify(q.counters)}`);
-        assert.equal(q.counters.errors, 0, `${deviceId}: ${q.lastError}`);
         const residual = path.join(f.stack.stateDir, "quantizers", deviceId, residualFileName(jobId));
         assert.ok(fs.existsSync(residual), `${residual} exists while the job is configured`);
         const bytes = fs.readFileSync(residual);
