@@ -193,13 +193,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       ? undefined
       : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, stopSignal.signal));
   let inferenceChain: Promise<void> = Promise.resolve();
-  let localData: Dataset | undefined;
+  let localData: { key: string; data: Dataset } | undefined;
   const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
     if (!inference || !order.onnx || stopped) return;
     try {
       await inference.update(order);
-      localData ??= resolveData(dataRef, order.modelSpec);
-      const report = await inference.evaluate(localData);
+      // The local data as this job's model reads it (loaded once per input shape).
+      const key = JSON.stringify(order.modelSpec.inputShape);
+      if (localData?.key !== key) localData = { key, data: resolveData(dataRef, order.modelSpec) };
+      const report = await inference.evaluate(localData.data);
       if (report && !stopped) setState({ inference: report });
     } catch (e) {
       const err = errorOf(e);

@@ -73,6 +73,35 @@ test(
         [created.definition.compression, created.definition.downlinkCompression],
         [UPLINK, DOWNLINK],
       );
+
+      // What each device's quantizer holds whenever the orchestrator (re)configures it for the job: at round r's
+      // dispatch, the update of round r - 1 was compressed and its residual saved before it was sent, so the residual
+      // file must be there; at the release after the last round, likewise.
+      const residualOf = (deviceId: string) =>
+        path.join(f.stack.stateDir, "quantizers", deviceId, residualFileName(jobId));
+      type Snapshot = {
+        compression: string | null;
+        configured?: string;
+        compressed: number;
+        residual?: Buffer;
+      };
+      const snapshots = new Map<string, Snapshot[]>(f.deviceIds.map((id) => [id, []]));
+      const fleet = f.stack.aggregator.services.fleet;
+      const configure = fleet.configureQuantizer.bind(fleet);
+      fleet.configureQuantizer = async (deviceId, id, compression) => {
+        if (id === jobId) {
+          const q = f.device(deviceId).quantizer.state();
+          const file = residualOf(deviceId);
+          snapshots.get(deviceId)?.push({
+            compression,
+            configured: q.jobs[jobId],
+            compressed: q.counters.compressed,
+            residual: fs.existsSync(file) ? fs.readFileSync(file) : undefined,
+          });
+        }
+        return configure(deviceId, id, compression);
+      };
+
       await startJob(f, jobId);
       const doc = await waitJobDone(f, jobId, 90_000);
       assert.equal(doc.status, "completed", doc.error);
@@ -136,21 +165,43 @@ test(
         assert.equal(desired.round, rounds);
         assert.equal(desired.modelEncoding, "flz", `${deviceId}'s round order`);
 
-        // The quantizer compressed its updates, and keeps the job's error-feedback residual on disk.
-        await device.quantizer.idle();
-        const q = device.quantizer.state();
-        assert.equal(q.jobs[jobId], UPLINK, `${deviceId}'s quantizer configuration`);
-        assert.ok(q.counters.compressed >= 1, `${deviceId}: ${JSON.stringify(q.counters)}`);
-        const residual = path.join(f.stack.stateDir, "quantizers", deviceId, residualFileName(jobId));
-        assert.ok(fs.existsSync(residual), `${residual} exists while the job is configured`);
-        const bytes = fs.readFileSync(residual);
-        const ef = ErrorFeedback.fromBytes(
-          new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-          params,
+        // The quantizer compressed its updates; the job's error-feedback residual is on disk while the job is
+        // configured, and deleted once the job is released at its end.
+        const [first, ...later] = snapshots.get(deviceId) ?? [];
+        assert.deepEqual(
+          [first?.compression, first?.residual],
+          [UPLINK, undefined],
+          `${deviceId}: configured for round 1, no residual yet`,
         );
+        const configured = later.filter((x) => x.compression !== null);
+        assert.ok(configured.length >= rounds - 1, `${deviceId}: configured for every round`);
+        const release = later.find((x) => x.compression === null);
+        assert.ok(release, `${deviceId}'s quantizer is released at the end of the job`);
+        for (const snap of [...configured, release]) {
+          assert.equal(snap.configured, UPLINK, `${deviceId}'s quantizer configuration`);
+          assert.ok(snap.compressed >= 1, `${deviceId} compressed ${snap.compressed} updates`);
+          assert.ok(snap.residual, `${residualOf(deviceId)} exists while the job is configured`);
+          const ef = ErrorFeedback.fromBytes(
+            new Uint8Array(snap.residual.buffer, snap.residual.byteOffset, snap.residual.byteLength),
+            params,
+          );
+          assert.ok(
+            ef.residual.some((v) => v !== 0),
+            "top-k left mass in the residual",
+          );
+        }
+        await device.quantizer.idle();
         assert.ok(
-          ef.residual.some((v) => v !== 0),
-          "top-k left mass in the residual",
+          device.quantizer.state().counters.compressed >= rounds,
+          `${deviceId}: one update per round`,
+        );
+        assert.equal(device.quantizer.state().counters.passthrough, 0);
+        await waitFor(
+          `${deviceId}'s residual to be deleted after the release`,
+          () => !fs.existsSync(residualOf(deviceId)) && device.quantizer.state().jobs[jobId] === undefined,
+          10_000,
+          50,
+          f.logs,
         );
 
         // The trainer evaluated the published ONNX model (int8) of the last round it trained from.
@@ -175,13 +226,6 @@ test(
         assert.equal(reported.status, "done");
         assert.deepEqual(reported.inference, inf, `${deviceId}'s reported inference`);
       }
-
-      // Once the job is no longer configured on a quantizer, its residual goes.
-      const first = f.deviceIds[0];
-      await f.stack.aggregator.services.fleet.configureQuantizer(first, jobId, null);
-      const gone = path.join(f.stack.stateDir, "quantizers", first, residualFileName(jobId));
-      await waitFor("the residual to be deleted", () => !fs.existsSync(gone), 10_000, 50, f.logs);
-      assert.equal(f.device(first).quantizer.state().jobs[jobId], undefined);
     } finally {
       await f.stack.close();
     }
