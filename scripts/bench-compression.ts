@@ -78,8 +78,16 @@ async function main(): Promise<void> {
     if (!sc) throw new Error(`unknown scenario '${name}' (expected ${Object.keys(SCENARIOS).join(", ")})`);
     const rounds = roundsOverride ? Number(roundsOverride) : sc.rounds;
     const codecs = codecsOverride ? codecsOverride.split(",") : sc.codecs;
+    const file = `bench-out/compression-${name}.json`;
+    // Runs of other codecs measured before are kept (a later --codecs run adds to the sweep); the float32
+    // reference comes from this run when it includes "none", else from the stored one.
+    const stored: TradeoffRun[] = fs.existsSync(file)
+      ? (JSON.parse(fs.readFileSync(file, "utf8")) as TradeoffRun[]).filter((r) => r.rounds === rounds)
+      : [];
     const runs: TradeoffRun[] = [];
-    let reference: { up: number; acc: number } | undefined;
+    const old = stored.find((r) => r.compression === "none");
+    let reference: { up: number; acc: number } | undefined =
+      old && !codecs.includes("none") ? { up: old.uplinkBytesPerRound, acc: old.finalAccuracy } : undefined;
     for (const compression of codecs) {
       const config: SimConfig = {
         ...DEFAULT_CONFIG,
@@ -120,7 +128,12 @@ async function main(): Promise<void> {
           `${last.uplinkReduction.toFixed(1)}x`,
       );
     }
-    fs.writeFileSync(`bench-out/compression-${name}.json`, JSON.stringify(runs, null, 2));
+    const merged = [...stored.filter((r) => !codecs.includes(r.compression)), ...runs].sort(
+      (x, y) =>
+        Number(y.compression === "none") - Number(x.compression === "none") ||
+        y.uplinkBytesPerRound - x.uplinkBytesPerRound,
+    );
+    fs.writeFileSync(file, JSON.stringify(merged, null, 2));
   }
   // One report over every scenario measured so far.
   const all: TradeoffRun[] = [];
