@@ -9,6 +9,7 @@ import {
   generateKeyPairSync,
   sign as ecSign,
   verify as ecVerify,
+  type JsonWebKey,
   type KeyObject,
 } from "node:crypto";
 import type { IdentitySigner } from "./types";
