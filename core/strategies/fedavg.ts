@@ -29,6 +29,7 @@ import type {
   FitInstruction,
   FitResult,
   RoundAggregation,
+  SecureAggregate,
   Strategy,
   StrategyOptions,
 } from "./strategy";
@@ -149,6 +150,7 @@ export class FedAvg implements Strategy {
         return state.rejected;
       },
       add: (result) => this.addUpdate(state, result),
+      addAggregate: (aggregate) => this.addSecureAggregate(state, aggregate),
       finish: (failures) => this.finishRound(state, failures),
     };
   }
@@ -225,6 +227,34 @@ export class FedAvg implements Strategy {
     state.seen.add(r.deviceId);
     state.accepted++;
     state.totalSamples += r.numSamples;
+  }
+
+  private addSecureAggregate(state: OpenRound, a: SecureAggregate): void {
+    const acc = this.requireOpen(state);
+    try {
+      const dup = a.deviceIds.find((id) => state.seen.has(id));
+      if (dup !== undefined)
+        fail("E_STRATEGY_DUPLICATE", `round ${state.round}: a second update from '${dup}'`);
+      if (a.deviceIds.length === 0 || !(a.totalSamples > 0 && a.totalSamples <= Number.MAX_SAFE_INTEGER)) {
+        fail(
+          "E_STRATEGY_SAMPLES",
+          `secure aggregate of ${a.deviceIds.length} devices has ${a.totalSamples} samples`,
+        );
+      }
+      if (!(a.mean instanceof Float32Array) || a.mean.length !== acc.size) {
+        fail("E_STRATEGY_SIZE", `secure aggregate has ${a.mean?.length} values, expected ${acc.size} values`);
+      }
+      checkFinite("secure aggregate", a.mean);
+      acc.add(a.mean, a.totalSamples);
+    } catch (e) {
+      if (isFlotillaError(e)) {
+        for (const id of a.deviceIds) state.rejected.push({ deviceId: id, code: e.code, reason: e.message });
+      }
+      throw e;
+    }
+    for (const id of a.deviceIds) state.seen.add(id);
+    state.accepted += a.deviceIds.length;
+    state.totalSamples += a.totalSamples;
   }
 
   private finishRound(state: OpenRound, failures: readonly FitFailure[]): Float32Array {

@@ -47,6 +47,13 @@ export interface FitResult {
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
 }
 
+/** The unmasked result of a secure aggregation: the weighted mean of several devices' deltas. */
+export interface SecureAggregate {
+  readonly deviceIds: readonly string[];
+  readonly totalSamples: number;
+  readonly mean: Float32Array;
+}
+
 export interface FitFailure {
   readonly deviceId: string;
   readonly code: string;
@@ -56,6 +63,12 @@ export interface FitFailure {
 /** A round's aggregation in progress: updates are streamed in one at a time and never all held. */
 export interface RoundAggregation {
   add(result: FitResult): void;
+  /**
+   * Adds the already-summed update of several devices (secure aggregation: the server only ever sees the sum).
+   * `mean` is Σ n_k Δ_k / Σ n_k over `deviceIds`, `totalSamples` is Σ n_k; it counts as `deviceIds.length`
+   * updates and weighs like them in the round's mean.
+   */
+  addAggregate(aggregate: SecureAggregate): void;
   readonly count: number;
   /** Produces the next global model; `failures` lists the devices that did not deliver. */
   finish(failures: readonly FitFailure[]): Float32Array;
