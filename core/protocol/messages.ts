@@ -1,4 +1,5 @@
 import type { EncodedTensor } from "../compress/api";
+import type { SecAggStep } from "../secagg/types";
 import { fail } from "../errors";
 import type { FitConfig } from "../strategies/strategy";
 
@@ -33,6 +34,11 @@ export interface TrainRequest {
   readonly weights: Float32Array | EncodedTensor;
   /** Uplink codec chain the device applies to its delta (core/compress spec text); absent = raw float32. */
   readonly uplink?: string;
+  /**
+   * Secure aggregation is on for this round: after training the device keeps its update and answers with its
+   * key advertisement (a `secagg` frame, step `advertise`) instead of a result.
+   */
+  readonly secagg?: true;
 }
 
 export interface TrainResultMessage {
@@ -56,8 +62,29 @@ export interface TrainFailureMessage {
   readonly reason: string;
 }
 
-export type ServerMessage = TrainRequest;
-export type DeviceMessage = TrainResultMessage | TrainFailureMessage;
+/**
+ * One step of secure aggregation (core/secagg/types.ts), either way. `body` is the step's JSON message
+ * (KeyAdvertisement, ShareKeysRequest, ...); the masked vector of the device's `mask` answer travels as the
+ * binary payload (`masked`, u32 little-endian) so it never goes through JSON.
+ */
+export interface SecAggFrame {
+  readonly type: "secagg";
+  readonly step: SecAggStep;
+  /** "down": server to device; "up": device to server. */
+  readonly direction: "down" | "up";
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly body: unknown;
+  /** Up, step `mask`: the masked fixed-point update. */
+  readonly masked?: Uint32Array;
+  /** Up, step `mask`: the device's training summary (sent in the clear, as Flower's SecAgg+ does). */
+  readonly numSamples?: number;
+  readonly metrics?: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
+}
+
+export type ServerMessage = TrainRequest | SecAggFrame;
+export type DeviceMessage = TrainResultMessage | TrainFailureMessage | SecAggFrame;
 export type Message = ServerMessage | DeviceMessage;
 
 const enc = new TextEncoder();
@@ -65,12 +92,12 @@ const dec = new TextDecoder("utf-8", { fatal: true });
 
 export function encodeMessage(msg: Message): Uint8Array {
   const { payload: tensor, header } = splitPayload(msg);
-  const encoded = tensor !== null && !(tensor instanceof Float32Array);
+  const encoded = tensor !== null && !(tensor instanceof Float32Array) && !(tensor instanceof Uint32Array);
   const payload = tensor === null ? null : encoded ? tensor.bytes : tensor;
   const headerBytes = enc.encode(
     JSON.stringify({
       ...header,
-      ...(encoded ? { encoding: "flz" } : {}),
+      ...(encoded ? { encoding: "flz" } : tensor instanceof Uint32Array ? { encoding: "u32" } : {}),
       payloadLength: payload ? payload.byteLength : 0,
     }),
   );
@@ -106,9 +133,10 @@ export function decodeMessage(bytes: Uint8Array): Message {
   const payloadLength = Number(header.payloadLength ?? 0);
   const payloadOffset = align4(8 + headerLength);
   const encoding = header.encoding;
-  if (encoding !== undefined && encoding !== "flz")
+  if (encoding !== undefined && encoding !== "flz" && encoding !== "u32")
     fail("E_PROTO_HEADER", `message payload encoding '${String(encoding)}' is unknown`);
-  if (!Number.isInteger(payloadLength) || payloadLength < 0 || (!encoding && payloadLength % 4 !== 0)) {
+  const words = !encoding || encoding === "u32";
+  if (!Number.isInteger(payloadLength) || payloadLength < 0 || (words && payloadLength % 4 !== 0)) {
     fail("E_PROTO_HEADER", `message payloadLength ${String(header.payloadLength)} is invalid`);
   }
   if (payloadOffset + payloadLength !== bytes.byteLength) {
@@ -117,11 +145,26 @@ export function decodeMessage(bytes: Uint8Array): Message {
       `message payload has ${bytes.byteLength - payloadOffset} bytes, header says ${payloadLength}`,
     );
   }
+  delete header.payloadLength;
+  delete header.encoding;
+  if (header.type === "secagg") {
+    requireFields(header, ["step", "direction", "jobId", "round", "deviceId", "body"]);
+    if (encoding !== undefined && encoding !== "u32")
+      fail("E_PROTO_HEADER", "a secagg frame carries only a u32 payload");
+    if (!["advertise", "share", "mask", "unmask"].includes(String(header.step)))
+      fail("E_PROTO_HEADER", `unknown secagg step '${String(header.step)}'`);
+    if (header.direction !== "up" && header.direction !== "down")
+      fail("E_PROTO_HEADER", `secagg direction must be 'up' or 'down', got '${String(header.direction)}'`);
+    const frame = header as unknown as SecAggFrame;
+    return encoding === "u32"
+      ? { ...frame, masked: u32View(bytes, payloadOffset, payloadLength / 4) }
+      : frame;
+  }
+  if (encoding === "u32")
+    fail("E_PROTO_HEADER", `a '${String(header.type)}' message cannot carry a u32 payload`);
   const payload: Float32Array | EncodedTensor = encoding
     ? { encoding: "flz", bytes: bytes.subarray(payloadOffset, payloadOffset + payloadLength) }
     : floatView(bytes, payloadOffset, payloadLength / 4);
-  delete header.payloadLength;
-  delete header.encoding;
   switch (header.type) {
     case "train":
       requireFields(header, ["jobId", "round", "modelHash", "layoutHash", "config", "deadline"]);
@@ -139,9 +182,13 @@ export function decodeMessage(bytes: Uint8Array): Message {
 
 function splitPayload(msg: Message): {
   header: Record<string, unknown>;
-  payload: Float32Array | EncodedTensor | null;
+  payload: Float32Array | Uint32Array | EncodedTensor | null;
 } {
   switch (msg.type) {
+    case "secagg": {
+      const { masked, ...header } = msg;
+      return { header, payload: masked ?? null };
+    }
     case "train": {
       const { weights, ...header } = msg;
       return { header, payload: weights };
@@ -164,6 +211,14 @@ function requireFields(h: Record<string, unknown>, names: string[]): void {
 
 function align4(n: number): number {
   return (n + 3) & ~3;
+}
+
+function u32View(bytes: Uint8Array, offset: number, length: number): Uint32Array {
+  const abs = bytes.byteOffset + offset;
+  if (abs % 4 === 0) return new Uint32Array(bytes.buffer, abs, length);
+  const copy = new Uint8Array(length * 4);
+  copy.set(bytes.subarray(offset, offset + length * 4));
+  return new Uint32Array(copy.buffer);
 }
 
 function floatView(bytes: Uint8Array, offset: number, length: number): Float32Array {

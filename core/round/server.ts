@@ -111,8 +111,14 @@ export async function runRound(
       let msg: DeviceMessage;
       try {
         const m = decodeMessage(frame);
-        if (m.type === "train")
-          throw Object.assign(new Error("device sent a train request"), { code: "E_PROTO_TYPE" });
+        if (m.type === "train" || (m.type === "secagg" && m.direction === "down"))
+          throw Object.assign(new Error(`device sent a server message ('${m.type}')`), {
+            code: "E_PROTO_TYPE",
+          });
+        if (m.type === "secagg")
+          throw Object.assign(new Error("secure aggregation frame in a round without it"), {
+            code: "E_PROTO_TYPE",
+          });
         msg = m;
       } catch (e) {
         opts.events?.onRejected?.(codeOf(e), messageOf(e));

@@ -267,6 +267,7 @@ export class Ingestor {
     }
     if (
       msg.type === "train" ||
+      msg.type === "secagg" ||
       msg.jobId !== p.jobId ||
       msg.round !== p.round ||
       msg.deviceId !== p.deviceId
