@@ -1,5 +1,7 @@
 import { createHash } from "node:crypto";
 import { decodeTensor, ErrorFeedback, parseCompression } from "../compress";
+import { SecAggClient } from "../secagg/client";
+import type { IdentitySigner, MaskInputRequest, ShareKeysRequest, UnmaskRequest } from "../secagg/types";
 import type { Dataset } from "../data/dataset";
 import type { LocalModel } from "../engine/types";
 import { isFlotillaError } from "../errors";
@@ -7,6 +9,7 @@ import {
   decodeMessage,
   encodeMessage,
   type DeviceMessage,
+  type SecAggFrame,
   type TrainRequest,
   type TrainResultMessage,
 } from "../protocol/messages";
@@ -21,15 +24,28 @@ export interface DeviceProgress {
  * starting from the global weights, and answers with a result frame carrying the delta (or a failure frame with a
  * code and a reason: a device never throws at the server). The edge trainer module runs the same code.
  */
+/** A secure-aggregation round in progress on this device: its protocol state and its (unsent) update. */
+interface SecAggSessionState {
+  readonly client: SecAggClient;
+  /** Released once the masked input is sent. */
+  update: Float32Array | null;
+  readonly numSamples: number;
+  readonly metrics: { loss: number; accuracy: number; trainMs: number };
+}
+
 export class DeviceRuntime {
   /** Error-feedback residuals by job (uplink sparsification). */
   private readonly residuals = new Map<string, ErrorFeedback>();
+  /** Secure-aggregation rounds in progress, by `jobId/round` (in memory only: a restarted device drops out). */
+  private readonly secagg = new Map<string, SecAggSessionState>();
 
   constructor(
     readonly deviceId: string,
     private readonly data: Dataset,
     private readonly model: LocalModel,
     private readonly onProgress?: DeviceProgress,
+    /** Signs this device's secure-aggregation key advertisements with its identity key. */
+    private readonly signer?: IdentitySigner,
   ) {}
 
   /**
@@ -72,6 +88,10 @@ export class DeviceRuntime {
     let req: TrainRequest | undefined;
     try {
       const msg = decodeMessage(frame);
+      if (msg.type === "secagg" && msg.direction === "down") {
+        req = { jobId: msg.jobId, round: msg.round } as TrainRequest;
+        return encodeMessage(this.secaggStep(msg));
+      }
       if (msg.type !== "train") {
         throw Object.assign(new Error(`device got a '${msg.type}' message`), { code: "E_PROTO_TYPE" });
       }
@@ -91,6 +111,11 @@ export class DeviceRuntime {
   }
 
   private async train(req: TrainRequest): Promise<DeviceMessage> {
+    if (req.secagg && !this.signer) {
+      throw Object.assign(new Error("secure aggregation needs an identity key and this device has none"), {
+        code: "E_SECAGG_NO_KEY",
+      });
+    }
     if (req.layoutHash !== this.model.layout.hash) {
       throw Object.assign(new Error("the round's model layout differs from this device's model"), {
         code: "E_MODEL_LAYOUT",
@@ -121,6 +146,7 @@ export class DeviceRuntime {
     });
     const delta = this.model.getWeights();
     for (let i = 0; i < delta.length; i++) delta[i] -= global[i];
+    if (req.secagg) return this.advertise(req, delta, summary);
     return {
       ...this.resultHeader(req, summary),
       delta: req.uplink ? { encoding: "flz", bytes: this.compress(req, delta) } : delta,
@@ -148,6 +174,81 @@ export class DeviceRuntime {
       segments: this.model.layout.entries.map((e) => e.size),
       seed,
     });
+  }
+
+  /**
+   * Secure aggregation, step 1: the update stays on the device; the device answers with its signed key
+   * advertisement. With an uplink codec the update is what the codec would deliver (error feedback included), so
+   * codecs and secure aggregation compose: the masked vector carries the codec's values in fixed point.
+   */
+  private async advertise(
+    req: TrainRequest,
+    delta: Float32Array,
+    summary: { loss: number; accuracy: number; ms: number },
+  ): Promise<SecAggFrame> {
+    if (!this.signer) {
+      throw Object.assign(new Error("secure aggregation needs an identity key and this device has none"), {
+        code: "E_SECAGG_NO_KEY",
+      });
+    }
+    const update = req.uplink
+      ? decodeTensor(this.compress(req, delta), { layoutHash: this.model.layout.hash, length: delta.length })
+      : delta;
+    const session = { jobId: req.jobId, round: req.round };
+    const { client, advertisement } = await SecAggClient.start(
+      session,
+      this.deviceId,
+      this.data.n,
+      this.signer,
+    );
+    // One round of a job at a time: older sessions of the job are dropped.
+    for (const key of this.secagg.keys()) if (key.startsWith(`${req.jobId}/`)) this.secagg.delete(key);
+    this.secagg.set(`${req.jobId}/${req.round}`, {
+      client,
+      update,
+      numSamples: this.data.n,
+      metrics: { loss: summary.loss, accuracy: summary.accuracy, trainMs: summary.ms },
+    });
+    return { ...this.secaggHeader(req.jobId, req.round, "advertise"), body: advertisement };
+  }
+
+  /** Secure aggregation, steps 2-4 (core/secagg/client.ts does the protocol; errors become failure frames). */
+  private secaggStep(msg: SecAggFrame): SecAggFrame {
+    const key = `${msg.jobId}/${msg.round}`;
+    const st = this.secagg.get(key);
+    if (!st) {
+      throw Object.assign(new Error(`no secure-aggregation round ${key} in progress on this device`), {
+        code: "E_SECAGG_STATE",
+      });
+    }
+    const head = this.secaggHeader(msg.jobId, msg.round, msg.step);
+    switch (msg.step) {
+      case "share":
+        return { ...head, body: st.client.shareKeys(msg.body as ShareKeysRequest) };
+      case "mask": {
+        if (!st.update) {
+          throw Object.assign(new Error(`round ${key}: the masked input was already sent`), {
+            code: "E_SECAGG_STATE",
+          });
+        }
+        const masked = st.client.maskInput(msg.body as MaskInputRequest, st.update);
+        st.update = null;
+        const { masked: vector, ...rest } = masked;
+        return { ...head, body: rest, masked: vector, numSamples: st.numSamples, metrics: st.metrics };
+      }
+      case "unmask":
+        // The session stays until the job's next round, so a second, conflicting request is refused by the
+        // client's record of what it revealed (never answered from a fresh state).
+        return { ...head, body: st.client.unmask(msg.body as UnmaskRequest) };
+      default:
+        throw Object.assign(new Error(`unexpected secure-aggregation step '${msg.step}'`), {
+          code: "E_PROTO_TYPE",
+        });
+    }
+  }
+
+  private secaggHeader(jobId: string, round: number, step: SecAggFrame["step"]): Omit<SecAggFrame, "body"> {
+    return { type: "secagg", step, direction: "up", jobId, round, deviceId: this.deviceId };
   }
 
   private resultHeader(

@@ -119,3 +119,97 @@ test("a compressed payload (envelope) round-trips as bytes of any length, flagge
   const text = Buffer.from(frame).toString("latin1").replace('"encoding":"flz"', '"encoding":"zzz"');
   assert.throws(() => decodeMessage(Buffer.from(text, "latin1")), /E_PROTO_HEADER|encoding/);
 });
+
+test("secagg frames round-trip: step JSON in the header, the masked vector as a u32 payload", () => {
+  const masked = new Uint32Array([0, 1, 0xffffffff, 123456789]);
+  const up = decodeMessage(
+    encodeMessage({
+      type: "secagg",
+      step: "mask",
+      direction: "up",
+      jobId: "j",
+      round: 3,
+      deviceId: "d1",
+      body: { jobId: "j", round: 3, deviceId: "d1" },
+      masked,
+      numSamples: 40,
+      metrics: { loss: 0.5, accuracy: 0.9, trainMs: 12 },
+    }),
+  );
+  assert.equal(up.type, "secagg");
+  if (up.type !== "secagg") return;
+  assert.equal(up.step, "mask");
+  assert.equal(up.numSamples, 40);
+  assert.deepEqual([...(up.masked ?? [])], [...masked]);
+  const down = decodeMessage(
+    encodeMessage({
+      type: "secagg",
+      step: "unmask",
+      direction: "down",
+      jobId: "j",
+      round: 3,
+      deviceId: "d1",
+      body: { survivors: ["a"], dropped: [] },
+    }),
+  );
+  assert.equal(down.type === "secagg" && down.masked, undefined);
+  assert.deepEqual(down.type === "secagg" && down.body, { survivors: ["a"], dropped: [] });
+});
+
+test("secagg frames with a bad step, direction or payload are rejected", () => {
+  const frame = (header: Record<string, unknown>, payload = new Uint8Array(0)) => {
+    const h = Buffer.from(JSON.stringify({ ...header, payloadLength: payload.byteLength }));
+    const off = (8 + h.length + 3) & ~3;
+    const out = new Uint8Array(off + payload.byteLength);
+    const v = new DataView(out.buffer);
+    v.setUint32(0, 0x31544c46, true);
+    v.setUint32(4, h.length, true);
+    out.set(h, 8);
+    out.set(payload, off);
+    return out;
+  };
+  const base = {
+    type: "secagg",
+    step: "mask",
+    direction: "up",
+    jobId: "j",
+    round: 1,
+    deviceId: "d",
+    body: {},
+  };
+  assert.equal(
+    codeOf(() => decodeMessage(frame({ ...base, step: "peek" }))),
+    "E_PROTO_HEADER",
+  );
+  assert.equal(
+    codeOf(() => decodeMessage(frame({ ...base, direction: "sideways" }))),
+    "E_PROTO_HEADER",
+  );
+  assert.equal(
+    codeOf(() => decodeMessage(frame({ ...base, encoding: "flz" }, new Uint8Array(4)))),
+    "E_PROTO_HEADER",
+  );
+  assert.equal(
+    codeOf(() => decodeMessage(frame({ ...base, encoding: "u32" }, new Uint8Array(6)))),
+    "E_PROTO_HEADER",
+  );
+  const { body: _b, ...noBody } = base;
+  assert.equal(
+    codeOf(() => decodeMessage(frame(noBody))),
+    "E_PROTO_HEADER",
+  );
+  // A u32 payload belongs to secagg frames only.
+  const result = {
+    type: "result",
+    jobId: "j",
+    round: 1,
+    deviceId: "d",
+    layoutHash: "h",
+    numSamples: 1,
+    metrics: {},
+  };
+  assert.equal(
+    codeOf(() => decodeMessage(frame({ ...result, encoding: "u32" }, new Uint8Array(4)))),
+    "E_PROTO_HEADER",
+  );
+});
