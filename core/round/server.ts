@@ -4,6 +4,7 @@ import { isFlotillaError } from "../errors";
 import type { EncodedTensor } from "../compress/api";
 import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
+import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
 import type { FitFailure, Strategy } from "../strategies/strategy";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 
@@ -24,6 +25,8 @@ export interface RoundRecord {
   readonly durationMs: number;
   /** Longest local training time among completed participants. */
   readonly slowestTrainMs: number;
+  /** Secure aggregation: dropouts per step, who is in the sum, unmasking time, bytes per device, abort reason. */
+  readonly secagg?: SecureRoundRecord;
 }
 
 export interface ServerEvents {
@@ -50,6 +53,8 @@ export interface JobOptions {
   readonly uplink?: CompressionSpec;
   /** Codec of the global model sent to devices (value codecs only: fp16, intN, qsgd). */
   readonly downlink?: CompressionSpec;
+  /** Secure aggregation (SecAgg+): the server learns only the sum of each round's updates. */
+  readonly secureAggregation?: SecureAggregationOptions;
 }
 
 /**
@@ -90,6 +95,53 @@ export async function runRound(
   const { weights: carried, modelHash } = downlinkModel(global, round, opts);
   const deadline = Date.now() + opts.roundTimeoutInMs;
   const aggregation = strategy.beginAggregate(round);
+  const trainFrame = (ins: (typeof instructions)[number], secagg?: true) =>
+    encodeMessage({
+      type: "train",
+      jobId: opts.jobId,
+      round,
+      modelHash,
+      layoutHash: opts.layout.hash,
+      config: ins.config,
+      deadline,
+      weights: carried,
+      ...(opts.uplink && !opts.uplink.lossless ? { uplink: opts.uplink.text } : {}),
+      ...(secagg ? { secagg } : {}),
+    });
+
+  if (opts.secureAggregation) {
+    const failures: FitFailure[] = [];
+    const out = await runSecureRound(
+      {
+        transport,
+        jobId: opts.jobId,
+        round,
+        instructions,
+        aggregation,
+        failures,
+        numValues: global.length,
+        roundTimeoutMs: opts.roundTimeoutInMs,
+        abortSignal: opts.abortSignal,
+        onRejected: opts.events?.onRejected,
+        onDeviceDone: (id, ok) => opts.events?.onDeviceDone?.(round, id, ok),
+        trainFrame: (ins) => trainFrame(ins, true),
+      },
+      opts.secureAggregation,
+    );
+    return closeRound(strategy, transport, aggregation, opts, {
+      round,
+      participants,
+      completed: out.completed,
+      failures,
+      t0,
+      up0,
+      down0,
+      lossSum: out.lossSum,
+      sampleSum: out.sampleSum,
+      slowestTrainMs: out.slowestTrainMs,
+      secagg: out.record,
+    });
+  }
   const pending = new Set(participants);
   const failures: FitFailure[] = [];
   const completed: string[] = [];
@@ -164,17 +216,7 @@ export async function runRound(
   });
 
   for (const ins of instructions) {
-    const frame = encodeMessage({
-      type: "train",
-      jobId: opts.jobId,
-      round,
-      modelHash,
-      layoutHash: opts.layout.hash,
-      config: ins.config,
-      deadline,
-      weights: carried,
-      ...(opts.uplink && !opts.uplink.lossless ? { uplink: opts.uplink.text } : {}),
-    });
+    const frame = trainFrame(ins);
     try {
       await transport.send(ins.deviceId, frame);
     } catch (e) {
@@ -190,21 +232,56 @@ export async function runRound(
   for (const id of pending) {
     failures.push({ deviceId: id, code: "E_ROUND_TIMEOUT", reason: `no update before the round deadline` });
   }
-  const next = aggregation.finish(failures);
-  if (next !== strategy.weights) strategy.weights.set(next);
-  const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
-  return {
+  return closeRound(strategy, transport, aggregation, opts, {
     round,
     participants,
     completed,
     failures,
+    t0,
+    up0,
+    down0,
+    lossSum,
+    sampleSum,
+    slowestTrainMs,
+  });
+}
+
+/** Produces the next global model, evaluates it, and builds the round's record. */
+async function closeRound(
+  strategy: Strategy,
+  transport: ServerTransport,
+  aggregation: ReturnType<Strategy["beginAggregate"]>,
+  opts: JobOptions,
+  r: {
+    round: number;
+    participants: string[];
+    completed: string[];
+    failures: FitFailure[];
+    t0: number;
+    up0: number;
+    down0: number;
+    lossSum: number;
+    sampleSum: number;
+    slowestTrainMs: number;
+    secagg?: SecureRoundRecord;
+  },
+): Promise<RoundRecord> {
+  const next = aggregation.finish(r.failures);
+  if (next !== strategy.weights) strategy.weights.set(next);
+  const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
+  return {
+    round: r.round,
+    participants: r.participants,
+    completed: r.completed,
+    failures: r.failures,
     accuracy: metrics.accuracy,
     loss: metrics.loss,
-    trainLoss: sampleSum > 0 ? lossSum / sampleSum : NaN,
-    uplinkBytes: transport.stats.uplinkBytes - up0,
-    downlinkBytes: transport.stats.downlinkBytes - down0,
-    durationMs: performance.now() - t0,
-    slowestTrainMs,
+    trainLoss: r.sampleSum > 0 ? r.lossSum / r.sampleSum : NaN,
+    uplinkBytes: transport.stats.uplinkBytes - r.up0,
+    downlinkBytes: transport.stats.downlinkBytes - r.down0,
+    durationMs: performance.now() - r.t0,
+    slowestTrainMs: r.slowestTrainMs,
+    ...(r.secagg ? { secagg: r.secagg } : {}),
   };
 }
 

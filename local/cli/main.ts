@@ -19,6 +19,7 @@ import { mb } from "../report/report";
 import { benchTrain } from "../../core/engine/bench";
 import { benchAggregate } from "../../core/tensor/bench-aggregate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
+import { benchSecAgg } from "../../core/secagg/bench";
 import { loadModelDir } from "../../core/export/model-dir";
 import { exportOnnx } from "../../core/export/onnx";
 import * as fs from "node:fs";
@@ -69,6 +70,15 @@ function buildSimConfig(o: RawOptions): SimConfig {
   }
   if (s("compression") !== undefined) c.compression = s("compression")!;
   if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
+  if (o.secureAggregation) c.secureAggregation = true;
+  if (s("secaggNeighbours") !== undefined)
+    c.secaggNeighbours = positiveInt("secagg-neighbours", s("secaggNeighbours")!);
+  if (s("secaggThreshold") !== undefined)
+    c.secaggThreshold = positiveInt("secagg-threshold", s("secaggThreshold")!);
+  if (s("secaggClip") !== undefined) c.secaggClip = positiveNumber("secagg-clip", s("secaggClip")!);
+  if (s("secaggStepTimeout") !== undefined)
+    c.secaggStepTimeoutMs = positiveNumber("secagg-step-timeout", s("secaggStepTimeout")!) * 1000;
+  if (s("dropout") !== undefined) c.dropout = nonNegativeNumber("dropout", s("dropout")!);
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -79,7 +89,19 @@ function roundLine(r: RoundSummary, total: number): string {
   return (
     `round ${String(r.round).padStart(String(total).length)}/${total}  ` +
     `participants ${r.completed}/${r.participants.length}  accuracy ${acc.padStart(7)}  loss ${loss}  ` +
-    `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s`
+    `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s` +
+    secaggText(r)
+  );
+}
+
+function secaggText(r: RoundSummary): string {
+  const s = r.secagg;
+  if (!s) return "";
+  if (s.aborted) return `  secagg ABORTED (${s.aborted.code})`;
+  const d = s.dropouts;
+  return (
+    `  secagg sum of ${s.included.length}, dropouts ${d.advertise.length}/${d.share.length}/${d.mask.length}/` +
+    `${d.unmask.length}, unmask ${s.unmaskMs.toFixed(0)} ms`
   );
 }
 
@@ -201,6 +223,26 @@ async function runBenchCompress(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runBenchSecAgg(o: RawOptions): Promise<number> {
+  const clients = positiveInt("clients", o.clients as string);
+  const params = positiveInt("params", o.params as string);
+  const dropout = nonNegativeNumber("dropout", o.dropout as string);
+  if (dropout >= 1) fail("E_CONFIG_VALUE", `--dropout is a fraction in [0, 1), got ${dropout}`);
+  const neighbours =
+    o.neighbours !== undefined ? positiveInt("neighbours", o.neighbours as string) : undefined;
+  const threshold = o.threshold !== undefined ? positiveInt("threshold", o.threshold as string) : undefined;
+  const r = await benchSecAgg({ clients, params, dropout, neighbours, threshold });
+  if (o.json) console.log(JSON.stringify(r));
+  else {
+    console.log(
+      `${r.clients} clients x ${r.params.toLocaleString("en-US")} values, ${(r.dropout * 100).toFixed(0)}% dropout: ` +
+        `one device ${r.clientMs.toFixed(1)} ms, server unmask ${r.serverMs.toFixed(1)} ms, ` +
+        `${(r.bytesPerClient / 1e6).toFixed(3)} MB per device`,
+    );
+  }
+  return 0;
+}
+
 async function runHub(o: RawOptions): Promise<number> {
   const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string);
   const httpsPort = nonNegativeInt("https-port", o.httpsPort as string);
@@ -273,6 +315,18 @@ export function buildProgram(): Command {
       "--downlink-compression <spec>",
       "codec of the global model sent to devices: none | fp16 | int8 | ...",
     )
+    .option("--secure-aggregation", "SecAgg+: the server sees only the sum of each round's updates")
+    .option("--secagg-neighbours <k>", "neighbours per device in the masking graph (default 2·⌈log2 n⌉)")
+    .option("--secagg-threshold <t>", "shares needed to unmask a device's secrets (default ⌊k/2⌋+1)")
+    .option(
+      "--secagg-clip <c>",
+      "update values are clipped to [-c, c] for the fixed-point encoding (default 8)",
+    )
+    .option("--secagg-step-timeout <seconds>", "deadline of each secure-aggregation step (default 30)")
+    .option(
+      "--dropout <p>",
+      "fraction of each round's participants that vanish at a random secure-aggregation step",
+    )
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.
       if (cmd.getOptionValueSource("devices") === "default") delete opts.devices;
@@ -321,6 +375,20 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchAggregate(opts);
+    });
+  bench
+    .command("secagg")
+    .description(
+      "secure aggregation (SecAgg+): one device's compute, the server's unmasking, bytes per device",
+    )
+    .option("--clients <n>", "participants", "100")
+    .option("--params <n>", "values per update", "100000")
+    .option("--dropout <p>", "fraction of participants vanishing at a random step", "0.1")
+    .option("--neighbours <k>", "neighbours per device (default 2·⌈log2 n⌉)")
+    .option("--threshold <t>", "shares needed to unmask (default ⌊k/2⌋+1)")
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchSecAgg(opts);
     });
   bench
     .command("compress")

@@ -13,6 +13,13 @@ export interface ReportInput {
     durationMs: number;
     participants: string[];
     completed?: number;
+    secagg?: {
+      dropouts: Record<"advertise" | "share" | "mask" | "unmask", string[]>;
+      included: string[];
+      unmaskMs: number;
+      aborted?: { code: string; reason: string };
+      meanBytesPerDevice?: { up: number; down: number };
+    };
   }[];
   final: { accuracy: number; loss: number; rounds: number; wallMs: number };
 }
@@ -49,7 +56,26 @@ export function renderReport(r: ReportInput, title = "Flotilla federated trainin
     up: r.rounds.map((x) => x.uplinkBytes / 1e6),
     down: r.rounds.map((x) => x.downlinkBytes / 1e6),
     seconds: r.rounds.map((x) => x.durationMs / 1000),
+    secagg: r.rounds.some((x) => x.secagg)
+      ? {
+          steps: (["advertise", "share", "mask", "unmask"] as const).map((step) =>
+            r.rounds.map((x) => x.secagg?.dropouts[step].length ?? 0),
+          ),
+          included: r.rounds.map((x) => x.secagg?.included.length ?? 0),
+          up: r.rounds.map((x) => (x.secagg?.meanBytesPerDevice?.up ?? 0) / 1e6),
+          down: r.rounds.map((x) => (x.secagg?.meanBytesPerDevice?.down ?? 0) / 1e6),
+        }
+      : null,
   };
+  const aborted = r.rounds.filter((x) => x.secagg?.aborted).map((x) => x.round);
+  const secaggHtml = series.secagg
+    ? `<h2>Secure aggregation</h2>
+<p>The server saw only each round's sum. ${aborted.length ? `Rounds aborted with too few survivors (model kept): ${aborted.join(", ")}.` : "No round aborted."}</p>
+<div class="grid">
+<div><h2>Devices in the sum and dropouts per step</h2><canvas id="secagg"></canvas></div>
+<div><h2>Bytes per device (mean)</h2><canvas id="secaggBytes"></canvas></div>
+</div>`
+    : "";
   const totalUp = r.rounds.reduce((a, x) => a + x.uplinkBytes, 0);
   const totalDown = r.rounds.reduce((a, x) => a + x.downlinkBytes, 0);
   const configRows = Object.entries(r.config)
@@ -88,6 +114,7 @@ canvas{max-height:320px}
 <div><h2>Bytes per round</h2><canvas id="bytes"></canvas></div>
 <div><h2>Round wall time</h2><canvas id="time"></canvas></div>
 </div>
+${secaggHtml}
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th></tr>${roundRows}</table>
 <h2>Configuration</h2><table>${configRows}</table>
@@ -103,6 +130,16 @@ line("time", "seconds", S.seconds, "#2ca02c", "s");
 new Chart(document.getElementById("bytes"), { type: "bar", data: { labels: S.rounds, datasets: [
   { label: "uplink (MB)", data: S.up, backgroundColor: "#ff7f0e" }, { label: "downlink (MB)", data: S.down, backgroundColor: "#9467bd" }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB" } } } } });
+if (S.secagg) {
+  const names = ["advertise", "share", "mask", "unmask"], colors = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
+  new Chart(document.getElementById("secagg"), { type: "bar", data: { labels: S.rounds, datasets: [
+    { label: "in the sum", data: S.secagg.included, backgroundColor: "#1f77b4" },
+    ...names.map((n, i) => ({ label: "dropped at " + n, data: S.secagg.steps[i], backgroundColor: colors[i] }))] },
+    options: { animation: false, scales: { x: { stacked: true, title: { display: true, text: "round" } }, y: { stacked: true, title: { display: true, text: "devices" } } } } });
+  new Chart(document.getElementById("secaggBytes"), { type: "bar", data: { labels: S.rounds, datasets: [
+    { label: "up (MB)", data: S.secagg.up, backgroundColor: "#ff7f0e" }, { label: "down (MB)", data: S.secagg.down, backgroundColor: "#9467bd" }] },
+    options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB per device" } } } } });
+}
 </script>
 </body></html>
 `;

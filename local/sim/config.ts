@@ -1,5 +1,6 @@
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
+import { secAggParamsFor } from "../../core/round/secure-round";
 
 /** Everything that defines a simulated federated job. Serialised into results.json as `config`. */
 export interface SimConfig {
@@ -36,6 +37,18 @@ export interface SimConfig {
   compression: string;
   /** Codec of the global model sent to devices: none | fp16 | int8 | int4 | int2 | qsgd:L (no sparsifier). */
   downlinkCompression: string;
+  /** Secure aggregation (SecAgg+): the server learns only the sum of each round's updates. */
+  secureAggregation: boolean;
+  /** SecAgg+ neighbours k per device (unset: 2·⌈log2 n⌉, n-1 = classic SecAgg). */
+  secaggNeighbours?: number;
+  /** Shares needed to unmask (unset: ⌊k/2⌋+1). */
+  secaggThreshold?: number;
+  /** Clip range of the fixed-point encoding (unset: 8). */
+  secaggClip?: number;
+  /** Deadline of each secure-aggregation step after training. */
+  secaggStepTimeoutMs: number;
+  /** Fraction of each round's participants that vanish at a random secure-aggregation step (simulation). */
+  dropout: number;
 }
 
 export const DEFAULT_CONFIG: SimConfig = {
@@ -58,6 +71,9 @@ export const DEFAULT_CONFIG: SimConfig = {
   transport: "memory",
   compression: "none",
   downlinkCompression: "none",
+  secureAggregation: false,
+  secaggStepTimeoutMs: 30_000,
+  dropout: 0,
 };
 
 /** Presets selectable with --preset; explicit flags override them. */
@@ -126,6 +142,26 @@ export function validateConfig(c: SimConfig): SimConfig {
     );
   }
   c.downlinkCompression = down.text;
+  if (!(c.dropout >= 0 && c.dropout < 1))
+    fail("E_CONFIG_VALUE", `--dropout is a fraction in [0, 1), got ${c.dropout}`);
+  if (!c.secureAggregation) {
+    const given = (
+      [
+        ["--secagg-neighbours", c.secaggNeighbours],
+        ["--secagg-threshold", c.secaggThreshold],
+        ["--secagg-clip", c.secaggClip],
+        ["--dropout", c.dropout > 0 ? c.dropout : undefined],
+      ] as const
+    ).find(([, v]) => v !== undefined);
+    if (given) fail("E_CONFIG_VALUE", `${given[0]} needs --secure-aggregation`);
+  } else {
+    // One clear line now rather than a failed first round: k and t are checked against the round size.
+    secAggParamsFor(c.clientsPerRound, {
+      neighbours: c.secaggNeighbours,
+      threshold: c.secaggThreshold,
+      clipRange: c.secaggClip,
+    });
+  }
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }

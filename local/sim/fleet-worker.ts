@@ -6,14 +6,15 @@ import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { DeviceRuntime } from "../../core/round/device";
-import type { SimConfig } from "./config";
 import { deviceName, loadFleetData } from "./data";
-import type { ToWorker, FromWorker } from "./worker-fleet";
+import { FileKeyProvider } from "../../core/secagg/file-key-provider";
+import type { ToWorker, FromWorker, FleetWorkerData } from "./worker-fleet";
 
 async function main(): Promise<void> {
   const port = parentPort;
   if (!port) throw new Error("fleet-worker must run in a worker thread");
-  const config = workerData as SimConfig;
+  const config = workerData as FleetWorkerData;
+  const keys = config.keyDir ? new FileKeyProvider(config.keyDir) : undefined;
   const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
   try {
     await initBackend();
@@ -22,13 +23,19 @@ async function main(): Promise<void> {
     let lastProgress = 0;
     const runtimes = data.devices.map(
       (d, i) =>
-        new DeviceRuntime(deviceName(i, config.devices), d, model, (deviceId, done, total) => {
-          const now = Date.now();
-          if (now - lastProgress >= 100 || done === total) {
-            lastProgress = now;
-            post({ kind: "progress", deviceId, done, total });
-          }
-        }),
+        new DeviceRuntime(
+          deviceName(i, config.devices),
+          d,
+          model,
+          (deviceId, done, total) => {
+            const now = Date.now();
+            if (now - lastProgress >= 100 || done === total) {
+              lastProgress = now;
+              post({ kind: "progress", deviceId, done, total });
+            }
+          },
+          keys?.signer(deviceName(i, config.devices)),
+        ),
     );
     const byName = new Map(runtimes.map((r) => [r.deviceId, r]));
     let queue: Promise<void> = Promise.resolve();

@@ -12,6 +12,11 @@ import { writeReport } from "../report/report";
 import type { SimConfig } from "./config";
 import { loadFleetData } from "./data";
 import { WorkerFleet, startInProcessFleet } from "./worker-fleet";
+import * as os from "node:os";
+import type { JsonWebKey } from "node:crypto";
+import { FileKeyProvider } from "../../core/secagg/file-key-provider";
+import type { SecureAggregationOptions, SecureRoundRecord } from "../../core/round/secure-round";
+import { deviceName } from "./data";
 
 export interface RoundSummary {
   round: number;
@@ -25,6 +30,8 @@ export interface RoundSummary {
   downlinkBytes: number;
   durationMs: number;
   slowestTrainMs: number;
+  /** Secure aggregation: dropouts per step, devices in the sum, unmasking time, bytes per device. */
+  secagg?: SecureRoundRecord & { meanBytesPerDevice: { up: number; down: number } };
 }
 
 export interface SimulationResult {
@@ -71,12 +78,39 @@ export async function simulate(
     reporter.onProgress?.(round, doneTotal);
   };
   const samplesOf = new Map<string, number>();
+  // Secure aggregation: every simulated device gets an identity key (file-backed, in a private temporary
+  // directory removed at the end); the server relays the public keys, as the cloud relays them from Key Vault.
+  const keyDir = config.secureAggregation
+    ? fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-keys-"))
+    : undefined;
+  const keys = keyDir ? new FileKeyProvider(keyDir) : undefined;
+  const identityKeys = new Map<string, JsonWebKey>();
   let transport: ServerTransport;
-  if (config.workers > 0) {
-    transport = await WorkerFleet.start(config, onProgress);
-  } else {
-    transport = await startInProcessFleet(config, data, onProgress);
+  try {
+    if (keys) {
+      for (let i = 0; i < config.devices; i++) {
+        const id = deviceName(i, config.devices);
+        identityKeys.set(id, await keys.createKey(id));
+      }
+    }
+    transport =
+      config.workers > 0
+        ? await WorkerFleet.start(config, onProgress, { keyDir })
+        : await startInProcessFleet(config, data, onProgress, keys);
+  } catch (e) {
+    if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
+    throw e;
   }
+  const secureAggregation: SecureAggregationOptions | undefined = config.secureAggregation
+    ? {
+        neighbours: config.secaggNeighbours,
+        threshold: config.secaggThreshold,
+        clipRange: config.secaggClip,
+        identityKey: (id) => identityKeys.get(id),
+        stepTimeoutMs: config.secaggStepTimeoutMs,
+        ...(config.dropout > 0 ? { simulateDropout: { fraction: config.dropout, seed: config.seed } } : {}),
+      }
+    : undefined;
   for (const d of await transport.listDevices()) samplesOf.set(d.deviceId, d.numSamples ?? 0);
 
   const rejected: Record<string, number> = {};
@@ -114,9 +148,11 @@ export async function simulate(
       abortSignal: abort.signal,
       uplink: parseCompression(config.compression),
       downlink: parseCompression(config.downlinkCompression),
+      secureAggregation,
     });
   } finally {
     await transport.close();
+    if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
   }
   const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights);
   evalModel.dispose();
@@ -171,6 +207,16 @@ function summarize(r: RoundRecord): RoundSummary {
     downlinkBytes: r.downlinkBytes,
     durationMs: Math.round(r.durationMs),
     slowestTrainMs: Math.round(r.slowestTrainMs),
+    ...(r.secagg ? { secagg: { ...r.secagg, meanBytesPerDevice: meanBytes(r.secagg.bytesPerDevice) } } : {}),
+  };
+}
+
+function meanBytes(b: Record<string, { up: number; down: number }>): { up: number; down: number } {
+  const v = Object.values(b);
+  if (v.length === 0) return { up: 0, down: 0 };
+  return {
+    up: Math.round(v.reduce((a, x) => a + x.up, 0) / v.length),
+    down: Math.round(v.reduce((a, x) => a + x.down, 0) / v.length),
   };
 }
 

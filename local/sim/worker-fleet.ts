@@ -7,10 +7,14 @@ import type { ClientInfo } from "../../core/strategies/strategy";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
+import type { KeyProvider } from "../../core/secagg/identity";
 import type { SimConfig } from "./config";
 import { deviceName, type FleetData } from "./data";
 
 export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array; state?: Uint8Array };
+
+/** What each worker is started with: the job's config, and where the devices' identity keys are (secure aggregation). */
+export type FleetWorkerData = SimConfig & { keyDir?: string };
 export type FromWorker =
   | { kind: "ready"; devices: { deviceId: string; numSamples: number }[] }
   | { kind: "reply"; deviceId: string; frame: Uint8Array; state?: Uint8Array }
@@ -30,6 +34,11 @@ export class WorkerFleet implements ServerTransport {
   private devices: ClientInfo[] = [];
   /** Each device's carried state (error-feedback residuals): any worker can host any device. */
   private readonly deviceState = new Map<string, Uint8Array>();
+  /**
+   * The worker that trained a device for a secure-aggregation round: its protocol state (keys, shares, the
+   * update) lives there, so the round's later steps go to the same worker.
+   */
+  private readonly home = new Map<string, number>();
   private exited = false;
 
   private constructor(
@@ -39,9 +48,14 @@ export class WorkerFleet implements ServerTransport {
     this.inFlight = workers.map(() => 0);
   }
 
-  static async start(config: SimConfig, onProgress?: DeviceProgress): Promise<WorkerFleet> {
+  static async start(
+    config: SimConfig,
+    onProgress?: DeviceProgress,
+    opts: { keyDir?: string } = {},
+  ): Promise<WorkerFleet> {
     const script = path.join(__dirname, "fleet-worker.js");
-    const workers = Array.from({ length: config.workers }, () => new Worker(script, { workerData: config }));
+    const workerData: FleetWorkerData = { ...config, keyDir: opts.keyDir };
+    const workers = Array.from({ length: config.workers }, () => new Worker(script, { workerData }));
     const fleet = new WorkerFleet(workers, onProgress);
     try {
       const ready = await Promise.all(workers.map((w, i) => fleet.wire(w, i)));
@@ -91,6 +105,9 @@ export class WorkerFleet implements ServerTransport {
     }
     let best = 0;
     for (let i = 1; i < this.inFlight.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    const kind = peekKind(frame);
+    if (kind === "secagg") best = this.home.get(deviceId) ?? best;
+    else if (kind === "train-secagg") this.home.set(deviceId, best);
     this.inFlight[best]++;
     this.stats.downlinkBytes += frame.byteLength;
     const copy = frame.slice();
@@ -109,6 +126,20 @@ export class WorkerFleet implements ServerTransport {
   }
 }
 
+/** The frame's type, without decoding its payload ("train-secagg" for a train request of a secure round). */
+function peekKind(frame: Uint8Array): string | undefined {
+  try {
+    const n = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(4, true);
+    const header = JSON.parse(Buffer.from(frame.buffer, frame.byteOffset + 8, n).toString("utf8")) as {
+      type?: string;
+      secagg?: boolean;
+    };
+    return header.type === "train" && header.secagg ? "train-secagg" : header.type;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The same fleet in the main thread over the MemoryTransport (used with --workers 0 and in tests): one model,
  * devices train one after another.
@@ -117,6 +148,7 @@ export async function startInProcessFleet(
   config: SimConfig,
   data: FleetData,
   onProgress?: DeviceProgress,
+  keys?: KeyProvider,
 ): Promise<MemoryTransport> {
   await initBackend();
   const transport = new MemoryTransport();
@@ -124,7 +156,7 @@ export async function startInProcessFleet(
   let queue: Promise<void> = Promise.resolve();
   data.devices.forEach((d, i) => {
     const deviceId = deviceName(i, config.devices);
-    const rt = new DeviceRuntime(deviceId, d, model, onProgress);
+    const rt = new DeviceRuntime(deviceId, d, model, onProgress, keys?.signer(deviceId));
     const link: DeviceTransport = transport.connect({ deviceId, numSamples: d.n });
     link.onMessage((frame) => {
       queue = queue.then(async () => {

@@ -4,6 +4,11 @@
  * handlers (created and started through its HTTP API), updates travel as chunked device-to-cloud messages through
  * each device's durable update-queue, and models are blobs in Azurite. The runner only watches: it reads each
  * published global model from blob storage and evaluates it on the held-out test set.
+ *
+ * With `secureAggregation` the job runs SecAgg+ over the hub (docs/iothub-protocol.md, "Secure aggregation"): the
+ * stack gives every device an identity key in the local Key Vault stand-in, and each round's summary carries the
+ * protocol's record (dropouts per step, devices in the sum, unmasking time, bytes per device). The simulation-only
+ * `dropout` does not apply here (devices drop out for real: stop one).
  */
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
@@ -15,6 +20,7 @@ import {
   type JobDocument,
   type ModelMeta,
   type RoundState,
+  type SecAggRecord,
 } from "../../cloud/aggregator/src/jobs/state";
 import type { SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
@@ -48,7 +54,14 @@ export async function simulateOverIotHub(
   const evalModel = await createModel(data.spec, config.seed);
   reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
   const deviceIds = data.devices.map((_, i) => deviceName(i, config.devices));
+  if (config.secureAggregation && config.dropout > 0) {
+    throw new FlotillaError(
+      "E_CONFIG_VALUE",
+      "--dropout is simulated by the memory transport only; over the IoT Hub stack devices drop out for real",
+    );
+  }
   const stack = await startLocalStack({
+    ...(config.secureAggregation ? { identityKeys: "keyvault" as const } : {}),
     data: data.devices,
     deviceIds,
     workers: Math.max(1, config.workers),
@@ -85,6 +98,16 @@ export async function simulateOverIotHub(
       seed: config.seed,
       compression: config.compression,
       downlinkCompression: config.downlinkCompression,
+      ...(config.secureAggregation
+        ? {
+            secureAggregation: {
+              ...(config.secaggNeighbours !== undefined ? { neighbours: config.secaggNeighbours } : {}),
+              ...(config.secaggThreshold !== undefined ? { threshold: config.secaggThreshold } : {}),
+              ...(config.secaggClip !== undefined ? { clipRange: config.secaggClip } : {}),
+              stepSeconds: Math.min(300, Math.max(5, Math.round(config.secaggStepTimeoutMs / 1000))),
+            },
+          }
+        : {}),
     });
     await api(stack.host.url, "POST", `jobs/${jobId}/start`);
     let seen = 0;
@@ -127,6 +150,7 @@ export async function simulateOverIotHub(
           durationMs: Math.round(rec.durationMs),
           // The fleet shares this machine's training workers: the round's training critical path.
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
+          ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);
@@ -155,4 +179,25 @@ export async function simulateOverIotHub(
   );
   evalModel.dispose();
   return result;
+}
+
+/** A secure round's record in the simulation's summary format (core/round/secure-round.ts SecureRoundRecord). */
+function secureSummary(s: SecAggRecord): NonNullable<RoundSummary["secagg"]> {
+  const bytes = Object.values(s.bytes);
+  const mean = (k: "up" | "down") =>
+    bytes.length > 0 ? Math.round(bytes.reduce((a, b) => a + b[k], 0) / bytes.length) : 0;
+  return {
+    params: s.params ?? { neighbours: 0, threshold: 0, clipRange: 0, modulusBits: 32 },
+    dropouts: {
+      advertise: [...s.dropouts.advertise],
+      share: [...s.dropouts.share],
+      mask: [...s.dropouts.mask],
+      unmask: [...s.dropouts.unmask],
+    },
+    included: [...s.included],
+    unmaskMs: s.unmaskMs ?? 0,
+    bytesPerDevice: Object.fromEntries(Object.entries(s.bytes).map(([k, v]) => [k, { ...v }])),
+    ...(s.error ? { aborted: { code: s.error.code, reason: s.error.message } } : {}),
+    meanBytesPerDevice: { up: mean("up"), down: mean("down") },
+  };
 }

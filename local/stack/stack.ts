@@ -3,6 +3,12 @@
  * Function's handlers in a local host, and a fleet of simulated IoT Edge devices, each running the real trainer,
  * quantizer, update-queue and profiler modules on unmodified azure-iot-device ModuleClients over TLS (the hub's
  * routes, from the deployment manifest, carry updates trainer → quantizer → update-queue → $upstream).
+ *
+ * Secure aggregation (`identityKeys`): every device gets an EC P-256 identity key at start (KeyProvider.createKey),
+ * in the local Key Vault stand-in (local/keyvault/server.ts, reached through the unmodified @azure/keyvault-keys
+ * and @azure/identity SDKs with a device certificate) or in a key directory under the stack's state dir; the
+ * trainers sign their advertisements with it and the aggregation Function reads the public keys from the same
+ * provider (in Azure: Key Vault, with the Function's managed identity).
  */
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -22,6 +28,11 @@ import { createRegistry, createServiceClient, startLocalHub, type LocalHub } fro
 import { startAzurite, type Azurite } from "./azurite";
 import { startFunctionsHost, type FunctionsHost } from "./functions-host";
 import { TrainPool } from "./train-pool";
+import { generate } from "selfsigned";
+import { FileKeyProvider } from "../../core/secagg/file-key-provider";
+import type { KeyProvider } from "../../core/secagg/identity";
+import { deviceCredential, KeyVaultKeyProvider } from "../../modules/shared/keyvault-key-provider";
+import { startKeyVaultStandIn, type KeyVaultStandIn } from "../keyvault/server";
 
 /** The edgeHub routes of deployment-manifests/deployment.template.json. */
 export function manifestRoutes(): Record<string, unknown> {
@@ -50,6 +61,10 @@ export interface LocalStack {
   readonly devices: StackDevice[];
   readonly pool: TrainPool;
   readonly stateDir: string;
+  /** Devices' identity keys (secure aggregation), when the stack was started with `identityKeys`. */
+  readonly keys?: KeyProvider;
+  /** The Key Vault stand-in holding them (identityKeys "keyvault"). */
+  readonly keyVault?: KeyVaultStandIn;
   /** Drops one device's module connections (fault injection); the SDK clients reconnect by themselves. */
   dropConnections(deviceId: string): void;
   close(): Promise<void>;
@@ -65,6 +80,44 @@ export interface LocalStackOptions {
   timerIntervalMs?: number;
   log?: (line: string) => void;
   onProgress?: (deviceId: string, line: string) => void;
+  /**
+   * Secure aggregation: create every device's identity key at start, in the Key Vault stand-in ("keyvault") or a
+   * key directory under stateDir ("file"). Absent: no identity keys, and the aggregator refuses secure jobs.
+   */
+  identityKeys?: "keyvault" | "file";
+}
+
+/** The app id the stack's devices and aggregator authenticate to the Key Vault stand-in as (one fleet identity). */
+const STACK_CLIENT_ID = "f1071119-0000-4000-8000-000000000001";
+
+async function stackKeys(
+  kind: "keyvault" | "file",
+  stateDir: string,
+): Promise<{ keys: KeyProvider; keyVault?: KeyVaultStandIn }> {
+  if (kind === "file") return { keys: new FileKeyProvider(path.join(stateDir, "keys")) };
+  const [keyVault, cert] = await Promise.all([
+    startKeyVaultStandIn({ dataDir: path.join(stateDir, "keyvault") }),
+    generate([{ name: "commonName", value: "flotilla-stack-fleet" }], {
+      keyType: "rsa",
+      keySize: 2048,
+      algorithm: "sha256",
+    }),
+  ]);
+  const pem = cert.private + cert.cert;
+  keyVault.registerClient(STACK_CLIENT_ID, pem);
+  const keys = new KeyVaultKeyProvider({
+    vaultUrl: keyVault.url,
+    credential: deviceCredential({
+      tenantId: keyVault.tenantId,
+      clientId: STACK_CLIENT_ID,
+      certificate: pem,
+      authorityHost: keyVault.authorityHost,
+      ca: keyVault.ca,
+    }),
+    ca: keyVault.ca,
+    clientOptions: { disableChallengeResourceVerification: true },
+  });
+  return { keys, keyVault };
 }
 
 async function openModule(hub: LocalHub, deviceId: string, moduleId: string): Promise<ModuleClient> {
@@ -89,7 +142,21 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   } as Parameters<typeof startLocalHub>[0]);
   const store = new AzureBlobStore({ connectionString: devStorageConnectionString(azurite.blobEndpoint) });
   const fleet = new IotHubFleet(createRegistry(hub), createServiceClient(hub), { log });
-  const aggregator = createAggregator({ store, fleet, clock: Date.now, log });
+  const { keys, keyVault } = opts.identityKeys
+    ? await stackKeys(opts.identityKeys, stateDir)
+    : { keys: undefined, keyVault: undefined };
+  if (keys) {
+    // Provisioning: each device's identity key exists before its trainer can be asked to sign with it.
+    for (let i = 0; i < opts.deviceIds.length; i += 16)
+      await Promise.all(opts.deviceIds.slice(i, i + 16).map((id) => keys.createKey(id)));
+  }
+  const aggregator = createAggregator({
+    store,
+    fleet,
+    clock: Date.now,
+    log,
+    ...(keys ? { identityKeys: keys } : {}),
+  });
   const host = await startFunctionsHost(aggregator, { timerIntervalMs: opts.timerIntervalMs ?? 1000, log });
   hostRef.current = host;
   const pool = new TrainPool(opts.workers);
@@ -137,6 +204,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             trainExecutor: pool,
             closeClient: true,
             log: quiet,
+            ...(keys ? { keys } : {}),
           });
           const profiler = await startProfiler({
             client: pc,
@@ -157,6 +225,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     devices,
     pool,
     stateDir,
+    ...(keys ? { keys } : {}),
+    ...(keyVault ? { keyVault } : {}),
     dropConnections(deviceId) {
       for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
     },
@@ -174,6 +244,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
       await pool.close();
       await hub.close();
       await azurite.stop();
+      await keyVault?.close();
     },
   };
 }

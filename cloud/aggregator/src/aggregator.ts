@@ -10,6 +10,7 @@ import { Ingestor, type IngestEvent } from "./ingest";
 import { Orchestrator, type TickReport } from "./orchestrator";
 import { AzureBlobStore, MemoryBlobStore } from "./store/blob-store";
 import type { AggregatorServices } from "./services";
+import { keyProviderFromEnv } from "../../../modules/shared/keyvault-key-provider";
 
 export interface Aggregator {
   readonly services: AggregatorServices;
@@ -87,7 +88,9 @@ export function createAggregator(services: AggregatorServices, options: Aggregat
  *   AZURE_STORAGE_CONNECTION_STRING (else AzureWebJobsStorage, else `UseDevelopmentStorage=true`, i.e. Azurite);
  *   FLOTILLA_STORE=memory keeps state in process memory (single-instance local runs only);
  *   FLOTILLA_CONTAINER (default "flotilla");
- *   IOTHUB_SERVICE_CONNECTION_STRING (a policy with registry read/write and service connect).
+ *   IOTHUB_SERVICE_CONNECTION_STRING (a policy with registry read/write and service connect);
+ *   FLOTILLA_KEYVAULT_URL (devices' identity keys for secure aggregation, read with the Function's managed identity
+ *   through DefaultAzureCredential), else FLOTILLA_KEY_DIR (a key directory: local stacks); neither = no secure jobs.
  */
 export function servicesFromEnv(
   env: NodeJS.ProcessEnv = process.env,
@@ -103,5 +106,13 @@ export function servicesFromEnv(
             env.AZURE_STORAGE_CONNECTION_STRING ?? env.AzureWebJobsStorage ?? "UseDevelopmentStorage=true",
           containerName: env.FLOTILLA_CONTAINER ?? "flotilla",
         });
-  return { store, fleet: IotHubFleet.fromConnectionString(hubCs, { log }), clock: () => Date.now(), log };
+  const identityKeys =
+    env.FLOTILLA_KEYVAULT_URL || env.FLOTILLA_KEY_DIR ? keyProviderFromEnv(env) : undefined;
+  return {
+    store,
+    fleet: IotHubFleet.fromConnectionString(hubCs, { log }),
+    clock: () => Date.now(),
+    log,
+    ...(identityKeys ? { identityKeys } : {}),
+  };
 }

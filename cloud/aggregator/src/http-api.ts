@@ -106,6 +106,13 @@ export function createHttpApi(services: AggregatorServices): HttpApi {
         return error(400, "E_JOB_JSON", "body is not valid JSON");
       }
       const definition = validateJob(body);
+      if (definition.secureAggregation && !services.identityKeys) {
+        return error(
+          400,
+          "E_JOB_SECAGG",
+          "secure aggregation needs devices' identity keys: set FLOTILLA_KEYVAULT_URL (or FLOTILLA_KEY_DIR) on the aggregator",
+        );
+      }
       const layout = modelLayout(definition.modelSpec);
       const now = services.clock();
       const doc: JobDocument = {
@@ -148,6 +155,18 @@ export function createHttpApi(services: AggregatorServices): HttpApi {
                 participants: openRound.participants.map((p) => p.deviceId),
                 received: Object.keys(openRound.received),
                 deadline: openRound.deadline,
+                ...(openRound.secagg
+                  ? {
+                      secagg: {
+                        phase: openRound.secagg.phase,
+                        stepDeadline: openRound.secagg.stepDeadline,
+                        advertised: Object.keys(openRound.secagg.advertised).length,
+                        shared: Object.keys(openRound.secagg.shared).length,
+                        masked: Object.keys(openRound.secagg.masked).length,
+                        unmasked: Object.keys(openRound.secagg.unmasked).length,
+                      },
+                    }
+                  : {}),
               }
             : null,
         },

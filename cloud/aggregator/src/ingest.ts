@@ -8,7 +8,7 @@
  * `errors` and the batch goes on (the device resends unacknowledged updates, so nothing is lost for good).
  */
 import { readEnvelope } from "../../../core/compress";
-import { decodeMessage, type Message } from "../../../core/protocol/messages";
+import { decodeMessage, type Message, type SecAggFrame } from "../../../core/protocol/messages";
 import { isFlotillaError } from "../../../core/errors";
 import { isConflict, sha256Hex } from "./store/blob-store";
 import { JobRepository, paths, type JobDocument, type RoundState } from "./jobs/state";
@@ -28,6 +28,7 @@ export const INGEST_COUNTERS = [
   "updates_completed",
   "duplicate_updates",
   "failures_received",
+  "secagg_frames",
   "acks_sent",
   "acks_failed",
   "rejected_malformed",
@@ -47,6 +48,8 @@ export type IngestCounter = (typeof INGEST_COUNTERS)[number];
 export const MAX_CHUNK_BODY = 256 * 1024;
 /** Frame header allowance above the model's payload (JSON header + padding). */
 const HEADER_ALLOWANCE = 64 * 1024;
+/** An advertisement frame is a small JSON header (two X25519 keys, a signature, ids). */
+const MAX_ADVERTISEMENT_FRAME = 16 * 1024;
 const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -199,7 +202,11 @@ export class Ingestor {
         `'${p.deviceId}' is not a participant of ${p.jobId}/${p.round}`,
       );
     }
-    if (round.received[p.deviceId]?.updateId === p.updateId) {
+    if (
+      round.received[p.deviceId]?.updateId === p.updateId ||
+      round.secagg?.advertised[p.deviceId]?.updateId === p.updateId ||
+      round.secagg?.masked[p.deviceId]?.updateId === p.updateId
+    ) {
       // Already complete: the device did not get our ack. Acknowledge again.
       this.counters.duplicate_updates++;
       await this.ack(p.deviceId, p.updateId);
@@ -224,10 +231,10 @@ export class Ingestor {
       if (!isConflict(e)) throw e;
       this.counters.duplicate_chunks++;
     }
-    await this.tryComplete(p, job);
+    await this.tryComplete(p, job, round.secagg !== undefined);
   }
 
-  private async tryComplete(p: ChunkProps, job: JobDocument): Promise<void> {
+  private async tryComplete(p: ChunkProps, job: JobDocument, secure: boolean): Promise<void> {
     const store = this.services.store;
     const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
     const names = await store.list(dir);
@@ -267,13 +274,24 @@ export class Ingestor {
     }
     if (
       msg.type === "train" ||
-      msg.type === "secagg" ||
+      (msg.type === "secagg" && msg.direction !== "up") ||
       msg.jobId !== p.jobId ||
       msg.round !== p.round ||
       msg.deviceId !== p.deviceId
     ) {
       await this.dropChunks(names);
       throw new Reject("rejected_frame", `update ${p.updateId}: frame does not match its properties`);
+    }
+    if (msg.type === "secagg") return this.completeSecAgg(p, job, msg, frame, names);
+    if (msg.type === "result" && secure) {
+      // A plaintext update in a secure round (e.g. a trainer without secure aggregation) is never stored or used;
+      // it is acknowledged so the device's queue lets it go, and the device counts as not having advertised.
+      await this.dropChunks(names);
+      await this.ack(p.deviceId, p.updateId);
+      throw new Reject(
+        "rejected_frame",
+        `update ${p.updateId}: a plaintext result in secure round ${p.round}`,
+      );
     }
     if (msg.type === "result") {
       let layoutHash = msg.layoutHash;
@@ -358,6 +376,115 @@ export class Ingestor {
     await this.ack(p.deviceId, p.updateId);
     if (outcome === "late")
       throw new Reject("late", `${p.jobId}/${p.round} closed while ${p.updateId} completed`);
+  }
+
+  /**
+   * A secure round's device frame (docs/iothub-protocol.md, "Secure aggregation"): the key advertisement (step 1)
+   * or the masked input (step 3). Stored as rounds/{r}/secagg/{step}/{device}.frame and recorded in the round's
+   * `secagg` state only while that step is open (a masked input after the mask step closed is late: the server
+   * may already have asked for the device's mask key, and must never see both).
+   */
+  private async completeSecAgg(
+    p: ChunkProps,
+    job: JobDocument,
+    msg: SecAggFrame,
+    frame: Uint8Array,
+    names: readonly string[],
+  ): Promise<void> {
+    const store = this.services.store;
+    const refuse = async (reason: string): Promise<never> => {
+      await this.dropChunks(names);
+      throw new Reject("rejected_frame", `update ${p.updateId}: ${reason}`);
+    };
+    const step = msg.step;
+    if (step !== "advertise" && step !== "mask")
+      return refuse(`a device cannot send a secagg '${step}' frame`);
+    const body = msg.body as Record<string, unknown> | null;
+    if (
+      typeof body !== "object" ||
+      body === null ||
+      body.jobId !== p.jobId ||
+      body.round !== p.round ||
+      body.deviceId !== p.deviceId
+    ) {
+      return refuse(`secagg ${step} body does not name ${p.jobId}/${p.round}/${p.deviceId}`);
+    }
+    if (step === "advertise") {
+      if (msg.masked !== undefined) return refuse("an advertisement carries no payload");
+      if (frame.byteLength > MAX_ADVERTISEMENT_FRAME)
+        return refuse(`advertisement frame of ${frame.byteLength} bytes`);
+    } else {
+      if (!(msg.masked instanceof Uint32Array) || msg.masked.length !== job.modelLength)
+        return refuse(
+          `masked input has ${msg.masked?.length ?? 0} values, the job's model has ${job.modelLength}`,
+        );
+      if (msg.numSamples !== undefined && !(typeof msg.numSamples === "number" && msg.numSamples > 0))
+        return refuse(`numSamples ${String(msg.numSamples)}`);
+    }
+    const blobPath = paths.secagg(p.jobId, p.round, step, p.deviceId);
+    let stored = true;
+    try {
+      await store.put(blobPath, frame, { ifNoneMatch: "*" });
+    } catch (e) {
+      if (!isConflict(e)) throw e;
+      stored = false;
+    }
+    const now = this.services.clock();
+    let outcome = "duplicate" as "recorded" | "duplicate" | "late" | "not-secure";
+    const loss = Number.isFinite(msg.metrics?.loss) ? msg.metrics?.loss : undefined;
+    await this.repo.updateRound(p.jobId, p.round, (cur: RoundState) => {
+      const sa = cur.secagg;
+      if (!sa) {
+        outcome = "not-secure";
+        return undefined;
+      }
+      const got = step === "advertise" ? sa.advertised : sa.masked;
+      if (got[p.deviceId]) {
+        outcome = "duplicate";
+        return undefined;
+      }
+      const expected =
+        step === "advertise"
+          ? sa.phase === "advertise" && cur.received[p.deviceId] === undefined
+          : sa.phase === "mask" && (sa.u2 ?? []).includes(p.deviceId);
+      if (cur.status !== "open" || !expected) {
+        outcome = "late";
+        return undefined;
+      }
+      outcome = "recorded";
+      const receipt = {
+        updateId: p.updateId,
+        bytes: p.size,
+        at: now,
+        ...(step === "mask" && msg.numSamples !== undefined ? { numSamples: msg.numSamples } : {}),
+        ...(step === "mask" && loss !== undefined ? { loss } : {}),
+      };
+      return {
+        ...cur,
+        secagg:
+          step === "advertise"
+            ? { ...sa, advertised: { ...sa.advertised, [p.deviceId]: receipt } }
+            : { ...sa, masked: { ...sa.masked, [p.deviceId]: receipt } },
+      };
+    });
+    if (outcome === "not-secure") {
+      if (stored) await store.delete(blobPath);
+      return refuse(`${p.jobId}/${p.round} is not a secure round`);
+    }
+    if (outcome === "late" && stored) await store.delete(blobPath);
+    await this.dropChunks(names);
+    if (outcome === "recorded") {
+      this.counters.secagg_frames++;
+      this.services.log(`ingest: secagg ${step} ${p.updateId} from ${p.deviceId} for ${p.jobId}/${p.round}`);
+    } else if (outcome === "duplicate") {
+      this.counters.duplicate_updates++;
+    }
+    await this.ack(p.deviceId, p.updateId);
+    if (outcome === "late")
+      throw new Reject(
+        "late",
+        `${p.jobId}/${p.round}: secagg ${step} ${p.updateId} arrived after its step closed`,
+      );
   }
 
   private async dropChunks(names: readonly string[]): Promise<void> {

@@ -16,6 +16,11 @@
  * A round with no usable update keeps the model (round status `failed`) and the job goes on. A round that closes
  * at the deadline with fewer than minCompletedFraction × participants updates is aggregated anyway and recorded
  * with `belowQuorum: true`.
+ *
+ * A secure job's rounds (definition `secureAggregation`) run SecAgg+ between dispatch and closing: secure-round.ts
+ * drives its steps (advertise → share → mask → unmask) tick by tick, and the closing round adds the unmasked mean
+ * with RoundAggregation.addAggregate. A secure round aborted for too few survivors keeps the model (`failed`,
+ * code E_SECAGG_ABORTED).
  */
 import { createHash } from "node:crypto";
 import { parseCompression } from "../../../core/compress";
@@ -38,6 +43,8 @@ import {
   type RoundState,
 } from "./jobs/state";
 import type { AggregatorServices } from "./services";
+import { initialSecAggState, secAggOrder, secAggRecord, SecureRounds } from "./secure-round";
+import type { SecAggResult } from "../../../core/secagg/types";
 
 /** Strategies whose whole server state is the global model (nothing lost on restart). */
 const STATELESS = new Set(["fedavg", "fedprox"]);
@@ -62,6 +69,7 @@ export class Orchestrator {
   readonly repo: JobRepository;
   private readonly strategies = new Map<string, CachedStrategy>();
   private readonly concurrency: number;
+  private readonly secure: SecureRounds;
   private running: Promise<TickReport> | null = null;
 
   constructor(
@@ -70,6 +78,7 @@ export class Orchestrator {
   ) {
     this.repo = new JobRepository(services.store);
     this.concurrency = opts.dispatchConcurrency ?? 32;
+    this.secure = new SecureRounds(services, this.concurrency);
   }
 
   /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
@@ -108,13 +117,18 @@ export class Orchestrator {
             st = await this.dispatch(job, st);
             actions.push(`dispatched round ${r}`);
           }
-          if (!this.shouldClose(st, now)) return;
-          st = await this.repo.updateRound(jobId, r, (cur) =>
-            cur.status === "open" ? { ...cur, status: "closing" } : undefined,
-          );
+          if (st.secagg) {
+            st = await this.secure.advance(job, st, actions);
+            if (st.status === "open") return;
+          } else {
+            if (!this.shouldClose(st, now)) return;
+            st = await this.repo.updateRound(jobId, r, (cur) =>
+              cur.status === "open" ? { ...cur, status: "closing" } : undefined,
+            );
+          }
         }
         if (st && st.status === "closing") {
-          await this.closeRound(job, st, now);
+          await this.closeRound(job, st, st.secagg ? this.services.clock() : now);
           actions.push(`closed round ${r}`);
           continue;
         }
@@ -248,6 +262,13 @@ export class Orchestrator {
         actions.push(`round ${round}: no eligible trainer, waiting`);
         return false;
       }
+      const fewest = d.secureAggregation ? Math.max(3, d.secureAggregation.minSurvivors) : 1;
+      if (picks.length < fewest) {
+        actions.push(
+          `round ${round}: ${picks.length} eligible trainer(s), secure aggregation needs ${fewest}; waiting`,
+        );
+        return false;
+      }
       const fresh: RoundState = {
         jobId: d.jobId,
         round,
@@ -258,6 +279,7 @@ export class Orchestrator {
         deadline: now + d.roundDeadlineSeconds * 1000,
         modelSha256: meta.sha256,
         dispatched: false,
+        ...(d.secureAggregation ? { secagg: initialSecAggState(now + d.roundDeadlineSeconds * 1000) } : {}),
       };
       st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
       if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
@@ -305,6 +327,7 @@ export class Orchestrator {
         modelSpec: d.modelSpec,
         config: p.config,
         deadline: st.deadline,
+        ...(d.secureAggregation ? { secagg: secAggOrder(d.secureAggregation) } : {}),
       };
       // The trainer's twin and the update-queue's twin are independent: update them concurrently. The
       // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
@@ -348,6 +371,7 @@ export class Orchestrator {
   }
 
   private async closeRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
+    if (st.secagg) return this.closeSecureRound(job, st, now);
     const d = job.definition;
     const { strategy, reset } = await this.strategyAt(job, st.round - 1);
     const agg = strategy.beginAggregate(st.round);
@@ -411,6 +435,89 @@ export class Orchestrator {
       optimizerStateReset: reset,
       closedAt: now,
     };
+    await this.recordRound(job, st, record);
+  }
+
+  /**
+   * Closes a secure round: unmasks (secure-round.ts), adds the mean of the included devices as one aggregate, and
+   * publishes the model. An aborted round (too few survivors at any step) keeps the model: `failed`, with code
+   * E_SECAGG_ABORTED, and nothing was unmasked.
+   */
+  private async closeSecureRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
+    const d = job.definition;
+    const { strategy, reset } = await this.strategyAt(job, st.round - 1);
+    let result: SecAggResult | undefined;
+    let abortError: { code: string; message: string } | undefined = st.secagg?.error;
+    if (!abortError) {
+      try {
+        result = await this.secure.finish(job, st);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code !== "E_SECAGG_ABORTED") throw e;
+        abortError = { code, message: (e as Error).message };
+        this.services.log(`secagg ${d.jobId}/${st.round}: unmasking aborted: ${abortError.message}`);
+      }
+    }
+    const sa = st.secagg!;
+    const closed: RoundState = abortError
+      ? { ...st, secagg: { ...sa, phase: "aborted", error: abortError } }
+      : st;
+    const { record: secagg, failures, bytes } = secAggRecord(closed, result);
+    const agg = strategy.beginAggregate(st.round);
+    let lossSum = 0;
+    let lossN = 0;
+    if (result && result.included.length > 0) {
+      try {
+        agg.addAggregate({ deviceIds: result.included, totalSamples: result.totalWeight, mean: result.mean });
+      } catch (e) {
+        // e.g. a non-finite mean: the round fails like any refused update, and the model is kept.
+        const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
+        for (const id of result.included) failures.push({ deviceId: id, code, reason: (e as Error).message });
+      }
+      for (const id of result.included) {
+        const m = sa.masked[id];
+        if (m && m.loss !== undefined && m.numSamples !== undefined && Number.isFinite(m.loss)) {
+          lossSum += m.loss * m.numSamples;
+          lossN += m.numSamples;
+        }
+      }
+    }
+    const completed = agg.count;
+    const next = agg.finish(failures);
+    const meta = await this.publishModel(job, st.round, next, now);
+    this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
+    const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
+    const record: RoundRecord = {
+      round: st.round,
+      status: completed > 0 ? "aggregated" : "failed",
+      participants: st.participants.length,
+      completed,
+      failures,
+      trainLoss: lossN > 0 ? lossSum / lossN : null,
+      bytesReceived: bytes,
+      durationMs: now - st.openedAt,
+      belowQuorum: completed < quorum,
+      modelSha256: meta.sha256,
+      optimizerStateReset: reset,
+      closedAt: now,
+      ...(abortError ? { code: abortError.code } : {}),
+      secagg,
+    };
+    if (abortError && sa.phase !== "aborted") {
+      await this.repo.updateRound(d.jobId, st.round, (cur) =>
+        cur.secagg && cur.secagg.phase === "finish"
+          ? { ...cur, secagg: { ...cur.secagg, phase: "aborted", error: abortError } }
+          : undefined,
+      );
+    }
+    await this.recordRound(job, st, record);
+  }
+
+  /** Commits the round to the job document, then marks its state closed. */
+  private async recordRound(job: JobDocument, st: RoundState, record: RoundRecord): Promise<void> {
+    const d = job.definition;
+    const now = record.closedAt;
+    const completed = record.completed;
     await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === st.round)) return undefined;
       const done = st.round >= cur.definition.rounds;
@@ -426,7 +533,7 @@ export class Orchestrator {
     );
     if (st.round >= d.rounds) await this.releaseQuantizers(job);
     this.services.log(
-      `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${meta.sha256.slice(0, 12)}`,
+      `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
     );
   }
 }

@@ -37,8 +37,8 @@ import { DEFAULT_MAX_BYTES } from "./config";
  * update is a `result` of a job its module twin configures with a lossy codec chain (core/compress), replaces the
  * raw float32 delta by a compressed envelope (`encoding: "flz"`): with a sparsifier through the job's error feedback
  * (the residual persisted in `stateDir/residual-<jobId>.bin`), otherwise with encodeTensor. The new frame goes out
- * on output `updates` in chunks (frameChunks). Failure frames, results of other jobs and deltas already encoded are
- * forwarded unchanged.
+ * on output `updates` in chunks (frameChunks). Failure frames, results of other jobs, deltas already encoded and
+ * secure aggregation's device frames (`secagg`, direction up: never compressible) are forwarded unchanged.
  *
  * Configuration: module twin desired `flotilla: { jobs: { [jobId]: { compression: "topk:0.01+int8" } | null } }`.
  * Reported `flotilla: { status, jobs, counters, error, lastError, updatedAt }`. Nothing the cloud or the trainer sends
@@ -492,7 +492,9 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     } catch (e) {
       return problem(new FlotillaError("E_QUANT_FRAME", `not a valid FLT1 frame (${errorText(e)})`), "input");
     }
-    if (msg.type !== "result" && msg.type !== "failure")
+    // Secure aggregation's device frames (key advertisement, masked input) pass through untouched: the masked
+    // vector is a ring element per value that any codec would destroy (docs/iothub-protocol.md).
+    if (msg.type === "train" || (msg.type === "secagg" && msg.direction !== "up"))
       return problem(
         new FlotillaError("E_QUANT_FRAME", `frame type '${msg.type}' is not an update`),
         "input",

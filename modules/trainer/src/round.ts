@@ -2,8 +2,18 @@ import { FlotillaError } from "../../../core/errors";
 import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
-export type { RoundOrder } from "../../../core/protocol/round-order";
-import type { RoundOrder } from "../../../core/protocol/round-order";
+import type { RoundOrder as BaseRoundOrder } from "../../../core/protocol/round-order";
+
+/**
+ * A secure round's extra field (docs/iothub-protocol.md, "Secure aggregation"): the trainer keeps its update and
+ * answers with a signed key advertisement instead of a result. `stepSeconds` bounds each later protocol step.
+ */
+export interface SecAggOrder {
+  readonly stepSeconds: number;
+}
+
+/** The round order (twin desired `flotilla` / `startRound` payload), with the secure-aggregation field. */
+export type RoundOrder = BaseRoundOrder & { readonly secagg?: SecAggOrder };
 
 /** undefined = idle (`null`, or no jobId); throws E_ROUND_INVALID naming the first bad field. */
 export function parseRoundOrder(value: unknown): RoundOrder | undefined {
@@ -56,6 +66,15 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
         : {}),
     };
   }
+  let secagg: SecAggOrder | undefined;
+  if (o.secagg !== undefined && o.secagg !== null && o.secagg !== false) {
+    const x = o.secagg as Record<string, unknown>;
+    if (typeof x !== "object" || Array.isArray(x)) bad("secagg must be an object");
+    const step = x.stepSeconds === undefined || x.stepSeconds === null ? 30 : x.stepSeconds;
+    if (typeof step !== "number" || !Number.isFinite(step) || step <= 0 || step > 3600)
+      bad("secagg.stepSeconds must be a number of seconds in (0, 3600]");
+    secagg = { stepSeconds: step };
+  }
   const config: FitConfig = {
     epochs: cfg.epochs as number,
     batchSize: cfg.batchSize as number,
@@ -74,6 +93,7 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     deadline: deadline as number,
     ...(enc === "flz" ? { modelEncoding: "flz" as const } : {}),
     ...(onnx ? { onnx } : {}),
+    ...(secagg ? { secagg } : {}),
   };
 }
 

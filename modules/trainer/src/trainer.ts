@@ -23,6 +23,8 @@ import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOut
 import { TrainerInference, type InferencePrecision, type InferenceReport } from "./inference";
 import { parseRoundOrder, type RoundOrder } from "./round";
 import { resolveData } from "./executor";
+import { SECAGG_METHODS, SecAggSessions } from "./secagg";
+import type { IdentitySigner, SecAggStep } from "../../../core/secagg/types";
 
 /**
  * The trainer IoT Edge module (docs/iothub-protocol.md). The cloud orders a round through the module twin's desired
@@ -30,6 +32,11 @@ import { resolveData } from "./executor";
  * downloads the global model, checks its sha256 and layout, trains on the local data from the global weights
  * (core/round/DeviceRuntime, through a TrainExecutor), and sends the FLT1 result frame on output `updates` (routed
  * to the update-queue module) in chunks of at most 255,000 bytes. Progress goes to the reported `flotilla`.
+ *
+ * A secure round (order field `secagg`, docs/iothub-protocol.md "Secure aggregation") trains the same way, but the
+ * update stays in memory (./secagg.ts) and a signed key advertisement goes out instead; the cloud then drives the
+ * protocol with the direct methods secaggShareKeys, secaggMaskInput (the masked update then leaves on the same
+ * `updates` output) and secaggUnmask. The identity key signs through `keys` (Key Vault or the file provider).
  *
  * Failures never crash the module: each is reported as status `error` with its code. A failure frame is sent so
  * the cloud need not wait, except for E_MODEL_HASH (the order or the blob cannot be trusted), rounds aborted by the
@@ -39,7 +46,8 @@ import { resolveData } from "./executor";
  * in one process (sharing a model cache and a TrainExecutor backed by a worker pool).
  */
 
-export type TrainerStatus = "idle" | "downloading" | "training" | "queued" | "uploading" | "done" | "error";
+export type TrainerStatus =
+  "idle" | "downloading" | "training" | "queued" | "uploading" | "secagg" | "done" | "error";
 
 /** The reported property `flotilla`. */
 export interface TrainerState {
@@ -52,6 +60,8 @@ export interface TrainerState {
   readonly progress: number | null;
   readonly updateId: string | null;
   readonly error: { readonly code: string; readonly message: string } | null;
+  /** Secure rounds: the last protocol step this trainer took part in (status `secagg`, then `done`). */
+  readonly secaggStep?: SecAggStep | null;
   /** The published ONNX global model evaluated with onnxruntime on the local data (null before the first). */
   readonly inference?: InferenceReport | { readonly error: { code: string; message: string } } | null;
   readonly updatedAt: string;
@@ -101,6 +111,12 @@ export interface TrainerOptions {
    * `predict` method): "int8" (default), "fp32", or "off".
    */
   inference?: InferencePrecision | "off";
+  /**
+   * This device's identity key (secure aggregation signs its key advertisements with it): a core/secagg
+   * KeyProvider (Key Vault, or the file provider), or anything with `signer(deviceId)`. Without it, secure rounds
+   * fail with E_SECAGG_NO_KEY.
+   */
+  keys?: { signer(deviceId: string): IdentitySigner };
 }
 
 export interface TrainerHandle {
@@ -169,6 +185,9 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   let reconnectTimer: NodeJS.Timeout | undefined;
   let reconnectFailures = 0;
   let opening = false;
+  const secagg = new SecAggSessions(deviceId);
+  /** Masked inputs being sent (apart from `chain`: a training round of another job must not hold them up). */
+  let maskChain: Promise<void> = Promise.resolve();
 
   // --- reported state ---------------------------------------------------------------------------------------
   const setState = (patch: Partial<TrainerState>): void => {
@@ -229,6 +248,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     tried.add(key);
     latestRound.set(order.jobId, order.round);
+    secagg.dropJob(order.jobId, order.round); // a newer round supersedes an unfinished secure one
     const run: Run = { key, order, controller: new AbortController() };
     // One round at a time: a newer order supersedes the running and the waiting one.
     active?.controller.abort(new FlotillaError(SUPERSEDED, "a newer round was ordered"));
@@ -295,6 +315,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         progress: null,
         updateId: null,
         error: null,
+        secaggStep: null,
       });
       const { weights, sha256: weightsSha256 } = await download(order, signal);
       const layout = modelLayout(order.modelSpec);
@@ -333,6 +354,27 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         trainMs: outcome.metrics.trainMs,
       };
       setState({ status: "queued", numSamples: outcome.numSamples, metrics, progress: 1 });
+      if (order.secagg) {
+        // Secure aggregation, step 1: the update stays here; the signed key advertisement goes out instead.
+        if (!opts.keys)
+          throw new FlotillaError("E_SECAGG_NO_KEY", "secure aggregation needs an identity key provider");
+        const advertise = await secagg.start(
+          { ...base, deadline: order.deadline, stepSeconds: order.secagg.stepSeconds },
+          outcome.delta,
+          outcome.numSamples,
+          metrics,
+          opts.keys.signer(deviceId),
+        );
+        if (signal.aborted) {
+          secagg.drop(order.jobId, order.round);
+          throw signal.reason;
+        }
+        const updateId = await sendFrame(encodeMessage(advertise), order, signal);
+        setState({ status: "secagg", secaggStep: "advertise", updateId });
+        log("info", `trainer: round ${order.round} of ${order.jobId}: keys advertised (secure aggregation)`);
+        inferenceChain = inferenceChain.then(() => evaluateOnnx(order));
+        return;
+      }
       const frame = encodeMessage({
         type: "result",
         ...base,
@@ -438,7 +480,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   };
 
   /** Sends a frame as chunks on the `updates` output, retrying each chunk with backoff. Returns the updateId. */
-  const sendFrame = async (frame: Uint8Array, order: RoundOrder, signal: AbortSignal): Promise<string> => {
+  const sendFrame = async (
+    frame: Uint8Array,
+    order: { jobId: string; round: number },
+    signal: AbortSignal,
+  ): Promise<string> => {
     const { updateId, messages } = frameChunks(
       frame,
       { jobId: order.jobId, round: order.round, deviceId },
@@ -476,7 +522,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       // Rounds already finished before a restart are not trained again.
       const r = t.properties.reported?.[REPORTED_KEY] as Partial<TrainerState> | undefined;
       if (r && typeof r.jobId === "string" && typeof r.round === "number") {
-        if (r.status === "done" || r.status === "queued" || r.status === "uploading")
+        // A secure round in progress is not retried either: its session (keys, update) died with the process.
+        if (["done", "queued", "uploading", "secagg"].includes(r.status as string))
           tried.add(keyOf(r as RoundOrder));
         latestRound.set(r.jobId, Math.max(latestRound.get(r.jobId) ?? -1, r.round));
       }
@@ -571,6 +618,10 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       run.controller.abort(new FlotillaError(ABORTED, "aborted by the abortRound method"));
       aborted.push(`${run.order.jobId}/${run.order.round}`);
     }
+    if (typeof p.jobId === "string") {
+      const round = typeof p.round === "number" ? p.round : undefined;
+      if (secagg.drop(p.jobId, round) > 0) aborted.push(`${p.jobId}/${round ?? "*"} (secure aggregation)`);
+    }
     respond(response, aborted.length > 0 ? 200 : 404, { aborted: aborted.length > 0, rounds: aborted }, log);
   });
   client.onMethod("predict", (request, response) => {
@@ -592,6 +643,42 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       },
     );
   });
+  // Secure aggregation, steps 2-4 (./secagg.ts): 200 with the step's answer, 400 {code, message} otherwise.
+  for (const { method, step } of SECAGG_METHODS) {
+    client.onMethod(method, (request, response) => {
+      if (stopped) return stoppedAnswer(response);
+      const payload = parsePayload(request?.payload);
+      const answer = secagg.answer(step, payload);
+      respond(response, answer.status, answer.payload, log);
+      const jobId = payload?.jobId;
+      const round = payload?.round;
+      if (answer.status !== 200) {
+        const err = answer.payload as { code: string; message: string };
+        log("warn", `trainer: ${method} for ${String(jobId)}/${String(round)}: ${err.code}: ${err.message}`);
+        return;
+      }
+      if (state.jobId === jobId && state.round === round)
+        setState({ status: step === "unmask" ? "done" : "secagg", secaggStep: step });
+      const frame = answer.frame;
+      if (frame) {
+        // The masked input leaves on the updates output like any update (after the answer: it may be large).
+        maskChain = maskChain.then(async () => {
+          try {
+            const updateId = await sendFrame(encodeMessage(frame), frame, stopSignal.signal);
+            log("info", `trainer: round ${frame.round} of ${frame.jobId}: masked input sent (${updateId})`);
+          } catch (e) {
+            const err = errorOf(e);
+            log(
+              "warn",
+              `trainer: sending the masked input of ${frame.jobId}/${frame.round}: ${err.code}: ${err.message}`,
+            );
+            if (state.jobId === frame.jobId && state.round === frame.round)
+              setState({ status: "error", error: err });
+          }
+        });
+      }
+    });
+  }
   client.onMethod("status", (_request, response) => {
     if (stopped) return stoppedAnswer(response);
     respond(response, 200, state, log);
@@ -603,9 +690,10 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     state: () => state,
     startRound: (order) => onOrder(order, "startRound"),
     idle: async () => {
-      for (let c = chain; ; c = chain) {
+      for (let c = chain, m = maskChain; ; c = chain, m = maskChain) {
         await c;
-        if (c === chain) break;
+        await m;
+        if (c === chain && m === maskChain) break;
       }
       await reportChain;
     },
@@ -618,6 +706,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       active?.controller.abort(reason);
       pending?.controller.abort(reason);
       await chain.catch(() => undefined);
+      await maskChain.catch(() => undefined);
       await inferenceChain;
       await inference?.close();
       // The last reported state (e.g. the final `done`) goes out before the client closes.

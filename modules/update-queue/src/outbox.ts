@@ -95,7 +95,7 @@ export interface OutboxOptions {
   maxChunkBytes?: number;
   maxBytes?: number;
   tombstoneLimit?: number;
-  /** Check that every frame is a well-formed FLT1 `result`/`failure` frame agreeing with its meta; default true. */
+  /** Check that every frame is a well-formed FLT1 `result`/`failure`/up `secagg` frame agreeing with its meta; default true. */
   validateFrames?: boolean;
   lockTimeoutMs?: number;
   stagingTtlMs?: number;
@@ -800,7 +800,7 @@ export function deriveUpdateId(contentSha256: string): string {
   return contentSha256.slice(0, 32);
 }
 
-/** jobId, round and deviceId read from an FLT1 `result`/`failure` frame; E_QUEUE_FRAME if it is not one. */
+/** jobId, round and deviceId read from an FLT1 `result`/`failure`/up `secagg` frame; E_QUEUE_FRAME if it is not one. */
 export function frameMeta(frame: Uint8Array): UpdateMeta {
   let msg;
   try {
@@ -812,8 +812,11 @@ export function frameMeta(frame: Uint8Array): UpdateMeta {
     const detail = isFlotillaError(e) ? `${e.code}: ${e.message}` : String(e);
     return fail("E_QUEUE_FRAME", `update is not a valid FLT1 frame (${detail})`);
   }
-  if (msg.type !== "result" && msg.type !== "failure") {
-    fail("E_QUEUE_FRAME", `update frame has type '${msg.type}'; only 'result' and 'failure' go upstream`);
+  if (msg.type === "train" || (msg.type === "secagg" && msg.direction !== "up")) {
+    fail(
+      "E_QUEUE_FRAME",
+      `update frame has type '${msg.type}'; only 'result', 'failure' and device 'secagg' frames go upstream`,
+    );
   }
   return { jobId: msg.jobId, round: msg.round, deviceId: msg.deviceId };
 }

@@ -46,6 +46,13 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
       started.push(req.payload);
       void res.send(200, { accepted: true });
     });
+    trainer.onMethod("secaggShareKeys", (req, res) => {
+      if (!req || !res) return;
+      const p = req.payload as { jobId?: string };
+      void (p.jobId === "job-x"
+        ? res.send(200, { echo: p })
+        : res.send(400, { code: "E_SECAGG_STATE", message: "no" }));
+    });
     const acks: unknown[] = [];
     queue.onMethod("ack", (req, res) => {
       if (!req || !res) return;
@@ -121,6 +128,37 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
       logs.some((l) => l.includes("edge-2") && l.includes("404")),
       logs.join("\n"),
     );
+
+    // Secure aggregation's methods: the device's answer whatever its status; an offline device is not reached.
+    assert.deepEqual(await fleet.callTrainer("edge-1", "secaggShareKeys", { jobId: "job-x", round: 4 }, 5), {
+      reached: true,
+      status: 200,
+      payload: { echo: { jobId: "job-x", round: 4 } },
+    });
+    assert.deepEqual(await fleet.callTrainer("edge-1", "secaggShareKeys", { jobId: "other" }, 5), {
+      reached: true,
+      status: 400,
+      payload: { code: "E_SECAGG_STATE", message: "no" },
+    });
+    const offline = await fleet.callTrainer("edge-2", "secaggShareKeys", { jobId: "job-x" }, 5);
+    assert.equal(offline.reached, false);
+    assert.match(offline.reached ? "" : offline.reason, /404/);
+    // A secure round's order carries `secagg`.
+    await fleet.configureRound("edge-1", { ...desired, round: 5, secagg: { stepSeconds: 20, threshold: 3 } });
+    const secTwin = await registry.getModuleTwin("edge-1", "trainer");
+    const sec = (secTwin.responseBody.properties.desired as Record<string, unknown>).flotilla as Record<
+      string,
+      unknown
+    >;
+    // (nulls delete what an earlier round set: the twin keeps no null members)
+    assert.deepEqual(sec.secagg, { stepSeconds: 20, threshold: 3 });
+    await fleet.configureRound("edge-1", desired);
+    const plainTwin = await registry.getModuleTwin("edge-1", "trainer");
+    const plain = (plainTwin.responseBody.properties.desired as Record<string, unknown>).flotilla as Record<
+      string,
+      unknown
+    >;
+    assert.equal(plain.secagg ?? null, null, "a plain round clears it");
 
     assert.equal(await fleet.ack("edge-1", ["u1", "u2"]), true);
     assert.deepEqual(acks, [{ updateIds: ["u1", "u2"] }]);

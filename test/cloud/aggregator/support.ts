@@ -1,7 +1,12 @@
 /** Test helpers for the aggregator: Azurite as a child process, a recording Fleet, devices' chunked frames. */
 import { createHash } from "node:crypto";
 import { encodeMessage, type DeviceMessage } from "../../../core/protocol/messages";
-import type { Fleet, RoundDesired, TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
+import type {
+  Fleet,
+  MethodOutcome,
+  RoundDesired,
+  TrainerInfo,
+} from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 
 export { freePort, startAzurite, type Azurite } from "../../../local/stack/azurite";
@@ -36,6 +41,23 @@ export class RecordingFleet implements Fleet {
   readonly quantizers: { deviceId: string; jobId: string; compression: string | null }[] = [];
   async configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void> {
     this.quantizers.push({ deviceId, jobId, compression });
+  }
+  /** Trainer direct methods called (secure aggregation), in order. */
+  readonly calls: { deviceId: string; method: string; payload: unknown; timeoutSeconds: number }[] = [];
+  /** Answers trainer methods; default: not reachable. */
+  onCall: (deviceId: string, method: string, payload: unknown) => Promise<MethodOutcome> | MethodOutcome =
+    () => ({
+      reached: false,
+      reason: "no device in this test",
+    });
+  async callTrainer(
+    deviceId: string,
+    method: string,
+    payload: unknown,
+    timeoutSeconds: number,
+  ): Promise<MethodOutcome> {
+    this.calls.push({ deviceId, method, payload, timeoutSeconds });
+    return this.onCall(deviceId, method, payload);
   }
 }
 
@@ -86,6 +108,7 @@ export const testLog = (l: string) => {
 import { HttpRequest, InvocationContext } from "@azure/functions";
 import { createAggregator, type Aggregator } from "../../../cloud/aggregator/src/aggregator";
 import { MemoryBlobStore, type BlobStore } from "../../../cloud/aggregator/src/store/blob-store";
+import type { IdentityKeyDirectory } from "../../../cloud/aggregator/src/services";
 
 export const SPEC = { kind: "mlp", inputShape: [4], numClasses: 3, hidden: [5] } as const;
 
@@ -132,7 +155,10 @@ export interface World {
   restart(): Aggregator;
 }
 
-export function world(devices = ["dev-a", "dev-b", "dev-c"]): World {
+export function world(
+  devices = ["dev-a", "dev-b", "dev-c"],
+  extra: { identityKeys?: IdentityKeyDirectory } = {},
+): World {
   const store = new MemoryBlobStore();
   const fleet = new RecordingFleet();
   fleet.trainers = devices.map((deviceId) => ({ deviceId, connected: true, numSamples: 100 }));
@@ -141,7 +167,7 @@ export function world(devices = ["dev-a", "dev-b", "dev-c"]): World {
   // These tests drive the timer by hand: no tick after ingest.
   const make = () =>
     createAggregator(
-      { store, fleet, clock: () => now.t, log: (l) => logs.push(l) },
+      { store, fleet, clock: () => now.t, log: (l) => logs.push(l), ...extra },
       { tickAfterIngest: false },
     );
   const w: World = {

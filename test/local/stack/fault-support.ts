@@ -19,7 +19,11 @@ export interface FaultFleet {
   device(deviceId: string): StackDevice;
 }
 
-export async function startFaultFleet(devices: number, samplesPerDevice = 30): Promise<FaultFleet> {
+export async function startFaultFleet(
+  devices: number,
+  samplesPerDevice = 30,
+  opts: { identityKeys?: "keyvault" | "file" } = {},
+): Promise<FaultFleet> {
   const data = loadFleetData({ ...DEFAULT_CONFIG, devices, samplesPerDevice });
   const deviceIds = data.devices.map((_, i) => deviceName(i, devices));
   const logs: string[] = [];
@@ -28,6 +32,7 @@ export async function startFaultFleet(devices: number, samplesPerDevice = 30): P
     deviceIds,
     workers: 1,
     timerIntervalMs: 200,
+    ...(opts.identityKeys ? { identityKeys: opts.identityKeys } : {}),
     log: (l) => {
       logs.push(l);
       if (process.env.FAULT_DEBUG) console.error(`${new Date().toISOString().slice(11, 23)} ${l}`);

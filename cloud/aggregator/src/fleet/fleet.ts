@@ -14,9 +14,28 @@ export const UPDATE_QUEUE_MODULE = "update-queue";
 export const PROFILER_MODULE = "profiler";
 export const QUANTIZER_MODULE = "quantizer";
 
-/** The trainer's desired `flotilla` (also the `startRound` payload): the shared wire type. */
-export type { RoundOrder as RoundDesired } from "../../../../core/protocol/round-order";
-import type { RoundOrder as RoundDesired } from "../../../../core/protocol/round-order";
+import type { RoundOrder } from "../../../../core/protocol/round-order";
+
+/**
+ * The secure-aggregation part of a round order (docs/iothub-protocol.md, "Secure aggregation"): present on the
+ * rounds of a secure job; the trainer then keeps its update and answers with a key advertisement.
+ */
+export interface SecAggOrder {
+  /** Deadline of each protocol step after the advertisements, seconds (the trainer keeps its session that long). */
+  readonly stepSeconds: number;
+  /** The job's parameter overrides (the round's exact SecAggParams come with the ShareKeysRequest). */
+  readonly neighbours?: number;
+  readonly threshold?: number;
+  readonly clipRange?: number;
+}
+
+/** The trainer's desired `flotilla` (also the `startRound` payload): the shared wire type plus `secagg`. */
+export type RoundDesired = RoundOrder & { readonly secagg?: SecAggOrder };
+
+/** A trainer's answer to a direct method, or why the hub could not deliver it (offline: 404, timeout: 504). */
+export type MethodOutcome =
+  | { readonly reached: true; readonly status: number; readonly payload: unknown }
+  | { readonly reached: false; readonly reason: string };
 
 export interface TrainerInfo {
   readonly deviceId: string;
@@ -42,6 +61,16 @@ export interface Fleet {
   setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void>;
   /** Sets the quantizer's desired `flotilla.jobs[jobId]` (its codec for the job; null removes the job). */
   configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void>;
+  /**
+   * Calls a trainer direct method (secure aggregation: secaggShareKeys, secaggMaskInput, secaggUnmask) and
+   * returns the device's answer whatever its status; never throws.
+   */
+  callTrainer(
+    deviceId: string,
+    methodName: string,
+    payload: unknown,
+    timeoutSeconds: number,
+  ): Promise<MethodOutcome>;
 }
 
 interface TwinDoc {
@@ -125,7 +154,16 @@ export class IotHubFleet implements Fleet {
     const value =
       desired === null
         ? null
-        : { modelEncoding: null, onnx: null, ...desired, config: { mu: null, ...desired.config } };
+        : {
+            modelEncoding: null,
+            onnx: null,
+            secagg: null,
+            ...desired,
+            config: { mu: null, ...desired.config },
+            ...(desired.secagg
+              ? { secagg: { neighbours: null, threshold: null, clipRange: null, ...desired.secagg } }
+              : {}),
+          };
     await this.registry.updateModuleTwin(
       deviceId,
       TRAINER_MODULE,
@@ -154,6 +192,29 @@ export class IotHubFleet implements Fleet {
       const code = (e as { response?: { statusCode?: number } }).response?.statusCode;
       this.log(`${methodName} on ${deviceId}/${moduleId} failed (${code ?? (e as Error).name}): non-fatal`);
       return false;
+    }
+  }
+
+  async callTrainer(
+    deviceId: string,
+    methodName: string,
+    payload: unknown,
+    timeoutSeconds: number,
+  ): Promise<MethodOutcome> {
+    try {
+      const r = await this.client.invokeDeviceMethod(deviceId, TRAINER_MODULE, {
+        methodName,
+        payload,
+        responseTimeoutInSeconds: Math.max(5, Math.min(300, Math.ceil(timeoutSeconds))),
+      });
+      const result = r.result as { status?: number; payload?: unknown } | undefined;
+      return { reached: true, status: result?.status ?? 0, payload: result?.payload ?? null };
+    } catch (e) {
+      const code = (e as { response?: { statusCode?: number } }).response?.statusCode;
+      return {
+        reached: false,
+        reason: `${methodName}: ${code ?? (e as Error).name}: ${(e as Error).message}`,
+      };
     }
   }
 

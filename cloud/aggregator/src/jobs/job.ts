@@ -2,6 +2,7 @@
  * A federated training job's definition, as POSTed to /api/jobs, and its validation (FlotillaError E_JOB_*).
  */
 import { parseCompression } from "../../../../core/compress";
+import { secAggParamsFor } from "../../../../core/round/secure-round";
 import { fail, isFlotillaError } from "../../../../core/errors";
 import { modelLayout } from "../../../../core/engine/models";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
@@ -29,7 +30,30 @@ export interface JobDefinition {
   readonly compression: string;
   /** Codec of the global model devices download (value codecs only; default "none"). */
   readonly downlinkCompression: string;
+  /** Secure aggregation (SecAgg+) of every round; absent = plain aggregation (docs/iothub-protocol.md). */
+  readonly secureAggregation?: SecureAggregationOptions;
 }
+
+/**
+ * A secure job's options. `neighbours`, `threshold` and `clipRange` override core/secagg's defaultParams(n) for
+ * each round (n = the devices that advertised keys); `stepSeconds` bounds each of the protocol steps after
+ * training (share keys, mask input, unmask); a round where fewer than `minSurvivors` devices remain at any step
+ * is aborted (recorded `failed`, E_SECAGG_ABORTED) without unmasking anything.
+ */
+export interface SecureAggregationOptions {
+  readonly neighbours?: number;
+  readonly threshold?: number;
+  readonly clipRange?: number;
+  /** Deadline of each protocol step after the advertisements, seconds (default 30). */
+  readonly stepSeconds: number;
+  /** Fewest devices a round may sum (default 2). */
+  readonly minSurvivors: number;
+}
+
+/** Most participants of a secure round: the ShareKeysRequest lists them all and must fit a 128 KB direct method. */
+export const SECAGG_MAX_PARTICIPANTS = 1000;
+/** Most neighbours per device: each is relayed (advertisement + identity key, ~0.7 KB) in a 128 KB direct method. */
+export const SECAGG_MAX_NEIGHBOURS = 100;
 
 export const JOB_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
 export const MAX_ROUNDS = 10_000;
@@ -117,7 +141,7 @@ export function validateJob(input: unknown): JobDefinition {
   if (typeof modelKey !== "string" || modelKey.length === 0 || modelKey.length > 64) {
     fail("E_JOB_INVALID", "modelKey must be a non-empty string");
   }
-  return {
+  const def: JobDefinition = {
     jobId,
     modelSpec,
     modelKey,
@@ -137,6 +161,72 @@ export function validateJob(input: unknown): JobDefinition {
     ),
     compression: codec(j.compression, "compression", true),
     downlinkCompression: codec(j.downlinkCompression, "downlinkCompression", false),
+  };
+  const secure = secureAggregation(j.secureAggregation, def);
+  return secure ? { ...def, secureAggregation: secure } : def;
+}
+
+/** The `secureAggregation` block: undefined/null/false = off, true = every default, or an object. */
+function secureAggregation(v: unknown, def: JobDefinition): SecureAggregationOptions | undefined {
+  if (v === undefined || v === null || v === false) return undefined;
+  if (v !== true && (typeof v !== "object" || Array.isArray(v)))
+    fail("E_JOB_SECAGG", "secureAggregation must be an object (or true for the defaults)");
+  const o = (v === true ? {} : v) as Record<string, unknown>;
+  const known = ["neighbours", "threshold", "clipRange", "stepSeconds", "minSurvivors"];
+  const extra = Object.keys(o).find((k) => !known.includes(k));
+  if (extra !== undefined)
+    fail("E_JOB_SECAGG", `secureAggregation.${extra} is unknown (allowed: ${known.join(", ")})`);
+  const n = def.strategyOptions.clientsPerRound;
+  const secInt = (k: string, min: number, max: number): number | undefined => {
+    const x = o[k];
+    if (x === undefined) return undefined;
+    if (typeof x !== "number" || !Number.isInteger(x) || x < min || x > max)
+      fail(
+        "E_JOB_SECAGG",
+        `secureAggregation.${k} must be an integer in [${min}, ${max}], got ${JSON.stringify(x)}`,
+      );
+    return x;
+  };
+  if (n < 3) fail("E_JOB_SECAGG", `secure aggregation needs clientsPerRound >= 3, got ${n}`);
+  if (n > SECAGG_MAX_PARTICIPANTS)
+    fail(
+      "E_JOB_SECAGG",
+      `secure aggregation takes at most ${SECAGG_MAX_PARTICIPANTS} clientsPerRound (direct methods carry 128 KB), got ${n}`,
+    );
+  // A lossy uplink codec cannot apply: the quantizer would sparsify or re-quantize the masked ring vector (and
+  // destroy the masks), and coding the update before masking saves nothing (the masked vector is one u32 per value).
+  if (!parseCompression(def.compression).lossless)
+    fail(
+      "E_JOB_SECAGG_COMPRESSION",
+      `compression '${def.compression}' cannot be combined with secure aggregation (the masked update is a dense u32 vector the quantizer must not touch)`,
+    );
+  const neighbours = secInt("neighbours", 2, SECAGG_MAX_NEIGHBOURS);
+  const threshold = secInt("threshold", 2, SECAGG_MAX_NEIGHBOURS);
+  let clipRange: number | undefined;
+  if (o.clipRange !== undefined) {
+    const c = o.clipRange;
+    if (typeof c !== "number" || !Number.isFinite(c) || c <= 0 || c > 1e6)
+      fail(
+        "E_JOB_SECAGG",
+        `secureAggregation.clipRange must be a number in (0, 1e6], got ${JSON.stringify(c)}`,
+      );
+    clipRange = c;
+  }
+  const stepSeconds = secInt("stepSeconds", 5, 300) ?? 30;
+  const minSurvivors = secInt("minSurvivors", 2, n) ?? 2;
+  // k, t and the clip range checked as each round will (core/secagg validateParams, for clientsPerRound devices).
+  try {
+    secAggParamsFor(n, { neighbours, threshold, clipRange });
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_SECAGG", `secureAggregation: ${e.message}`);
+    throw e;
+  }
+  return {
+    ...(neighbours !== undefined ? { neighbours } : {}),
+    ...(threshold !== undefined ? { threshold } : {}),
+    ...(clipRange !== undefined ? { clipRange } : {}),
+    stepSeconds,
+    minSurvivors,
   };
 }
 

@@ -8,6 +8,7 @@
  * between rounds; the strategies do not expose them, so after a process restart they restart from zero (the
  * round record says `optimizerStateReset: true`). The model itself is never lost.
  */
+import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
 import type { FitConfig } from "../../../../core/strategies/strategy";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
@@ -30,6 +31,25 @@ export interface RoundRecord {
   readonly modelSha256: string;
   readonly optimizerStateReset: boolean;
   readonly closedAt: number;
+  /** Why a failed round failed, when it was not just "no update" (E_SECAGG_ABORTED). */
+  readonly code?: string;
+  /** Secure rounds: what the protocol did. */
+  readonly secagg?: SecAggRecord;
+}
+
+/** The round record's account of a secure aggregation. */
+export interface SecAggRecord {
+  /** Devices lost at each step (did not answer it, or their answer was refused). */
+  readonly dropouts: Readonly<Record<SecAggStep, readonly string[]>>;
+  /** Devices whose update is in the sum. */
+  readonly included: readonly string[];
+  /** Server compute to unmask (rebuild secrets, remove masks, decode), ms; null when it never got there. */
+  readonly unmaskMs: number | null;
+  readonly params: SecAggParams | null;
+  /** Protocol bytes per device: `up` device → cloud (frames + method answers), `down` cloud → device (requests). */
+  readonly bytes: Readonly<Record<string, { readonly up: number; readonly down: number }>>;
+  /** The abort, when the round was aborted. */
+  readonly error?: { readonly code: string; readonly message: string };
 }
 
 export interface JobDocument {
@@ -74,6 +94,60 @@ export interface RoundState {
   readonly modelSha256: string;
   /** True once every participant's twin was configured and startRound attempted. */
   readonly dispatched: boolean;
+  /** Secure rounds only: the protocol's persisted state (advertisements, answers, survivor sets, deadlines). */
+  readonly secagg?: SecAggRoundState;
+}
+
+/**
+ * A secure round's progress. The phase moves advertise → share → mask → unmask → finish (or aborted); each
+ * `UX` survivor set is frozen when its step closes. Every device message is kept (frames and method answers as
+ * blobs under rounds/{r}/secagg/), so a restarted Function rebuilds the SecAggServer by replaying them in order
+ * (the graph seed and the identity keys used are persisted too).
+ */
+export interface SecAggRoundState {
+  readonly phase: "advertise" | "share" | "mask" | "unmask" | "finish" | "aborted";
+  /** base64url, 32 random bytes chosen when the round opened. */
+  readonly graphSeed: string;
+  /** Deadline of the current step, ms since epoch (advertise: the round's training deadline). */
+  readonly stepDeadline: number;
+  /** Fixed when the advertisements close (they depend on |U1|). */
+  readonly params: SecAggParams | null;
+  /** The devices the SecAggServer was created with (advertised, with an identity key), fixed with `params`. */
+  readonly roster: readonly string[] | null;
+  /** Step 1: advertisement frames received (blob secagg/advertise/{device}.frame). */
+  readonly advertised: Readonly<Record<string, SecAggReceipt>>;
+  /** Step 2: key-share answers received (blob secagg/share/{device}.json). */
+  readonly shared: Readonly<Record<string, SecAggReceipt>>;
+  /** Step 3: masked-input frames received (blob secagg/mask/{device}.frame). */
+  readonly masked: Readonly<Record<string, SecAggReceipt>>;
+  /** Step 4: unmask answers received (blob secagg/unmask/{device}.json). */
+  readonly unmasked: Readonly<Record<string, SecAggReceipt>>;
+  /** Step 3: devices that accepted the mask request (their masked input is on its way). */
+  readonly acked: Readonly<Record<string, true>>;
+  /** Devices whose answer to the current step's method was a refusal (final: not asked again). */
+  readonly refused: Readonly<Record<string, { readonly code: string; readonly message: string }>>;
+  /** Survivor sets, fixed as each step closes. */
+  readonly u1: readonly string[] | null;
+  readonly u2: readonly string[] | null;
+  readonly u3: readonly string[] | null;
+  readonly u4: readonly string[] | null;
+  /** Request bytes sent to each device (direct-method payloads). */
+  readonly down: Readonly<Record<string, number>>;
+  /** Why each lost device was lost (first reason). */
+  readonly lost: Readonly<
+    Record<string, { readonly step: string; readonly code: string; readonly reason: string }>
+  >;
+  readonly error?: { readonly code: string; readonly message: string };
+}
+
+export interface SecAggReceipt {
+  readonly bytes: number;
+  readonly at: number;
+  /** Frames: the update id (duplicates are recognised by it). */
+  readonly updateId?: string;
+  /** Masked inputs: the device's reported training summary. */
+  readonly numSamples?: number;
+  readonly loss?: number;
 }
 
 export interface ModelMeta {
@@ -106,6 +180,17 @@ export const paths = {
     `jobs/${jobId}/rounds/${round}/chunks/${updateId}/${String(index).padStart(6, "0")}`,
   update: (jobId: string, round: number, deviceId: string) =>
     `jobs/${jobId}/rounds/${round}/updates/${encodeURIComponent(deviceId)}.frame`,
+  /** A secure round's device message: frames (advertise, mask) `.frame`, method answers (share, unmask) `.json`. */
+  secagg: (jobId: string, round: number, step: "advertise" | "share" | "mask" | "unmask", deviceId: string) =>
+    `jobs/${jobId}/rounds/${round}/secagg/${step}/${encodeURIComponent(deviceId)}.${
+      step === "advertise" || step === "mask" ? "frame" : "json"
+    }`,
+  /** Step 4's requests by device, fixed when the mask step closes (a restart resends the same ones). */
+  secaggUnmaskRequests: (jobId: string, round: number) =>
+    `jobs/${jobId}/rounds/${round}/secagg/unmask-requests.json`,
+  /** The identity public keys the round's advertisements were checked with (fixed when they close). */
+  secaggIdentityKeys: (jobId: string, round: number) =>
+    `jobs/${jobId}/rounds/${round}/secagg/identity-keys.json`,
 };
 
 export class JobRepository {

@@ -1,0 +1,328 @@
+/**
+ * A round with secure aggregation (SecAgg+, Bell et al. CCS 2020; Bonawitz et al. CCS 2017), driven through the
+ * same ServerTransport as a plain round: the devices train, keep their update, and the server runs the four steps
+ * of core/secagg (advertise -> share -> mask -> unmask) with `secagg` frames. The server only ever holds the ring
+ * sum of the masked updates; the strategy receives the unmasked weighted mean through `addAggregate`.
+ *
+ * Each step closes when every device still in the protocol answered or its deadline passed; a device that does
+ * not answer a step is a dropout from then on. With too few survivors the round aborts (E_SECAGG_ABORTED): nothing
+ * is unmasked and the global model stays as it was.
+ */
+import type { JsonWebKey } from "node:crypto";
+import { Rng } from "../data/rng";
+import { isFlotillaError } from "../errors";
+import { decodeMessage, encodeMessage, type SecAggFrame } from "../protocol/messages";
+import type { ServerTransport } from "../protocol/transport";
+import { defaultParams, validateParams } from "../secagg/params";
+import { SecAggServer } from "../secagg/server";
+import {
+  SECAGG_STEPS,
+  type KeyAdvertisement,
+  type SecAggParams,
+  type SecAggStep,
+  type ShareKeysResponse,
+  type UnmaskResponse,
+} from "../secagg/types";
+import type { FitFailure, FitInstruction, RoundAggregation } from "../strategies/strategy";
+
+export interface SecureAggregationOptions {
+  /** k, t and the clip range; unset members take core/secagg defaultParams(n) for the round's n participants. */
+  readonly neighbours?: number;
+  readonly threshold?: number;
+  readonly clipRange?: number;
+  /** The identity public key of a device (relayed from Key Vault or the key directory); undefined = unknown. */
+  identityKey(deviceId: string): JsonWebKey | undefined;
+  /** Deadline of each protocol step after the devices' training (advertise waits for the round timeout). */
+  readonly stepTimeoutMs: number;
+  /**
+   * Simulation only: this fraction of each round's participants vanishes, each at a uniformly random step (its
+   * answer to that step and everything after is lost, as if the device went offline; the server stops waiting for
+   * it when the lost answer would have arrived). Seeded by (seed, round).
+   */
+  readonly simulateDropout?: { readonly fraction: number; readonly seed: number };
+}
+
+export interface SecureRoundRecord {
+  /** The parameters the round used (k and t as configured, before capping to the survivors). */
+  readonly params: SecAggParams;
+  /** Devices lost at each step. */
+  readonly dropouts: Record<SecAggStep, string[]>;
+  /** Devices whose update is in the sum. */
+  readonly included: string[];
+  /** Server compute to unmask, ms (0 when aborted). */
+  readonly unmaskMs: number;
+  /** Frame bytes each participant sent (up) and received (down) this round, training request included. */
+  readonly bytesPerDevice: Record<string, { up: number; down: number }>;
+  /** Set when the round aborted: nothing was unmasked and the model was kept. */
+  readonly aborted?: { code: string; reason: string };
+  /** Devices the simulation made vanish, with the step (only with simulateDropout). */
+  readonly simulatedDropouts?: Record<string, SecAggStep>;
+}
+
+export interface SecureRoundContext {
+  readonly transport: ServerTransport;
+  readonly jobId: string;
+  readonly round: number;
+  readonly instructions: readonly FitInstruction[];
+  readonly aggregation: RoundAggregation;
+  readonly failures: FitFailure[];
+  readonly numValues: number;
+  readonly roundTimeoutMs: number;
+  readonly abortSignal?: AbortSignal;
+  readonly onRejected?: (code: string, reason: string) => void;
+  readonly onDeviceDone?: (deviceId: string, ok: boolean) => void;
+  /** Builds the train frame for one participant (the plain round's frame with `secagg: true`). */
+  trainFrame(ins: FitInstruction): Uint8Array;
+}
+
+export interface SecureRoundOutcome {
+  readonly record: SecureRoundRecord;
+  readonly completed: string[];
+  readonly lossSum: number;
+  readonly sampleSum: number;
+  readonly slowestTrainMs: number;
+}
+
+/** The parameters for a round of n participants: defaults for n, overridden by what the job set. */
+export function secAggParamsFor(
+  n: number,
+  o: Pick<SecureAggregationOptions, "neighbours" | "threshold" | "clipRange">,
+): SecAggParams {
+  const d = defaultParams(n);
+  const neighbours = o.neighbours ?? d.neighbours;
+  const params: SecAggParams = {
+    ...d,
+    neighbours,
+    // A configured k without t gets the majority threshold for that k.
+    threshold:
+      o.threshold ??
+      (o.neighbours !== undefined ? Math.floor(Math.min(neighbours, n - 1) / 2) + 1 : d.threshold),
+    clipRange: o.clipRange ?? d.clipRange,
+  };
+  validateParams(params, n);
+  return params;
+}
+
+/** Which participants vanish this round, and at which step (exactly round(fraction * n) of them). */
+export function dropoutPlan(
+  participants: readonly string[],
+  round: number,
+  sim: { fraction: number; seed: number },
+): Map<string, SecAggStep> {
+  const rng = new Rng(((sim.seed >>> 0) ^ Math.imul(round, 0x9e3779b1)) >>> 0);
+  const sorted = [...participants].sort();
+  const count = Math.round(sim.fraction * sorted.length);
+  const plan = new Map<string, SecAggStep>();
+  for (const i of rng.sample(sorted.length, count))
+    plan.set(sorted[i], SECAGG_STEPS[rng.int(SECAGG_STEPS.length)]);
+  return plan;
+}
+
+export async function runSecureRound(
+  ctx: SecureRoundContext,
+  opts: SecureAggregationOptions,
+): Promise<SecureRoundOutcome> {
+  const { transport, jobId, round } = ctx;
+  const participants = ctx.instructions.map((i) => i.deviceId);
+  const params = secAggParamsFor(participants.length, opts);
+  const bytes: Record<string, { up: number; down: number }> = {};
+  for (const id of participants) bytes[id] = { up: 0, down: 0 };
+  const dropouts: Record<SecAggStep, string[]> = { advertise: [], share: [], mask: [], unmask: [] };
+  const plan = opts.simulateDropout
+    ? dropoutPlan(participants, round, opts.simulateDropout)
+    : new Map<string, SecAggStep>();
+  const vanished = (id: string, step: SecAggStep) => {
+    const at = plan.get(id);
+    return at !== undefined && SECAGG_STEPS.indexOf(step) >= SECAGG_STEPS.indexOf(at);
+  };
+  const server = new SecAggServer({ jobId, round }, params, participants, {
+    length: ctx.numValues,
+    identityKey: (id) => opts.identityKey(id),
+  });
+  const completed: string[] = [];
+  let lossSum = 0;
+  let sampleSum = 0;
+  let slowestTrainMs = 0;
+  const fail = (deviceId: string, code: string, reason: string) => {
+    ctx.failures.push({ deviceId, code, reason });
+    ctx.onDeviceDone?.(deviceId, false);
+  };
+
+  /**
+   * Sends each device its frame for `step` and collects the answers until every one arrived, the deadline passed
+   * or the job was aborted. Answers go to `onAnswer`; a device that throws there, sends a failure frame, or does
+   * not answer is a dropout at this step.
+   */
+  const exchange = async (
+    step: SecAggStep,
+    frames: Map<string, Uint8Array>,
+    timeoutMs: number,
+    onAnswer: (deviceId: string, frame: SecAggFrame) => void,
+  ): Promise<void> => {
+    const pending = new Set(frames.keys());
+    const answered = new Set<string>();
+    let timer: NodeJS.Timeout | undefined;
+    let off: () => void = () => {};
+    let check: () => void = () => {};
+    const onAbort = () => check();
+    const done = new Promise<void>((resolve) => {
+      check = () => {
+        if (pending.size === 0 || ctx.abortSignal?.aborted) resolve();
+      };
+      timer = setTimeout(resolve, timeoutMs);
+      ctx.abortSignal?.addEventListener("abort", onAbort, { once: true });
+      off = transport.onMessage((raw) => {
+        let msg;
+        try {
+          msg = decodeMessage(raw);
+        } catch (e) {
+          ctx.onRejected?.(codeOf(e), messageOf(e));
+          return;
+        }
+        if (msg.type === "train" || (msg.type === "secagg" && msg.direction === "down")) {
+          ctx.onRejected?.("E_PROTO_TYPE", `device sent a server message ('${msg.type}')`);
+          return;
+        }
+        const id = msg.deviceId;
+        if (msg.jobId !== jobId || msg.round !== round || !pending.has(id)) {
+          ctx.onRejected?.(
+            "E_PROTO_STALE",
+            `secure-aggregation frame from '${id}' for ${msg.jobId}/${msg.round} is not expected`,
+          );
+          return;
+        }
+        if (bytes[id]) bytes[id].up += raw.byteLength;
+        pending.delete(id);
+        if (vanished(id, step)) {
+          // Simulated: the answer is lost with the device. The server stops waiting for it at once, as it would
+          // on the hub's disconnect notice, so simulated dropouts don't stall a round until its deadline.
+          check();
+          return;
+        }
+        if (msg.type === "failure") {
+          fail(id, msg.code, msg.reason);
+        } else if (msg.type !== "secagg" || msg.step !== step) {
+          fail(id, "E_PROTO_TYPE", `expected a secure-aggregation '${step}' answer, got '${msg.type}'`);
+        } else {
+          try {
+            onAnswer(id, msg);
+            answered.add(id);
+          } catch (e) {
+            fail(id, codeOf(e), messageOf(e));
+            ctx.onRejected?.(codeOf(e), messageOf(e));
+          }
+        }
+        check();
+      });
+    });
+    // The handler is registered before the first frame goes out, so a fast device cannot answer unheard.
+    for (const [id, frame] of frames) {
+      if (!pending.has(id)) continue;
+      if (bytes[id]) bytes[id].down += frame.byteLength;
+      try {
+        await transport.send(id, frame);
+      } catch (e) {
+        pending.delete(id);
+        fail(id, codeOf(e), messageOf(e));
+      }
+    }
+    check();
+    await done;
+    clearTimeout(timer);
+    off();
+    ctx.abortSignal?.removeEventListener("abort", onAbort);
+    for (const id of frames.keys()) {
+      if (answered.has(id)) continue;
+      dropouts[step].push(id);
+      if (pending.has(id))
+        fail(id, "E_SECAGG_DROPOUT", `no answer to secure-aggregation step '${step}' before its deadline`);
+    }
+  };
+  const down = (deviceId: string, step: SecAggStep, body: unknown): Uint8Array =>
+    encodeMessage({ type: "secagg", step, direction: "down", jobId, round, deviceId, body });
+
+  const run = async (): Promise<SecAggResultLike | { aborted: { code: string; reason: string } }> => {
+    try {
+      // Step 1: train, then advertise keys.
+      const trainFrames = new Map(ctx.instructions.map((ins) => [ins.deviceId, ctx.trainFrame(ins)]));
+      await exchange("advertise", trainFrames, ctx.roundTimeoutMs, (_id, f) =>
+        server.addAdvertisement(f.body as KeyAdvertisement),
+      );
+      // Step 2: relay neighbours' keys; collect encrypted shares.
+      const shareReqs = server.closeAdvertise();
+      await exchange("share", mapFrames(shareReqs, "share"), opts.stepTimeoutMs, (_id, f) =>
+        server.addShares(f.body as ShareKeysResponse),
+      );
+      // Step 3: deliver shares; collect masked inputs (streamed into the ring sum at once).
+      const maskReqs = server.closeShares();
+      await exchange("mask", mapFrames(maskReqs, "mask"), opts.stepTimeoutMs, (id, f) => {
+        if (!f.masked)
+          throw Object.assign(new Error(`masked input from '${id}' has no vector`), {
+            code: "E_SECAGG_INPUT",
+          });
+        server.addMaskedInput({ jobId, round, deviceId: id, masked: f.masked });
+        const n = f.numSamples ?? 0;
+        const m = f.metrics;
+        if (m && Number.isFinite(m.loss) && n > 0) {
+          lossSum += m.loss * n;
+          sampleSum += n;
+        }
+        if (m && Number.isFinite(m.trainMs)) slowestTrainMs = Math.max(slowestTrainMs, m.trainMs);
+      });
+      // Step 4: ask survivors for the shares that remove the masks.
+      const unmaskReqs = server.closeMasked();
+      await exchange("unmask", mapFrames(unmaskReqs, "unmask"), opts.stepTimeoutMs, (_id, f) =>
+        server.addUnmaskResponse(f.body as UnmaskResponse),
+      );
+      return server.finish();
+    } catch (e) {
+      if (isFlotillaError(e) && e.code.startsWith("E_SECAGG"))
+        return { aborted: { code: e.code, reason: e.message } };
+      throw e;
+    }
+  };
+
+  const mapFrames = (reqs: Map<string, unknown>, step: SecAggStep) =>
+    new Map([...reqs].map(([id, body]) => [id, down(id, step, body)]));
+
+  const result = await run();
+  let record: SecureRoundRecord;
+  if ("aborted" in result) {
+    record = { params, dropouts, included: [], unmaskMs: 0, bytesPerDevice: bytes, aborted: result.aborted };
+    for (const id of participants) ctx.onDeviceDone?.(id, false);
+  } else {
+    ctx.aggregation.addAggregate({
+      deviceIds: result.included,
+      totalSamples: result.totalWeight,
+      mean: result.mean,
+    });
+    completed.push(...result.included);
+    for (const id of result.included) ctx.onDeviceDone?.(id, true);
+    record = {
+      params,
+      dropouts,
+      included: [...result.included],
+      unmaskMs: result.unmaskMs,
+      bytesPerDevice: bytes,
+    };
+  }
+  if (plan.size > 0) record = { ...record, simulatedDropouts: Object.fromEntries(plan) };
+  return { record, completed, lossSum, sampleSum, slowestTrainMs };
+}
+
+interface SecAggResultLike {
+  readonly mean: Float32Array;
+  readonly totalWeight: number;
+  readonly included: readonly string[];
+  readonly unmaskMs: number;
+}
+
+function codeOf(e: unknown): string {
+  if (isFlotillaError(e)) return e.code;
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === "string" ? c : "E_INTERNAL";
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
