@@ -419,7 +419,12 @@ test("module containers: memory limits, init, no capabilities, volumes where the
   const trainerHost = obj(createOptionsOf(modulesOf(manifest).trainer).HostConfig, "trainer HostConfig");
   const dataDir = obj(env("trainer").FLOTILLA_DATA_DIR, "FLOTILLA_DATA_DIR").value;
   assert.equal(dataDir, "/data");
-  assert.deepEqual(trainerHost.Binds, ["/srv/flotilla/data:/data:ro"], "device data is mounted read-only");
+  assert.deepEqual(
+    trainerHost.Binds,
+    ["/srv/flotilla/data:/data:ro", "flotilla-keys:/var/lib/flotilla/keys"],
+    "device data is mounted read-only; the identity key (file-backed default) lives on a named volume",
+  );
+  assert.equal(obj(env("trainer").FLOTILLA_KEY_DIR, "FLOTILLA_KEY_DIR").value, "/var/lib/flotilla/keys");
   const queueHost = obj(
     createOptionsOf(modulesOf(manifest)["update-queue"]).HostConfig,
     "update-queue HostConfig",
@@ -457,7 +462,7 @@ test("module containers: memory limits, init, no capabilities, volumes where the
   );
   const custom = render(baseTemplateFile, "amd64", { ...VARS, FLOTILLA_HOST_DATA_DIR: "/mnt/plant-data" });
   const customHost = obj(createOptionsOf(modulesOf(custom).trainer).HostConfig, "trainer HostConfig");
-  assert.deepEqual(customHost.Binds, ["/mnt/plant-data:/data:ro"]);
+  assert.deepEqual(customHost.Binds, ["/mnt/plant-data:/data:ro", "flotilla-keys:/var/lib/flotilla/keys"]);
 });
 
 test("module twins: the documented defaults, within IoT Hub's twin limits", () => {
