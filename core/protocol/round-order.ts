@@ -2,6 +2,19 @@ import type { ModelSpec } from "../engine/model-spec";
 import type { FitConfig } from "../strategies/strategy";
 
 /**
+ * The secure-aggregation part of a round order (docs/iothub-protocol.md, "Secure aggregation"): present on the
+ * rounds of a secure job; the trainer then keeps its update and answers with a signed key advertisement.
+ */
+export interface SecAggOrder {
+  /** Deadline of each protocol step after the advertisements, seconds (the trainer keeps its session that long). */
+  readonly stepSeconds: number;
+  /** The job's parameter overrides (the round's exact SecAggParams come with the ShareKeysRequest). */
+  readonly neighbours?: number;
+  readonly threshold?: number;
+  readonly clipRange?: number;
+}
+
+/**
  * What the cloud tells a trainer to do for one round: the trainer module twin's desired `flotilla` and the
  * `startRound` direct-method payload (docs/iothub-protocol.md).
  */
@@ -28,4 +41,6 @@ export interface RoundOrder {
   readonly config: FitConfig;
   /** ms since epoch; 0 = none. */
   readonly deadline: number;
+  /** Secure aggregation is on for this round. */
+  readonly secagg?: SecAggOrder;
 }

@@ -35,7 +35,7 @@ import type {
   UnmaskRequest,
   UnmaskResponse,
 } from "../../../core/secagg/types";
-import type { SecAggOrder } from "./fleet/fleet";
+import type { SecAggOrder } from "../../../core/protocol/round-order";
 import type { SecureAggregationOptions } from "./jobs/job";
 import {
   JobRepository,

@@ -2,18 +2,9 @@ import { FlotillaError } from "../../../core/errors";
 import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
-import type { RoundOrder as BaseRoundOrder } from "../../../core/protocol/round-order";
+import type { RoundOrder, SecAggOrder } from "../../../core/protocol/round-order";
 
-/**
- * A secure round's extra field (docs/iothub-protocol.md, "Secure aggregation"): the trainer keeps its update and
- * answers with a signed key advertisement instead of a result. `stepSeconds` bounds each later protocol step.
- */
-export interface SecAggOrder {
-  readonly stepSeconds: number;
-}
-
-/** The round order (twin desired `flotilla` / `startRound` payload), with the secure-aggregation field. */
-export type RoundOrder = BaseRoundOrder & { readonly secagg?: SecAggOrder };
+export type { RoundOrder, SecAggOrder };
 
 /** undefined = idle (`null`, or no jobId); throws E_ROUND_INVALID naming the first bad field. */
 export function parseRoundOrder(value: unknown): RoundOrder | undefined {

@@ -14,23 +14,11 @@ export const UPDATE_QUEUE_MODULE = "update-queue";
 export const PROFILER_MODULE = "profiler";
 export const QUANTIZER_MODULE = "quantizer";
 
-import type { RoundOrder } from "../../../../core/protocol/round-order";
+import type { RoundOrder, SecAggOrder } from "../../../../core/protocol/round-order";
 
-/**
- * The secure-aggregation part of a round order (docs/iothub-protocol.md, "Secure aggregation"): present on the
- * rounds of a secure job; the trainer then keeps its update and answers with a key advertisement.
- */
-export interface SecAggOrder {
-  /** Deadline of each protocol step after the advertisements, seconds (the trainer keeps its session that long). */
-  readonly stepSeconds: number;
-  /** The job's parameter overrides (the round's exact SecAggParams come with the ShareKeysRequest). */
-  readonly neighbours?: number;
-  readonly threshold?: number;
-  readonly clipRange?: number;
-}
-
-/** The trainer's desired `flotilla` (also the `startRound` payload): the shared wire type plus `secagg`. */
-export type RoundDesired = RoundOrder & { readonly secagg?: SecAggOrder };
+/** The trainer's desired `flotilla` (also the `startRound` payload). */
+export type RoundDesired = RoundOrder;
+export type { SecAggOrder };
 
 /** A trainer's answer to a direct method, or why the hub could not deliver it (offline: 404, timeout: 504). */
 export type MethodOutcome =
