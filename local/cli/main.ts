@@ -20,6 +20,7 @@ import { benchTrain } from "../../core/engine/bench";
 import { benchAggregate } from "../../core/tensor/bench-aggregate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
 import { benchSecAgg } from "../../core/secagg/bench";
+import { registerPrivacyCommand } from "./privacy";
 import { loadModelDir } from "../../core/export/model-dir";
 import { exportOnnx } from "../../core/export/onnx";
 import * as fs from "node:fs";
@@ -400,6 +401,7 @@ export function buildProgram(): Command {
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchCompress(opts);
     });
+  registerPrivacyCommand(program);
   return program;
 }
 

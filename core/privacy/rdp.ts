@@ -1,0 +1,341 @@
+/**
+ * Rényi differential privacy (RDP) accountant for the Poisson-subsampled Gaussian mechanism.
+ *
+ * References:
+ *  - I. Mironov, "Rényi Differential Privacy", CSF 2017 (arXiv:1702.07476): composition, classic conversion.
+ *  - I. Mironov, K. Talwar, L. Zhang, "Rényi Differential Privacy of the Sampled Gaussian Mechanism",
+ *    2019 (arXiv:1908.10530): the A_α expansions for integer (Sec. 3.3) and fractional (Sec. 3.4) orders.
+ *  - C. Canonne, G. Kamath, T. Steinke, "The Discrete Gaussian for Differential Privacy", 2020
+ *    (arXiv:2004.00010, Prop. 12) and S. Asoodeh et al., "Three Variants of Differential Privacy:
+ *    Lossless Conversion and Applications", 2021 (arXiv:2008.06529): the tighter RDP→(ε,δ) conversion.
+ *
+ * The numerics follow TF Privacy's `rdp_accountant.py` and Google dp_accounting's
+ * `rdp_privacy_accountant.py` (`_compute_log_a_int`, `_compute_log_a_frac`, `compute_epsilon`).
+ */
+import { fail } from "../errors";
+
+export type RdpConversion = "classic" | "tight";
+
+/** Orders α: 1.25 … 4.5, the integers 5..63, then 128, 256, 512. */
+export const DEFAULT_ORDERS: readonly number[] = Object.freeze([
+  1.25,
+  1.5,
+  1.75,
+  2,
+  2.25,
+  2.5,
+  3,
+  3.5,
+  4,
+  4.5,
+  ...Array.from({ length: 59 }, (_, i) => i + 5),
+  128,
+  256,
+  512,
+]);
+
+const LOG_HALF = Math.log(0.5);
+const SQRT2 = Math.SQRT2;
+const SQRT_PI = Math.sqrt(Math.PI);
+/** Guard for the fractional-order series (dp_accounting has none; a non-terminating series → Infinity). */
+const MAX_FRAC_TERMS = 100_000;
+
+// ---------------------------------------------------------------- log-space helpers
+
+/** log(e^x + e^y). */
+function logAdd(logx: number, logy: number): number {
+  const a = Math.min(logx, logy);
+  const b = Math.max(logx, logy);
+  if (a === -Infinity) return b;
+  return Math.log1p(Math.exp(a - b)) + b;
+}
+
+/** log(e^x − e^y); NaN when x < y (dp_accounting raises there; we let the caller skip the order). */
+function logSub(logx: number, logy: number): number {
+  if (logx < logy) return NaN;
+  if (logy === -Infinity) return logx;
+  if (logx === logy) return -Infinity;
+  const d = logx - logy;
+  if (d > 700) return logx; // expm1 would overflow; e^y is negligible
+  return Math.log(Math.expm1(d)) + logy;
+}
+
+/** erfcx(x) = e^{x²}·erfc(x) for x ≥ 1, by the Laplace continued fraction (modified Lentz). */
+function erfcxLarge(x: number): number {
+  // erfc(x) = e^{-x²}/√π · 1/(x + (1/2)/(x + (2/2)/(x + (3/2)/(x + …))))
+  const tiny = 1e-300;
+  let f = x;
+  let c = x;
+  let d = 0;
+  for (let j = 1; j < 5000; j++) {
+    const a = j / 2;
+    d = x + a * d;
+    if (d === 0) d = tiny;
+    c = x + a / c;
+    if (c === 0) c = tiny;
+    d = 1 / d;
+    const delta = c * d;
+    f *= delta;
+    if (Math.abs(delta - 1) < 1e-16) break;
+  }
+  return 1 / (SQRT_PI * f);
+}
+
+/** erf(x) for |x| < 1 via e^{-x²}·Σ 2ⁿx^{2n+1}/(1·3·…·(2n+1)) — all terms positive, no cancellation. */
+function erfSmall(x: number): number {
+  const x2 = x * x;
+  let term = x;
+  let sum = x;
+  for (let n = 1; n < 200; n++) {
+    term *= (2 * x2) / (2 * n + 1);
+    sum += term;
+    if (term < 1e-17 * sum) break;
+  }
+  return ((2 / SQRT_PI) * Math.exp(-x2) * sum) as number;
+}
+
+/** erfc(x) for x ≥ 0 (may underflow to 0 for x ≳ 27; use logErfc there). */
+function erfcNonNeg(x: number): number {
+  return x < 1 ? 1 - erfSmall(x) : Math.exp(-x * x) * erfcxLarge(x);
+}
+
+/** Numerically stable log(erfc(x)) for all real x (finite for large x via erfcx). */
+export function logErfc(x: number): number {
+  if (Number.isNaN(x)) return NaN;
+  if (x === Infinity) return -Infinity;
+  if (x === -Infinity) return Math.LN2;
+  if (x < 0) return Math.log(2 - erfcNonNeg(-x));
+  if (x < 1) return Math.log1p(-erfSmall(x));
+  return -x * x + Math.log(erfcxLarge(x));
+}
+
+// ---------------------------------------------------------------- A_α (Mironov–Talwar–Zhang 2019)
+
+/** log A_α for integer α: binomial expansion Σ C(α,i) qⁱ(1−q)^{α−i} exp((i²−i)/(2σ²)). */
+function computeLogAInt(q: number, sigma: number, alpha: number): number {
+  const logQ = Math.log(q);
+  const log1mQ = Math.log1p(-q);
+  const twoSigma2 = 2 * sigma * sigma;
+  let logA = -Infinity;
+  let logBinom = 0; // log C(α, 0)
+  for (let i = 0; i <= alpha; i++) {
+    if (i > 0) logBinom += Math.log(alpha - i + 1) - Math.log(i);
+    const s = logBinom + i * logQ + (alpha - i) * log1mQ + (i * i - i) / twoSigma2;
+    logA = logAdd(logA, s);
+  }
+  return logA;
+}
+
+/** log A_α for fractional α: the two-series method of MTZ 2019 §3.4. NaN if the series misbehaves. */
+function computeLogAFrac(q: number, sigma: number, alpha: number, maxTerms = MAX_FRAC_TERMS): number {
+  let logA0 = -Infinity;
+  let logA1 = -Infinity;
+  const sigma2 = sigma * sigma;
+  const z0 = sigma2 * Math.log(1 / q - 1) + 0.5;
+  const logQ = Math.log(q);
+  const log1mQ = Math.log1p(-q);
+  let logAbsCoef = 0; // log |C(α, i)|
+  let coefPositive = true;
+  for (let i = 0; i < maxTerms; i++) {
+    if (i > 0) {
+      const r = (alpha - i + 1) / i;
+      logAbsCoef += Math.log(Math.abs(r));
+      if (r < 0) coefPositive = !coefPositive;
+    }
+    const j = alpha - i;
+    const logT0 = logAbsCoef + i * logQ + j * log1mQ;
+    const logT1 = logAbsCoef + j * logQ + i * log1mQ;
+    const logE0 = LOG_HALF + logErfc((i - z0) / (SQRT2 * sigma));
+    const logE1 = LOG_HALF + logErfc((z0 - j) / (SQRT2 * sigma));
+    const logS0 = logT0 + (i * i - i) / (2 * sigma2) + logE0;
+    const logS1 = logT1 + (j * j - j) / (2 * sigma2) + logE1;
+    if (coefPositive) {
+      logA0 = logAdd(logA0, logS0);
+      logA1 = logAdd(logA1, logS1);
+    } else {
+      logA0 = logSub(logA0, logS0);
+      logA1 = logSub(logA1, logS1);
+    }
+    if (Number.isNaN(logA0) || Number.isNaN(logA1)) return NaN;
+    if (Math.max(logS0, logS1) < -30) return logAdd(logA0, logA1);
+  }
+  return NaN; // did not converge
+}
+
+// ---------------------------------------------------------------- validation
+
+function checkQ(q: number): void {
+  if (!(typeof q === "number" && q >= 0 && q <= 1))
+    fail("E_PRIVACY_INPUT", `sampling rate q must be in [0, 1], got ${q}`);
+}
+function checkSigma(sigma: number): void {
+  if (!(typeof sigma === "number" && sigma >= 0 && sigma < Infinity)) {
+    fail("E_PRIVACY_INPUT", `noise multiplier must be a finite number ≥ 0, got ${sigma}`);
+  }
+}
+function checkSteps(steps: number): void {
+  if (!(Number.isSafeInteger(steps) && steps > 0))
+    fail("E_PRIVACY_INPUT", `steps must be a positive integer, got ${steps}`);
+}
+function checkDelta(delta: number): void {
+  if (!(typeof delta === "number" && delta > 0 && delta < 1))
+    fail("E_PRIVACY_INPUT", `delta must be in (0, 1), got ${delta}`);
+}
+function checkOrder(order: number): void {
+  if (!(typeof order === "number" && order > 1))
+    fail("E_PRIVACY_INPUT", `RDP order must be > 1, got ${order}`);
+}
+
+// ---------------------------------------------------------------- public API
+
+/**
+ * RDP ε(α) of one step of the Poisson-subsampled Gaussian mechanism with sampling rate q and noise
+ * multiplier σ (noise std / L2 sensitivity). Returns Infinity for σ = 0, α = ∞, or when the
+ * fractional-order series does not converge (that order is then useless, never an error).
+ */
+export function rdpSampledGaussian(q: number, noiseMultiplier: number, order: number): number {
+  checkQ(q);
+  checkSigma(noiseMultiplier);
+  checkOrder(order);
+  if (q === 0) return 0;
+  if (noiseMultiplier === 0) return Infinity;
+  if (q === 1) return order / (2 * noiseMultiplier * noiseMultiplier);
+  if (order === Infinity) return Infinity;
+  const logA = Number.isInteger(order)
+    ? computeLogAInt(q, noiseMultiplier, order)
+    : computeLogAFrac(q, noiseMultiplier, order);
+  const rdp = logA / (order - 1);
+  if (Number.isNaN(rdp)) return Infinity;
+  // True RDP is ≥ 0; clamp round-off (a log A of −1e-17, say) so the conversion never sees rdp < 0.
+  return Math.max(0, rdp);
+}
+
+/** RDP of `steps` adaptive compositions (RDP composes additively), one value per order. */
+export function computeRdp(
+  q: number,
+  noiseMultiplier: number,
+  steps: number,
+  orders: readonly number[] = DEFAULT_ORDERS,
+): number[] {
+  checkSteps(steps);
+  return orders.map((a) => {
+    const r = rdpSampledGaussian(q, noiseMultiplier, a);
+    return r === 0 ? 0 : r * steps;
+  });
+}
+
+export interface EpsilonResult {
+  epsilon: number;
+  /** The order α attaining the minimum (NaN if no order is usable). */
+  order: number;
+}
+
+/**
+ * Converts an RDP curve into (ε, δ)-DP, minimising over orders.
+ *  - "classic" (Mironov 2017, Prop. 3): ε = min_α rdp(α) + ln(1/δ)/(α−1).
+ *  - "tight" (Canonne–Kamath–Steinke 2020 Prop. 12; Asoodeh et al. 2021), as dp_accounting's
+ *    `compute_epsilon`: ε = rdp + log1p(−1/α) − (log δ + log α)/(α−1), with ε = 0 when
+ *    δ² + expm1(−rdp) > 0 (the KL bound), ε = ∞ for α ≤ 1.01, and the result clamped at 0.
+ * Orders < 1 are ignored. A negative or NaN rdp is an input error (dp_accounting raises too).
+ */
+export function epsilonFromRdp(
+  orders: readonly number[],
+  rdp: readonly number[],
+  delta: number,
+  conversion: RdpConversion = "tight",
+): EpsilonResult {
+  checkDelta(delta);
+  if (orders.length !== rdp.length) {
+    fail("E_PRIVACY_INPUT", `orders (${orders.length}) and rdp (${rdp.length}) differ in length`);
+  }
+  if (conversion !== "classic" && conversion !== "tight") {
+    fail("E_PRIVACY_INPUT", `conversion must be 'tight' or 'classic', got '${String(conversion)}'`);
+  }
+  const logDelta = Math.log(delta);
+  let best = Infinity;
+  let bestOrder = NaN;
+  for (let k = 0; k < orders.length; k++) {
+    const a = orders[k]!;
+    const r = rdp[k]!;
+    if (!(a >= 1)) continue;
+    if (!(r >= 0)) fail("E_PRIVACY_INPUT", `RDP values must be ≥ 0, got ${r} at order ${a}`);
+    let eps: number;
+    if (conversion === "classic") {
+      eps = a > 1 ? r - logDelta / (a - 1) : Infinity;
+    } else if (delta * delta + Math.expm1(-r) > 0) {
+      eps = 0; // δ ≤ sqrt(1 − exp(−KL))
+    } else if (a > 1.01) {
+      eps = r + Math.log1p(-1 / a) - (logDelta + Math.log(a)) / (a - 1);
+    } else {
+      eps = Infinity;
+    }
+    if (Number.isNaN(bestOrder) || eps < best) {
+      best = eps;
+      bestOrder = a;
+    }
+  }
+  return { epsilon: Math.max(0, best), order: bestOrder };
+}
+
+export interface SolveNoiseOptions {
+  targetEpsilon: number;
+  q: number;
+  steps: number;
+  delta: number;
+  conversion?: RdpConversion;
+  orders?: readonly number[];
+}
+
+export interface SolveNoiseResult extends EpsilonResult {
+  noiseMultiplier: number;
+}
+
+/** Largest noise multiplier searched; beyond it the target is declared unreachable. */
+export const MAX_NOISE_MULTIPLIER = 1e4;
+
+/**
+ * Smallest σ (to 1e-6 relative, rounded up so ε(σ) ≤ target) whose RDP-accounted ε after `steps`
+ * steps at sampling rate q is at most targetEpsilon. ε is non-increasing in σ, so bisection applies.
+ */
+export function solveNoiseMultiplier(o: SolveNoiseOptions): SolveNoiseResult {
+  const { targetEpsilon, q, steps, delta } = o;
+  const conversion = o.conversion ?? "tight";
+  const orders = o.orders ?? DEFAULT_ORDERS;
+  if (!(typeof targetEpsilon === "number" && targetEpsilon > 0 && targetEpsilon < Infinity)) {
+    fail("E_PRIVACY_INPUT", `target epsilon must be a positive finite number, got ${targetEpsilon}`);
+  }
+  checkQ(q);
+  checkSteps(steps);
+  checkDelta(delta);
+  const eps = (sigma: number) =>
+    epsilonFromRdp(orders, computeRdp(q, sigma, steps, orders), delta, conversion);
+  if (q === 0) return { noiseMultiplier: 0, ...eps(0) };
+  let hi = 1;
+  let atHi = eps(hi);
+  while (atHi.epsilon > targetEpsilon) {
+    if (hi >= MAX_NOISE_MULTIPLIER) {
+      fail(
+        "E_PRIVACY_UNREACHABLE",
+        `epsilon ${targetEpsilon} is not reachable with noise multiplier ≤ ${MAX_NOISE_MULTIPLIER} ` +
+          `(q=${q}, steps=${steps}, delta=${delta}; ε=${atHi.epsilon} at σ=${MAX_NOISE_MULTIPLIER})`,
+      );
+    }
+    hi = Math.min(hi * 2, MAX_NOISE_MULTIPLIER);
+    atHi = eps(hi);
+  }
+  let lo = hi === 1 ? 0 : hi / 2; // ε(lo) > target (or lo = 0, where ε = ∞)
+  while (hi - lo > 1e-6 * hi) {
+    const mid = (lo + hi) / 2;
+    const atMid = eps(mid);
+    if (atMid.epsilon <= targetEpsilon) {
+      hi = mid;
+      atHi = atMid;
+    } else {
+      lo = mid;
+    }
+  }
+  return { noiseMultiplier: hi, ...atHi };
+}
+
+/** Internals exposed for tests only. */
+export const _internal = { computeLogAInt, computeLogAFrac };
