@@ -23,3 +23,15 @@ export function isFlotillaError(e: unknown): e is FlotillaError {
 export function fail(code: string, message: string): never {
   throw new FlotillaError(code, message);
 }
+
+/** The stable code of any thrown value: a FlotillaError's, a Node error's string `code`, else E_INTERNAL. */
+export function errorCode(e: unknown): string {
+  if (isFlotillaError(e)) return e.code;
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === "string" ? c : "E_INTERNAL";
+}
+
+/** The one-line message of any thrown value. */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -10,7 +10,7 @@
  */
 import type { JsonWebKey } from "node:crypto";
 import { Rng } from "../data/rng";
-import { isFlotillaError } from "../errors";
+import { errorCode, errorMessage, isFlotillaError } from "../errors";
 import { decodeMessage, encodeMessage, type SecAggFrame } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
 import { defaultParams, validateParams } from "../secagg/params";
@@ -176,7 +176,7 @@ export async function runSecureRound(
         try {
           msg = decodeMessage(raw);
         } catch (e) {
-          ctx.onRejected?.(codeOf(e), messageOf(e));
+          ctx.onRejected?.(errorCode(e), errorMessage(e));
           return;
         }
         if (msg.type === "train" || (msg.type === "secagg" && msg.direction === "down")) {
@@ -208,8 +208,8 @@ export async function runSecureRound(
             onAnswer(id, msg);
             answered.add(id);
           } catch (e) {
-            fail(id, codeOf(e), messageOf(e));
-            ctx.onRejected?.(codeOf(e), messageOf(e));
+            fail(id, errorCode(e), errorMessage(e));
+            ctx.onRejected?.(errorCode(e), errorMessage(e));
           }
         }
         check();
@@ -223,7 +223,7 @@ export async function runSecureRound(
         await transport.send(id, frame);
       } catch (e) {
         pending.delete(id);
-        fail(id, codeOf(e), messageOf(e));
+        fail(id, errorCode(e), errorMessage(e));
       }
     }
     check();
@@ -315,14 +315,4 @@ interface SecAggResultLike {
   readonly totalWeight: number;
   readonly included: readonly string[];
   readonly unmaskMs: number;
-}
-
-function codeOf(e: unknown): string {
-  if (isFlotillaError(e)) return e.code;
-  const c = (e as { code?: unknown } | null)?.code;
-  return typeof c === "string" ? c : "E_INTERNAL";
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { encodeTensor, type CompressionSpec } from "../compress";
-import { isFlotillaError } from "../errors";
+import { errorCode, errorMessage } from "../errors";
 import type { EncodedTensor } from "../compress/api";
 import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
@@ -173,7 +173,7 @@ export async function runRound(
           });
         msg = m;
       } catch (e) {
-        opts.events?.onRejected?.(codeOf(e), messageOf(e));
+        opts.events?.onRejected?.(errorCode(e), errorMessage(e));
         return;
       }
       if (msg.jobId !== opts.jobId || msg.round !== round || !pending.has(msg.deviceId)) {
@@ -206,8 +206,8 @@ export async function runRound(
           slowestTrainMs = Math.max(slowestTrainMs, msg.metrics.trainMs);
           opts.events?.onDeviceDone?.(round, msg.deviceId, true);
         } catch (e) {
-          failures.push({ deviceId: msg.deviceId, code: codeOf(e), reason: messageOf(e) });
-          opts.events?.onRejected?.(codeOf(e), messageOf(e));
+          failures.push({ deviceId: msg.deviceId, code: errorCode(e), reason: errorMessage(e) });
+          opts.events?.onRejected?.(errorCode(e), errorMessage(e));
           opts.events?.onDeviceDone?.(round, msg.deviceId, false);
         }
       }
@@ -221,7 +221,7 @@ export async function runRound(
       await transport.send(ins.deviceId, frame);
     } catch (e) {
       pending.delete(ins.deviceId);
-      failures.push({ deviceId: ins.deviceId, code: codeOf(e), reason: messageOf(e) });
+      failures.push({ deviceId: ins.deviceId, code: errorCode(e), reason: errorMessage(e) });
     }
   }
   finishIfDone();
@@ -302,14 +302,4 @@ export function downlinkModel(
     weights: { encoding: "flz", bytes },
     modelHash: createHash("sha256").update(bytes).digest("hex"),
   };
-}
-
-function codeOf(e: unknown): string {
-  if (isFlotillaError(e)) return e.code;
-  const c = (e as { code?: unknown } | null)?.code;
-  return typeof c === "string" ? c : "E_INTERNAL";
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }
