@@ -39,6 +39,24 @@ export interface TrainRequest {
    * key advertisement (a `secagg` frame, step `advertise`) instead of a result.
    */
   readonly secagg?: true;
+  /**
+   * Differential privacy (core/privacy/dp.ts): the device clips its update to L2 norm `clip` and adds N(0, noiseStd²)
+   * before anything leaves it (distributed and local placements, or central with secure aggregation).
+   */
+  readonly dp?: DpOrder;
+}
+
+/** A device's differential-privacy instructions for one round. */
+export interface DpOrder {
+  /** L2 clip norm C. */
+  readonly clip: number;
+  /** Std of the Gaussian noise the device adds to its clipped update (0: the server adds the noise). */
+  readonly noiseStd: number;
+  /**
+   * Adaptive clipping: present = report the centred clip indicator b − ½ plus N(0, clipBitNoiseStd²), in the
+   * result's `dpClipBit` or, with secure aggregation, as one extra value after the update in the masked vector.
+   */
+  readonly clipBitNoiseStd?: number;
 }
 
 export interface TrainResultMessage {
@@ -51,6 +69,8 @@ export interface TrainResultMessage {
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
   /** clientWeights − globalWeights, raw or compressed (decoded by the aggregator inside its streaming sum). */
   readonly delta: Float32Array | EncodedTensor;
+  /** Adaptive clipping under DP: the (noised) centred clip indicator, when the round's `dp` order asked for it. */
+  readonly dpClipBit?: number;
 }
 
 export interface TrainFailureMessage {

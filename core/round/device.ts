@@ -5,6 +5,8 @@ import type { IdentitySigner, MaskInputRequest, ShareKeysRequest, UnmaskRequest 
 import type { Dataset } from "../data/dataset";
 import type { LocalModel } from "../engine/types";
 import { isFlotillaError } from "../errors";
+import { privatizeUpdate } from "../privacy/dp";
+import { GaussianNoise } from "../privacy/mechanism";
 import {
   decodeMessage,
   encodeMessage,
@@ -38,6 +40,8 @@ export class DeviceRuntime {
   private readonly residuals = new Map<string, ErrorFeedback>();
   /** Secure-aggregation rounds in progress, by `jobId/round` (in memory only: a restarted device drops out). */
   private readonly secagg = new Map<string, SecAggSessionState>();
+  /** Differential-privacy noise (OS CSPRNG). */
+  private readonly noise = new GaussianNoise();
 
   constructor(
     readonly deviceId: string,
@@ -146,10 +150,13 @@ export class DeviceRuntime {
     });
     const delta = this.model.getWeights();
     for (let i = 0; i < delta.length; i++) delta[i] -= global[i];
-    if (req.secagg) return this.advertise(req, delta, summary);
+    // Differential privacy: clip and noise before anything leaves the device (core/privacy/dp.ts).
+    const dp = req.dp ? privatizeUpdate(delta, req.dp, this.noise) : undefined;
+    if (req.secagg) return this.advertise(req, delta, summary, dp?.clipBit);
     return {
       ...this.resultHeader(req, summary),
       delta: req.uplink ? { encoding: "flz", bytes: this.compress(req, delta) } : delta,
+      ...(dp?.clipBit !== undefined ? { dpClipBit: dp.clipBit } : {}),
     };
   }
 
@@ -185,20 +192,29 @@ export class DeviceRuntime {
     req: TrainRequest,
     delta: Float32Array,
     summary: { loss: number; accuracy: number; ms: number },
+    dpClipBit?: number,
   ): Promise<SecAggFrame> {
     if (!this.signer) {
       throw Object.assign(new Error("secure aggregation needs an identity key and this device has none"), {
         code: "E_SECAGG_NO_KEY",
       });
     }
-    const update = req.uplink
+    const coded = req.uplink
       ? decodeTensor(this.compress(req, delta), { layoutHash: this.model.layout.hash, length: delta.length })
       : delta;
+    // Adaptive clipping: the clip indicator rides as one extra value, so the server sees only its sum.
+    let update = coded;
+    if (dpClipBit !== undefined) {
+      update = new Float32Array(coded.length + 1);
+      update.set(coded);
+      update[coded.length] = dpClipBit;
+    }
     const session = { jobId: req.jobId, round: req.round };
+    // Under DP every update weighs the same (a sample count would scale its sensitivity).
     const { client, advertisement } = await SecAggClient.start(
       session,
       this.deviceId,
-      this.data.n,
+      req.dp ? 1 : this.data.n,
       this.signer,
     );
     // One round of a job at a time: older sessions of the job are dropped.

@@ -67,6 +67,11 @@ export interface SecureRoundContext {
   readonly aggregation: RoundAggregation;
   readonly failures: FitFailure[];
   readonly numValues: number;
+  /**
+   * The fewest masked inputs the round may unmask (differential privacy's distributed noise is calibrated for
+   * it): with fewer after the mask step the round aborts with E_DP_TOO_FEW and nothing is unmasked.
+   */
+  readonly minIncluded?: number;
   readonly roundTimeoutMs: number;
   readonly abortSignal?: AbortSignal;
   readonly onRejected?: (code: string, reason: string) => void;
@@ -269,6 +274,17 @@ export async function runSecureRound(
         }
         if (m && Number.isFinite(m.trainMs)) slowestTrainMs = Math.max(slowestTrainMs, m.trainMs);
       });
+      const masked = participants.filter(
+        (id) =>
+          !dropouts.advertise.includes(id) && !dropouts.share.includes(id) && !dropouts.mask.includes(id),
+      ).length;
+      if (ctx.minIncluded && masked < ctx.minIncluded) {
+        const reason =
+          `${masked} masked input(s), fewer than the ${ctx.minIncluded} the distributed DP noise is calibrated ` +
+          `for: nothing is unmasked`;
+        server.abort(reason);
+        return { aborted: { code: "E_DP_TOO_FEW", reason } };
+      }
       // Step 4: ask survivors for the shares that remove the masks.
       const unmaskReqs = server.closeMasked();
       await exchange("unmask", mapFrames(unmaskReqs, "unmask"), opts.stepTimeoutMs, (_id, f) =>

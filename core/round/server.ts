@@ -4,6 +4,7 @@ import { errorCode, errorMessage } from "../errors";
 import type { EncodedTensor } from "../compress/api";
 import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
+import type { DifferentialPrivacy, DpRoundRecord } from "../privacy/dp";
 import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
 import type { FitFailure, Strategy } from "../strategies/strategy";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
@@ -27,6 +28,8 @@ export interface RoundRecord {
   readonly slowestTrainMs: number;
   /** Secure aggregation: dropouts per step, who is in the sum, unmasking time, bytes per device, abort reason. */
   readonly secagg?: SecureRoundRecord;
+  /** Differential privacy: clip norm, noise, whether the round released anything, and ε spent so far. */
+  readonly dp?: DpRoundRecord;
 }
 
 export interface ServerEvents {
@@ -55,6 +58,11 @@ export interface JobOptions {
   readonly downlink?: CompressionSpec;
   /** Secure aggregation (SecAgg+): the server learns only the sum of each round's updates. */
   readonly secureAggregation?: SecureAggregationOptions;
+  /**
+   * Differential privacy (DP-FedAvg): clipping, noise, accounting and the job's budget. The job stops before a
+   * round that would exceed the budget; `dp.status` then says so.
+   */
+  readonly dp?: DifferentialPrivacy;
 }
 
 /**
@@ -70,6 +78,7 @@ export async function runJob(
   const records: RoundRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.abortSignal?.aborted) break;
+    if (opts.dp && !opts.dp.allowsNextRound()) break;
     const record = await runRound(strategy, transport, round, opts);
     records.push(record);
     opts.events?.onRoundEnd?.(record);
@@ -94,7 +103,16 @@ export async function runRound(
   const global = strategy.weights;
   const { weights: carried, modelHash } = downlinkModel(global, round, opts);
   const deadline = Date.now() + opts.roundTimeoutInMs;
-  const aggregation = strategy.beginAggregate(round);
+  const inner = strategy.beginAggregate(round);
+  const aggregation = opts.dp
+    ? opts.dp.aggregate(inner, {
+        round,
+        layoutHash: opts.layout.hash,
+        length: global.length,
+        current: global,
+      })
+    : inner;
+  const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
   const trainFrame = (ins: (typeof instructions)[number], secagg?: true) =>
     encodeMessage({
       type: "train",
@@ -107,6 +125,7 @@ export async function runRound(
       weights: carried,
       ...(opts.uplink && !opts.uplink.lossless ? { uplink: opts.uplink.text } : {}),
       ...(secagg ? { secagg } : {}),
+      ...(dpOrder ? { dp: dpOrder } : {}),
     });
 
   if (opts.secureAggregation) {
@@ -119,7 +138,8 @@ export async function runRound(
         instructions,
         aggregation,
         failures,
-        numValues: global.length,
+        numValues: global.length + (opts.dp?.extraSecureValues() ?? 0),
+        minIncluded: opts.dp?.minSurvivors,
         roundTimeoutMs: opts.roundTimeoutInMs,
         abortSignal: opts.abortSignal,
         onRejected: opts.events?.onRejected,
@@ -199,6 +219,7 @@ export async function runRound(
             numSamples: msg.numSamples,
             delta: msg.delta,
             metrics: msg.metrics,
+            ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
           });
           completed.push(msg.deviceId);
           lossSum += msg.metrics.loss * msg.numSamples;
@@ -268,6 +289,7 @@ async function closeRound(
 ): Promise<RoundRecord> {
   const next = aggregation.finish(r.failures);
   if (next !== strategy.weights) strategy.weights.set(next);
+  const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
   return {
     round: r.round,
@@ -282,6 +304,7 @@ async function closeRound(
     durationMs: performance.now() - r.t0,
     slowestTrainMs: r.slowestTrainMs,
     ...(r.secagg ? { secagg: r.secagg } : {}),
+    ...(opts.dp && dp ? { dp } : {}),
   };
 }
 

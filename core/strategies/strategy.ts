@@ -45,6 +45,8 @@ export interface FitResult {
    */
   readonly delta: Float32Array | EncodedTensor;
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
+  /** Differential privacy with adaptive clipping: the device's (noised) centred clip indicator b − ½. */
+  readonly dpClipBit?: number;
 }
 
 /** The unmasked result of a secure aggregation: the weighted mean of several devices' deltas. */

@@ -80,6 +80,19 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("secaggStepTimeout") !== undefined)
     c.secaggStepTimeoutMs = positiveNumber("secagg-step-timeout", s("secaggStepTimeout")!) * 1000;
   if (s("dropout") !== undefined) c.dropout = nonNegativeNumber("dropout", s("dropout")!);
+  if (s("dpNoise") !== undefined) c.dpNoise = positiveNumber("dp-noise", s("dpNoise")!);
+  if (s("dpClip") !== undefined)
+    c.dpClip = s("dpClip") === "adaptive" ? "adaptive" : positiveNumber("dp-clip", s("dpClip")!);
+  if (s("dpDelta") !== undefined) c.dpDelta = positiveNumber("dp-delta", s("dpDelta")!);
+  if (s("dpEpsilonBudget") !== undefined)
+    c.dpEpsilonBudget = positiveNumber("dp-epsilon-budget", s("dpEpsilonBudget")!);
+  if (s("dpPlacement") !== undefined) c.dpPlacement = s("dpPlacement") as SimConfig["dpPlacement"];
+  if (s("dpMinSurvivors") !== undefined)
+    c.dpMinSurvivors = positiveInt("dp-min-survivors", s("dpMinSurvivors")!);
+  if (s("dpTargetQuantile") !== undefined)
+    c.dpTargetQuantile = positiveNumber("dp-target-quantile", s("dpTargetQuantile")!);
+  if (s("dpClipCountStddev") !== undefined)
+    c.dpClipCountStddev = positiveNumber("dp-clip-count-stddev", s("dpClipCountStddev")!);
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -91,8 +104,17 @@ function roundLine(r: RoundSummary, total: number): string {
     `round ${String(r.round).padStart(String(total).length)}/${total}  ` +
     `participants ${r.completed}/${r.participants.length}  accuracy ${acc.padStart(7)}  loss ${loss}  ` +
     `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s` +
-    secaggText(r)
+    secaggText(r) +
+    dpText(r)
   );
+}
+
+function dpText(r: RoundSummary): string {
+  const d = r.dp;
+  if (!d) return "";
+  const eps = `ε ${d.epsilon.toFixed(3)}`;
+  if (!d.released) return `  dp NOT RELEASED (${d.reason ?? ""}) ${eps}`;
+  return `  dp clip ${d.clip.toPrecision(3)} noise ${d.noiseStd.toPrecision(3)} ${eps}`;
 }
 
 function secaggText(r: RoundSummary): string {
@@ -145,6 +167,16 @@ async function runSimulate(o: RawOptions): Promise<number> {
   console.log(
     `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}`,
   );
+  if (result.privacy) {
+    const p = result.privacy;
+    console.log(
+      `privacy: ε = ${p.epsilon.toFixed(4)} at δ = ${p.delta} (${p.placement} noise, z = ${p.noiseMultiplier}, ` +
+        `${p.steps} released round(s), RDP order ${p.order}, ${p.conversion} conversion)` +
+        (p.epsilonBudget !== undefined ? `; budget ε = ${p.epsilonBudget}` : ""),
+    );
+  }
+  if (result.status && result.status.state !== "completed")
+    console.log(`job stopped: ${result.status.state}: ${result.status.reason ?? ""}`);
   const rejected = Object.entries(result.rejected);
   if (rejected.length) console.log(`rejected frames: ${rejected.map(([k, v]) => `${k}=${v}`).join(", ")}`);
   console.log(`results: ${path.join(config.out, "results.json")}`);
@@ -324,6 +356,26 @@ export function buildProgram(): Command {
       "update values are clipped to [-c, c] for the fixed-point encoding (default 8)",
     )
     .option("--secagg-step-timeout <seconds>", "deadline of each secure-aggregation step (default 30)")
+    .option("--dp-noise <z>", "differential privacy: noise multiplier z (noise std = z × clip norm)")
+    .option(
+      "--dp-clip <c>",
+      "L2 clip norm of each update, or 'adaptive' (tracks the median update norm privately)",
+    )
+    .option("--dp-delta <d>", "δ of the (ε, δ) guarantee (default 1e-5)")
+    .option("--dp-epsilon-budget <e>", "stop before a round that would spend more than ε")
+    .option(
+      "--dp-placement <where>",
+      "central (server adds noise) | distributed (devices, needs --secure-aggregation) | local",
+    )
+    .option("--dp-target-quantile <g>", "adaptive clipping: quantile of update norms to track (default 0.5)")
+    .option(
+      "--dp-clip-count-stddev <s>",
+      "adaptive clipping: noise std of the clipped count (default clients/20)",
+    )
+    .option(
+      "--dp-min-survivors <n>",
+      "distributed: fewest updates a round may sum (default ⌈0.8 × clients per round⌉)",
+    )
     .option(
       "--dropout <p>",
       "fraction of each round's participants that vanish at a random secure-aggregation step",

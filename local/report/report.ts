@@ -20,8 +20,17 @@ export interface ReportInput {
       aborted?: { code: string; reason: string };
       meanBytesPerDevice?: { up: number; down: number };
     };
+    dp?: { epsilon: number; clip: number; noiseStd: number; released: boolean; unclippedFraction?: number };
   }[];
   final: { accuracy: number; loss: number; rounds: number; wallMs: number };
+  status?: { state: string; reason?: string };
+  privacy?: {
+    epsilon: number;
+    delta: number;
+    placement: string;
+    noiseMultiplier: number;
+    epsilonBudget?: number;
+  };
 }
 
 let chartJs: string | undefined;
@@ -67,6 +76,30 @@ export function renderReport(r: ReportInput, title = "Flotilla federated trainin
         }
       : null,
   };
+  const dpSeries = r.rounds.some((x) => x.dp)
+    ? {
+        epsilon: r.rounds.map((x) => x.dp?.epsilon ?? null),
+        clip: r.rounds.map((x) => x.dp?.clip ?? null),
+        unclipped: r.rounds.map((x) =>
+          x.dp?.unclippedFraction !== undefined
+            ? Math.max(0, Math.min(1, x.dp.unclippedFraction)) * 100
+            : null,
+        ),
+        budget: r.privacy?.epsilonBudget ?? null,
+      }
+    : null;
+  const notReleased = r.rounds.filter((x) => x.dp && !x.dp.released).map((x) => x.round);
+  const p = r.privacy;
+  const dpHtml = dpSeries
+    ? `<h2>Differential privacy</h2>
+<p>${p ? `(ε = ${p.epsilon.toFixed(3)}, δ = ${p.delta})-DP for every device's data, ${esc(p.placement)} noise with multiplier z = ${p.noiseMultiplier}${p.epsilonBudget !== undefined ? `, budget ε = ${p.epsilonBudget}` : ""}.` : ""}
+${notReleased.length ? ` Rounds that released nothing (model kept): ${notReleased.join(", ")}.` : ""}
+${r.status && r.status.state !== "completed" ? ` Job stopped: <b>${esc(r.status.state)}</b> — ${esc(r.status.reason ?? "")}` : ""}</p>
+<div class="grid">
+<div><h2>Privacy spent (ε) per round</h2><canvas id="dpEps"></canvas></div>
+<div><h2>Clip norm${dpSeries.unclipped.some((v) => v !== null) ? " and unclipped fraction" : ""}</h2><canvas id="dpClip"></canvas></div>
+</div>`
+    : "";
   const aborted = r.rounds.filter((x) => x.secagg?.aborted).map((x) => x.round);
   const secaggHtml = series.secagg
     ? `<h2>Secure aggregation</h2>
@@ -115,12 +148,14 @@ canvas{max-height:320px}
 <div><h2>Round wall time</h2><canvas id="time"></canvas></div>
 </div>
 ${secaggHtml}
+${dpHtml}
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th></tr>${roundRows}</table>
 <h2>Configuration</h2><table>${configRows}</table>
 <script>${chartLibrary()}</script>
 <script>
 const S = ${JSON.stringify(series)};
+const DP = ${JSON.stringify(dpSeries)};
 const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
   type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
@@ -130,6 +165,17 @@ line("time", "seconds", S.seconds, "#2ca02c", "s");
 new Chart(document.getElementById("bytes"), { type: "bar", data: { labels: S.rounds, datasets: [
   { label: "uplink (MB)", data: S.up, backgroundColor: "#ff7f0e" }, { label: "downlink (MB)", data: S.down, backgroundColor: "#9467bd" }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB" } } } } });
+if (DP) {
+  const eps = [{ label: "ε spent", data: DP.epsilon, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 }];
+  if (DP.budget !== null) eps.push({ label: "budget", data: S.rounds.map(() => DP.budget), borderColor: "#7f7f7f", borderDash: [6, 4], pointRadius: 0 });
+  new Chart(document.getElementById("dpEps"), { type: "line", data: { labels: S.rounds, datasets: eps },
+    options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { beginAtZero: true, title: { display: true, text: "ε" } } } } });
+  const clipSets = [{ label: "clip norm C", data: DP.clip, borderColor: "#1f77b4", backgroundColor: "#1f77b4", yAxisID: "y" }];
+  if (DP.unclipped.some((v) => v !== null)) clipSets.push({ label: "unclipped updates (%, noisy)", data: DP.unclipped, borderColor: "#2ca02c", backgroundColor: "#2ca02c", yAxisID: "y1" });
+  new Chart(document.getElementById("dpClip"), { type: "line", data: { labels: S.rounds, datasets: clipSets },
+    options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "C" } },
+      y1: { position: "right", min: 0, max: 100, display: DP.unclipped.some((v) => v !== null), title: { display: true, text: "%" } } } } });
+}
 if (S.secagg) {
   const names = ["advertise", "share", "mask", "unmask"], colors = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
   new Chart(document.getElementById("secagg"), { type: "bar", data: { labels: S.rounds, datasets: [

@@ -1,6 +1,7 @@
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 import { secAggParamsFor } from "../../core/round/secure-round";
+import { DP_PLACEMENTS, validateDpOptions, type DpOptions, type DpPlacement } from "../../core/privacy/dp";
 
 /** Everything that defines a simulated federated job. Serialised into results.json as `config`. */
 export interface SimConfig {
@@ -49,6 +50,22 @@ export interface SimConfig {
   secaggStepTimeoutMs: number;
   /** Fraction of each round's participants that vanish at a random secure-aggregation step (simulation). */
   dropout: number;
+  /** Differential privacy: noise multiplier z (DP is on when set). */
+  dpNoise?: number;
+  /** L2 clip norm C, or "adaptive" (Andrew et al. 2021). */
+  dpClip?: number | "adaptive";
+  /** δ of the (ε, δ) guarantee. */
+  dpDelta: number;
+  /** ε_max: the job stops before a round that would spend more. */
+  dpEpsilonBudget?: number;
+  /** central | distributed (needs secure aggregation) | local. */
+  dpPlacement: DpPlacement;
+  /** n' for the distributed placement (unset: ⌈0.8 · clients per round⌉). */
+  dpMinSurvivors?: number;
+  /** Adaptive clipping: the quantile γ of update norms to track (unset: 0.5). */
+  dpTargetQuantile?: number;
+  /** Adaptive clipping: σ_b, noise std of the clipped count (unset: clients per round / 20). */
+  dpClipCountStddev?: number;
 }
 
 export const DEFAULT_CONFIG: SimConfig = {
@@ -74,6 +91,8 @@ export const DEFAULT_CONFIG: SimConfig = {
   secureAggregation: false,
   secaggStepTimeoutMs: 30_000,
   dropout: 0,
+  dpDelta: 1e-5,
+  dpPlacement: "central",
 };
 
 /** Presets selectable with --preset; explicit flags override them. */
@@ -162,8 +181,61 @@ export function validateConfig(c: SimConfig): SimConfig {
       clipRange: c.secaggClip,
     });
   }
+  validateDpConfig(c);
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   return c;
+}
+
+/** The DP options of a simulated job (undefined: DP off). */
+export function dpOptionsOf(c: SimConfig): DpOptions | undefined {
+  if (c.dpNoise === undefined) return undefined;
+  return {
+    noiseMultiplier: c.dpNoise,
+    clip: c.dpClip ?? 1,
+    delta: c.dpDelta,
+    epsilonBudget: c.dpEpsilonBudget,
+    placement: c.dpPlacement,
+    minSurvivors: c.dpMinSurvivors,
+    targetQuantile: c.dpTargetQuantile,
+    clipCountStddev: c.dpClipCountStddev,
+    clientsPerRound: c.clientsPerRound,
+    fleetSize: c.devices,
+  };
+}
+
+function validateDpConfig(c: SimConfig): void {
+  if (c.dpNoise === undefined) {
+    const given = (
+      [
+        ["--dp-clip", c.dpClip],
+        ["--dp-epsilon-budget", c.dpEpsilonBudget],
+        ["--dp-min-survivors", c.dpMinSurvivors],
+        ["--dp-target-quantile", c.dpTargetQuantile],
+        ["--dp-clip-count-stddev", c.dpClipCountStddev],
+        ["--dp-placement", c.dpPlacement !== "central" ? c.dpPlacement : undefined],
+      ] as const
+    ).find(([, v]) => v !== undefined);
+    if (given) fail("E_CONFIG_VALUE", `${given[0]} needs --dp-noise`);
+    return;
+  }
+  if (c.dpClip === undefined)
+    fail("E_CONFIG_VALUE", "--dp-noise needs --dp-clip C (a clip norm) or --dp-clip adaptive");
+  if (!DP_PLACEMENTS.includes(c.dpPlacement))
+    fail("E_CONFIG_VALUE", `--dp-placement must be central, distributed or local, got '${c.dpPlacement}'`);
+  if (c.dpPlacement === "distributed" && !c.secureAggregation) {
+    fail(
+      "E_CONFIG_VALUE",
+      "--dp-placement distributed needs --secure-aggregation (without it the server sees each lightly noised update)",
+    );
+  }
+  if (c.dpClip !== "adaptive" && (c.dpTargetQuantile !== undefined || c.dpClipCountStddev !== undefined))
+    fail("E_CONFIG_VALUE", "--dp-target-quantile and --dp-clip-count-stddev need --dp-clip adaptive");
+  const o = dpOptionsOf(c)!;
+  try {
+    validateDpOptions(o);
+  } catch (e) {
+    fail("E_CONFIG_VALUE", `differential privacy: ${(e as Error).message}`);
+  }
 }

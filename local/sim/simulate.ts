@@ -17,6 +17,8 @@ import type { JsonWebKey } from "node:crypto";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { SecureAggregationOptions, SecureRoundRecord } from "../../core/round/secure-round";
 import { deviceName } from "./data";
+import { dpOptionsOf } from "./config";
+import { DifferentialPrivacy, type DpRoundRecord } from "../../core/privacy/dp";
 
 export interface RoundSummary {
   round: number;
@@ -32,6 +34,27 @@ export interface RoundSummary {
   slowestTrainMs: number;
   /** Secure aggregation: dropouts per step, devices in the sum, unmasking time, bytes per device. */
   secagg?: SecureRoundRecord & { meanBytesPerDevice: { up: number; down: number } };
+  /** Differential privacy: clip norm, noise, released or not, and ε spent so far (after this round). */
+  dp?: DpRoundRecord;
+}
+
+/** How the job ended. */
+export interface JobStatus {
+  state: "completed" | "target-reached" | "budget-exhausted";
+  reason?: string;
+}
+
+/** The job's privacy guarantee at the end. */
+export interface PrivacySummary {
+  epsilon: number;
+  delta: number;
+  order: number;
+  steps: number;
+  placement: string;
+  noiseMultiplier: number;
+  epsilonBudget?: number;
+  conversion: "tight" | "classic";
+  samplingRate: number;
 }
 
 export interface SimulationResult {
@@ -39,6 +62,8 @@ export interface SimulationResult {
   rounds: RoundSummary[];
   final: { accuracy: number; loss: number; rounds: number; wallMs: number };
   rejected: Record<string, number>;
+  status?: JobStatus;
+  privacy?: PrivacySummary;
 }
 
 export interface SimulationReporter {
@@ -113,6 +138,8 @@ export async function simulate(
     : undefined;
   for (const d of await transport.listDevices()) samplesOf.set(d.deviceId, d.numSamples ?? 0);
 
+  const dpOptions = dpOptionsOf(config);
+  const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
   const rejected: Record<string, number> = {};
   const summaries: RoundSummary[] = [];
   const abort = new AbortController();
@@ -149,12 +176,22 @@ export async function simulate(
       uplink: parseCompression(config.compression),
       downlink: parseCompression(config.downlinkCompression),
       secureAggregation,
+      dp,
     });
   } finally {
     await transport.close();
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
   }
-  const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights);
+  const status: JobStatus =
+    dp?.status.state === "budget-exhausted"
+      ? { state: "budget-exhausted", reason: dp.status.reason }
+      : abort.signal.aborted
+        ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
+        : { state: "completed" };
+  const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights, {
+    status,
+    ...(dp ? { privacy: privacySummary(dp) } : {}),
+  });
   evalModel.dispose();
   return result;
 }
@@ -168,6 +205,7 @@ export function finishResult(
   rejected: Record<string, number>,
   startedAt: number,
   finalWeights?: Float32Array,
+  end: { status?: JobStatus; privacy?: PrivacySummary } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
   const result: SimulationResult = {
@@ -180,6 +218,8 @@ export function finishResult(
       wallMs: performance.now() - startedAt,
     },
     rejected,
+    ...(end.status ? { status: end.status } : {}),
+    ...(end.privacy ? { privacy: end.privacy } : {}),
   };
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
@@ -208,6 +248,24 @@ function summarize(r: RoundRecord): RoundSummary {
     durationMs: Math.round(r.durationMs),
     slowestTrainMs: Math.round(r.slowestTrainMs),
     ...(r.secagg ? { secagg: { ...r.secagg, meanBytesPerDevice: meanBytes(r.secagg.bytesPerDevice) } } : {}),
+    ...(r.dp ? { dp: r.dp } : {}),
+  };
+}
+
+/** The guarantee a finished DP job gives (tight RDP conversion unless configured otherwise). */
+export function privacySummary(dp: DifferentialPrivacy): PrivacySummary {
+  const s = dp.spent();
+  const o = dp.options;
+  return {
+    epsilon: s.epsilon,
+    delta: s.delta,
+    order: s.order,
+    steps: s.steps,
+    placement: o.placement,
+    noiseMultiplier: o.noiseMultiplier,
+    ...(o.epsilonBudget !== undefined ? { epsilonBudget: o.epsilonBudget } : {}),
+    conversion: o.conversion ?? "tight",
+    samplingRate: o.clientsPerRound / o.fleetSize,
   };
 }
 

@@ -1,0 +1,4 @@
+export * from "./rdp";
+export * from "./mechanism";
+export * from "./accountant";
+export * from "./dp";
