@@ -53,6 +53,34 @@ test("CLI errors are one clear line", () => {
     [["simulate", "--compression", "int8+topk:0.1"], /E_COMPRESS_SPEC/],
     [["simulate", "--downlink-compression", "topk:0.1"], /E_COMPRESS_SPEC: .*cannot be sparsified/],
     [["bench", "compress", "--codecs", "zip"], /E_COMPRESS_SPEC/],
+    [["simulate", "--dp-clip", "1"], /E_CONFIG_VALUE: --dp-clip needs --dp-noise/],
+    [["simulate", "--dp-noise", "1"], /E_CONFIG_VALUE: --dp-noise needs --dp-clip/],
+    [["simulate", "--dp-noise", "0", "--dp-clip", "1"], /--dp-noise must be a positive number/],
+    [["simulate", "--dp-noise", "1", "--dp-clip", "big"], /--dp-clip must be a positive number/],
+    [
+      ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-delta", "2"],
+      /E_CONFIG_VALUE: .*delta must be in \(0, 1\)/,
+    ],
+    [
+      ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-placement", "edge"],
+      /--dp-placement must be central/,
+    ],
+    [
+      ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-placement", "distributed"],
+      /needs --secure-aggregation/,
+    ],
+    [
+      ["simulate", "--dp-noise", "3", "--dp-clip", "adaptive"],
+      /adaptive clipping needs noise multiplier 3 < 2·σ_b/,
+    ],
+    [
+      ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-target-quantile", "0.5"],
+      /need --dp-clip adaptive/,
+    ],
+    [
+      ["privacy", "--sampling-rate", "2", "--noise-multiplier", "1", "--rounds", "1", "--delta", "1e-5"],
+      /E_PRIVACY_INPUT/,
+    ],
   ];
   fs.writeFileSync(path.join(tmp, "bad.csv"), "a,b,label\n1,2,x\n3,oops,y\n");
   cases.push([
