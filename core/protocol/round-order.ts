@@ -1,5 +1,6 @@
 import type { ModelSpec } from "../engine/model-spec";
 import type { FitConfig } from "../strategies/strategy";
+import type { DpOrder } from "./messages";
 
 /**
  * The secure-aggregation part of a round order (docs/iothub-protocol.md, "Secure aggregation"): present on the
@@ -43,4 +44,11 @@ export interface RoundOrder {
   readonly deadline: number;
   /** Secure aggregation is on for this round. */
   readonly secagg?: SecAggOrder;
+  /**
+   * Differential privacy (core/privacy/dp.ts): what the trainer does to its update before it leaves the device
+   * (clip to `clip`, add N(0, noiseStd²), report the noised clip indicator when `clipBitNoiseStd` is present).
+   * Absent when the job has no DP or the cloud clips and noises itself (central placement without secure
+   * aggregation).
+   */
+  readonly dp?: DpOrder;
 }

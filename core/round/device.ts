@@ -222,8 +222,7 @@ export class DeviceRuntime {
     this.secagg.set(`${req.jobId}/${req.round}`, {
       client,
       update,
-      numSamples: this.data.n,
-      metrics: { loss: summary.loss, accuracy: summary.accuracy, trainMs: summary.ms },
+      ...this.reported(req, summary),
     });
     return { ...this.secaggHeader(req.jobId, req.round, "advertise"), body: advertisement };
   }
@@ -277,6 +276,22 @@ export class DeviceRuntime {
       round: req.round,
       deviceId: this.deviceId,
       layoutHash: this.model.layout.hash,
+      ...this.reported(req, summary),
+    };
+  }
+
+  /**
+   * What the device says about its training beside the update. When it noises its own update (distributed and local
+   * DP) the server is not trusted, so the sample count and the training loss and accuracy, which the noise does not
+   * cover, are withheld (count 1, metrics NaN, sent as null): the DP guarantee then covers all the device sends.
+   */
+  private reported(
+    req: TrainRequest,
+    summary: { loss: number; accuracy: number; ms: number },
+  ): { numSamples: number; metrics: { loss: number; accuracy: number; trainMs: number } } {
+    if (req.dp && req.dp.noiseStd > 0)
+      return { numSamples: 1, metrics: { loss: NaN, accuracy: NaN, trainMs: summary.ms } };
+    return {
       numSamples: this.data.n,
       metrics: { loss: summary.loss, accuracy: summary.accuracy, trainMs: summary.ms },
     };

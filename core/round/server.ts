@@ -222,8 +222,11 @@ export async function runRound(
             ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
           });
           completed.push(msg.deviceId);
-          lossSum += msg.metrics.loss * msg.numSamples;
-          sampleSum += msg.numSamples;
+          // A device that withholds its loss (distributed or local DP) sends null.
+          if (Number.isFinite(msg.metrics.loss)) {
+            lossSum += msg.metrics.loss * msg.numSamples;
+            sampleSum += msg.numSamples;
+          }
           slowestTrainMs = Math.max(slowestTrainMs, msg.metrics.trainMs);
           opts.events?.onDeviceDone?.(round, msg.deviceId, true);
         } catch (e) {

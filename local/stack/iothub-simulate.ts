@@ -9,6 +9,10 @@
  * stack gives every device an identity key in the local Key Vault stand-in, and each round's summary carries the
  * protocol's record (dropouts per step, devices in the sum, unmasking time, bytes per device). The simulation-only
  * `dropout` does not apply here (devices drop out for real: stop one).
+ *
+ * With `dpNoise` the job gets a `differentialPrivacy` block (fleetSize = the simulated fleet): each round's summary
+ * carries the round's DP record (clip, noise, released, ε so far), and a job stopped by its privacy budget ends
+ * with `status: budget-exhausted` and the reason, as in the in-memory simulation.
  */
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
@@ -31,6 +35,9 @@ import {
   type SimulationResult,
 } from "../sim/simulate";
 import { startLocalStack } from "./stack";
+import { DifferentialPrivacy } from "../../core/privacy/dp";
+import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
+import { privacySummary, type JobStatus } from "../sim/simulate";
 
 async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
   const res = await fetch(`${base}/api/${route}`, {
@@ -74,6 +81,8 @@ export async function simulateOverIotHub(
   });
   const summaries: RoundSummary[] = [];
   let finalWeights: Float32Array | undefined;
+  let finalDoc: JobDocument | undefined;
+  let targetReached = false;
   const jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
   try {
     const store = stack.aggregator.services.store;
@@ -105,6 +114,21 @@ export async function simulateOverIotHub(
               ...(config.secaggThreshold !== undefined ? { threshold: config.secaggThreshold } : {}),
               ...(config.secaggClip !== undefined ? { clipRange: config.secaggClip } : {}),
               stepSeconds: Math.min(300, Math.max(5, Math.round(config.secaggStepTimeoutMs / 1000))),
+            },
+          }
+        : {}),
+      ...(config.dpNoise !== undefined
+        ? {
+            differentialPrivacy: {
+              noiseMultiplier: config.dpNoise,
+              clip: config.dpClip ?? 1,
+              delta: config.dpDelta,
+              placement: config.dpPlacement,
+              fleetSize: config.devices,
+              ...(config.dpEpsilonBudget !== undefined ? { epsilonBudget: config.dpEpsilonBudget } : {}),
+              ...(config.dpMinSurvivors !== undefined && config.dpPlacement === "distributed"
+                ? { minSurvivors: config.dpMinSurvivors }
+                : {}),
             },
           }
         : {}),
@@ -151,22 +175,42 @@ export async function simulateOverIotHub(
           // The fleet shares this machine's training workers: the round's training critical path.
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
           ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
+          ...(rec.dp ? { dp: rec.dp } : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);
       }
       if (doc.status === "completed" || doc.status === "failed" || doc.status === "stopped") {
         if (doc.status === "failed") throw new FlotillaError("E_JOB_FAILED", doc.error ?? "the job failed");
+        finalDoc = doc;
         break;
       }
       if (config.targetAccuracy > 0 && summaries.some((s) => s.accuracy >= config.targetAccuracy)) {
         await api(stack.host.url, "POST", `jobs/${jobId}/stop`);
+        finalDoc = doc;
+        targetReached = true;
         break;
       }
       await new Promise((r) => setTimeout(r, 200));
     }
   } finally {
     await stack.close();
+  }
+  const status: JobStatus =
+    finalDoc?.stopReason === "budget-exhausted"
+      ? { state: "budget-exhausted", ...(finalDoc.stopMessage ? { reason: finalDoc.stopMessage } : {}) }
+      : targetReached
+        ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
+        : { state: "completed" };
+  // The job's privacy guarantee, from its persisted ledger (the same accounting as the Function's).
+  const dpDef = finalDoc?.definition.differentialPrivacy;
+  let privacy: ReturnType<typeof privacySummary> | undefined;
+  if (finalDoc && dpDef && finalDoc.dp) {
+    const dp = new DifferentialPrivacy(
+      dpOptionsOf(dpDef, finalDoc.dp.fleetSize, finalDoc.definition.strategyOptions.clientsPerRound),
+    );
+    dp.importState(finalDoc.dp.state);
+    privacy = privacySummary(dp);
   }
   const result = finishResult(
     { ...config, transport: "iothub" },
@@ -176,6 +220,7 @@ export async function simulateOverIotHub(
     {},
     t0,
     finalWeights,
+    { status, ...(privacy ? { privacy } : {}) },
   );
   evalModel.dispose();
   return result;

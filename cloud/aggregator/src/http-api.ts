@@ -6,6 +6,8 @@
  *   POST /api/jobs/{id}/start          created|stopped → running                  → 200 job
  *   POST /api/jobs/{id}/stop           running → stopped                          → 200 job
  *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
+ *                                      (a job stopped by its privacy budget: status `completed`,
+ *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`)
  *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
  */
@@ -45,6 +47,23 @@ function summary(job: JobDocument) {
     completedRounds: job.rounds.length,
     createdAt: job.createdAt,
     updatedAt: job.updatedAt,
+    ...(job.stopReason ? { stopReason: job.stopReason, stopMessage: job.stopMessage } : {}),
+    ...(d.differentialPrivacy && job.dp
+      ? {
+          privacy: {
+            epsilon: job.dp.spent.epsilon,
+            delta: job.dp.spent.delta,
+            releasedRounds: job.dp.spent.steps,
+            ...(d.differentialPrivacy.epsilonBudget !== undefined
+              ? { epsilonBudget: d.differentialPrivacy.epsilonBudget }
+              : {}),
+            placement: d.differentialPrivacy.placement,
+            fleetSize: job.dp.fleetSize,
+            clip: job.dp.state.clip,
+            status: job.dp.state.status?.state ?? "running",
+          },
+        }
+      : {}),
   };
 }
 

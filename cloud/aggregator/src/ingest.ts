@@ -13,6 +13,7 @@ import { isFlotillaError } from "../../../core/errors";
 import { isConflict, sha256Hex } from "./store/blob-store";
 import { JobRepository, paths, type JobDocument, type RoundState } from "./jobs/state";
 import type { AggregatorServices } from "./services";
+import { secureExtraValues } from "./jobs/job";
 
 /** An event as the Event Hub trigger delivers it (body + application properties + system properties). */
 export interface IngestEvent {
@@ -414,9 +415,11 @@ export class Ingestor {
       if (frame.byteLength > MAX_ADVERTISEMENT_FRAME)
         return refuse(`advertisement frame of ${frame.byteLength} bytes`);
     } else {
-      if (!(msg.masked instanceof Uint32Array) || msg.masked.length !== job.modelLength)
+      // Under DP with adaptive clipping the device appends its clip indicator: one value more than the model.
+      const expected = job.modelLength + secureExtraValues(job.definition);
+      if (!(msg.masked instanceof Uint32Array) || msg.masked.length !== expected)
         return refuse(
-          `masked input has ${msg.masked?.length ?? 0} values, the job's model has ${job.modelLength}`,
+          `masked input has ${msg.masked?.length ?? 0} values, the job's secure vector has ${expected}`,
         );
       if (msg.numSamples !== undefined && !(typeof msg.numSamples === "number" && msg.numSamples > 0))
         return refuse(`numSamples ${String(msg.numSamples)}`);

@@ -21,6 +21,12 @@
  * drives its steps (advertise → share → mask → unmask) tick by tick, and the closing round adds the unmasked mean
  * with RoundAggregation.addAggregate. A secure round aborted for too few survivors keeps the model (`failed`,
  * code E_SECAGG_ABORTED).
+ *
+ * A DP job's rounds (definition `differentialPrivacy`, core/privacy/dp.ts) fix the fleet size when the first round
+ * opens, check the privacy budget before each new round (the job completes with `stopReason: "budget-exhausted"`
+ * when one more round would exceed it), put the devices' DP order into the round order, and aggregate through the
+ * DP wrapper (equal weights, clipping and central noise in the Function, adaptive clip norm). The privacy state
+ * (clip norm, ledger, status) is persisted in job.json with each round record, in the same write.
  */
 import { createHash } from "node:crypto";
 import { parseCompression } from "../../../core/compress";
@@ -45,6 +51,10 @@ import {
 import type { AggregatorServices } from "./services";
 import { initialSecAggState, secAggOrder, secAggRecord, SecureRounds } from "./secure-round";
 import type { SecAggResult } from "../../../core/secagg/types";
+import { DifferentialPrivacy } from "../../../core/privacy/dp";
+import type { RoundAggregation } from "../../../core/strategies/strategy";
+import { dpOptionsOf } from "./jobs/job";
+import type { JobDpState } from "./jobs/state";
 
 /** Strategies whose whole server state is the global model (nothing lost on restart). */
 const STATELESS = new Set(["fedavg", "fedprox"]);
@@ -144,8 +154,72 @@ export class Orchestrator {
         );
         return;
       }
-      if (!(await this.openRound(job, r + 1, now, actions))) return;
+      const next = await this.privacyAllows(job, r + 1, now, actions);
+      if (!next) return;
+      if (!(await this.openRound(next, r + 1, now, actions))) return;
     }
+  }
+
+  /**
+   * Differential privacy before a new round: fixes the fleet size when the job's first round opens (the definition's
+   * `fleetSize`, else the trainers the fleet lists, at least clientsPerRound), then checks the budget. Returns the
+   * job (with its DP state) when the round may open; undefined when the budget is exhausted: the job is then
+   * completed with `stopReason: "budget-exhausted"` and the reason.
+   */
+  private async privacyAllows(
+    job: JobDocument,
+    round: number,
+    now: number,
+    actions: string[],
+  ): Promise<JobDocument | undefined> {
+    const d = job.definition;
+    const o = d.differentialPrivacy;
+    if (!o) return job;
+    if (await this.repo.getRound(d.jobId, round)) return job; // already open (a resumed tick): it was allowed
+    let doc = job;
+    if (!doc.dp) {
+      const n = d.strategyOptions.clientsPerRound;
+      const listed = o.fleetSize ?? (await this.services.fleet.listTrainers()).length;
+      const fleetSize = Math.max(listed, n);
+      const fresh = new DifferentialPrivacy(dpOptionsOf(o, fleetSize, n));
+      const init: JobDpState = { fleetSize, state: fresh.exportState(), spent: spentOf(fresh) };
+      doc =
+        (await this.repo.updateJob(d.jobId, (cur) =>
+          cur.dp ? undefined : { ...cur, dp: init, updatedAt: now },
+        )) ?? doc;
+      if (!doc.dp) return undefined;
+      actions.push(`privacy: fleet of ${doc.dp.fleetSize} devices, q = ${n}/${doc.dp.fleetSize}`);
+    }
+    const dp = dpOf(doc)!;
+    if (dp.allowsNextRound()) return doc;
+    const reason = dp.status.reason ?? "privacy budget exhausted";
+    await this.repo.updateJob(d.jobId, (cur) =>
+      cur.status === "running"
+        ? {
+            ...cur,
+            status: "completed",
+            stopReason: "budget-exhausted",
+            stopMessage: reason,
+            dp: { ...(cur.dp ?? doc.dp!), state: dp.exportState() },
+            updatedAt: now,
+          }
+        : undefined,
+    );
+    actions.push(`completed: ${reason}`);
+    this.services.log(`job ${d.jobId}: ${reason}`);
+    await this.releaseQuantizers(job);
+    return undefined;
+  }
+
+  /**
+   * The job's DP for closing `st`: the persisted state, with the clip norm the round was opened with (so the cloud
+   * clips with the norm the devices were told).
+   */
+  private dpForRound(job: JobDocument, st: RoundState): DifferentialPrivacy | undefined {
+    const dp = dpOf(job);
+    if (!dp || !job.dp) return undefined;
+    if (st.dp && st.dp.clip !== dp.clip) dp.importState({ ...job.dp.state, clip: st.dp.clip });
+    return dp;
   }
 
   private shouldClose(st: RoundState, now: number): boolean {
@@ -262,13 +336,20 @@ export class Orchestrator {
         actions.push(`round ${round}: no eligible trainer, waiting`);
         return false;
       }
-      const fewest = d.secureAggregation ? Math.max(3, d.secureAggregation.minSurvivors) : 1;
+      const dp = dpOf(job);
+      const fewest = Math.max(
+        d.secureAggregation ? Math.max(3, d.secureAggregation.minSurvivors) : 1,
+        dp?.minSurvivors ?? 0,
+      );
       if (picks.length < fewest) {
         actions.push(
-          `round ${round}: ${picks.length} eligible trainer(s), secure aggregation needs ${fewest}; waiting`,
+          `round ${round}: ${picks.length} eligible trainer(s), ${
+            d.secureAggregation ? "secure aggregation" : "differential privacy"
+          } needs ${fewest}; waiting`,
         );
         return false;
       }
+      const order = dp?.deviceOrder(d.secureAggregation !== undefined);
       const fresh: RoundState = {
         jobId: d.jobId,
         round,
@@ -280,6 +361,7 @@ export class Orchestrator {
         modelSha256: meta.sha256,
         dispatched: false,
         ...(d.secureAggregation ? { secagg: initialSecAggState(now + d.roundDeadlineSeconds * 1000) } : {}),
+        ...(dp ? { dp: { clip: dp.clip, ...(order ? { order } : {}) } } : {}),
       };
       st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
       if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
@@ -328,6 +410,7 @@ export class Orchestrator {
         config: p.config,
         deadline: st.deadline,
         ...(d.secureAggregation ? { secagg: secAggOrder(d.secureAggregation) } : {}),
+        ...(st.dp?.order ? { dp: st.dp.order } : {}),
       };
       // The trainer's twin and the update-queue's twin are independent: update them concurrently. The
       // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
@@ -374,7 +457,8 @@ export class Orchestrator {
     if (st.secagg) return this.closeSecureRound(job, st, now);
     const d = job.definition;
     const { strategy, reset } = await this.strategyAt(job, st.round - 1);
-    const agg = strategy.beginAggregate(st.round);
+    const dp = this.dpForRound(job, st);
+    const agg = this.aggregation(job, st, strategy, dp);
     const failures: FitFailure[] = [];
     let bytes = 0;
     let lossSum = 0;
@@ -406,7 +490,13 @@ export class Orchestrator {
       try {
         const msg = decodeMessage(blob.bytes);
         if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
-        agg.add({ deviceId: p.deviceId, numSamples: msg.numSamples, delta: msg.delta, metrics: msg.metrics });
+        agg.add({
+          deviceId: p.deviceId,
+          numSamples: msg.numSamples,
+          delta: msg.delta,
+          metrics: msg.metrics,
+          ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
+        });
         if (Number.isFinite(msg.metrics?.loss)) {
           lossSum += msg.metrics.loss * msg.numSamples;
           lossN += msg.numSamples;
@@ -434,8 +524,26 @@ export class Orchestrator {
       modelSha256: meta.sha256,
       optimizerStateReset: reset,
       closedAt: now,
+      ...(dp?.lastRound ? { dp: dp.lastRound } : {}),
     };
-    await this.recordRound(job, st, record);
+    await this.recordRound(job, st, record, dp);
+  }
+
+  /** The round's aggregation: the strategy's, wrapped by differential privacy when the job has it. */
+  private aggregation(
+    job: JobDocument,
+    st: RoundState,
+    strategy: Strategy,
+    dp: DifferentialPrivacy | undefined,
+  ): RoundAggregation {
+    const inner = strategy.beginAggregate(st.round);
+    if (!dp) return inner;
+    return dp.aggregate(inner, {
+      round: st.round,
+      layoutHash: job.layoutHash,
+      length: job.modelLength,
+      current: strategy.weights,
+    });
   }
 
   /**
@@ -463,7 +571,8 @@ export class Orchestrator {
       ? { ...st, secagg: { ...sa, phase: "aborted", error: abortError } }
       : st;
     const { record: secagg, failures, bytes } = secAggRecord(closed, result);
-    const agg = strategy.beginAggregate(st.round);
+    const dp = this.dpForRound(job, st);
+    const agg = this.aggregation(job, st, strategy, dp);
     let lossSum = 0;
     let lossN = 0;
     if (result && result.included.length > 0) {
@@ -502,6 +611,13 @@ export class Orchestrator {
       closedAt: now,
       ...(abortError ? { code: abortError.code } : {}),
       secagg,
+      ...(dp?.lastRound
+        ? {
+            dp: abortError
+              ? { ...dp.lastRound, reason: `${abortError.code}: ${abortError.message}` }
+              : dp.lastRound,
+          }
+        : {}),
     };
     if (abortError && sa.phase !== "aborted") {
       await this.repo.updateRound(d.jobId, st.round, (cur) =>
@@ -510,11 +626,19 @@ export class Orchestrator {
           : undefined,
       );
     }
-    await this.recordRound(job, st, record);
+    await this.recordRound(job, st, record, dp);
   }
 
-  /** Commits the round to the job document, then marks its state closed. */
-  private async recordRound(job: JobDocument, st: RoundState, record: RoundRecord): Promise<void> {
+  /**
+   * Commits the round to the job document (with the DP state after it, in the same write), then marks its state
+   * closed.
+   */
+  private async recordRound(
+    job: JobDocument,
+    st: RoundState,
+    record: RoundRecord,
+    dp?: DifferentialPrivacy,
+  ): Promise<void> {
     const d = job.definition;
     const now = record.closedAt;
     const completed = record.completed;
@@ -525,6 +649,7 @@ export class Orchestrator {
         ...cur,
         rounds: [...cur.rounds, record],
         status: done && cur.status === "running" ? "completed" : cur.status,
+        ...(dp && cur.dp ? { dp: { ...cur.dp, state: dp.exportState(), spent: spentOf(dp) } } : {}),
         updatedAt: now,
       };
     });
@@ -536,6 +661,22 @@ export class Orchestrator {
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
     );
   }
+}
+
+/** The job's DifferentialPrivacy with its persisted state; undefined without DP (or before its first round). */
+function dpOf(job: JobDocument): DifferentialPrivacy | undefined {
+  const o = job.definition.differentialPrivacy;
+  if (!o || !job.dp) return undefined;
+  const dp = new DifferentialPrivacy(
+    dpOptionsOf(o, job.dp.fleetSize, job.definition.strategyOptions.clientsPerRound),
+  );
+  dp.importState(job.dp.state);
+  return dp;
+}
+
+function spentOf(dp: DifferentialPrivacy): JobDpState["spent"] {
+  const s = dp.spent();
+  return { epsilon: s.epsilon, delta: s.delta, steps: s.steps };
 }
 
 function sha256(b: Uint8Array): string {

@@ -18,7 +18,10 @@
  * its step closes; the SecAggServer is kept in memory between ticks and, after a restart (or on another instance),
  * rebuilt by replaying the stored messages in order with the persisted graph seed, identity keys and parameters.
  * A step that leaves fewer survivors than the server's threshold or the job's `minSurvivors` aborts the round
- * (E_SECAGG_ABORTED) before anything is unmasked.
+ * (E_SECAGG_ABORTED) before anything is unmasked. With differential privacy's distributed placement a step that
+ * leaves fewer than the noise's n' devices aborts it too (E_DP_TOO_FEW): the devices' noise shares would add up to
+ * less than the accounted noise. Under DP every advertisement must carry weight 1 (equal weights), and with adaptive
+ * clipping the masked vector has one value more than the model (the clip indicator).
  */
 import { randomBytes } from "node:crypto";
 import type { JsonWebKey } from "node:crypto";
@@ -36,7 +39,7 @@ import type {
   UnmaskResponse,
 } from "../../../core/secagg/types";
 import type { SecAggOrder } from "../../../core/protocol/round-order";
-import type { SecureAggregationOptions } from "./jobs/job";
+import { dpMinSurvivors, secureExtraValues, type SecureAggregationOptions } from "./jobs/job";
 import {
   JobRepository,
   paths,
@@ -159,12 +162,8 @@ export class SecureRounds {
           case "mask":
           case "unmask": {
             const step = sa.phase;
-            const minSurvivors = (job.definition.secureAggregation as SecureAggregationOptions).minSurvivors;
-            if (step === "unmask" && (sa.u3 ?? []).length < minSurvivors)
-              throw new Abort(
-                "E_SECAGG_ABORTED",
-                `mask: ${(sa.u3 ?? []).length} masked input(s), the job needs at least ${minSurvivors}`,
-              );
+            if (step === "unmask")
+              requireSurvivors(job, `mask: ${(sa.u3 ?? []).length} masked input(s)`, (sa.u3 ?? []).length);
             st = await this.callStep(job, st, step);
             const cur = st.secagg;
             if (!cur || cur.phase !== step) break; // another instance moved on
@@ -216,11 +215,7 @@ export class SecureRounds {
         ? { step: "advertise", code: f.code ?? "E_DEVICE", reason: f.reason ?? "device failure" }
         : { step: "advertise", code: "E_ROUND_TIMEOUT", reason: "no key advertisement before the deadline" };
     }
-    if (candidates.length < opts.minSurvivors)
-      throw new Abort(
-        "E_SECAGG_ABORTED",
-        `advertise: ${candidates.length} device(s) advertised keys, the job needs at least ${opts.minSurvivors}`,
-      );
+    requireSurvivors(job, `advertise: ${candidates.length} device(s) advertised keys`, candidates.length);
     let params: SecAggParams;
     try {
       params = roundParams(opts, roster.length);
@@ -233,6 +228,15 @@ export class SecureRounds {
     for (const id of candidates) {
       if (!keys[id]) continue; // lost: no identity key
       const ad = await this.advertisement(st, id);
+      if (job.definition.differentialPrivacy && ad.weight !== 1) {
+        // DP sums updates with equal weight: a sample-count weight would scale the device's sensitivity.
+        lost[id] = {
+          step: "advertise",
+          code: "E_DP_WEIGHT",
+          reason: `advertised weight ${String(ad.weight)}, differential privacy needs 1`,
+        };
+        continue;
+      }
       try {
         server.addAdvertisement(ad);
       } catch (e) {
@@ -242,11 +246,7 @@ export class SecureRounds {
     }
     const requests = server.closeAdvertise();
     const u1 = [...requests.keys()].sort();
-    if (u1.length < opts.minSurvivors)
-      throw new Abort(
-        "E_SECAGG_ABORTED",
-        `advertise: ${u1.length} valid advertisement(s), the job needs at least ${opts.minSurvivors}`,
-      );
+    requireSurvivors(job, `advertise: ${u1.length} valid advertisement(s)`, u1.length);
     const now = this.services.clock();
     const next = await this.transition(st, "advertise", (c) => ({
       ...c,
@@ -304,7 +304,7 @@ export class SecureRounds {
   ): SecAggServer {
     const sa = st.secagg as SecAggRoundState;
     return new SecAggServer({ jobId: st.jobId, round: st.round }, params, [...roster], {
-      length: job.modelLength,
+      length: job.modelLength + secureExtraValues(job.definition),
       identityKey: (id: string) => keys[id],
       graphSeed: new Uint8Array(Buffer.from(sa.graphSeed, "base64url")),
     });
@@ -484,11 +484,7 @@ export class SecureRounds {
     }
     const requests = built.server.closeShares();
     const u2 = [...requests.keys()].sort();
-    if (u2.length < opts.minSurvivors)
-      throw new Abort(
-        "E_SECAGG_ABORTED",
-        `share: ${u2.length} device(s) shared keys, the job needs ${opts.minSurvivors}`,
-      );
+    requireSurvivors(job, `share: ${u2.length} device(s) shared keys`, u2.length);
     const now = this.services.clock();
     const next = await this.transition(st, "share", (c) => ({
       ...c,
@@ -521,6 +517,10 @@ export class SecureRounds {
       lost: { ...maskLost(c), ...c.lost },
     }));
     if (frozen.secagg?.phase !== "unmask") return frozen;
+    // Distributed DP: with fewer masked inputs than n' the server must not even prepare the unmasking.
+    const masked = (frozen.secagg.u3 ?? []).length;
+    if (masked < dpMinSurvivors(job.definition))
+      requireSurvivors(job, `mask: ${masked} masked input(s)`, masked);
     const built = await this.serverAt(job, frozen, "unmask");
     await this.storeUnmaskRequests(frozen, built.requests);
     const u3 = frozen.secagg.u3 ?? [];
@@ -533,11 +533,7 @@ export class SecureRounds {
           cur.secagg?.phase === "unmask" ? { ...cur, secagg: { ...cur.secagg, u3: accepted } } : undefined,
         )) ?? frozen;
     }
-    if (accepted.length < opts.minSurvivors)
-      throw new Abort(
-        "E_SECAGG_ABORTED",
-        `mask: ${accepted.length} masked input(s), the job needs at least ${opts.minSurvivors}`,
-      );
+    requireSurvivors(job, `mask: ${accepted.length} masked input(s)`, accepted.length);
     actions.push(`secagg ${st.round}: ${accepted.length} masked inputs, unmasking`);
     return next;
   }
@@ -753,6 +749,21 @@ export class SecureRounds {
       })) ?? st
     );
   }
+}
+
+/**
+ * Aborts the round when a step leaves `count` devices, fewer than the job's secure-aggregation `minSurvivors`
+ * (E_SECAGG_ABORTED) or than distributed DP's n' (E_DP_TOO_FEW): nothing is unmasked.
+ */
+function requireSurvivors(job: JobDocument, what: string, count: number): void {
+  const secMin = (job.definition.secureAggregation as SecureAggregationOptions).minSurvivors;
+  if (count < secMin) throw new Abort("E_SECAGG_ABORTED", `${what}, the job needs at least ${secMin}`);
+  const dpMin = dpMinSurvivors(job.definition);
+  if (count < dpMin)
+    throw new Abort(
+      "E_DP_TOO_FEW",
+      `${what}, fewer than the ${dpMin} the distributed DP noise is calibrated for: nothing is unmasked`,
+    );
 }
 
 /** Devices of U2 without a masked input when the mask step closes. */

@@ -4,7 +4,7 @@ import { createModel } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import type { LocalModel, TrainOptions } from "../../../core/engine/types";
 import { FlotillaError, fail } from "../../../core/errors";
-import { decodeMessage, encodeMessage } from "../../../core/protocol/messages";
+import { decodeMessage, encodeMessage, type DpOrder } from "../../../core/protocol/messages";
 import { DeviceRuntime } from "../../../core/round/device";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
@@ -30,6 +30,8 @@ export interface TrainJob {
   /** epochs, batchSize, lr, seed and FedProx `mu` (honoured by LocalModel.train). */
   readonly config: FitConfig;
   readonly data: DataRef;
+  /** Differential privacy: clip the delta and add noise before it leaves (the round order's `dp`). */
+  readonly dp?: DpOrder;
 }
 
 export interface TrainOutcome {
@@ -37,6 +39,8 @@ export interface TrainOutcome {
   readonly delta: Float32Array;
   readonly numSamples: number;
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
+  /** DP with adaptive clipping: the noised centred clip indicator (job.dp.clipBitNoiseStd was set). */
+  readonly dpClipBit?: number;
 }
 
 export interface TrainExecutor {
@@ -99,6 +103,7 @@ export class InProcessTrainExecutor implements TrainExecutor {
         config: job.config,
         deadline: 0,
         weights: job.weights,
+        ...(job.dp ? { dp: job.dp } : {}),
       });
       const answer = decodeMessage(await runtime.handle(frame));
       if (answer.type === "failure") throw new FlotillaError(answer.code, answer.reason);
@@ -106,7 +111,12 @@ export class InProcessTrainExecutor implements TrainExecutor {
         throw new FlotillaError("E_DEVICE_INTERNAL", `unexpected '${answer.type}'`);
       if (!(answer.delta instanceof Float32Array))
         throw new FlotillaError("E_DEVICE_INTERNAL", "the runtime compressed an update it was not asked to");
-      return { delta: answer.delta.slice(), numSamples: answer.numSamples, metrics: answer.metrics };
+      return {
+        delta: answer.delta.slice(),
+        numSamples: answer.numSamples,
+        metrics: answer.metrics,
+        ...(answer.dpClipBit !== undefined ? { dpClipBit: answer.dpClipBit } : {}),
+      };
     } finally {
       model.dispose();
     }

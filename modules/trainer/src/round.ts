@@ -3,6 +3,7 @@ import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
 import type { RoundOrder, SecAggOrder } from "../../../core/protocol/round-order";
+import type { DpOrder } from "../../../core/protocol/messages";
 
 export type { RoundOrder, SecAggOrder };
 
@@ -66,6 +67,7 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
       bad("secagg.stepSeconds must be a number of seconds in (0, 3600]");
     secagg = { stepSeconds: step };
   }
+  const dp = parseDpOrder(o.dp);
   const config: FitConfig = {
     epochs: cfg.epochs as number,
     batchSize: cfg.batchSize as number,
@@ -85,6 +87,32 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     ...(enc === "flz" ? { modelEncoding: "flz" as const } : {}),
     ...(onnx ? { onnx } : {}),
     ...(secagg ? { secagg } : {}),
+    ...(dp ? { dp } : {}),
+  };
+}
+
+/**
+ * The round order's `dp` (differential privacy, core/privacy/dp.ts): absent/null = none; else `clip` > 0,
+ * `noiseStd` ≥ 0 and an optional `clipBitNoiseStd` ≥ 0 (adaptive clipping), all finite. E_ROUND_INVALID otherwise:
+ * a trainer never trains a DP round it cannot privatize as told.
+ */
+function parseDpOrder(v: unknown): DpOrder | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "object" || Array.isArray(v)) bad("dp must be an object");
+  const x = v as Record<string, unknown>;
+  const known = ["clip", "noiseStd", "clipBitNoiseStd"];
+  const extra = Object.keys(x).find((k) => !known.includes(k) && x[k] !== null);
+  if (extra !== undefined) bad(`dp.${extra} is unknown`);
+  const finite = (k: string) => typeof x[k] === "number" && Number.isFinite(x[k]);
+  if (!finite("clip") || !((x.clip as number) > 0)) bad("dp.clip must be a number > 0");
+  if (!finite("noiseStd") || !((x.noiseStd as number) >= 0)) bad("dp.noiseStd must be a number ≥ 0");
+  const bit = x.clipBitNoiseStd;
+  if (bit !== undefined && bit !== null && (!finite("clipBitNoiseStd") || !((bit as number) >= 0)))
+    bad("dp.clipBitNoiseStd must be a number ≥ 0");
+  return {
+    clip: x.clip as number,
+    noiseStd: x.noiseStd as number,
+    ...(typeof bit === "number" ? { clipBitNoiseStd: bit } : {}),
   };
 }
 

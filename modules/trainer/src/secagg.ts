@@ -66,6 +66,7 @@ export class SecAggSessions {
 
   /**
    * Step 1: starts the round's session over the trained update; returns the advertisement frame to send. The
+   * update weighs `weight` in the secure mean (default its sample count; 1 under differential privacy). The
    * signer's errors (E_KEY_NOT_FOUND, E_KEY_VAULT, ...) propagate.
    */
   async start(
@@ -74,9 +75,10 @@ export class SecAggSessions {
     numSamples: number,
     metrics: { loss: number; accuracy: number; trainMs: number },
     signer: IdentitySigner,
+    weight: number = numSamples,
   ): Promise<SecAggFrame> {
     const session = { jobId: order.jobId, round: order.round };
-    const { client, advertisement } = await SecAggClient.start(session, this.deviceId, numSamples, signer);
+    const { client, advertisement } = await SecAggClient.start(session, this.deviceId, weight, signer);
     this.dropJob(order.jobId);
     const from = Math.max(order.deadline, this.now());
     this.sessions.set(key(order.jobId, order.round), {

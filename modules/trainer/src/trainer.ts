@@ -337,6 +337,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
           layoutHash: order.layoutHash,
           config: order.config,
           data: dataRef,
+          ...(order.dp ? { dp: order.dp } : {}),
         },
         signal,
         (done, total) => {
@@ -358,12 +359,21 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         // Secure aggregation, step 1: the update stays here; the signed key advertisement goes out instead.
         if (!opts.keys)
           throw new FlotillaError("E_SECAGG_NO_KEY", "secure aggregation needs an identity key provider");
+        // Differential privacy: the delta is already clipped and noised; with adaptive clipping the clip indicator
+        // rides as one extra value (the cloud sees only its sum), and every update weighs 1 (equal weights).
+        let update = outcome.delta;
+        if (order.dp && outcome.dpClipBit !== undefined) {
+          update = new Float32Array(outcome.delta.length + 1);
+          update.set(outcome.delta);
+          update[outcome.delta.length] = outcome.dpClipBit;
+        }
         const advertise = await secagg.start(
           { ...base, deadline: order.deadline, stepSeconds: order.secagg.stepSeconds },
-          outcome.delta,
+          update,
           outcome.numSamples,
           metrics,
           opts.keys.signer(deviceId),
+          order.dp ? 1 : undefined,
         );
         if (signal.aborted) {
           secagg.drop(order.jobId, order.round);
@@ -383,6 +393,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         numSamples: outcome.numSamples,
         metrics,
         delta: outcome.delta,
+        ...(outcome.dpClipBit !== undefined ? { dpClipBit: outcome.dpClipBit } : {}),
       });
       const updateId = await sendFrame(frame, order, signal);
       setState({ status: "done", updateId });

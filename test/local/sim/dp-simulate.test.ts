@@ -81,6 +81,7 @@ test("distributed DP over SecAgg+ with adaptive clipping: the clip bit rides in 
     assert.equal(round.dp?.released, true);
     assert.ok(round.dp.unclippedFraction !== undefined && Number.isFinite(round.dp.unclippedFraction));
     assert.notEqual(round.dp.nextClip, round.dp.clip);
+    assert.ok(Number.isNaN(round.trainLoss), "devices that noise their own update withhold their training loss");
   }
   assert.equal(r.rounds[1].dp?.clip, r.rounds[0].dp?.nextClip, "the next round uses the adapted clip norm");
   assert.equal(r.privacy?.placement, "distributed");

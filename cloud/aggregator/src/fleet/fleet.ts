@@ -146,6 +146,7 @@ export class IotHubFleet implements Fleet {
             modelEncoding: null,
             onnx: null,
             secagg: null,
+            dp: null,
             ...desired,
             config: { mu: null, ...desired.config },
             ...(desired.secagg

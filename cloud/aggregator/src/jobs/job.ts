@@ -7,6 +7,12 @@ import { fail, isFlotillaError } from "../../../../core/errors";
 import { modelLayout } from "../../../../core/engine/models";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
 import { createStrategy, isStrategyName, STRATEGY_NAMES } from "../../../../core/strategies/registry";
+import {
+  DifferentialPrivacy,
+  DP_PLACEMENTS,
+  type DpOptions,
+  type DpPlacement,
+} from "../../../../core/privacy/dp";
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
 
 export interface JobDefinition {
@@ -32,6 +38,29 @@ export interface JobDefinition {
   readonly downlinkCompression: string;
   /** Secure aggregation (SecAgg+) of every round; absent = plain aggregation (docs/iothub-protocol.md). */
   readonly secureAggregation?: SecureAggregationOptions;
+  /** Differential privacy (DP-FedAvg, core/privacy/dp.ts) of the global model; absent = none. */
+  readonly differentialPrivacy?: DifferentialPrivacyOptions;
+}
+
+/**
+ * A DP job's options (core/privacy/dp.ts DpOptions without the fleet's numbers): `noiseMultiplier` z, `clip` (a
+ * norm, or "adaptive"), `delta`, an optional `epsilonBudget` (the job completes with `stopReason:
+ * "budget-exhausted"` before a round that would exceed it), `placement` (default "central"; "distributed" needs
+ * secure aggregation), `minSurvivors` (distributed: n'), and the adaptive-clipping knobs. `fleetSize` (the devices
+ * the job samples from, q = clientsPerRound / fleetSize) defaults to the trainers registered when the job starts.
+ */
+export interface DifferentialPrivacyOptions {
+  readonly noiseMultiplier: number;
+  readonly clip: number | "adaptive";
+  readonly delta: number;
+  readonly epsilonBudget?: number;
+  readonly placement: DpPlacement;
+  readonly minSurvivors?: number;
+  readonly initialClip?: number;
+  readonly targetQuantile?: number;
+  readonly clipLearningRate?: number;
+  readonly clipCountStddev?: number;
+  readonly fleetSize?: number;
 }
 
 /**
@@ -163,7 +192,143 @@ export function validateJob(input: unknown): JobDefinition {
     downlinkCompression: codec(j.downlinkCompression, "downlinkCompression", false),
   };
   const secure = secureAggregation(j.secureAggregation, def);
-  return secure ? { ...def, secureAggregation: secure } : def;
+  const withSecure = secure ? { ...def, secureAggregation: secure } : def;
+  const dp = differentialPrivacy(j.differentialPrivacy, withSecure);
+  return dp ? { ...withSecure, differentialPrivacy: dp } : withSecure;
+}
+
+const DP_KEYS = [
+  "noiseMultiplier",
+  "clip",
+  "delta",
+  "epsilonBudget",
+  "placement",
+  "minSurvivors",
+  "initialClip",
+  "targetQuantile",
+  "clipLearningRate",
+  "clipCountStddev",
+  "fleetSize",
+] as const;
+
+/** The `differentialPrivacy` block: undefined/null = off, else an object (E_JOB_DP, one line, first problem). */
+function differentialPrivacy(v: unknown, def: JobDefinition): DifferentialPrivacyOptions | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "object" || Array.isArray(v)) fail("E_JOB_DP", "differentialPrivacy must be an object");
+  const o = v as Record<string, unknown>;
+  const extra = Object.keys(o).find((k) => !(DP_KEYS as readonly string[]).includes(k));
+  if (extra !== undefined)
+    fail("E_JOB_DP", `differentialPrivacy.${extra} is unknown (allowed: ${DP_KEYS.join(", ")})`);
+  const positive = (k: string, required: boolean): number | undefined => {
+    const x = o[k];
+    if (x === undefined && !required) return undefined;
+    if (typeof x !== "number" || !Number.isFinite(x) || x <= 0)
+      fail("E_JOB_DP", `differentialPrivacy.${k} must be a positive number, got ${JSON.stringify(x)}`);
+    return x;
+  };
+  const integer = (k: string): number | undefined => {
+    const x = o[k];
+    if (x === undefined) return undefined;
+    if (typeof x !== "number" || !Number.isInteger(x) || x < 1)
+      fail("E_JOB_DP", `differentialPrivacy.${k} must be an integer >= 1, got ${JSON.stringify(x)}`);
+    return x;
+  };
+  const noiseMultiplier = positive("noiseMultiplier", true)!;
+  let clip: number | "adaptive";
+  if (o.clip === "adaptive") clip = "adaptive";
+  else if (typeof o.clip === "number" && Number.isFinite(o.clip) && o.clip > 0) clip = o.clip;
+  else
+    fail(
+      "E_JOB_DP",
+      `differentialPrivacy.clip must be a positive number or "adaptive", got ${JSON.stringify(o.clip)}`,
+    );
+  const delta = o.delta;
+  if (typeof delta !== "number" || !(delta > 0 && delta < 1))
+    fail("E_JOB_DP", `differentialPrivacy.delta must be a number in (0, 1), got ${JSON.stringify(delta)}`);
+  const placement = o.placement === undefined ? "central" : o.placement;
+  if (typeof placement !== "string" || !(DP_PLACEMENTS as readonly string[]).includes(placement))
+    fail(
+      "E_JOB_DP",
+      `differentialPrivacy.placement must be one of ${DP_PLACEMENTS.join(", ")}, got ${JSON.stringify(o.placement)}`,
+    );
+  if (placement === "distributed" && !def.secureAggregation)
+    fail(
+      "E_JOB_DP",
+      "differentialPrivacy.placement 'distributed' needs secureAggregation (without it the cloud sees each lightly noised update)",
+    );
+  const n = def.strategyOptions.clientsPerRound;
+  const fleetSize = integer("fleetSize");
+  if (fleetSize !== undefined && fleetSize < n)
+    fail("E_JOB_DP", `differentialPrivacy.fleetSize ${fleetSize} must be >= clientsPerRound ${n}`);
+  const out: DifferentialPrivacyOptions = {
+    noiseMultiplier,
+    clip,
+    delta,
+    placement: placement as DpPlacement,
+    ...defined("epsilonBudget", positive("epsilonBudget", false)),
+    ...defined("minSurvivors", integer("minSurvivors")),
+    ...defined("initialClip", positive("initialClip", false)),
+    ...defined("targetQuantile", positive("targetQuantile", false)),
+    ...defined("clipLearningRate", positive("clipLearningRate", false)),
+    ...defined("clipCountStddev", positive("clipCountStddev", false)),
+    ...defined("fleetSize", fleetSize),
+  };
+  if (clip !== "adaptive") {
+    const adaptiveOnly = ["initialClip", "targetQuantile", "clipLearningRate", "clipCountStddev"].find(
+      (k) => o[k] !== undefined,
+    );
+    if (adaptiveOnly)
+      fail("E_JOB_DP", `differentialPrivacy.${adaptiveOnly} applies only with clip "adaptive"`);
+  }
+  if (out.minSurvivors !== undefined && placement !== "distributed")
+    fail("E_JOB_DP", `differentialPrivacy.minSurvivors applies only with placement "distributed"`);
+  // The core's own checks (ranges, adaptive-clipping noise, the accountant's δ and budget), for a fleet of at
+  // least clientsPerRound devices (the real fleet size is fixed when the job starts).
+  try {
+    new DifferentialPrivacy(dpOptionsOf(out, fleetSize ?? n, n));
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_DP", `differentialPrivacy: ${e.message}`);
+    throw e;
+  }
+  return out;
+}
+
+/** The core DpOptions of a DP job for a fleet of `fleetSize` devices. */
+export function dpOptionsOf(
+  o: DifferentialPrivacyOptions,
+  fleetSize: number,
+  clientsPerRound: number,
+): DpOptions {
+  return {
+    noiseMultiplier: o.noiseMultiplier,
+    clip: o.clip,
+    delta: o.delta,
+    placement: o.placement,
+    clientsPerRound,
+    fleetSize: Math.max(fleetSize, clientsPerRound),
+    ...(o.epsilonBudget !== undefined ? { epsilonBudget: o.epsilonBudget } : {}),
+    ...(o.minSurvivors !== undefined ? { minSurvivors: o.minSurvivors } : {}),
+    ...(o.initialClip !== undefined ? { initialClip: o.initialClip } : {}),
+    ...(o.targetQuantile !== undefined ? { targetQuantile: o.targetQuantile } : {}),
+    ...(o.clipLearningRate !== undefined ? { clipLearningRate: o.clipLearningRate } : {}),
+    ...(o.clipCountStddev !== undefined ? { clipCountStddev: o.clipCountStddev } : {}),
+  };
+}
+
+/**
+ * Distributed DP's n': the fewest masked inputs a secure round may unmask (0 for other placements or without DP);
+ * core/privacy/dp.ts's default ⌈0.8 · clientsPerRound⌉ unless the job sets `minSurvivors`.
+ */
+export function dpMinSurvivors(d: JobDefinition): number {
+  const o = d.differentialPrivacy;
+  if (!o || o.placement !== "distributed") return 0;
+  const n = d.strategyOptions.clientsPerRound;
+  return new DifferentialPrivacy(dpOptionsOf(o, n, n)).minSurvivors;
+}
+
+/** Values each device appends to its securely aggregated vector (DP's clip indicator with adaptive clipping). */
+export function secureExtraValues(d: JobDefinition): number {
+  return d.differentialPrivacy?.clip === "adaptive" ? 1 : 0;
 }
 
 /** The `secureAggregation` block: undefined/null/false = off, true = every default, or an object. */

@@ -8,6 +8,8 @@
  * between rounds; the strategies do not expose them, so after a process restart they restart from zero (the
  * round record says `optimizerStateReset: true`). The model itself is never lost.
  */
+import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
+import type { DpOrder } from "../../../../core/protocol/messages";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
 import type { FitConfig } from "../../../../core/strategies/strategy";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
@@ -35,6 +37,8 @@ export interface RoundRecord {
   readonly code?: string;
   /** Secure rounds: what the protocol did. */
   readonly secagg?: SecAggRecord;
+  /** Differential privacy: clip norm, noise std, whether anything was released, and ε spent so far. */
+  readonly dp?: DpRoundRecord;
 }
 
 /** The round record's account of a secure aggregation. */
@@ -63,6 +67,24 @@ export interface JobDocument {
   readonly createdAt: number;
   readonly updatedAt: number;
   readonly error?: string;
+  /**
+   * Why a `completed` job ended before its last round: "budget-exhausted" when one more round would have spent
+   * more than the differential-privacy budget (`stopMessage` says how much was spent).
+   */
+  readonly stopReason?: "budget-exhausted";
+  readonly stopMessage?: string;
+  /** Differential-privacy jobs: fixed when the job starts, updated with every round record. */
+  readonly dp?: JobDpState;
+}
+
+/** A DP job's persisted privacy state. */
+export interface JobDpState {
+  /** Devices the job samples from (q = clientsPerRound / fleetSize), fixed when the first round opens. */
+  readonly fleetSize: number;
+  /** core/privacy/dp.ts DifferentialPrivacy.exportState(): clip norm, ledger, status. */
+  readonly state: DpState;
+  /** Privacy spent so far (released rounds). */
+  readonly spent: { readonly epsilon: number; readonly delta: number; readonly steps: number };
 }
 
 export interface Participant {
@@ -96,6 +118,8 @@ export interface RoundState {
   readonly dispatched: boolean;
   /** Secure rounds only: the protocol's persisted state (advertisements, answers, survivor sets, deadlines). */
   readonly secagg?: SecAggRoundState;
+  /** DP jobs: the clip norm the round's updates are clipped to (fixed when it opens), and the devices' order. */
+  readonly dp?: { readonly clip: number; readonly order?: DpOrder };
 }
 
 /**
