@@ -81,7 +81,10 @@ test("distributed DP over SecAgg+ with adaptive clipping: the clip bit rides in 
     assert.equal(round.dp?.released, true);
     assert.ok(round.dp.unclippedFraction !== undefined && Number.isFinite(round.dp.unclippedFraction));
     assert.notEqual(round.dp.nextClip, round.dp.clip);
-    assert.ok(Number.isNaN(round.trainLoss), "devices that noise their own update withhold their training loss");
+    assert.ok(
+      Number.isNaN(round.trainLoss),
+      "devices that noise their own update withhold their training loss",
+    );
   }
   assert.equal(r.rounds[1].dp?.clip, r.rounds[0].dp?.nextClip, "the next round uses the adapted clip norm");
   assert.equal(r.privacy?.placement, "distributed");
@@ -112,6 +115,9 @@ test("distributed DP: a round with fewer masked inputs than n' aborts before unm
       released++;
     }
   }
-  assert.ok(released < r.rounds.length, "with 2 of 8 vanishing each round, some round lost inputs before the sum");
+  assert.ok(
+    released < r.rounds.length,
+    "with 2 of 8 vanishing each round, some round lost inputs before the sum",
+  );
   assert.equal(r.privacy?.steps, released);
 });
