@@ -34,6 +34,8 @@ export interface RoundSummary {
   slowestTrainMs: number;
   /** Secure aggregation: dropouts per step, devices in the sum, unmasking time, bytes per device. */
   secagg?: SecureRoundRecord & { meanBytesPerDevice: { up: number; down: number } };
+  /** Differential privacy: ε spent so far, after this round (the same as dp.epsilon). */
+  epsilon?: number;
   /** Differential privacy: clip norm, noise, released or not, and ε spent so far (after this round). */
   dp?: DpRoundRecord;
 }
@@ -248,7 +250,7 @@ function summarize(r: RoundRecord): RoundSummary {
     durationMs: Math.round(r.durationMs),
     slowestTrainMs: Math.round(r.slowestTrainMs),
     ...(r.secagg ? { secagg: { ...r.secagg, meanBytesPerDevice: meanBytes(r.secagg.bytesPerDevice) } } : {}),
-    ...(r.dp ? { dp: r.dp } : {}),
+    ...(r.dp ? { epsilon: r.dp.epsilon, dp: r.dp } : {}),
   };
 }
 

@@ -126,6 +126,10 @@ export async function simulateOverIotHub(
               placement: config.dpPlacement,
               fleetSize: config.devices,
               ...(config.dpEpsilonBudget !== undefined ? { epsilonBudget: config.dpEpsilonBudget } : {}),
+              ...(config.dpTargetQuantile !== undefined ? { targetQuantile: config.dpTargetQuantile } : {}),
+              ...(config.dpClipCountStddev !== undefined
+                ? { clipCountStddev: config.dpClipCountStddev }
+                : {}),
               ...(config.dpMinSurvivors !== undefined && config.dpPlacement === "distributed"
                 ? { minSurvivors: config.dpMinSurvivors }
                 : {}),
@@ -175,7 +179,7 @@ export async function simulateOverIotHub(
           // The fleet shares this machine's training workers: the round's training critical path.
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
           ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
-          ...(rec.dp ? { dp: rec.dp } : {}),
+          ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);

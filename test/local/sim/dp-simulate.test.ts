@@ -48,6 +48,11 @@ test("an exhausted privacy budget stops the job with a clear status, before the 
   const json = JSON.parse(fs.readFileSync(path.join(r.config.out, "results.json"), "utf8"));
   assert.equal(json.status.state, "budget-exhausted");
   assert.equal(typeof json.rounds[0].dp.epsilon, "number");
+  assert.equal(
+    json.rounds[0].epsilon,
+    json.rounds[0].dp.epsilon,
+    "per-round epsilon at the top of each round",
+  );
   const html = fs.readFileSync(path.join(r.config.out, "report.html"), "utf8");
   assert.match(html, /<canvas id="dpEps">/);
   assert.match(html, /budget-exhausted/);
