@@ -115,12 +115,17 @@ ${r.status && r.status.state !== "completed" ? ` Job stopped: <b>${esc(r.status.
     .filter(([, v]) => typeof v !== "object")
     .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(String(v))}</td></tr>`)
     .join("");
+  const hasDp = r.rounds.some((x) => x.dp);
   const roundRows = r.rounds
     .map(
       (x) =>
         `<tr><td>${x.round}</td><td>${x.completed ?? x.participants.length}/${x.participants.length}</td>` +
         `<td>${pct(x.accuracy)}</td><td>${Number.isFinite(x.loss) ? x.loss.toFixed(4) : "n/a"}</td>` +
-        `<td>${mb(x.uplinkBytes)}</td><td>${mb(x.downlinkBytes)}</td><td>${(x.durationMs / 1000).toFixed(1)}</td></tr>`,
+        `<td>${mb(x.uplinkBytes)}</td><td>${mb(x.downlinkBytes)}</td><td>${(x.durationMs / 1000).toFixed(1)}</td>` +
+        (hasDp
+          ? `<td>${x.dp ? x.dp.epsilon.toFixed(3) + (x.dp.released ? "" : " (not released)") : ""}</td>`
+          : "") +
+        `</tr>`,
     )
     .join("");
   return `<!doctype html>
@@ -150,7 +155,7 @@ canvas{max-height:320px}
 ${secaggHtml}
 ${dpHtml}
 <h2>Rounds</h2>
-<table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th></tr>${roundRows}</table>
+<table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th>${hasDp ? "<th>ε spent</th>" : ""}</tr>${roundRows}</table>
 <h2>Configuration</h2><table>${configRows}</table>
 <script>${chartLibrary()}</script>
 <script>
