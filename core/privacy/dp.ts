@@ -23,11 +23,12 @@
  * Gaussian release with multiplier z costs (Andrew et al. 2021, Theorem 1); z < 2σ_b is required.
  */
 import { decodeTensor } from "../compress";
+import { Accumulator } from "../tensor/accumulator";
 import { fail } from "../errors";
 import type { DpOrder } from "../protocol/messages";
 import type { FitFailure, FitResult, RoundAggregation, SecureAggregate } from "../strategies/strategy";
 import { PrivacyAccountant, type PrivacySpent } from "./accountant";
-import { clipL2, GaussianNoise } from "./mechanism";
+import { clipL2, GaussianNoise, l2Norm } from "./mechanism";
 import type { RdpConversion } from "./rdp";
 
 export type DpPlacement = "central" | "distributed" | "local";
@@ -350,7 +351,8 @@ export function privatizeUpdate(
 }
 
 class DpAggregation implements RoundAggregation {
-  private readonly sum: Float64Array;
+  /** Σ scale_k · v_k in the strategies' SIMD accumulator (weights = the clip scales, or s for an aggregate). */
+  private readonly acc: Accumulator;
   private bitSum = 0;
   private readonly ids: string[] = [];
   private readonly seen = new Set<string>();
@@ -362,7 +364,7 @@ class DpAggregation implements RoundAggregation {
     private readonly inner: RoundAggregation,
     private readonly ctx: { round: number; layoutHash: string; length: number; current: Float32Array },
   ) {
-    this.sum = new Float64Array(ctx.length);
+    this.acc = new Accumulator(ctx.length);
     this.serverClips = dp.options.placement === "central";
   }
 
@@ -372,28 +374,30 @@ class DpAggregation implements RoundAggregation {
 
   add(r: FitResult): void {
     if (this.seen.has(r.deviceId)) fail("E_DP_DUPLICATE", `second update from '${r.deviceId}' this round`);
+    // A raw update is read in place (never modified); a compressed one is decoded into a fresh array.
     const v =
       r.delta instanceof Float32Array
-        ? Float32Array.from(r.delta)
+        ? r.delta
         : decodeTensor(r.delta.bytes, { layoutHash: this.ctx.layoutHash, length: this.ctx.length });
     if (v.length !== this.ctx.length)
       fail("E_DP_INPUT", `update from '${r.deviceId}' has ${v.length} values, the model ${this.ctx.length}`);
+    const norm = l2Norm(v);
+    if (!Number.isFinite(norm)) fail("E_DP_INPUT", `update from '${r.deviceId}' has a non-finite value`);
     let bit = 0;
+    let scale = 1;
     if (this.serverClips) {
-      const { norm } = clipL2(v, this.dp.clip);
-      bit = clipBit(norm, this.dp.clip);
-    } else {
-      // The device clipped and noised; the server still refuses what it could not have sent.
-      for (let i = 0; i < v.length; i++)
-        if (!Number.isFinite(v[i]!)) fail("E_DP_INPUT", `update from '${r.deviceId}' has a non-finite value`);
-      if (this.dp.adaptive) {
-        const b = r.dpClipBit;
-        if (typeof b !== "number" || !Number.isFinite(b))
-          fail("E_DP_INPUT", `update from '${r.deviceId}' lacks its clip indicator (adaptive clipping)`);
-        bit = b;
-      }
+      // Clipping folded into the sum: Σ v·min(1, C/‖v‖) (the same as clipL2, without a copy).
+      const C = this.dp.clip;
+      if (norm > C) scale = C / norm;
+      bit = clipBit(norm, C);
+    } else if (this.dp.adaptive) {
+      // The device clipped and noised; its (noised) clip indicator comes with the update.
+      const b = r.dpClipBit;
+      if (typeof b !== "number" || !Number.isFinite(b))
+        fail("E_DP_INPUT", `update from '${r.deviceId}' lacks its clip indicator (adaptive clipping)`);
+      bit = b;
     }
-    for (let i = 0; i < v.length; i++) this.sum[i]! += v[i]!;
+    this.acc.add(v, scale);
     this.bitSum += bit;
     this.seen.add(r.deviceId);
     this.ids.push(r.deviceId);
@@ -406,7 +410,7 @@ class DpAggregation implements RoundAggregation {
     }
     // Devices advertised weight 1, so the mean is Σ Δ_k / s.
     const s = a.deviceIds.length;
-    for (let i = 0; i < this.ctx.length; i++) this.sum[i]! += a.mean[i]! * s;
+    this.acc.add(extra ? a.mean.subarray(0, this.ctx.length) : a.mean, s);
     if (extra) this.bitSum += a.mean[this.ctx.length]! * s;
     for (const id of a.deviceIds) {
       this.seen.add(id);
@@ -415,7 +419,13 @@ class DpAggregation implements RoundAggregation {
   }
 
   finish(failures: readonly FitFailure[]): Float32Array {
-    const { mean, record } = this.dp.conclude(this.sum, this.bitSum, this.ids);
+    // The weighted mean times the total weight is the (clipped) sum; noise is added to it in float64.
+    const w = this.acc.totalWeight;
+    const m = this.acc.mean();
+    this.acc.dispose();
+    const sum = new Float64Array(m.length);
+    for (let i = 0; i < m.length; i++) sum[i] = m[i]! * w;
+    const { mean, record } = this.dp.conclude(sum, this.bitSum, this.ids);
     this.dp.lastRound = record;
     if (!mean) return this.ctx.current;
     this.inner.addAggregate({ deviceIds: this.ids, totalSamples: this.ids.length, mean });

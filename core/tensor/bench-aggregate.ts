@@ -90,7 +90,7 @@ export function benchAggregate(opts: AggregateBenchOptions): AggregateBenchResul
 }
 
 /** `count` vectors of uniform values in [-0.5, 0.5) from a fixed-seed xorshift32 (fast and reproducible). */
-function makeUpdates(count: number, params: number): Float32Array[] {
+export function makeUpdates(count: number, params: number): Float32Array[] {
   let s = 0x9e3779b9 | 0;
   const vectors: Float32Array[] = [];
   for (let v = 0; v < count; v++) {
@@ -106,7 +106,7 @@ function makeUpdates(count: number, params: number): Float32Array[] {
   return vectors;
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;

@@ -20,6 +20,7 @@ import { benchTrain } from "../../core/engine/bench";
 import { benchAggregate } from "../../core/tensor/bench-aggregate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
 import { benchSecAgg } from "../../core/secagg/bench";
+import { benchDpAggregate } from "../../core/privacy/bench";
 import { registerPrivacyCommand } from "./privacy";
 import { loadModelDir } from "../../core/export/model-dir";
 import { exportOnnx } from "../../core/export/onnx";
@@ -203,6 +204,16 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
 async function runBenchAggregate(o: RawOptions): Promise<number> {
   const updates = positiveInt("updates", (o.updates as string) ?? "100");
   const params = positiveInt("params", (o.params as string) ?? "1000000");
+  if (o.dp) {
+    const d = benchDpAggregate({ updates, params });
+    if (o.json) console.log(JSON.stringify(d));
+    else
+      console.log(
+        `${d.updates} updates x ${d.params.toLocaleString("en-US")} params: plain ${d.gbPerSecond.toFixed(2)} GB/s, ` +
+          `central DP ${d.dpGbPerSecond.toFixed(2)} GB/s (${(d.ratio * 100).toFixed(0)}%), noise ${d.noiseMs.toFixed(0)} ms`,
+      );
+    return 0;
+  }
   const r = benchAggregate({ updates, params });
   if (o.json) console.log(JSON.stringify(r));
   else {
@@ -425,6 +436,10 @@ export function buildProgram(): Command {
     .description("streaming FedAvg aggregation throughput")
     .option("--updates <n>", "updates per round", "100")
     .option("--params <n>", "parameters per update", "1000000")
+    .option(
+      "--dp",
+      "also run central DP (clip + noise) on the same data: {gbPerSecond, dpGbPerSecond, ratio}",
+    )
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchAggregate(opts);

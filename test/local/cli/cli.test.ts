@@ -90,6 +90,14 @@ test("CLI errors are one clear line", () => {
   for (const [args, pattern] of cases) expectOneLineError(args, pattern);
 });
 
+test("bench aggregate --dp --json compares central DP with plain aggregation", () => {
+  const r = run(["bench", "aggregate", "--updates", "3", "--params", "1000", "--dp", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const o = JSON.parse(r.stdout.trim());
+  assert.deepEqual(Object.keys(o), ["updates", "params", "gbPerSecond", "dpGbPerSecond", "ratio", "noiseMs"]);
+  assert.ok(o.dpGbPerSecond > 0 && o.ratio > 0);
+});
+
 test("bench aggregate --json prints one object with the documented fields", () => {
   const r = run(["bench", "aggregate", "--updates", "3", "--params", "1000", "--json"]);
   assert.equal(r.code, 0, r.stderr);
