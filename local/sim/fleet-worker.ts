@@ -41,20 +41,27 @@ async function main(): Promise<void> {
     let queue: Promise<void> = Promise.resolve();
     port.on("message", (m: ToWorker) => {
       if (m.kind !== "train") return;
-      queue = queue.then(async () => {
-        const rt = byName.get(m.deviceId);
-        if (!rt) return;
-        try {
-          rt.importState(m.state);
-        } catch {
-          rt.importState(undefined); // a damaged residual restarts error feedback from zero
-        }
-        const reply = await rt.handle(m.frame);
-        const state = rt.exportState();
-        rt.importState(undefined); // the state lives with the fleet, not in this worker
-        const buf = reply.buffer as ArrayBuffer;
-        post({ kind: "reply", deviceId: m.deviceId, frame: reply, state }, [buf]);
-      });
+      queue = queue
+        .then(async () => {
+          const rt = byName.get(m.deviceId);
+          if (!rt) return;
+          try {
+            rt.importState(m.state);
+          } catch {
+            rt.importState(undefined); // a damaged residual restarts error feedback from zero
+          }
+          const reply = await rt.handle(m.frame);
+          const state = rt.exportState();
+          rt.importState(undefined); // the state lives with the fleet, not in this worker
+          const buf = reply.buffer as ArrayBuffer;
+          post({ kind: "reply", deviceId: m.deviceId, frame: reply, state }, [buf]);
+        })
+        .catch((e: unknown) => {
+          // Never let one request break the queue (every later request would be silently dropped).
+          process.stderr.write(
+            `fleet-worker: request for ${m.deviceId} failed: ${e instanceof Error ? e.stack : String(e)}\n`,
+          );
+        });
     });
     post({
       kind: "ready",

@@ -1,6 +1,7 @@
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FlotillaError, fail } from "../../core/errors";
+import { encodeMessage } from "../../core/protocol/messages";
 import type { DeviceTransport, ServerTransport, TransportStats } from "../../core/protocol/transport";
 import { MemoryTransport } from "../../core/protocol/memory-transport";
 import type { ClientInfo } from "../../core/strategies/strategy";
@@ -40,12 +41,17 @@ export class WorkerFleet implements ServerTransport {
    */
   private readonly home = new Map<string, number>();
   private exited = false;
+  /** Requests each worker holds (device → the request's job and round), to answer for them if the worker dies. */
+  private readonly pending: Map<string, { jobId: string; round: number }>[];
+  /** Workers that died after start (an uncaught error or an exit): no request goes to them again. */
+  private readonly dead = new Set<number>();
 
   private constructor(
     private readonly workers: Worker[],
     private readonly onProgress?: DeviceProgress,
   ) {
     this.inFlight = workers.map(() => 0);
+    this.pending = workers.map(() => new Map());
   }
 
   static async start(
@@ -68,10 +74,12 @@ export class WorkerFleet implements ServerTransport {
   }
 
   private wire(w: Worker, index: number): Promise<ClientInfo[]> {
+    let started = false;
     return new Promise((resolve, reject) => {
       w.on("message", (m: FromWorker) => {
         switch (m.kind) {
           case "ready":
+            started = true;
             resolve(m.devices);
             break;
           case "error":
@@ -82,6 +90,7 @@ export class WorkerFleet implements ServerTransport {
             break;
           case "reply":
             this.inFlight[index]--;
+            this.pending[index].delete(m.deviceId);
             if (m.state) this.deviceState.set(m.deviceId, m.state);
             else this.deviceState.delete(m.deviceId);
             this.stats.uplinkBytes += m.frame.byteLength;
@@ -89,10 +98,32 @@ export class WorkerFleet implements ServerTransport {
             break;
         }
       });
-      w.on("error", (e) =>
-        reject(new FlotillaError("E_SIM_WORKER", `simulation worker failed: ${e.message}`)),
-      );
+      w.on("error", (e) => {
+        if (!started) reject(new FlotillaError("E_SIM_WORKER", `simulation worker failed: ${e.message}`));
+        else this.lose(index, `simulation worker ${index} failed: ${e.message}`);
+      });
+      w.on("exit", (code) => {
+        if (!started) reject(new FlotillaError("E_SIM_WORKER", `simulation worker exited with code ${code}`));
+        else if (!this.exited) this.lose(index, `simulation worker ${index} exited with code ${code}`);
+      });
     });
+  }
+
+  /**
+   * A worker died mid-job: every request it held is answered with an E_SIM_WORKER failure frame (so the round
+   * closes now instead of at its deadline), later requests go to the other workers, and the reason is printed once.
+   */
+  private lose(index: number, reason: string): void {
+    if (this.dead.has(index)) return;
+    this.dead.add(index);
+    process.stderr.write(`flotilla: E_SIM_WORKER: ${reason}\n`);
+    for (const [deviceId, req] of this.pending[index]) {
+      const frame = encodeMessage({ type: "failure", ...req, deviceId, code: "E_SIM_WORKER", reason });
+      this.handlers.forEach((h) => h(frame));
+    }
+    this.pending[index].clear();
+    this.inFlight[index] = 0;
+    for (const [id, w] of this.home) if (w === index) this.home.delete(id);
   }
 
   async listDevices(): Promise<ClientInfo[]> {
@@ -103,12 +134,21 @@ export class WorkerFleet implements ServerTransport {
     if (!this.devices.some((d) => d.deviceId === deviceId)) {
       fail("E_TRANSPORT_UNKNOWN_DEVICE", `unknown device '${deviceId}'`);
     }
-    let best = 0;
-    for (let i = 1; i < this.inFlight.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
-    const kind = peekKind(frame);
-    if (kind === "secagg") best = this.home.get(deviceId) ?? best;
-    else if (kind === "train-secagg") this.home.set(deviceId, best);
+    let best = -1;
+    for (let i = 0; i < this.inFlight.length; i++)
+      if (!this.dead.has(i) && (best < 0 || this.inFlight[i] < this.inFlight[best])) best = i;
+    if (best < 0) fail("E_SIM_WORKER", "every simulation worker has died");
+    const head = peekHeader(frame);
+    const kind = head?.type === "train" && head.secagg ? "train-secagg" : head?.type;
+    if (kind === "secagg") {
+      const home = this.home.get(deviceId);
+      // The device's protocol state died with its worker: it is a dropout of this round.
+      if (home === undefined)
+        fail("E_SIM_WORKER", `the worker holding '${deviceId}''s secure-aggregation state is gone`);
+      best = home;
+    } else if (kind === "train-secagg") this.home.set(deviceId, best);
     this.inFlight[best]++;
+    this.pending[best].set(deviceId, { jobId: String(head?.jobId ?? ""), round: Number(head?.round ?? 0) });
     this.stats.downlinkBytes += frame.byteLength;
     const copy = frame.slice();
     const msg: ToWorker = { kind: "train", deviceId, frame: copy, state: this.deviceState.get(deviceId) };
@@ -120,21 +160,29 @@ export class WorkerFleet implements ServerTransport {
     return () => this.handlers.delete(handler);
   }
 
+  /** Fault injection for tests: stops worker `index` as if it had crashed. */
+  async killWorker(index: number): Promise<void> {
+    await this.workers[index]?.terminate();
+  }
+
   async close(): Promise<void> {
     this.exited = true;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
 }
 
-/** The frame's type, without decoding its payload ("train-secagg" for a train request of a secure round). */
-function peekKind(frame: Uint8Array): string | undefined {
+/** The frame's JSON header, without decoding its payload (undefined if unreadable). */
+function peekHeader(
+  frame: Uint8Array,
+): { type?: string; secagg?: boolean; jobId?: string; round?: number } | undefined {
   try {
     const n = new DataView(frame.buffer, frame.byteOffset, frame.byteLength).getUint32(4, true);
-    const header = JSON.parse(Buffer.from(frame.buffer, frame.byteOffset + 8, n).toString("utf8")) as {
+    return JSON.parse(Buffer.from(frame.buffer, frame.byteOffset + 8, n).toString("utf8")) as {
       type?: string;
       secagg?: boolean;
+      jobId?: string;
+      round?: number;
     };
-    return header.type === "train" && header.secagg ? "train-secagg" : header.type;
   } catch {
     return undefined;
   }
