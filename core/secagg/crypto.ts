@@ -73,12 +73,23 @@ export function generateX25519(): X25519KeyPair {
 /** The raw 32-byte public key of an X25519 KeyObject (public or private). */
 export function x25519PublicKeyRaw(key: KeyObject): Uint8Array {
   const pub = key.type === "private" ? createPublicKey(key) : key;
-  return fromB64u(pub.export({ format: "jwk" }).x, "X25519 public key", X25519_KEY_BYTES, "E_SECAGG_KEY");
+  // DER, not JWK: Node 20's JWK export of OKP keys allocates a JS string while holding the key's mutex, and a GC
+  // that finalises a key-generation job at that moment waits on the same mutex: the thread deadlocks (seen as a
+  // hung test and a stalled simulation). SPKI DER for X25519 is a fixed 12-byte prefix followed by the key.
+  const der = pub.export({ format: "der", type: "spki" });
+  if (der.byteLength !== 12 + X25519_KEY_BYTES) fail("E_SECAGG_KEY", "unexpected X25519 public key encoding");
+  return new Uint8Array(der.subarray(12));
 }
 
 /** The raw 32-byte private scalar of an X25519 private KeyObject (JWK 'd'). */
 export function x25519PrivateKeyRaw(key: KeyObject): Uint8Array {
-  return fromB64u(key.export({ format: "jwk" }).d, "X25519 private key", X25519_KEY_BYTES, "E_SECAGG_KEY");
+  // DER (PKCS#8: fixed 16-byte prefix || key), not JWK: see x25519PublicKeyRaw.
+  const der = key.export({ format: "der", type: "pkcs8" });
+  if (der.byteLength !== X25519_PKCS8_PREFIX.byteLength + X25519_KEY_BYTES)
+    fail("E_SECAGG_KEY", "unexpected X25519 private key encoding");
+  const raw = new Uint8Array(der.subarray(X25519_PKCS8_PREFIX.byteLength));
+  der.fill(0);
+  return raw;
 }
 
 /** An X25519 private KeyObject from its raw 32 bytes (PKCS#8 DER: fixed 16-byte prefix || key). */
