@@ -65,6 +65,15 @@ export class PrivacyAccountant {
         : computeRdp(opts.samplingRate, opts.noiseMultiplier, 1, this.orders);
     // Validates delta and the conversion once, at configuration time.
     this.epsilonAfter(0);
+    // A multiplier so small that one round's ε is already infinite (σ² underflows) protects nothing; ε must stay
+    // a finite number everywhere it is reported (results.json, the job state), so refuse it here.
+    const one = this.epsilonAfter(1).epsilon;
+    if (!Number.isFinite(one)) {
+      fail(
+        "E_DP_CONFIG",
+        `noise multiplier ${opts.noiseMultiplier} gives an infinite ε after one round at δ=${opts.delta}`,
+      );
+    }
   }
 
   /** Records one released round and the devices whose (noised) updates were in it. */

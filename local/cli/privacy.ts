@@ -47,6 +47,14 @@ export function runPrivacy(o: RawOptions): string {
   const sigma = num("noise-multiplier", o.noiseMultiplier);
   const rdp = computeRdp(q, sigma, steps, DEFAULT_ORDERS);
   const r = epsilonFromRdp(DEFAULT_ORDERS, rdp, delta, conversion);
+  // JSON has no Infinity (JSON.stringify would print null): an unbounded ε is a coded error in both output modes.
+  if (!Number.isFinite(r.epsilon)) {
+    fail(
+      "E_PRIVACY_INFINITE",
+      `ε is infinite (no privacy) for noise multiplier ${sigma} at δ = ${delta} ` +
+        `(q = ${q}, ${steps} rounds); use a noise multiplier > 0`,
+    );
+  }
   return json
     ? JSON.stringify({ epsilon: r.epsilon, order: r.order, delta })
     : `ε = ${r.epsilon.toPrecision(6)} at δ = ${delta} (order ${r.order}, ${conversion} conversion, ` +

@@ -280,7 +280,12 @@ function meanBytes(b: Record<string, { up: number; down: number }>): { up: numbe
   };
 }
 
-/** JSON has no NaN: write null instead. */
-function jsonNumbers(_key: string, value: unknown): unknown {
-  return typeof value === "number" && !Number.isFinite(value) ? null : value;
+/**
+ * JSON has no NaN: write null instead. An ε is never null: an infinite one (which the accountant refuses to
+ * configure, core/privacy/accountant.ts) would be written as the string "Infinity".
+ */
+function jsonNumbers(key: string, value: unknown): unknown {
+  if (typeof value !== "number" || Number.isFinite(value)) return value;
+  if (/^epsilon/i.test(key) && value === Infinity) return "Infinity";
+  return null;
 }
