@@ -24,6 +24,7 @@
  */
 import { decodeTensor } from "../compress";
 import { Accumulator } from "../tensor/accumulator";
+import { firstNonFinite } from "../tensor/finite";
 import { fail } from "../errors";
 import type { DpOrder } from "../protocol/messages";
 import type { FitFailure, FitResult, RoundAggregation, SecureAggregate } from "../strategies/strategy";
@@ -428,6 +429,14 @@ class DpAggregation implements RoundAggregation {
     const { mean, record } = this.dp.conclude(sum, this.bitSum, this.ids);
     this.dp.lastRound = record;
     if (!mean) return this.ctx.current;
+    if (firstNonFinite(mean) >= 0) {
+      // The released mean overflowed float32 (noise std z·C, or the clipped sum, beyond ±3.4e38). The strategy
+      // would refuse it by throwing; instead the round yields the non-finite model it released, and the job stops
+      // there as diverged (core/round/server.ts runJob, core/tensor/finite.ts).
+      const next = new Float32Array(mean.length);
+      for (let i = 0; i < mean.length; i++) next[i] = this.ctx.current[i]! + mean[i]!;
+      return next;
+    }
     this.inner.addAggregate({ deviceIds: this.ids, totalSamples: this.ids.length, mean });
     return this.inner.finish(failures);
   }

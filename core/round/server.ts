@@ -8,6 +8,7 @@ import type { DifferentialPrivacy, DpRoundRecord } from "../privacy/dp";
 import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
 import type { FitFailure, Strategy } from "../strategies/strategy";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
+import { nonFiniteModelReason } from "../tensor/finite";
 
 export interface RoundRecord {
   readonly round: number;
@@ -40,6 +41,11 @@ export interface ServerEvents {
   onRoundEnd?(record: RoundRecord): void;
   /** A frame that was rejected (malformed, late, duplicate, wrong layout): logged and counted, never fatal. */
   onRejected?(code: string, reason: string): void;
+  /**
+   * The global model is not finite (NaN or ±Infinity) after `round` (0: the initial model); the job stops here.
+   * `reason` is one line naming the round (core/tensor/finite.ts, nonFiniteModelReason).
+   */
+  onDiverged?(round: number, reason: string): void;
 }
 
 export interface JobOptions {
@@ -69,6 +75,8 @@ export interface JobOptions {
  * Drives a federated job: each round the strategy picks participants, the engine sends them the global model
  * through the transport, streams their updates into the strategy's aggregation as they arrive, and closes the round
  * when all have answered or the deadline passes (partial participation is part of the contract).
+ * The job stops as soon as the global model is not finite (before round 1, or after any round): `onDiverged` says
+ * which round and why. Every later round would train from that model, so none can help.
  */
 export async function runJob(
   strategy: Strategy,
@@ -76,12 +84,19 @@ export async function runJob(
   opts: JobOptions,
 ): Promise<RoundRecord[]> {
   const records: RoundRecord[] = [];
+  const diverged = (round: number): boolean => {
+    const reason = nonFiniteModelReason(strategy.weights, round, opts.layout);
+    if (reason !== undefined) opts.events?.onDiverged?.(round, reason);
+    return reason !== undefined;
+  };
+  if (diverged(0)) return records;
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.abortSignal?.aborted) break;
     if (opts.dp && !opts.dp.allowsNextRound()) break;
     const record = await runRound(strategy, transport, round, opts);
     records.push(record);
     opts.events?.onRoundEnd?.(record);
+    if (diverged(round)) break;
   }
   return records;
 }

@@ -182,6 +182,11 @@ async function runSimulate(o: RawOptions): Promise<number> {
   if (rejected.length) console.log(`rejected frames: ${rejected.map(([k, v]) => `${k}=${v}`).join(", ")}`);
   console.log(`results: ${path.join(config.out, "results.json")}`);
   console.log(`report:  ${path.join(config.out, "report.html")}`);
+  // A job whose global model turned non-finite ran, but failed: exit 3 (results and report are written).
+  if (result.status?.state === "diverged") {
+    console.error(`flotilla: E_MODEL_DIVERGED: ${result.status.reason ?? "the global model is not finite"}`);
+    return 3;
+  }
   return 0;
 }
 

@@ -40,9 +40,9 @@ export interface RoundSummary {
   dp?: DpRoundRecord;
 }
 
-/** How the job ended. */
+/** How the job ended. "diverged": the global model turned non-finite (NaN/±Infinity); the reason names the round. */
 export interface JobStatus {
-  state: "completed" | "target-reached" | "budget-exhausted";
+  state: "completed" | "target-reached" | "budget-exhausted" | "diverged";
   reason?: string;
 }
 
@@ -145,6 +145,7 @@ export async function simulate(
   const rejected: Record<string, number> = {};
   const summaries: RoundSummary[] = [];
   const abort = new AbortController();
+  let divergedReason: string | undefined;
   const events: ServerEvents = {
     onRoundStart: (r, participants) => {
       round = r;
@@ -161,6 +162,9 @@ export async function simulate(
     },
     onRejected: (code) => {
       rejected[code] = (rejected[code] ?? 0) + 1;
+    },
+    onDiverged: (_round, reason) => {
+      divergedReason = reason;
     },
   };
   try {
@@ -185,11 +189,13 @@ export async function simulate(
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
   }
   const status: JobStatus =
-    dp?.status.state === "budget-exhausted"
-      ? { state: "budget-exhausted", reason: dp.status.reason }
-      : abort.signal.aborted
-        ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
-        : { state: "completed" };
+    divergedReason !== undefined
+      ? { state: "diverged", reason: divergedReason }
+      : dp?.status.state === "budget-exhausted"
+        ? { state: "budget-exhausted", reason: dp.status.reason }
+        : abort.signal.aborted
+          ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
+          : { state: "completed" };
   const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights, {
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
