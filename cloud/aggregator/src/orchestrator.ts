@@ -35,9 +35,11 @@ import { decodeMessage } from "../../../core/protocol/messages";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/models";
 import { createStrategy } from "../../../core/strategies/registry";
-import type { ClientInfo, FitFailure, Strategy } from "../../../core/strategies/strategy";
+import type { ClientInfo, FitFailure, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/models";
 import { weightsHash } from "../../../core/tensor/layout";
+import { isFiniteWeights } from "../../../core/tensor/finite";
+import { FlotillaError } from "../../../core/errors";
 import type { RoundDesired, TrainerInfo } from "./fleet/fleet";
 import { putJson } from "./store/blob-store";
 import {
@@ -73,13 +75,19 @@ interface CachedStrategy {
 export interface OrchestratorOptions {
   /** Participants configured at once per round dispatch (default 32; each does 2 twin updates + 1 method). */
   readonly dispatchConcurrency?: number;
+  /** Builds a job's strategy (default core/strategies/registry createStrategy; tests substitute one). */
+  readonly strategyFactory?: (name: string, opts: StrategyOptions) => Strategy;
 }
+
+/** The code of a round whose global model is not finite (the job then fails with stopReason "diverged"). */
+export const DIVERGED = "E_ROUND_DIVERGED";
 
 export class Orchestrator {
   readonly repo: JobRepository;
   private readonly strategies = new Map<string, CachedStrategy>();
   private readonly concurrency: number;
   private readonly secure: SecureRounds;
+  private readonly createStrategy: (name: string, opts: StrategyOptions) => Strategy;
   private running: Promise<TickReport> | null = null;
 
   constructor(
@@ -89,6 +97,7 @@ export class Orchestrator {
     this.repo = new JobRepository(services.store);
     this.concurrency = opts.dispatchConcurrency ?? 32;
     this.secure = new SecureRounds(services, this.concurrency);
+    this.createStrategy = opts.strategyFactory ?? createStrategy;
   }
 
   /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
@@ -138,7 +147,14 @@ export class Orchestrator {
           }
         }
         if (st && st.status === "closing") {
-          await this.closeRound(job, st, st.secagg ? this.services.clock() : now);
+          const at = st.secagg ? this.services.clock() : now;
+          try {
+            await this.closeRound(job, st, at);
+          } catch (e) {
+            if ((e as { code?: string }).code !== DIVERGED) throw e;
+            await this.diverge(job, st, at, (e as Error).message, actions);
+            return;
+          }
           actions.push(`closed round ${r}`);
           continue;
         }
@@ -330,7 +346,7 @@ export class Orchestrator {
       const meta = await this.repo.getModelMeta(d.jobId, round - 1);
       if (!meta) throw new Error(`model ${round - 1} of ${d.jobId} is missing`);
       const available = this.eligible(job, await this.services.fleet.listTrainers());
-      const strategy = createStrategy(d.strategy, d.strategyOptions);
+      const strategy = this.createStrategy(d.strategy, d.strategyOptions);
       const picks = strategy.configureFit(round, available);
       if (picks.length === 0) {
         actions.push(`round ${round}: no eligible trainer, waiting`);
@@ -448,7 +464,11 @@ export class Orchestrator {
     if (cached && cached.round === round && cached.sha256 === model.sha256) {
       return { strategy: cached.strategy, reset: false };
     }
-    const strategy = createStrategy(d.strategy, d.strategyOptions);
+    if (!isFiniteWeights(model.weights)) {
+      // e.g. written before this check existed, or a damaged blob: no round can train from it.
+      throw new FlotillaError(DIVERGED, `the global model of round ${round} has NaN or Infinity values`);
+    }
+    const strategy = this.createStrategy(d.strategy, d.strategyOptions);
     strategy.initialize(model.weights);
     return { strategy, reset: round > 0 && !STATELESS.has(d.strategy) };
   }
@@ -508,6 +528,13 @@ export class Orchestrator {
     }
     const completed = agg.count;
     const next = agg.finish(failures);
+    if (!isFiniteWeights(next)) {
+      this.strategies.delete(d.jobId);
+      throw new FlotillaError(
+        DIVERGED,
+        `the global model aggregated in round ${st.round} has NaN or Infinity values (not published)`,
+      );
+    }
     const meta = await this.publishModel(job, st.round, next, now);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
@@ -593,6 +620,13 @@ export class Orchestrator {
     }
     const completed = agg.count;
     const next = agg.finish(failures);
+    if (!isFiniteWeights(next)) {
+      this.strategies.delete(d.jobId);
+      throw new FlotillaError(
+        DIVERGED,
+        `the global model aggregated in secure round ${st.round} has NaN or Infinity values (not published)`,
+      );
+    }
     const meta = await this.publishModel(job, st.round, next, now);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
@@ -627,6 +661,56 @@ export class Orchestrator {
       );
     }
     await this.recordRound(job, st, record, dp);
+  }
+
+  /**
+   * Ends a job whose global model is not finite (`message` names the round): the round is recorded `failed` with
+   * code E_ROUND_DIVERGED, the job `failed` with stopReason "diverged", in one write; nothing is published, so
+   * devices never download the model (a DP job keeping on would only spend budget at chance accuracy).
+   */
+  private async diverge(
+    job: JobDocument,
+    st: RoundState,
+    now: number,
+    message: string,
+    actions: string[],
+  ): Promise<void> {
+    const d = job.definition;
+    const stopMessage = `round ${st.round}: ${message}`;
+    const record: RoundRecord = {
+      round: st.round,
+      status: "failed",
+      participants: st.participants.length,
+      completed: 0,
+      failures: [],
+      trainLoss: null,
+      bytesReceived: Object.values(st.received).reduce((s, u) => s + u.bytes, 0),
+      durationMs: now - st.openedAt,
+      belowQuorum: true,
+      modelSha256: st.modelSha256,
+      optimizerStateReset: false,
+      closedAt: now,
+      code: DIVERGED,
+    };
+    await this.repo.updateJob(d.jobId, (cur) =>
+      cur.status !== "running" && cur.status !== "stopped"
+        ? undefined
+        : {
+            ...cur,
+            rounds: cur.rounds.some((x) => x.round === st.round) ? cur.rounds : [...cur.rounds, record],
+            status: "failed",
+            stopReason: "diverged",
+            stopMessage,
+            updatedAt: now,
+          },
+    );
+    await this.repo.updateRound(d.jobId, st.round, (cur) =>
+      cur.status === "closed" ? undefined : { ...cur, status: "closed" },
+    );
+    this.strategies.delete(d.jobId);
+    await this.releaseQuantizers(job);
+    actions.push(`failed: ${stopMessage}`);
+    this.services.log(`job ${d.jobId} failed (${DIVERGED}, diverged): ${stopMessage}`);
   }
 
   /**

@@ -33,7 +33,10 @@ export interface RoundRecord {
   readonly modelSha256: string;
   readonly optimizerStateReset: boolean;
   readonly closedAt: number;
-  /** Why a failed round failed, when it was not just "no update" (E_SECAGG_ABORTED). */
+  /**
+   * Why a failed round failed, when it was not just "no update" (E_SECAGG_ABORTED; E_ROUND_DIVERGED: the global
+   * model was not finite, the job failed, and `modelSha256` is then the round's input model).
+   */
   readonly code?: string;
   /** Secure rounds: what the protocol did. */
   readonly secagg?: SecAggRecord;
@@ -68,10 +71,12 @@ export interface JobDocument {
   readonly updatedAt: number;
   readonly error?: string;
   /**
-   * Why a `completed` job ended before its last round: "budget-exhausted" when one more round would have spent
-   * more than the differential-privacy budget (`stopMessage` says how much was spent).
+   * Why a job ended before its last round: "budget-exhausted" (status `completed`) when one more round would have
+   * spent more than the differential-privacy budget (`stopMessage` says how much was spent); "diverged" (status
+   * `failed`) when a round's aggregated global model had NaN or Infinity values (`stopMessage` names the round;
+   * that model was never published).
    */
-  readonly stopReason?: "budget-exhausted";
+  readonly stopReason?: "budget-exhausted" | "diverged";
   readonly stopMessage?: string;
   /** Differential-privacy jobs: fixed when the job starts, updated with every round record. */
   readonly dp?: JobDpState;
