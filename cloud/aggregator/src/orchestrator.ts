@@ -56,6 +56,7 @@ import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
+import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { JobDpState } from "./jobs/state";
 
 /** Strategies whose whole server state is the global model (nothing lost on restart). */
@@ -366,11 +367,19 @@ export class Orchestrator {
         return false;
       }
       const order = dp?.deviceOrder(d.secureAggregation !== undefined);
+      const declared = new Map(available.map((a) => [a.deviceId, a.numSamples]));
       const fresh: RoundState = {
         jobId: d.jobId,
         round,
         status: "open",
-        participants: picks.map((p) => ({ deviceId: p.deviceId, config: p.config })),
+        participants: picks.map((p) => {
+          const n = declared.get(p.deviceId);
+          return {
+            deviceId: p.deviceId,
+            config: p.config,
+            ...(n !== undefined ? { declaredSamples: n } : {}),
+          };
+        }),
         received: {},
         openedAt: now,
         deadline: now + d.roundDeadlineSeconds * 1000,
@@ -483,6 +492,8 @@ export class Orchestrator {
     let bytes = 0;
     let lossSum = 0;
     let lossN = 0;
+    let clipped = 0;
+    let rejected = 0;
     for (const p of st.participants) {
       const rec = st.received[p.deviceId];
       if (!rec) {
@@ -510,16 +521,26 @@ export class Orchestrator {
       try {
         const msg = decodeMessage(blob.bytes);
         if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
+        const weight = boundSamples(d, p.deviceId, p.declaredSamples, msg.numSamples);
+        if (weight.outcome !== "ok") {
+          this.services.log(`round ${d.jobId}/${st.round}: sample count ${weight.outcome}: ${weight.reason}`);
+        }
+        if (weight.outcome === "rejected") {
+          rejected++;
+          failures.push({ deviceId: p.deviceId, code: E_ROUND_SAMPLES, reason: weight.reason });
+          continue;
+        }
+        if (weight.outcome === "clipped") clipped++;
         agg.add({
           deviceId: p.deviceId,
-          numSamples: msg.numSamples,
+          numSamples: weight.numSamples,
           delta: msg.delta,
           metrics: msg.metrics,
           ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
         });
         if (Number.isFinite(msg.metrics?.loss)) {
-          lossSum += msg.metrics.loss * msg.numSamples;
-          lossN += msg.numSamples;
+          lossSum += msg.metrics.loss * weight.numSamples;
+          lossN += weight.numSamples;
         }
       } catch (e) {
         const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
@@ -551,6 +572,8 @@ export class Orchestrator {
       modelSha256: meta.sha256,
       optimizerStateReset: reset,
       closedAt: now,
+      sampleCountClipped: clipped,
+      sampleCountRejected: rejected,
       ...(dp?.lastRound ? { dp: dp.lastRound } : {}),
     };
     await this.recordRound(job, st, record, dp);
@@ -644,6 +667,8 @@ export class Orchestrator {
       optimizerStateReset: reset,
       closedAt: now,
       ...(abortError ? { code: abortError.code } : {}),
+      sampleCountClipped: 0,
+      sampleCountRejected: failures.filter((f) => f.code === E_ROUND_SAMPLES).length,
       secagg,
       ...(dp?.lastRound
         ? {

@@ -11,7 +11,18 @@ import { createStrategy } from "../../../core/strategies/registry";
 import type { Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
 import { Orchestrator } from "../../../cloud/aggregator/src/orchestrator";
-import { chunkEvents, ctx, get, makeDelta, startJob, world, SPEC, type World } from "./support";
+import {
+  chunkEvents,
+  ctx,
+  get,
+  jobBody,
+  makeDelta,
+  post,
+  startJob,
+  world,
+  SPEC,
+  type World,
+} from "./support";
 
 const layout = modelLayout(SPEC as unknown as ModelSpec);
 const N = layout.totalSize;
@@ -124,4 +135,106 @@ test("a stored global model with NaN (e.g. from before this check) fails the job
   w.now.t += 1000;
   await w.agg.roundTimer({}, ctxStub);
   await assertDiverged(w, id, 1);
+});
+
+// --- defect 1: sample-count takeover ---------------------------------------------------------------------------
+
+const HONEST = ["dev-a", "dev-b", "dev-c"];
+const FOUR = { strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 } };
+
+/** global + Σ n_k Δ_k / Σ n_k in float64. */
+function fedavg(global: Float32Array, ups: { n: number; d: Float32Array }[]): Float64Array {
+  const total = ups.reduce((s, u) => s + u.n, 0);
+  const out = Float64Array.from(global);
+  for (const u of ups) for (let i = 0; i < out.length; i++) out[i] += (u.n * u.d[i]) / total;
+  return out;
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return worst;
+}
+
+/** Three honest devices (100 samples each) and `dev-x` claiming 2^53 samples with a far-off delta. */
+async function takeoverRound(w: World, id: string) {
+  await w.agg.roundTimer({}, ctxStub);
+  const w0 = await model(w, id, 0);
+  const honest = HONEST.map((dev, i) => ({ dev, n: 100, d: makeDelta(N, 40 + i) }));
+  const evil = new Float32Array(N).fill(5);
+  for (const u of honest) await send(w, id, 1, u.dev, u.n, u.d);
+  await send(w, id, 1, "dev-x", 2 ** 53, evil);
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  const rec = (await new JobRepository(w.store).getJob(id))!.rounds[0];
+  return { w0, honest, evil, rec, w1: await model(w, id, 1) };
+}
+
+test("a device claiming 2^53 samples is clipped to the count its trainer declared: it no longer dominates", async () => {
+  const w = world([...HONEST, "dev-x"]); // every trainer reported numSamples 100
+  const id = await startJob(w, FOUR);
+  const { w0, honest, evil, rec, w1 } = await takeoverRound(w, id);
+  // dev-x weighs like any other device: 100 of 400 samples
+  assert.ok(maxDiff(w1, fedavg(w0, [...honest, { n: 100, d: evil }])) < 1e-6);
+  // within bound of the honest mean: at most 1/4 of the distance to the attacker's update
+  const honestMean = fedavg(w0, honest);
+  assert.ok(maxDiff(w1, honestMean) <= 0.25 * 5.2 + 1e-6, `moved ${maxDiff(w1, honestMean)}`);
+  assert.equal(rec.completed, 4);
+  assert.equal(rec.sampleCountClipped, 1);
+  assert.equal(rec.sampleCountRejected, 0);
+  assert.ok(
+    w.logs.some((l) =>
+      /sample count clipped: 'dev-x' claims 9007199254740992 samples.*bound 100 \(declared\)/.test(l),
+    ),
+    w.logs.join("\n"),
+  );
+});
+
+test("sampleCountPolicy reject: an undeclared device above the job's maxSamplesPerDevice is refused (E_ROUND_SAMPLES)", async () => {
+  const w = world([...HONEST, "dev-x"]);
+  w.fleet.trainers = w.fleet.trainers.map((t) =>
+    t.deviceId === "dev-x" ? { deviceId: "dev-x", connected: true } : t,
+  );
+  const id = await startJob(w, { ...FOUR, maxSamplesPerDevice: 500, sampleCountPolicy: "reject" });
+  const { w0, honest, rec, w1 } = await takeoverRound(w, id);
+  assert.ok(maxDiff(w1, fedavg(w0, honest)) < 1e-6, "the honest mean");
+  assert.equal(rec.completed, 3);
+  assert.equal(rec.sampleCountRejected, 1);
+  assert.equal(rec.sampleCountClipped, 0);
+  assert.deepEqual(
+    rec.failures.map((f) => [f.deviceId, f.code]),
+    [["dev-x", "E_ROUND_SAMPLES"]],
+  );
+  assert.match(rec.failures[0].reason, /bound 500 \(job cap\)/);
+});
+
+test("nothing declared and no job cap: the default cap (100,000) bounds the claim", async () => {
+  const w = world([...HONEST, "dev-x"]);
+  w.fleet.trainers = w.fleet.trainers.map((t) => ({ deviceId: t.deviceId, connected: true }));
+  const id = await startJob(w, FOUR);
+  const job = await new JobRepository(w.store).getJob(id);
+  assert.equal(job?.definition.maxSamplesPerDevice, 100_000);
+  assert.equal(job?.definition.sampleCountPolicy, "clip");
+  const { w0, honest, evil, rec, w1 } = await takeoverRound(w, id);
+  assert.ok(maxDiff(w1, fedavg(w0, [...honest, { n: 100_000, d: evil }])) < 1e-5);
+  assert.equal(rec.sampleCountClipped, 1);
+});
+
+test("maxSamplesPerDevice and sampleCountPolicy are validated like the other job fields (E_JOB_INVALID, one line)", async () => {
+  const w = world();
+  for (const over of [
+    { maxSamplesPerDevice: 0 },
+    { maxSamplesPerDevice: 1.5 },
+    { maxSamplesPerDevice: "10" },
+    { maxSamplesPerDevice: 2e9 },
+    { sampleCountPolicy: "drop" },
+    { sampleCountPolicy: 1 },
+  ]) {
+    const r = await w.agg.http.createJob(post("/api/jobs", jobBody(over)), ctx());
+    assert.equal(r.status, 400, JSON.stringify(over));
+    const body = r.jsonBody as { code: string; message: string };
+    assert.equal(body.code, "E_JOB_INVALID");
+    assert.match(body.message, /^(maxSamplesPerDevice|sampleCountPolicy) must be/);
+    assert.ok(!body.message.includes("\n"));
+  }
 });

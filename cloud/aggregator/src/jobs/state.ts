@@ -42,6 +42,9 @@ export interface RoundRecord {
   readonly secagg?: SecAggRecord;
   /** Differential privacy: clip norm, noise std, whether anything was released, and ε spent so far. */
   readonly dp?: DpRoundRecord;
+  /** Updates whose sample-count claim was above its bound (jobs/samples.ts): weighed at the bound / refused. */
+  readonly sampleCountClipped?: number;
+  readonly sampleCountRejected?: number;
 }
 
 /** The round record's account of a secure aggregation. */
@@ -95,6 +98,8 @@ export interface JobDpState {
 export interface Participant {
   readonly deviceId: string;
   readonly config: FitConfig;
+  /** The sample count the device's trainer reported when the round opened (bounds its weight: jobs/samples.ts). */
+  readonly declaredSamples?: number;
 }
 
 export interface ReceivedUpdate {
