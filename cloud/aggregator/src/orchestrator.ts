@@ -128,10 +128,15 @@ export class Orchestrator {
   async tickJob(jobId: string, now: number, actions: string[] = []): Promise<void> {
     for (let step = 0; step < 4; step++) {
       const job = await this.repo.getJob(jobId);
+      if (job?.status === "stopped") {
+        await this.pauseRound(job, now, actions); // idempotent: finishes a stop interrupted mid-way
+        return;
+      }
       if (!job || job.status !== "running") return;
       const r = job.currentRound;
       if (r > 0) {
         let st = await this.repo.getRound(jobId, r);
+        if (st && st.status === "open" && st.paused) st = await this.resumeRound(job, st, now, actions);
         if (st && st.status === "open") {
           if (!st.dispatched) {
             st = await this.dispatch(job, st);
@@ -175,6 +180,77 @@ export class Orchestrator {
       if (!next) return;
       if (!(await this.openRound(next, r + 1, now, actions))) return;
     }
+  }
+
+  /**
+   * A stopped job's open round: marks it paused (persisted first, so a crash mid-way is finished by the next tick),
+   * then tells every participant — the trainer twin's desired `flotilla` is cleared (null = idle) and `abortRound`
+   * `{jobId, round}` is called (modules/trainer drops the round's training and secure-aggregation session) — and
+   * records that they were told. The update-queue's `openRounds` and the quantizer's job entry are left as they are:
+   * updates already trained are still delivered, and the ingest keeps them for when the job starts again.
+   */
+  async pauseRound(job: JobDocument, now: number, actions: string[] = []): Promise<void> {
+    const d = job.definition;
+    const r = job.currentRound;
+    if (job.status !== "stopped" || r < 1) return;
+    const st = await this.repo.updateRound(d.jobId, r, (cur) =>
+      cur.status !== "open" || cur.paused
+        ? undefined
+        : { ...cur, paused: { at: now, devicesReleased: false } },
+    );
+    if (!st || st.status !== "open" || !st.paused || st.paused.devicesReleased) return;
+    const { fleet, log } = this.services;
+    let told = 0;
+    const work = st.participants.map((p) => async () => {
+      const twin = fleet.configureRound(p.deviceId, null).then(
+        () => true,
+        (e: Error) => {
+          log(`stop ${d.jobId}/${r}: twin of ${p.deviceId} not cleared: ${e.message}`);
+          return false;
+        },
+      );
+      const abort = fleet.abortRound(p.deviceId, d.jobId, r).catch(() => false);
+      const [cleared] = await Promise.all([twin, abort]);
+      if (cleared) told++;
+    });
+    await pool(work, this.concurrency);
+    await this.repo.updateRound(d.jobId, r, (cur) =>
+      cur.paused && !cur.paused.devicesReleased
+        ? { ...cur, paused: { ...cur.paused, devicesReleased: true } }
+        : undefined,
+    );
+    actions.push(
+      `paused round ${r}: ${told}/${st.participants.length} trainer twins cleared, abortRound sent`,
+    );
+    log(
+      `job ${d.jobId} stopped: round ${r} paused, its ${st.participants.length} trainers told (abortRound)`,
+    );
+  }
+
+  /**
+   * A paused round of a job that runs again: its deadlines move by the time it was stopped (updates kept meanwhile
+   * still count, and nobody is timed out for the pause), and it is dispatched again when its devices were told to
+   * abort (the twin carries the round again).
+   */
+  private async resumeRound(
+    job: JobDocument,
+    st: RoundState,
+    now: number,
+    actions: string[],
+  ): Promise<RoundState | undefined> {
+    const next = await this.repo.updateRound(job.definition.jobId, st.round, (cur) => {
+      if (!cur.paused) return undefined;
+      const shift = Math.max(0, now - cur.paused.at);
+      const { paused, ...rest } = cur;
+      return {
+        ...rest,
+        deadline: cur.deadline + shift,
+        dispatched: paused.devicesReleased ? false : cur.dispatched,
+        ...(cur.secagg ? { secagg: { ...cur.secagg, stepDeadline: cur.secagg.stepDeadline + shift } } : {}),
+      };
+    });
+    actions.push(`resumed round ${st.round}`);
+    return next;
   }
 
   /**

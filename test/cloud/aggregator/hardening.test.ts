@@ -238,3 +238,112 @@ test("maxSamplesPerDevice and sampleCountPolicy are validated like the other job
     assert.ok(!body.message.includes("\n"));
   }
 });
+
+// --- defects 2 and 4: stopping and starting a job ---------------------------------------------------------------
+
+async function stop(w: World, id: string) {
+  const r = await w.agg.http.stopJob(post(`/api/jobs/${id}/stop`, undefined, { id }), ctx());
+  assert.equal(r.status, 200, JSON.stringify(r.jsonBody));
+}
+
+async function start(w: World, id: string) {
+  const r = await w.agg.http.startJob(post(`/api/jobs/${id}/start`, undefined, { id }), ctx());
+  assert.equal(r.status, 200, JSON.stringify(r.jsonBody));
+}
+
+test("stop then start loses nothing: an update arriving while the job is stopped is kept and aggregated, not timed out", async () => {
+  const w = world();
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const w0 = await model(w, id, 0);
+  const a = { n: 20, d: makeDelta(N, 61) };
+  const b = { n: 30, d: makeDelta(N, 62) };
+  await send(w, id, 1, "dev-b", b.n, b.d);
+  await stop(w, id);
+  // dev-a's update arrives while the job is stopped: acknowledged and kept
+  const acks = w.fleet.acks.length;
+  await send(w, id, 1, "dev-a", a.n, a.d);
+  assert.equal(w.agg.ingestor.counters.late, 0);
+  assert.equal(w.agg.ingestor.counters.updates_completed, 2);
+  assert.equal(w.fleet.acks.length, acks + 1);
+  // stopped for longer than the round's deadline: nothing moves meanwhile
+  w.now.t += 120_000;
+  await w.agg.roundTimer({}, ctxStub);
+  const repo = new JobRepository(w.store);
+  assert.equal((await repo.getRound(id, 1))?.status, "open");
+  assert.equal((await repo.getJob(id))?.rounds.length, 0);
+  // started again: the deadline moved by the time stopped, so the round still waits for dev-c
+  await start(w, id);
+  await w.agg.roundTimer({}, ctxStub);
+  const st = await repo.getRound(id, 1);
+  assert.equal(st?.status, "open");
+  assert.equal(st?.paused, undefined);
+  assert.deepEqual(Object.keys(st?.received ?? {}).sort(), ["dev-a", "dev-b"]);
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  const rec = (await repo.getJob(id))!.rounds[0];
+  assert.equal(rec.completed, 2);
+  assert.deepEqual(
+    rec.failures.map((f) => [f.deviceId, f.code]),
+    [["dev-c", "E_ROUND_TIMEOUT"]],
+  );
+  assert.ok(maxDiff(await model(w, id, 1), fedavg(w0, [a, b])) < 1e-6);
+});
+
+test("stopping a job tells its devices: abortRound and an idle trainer twin each; starting dispatches the round again", async () => {
+  const w = world();
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  const repo = new JobRepository(w.store);
+  const before = await repo.getRound(id, 1);
+  const configured = w.fleet.configured.length;
+  const started = w.fleet.started.length;
+  w.now.t += 5_000;
+  await stop(w, id);
+  assert.deepEqual(w.fleet.aborted.map((x) => [x.deviceId, x.jobId, x.round]).sort(), [
+    ["dev-a", id, 1],
+    ["dev-b", id, 1],
+    ["dev-c", id, 1],
+  ]);
+  assert.deepEqual(
+    w.fleet.configured
+      .slice(configured)
+      .map((c) => [c.deviceId, c.desired])
+      .sort(),
+    [
+      ["dev-a", null],
+      ["dev-b", null],
+      ["dev-c", null],
+    ],
+  );
+  assert.deepEqual((await repo.getRound(id, 1))?.paused, { at: w.now.t, devicesReleased: true });
+  // the update-queue keeps the round open (queued updates still come in and are kept)
+  assert.ok(!w.fleet.openRounds.some((o) => o.round === null));
+  // a tick while stopped does not tell them again
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal(w.fleet.aborted.length, 3);
+  // start: the twin carries the round again, with the deadline moved by the 30 s stopped
+  w.now.t += 30_000;
+  await start(w, id);
+  await w.agg.roundTimer({}, ctxStub);
+  const again = w.fleet.configured.slice(configured + 3);
+  assert.deepEqual(
+    again.map((c) => c.desired?.round),
+    [1, 1, 1],
+  );
+  assert.equal(again[0].desired?.deadline, before!.deadline + 30_000);
+  assert.equal(w.fleet.started.length, started + 3);
+});
+
+test("a stop the Function did not finish (instance died after the status write) is finished by the timer", async () => {
+  const w = world();
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  const repo = new JobRepository(w.store);
+  await repo.updateJob(id, (cur) => ({ ...cur, status: "stopped" }));
+  assert.equal(w.fleet.aborted.length, 0);
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal(w.fleet.aborted.length, 3);
+  assert.equal(w.fleet.configured.filter((c) => c.desired === null).length, 3);
+  assert.equal((await repo.getRound(id, 1))?.paused?.devicesReleased, true);
+});

@@ -130,6 +130,12 @@ export interface RoundState {
   readonly secagg?: SecAggRoundState;
   /** DP jobs: the clip norm the round's updates are clipped to (fixed when it opens), and the devices' order. */
   readonly dp?: { readonly clip: number; readonly order?: DpOrder };
+  /**
+   * Set while its job is stopped: since when, and whether every participant was told (trainer twin `flotilla`
+   * cleared, `abortRound` called). Updates that arrive meanwhile are kept; when the job starts again the deadlines
+   * move by the time stopped and the round is dispatched again.
+   */
+  readonly paused?: { readonly at: number; readonly devicesReleased: boolean };
 }
 
 /**
