@@ -76,6 +76,13 @@ interface CachedStrategy {
 export interface OrchestratorOptions {
   /** Participants configured at once per round dispatch (default 32; each does 2 twin updates + 1 method). */
   readonly dispatchConcurrency?: number;
+  /**
+   * Orphan chunks (first chunks of updates that never completed) older than this are deleted by the sweep in the
+   * timer tick (default 24 h; a device whose queue still holds the update resends every chunk anyway).
+   */
+  readonly chunkMaxAgeMs?: number;
+  /** How often (at most) a process runs that sweep (default 1 h; the first tick sweeps). */
+  readonly chunkSweepIntervalMs?: number;
   /** Builds a job's strategy (default core/strategies/registry createStrategy; tests substitute one). */
   readonly strategyFactory?: (name: string, opts: StrategyOptions) => Strategy;
 }
@@ -85,6 +92,11 @@ export const DIVERGED = "E_ROUND_DIVERGED";
 
 export class Orchestrator {
   readonly repo: JobRepository;
+  /** Orphan chunks deleted: when their round closed, and by the age sweep. */
+  readonly counters = { orphan_chunks_closed: 0, orphan_chunks_swept: 0 };
+  private readonly chunkMaxAgeMs: number;
+  private readonly chunkSweepIntervalMs: number;
+  private nextSweep = 0;
   private readonly strategies = new Map<string, CachedStrategy>();
   private readonly concurrency: number;
   private readonly secure: SecureRounds;
@@ -99,6 +111,8 @@ export class Orchestrator {
     this.concurrency = opts.dispatchConcurrency ?? 32;
     this.secure = new SecureRounds(services, this.concurrency);
     this.createStrategy = opts.strategyFactory ?? createStrategy;
+    this.chunkMaxAgeMs = opts.chunkMaxAgeMs ?? 24 * 3600_000;
+    this.chunkSweepIntervalMs = opts.chunkSweepIntervalMs ?? 3600_000;
   }
 
   /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
@@ -121,7 +135,53 @@ export class Orchestrator {
       }
       if (actions.length > 0) report.jobs.push({ jobId, actions });
     }
+    if (now >= this.nextSweep) {
+      this.nextSweep = now + this.chunkSweepIntervalMs;
+      await this.sweepChunks(now, report).catch((e: Error) => {
+        this.services.log(`chunk sweep failed: ${e.message}`);
+      });
+    }
     return report;
+  }
+
+  /**
+   * Deletes the chunks (jobs/{id}/rounds/{r}/chunks/…) last written more than chunkMaxAgeMs ago, of every job:
+   * the first chunks of updates whose rest never came (the device gave up, or its round closed while the chunks
+   * were in flight). Counted in `orphan_chunks_swept` and logged per job.
+   */
+  async sweepChunks(now: number, report?: TickReport): Promise<number> {
+    let total = 0;
+    for (const jobId of await this.repo.listJobIds()) {
+      const old = (await this.services.store.listInfo(`jobs/${jobId}/rounds/`)).filter(
+        (b) => b.name.includes("/chunks/") && now - b.lastModified > this.chunkMaxAgeMs,
+      );
+      let n = 0;
+      for (const b of old) if (await this.services.store.delete(b.name)) n++;
+      if (n === 0) continue;
+      total += n;
+      this.counters.orphan_chunks_swept += n;
+      const line = `swept ${n} orphan chunk(s) older than ${Math.round(this.chunkMaxAgeMs / 60_000)} min`;
+      this.services.log(`job ${jobId}: ${line}`);
+      const entry = report?.jobs.find((j) => j.jobId === jobId);
+      if (entry) entry.actions.push(line);
+      else report?.jobs.push({ jobId, actions: [line] });
+    }
+    return total;
+  }
+
+  /** Deletes what is left under a closing round's chunks/ (updates that never completed); returns how many. */
+  private async dropRoundChunks(jobId: string, round: number): Promise<number> {
+    const prefix = `jobs/${jobId}/rounds/${round}/chunks/`;
+    let n = 0;
+    for (const name of await this.services.store.list(prefix))
+      if (await this.services.store.delete(name)) n++;
+    if (n > 0) {
+      this.counters.orphan_chunks_closed += n;
+      this.services.log(
+        `round ${jobId}/${round}: deleted ${n} orphan chunk(s) of updates that never completed`,
+      );
+    }
+    return n;
   }
 
   /** Advances one job as far as it can go now. */
@@ -778,6 +838,7 @@ export class Orchestrator {
   ): Promise<void> {
     const d = job.definition;
     const stopMessage = `round ${st.round}: ${message}`;
+    const orphans = await this.dropRoundChunks(d.jobId, st.round);
     const record: RoundRecord = {
       round: st.round,
       status: "failed",
@@ -792,6 +853,7 @@ export class Orchestrator {
       optimizerStateReset: false,
       closedAt: now,
       code: DIVERGED,
+      orphanChunksDeleted: orphans,
     };
     await this.repo.updateJob(d.jobId, (cur) =>
       cur.status !== "running" && cur.status !== "stopped"
@@ -827,12 +889,13 @@ export class Orchestrator {
     const d = job.definition;
     const now = record.closedAt;
     const completed = record.completed;
+    const orphans = await this.dropRoundChunks(d.jobId, st.round);
     await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === st.round)) return undefined;
       const done = st.round >= cur.definition.rounds;
       return {
         ...cur,
-        rounds: [...cur.rounds, record],
+        rounds: [...cur.rounds, { ...record, orphanChunksDeleted: orphans }],
         status: done && cur.status === "running" ? "completed" : cur.status,
         ...(dp && cur.dp ? { dp: { ...cur.dp, state: dp.exportState(), spent: spentOf(dp) } } : {}),
         updatedAt: now,

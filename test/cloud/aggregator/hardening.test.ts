@@ -11,6 +11,8 @@ import { createStrategy } from "../../../core/strategies/registry";
 import type { Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
 import { Orchestrator } from "../../../cloud/aggregator/src/orchestrator";
+import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
+import { MemoryBlobStore } from "../../../cloud/aggregator/src/store/blob-store";
 import {
   chunkEvents,
   ctx,
@@ -18,6 +20,7 @@ import {
   jobBody,
   makeDelta,
   post,
+  RecordingFleet,
   startJob,
   world,
   SPEC,
@@ -346,4 +349,63 @@ test("a stop the Function did not finish (instance died after the status write) 
   assert.equal(w.fleet.aborted.length, 3);
   assert.equal(w.fleet.configured.filter((c) => c.desired === null).length, 3);
   assert.equal((await repo.getRound(id, 1))?.paused?.devicesReleased, true);
+});
+
+// --- defect 3: orphan chunks -------------------------------------------------------------------------------------
+
+test("orphan chunks are deleted when their round closes, counted in the round record and logged", async () => {
+  const w = world();
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  // dev-a's update never completes: only its first two chunks arrive
+  const { events } = chunkEvents(result(id, 1, "dev-a", 10, makeDelta(N, 71)), { maxChunkBytes: 97 });
+  assert.ok(events.length > 3);
+  assert.equal((await w.agg.ingestUpdates(events.slice(0, 2), ctxStub)).rejected, 0);
+  for (const dev of ["dev-b", "dev-c"]) await send(w, id, 1, dev, 10, makeDelta(N, 72));
+  const chunkDir = `jobs/${id}/rounds/1/chunks/`;
+  assert.equal((await w.store.list(chunkDir)).length, 2);
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await w.store.list(chunkDir), []);
+  const rec = (await new JobRepository(w.store).getJob(id))!.rounds[0];
+  assert.equal(rec.completed, 2);
+  assert.equal(rec.orphanChunksDeleted, 2);
+  assert.equal(w.agg.orchestrator.counters.orphan_chunks_closed, 2);
+  assert.ok(w.logs.some((l) => /round job-1\/1: deleted 2 orphan chunk\(s\)/.test(l)));
+});
+
+test("the timer's sweep deletes orphan chunks older than the max age, also of a round still open", async () => {
+  const now = { t: 1_700_000_000_000 };
+  const store = new MemoryBlobStore("memory://sweep", () => now.t);
+  const fleet = new RecordingFleet();
+  fleet.trainers = HONEST.map((deviceId) => ({ deviceId, connected: true, numSamples: 100 }));
+  const logs: string[] = [];
+  const services = { store, fleet, clock: () => now.t, log: (l: string) => logs.push(l) };
+  const agg = createAggregator(services, { tickAfterIngest: false });
+  const orch = new Orchestrator(services, { chunkMaxAgeMs: 3600_000, chunkSweepIntervalMs: 600_000 });
+  const body = jobBody({ roundDeadlineSeconds: 7200 });
+  assert.equal((await agg.http.createJob(post("/api/jobs", body), ctx())).status, 201);
+  const id = String(body.jobId);
+  assert.equal(
+    (await agg.http.startJob(post(`/api/jobs/${id}/start`, undefined, { id }), ctx())).status,
+    200,
+  );
+  await orch.tick(now.t);
+  const { events } = chunkEvents(result(id, 1, "dev-a", 10, makeDelta(N, 81)), { maxChunkBytes: 97 });
+  assert.equal((await agg.ingestUpdates(events.slice(0, 3), ctxStub)).rejected, 0);
+  const chunkDir = `jobs/${id}/rounds/1/chunks/`;
+  assert.equal((await store.list(chunkDir)).length, 3);
+  now.t += 30 * 60_000; // 30 min old: kept
+  await orch.tick(now.t);
+  assert.equal((await store.list(chunkDir)).length, 3);
+  now.t += 31 * 60_000; // 61 min old: swept, the round still open
+  const report = await orch.tick(now.t);
+  assert.deepEqual(await store.list(chunkDir), []);
+  assert.equal(orch.counters.orphan_chunks_swept, 3);
+  assert.match(JSON.stringify(report), /swept 3 orphan chunk\(s\) older than 60 min/);
+  assert.ok(logs.some((l) => l === `job ${id}: swept 3 orphan chunk(s) older than 60 min`));
+  assert.equal((await new JobRepository(store).getRound(id, 1))?.status, "open");
+  // the update-queue resends the whole update: it completes as usual
+  assert.equal((await agg.ingestUpdates(events, ctxStub)).rejected, 0);
+  assert.ok((await new JobRepository(store).getRound(id, 1))?.received["dev-a"]);
 });

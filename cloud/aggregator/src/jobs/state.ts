@@ -45,6 +45,8 @@ export interface RoundRecord {
   /** Updates whose sample-count claim was above its bound (jobs/samples.ts): weighed at the bound / refused. */
   readonly sampleCountClipped?: number;
   readonly sampleCountRejected?: number;
+  /** Chunks of updates that never completed, deleted when the round closed. */
+  readonly orphanChunksDeleted?: number;
 }
 
 /** The round record's account of a secure aggregation. */
