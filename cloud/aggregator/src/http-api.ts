@@ -9,7 +9,8 @@
  *                                      idle twin; updates arriving meanwhile are kept for the restart)
  *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
  *                                      (a job stopped by its privacy budget: status `completed`,
- *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`)
+ *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`;
+ *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
  *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
  */
@@ -187,6 +188,7 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
                 participants: openRound.participants.map((p) => p.deviceId),
                 received: Object.keys(openRound.received),
                 deadline: openRound.deadline,
+                ...(openRound.paused ? { paused: openRound.paused } : {}),
                 ...(openRound.secagg
                   ? {
                       secagg: {

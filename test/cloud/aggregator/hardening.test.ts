@@ -320,6 +320,11 @@ test("stopping a job tells its devices: abortRound and an idle trainer twin each
     ],
   );
   assert.deepEqual((await repo.getRound(id, 1))?.paused, { at: w.now.t, devicesReleased: true });
+  const shown = await w.agg.http.getJob(get(`/api/jobs/${id}`, { id }), ctx());
+  assert.deepEqual((shown.jsonBody as { currentRoundState: { paused: unknown } }).currentRoundState.paused, {
+    at: w.now.t,
+    devicesReleased: true,
+  });
   // the update-queue keeps the round open (queued updates still come in and are kept)
   assert.ok(!w.fleet.openRounds.some((o) => o.round === null));
   // a tick while stopped does not tell them again
