@@ -343,7 +343,7 @@ test("stopping a job tells its devices: abortRound and an idle trainer twin each
   assert.equal(w.fleet.started.length, started + 3);
 });
 
-test("a stop the Function did not finish (instance died after the status write) is finished by the timer", async () => {
+test("a stop whose devices were not told yet (status written, release not done) is finished by the timer", async () => {
   const w = world();
   const id = await startJob(w);
   await w.agg.roundTimer({}, ctxStub);
