@@ -38,3 +38,8 @@ export function nonFiniteModelReason(
     `(first: index ${first} = ${String(weights[first])}${entry ? `, in '${entry.name}'` : ""})`
   );
 }
+
+/** True when every value of `weights` is finite (no NaN, no ±Infinity). */
+export function isFiniteWeights(weights: ArrayLike<number>): boolean {
+  return firstNonFinite(weights) < 0;
+}

@@ -60,7 +60,12 @@ export function createAggregator(services: AggregatorServices, options: Aggregat
     services,
     orchestrator,
     ingestor,
-    http: createHttpApi(services),
+    http: createHttpApi(services, {
+      async onStopped(jobId) {
+        const job = await orchestrator.repo.getJob(jobId);
+        if (job) await orchestrator.pauseRound(job, services.clock());
+      },
+    }),
     async roundTimer(_timer, context) {
       const report = await orchestrator.tick(services.clock());
       for (const j of report.jobs) context.log(`roundTimer ${j.jobId}: ${j.actions.join("; ")}`);

@@ -5,9 +5,12 @@
  *   POST /api/jobs                     create (body: JobDefinition JSON)          → 201 job
  *   POST /api/jobs/{id}/start          created|stopped → running                  → 200 job
  *   POST /api/jobs/{id}/stop           running → stopped                          → 200 job
+ *                                      (the open round is paused: its trainers get `abortRound` and an
+ *                                      idle twin; updates arriving meanwhile are kept for the restart)
  *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
  *                                      (a job stopped by its privacy budget: status `completed`,
- *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`)
+ *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`;
+ *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
  *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
  */
@@ -67,7 +70,12 @@ function summary(job: JobDocument) {
   };
 }
 
-export function createHttpApi(services: AggregatorServices): HttpApi {
+export interface HttpApiOptions {
+  /** Runs after a job went to `stopped` (the orchestrator pauses its round and tells its devices). */
+  readonly onStopped?: (jobId: string) => Promise<void>;
+}
+
+export function createHttpApi(services: AggregatorServices, options: HttpApiOptions = {}): HttpApi {
   const repo = new JobRepository(services.store);
 
   const guard =
@@ -111,6 +119,12 @@ export function createHttpApi(services: AggregatorServices): HttpApi {
         return error(409, "E_JOB_STATE", `job '${found.definition.jobId}' is ${refused}: cannot go ${to}`);
       }
       services.log(`job ${found.definition.jobId} → ${to}`);
+      if (to === "stopped" && options.onStopped) {
+        // Best effort: the timer finishes it on its next tick if this fails or the instance dies.
+        await options.onStopped(found.definition.jobId).catch((e: unknown) => {
+          services.log(`job ${found.definition.jobId}: telling its devices failed: ${String(e)}`);
+        });
+      }
       return { status: 200, jsonBody: summary(next ?? found) };
     });
 
@@ -174,6 +188,7 @@ export function createHttpApi(services: AggregatorServices): HttpApi {
                 participants: openRound.participants.map((p) => p.deviceId),
                 received: Object.keys(openRound.received),
                 deadline: openRound.deadline,
+                ...(openRound.paused ? { paused: openRound.paused } : {}),
                 ...(openRound.secagg
                   ? {
                       secagg: {

@@ -213,7 +213,9 @@ export class Ingestor {
       await this.ack(p.deviceId, p.updateId);
       return;
     }
-    if (round.status !== "open" || job.status !== "running") {
+    // A stopped job's open round keeps what arrives (acknowledged, so it must never be dropped): the round resumes
+    // with it when the job starts again.
+    if (round.status !== "open" || (job.status !== "running" && job.status !== "stopped")) {
       await this.ack(p.deviceId, p.updateId); // it can never be used: let the queue drop it
       throw new Reject(
         "late",

@@ -35,9 +35,11 @@ import { decodeMessage } from "../../../core/protocol/messages";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/models";
 import { createStrategy } from "../../../core/strategies/registry";
-import type { ClientInfo, FitFailure, Strategy } from "../../../core/strategies/strategy";
+import type { ClientInfo, FitFailure, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/models";
 import { weightsHash } from "../../../core/tensor/layout";
+import { nonFiniteModelReason } from "../../../core/tensor/finite";
+import { FlotillaError } from "../../../core/errors";
 import type { RoundDesired, TrainerInfo } from "./fleet/fleet";
 import { putJson } from "./store/blob-store";
 import {
@@ -54,6 +56,7 @@ import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
+import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { JobDpState } from "./jobs/state";
 
 /** Strategies whose whole server state is the global model (nothing lost on restart). */
@@ -73,13 +76,31 @@ interface CachedStrategy {
 export interface OrchestratorOptions {
   /** Participants configured at once per round dispatch (default 32; each does 2 twin updates + 1 method). */
   readonly dispatchConcurrency?: number;
+  /**
+   * Orphan chunks (first chunks of updates that never completed) older than this are deleted by the sweep in the
+   * timer tick (default 24 h; a device whose queue still holds the update resends every chunk anyway).
+   */
+  readonly chunkMaxAgeMs?: number;
+  /** How often (at most) a process runs that sweep (default 1 h; the first tick sweeps). */
+  readonly chunkSweepIntervalMs?: number;
+  /** Builds a job's strategy (default core/strategies/registry createStrategy; tests substitute one). */
+  readonly strategyFactory?: (name: string, opts: StrategyOptions) => Strategy;
 }
+
+/** The code of a round whose global model is not finite (the job then fails with stopReason "diverged"). */
+export const DIVERGED = "E_MODEL_DIVERGED";
 
 export class Orchestrator {
   readonly repo: JobRepository;
+  /** Orphan chunks deleted: when their round closed, and by the age sweep. */
+  readonly counters = { orphan_chunks_closed: 0, orphan_chunks_swept: 0 };
+  private readonly chunkMaxAgeMs: number;
+  private readonly chunkSweepIntervalMs: number;
+  private nextSweep = 0;
   private readonly strategies = new Map<string, CachedStrategy>();
   private readonly concurrency: number;
   private readonly secure: SecureRounds;
+  private readonly createStrategy: (name: string, opts: StrategyOptions) => Strategy;
   private running: Promise<TickReport> | null = null;
 
   constructor(
@@ -89,6 +110,9 @@ export class Orchestrator {
     this.repo = new JobRepository(services.store);
     this.concurrency = opts.dispatchConcurrency ?? 32;
     this.secure = new SecureRounds(services, this.concurrency);
+    this.createStrategy = opts.strategyFactory ?? createStrategy;
+    this.chunkMaxAgeMs = opts.chunkMaxAgeMs ?? 24 * 3600_000;
+    this.chunkSweepIntervalMs = opts.chunkSweepIntervalMs ?? 3600_000;
   }
 
   /** One pass over every running job. Overlapping calls in one process share the pass in progress. */
@@ -111,17 +135,68 @@ export class Orchestrator {
       }
       if (actions.length > 0) report.jobs.push({ jobId, actions });
     }
+    if (now >= this.nextSweep) {
+      this.nextSweep = now + this.chunkSweepIntervalMs;
+      await this.sweepChunks(now, report).catch((e: Error) => {
+        this.services.log(`chunk sweep failed: ${e.message}`);
+      });
+    }
     return report;
+  }
+
+  /**
+   * Deletes the chunks (jobs/{id}/rounds/{r}/chunks/…) last written more than chunkMaxAgeMs ago, of every job:
+   * the first chunks of updates whose rest never came (the device gave up, or its round closed while the chunks
+   * were in flight). Counted in `orphan_chunks_swept` and logged per job.
+   */
+  async sweepChunks(now: number, report?: TickReport): Promise<number> {
+    let total = 0;
+    for (const jobId of await this.repo.listJobIds()) {
+      const old = (await this.services.store.listInfo(`jobs/${jobId}/rounds/`)).filter(
+        (b) => b.name.includes("/chunks/") && now - b.lastModified > this.chunkMaxAgeMs,
+      );
+      let n = 0;
+      for (const b of old) if (await this.services.store.delete(b.name)) n++;
+      if (n === 0) continue;
+      total += n;
+      this.counters.orphan_chunks_swept += n;
+      const line = `swept ${n} orphan chunk(s) older than ${Math.round(this.chunkMaxAgeMs / 60_000)} min`;
+      this.services.log(`job ${jobId}: ${line}`);
+      const entry = report?.jobs.find((j) => j.jobId === jobId);
+      if (entry) entry.actions.push(line);
+      else report?.jobs.push({ jobId, actions: [line] });
+    }
+    return total;
+  }
+
+  /** Deletes what is left under a closing round's chunks/ (updates that never completed); returns how many. */
+  private async dropRoundChunks(jobId: string, round: number): Promise<number> {
+    const prefix = `jobs/${jobId}/rounds/${round}/chunks/`;
+    let n = 0;
+    for (const name of await this.services.store.list(prefix))
+      if (await this.services.store.delete(name)) n++;
+    if (n > 0) {
+      this.counters.orphan_chunks_closed += n;
+      this.services.log(
+        `round ${jobId}/${round}: deleted ${n} orphan chunk(s) of updates that never completed`,
+      );
+    }
+    return n;
   }
 
   /** Advances one job as far as it can go now. */
   async tickJob(jobId: string, now: number, actions: string[] = []): Promise<void> {
     for (let step = 0; step < 4; step++) {
       const job = await this.repo.getJob(jobId);
+      if (job?.status === "stopped") {
+        await this.pauseRound(job, now, actions); // idempotent: finishes a stop interrupted mid-way
+        return;
+      }
       if (!job || job.status !== "running") return;
       const r = job.currentRound;
       if (r > 0) {
         let st = await this.repo.getRound(jobId, r);
+        if (st && st.status === "open" && st.paused) st = await this.resumeRound(job, st, now, actions);
         if (st && st.status === "open") {
           if (!st.dispatched) {
             st = await this.dispatch(job, st);
@@ -138,7 +213,14 @@ export class Orchestrator {
           }
         }
         if (st && st.status === "closing") {
-          await this.closeRound(job, st, st.secagg ? this.services.clock() : now);
+          const at = st.secagg ? this.services.clock() : now;
+          try {
+            await this.closeRound(job, st, at);
+          } catch (e) {
+            if ((e as { code?: string }).code !== DIVERGED) throw e;
+            await this.diverge(job, st, at, (e as Error).message, actions);
+            return;
+          }
           actions.push(`closed round ${r}`);
           continue;
         }
@@ -158,6 +240,77 @@ export class Orchestrator {
       if (!next) return;
       if (!(await this.openRound(next, r + 1, now, actions))) return;
     }
+  }
+
+  /**
+   * A stopped job's open round: marks it paused (persisted first, so a crash mid-way is finished by the next tick),
+   * then tells every participant — the trainer twin's desired `flotilla` is cleared (null = idle) and `abortRound`
+   * `{jobId, round}` is called (modules/trainer drops the round's training and secure-aggregation session) — and
+   * records that they were told. The update-queue's `openRounds` and the quantizer's job entry are left as they are:
+   * updates already trained are still delivered, and the ingest keeps them for when the job starts again.
+   */
+  async pauseRound(job: JobDocument, now: number, actions: string[] = []): Promise<void> {
+    const d = job.definition;
+    const r = job.currentRound;
+    if (job.status !== "stopped" || r < 1) return;
+    const st = await this.repo.updateRound(d.jobId, r, (cur) =>
+      cur.status !== "open" || cur.paused
+        ? undefined
+        : { ...cur, paused: { at: now, devicesReleased: false } },
+    );
+    if (!st || st.status !== "open" || !st.paused || st.paused.devicesReleased) return;
+    const { fleet, log } = this.services;
+    let told = 0;
+    const work = st.participants.map((p) => async () => {
+      const twin = fleet.configureRound(p.deviceId, null).then(
+        () => true,
+        (e: Error) => {
+          log(`stop ${d.jobId}/${r}: twin of ${p.deviceId} not cleared: ${e.message}`);
+          return false;
+        },
+      );
+      const abort = fleet.abortRound(p.deviceId, d.jobId, r).catch(() => false);
+      const [cleared] = await Promise.all([twin, abort]);
+      if (cleared) told++;
+    });
+    await pool(work, this.concurrency);
+    await this.repo.updateRound(d.jobId, r, (cur) =>
+      cur.paused && !cur.paused.devicesReleased
+        ? { ...cur, paused: { ...cur.paused, devicesReleased: true } }
+        : undefined,
+    );
+    actions.push(
+      `paused round ${r}: ${told}/${st.participants.length} trainer twins cleared, abortRound sent`,
+    );
+    log(
+      `job ${d.jobId} stopped: round ${r} paused, its ${st.participants.length} trainers told (abortRound)`,
+    );
+  }
+
+  /**
+   * A paused round of a job that runs again: its deadlines move by the time it was stopped (updates kept meanwhile
+   * still count, and nobody is timed out for the pause), and it is dispatched again when its devices were told to
+   * abort (the twin carries the round again).
+   */
+  private async resumeRound(
+    job: JobDocument,
+    st: RoundState,
+    now: number,
+    actions: string[],
+  ): Promise<RoundState | undefined> {
+    const next = await this.repo.updateRound(job.definition.jobId, st.round, (cur) => {
+      if (!cur.paused) return undefined;
+      const shift = Math.max(0, now - cur.paused.at);
+      const { paused, ...rest } = cur;
+      return {
+        ...rest,
+        deadline: cur.deadline + shift,
+        dispatched: paused.devicesReleased ? false : cur.dispatched,
+        ...(cur.secagg ? { secagg: { ...cur.secagg, stepDeadline: cur.secagg.stepDeadline + shift } } : {}),
+      };
+    });
+    actions.push(`resumed round ${st.round}`);
+    return next;
   }
 
   /**
@@ -330,7 +483,7 @@ export class Orchestrator {
       const meta = await this.repo.getModelMeta(d.jobId, round - 1);
       if (!meta) throw new Error(`model ${round - 1} of ${d.jobId} is missing`);
       const available = this.eligible(job, await this.services.fleet.listTrainers());
-      const strategy = createStrategy(d.strategy, d.strategyOptions);
+      const strategy = this.createStrategy(d.strategy, d.strategyOptions);
       const picks = strategy.configureFit(round, available);
       if (picks.length === 0) {
         actions.push(`round ${round}: no eligible trainer, waiting`);
@@ -350,11 +503,19 @@ export class Orchestrator {
         return false;
       }
       const order = dp?.deviceOrder(d.secureAggregation !== undefined);
+      const declared = new Map(available.map((a) => [a.deviceId, a.numSamples]));
       const fresh: RoundState = {
         jobId: d.jobId,
         round,
         status: "open",
-        participants: picks.map((p) => ({ deviceId: p.deviceId, config: p.config })),
+        participants: picks.map((p) => {
+          const n = declared.get(p.deviceId);
+          return {
+            deviceId: p.deviceId,
+            config: p.config,
+            ...(n !== undefined ? { declaredSamples: n } : {}),
+          };
+        }),
         received: {},
         openedAt: now,
         deadline: now + d.roundDeadlineSeconds * 1000,
@@ -448,7 +609,12 @@ export class Orchestrator {
     if (cached && cached.round === round && cached.sha256 === model.sha256) {
       return { strategy: cached.strategy, reset: false };
     }
-    const strategy = createStrategy(d.strategy, d.strategyOptions);
+    const bad = nonFiniteModelReason(model.weights, round);
+    if (bad !== undefined) {
+      // e.g. written before this check existed, or a damaged blob: no round can train from it.
+      throw new FlotillaError(DIVERGED, bad);
+    }
+    const strategy = this.createStrategy(d.strategy, d.strategyOptions);
     strategy.initialize(model.weights);
     return { strategy, reset: round > 0 && !STATELESS.has(d.strategy) };
   }
@@ -463,6 +629,8 @@ export class Orchestrator {
     let bytes = 0;
     let lossSum = 0;
     let lossN = 0;
+    let clipped = 0;
+    let rejected = 0;
     for (const p of st.participants) {
       const rec = st.received[p.deviceId];
       if (!rec) {
@@ -490,16 +658,26 @@ export class Orchestrator {
       try {
         const msg = decodeMessage(blob.bytes);
         if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
+        const weight = boundSamples(d, p.deviceId, p.declaredSamples, msg.numSamples);
+        if (weight.outcome !== "ok") {
+          this.services.log(`round ${d.jobId}/${st.round}: sample count ${weight.outcome}: ${weight.reason}`);
+        }
+        if (weight.outcome === "rejected") {
+          rejected++;
+          failures.push({ deviceId: p.deviceId, code: E_ROUND_SAMPLES, reason: weight.reason });
+          continue;
+        }
+        if (weight.outcome === "clipped") clipped++;
         agg.add({
           deviceId: p.deviceId,
-          numSamples: msg.numSamples,
+          numSamples: weight.numSamples,
           delta: msg.delta,
           metrics: msg.metrics,
           ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
         });
         if (Number.isFinite(msg.metrics?.loss)) {
-          lossSum += msg.metrics.loss * msg.numSamples;
-          lossN += msg.numSamples;
+          lossSum += msg.metrics.loss * weight.numSamples;
+          lossN += weight.numSamples;
         }
       } catch (e) {
         const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
@@ -508,6 +686,11 @@ export class Orchestrator {
     }
     const completed = agg.count;
     const next = agg.finish(failures);
+    const diverged = nonFiniteModelReason(next, st.round);
+    if (diverged !== undefined) {
+      this.strategies.delete(d.jobId);
+      throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
+    }
     const meta = await this.publishModel(job, st.round, next, now);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
@@ -524,6 +707,8 @@ export class Orchestrator {
       modelSha256: meta.sha256,
       optimizerStateReset: reset,
       closedAt: now,
+      sampleCountClipped: clipped,
+      sampleCountRejected: rejected,
       ...(dp?.lastRound ? { dp: dp.lastRound } : {}),
     };
     await this.recordRound(job, st, record, dp);
@@ -593,6 +778,11 @@ export class Orchestrator {
     }
     const completed = agg.count;
     const next = agg.finish(failures);
+    const diverged = nonFiniteModelReason(next, st.round);
+    if (diverged !== undefined) {
+      this.strategies.delete(d.jobId);
+      throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
+    }
     const meta = await this.publishModel(job, st.round, next, now);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
@@ -610,6 +800,8 @@ export class Orchestrator {
       optimizerStateReset: reset,
       closedAt: now,
       ...(abortError ? { code: abortError.code } : {}),
+      sampleCountClipped: 0,
+      sampleCountRejected: failures.filter((f) => f.code === E_ROUND_SAMPLES).length,
       secagg,
       ...(dp?.lastRound
         ? {
@@ -630,6 +822,58 @@ export class Orchestrator {
   }
 
   /**
+   * Ends a job whose global model is not finite (`message` names the round): the round is recorded `failed` with
+   * code E_MODEL_DIVERGED, the job `failed` with stopReason "diverged", in one write; nothing is published, so
+   * devices never download the model (a DP job keeping on would only spend budget at chance accuracy).
+   */
+  private async diverge(
+    job: JobDocument,
+    st: RoundState,
+    now: number,
+    message: string,
+    actions: string[],
+  ): Promise<void> {
+    const d = job.definition;
+    const stopMessage = `round ${st.round}: ${message}`;
+    const orphans = await this.dropRoundChunks(d.jobId, st.round);
+    const record: RoundRecord = {
+      round: st.round,
+      status: "failed",
+      participants: st.participants.length,
+      completed: 0,
+      failures: [],
+      trainLoss: null,
+      bytesReceived: Object.values(st.received).reduce((s, u) => s + u.bytes, 0),
+      durationMs: now - st.openedAt,
+      belowQuorum: true,
+      modelSha256: st.modelSha256,
+      optimizerStateReset: false,
+      closedAt: now,
+      code: DIVERGED,
+      orphanChunksDeleted: orphans,
+    };
+    await this.repo.updateJob(d.jobId, (cur) =>
+      cur.status !== "running" && cur.status !== "stopped"
+        ? undefined
+        : {
+            ...cur,
+            rounds: cur.rounds.some((x) => x.round === st.round) ? cur.rounds : [...cur.rounds, record],
+            status: "failed",
+            stopReason: "diverged",
+            stopMessage,
+            updatedAt: now,
+          },
+    );
+    await this.repo.updateRound(d.jobId, st.round, (cur) =>
+      cur.status === "closed" ? undefined : { ...cur, status: "closed" },
+    );
+    this.strategies.delete(d.jobId);
+    await this.releaseQuantizers(job);
+    actions.push(`failed: ${stopMessage}`);
+    this.services.log(`job ${d.jobId} failed (${DIVERGED}, diverged): ${stopMessage}`);
+  }
+
+  /**
    * Commits the round to the job document (with the DP state after it, in the same write), then marks its state
    * closed.
    */
@@ -642,12 +886,13 @@ export class Orchestrator {
     const d = job.definition;
     const now = record.closedAt;
     const completed = record.completed;
+    const orphans = await this.dropRoundChunks(d.jobId, st.round);
     await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === st.round)) return undefined;
       const done = st.round >= cur.definition.rounds;
       return {
         ...cur,
-        rounds: [...cur.rounds, record],
+        rounds: [...cur.rounds, { ...record, orphanChunksDeleted: orphans }],
         status: done && cur.status === "running" ? "completed" : cur.status,
         ...(dp && cur.dp ? { dp: { ...cur.dp, state: dp.exportState(), spent: spentOf(dp) } } : {}),
         updatedAt: now,

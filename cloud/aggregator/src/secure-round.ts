@@ -50,6 +50,7 @@ import {
   type SecAggRoundState,
 } from "./jobs/state";
 import { getJson, isConflict, putJson } from "./store/blob-store";
+import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { AggregatorServices } from "./services";
 
 /** IoT Hub's direct-method payload limit. */
@@ -235,6 +236,19 @@ export class SecureRounds {
           code: "E_DP_WEIGHT",
           reason: `advertised weight ${String(ad.weight)}, differential privacy needs 1`,
         };
+        continue;
+      }
+      // The weight is signed into the advertisement and scales the device's masked input: it cannot be clipped, so
+      // a claim above the device's bound (jobs/samples.ts) loses the device, whatever sampleCountPolicy says.
+      const declared = st.participants.find((p) => p.deviceId === id)?.declaredSamples;
+      const bounded = boundSamples(job.definition, id, declared, ad.weight);
+      if (bounded.outcome !== "ok") {
+        lost[id] = {
+          step: "advertise",
+          code: E_ROUND_SAMPLES,
+          reason: `${bounded.reason}: advertisement refused`,
+        };
+        this.services.log(`secagg ${st.jobId}/${st.round}: sample count rejected: ${bounded.reason}`);
         continue;
       }
       try {

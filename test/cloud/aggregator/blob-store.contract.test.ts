@@ -55,6 +55,19 @@ function contract(name: string, make: () => BlobStore) {
       assert.deepEqual(await s.list("p/"), ["p/2", "p/sub/3"]);
     });
 
+    test("listInfo: names by prefix (sorted) with each blob's last write time", async () => {
+      const s = make();
+      const t0 = Date.now() - 60_000;
+      for (const n of ["li/b", "li/a", "other/c"]) await s.put(n, new Uint8Array([1]));
+      const info = await s.listInfo("li/");
+      assert.deepEqual(
+        info.map((i) => i.name),
+        ["li/a", "li/b"],
+      );
+      for (const i of info)
+        assert.ok(i.lastModified > t0 && i.lastModified < Date.now() + 60_000, `${i.lastModified}`);
+    });
+
     test("updateJson: concurrent read-modify-writes lose nothing", async () => {
       const s = make();
       await Promise.all(

@@ -5,6 +5,9 @@ import { ModuleClient, type Twin } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
 import { createRegistry, createServiceClient, startLocalHub } from "../../../local/hub";
 import { IotHubFleet, type RoundDesired } from "../../../cloud/aggregator/src/fleet/fleet";
+import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
+import { MemoryBlobStore } from "../../../cloud/aggregator/src/store/blob-store";
+import { ctx, jobBody, post } from "./support";
 
 function reported(twin: Twin, patch: unknown): Promise<void> {
   const update = twin.properties.reported.update as (p: unknown, cb: (e?: Error) => void) => void;
@@ -173,6 +176,63 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
     await fleet.configureRound("edge-1", null);
     const idle = await registry.getModuleTwin("edge-1", "trainer");
     assert.equal((idle.responseBody.properties.desired as Record<string, unknown>).flotilla ?? null, null);
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await hub.close();
+    if (fs.existsSync(hub.stateDir)) fs.rmSync(hub.stateDir, { recursive: true, force: true });
+  }
+});
+
+test("stopping a job over the local hub: the trainer gets abortRound and its desired `flotilla` is cleared", async () => {
+  const hub = await startLocalHub({ log: () => {} });
+  const clients: ModuleClient[] = [];
+  try {
+    const trainer = ModuleClient.fromConnectionString(hub.createModule("edge-1", "trainer"), Mqtt);
+    await trainer.setOptions({ ca: hub.caCertPem });
+    await trainer.open();
+    clients.push(trainer);
+    const aborts: unknown[] = [];
+    trainer.onMethod("startRound", (req, res) => void res?.send(200, { accepted: true }));
+    trainer.onMethod("abortRound", (req, res) => {
+      if (!req || !res) return;
+      aborts.push(req.payload);
+      void res.send(200, { aborted: true });
+    });
+    const tTwin = await trainer.getTwin();
+    const desiredSeen: unknown[] = [];
+    tTwin.on("properties.desired", (d: Record<string, unknown>) => {
+      if (d.flotilla !== undefined) desiredSeen.push(d.flotilla);
+    });
+    await waitFor(
+      () => hub.subscriptions("edge-1", "trainer").some((s) => s.startsWith("$iothub/methods")),
+      5000,
+      "methods",
+    );
+    const fleet = new IotHubFleet(createRegistry(hub), createServiceClient(hub), { methodTimeoutSeconds: 5 });
+    const agg = createAggregator(
+      { store: new MemoryBlobStore(), fleet, clock: () => Date.now(), log: () => {} },
+      { tickAfterIngest: false },
+    );
+    const id = String(jobBody().jobId);
+    assert.equal((await agg.http.createJob(post("/api/jobs", jobBody()), ctx())).status, 201);
+    assert.equal(
+      (await agg.http.startJob(post(`/api/jobs/${id}/start`, undefined, { id }), ctx())).status,
+      200,
+    );
+    await agg.roundTimer({}, ctx());
+    await waitFor(
+      () => desiredSeen.some((d) => (d as { round?: number } | null)?.round === 1),
+      5000,
+      "round 1 in the trainer's twin",
+    );
+    assert.equal(
+      (await agg.http.stopJob(post(`/api/jobs/${id}/stop`, undefined, { id }), ctx())).status,
+      200,
+    );
+    assert.deepEqual(aborts, [{ jobId: id, round: 1 }]);
+    const twin = await createRegistry(hub).getModuleTwin("edge-1", "trainer");
+    assert.equal((twin.responseBody.properties.desired as Record<string, unknown>).flotilla ?? null, null);
+    await waitFor(() => desiredSeen.at(-1) === null, 5000, "the idle twin reaching the trainer");
   } finally {
     for (const c of clients) await c.close().catch(() => {});
     await hub.close();

@@ -247,7 +247,7 @@ test("restart-resume: a new orchestrator over the same store finishes the round,
   assert.equal((await repo.getJob(id))?.rounds.length, 2);
 });
 
-test("a stopped job does not advance and takes no updates", async () => {
+test("a stopped job does not advance, and keeps the updates that arrive for its open round", async () => {
   const w = world();
   const id = await startJob(w);
   await w.agg.roundTimer({}, ctxStub);
@@ -258,10 +258,13 @@ test("a stopped job does not advance and takes no updates", async () => {
   );
   assert.equal(stop.status, 200);
   await w.agg.ingestUpdates(events, ctxStub);
-  assert.equal(w.agg.ingestor.counters.late, 1, "updates for a stopped job are not taken");
+  assert.equal(w.agg.ingestor.counters.late, 0, "acknowledged, so kept for when the job starts again");
+  assert.equal(w.agg.ingestor.counters.updates_completed, 1);
   w.now.t += 120_000;
   await w.agg.roundTimer({}, ctxStub);
-  assert.equal((await new JobRepository(w.store).getRound(id, 1))?.status, "open");
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  assert.equal(st?.status, "open");
+  assert.ok(st?.received["dev-a"]);
 });
 
 test("a compressed job: quantizers configured, int8 model envelope + ONNX files published, compressed updates aggregated", async () => {

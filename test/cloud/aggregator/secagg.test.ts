@@ -514,3 +514,35 @@ function baseJob(): Record<string, unknown> {
     rounds: 1,
   };
 }
+
+test("a secure round: an advertisement whose weight exceeds the device's bound is refused (E_ROUND_SAMPLES), the rest aggregate", async () => {
+  // Every trainer declared 100 samples; dev-e advertises 2^52 (a signed weight cannot be clipped).
+  const all = ids(5);
+  const f = secureWorld(all, (i) => (i === 4 ? 2 ** 52 : 10 * (i + 1)));
+  const { w } = f;
+  const jobId = await startJob(w, {
+    strategyOptions: { clientsPerRound: 5, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    rounds: 1,
+    secureAggregation: { stepSeconds: 10 },
+  });
+  await tick(w);
+  const w0 = await model(w, jobId, 0);
+  for (const id of all) await advertise(f, id, jobId, 1);
+  await tick(w);
+  await deliverMasked(f);
+  await tick(w);
+  assert.equal((await round(w, jobId, 1)).status, "closed");
+  const rec = (await new JobRepository(w.store).getJob(jobId))!.rounds[0];
+  assert.equal(rec.status, "aggregated");
+  assert.deepEqual(rec.secagg?.included, ["dev-a", "dev-b", "dev-c", "dev-d"]);
+  assert.equal(rec.sampleCountRejected, 1);
+  const failure = rec.failures.find((x) => x.deviceId === "dev-e");
+  assert.equal(failure?.code, "E_ROUND_SAMPLES");
+  assertClose(
+    await model(w, jobId, 1),
+    fedavg(
+      w0,
+      [...f.devices.values()].filter((d) => d.id !== "dev-e"),
+    ),
+  );
+});

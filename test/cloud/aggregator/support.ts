@@ -31,6 +31,11 @@ export class RecordingFleet implements Fleet {
     this.started.push({ deviceId, payload });
     return !this.offline.has(deviceId);
   }
+  readonly aborted: { deviceId: string; jobId: string; round: number }[] = [];
+  async abortRound(deviceId: string, jobId: string, round: number): Promise<boolean> {
+    this.aborted.push({ deviceId, jobId, round });
+    return !this.offline.has(deviceId);
+  }
   async ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {
     this.acks.push({ deviceId, updateIds: [...updateIds] });
     return true;

@@ -43,6 +43,11 @@ export interface Fleet {
   configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
   /** Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). */
   startRound(deviceId: string, payload: RoundDesired): Promise<boolean>;
+  /**
+   * Calls the trainer's `abortRound` `{jobId, round}` (a stopped job); false (not thrown) when it did not get
+   * through or the trainer had nothing of that round to abort (404).
+   */
+  abortRound(deviceId: string, jobId: string, round: number): Promise<boolean>;
   /** Calls `ack` on the update-queue; false when it did not get through. */
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean>;
   /** Sets the update-queue's desired `openRounds[jobId]` (null removes it). */
@@ -209,6 +214,10 @@ export class IotHubFleet implements Fleet {
 
   startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
     return this.invoke(deviceId, TRAINER_MODULE, "startRound", payload);
+  }
+
+  abortRound(deviceId: string, jobId: string, round: number): Promise<boolean> {
+    return this.invoke(deviceId, TRAINER_MODULE, "abortRound", { jobId, round });
   }
 
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {

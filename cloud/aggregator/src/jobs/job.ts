@@ -14,6 +14,7 @@ import {
   type DpPlacement,
 } from "../../../../core/privacy/dp";
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
+import { DEFAULT_MAX_SAMPLES_PER_DEVICE, SAMPLE_COUNT_POLICIES, type SampleCountPolicy } from "./samples";
 
 export interface JobDefinition {
   readonly jobId: string;
@@ -28,6 +29,13 @@ export interface JobDefinition {
   readonly minCompletedFraction: number;
   /** Samples assumed for a device that has not reported numSamples (capability filter); default 1000. */
   readonly defaultNumSamples: number;
+  /**
+   * Most samples one device's update may weigh (jobs/samples.ts; default 100,000). Optional: job documents
+   * written before it existed read as the default.
+   */
+  readonly maxSamplesPerDevice?: number;
+  /** What a sample-count claim above its bound gets: "clip" (default) or "reject" (jobs/samples.ts). */
+  readonly sampleCountPolicy?: SampleCountPolicy;
   /** Seed of the initial model. */
   readonly seed: number;
   /** Minutes a model download URL stays valid (default: deadline + 10 min). */
@@ -180,6 +188,14 @@ export function validateJob(input: unknown): JobDefinition {
     roundDeadlineSeconds,
     minCompletedFraction: num(j.minCompletedFraction, "minCompletedFraction", 0, 1, 0.8),
     defaultNumSamples: int(j.defaultNumSamples, "defaultNumSamples", 1, 1e9, 1000),
+    maxSamplesPerDevice: int(
+      j.maxSamplesPerDevice,
+      "maxSamplesPerDevice",
+      1,
+      1e9,
+      DEFAULT_MAX_SAMPLES_PER_DEVICE,
+    ),
+    sampleCountPolicy: samplePolicy(j.sampleCountPolicy),
     seed,
     modelUrlMinutes: int(
       j.modelUrlMinutes,
@@ -393,6 +409,17 @@ function secureAggregation(v: unknown, def: JobDefinition): SecureAggregationOpt
     stepSeconds,
     minSurvivors,
   };
+}
+
+function samplePolicy(v: unknown): SampleCountPolicy {
+  if (v === undefined) return "clip";
+  if (typeof v !== "string" || !(SAMPLE_COUNT_POLICIES as readonly string[]).includes(v)) {
+    fail(
+      "E_JOB_INVALID",
+      `sampleCountPolicy must be one of ${SAMPLE_COUNT_POLICIES.join(", ")}, got ${JSON.stringify(v)}`,
+    );
+  }
+  return v as SampleCountPolicy;
 }
 
 function codec(v: unknown, what: string, sparseOk: boolean): string {

@@ -33,12 +33,20 @@ export interface RoundRecord {
   readonly modelSha256: string;
   readonly optimizerStateReset: boolean;
   readonly closedAt: number;
-  /** Why a failed round failed, when it was not just "no update" (E_SECAGG_ABORTED). */
+  /**
+   * Why a failed round failed, when it was not just "no update" (E_SECAGG_ABORTED; E_MODEL_DIVERGED: the global
+   * model was not finite, the job failed, and `modelSha256` is then the round's input model).
+   */
   readonly code?: string;
   /** Secure rounds: what the protocol did. */
   readonly secagg?: SecAggRecord;
   /** Differential privacy: clip norm, noise std, whether anything was released, and ε spent so far. */
   readonly dp?: DpRoundRecord;
+  /** Updates whose sample-count claim was above its bound (jobs/samples.ts): weighed at the bound / refused. */
+  readonly sampleCountClipped?: number;
+  readonly sampleCountRejected?: number;
+  /** Chunks of updates that never completed, deleted when the round closed. */
+  readonly orphanChunksDeleted?: number;
 }
 
 /** The round record's account of a secure aggregation. */
@@ -68,10 +76,12 @@ export interface JobDocument {
   readonly updatedAt: number;
   readonly error?: string;
   /**
-   * Why a `completed` job ended before its last round: "budget-exhausted" when one more round would have spent
-   * more than the differential-privacy budget (`stopMessage` says how much was spent).
+   * Why a job ended before its last round: "budget-exhausted" (status `completed`) when one more round would have
+   * spent more than the differential-privacy budget (`stopMessage` says how much was spent); "diverged" (status
+   * `failed`) when a round's aggregated global model had NaN or Infinity values (`stopMessage` names the round;
+   * that model was never published).
    */
-  readonly stopReason?: "budget-exhausted";
+  readonly stopReason?: "budget-exhausted" | "diverged";
   readonly stopMessage?: string;
   /** Differential-privacy jobs: fixed when the job starts, updated with every round record. */
   readonly dp?: JobDpState;
@@ -90,6 +100,8 @@ export interface JobDpState {
 export interface Participant {
   readonly deviceId: string;
   readonly config: FitConfig;
+  /** The sample count the device's trainer reported when the round opened (bounds its weight: jobs/samples.ts). */
+  readonly declaredSamples?: number;
 }
 
 export interface ReceivedUpdate {
@@ -120,6 +132,12 @@ export interface RoundState {
   readonly secagg?: SecAggRoundState;
   /** DP jobs: the clip norm the round's updates are clipped to (fixed when it opens), and the devices' order. */
   readonly dp?: { readonly clip: number; readonly order?: DpOrder };
+  /**
+   * Set while its job is stopped: since when, and whether every participant was told (trainer twin `flotilla`
+   * cleared, `abortRound` called). Updates that arrive meanwhile are kept; when the job starts again the deadlines
+   * move by the time stopped and the round is dispatched again.
+   */
+  readonly paused?: { readonly at: number; readonly devicesReleased: boolean };
 }
 
 /**

@@ -36,10 +36,18 @@ export interface BlobStore {
   exists(name: string): Promise<boolean>;
   /** Names starting with `prefix`, sorted. */
   list(prefix: string): Promise<string[]>;
+  /** Like `list`, with each blob's last write time (ms since epoch): what an age-based sweep needs. */
+  listInfo(prefix: string): Promise<BlobInfo[]>;
   /** Deletes if present; returns whether it existed. */
   delete(name: string): Promise<boolean>;
   /** A URL a device can GET the blob from for `readSasMinutes` minutes. */
   url(name: string, readSasMinutes: number): Promise<string>;
+}
+
+export interface BlobInfo {
+  readonly name: string;
+  /** Last write, ms since epoch. */
+  readonly lastModified: number;
 }
 
 export const STORE_CONFLICT = "E_STORE_CONFLICT";
@@ -56,8 +64,12 @@ function checkName(name: string): void {
 
 /** The embedded default: a Map; ETags are random per write, like Azure's opaque ones. */
 export class MemoryBlobStore implements BlobStore {
-  private readonly blobs = new Map<string, StoredBlob>();
-  constructor(private readonly baseUrl = "memory://flotilla") {}
+  private readonly blobs = new Map<string, StoredBlob & { readonly lastModified: number }>();
+  /** `clock` (ms since epoch) dates each write, for listInfo. */
+  constructor(
+    private readonly baseUrl = "memory://flotilla",
+    private readonly clock: () => number = Date.now,
+  ) {}
 
   async put(name: string, bytes: Uint8Array, opts: PutOptions = {}): Promise<string> {
     checkName(name);
@@ -67,7 +79,7 @@ export class MemoryBlobStore implements BlobStore {
       fail(STORE_CONFLICT, `blob '${name}' changed (etag ${opts.ifMatch} no longer current)`);
     }
     const etag = `"${randomUUID()}"`;
-    this.blobs.set(name, { bytes: Uint8Array.from(bytes), etag });
+    this.blobs.set(name, { bytes: Uint8Array.from(bytes), etag, lastModified: this.clock() });
     return etag;
   }
 
@@ -82,6 +94,13 @@ export class MemoryBlobStore implements BlobStore {
 
   async list(prefix: string): Promise<string[]> {
     return [...this.blobs.keys()].filter((k) => k.startsWith(prefix)).sort();
+  }
+
+  async listInfo(prefix: string): Promise<BlobInfo[]> {
+    return (await this.list(prefix)).map((name) => ({
+      name,
+      lastModified: this.blobs.get(name)!.lastModified,
+    }));
   }
 
   async delete(name: string): Promise<boolean> {
@@ -201,6 +220,15 @@ export class AzureBlobStore implements BlobStore {
     const out: string[] = [];
     for await (const b of this.container.listBlobsFlat({ prefix })) out.push(b.name);
     return out.sort();
+  }
+
+  async listInfo(prefix: string): Promise<BlobInfo[]> {
+    await this.ensureContainer();
+    const out: BlobInfo[] = [];
+    for await (const b of this.container.listBlobsFlat({ prefix })) {
+      out.push({ name: b.name, lastModified: b.properties.lastModified.getTime() });
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   async delete(name: string): Promise<boolean> {
