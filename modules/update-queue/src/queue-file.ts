@@ -122,6 +122,11 @@ export function inspectQueueFile(file: string, existedBefore: boolean): string |
       ? `the queue file is truncated (${size} bytes)`
       : "the queue file has no SQLite header";
   }
+  // With a write-ahead log left by a crash, the main file may legitimately be shorter than its header says (a
+  // checkpoint writes page 1 first and was interrupted; the log still holds the pages): SQLite recovers it, and
+  // quick_check judges the result. (A zero-length main file is damage even then: SQLite deletes the log of an empty
+  // database — pagerOpenWalIfPresent — so it is moved aside with its log above.)
+  if (existsSync(`${file}-wal`) && statSync(`${file}-wal`).size > 0) return null;
   if (n < 100) return `the queue file is truncated (${size} bytes)`;
   const raw = head.readUInt16BE(16);
   const pageSize = raw === 1 ? 65536 : raw;
