@@ -22,7 +22,8 @@ import { inputChunkMeta } from "../../shared/chunks";
  * (FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates"));
  * each one is stored in the outbox before the input message is completed, then sent as chunks on the `upstream`
  * output (FROM /messages/modules/update-queue/outputs/* INTO $upstream) until the cloud acknowledges it through
- * the module twin (desired `acks`) or the `ack` direct method.
+ * the module twin (desired `acks`) or the `ack` direct method. An update the disk refuses is held, retried and
+ * reported, and the trainer told (`holdRefused`); a damaged queue file is moved aside and reported (./queue-file.ts).
  *
  * `startUpdateQueue` takes an injected client and touches no globals (no process.env, signals or exit), so a local
  * fleet launcher can run many queues in one process; `run` is the container entry point.
@@ -106,7 +107,7 @@ export interface UpdateQueueOptions {
   closeClient?: boolean;
   /** Backoff between attempts to store an update the disk refused (see `onInput`). */
   storeBackoff?: BackoffOptions;
-  /** Bytes of refused updates held in memory for another try (default 64 MiB). */
+  /** Bytes of refused updates held in memory for another try (default 32 MiB). */
   maxHeldBytes?: number;
   /** The module told (direct method `updateNotStored`/`updateStored`) when an update cannot be stored. */
   trainerModuleId?: string;
@@ -151,7 +152,7 @@ const DEFAULTS = {
   twinTimeoutMs: 30_000,
   reconnectBackoff: { initialMs: 1000, maxMs: 60_000, factor: 2 },
   storeBackoff: { initialMs: 1000, maxMs: 60_000, factor: 2 },
-  maxHeldBytes: 64 * 1024 * 1024,
+  maxHeldBytes: 32 * 1024 * 1024, // of the module's 256 MiB memory limit (deployment-manifests/README.md)
   trainerModuleId: "trainer",
 };
 
@@ -640,7 +641,11 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       // of that is emitted as "error", which would throw with no listener.
       twin?.removeListener("properties.desired", onDesired);
       await sender.stop();
-      outbox.close();
+      try {
+        outbox.close();
+      } catch (e) {
+        log("warn", `update-queue: closing the queue file failed: ${message(e)}`);
+      }
       if (opts.closeClient) {
         try {
           // close() never settles while the SDK is reconnecting: bound it, as the trainer and profiler do.

@@ -27,6 +27,10 @@ export type { QuarantineReport };
  * opened with `locking_mode=EXCLUSIVE`, so a second process (or a second Outbox) on the same file fails with
  * E_QUEUE_LOCKED instead of interleaving writes; with an exclusive lock WAL needs no shared-memory file.
  *
+ * Damage and full disks. The file is checked at open (./queue-file.ts, then `PRAGMA quick_check`) and a damaged one
+ * — or one that reports SQLITE_CORRUPT / SQLITE_NOTADB later — is quarantined and replaced by a fresh queue
+ * (`onQuarantine`). On SQLITE_FULL the send bookkeeping falls back to memory (`beginAttempt`) so the queue drains.
+ *
  * Chunk size. IoT Hub caps a device-to-cloud message at 256 KB = 262,144 bytes *including* system and application
  * properties, and meters it in 4 KB units (Microsoft docs: iot-hub-devguide-quotas-throttling). A chunk carries at
  * most ~1.9 KB of properties: the values are bounded by `validateMeta` (jobId/deviceId ≤ 128 bytes, even if every
@@ -1022,6 +1026,12 @@ export class Outbox {
       if (r.state === "pending") pending = Number(r.n);
       else awaitingAck = Number(r.n);
       bytesPending += Number(r.bytes);
+    }
+    if (this.volatile.size > 0) {
+      // Send state kept in memory on a full disk (beginAttempt) counts as it will be written.
+      const live = this.live();
+      awaitingAck = live.filter((u) => u.state === "sent").length;
+      pending = live.length - awaitingAck;
     }
     const staged = this.stmt.stagedStats.get() as { updates: number; bytes: number };
     return {

@@ -68,6 +68,7 @@ test("a full queue still drains: attempts are kept in memory, acks free space, t
     "every update sent on a full disk",
   );
   assert.deepEqual(faults, []);
+  assert.deepEqual([box.stats().pending, box.stats().awaitingAck], [0, 3]);
   for (const [i, id] of ids.entries()) {
     const body = reassemble(sent.filter((c) => c.properties.updateId === id));
     assert.equal(sha256hex(body), sha256hex(update(i + 1).frame));
