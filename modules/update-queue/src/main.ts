@@ -464,10 +464,16 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       storeFailures = 0;
       log("info", `update-queue: stored update ${h.updateId} after the disk refused it`);
       settle(client.complete(h.msg), log);
-      notifyTrainer("updateStored", h);
+      // An update split into chunks is told about once: when its last held chunk is stored.
+      if (!holding(h.updateId)) notifyTrainer("updateStored", h);
     }
     sender.kick();
     reporter.schedule();
+  };
+  /** Whether a message of this update other than `except` is held. */
+  const holding = (updateId: string, except?: string): boolean => {
+    for (const h of held.values()) if (h.updateId === updateId && h.key !== except) return true;
+    return false;
   };
   const release = (h: HeldInput): void => {
     if (held.delete(h.key)) heldBytes -= h.bytes;
@@ -565,7 +571,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         `update-queue: could not store update ${entry.updateId} (${message(e)}); holding it in memory ` +
           `(${held.size} held) and trying again`,
       );
-      if (!already) notifyTrainer("updateNotStored", entry, { code, message: message(e), held: true });
+      const told = already !== undefined || holding(entry.updateId, entry.key);
+      if (!told) notifyTrainer("updateNotStored", entry, { code, message: message(e), held: true });
       scheduleStoreRetry();
     }
     reporter.schedule();

@@ -10,7 +10,7 @@ import {
   type InvokeMethodParams,
 } from "../../../modules/update-queue/src/main";
 import { FakeModuleClient } from "./fake-client";
-import { reassemble, resultFrame, sha256hex, tempDir, until } from "./helpers";
+import { reassemble, resultFrame, sha256hex, tempDir, trainerChunks, until } from "./helpers";
 
 /**
  * A full disk, simulated with SQLite's `PRAGMA max_page_count` set to the file's current size: any write that needs
@@ -202,4 +202,40 @@ test("a module client without invokeMethod (not on IoT Edge) still holds and ret
   assert.equal(queue.status().unstored, 1);
   client.twin.patchDesired({ acks: { u1: true } }); // the path the cloud uses; frees space and retries at once
   await until(() => client.completed.includes(refused), 5000, "stored after the ack");
+});
+
+test("an update split into chunks that the full disk refuses: every chunk held, the trainer told once, all stored later", async (t) => {
+  const client = new NotifyingClient();
+  const queue = await startUpdateQueue({
+    client,
+    dir: tempDir(t),
+    storeBackoff: { initialMs: 5, maxMs: 20 },
+    log: () => {},
+  });
+  t.after(() => queue.stop());
+  for (const r of [3, 4, 5]) client.deliver("updates", update(r).frame, { updateId: `u${r}` });
+  await until(() => queue.status().depth === 3, 5000, "three updates stored");
+  fillUp(queue.outbox);
+  const { frame, meta } = update(2);
+  const { updateId, chunks } = trainerChunks(frame, meta, 6000); // 3 input messages
+  assert.equal(chunks.length, 3);
+  const msgs = chunks.map((c) => client.deliver("updates", c.body, c.properties));
+  assert.equal(queue.status().unstored, 3);
+  assert.ok(msgs.every((m) => !client.completed.includes(m)));
+  assert.deepEqual(
+    client.invocations.map((i) => [i.params.methodName, (i.params.payload as { updateId: string }).updateId]),
+    [["updateNotStored", updateId]],
+  );
+  // Staging and then queueing the whole takes about twice its size: three acks free enough.
+  client.twin.patchDesired({ acks: { u3: true, u4: true, u5: true } });
+  await until(
+    () => msgs.every((m) => client.completed.includes(m)),
+    5000,
+    "every chunk stored and completed",
+  );
+  assert.equal(queue.outbox.get(updateId)?.size, frame.byteLength);
+  assert.deepEqual(
+    client.invocations.map((i) => i.params.methodName),
+    ["updateNotStored", "updateStored"],
+  );
 });
