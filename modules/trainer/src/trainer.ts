@@ -694,6 +694,38 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     if (stopped) return stoppedAnswer(response);
     respond(response, 200, state, log);
   });
+  // The update-queue module tells the trainer when its disk refused an update (modules/update-queue/src/main.ts,
+  // holdRefused): this trainer's output succeeded — edgeHub took the message — so this is the only way to learn it.
+  // The round's state becomes `error` (E_QUEUE_*), which the cloud sees, until the queue reports it stored.
+  let refused: { updateId: string; status: TrainerStatus } | undefined;
+  client.onMethod("updateNotStored", (request, response) => {
+    if (stopped) return stoppedAnswer(response);
+    const p = parsePayload(request?.payload) ?? {};
+    const code = typeof p.code === "string" && /^E_[A-Z0-9_]+$/.test(p.code) ? p.code : "E_QUEUE_STORE";
+    const detail = typeof p.message === "string" ? p.message.slice(0, 500) : "no detail";
+    const ours = typeof p.updateId === "string" && p.updateId === state.updateId;
+    log(
+      "error",
+      `trainer: the update-queue could not store update ${String(p.updateId)}: ${code}: ${detail}`,
+    );
+    if (ours && state.status !== "error") {
+      refused = { updateId: p.updateId as string, status: state.status };
+      const held = p.held === true ? "held in memory and retried" : "not held: lost unless redelivered";
+      setState({
+        status: "error",
+        error: { code, message: `the update-queue could not store it (${held}): ${detail}` },
+      });
+    }
+    respond(response, 200, { known: ours }, log);
+  });
+  client.onMethod("updateStored", (request, response) => {
+    if (stopped) return stoppedAnswer(response);
+    const p = parsePayload(request?.payload) ?? {};
+    const ours = refused !== undefined && p.updateId === refused.updateId && p.updateId === state.updateId;
+    if (ours && refused && state.status === "error") setState({ status: refused.status, error: null });
+    if (ours) refused = undefined;
+    respond(response, 200, { known: ours }, log);
+  });
 
   await connect();
 

@@ -12,6 +12,7 @@ import { DEFAULT_MAX_CHUNK_BYTES, MAX_CHUNK_BYTES } from "./outbox";
  *   FLOTILLA_QUEUE_MAX_BYTES     unacknowledged bytes kept             default 268,435,456 (256 MiB)
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ *   FLOTILLA_TRAINER_MODULE      module told when the disk refuses an update (main.ts run())  default trainer
  *
  * On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
  */

@@ -5,7 +5,15 @@ import { Mqtt } from "azure-iot-device-mqtt";
 import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
 import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
-import { frameMeta, Outbox, type OutboxChunk, type OutboxStats } from "./outbox";
+import {
+  deriveUpdateId,
+  frameMeta,
+  Outbox,
+  sha256,
+  type OutboxChunk,
+  type OutboxStats,
+  type QuarantineReport,
+} from "./outbox";
 import { Sender } from "./sender";
 import { inputChunkMeta } from "../../shared/chunks";
 
@@ -14,7 +22,8 @@ import { inputChunkMeta } from "../../shared/chunks";
  * (FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates"));
  * each one is stored in the outbox before the input message is completed, then sent as chunks on the `upstream`
  * output (FROM /messages/modules/update-queue/outputs/* INTO $upstream) until the cloud acknowledges it through
- * the module twin (desired `acks`) or the `ack` direct method.
+ * the module twin (desired `acks`) or the `ack` direct method. An update the disk refuses is held, retried and
+ * reported, and the trainer told (`holdRefused`); a damaged queue file is moved aside and reported (./queue-file.ts).
  *
  * `startUpdateQueue` takes an injected client and touches no globals (no process.env, signals or exit), so a local
  * fleet launcher can run many queues in one process; `run` is the container entry point.
@@ -37,6 +46,15 @@ export interface UpdateQueueClient {
     methodName: string,
     callback: (request?: MethodRequestLike, response?: MethodResponseLike) => void,
   ): void;
+  /** Module-to-module direct method through edgeHub (ModuleClient.invokeMethod; only on IoT Edge). */
+  invokeMethod?(deviceId: string, moduleId: string, params: InvokeMethodParams): Promise<unknown>;
+}
+
+export interface InvokeMethodParams {
+  methodName: string;
+  payload: unknown;
+  responseTimeoutInSeconds?: number;
+  connectTimeoutInSeconds?: number;
 }
 
 export interface TwinLike {
@@ -87,6 +105,14 @@ export interface UpdateQueueOptions {
   sendBackoff?: BackoffOptions;
   /** Close the client in stop() (the container entry owns its client; a launcher may not). */
   closeClient?: boolean;
+  /** Backoff between attempts to store an update the disk refused (see `onInput`). */
+  storeBackoff?: BackoffOptions;
+  /** Bytes of refused updates held in memory for another try (default 32 MiB). */
+  maxHeldBytes?: number;
+  /** The module told (direct method `updateNotStored`/`updateStored`) when an update cannot be stored. */
+  trainerModuleId?: string;
+  /** This device's id, for the module-to-module call (default: the update's deviceId). */
+  deviceId?: string;
   log?: (level: LogLevel, message: string) => void;
   random?: () => number;
 }
@@ -95,6 +121,13 @@ export interface UpdateQueueStatus extends OutboxStats {
   readonly online: boolean;
   /** Input messages that could not be stored because they were not valid updates. */
   readonly invalidInputs: number;
+  /** Valid updates the disk refused, held in memory (not completed) until a retry stores them, and their bytes. */
+  readonly unstored: number;
+  readonly unstoredBytes: number;
+  /** Valid updates refused by the disk that could not be held either (the memory bound): lost unless redelivered. */
+  readonly lostInputs: number;
+  /** The last damaged queue file moved aside (a fresh queue was started), or null. */
+  readonly quarantined: QuarantineReport | null;
   readonly lastError: string | null;
   readonly config: { readonly maxChunkBytes: number; readonly resendAfterMs: number };
 }
@@ -118,7 +151,22 @@ const DEFAULTS = {
   reportIntervalMs: 10_000,
   twinTimeoutMs: 30_000,
   reconnectBackoff: { initialMs: 1000, maxMs: 60_000, factor: 2 },
+  storeBackoff: { initialMs: 1000, maxMs: 60_000, factor: 2 },
+  maxHeldBytes: 32 * 1024 * 1024, // of the module's 256 MiB memory limit (deployment-manifests/README.md)
+  trainerModuleId: "trainer",
 };
+
+/** An input message the disk refused, held for another try; its message is completed only once it is stored. */
+interface HeldInput {
+  readonly key: string;
+  readonly msg: Message;
+  readonly bytes: number;
+  readonly updateId: string;
+  readonly jobId: string;
+  readonly round: number;
+  readonly deviceId: string;
+  readonly store: () => void;
+}
 
 /** Input errors a redelivery cannot fix: the message is completed (dropped) and counted. */
 const INPUT_ERRORS = new Set([
@@ -141,15 +189,27 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     "reconnect backoff",
   );
   const twinTimeoutMs = opts.twinTimeoutMs ?? DEFAULTS.twinTimeoutMs;
+  const storeBackoff = checkBackoff(opts.storeBackoff ?? DEFAULTS.storeBackoff, "store backoff");
+  const maxHeldBytes = opts.maxHeldBytes ?? DEFAULTS.maxHeldBytes;
+  const trainerModuleId = opts.trainerModuleId ?? DEFAULTS.trainerModuleId;
 
   try {
-    mkdirSync(opts.dir, { recursive: true });
+    // 0700: the queue holds model updates trained on the device's private data (the files are 0600: queue-file.ts).
+    mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
   } catch (e) {
     fail("E_QUEUE_OPEN", `cannot create queue directory ${opts.dir}: ${(e as Error).message}`);
   }
+  let onQuarantine: (report: QuarantineReport) => void = (report) => logQuarantine(report);
+  const logQuarantine = (r: QuarantineReport): void =>
+    log(
+      "error",
+      `update-queue: E_QUEUE_CORRUPT: ${r.reason}; moved ${r.file} aside${r.movedTo ? ` to ${r.movedTo}` : ""} ` +
+        `and started a fresh queue; updates lost: ${r.lostUpdates}`,
+    );
   const outbox = new Outbox(join(opts.dir, QUEUE_FILE), {
     maxChunkBytes: opts.maxChunkBytes,
     maxBytes: opts.maxBytes,
+    onQuarantine: (report) => onQuarantine(report),
   });
   const sender = new Sender(outbox, {
     send: (chunk) => client.sendOutputEvent(outputName, toMessage(chunk)).then(() => undefined),
@@ -172,6 +232,11 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   let reconnectTimer: NodeJS.Timeout | undefined;
   let twinFailures = 0;
   let twinTimer: NodeJS.Timeout | undefined;
+  const held = new Map<string, HeldInput>();
+  let heldBytes = 0;
+  let lostInputs = 0;
+  let storeFailures = 0;
+  let storeTimer: NodeJS.Timeout | undefined;
 
   const problem = (level: LogLevel, message: string): void => {
     lastError = message;
@@ -182,6 +247,10 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     ...outbox.stats(),
     online: sender.online,
     invalidInputs,
+    unstored: held.size,
+    unstoredBytes: heldBytes,
+    lostInputs,
+    quarantined: outbox.quarantined,
     lastError,
     config: { maxChunkBytes: outbox.maxChunkBytes, resendAfterMs: sender.resendAfterMs },
   });
@@ -197,10 +266,20 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     const update = twin.properties.reported.update as ReportedUpdate | undefined;
     if (typeof update !== "function")
       return problem("warn", "update-queue: the twin cannot update reported properties");
-    update.call(twin.properties.reported, patch, (err) => {
-      if (err) log("warn", `update-queue: reporting status failed: ${message(err)}`);
-    });
+    try {
+      update.call(twin.properties.reported, patch, (err) => {
+        if (err) log("warn", `update-queue: reporting status failed: ${message(err)}`);
+      });
+    } catch (e) {
+      log("warn", `update-queue: reporting status failed: ${message(e)}`);
+    }
   });
+  onQuarantine = (report) => {
+    logQuarantine(report);
+    lastError = `E_QUEUE_CORRUPT: ${report.reason}`;
+    reporter.schedule();
+  };
+  if (outbox.quarantined) logQuarantine(outbox.quarantined); // found while opening, before the log was wired
 
   // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
   const applyDesired = (desired: Record<string, unknown>): void => {
@@ -211,7 +290,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       if (config.maxChunkBytes !== undefined) outbox.setMaxChunkBytes(config.maxChunkBytes);
       if (config.resendAfterMs !== undefined) sender.setResendAfterMs(config.resendAfterMs);
       const acks = ackIdsOf(desired.acks);
-      if (acks.length > 0) outbox.ackMany(acks);
+      if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
         const n = outbox.dropClosedRounds(jobId, round);
         if (n > 0)
@@ -331,6 +410,85 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   };
 
   // --- trainer → module -----------------------------------------------------------------------------------------
+  /**
+   * Tells the trainer module (module-to-module direct method through edgeHub) that an update could not be stored,
+   * or was stored after all. Best effort: outside IoT Edge there is no method client, and a trainer that is down
+   * learns nothing — the queue's reported `unstored`/`lostInputs` still show it.
+   */
+  const notifyTrainer = (
+    methodName: "updateNotStored" | "updateStored",
+    h: Pick<HeldInput, "updateId" | "jobId" | "round" | "deviceId">,
+    extra: Record<string, unknown> = {},
+  ): void => {
+    if (typeof client.invokeMethod !== "function") return;
+    const payload = { updateId: h.updateId, jobId: h.jobId, round: h.round, ...extra };
+    let call: Promise<unknown>;
+    try {
+      call = client.invokeMethod(opts.deviceId ?? h.deviceId, trainerModuleId, {
+        methodName,
+        payload,
+        responseTimeoutInSeconds: 10,
+        connectTimeoutInSeconds: 5,
+      });
+    } catch (e) {
+      call = Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    call.catch((e: unknown) =>
+      log("warn", `update-queue: telling module '${trainerModuleId}' ${methodName} failed: ${message(e)}`),
+    );
+  };
+
+  /** Tries the held inputs again (oldest first); completes each one stored. */
+  const retryHeld = (): void => {
+    storeTimer = undefined;
+    if (stopped) return;
+    for (const h of [...held.values()]) {
+      try {
+        h.store();
+      } catch (e) {
+        if (isFlotillaError(e) && INPUT_ERRORS.has(e.code)) {
+          // E.g. a duplicate chunk that now conflicts: a redelivery cannot fix it either.
+          release(h);
+          invalidInputs++;
+          problem("warn", `update-queue: rejected a held input message: ${e.code}: ${e.message}`);
+          settle(client.complete(h.msg), log);
+          continue;
+        }
+        storeFailures++;
+        problem("warn", `update-queue: ${held.size} update(s) still not stored: ${message(e)}`);
+        scheduleStoreRetry();
+        reporter.schedule();
+        return;
+      }
+      release(h);
+      storeFailures = 0;
+      log("info", `update-queue: stored update ${h.updateId} after the disk refused it`);
+      settle(client.complete(h.msg), log);
+      // An update split into chunks is told about once: when its last held chunk is stored.
+      if (!holding(h.updateId)) notifyTrainer("updateStored", h);
+    }
+    sender.kick();
+    reporter.schedule();
+  };
+  /** Whether a message of this update other than `except` is held. */
+  const holding = (updateId: string, except?: string): boolean => {
+    for (const h of held.values()) if (h.updateId === updateId && h.key !== except) return true;
+    return false;
+  };
+  const release = (h: HeldInput): void => {
+    if (held.delete(h.key)) heldBytes -= h.bytes;
+  };
+  const scheduleStoreRetry = (): void => {
+    if (stopped || storeTimer || held.size === 0) return;
+    storeTimer = setTimeout(retryHeld, backoffDelay(Math.max(1, storeFailures), storeBackoff, random));
+  };
+  /** Space may have been freed (acks): try the held inputs at once. */
+  const retryHeldSoon = (): void => {
+    if (held.size === 0 || stopped) return;
+    if (storeTimer) clearTimeout(storeTimer);
+    storeTimer = setTimeout(retryHeld, 0);
+  };
+
   const onInput = (name: string, msg: Message): void => {
     if (stopped) return;
     if (name !== inputName) {
@@ -341,14 +499,27 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     // Stored synchronously, inside the input event: over MQTT the SDK has already PUBACKed the message (complete()
     // is a no-op there), so the sooner the fsync the smaller the window; over AMQP complete() is the real ack and
     // is only sent below, after the commit.
+    let entry: HeldInput;
     try {
       const bytes = msg.getBytes();
       const chunk = inputChunkMeta(msg);
       if (chunk) {
-        outbox.stageChunk(bytes, chunk); // one message of an update the trainer split up
+        const store = (): void => void outbox.stageChunk(bytes, chunk); // one message of an update split up
+        entry = {
+          key: `${chunk.updateId}:${chunk.chunkIndex}`,
+          msg,
+          bytes: bytes.byteLength,
+          ...chunk,
+          store,
+        };
+        store();
       } else {
         const id = property(msg, "updateId");
-        outbox.enqueue(bytes, { ...frameMeta(bytes), ...(id ? { updateId: id } : {}) });
+        const meta = { ...frameMeta(bytes), ...(id ? { updateId: id } : {}) };
+        const updateId = meta.updateId ?? deriveUpdateId(sha256(bytes));
+        const store = (): void => void outbox.enqueue(bytes, meta);
+        entry = { key: updateId, msg, bytes: bytes.byteLength, ...meta, updateId, store };
+        store();
       }
     } catch (e) {
       if (isFlotillaError(e) && INPUT_ERRORS.has(e.code)) {
@@ -357,13 +528,53 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         settle(client.complete(msg), log); // a redelivery would fail the same way
         reporter.schedule();
       } else {
-        // Not completed: over AMQP edgeHub redelivers it; over MQTT the message is lost.
-        problem("error", `update-queue: could not store an update: ${message(e)}`);
+        holdRefused(msg, entry!, e);
       }
       return;
     }
     settle(client.complete(msg), log);
     sender.kick();
+    reporter.schedule();
+  };
+
+  /**
+   * A valid update the disk refused (E_QUEUE_DISK_FULL, E_QUEUE_IO, E_QUEUE_CORRUPT, ...). IoT Edge semantics: over
+   * AMQP edgeHub redelivers an input message that is not completed; over MQTT the SDK has already PUBACKed it when
+   * the event fires (azure-iot-device-mqtt's complete() is a no-op), so not completing alone would lose it. So the
+   * update is (1) not completed — a restart gets it again over AMQP, (2) held in memory, bounded by maxHeldBytes,
+   * and stored by a retry with backoff or as soon as acks free space, then completed, and (3) reported: an error
+   * line, `unstored` in the reported status, and the trainer is told through the direct method `updateNotStored`
+   * (then `updateStored`). The trainer's own output cannot fail for this: edgeHub accepted it long before.
+   */
+  const holdRefused = (msg: Message, entry: HeldInput | undefined, e: unknown): void => {
+    storeFailures++;
+    if (!entry) {
+      problem("error", `update-queue: could not store an update: ${message(e)}`);
+      return;
+    }
+    const code = isFlotillaError(e) ? e.code : "E_QUEUE_IO";
+    const already = held.get(entry.key);
+    if (already) release(already); // a redelivery of a message held already: keep the newest
+    if (heldBytes + entry.bytes > maxHeldBytes) {
+      lostInputs++;
+      problem(
+        "error",
+        `update-queue: could not store update ${entry.updateId} (${message(e)}) and cannot hold it: ` +
+          `${heldBytes} bytes are held already (max ${maxHeldBytes}); it is lost unless edgeHub redelivers it`,
+      );
+      notifyTrainer("updateNotStored", entry, { code, message: message(e), held: false });
+    } else {
+      held.set(entry.key, entry);
+      heldBytes += entry.bytes;
+      problem(
+        "error",
+        `update-queue: could not store update ${entry.updateId} (${message(e)}); holding it in memory ` +
+          `(${held.size} held) and trying again`,
+      );
+      const told = already !== undefined || holding(entry.updateId, entry.key);
+      if (!told) notifyTrainer("updateNotStored", entry, { code, message: message(e), held: true });
+      scheduleStoreRetry();
+    }
     reporter.schedule();
   };
 
@@ -380,6 +591,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     try {
       const ids = ackIdsOf(parsePayload(request?.payload)?.updateIds, true);
       const acked = outbox.ackMany(ids);
+      if (acked > 0) retryHeldSoon();
       sender.kick();
       reporter.schedule();
       respond(response, 200, { acked, depth: outbox.stats().depth }, log);
@@ -422,6 +634,12 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       stopped = true;
       if (reconnectTimer) clearTimeout(reconnectTimer);
       if (twinTimer) clearTimeout(twinTimer);
+      if (storeTimer) clearTimeout(storeTimer);
+      if (held.size > 0)
+        log(
+          "error",
+          `update-queue: stopping with ${held.size} update(s) not stored (not completed: edgeHub keeps them over AMQP)`,
+        );
       reporter.cancel();
       client.removeListener("inputMessage", onInput);
       client.removeListener("connect", onConnect);
@@ -430,7 +648,11 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       // of that is emitted as "error", which would throw with no listener.
       twin?.removeListener("properties.desired", onDesired);
       await sender.stop();
-      outbox.close();
+      try {
+        outbox.close();
+      } catch (e) {
+        log("warn", `update-queue: closing the queue file failed: ${message(e)}`);
+      }
       if (opts.closeClient) {
         try {
           // close() never settles while the SDK is reconnecting: bound it, as the trainer and profiler do.
@@ -618,6 +840,9 @@ export async function run(env: Env = process.env): Promise<void> {
     resendAfterMs: config.resendAfterMs,
     maxBytes: config.maxBytes,
     closeClient: true,
+    // Told when an update cannot be stored (module-to-module direct method through edgeHub).
+    trainerModuleId: env.FLOTILLA_TRAINER_MODULE?.trim() || undefined,
+    deviceId: env.IOTEDGE_DEVICEID?.trim() || undefined,
   });
   await new Promise<void>((resolve) => {
     process.once("SIGTERM", () => resolve());

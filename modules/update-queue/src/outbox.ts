@@ -2,6 +2,15 @@ import { createHash } from "node:crypto";
 import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
 import { decodeMessage } from "../../../core/protocol/messages";
 import { openSqlite, queueError, type SqliteDatabase, type SqliteStatement } from "./sqlite";
+import {
+  inspectQueueFile,
+  prepareQueueFiles,
+  quarantineFiles,
+  writeMarker,
+  type QuarantineReport,
+} from "./queue-file";
+
+export type { QuarantineReport };
 
 /**
  * The update-queue's durable outbox: every update the trainer hands over is stored in a SQLite file before the
@@ -17,6 +26,10 @@ import { openSqlite, queueError, type SqliteDatabase, type SqliteStatement } fro
  * Every mutation is one transaction, so a crash mid-enqueue leaves either the whole update or nothing. The file is
  * opened with `locking_mode=EXCLUSIVE`, so a second process (or a second Outbox) on the same file fails with
  * E_QUEUE_LOCKED instead of interleaving writes; with an exclusive lock WAL needs no shared-memory file.
+ *
+ * Damage and full disks. The file is checked at open (./queue-file.ts, then `PRAGMA quick_check`) and a damaged one
+ * — or one that reports SQLITE_CORRUPT / SQLITE_NOTADB later — is quarantined and replaced by a fresh queue
+ * (`onQuarantine`). On SQLITE_FULL the send bookkeeping falls back to memory (`beginAttempt`) so the queue drains.
  *
  * Chunk size. IoT Hub caps a device-to-cloud message at 256 KB = 262,144 bytes *including* system and application
  * properties, and meters it in 4 KB units (Microsoft docs: iot-hub-devguide-quotas-throttling). A chunk carries at
@@ -101,6 +114,8 @@ export interface OutboxOptions {
   stagingTtlMs?: number;
   /** Clock in ms since the epoch; injectable for tests. */
   now?: () => number;
+  /** Called when a damaged queue file was moved aside and a fresh queue started (at open or while running). */
+  onQuarantine?: (report: QuarantineReport) => void;
 }
 
 /** Application properties of one chunk. Values are strings because the IoT Hub property bag is string-only. */
@@ -261,18 +276,74 @@ CREATE INDEX IF NOT EXISTS staged_by_round ON staged_chunks (job_id, round);
 
 const LIVE = "state IN ('pending', 'sent')";
 
+/** Send bookkeeping of one update held in memory while the disk is full. */
+interface VolatileAttempt {
+  state: "pending" | "sent";
+  nextChunk: number;
+  chunkBytes: number;
+  attempts: number;
+  sentAt: number | null;
+}
+
+/** quick_check found damage inside an intact header. */
+class CorruptFileError extends Error {
+  readonly code = "SQLITE_CORRUPT";
+}
+
+/** A SQLite error that means the file itself is damaged (extended codes such as SQLITE_CORRUPT_INDEX too). */
+function isCorruption(e: unknown): boolean {
+  if (isFlotillaError(e)) return false; // a row failing its own sha256 is one damaged update, not the file
+  const code = typeof e === "object" && e !== null ? (e as { code?: unknown }).code : undefined;
+  return typeof code === "string" && (code.startsWith("SQLITE_CORRUPT") || code === "SQLITE_NOTADB");
+}
+
+/** Unacknowledged and partly received updates in an open database (throws if the pages cannot be read). */
+function countLive(db: SqliteDatabase): number {
+  const live = db.prepare(`SELECT COUNT(*) AS n FROM updates WHERE ${LIVE}`).get() as { n: number };
+  const staged = db.prepare(`SELECT COUNT(DISTINCT update_id) AS n FROM staged_chunks`).get() as {
+    n: number;
+  };
+  return Number(live.n) + Number(staged.n);
+}
+
+/** countLive on a damaged file that would not open normally, read-only; "unknown" if it cannot be read at all. */
+function countLiveReadOnly(file: string): number | "unknown" {
+  let db: SqliteDatabase | undefined;
+  try {
+    db = openSqlite(file, { readonly: true, fileMustExist: true });
+    return countLive(db);
+  } catch {
+    return "unknown";
+  } finally {
+    try {
+      db?.close();
+    } catch {
+      // best effort
+    }
+  }
+}
+
 export class Outbox {
   readonly file: string;
-  private readonly db: SqliteDatabase;
+  private db!: SqliteDatabase;
   private readonly now: () => number;
   private readonly validateFrames: boolean;
   private readonly maxBytes: number;
   private readonly tombstoneLimit: number;
   private chunkBytes: number;
-  private readonly stmt: Record<string, SqliteStatement>;
+  private stmt!: Record<string, SqliteStatement>;
   private readonly stagingTtlMs: number;
-  private readonly enqueueTx: (frame: Buffer, meta: UpdateMeta, sha: string, updateId: string) => string;
-  private readonly stageTx: (body: Buffer, meta: InputChunkMeta) => StageResult | { rejected: FlotillaError };
+  private enqueueTx!: (frame: Buffer, meta: UpdateMeta, sha: string, updateId: string) => string;
+  private stageTx!: (body: Buffer, meta: InputChunkMeta) => StageResult | { rejected: FlotillaError };
+  private readonly lockTimeoutMs: number;
+  private readonly onQuarantine: ((report: QuarantineReport) => void) | undefined;
+  /** The last time a damaged queue file was moved aside (reported by the module), or null. */
+  quarantined: QuarantineReport | null = null;
+  /**
+   * Send bookkeeping kept in memory when the disk is full (see beginAttempt), by update id: it overrides the stored
+   * state until a later write succeeds. Lost on a restart, which only means an update is sent again.
+   */
+  private readonly volatile = new Map<string, VolatileAttempt>();
 
   constructor(file: string, options: OutboxOptions = {}) {
     this.file = file;
@@ -282,10 +353,89 @@ export class Outbox {
     this.maxBytes = positiveInt(options.maxBytes ?? DEFAULTS.maxBytes, "maxBytes");
     this.tombstoneLimit = nonNegativeInt(options.tombstoneLimit ?? DEFAULTS.tombstoneLimit, "tombstoneLimit");
     this.stagingTtlMs = positiveInt(options.stagingTtlMs ?? DEFAULTS.stagingTtlMs, "stagingTtlMs");
-    const lockTimeoutMs = nonNegativeInt(options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs, "lockTimeoutMs");
+    this.lockTimeoutMs = nonNegativeInt(options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs, "lockTimeoutMs");
+    this.onQuarantine = options.onQuarantine;
+    this.openQueue();
+  }
+
+  /**
+   * Opens the queue file, checking it first (./queue-file.ts: marker, header; then `PRAGMA quick_check`). A damaged
+   * file is quarantined and a fresh queue started in its place; any other failure throws a coded error.
+   */
+  private openQueue(): void {
+    const file = this.file;
+    let damage: string | null;
+    try {
+      damage = inspectQueueFile(file, prepareQueueFiles(file));
+    } catch (e) {
+      throw new FlotillaError("E_QUEUE_OPEN", `preparing ${file}: ${(e as Error).message}`);
+    }
+    if (damage) this.quarantine(damage, "unknown");
+    try {
+      this.openDb();
+    } catch (e) {
+      if (!isCorruption(e)) throw queueError(e, `opening ${file}`);
+      this.quarantine(`${(e as Error).message}`, countLiveReadOnly(file));
+      this.openDb();
+    }
+    try {
+      writeMarker(file, this.now());
+    } catch (e) {
+      this.close();
+      throw new FlotillaError("E_QUEUE_OPEN", `writing the marker of ${file}: ${(e as Error).message}`);
+    }
+  }
+
+  /** Moves the damaged file aside and reports it; the caller opens a fresh queue. */
+  private quarantine(reason: string, lostUpdates: number | "unknown"): void {
+    this.volatile.clear();
+    let movedTo: string | null;
+    try {
+      movedTo = quarantineFiles(this.file, this.now());
+      prepareQueueFiles(this.file);
+    } catch (e) {
+      throw new FlotillaError(
+        "E_QUEUE_CORRUPT",
+        `the queue file ${this.file} is damaged (${reason}) and cannot be moved aside: ${(e as Error).message}`,
+      );
+    }
+    const report: QuarantineReport = {
+      file: this.file,
+      movedTo,
+      at: new Date(this.now()).toISOString(),
+      reason,
+      lostUpdates,
+    };
+    this.quarantined = report;
+    this.onQuarantine?.(report);
+  }
+
+  /**
+   * A corruption error while running (SQLITE_CORRUPT / SQLITE_NOTADB): count what is lost (best effort), close,
+   * quarantine and start a fresh queue. Failures to reopen leave the outbox closed: every call then fails coded.
+   */
+  private recoverFromCorruption(reason: string): void {
+    let lost: number | "unknown" = "unknown";
+    try {
+      lost = countLive(this.db);
+    } catch {
+      // The damage may be in the very pages the count reads.
+    }
+    try {
+      if (this.db.open) this.db.close();
+    } catch {
+      // Closing a damaged database may fail; the file is moved aside either way.
+    }
+    this.quarantine(reason, lost);
+    this.openDb();
+    writeMarker(this.file, this.now());
+  }
+
+  private openDb(): void {
+    const file = this.file;
     let db: SqliteDatabase | undefined;
     try {
-      db = openSqlite(file, { timeout: lockTimeoutMs });
+      db = openSqlite(file, { timeout: this.lockTimeoutMs });
       // Order matters: the exclusive lock before WAL (so no -shm file is needed), auto_vacuum before any table.
       db.pragma("locking_mode = EXCLUSIVE");
       const version = Number(db.pragma("user_version", { simple: true }));
@@ -299,14 +449,21 @@ export class Outbox {
       const mode = String(db.pragma("journal_mode = WAL", { simple: true }));
       if (mode.toLowerCase() !== "wal")
         fail("E_QUEUE_OPEN", `queue file ${file} refused WAL mode (got ${mode})`);
+      // Damaged pages inside an intact header: found here, not when the sender first reads them.
+      const check = db.pragma("quick_check", { simple: true });
+      if (check !== "ok") throw new CorruptFileError(`quick_check: ${String(check)}`);
       db.pragma("synchronous = FULL");
       // Keep the log from growing without bound after a burst of multi-MB updates (bytes).
       db.pragma("journal_size_limit = 67108864");
       db.exec(SCHEMA);
       if (version === 0) db.pragma(`user_version = ${SCHEMA_VERSION}`);
     } catch (e) {
-      if (db?.open) db.close();
-      throw queueError(e, `opening ${file}`);
+      try {
+        if (db?.open) db.close();
+      } catch {
+        // As above.
+      }
+      throw e;
     }
     this.db = db;
     this.stmt = {
@@ -345,6 +502,10 @@ export class Outbox {
       begin: db.prepare(
         `UPDATE updates SET state = 'pending', attempts = attempts + 1, last_attempt_at = ?, next_chunk = ?,
          chunk_bytes = ? WHERE update_id = ?`,
+      ),
+      writeBack: db.prepare(
+        `UPDATE updates SET state = 'pending', attempts = MAX(attempts, ?), chunk_bytes = ?
+         WHERE update_id = ? AND ${LIVE}`,
       ),
       chunkSent: db.prepare(
         `UPDATE updates SET next_chunk = ? WHERE update_id = ? AND state = 'pending' AND chunk_bytes = ?`,
@@ -539,7 +700,7 @@ export class Outbox {
     try {
       return this.enqueueTx(body, meta, sha, updateId);
     } catch (e) {
-      throw queueError(e, `enqueueing update ${updateId}`);
+      throw this.failure(e, `enqueueing update ${updateId}`);
     }
   }
 
@@ -565,7 +726,7 @@ export class Outbox {
     try {
       outcome = this.stageTx(Buffer.from(body.buffer, body.byteOffset, body.byteLength), meta);
     } catch (e) {
-      throw queueError(e, `staging chunk ${meta.chunkIndex} of ${meta.updateId}`);
+      throw this.failure(e, `staging chunk ${meta.chunkIndex} of ${meta.updateId}`);
     }
     this.maybeVacuum();
     if ("rejected" in outcome) throw outcome.rejected;
@@ -574,8 +735,11 @@ export class Outbox {
 
   /** State and bookkeeping of one update (also acked/dropped ones while their tombstone is kept). */
   get(updateId: string): UpdateInfo | undefined {
-    const row = this.stmt.find.get(updateId) as UpdateRow | undefined;
-    return row && toInfo(row);
+    const row = this.read(
+      `reading update ${updateId}`,
+      () => this.stmt.find.get(updateId) as UpdateRow | undefined,
+    );
+    return row && this.info(row);
   }
 
   /**
@@ -584,7 +748,10 @@ export class Outbox {
    * (or no longer) waiting to be sent throws E_QUEUE_NOT_FOUND.
    */
   chunksOf(updateId: string): OutboxChunk[] {
-    const row = this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined;
+    const row = this.read(
+      `reading update ${updateId}`,
+      () => this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined,
+    );
     if (!row) fail("E_QUEUE_NOT_FOUND", `update ${updateId} is not in the queue (unknown, acked or dropped)`);
     return cut(row, this.chunkBytes);
   }
@@ -593,22 +760,54 @@ export class Outbox {
    * Starts (or resumes) sending an update: returns its chunks and the index to start from. An attempt resumes an
    * interrupted one when the chunk size is unchanged; an update already sent completely starts over (a resend).
    * Returns undefined when the update is no longer waiting to be sent.
+   *
+   * On a full disk (E_QUEUE_DISK_FULL) the attempt's bookkeeping — attempt count, next chunk, sent time — is kept in
+   * memory instead (`volatile`), so a full queue still drains: sending needs only reads, and the acks it brings
+   * back free space (an ack clears the update's body, which needs no new page). The in-memory state is written
+   * back with the update's next successful write (markSent) and is lost on a restart, which only means a resend:
+   * the cloud deduplicates on the messageId. The counters of such sends are not bumped.
    */
   beginAttempt(updateId: string): AttemptPlan | undefined {
-    try {
-      const tx = this.db.transaction(() => {
-        const row = this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined;
-        if (!row) return undefined;
-        const chunks = cut(row, this.chunkBytes);
-        const resume = row.state === "pending" && row.chunk_bytes === this.chunkBytes;
-        const startChunk = resume ? Math.min(row.next_chunk, chunks.length - 1) : 0;
-        this.stmt.begin.run(this.now(), startChunk, this.chunkBytes, updateId);
-        return { chunks, startChunk, attempt: row.attempts + 1 };
-      });
-      return tx.immediate();
-    } catch (e) {
-      throw queueError(e, `starting to send update ${updateId}`);
+    const what = `starting to send update ${updateId}`;
+    const held = this.volatile.get(updateId);
+    if (!held) {
+      try {
+        const tx = this.db.transaction(() => {
+          const row = this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined;
+          if (!row) return undefined;
+          const chunks = cut(row, this.chunkBytes);
+          const resume = row.state === "pending" && row.chunk_bytes === this.chunkBytes;
+          const startChunk = resume ? Math.min(row.next_chunk, chunks.length - 1) : 0;
+          this.stmt.begin.run(this.now(), startChunk, this.chunkBytes, updateId);
+          return { chunks, startChunk, attempt: row.attempts + 1 };
+        });
+        return tx.immediate();
+      } catch (e) {
+        const err = this.failure(e, what);
+        if (err.code !== "E_QUEUE_DISK_FULL") throw err;
+      }
     }
+    const row = this.read(
+      what,
+      () => this.stmt.body.get(updateId) as (UpdateRow & { body: Buffer | null }) | undefined,
+    );
+    if (!row) {
+      this.volatile.delete(updateId);
+      return undefined;
+    }
+    const chunks = cut(row, this.chunkBytes);
+    const prev = held ?? volatileOf(row);
+    const resume = prev.state === "pending" && prev.chunkBytes === this.chunkBytes;
+    const startChunk = resume ? Math.min(prev.nextChunk, chunks.length - 1) : 0;
+    const attempt = prev.attempts + 1;
+    this.volatile.set(updateId, {
+      state: "pending",
+      nextChunk: startChunk,
+      chunkBytes: this.chunkBytes,
+      attempts: attempt,
+      sentAt: null,
+    });
+    return { chunks, startChunk, attempt };
   }
 
   /**
@@ -616,21 +815,61 @@ export class Outbox {
    * chunk size changed), telling the sender to stop sending its remaining chunks.
    */
   markChunkSent(updateId: string, chunkIndex: number): boolean {
-    return this.write(`recording a chunk of ${updateId}`, () => {
-      this.bump("sent_chunks", 1);
-      return this.stmt.chunkSent.run(chunkIndex + 1, updateId, this.chunkBytes).changes === 1;
-    });
+    const what = `recording a chunk of ${updateId}`;
+    if (!this.volatile.has(updateId)) {
+      try {
+        return this.write(what, () => {
+          this.bump("sent_chunks", 1);
+          return this.stmt.chunkSent.run(chunkIndex + 1, updateId, this.chunkBytes).changes === 1;
+        });
+      } catch (e) {
+        if (!isDiskFull(e)) throw e;
+        const row = this.read(what, () => this.stmt.find.get(updateId) as UpdateRow | undefined);
+        if (!row || row.state !== "pending" || row.chunk_bytes !== this.chunkBytes) return false;
+        this.volatile.set(updateId, { ...volatileOf(row), nextChunk: chunkIndex + 1 });
+        return true;
+      }
+    }
+    const held = this.volatile.get(updateId)!;
+    if (!this.isLive(updateId, what)) return false;
+    if (held.state !== "pending" || held.chunkBytes !== this.chunkBytes) return false;
+    held.nextChunk = chunkIndex + 1;
+    return true;
   }
 
   /** Records that every chunk of the update went out; it now waits for the cloud's ack. */
   markSent(updateId: string): boolean {
-    return this.write(`recording update ${updateId} as sent`, () => {
-      const row = this.stmt.find.get(updateId) as UpdateRow | undefined;
-      if (!row || this.stmt.markSent.run(this.now(), updateId).changes !== 1) return false;
-      this.bump("sent_updates", 1);
-      if (row.sent_count > 0) this.bump("resent", 1);
+    const what = `recording update ${updateId} as sent`;
+    const held = this.volatile.get(updateId);
+    try {
+      const ok = this.write(what, () => {
+        const row = this.stmt.find.get(updateId) as UpdateRow | undefined;
+        if (!row) return false;
+        // An attempt run in memory may be a resend of an update stored as 'sent': write it back either way.
+        if (held) this.stmt.writeBack.run(held.attempts, held.chunkBytes, updateId);
+        if (this.stmt.markSent.run(this.now(), updateId).changes !== 1) return false;
+        this.bump("sent_updates", 1);
+        if (row.sent_count > 0) this.bump("resent", 1);
+        return true;
+      });
+      this.volatile.delete(updateId);
+      return ok;
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+      const row = this.read(what, () => this.stmt.find.get(updateId) as UpdateRow | undefined);
+      if (!row || (row.state !== "pending" && row.state !== "sent")) {
+        this.volatile.delete(updateId);
+        return false;
+      }
+      if (!held && row.state !== "pending") return false;
+      this.volatile.set(updateId, {
+        ...(held ?? volatileOf(row)),
+        state: "sent",
+        nextChunk: 0,
+        sentAt: this.now(),
+      });
       return true;
-    });
+    }
   }
 
   /** The cloud has the update: forget its bytes. Returns false if it was not waiting (unknown, acked, dropped). */
@@ -645,13 +884,15 @@ export class Outbox {
         fail("E_QUEUE_INVALID", `ack: '${String(id)}' is not an update id`);
       }
     }
-    return this.write("recording acks", () => {
+    const n = this.write("recording acks", () => {
       const now = this.now();
       let n = 0;
       for (const id of updateIds) n += this.stmt.ack.run(now, id).changes;
       if (n > 0) this.settled("acked", n);
       return n;
     });
+    for (const id of updateIds) this.volatile.delete(id);
+    return n;
   }
 
   /**
@@ -686,7 +927,7 @@ export class Outbox {
 
   /** Every update not yet acknowledged, oldest first (no bodies). */
   pending(): UpdateInfo[] {
-    return (this.stmt.live.all() as UpdateRow[]).map(toInfo);
+    return this.live();
   }
 
   /**
@@ -694,21 +935,86 @@ export class Outbox {
    * `resendSentBefore` without an ack.
    */
   due(resendSentBefore: number, limit: number): UpdateInfo[] {
-    return (this.stmt.due.all(resendSentBefore, limit) as UpdateRow[]).map(toInfo);
+    if (this.volatile.size === 0) {
+      return this.read("reading the queue", () =>
+        (this.stmt.due.all(resendSentBefore, limit) as UpdateRow[]).map(toInfo),
+      );
+    }
+    return this.live()
+      .filter((u) => u.state === "pending" || (u.sentAt !== null && u.sentAt <= resendSentBefore))
+      .slice(0, limit);
   }
 
   /** Completion time of the oldest update awaiting an ack, or undefined. */
   oldestSentAt(): number | undefined {
-    const t = (this.stmt.nextResend.get() as { t: number | null }).t;
+    if (this.volatile.size > 0) {
+      const times = this.live().flatMap((u) => (u.state === "sent" && u.sentAt !== null ? [u.sentAt] : []));
+      return times.length > 0 ? Math.min(...times) : undefined;
+    }
+    const t = this.read("reading the queue", () => (this.stmt.nextResend.get() as { t: number | null }).t);
     return t === null ? undefined : Number(t);
   }
 
   /** Marks every update awaiting an ack for sending again (after a restart or a reconnect). Returns the count. */
   requeueUnacked(): number {
-    return this.write("requeueing unacked updates", () => this.stmt.requeue.run().changes);
+    for (const held of this.volatile.values()) {
+      if (held.state === "sent") Object.assign(held, { state: "pending", nextChunk: 0, sentAt: null });
+    }
+    try {
+      return this.write("requeueing unacked updates", () => this.stmt.requeue.run().changes);
+    } catch (e) {
+      if (!isDiskFull(e)) throw e;
+      // In memory, as beginAttempt: every update stored as sent is due again.
+      let n = 0;
+      for (const row of this.read("reading the queue", () => this.stmt.live.all() as UpdateRow[])) {
+        if (row.state !== "sent" || this.volatile.has(row.update_id)) continue;
+        this.volatile.set(row.update_id, {
+          ...volatileOf(row),
+          state: "pending",
+          nextChunk: 0,
+          sentAt: null,
+        });
+        n++;
+      }
+      return n;
+    }
+  }
+
+  /** Live updates with the in-memory bookkeeping applied; forgets in-memory state of updates no longer live. */
+  private live(): UpdateInfo[] {
+    const rows = this.read("reading the queue", () => this.stmt.live.all() as UpdateRow[]);
+    if (this.volatile.size > 0) {
+      const ids = new Set(rows.map((r) => r.update_id));
+      for (const id of [...this.volatile.keys()]) if (!ids.has(id)) this.volatile.delete(id);
+    }
+    return rows.map((r) => this.info(r));
+  }
+
+  private info(row: UpdateRow): UpdateInfo {
+    const info = toInfo(row);
+    const held = this.volatile.get(row.update_id);
+    if (!held || (info.state !== "pending" && info.state !== "sent")) return info;
+    return {
+      ...info,
+      state: held.state,
+      nextChunk: held.nextChunk,
+      attempts: held.attempts,
+      sentAt: held.sentAt ?? info.sentAt,
+    };
+  }
+
+  private isLive(updateId: string, what: string): boolean {
+    const row = this.read(what, () => this.stmt.find.get(updateId) as UpdateRow | undefined);
+    const live = row !== undefined && (row.state === "pending" || row.state === "sent");
+    if (!live) this.volatile.delete(updateId);
+    return live;
   }
 
   stats(): OutboxStats {
+    return this.read("reading the queue's status", () => this.statsLocked());
+  }
+
+  private statsLocked(): OutboxStats {
     const counters = Object.fromEntries(COUNTER_NAMES.map((n) => [n, 0])) as Record<CounterName, number>;
     for (const r of this.stmt.counters.all() as { name: string; value: number }[]) {
       if (r.name in counters) counters[r.name as CounterName] = Number(r.value);
@@ -720,6 +1026,12 @@ export class Outbox {
       if (r.state === "pending") pending = Number(r.n);
       else awaitingAck = Number(r.n);
       bytesPending += Number(r.bytes);
+    }
+    if (this.volatile.size > 0) {
+      // Send state kept in memory on a full disk (beginAttempt) counts as it will be written.
+      const live = this.live();
+      awaitingAck = live.filter((u) => u.state === "sent").length;
+      pending = live.length - awaitingAck;
     }
     const staged = this.stmt.stagedStats.get() as { updates: number; bytes: number };
     return {
@@ -769,10 +1081,40 @@ export class Outbox {
     try {
       result = this.db.transaction(fn).immediate();
     } catch (e) {
-      throw queueError(e, what);
+      throw this.failure(e, what);
     }
     this.maybeVacuum();
     return result;
+  }
+
+  /** A read; a damaged file found by it is quarantined like one found by a write. */
+  private read<R>(what: string, fn: () => R): R {
+    try {
+      return fn();
+    } catch (e) {
+      throw this.failure(e, what);
+    }
+  }
+
+  /**
+   * The coded error for a failed operation. SQLITE_CORRUPT / SQLITE_NOTADB mean the file is damaged: it is moved
+   * aside and a fresh queue started (recoverFromCorruption) before E_QUEUE_CORRUPT is thrown, so the next call works.
+   */
+  private failure(e: unknown, what: string): FlotillaError {
+    const err = queueError(e, what);
+    if (!isCorruption(e)) return err;
+    try {
+      this.recoverFromCorruption(`${what}: ${(e as Error).message}`);
+    } catch (e2) {
+      return new FlotillaError(
+        "E_QUEUE_CORRUPT",
+        `${err.message}; starting a fresh queue failed: ${(e2 as Error).message}`,
+      );
+    }
+    return new FlotillaError(
+      "E_QUEUE_CORRUPT",
+      `${err.message}; the file was moved aside, a fresh queue started`,
+    );
   }
 
   /** Gives freed pages (acked bodies) back to the file system, a bounded amount at a time. */
@@ -910,6 +1252,20 @@ function cut(row: UpdateRow & { body: Buffer | null }, chunkBytes: number): Outb
     });
   }
   return chunks;
+}
+
+function isDiskFull(e: unknown): boolean {
+  return isFlotillaError(e) && e.code === "E_QUEUE_DISK_FULL";
+}
+
+function volatileOf(row: UpdateRow): VolatileAttempt {
+  return {
+    state: row.state === "sent" ? "sent" : "pending",
+    nextChunk: Number(row.next_chunk),
+    chunkBytes: Number(row.chunk_bytes),
+    attempts: Number(row.attempts),
+    sentAt: row.sent_at === null ? null : Number(row.sent_at),
+  };
 }
 
 function toInfo(r: UpdateRow): UpdateInfo {

@@ -33,6 +33,7 @@ interface SqliteOpenOptions {
   /** Busy timeout in ms: how long to wait for a lock held by another connection. */
   timeout?: number;
   fileMustExist?: boolean;
+  readonly?: boolean;
 }
 
 type SqliteConstructor = new (file: string, options?: SqliteOpenOptions) => SqliteDatabase;

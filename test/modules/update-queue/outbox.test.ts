@@ -362,17 +362,18 @@ test("a damaged stored update is detected by its sha256; the others stay intact"
   );
 });
 
-test("a file that is not a queue, or one already open elsewhere, is refused with a code", (t) => {
+test("a file that is not a queue is moved aside (files.test.ts); one already open elsewhere is refused with a code", (t) => {
   const dir = tempDir(t);
   const junk = join(dir, "junk.sqlite");
   writeFileSync(junk, "definitely not a SQLite database ".repeat(200));
+  const moved = new Outbox(junk);
+  assert.match(moved.quarantined?.reason ?? "", /no SQLite header/);
+  assert.equal(moved.stats().depth, 0);
+  moved.close();
+  writeFileSync(join(dir, "a-file"), "");
   assert.equal(
-    codeOf(() => new Outbox(junk)),
-    "E_QUEUE_CORRUPT",
-  );
-  assert.equal(
-    codeOf(() => new Outbox(join(dir, "missing-dir", "q.sqlite"))),
-    "E_QUEUE_IO",
+    codeOf(() => new Outbox(join(dir, "a-file", "q.sqlite"))),
+    "E_QUEUE_OPEN",
   );
 
   const box = open(dir, { lockTimeoutMs: 10 });
