@@ -28,6 +28,7 @@ import type {
 import type { IdentityRecord, IdentityStore } from "./identities";
 import type { HubMetrics } from "./metrics";
 import type { MethodTransport } from "./methods";
+import { parseClientJson } from "./safe-json";
 import { parseSas, verifySas } from "./sas";
 import {
   type ClientIdentity,
@@ -213,9 +214,9 @@ export class MqttFrontEnd implements MethodTransport {
           let bag: PropertyBag;
           try {
             bag = parsePropertyBag(c.bag);
-          } catch {
+          } catch (e) {
             metrics.malformedRequests++;
-            log(`mqtt: ${id.clientId} sent an undecodable property bag; closing`);
+            log(`mqtt: ${id.clientId} sent a bad property bag (${(e as Error).message}); closing`);
             return done(new Error("malformed property bag"));
           }
           const rec = identities.get(id.deviceId, id.moduleId);
@@ -234,10 +235,12 @@ export class MqttFrontEnd implements MethodTransport {
         case "twin-patch-reported": {
           let patch: unknown;
           try {
-            patch = JSON.parse(payload.toString("utf8"));
-          } catch {
+            patch = parseClientJson(payload.toString("utf8"), "a reported patch");
+          } catch (e) {
             metrics.malformedRequests++;
-            this.twinReply(id.clientId, 400, c.rid, errorBody(400004, "reported patch is not valid JSON"));
+            const msg = e instanceof SyntaxError ? "reported patch is not valid JSON" : (e as Error).message;
+            log(`mqtt: ${id.clientId} reported patch refused: ${msg}`);
+            this.twinReply(id.clientId, 400, c.rid, errorBody(400004, msg));
             return done(null);
           }
           try {

@@ -18,6 +18,7 @@
  */
 import * as crypto from "node:crypto";
 import { FlotillaError } from "../../core/errors";
+import { isForbiddenKey } from "./safe-json";
 import type { Json, JsonObject } from "./twin";
 
 type TokKind = "ident" | "num" | "str" | "op" | "punct" | "eof";
@@ -250,7 +251,7 @@ export class Parser {
         this.pos++;
         return { t: "lit", v: up === "NULL" ? null : up === "TRUE" };
       }
-      if (up in FUNCS && this.toks[this.pos + 1]?.text === "(") {
+      if (Object.hasOwn(FUNCS, up) && this.toks[this.pos + 1]?.text === "(") {
         this.pos += 2;
         const args: Expr[] = [];
         if (!this.eatPunct(")")) {
@@ -273,6 +274,7 @@ export class Parser {
     do {
       const t = this.peek();
       if (t.kind !== "ident") badQuery(`expected a property name at ${t.pos}`);
+      if (isForbiddenKey(t.text)) badQuery(`property name ${t.text} is not allowed at ${t.pos}`);
       p.push(t.text);
       this.pos++;
     } while (this.eatPunct("."));
@@ -428,6 +430,7 @@ export function parseQuery(sql: string): ParsedQuery {
       if (p.eatKw("AS")) {
         const t = p.peek();
         if (t.kind !== "ident") badQuery(`expected an alias at ${t.pos}`);
+        if (isForbiddenKey(t.text)) badQuery(`alias ${t.text} is not allowed at ${t.pos}`);
         item.alias = t.text;
         p.pos++;
       }

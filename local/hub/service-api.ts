@@ -28,6 +28,7 @@ import { deviceJson, type IdentitySpec, type IdentityStore, moduleJson, twinJson
 import type { HubMetrics } from "./metrics";
 import { type DirectMethods, parseInvocation } from "./methods";
 import { runQuery } from "./query";
+import { parseClientJson } from "./safe-json";
 import { parseSas, verifySas } from "./sas";
 import { clientIdOf } from "./topics";
 import { isJsonObject, type Json, type JsonObject } from "./twin";
@@ -403,8 +404,9 @@ async function readJson(req: http.IncomingMessage): Promise<Json | undefined> {
   }
   if (size === 0) return undefined;
   try {
-    return JSON.parse(Buffer.concat(chunks).toString("utf8")) as Json;
-  } catch {
+    return parseClientJson(Buffer.concat(chunks).toString("utf8"), "a request body") as Json;
+  } catch (e) {
+    if (isFlotillaError(e)) throw new HttpError(400, "ArgumentInvalid", `${e.code}: ${e.message}`);
     throw new HttpError(400, "ArgumentInvalid", "request body is not valid JSON");
   }
 }
