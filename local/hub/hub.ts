@@ -48,7 +48,7 @@ export interface LocalHubOptions {
   routes?: Record<string, unknown> | readonly string[];
   /** Store-and-forward TTL for module inputs (default 7200 s). */
   storeAndForwardTtlSecs?: number;
-  /** MQTT: TLS handshake plus CONNECT must arrive within this many ms (default 10 000), else the socket is closed. */
+  /** MQTT: the TLS handshake, and then the CONNECT, must each complete within this many ms (default 10 000). */
   mqttConnectTimeoutMs?: number;
   /** Log sink (default: console.warn with a "[local-hub]" prefix). */
   log?: (line: string) => void;

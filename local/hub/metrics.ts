@@ -32,7 +32,7 @@ export interface HubMetrics {
   restUnauthorized: number;
   clientErrors: number;
   tlsErrors: number;
-  /** MQTT connections closed for announcing a packet over the size bound (./frame-guard). */
+  /** MQTT connections closed by the frame guard: a packet over the size bound, a first packet other than CONNECT. */
   packetsTooLarge: number;
   /** MQTT connections closed for not sending CONNECT within the connect timeout. */
   connectTimeouts: number;

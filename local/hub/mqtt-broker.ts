@@ -11,8 +11,8 @@
  *     [MQTT-3.9.3]. QoS 2 publishes close the connection; QoS 2 subscriptions are granted QoS 1.
  *   - D2C messages are limited to 256 KB (body plus properties); larger ones close the connection.
  *   - Packet sizes are bounded on the wire before aedes buffers them (./frame-guard: 64 KiB until the CONNECT
- *     is accepted, 272 KiB after), and a connection that has not completed TLS and sent its CONNECT within
- *     `connectTimeoutMs` (default 10 s) is closed.
+ *     is accepted, 272 KiB after), and a connection whose TLS handshake, or then whose CONNECT, takes longer than
+ *     `connectTimeoutMs` (default 10 s, each) is closed.
  * Everything the hub sends to a device goes with `client.publish` on that one connection, never
  * `broker.publish`: all devices subscribe to the same `$iothub/twin/res/#`, so a broker-level publish would reach
  * the whole fleet. aedes runs `client.publish` through authorizeForward too, so hub-originated packets carry a
@@ -57,7 +57,7 @@ export interface MqttFrontEndOptions {
   identities: IdentityStore;
   metrics: HubMetrics;
   log: (line: string) => void;
-  /** TLS handshake plus CONNECT must complete within this (default DEFAULT_CONNECT_TIMEOUT_MS). */
+  /** The TLS handshake, and then the CONNECT, must each complete within this (default DEFAULT_CONNECT_TIMEOUT_MS). */
   connectTimeoutMs?: number;
   /** Telemetry accepted from a device/module (already size-checked and parsed). */
   onTelemetry: (id: ClientIdentity, rec: IdentityRecord, bag: PropertyBag, body: Buffer) => void;
