@@ -42,17 +42,21 @@ export interface D2CEvent {
   offset: string;
 }
 
-/** Maps the MQTT property-bag system keys ($.mid ...) to their system property names. */
-const SYSTEM_NAMES: Record<string, keyof D2CSystemProperties> = {
-  mid: "message-id",
-  cid: "correlation-id",
-  uid: "user-id",
-  ct: "content-type",
-  ce: "content-encoding",
-  exp: "absolute-expiry-time",
-  sub: "dt-subject",
-  ifid: "iothub-interface-name",
-};
+/**
+ * Maps the MQTT property-bag system keys ($.mid ...) to their system property names. A Map, never an object
+ * lookup: a device-chosen key must not find an inherited property (a polluted Object.prototype could otherwise
+ * map `$.x` onto iothub-connection-device-id).
+ */
+const SYSTEM_NAMES: ReadonlyMap<string, keyof D2CSystemProperties> = new Map([
+  ["mid", "message-id"],
+  ["cid", "correlation-id"],
+  ["uid", "user-id"],
+  ["ct", "content-type"],
+  ["ce", "content-encoding"],
+  ["exp", "absolute-expiry-time"],
+  ["sub", "dt-subject"],
+  ["ifid", "iothub-interface-name"],
+] as const);
 
 export interface D2CSource {
   deviceId: string;
@@ -69,7 +73,14 @@ export function makeD2CEvent(
 ): D2CEvent {
   const now = new Date();
   const iso = now.toISOString();
+  const fromDevice: Partial<Record<keyof D2CSystemProperties, string>> = {};
+  for (const [k, v] of Object.entries(bag.system)) {
+    const name = SYSTEM_NAMES.get(k);
+    if (name) fromDevice[name] = v;
+  }
+  // The connection properties come last and only from the authenticated connection (src).
   const sys: D2CSystemProperties = {
+    ...fromDevice,
     "iothub-connection-device-id": src.deviceId,
     "iothub-connection-auth-method": JSON.stringify({
       scope: src.moduleId ? "module" : "device",
@@ -85,10 +96,6 @@ export function makeD2CEvent(
     "x-opt-enqueued-time": iso,
   };
   if (src.moduleId) sys["iothub-connection-module-id"] = src.moduleId;
-  for (const [k, v] of Object.entries(bag.system)) {
-    const name = SYSTEM_NAMES[k];
-    if (name) (sys as unknown as Record<string, string>)[name] = v;
-  }
   return {
     body,
     properties: { ...bag.app },

@@ -48,6 +48,8 @@ export interface LocalHubOptions {
   routes?: Record<string, unknown> | readonly string[];
   /** Store-and-forward TTL for module inputs (default 7200 s). */
   storeAndForwardTtlSecs?: number;
+  /** MQTT: the TLS handshake, and then the CONNECT, must each complete within this many ms (default 10 000). */
+  mqttConnectTimeoutMs?: number;
   /** Log sink (default: console.warn with a "[local-hub]" prefix). */
   log?: (line: string) => void;
 }
@@ -153,6 +155,7 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
       identities,
       metrics,
       log,
+      connectTimeoutMs: opts.mqttConnectTimeoutMs,
       onTelemetry: (id, rec, bag, body) => router.onTelemetry(id, rec, bag, body),
       onMethodResponse: (clientId, rid, status, body) => {
         if (!link.methods?.onResponse(clientId, rid, status, body)) {

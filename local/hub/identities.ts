@@ -280,7 +280,7 @@ export class IdentityStore {
     if (tags !== undefined) next.replace("tags", tags);
     let desiredPatch: JsonObject | undefined;
     if (desired !== undefined) {
-      const removed = Object.keys(next.desired).filter((k) => !(k in (desired as JsonObject)));
+      const removed = Object.keys(next.desired).filter((k) => !Object.hasOwn(desired as JsonObject, k));
       next.replace("desired", desired);
       desiredPatch = { ...next.desired, ...Object.fromEntries(removed.map((k) => [k, null])) };
     }

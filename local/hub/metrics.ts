@@ -32,6 +32,10 @@ export interface HubMetrics {
   restUnauthorized: number;
   clientErrors: number;
   tlsErrors: number;
+  /** MQTT connections closed by the frame guard: a packet over the size bound, a first packet other than CONNECT. */
+  packetsTooLarge: number;
+  /** MQTT connections closed for not sending CONNECT within the connect timeout. */
+  connectTimeouts: number;
   /** Handler bugs contained to one connection or request. */
   internalErrors: number;
 }
@@ -57,6 +61,8 @@ export function newMetrics(): HubMetrics {
     restUnauthorized: 0,
     clientErrors: 0,
     tlsErrors: 0,
+    packetsTooLarge: 0,
+    connectTimeouts: 0,
     internalErrors: 0,
   };
 }

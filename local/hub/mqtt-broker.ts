@@ -10,6 +10,9 @@
  *     network connection (MQTT 3.1.1 has no negative PUBACK), a forbidden SUBSCRIBE gets 0x80 in SUBACK
  *     [MQTT-3.9.3]. QoS 2 publishes close the connection; QoS 2 subscriptions are granted QoS 1.
  *   - D2C messages are limited to 256 KB (body plus properties); larger ones close the connection.
+ *   - Packet sizes are bounded on the wire before aedes buffers them (./frame-guard: 64 KiB until the CONNECT
+ *     is accepted, 272 KiB after), and a connection whose TLS handshake, or then whose CONNECT, takes longer than
+ *     `connectTimeoutMs` (default 10 s, each) is closed.
  * Everything the hub sends to a device goes with `client.publish` on that one connection, never
  * `broker.publish`: all devices subscribe to the same `$iothub/twin/res/#`, so a broker-level publish would reach
  * the whole fleet. aedes runs `client.publish` through authorizeForward too, so hub-originated packets carry a
@@ -28,6 +31,8 @@ import type {
 import type { IdentityRecord, IdentityStore } from "./identities";
 import type { HubMetrics } from "./metrics";
 import type { MethodTransport } from "./methods";
+import { GuardedConnection, MqttFrameGuard } from "./frame-guard";
+import { parseClientJson } from "./safe-json";
 import { parseSas, verifySas } from "./sas";
 import {
   type ClientIdentity,
@@ -41,6 +46,7 @@ import {
 
 export const HUB_ORIGIN = "<flotilla-local-hub>";
 export const D2C_MAX_BYTES = 256 * 1024;
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 const METHODS_FILTER_TOPIC = "$iothub/methods/POST/x/?$rid=0";
 
 export interface MqttFrontEndOptions {
@@ -51,6 +57,8 @@ export interface MqttFrontEndOptions {
   identities: IdentityStore;
   metrics: HubMetrics;
   log: (line: string) => void;
+  /** The TLS handshake, and then the CONNECT, must each complete within this (default DEFAULT_CONNECT_TIMEOUT_MS). */
+  connectTimeoutMs?: number;
   /** Telemetry accepted from a device/module (already size-checked and parsed). */
   onTelemetry: (id: ClientIdentity, rec: IdentityRecord, bag: PropertyBag, body: Buffer) => void;
   onMethodResponse: (clientId: string, rid: string, status: number, body: Buffer) => void;
@@ -73,6 +81,7 @@ function authError(message: string): AuthenticateError {
 
 export class MqttFrontEnd implements MethodTransport {
   private readonly identityOf = new WeakMap<AedesClient, ClientIdentity>();
+  private readonly guardOwner = new WeakMap<MqttFrameGuard, string>();
   private readonly online = new Map<string, AedesClient>();
   private readonly sockets = new Set<net.Socket>();
   private readonly readyWaiters = new Set<() => void>();
@@ -87,8 +96,14 @@ export class MqttFrontEnd implements MethodTransport {
   static async start(opts: MqttFrontEndOptions): Promise<MqttFrontEnd> {
     const { Aedes } = (await import("aedes")) as AedesModule;
     // Handlers are attached after construction so they can close over the instance.
-    const broker = new Aedes({ maxClientsIdLength: 257, heartbeatInterval: 60_000 });
-    const server = tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: "TLSv1.2" });
+    const connectTimeout = opts.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const broker = new Aedes({ maxClientsIdLength: 257, heartbeatInterval: 60_000, connectTimeout });
+    const server = tls.createServer({
+      cert: opts.tls.cert,
+      key: opts.tls.key,
+      minVersion: "TLSv1.2",
+      handshakeTimeout: connectTimeout,
+    });
     const fe = new MqttFrontEnd(opts, broker, server);
     broker.authenticate = (c, u, p, done) => fe.authenticate(c, u, p, done);
     broker.authorizePublish = (c, packet, done) => fe.authorizePublish(c, packet, done);
@@ -100,14 +115,35 @@ export class MqttFrontEnd implements MethodTransport {
     broker.on("clientDisconnect", (c) => fe.onClientGone(c));
     broker.on("subscribe", (_subs, c) => fe.onSubscribed(c));
     broker.on("clientError", () => opts.metrics.clientErrors++);
-    broker.on("connectionError", () => opts.metrics.clientErrors++);
+    broker.on("connectionError", (_c, err) => {
+      opts.metrics.clientErrors++;
+      if (/connect did not arrive in time/.test(err?.message ?? "")) {
+        opts.metrics.connectTimeouts++;
+        opts.log(`mqtt: a connection sent no CONNECT within ${connectTimeout} ms; closed`);
+      }
+    });
     await broker.listen();
     server.on("secureConnection", (socket) => {
       fe.sockets.add(socket);
       socket.once("close", () => fe.sockets.delete(socket));
-      broker.handle(socket);
+      const guard = new MqttFrameGuard();
+      const conn = new GuardedConnection(socket, guard, (why) => {
+        opts.metrics.packetsTooLarge++;
+        const who = fe.guardOwner.get(guard) ?? `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}`;
+        opts.log(`mqtt: ${who}: ${why}; closing the connection`);
+      });
+      broker.handle(conn as unknown as net.Socket);
     });
-    server.on("tlsClientError", () => opts.metrics.tlsErrors++);
+    // Node leaves the socket open after a TLS error, even a handshake timeout, when this event has a listener.
+    server.on("tlsClientError", (_e, socket) => {
+      opts.metrics.tlsErrors++;
+      socket.destroy();
+    });
+    // Sockets still in the TLS handshake are tracked too, so close() never waits for them.
+    server.on("connection", (socket: net.Socket) => {
+      fe.sockets.add(socket);
+      socket.once("close", () => fe.sockets.delete(socket));
+    });
     opts.identities.onRemoved((ids) => {
       for (const id of ids) fe.online.get(id)?.close();
     });
@@ -172,6 +208,12 @@ export class MqttFrontEnd implements MethodTransport {
     }
     if (!check.ok) return reject(check.reason);
     this.identityOf.set(client, { deviceId, moduleId, clientId });
+    // From now on packets may be as large as an authenticated client's messages.
+    const conn = client.conn as unknown;
+    if (conn instanceof GuardedConnection) {
+      conn.guard.authenticated = true;
+      this.guardOwner.set(conn.guard, clientId);
+    }
     done(null, true);
   }
 
@@ -213,9 +255,9 @@ export class MqttFrontEnd implements MethodTransport {
           let bag: PropertyBag;
           try {
             bag = parsePropertyBag(c.bag);
-          } catch {
+          } catch (e) {
             metrics.malformedRequests++;
-            log(`mqtt: ${id.clientId} sent an undecodable property bag; closing`);
+            log(`mqtt: ${id.clientId} sent a bad property bag (${(e as Error).message}); closing`);
             return done(new Error("malformed property bag"));
           }
           const rec = identities.get(id.deviceId, id.moduleId);
@@ -234,10 +276,12 @@ export class MqttFrontEnd implements MethodTransport {
         case "twin-patch-reported": {
           let patch: unknown;
           try {
-            patch = JSON.parse(payload.toString("utf8"));
-          } catch {
+            patch = parseClientJson(payload.toString("utf8"), "a reported patch");
+          } catch (e) {
             metrics.malformedRequests++;
-            this.twinReply(id.clientId, 400, c.rid, errorBody(400004, "reported patch is not valid JSON"));
+            const msg = e instanceof SyntaxError ? "reported patch is not valid JSON" : (e as Error).message;
+            log(`mqtt: ${id.clientId} reported patch refused: ${msg}`);
+            this.twinReply(id.clientId, 400, c.rid, errorBody(400004, msg));
             return done(null);
           }
           try {

@@ -18,6 +18,7 @@
  */
 import * as crypto from "node:crypto";
 import { FlotillaError } from "../../core/errors";
+import { isForbiddenKey } from "./safe-json";
 import type { Json, JsonObject } from "./twin";
 
 type TokKind = "ident" | "num" | "str" | "op" | "punct" | "eof";
@@ -32,10 +33,22 @@ function badQuery(message: string): never {
   throw new FlotillaError("E_HUB_QUERY", message);
 }
 
+/**
+ * Bounds on untrusted query text (the local hub's own, not IoT Hub's published quotas): the parser is
+ * recursive descent and the evaluator walks the tree recursively, so both the number of tokens (a left-deep
+ * `a AND b AND ...` chain is one tree level per operator) and the nesting of parentheses / NOT / function
+ * calls are capped well below what the stack can hold. Over a bound the query fails with E_HUB_QUERY (400).
+ */
+export const QUERY_LIMITS = { maxChars: 8192, maxTokens: 2048, maxDepth: 32 } as const;
+
 export function tokenize(src: string): Token[] {
+  if (src.length > QUERY_LIMITS.maxChars)
+    badQuery(`query is ${src.length} characters long; the limit is ${QUERY_LIMITS.maxChars}`);
   const out: Token[] = [];
   let i = 0;
   while (i < src.length) {
+    if (out.length >= QUERY_LIMITS.maxTokens)
+      badQuery(`query has more than ${QUERY_LIMITS.maxTokens} tokens`);
     const c = src[i];
     if (/\s/.test(c)) {
       i++;
@@ -140,7 +153,19 @@ const FUNCS: Record<string, number> = {
 /** Recursive-descent parser over the token list; `pos` is the cursor. */
 export class Parser {
   pos = 0;
+  /** Current nesting (parentheses, NOT, function calls, IN lists): bounded by QUERY_LIMITS.maxDepth. */
+  private depth = 0;
   constructor(readonly toks: Token[]) {}
+
+  private nest<T>(f: () => T): T {
+    if (++this.depth > QUERY_LIMITS.maxDepth)
+      badQuery(`query is nested deeper than ${QUERY_LIMITS.maxDepth} levels at ${this.peek().pos}`);
+    try {
+      return f();
+    } finally {
+      this.depth--;
+    }
+  }
 
   peek(): Token {
     return this.toks[this.pos];
@@ -180,7 +205,7 @@ export class Parser {
     return l;
   }
   private parseNot(): Expr {
-    if (this.eatKw("NOT")) return { t: "not", e: this.parseNot() };
+    if (this.eatKw("NOT")) return this.nest(() => ({ t: "not", e: this.parseNot() }));
     return this.parseCmp();
   }
   private parseCmp(): Expr {
@@ -214,9 +239,11 @@ export class Parser {
     }
     if (t.kind === "punct" && t.text === "(") {
       this.pos++;
-      const e = this.parseExpr();
-      this.expectPunct(")");
-      return e;
+      return this.nest(() => {
+        const e = this.parseExpr();
+        this.expectPunct(")");
+        return e;
+      });
     }
     if (t.kind === "ident") {
       const up = t.text.toUpperCase();
@@ -224,12 +251,14 @@ export class Parser {
         this.pos++;
         return { t: "lit", v: up === "NULL" ? null : up === "TRUE" };
       }
-      if (up in FUNCS && this.toks[this.pos + 1]?.text === "(") {
+      if (Object.hasOwn(FUNCS, up) && this.toks[this.pos + 1]?.text === "(") {
         this.pos += 2;
         const args: Expr[] = [];
         if (!this.eatPunct(")")) {
-          do args.push(this.parseExpr());
-          while (this.eatPunct(","));
+          this.nest(() => {
+            do args.push(this.parseExpr());
+            while (this.eatPunct(","));
+          });
           this.expectPunct(")");
         }
         if (args.length !== FUNCS[up]) badQuery(`${up} takes ${FUNCS[up]} argument(s)`);
@@ -245,6 +274,7 @@ export class Parser {
     do {
       const t = this.peek();
       if (t.kind !== "ident") badQuery(`expected a property name at ${t.pos}`);
+      if (isForbiddenKey(t.text)) badQuery(`property name ${t.text} is not allowed at ${t.pos}`);
       p.push(t.text);
       this.pos++;
     } while (this.eatPunct("."));
@@ -400,6 +430,7 @@ export function parseQuery(sql: string): ParsedQuery {
       if (p.eatKw("AS")) {
         const t = p.peek();
         if (t.kind !== "ident") badQuery(`expected an alias at ${t.pos}`);
+        if (isForbiddenKey(t.text)) badQuery(`alias ${t.text} is not allowed at ${t.pos}`);
         item.alias = t.text;
         p.pos++;
       }

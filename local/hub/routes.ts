@@ -136,8 +136,11 @@ function resolver(m: RoutableMessage) {
       return rest.length ? resolveIn(body, rest) : body;
     }
     if (rest.length) return undefined;
-    if (head.startsWith("$")) return m.system[head.slice(1)];
-    return Object.prototype.hasOwnProperty.call(m.properties, head) ? m.properties[head] : undefined;
+    if (head.startsWith("$")) {
+      const name = head.slice(1);
+      return Object.hasOwn(m.system, name) ? m.system[name] : undefined;
+    }
+    return Object.hasOwn(m.properties, head) ? m.properties[head] : undefined;
   };
 }
 

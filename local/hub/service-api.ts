@@ -28,6 +28,7 @@ import { deviceJson, type IdentitySpec, type IdentityStore, moduleJson, twinJson
 import type { HubMetrics } from "./metrics";
 import { type DirectMethods, parseInvocation } from "./methods";
 import { runQuery } from "./query";
+import { parseClientJson } from "./safe-json";
 import { parseSas, verifySas } from "./sas";
 import { clientIdOf } from "./topics";
 import { isJsonObject, type Json, type JsonObject } from "./twin";
@@ -108,11 +109,41 @@ function toHttpError(e: unknown, moduleScoped: boolean): HttpError {
   return new HttpError(500, "ServerError", (e as Error)?.message ?? String(e));
 }
 
+/** Longest request target accepted (IoT Hub paths are short: ids are at most 128 characters). */
+export const MAX_URL_LENGTH = 4096;
+
+function parseRequestUrl(raw: string | undefined): URL {
+  const target = raw ?? "/";
+  if (target.length > MAX_URL_LENGTH)
+    throw new HttpError(
+      414,
+      "ArgumentInvalid",
+      `E_HUB_BAD_URI: request target longer than ${MAX_URL_LENGTH}`,
+    );
+  if (!target.startsWith("/"))
+    throw new HttpError(400, "ArgumentInvalid", "E_HUB_BAD_URI: request target must be an absolute path");
+  try {
+    return new URL(target, "https://hub");
+  } catch {
+    throw new HttpError(400, "ArgumentInvalid", "E_HUB_BAD_URI: request target is not a valid URI");
+  }
+}
+
 function segments(pathname: string): string[] {
   return pathname
     .split("/")
     .filter((s) => s !== "")
-    .map((s) => decodeURIComponent(s));
+    .map((s) => {
+      try {
+        return decodeURIComponent(s);
+      } catch {
+        throw new HttpError(
+          400,
+          "ArgumentInvalid",
+          "E_HUB_BAD_URI: malformed percent-encoding in the request path",
+        );
+      }
+    });
 }
 
 export class ServiceApi {
@@ -173,14 +204,16 @@ export class ServiceApi {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const { metrics, log } = this.o;
     metrics.restRequests++;
-    const url = new URL(req.url ?? "/", "https://hub");
+    let url: URL | undefined;
     let parts: string[] = [];
     try {
-      parts = segments(url.pathname);
+      // Authenticate before looking at anything else the caller sent (path, query, body).
       if (!this.authorized(req.headers.authorization)) {
         metrics.restUnauthorized++;
         throw new HttpError(401, "IotHubUnauthorizedAccess", "Unauthorized");
       }
+      url = parseRequestUrl(req.url);
+      parts = segments(url.pathname);
       if (!url.searchParams.get("api-version"))
         throw new HttpError(400, "InvalidProtocolVersion", "api-version is required");
       const body = await readJson(req);
@@ -188,11 +221,15 @@ export class ServiceApi {
       send(res, out.status, out.body, out.headers);
     } catch (e) {
       const err = toHttpError(e, parts.includes("modules"));
-      if (err.status >= 500 && err.status !== 503 && err.status !== 504) {
-        metrics.internalErrors++;
-        log(`rest: ${req.method} ${url.pathname} failed: ${(e as Error)?.stack ?? String(e)}`);
-      }
       const tid = trackingId();
+      if (err.status >= 500 && err.status !== 503 && err.status !== 504) {
+        // The stack goes to the hub's log only; the caller gets a one-line message and the tracking id.
+        metrics.internalErrors++;
+        log(
+          `rest: ${req.method} ${url?.pathname ?? "?"} failed (tracking id ${tid}): ${(e as Error)?.stack ?? String(e)}`,
+        );
+        err.message = `internal error (tracking id ${tid})`;
+      }
       const message =
         err.methodErrorCode !== undefined
           ? JSON.stringify({
@@ -367,8 +404,9 @@ async function readJson(req: http.IncomingMessage): Promise<Json | undefined> {
   }
   if (size === 0) return undefined;
   try {
-    return JSON.parse(Buffer.concat(chunks).toString("utf8")) as Json;
-  } catch {
+    return parseClientJson(Buffer.concat(chunks).toString("utf8"), "a request body") as Json;
+  } catch (e) {
+    if (isFlotillaError(e)) throw new HttpError(400, "ArgumentInvalid", `${e.code}: ${e.message}`);
     throw new HttpError(400, "ArgumentInvalid", "request body is not valid JSON");
   }
 }

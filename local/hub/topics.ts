@@ -16,6 +16,7 @@
  * Module inputs follow the IoT Edge hub convention used by azure-iot-device-mqtt:
  *   devices/{device_id}/modules/{module_id}/inputs/{input}/{property_bag}
  */
+import { forbiddenKey, isForbiddenKey, nullProtoRecord } from "./safe-json";
 
 /** The authenticated principal behind one MQTT connection. clientId is `deviceId` or `deviceId/moduleId`. */
 export interface ClientIdentity {
@@ -144,18 +145,22 @@ export interface PropertyBag {
 
 /**
  * Parses `k=v&k2=v2`. System properties are URL-encoded by the SDK with querystring.stringify (`$.` becomes
- * `%24.`), application properties with encodeURIComponent. Throws on malformed percent-encoding.
+ * `%24.`), application properties with encodeURIComponent. Throws on malformed percent-encoding and on the
+ * names `__proto__`, `constructor`, `prototype` (E_HUB_FORBIDDEN_KEY, ./safe-json).
  */
 export function parsePropertyBag(bag: string): PropertyBag {
-  const out: PropertyBag = { system: {}, app: {} };
+  // Property names are chosen by the device: null-prototype maps, and no __proto__/constructor/prototype.
+  const out: PropertyBag = { system: nullProtoRecord(), app: nullProtoRecord() };
   if (!bag) return out;
   for (const part of bag.split("&")) {
     if (part === "") continue;
     const eq = part.indexOf("=");
     const k = decodeURIComponent(eq < 0 ? part : part.slice(0, eq));
     const v = eq < 0 ? "" : decodeURIComponent(part.slice(eq + 1));
-    if (k.startsWith("$.")) out.system[k.slice(2)] = v;
-    else out.app[k] = v;
+    const name = k.startsWith("$.") ? k.slice(2) : k;
+    if (isForbiddenKey(name)) forbiddenKey(name, "a message property name");
+    if (k.startsWith("$.")) out.system[name] = v;
+    else out.app[name] = v;
   }
   return out;
 }

@@ -10,8 +10,11 @@
  *   - Values: boolean, number, string, object (arrays allowed); strings up to 4 KB.
  *   - Depth: at most 10 levels for tags, desired and reported objects.
  *   - Size: tags 8 KB, desired 32 KB, reported 32 KB (here: UTF-8 JSON length without $version).
+ * Also refused here (not an IoT Hub rule): the keys `__proto__`, `constructor` and `prototype` (./safe-json),
+ * and merging reads only own properties, so no patch can reach Object.prototype.
  */
 import { FlotillaError } from "../../core/errors";
+import { isForbiddenKey } from "./safe-json";
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 export type JsonObject = { [k: string]: Json };
@@ -38,9 +41,10 @@ function clone<T extends Json>(v: T): T {
 /** RFC 7386 JSON merge patch applied in place: null removes, objects merge, anything else replaces. */
 export function mergePatch(target: JsonObject, patch: JsonObject): JsonObject {
   for (const [k, v] of Object.entries(patch)) {
+    if (isForbiddenKey(k)) badTwin(`invalid property name ${JSON.stringify(k)}`);
     if (v === null) delete target[k];
     else if (isJsonObject(v)) {
-      const cur = target[k];
+      const cur = Object.hasOwn(target, k) ? target[k] : undefined;
       target[k] = mergePatch(isJsonObject(cur) ? cur : {}, v);
     } else target[k] = clone(v);
   }
@@ -62,7 +66,8 @@ export function validateTwinObject(obj: unknown, section: TwinSection, depth = 1
   if (!isJsonObject(obj)) badTwin(`${section} must be a JSON object`);
   if (depth > TWIN_LIMITS.depth) badTwin(`${section} is nested deeper than ${TWIN_LIMITS.depth} levels`);
   for (const [k, v] of Object.entries(obj)) {
-    if (k === "" || [...k].some(forbiddenKeyChar)) badTwin(`invalid property name "${k}" in ${section}`);
+    if (k === "" || isForbiddenKey(k) || [...k].some(forbiddenKeyChar))
+      badTwin(`invalid property name ${JSON.stringify(k)} in ${section}`);
     if (Buffer.byteLength(k) > TWIN_LIMITS.keyBytes) badTwin(`property name longer than 1 KB in ${section}`);
     validateValue(v, section, depth);
   }

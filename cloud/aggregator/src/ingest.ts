@@ -178,7 +178,12 @@ export class Ingestor {
     if (!ev || typeof ev !== "object") throw new Reject("rejected_malformed", "event is not an object");
     const p = parseChunkProps(ev.properties);
     const body = bodyBytes(ev.body);
-    const sender = ev.systemProperties?.["iothub-connection-device-id"];
+    // Own property only: an inherited (polluted Object.prototype) value must never name the sender.
+    const sys = ev.systemProperties;
+    const sender =
+      sys && Object.hasOwn(sys, "iothub-connection-device-id")
+        ? sys["iothub-connection-device-id"]
+        : undefined;
     if (sender !== p.deviceId) {
       throw new Reject("rejected_device", `chunk for '${p.deviceId}' sent by '${String(sender)}'`);
     }
