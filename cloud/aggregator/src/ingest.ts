@@ -75,8 +75,9 @@ class Reject extends Error {
   }
 }
 
+/** Own properties only: an inherited value (a polluted prototype) must never stand in for a missing one. */
 function str(p: Readonly<Record<string, unknown>>, k: string): string {
-  const v = p[k];
+  const v = Object.hasOwn(p, k) ? p[k] : undefined;
   if (typeof v === "string" && v.length > 0 && v.length <= 256) return v;
   if (typeof v === "number" && Number.isFinite(v)) return String(v);
   throw new Reject("rejected_malformed", `property '${k}' missing or invalid`);
@@ -101,7 +102,8 @@ export function parseChunkProps(p: Readonly<Record<string, unknown>> | undefined
     size: intProp(p, "size", 1),
     sha256: str(p, "sha256").toLowerCase(),
   };
-  if (p.chunkSha256 !== undefined) props.chunkSha256 = str(p, "chunkSha256").toLowerCase();
+  if (Object.hasOwn(p, "chunkSha256") && p.chunkSha256 !== undefined)
+    props.chunkSha256 = str(p, "chunkSha256").toLowerCase();
   if (!UPDATE_ID.test(props.updateId))
     throw new Reject("rejected_malformed", `updateId '${props.updateId}' is invalid`);
   if (!HEX64.test(props.sha256)) throw new Reject("rejected_malformed", "sha256 is not 64 hex digits");

@@ -4,6 +4,7 @@ import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { encodeMessage } from "../../../core/protocol/messages";
 import { JobRepository, paths } from "../../../cloud/aggregator/src/jobs/state";
+import { parseChunkProps } from "../../../cloud/aggregator/src/ingest";
 import { decodeMessage } from "../../../core/protocol/messages";
 import { chunkEvents, makeDelta, sha256, shuffle, SPEC, startJob, world } from "./support";
 
@@ -183,4 +184,29 @@ test("Event Hub trigger shape: bodies + triggerMetadata.propertiesArray/systemPr
   assert.equal(r.accepted, events.length, w.logs.join("\n"));
   assert.equal(w.agg.ingestor.counters.updates_completed, 1);
   assert.ok(encodeMessage);
+});
+
+test("chunk properties are read as own properties only: a polluted Object.prototype cannot fill in a missing one", () => {
+  const own = {
+    jobId: "job-1",
+    round: "1",
+    deviceId: "dev-1",
+    updateId: "u-1",
+    chunkIndex: "0",
+    chunkCount: "1",
+    size: "10",
+    sha256: "a".repeat(64),
+  };
+  assert.equal(parseChunkProps(own).deviceId, "dev-1");
+  const proto = Object.prototype as Record<string, unknown>;
+  proto.deviceId = "victim";
+  proto.chunkSha256 = "b".repeat(64);
+  try {
+    const { deviceId: _omit, ...withoutDevice } = own;
+    assert.throws(() => parseChunkProps(withoutDevice), /property 'deviceId' missing or invalid/);
+    assert.equal(Object.hasOwn(parseChunkProps(own), "chunkSha256"), false);
+  } finally {
+    delete proto.deviceId;
+    delete proto.chunkSha256;
+  }
 });
