@@ -58,6 +58,7 @@ export interface LocalStack {
   readonly azurite: Azurite;
   readonly aggregator: Aggregator;
   readonly host: FunctionsHost;
+  /** The devices whose modules run in this process (not `externalDevices`). */
   readonly devices: StackDevice[];
   readonly pool: TrainPool;
   readonly stateDir: string;
