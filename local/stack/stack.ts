@@ -58,6 +58,7 @@ export interface LocalStack {
   readonly azurite: Azurite;
   readonly aggregator: Aggregator;
   readonly host: FunctionsHost;
+  /** The devices whose modules run in this process (not `externalDevices`). */
   readonly devices: StackDevice[];
   readonly pool: TrainPool;
   readonly stateDir: string;
@@ -85,6 +86,36 @@ export interface LocalStackOptions {
    * key directory under stateDir ("file"). Absent: no identity keys, and the aggregator refuses secure jobs.
    */
   identityKeys?: "keyvault" | "file";
+  /**
+   * Devices whose module identities the hub gets but whose modules the stack does not start: they run elsewhere,
+   * e.g. in a child process (local/stack/device-process.ts, for fault tests that SIGKILL a device). Their queue
+   * and quantizer state go under the same paths as an in-process device's (`deviceStateDirs`).
+   */
+  externalDevices?: readonly string[];
+  /**
+   * Starts the host of the aggregation Function instead of the in-process one (local/stack/functions-host.ts),
+   * e.g. a child process (local/stack/function-process.ts). The stack still builds its in-process aggregator
+   * over the same store and fleet (`LocalStack.aggregator`), whose handlers then serve nothing.
+   */
+  functionsHost?: (ctx: FunctionsHostContext) => Promise<FunctionsHost>;
+}
+
+/** What a Functions host started outside the stack's process needs to reach the stack's services. */
+export interface FunctionsHostContext {
+  readonly aggregator: Aggregator;
+  /** Azurite's blob endpoint (`devStorageConnectionString(blobEndpoint)`). */
+  readonly blobEndpoint: string;
+  readonly hub: LocalHub;
+  readonly timerIntervalMs: number;
+  readonly log: (line: string) => void;
+}
+
+/** Where a device's update-queue outbox and quantizer state live under the stack's state directory. */
+export function deviceStateDirs(stateDir: string, deviceId: string): { queue: string; quantizer: string } {
+  return {
+    queue: path.join(stateDir, "queues", deviceId),
+    quantizer: path.join(stateDir, "quantizers", deviceId),
+  };
 }
 
 /** The app id the stack's devices and aggregator authenticate to the Key Vault stand-in as (one fleet identity). */
@@ -157,7 +188,10 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     log,
     ...(keys ? { identityKeys: keys } : {}),
   });
-  const host = await startFunctionsHost(aggregator, { timerIntervalMs: opts.timerIntervalMs ?? 1000, log });
+  const timerIntervalMs = opts.timerIntervalMs ?? 1000;
+  const host = opts.functionsHost
+    ? await opts.functionsHost({ aggregator, blobEndpoint: azurite.blobEndpoint, hub, timerIntervalMs, log })
+    : await startFunctionsHost(aggregator, { timerIntervalMs, log });
   hostRef.current = host;
   const pool = new TrainPool(opts.workers);
   const devices: StackDevice[] = [];
@@ -171,11 +205,18 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   const quiet = () => undefined;
   // Connect in small batches: hundreds of TLS handshakes at once starve the event loop on 2 cores.
   const batch = 10;
-  for (let i = 0; i < opts.deviceIds.length; i += batch) {
-    const ids = opts.deviceIds.slice(i, i + batch);
+  const external = new Set(opts.externalDevices ?? []);
+  for (const deviceId of external) {
+    for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.createModule(deviceId, m);
+  }
+  const entries = opts.deviceIds.map((deviceId, i) => ({ deviceId, data: opts.data[i] }));
+  const inProcess = entries.filter((d) => !external.has(d.deviceId));
+  for (let i = 0; i < inProcess.length; i += batch) {
+    const ids = inProcess.slice(i, i + batch);
     devices.push(
       ...(await Promise.all(
-        ids.map(async (deviceId, j) => {
+        ids.map(async ({ deviceId, data }) => {
+          const dirs = deviceStateDirs(stateDir, deviceId);
           const [tc, qc, pc, zc] = await Promise.all([
             openModule(hub, deviceId, "trainer"),
             openModule(hub, deviceId, "update-queue"),
@@ -185,14 +226,14 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
           // Downstream first: each module is listening before the one routing to it can send.
           const queue = await startUpdateQueue({
             client: qc,
-            dir: path.join(stateDir, "queues", deviceId),
+            dir: dirs.queue,
             closeClient: true,
             resendAfterMs: 60_000,
             log: quiet,
           });
           const quantizer = await startQuantizer({
             client: zc,
-            stateDir: path.join(stateDir, "quantizers", deviceId),
+            stateDir: dirs.quantizer,
             deviceId,
             closeClient: true,
             log: quiet,
@@ -200,7 +241,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
           const trainer = await startTrainer({
             client: tc,
             deviceId,
-            data: opts.data[i + j],
+            data,
             trainExecutor: pool,
             closeClient: true,
             log: quiet,

@@ -956,8 +956,8 @@ function localImports(file: string): string[] {
 test("each module's sources live in folders its Dockerfiles copy into the build", async (t) => {
   for (const name of MODULES) {
     const entry = path.join(repoRoot, "modules", name, "src", "main.ts");
-    const skip = fs.existsSync(entry) ? false : `modules/${name}/src/main.ts is not written yet`;
-    await t.test(name, { skip }, () => {
+    await t.test(name, () => {
+      assert.ok(fs.existsSync(entry), `modules/${name}/src/main.ts is missing`);
       const seen = new Set<string>([entry]);
       const queue = [entry];
       while (queue.length > 0) {

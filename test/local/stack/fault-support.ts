@@ -7,7 +7,20 @@ import type { BlobStore } from "../../../cloud/aggregator/src/store/blob-store";
 import { paths, type JobDocument, type RoundState } from "../../../cloud/aggregator/src/jobs/state";
 import { DEFAULT_CONFIG } from "../../../local/sim/config";
 import { deviceName, loadFleetData, type FleetData } from "../../../local/sim/data";
-import { startLocalStack, type LocalStack, type StackDevice } from "../../../local/stack/stack";
+import {
+  deviceStateDirs,
+  startLocalStack,
+  type LocalStack,
+  type LocalStackOptions,
+  type StackDevice,
+} from "../../../local/stack/stack";
+import { createRegistry } from "../../../local/hub";
+import {
+  DEVICE_MODULES,
+  startDeviceProcess,
+  type DeviceModule,
+  type DeviceProcess,
+} from "../../../local/stack/device-process";
 
 export interface FaultFleet {
   readonly stack: LocalStack;
@@ -16,13 +29,15 @@ export interface FaultFleet {
   readonly store: BlobStore;
   /** Lines logged by the stack (aggregator, host, hub), for failure messages. */
   readonly logs: string[];
+  /** Device processes started by `startDevice` (killed, if still running, by `stopFaultFleet`). */
+  readonly processes: DeviceProcess[];
   device(deviceId: string): StackDevice;
 }
 
 export async function startFaultFleet(
   devices: number,
   samplesPerDevice = 30,
-  opts: { identityKeys?: "keyvault" | "file" } = {},
+  opts: Pick<LocalStackOptions, "identityKeys" | "externalDevices" | "functionsHost"> = {},
 ): Promise<FaultFleet> {
   const data = loadFleetData({ ...DEFAULT_CONFIG, devices, samplesPerDevice });
   const deviceIds = data.devices.map((_, i) => deviceName(i, devices));
@@ -33,6 +48,8 @@ export async function startFaultFleet(
     workers: 1,
     timerIntervalMs: 200,
     ...(opts.identityKeys ? { identityKeys: opts.identityKeys } : {}),
+    ...(opts.externalDevices ? { externalDevices: opts.externalDevices } : {}),
+    ...(opts.functionsHost ? { functionsHost: opts.functionsHost } : {}),
     log: (l) => {
       logs.push(l);
       if (process.env.FAULT_DEBUG) console.error(`${new Date().toISOString().slice(11, 23)} ${l}`);
@@ -45,12 +62,81 @@ export async function startFaultFleet(
     deviceIds,
     store: stack.aggregator.services.store,
     logs,
+    processes: [],
     device(deviceId) {
       const d = stack.devices.find((x) => x.deviceId === deviceId);
       if (!d) throw new Error(`no device ${deviceId}`);
       return d;
     },
   };
+}
+
+/**
+ * Starts one of the fleet's external devices (`startFaultFleet(n, s, { externalDevices })`) in a child process:
+ * its four modules over the same hub identities, outbox and quantizer directories each time, so a process started
+ * after a SIGKILL is the same device rebooted.
+ */
+export async function startDevice(
+  f: FaultFleet,
+  deviceId: string,
+  opts: { holdUplink?: boolean } = {},
+): Promise<DeviceProcess> {
+  const i = f.deviceIds.indexOf(deviceId);
+  if (i < 0) throw new Error(`no device ${deviceId}`);
+  const dirs = deviceStateDirs(f.stack.stateDir, deviceId);
+  const connectionStrings = Object.fromEntries(
+    DEVICE_MODULES.map((m) => [m, f.stack.hub.createModule(deviceId, m)]),
+  ) as Record<DeviceModule, string>;
+  const p = await startDeviceProcess(
+    {
+      deviceId,
+      connectionStrings,
+      caCertPem: f.stack.hub.caCertPem,
+      queueDir: dirs.queue,
+      quantizerDir: dirs.quantizer,
+      data: f.data.devices[i],
+      ...(opts.holdUplink ? { holdUplink: true } : {}),
+    },
+    { log: (l) => f.logs.push(l) },
+  );
+  f.processes.push(p);
+  return p;
+}
+
+/** Runs `body` on a fresh fault fleet (startFaultFleet), then stops it (stopFaultFleet) whatever happened. */
+export async function withFaultFleet(
+  devices: number,
+  opts: Parameters<typeof startFaultFleet>[2],
+  body: (f: FaultFleet) => Promise<void>,
+): Promise<void> {
+  const f = await startFaultFleet(devices, 30, opts);
+  try {
+    await body(f);
+  } finally {
+    await stopFaultFleet(f);
+  }
+}
+
+/** Ends the fleet: device processes still running are killed, then the stack closes. */
+export async function stopFaultFleet(f: FaultFleet): Promise<void> {
+  await Promise.all(f.processes.map((p) => p.kill()));
+  await f.stack.close();
+}
+
+/** A module's reported properties, as the hub holds them (read through the unmodified azure-iothub Registry). */
+export async function reportedOf(
+  f: FaultFleet,
+  deviceId: string,
+  moduleId: string,
+): Promise<Record<string, unknown>> {
+  const registry = createRegistry({
+    serviceConnectionString: f.stack.hub.serviceConnectionString,
+    caCertPem: f.stack.hub.caCertPem,
+  });
+  const twin = (await registry.getModuleTwin(deviceId, moduleId)).responseBody as unknown as {
+    properties: { reported: Record<string, unknown> };
+  };
+  return twin.properties.reported;
 }
 
 export async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {

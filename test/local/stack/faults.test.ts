@@ -10,98 +10,20 @@ import {
   isUpdateChunk,
   jobDoc,
   roundState,
-  startFaultFleet,
   startJob,
   waitFor,
   waitJobDone,
-  type FaultFleet,
+  withFaultFleet as withFleet,
 } from "./fault-support";
 
 /**
  * Faults on the local stack (embedded IoT Hub, Azurite, the aggregation Function's handlers, real device modules):
- * a device that dies mid-round, a device whose uplink is down while its round closes, and a Function instance
- * replaced mid-round.
+ * a device whose uplink is down while its round closes, and a Function instance replaced in-process mid-round (a
+ * polite restart; kills.test.ts SIGKILLs real device and Function processes).
  */
 
-async function withFleet(devices: number, body: (f: FaultFleet) => Promise<void>): Promise<void> {
-  const f = await startFaultFleet(devices);
-  try {
-    await body(f);
-  } finally {
-    await f.stack.close();
-  }
-}
-
-test("a device killed mid-round: the round closes at the deadline on quorum and the job goes on", async () => {
-  await withFleet(4, async (f) => {
-    const jobId = "fault-kill";
-    const victim = f.deviceIds[2];
-    const dead = f.device(victim);
-    // Its update can never leave the device before the kill, however fast it trains.
-    holdUplink(dead);
-    await createJob(f, {
-      jobId,
-      clientsPerRound: 4,
-      rounds: 2,
-      roundDeadlineSeconds: 8,
-      minCompletedFraction: 0.5,
-    });
-    await startJob(f, jobId);
-    const opened = await waitFor("round 1 to open", () => roundState(f.store, jobId, 1), 30_000, 25, f.logs);
-    assert.equal(opened.participants.length, 4);
-    assert.ok(
-      opened.participants.some((p) => p.deviceId === victim),
-      "the victim takes part in round 1",
-    );
-    // The device dies: its module processes end (the trainer aborts its round) and its connections go. (Stopping
-    // comes first: UpdateQueueHandle.stop() never resolves while its client is reconnecting after a dropped link.)
-    await Promise.all([dead.trainer.stop(), dead.queue.stop(), dead.profiler.stop()]);
-    for (const m of ["trainer", "update-queue", "profiler"]) {
-      f.stack.hub.disconnect(victim, m);
-      assert.equal(f.stack.hub.isOnline(victim, m), false, `${victim}/${m} is off the network`);
-    }
-
-    const doc = await waitJobDone(f, jobId, 60_000);
-    assert.equal(doc.status, "completed", doc.error);
-    assert.equal(doc.rounds.length, 2);
-    const [r1, r2] = doc.rounds;
-    assert.equal(r1.round, 1);
-    assert.equal(r1.status, "aggregated");
-    assert.equal(r1.participants, 4);
-    assert.equal(r1.completed, 3);
-    assert.equal(r1.belowQuorum, false);
-    assert.deepEqual(
-      r1.failures.map((x) => [x.deviceId, x.code]),
-      [[victim, "E_ROUND_TIMEOUT"]],
-    );
-    // It closed on the deadline (the other three had answered long before), not on a complete set.
-    assert.ok(r1.durationMs >= 8000, `round 1 lasted ${r1.durationMs} ms`);
-    const st1 = await roundState(f.store, jobId, 1);
-    assert.equal(st1?.status, "closed");
-    assert.equal(st1?.received[victim], undefined);
-    assert.equal(Object.keys(st1?.received ?? {}).length, 3);
-
-    assert.equal(r2.round, 2);
-    assert.equal(r2.status, "aggregated");
-    assert.equal(r2.completed, 3);
-    const st2 = await roundState(f.store, jobId, 2);
-    assert.ok(st2);
-    const ids2 = st2.participants.map((p) => p.deviceId);
-    if (ids2.includes(victim)) {
-      assert.deepEqual(
-        r2.failures.map((x) => x.deviceId),
-        [victim],
-      );
-    } else {
-      assert.equal(ids2.length, 3, "round 2 runs with the three live devices");
-      assert.deepEqual(r2.failures, []);
-    }
-    assert.notEqual(r2.modelSha256, r1.modelSha256, "round 2 moved the model");
-  });
-});
-
 test("a device offline for a round: its queued update arrives later and is handled by policy", async () => {
-  await withFleet(3, async (f) => {
+  await withFleet(3, {}, async (f) => {
     const jobId = "fault-offline";
     const offline = f.deviceIds[1];
     const dev = f.device(offline);
@@ -177,8 +99,8 @@ test("a device offline for a round: its queued update arrives later and is handl
   });
 });
 
-test("the Function restarted mid-round resumes the round", async () => {
-  await withFleet(3, async (f) => {
+test("the Function replaced in-process mid-round (polite restart) resumes the round", async () => {
+  await withFleet(3, {}, async (f) => {
     const jobId = "fault-restart";
     const slow = f.deviceIds[0];
     const slowDev = f.device(slow);

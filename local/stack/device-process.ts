@@ -1,0 +1,245 @@
+/**
+ * One simulated IoT Edge device of the local stack in its own process: the real trainer, quantizer, update-queue
+ * and profiler modules on unmodified azure-iot-device ModuleClients (MQTT over TLS) against the stack's hub, as
+ * `startLocalStack` runs them in-process, but in a child process (child_process.fork of this file's compiled
+ * output) that a fault test can SIGKILL mid-round and start again over the same state directories — the durable
+ * outbox of the update-queue (modules/update-queue/src/outbox.ts) and the quantizer's residuals survive the kill,
+ * everything in memory does not.
+ *
+ * The parent side is `startDeviceProcess`; the child speaks to it over the IPC channel (advanced serialization, so
+ * the device's dataset travels as typed arrays) and exits when that channel closes, so a dying test leaves no
+ * orphan behind.
+ */
+import { fork, type ChildProcess } from "node:child_process";
+import { ModuleClient } from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import type { Dataset } from "../../core/data/dataset";
+import { FlotillaError } from "../../core/errors";
+import { benchTrain } from "../../core/engine/bench";
+import { startTrainer, type TrainerState } from "../../modules/trainer/src/trainer";
+import { startUpdateQueue, type UpdateQueueStatus } from "../../modules/update-queue/src/main";
+import { startQuantizer } from "../../modules/quantizer/src/quantizer";
+import { startProfiler } from "../../modules/profiler/src/profiler";
+
+export const DEVICE_MODULES = ["trainer", "quantizer", "update-queue", "profiler"] as const;
+export type DeviceModule = (typeof DEVICE_MODULES)[number];
+
+export interface DeviceProcessSpec {
+  readonly deviceId: string;
+  /** Each module's connection string (LocalHub.createModule). */
+  readonly connectionStrings: Readonly<Record<DeviceModule, string>>;
+  /** The hub's CA certificate (LocalHub.caCertPem). */
+  readonly caCertPem: string;
+  /** The update-queue's outbox directory and the quantizer's state directory (stack.ts deviceStateDirs). */
+  readonly queueDir: string;
+  readonly quantizerDir: string;
+  readonly data: Dataset;
+  /**
+   * Start with the update-queue's uplink held: updates are stored in the outbox but not sent (as with the link to
+   * the cloud down) until the queue's next (re)connection brings its sender back online.
+   */
+  readonly holdUplink?: boolean;
+}
+
+/** An outbox entry as the child reports it. */
+export interface OutboxEntry {
+  readonly updateId: string;
+  readonly jobId: string;
+  readonly round: number;
+  readonly state: string;
+}
+
+export interface DeviceProcessStatus {
+  readonly queue: UpdateQueueStatus;
+  readonly outbox: readonly OutboxEntry[];
+  readonly trainer: TrainerState;
+}
+
+export interface DeviceProcess {
+  readonly deviceId: string;
+  readonly pid: number;
+  /** Settles when the process has exited: its exit code, or the signal that ended it. */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  status(): Promise<DeviceProcessStatus>;
+  /** SIGKILLs the process (no module gets to stop, flush or close anything); resolves once it has exited. */
+  kill(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Polite stop: the modules stop and close their clients, then the process exits (SIGKILL if it hangs). */
+  stop(): Promise<void>;
+}
+
+type ToChild = { type: "start"; spec: DeviceProcessSpec } | { type: "status"; id: number } | { type: "stop" };
+type FromChild =
+  | { type: "ready" }
+  | { type: "failed"; message: string }
+  | { type: "status"; id: number; status: DeviceProcessStatus };
+
+/** Forks a device process and resolves once its four modules have started (connected and listening). */
+export async function startDeviceProcess(
+  spec: DeviceProcessSpec,
+  opts: { log?: (line: string) => void } = {},
+): Promise<DeviceProcess> {
+  const log = opts.log ?? (() => undefined);
+  const env = { ...process.env };
+  delete env.NODE_TEST_CONTEXT; // the child is not a test file of the runner that started its parent
+  const child: ChildProcess = fork(__filename, [], {
+    execArgv: [],
+    env,
+    serialization: "advanced",
+    stdio: ["ignore", "pipe", "pipe", "ipc"],
+  });
+  const tail: string[] = [];
+  const onOutput = (d: Buffer): void => {
+    for (const line of d.toString().split("\n").filter(Boolean)) {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+      log(`[device ${spec.deviceId} pid ${child.pid}] ${line}`);
+    }
+  };
+  child.stdout?.on("data", onOutput);
+  child.stderr?.on("data", onOutput);
+  // A message sent just as the process dies fails asynchronously: `exited` covers it.
+  child.on("error", (e) => log(`[device ${spec.deviceId} pid ${child.pid}] ${e.message}`));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once("exit", (code, signal) => resolve({ code, signal })),
+  );
+  const waiting = new Map<number, (s: DeviceProcessStatus) => void>();
+  let nextId = 1;
+  const ready = new Promise<void>((resolve, reject) => {
+    child.on("message", (m: FromChild) => {
+      if (m.type === "ready") resolve();
+      else if (m.type === "failed") reject(new FlotillaError("E_DEVICE_PROCESS", m.message));
+      else if (m.type === "status") {
+        waiting.get(m.id)?.(m.status);
+        waiting.delete(m.id);
+      }
+    });
+    void exited.then(({ code, signal }) =>
+      reject(
+        new FlotillaError(
+          "E_DEVICE_PROCESS",
+          `device process ${spec.deviceId} exited (${signal ?? code}) before it started: ${tail.join(" | ")}`,
+        ),
+      ),
+    );
+  });
+  const send = (m: ToChild): void => {
+    child.send(m);
+  };
+  send({ type: "start", spec });
+  try {
+    await ready;
+  } catch (e) {
+    child.kill("SIGKILL");
+    throw e;
+  }
+  const kill = async () => {
+    child.kill("SIGKILL");
+    return exited;
+  };
+  return {
+    deviceId: spec.deviceId,
+    pid: child.pid as number,
+    exited,
+    status: () =>
+      new Promise<DeviceProcessStatus>((resolve, reject) => {
+        if (child.exitCode !== null || child.signalCode !== null || !child.connected) {
+          reject(new FlotillaError("E_DEVICE_PROCESS", `device process ${spec.deviceId} is not running`));
+          return;
+        }
+        const id = nextId++;
+        waiting.set(id, resolve);
+        void exited.then(() => {
+          if (waiting.delete(id))
+            reject(new FlotillaError("E_DEVICE_PROCESS", `device process ${spec.deviceId} exited`));
+        });
+        send({ type: "status", id });
+      }),
+    kill,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      if (child.connected) send({ type: "stop" });
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+// --- the child ------------------------------------------------------------------------------------------------------
+
+async function openModule(connectionString: string, ca: string): Promise<ModuleClient> {
+  const client = ModuleClient.fromConnectionString(connectionString, Mqtt);
+  await client.setOptions({ ca });
+  await client.open();
+  return client;
+}
+
+async function runChild(spec: DeviceProcessSpec): Promise<void> {
+  const reply = (m: FromChild): void => {
+    process.send?.(m);
+  };
+  const cs = spec.connectionStrings;
+  const [tc, zc, qc, pc] = await Promise.all(DEVICE_MODULES.map((m) => openModule(cs[m], spec.caCertPem)));
+  const quiet = () => undefined;
+  // Downstream first along the route, as stack.ts starts them.
+  const queue = await startUpdateQueue({
+    client: qc,
+    dir: spec.queueDir,
+    closeClient: true,
+    resendAfterMs: 60_000,
+    log: quiet,
+  });
+  if (spec.holdUplink) queue.sender.setOnline(false);
+  const quantizer = await startQuantizer({
+    client: zc,
+    stateDir: spec.quantizerDir,
+    deviceId: spec.deviceId,
+    closeClient: true,
+    log: quiet,
+  });
+  const trainer = await startTrainer({
+    client: tc,
+    deviceId: spec.deviceId,
+    data: spec.data,
+    closeClient: true,
+    log: quiet,
+  });
+  const profiler = await startProfiler({
+    client: pc,
+    closeClient: true,
+    bench: (o) => benchTrain({ ...o, seconds: Math.min(o.seconds ?? 1, 1) }),
+    log: quiet,
+  });
+  process.on("message", (m: ToChild) => {
+    if (m.type === "status") {
+      const outbox = queue.outbox
+        .pending()
+        .map((u) => ({ updateId: u.updateId, jobId: u.jobId, round: u.round, state: u.state }));
+      reply({
+        type: "status",
+        id: m.id,
+        status: { queue: queue.status(), outbox, trainer: trainer.state() },
+      });
+    } else if (m.type === "stop") {
+      void (async () => {
+        for (const stop of [() => trainer.stop(), () => quantizer.stop(), () => queue.stop()])
+          await stop().catch(() => undefined);
+        await profiler.stop().catch(() => undefined);
+        process.exit(0);
+      })();
+    }
+  });
+  reply({ type: "ready" });
+}
+
+if (require.main === module) {
+  // The parent went away (its test ended or crashed): so does the device.
+  process.on("disconnect", () => process.exit(0));
+  process.once("message", (m: ToChild) => {
+    if (m.type !== "start") return;
+    runChild(m.spec).catch((e: unknown) => {
+      process.send?.({ type: "failed", message: e instanceof Error ? e.message : String(e) } as FromChild);
+      process.exit(1);
+    });
+  });
+}
