@@ -112,6 +112,35 @@ function buildSimConfig(o: RawOptions): SimConfig {
   return validateConfig(c);
 }
 
+/**
+ * Creates `dir` (with its parents) and checks that it is a directory this process can write, so a bad --out (a
+ * file, a path under a file, a read-only place) is one E_CONFIG_OUT line before the job runs, not an E_INTERNAL
+ * after it (and the run's results lost).
+ */
+function prepareOutDir(flag: string, dir: string): void {
+  const why = (e: unknown) => (e as Error).message.split("\n")[0];
+  if (dir.trim() === "") fail("E_CONFIG_OUT", `${flag} must name a directory, got ''`);
+  let stat: fs.Stats | undefined;
+  try {
+    stat = fs.statSync(dir, { throwIfNoEntry: false });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: ${why(e)}`);
+  }
+  if (stat && !stat.isDirectory()) fail("E_CONFIG_OUT", `${flag} ${dir}: exists and is not a directory`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: cannot create the directory (${why(e)})`);
+  }
+  const probe = path.join(dir, `.flotilla-write-check-${process.pid}`);
+  try {
+    fs.writeFileSync(probe, "");
+    fs.rmSync(probe, { force: true });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: directory is not writable (${why(e)})`);
+  }
+}
+
 function roundLine(r: RoundSummary, total: number, mb: (bytes: number) => string): string {
   const acc = Number.isFinite(r.accuracy) ? `${(r.accuracy * 100).toFixed(2)}%` : "n/a";
   const loss = Number.isFinite(r.loss) ? r.loss.toFixed(4) : "n/a";
@@ -145,6 +174,7 @@ function secaggText(r: RoundSummary): string {
 
 async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
+  prepareOutDir("--out", config.out);
   const { SingleBar, Presets } = await import("cli-progress");
   const { mb } = await import("../report/report.js");
   const interactive = Boolean(process.stderr.isTTY);
@@ -323,11 +353,15 @@ async function runBenchSecAgg(o: RawOptions): Promise<number> {
 async function runHub(o: RawOptions): Promise<number> {
   const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string, MAX_PORT);
   const httpsPort = nonNegativeInt("https-port", o.httpsPort as string, MAX_PORT);
+  const stateDir = o.stateDir as string;
+  const file = path.join(".flotilla", "hub.json");
+  prepareOutDir("--state-dir", stateDir);
+  prepareOutDir("the connection-info directory", path.dirname(file));
   const { startLocalHub, writeHubInfo } = await import("../hub/index.js");
   const hub = await startLocalHub({
     mqttPort,
     httpsPort,
-    stateDir: o.stateDir as string,
+    stateDir,
     persistRegistry: true,
     onEvent: (batch) => {
       for (const e of batch) {
@@ -336,7 +370,6 @@ async function runHub(o: RawOptions): Promise<number> {
       }
     },
   });
-  const file = path.join(".flotilla", "hub.json");
   writeHubInfo(hub, file);
   console.log(
     `local IoT Hub ${hub.hubName}: MQTT/TLS ${hub.mqttHost}:${hub.mqttPort}, REST https://127.0.0.1:${hub.httpsPort}`,
