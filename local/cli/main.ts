@@ -388,8 +388,11 @@ export function buildProgram(): Command {
     .description("Federated learning for Azure IoT Edge device fleets")
     .version(require("../../../package.json").version as string)
     .exitOverride()
-    .configureOutput({
-      writeErr: (s) => process.stderr.write(s.startsWith("error: ") ? `flotilla: ${s.slice(7)}` : s),
+    // commander's own error output (its message, and the help it prints when a command is missing) is replaced
+    // by main()'s one coded line; --help and --version go to stdout as usual. Subcommands inherit both settings.
+    .configureOutput({ writeErr: () => undefined })
+    .hook("preSubcommand", (_parent, sub) => {
+      parsing = sub;
     });
 
   program
@@ -430,7 +433,12 @@ export function buildProgram(): Command {
     )
     .option("--target-accuracy <fraction>", "stop once test accuracy reaches this")
     .option("--out <dir>", "output directory")
-    .option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)")
+    .addOption(
+      new Option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)").choices([
+        "memory",
+        "iothub",
+      ]),
+    )
     .option(
       "--compression <spec>",
       "uplink codecs: none | fp16 | int8 | int4 | int2 | topk:F | randk:F | qsgd:L, chained with + (topk:0.01+int8)",
@@ -503,7 +511,12 @@ export function buildProgram(): Command {
       exitCode = await runExport(opts);
     });
 
-  const bench = program.command("bench").description("measure speed");
+  const bench = program
+    .command("bench")
+    .description("measure speed")
+    .hook("preSubcommand", (_parent, sub) => {
+      parsing = sub;
+    });
   bench
     .command("train")
     .description("local training throughput (samples/s)")
@@ -556,19 +569,62 @@ export function buildProgram(): Command {
 }
 
 let exitCode = 0;
+/** The command being parsed (program, then each subcommand as commander dispatches to it). */
+let parsing: Command | undefined;
+
+/** commander's error codes -> ours (E_CONFIG_*: configuration and CLI input, core/errors.ts). */
+const COMMANDER_CODES: Record<string, string> = {
+  "commander.unknownOption": "E_CONFIG_UNKNOWN_OPTION",
+  "commander.unknownCommand": "E_CONFIG_UNKNOWN_COMMAND",
+  "commander.missingArgument": "E_CONFIG_MISSING_ARGUMENT",
+  "commander.optionMissingArgument": "E_CONFIG_MISSING_ARGUMENT",
+  "commander.missingMandatoryOptionValue": "E_CONFIG_MISSING_OPTION",
+  "commander.excessArguments": "E_CONFIG_UNEXPECTED_ARGUMENT",
+  "commander.invalidArgument": "E_CONFIG_VALUE",
+  "commander.conflictingOption": "E_CONFIG_CONFLICT",
+};
+
+/** The one-line `E_CODE: message` for a commander parse error (not for --help/--version, which exit 0). */
+function commanderErrorLine(e: CommanderError, program: Command): string {
+  if (e.code === "commander.help") {
+    // commander printed (to our silenced stderr) a command's help because no subcommand was given, or because
+    // `help NAME` named no command.
+    const cmd = parsing ?? program;
+    if (cmd.args[0] === "help" && cmd.args[1] !== undefined)
+      return `E_CONFIG_UNKNOWN_COMMAND: unknown command '${cmd.args[1]}'`;
+    const names: string[] = [];
+    for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+    const full = names.join(" ");
+    return (
+      `E_CONFIG_MISSING_COMMAND: '${full}' needs a command: ${cmd.commands.map((c) => c.name()).join(", ")} ` +
+      `(${full} --help describes them)`
+    );
+  }
+  const code = COMMANDER_CODES[e.code] ?? "E_CONFIG_USAGE";
+  // "error: unknown option '--device'\n(Did you mean --devices?)" -> one line.
+  const message = e.message
+    .replace(/^error: /, "")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(" ");
+  return `${code}: ${message}`;
+}
 
 /** Entry point used by bin/flotilla.js. Returns the process exit code; never lets a stack trace reach the user. */
 export async function main(argv: string[]): Promise<number> {
   exitCode = 0;
+  parsing = undefined;
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
-      return e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0
-        ? 0
-        : 2;
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0)
+        return 0;
+      console.error(`flotilla: ${commanderErrorLine(e, program)}`);
+      return 2;
     }
     if (isFlotillaError(e)) {
       console.error(`flotilla: ${e.code}: ${e.message}`);
