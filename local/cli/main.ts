@@ -90,14 +90,15 @@ function buildSimConfig(o: RawOptions): SimConfig {
     c.secaggNeighbours = positiveInt("secagg-neighbours", s("secaggNeighbours")!, L.secaggNeighbours);
   if (s("secaggThreshold") !== undefined)
     c.secaggThreshold = positiveInt("secagg-threshold", s("secaggThreshold")!, L.secaggThreshold);
-  if (s("secaggClip") !== undefined) c.secaggClip = positiveNumber("secagg-clip", s("secaggClip")!);
+  if (s("secaggClip") !== undefined)
+    c.secaggClip = positiveNumber("secagg-clip", s("secaggClip")!, L.secaggClip);
   if (s("secaggStepTimeout") !== undefined)
     c.secaggStepTimeoutMs =
       positiveNumber("secagg-step-timeout", s("secaggStepTimeout")!, L.secaggStepTimeoutS) * 1000;
   if (s("dropout") !== undefined) c.dropout = nonNegativeNumber("dropout", s("dropout")!);
-  if (s("dpNoise") !== undefined) c.dpNoise = positiveNumber("dp-noise", s("dpNoise")!);
+  if (s("dpNoise") !== undefined) c.dpNoise = positiveNumber("dp-noise", s("dpNoise")!, L.dpNoise);
   if (s("dpClip") !== undefined)
-    c.dpClip = s("dpClip") === "adaptive" ? "adaptive" : positiveNumber("dp-clip", s("dpClip")!);
+    c.dpClip = s("dpClip") === "adaptive" ? "adaptive" : positiveNumber("dp-clip", s("dpClip")!, L.dpClip);
   if (s("dpDelta") !== undefined) c.dpDelta = positiveNumber("dp-delta", s("dpDelta")!);
   if (s("dpEpsilonBudget") !== undefined)
     c.dpEpsilonBudget = positiveNumber("dp-epsilon-budget", s("dpEpsilonBudget")!);
@@ -107,7 +108,11 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("dpTargetQuantile") !== undefined)
     c.dpTargetQuantile = positiveNumber("dp-target-quantile", s("dpTargetQuantile")!);
   if (s("dpClipCountStddev") !== undefined)
-    c.dpClipCountStddev = positiveNumber("dp-clip-count-stddev", s("dpClipCountStddev")!);
+    c.dpClipCountStddev = positiveNumber(
+      "dp-clip-count-stddev",
+      s("dpClipCountStddev")!,
+      L.dpClipCountStddev,
+    );
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -452,16 +457,19 @@ export function buildProgram(): Command {
     .option("--secagg-threshold <t>", "shares needed to unmask a device's secrets (default ⌊k/2⌋+1)")
     .option(
       "--secagg-clip <c>",
-      "update values are clipped to [-c, c] for the fixed-point encoding (default 8)",
+      `update values are clipped to [-c, c] for the fixed-point encoding (default 8, at most ${SIM_LIMITS.secaggClip})`,
     )
     .option(
       "--secagg-step-timeout <seconds>",
       `deadline of each secure-aggregation step (default 30, at most ${SIM_LIMITS.secaggStepTimeoutS})`,
     )
-    .option("--dp-noise <z>", "differential privacy: noise multiplier z (noise std = z × clip norm)")
+    .option(
+      "--dp-noise <z>",
+      `differential privacy: noise multiplier z (noise std = z × clip norm; at most ${SIM_LIMITS.dpNoise})`,
+    )
     .option(
       "--dp-clip <c>",
-      "L2 clip norm of each update, or 'adaptive' (tracks the median update norm privately)",
+      `L2 clip norm of each update (at most ${SIM_LIMITS.dpClip}), or 'adaptive' (tracks the median update norm privately)`,
     )
     .option("--dp-delta <d>", "δ of the (ε, δ) guarantee (default 1e-5)")
     .option("--dp-epsilon-budget <e>", "stop before a round that would spend more than ε")

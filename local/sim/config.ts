@@ -153,6 +153,15 @@ export const SIM_LIMITS = {
   secaggNeighbours: 65_535,
   secaggThreshold: 65_535,
   dpMinSurvivors: 100_000,
+  /**
+   * Sanity bounds of the real-valued privacy flags: noise z·C must stay finite (--dp-noise 1e300 --dp-clip 1e300
+   * failed with E_DP_CONFIG only after the fleet had started), and a SecAgg+ clip range c spreads 32 bits of fixed
+   * point over [-c, c] x n (core/secagg/fixed-point.ts), so c = 1e300 silently rounded every update to 0.
+   */
+  dpNoise: 1_000,
+  dpClip: 1_000_000,
+  dpClipCountStddev: 1_000_000,
+  secaggClip: 1_000,
 } as const;
 
 /** One E_CONFIG_RANGE line unless `v <= max` (`raw`: the value as the user typed it). */
@@ -229,6 +238,10 @@ function checkRanges(c: SimConfig): void {
     ["secagg-neighbours", c.secaggNeighbours, L.secaggNeighbours],
     ["secagg-threshold", c.secaggThreshold, L.secaggThreshold],
     ["dp-min-survivors", c.dpMinSurvivors, L.dpMinSurvivors],
+    ["dp-noise", c.dpNoise, L.dpNoise],
+    ["dp-clip", c.dpClip === "adaptive" ? undefined : c.dpClip, L.dpClip],
+    ["dp-clip-count-stddev", c.dpClipCountStddev, L.dpClipCountStddev],
+    ["secagg-clip", c.secaggClip, L.secaggClip],
   ];
   for (const [name, v, max] of checks) if (v !== undefined) atMost(name, v, max);
 }

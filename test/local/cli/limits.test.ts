@@ -39,6 +39,13 @@ test("count and size flags have upper bounds, checked before anything is allocat
       ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-min-survivors", "1e9"],
       range("dp-min-survivors", 100000, "1e9"),
     ],
+    [["simulate", "--dp-noise", "1e300", "--dp-clip", "1"], range("dp-noise", 1000, "1e300")],
+    [["simulate", "--dp-noise", "1", "--dp-clip", "1e300"], range("dp-clip", 1000000, "1e300")],
+    [
+      ["simulate", "--dp-noise", "1", "--dp-clip", "adaptive", "--dp-clip-count-stddev", "1e300"],
+      range("dp-clip-count-stddev", 1000000, "1e300"),
+    ],
+    [["simulate", "--secure-aggregation", "--secagg-clip", "1e300"], range("secagg-clip", 1000, "1e300")],
     // Each flag within its bound, but the product is far beyond any machine: a memory estimate says so.
     [["simulate", "--devices", "100000", "--samples-per-device", "1000000"], /^flotilla: E_CONFIG_MEMORY: /],
     [["bench", "aggregate", "--params", "1e11"], range("params", 100000000, "1e11")],
