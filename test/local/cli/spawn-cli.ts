@@ -23,8 +23,13 @@ export interface Run {
  * allocate without bound fails its case instead of hanging the test.
  */
 export function run(args: string[], cwd: string, killAfterMs = 90_000): Promise<Run> {
+  return runScript(bin, args, cwd, killAfterMs);
+}
+
+/** Runs `node script ...args` (a compiled script, or bin/flotilla.js), SIGKILLed after `killAfterMs`. */
+export function runScript(script: string, args: string[], cwd: string, killAfterMs = 90_000): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [bin, ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [script, ...args], { cwd, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
