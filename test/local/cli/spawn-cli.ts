@@ -63,6 +63,9 @@ export async function check(cases: [string[], RegExp][], cwd: string): Promise<s
   return problems;
 }
 
+/** A scratch working directory, removed when the test process exits. */
 export function scratch(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-hardening-"));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-hardening-"));
+  process.on("exit", () => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
