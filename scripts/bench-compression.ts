@@ -10,7 +10,8 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DEFAULT_CONFIG, type SimConfig } from "../local/sim/config";
+import { DEFAULT_CONFIG, positiveInt, SIM_LIMITS, type SimConfig } from "../local/sim/config";
+import { errorCode, errorMessage } from "../core/errors";
 import { simulate } from "../local/sim/simulate";
 import { writeTradeoffReport, type TradeoffRun } from "../local/report/tradeoff";
 
@@ -70,13 +71,16 @@ function flag(args: string[], name: string): string | undefined {
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const roundsOverride = flag(args, "--rounds");
+  // Parsed up front: a bad --rounds is one coded line, not a sweep of runs of NaN or 1e9 rounds.
+  const roundsParsed =
+    roundsOverride !== undefined ? positiveInt("rounds", roundsOverride, SIM_LIMITS.rounds) : undefined;
   const codecsOverride = flag(args, "--codecs");
   const names = args.length ? args : Object.keys(SCENARIOS);
   fs.mkdirSync("bench-out", { recursive: true });
   for (const name of names) {
     const sc = SCENARIOS[name];
     if (!sc) throw new Error(`unknown scenario '${name}' (expected ${Object.keys(SCENARIOS).join(", ")})`);
-    const rounds = roundsOverride ? Number(roundsOverride) : sc.rounds;
+    const rounds = roundsParsed ?? sc.rounds;
     const codecs = codecsOverride ? codecsOverride.split(",") : sc.codecs;
     const file = `bench-out/compression-${name}.json`;
     // Runs of other codecs measured before are kept (a later --codecs run adds to the sweep); the float32
@@ -149,6 +153,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  console.error(`bench-compression: ${e instanceof Error ? e.message : String(e)}`);
+  console.error(`bench-compression: ${errorCode(e)}: ${errorMessage(e)}`);
   process.exit(1);
 });

@@ -8,7 +8,8 @@
  * Writes bench-out/learning-<name>.json (+ the run's results.json and report.html under bench-out/<name>/).
  */
 import * as fs from "node:fs";
-import { DEFAULT_CONFIG, type SimConfig } from "../local/sim/config";
+import { DEFAULT_CONFIG, positiveInt, SIM_LIMITS, validateConfig, type SimConfig } from "../local/sim/config";
+import { errorCode, errorMessage } from "../core/errors";
 import { simulate } from "../local/sim/simulate";
 
 interface Case {
@@ -28,7 +29,8 @@ const CASES: Record<string, Case> = {
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const mi = args.indexOf("--max-rounds");
-  const maxOverride = mi >= 0 ? Number(args.splice(mi, 2)[1]) : undefined;
+  const maxOverride =
+    mi >= 0 ? positiveInt("max-rounds", args.splice(mi, 2)[1] ?? "", SIM_LIMITS.rounds) : undefined;
   const names = args.length ? args : Object.keys(CASES);
   for (const name of names) {
     const c = CASES[name];
@@ -47,6 +49,7 @@ async function main(): Promise<void> {
       targetAccuracy: Math.max(...c.thresholds),
       out: `bench-out/${name}`,
     };
+    validateConfig(config);
     const reached: Record<string, { round: number; wallS: number } | null> = {};
     let elapsed = 0;
     const t0 = Date.now();
@@ -79,6 +82,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  console.error(`bench-learning: ${e instanceof Error ? e.message : String(e)}`);
+  console.error(`bench-learning: ${errorCode(e)}: ${errorMessage(e)}`);
   process.exit(1);
 });

@@ -14,7 +14,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { solveNoiseMultiplier } from "../core/privacy/rdp";
-import { DEFAULT_CONFIG, type SimConfig } from "../local/sim/config";
+import { DEFAULT_CONFIG, positiveInt, SIM_LIMITS, type SimConfig } from "../local/sim/config";
+import { errorCode, errorMessage } from "../core/errors";
 import { simulate } from "../local/sim/simulate";
 import { chartLibrary, esc } from "../local/report/report";
 
@@ -88,13 +89,15 @@ async function main(): Promise<void> {
   const epsilons = (flag(args, "--epsilons") ?? "1,2,4,8").split(",").map(Number);
   const modes = (flag(args, "--modes") ?? "none,plain,secure").split(",") as PrivacyRun["mode"][];
   const roundsOverride = flag(args, "--rounds");
+  const roundsParsed =
+    roundsOverride !== undefined ? positiveInt("rounds", roundsOverride, SIM_LIMITS.rounds) : undefined;
   const names = args.length ? args : ["sensors", "mnist"]; // mnist-100 (about 40 min) on request
   fs.mkdirSync("bench-out/privacy", { recursive: true });
   for (const name of names) {
     const sc = SCENARIOS[name];
     if (!sc) throw new Error(`unknown scenario '${name}' (expected ${Object.keys(SCENARIOS).join(", ")})`);
     const base: SimConfig = { ...DEFAULT_CONFIG, ...sc.config, workers: 2, secaggStepTimeoutMs: 300_000 };
-    if (roundsOverride) base.rounds = Number(roundsOverride);
+    if (roundsParsed !== undefined) base.rounds = roundsParsed;
     const q = base.clientsPerRound / base.devices;
     const file = `bench-out/privacy-${name}.json`;
     const stored: PrivacyRun[] = fs.existsSync(file)
@@ -241,7 +244,7 @@ new Chart(document.getElementById("acc"), { type: "line", data: { datasets: ${JS
 
 if (require.main === module) {
   main().catch((e: unknown) => {
-    console.error(e instanceof Error ? e.message : String(e));
+    console.error(`bench-privacy: ${errorCode(e)}: ${errorMessage(e)}`);
     process.exit(1);
   });
 }

@@ -9,7 +9,8 @@
  * Writes bench-out/stack-<devices>.json.
  */
 import * as fs from "node:fs";
-import { DEFAULT_CONFIG } from "../local/sim/config";
+import { DEFAULT_CONFIG, positiveInt, SIM_LIMITS } from "../local/sim/config";
+import { errorCode, errorMessage } from "../core/errors";
 import { simulateOverIotHub } from "../local/stack/iothub-simulate";
 
 function rssOf(pid: number): number {
@@ -40,7 +41,7 @@ function median(xs: number[]): number {
 }
 
 async function main(): Promise<void> {
-  const counts = process.argv.slice(2).map(Number);
+  const counts = process.argv.slice(2).map((c) => positiveInt("devices", c, SIM_LIMITS.devices));
   for (const devices of counts.length ? counts : [10, 100]) {
     let peak = 0;
     const sampler = setInterval(() => {
@@ -89,6 +90,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  console.error(`bench-stack: ${e instanceof Error ? e.message : String(e)}`);
+  console.error(`bench-stack: ${errorCode(e)}: ${errorMessage(e)}`);
   process.exit(1);
 });

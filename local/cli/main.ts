@@ -1,5 +1,4 @@
 import { Command, CommanderError, Option } from "commander";
-import { SingleBar, Presets } from "cli-progress";
 import * as path from "node:path";
 import { isFlotillaError, fail } from "../../core/errors";
 import {
@@ -9,25 +8,37 @@ import {
   nonNegativeNumber,
   positiveInt,
   positiveNumber,
+  SIM_LIMITS,
   validateConfig,
   type SimConfig,
 } from "../sim/config";
-import { simulate, type RoundSummary } from "../sim/simulate";
-import { simulateOverIotHub } from "../stack/iothub-simulate";
-import { startLocalHub, writeHubInfo } from "../hub";
-import { mb } from "../report/report";
-import { benchTrain } from "../../core/engine/bench";
-import { benchAggregate } from "../../core/tensor/bench-aggregate";
+import type { RoundSummary } from "../sim/simulate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
-import { benchSecAgg } from "../../core/secagg/bench";
-import { benchDpAggregate } from "../../core/privacy/bench";
 import { registerPrivacyCommand } from "./privacy";
-import { loadModelDir } from "../../core/export/model-dir";
-import { exportOnnx } from "../../core/export/onnx";
 import * as fs from "node:fs";
+
+// The simulator, the hub, tfjs and the benchmarks are loaded by the command that needs them (await import), so a
+// bad flag is reported without loading them.
 
 /** Options as commander hands them over: strings, validated by us so every error is one clear line. */
 type RawOptions = Record<string, string | boolean | undefined>;
+
+/**
+ * Upper bounds of the bench commands' count and size flags (E_CONFIG_RANGE above them), checked before anything
+ * is allocated. bench aggregate holds about 7 float32-sized copies of one update (28 bytes per parameter: 2.8 GB at
+ * the bound); bench train allocates a batch of samples and its activations; SecAgg+'s Shamir shares are points of
+ * GF(2^16), and one round's cost grows with clients x neighbours.
+ */
+const BENCH_LIMITS = {
+  params: 100_000_000,
+  updates: 1_000_000,
+  repeats: 1_000,
+  trainBatchSize: 4_096,
+  seconds: 3_600,
+  secaggClients: 10_000,
+  secaggParams: 10_000_000,
+} as const;
+const MAX_PORT = 65_535;
 
 function buildSimConfig(o: RawOptions): SimConfig {
   const presetName = (o.preset as string | undefined) ?? undefined;
@@ -39,27 +50,29 @@ function buildSimConfig(o: RawOptions): SimConfig {
   }
   const c: SimConfig = { ...DEFAULT_CONFIG, ...(presetName ? PRESETS[presetName] : {}) };
   const s = (k: string) => o[k] as string | undefined;
-  if (s("devices") !== undefined) c.devices = positiveInt("devices", s("devices")!);
-  if (s("rounds") !== undefined) c.rounds = positiveInt("rounds", s("rounds")!);
+  const L = SIM_LIMITS;
+  if (s("devices") !== undefined) c.devices = positiveInt("devices", s("devices")!, L.devices);
+  if (s("rounds") !== undefined) c.rounds = positiveInt("rounds", s("rounds")!, L.rounds);
   if (s("clientsPerRound") !== undefined)
-    c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!);
+    c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!, L.clientsPerRound);
   if (s("dataset") !== undefined) c.dataset = s("dataset")!;
   if (s("model") !== undefined) c.model = s("model")!;
   if (s("partition") !== undefined) c.partition = s("partition")!;
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
-  if (s("localEpochs") !== undefined) c.localEpochs = positiveInt("local-epochs", s("localEpochs")!);
-  if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!);
+  if (s("localEpochs") !== undefined)
+    c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
+  if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
   if (s("lr") !== undefined) c.lr = positiveNumber("lr", s("lr")!);
   if (s("mu") !== undefined) c.mu = nonNegativeNumber("mu", s("mu")!);
   if (s("serverLr") !== undefined) c.serverLr = positiveNumber("server-lr", s("serverLr")!);
-  if (s("seed") !== undefined) c.seed = nonNegativeInt("seed", s("seed")!);
-  if (s("workers") !== undefined) c.workers = nonNegativeInt("workers", s("workers")!);
+  if (s("seed") !== undefined) c.seed = nonNegativeInt("seed", s("seed")!, L.seed);
+  if (s("workers") !== undefined) c.workers = nonNegativeInt("workers", s("workers")!, L.workers);
   if (s("samplesPerDevice") !== undefined) {
-    c.samplesPerDevice = positiveInt("samples-per-device", s("samplesPerDevice")!);
+    c.samplesPerDevice = positiveInt("samples-per-device", s("samplesPerDevice")!, L.samplesPerDevice);
   }
   if (s("roundTimeout") !== undefined)
-    c.roundTimeoutMs = positiveNumber("round-timeout", s("roundTimeout")!) * 1000;
+    c.roundTimeoutMs = positiveNumber("round-timeout", s("roundTimeout")!, L.roundTimeoutS) * 1000;
   if (s("targetAccuracy") !== undefined) {
     c.targetAccuracy = nonNegativeNumber("target-accuracy", s("targetAccuracy")!);
   }
@@ -74,31 +87,66 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
   if (o.secureAggregation) c.secureAggregation = true;
   if (s("secaggNeighbours") !== undefined)
-    c.secaggNeighbours = positiveInt("secagg-neighbours", s("secaggNeighbours")!);
+    c.secaggNeighbours = positiveInt("secagg-neighbours", s("secaggNeighbours")!, L.secaggNeighbours);
   if (s("secaggThreshold") !== undefined)
-    c.secaggThreshold = positiveInt("secagg-threshold", s("secaggThreshold")!);
-  if (s("secaggClip") !== undefined) c.secaggClip = positiveNumber("secagg-clip", s("secaggClip")!);
+    c.secaggThreshold = positiveInt("secagg-threshold", s("secaggThreshold")!, L.secaggThreshold);
+  if (s("secaggClip") !== undefined)
+    c.secaggClip = positiveNumber("secagg-clip", s("secaggClip")!, L.secaggClip);
   if (s("secaggStepTimeout") !== undefined)
-    c.secaggStepTimeoutMs = positiveNumber("secagg-step-timeout", s("secaggStepTimeout")!) * 1000;
+    c.secaggStepTimeoutMs =
+      positiveNumber("secagg-step-timeout", s("secaggStepTimeout")!, L.secaggStepTimeoutS) * 1000;
   if (s("dropout") !== undefined) c.dropout = nonNegativeNumber("dropout", s("dropout")!);
-  if (s("dpNoise") !== undefined) c.dpNoise = positiveNumber("dp-noise", s("dpNoise")!);
+  if (s("dpNoise") !== undefined) c.dpNoise = positiveNumber("dp-noise", s("dpNoise")!, L.dpNoise);
   if (s("dpClip") !== undefined)
-    c.dpClip = s("dpClip") === "adaptive" ? "adaptive" : positiveNumber("dp-clip", s("dpClip")!);
+    c.dpClip = s("dpClip") === "adaptive" ? "adaptive" : positiveNumber("dp-clip", s("dpClip")!, L.dpClip);
   if (s("dpDelta") !== undefined) c.dpDelta = positiveNumber("dp-delta", s("dpDelta")!);
   if (s("dpEpsilonBudget") !== undefined)
     c.dpEpsilonBudget = positiveNumber("dp-epsilon-budget", s("dpEpsilonBudget")!);
   if (s("dpPlacement") !== undefined) c.dpPlacement = s("dpPlacement") as SimConfig["dpPlacement"];
   if (s("dpMinSurvivors") !== undefined)
-    c.dpMinSurvivors = positiveInt("dp-min-survivors", s("dpMinSurvivors")!);
+    c.dpMinSurvivors = positiveInt("dp-min-survivors", s("dpMinSurvivors")!, L.dpMinSurvivors);
   if (s("dpTargetQuantile") !== undefined)
     c.dpTargetQuantile = positiveNumber("dp-target-quantile", s("dpTargetQuantile")!);
   if (s("dpClipCountStddev") !== undefined)
-    c.dpClipCountStddev = positiveNumber("dp-clip-count-stddev", s("dpClipCountStddev")!);
+    c.dpClipCountStddev = positiveNumber(
+      "dp-clip-count-stddev",
+      s("dpClipCountStddev")!,
+      L.dpClipCountStddev,
+    );
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
 
-function roundLine(r: RoundSummary, total: number): string {
+/**
+ * Creates `dir` (with its parents) and checks that it is a directory this process can write, so a bad --out (a
+ * file, a path under a file, a read-only place) is one E_CONFIG_OUT line before the job runs, not an E_INTERNAL
+ * after it (and the run's results lost).
+ */
+function prepareOutDir(flag: string, dir: string): void {
+  const why = (e: unknown) => (e as Error).message.split("\n")[0];
+  if (dir.trim() === "") fail("E_CONFIG_OUT", `${flag} must name a directory, got ''`);
+  let stat: fs.Stats | undefined;
+  try {
+    stat = fs.statSync(dir, { throwIfNoEntry: false });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: ${why(e)}`);
+  }
+  if (stat && !stat.isDirectory()) fail("E_CONFIG_OUT", `${flag} ${dir}: exists and is not a directory`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: cannot create the directory (${why(e)})`);
+  }
+  const probe = path.join(dir, `.flotilla-write-check-${process.pid}`);
+  try {
+    fs.writeFileSync(probe, "");
+    fs.rmSync(probe, { force: true });
+  } catch (e) {
+    fail("E_CONFIG_OUT", `${flag} ${dir}: directory is not writable (${why(e)})`);
+  }
+}
+
+function roundLine(r: RoundSummary, total: number, mb: (bytes: number) => string): string {
   const acc = Number.isFinite(r.accuracy) ? `${(r.accuracy * 100).toFixed(2)}%` : "n/a";
   const loss = Number.isFinite(r.loss) ? r.loss.toFixed(4) : "n/a";
   return (
@@ -131,6 +179,9 @@ function secaggText(r: RoundSummary): string {
 
 async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
+  prepareOutDir("--out", config.out);
+  const { SingleBar, Presets } = await import("cli-progress");
+  const { mb } = await import("../report/report.js");
   const interactive = Boolean(process.stderr.isTTY);
   const bar = new SingleBar(
     {
@@ -144,7 +195,10 @@ async function runSimulate(o: RawOptions): Promise<number> {
     `flotilla simulate: ${config.devices} devices, ${config.clientsPerRound} per round, ${config.rounds} rounds, ` +
       `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
   );
-  const run = config.transport === "iothub" ? simulateOverIotHub : simulate;
+  const run =
+    config.transport === "iothub"
+      ? (await import("../stack/iothub-simulate.js")).simulateOverIotHub
+      : (await import("../sim/simulate.js")).simulate;
   const result = await run(config, {
     onStart: (i) =>
       console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
@@ -161,7 +215,7 @@ async function runSimulate(o: RawOptions): Promise<number> {
         bar.stop();
         barActive = false;
       }
-      console.log(roundLine(r, config.rounds));
+      console.log(roundLine(r, config.rounds, mb));
     },
   });
   const acc = Number.isFinite(result.final.accuracy) ? `${(result.final.accuracy * 100).toFixed(2)}%` : "n/a";
@@ -195,8 +249,12 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
   if (!["mlp", "cnn", "cnn1d", "autoencoder"].includes(model)) {
     fail("E_CONFIG_MODEL", `unknown model '${model}' (expected one of mlp, cnn, cnn1d, autoencoder)`);
   }
-  const batchSize = positiveInt("batch-size", (o.batchSize as string) ?? "10");
-  const seconds = o.seconds !== undefined ? positiveNumber("seconds", o.seconds as string) : undefined;
+  const batchSize = positiveInt("batch-size", (o.batchSize as string) ?? "10", BENCH_LIMITS.trainBatchSize);
+  const seconds =
+    o.seconds !== undefined
+      ? positiveNumber("seconds", o.seconds as string, BENCH_LIMITS.seconds)
+      : undefined;
+  const { benchTrain } = await import("../../core/engine/bench.js");
   const r = await benchTrain({ model, batchSize, seconds });
   if (o.json) console.log(JSON.stringify(r));
   else
@@ -207,9 +265,10 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
 }
 
 async function runBenchAggregate(o: RawOptions): Promise<number> {
-  const updates = positiveInt("updates", (o.updates as string) ?? "100");
-  const params = positiveInt("params", (o.params as string) ?? "1000000");
+  const updates = positiveInt("updates", (o.updates as string) ?? "100", BENCH_LIMITS.updates);
+  const params = positiveInt("params", (o.params as string) ?? "1000000", BENCH_LIMITS.params);
   if (o.dp) {
+    const { benchDpAggregate } = await import("../../core/privacy/bench.js");
     const d = benchDpAggregate({ updates, params });
     if (o.json) console.log(JSON.stringify(d));
     else
@@ -219,6 +278,7 @@ async function runBenchAggregate(o: RawOptions): Promise<number> {
       );
     return 0;
   }
+  const { benchAggregate } = await import("../../core/tensor/bench-aggregate.js");
   const r = benchAggregate({ updates, params });
   if (o.json) console.log(JSON.stringify(r));
   else {
@@ -237,6 +297,8 @@ async function runExport(o: RawOptions): Promise<number> {
   if (quantize !== undefined && quantize !== "int8") {
     fail("E_EXPORT_FORMAT", `unsupported --quantize '${quantize}' (expected int8)`);
   }
+  const { loadModelDir } = await import("../../core/export/model-dir.js");
+  const { exportOnnx } = await import("../../core/export/onnx.js");
   const { spec, weights } = loadModelDir(o.model as string);
   const bytes = exportOnnx(spec, weights, quantize ? { quantize } : {});
   const out = o.out as string;
@@ -253,8 +315,8 @@ async function runExport(o: RawOptions): Promise<number> {
 }
 
 async function runBenchCompress(o: RawOptions): Promise<number> {
-  const size = positiveInt("params", (o.params as string) ?? String(DEFAULT_BENCH_SIZE));
-  const repeats = positiveInt("repeats", (o.repeats as string) ?? "5");
+  const size = positiveInt("params", (o.params as string) ?? String(DEFAULT_BENCH_SIZE), BENCH_LIMITS.params);
+  const repeats = positiveInt("repeats", (o.repeats as string) ?? "5", BENCH_LIMITS.repeats);
   const specs = typeof o.codecs === "string" ? o.codecs.split(",") : undefined;
   for (const s of specs ?? []) parseCompression(s); // one clear E_COMPRESS_SPEC line for a bad codec
   const rows = benchCodecs({ size, repeats, specs });
@@ -273,13 +335,19 @@ async function runBenchCompress(o: RawOptions): Promise<number> {
 }
 
 async function runBenchSecAgg(o: RawOptions): Promise<number> {
-  const clients = positiveInt("clients", o.clients as string);
-  const params = positiveInt("params", o.params as string);
+  const clients = positiveInt("clients", o.clients as string, BENCH_LIMITS.secaggClients);
+  const params = positiveInt("params", o.params as string, BENCH_LIMITS.secaggParams);
   const dropout = nonNegativeNumber("dropout", o.dropout as string);
   if (dropout >= 1) fail("E_CONFIG_VALUE", `--dropout is a fraction in [0, 1), got ${dropout}`);
   const neighbours =
-    o.neighbours !== undefined ? positiveInt("neighbours", o.neighbours as string) : undefined;
-  const threshold = o.threshold !== undefined ? positiveInt("threshold", o.threshold as string) : undefined;
+    o.neighbours !== undefined
+      ? positiveInt("neighbours", o.neighbours as string, BENCH_LIMITS.secaggClients)
+      : undefined;
+  const threshold =
+    o.threshold !== undefined
+      ? positiveInt("threshold", o.threshold as string, BENCH_LIMITS.secaggClients)
+      : undefined;
+  const { benchSecAgg } = await import("../../core/secagg/bench.js");
   const r = await benchSecAgg({ clients, params, dropout, neighbours, threshold });
   if (o.json) console.log(JSON.stringify(r));
   else {
@@ -293,12 +361,17 @@ async function runBenchSecAgg(o: RawOptions): Promise<number> {
 }
 
 async function runHub(o: RawOptions): Promise<number> {
-  const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string);
-  const httpsPort = nonNegativeInt("https-port", o.httpsPort as string);
+  const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string, MAX_PORT);
+  const httpsPort = nonNegativeInt("https-port", o.httpsPort as string, MAX_PORT);
+  const stateDir = o.stateDir as string;
+  const file = path.join(".flotilla", "hub.json");
+  prepareOutDir("--state-dir", stateDir);
+  prepareOutDir("the connection-info directory", path.dirname(file));
+  const { startLocalHub, writeHubInfo } = await import("../hub/index.js");
   const hub = await startLocalHub({
     mqttPort,
     httpsPort,
-    stateDir: o.stateDir as string,
+    stateDir,
     persistRegistry: true,
     onEvent: (batch) => {
       for (const e of batch) {
@@ -307,7 +380,6 @@ async function runHub(o: RawOptions): Promise<number> {
       }
     },
   });
-  const file = path.join(".flotilla", "hub.json");
   writeHubInfo(hub, file);
   console.log(
     `local IoT Hub ${hub.hubName}: MQTT/TLS ${hub.mqttHost}:${hub.mqttPort}, REST https://127.0.0.1:${hub.httpsPort}`,
@@ -326,17 +398,24 @@ export function buildProgram(): Command {
     .description("Federated learning for Azure IoT Edge device fleets")
     .version(require("../../../package.json").version as string)
     .exitOverride()
-    .configureOutput({
-      writeErr: (s) => process.stderr.write(s.startsWith("error: ") ? `flotilla: ${s.slice(7)}` : s),
+    // commander's own error output (its message, and the help it prints when a command is missing) is replaced
+    // by main()'s one coded line; --help and --version go to stdout as usual. Subcommands inherit both settings.
+    .configureOutput({ writeErr: () => undefined })
+    .hook("preSubcommand", (_parent, sub) => {
+      parsing = sub;
     });
 
   program
     .command("simulate")
     .description("run a federated job on a simulated fleet; writes results.json and report.html")
     .addOption(new Option("--preset <name>", `start from a preset (${Object.keys(PRESETS).join(", ")})`))
-    .option("--devices <n>", "simulated devices", String(DEFAULT_CONFIG.devices))
-    .option("--rounds <n>", "federated rounds")
-    .option("--clients-per-round <n>", "devices asked to train each round")
+    .option(
+      "--devices <n>",
+      `simulated devices (at most ${SIM_LIMITS.devices})`,
+      String(DEFAULT_CONFIG.devices),
+    )
+    .option("--rounds <n>", `federated rounds (at most ${SIM_LIMITS.rounds})`)
+    .option("--clients-per-round <n>", "devices asked to train each round (at most --devices)")
     .option("--dataset <name>", "mnist | sensors | dir:PATH")
     .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder")
     .option(
@@ -344,18 +423,32 @@ export function buildProgram(): Command {
       "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)",
     )
     .option("--strategy <name>", "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad")
-    .option("--local-epochs <n>", "local epochs per round")
-    .option("--batch-size <n>", "local mini-batch size")
+    .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
+    .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)
     .option("--lr <x>", "local learning rate")
     .option("--mu <x>", "FedProx proximal coefficient")
     .option("--server-lr <x>", "server learning rate (FedAvgM, FedAdam, FedYogi, FedAdagrad)")
-    .option("--seed <n>", "seed for data, partitions, initialisation and sampling")
-    .option("--workers <n>", "worker threads hosting the devices (0 = main thread)")
-    .option("--samples-per-device <n>", "samples per simulated sensor device")
-    .option("--round-timeout <seconds>", "close a round after this long")
+    .option("--seed <n>", "seed for data, partitions, initialisation and sampling (0 to 2^32-1)")
+    .option(
+      "--workers <n>",
+      `worker threads hosting the devices (0 = main thread; at most ${SIM_LIMITS.workers})`,
+    )
+    .option(
+      "--samples-per-device <n>",
+      `samples per simulated sensor device (at most ${SIM_LIMITS.samplesPerDevice})`,
+    )
+    .option(
+      "--round-timeout <seconds>",
+      `close a round after this long (at most ${SIM_LIMITS.roundTimeoutS})`,
+    )
     .option("--target-accuracy <fraction>", "stop once test accuracy reaches this")
     .option("--out <dir>", "output directory")
-    .option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)")
+    .addOption(
+      new Option("--transport <name>", "memory (in-process) | iothub (the local IoT Hub stack)").choices([
+        "memory",
+        "iothub",
+      ]),
+    )
     .option(
       "--compression <spec>",
       "uplink codecs: none | fp16 | int8 | int4 | int2 | topk:F | randk:F | qsgd:L, chained with + (topk:0.01+int8)",
@@ -369,13 +462,19 @@ export function buildProgram(): Command {
     .option("--secagg-threshold <t>", "shares needed to unmask a device's secrets (default ⌊k/2⌋+1)")
     .option(
       "--secagg-clip <c>",
-      "update values are clipped to [-c, c] for the fixed-point encoding (default 8)",
+      `update values are clipped to [-c, c] for the fixed-point encoding (default 8, at most ${SIM_LIMITS.secaggClip})`,
     )
-    .option("--secagg-step-timeout <seconds>", "deadline of each secure-aggregation step (default 30)")
-    .option("--dp-noise <z>", "differential privacy: noise multiplier z (noise std = z × clip norm)")
+    .option(
+      "--secagg-step-timeout <seconds>",
+      `deadline of each secure-aggregation step (default 30, at most ${SIM_LIMITS.secaggStepTimeoutS})`,
+    )
+    .option(
+      "--dp-noise <z>",
+      `differential privacy: noise multiplier z (noise std = z × clip norm; at most ${SIM_LIMITS.dpNoise})`,
+    )
     .option(
       "--dp-clip <c>",
-      "L2 clip norm of each update, or 'adaptive' (tracks the median update norm privately)",
+      `L2 clip norm of each update (at most ${SIM_LIMITS.dpClip}), or 'adaptive' (tracks the median update norm privately)`,
     )
     .option("--dp-delta <d>", "δ of the (ε, δ) guarantee (default 1e-5)")
     .option("--dp-epsilon-budget <e>", "stop before a round that would spend more than ε")
@@ -407,8 +506,8 @@ export function buildProgram(): Command {
     .description(
       "start the local IoT Hub alone; writes .flotilla/hub.json for any azure-iot-device / azure-iothub client",
     )
-    .option("--mqtt-port <n>", "MQTT over TLS port", "8883")
-    .option("--https-port <n>", "service REST API port", "8443")
+    .option("--mqtt-port <n>", "MQTT over TLS port (0 = any free port)", "8883")
+    .option("--https-port <n>", "service REST API port (0 = any free port)", "8443")
     .option("--state-dir <dir>", "CA, certificates and registry", ".flotilla/hub")
     .action(async (opts: RawOptions) => {
       exitCode = await runHub(opts);
@@ -425,13 +524,18 @@ export function buildProgram(): Command {
       exitCode = await runExport(opts);
     });
 
-  const bench = program.command("bench").description("measure speed");
+  const bench = program
+    .command("bench")
+    .description("measure speed")
+    .hook("preSubcommand", (_parent, sub) => {
+      parsing = sub;
+    });
   bench
     .command("train")
     .description("local training throughput (samples/s)")
     .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder", "mlp")
-    .option("--batch-size <n>", "mini-batch size", "10")
-    .option("--seconds <s>", "measuring time")
+    .option("--batch-size <n>", `mini-batch size (at most ${BENCH_LIMITS.trainBatchSize})`, "10")
+    .option("--seconds <s>", `measuring time (at most ${BENCH_LIMITS.seconds})`)
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchTrain(opts);
@@ -439,8 +543,8 @@ export function buildProgram(): Command {
   bench
     .command("aggregate")
     .description("streaming FedAvg aggregation throughput")
-    .option("--updates <n>", "updates per round", "100")
-    .option("--params <n>", "parameters per update", "1000000")
+    .option("--updates <n>", `updates per round (at most ${BENCH_LIMITS.updates})`, "100")
+    .option("--params <n>", `parameters per update (at most ${BENCH_LIMITS.params})`, "1000000")
     .option(
       "--dp",
       "also run central DP (clip + noise) on the same data: {gbPerSecond, dpGbPerSecond, ratio}",
@@ -454,8 +558,8 @@ export function buildProgram(): Command {
     .description(
       "secure aggregation (SecAgg+): one device's compute, the server's unmasking, bytes per device",
     )
-    .option("--clients <n>", "participants", "100")
-    .option("--params <n>", "values per update", "100000")
+    .option("--clients <n>", `participants (3 to ${BENCH_LIMITS.secaggClients})`, "100")
+    .option("--params <n>", `values per update (at most ${BENCH_LIMITS.secaggParams})`, "100000")
     .option("--dropout <p>", "fraction of participants vanishing at a random step", "0.1")
     .option("--neighbours <k>", "neighbours per device (default 2·⌈log2 n⌉)")
     .option("--threshold <t>", "shares needed to unmask (default ⌊k/2⌋+1)")
@@ -466,8 +570,8 @@ export function buildProgram(): Command {
   bench
     .command("compress")
     .description("update codecs: compression ratio, encode/decode speed, and the aggregator's decode+sum")
-    .option("--params <n>", "values per update", String(DEFAULT_BENCH_SIZE))
-    .option("--repeats <n>", "timed repeats (median)", "5")
+    .option("--params <n>", `values per update (at most ${BENCH_LIMITS.params})`, String(DEFAULT_BENCH_SIZE))
+    .option("--repeats <n>", `timed repeats (median; at most ${BENCH_LIMITS.repeats})`, "5")
     .option("--codecs <list>", "comma-separated codec specs (default: a standard sweep)")
     .option("--json", "print one JSON array")
     .action(async (opts: RawOptions) => {
@@ -478,19 +582,62 @@ export function buildProgram(): Command {
 }
 
 let exitCode = 0;
+/** The command being parsed (program, then each subcommand as commander dispatches to it). */
+let parsing: Command | undefined;
+
+/** commander's error codes -> ours (E_CONFIG_*: configuration and CLI input, core/errors.ts). */
+const COMMANDER_CODES: Record<string, string> = {
+  "commander.unknownOption": "E_CONFIG_UNKNOWN_OPTION",
+  "commander.unknownCommand": "E_CONFIG_UNKNOWN_COMMAND",
+  "commander.missingArgument": "E_CONFIG_MISSING_ARGUMENT",
+  "commander.optionMissingArgument": "E_CONFIG_MISSING_ARGUMENT",
+  "commander.missingMandatoryOptionValue": "E_CONFIG_MISSING_OPTION",
+  "commander.excessArguments": "E_CONFIG_UNEXPECTED_ARGUMENT",
+  "commander.invalidArgument": "E_CONFIG_VALUE",
+  "commander.conflictingOption": "E_CONFIG_CONFLICT",
+};
+
+/** The one-line `E_CODE: message` for a commander parse error (not for --help/--version, which exit 0). */
+function commanderErrorLine(e: CommanderError, program: Command): string {
+  if (e.code === "commander.help") {
+    // commander printed (to our silenced stderr) a command's help because no subcommand was given, or because
+    // `help NAME` named no command.
+    const cmd = parsing ?? program;
+    if (cmd.args[0] === "help" && cmd.args[1] !== undefined)
+      return `E_CONFIG_UNKNOWN_COMMAND: unknown command '${cmd.args[1]}'`;
+    const names: string[] = [];
+    for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
+    const full = names.join(" ");
+    return (
+      `E_CONFIG_MISSING_COMMAND: '${full}' needs a command: ${cmd.commands.map((c) => c.name()).join(", ")} ` +
+      `(${full} --help describes them)`
+    );
+  }
+  const code = COMMANDER_CODES[e.code] ?? "E_CONFIG_USAGE";
+  // "error: unknown option '--device'\n(Did you mean --devices?)" -> one line.
+  const message = e.message
+    .replace(/^error: /, "")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(" ");
+  return `${code}: ${message}`;
+}
 
 /** Entry point used by bin/flotilla.js. Returns the process exit code; never lets a stack trace reach the user. */
 export async function main(argv: string[]): Promise<number> {
   exitCode = 0;
+  parsing = undefined;
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
     return exitCode;
   } catch (e) {
     if (e instanceof CommanderError) {
-      return e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0
-        ? 0
-        : 2;
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.exitCode === 0)
+        return 0;
+      console.error(`flotilla: ${commanderErrorLine(e, program)}`);
+      return 2;
     }
     if (isFlotillaError(e)) {
       console.error(`flotilla: ${e.code}: ${e.message}`);

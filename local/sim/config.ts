@@ -1,3 +1,4 @@
+import * as os from "node:os";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 import { secAggParamsFor } from "../../core/round/secure-round";
@@ -128,25 +129,127 @@ export const PRESETS: Record<string, Partial<SimConfig>> = {
   },
 };
 
-/** Parses a numeric flag; `kind` says what is accepted, and anything else is one E_CONFIG_VALUE line. */
-function numberFlag(name: string, raw: string | number, integer: boolean, min: 0 | 1, what: string): number {
-  const v = typeof raw === "number" ? raw : Number(raw);
-  const ok = (integer ? Number.isInteger(v) : Number.isFinite(v)) && (min === 1 ? v > 0 : v >= 0);
-  if (!ok || String(raw).trim() === "") fail("E_CONFIG_VALUE", `--${name} must be ${what}, got '${raw}'`);
+/**
+ * Upper bounds of the simulation's count, size and time flags: generous for real use, and checked (with a memory
+ * estimate, `checkFleetMemory`) before anything is allocated, so `--devices 100000000` is one E_CONFIG_RANGE line
+ * instead of a process that grows until the kernel kills it. README.md's flag table lists them.
+ */
+export const SIM_LIMITS = {
+  devices: 100_000,
+  rounds: 100_000,
+  clientsPerRound: 100_000,
+  localEpochs: 1_000,
+  /** Training takes min(batch, the device's samples) at a time, so a batch bigger than the data costs nothing. */
+  batchSize: 100_000,
+  /** The seed is used as an unsigned 32-bit integer (core/data/rng.ts). */
+  seed: 0xffff_ffff,
+  /** Each worker rebuilds the whole fleet's data (local/sim/fleet-worker.ts); more threads than cores only cost. */
+  workers: 64,
+  samplesPerDevice: 1_000_000,
+  /** Seconds. Node's timers hold at most 2^31-1 ms (24.8 days); a longer timeout fires after 1 ms. */
+  roundTimeoutS: 1_000_000,
+  secaggStepTimeoutS: 1_000_000,
+  /** Shamir shares are points of GF(2^16) (core/secagg/params.ts): at most 65,535 participants. */
+  secaggNeighbours: 65_535,
+  secaggThreshold: 65_535,
+  dpMinSurvivors: 100_000,
+  /**
+   * Sanity bounds of the real-valued privacy flags: noise z·C must stay finite (--dp-noise 1e300 --dp-clip 1e300
+   * failed with E_DP_CONFIG only after the fleet had started), and a SecAgg+ clip range c spreads 32 bits of fixed
+   * point over [-c, c] x n (core/secagg/fixed-point.ts), so c = 1e300 silently rounded every update to 0.
+   */
+  dpNoise: 1_000,
+  dpClip: 1_000_000,
+  dpClipCountStddev: 1_000_000,
+  secaggClip: 1_000,
+} as const;
+
+/** One E_CONFIG_RANGE line unless `v <= max` (`raw`: the value as the user typed it). */
+export function atMost(name: string, v: number, max: number, raw: string | number = v): number {
+  if (v > max) fail("E_CONFIG_RANGE", `--${name} must be at most ${max} (got ${raw})`);
   return v;
 }
 
-export const positiveInt = (name: string, raw: string | number): number =>
-  numberFlag(name, raw, true, 1, "a positive integer");
-export const nonNegativeInt = (name: string, raw: string | number): number =>
-  numberFlag(name, raw, true, 0, "a non-negative integer");
-export const positiveNumber = (name: string, raw: string | number): number =>
-  numberFlag(name, raw, false, 1, "a positive number");
-export const nonNegativeNumber = (name: string, raw: string | number): number =>
-  numberFlag(name, raw, false, 0, "a number ≥ 0");
+/**
+ * Parses a numeric flag; `what` says what is accepted, and anything else is one E_CONFIG_VALUE line. With `max`,
+ * a larger value is one E_CONFIG_RANGE line.
+ */
+function numberFlag(
+  name: string,
+  raw: string | number,
+  integer: boolean,
+  min: 0 | 1,
+  what: string,
+  max?: number,
+): number {
+  const v = typeof raw === "number" ? raw : Number(raw);
+  const ok = (integer ? Number.isInteger(v) : Number.isFinite(v)) && (min === 1 ? v > 0 : v >= 0);
+  if (!ok || String(raw).trim() === "") fail("E_CONFIG_VALUE", `--${name} must be ${what}, got '${raw}'`);
+  return max === undefined ? v : atMost(name, v, max, String(raw).trim());
+}
+
+export const positiveInt = (name: string, raw: string | number, max?: number): number =>
+  numberFlag(name, raw, true, 1, "a positive integer", max);
+export const nonNegativeInt = (name: string, raw: string | number, max?: number): number =>
+  numberFlag(name, raw, true, 0, "a non-negative integer", max);
+export const positiveNumber = (name: string, raw: string | number, max?: number): number =>
+  numberFlag(name, raw, false, 1, "a positive number", max);
+export const nonNegativeNumber = (name: string, raw: string | number, max?: number): number =>
+  numberFlag(name, raw, false, 0, "a number ≥ 0", max);
+
+/** Bytes of one synthetic sensor window: 32 time steps x 6 channels of float32 (core/data/sensors.ts defaults). */
+const SENSOR_SAMPLE_BYTES = 32 * 6 * 4;
+
+/**
+ * The sensor fleet's data is built in the main thread and again in every worker thread (the partitions are
+ * recomputed, not shipped), and a non-natural partition copies it once more. A job whose data alone would not fit
+ * in this machine's memory is one E_CONFIG_MEMORY line before anything is generated. (mnist is fixed-size; a
+ * dir: dataset is as large as its files.)
+ */
+export function checkFleetMemory(c: SimConfig, totalBytes = os.totalmem()): void {
+  if (c.dataset !== "sensors") return;
+  const copies = (1 + c.workers) * (c.partition === "natural" ? 1 : 2);
+  const bytes = c.devices * c.samplesPerDevice * SENSOR_SAMPLE_BYTES * copies;
+  if (bytes > totalBytes) {
+    const gb = (b: number) => `${(b / 1e9).toFixed(1)} GB`;
+    fail(
+      "E_CONFIG_MEMORY",
+      `${c.devices} devices x ${c.samplesPerDevice} samples of sensor data need about ${gb(bytes)} ` +
+        `(${copies} copies: main thread and ${c.workers} worker(s)), more than this machine's ${gb(totalBytes)}; ` +
+        `lower --devices, --samples-per-device or --workers`,
+    );
+  }
+}
+
+/** Every bound of SIM_LIMITS, flag by flag, before the cross-field checks. */
+function checkRanges(c: SimConfig): void {
+  const L = SIM_LIMITS;
+  const checks: [string, number | undefined, number][] = [
+    ["devices", c.devices, L.devices],
+    ["rounds", c.rounds, L.rounds],
+    ["clients-per-round", c.clientsPerRound, L.clientsPerRound],
+    ["local-epochs", c.localEpochs, L.localEpochs],
+    ["batch-size", c.batchSize, L.batchSize],
+    ["seed", c.seed, L.seed],
+    ["workers", c.workers, L.workers],
+    ["samples-per-device", c.samplesPerDevice, L.samplesPerDevice],
+    ["round-timeout", c.roundTimeoutMs / 1000, L.roundTimeoutS],
+    ["secagg-step-timeout", c.secaggStepTimeoutMs / 1000, L.secaggStepTimeoutS],
+    ["secagg-neighbours", c.secaggNeighbours, L.secaggNeighbours],
+    ["secagg-threshold", c.secaggThreshold, L.secaggThreshold],
+    ["dp-min-survivors", c.dpMinSurvivors, L.dpMinSurvivors],
+    ["dp-noise", c.dpNoise, L.dpNoise],
+    ["dp-clip", c.dpClip === "adaptive" ? undefined : c.dpClip, L.dpClip],
+    ["dp-clip-count-stddev", c.dpClipCountStddev, L.dpClipCountStddev],
+    ["secagg-clip", c.secaggClip, L.secaggClip],
+  ];
+  for (const [name, v, max] of checks) if (v !== undefined) atMost(name, v, max);
+}
 
 /** Cross-field checks. */
 export function validateConfig(c: SimConfig): SimConfig {
+  checkRanges(c);
+  checkFleetMemory(c);
   if (c.clientsPerRound > c.devices) {
     fail("E_CONFIG_VALUE", `--clients-per-round ${c.clientsPerRound} exceeds --devices ${c.devices}`);
   }
