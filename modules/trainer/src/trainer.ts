@@ -627,6 +627,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         (p.round === undefined || p.round === run.order.round);
       if (!matches) continue;
       run.controller.abort(new FlotillaError(ABORTED, "aborted by the abortRound method"));
+      // A stopped job that is started again re-sends this round: it must train then, not count as tried.
+      tried.delete(run.key);
       aborted.push(`${run.order.jobId}/${run.order.round}`);
     }
     if (typeof p.jobId === "string") {

@@ -295,6 +295,25 @@ test("trainer module against the local hub over TLS with real ModuleClients", as
     assert.equal(trainer.state().error?.code, "E_ROUND_ABORTED");
     await new Promise((res) => setTimeout(res, 300));
     assert.equal(got.length, before2);
+
+    // A job stopped and started again sends the aborted round once more: it trains (not 409 "already tried").
+    const again = await service.invokeDeviceMethod("edge-1", "trainer", {
+      methodName: "startRound",
+      payload: order(4),
+      responseTimeoutInSeconds: 5,
+    });
+    assert.equal(again.result.status, 200);
+    await until(
+      () => trainer.state().round === 4 && trainer.state().status === "done",
+      20_000,
+      "round 4 retrained after its abort",
+    );
+    await until(
+      () => got.length > before2 && got.length - before2 === Number(got[before2].props.chunkCount),
+      5000,
+      "round 4 chunks",
+    );
+    assert.equal(decodeMessage(frameOf(before2)).round, 4);
   });
 
   await t.test("a missed deadline: E_ROUND_DEADLINE reported and a failure frame sent", async () => {
