@@ -159,7 +159,8 @@ export const SIM_LIMITS = {
    * point over [-c, c] x n (core/secagg/fixed-point.ts), so c = 1e300 silently rounded every update to 0.
    */
   dpNoise: 1_000,
-  dpClip: 1_000_000,
+  /** float32's largest value: no update norm exceeds it, so a larger clip bound clips nothing (z·C stays finite). */
+  dpClip: 3.4028234663852886e38,
   dpClipCountStddev: 1_000_000,
   secaggClip: 1_000,
 } as const;
