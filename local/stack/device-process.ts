@@ -10,7 +10,6 @@
  * the device's dataset travels as typed arrays) and exits when that channel closes, so a dying test leaves no
  * orphan behind.
  */
-import { fork, type ChildProcess } from "node:child_process";
 import { ModuleClient } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
 import type { Dataset } from "../../core/data/dataset";
@@ -20,6 +19,7 @@ import { startTrainer, type TrainerState } from "../../modules/trainer/src/train
 import { startUpdateQueue, type UpdateQueueStatus } from "../../modules/update-queue/src/main";
 import { startQuantizer } from "../../modules/quantizer/src/quantizer";
 import { startProfiler } from "../../modules/profiler/src/profiler";
+import { forkChild, runAsChild, type ChildLifecycle } from "./child";
 
 export const DEVICE_MODULES = ["trainer", "quantizer", "update-queue", "profiler"] as const;
 export type DeviceModule = (typeof DEVICE_MODULES)[number];
@@ -68,70 +68,29 @@ export interface DeviceProcess {
 }
 
 type ToChild = { type: "start"; spec: DeviceProcessSpec } | { type: "status"; id: number } | { type: "stop" };
-type FromChild =
-  | { type: "ready" }
-  | { type: "failed"; message: string }
-  | { type: "status"; id: number; status: DeviceProcessStatus };
+type FromChild = ChildLifecycle | { type: "status"; id: number; status: DeviceProcessStatus };
 
 /** Forks a device process and resolves once its four modules have started (connected and listening). */
 export async function startDeviceProcess(
   spec: DeviceProcessSpec,
   opts: { log?: (line: string) => void } = {},
 ): Promise<DeviceProcess> {
-  const log = opts.log ?? (() => undefined);
-  const env = { ...process.env };
-  delete env.NODE_TEST_CONTEXT; // the child is not a test file of the runner that started its parent
-  const child: ChildProcess = fork(__filename, [], {
-    execArgv: [],
-    env,
-    serialization: "advanced",
-    stdio: ["ignore", "pipe", "pipe", "ipc"],
+  const { child, exited, ready, onMessage } = forkChild<DeviceProcessSpec, FromChild>(spec, {
+    file: __filename,
+    label: `device ${spec.deviceId}`,
+    errorCode: "E_DEVICE_PROCESS",
+    log: opts.log ?? (() => undefined),
   });
-  const tail: string[] = [];
-  const onOutput = (d: Buffer): void => {
-    for (const line of d.toString().split("\n").filter(Boolean)) {
-      tail.push(line);
-      if (tail.length > 20) tail.shift();
-      log(`[device ${spec.deviceId} pid ${child.pid}] ${line}`);
-    }
-  };
-  child.stdout?.on("data", onOutput);
-  child.stderr?.on("data", onOutput);
-  // A message sent just as the process dies fails asynchronously: `exited` covers it.
-  child.on("error", (e) => log(`[device ${spec.deviceId} pid ${child.pid}] ${e.message}`));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once("exit", (code, signal) => resolve({ code, signal })),
-  );
   const waiting = new Map<number, (s: DeviceProcessStatus) => void>();
   let nextId = 1;
-  const ready = new Promise<void>((resolve, reject) => {
-    child.on("message", (m: FromChild) => {
-      if (m.type === "ready") resolve();
-      else if (m.type === "failed") reject(new FlotillaError("E_DEVICE_PROCESS", m.message));
-      else if (m.type === "status") {
-        waiting.get(m.id)?.(m.status);
-        waiting.delete(m.id);
-      }
-    });
-    void exited.then(({ code, signal }) =>
-      reject(
-        new FlotillaError(
-          "E_DEVICE_PROCESS",
-          `device process ${spec.deviceId} exited (${signal ?? code}) before it started: ${tail.join(" | ")}`,
-        ),
-      ),
-    );
+  onMessage((m) => {
+    waiting.get(m.id)?.(m.status);
+    waiting.delete(m.id);
   });
   const send = (m: ToChild): void => {
     child.send(m);
   };
-  send({ type: "start", spec });
-  try {
-    await ready;
-  } catch (e) {
-    child.kill("SIGKILL");
-    throw e;
-  }
+  await ready;
   const kill = async () => {
     child.kill("SIGKILL");
     return exited;
@@ -232,14 +191,4 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
   reply({ type: "ready" });
 }
 
-if (require.main === module) {
-  // The parent went away (its test ended or crashed): so does the device.
-  process.on("disconnect", () => process.exit(0));
-  process.once("message", (m: ToChild) => {
-    if (m.type !== "start") return;
-    runChild(m.spec).catch((e: unknown) => {
-      process.send?.({ type: "failed", message: e instanceof Error ? e.message : String(e) } as FromChild);
-      process.exit(1);
-    });
-  });
-}
+runAsChild(module, runChild);

@@ -13,7 +13,7 @@
  *
  * Plain (non-secure) jobs only: the child has no identity keys.
  */
-import { fork, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { FlotillaError } from "../../core/errors";
 import { createAggregator } from "../../cloud/aggregator/src/aggregator";
 import { IotHubFleet } from "../../cloud/aggregator/src/fleet/fleet";
@@ -22,6 +22,7 @@ import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregat
 import { createRegistry, createServiceClient } from "../hub";
 import { freePort } from "./azurite";
 import { startFunctionsHost, type FunctionsHost } from "./functions-host";
+import { forkChild, runAsChild, type ChildLifecycle } from "./child";
 import type { FunctionsHostContext } from "./stack";
 
 export type IngestCounters = Record<IngestCounter, number>;
@@ -41,8 +42,7 @@ type ToChild =
   | { type: "counters"; id: number }
   | { type: "close" };
 type FromChild =
-  | { type: "ready" }
-  | { type: "failed"; message: string }
+  | ChildLifecycle
   | { type: "log"; line: string }
   | { type: "checkpoint"; seq: number }
   | { type: "done"; id: number; counters?: IngestCounters };
@@ -87,68 +87,35 @@ export async function startFunctionProcess(ctx: FunctionsHostContext): Promise<F
   let closed = false;
 
   const launch = async (): Promise<Instance> => {
-    const env = { ...process.env };
-    delete env.NODE_TEST_CONTEXT;
-    const child = fork(__filename, [], {
-      execArgv: [],
-      env,
-      serialization: "advanced",
-      stdio: ["ignore", "pipe", "pipe", "ipc"],
+    const { child, pid, exited, ready, onMessage } = forkChild<ChildSpec, FromChild>(spec, {
+      file: __filename,
+      label: "the Function",
+      errorCode: "E_FUNCTION_PROCESS",
+      log: ctx.log,
     });
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.once("exit", (code, signal) => resolve({ code, signal })),
-    );
     const inst: Instance = {
       child,
-      pid: child.pid as number,
+      pid,
       exited,
       checkpoints: new Map(),
       requests: new Map(),
       alive: true,
     };
-    const tail: string[] = [];
-    const onOutput = (d: Buffer): void => {
-      for (const line of d.toString().split("\n").filter(Boolean)) {
-        tail.push(line);
-        if (tail.length > 20) tail.shift();
-        ctx.log(`[function pid ${inst.pid}] ${line}`);
+    onMessage((m) => {
+      if (m.type === "log") ctx.log(m.line);
+      else if (m.type === "checkpoint") inst.checkpoints.get(m.seq)?.();
+      else if (m.type === "done") {
+        inst.requests.get(m.id)?.(m.counters);
+        inst.requests.delete(m.id);
       }
-    };
-    child.stdout?.on("data", onOutput);
-    child.stderr?.on("data", onOutput);
-    // A message sent just as the process dies fails asynchronously: the exit handling below covers it.
-    child.on("error", (e) => ctx.log(`[function pid ${inst.pid}] ${e.message}`));
-    const ready = new Promise<void>((resolve, reject) => {
-      child.on("message", (m: FromChild) => {
-        if (m.type === "ready") resolve();
-        else if (m.type === "failed") reject(new FlotillaError("E_FUNCTION_PROCESS", m.message));
-        else if (m.type === "log") ctx.log(m.line);
-        else if (m.type === "checkpoint") inst.checkpoints.get(m.seq)?.();
-        else if (m.type === "done") {
-          inst.requests.get(m.id)?.(m.counters);
-          inst.requests.delete(m.id);
-        }
-      });
-      void exited.then(({ code, signal }) => {
-        inst.alive = false;
-        if (current === inst) current = undefined;
-        for (const r of inst.requests.values()) r(undefined);
-        inst.requests.clear();
-        reject(
-          new FlotillaError(
-            "E_FUNCTION_PROCESS",
-            `the Function process exited (${signal ?? code}) before it started: ${tail.join(" | ")}`,
-          ),
-        );
-      });
     });
-    child.send({ type: "start", spec } satisfies ToChild);
-    try {
-      await ready;
-    } catch (e) {
-      child.kill("SIGKILL");
-      throw e;
-    }
+    void exited.then(() => {
+      inst.alive = false;
+      if (current === inst) current = undefined;
+      for (const r of inst.requests.values()) r(undefined);
+      inst.requests.clear();
+    });
+    await ready;
     return inst;
   };
 
@@ -295,13 +262,4 @@ async function runChild(spec: ChildSpec): Promise<void> {
   send({ type: "ready" });
 }
 
-if (require.main === module) {
-  process.on("disconnect", () => process.exit(0));
-  process.once("message", (m: ToChild) => {
-    if (m.type !== "start") return;
-    runChild(m.spec).catch((e: unknown) => {
-      process.send?.({ type: "failed", message: e instanceof Error ? e.message : String(e) } as FromChild);
-      process.exit(1);
-    });
-  });
-}
+runAsChild(module, runChild);
