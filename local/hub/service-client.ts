@@ -1,7 +1,7 @@
 /**
  * The one place that points the unmodified azure-iothub SDK at the local hub.
  *
- * Problem (see ../../../shared/notes/azure-iot.md): azure-iothub builds every HTTPS request as
+ * Problem (the team notes on the IoT Hub wire): azure-iothub builds every HTTPS request as
  * `https.request({ host: <HostName>, path, ... })` (common-http/http.js buildRequest), so HostName cannot carry a
  * port, and the Registry / Client constructors install their own `new https.Agent({ keepAlive: true })` through
  * the internal RestApiClient's `setOptions({ http: { agent } })`; no public option takes a CA or a port.

@@ -1,8 +1,8 @@
 /**
  * The deployment manifests, the module projects (module.json) and their Dockerfiles.
  *
- * Rendered manifests are validated against the public SchemaStore schemas Microsoft's tools use, read from
- * `../shared/schemas/` beside the repository (CI lays shared/ there too; FLOTILLA_SCHEMAS_DIR overrides).
+ * Rendered manifests are validated against the public SchemaStore schemas Microsoft's tools use, vendored in
+ * `deployment-manifests/schemas/` (source and licence in its README; FLOTILLA_SCHEMAS_DIR overrides).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -26,7 +26,7 @@ import {
 type Json = Record<string, unknown>;
 
 const repoRoot = path.resolve(__dirname, "..", "..", "..");
-const schemasDir = process.env.FLOTILLA_SCHEMAS_DIR ?? path.resolve(repoRoot, "..", "shared", "schemas");
+const schemasDir = process.env.FLOTILLA_SCHEMAS_DIR ?? path.join(repoRoot, "deployment-manifests", "schemas");
 const manifestsDir = path.join(repoRoot, "deployment-manifests");
 const baseTemplateFile = path.join(manifestsDir, "deployment.template.json");
 const layeredTemplateFile = path.join(manifestsDir, "layered", "flotilla-trainers.template.json");
@@ -62,7 +62,7 @@ const DRAFT_04 = "http://json-schema.org/draft-04/schema#";
 const SCHEMA_ID = (file: string) => `https://json.schemastore.org/${file}`;
 
 /**
- * One Ajv (draft-04 build) holding every draft-04 schema of shared/schemas, so their cross-file `$ref`s
+ * One Ajv (draft-04 build) holding every vendored draft-04 schema, so their cross-file `$ref`s
  * (the templates point into the edgeAgent 1.1 and edgeHub 1.2 schemas) resolve. Strict mode stays on, with
  * two allowances the SchemaStore files need: `examples` (draft-06) and `contentMediaType` (draft-07) are
  * registered as annotation-only keywords, and `allowUnionTypes` accepts their `"type": [..]` unions, which
