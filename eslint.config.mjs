@@ -16,7 +16,26 @@ const folders = (names, who) => ({
   regex: `^(\\.\\./)+(${names.join("|")})(/|$)`,
   message: `${who} may not import ${names.map((n) => `${n}/`).join(", ")} (${LAYER_DOCS}).`,
 });
-const layer = (files, patterns) => ({ files, rules: { "no-restricted-imports": ["error", { patterns }] } });
+/**
+ * The same patterns for what no-restricted-imports does not see: require("..."), import("...") and the type
+ * `import("...").T` (it does see `import x = require("...")`). esquery regexes cannot contain "/": \u002F.
+ */
+const syntax = (patterns) =>
+  patterns.flatMap(({ regex, message }) => {
+    const re = `/${regex.replaceAll("/", "\\u002F")}/`;
+    return [
+      `CallExpression[callee.name="require"][arguments.0.value=${re}]`,
+      `ImportExpression[source.value=${re}]`,
+      `TSImportType[argument.literal.value=${re}]`,
+    ].map((selector) => ({ selector, message }));
+  });
+const layer = (files, patterns) => ({
+  files,
+  rules: {
+    "no-restricted-imports": ["error", { patterns }],
+    "no-restricted-syntax": ["error", ...syntax(patterns)],
+  },
+});
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "scratch/**", "out/**", ".flotilla/**", "bench-out/**"] },

@@ -10,10 +10,12 @@ import { ESLint } from "eslint";
 
 const repoRoot = path.resolve(__dirname, "..", "..");
 
-/** The no-restricted-imports messages ESLint reports for `source` as if it were the file `rel`. */
+/** The layering messages (no-restricted-imports, no-restricted-syntax) for `source` as if it were the file `rel`. */
 async function restricted(eslint: ESLint, rel: string, source: string): Promise<string[]> {
   const [result] = await eslint.lintText(`${source}\n`, { filePath: path.join(repoRoot, rel) });
-  return result.messages.filter((m) => m.ruleId === "no-restricted-imports").map((m) => m.message);
+  return result.messages
+    .filter((m) => m.ruleId === "no-restricted-imports" || m.ruleId === "no-restricted-syntax")
+    .map((m) => m.message);
 }
 
 // [file the import is written in, import statement, forbidden?]
@@ -27,6 +29,12 @@ const CASES: Array<[string, string, boolean]> = [
   ["core/round/probe.ts", 'import "../../modules/shared/chunks";', true],
   ["core/round/probe.ts", 'export * from "../../cloud/aggregator/src/ingest";', true],
   ["core/probe.ts", 'import "../local/hub/hub";', true],
+  // ... also through require(), import(), import types and `import x = require()`
+  ["core/round/probe.ts", 'const blob = require("@azure/storage-blob");', true],
+  ["core/round/probe.ts", 'export const hub = () => import("../../local/hub/hub");', true],
+  ["core/round/probe.ts", 'export type Q = import("../../modules/quantizer/src/quantizer").Quantizer;', true],
+  ["core/round/probe.ts", 'import iot = require("azure-iot-device");', true],
+  ["core/export/probe.ts", 'const pkg = require("../../../package.json");', false],
   ["core/round/probe.ts", 'import "../errors";', false],
   ["core/round/probe.ts", 'import "./local-model";', false],
   ["core/engine/probe.ts", 'import "@tensorflow/tfjs";', false],
@@ -39,14 +47,21 @@ const CASES: Array<[string, string, boolean]> = [
   // modules/ ↛ cloud/, local/
   ["modules/trainer/src/probe.ts", 'import "../../../cloud/aggregator/src/ingest";', true],
   ["modules/trainer/src/probe.ts", 'import "../../../local/hub/hub";', true],
+  ["modules/trainer/src/probe.ts", 'const c = require("../../../cloud/aggregator/src/ingest");', true],
   ["modules/trainer/src/probe.ts", 'import "../../../azure/keyvault-key-provider";', false],
   ["modules/trainer/src/probe.ts", 'import "../../../core/errors";', false],
   ["modules/shared/probe.ts", 'import "azure-iot-device";', false],
+  ["modules/shared/probe.ts", 'export type M = import("azure-iot-device").Message;', false],
   // cloud/ ↛ modules/, local/
   ["cloud/aggregator/src/probe.ts", 'import "../../../modules/shared/keyvault-key-provider";', true],
   ["cloud/aggregator/src/jobs/probe.ts", 'import "../../../../local/stack/stack";', true],
   ["cloud/aggregator/src/probe.ts", 'import "../../../azure/keyvault-key-provider";', false],
   ["cloud/aggregator/src/probe.ts", 'import "@azure/storage-blob";', false],
+  [
+    "cloud/aggregator/src/probe.ts",
+    'export const q = () => import("../../../modules/quantizer/src/main");',
+    true,
+  ],
   // tests, scripts and local/ may import every layer
   ["test/cloud/aggregator/probe.ts", 'import "../../../modules/shared/chunks";', false],
   ["scripts/probe.ts", 'import "../modules/shared/chunks";', false],
