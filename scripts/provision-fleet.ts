@@ -24,7 +24,7 @@ import { Command, CommanderError } from "commander";
 import { Registry } from "azure-iothub";
 import { FlotillaError, fail, isFlotillaError } from "../core/errors";
 import type { KeyProvider } from "../core/secagg/identity";
-import { createKeyProvider, keyProviderConfigFromEnv } from "../modules/shared/keyvault-key-provider";
+import { createKeyProvider, keyProviderConfigFromEnv } from "../azure/keyvault-key-provider";
 import { createRegistry } from "../local/hub/service-client";
 import { parseConnectionString } from "../local/hub/sas";
 

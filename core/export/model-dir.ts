@@ -15,7 +15,7 @@ import * as path from "node:path";
 import { fail, isFlotillaError } from "../errors";
 import type { ModelSpec } from "../engine/model-spec";
 import { validateSpec } from "../engine/model-spec";
-import { modelLayout } from "../engine/models";
+import { modelLayout } from "../engine/plan";
 import type { WeightLayout } from "../tensor/layout";
 import { weightsHash } from "../tensor/layout";
 

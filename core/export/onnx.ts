@@ -56,7 +56,7 @@ import * as os from "node:os";
 import { FlotillaError, fail, isFlotillaError } from "../errors";
 import type { ModelSpec } from "../engine/model-spec";
 import { MODEL_KINDS } from "../engine/model-spec";
-import { modelLayout } from "../engine/models";
+import { modelLayout } from "../engine/plan";
 import type { WeightLayout } from "../tensor/layout";
 import { AttrType, DataType, INPUT_NAME, PROBABILITIES, RECONSTRUCTION, modelProtoType } from "./onnx-schema";
 

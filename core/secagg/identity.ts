@@ -1,7 +1,7 @@
 /**
  * Device identity keys: each device has a long-term EC P-256 key that signs its secure-aggregation key
  * advertisements (ES256, RFC 7518 §3.4: ECDSA P-256 over SHA-256, signature as r||s). In production the key lives in
- * Azure Key Vault and never leaves it (modules/shared/keyvault-key-provider.ts); the embedded default keeps it in a
+ * Azure Key Vault and never leaves it (azure/keyvault-key-provider.ts); the embedded default keeps it in a
  * file on the device (file-key-provider.ts). Peers verify with the public key alone.
  */
 import {

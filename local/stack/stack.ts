@@ -31,7 +31,7 @@ import { TrainPool } from "./train-pool";
 import { generate } from "selfsigned";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { KeyProvider } from "../../core/secagg/identity";
-import { deviceCredential, KeyVaultKeyProvider } from "../../modules/shared/keyvault-key-provider";
+import { deviceCredential, KeyVaultKeyProvider } from "../../azure/keyvault-key-provider";
 import { startKeyVaultStandIn, type KeyVaultStandIn } from "../keyvault/server";
 
 /** The edgeHub routes of deployment-manifests/deployment.template.json. */

@@ -983,3 +983,25 @@ test("each module's sources live in folders its Dockerfiles copy into the build"
     });
   }
 });
+
+test(".dockerignore sends the daemon every path the Dockerfiles COPY from the build context", () => {
+  // The context is the repository root and .dockerignore excludes everything ("*") but what it re-includes
+  // ("!path"): a folder a Dockerfile copies but .dockerignore does not re-include is silently empty in the build.
+  const lines = fs
+    .readFileSync(path.join(repoRoot, ".dockerignore"), "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+  assert.ok(lines.includes("*"), ".dockerignore excludes everything by default");
+  for (const { name, platform, stages } of dockerfiles()) {
+    const build = stages.find((s) => / AS build$/i.test(s[0].args)) ?? [];
+    for (const copy of build.filter((i) => i.op === "COPY" && !i.args.startsWith("--from"))) {
+      for (const src of copy.args.split(" ").slice(0, -1)) {
+        assert.ok(
+          lines.includes(`!${src}`),
+          `${name} ${platform}: COPY ${src}, but .dockerignore does not list !${src}`,
+        );
+      }
+    }
+  }
+});

@@ -12,7 +12,7 @@ import { generate } from "selfsigned";
 import { createRegistry, startLocalHub, type LocalHub } from "../../local/hub";
 import { startKeyVaultStandIn, type KeyVaultStandIn } from "../../local/keyvault/server";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
-import { KeyVaultKeyProvider, deviceCredential } from "../../modules/shared/keyvault-key-provider";
+import { KeyVaultKeyProvider, deviceCredential } from "../../azure/keyvault-key-provider";
 import { fleetDeviceIds, jwkThumbprint, main, provisionFleet } from "../../scripts/provision-fleet";
 
 const SCRIPT = path.join(__dirname, "..", "..", "scripts", "provision-fleet.js");

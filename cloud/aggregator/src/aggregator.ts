@@ -10,7 +10,7 @@ import { Ingestor, type IngestEvent } from "./ingest";
 import { Orchestrator, type TickReport } from "./orchestrator";
 import { AzureBlobStore, MemoryBlobStore } from "./store/blob-store";
 import type { AggregatorServices } from "./services";
-import { keyProviderFromEnv } from "../../../modules/shared/keyvault-key-provider";
+import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 
 export interface Aggregator {
   readonly services: AggregatorServices;

@@ -16,7 +16,7 @@
  */
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { isFlotillaError } from "../../../core/errors";
-import { modelLayout } from "../../../core/engine/models";
+import { modelLayout } from "../../../core/engine/plan";
 import { validateJob } from "./jobs/job";
 import { JobRepository, paths, type JobDocument } from "./jobs/state";
 import { isConflict } from "./store/blob-store";

@@ -10,7 +10,7 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
  *
- * Secure aggregation's identity key (read when a secure round needs it; modules/shared/keyvault-key-provider.ts):
+ * Secure aggregation's identity key (read when a secure round needs it; azure/keyvault-key-provider.ts):
  *   FLOTILLA_KEYVAULT_URL        Key Vault holding the device's EC P-256 key (AZURE_TENANT_ID, AZURE_CLIENT_ID,
  *                                AZURE_CLIENT_CERTIFICATE_PATH: the device's X.509 credential)
  *   FLOTILLA_KEY_DIR             else: the directory of the file-backed key (default ~/.flotilla/keys)

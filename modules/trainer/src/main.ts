@@ -1,5 +1,5 @@
 import { createModuleClient, errorText, runUntilSignal, type Env } from "../../shared/module-client";
-import { keyProviderFromEnv } from "../../shared/keyvault-key-provider";
+import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 import { loadTrainerConfig } from "./config";
 import { startTrainer } from "./trainer";
 
@@ -19,7 +19,7 @@ export async function run(env: Env = process.env): Promise<void> {
     dataDir: config.dataDir,
     maxChunkBytes: config.maxChunkBytes,
     // Secure aggregation's identity key: Key Vault when FLOTILLA_KEYVAULT_URL is set, else the key file in
-    // FLOTILLA_KEY_DIR (modules/shared/keyvault-key-provider.ts).
+    // FLOTILLA_KEY_DIR (azure/keyvault-key-provider.ts).
     keys: keyProviderFromEnv(env as NodeJS.ProcessEnv),
   });
   console.log(`[info] trainer: running (data ${config.dataDir})`);

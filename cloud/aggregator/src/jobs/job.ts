@@ -4,7 +4,7 @@
 import { parseCompression } from "../../../../core/compress";
 import { secAggParamsFor } from "../../../../core/round/secure-round";
 import { fail, isFlotillaError } from "../../../../core/errors";
-import { modelLayout } from "../../../../core/engine/models";
+import { modelLayout } from "../../../../core/engine/plan";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
 import { createStrategy, isStrategyName, STRATEGY_NAMES } from "../../../../core/strategies/registry";
 import {

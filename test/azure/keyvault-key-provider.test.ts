@@ -10,9 +10,9 @@ import * as https from "node:https";
 import * as os from "node:os";
 import * as path from "node:path";
 import { generate } from "selfsigned";
-import { isFlotillaError } from "../../../core/errors";
-import { verifyIdentitySignature } from "../../../core/secagg/identity";
-import { FileKeyProvider } from "../../../core/secagg/file-key-provider";
+import { isFlotillaError } from "../../core/errors";
+import { verifyIdentitySignature } from "../../core/secagg/identity";
+import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import {
   KeyVaultKeyProvider,
   createKeyProvider,
@@ -20,14 +20,14 @@ import {
   keyProviderConfigFromEnv,
   keyVaultError,
   keyVaultKeyName,
-} from "../../../modules/shared/keyvault-key-provider";
+} from "../../azure/keyvault-key-provider";
 import {
   signDigest,
   startKeyVaultStandIn,
   verifyDigest,
   type KeyVaultStandIn,
-} from "../../../local/keyvault/server";
-import { keyProviderContract } from "../../core/secagg/key-provider-contract";
+} from "../../local/keyvault/server";
+import { keyProviderContract } from "../core/secagg/key-provider-contract";
 
 const CLIENT_ID = "11111111-2222-3333-4444-555555555555";
 

@@ -31,10 +31,10 @@ import {
   type KeyVaultKey,
   type JsonWebKey as VaultJwk,
 } from "@azure/keyvault-keys";
-import { FlotillaError, fail, isFlotillaError } from "../../core/errors";
-import { FileKeyProvider, checkDeviceId } from "../../core/secagg/file-key-provider";
-import type { KeyProvider } from "../../core/secagg/identity";
-import type { IdentitySigner } from "../../core/secagg/types";
+import { FlotillaError, fail, isFlotillaError } from "../core/errors";
+import { FileKeyProvider, checkDeviceId } from "../core/secagg/file-key-provider";
+import type { KeyProvider } from "../core/secagg/identity";
+import type { IdentitySigner } from "../core/secagg/types";
 
 export const KEY_NAME_PREFIX = "flotilla-";
 const PLAIN_ID = /^[0-9a-z-]+$/;
