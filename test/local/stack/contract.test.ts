@@ -68,3 +68,9 @@ for (const compression of ["int8:tensor", "topk:0.05+int4"]) {
     }
   });
 }
+
+// SecAgg+ (core/secagg): the masks cancel exactly in the ring, so the unmasked sums agree as raw ones do.
+test("a secure-aggregation job gives the same aggregate over both transports", async () => {
+  const { iothub } = await sameAggregate({ secureAggregation: true });
+  assert.equal(iothub.config.secureAggregation, true);
+});
