@@ -1,11 +1,10 @@
 import { createHash } from "node:crypto";
-import { decodeTensor, ErrorFeedback, parseCompression } from "../compress";
+import { decodeTensor, parseCompression } from "../compress";
 import { SecAggClient } from "../secagg/client";
 import type { IdentitySigner, MaskInputRequest, ShareKeysRequest, UnmaskRequest } from "../secagg/types";
 import type { Dataset } from "../data/dataset";
 import type { LocalModel } from "../engine/types";
 import { isFlotillaError } from "../errors";
-import { privatizeUpdate } from "../privacy/dp";
 import { GaussianNoise } from "../privacy/mechanism";
 import {
   decodeMessage,
@@ -16,6 +15,13 @@ import {
   type TrainResultMessage,
 } from "../protocol/messages";
 import { weightsHash } from "../tensor/layout";
+import {
+  compressUpdate,
+  layoutSegments,
+  MemoryResidualStore,
+  privatizeDelta,
+  takeDelta,
+} from "./update-pipeline";
 
 export interface DeviceProgress {
   (deviceId: string, samplesDone: number, samplesTotal: number): void;
@@ -37,7 +43,7 @@ interface SecAggSessionState {
 
 export class DeviceRuntime {
   /** Error-feedback residuals by job (uplink sparsification). */
-  private readonly residuals = new Map<string, ErrorFeedback>();
+  private readonly residuals = new MemoryResidualStore();
   /** Secure-aggregation rounds in progress, by `jobId/round` (in memory only: a restarted device drops out). */
   private readonly secagg = new Map<string, SecAggSessionState>();
   /** Differential-privacy noise (OS CSPRNG). */
@@ -57,31 +63,11 @@ export class DeviceRuntime {
    * worker threads; `importState` restores it. Undefined when there is none.
    */
   exportState(): Uint8Array | undefined {
-    if (this.residuals.size === 0) return undefined;
-    const parts: Uint8Array[] = [];
-    for (const [jobId, ef] of this.residuals) {
-      const id = Buffer.from(jobId, "utf8");
-      const body = ef.toBytes();
-      const head = Buffer.alloc(8);
-      head.writeUInt32LE(id.length, 0);
-      head.writeUInt32LE(body.length, 4);
-      parts.push(head, id, body);
-    }
-    return Buffer.concat(parts);
+    return this.residuals.toBytes();
   }
 
   importState(state: Uint8Array | undefined): void {
-    this.residuals.clear();
-    if (!state) return;
-    const b = Buffer.from(state.buffer, state.byteOffset, state.byteLength);
-    for (let o = 0; o + 8 <= b.length;) {
-      const idLen = b.readUInt32LE(o);
-      const bodyLen = b.readUInt32LE(o + 4);
-      const jobId = b.toString("utf8", o + 8, o + 8 + idLen);
-      const body = b.subarray(o + 8 + idLen, o + 8 + idLen + bodyLen);
-      this.residuals.set(jobId, ErrorFeedback.fromBytes(body, this.model.numParams));
-      o += 8 + idLen + bodyLen;
-    }
+    this.residuals.fromBytes(state, this.model.numParams);
   }
 
   get numSamples(): number {
@@ -148,39 +134,36 @@ export class DeviceRuntime {
       seed: req.config.seed,
       onProgress: this.onProgress ? (d, t) => this.onProgress?.(this.deviceId, d, t) : undefined,
     });
-    const delta = this.model.getWeights();
-    for (let i = 0; i < delta.length; i++) delta[i] -= global[i];
-    // Differential privacy: clip and noise before anything leaves the device (core/privacy/dp.ts).
-    const dp = req.dp ? privatizeUpdate(delta, req.dp, this.noise) : undefined;
+    // The update pipeline (core/round/update-pipeline.ts): delta, then differential privacy (clip and noise before
+    // anything leaves the device), then the uplink codec.
+    const delta = takeDelta(this.model.getWeights(), global);
+    const dp = privatizeDelta(delta, req.dp, this.noise);
     if (req.secagg) return this.advertise(req, delta, summary, dp?.clipBit);
     return {
       ...this.resultHeader(req, summary),
-      delta: req.uplink ? { encoding: "flz", bytes: this.compress(req, delta) } : delta,
+      delta: req.uplink ? { encoding: "flz", bytes: await this.compress(req, delta) } : delta,
       ...(dp?.clipBit !== undefined ? { dpClipBit: dp.clipBit } : {}),
     };
   }
 
   /**
-   * The uplink codec, as the quantizer module applies it on a real device: with a sparsifier, the part of the
-   * update that was not sent stays in this device's error-feedback residual for its next round of the job
-   * (Stich et al. 2018, "Sparsified SGD with Memory").
+   * The uplink codec (update-pipeline.ts, the same call as the quantizer module's on a real device): with a
+   * sparsifier, the part of the update that was not sent stays in this device's error-feedback residual for its
+   * next round of the job (Stich et al. 2018, "Sparsified SGD with Memory").
    */
-  private compress(req: TrainRequest, delta: Float32Array): Uint8Array {
-    const spec = parseCompression(req.uplink ?? "none");
-    let ef = this.residuals.get(req.jobId);
-    if (!ef || ef.residual.length !== delta.length) {
-      ef = new ErrorFeedback(delta.length);
-      this.residuals.set(req.jobId, ef);
-    }
-    const seed = createHash("sha256")
-      .update(`${this.deviceId}/${req.jobId}/${req.round}`)
-      .digest()
-      .readUInt32LE(0);
-    return ef.compress(delta, spec, {
-      layoutHash: this.model.layout.hash,
-      segments: this.model.layout.entries.map((e) => e.size),
-      seed,
-    });
+  private compress(req: TrainRequest, delta: Float32Array): Promise<Uint8Array> {
+    return compressUpdate(
+      delta,
+      parseCompression(req.uplink ?? "none"),
+      {
+        jobId: req.jobId,
+        round: req.round,
+        deviceId: this.deviceId,
+        layoutHash: this.model.layout.hash,
+        segments: layoutSegments(this.model.layout),
+      },
+      this.residuals,
+    );
   }
 
   /**
@@ -200,7 +183,10 @@ export class DeviceRuntime {
       });
     }
     const coded = req.uplink
-      ? decodeTensor(this.compress(req, delta), { layoutHash: this.model.layout.hash, length: delta.length })
+      ? decodeTensor(await this.compress(req, delta), {
+          layoutHash: this.model.layout.hash,
+          length: delta.length,
+        })
       : delta;
     // Adaptive clipping: the clip indicator rides as one extra value, so the server sees only its sum.
     let update = coded;

@@ -83,9 +83,12 @@ export async function simulateOverIotHub(
   let finalWeights: Float32Array | undefined;
   let finalDoc: JobDocument | undefined;
   let targetReached = false;
-  const jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
+  // The memory transport's job id, so both transports derive the same codec seeds (core/round/update-pipeline.ts);
+  // a state directory that already holds that job (a rerun into the same --out) gets a fresh id.
+  let jobId = `sim-${config.seed}`;
   try {
     const store = stack.aggregator.services.store;
+    if (await store.get(paths.job(jobId))) jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
     await api(stack.host.url, "POST", "jobs", {
       jobId,
       modelSpec: data.spec,

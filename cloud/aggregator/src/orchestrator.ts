@@ -37,6 +37,7 @@ import { initialWeights } from "../../../core/engine/plan";
 import { createStrategy } from "../../../core/strategies/registry";
 import type { ClientInfo, FitFailure, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/plan";
+import { layoutSegments } from "../../../core/round/update-pipeline";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
 import { FlotillaError } from "../../../core/errors";
@@ -558,6 +559,10 @@ export class Orchestrator {
         }
       : undefined;
     const compression = parseCompression(d.compression ?? "none");
+    // The quantizer's codec takes the layout's tensor sizes (per-tensor scales), as the simulator's devices do.
+    const quantizerLayout = compression.lossless
+      ? undefined
+      : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
     const work = st.participants.map((p) => async () => {
       const desired: RoundDesired = {
         jobId: d.jobId,
@@ -577,9 +582,11 @@ export class Orchestrator {
       // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
       const trainer = (async () => {
         if (!compression.lossless) {
-          await fleet.configureQuantizer(p.deviceId, d.jobId, compression.text).catch((e: Error) => {
-            log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
-          });
+          await fleet
+            .configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout)
+            .catch((e: Error) => {
+              log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
+            });
         }
         try {
           await fleet.configureRound(p.deviceId, desired);

@@ -2,9 +2,10 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, promises as fsp } from "node:fs";
 import { join } from "node:path";
 import type { Message } from "azure-iot-device";
-import { ErrorFeedback, encodeTensor, parseCompression, type CompressionSpec } from "../../../core/compress";
+import { ErrorFeedback, parseCompression, type CompressionSpec } from "../../../core/compress";
 import { FlotillaError, isFlotillaError } from "../../../core/errors";
 import { decodeMessage, encodeMessage, type TrainResultMessage } from "../../../core/protocol/messages";
+import { compressUpdate, needsSegments, type ResidualStore } from "../../../core/round/update-pipeline";
 import {
   frameChunks,
   inputChunkMeta,
@@ -35,12 +36,14 @@ import { DEFAULT_MAX_BYTES } from "./config";
  *
  * It reassembles the trainer's chunks in memory (modules/shared/reassembly.ts), decodes the FLT1 frame and, when the
  * update is a `result` of a job its module twin configures with a lossy codec chain (core/compress), replaces the
- * raw float32 delta by a compressed envelope (`encoding: "flz"`): with a sparsifier through the job's error feedback
- * (the residual persisted in `stateDir/residual-<jobId>.bin`), otherwise with encodeTensor. The new frame goes out
+ * raw float32 delta by a compressed envelope (`encoding: "flz"`) through the device-side update pipeline's codec step
+ * (core/round/update-pipeline.ts; the trainer ran its delta and DP steps): with a sparsifier through the job's error
+ * feedback (the residual persisted in `stateDir/residual-<jobId>.bin`). The new frame goes out
  * on output `updates` in chunks (frameChunks). Failure frames, results of other jobs, deltas already encoded and
  * secure aggregation's device frames (`secagg`, direction up: never compressible) are forwarded unchanged.
  *
- * Configuration: module twin desired `flotilla: { jobs: { [jobId]: { compression: "topk:0.01+int8" } | null } }`.
+ * Configuration: module twin desired `flotilla: { jobs: { [jobId]: { compression: "topk:0.01+int8", layoutHash,
+ * segments } | null } }` (layoutHash and segments: the job's weight layout, needed by per-tensor codecs).
  * Reported `flotilla: { status, jobs, counters, error, lastError, updatedAt }`. Nothing the cloud or the trainer sends
  * crashes the module: bad chunks and frames are counted, logged on one line with their code and dropped; a bad spec
  * is reported (E_COMPRESS_SPEC) and its job passes through uncompressed.
@@ -145,6 +148,8 @@ interface JobConfig {
   readonly text: string;
   /** A lossy spec to apply; undefined = pass through. */
   readonly spec?: CompressionSpec;
+  /** The job's weight layout: its hash and tensor sizes (the codec's segments, for per-tensor scales). */
+  readonly layout?: { readonly hash: string; readonly segments: readonly number[] };
   readonly error?: { readonly code: string; readonly message: string };
 }
 
@@ -160,9 +165,30 @@ export function residualFileName(jobId: string): string {
   return `${RESIDUAL_PREFIX}~${createHash("sha256").update(jobId).digest("hex").slice(0, 32)}.bin`;
 }
 
-/** Seed of the stochastic rounding (and randk's draw): the first 4 bytes of sha256(deviceId, jobId, round). */
-export function compressionSeed(deviceId: string, jobId: string, round: number): number {
-  return createHash("sha256").update(`${deviceId}\n${jobId}\n${round}`).digest().readUInt32LE(0);
+/** Tensors a job's layout may list (a module twin property holds at most 4 KB). */
+export const MAX_SEGMENTS = 1000;
+
+/**
+ * A job's optional `layoutHash` + `segments` (the weight layout's tensor sizes, in layout order): both or neither.
+ * Throws E_QUANT_CONFIG naming the problem.
+ */
+function parseLayout(jobId: string, v: Record<string, unknown>): JobConfig["layout"] {
+  const { layoutHash, segments } = v;
+  if ((layoutHash === undefined || layoutHash === null) && (segments === undefined || segments === null))
+    return undefined;
+  const bad = (why: string): never => {
+    throw new FlotillaError("E_QUANT_CONFIG", `job ${jobId}: ${why}`);
+  };
+  if (typeof layoutHash !== "string" || !/^[0-9a-f]{64}$/.test(layoutHash))
+    bad("layoutHash must be 64 lowercase hex digits (with segments)");
+  if (
+    !Array.isArray(segments) ||
+    segments.length === 0 ||
+    segments.length > MAX_SEGMENTS ||
+    !segments.every((x) => Number.isSafeInteger(x) && (x as number) > 0)
+  )
+    bad(`segments must be 1 to ${MAX_SEGMENTS} positive integers (the layout's tensor sizes)`);
+  return { hash: layoutHash as string, segments: [...(segments as number[])] };
 }
 
 export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerHandle> {
@@ -279,7 +305,9 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       if (typeof value !== "object" || value === null || Array.isArray(value) || typeof text !== "string")
         throw new FlotillaError("E_COMPRESS_SPEC", `job ${jobId}: expected { compression: "<spec>" }`);
       const spec = parseCompression(text);
-      return spec.lossless || spec.stages.length === 0 ? { text: spec.text } : { text: spec.text, spec };
+      if (spec.lossless || spec.stages.length === 0) return { text: spec.text };
+      const layout = parseLayout(jobId, value as Record<string, unknown>);
+      return { text: spec.text, spec, ...(layout ? { layout } : {}) };
     } catch (e) {
       const { code, message } = errorOf(e);
       return {
@@ -451,6 +479,29 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     }
   };
 
+  /**
+   * The residual store of the update pipeline (core/round/update-pipeline.ts): residuals in memory, read from their
+   * file on first use and written to it before the update is sent. A residual that cannot be saved is reset to zeros
+   * (its file removed) rather than kept diverging from the disk.
+   */
+  const fileResiduals: ResidualStore = {
+    load: residualFor,
+    save: async (jobId, ef) => {
+      try {
+        await saveResidual(jobId, ef);
+      } catch (e) {
+        problem(e, `job ${jobId}`);
+        residuals.set(jobId, new ErrorFeedback(ef.length));
+        await deleteFile(residualPath(jobId));
+      }
+    },
+    discard: (jobId) => {
+      // The in-memory residual may be half-updated: read the file (the state before this update) next time.
+      residuals.delete(jobId);
+      residualRead.delete(jobId);
+    },
+  };
+
   // --- updates -------------------------------------------------------------------------------------------------------
   function enqueueWork(work: () => Promise<void>): void {
     chain = chain.then(work).catch((e: unknown) => problem(e, "internal"));
@@ -517,7 +568,10 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     const job = msg.type === "result" ? jobs.get(msg.jobId) : undefined;
     if (msg.type === "result" && job?.spec && msg.delta instanceof Float32Array) {
       try {
-        out = await compress(msg as TrainResultMessage & { delta: Float32Array }, job.spec);
+        out = await compress(msg as TrainResultMessage & { delta: Float32Array }, {
+          ...job,
+          spec: job.spec,
+        });
         compressed = true;
       } catch (e) {
         // The update still counts: it goes out raw (the aggregator takes both).
@@ -544,38 +598,45 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
    *   what it transmitted is counted as transmitted by the residual: at most once, never twice;
    * - the other order (send, then save) would, on a crash in between, reload the old residual and add its
    *   error-feedback mass to the next round's update again: sent twice, a bias the aggregate cannot detect.
-   * A residual that cannot be saved is reset to zeros (its file removed) rather than kept diverging from the disk.
+   * The codec is step 3 of the device-side update pipeline (core/round/update-pipeline.ts, compressUpdate: the same
+   * seed rule and segments as the simulator's devices); per-tensor codecs (`int8:tensor`) take the job's segments
+   * from the module twin and send the update raw (E_QUANT_LAYOUT) when they do not fit it.
    */
   const compress = async (
     msg: TrainResultMessage & { delta: Float32Array },
-    spec: CompressionSpec,
+    job: JobConfig & { spec: CompressionSpec },
   ): Promise<Uint8Array> => {
-    const seed = compressionSeed(opts.deviceId ?? msg.deviceId, msg.jobId, msg.round);
-    const encodeOpts = { layoutHash: msg.layoutHash, seed };
+    // The codec's segments: the job's layout, when the update follows it (the trainer checked the layout hash).
+    const layout = job.layout;
+    const fits =
+      layout !== undefined &&
+      layout.hash === msg.layoutHash &&
+      layout.segments.reduce((a, b) => a + b, 0) === msg.delta.length;
+    if (needsSegments(job.spec) && !fits)
+      throw new FlotillaError(
+        "E_QUANT_LAYOUT",
+        `'${job.text}' scales per tensor and needs the job's layout: ` +
+          (layout
+            ? `the configured one (${layout.hash.slice(0, 12)}, ${layout.segments.length} tensors) does not fit ` +
+              `the update (${msg.layoutHash.slice(0, 12)}, ${msg.delta.length} values)`
+            : "the module twin gives no layoutHash and segments for the job"),
+      );
     let bytes: Uint8Array;
-    if (spec.sparse) {
-      const ef = await residualFor(msg.jobId, msg.delta.length);
-      try {
-        bytes = ef.compress(msg.delta, spec, encodeOpts);
-      } catch (e) {
-        // The in-memory residual may be half-updated: read the file (the state before this update) next time.
-        residuals.delete(msg.jobId);
-        residualRead.delete(msg.jobId);
-        throw new FlotillaError("E_QUANT_ENCODE", `error-feedback compression failed: ${errorText(e)}`);
-      }
-      try {
-        await saveResidual(msg.jobId, ef);
-      } catch (e) {
-        problem(e, `job ${msg.jobId}`);
-        residuals.set(msg.jobId, new ErrorFeedback(msg.delta.length));
-        await deleteFile(residualPath(msg.jobId));
-      }
-    } else {
-      try {
-        bytes = encodeTensor(msg.delta, spec, encodeOpts);
-      } catch (e) {
-        throw new FlotillaError("E_QUANT_ENCODE", `compression failed: ${errorText(e)}`);
-      }
+    try {
+      bytes = await compressUpdate(
+        msg.delta,
+        job.spec,
+        {
+          jobId: msg.jobId,
+          round: msg.round,
+          deviceId: opts.deviceId ?? msg.deviceId,
+          layoutHash: msg.layoutHash,
+          ...(fits ? { segments: layout.segments } : {}),
+        },
+        fileResiduals,
+      );
+    } catch (e) {
+      throw new FlotillaError("E_QUANT_ENCODE", `compression failed: ${errorText(e)}`);
     }
     return encodeMessage({ ...msg, delta: { encoding: "flz", bytes } });
   };

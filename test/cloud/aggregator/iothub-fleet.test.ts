@@ -173,6 +173,24 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
       "job-x": 4,
     });
 
+    // The quantizer's job: its codec and the job's weight layout (docs/iothub-protocol.md); null removes the job.
+    hub.createModule("edge-1", "quantizer");
+    const layout = { layoutHash: "cd".repeat(32), segments: [784, 10] };
+    await fleet.configureQuantizer("edge-1", "job-x", "int8:tensor", layout);
+    await fleet.configureQuantizer("edge-1", "job-y", "int8");
+    const quantTwin = async () =>
+      (
+        (await registry.getModuleTwin("edge-1", "quantizer")).responseBody.properties.desired as Record<
+          string,
+          unknown
+        >
+      ).flotilla;
+    assert.deepEqual(await quantTwin(), {
+      jobs: { "job-x": { compression: "int8:tensor", ...layout }, "job-y": { compression: "int8" } },
+    });
+    await fleet.configureQuantizer("edge-1", "job-x", null);
+    assert.deepEqual(await quantTwin(), { jobs: { "job-y": { compression: "int8" } } });
+
     await fleet.configureRound("edge-1", null);
     const idle = await registry.getModuleTwin("edge-1", "trainer");
     assert.equal((idle.responseBody.properties.desired as Record<string, unknown>).flotilla ?? null, null);

@@ -278,6 +278,9 @@ test("a compressed job: quantizers configured, int8 model envelope + ONNX files 
     ["dev-b", id, "topk:0.5+int8"],
     ["dev-c", id, "topk:0.5+int8"],
   ]);
+  // ... and the job's layout: its hash and tensor sizes (per-tensor codecs need them, core/round/update-pipeline.ts).
+  for (const q of w.fleet.quantizers)
+    assert.deepEqual(q.layout, { layoutHash: layout.hash, segments: layout.entries.map((e) => e.size) });
   // The round order points at the compressed model, with the envelope's own sha256.
   const desired = w.fleet.configured[0].desired!;
   assert.equal(desired.modelEncoding, "flz");

@@ -6,6 +6,7 @@ import type {
   MethodOutcome,
   RoundDesired,
   TrainerInfo,
+  QuantizerLayout,
 } from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 
@@ -43,9 +44,19 @@ export class RecordingFleet implements Fleet {
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
     this.openRounds.push({ deviceId, jobId, round });
   }
-  readonly quantizers: { deviceId: string; jobId: string; compression: string | null }[] = [];
-  async configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void> {
-    this.quantizers.push({ deviceId, jobId, compression });
+  readonly quantizers: {
+    deviceId: string;
+    jobId: string;
+    compression: string | null;
+    layout?: QuantizerLayout;
+  }[] = [];
+  async configureQuantizer(
+    deviceId: string,
+    jobId: string,
+    compression: string | null,
+    layout?: QuantizerLayout,
+  ): Promise<void> {
+    this.quantizers.push({ deviceId, jobId, compression, ...(layout ? { layout } : {}) });
   }
   /** Trainer direct methods called (secure aggregation), in order. */
   readonly calls: { deviceId: string; method: string; payload: unknown; timeoutSeconds: number }[] = [];

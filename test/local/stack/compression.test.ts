@@ -88,7 +88,7 @@ test(
       const snapshots = new Map<string, Snapshot[]>(f.deviceIds.map((id) => [id, []]));
       const fleet = f.stack.aggregator.services.fleet;
       const configure = fleet.configureQuantizer.bind(fleet);
-      fleet.configureQuantizer = async (deviceId, id, compression) => {
+      fleet.configureQuantizer = async (deviceId, id, compression, layout) => {
         if (id === jobId) {
           const q = f.device(deviceId).quantizer.state();
           const file = residualOf(deviceId);
@@ -99,7 +99,7 @@ test(
             residual: fs.existsSync(file) ? fs.readFileSync(file) : undefined,
           });
         }
-        return configure(deviceId, id, compression);
+        return configure(deviceId, id, compression, layout);
       };
 
       await startJob(f, jobId);

@@ -12,11 +12,8 @@ import {
 import type { EncodedTensor } from "../../../core/compress/api";
 import { encodeMessage, type TrainResultMessage } from "../../../core/protocol/messages";
 import { loadQuantizerConfig } from "../../../modules/quantizer/src/config";
-import {
-  compressionSeed,
-  residualFileName,
-  type QuantizerState,
-} from "../../../modules/quantizer/src/quantizer";
+import { codecSeed } from "../../../core/round/update-pipeline";
+import { residualFileName, type QuantizerState } from "../../../modules/quantizer/src/quantizer";
 import { tempDir, trainerChunks, until } from "../update-queue/helpers";
 import {
   assertWithinInt8,
@@ -150,7 +147,7 @@ test("a job with a lossy spec: the delta goes out as an envelope within the code
   // Deterministic: the seed is derived from (deviceId, jobId, round).
   const expected = encodeTensor(delta, parseCompression("int8"), {
     layoutHash: LAYOUT,
-    seed: compressionSeed("dev-1", "job-1", 3),
+    seed: codecSeed("job-1", 3, "dev-1"),
   });
   assert.deepEqual(Buffer.from(enc.bytes), Buffer.from(expected));
   assert.ok(out[1].frame.equals(Buffer.from(other)));
@@ -173,7 +170,7 @@ test("error feedback: the residual is saved per job and reloaded exactly after a
   const ref = new ErrorFeedback(n);
   const s = parseCompression(spec);
   const refSend = (delta: Float32Array, round: number) =>
-    ref.compress(delta, s, { layoutHash: LAYOUT, seed: compressionSeed("dev-1", "job-1", round) });
+    ref.compress(delta, s, { layoutHash: LAYOUT, seed: codecSeed("job-1", round, "dev-1") });
 
   let h = await start(dir, desired);
   const d1 = deltaOf(n, 5);
@@ -222,7 +219,7 @@ test("error feedback: the residual is saved per job and reloaded exactly after a
   await h.quantizer.idle();
   const fresh = new ErrorFeedback(1000).compress(d4, s, {
     layoutHash: LAYOUT,
-    seed: compressionSeed("dev-1", "job-1", 4),
+    seed: codecSeed("job-1", 4, "dev-1"),
   });
   assert.deepEqual(Buffer.from(encodedDelta(outputFrames(h.client)[0].frame).bytes), Buffer.from(fresh));
   assert.equal(h.quantizer.state().counters.residualsDiscarded, 1);

@@ -37,6 +37,12 @@ export interface TrainerInfo {
   readonly samplesPerSecond?: Readonly<Record<string, number>>;
 }
 
+/** A job's weight layout as the quantizer needs it: its hash and tensor sizes (core/round/update-pipeline.ts). */
+export interface QuantizerLayout {
+  readonly layoutHash: string;
+  readonly segments: readonly number[];
+}
+
 export interface Fleet {
   listTrainers(): Promise<TrainerInfo[]>;
   /** Replaces the trainer's desired `flotilla` (null = idle). */
@@ -52,8 +58,16 @@ export interface Fleet {
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean>;
   /** Sets the update-queue's desired `openRounds[jobId]` (null removes it). */
   setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void>;
-  /** Sets the quantizer's desired `flotilla.jobs[jobId]` (its codec for the job; null removes the job). */
-  configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void>;
+  /**
+   * Sets the quantizer's desired `flotilla.jobs[jobId]` (its codec for the job and the job's weight layout, whose
+   * tensor sizes per-tensor codecs need; null removes the job).
+   */
+  configureQuantizer(
+    deviceId: string,
+    jobId: string,
+    compression: string | null,
+    layout?: QuantizerLayout,
+  ): Promise<void>;
   /**
    * Calls a trainer direct method (secure aggregation: secaggShareKeys, secaggMaskInput, secaggUnmask) and
    * returns the device's answer whatever its status; never throws.
@@ -224,15 +238,23 @@ export class IotHubFleet implements Fleet {
     return this.invoke(deviceId, UPDATE_QUEUE_MODULE, "ack", { updateIds: [...updateIds] });
   }
 
-  async configureQuantizer(deviceId: string, jobId: string, compression: string | null): Promise<void> {
+  async configureQuantizer(
+    deviceId: string,
+    jobId: string,
+    compression: string | null,
+    layout?: QuantizerLayout,
+  ): Promise<void> {
+    const job =
+      compression === null
+        ? null
+        : {
+            compression,
+            ...(layout ? { layoutHash: layout.layoutHash, segments: [...layout.segments] } : {}),
+          };
     await this.registry.updateModuleTwin(
       deviceId,
       QUANTIZER_MODULE,
-      {
-        properties: {
-          desired: { flotilla: { jobs: { [jobId]: compression === null ? null : { compression } } } },
-        },
-      },
+      { properties: { desired: { flotilla: { jobs: { [jobId]: job } } } } },
       "*",
     );
   }
