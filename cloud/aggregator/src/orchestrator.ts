@@ -10,8 +10,10 @@
  *   open round                  → close when every participant answered (result or failure frame) or the
  *                                 deadline passed: state `closing` freezes the set of updates
  *   closing round               → stream each stored frame through strategy.beginAggregate(r).add() one at a
- *                                 time, publish models/{r}.f32, record the round in job.json (completing the job
- *                                 after the last round), state `closed`; then the next round opens in the same tick
+ *                                 time, publish models/{r}.f32 with the strategy's state (models/{r}.state),
+ *                                 record the round in job.json (its training metrics are the strategy's; completing
+ *                                 the job after the last round), state `closed`; then the next round opens in the
+ *                                 same tick
  *
  * A round with no usable update keeps the model (round status `failed`) and the job goes on. A round that closes
  * at the deadline with fewer than minCompletedFraction × participants updates is aggregated anyway and recorded
