@@ -13,6 +13,8 @@ import type { StrategyState } from "./strategy";
 
 const MAGIC = [0x46, 0x4c, 0x53, 0x53]; // "FLSS"
 const VERSION = 1;
+/** On little-endian hosts (all Node targets in practice) tensors are copied as bytes, not value by value. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 interface Header {
   strategy: string;
@@ -38,7 +40,12 @@ export function encodeStrategyState(s: StrategyState): Uint8Array {
     if (t.length !== s.size) {
       fail("E_STRATEGY_STATE", `strategy state tensor '${name}' has ${t.length} values, expected ${s.size}`);
     }
-    for (let i = 0; i < t.length; i++, at += 8) view.setFloat64(at, t[i], true);
+    if (LITTLE_ENDIAN) {
+      out.set(new Uint8Array(t.buffer, t.byteOffset, t.byteLength), at);
+      at += t.byteLength;
+    } else {
+      for (let i = 0; i < t.length; i++, at += 8) view.setFloat64(at, t[i], true);
+    }
   }
   return out;
 }
@@ -79,7 +86,12 @@ export function decodeStrategyState(bytes: Uint8Array): StrategyState {
   let at = start;
   for (const name of h.tensors) {
     const t = new Float64Array(h.size);
-    for (let i = 0; i < t.length; i++, at += 8) t[i] = view.getFloat64(at, true);
+    if (LITTLE_ENDIAN) {
+      new Uint8Array(t.buffer).set(bytes.subarray(at, at + t.byteLength));
+      at += t.byteLength;
+    } else {
+      for (let i = 0; i < t.length; i++, at += 8) t[i] = view.getFloat64(at, true);
+    }
     tensors[name] = t;
   }
   return { strategy: h.strategy, size: h.size, steps: h.steps, tensors };
