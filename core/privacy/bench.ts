@@ -53,7 +53,10 @@ export function benchDpAggregate(opts: {
     add: () => undefined,
     addAggregate: (a) => out.set(a.mean),
     count: 0,
-    finish: () => out,
+    finish: () => ({
+      weights: out,
+      metrics: { updates: 0, totalSamples: 0, trainLoss: NaN, trainAccuracy: NaN },
+    }),
   };
   const private_ = (): { ms: number; noiseMs: number } => {
     const dp = new DifferentialPrivacy({

@@ -27,7 +27,14 @@ import { Accumulator } from "../tensor/accumulator";
 import { firstNonFinite } from "../tensor/finite";
 import { fail } from "../errors";
 import type { DpOrder } from "../protocol/messages";
-import type { FitFailure, FitResult, RoundAggregation, SecureAggregate } from "../strategies/strategy";
+import type {
+  FitFailure,
+  FitResult,
+  RoundAggregation,
+  RoundResult,
+  SecureAggregate,
+} from "../strategies/strategy";
+import { RoundMetricsSum } from "../strategies/metrics";
 import { PrivacyAccountant, type PrivacySpent } from "./accountant";
 import { clipL2, GaussianNoise, l2Norm } from "./mechanism";
 import type { RdpConversion } from "./rdp";
@@ -357,6 +364,8 @@ class DpAggregation implements RoundAggregation {
   private bitSum = 0;
   private readonly ids: string[] = [];
   private readonly seen = new Set<string>();
+  /** The round's training metrics (loss weighted by the devices' reported sample counts, not the DP weights). */
+  private readonly metrics = new RoundMetricsSum();
   /** Central without secure aggregation: the server clips single updates itself. */
   private readonly serverClips: boolean;
 
@@ -402,6 +411,7 @@ class DpAggregation implements RoundAggregation {
     this.bitSum += bit;
     this.seen.add(r.deviceId);
     this.ids.push(r.deviceId);
+    this.metrics.addUpdate(r.numSamples, r.metrics);
   }
 
   addAggregate(a: SecureAggregate): void {
@@ -417,9 +427,14 @@ class DpAggregation implements RoundAggregation {
       this.seen.add(id);
       this.ids.push(id);
     }
+    this.metrics.addAggregate(a);
   }
 
-  finish(failures: readonly FitFailure[]): Float32Array {
+  finish(failures: readonly FitFailure[]): RoundResult {
+    return { weights: this.release(failures), metrics: this.metrics.result() };
+  }
+
+  private release(failures: readonly FitFailure[]): Float32Array {
     // The weighted mean times the total weight is the (clipped) sum; noise is added to it in float64.
     const w = this.acc.totalWeight;
     const m = this.acc.mean();
@@ -438,7 +453,7 @@ class DpAggregation implements RoundAggregation {
       return next;
     }
     this.inner.addAggregate({ deviceIds: this.ids, totalSamples: this.ids.length, mean });
-    return this.inner.finish(failures);
+    return this.inner.finish(failures).weights;
   }
 }
 

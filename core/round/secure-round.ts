@@ -23,7 +23,7 @@ import {
   type ShareKeysResponse,
   type UnmaskResponse,
 } from "../secagg/types";
-import type { FitFailure, FitInstruction, RoundAggregation } from "../strategies/strategy";
+import type { FitFailure, FitInstruction, RoundAggregation, UpdateReport } from "../strategies/strategy";
 
 export interface SecureAggregationOptions {
   /** k, t and the clip range; unset members take core/secagg defaultParams(n) for the round's n participants. */
@@ -83,8 +83,6 @@ export interface SecureRoundContext {
 export interface SecureRoundOutcome {
   readonly record: SecureRoundRecord;
   readonly completed: string[];
-  readonly lossSum: number;
-  readonly sampleSum: number;
   readonly slowestTrainMs: number;
 }
 
@@ -145,8 +143,8 @@ export async function runSecureRound(
     identityKey: (id) => opts.identityKey(id),
   });
   const completed: string[] = [];
-  let lossSum = 0;
-  let sampleSum = 0;
+  /** Each masked input's report (sample count, loss, accuracy), in arrival order; the included ones go with the sum. */
+  const reports = new Map<string, UpdateReport>();
   let slowestTrainMs = 0;
   const fail = (deviceId: string, code: string, reason: string) => {
     ctx.failures.push({ deviceId, code, reason });
@@ -266,12 +264,8 @@ export async function runSecureRound(
             code: "E_SECAGG_INPUT",
           });
         server.addMaskedInput({ jobId, round, deviceId: id, masked: f.masked });
-        const n = f.numSamples ?? 0;
         const m = f.metrics;
-        if (m && Number.isFinite(m.loss) && n > 0) {
-          lossSum += m.loss * n;
-          sampleSum += n;
-        }
+        reports.set(id, { numSamples: f.numSamples ?? 0, loss: m?.loss, accuracy: m?.accuracy });
         if (m && Number.isFinite(m.trainMs)) slowestTrainMs = Math.max(slowestTrainMs, m.trainMs);
       });
       const masked = participants.filter(
@@ -307,10 +301,12 @@ export async function runSecureRound(
     record = { params, dropouts, included: [], unmaskMs: 0, bytesPerDevice: bytes, aborted: result.aborted };
     for (const id of participants) ctx.onDeviceDone?.(id, false);
   } else {
+    const included = new Set(result.included);
     ctx.aggregation.addAggregate({
       deviceIds: result.included,
       totalSamples: result.totalWeight,
       mean: result.mean,
+      reports: [...reports].filter(([id]) => included.has(id)).map(([, r]) => r),
     });
     completed.push(...result.included);
     for (const id of result.included) ctx.onDeviceDone?.(id, true);
@@ -323,7 +319,7 @@ export async function runSecureRound(
     };
   }
   if (plan.size > 0) record = { ...record, simulatedDropouts: Object.fromEntries(plan) };
-  return { record, completed, lossSum, sampleSum, slowestTrainMs };
+  return { record, completed, slowestTrainMs };
 }
 
 interface SecAggResultLike {

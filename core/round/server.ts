@@ -20,8 +20,10 @@ export interface RoundRecord {
   /** Test metrics of the new global model (server-side evaluation), NaN when there is no evaluator. */
   readonly accuracy: number;
   readonly loss: number;
-  /** Sample-weighted mean of the participants' training loss. */
+  /** Sample-weighted mean of the aggregated updates' training loss (NaN when none reported one). */
   readonly trainLoss: number;
+  /** The same for their training accuracy. */
+  readonly trainAccuracy: number;
   readonly uplinkBytes: number;
   readonly downlinkBytes: number;
   readonly durationMs: number;
@@ -171,8 +173,6 @@ export async function runRound(
       t0,
       up0,
       down0,
-      lossSum: out.lossSum,
-      sampleSum: out.sampleSum,
       slowestTrainMs: out.slowestTrainMs,
       secagg: out.record,
     });
@@ -180,8 +180,6 @@ export async function runRound(
   const pending = new Set(participants);
   const failures: FitFailure[] = [];
   const completed: string[] = [];
-  let lossSum = 0;
-  let sampleSum = 0;
   let slowestTrainMs = 0;
 
   let timer: NodeJS.Timeout | undefined;
@@ -237,11 +235,6 @@ export async function runRound(
             ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
           });
           completed.push(msg.deviceId);
-          // A device that withholds its loss (distributed or local DP) sends null.
-          if (Number.isFinite(msg.metrics.loss)) {
-            lossSum += msg.metrics.loss * msg.numSamples;
-            sampleSum += msg.numSamples;
-          }
           slowestTrainMs = Math.max(slowestTrainMs, msg.metrics.trainMs);
           opts.events?.onDeviceDone?.(round, msg.deviceId, true);
         } catch (e) {
@@ -279,8 +272,6 @@ export async function runRound(
     t0,
     up0,
     down0,
-    lossSum,
-    sampleSum,
     slowestTrainMs,
   });
 }
@@ -299,13 +290,13 @@ async function closeRound(
     t0: number;
     up0: number;
     down0: number;
-    lossSum: number;
-    sampleSum: number;
     slowestTrainMs: number;
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
-  const next = aggregation.finish(r.failures);
+  // The strategy's metrics are the round's training metrics (core/strategies/metrics.ts: the sample-weighted
+  // loss of the aggregated updates; a device that withholds its loss under distributed or local DP sends null).
+  const { weights: next, metrics: train } = aggregation.finish(r.failures);
   if (next !== strategy.weights) strategy.weights.set(next);
   const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
@@ -316,7 +307,8 @@ async function closeRound(
     failures: r.failures,
     accuracy: metrics.accuracy,
     loss: metrics.loss,
-    trainLoss: r.sampleSum > 0 ? r.lossSum / r.sampleSum : NaN,
+    trainLoss: train.trainLoss,
+    trainAccuracy: train.trainAccuracy,
     uplinkBytes: transport.stats.uplinkBytes - r.up0,
     downlinkBytes: transport.stats.downlinkBytes - r.down0,
     durationMs: performance.now() - r.t0,

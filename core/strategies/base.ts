@@ -17,6 +17,11 @@ export interface ServerOptimizer {
   reset(size: number): void;
   /** Writes the next global model into `next` (same length as `global`) and updates the state. */
   step(global: Float32Array, meanDelta: Float32Array, next: Float32Array): void;
+  /**
+   * The live state arrays by name (each of the size given to `reset`); none for a stateless step. The strategy
+   * copies them out (exportState) and into them (importState).
+   */
+  tensors(): Readonly<Record<string, Float64Array>>;
 }
 
 /** What a strategy remembers about a round it closed (the strategy itself does no I/O or logging). */

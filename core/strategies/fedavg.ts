@@ -29,10 +29,13 @@ import type {
   FitInstruction,
   FitResult,
   RoundAggregation,
+  RoundResult,
   SecureAggregate,
   Strategy,
   StrategyOptions,
+  StrategyState,
 } from "./strategy";
+import { RoundMetricsSum } from "./metrics";
 
 /** FedAvg's server step: the new model is the old one plus the mean delta. Stateless. */
 export class AveragingStep implements ServerOptimizer {
@@ -40,12 +43,16 @@ export class AveragingStep implements ServerOptimizer {
   step(global: Float32Array, meanDelta: Float32Array, next: Float32Array): void {
     for (let i = 0; i < next.length; i++) next[i] = global[i] + meanDelta[i];
   }
+  tensors(): Readonly<Record<string, Float64Array>> {
+    return {};
+  }
 }
 
 interface OpenRound {
   readonly round: number;
   readonly seen: Set<string>;
   readonly rejected: FitFailure[];
+  readonly metrics: RoundMetricsSum;
   accepted: number;
   totalSamples: number;
 }
@@ -69,6 +76,8 @@ export class FedAvg implements Strategy {
   private acc: Accumulator | null = null;
   private meanDelta = new Float32Array(0);
   private open: OpenRound | null = null;
+  /** Server steps applied since the optimizer state was last (re)started (part of the exported state). */
+  private steps = 0;
 
   constructor(options: StrategyOptions) {
     validateOptions(options);
@@ -119,6 +128,39 @@ export class FedAvg implements Strategy {
     this.global = weights.slice();
     this.open = null;
     this.optimizer.reset(n);
+    this.steps = 0;
+  }
+
+  exportState(): StrategyState {
+    const size = this.weights.length;
+    const tensors: Record<string, Float64Array> = {};
+    for (const [name, t] of Object.entries(this.optimizer.tensors())) tensors[name] = t.slice();
+    return { strategy: this.name, size, steps: this.steps, tensors };
+  }
+
+  importState(state: StrategyState): void {
+    const size = this.weights.length;
+    const bad = (why: string): never =>
+      fail("E_STRATEGY_STATE", `${this.name}: cannot import strategy state: ${why}`);
+    if (typeof state !== "object" || state === null) return bad("not an object");
+    if (state.strategy !== this.name) return bad(`it belongs to '${String(state.strategy)}'`);
+    if (state.size !== size) return bad(`it is for a model of ${state.size} values, this one has ${size}`);
+    if (!Number.isSafeInteger(state.steps) || state.steps < 0) return bad(`steps is ${state.steps}`);
+    const live = this.optimizer.tensors();
+    const want = Object.keys(live).sort();
+    const got = Object.keys(state.tensors ?? {}).sort();
+    if (want.join() !== got.join()) return bad(`tensors [${got.join(", ")}], expected [${want.join(", ")}]`);
+    for (const name of want) {
+      const t = state.tensors[name];
+      if (!(t instanceof Float64Array) || t.length !== size)
+        return bad(`tensor '${name}' is not ${size} float64`);
+      for (let i = 0; i < t.length; i++) {
+        if (!Number.isFinite(t[i])) return bad(`tensor '${name}' has NaN or Infinity at index ${i}`);
+      }
+    }
+    if (this.open !== null) return bad("a round's aggregation is open");
+    for (const name of want) live[name].set(state.tensors[name]);
+    this.steps = state.steps;
   }
 
   /**
@@ -139,7 +181,14 @@ export class FedAvg implements Strategy {
     checkRound(round);
     const acc = this.requireAccumulator();
     acc.reset();
-    const state: OpenRound = { round, seen: new Set(), rejected: [], accepted: 0, totalSamples: 0 };
+    const state: OpenRound = {
+      round,
+      seen: new Set(),
+      rejected: [],
+      metrics: new RoundMetricsSum(),
+      accepted: 0,
+      totalSamples: 0,
+    };
     this.open = state;
     return {
       round,
@@ -227,6 +276,7 @@ export class FedAvg implements Strategy {
     state.seen.add(r.deviceId);
     state.accepted++;
     state.totalSamples += r.numSamples;
+    state.metrics.addUpdate(r.numSamples, r.metrics);
   }
 
   private addSecureAggregate(state: OpenRound, a: SecureAggregate): void {
@@ -255,9 +305,14 @@ export class FedAvg implements Strategy {
     for (const id of a.deviceIds) state.seen.add(id);
     state.accepted += a.deviceIds.length;
     state.totalSamples += a.totalSamples;
+    state.metrics.addAggregate(a);
   }
 
-  private finishRound(state: OpenRound, failures: readonly FitFailure[]): Float32Array {
+  private finishRound(state: OpenRound, failures: readonly FitFailure[]): RoundResult {
+    return { weights: this.nextModel(state, failures), metrics: state.metrics.result() };
+  }
+
+  private nextModel(state: OpenRound, failures: readonly FitFailure[]): Float32Array {
     const acc = this.requireOpen(state);
     this.open = null;
     const global = this.weights;
@@ -272,10 +327,12 @@ export class FedAvg implements Strategy {
     if (!allFinite(next)) {
       // Float32 overflow (e.g. a huge delta): keep the model, restart the optimizer state it may have absorbed.
       this.optimizer.reset(global.length);
+      this.steps = 0;
       const reason = "the server step overflowed to NaN or Infinity; model kept, optimizer state reset";
       return this.failRound({ ...base, ...record, status: "failed", reason });
     }
     this.global = next;
+    this.steps++;
     this.last = { ...base, ...record, status: "aggregated" };
     return next;
   }

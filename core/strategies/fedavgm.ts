@@ -25,6 +25,9 @@ export class ServerMomentum implements ServerOptimizer {
   reset(size: number): void {
     this.v = new Float64Array(size);
   }
+  tensors(): Readonly<Record<string, Float64Array>> {
+    return { momentum: this.v };
+  }
   step(global: Float32Array, meanDelta: Float32Array, next: Float32Array): void {
     const v = this.v;
     const beta = this.momentum;

@@ -54,6 +54,10 @@ export abstract class AdaptiveOptimizer implements ServerOptimizer {
     this.v = new Float64Array(size).fill(tau * tau);
   }
 
+  tensors(): Readonly<Record<string, Float64Array>> {
+    return { m: this.m, v: this.v };
+  }
+
   /** v ← f(v, Δ) in place. */
   protected abstract updateSecondMoment(v: Float64Array, delta: Float32Array): void;
 

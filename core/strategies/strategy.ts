@@ -49,11 +49,62 @@ export interface FitResult {
   readonly dpClipBit?: number;
 }
 
+/** What one device reported beside its update: its sample count and (when not withheld) training metrics. */
+export interface UpdateReport {
+  readonly numSamples: number;
+  /** Training loss; absent, null or NaN when the device withheld it (distributed or local DP). */
+  readonly loss?: number | null;
+  readonly accuracy?: number | null;
+}
+
 /** The unmasked result of a secure aggregation: the weighted mean of several devices' deltas. */
 export interface SecureAggregate {
   readonly deviceIds: readonly string[];
   readonly totalSamples: number;
   readonly mean: Float32Array;
+  /**
+   * The included devices' reports (sent in the clear beside their masked inputs), for the round's training
+   * metrics; they do not weigh in the mean, whose weight is `totalSamples`.
+   */
+  readonly reports?: readonly UpdateReport[];
+}
+
+/**
+ * A round's training metrics, over the updates that went into the mean (core/strategies/metrics.ts is the one
+ * implementation; the simulator's and the Function's round records take them from here).
+ */
+export interface RoundMetrics {
+  /** Updates aggregated (a secure aggregate counts as its devices). */
+  readonly updates: number;
+  /** Σ n_k of those updates (a secure aggregate: its totalSamples). */
+  readonly totalSamples: number;
+  /** Σ n_k·loss_k / Σ n_k over the updates that reported a finite loss; NaN when none did. */
+  readonly trainLoss: number;
+  /** The same for training accuracy; NaN when none reported one. */
+  readonly trainAccuracy: number;
+}
+
+/** What a round's aggregation produces: the next global model and the round's metrics. */
+export interface RoundResult {
+  readonly weights: Float32Array;
+  readonly metrics: RoundMetrics;
+}
+
+/**
+ * A strategy's server state beside the global model (FedAvgM's momentum, FedAdam/FedYogi/FedAdagrad's moments),
+ * so that a restarted server goes on exactly where it stopped. The scalars are JSON; the tensors are model-sized
+ * float64 arrays (the optimizers compute in float64; float32 would change the next models), stored as one binary
+ * blob by encodeStrategyState (core/strategies/state.ts). FedAvg and FedProx have no tensors.
+ */
+export interface StrategyState {
+  /** The strategy that exported it (imported only into the same strategy). */
+  readonly strategy: string;
+  /** Model length the tensors belong to. */
+  readonly size: number;
+  /** Server steps applied since the optimizer state was last (re)started. */
+  readonly steps: number;
+  /** By name: "momentum" (FedAvgM), "m" and "v" (adaptive); each `size` values. */
+  readonly tensors: Readonly<Record<string, Float64Array>>;
 }
 
 export interface FitFailure {
@@ -72,8 +123,10 @@ export interface RoundAggregation {
    */
   addAggregate(aggregate: SecureAggregate): void;
   readonly count: number;
-  /** Produces the next global model; `failures` lists the devices that did not deliver. */
-  finish(failures: readonly FitFailure[]): Float32Array;
+  /**
+   * Produces the next global model and the round's metrics; `failures` lists the devices that did not deliver.
+   */
+  finish(failures: readonly FitFailure[]): RoundResult;
 }
 
 export interface StrategyOptions {
@@ -103,4 +156,12 @@ export interface Strategy {
   configureFit(round: number, available: readonly ClientInfo[]): FitInstruction[];
   /** Starts streaming aggregation for a round. */
   beginAggregate(round: number): RoundAggregation;
+  /** A copy of the server-optimizer state (after initialize; the global model itself is not part of it). */
+  exportState(): StrategyState;
+  /**
+   * Restores exported state after `initialize(model)` with the model it was exported beside. A state of another
+   * strategy or model size, or with missing or non-finite tensors, throws FlotillaError E_STRATEGY_STATE and
+   * changes nothing.
+   */
+  importState(state: StrategyState): void;
 }

@@ -21,7 +21,7 @@ export const update = (deviceId: string, numSamples: number, delta: number[]): F
 export function aggregateRound(s: Strategy, r: number, results: FitResult[]): number[] {
   const agg = s.beginAggregate(r);
   for (const x of results) agg.add(x);
-  return [...agg.finish([])];
+  return [...agg.finish([]).weights];
 }
 
 export function assertClose(actual: ArrayLike<number>, expected: readonly number[], tol = 1e-6): void {

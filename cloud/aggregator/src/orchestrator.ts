@@ -10,8 +10,10 @@
  *   open round                  → close when every participant answered (result or failure frame) or the
  *                                 deadline passed: state `closing` freezes the set of updates
  *   closing round               → stream each stored frame through strategy.beginAggregate(r).add() one at a
- *                                 time, publish models/{r}.f32, record the round in job.json (completing the job
- *                                 after the last round), state `closed`; then the next round opens in the same tick
+ *                                 time, publish models/{r}.f32 with the strategy's state (models/{r}.state),
+ *                                 record the round in job.json (its training metrics are the strategy's; completing
+ *                                 the job after the last round), state `closed`; then the next round opens in the
+ *                                 same tick
  *
  * A round with no usable update keeps the model (round status `failed`) and the job goes on. A round that closes
  * at the deadline with fewer than minCompletedFraction × participants updates is aggregated anyway and recorded
@@ -35,7 +37,14 @@ import { decodeMessage } from "../../../core/protocol/messages";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
 import { createStrategy } from "../../../core/strategies/registry";
-import type { ClientInfo, FitFailure, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
+import { decodeStrategyState, encodeStrategyState } from "../../../core/strategies/state";
+import type {
+  ClientInfo,
+  FitFailure,
+  RoundMetrics,
+  Strategy,
+  StrategyOptions,
+} from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/plan";
 import { layoutSegments } from "../../../core/round/update-pipeline";
 import { weightsHash } from "../../../core/tensor/layout";
@@ -59,9 +68,6 @@ import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
 import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { JobDpState } from "./jobs/state";
-
-/** Strategies whose whole server state is the global model (nothing lost on restart). */
-const STATELESS = new Set(["fedavg", "fedprox"]);
 
 export interface TickReport {
   readonly jobs: { jobId: string; actions: string[] }[];
@@ -389,16 +395,28 @@ export class Orchestrator {
     await this.publishModel(job, 0, w, now);
   }
 
+  /**
+   * Writes models/{round}.f32, the strategy's server-optimizer state after it (models/{round}.state, when the
+   * strategy has any), the downlink and ONNX copies, and last the meta (which names the state blob's sha256).
+   */
   private async publishModel(
     job: JobDocument,
     round: number,
     w: Float32Array,
     now: number,
+    strategy?: Strategy,
   ): Promise<ModelMeta> {
     const id = job.definition.jobId;
     const d = job.definition;
     const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
     await this.services.store.put(paths.model(id, round), bytes);
+    let strategyState: ModelMeta["strategyState"];
+    const state = strategy?.exportState();
+    if (state && Object.keys(state.tensors).length > 0) {
+      const blob = encodeStrategyState(state);
+      await this.services.store.put(paths.modelState(id, round), blob);
+      strategyState = { sha256: sha256(blob), bytes: blob.byteLength };
+    }
     // Downlink compression: the copy devices download, one envelope per model (its sha256 goes in the order).
     let downlink: ModelMeta["downlink"];
     const spec = parseCompression(d.downlinkCompression ?? "none");
@@ -433,6 +451,7 @@ export class Orchestrator {
       createdAt: now,
       ...(downlink ? { downlink } : {}),
       ...(onnx ? { onnx } : {}),
+      ...(strategyState ? { strategyState } : {}),
     };
     await putJson(this.services.store, paths.modelMeta(id, round), meta);
     return meta;
@@ -623,7 +642,33 @@ export class Orchestrator {
     }
     const strategy = this.createStrategy(d.strategy, d.strategyOptions);
     strategy.initialize(model.weights);
-    return { strategy, reset: round > 0 && !STATELESS.has(d.strategy) };
+    return { strategy, reset: round > 0 && !(await this.restoreState(job, round, strategy)) };
+  }
+
+  /**
+   * Imports the server-optimizer state published with models/{round}.f32 (a restarted Function, or another
+   * instance). True when the strategy now holds the state it had after that round; false when it has state that
+   * could not be restored (published without it, missing, damaged or refused blob: logged), so it starts from zero.
+   */
+  private async restoreState(job: JobDocument, round: number, strategy: Strategy): Promise<boolean> {
+    if (Object.keys(strategy.exportState().tensors).length === 0) return true; // the model is all its state
+    const id = job.definition.jobId;
+    const where = `model ${id}/${round}: ${strategy.name} optimizer state`;
+    const ref = (await this.repo.getModelMeta(id, round))?.strategyState;
+    const blob = ref ? await this.services.store.get(paths.modelState(id, round)) : undefined;
+    if (!ref || !blob || sha256(blob.bytes) !== ref.sha256) {
+      this.services.log(
+        `${where} ${ref ? "missing or damaged" : "was not published"}: it restarts from zero`,
+      );
+      return false;
+    }
+    try {
+      strategy.importState(decodeStrategyState(blob.bytes));
+      return true;
+    } catch (e) {
+      this.services.log(`${where} refused (${(e as Error).message}): it restarts from zero`);
+      return false;
+    }
   }
 
   private async closeRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
@@ -634,8 +679,6 @@ export class Orchestrator {
     const agg = this.aggregation(job, st, strategy, dp);
     const failures: FitFailure[] = [];
     let bytes = 0;
-    let lossSum = 0;
-    let lossN = 0;
     let clipped = 0;
     let rejected = 0;
     for (const p of st.participants) {
@@ -682,23 +725,19 @@ export class Orchestrator {
           metrics: msg.metrics,
           ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
         });
-        if (Number.isFinite(msg.metrics?.loss)) {
-          lossSum += msg.metrics.loss * weight.numSamples;
-          lossN += weight.numSamples;
-        }
       } catch (e) {
         const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
         failures.push({ deviceId: p.deviceId, code, reason: (e as Error).message });
       }
     }
     const completed = agg.count;
-    const next = agg.finish(failures);
+    const { weights: next, metrics } = agg.finish(failures);
     const diverged = nonFiniteModelReason(next, st.round);
     if (diverged !== undefined) {
       this.strategies.delete(d.jobId);
       throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
     }
-    const meta = await this.publishModel(job, st.round, next, now);
+    const meta = await this.publishModel(job, st.round, next, now, strategy);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
     const record: RoundRecord = {
@@ -707,7 +746,7 @@ export class Orchestrator {
       participants: st.participants.length,
       completed,
       failures,
-      trainLoss: lossN > 0 ? lossSum / lossN : null,
+      ...trainMetrics(metrics),
       bytesReceived: bytes,
       durationMs: now - st.openedAt,
       belowQuorum: completed < quorum,
@@ -765,32 +804,33 @@ export class Orchestrator {
     const { record: secagg, failures, bytes } = secAggRecord(closed, result);
     const dp = this.dpForRound(job, st);
     const agg = this.aggregation(job, st, strategy, dp);
-    let lossSum = 0;
-    let lossN = 0;
     if (result && result.included.length > 0) {
+      // The devices' reports (sample count, loss) came in the clear beside their masked inputs.
+      const reports = result.included.map((id) => {
+        const m = sa.masked[id];
+        return { numSamples: m?.numSamples ?? 0, loss: m?.loss };
+      });
       try {
-        agg.addAggregate({ deviceIds: result.included, totalSamples: result.totalWeight, mean: result.mean });
+        agg.addAggregate({
+          deviceIds: result.included,
+          totalSamples: result.totalWeight,
+          mean: result.mean,
+          reports,
+        });
       } catch (e) {
         // e.g. a non-finite mean: the round fails like any refused update, and the model is kept.
         const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
         for (const id of result.included) failures.push({ deviceId: id, code, reason: (e as Error).message });
       }
-      for (const id of result.included) {
-        const m = sa.masked[id];
-        if (m && m.loss !== undefined && m.numSamples !== undefined && Number.isFinite(m.loss)) {
-          lossSum += m.loss * m.numSamples;
-          lossN += m.numSamples;
-        }
-      }
     }
     const completed = agg.count;
-    const next = agg.finish(failures);
+    const { weights: next, metrics } = agg.finish(failures);
     const diverged = nonFiniteModelReason(next, st.round);
     if (diverged !== undefined) {
       this.strategies.delete(d.jobId);
       throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
     }
-    const meta = await this.publishModel(job, st.round, next, now);
+    const meta = await this.publishModel(job, st.round, next, now, strategy);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
     const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
     const record: RoundRecord = {
@@ -799,7 +839,7 @@ export class Orchestrator {
       participants: st.participants.length,
       completed,
       failures,
-      trainLoss: lossN > 0 ? lossSum / lossN : null,
+      ...trainMetrics(metrics),
       bytesReceived: bytes,
       durationMs: now - st.openedAt,
       belowQuorum: completed < quorum,
@@ -913,6 +953,14 @@ export class Orchestrator {
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
     );
   }
+}
+
+/** The round record's training metrics (the strategy's, core/strategies/metrics.ts), in the record's JSON form. */
+function trainMetrics(m: RoundMetrics): Pick<RoundRecord, "trainLoss" | "trainAccuracy"> {
+  return {
+    trainLoss: Number.isFinite(m.trainLoss) ? m.trainLoss : null,
+    ...(Number.isFinite(m.trainAccuracy) ? { trainAccuracy: m.trainAccuracy } : {}),
+  };
 }
 
 /** The job's DifferentialPrivacy with its persisted state; undefined without DP (or before its first round). */

@@ -68,6 +68,8 @@ function nanFactory(name: string, opts: StrategyOptions): Strategy {
       return s.weights;
     },
     configureFit: (r, a) => s.configureFit(r, a),
+    exportState: () => s.exportState(),
+    importState: (st) => s.importState(st),
     beginAggregate(round) {
       const inner = s.beginAggregate(round);
       return {
@@ -77,9 +79,10 @@ function nanFactory(name: string, opts: StrategyOptions): Strategy {
           return inner.count;
         },
         finish(failures) {
-          const next = inner.finish(failures).slice();
+          const out = inner.finish(failures);
+          const next = out.weights.slice();
           next[3] = Number.NaN;
-          return next;
+          return { ...out, weights: next };
         },
       };
     },

@@ -23,7 +23,10 @@ function capture(): RoundAggregation & { got: SecureAggregate[] } {
     add: () => assert.fail("the DP wrapper must hand the strategy one aggregate, not single updates"),
     addAggregate: (a) => got.push(a),
     count: 0,
-    finish: () => got[0]!.mean,
+    finish: () => ({
+      weights: got[0]!.mean,
+      metrics: { updates: 0, totalSamples: 0, trainLoss: NaN, trainAccuracy: NaN },
+    }),
   };
 }
 
@@ -83,7 +86,7 @@ test("central DP: the server clips each update and adds N(0, (zC)²) to the sum"
       metrics: { loss: 0, accuracy: 0, trainMs: 0 },
     });
   }
-  const mean = agg.finish([]);
+  const mean = agg.finish([]).weights;
   assert.equal(inner.got.length, 1);
   assert.equal(inner.got[0].totalSamples, n);
   // Clipped value per coordinate: 2/√d; the mean's noise std is zC/n = 0.3.
@@ -164,7 +167,7 @@ test("distributed DP: a round with fewer than n' updates releases nothing and co
   const current = Float32Array.from([1, 2, 3]);
   const agg = dp.aggregate(capture(), { round: 1, layoutHash: "x", length: 3, current });
   agg.addAggregate({ deviceIds: ["a", "b", "c"], totalSamples: 3, mean: new Float32Array(3) });
-  assert.equal(agg.finish([]), current, "the model is kept");
+  assert.equal(agg.finish([]).weights, current, "the model is kept");
   assert.equal(dp.lastRound?.released, false);
   assert.match(dp.lastRound?.reason ?? "", /fewer than the 8/);
   assert.equal(dp.spent().steps, 0);

@@ -40,6 +40,8 @@ function poisonedAt(inner: Strategy, badRound: number): Strategy {
       return inner.weights;
     },
     configureFit: (round, available) => inner.configureFit(round, available),
+    exportState: () => inner.exportState(),
+    importState: (s) => inner.importState(s),
     beginAggregate: (round) => {
       const agg = inner.beginAggregate(round);
       return {
@@ -49,9 +51,10 @@ function poisonedAt(inner: Strategy, badRound: number): Strategy {
         add: (r) => agg.add(r),
         addAggregate: (a) => agg.addAggregate(a),
         finish: (failures) => {
-          const next = agg.finish(failures).slice();
+          const out = agg.finish(failures);
+          const next = out.weights.slice();
           if (round === badRound) next[2] = NaN;
-          return next;
+          return { ...out, weights: next };
         },
       };
     },

@@ -42,7 +42,7 @@ test("new model = global + sample-weighted mean delta (hand-computed)", () => {
   agg.add(upd("b", 3, [3, 2, -1.5]));
   assert.equal(agg.count, 2);
   // mean = ([1,-2,0.5]*1 + [3,2,-1.5]*3) / 4 = [10/4, 4/4, -4/4] = [2.5, 1, -1]
-  const next = agg.finish([]);
+  const next = agg.finish([]).weights;
   assert.deepEqual([...next], [3, 2, -3]);
   assert.equal(next, s.weights, "finish returns the strategy's current model");
   assert.equal(s.lastRound?.status, "aggregated");
@@ -69,7 +69,7 @@ test("equals the sample-weighted average of the client models", () => {
       ),
     );
   // (2*[2,2,2,2] + 1*[0,4,1,8] + 5*[1,1,1,1]) / 8 = [9, 13, 10, 17] / 8
-  assertClose(agg.finish([]), [1.125, 1.625, 1.25, 2.125]);
+  assertClose(agg.finish([]).weights, [1.125, 1.625, 1.25, 2.125]);
 });
 
 test("the previous global array is not mutated and initialize copies its input", () => {
@@ -81,7 +81,7 @@ test("the previous global array is not mutated and initialize copies its input",
   assert.deepEqual([...before], [1, 1]);
   const agg = s.beginAggregate(1);
   agg.add(upd("a", 1, [1, 2]));
-  const next = agg.finish([]);
+  const next = agg.finish([]).weights;
   assert.notEqual(next, before);
   assert.deepEqual([...before], [1, 1], "the engine may still hold the round's global model");
   assert.deepEqual([...next], [2, 3]);
@@ -95,7 +95,7 @@ test("updates are not retained: the caller may reuse a delta buffer after add", 
   agg.add(upd("a", 1, buf));
   buf.set([0, 0]);
   agg.add(upd("b", 1, buf));
-  assert.deepEqual([...agg.finish([])], [1, 2]);
+  assert.deepEqual([...agg.finish([]).weights], [1, 2]);
 });
 
 test("zero results: weights unchanged and the round is recorded as failed", () => {
@@ -104,7 +104,7 @@ test("zero results: weights unchanged and the round is recorded as failed", () =
   const before = s.weights;
   const agg = s.beginAggregate(7);
   const failures = [{ deviceId: "a", code: "E_ROUND_TIMEOUT", reason: "late" }];
-  const next = agg.finish(failures);
+  const next = agg.finish(failures).weights;
   assert.equal(next, before);
   assert.deepEqual([...s.weights], [0.25, -1]);
   assert.equal(s.lastRound?.status, "failed");
@@ -114,7 +114,7 @@ test("zero results: weights unchanged and the round is recorded as failed", () =
   // The next round works normally.
   const agg2 = s.beginAggregate(8);
   agg2.add(upd("b", 2, [0.25, 1]));
-  assert.deepEqual([...agg2.finish([])], [0.5, 0]);
+  assert.deepEqual([...agg2.finish([]).weights], [0.5, 0]);
   assert.equal(s.lastRound?.status, "aggregated");
   assert.deepEqual(s.failedRounds, [7]);
 });
@@ -133,7 +133,7 @@ test("a delta of the wrong length is rejected (E_STRATEGY_SIZE) and the round st
   agg.add(upd("b", 2, [0, 0, 1.5]));
   assert.equal(agg.count, 2);
   // (1*[3,3,3] + 2*[0,0,1.5]) / 3 = [1, 1, 2]
-  assert.deepEqual([...agg.finish([])], [1, 1, 2]);
+  assert.deepEqual([...agg.finish([]).weights], [1, 1, 2]);
   assert.deepEqual(
     s.lastRound?.rejected.map((r) => [r.deviceId, r.code]),
     [
@@ -154,7 +154,7 @@ test("NaN or Infinity in a delta is rejected (E_STRATEGY_NONFINITE) without touc
     assert.throws(() => agg.add(upd("bad", 5, [0, bad, 0])), code("E_STRATEGY_NONFINITE"));
     assert.throws(() => agg.add(upd("bad2", 5, [Infinity, 0, -Infinity])), code("E_STRATEGY_NONFINITE"));
     assert.equal(agg.count, 1);
-    assert.deepEqual([...agg.finish([])], [2, 3, 4]);
+    assert.deepEqual([...agg.finish([]).weights], [2, 3, 4]);
     assert.equal(s.lastRound?.rejected.length, 2);
   }
 });
@@ -164,7 +164,7 @@ test("a round whose only update is rejected fails and keeps the model", () => {
   s.initialize(Float32Array.from([1, 2]));
   const agg = s.beginAggregate(3);
   assert.throws(() => agg.add(upd("bad", 1, [NaN, 0])), code("E_STRATEGY_NONFINITE"));
-  assert.deepEqual([...agg.finish([])], [1, 2]);
+  assert.deepEqual([...agg.finish([]).weights], [1, 2]);
   assert.equal(s.lastRound?.status, "failed");
   assert.deepEqual(s.failedRounds, [3]);
 });
@@ -177,7 +177,7 @@ test("bad sample counts are rejected (E_STRATEGY_SAMPLES)", () => {
     assert.throws(() => agg.add(upd(`n${n}`, n, [1])), code("E_STRATEGY_SAMPLES"));
   }
   agg.add(upd("ok", 2, [0.5]));
-  assert.deepEqual([...agg.finish([])], [0.5]);
+  assert.deepEqual([...agg.finish([]).weights], [0.5]);
 });
 
 test("a second update from the same device in a round is rejected (E_STRATEGY_DUPLICATE)", () => {
@@ -187,7 +187,7 @@ test("a second update from the same device in a round is rejected (E_STRATEGY_DU
   agg.add(upd("a", 1, [1]));
   assert.throws(() => agg.add(upd("a", 1, [5])), code("E_STRATEGY_DUPLICATE"));
   agg.add(upd("b", 1, [3]));
-  assert.deepEqual([...agg.finish([])], [2]);
+  assert.deepEqual([...agg.finish([]).weights], [2]);
 });
 
 test("overflow in the server step keeps the model (E_STRATEGY_NONFINITE never reaches the weights)", () => {
@@ -195,7 +195,7 @@ test("overflow in the server step keeps the model (E_STRATEGY_NONFINITE never re
   s.initialize(Float32Array.from([3e38, 0]));
   const agg = s.beginAggregate(1);
   agg.add(upd("a", 1, [3e38, 1])); // finite in float32, but 3e38 + 3e38 overflows
-  assert.deepEqual([...agg.finish([])], [Math.fround(3e38), 0]);
+  assert.deepEqual([...agg.finish([]).weights], [Math.fround(3e38), 0]);
   assert.equal(s.lastRound?.status, "failed");
 });
 
@@ -220,7 +220,7 @@ test("closed or superseded aggregations refuse further use; uninitialized use is
   assert.throws(() => a2.add(upd("b", 1, [1])), code("E_STRATEGY_STATE"));
   assert.throws(() => a2.finish([]), code("E_STRATEGY_STATE"));
   a3.add(upd("a", 1, [2]));
-  assert.deepEqual([...a3.finish([])], [3], "round 2's update did not leak into round 3");
+  assert.deepEqual([...a3.finish([]).weights], [3], "round 2's update did not leak into round 3");
   assert.throws(() => s.beginAggregate(-1), code("E_STRATEGY_ROUND"));
   assert.throws(() => s.configureFit(1.5, fleet(3)), code("E_STRATEGY_ROUND"));
 });
@@ -231,7 +231,7 @@ test("re-initializing with another model size works", () => {
   s.initialize(Float32Array.from([1, 1, 1]));
   const agg = s.beginAggregate(1);
   agg.add(upd("a", 1, [1, 2, 3]));
-  assert.deepEqual([...agg.finish([])], [2, 3, 4]);
+  assert.deepEqual([...agg.finish([]).weights], [2, 3, 4]);
 });
 
 test("configureFit picks min(clientsPerRound, available) distinct available devices", () => {
@@ -343,7 +343,7 @@ test("compressed updates are decoded inside the streaming sum; a damaged envelop
   );
   agg.add({ ...upd("b", 30, []), delta: { encoding: "flz", bytes: envB } });
   assert.equal(agg.count, 2);
-  const next = agg.finish([]);
+  const next = agg.finish([]).weights;
   const da = decodeTensor(envA);
   const db = decodeTensor(envB);
   const expected = Array.from({ length: n }, (_, i) => (10 * da[i] + 30 * db[i]) / 40);

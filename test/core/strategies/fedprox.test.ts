@@ -56,7 +56,7 @@ test("FedProx differs from FedAvg only in mu: same participants, seeds and aggre
   const outs = [prox, avg].map((s) => {
     const agg = s.beginAggregate(1);
     for (const r of results) agg.add(r);
-    return [...agg.finish([])];
+    return [...agg.finish([]).weights];
   });
   // (3*[1,1] + 1*[-3,5]) / 4 = [0, 2]
   assert.deepEqual(outs[0], [1, 1]);

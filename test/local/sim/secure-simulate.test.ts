@@ -73,6 +73,8 @@ test("too many dropouts abort the round cleanly: nothing unmasked, model kept, t
     assert.equal(x.secagg?.aborted?.code, "E_SECAGG_ABORTED");
     assert.equal(x.completed, 0);
     assert.deepEqual(x.secagg?.included, []);
+    // nothing was aggregated, so the round has no training loss (not that of masked inputs never summed)
+    assert.ok(Number.isNaN(x.trainLoss), `round ${x.round}: trainLoss ${x.trainLoss}`);
   }
   assert.equal(r.rounds.length, 2, "the job runs every round");
 });

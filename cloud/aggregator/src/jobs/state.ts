@@ -2,11 +2,12 @@
  * Persisted job and round state (blob container `flotilla`, layout in docs/iothub-protocol.md). Every state write
  * is ETag-conditional (updateJson), so concurrent Function instances cannot lose each other's changes.
  *
- * Strategy server-optimizer state: the round's aggregation happens inside one tick, so a strategy only needs the
- * global model of the previous round, which is persisted (`models/{round}.f32`). FedAvg and FedProx have no other
- * state. FedAvgM's momentum and FedAdam/FedYogi/FedAdagrad's moments are kept in memory by the orchestrator
- * between rounds; the strategies do not expose them, so after a process restart they restart from zero (the
- * round record says `optimizerStateReset: true`). The model itself is never lost.
+ * Strategy server-optimizer state: the round's aggregation happens inside one tick, so a strategy needs the global
+ * model of the previous round (`models/{round}.f32`) and its server-optimizer state beside it: FedAvgM's momentum,
+ * FedAdam/FedYogi/FedAdagrad's moments are published with each model as `models/{round}.state`
+ * (core/strategies/state.ts; its sha256 in the model's meta), and a restarted Function imports them, so a restart
+ * changes no model. FedAvg and FedProx have no such state (no blob). A model published without its state (by an
+ * older version) restarts the optimizer from zero: the round record then says `optimizerStateReset: true`.
  */
 import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
 import type { DpOrder } from "../../../../core/protocol/messages";
@@ -24,8 +25,13 @@ export interface RoundRecord {
   readonly completed: number;
   /** Participants that delivered nothing, sent a failure frame, or whose update the strategy refused. */
   readonly failures: readonly { deviceId: string; code: string; reason: string }[];
-  /** Sample-weighted mean of the devices' reported training loss (null when none). */
+  /**
+   * Sample-weighted mean of the aggregated updates' reported training loss (null when none); from the strategy's
+   * round metrics (core/strategies/metrics.ts).
+   */
   readonly trainLoss: number | null;
+  /** The same for their reported training accuracy (absent when none reported one). */
+  readonly trainAccuracy?: number;
   readonly bytesReceived: number;
   readonly durationMs: number;
   readonly belowQuorum: boolean;
@@ -206,6 +212,8 @@ export interface ModelMeta {
     readonly fp32: { readonly bytes: number; readonly sha256: string };
     readonly int8: { readonly bytes: number; readonly sha256: string };
   };
+  /** The strategy's server-optimizer state after this model (models/{round}.state), for stateful strategies. */
+  readonly strategyState?: { readonly sha256: string; readonly bytes: number };
 }
 
 export const paths = {
@@ -214,6 +222,7 @@ export const paths = {
   model: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.f32`,
   modelMeta: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.json`,
   modelEncoded: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.flz`,
+  modelState: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.state`,
   modelOnnx: (jobId: string, round: number, kind: "fp32" | "int8") =>
     `jobs/${jobId}/models/${round}${kind === "int8" ? ".int8" : ""}.onnx`,
   chunkDir: (jobId: string, round: number, updateId: string) =>
