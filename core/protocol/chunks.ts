@@ -370,6 +370,47 @@ export function checkFrame(frame: Uint8Array, meta: ChunkMeta, codes?: ChunkErro
 }
 
 /**
+ * Reassembles one update chunk by chunk, in chunkIndex order, into a single buffer of the announced size (a
+ * receiver that reads chunks one at a time, e.g. from blob storage, never holds them all and the frame at once).
+ * `add` refuses bodies past the announced size or count, `finish` checks the whole against size and sha256; both
+ * throw ChunkError `hash`.
+ */
+export class FrameAssembler {
+  private readonly frame: Uint8Array;
+  private offset = 0;
+  private added = 0;
+
+  constructor(
+    readonly meta: ChunkMeta,
+    private readonly codes?: ChunkErrorCodes,
+  ) {
+    this.frame = new Uint8Array(meta.size);
+  }
+
+  /** Appends the body of the next chunk (chunkIndex = the number added so far). */
+  add(body: Uint8Array): void {
+    const { updateId, size, chunkCount } = this.meta;
+    if (this.added >= chunkCount)
+      reject("hash", `update ${updateId}: more than its ${chunkCount} chunks`, this.codes);
+    if (this.offset + body.byteLength > size)
+      reject("hash", `update ${updateId}: chunks exceed the announced ${size} bytes`, this.codes);
+    this.frame.set(body, this.offset);
+    this.offset += body.byteLength;
+    this.added++;
+  }
+
+  /** The whole frame, checked against the announced chunk count, size and sha256. */
+  finish(): Uint8Array {
+    const { updateId, chunkCount } = this.meta;
+    if (this.added !== chunkCount)
+      reject("hash", `update ${updateId}: ${this.added} of ${chunkCount} chunks`, this.codes);
+    const frame = this.offset === this.frame.byteLength ? this.frame : this.frame.subarray(0, this.offset);
+    checkFrame(frame, this.meta, this.codes);
+    return frame;
+  }
+}
+
+/**
  * Concatenates the bodies of an update's chunks, in chunkIndex order, into one frame and checks it against the
  * announced size and sha256. Throws ChunkError `hash` when a chunk is missing, the bodies add up to another size,
  * or the digest differs.
@@ -379,27 +420,13 @@ export function assembleFrame(
   meta: ChunkMeta,
   codes?: ChunkErrorCodes,
 ): Uint8Array {
-  if (bodies.length !== meta.chunkCount)
-    reject("hash", `update ${meta.updateId}: ${bodies.length} of ${meta.chunkCount} chunks`, codes);
-  let total = 0;
-  for (const b of bodies) total += b?.byteLength ?? 0;
-  if (total !== meta.size) {
-    reject(
-      "hash",
-      `update ${meta.updateId}: chunks add up to ${total} bytes; expected ${meta.size} bytes`,
-      codes,
-    );
-  }
-  const frame = new Uint8Array(total);
-  let offset = 0;
+  const asm = new FrameAssembler(meta, codes);
   for (let i = 0; i < bodies.length; i++) {
     const b = bodies[i];
     if (!b) reject("hash", `update ${meta.updateId}: chunk ${i} is missing`, codes);
-    frame.set(b, offset);
-    offset += b.byteLength;
+    asm.add(b);
   }
-  checkFrame(frame, meta, codes);
-  return frame;
+  return asm.finish();
 }
 
 function hasControlChars(s: string): boolean {

@@ -9,11 +9,11 @@
  */
 import { readEnvelope } from "../../../core/compress";
 import {
-  assembleFrame,
   checkChunkBody,
   ChunkError,
-  FLOTILLA_FRAME_CONTENT_TYPE,
   CONTENT_TYPE_PROPERTY,
+  FLOTILLA_FRAME_CONTENT_TYPE,
+  FrameAssembler,
   MAX_CHUNK_BYTES,
   parseChunkProperties,
   type ChunkMeta,
@@ -226,19 +226,19 @@ export class Ingestor {
     const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
     const names = await store.list(dir);
     if (names.length < p.chunkCount) return;
-    // Reassemble and check against the announced size and sha256 (the wire contract); a chunk still missing was
-    // deleted by a concurrent completion, which finishes the update.
-    const bodies: Uint8Array[] = [];
-    for (let i = 0; i < p.chunkCount; i++) {
-      const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
-      if (!c) return;
-      bodies.push(c.bytes);
-    }
+    // Reassemble one chunk at a time into one buffer of the announced size, checked against its size and sha256
+    // (the wire contract). A chunk still missing was deleted by a concurrent completion, which finishes the update.
+    const asm = new FrameAssembler(p);
     let frame: Uint8Array;
     try {
-      frame = asReject(() => assembleFrame(bodies, p));
+      for (let i = 0; i < p.chunkCount; i++) {
+        const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
+        if (!c) return;
+        asReject(() => asm.add(c.bytes));
+      }
+      frame = asReject(() => asm.finish());
     } catch (e) {
-      await this.dropChunks(names);
+      if (e instanceof Reject) await this.dropChunks(names);
       throw e;
     }
     let msg: Message;

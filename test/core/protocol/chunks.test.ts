@@ -10,6 +10,7 @@ import {
   D2C_MAX_MESSAGE_BYTES,
   DEFAULT_CHUNK_BYTES,
   FLOTILLA_FRAME_CONTENT_TYPE,
+  FrameAssembler,
   MAX_CHUNK_BYTES,
   parseChunkProperties,
   PROPERTY_RESERVE_BYTES,
@@ -103,6 +104,16 @@ test("round trip: split, parse every chunk's properties, reassemble in any order
       reasonOf(() => assembleFrame(ordered.slice(0, 2), parsed[0].meta)),
       "hash",
     );
+    // Chunk by chunk (as the Function reads them from blob storage): bytes past the announced size are refused.
+    const asm = new FrameAssembler(parsed[0].meta);
+    asm.add(ordered[0]);
+    asm.add(ordered[1]);
+    assert.equal(
+      reasonOf(() => asm.add(bytes(501))),
+      "hash",
+    );
+    asm.add(ordered[2]);
+    assert.deepEqual(asm.finish(), frame);
   }
   // One chunk for a small frame; the default chunk size is 255,000 bytes.
   assert.equal(splitFrame(bytes(10), META).chunks.length, 1);
