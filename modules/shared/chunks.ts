@@ -21,9 +21,12 @@ import {
 export { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES };
 export type { ChunkMeta, FrameMeta };
 
-/** One chunk as an azure-iot-device Message: a copy of its body, messageId, content type and properties. */
+/** One chunk as an azure-iot-device Message (over its body, not a copy): messageId, content type, properties. */
 export function chunkMessage(chunk: WireChunk): Message {
-  const msg = new Message(Buffer.from(chunk.body));
+  const { body } = chunk;
+  const msg = new Message(
+    Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+  );
   msg.messageId = chunk.messageId;
   // The SDK's type admits only 'application/json', but any MIME type goes into the $.ct system property.
   msg.contentType = CHUNK_MIME_TYPE as Message["contentType"];
@@ -41,7 +44,8 @@ export function frameChunks(
   maxChunkBytes = DEFAULT_CHUNK_BYTES,
 ): { updateId: string; sha256: string; messages: Message[] } {
   const { updateId, sha256, chunks } = splitFrame(frame, meta, { maxChunkBytes });
-  return { updateId, sha256, messages: chunks.map(chunkMessage) };
+  // Each message gets a copy of its slice: the caller may reuse the frame's memory once this returns.
+  return { updateId, sha256, messages: chunks.map((c) => chunkMessage({ ...c, body: Buffer.from(c.body) })) };
 }
 
 /** A non-empty string application property of a message, or undefined. */
