@@ -42,8 +42,9 @@ export const CHUNK_MIME_TYPE = "application/octet-stream";
 /**
  * Sizes. IoT Hub (and edgeHub, for module-to-module routes) refuses a device-to-cloud message over 256 KB =
  * 262,144 bytes, body *and* properties together, and meters it in 4 KB units (Microsoft docs:
- * iot-hub-devguide-quotas-throttling; /work/shared/notes/azure-iot.md "Limits"). The local hub counts the same way:
- * body bytes + the MQTT topic's property-bag segment (local/hub/mqtt-broker.ts, D2C_MAX_BYTES).
+ * iot-hub-devguide-quotas-throttling, "Other limits"; the SDK's MQTT transport refuses a larger payload itself).
+ * The local hub counts the same way: body bytes + the MQTT topic's property-bag segment (local/hub/mqtt-broker.ts,
+ * D2C_MAX_BYTES).
  *
  * The largest property bag a valid chunk can carry is bounded by the id rules below (jobId and deviceId ≤ 128
  * UTF-8 bytes, each byte at most 3 characters once %-encoded; updateId ≤ 100 characters; the integers ≤ 15 digits):
