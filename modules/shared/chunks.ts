@@ -1,76 +1,51 @@
-import { createHash } from "node:crypto";
 import { Message } from "azure-iot-device";
+import {
+  CHUNK_MIME_TYPE,
+  CHUNK_PROPERTIES,
+  DEFAULT_CHUNK_BYTES,
+  isChunk,
+  MAX_CHUNK_BYTES,
+  readChunkProperties,
+  splitFrame,
+  type ChunkMeta,
+  type FrameMeta,
+  type WireChunk,
+} from "../../core/protocol/chunks";
 
 /**
- * The chunk contract between edge modules (docs/iothub-protocol.md): a result or failure frame travels between
- * modules as messages of at most 255,000 body bytes, each with application properties jobId, round, deviceId,
- * updateId, chunkIndex, chunkCount, size and sha256 (of the whole frame; updateId = its first 32 hex digits).
- * `frameChunks` writes them (trainer, quantizer); `inputChunkMeta` reads them (quantizer, update-queue).
+ * The chunk contract (core/protocol/chunks.ts, docs/iothub-protocol.md) on azure-iot-device messages: `frameChunks`
+ * writes a result or failure frame as messages (trainer, quantizer); `inputChunkMeta` reads an input message's
+ * chunk properties (quantizer, update-queue). Names, id rules, size limits and hash checks live in core/protocol.
  */
 
-/** edgeHub, like IoT Hub, refuses messages over 256 KB: bodies stay at 255,000 bytes, leaving room for properties. */
-export const MAX_CHUNK_BYTES = 255_000;
+export { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES };
+export type { ChunkMeta, FrameMeta };
 
-export interface FrameMeta {
-  readonly jobId: string;
-  readonly round: number;
-  readonly deviceId: string;
-}
-
-/** The application properties of one chunk, parsed (not yet validated: see modules/shared/reassembly.ts). */
-export interface ChunkMeta extends FrameMeta {
-  readonly updateId: string;
-  readonly chunkIndex: number;
-  readonly chunkCount: number;
-  /** Bytes of the whole frame. */
-  readonly size: number;
-  /** sha256 (hex) of the whole frame. */
-  readonly sha256: string;
+/** One chunk as an azure-iot-device Message (over its body, not a copy): messageId, content type, properties. */
+export function chunkMessage(chunk: WireChunk): Message {
+  const { body } = chunk;
+  const msg = new Message(
+    Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength),
+  );
+  msg.messageId = chunk.messageId;
+  // The SDK's type admits only 'application/json', but any MIME type goes into the $.ct system property.
+  msg.contentType = CHUNK_MIME_TYPE as Message["contentType"];
+  for (const [k, v] of Object.entries(chunk.properties)) msg.properties.add(k, v);
+  return msg;
 }
 
 /**
- * A result or failure frame as `updates` output messages: bodies of at most `maxChunkBytes`, each with the chunk
- * properties above; messageId `{updateId}:{chunkIndex}`.
+ * A result or failure frame as `updates` output messages: bodies of at most `maxChunkBytes` (default 255,000;
+ * at most MAX_CHUNK_BYTES), each with the chunk properties; messageId `{updateId}:{chunkIndex}`.
  */
 export function frameChunks(
   frame: Uint8Array,
   meta: FrameMeta,
-  maxChunkBytes = MAX_CHUNK_BYTES,
+  maxChunkBytes = DEFAULT_CHUNK_BYTES,
 ): { updateId: string; sha256: string; messages: Message[] } {
-  if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes < 1 || maxChunkBytes > MAX_CHUNK_BYTES)
-    throw new RangeError(`maxChunkBytes must be from 1 to ${MAX_CHUNK_BYTES}`);
-  const sha256 = createHash("sha256").update(frame).digest("hex");
-  const updateId = sha256.slice(0, 32);
-  const chunkCount = Math.max(1, Math.ceil(frame.byteLength / maxChunkBytes));
-  const messages: Message[] = [];
-  for (let i = 0; i < chunkCount; i++) {
-    const body = Buffer.from(
-      frame.buffer,
-      frame.byteOffset + i * maxChunkBytes,
-      chunkLength(frame, i, maxChunkBytes),
-    );
-    const msg = new Message(Buffer.from(body));
-    msg.messageId = `${updateId}:${i}`;
-    // The SDK's type admits only 'application/json', but any MIME type goes into the $.ct system property.
-    msg.contentType = "application/octet-stream" as Message["contentType"];
-    const props: Record<string, string> = {
-      jobId: meta.jobId,
-      round: String(meta.round),
-      deviceId: meta.deviceId,
-      updateId,
-      chunkIndex: String(i),
-      chunkCount: String(chunkCount),
-      size: String(frame.byteLength),
-      sha256,
-    };
-    for (const [k, v] of Object.entries(props)) msg.properties.add(k, v);
-    messages.push(msg);
-  }
-  return { updateId, sha256, messages };
-}
-
-function chunkLength(frame: Uint8Array, i: number, max: number): number {
-  return Math.min(max, frame.byteLength - i * max);
+  const { updateId, sha256, chunks } = splitFrame(frame, meta, { maxChunkBytes });
+  // Each message gets a copy of its slice: the caller may reuse the frame's memory once this returns.
+  return { updateId, sha256, messages: chunks.map((c) => chunkMessage({ ...c, body: Buffer.from(c.body) })) };
 }
 
 /** A non-empty string application property of a message, or undefined. */
@@ -81,22 +56,14 @@ export function messageProperty(msg: Message, key: string): string | undefined {
 
 /**
  * The chunk properties of an input message, or undefined for a message carrying a whole frame (no `chunkCount`).
- * Missing or malformed values come out as ""/NaN, for the receiver's validation to reject.
+ * Missing or malformed values come out as ""/NaN, for the receiver's validation (core/protocol/chunks.ts
+ * checkChunkMeta) to reject.
  */
 export function inputChunkMeta(msg: Message): ChunkMeta | undefined {
-  if (messageProperty(msg, "chunkCount") === undefined) return undefined;
-  const int = (key: string): number => {
+  const props: Record<string, string> = {};
+  for (const key of Object.values(CHUNK_PROPERTIES)) {
     const v = messageProperty(msg, key);
-    return v !== undefined && /^\d+$/.test(v) ? Number(v) : NaN;
-  };
-  return {
-    jobId: messageProperty(msg, "jobId") ?? "",
-    round: int("round"),
-    deviceId: messageProperty(msg, "deviceId") ?? "",
-    updateId: messageProperty(msg, "updateId") ?? "",
-    chunkIndex: int("chunkIndex"),
-    chunkCount: int("chunkCount"),
-    size: int("size"),
-    sha256: messageProperty(msg, "sha256") ?? "",
-  };
+    if (v !== undefined) props[key] = v;
+  }
+  return isChunk(props) ? readChunkProperties(props) : undefined;
 }

@@ -1,22 +1,36 @@
-import { createHash } from "node:crypto";
 import { FlotillaError, fail } from "../../core/errors";
-import type { ChunkMeta } from "./chunks";
+import {
+  assembleFrame,
+  checkChunkBody,
+  checkChunkMeta,
+  sameUpdate,
+  type ChunkErrorCodes,
+  type ChunkMeta,
+} from "../../core/protocol/chunks";
 
 /**
  * In-memory reassembly of frames a module receives as chunks (modules/shared/chunks.ts, docs/iothub-protocol.md).
- * Chunks are keyed by updateId; each chunk's properties are validated as the update-queue validates them
- * (outbox.ts), every chunk of an update must agree with the first, and the whole is checked against `size` and
- * `sha256` once the last chunk is in. Repeated chunks (edgeHub redelivers after a reconnect) are ignored, also for
+ * Chunks are keyed by updateId; each chunk's properties and body are checked by the wire contract
+ * (core/protocol/chunks.ts, as the update-queue and the Function check them), every chunk of an update must agree
+ * with the first, and the whole is checked against `size` and `sha256` once the last chunk is in. Repeated chunks (edgeHub redelivers after a reconnect) are ignored, also for
  * a while after their update completed. Memory is bounded: `maxBytes` of chunk bodies in all, the oldest partial
  * update evicted first, and a partial update whose last chunk came in more than `ttlMs` ago is given up.
  *
  * Nothing here is durable: a process that stops loses its partial updates (the update-queue, which must not lose
  * them, stages chunks in SQLite instead). Errors are FlotillaError with one-line messages:
- *   E_QUANT_CHUNK       invalid chunk properties or body
+ *   E_QUANT_CHUNK       invalid chunk properties or body (the contract's `malformed` and `oversized`)
  *   E_QUANT_TOO_LARGE   an update larger than maxBytes
  *   E_QUANT_CONFLICT    a chunk disagreeing with the chunks of its update received before
- *   E_QUANT_CHECKSUM    the reassembled frame does not have the announced size and sha256 (the update is dropped)
+ *   E_QUANT_CHECKSUM    the reassembled frame does not have the announced size and sha256 (the update is dropped),
+ *                       or a chunk does not match its chunkSha256 (the contract's `hash`)
  */
+
+/** The contract's rejections under the quantizer's stable codes. */
+const CODES: ChunkErrorCodes = {
+  malformed: "E_QUANT_CHUNK",
+  oversized: "E_QUANT_CHUNK",
+  hash: "E_QUANT_CHECKSUM",
+};
 
 export interface ReassemblerOptions {
   /** Bytes of chunk bodies held at once, and the largest update accepted (default 64 MiB). */
@@ -61,9 +75,6 @@ export interface ReassemblerStats {
 }
 
 const DEFAULTS = { maxBytes: 64 * 1024 * 1024, ttlMs: 30 * 60_000, rememberCompleted: 1024 };
-const MAX_ID_BYTES = 128;
-const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
-const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 interface Partial {
   readonly meta: ChunkMeta;
@@ -105,7 +116,8 @@ export class Reassembler {
   }
 
   private addChunk(body: Uint8Array, meta: ChunkMeta): AddResult {
-    validateChunk(body, meta);
+    checkChunkMeta(meta, CODES);
+    checkChunkBody(body, meta, CODES);
     if (meta.size > this.maxBytes)
       fail(
         "E_QUANT_TOO_LARGE",
@@ -147,20 +159,11 @@ export class Reassembler {
       return { status: "partial", updateId, received: p.chunks.size, chunkCount: meta.chunkCount };
 
     this.drop(updateId);
-    const frame = new Uint8Array(p.bytes);
-    let offset = 0;
-    for (let i = 0; i < meta.chunkCount; i++) {
-      const c = p.chunks.get(i)!;
-      frame.set(c, offset);
-      offset += c.byteLength;
-    }
-    const sha = createHash("sha256").update(frame).digest("hex");
-    if (frame.byteLength !== meta.size || sha !== meta.sha256) {
-      fail(
-        "E_QUANT_CHECKSUM",
-        `update ${updateId} reassembled to ${frame.byteLength} bytes with sha256 ${sha}; expected ${meta.size} bytes, ${meta.sha256}`,
-      );
-    }
+    const frame = assembleFrame(
+      Array.from({ length: meta.chunkCount }, (_, i) => p!.chunks.get(i)),
+      meta,
+      CODES,
+    );
     this.counts.completed++;
     this.done.set(updateId, now);
     while (this.done.size > this.remember) this.done.delete(this.done.keys().next().value as string);
@@ -214,59 +217,6 @@ export class Reassembler {
     this.partials.delete(updateId);
     this.held -= p.bytes;
   }
-}
-
-function sameUpdate(a: ChunkMeta, b: ChunkMeta): boolean {
-  return (
-    a.jobId === b.jobId &&
-    a.round === b.round &&
-    a.deviceId === b.deviceId &&
-    a.chunkCount === b.chunkCount &&
-    a.size === b.size &&
-    a.sha256 === b.sha256
-  );
-}
-
-/**
- * The update-queue's rules (modules/update-queue/src/outbox.ts validateChunkMeta) with E_QUANT_CHUNK: jobId and
- * deviceId non-empty, at most 128 bytes, no control characters; round 0 … 2^31−1; updateId [A-Za-z0-9_:-]{1,100};
- * 0 ≤ chunkIndex < chunkCount ≤ size; sha256 64 lower-case hex digits; a body of 1 … size bytes.
- */
-export function validateChunk(body: Uint8Array, meta: ChunkMeta): void {
-  const bad = (what: string): never => fail("E_QUANT_CHUNK", what);
-  if (typeof meta !== "object" || meta === null) bad("chunk properties are missing");
-  for (const k of ["jobId", "deviceId"] as const) {
-    const v: unknown = meta[k];
-    if (typeof v !== "string" || v.length === 0) bad(`chunk property ${k} must be a non-empty string`);
-    if (Buffer.byteLength(v as string) > MAX_ID_BYTES || hasControlChars(v as string))
-      bad(`chunk property ${k} must be at most ${MAX_ID_BYTES} bytes without control characters`);
-  }
-  if (!Number.isInteger(meta.round) || meta.round < 0 || meta.round > 0x7fffffff)
-    bad(`chunk property round ${String(meta.round)} is not a round number`);
-  if (typeof meta.updateId !== "string" || !UPDATE_ID.test(meta.updateId))
-    bad(`chunk property updateId '${String(meta.updateId)}' must match ${UPDATE_ID.source}`);
-  const int = (name: "chunkIndex" | "chunkCount" | "size", min: number): number => {
-    const v = meta[name];
-    if (!Number.isSafeInteger(v) || v < min)
-      bad(`chunk property ${name} ${String(v)} is not an integer ≥ ${min}`);
-    return v;
-  };
-  const count = int("chunkCount", 1);
-  if (int("chunkIndex", 0) >= count) bad(`chunkIndex ${meta.chunkIndex} ≥ chunkCount ${count}`);
-  if (int("size", 1) < count) bad(`${count} chunks cannot make ${meta.size} bytes`);
-  if (typeof meta.sha256 !== "string" || !SHA256_HEX.test(meta.sha256))
-    bad(`chunk property sha256 '${String(meta.sha256)}' is not 64 lower-case hex digits`);
-  if (!(body instanceof Uint8Array) || body.byteLength === 0) bad("a chunk must be non-empty bytes");
-  if (body.byteLength > meta.size)
-    bad(`chunk of ${body.byteLength} bytes is larger than its update (${meta.size})`);
-}
-
-function hasControlChars(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) return true;
-  }
-  return false;
 }
 
 function positiveInt(n: number, name: string): number {

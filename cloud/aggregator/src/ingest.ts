@@ -8,9 +8,20 @@
  * `errors` and the batch goes on (the device resends unacknowledged updates, so nothing is lost for good).
  */
 import { readEnvelope } from "../../../core/compress";
+import {
+  checkChunkBody,
+  ChunkError,
+  CONTENT_TYPE_PROPERTY,
+  FLOTILLA_FRAME_CONTENT_TYPE,
+  FrameAssembler,
+  MAX_CHUNK_BYTES,
+  parseChunkProperties,
+  type ChunkMeta,
+  type ChunkRejection,
+} from "../../../core/protocol/chunks";
 import { decodeMessage, type Message, type SecAggFrame } from "../../../core/protocol/messages";
 import { isFlotillaError } from "../../../core/errors";
-import { isConflict, sha256Hex } from "./store/blob-store";
+import { isConflict } from "./store/blob-store";
 import { JobRepository, paths, type JobDocument, type RoundState } from "./jobs/state";
 import type { AggregatorServices } from "./services";
 import { secureExtraValues } from "./jobs/job";
@@ -45,26 +56,21 @@ export const INGEST_COUNTERS = [
 ] as const;
 export type IngestCounter = (typeof INGEST_COUNTERS)[number];
 
-/** IoT Hub's 256 KB message cap: no chunk body can be larger. */
-export const MAX_CHUNK_BODY = 256 * 1024;
+/** The wire contract's largest chunk body (core/protocol/chunks.ts): IoT Hub's 256 KB less room for properties. */
+export const MAX_CHUNK_BODY = MAX_CHUNK_BYTES;
 /** Frame header allowance above the model's payload (JSON header + padding). */
 const HEADER_ALLOWANCE = 64 * 1024;
 /** An advertisement frame is a small JSON header (two X25519 keys, a signature, ids). */
 const MAX_ADVERTISEMENT_FRAME = 16 * 1024;
-const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
-const HEX64 = /^[0-9a-f]{64}$/;
 
-interface ChunkProps {
-  jobId: string;
-  round: number;
-  deviceId: string;
-  updateId: string;
-  chunkIndex: number;
-  chunkCount: number;
-  size: number;
-  sha256: string;
-  chunkSha256?: string;
-}
+type ChunkProps = ChunkMeta;
+
+/** The counter of each reason the wire contract refuses a chunk for. */
+const REJECTION_COUNTER: Readonly<Record<ChunkRejection, IngestCounter>> = {
+  malformed: "rejected_malformed",
+  oversized: "rejected_oversized",
+  hash: "rejected_hash",
+};
 
 class Reject extends Error {
   constructor(
@@ -75,51 +81,24 @@ class Reject extends Error {
   }
 }
 
-/** Own properties only: an inherited value (a polluted prototype) must never stand in for a missing one. */
-function str(p: Readonly<Record<string, unknown>>, k: string): string {
-  const v = Object.hasOwn(p, k) ? p[k] : undefined;
-  if (typeof v === "string" && v.length > 0 && v.length <= 256) return v;
-  if (typeof v === "number" && Number.isFinite(v)) return String(v);
-  throw new Reject("rejected_malformed", `property '${k}' missing or invalid`);
-}
-
-function intProp(p: Readonly<Record<string, unknown>>, k: string, min: number): number {
-  const s = str(p, k);
-  if (!/^\d{1,15}$/.test(s) || Number(s) < min)
-    throw new Reject("rejected_malformed", `property '${k}'='${s}' is not an integer >= ${min}`);
-  return Number(s);
-}
-
+/**
+ * The chunk's application properties, parsed and checked by the wire contract (core/protocol/chunks.ts: own
+ * properties only, so an inherited value never stands in for a missing one). The Function's rounds start at 1.
+ */
 export function parseChunkProps(p: Readonly<Record<string, unknown>> | undefined): ChunkProps {
-  if (!p || typeof p !== "object") throw new Reject("rejected_malformed", "no application properties");
-  const props: ChunkProps = {
-    jobId: str(p, "jobId"),
-    round: intProp(p, "round", 1),
-    deviceId: str(p, "deviceId"),
-    updateId: str(p, "updateId"),
-    chunkIndex: intProp(p, "chunkIndex", 0),
-    chunkCount: intProp(p, "chunkCount", 1),
-    size: intProp(p, "size", 1),
-    sha256: str(p, "sha256").toLowerCase(),
-  };
-  if (Object.hasOwn(p, "chunkSha256") && p.chunkSha256 !== undefined)
-    props.chunkSha256 = str(p, "chunkSha256").toLowerCase();
-  if (!UPDATE_ID.test(props.updateId))
-    throw new Reject("rejected_malformed", `updateId '${props.updateId}' is invalid`);
-  if (!HEX64.test(props.sha256)) throw new Reject("rejected_malformed", "sha256 is not 64 hex digits");
-  if (props.chunkSha256 !== undefined && !HEX64.test(props.chunkSha256)) {
-    throw new Reject("rejected_malformed", "chunkSha256 is not 64 hex digits");
-  }
-  if (props.chunkIndex >= props.chunkCount) {
-    throw new Reject(
-      "rejected_malformed",
-      `chunkIndex ${props.chunkIndex} >= chunkCount ${props.chunkCount}`,
-    );
-  }
-  if (props.chunkCount > Math.ceil(props.size / 1) || props.chunkCount * MAX_CHUNK_BODY < props.size) {
-    throw new Reject("rejected_malformed", `chunkCount ${props.chunkCount} cannot carry ${props.size} bytes`);
-  }
+  const props = asReject(() => parseChunkProperties(p));
+  if (props.round < 1) throw new Reject("rejected_malformed", `property 'round'=${props.round} is not >= 1`);
   return props;
+}
+
+/** Runs a contract check, turning its ChunkError into a Reject counted under the reason's counter. */
+function asReject<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (e) {
+    if (e instanceof ChunkError) throw new Reject(REJECTION_COUNTER[e.reason], e.message);
+    throw e;
+  }
 }
 
 function bodyBytes(body: unknown): Uint8Array {
@@ -229,9 +208,7 @@ export class Ingestor {
         `${p.jobId}/${p.round} is ${round.status} (job ${job.status}): update ${p.updateId}`,
       );
     }
-    if (p.chunkSha256 !== undefined && sha256Hex(body) !== p.chunkSha256) {
-      throw new Reject("rejected_hash", `chunk ${p.chunkIndex} of ${p.updateId}: chunkSha256 mismatch`);
-    }
+    asReject(() => checkChunkBody(body, p));
     try {
       await this.services.store.put(paths.chunk(p.jobId, p.round, p.updateId, p.chunkIndex), body, {
         ifNoneMatch: "*",
@@ -249,28 +226,20 @@ export class Ingestor {
     const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
     const names = await store.list(dir);
     if (names.length < p.chunkCount) return;
-    // Reassemble, one chunk at a time into one buffer of the announced size.
-    const frame = new Uint8Array(p.size);
-    let offset = 0;
-    for (let i = 0; i < p.chunkCount; i++) {
-      const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
-      if (!c) return; // deleted by a concurrent completion: it finishes the update
-      if (offset + c.bytes.byteLength > p.size) {
-        await this.dropChunks(names);
-        throw new Reject(
-          "rejected_hash",
-          `update ${p.updateId}: chunks exceed the announced ${p.size} bytes`,
-        );
+    // Reassemble one chunk at a time into one buffer of the announced size, checked against its size and sha256
+    // (the wire contract). A chunk still missing was deleted by a concurrent completion, which finishes the update.
+    const asm = new FrameAssembler(p);
+    let frame: Uint8Array;
+    try {
+      for (let i = 0; i < p.chunkCount; i++) {
+        const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
+        if (!c) return;
+        asReject(() => asm.add(c.bytes));
       }
-      frame.set(c.bytes, offset);
-      offset += c.bytes.byteLength;
-    }
-    if (offset !== p.size || sha256Hex(frame) !== p.sha256) {
-      await this.dropChunks(names);
-      throw new Reject(
-        "rejected_hash",
-        `update ${p.updateId}: reassembled ${offset} bytes do not match sha256/size`,
-      );
+      frame = asReject(() => asm.finish());
+    } catch (e) {
+      if (e instanceof Reject) await this.dropChunks(names);
+      throw e;
     }
     let msg: Message;
     try {
@@ -528,6 +497,6 @@ export class Ingestor {
 function isFlotillaEvent(ev: IngestEvent): boolean {
   const p = ev && typeof ev === "object" ? (ev.properties as Record<string, unknown> | undefined) : undefined;
   if (!p || typeof p !== "object") return true; // let validation reject it with a reason
-  const kind = p["flotilla-content-type"];
-  return kind === undefined || kind === "flotilla-frame";
+  const kind = Object.hasOwn(p, CONTENT_TYPE_PROPERTY) ? p[CONTENT_TYPE_PROPERTY] : undefined;
+  return kind === undefined || kind === FLOTILLA_FRAME_CONTENT_TYPE;
 }

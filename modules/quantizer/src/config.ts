@@ -1,4 +1,4 @@
-import { MAX_CHUNK_BYTES } from "../../shared/chunks";
+import { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES } from "../../shared/chunks";
 import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
 
 /**
@@ -25,7 +25,7 @@ export interface QuantizerConfig {
 export function loadQuantizerConfig(env: Env): QuantizerConfig {
   const p = new ConfigProblems("quantizer", env);
   const stateDir = p.value("FLOTILLA_QUANTIZER_DIR") ?? DEFAULT_STATE_DIR;
-  const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", MAX_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
+  const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
   const maxBytes = p.number("FLOTILLA_QUANTIZER_MAX_BYTES", DEFAULT_MAX_BYTES, 1024 * 1024, 2 ** 30);
   const connection = readConnection(p);
   p.check();

@@ -9,6 +9,7 @@ import { compressUpdate, needsSegments, type ResidualStore } from "../../../core
 import {
   frameChunks,
   inputChunkMeta,
+  DEFAULT_CHUNK_BYTES,
   MAX_CHUNK_BYTES,
   type ChunkMeta,
   type FrameMeta,
@@ -196,7 +197,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   const log = opts.log ?? defaultLog;
   const inputName = opts.inputName ?? "updates";
   const outputName = opts.outputName ?? "updates";
-  const maxChunkBytes = opts.maxChunkBytes ?? MAX_CHUNK_BYTES;
+  const maxChunkBytes = opts.maxChunkBytes ?? DEFAULT_CHUNK_BYTES;
   const maxQueued = opts.maxQueued ?? 16;
   const reportIntervalMs = opts.reportIntervalMs ?? 10_000;
   const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;

@@ -1,4 +1,4 @@
-import { MAX_CHUNK_BYTES } from "../../shared/chunks";
+import { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES } from "../../shared/chunks";
 import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
 
 /**
@@ -16,8 +16,8 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *   FLOTILLA_KEY_DIR             else: the directory of the file-backed key (default ~/.flotilla/keys)
  */
 export const DEFAULT_DATA_DIR = "/data";
-/** edgeHub, like IoT Hub, refuses messages over 256 KB: bodies stay at 255,000 bytes (modules/shared/chunks.ts). */
-export { MAX_CHUNK_BYTES };
+/** Chunk bodies: 255,000 bytes by default, at most 258,048 (the wire contract, core/protocol/chunks.ts). */
+export { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES };
 
 export interface TrainerConfig {
   readonly dataDir: string;
@@ -28,7 +28,7 @@ export interface TrainerConfig {
 export function loadTrainerConfig(env: Env): TrainerConfig {
   const p = new ConfigProblems("trainer", env);
   const dataDir = p.value("FLOTILLA_DATA_DIR") ?? DEFAULT_DATA_DIR;
-  const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", MAX_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
+  const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
   const connection = readConnection(p);
   p.check();
   return { dataDir, maxChunkBytes, connection };

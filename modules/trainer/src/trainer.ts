@@ -18,7 +18,7 @@ import {
   type TwinLike,
 } from "../../shared/module-client";
 import { frameChunks } from "../../shared/chunks";
-import { DEFAULT_DATA_DIR, MAX_CHUNK_BYTES } from "./config";
+import { DEFAULT_CHUNK_BYTES, DEFAULT_DATA_DIR } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
 import { TrainerInference, type InferencePrecision, type InferenceReport } from "./inference";
 import { parseRoundOrder, type RoundOrder } from "./round";
@@ -152,7 +152,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     ? { kind: "dataset", dataset: opts.data }
     : { kind: "dir", dir: opts.dataDir ?? DEFAULT_DATA_DIR };
   const outputName = opts.outputName ?? "updates";
-  const maxChunkBytes = opts.maxChunkBytes ?? MAX_CHUNK_BYTES;
+  const maxChunkBytes = opts.maxChunkBytes ?? DEFAULT_CHUNK_BYTES;
   const progressIntervalMs = opts.progressIntervalMs ?? 2000;
   const downloadTimeoutMs = opts.downloadTimeoutMs ?? 120_000;
   const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;

@@ -15,7 +15,7 @@ import {
   type QuarantineReport,
 } from "./outbox";
 import { Sender } from "./sender";
-import { inputChunkMeta } from "../../shared/chunks";
+import { chunkMessage, inputChunkMeta } from "../../shared/chunks";
 
 /**
  * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
@@ -679,12 +679,7 @@ export { inputChunkMeta };
 
 /** One chunk as an IoT Hub message: binary body, messageId for the cloud's dedup, chunk metadata as properties. */
 export function toMessage(chunk: OutboxChunk): Message {
-  const msg = new Message(chunk.body);
-  msg.messageId = chunk.messageId;
-  // The SDK's type admits only 'application/json', but any MIME type goes into the $.ct system property.
-  msg.contentType = "application/octet-stream" as Message["contentType"];
-  for (const [k, v] of Object.entries(chunk.properties)) msg.properties.add(k, v);
-  return msg;
+  return chunkMessage(chunk);
 }
 
 /**

@@ -1,5 +1,21 @@
-import { createHash } from "node:crypto";
 import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
+import {
+  checkChunkBody,
+  checkChunkMeta,
+  checkFrame as checkFrameHash,
+  checkFrameMeta,
+  DEFAULT_CHUNK_BYTES,
+  deriveUpdateId,
+  isChunkSize,
+  MAX_CHUNK_BYTES,
+  MAX_ID_BYTES,
+  sameUpdate,
+  sha256Hex,
+  splitFrame,
+  type ChunkErrorCodes,
+  type ChunkMeta,
+  CONTENT_TYPE_PROPERTY,
+} from "../../../core/protocol/chunks";
 import { decodeMessage } from "../../../core/protocol/messages";
 import { openSqlite, queueError, type SqliteDatabase, type SqliteStatement } from "./sqlite";
 import {
@@ -31,24 +47,27 @@ export type { QuarantineReport };
  * — or one that reports SQLITE_CORRUPT / SQLITE_NOTADB later — is quarantined and replaced by a fresh queue
  * (`onQuarantine`). On SQLITE_FULL the send bookkeeping falls back to memory (`beginAttempt`) so the queue drains.
  *
- * Chunk size. IoT Hub caps a device-to-cloud message at 256 KB = 262,144 bytes *including* system and application
- * properties, and meters it in 4 KB units (Microsoft docs: iot-hub-devguide-quotas-throttling). A chunk carries at
- * most ~1.9 KB of properties: the values are bounded by `validateMeta` (jobId/deviceId ≤ 128 bytes, even if every
- * byte is %-encoded three times over in the MQTT property bag), plus message id, content type and the output name.
- * The default body of 255,000 bytes therefore stays under 63 × 4,096 = 258,048 bytes with its properties — billed
- * 63 units rather than 64 — and leaves more than 7 KB below the hard limit. `maxChunkBytes` may be raised up to
- * MAX_CHUNK_BYTES (262,144 − 4,096 reserved for properties) or lowered freely.
+ * Chunks. The wire contract — property names, id rules, the size limits (MAX_CHUNK_BYTES = 256 KB less one 4 KB
+ * meter unit for properties; default 255,000 bytes, billed 63 units) and the hash checks — is core/protocol/chunks.ts,
+ * shared with the trainer, the quantizer and the Function. `maxChunkBytes` may be set from 1 to MAX_CHUNK_BYTES.
  */
 
-/** IoT Hub's device-to-cloud message limit, body and properties together. */
-export const D2C_MAX_MESSAGE_BYTES = 256 * 1024;
-/** Bytes of every chunk reserved for the system and application properties. */
-export const PROPERTY_RESERVE_BYTES = 4096;
-export const MAX_CHUNK_BYTES = D2C_MAX_MESSAGE_BYTES - PROPERTY_RESERVE_BYTES;
-export const DEFAULT_MAX_CHUNK_BYTES = 255_000;
-/** Application property naming what the body is, next to the `application/octet-stream` content type. */
-export const CONTENT_TYPE_PROPERTY = "flotilla-content-type";
-export const FLOTILLA_FRAME_CONTENT_TYPE = "flotilla-frame";
+export {
+  CONTENT_TYPE_PROPERTY,
+  D2C_MAX_MESSAGE_BYTES,
+  FLOTILLA_FRAME_CONTENT_TYPE,
+  MAX_CHUNK_BYTES,
+  PROPERTY_RESERVE_BYTES,
+} from "../../../core/protocol/chunks";
+export { deriveUpdateId };
+export const DEFAULT_MAX_CHUNK_BYTES = DEFAULT_CHUNK_BYTES;
+
+/** The contract's rejections (core/protocol/chunks.ts) under the update-queue's stable codes. */
+const CODES: ChunkErrorCodes = {
+  malformed: "E_QUEUE_INVALID",
+  oversized: "E_QUEUE_INVALID",
+  hash: "E_QUEUE_CHECKSUM",
+};
 
 const DEFAULTS = {
   maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES,
@@ -66,8 +85,6 @@ const DEFAULTS = {
 };
 
 const SCHEMA_VERSION = 1;
-const MAX_ID_BYTES = 128;
-const UPDATE_ID = /^[A-Za-z0-9_:-]{1,100}$/;
 
 export type UpdateState = "pending" | "sent" | "acked" | "dropped";
 export type DropReason = "closed_round" | "overflow" | "corrupt";
@@ -80,19 +97,8 @@ export interface UpdateMeta {
   readonly updateId?: string;
 }
 
-/** One input message of an update the trainer split up: the application properties of docs/iothub-protocol.md. */
-export interface InputChunkMeta {
-  readonly jobId: string;
-  readonly round: number;
-  readonly deviceId: string;
-  readonly updateId: string;
-  readonly chunkIndex: number;
-  readonly chunkCount: number;
-  /** Bytes of the whole update. */
-  readonly size: number;
-  /** sha256 (hex) of the whole update. */
-  readonly sha256: string;
-}
+/** One input message of an update the trainer split up: the chunk properties of core/protocol/chunks.ts. */
+export type InputChunkMeta = ChunkMeta;
 
 export interface StageResult {
   readonly updateId: string;
@@ -599,12 +605,16 @@ export class Outbox {
       | undefined;
     if (
       head &&
-      (head.job_id !== meta.jobId ||
-        head.round !== meta.round ||
-        head.device_id !== meta.deviceId ||
-        head.chunk_count !== chunkCount ||
-        head.size !== meta.size ||
-        head.sha256 !== meta.sha256)
+      !sameUpdate(meta, {
+        updateId,
+        jobId: head.job_id,
+        round: head.round,
+        deviceId: head.device_id,
+        chunkIndex: 0,
+        chunkCount: head.chunk_count,
+        size: head.size,
+        sha256: head.sha256,
+      })
     ) {
       fail(
         "E_QUEUE_CONFLICT",
@@ -639,13 +649,12 @@ export class Outbox {
     );
     this.stmt.unstage.run(updateId);
     let problem: FlotillaError | undefined;
-    const sha = sha256(frame);
-    if (frame.byteLength !== meta.size || sha !== meta.sha256) {
-      problem = new FlotillaError(
-        "E_QUEUE_CHECKSUM",
-        `update ${updateId} reassembled to ${frame.byteLength} bytes with sha256 ${sha}; expected ${meta.size} bytes, ${meta.sha256}`,
-      );
-    } else if (this.validateFrames) {
+    try {
+      checkFrameHash(frame, meta, CODES);
+    } catch (e) {
+      problem = e as FlotillaError;
+    }
+    if (!problem && this.validateFrames) {
       try {
         checkFrame(frame, meta);
       } catch (e) {
@@ -657,7 +666,7 @@ export class Outbox {
       this.bump("rejected", 1);
       return { rejected: problem };
     }
-    this.insertLocked(frame, meta, sha, updateId);
+    this.insertLocked(frame, meta, meta.sha256, updateId);
     return { updateId, complete: true, received, chunkCount };
   }
 
@@ -715,13 +724,11 @@ export class Outbox {
   stageChunk(body: Uint8Array, meta: InputChunkMeta): StageResult {
     if (!(body instanceof Uint8Array) || body.byteLength === 0)
       fail("E_QUEUE_INVALID", "a chunk must be non-empty bytes");
-    validateChunkMeta(meta);
-    if (meta.size > this.maxBytes) {
+    if (Number.isSafeInteger(meta?.size) && meta.size > this.maxBytes) {
       fail("E_QUEUE_TOO_LARGE", `update of ${meta.size} bytes exceeds the queue's ${this.maxBytes} bytes`);
     }
-    if (body.byteLength > meta.size) {
-      fail("E_QUEUE_INVALID", `chunk of ${body.byteLength} bytes is larger than its update (${meta.size})`);
-    }
+    checkChunkMeta(meta, CODES);
+    checkChunkBody(body, meta, CODES);
     let outcome: StageResult | { rejected: FlotillaError };
     try {
       outcome = this.stageTx(Buffer.from(body.buffer, body.byteOffset, body.byteLength), meta);
@@ -1128,19 +1135,8 @@ export class Outbox {
   }
 }
 
-/** sha256 of bytes as lower-case hex. */
-export function sha256(bytes: Uint8Array): string {
-  return createHash("sha256").update(bytes).digest("hex");
-}
-
-/**
- * The id of an update without a caller-chosen one, as the trainer computes it (docs/iothub-protocol.md): the first
- * 32 hex digits of its sha256. The same update always gets the same id (idempotent enqueue); two rounds never
- * collide because the frame's header carries jobId, round and deviceId.
- */
-export function deriveUpdateId(contentSha256: string): string {
-  return contentSha256.slice(0, 32);
-}
+/** sha256 of bytes as lower-case hex (core/protocol/chunks.ts). */
+export const sha256 = sha256Hex;
 
 /** jobId, round and deviceId read from an FLT1 `result`/`failure`/up `secagg` frame; E_QUEUE_FRAME if it is not one. */
 export function frameMeta(frame: Uint8Array): UpdateMeta {
@@ -1176,50 +1172,7 @@ function checkFrame(frame: Uint8Array, meta: UpdateMeta): void {
 }
 
 function validateMeta(meta: UpdateMeta): void {
-  if (typeof meta !== "object" || meta === null) fail("E_QUEUE_INVALID", "update meta is missing");
-  for (const k of ["jobId", "deviceId"] as const) {
-    const v: unknown = meta[k];
-    if (typeof v !== "string" || v.length === 0)
-      fail("E_QUEUE_INVALID", `update meta ${k} must be a non-empty string`);
-    if (Buffer.byteLength(v) > MAX_ID_BYTES || hasControlChars(v)) {
-      fail(
-        "E_QUEUE_INVALID",
-        `update meta ${k} must be at most ${MAX_ID_BYTES} bytes without control characters`,
-      );
-    }
-  }
-  if (!Number.isInteger(meta.round) || meta.round < 0 || meta.round > 0x7fffffff) {
-    fail("E_QUEUE_INVALID", `update meta round ${String(meta.round)} is not a round number`);
-  }
-  if (meta.updateId !== undefined && (typeof meta.updateId !== "string" || !UPDATE_ID.test(meta.updateId))) {
-    fail("E_QUEUE_INVALID", `update id '${String(meta.updateId)}' must match ${UPDATE_ID.source}`);
-  }
-}
-
-function validateChunkMeta(meta: InputChunkMeta): void {
-  validateMeta(meta);
-  if (typeof meta.updateId !== "string") fail("E_QUEUE_INVALID", "a chunk needs an updateId");
-  const int = (name: "chunkIndex" | "chunkCount" | "size", min: number): number => {
-    const v = meta[name];
-    if (!Number.isSafeInteger(v) || v < min)
-      fail("E_QUEUE_INVALID", `chunk ${name} ${String(v)} is not an integer ≥ ${min}`);
-    return v;
-  };
-  const count = int("chunkCount", 1);
-  if (int("chunkIndex", 0) >= count)
-    fail("E_QUEUE_INVALID", `chunkIndex ${meta.chunkIndex} ≥ chunkCount ${count}`);
-  if (int("size", 1) < count) fail("E_QUEUE_INVALID", `${count} chunks cannot make ${meta.size} bytes`);
-  if (typeof meta.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(meta.sha256)) {
-    fail("E_QUEUE_INVALID", `chunk sha256 '${String(meta.sha256)}' is not 64 lower-case hex digits`);
-  }
-}
-
-function hasControlChars(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) return true;
-  }
-  return false;
+  checkFrameMeta(meta, CODES);
 }
 
 function cut(row: UpdateRow & { body: Buffer | null }, chunkBytes: number): OutboxChunk[] {
@@ -1230,28 +1183,13 @@ function cut(row: UpdateRow & { body: Buffer | null }, chunkBytes: number): Outb
       `stored update ${row.update_id} does not match its sha256 (${body?.byteLength ?? 0} of ${row.size} bytes)`,
     );
   }
-  const count = Math.max(1, Math.ceil(body.byteLength / chunkBytes));
-  const chunks: OutboxChunk[] = [];
-  for (let i = 0; i < count; i++) {
-    const part = body.subarray(i * chunkBytes, Math.min(body.byteLength, (i + 1) * chunkBytes));
-    chunks.push({
-      body: part,
-      messageId: `${row.update_id}:${i}`,
-      properties: {
-        jobId: row.job_id,
-        round: String(row.round),
-        deviceId: row.device_id,
-        updateId: row.update_id,
-        chunkIndex: String(i),
-        chunkCount: String(count),
-        size: String(row.size),
-        sha256: row.sha256,
-        chunkSha256: sha256(part),
-        [CONTENT_TYPE_PROPERTY]: FLOTILLA_FRAME_CONTENT_TYPE,
-      },
-    });
-  }
-  return chunks;
+  const meta = { jobId: row.job_id, round: Number(row.round), deviceId: row.device_id };
+  const opts = { maxChunkBytes: chunkBytes, sha256: row.sha256, updateId: row.update_id, upstream: true };
+  return splitFrame(body, meta, opts).chunks.map((c) => ({
+    body: Buffer.from(c.body.buffer, c.body.byteOffset, c.body.byteLength),
+    messageId: c.messageId,
+    properties: c.properties as ChunkProperties,
+  }));
 }
 
 function isDiskFull(e: unknown): boolean {
@@ -1288,7 +1226,7 @@ function toInfo(r: UpdateRow): UpdateInfo {
 }
 
 function checkChunkBytes(n: number): number {
-  if (!Number.isInteger(n) || n < 1 || n > MAX_CHUNK_BYTES) {
+  if (!isChunkSize(n)) {
     throw new FlotillaError(
       "E_QUEUE_CONFIG",
       `maxChunkBytes ${String(n)} must be an integer from 1 to ${MAX_CHUNK_BYTES} (256 KB less room for properties)`,
