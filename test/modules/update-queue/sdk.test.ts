@@ -72,6 +72,9 @@ test(
     hub.sendInput("updates", resultFrame({ round: 3, deviceId: "edge-1" }).frame, { updateId: "edge-1-r3" });
     await until(() => hub.events.length === 4, 10_000, "the second update");
     assert.equal(hub.events[3].messageId, "edge-1-r3:0");
+    // Its PUBACK first: a link dropped before it would make the SDK retransmit the packet itself (the same message
+    // id upstream, but no resend of the queue's to count).
+    await until(() => queue.outbox.get("edge-1-r3")?.state === "sent", 10_000, "the second update's PUBACK");
     const connectsBefore = hub.connects;
     hub.dropConnections();
     // Once back (by the SDK's retry or ours), the twin is read again and the unacked update resent.
