@@ -129,7 +129,7 @@ export interface TrainerHandle {
 }
 
 export const REPORTED_KEY = "flotilla";
-const ABORTED = "E_ROUND_ABORTED";
+const ABORTED = "E_ABORTED";
 const SUPERSEDED = "E_ROUND_SUPERSEDED";
 const DEADLINE = "E_ROUND_DEADLINE";
 const STOPPED = "E_TRAINER_STOPPED";
