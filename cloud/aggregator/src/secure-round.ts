@@ -594,7 +594,7 @@ export class SecureRounds {
     try {
       built = await this.serverAt(job, st, "unmask");
     } catch (e) {
-      if (e instanceof Abort) throw new FlotillaError("E_SECAGG_ABORTED", e.message);
+      if (e instanceof Abort) throw new FlotillaError("E_SECAGG_ABORTED", e.message, { cause: e });
       throw e;
     }
     this.forget(st);
