@@ -46,7 +46,7 @@ export const ERRORS = {
   },
   E_CONFIG_MEMORY: {
     group: "config",
-    meaning: "the configured job would need more memory than the host allows",
+    meaning: "the configured simulation would need more memory than this machine has",
   },
   E_CONFIG_MISSING: {
     group: "config",
@@ -80,13 +80,13 @@ export const ERRORS = {
   E_CONFIG_USAGE: { group: "config", meaning: "any other CLI usage error reported by the argument parser" },
   E_CONFIG_VALUE: {
     group: "config",
-    meaning: "a configuration value is malformed (not a number, a URL, a known name)",
+    meaning: "a configuration value is malformed or contradicts another (not a number, a URL, a known name)",
   },
 
   // ── data: datasets and loaders ───────────────────────────────────────────────────────────────────────
   E_DATA_LABEL: { group: "data", meaning: "a sample's label is outside the model's classes" },
   E_DATA_NOT_FOUND: { group: "data", meaning: "a data directory or file does not exist" },
-  E_DATA_PARSE: { group: "data", meaning: "a data file cannot be parsed (CSV, JSON, IDX)" },
+  E_DATA_PARSE: { group: "data", meaning: "a data file cannot be parsed (CSV, JSON, sample values)" },
   E_DATA_SHAPE: {
     group: "data",
     meaning: "the data's sample shape or size does not fit the model or loader",
@@ -122,7 +122,7 @@ export const ERRORS = {
   },
   E_ONNX_LOAD: {
     group: "onnx",
-    meaning: "ONNX Runtime cannot load the model (empty, malformed, unsupported)",
+    meaning: "ONNX Runtime cannot load the model (empty, malformed, unsupported input, bad options)",
   },
   E_ONNX_RUN: { group: "onnx", meaning: "ONNX Runtime inference failed or the model was closed" },
   E_PREDICT_DISABLED: {
@@ -133,7 +133,10 @@ export const ERRORS = {
   E_PREDICT_NO_MODEL: { group: "predict", meaning: "no ONNX model has been published to this device yet" },
 
   // ── proto: round protocol frames (FLT1) ──────────────────────────────────────────────────────────────
-  E_PROTO_HEADER: { group: "proto", meaning: "a frame's header is not valid JSON or lacks a field" },
+  E_PROTO_HEADER: {
+    group: "proto",
+    meaning: "a frame's header is not valid JSON, lacks a field or does not fit its payload",
+  },
   E_PROTO_MAGIC: { group: "proto", meaning: "a frame does not start with the FLT1 magic" },
   E_PROTO_STALE: { group: "proto", meaning: "a frame for another job or round than the one in progress" },
   E_PROTO_TRUNCATED: { group: "proto", meaning: "a frame is shorter than its header says" },
@@ -167,7 +170,7 @@ export const ERRORS = {
   E_STRATEGY_OPTIONS: { group: "strategy", meaning: "an invalid strategy or accumulator option" },
   E_STRATEGY_ROUND: { group: "strategy", meaning: "an invalid round number" },
   E_STRATEGY_SAMPLES: { group: "strategy", meaning: "an update's sample count is not a number > 0" },
-  E_STRATEGY_SIZE: { group: "strategy", meaning: "weights or an update have the wrong length or layout" },
+  E_STRATEGY_SIZE: { group: "strategy", meaning: "weights, an update or an aggregate have the wrong length" },
   E_STRATEGY_STATE: {
     group: "strategy",
     meaning: "a strategy is used out of order, or its saved state is invalid",
@@ -180,7 +183,10 @@ export const ERRORS = {
   E_TRANSPORT_UNKNOWN_DEVICE: { group: "transport", meaning: "a frame names a device that never connected" },
 
   // ── compress: update codecs, error feedback, the compressed-tensor envelope ──────────────────────────
-  E_COMPRESS_INPUT: { group: "compress", meaning: "a codec got input of the wrong type or size" },
+  E_COMPRESS_INPUT: {
+    group: "compress",
+    meaning: "a codec got input of the wrong type, or too large for an envelope",
+  },
   E_COMPRESS_INTERNAL: { group: "compress", meaning: "compression with error feedback failed unexpectedly" },
   E_COMPRESS_OPTIONS: { group: "compress", meaning: "invalid codec options" },
   E_COMPRESS_RESIDUAL: {
@@ -204,7 +210,10 @@ export const ERRORS = {
     group: "envelope",
     meaning: "an envelope's layout hash or length differs from the model's",
   },
-  E_ENVELOPE_MAGIC: { group: "envelope", meaning: "not a compressed-tensor envelope (bad magic or type)" },
+  E_ENVELOPE_MAGIC: {
+    group: "envelope",
+    meaning: "not a compressed-tensor envelope (not bytes, or a bad magic)",
+  },
   E_ENVELOPE_PAYLOAD: {
     group: "envelope",
     meaning: "an envelope's payload is malformed (indices, values, sizes)",
@@ -250,7 +259,10 @@ export const ERRORS = {
   },
   E_SECAGG_EXCLUDED: { group: "secagg", meaning: "a device's update is not in the secure sum" },
   E_SECAGG_GRAPH: { group: "secagg", meaning: "an invalid neighbour graph (seed, degree, participants)" },
-  E_SECAGG_INPUT: { group: "secagg", meaning: "a masked input is missing or has the wrong length" },
+  E_SECAGG_INPUT: {
+    group: "secagg",
+    meaning: "invalid secure-aggregation input (an update, a clip range, a masked input or its frame)",
+  },
   E_SECAGG_INTERNAL: { group: "secagg", meaning: "a device's secure-aggregation step failed unexpectedly" },
   E_SECAGG_INVALID: { group: "secagg", meaning: "a secure-aggregation method payload is malformed" },
   E_SECAGG_KEY: { group: "secagg", meaning: "a key is malformed or the key agreement failed" },
@@ -267,7 +279,7 @@ export const ERRORS = {
     group: "secagg",
     meaning: "a secure-aggregation method request exceeds the direct-method limit",
   },
-  E_SECAGG_PRG: { group: "secagg", meaning: "an invalid mask generator (PRG) seed or kind" },
+  E_SECAGG_PRG: { group: "secagg", meaning: "an invalid mask generator (PRG) seed, kind or mask sign" },
   E_SECAGG_REFUSED: {
     group: "secagg",
     meaning: "a device refuses a step (too few neighbours, a bad request)",
@@ -288,7 +300,7 @@ export const ERRORS = {
   E_KEY_LOOKUP: { group: "key", meaning: "looking up a device's identity key failed unexpectedly" },
   E_KEY_NOT_FOUND: { group: "key", meaning: "no identity key for the device" },
   E_KEY_STORE: { group: "key", meaning: "an identity key cannot be written" },
-  E_KEY_VAULT: { group: "key", meaning: "a Key Vault request failed or returned an invalid key" },
+  E_KEY_VAULT: { group: "key", meaning: "a Key Vault request failed or returned a key that is not EC P-256" },
 
   // ── job and store: the cloud aggregator's job API and blob store ─────────────────────────────────────
   E_JOB_COMPRESSION: { group: "job", meaning: "a job's compression spec is invalid" },
@@ -350,19 +362,25 @@ export const ERRORS = {
   E_HUB_QUERY: { group: "hub", meaning: "an invalid or unsupported IoT Hub query" },
   E_HUB_REGISTRY: { group: "hub", meaning: "an IoT Hub registry request failed" },
   E_HUB_ROUTE: { group: "hub", meaning: "an invalid message route" },
-  E_HUB_SAS: { group: "hub", meaning: "a malformed, expired or wrongly signed SharedAccessSignature" },
+  E_HUB_SAS: { group: "hub", meaning: "a malformed SharedAccessSignature (fields, expiry, encoding)" },
   E_HUB_SDK_INTERNALS: {
     group: "hub",
     meaning: "the azure-iothub SDK internals the client patches have changed",
   },
-  E_HUB_STATE: { group: "hub", meaning: "the hub's state directory is missing or inconsistent" },
+  E_HUB_STATE: {
+    group: "hub",
+    meaning: "the hub's stored state (registry file, policies) is missing or in an unknown format",
+  },
   E_HUB_TLS: { group: "hub", meaning: "the hub's TLS certificates cannot be prepared" },
   E_HUB_TWIN_INVALID: { group: "hub", meaning: "an invalid twin patch (depth, size, key, value)" },
 
   // ── local stack: Azurite, the Functions host, device and Function processes, the simulator ──────────
   E_AZURITE_START: { group: "stack", meaning: "Azurite (the local storage emulator) did not start" },
-  E_DEVICE_PROCESS: { group: "stack", meaning: "a device process exited or failed" },
-  E_FUNCTION_PROCESS: { group: "stack", meaning: "the Function process exited or failed" },
+  E_DEVICE_PROCESS: { group: "stack", meaning: "a local device process exited, failed or is not running" },
+  E_FUNCTION_PROCESS: {
+    group: "stack",
+    meaning: "the local Function process exited or failed, or was started twice or stopped when not running",
+  },
   E_HTTP: { group: "stack", meaning: "an HTTP request to the local stack failed without a coded error body" },
   E_HTTP_INTERNAL: { group: "stack", meaning: "the local Functions host failed to handle a request" },
   E_HTTP_NOT_FOUND: { group: "stack", meaning: "the local Functions host has no such route" },
@@ -386,7 +404,7 @@ export const ERRORS = {
   },
 
   // ── modules: the shared module host, trainer, quantizer, update queue, profiler ─────────────────────
-  E_TWIN: { group: "module", meaning: "the module twin cannot be read or updated" },
+  E_TWIN: { group: "module", meaning: "the module twin cannot update reported properties" },
   E_TRAINER_INTERNAL: { group: "trainer", meaning: "the trainer failed unexpectedly (no code of its own)" },
   E_TRAINER_STOPPED: {
     group: "trainer",
