@@ -92,13 +92,22 @@ export function keyVaultError(e: unknown, what: string): FlotillaError {
     "AggregateAuthenticationError",
   ].includes(err?.name ?? "");
   if (credentialFailure)
-    return new FlotillaError("E_KEY_AUTH", `${what}: cannot get a Key Vault token: ${oneLine(err.message)}`);
+    return new FlotillaError("E_KEY_AUTH", `${what}: cannot get a Key Vault token: ${oneLine(err.message)}`, {
+      cause: e,
+    });
   const status = err?.statusCode;
   const detail = `${err?.code ? `${err.code}: ` : ""}${oneLine(err?.message)}`;
-  if (status === 404) return new FlotillaError("E_KEY_NOT_FOUND", `${what}: not found (${detail})`);
+  if (status === 404)
+    return new FlotillaError("E_KEY_NOT_FOUND", `${what}: not found (${detail})`, { cause: e });
   if (status === 401 || status === 403)
-    return new FlotillaError("E_KEY_AUTH", `${what}: Key Vault refused access (${status} ${detail})`);
-  return new FlotillaError("E_KEY_VAULT", `${what}: Key Vault error (status ${status ?? "none"}, ${detail})`);
+    return new FlotillaError("E_KEY_AUTH", `${what}: Key Vault refused access (${status} ${detail})`, {
+      cause: e,
+    });
+  return new FlotillaError(
+    "E_KEY_VAULT",
+    `${what}: Key Vault error (status ${status ?? "none"}, ${detail})`,
+    { cause: e },
+  );
 }
 
 export interface KeyVaultKeyProviderOptions {
@@ -342,7 +351,7 @@ export function keyProviderConfigFromEnv(env: NodeJS.ProcessEnv = process.env): 
     try {
       ca = fs.readFileSync(env.FLOTILLA_KEYVAULT_CA, "utf8");
     } catch (e) {
-      fail("E_CONFIG_VALUE", `cannot read FLOTILLA_KEYVAULT_CA: ${(e as Error).message}`);
+      fail("E_CONFIG_VALUE", `cannot read FLOTILLA_KEYVAULT_CA: ${(e as Error).message}`, { cause: e });
     }
   }
   const { AZURE_TENANT_ID: tenantId, AZURE_CLIENT_ID: clientId, AZURE_CLIENT_CERTIFICATE_PATH: cert } = env;

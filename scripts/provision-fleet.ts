@@ -110,6 +110,7 @@ function registryError(e: unknown, deviceId: string): FlotillaError {
   return new FlotillaError(
     code,
     `IoT Hub registry create ${deviceId}: ${err?.name ?? "Error"}${status ? ` (${status})` : ""}: ${oneLine(err?.message)}`,
+    { cause: e },
   );
 }
 
@@ -195,7 +196,7 @@ export async function provisionFleet(opts: ProvisionOptions): Promise<ProvisionS
       fs.mkdirSync(path.dirname(path.resolve(opts.out)), { recursive: true });
       fs.writeFileSync(opts.out, JSON.stringify(summary, null, 2) + "\n");
     } catch (e) {
-      fail("E_CONFIG_OUT", `cannot write ${opts.out}: ${(e as Error).message}`);
+      fail("E_CONFIG_OUT", `cannot write ${opts.out}: ${(e as Error).message}`, { cause: e });
     }
   }
   return summary;
@@ -205,7 +206,7 @@ function readFile(flag: string, file: string): string {
   try {
     return fs.readFileSync(file, "utf8");
   } catch (e) {
-    return fail("E_CONFIG_VALUE", `${flag}: cannot read ${file}: ${(e as Error).message}`);
+    return fail("E_CONFIG_VALUE", `${flag}: cannot read ${file}: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -214,7 +215,9 @@ function registryFrom(cs: string, hubCa: string | undefined): RegistryLike {
   try {
     parsed = parseConnectionString(cs);
   } catch (e) {
-    return fail("E_CONFIG_VALUE", `invalid IoT Hub connection string: ${oneLine((e as Error).message)}`);
+    return fail("E_CONFIG_VALUE", `invalid IoT Hub connection string: ${oneLine((e as Error).message)}`, {
+      cause: e,
+    });
   }
   if (!parsed.HostName || !parsed.SharedAccessKey || !parsed.SharedAccessKeyName)
     fail(

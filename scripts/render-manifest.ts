@@ -100,7 +100,7 @@ export function readModuleProject(modulesDir: string, name: string): ModuleProje
   try {
     return JSON.parse(fs.readFileSync(file, "utf8")) as ModuleProject;
   } catch (e) {
-    return fail("E_MANIFEST_MODULE", `${file}: ${(e as Error).message}`);
+    return fail("E_MANIFEST_MODULE", `${file}: ${(e as Error).message}`, { cause: e });
   }
 }
 
@@ -117,7 +117,7 @@ export function renderManifest(template: object | string, vars: Vars, opts: Rend
       doc = JSON.parse(stripJsonComments(template));
     } catch (e) {
       if (isFlotillaError(e)) throw e;
-      fail("E_MANIFEST_SYNTAX", `template is not JSON: ${(e as Error).message}`);
+      fail("E_MANIFEST_SYNTAX", `template is not JSON: ${(e as Error).message}`, { cause: e });
     }
   } else {
     doc = structuredClone(template);
@@ -226,7 +226,7 @@ export function main(argv: string[], env: Vars = process.env): number {
         },
       });
     } catch (e) {
-      return fail("E_MANIFEST_ARGS", `${(e as Error).message}; ${USAGE}`);
+      return fail("E_MANIFEST_ARGS", `${(e as Error).message}; ${USAGE}`, { cause: e });
     }
     const { values, positionals } = parsed;
     if (values.help) {
@@ -247,7 +247,11 @@ export function main(argv: string[], env: Vars = process.env): number {
     try {
       text = fs.readFileSync(templateFile, "utf8");
     } catch (e) {
-      return fail("E_MANIFEST_TEMPLATE", `cannot read ${templateFile}: ${(e as NodeJS.ErrnoException).code}`);
+      return fail(
+        "E_MANIFEST_TEMPLATE",
+        `cannot read ${templateFile}: ${(e as NodeJS.ErrnoException).code}`,
+        { cause: e },
+      );
     }
     const rendered = renderManifest(text, vars, {
       platform: values.platform,

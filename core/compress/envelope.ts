@@ -239,7 +239,7 @@ function checkSegments(segments: readonly number[] | undefined, n: number): read
   if (!Array.isArray(segments)) fail("E_COMPRESS_SEGMENTS", "segments must be an array of tensor sizes");
   let sum = 0;
   for (let i = 0; i < segments.length; i++) {
-    const v = segments[i];
+    const v: unknown = segments[i];
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
       fail("E_COMPRESS_SEGMENTS", `segment ${i} has invalid size ${String(v)}`);
     }

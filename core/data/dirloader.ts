@@ -169,7 +169,7 @@ class Loader {
       try {
         obj = JSON.parse(line);
       } catch (e) {
-        fail("E_DATA_PARSE", `${where}: invalid JSON (${(e as Error).message.split("\n")[0]})`);
+        fail("E_DATA_PARSE", `${where}: invalid JSON (${(e as Error).message.split("\n")[0]})`, { cause: e });
       }
       if (typeof obj !== "object" || obj === null || Array.isArray(obj)) {
         fail("E_DATA_PARSE", `${where}: expected an object {"x": [...], "label": ...}`);
@@ -331,6 +331,7 @@ export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dat
       return fail(
         "E_DATA_NOT_FOUND",
         `${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? "error"})`,
+        { cause: e },
       );
     }
     if (/\.csv$/i.test(name)) loader.csv(file, text);

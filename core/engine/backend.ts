@@ -46,7 +46,9 @@ async function init(): Promise<void> {
     try {
       ok = await tf.setBackend(BACKEND);
     } catch (e) {
-      fail("E_ENGINE_BACKEND", `cannot start the TensorFlow.js wasm backend: ${(e as Error).message}`);
+      fail("E_ENGINE_BACKEND", `cannot start the TensorFlow.js wasm backend: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
     if (!ok) fail("E_ENGINE_BACKEND", "cannot start the TensorFlow.js wasm backend");
   }

@@ -65,7 +65,7 @@ function layoutOf(spec: ModelSpec, what: string): WeightLayout {
   try {
     return modelLayout(validateSpec(spec));
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_MODEL_DIR", `${what}: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_MODEL_DIR", `${what}: ${e.message}`, { cause: e });
     throw e;
   }
 }
@@ -100,7 +100,9 @@ export function saveModelDir(
     fs.writeFileSync(path.join(dir, LAYOUT_FILE), JSON.stringify(layout, null, 2) + "\n");
     fs.writeFileSync(path.join(dir, META_FILE), JSON.stringify(full, null, 2) + "\n");
   } catch (e) {
-    fail("E_MODEL_DIR", `${dir}: cannot write the model directory: ${(e as Error).message.split("\n")[0]}`);
+    fail("E_MODEL_DIR", `${dir}: cannot write the model directory: ${(e as Error).message.split("\n")[0]}`, {
+      cause: e,
+    });
   }
   return full;
 }

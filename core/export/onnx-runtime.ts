@@ -102,7 +102,7 @@ export class OnnxModel {
         logSeverityLevel: 3,
       });
     } catch (e) {
-      return fail("E_ONNX_LOAD", `cannot load the ONNX model: ${oneLine(e)}`);
+      return fail("E_ONNX_LOAD", `cannot load the ONNX model: ${oneLine(e)}`, { cause: e });
     }
     const close = () => session.release().catch(() => undefined);
     if (session.inputNames.length !== 1 || session.outputNames.length !== 1) {
@@ -158,7 +158,7 @@ export class OnnxModel {
       try {
         result = await session.run({ [this.inputName]: input });
       } catch (e) {
-        return fail("E_ONNX_RUN", `onnxruntime run failed: ${oneLine(e)}`);
+        return fail("E_ONNX_RUN", `onnxruntime run failed: ${oneLine(e)}`, { cause: e });
       }
       const t = result[this.outputName];
       if (!t || t.type !== "float32") fail("E_ONNX_RUN", `the ONNX model's output is not float32`);
@@ -228,7 +228,7 @@ export class OnnxModel {
       try {
         await s.release();
       } catch (e) {
-        throw new FlotillaError("E_ONNX_RUN", `cannot release the ONNX session: ${oneLine(e)}`);
+        throw new FlotillaError("E_ONNX_RUN", `cannot release the ONNX session: ${oneLine(e)}`, { cause: e });
       }
     }
   }

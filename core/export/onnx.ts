@@ -367,7 +367,7 @@ function checkInputs(spec: ModelSpec, weights: Float32Array, opts: ExportOptions
   try {
     layout = modelLayout(spec);
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_EXPORT_WEIGHTS", `invalid model spec: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_EXPORT_WEIGHTS", `invalid model spec: ${e.message}`, { cause: e });
     throw e;
   }
   if (!(weights instanceof Float32Array)) fail("E_EXPORT_WEIGHTS", "weights must be a Float32Array");

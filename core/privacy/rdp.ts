@@ -163,24 +163,23 @@ function computeLogAFrac(q: number, sigma: number, alpha: number, maxTerms = MAX
 
 function checkQ(q: number): void {
   if (!(typeof q === "number" && q >= 0 && q <= 1))
-    fail("E_PRIVACY_INPUT", `sampling rate q must be in [0, 1], got ${q}`);
+    fail("E_DP_CONFIG", `sampling rate q must be in [0, 1], got ${q}`);
 }
 function checkSigma(sigma: number): void {
   if (!(typeof sigma === "number" && sigma >= 0 && sigma < Infinity)) {
-    fail("E_PRIVACY_INPUT", `noise multiplier must be a finite number ≥ 0, got ${sigma}`);
+    fail("E_DP_CONFIG", `noise multiplier must be a finite number ≥ 0, got ${sigma}`);
   }
 }
 function checkSteps(steps: number): void {
   if (!(Number.isSafeInteger(steps) && steps > 0))
-    fail("E_PRIVACY_INPUT", `steps must be a positive integer, got ${steps}`);
+    fail("E_DP_CONFIG", `steps must be a positive integer, got ${steps}`);
 }
 function checkDelta(delta: number): void {
   if (!(typeof delta === "number" && delta > 0 && delta < 1))
-    fail("E_PRIVACY_INPUT", `delta must be in (0, 1), got ${delta}`);
+    fail("E_DP_CONFIG", `delta must be in (0, 1), got ${delta}`);
 }
 function checkOrder(order: number): void {
-  if (!(typeof order === "number" && order > 1))
-    fail("E_PRIVACY_INPUT", `RDP order must be > 1, got ${order}`);
+  if (!(typeof order === "number" && order > 1)) fail("E_DP_CONFIG", `RDP order must be > 1, got ${order}`);
 }
 
 // ---------------------------------------------------------------- public API
@@ -252,10 +251,10 @@ export function epsilonFromRdp(
 ): EpsilonResult {
   checkDelta(delta);
   if (orders.length !== rdp.length) {
-    fail("E_PRIVACY_INPUT", `orders (${orders.length}) and rdp (${rdp.length}) differ in length`);
+    fail("E_DP_CONFIG", `orders (${orders.length}) and rdp (${rdp.length}) differ in length`);
   }
   if (conversion !== "classic" && conversion !== "tight") {
-    fail("E_PRIVACY_INPUT", `conversion must be 'tight' or 'classic', got '${String(conversion)}'`);
+    fail("E_DP_CONFIG", `conversion must be 'tight' or 'classic', got '${String(conversion)}'`);
   }
   const logDelta = Math.log(delta);
   let best = Infinity;
@@ -264,7 +263,7 @@ export function epsilonFromRdp(
     const a = orders[k]!;
     const r = rdp[k]!;
     if (!(a >= 1)) continue;
-    if (!(r >= 0)) fail("E_PRIVACY_INPUT", `RDP values must be ≥ 0, got ${r} at order ${a}`);
+    if (!(r >= 0)) fail("E_DP_CONFIG", `RDP values must be ≥ 0, got ${r} at order ${a}`);
     let eps: number;
     if (conversion === "classic") {
       eps = a > 1 ? r - logDelta / (a - 1) : Infinity;
@@ -308,7 +307,7 @@ export function solveNoiseMultiplier(o: SolveNoiseOptions): SolveNoiseResult {
   const conversion = o.conversion ?? "tight";
   const orders = o.orders ?? DEFAULT_ORDERS;
   if (!(typeof targetEpsilon === "number" && targetEpsilon > 0 && targetEpsilon < Infinity)) {
-    fail("E_PRIVACY_INPUT", `target epsilon must be a positive finite number, got ${targetEpsilon}`);
+    fail("E_DP_CONFIG", `target epsilon must be a positive finite number, got ${targetEpsilon}`);
   }
   checkQ(q);
   checkSteps(steps);
@@ -321,7 +320,7 @@ export function solveNoiseMultiplier(o: SolveNoiseOptions): SolveNoiseResult {
   while (atHi.epsilon > targetEpsilon) {
     if (hi >= MAX_NOISE_MULTIPLIER) {
       fail(
-        "E_PRIVACY_UNREACHABLE",
+        "E_DP_UNREACHABLE",
         `epsilon ${targetEpsilon} is not reachable with noise multiplier ≤ ${MAX_NOISE_MULTIPLIER} ` +
           `(q=${q}, steps=${steps}, delta=${delta}; ε=${atHi.epsilon} at σ=${MAX_NOISE_MULTIPLIER})`,
       );

@@ -4,7 +4,7 @@ import { SecAggClient } from "../secagg/client";
 import type { IdentitySigner, MaskInputRequest, ShareKeysRequest, UnmaskRequest } from "../secagg/types";
 import type { Dataset } from "../data/dataset";
 import type { LocalModel } from "../engine/types";
-import { isFlotillaError } from "../errors";
+import { FlotillaError, isFlotillaError } from "../errors";
 import { GaussianNoise } from "../privacy/mechanism";
 import {
   decodeMessage,
@@ -83,7 +83,7 @@ export class DeviceRuntime {
         return encodeMessage(this.secaggStep(msg));
       }
       if (msg.type !== "train") {
-        throw Object.assign(new Error(`device got a '${msg.type}' message`), { code: "E_PROTO_TYPE" });
+        throw new FlotillaError("E_PROTO_TYPE", `device got a '${msg.type}' message`);
       }
       req = msg;
       return encodeMessage(await this.train(req));
@@ -102,14 +102,13 @@ export class DeviceRuntime {
 
   private async train(req: TrainRequest): Promise<DeviceMessage> {
     if (req.secagg && !this.signer) {
-      throw Object.assign(new Error("secure aggregation needs an identity key and this device has none"), {
-        code: "E_SECAGG_NO_KEY",
-      });
+      throw new FlotillaError(
+        "E_SECAGG_NO_KEY",
+        "secure aggregation needs an identity key and this device has none",
+      );
     }
     if (req.layoutHash !== this.model.layout.hash) {
-      throw Object.assign(new Error("the round's model layout differs from this device's model"), {
-        code: "E_MODEL_LAYOUT",
-      });
+      throw new FlotillaError("E_MODEL_LAYOUT", "the round's model layout differs from this device's model");
     }
     const carried = req.weights;
     const hash =
@@ -117,7 +116,7 @@ export class DeviceRuntime {
         ? weightsHash(carried)
         : createHash("sha256").update(carried.bytes).digest("hex");
     if (hash !== req.modelHash) {
-      throw Object.assign(new Error("global model does not match its sha256"), { code: "E_MODEL_HASH" });
+      throw new FlotillaError("E_MODEL_HASH", "global model does not match its sha256");
     }
     // A compressed global model (downlink codec) is decoded once; training starts from what was received and
     // the delta is taken against it.
@@ -178,9 +177,10 @@ export class DeviceRuntime {
     dpClipBit?: number,
   ): Promise<SecAggFrame> {
     if (!this.signer) {
-      throw Object.assign(new Error("secure aggregation needs an identity key and this device has none"), {
-        code: "E_SECAGG_NO_KEY",
-      });
+      throw new FlotillaError(
+        "E_SECAGG_NO_KEY",
+        "secure aggregation needs an identity key and this device has none",
+      );
     }
     const coded = req.uplink
       ? decodeTensor(await this.compress(req, delta), {
@@ -218,9 +218,10 @@ export class DeviceRuntime {
     const key = `${msg.jobId}/${msg.round}`;
     const st = this.secagg.get(key);
     if (!st) {
-      throw Object.assign(new Error(`no secure-aggregation round ${key} in progress on this device`), {
-        code: "E_SECAGG_STATE",
-      });
+      throw new FlotillaError(
+        "E_SECAGG_STATE",
+        `no secure-aggregation round ${key} in progress on this device`,
+      );
     }
     const head = this.secaggHeader(msg.jobId, msg.round, msg.step);
     switch (msg.step) {
@@ -228,9 +229,7 @@ export class DeviceRuntime {
         return { ...head, body: st.client.shareKeys(msg.body as ShareKeysRequest) };
       case "mask": {
         if (!st.update) {
-          throw Object.assign(new Error(`round ${key}: the masked input was already sent`), {
-            code: "E_SECAGG_STATE",
-          });
+          throw new FlotillaError("E_SECAGG_STATE", `round ${key}: the masked input was already sent`);
         }
         const masked = st.client.maskInput(msg.body as MaskInputRequest, st.update);
         st.update = null;
@@ -242,9 +241,7 @@ export class DeviceRuntime {
         // client's record of what it revealed (never answered from a fresh state).
         return { ...head, body: st.client.unmask(msg.body as UnmaskRequest) };
       default:
-        throw Object.assign(new Error(`unexpected secure-aggregation step '${msg.step}'`), {
-          code: "E_PROTO_TYPE",
-        });
+        throw new FlotillaError("E_PROTO_TYPE", `unexpected secure-aggregation step '${msg.step}'`);
     }
   }
 

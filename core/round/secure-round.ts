@@ -10,7 +10,7 @@
  */
 import type { JsonWebKey } from "node:crypto";
 import { Rng } from "../data/rng";
-import { errorCode, errorMessage, isFlotillaError } from "../errors";
+import { FlotillaError, errorCode, errorMessage, isFlotillaError } from "../errors";
 import { decodeMessage, encodeMessage, type SecAggFrame } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
 import { defaultParams, validateParams } from "../secagg/params";
@@ -259,10 +259,7 @@ export async function runSecureRound(
       // Step 3: deliver shares; collect masked inputs (streamed into the ring sum at once).
       const maskReqs = server.closeShares();
       await exchange("mask", mapFrames(maskReqs, "mask"), opts.stepTimeoutMs, (id, f) => {
-        if (!f.masked)
-          throw Object.assign(new Error(`masked input from '${id}' has no vector`), {
-            code: "E_SECAGG_INPUT",
-          });
+        if (!f.masked) throw new FlotillaError("E_SECAGG_INPUT", `masked input from '${id}' has no vector`);
         server.addMaskedInput({ jobId, round, deviceId: id, masked: f.masked });
         const m = f.metrics;
         reports.set(id, { numSamples: f.numSamples ?? 0, loss: m?.loss, accuracy: m?.accuracy });
@@ -286,7 +283,7 @@ export async function runSecureRound(
       );
       return server.finish();
     } catch (e) {
-      if (isFlotillaError(e) && e.code.startsWith("E_SECAGG"))
+      if (isFlotillaError(e) && e.code.startsWith("E_SECAGG_"))
         return { aborted: { code: e.code, reason: e.message } };
       throw e;
     }

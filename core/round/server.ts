@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { encodeTensor, type CompressionSpec } from "../compress";
-import { errorCode, errorMessage } from "../errors";
+import { FlotillaError, errorCode, errorMessage } from "../errors";
 import type { EncodedTensor } from "../compress/api";
 import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
@@ -197,13 +197,9 @@ export async function runRound(
       try {
         const m = decodeMessage(frame);
         if (m.type === "train" || (m.type === "secagg" && m.direction === "down"))
-          throw Object.assign(new Error(`device sent a server message ('${m.type}')`), {
-            code: "E_PROTO_TYPE",
-          });
+          throw new FlotillaError("E_PROTO_TYPE", `device sent a server message ('${m.type}')`);
         if (m.type === "secagg")
-          throw Object.assign(new Error("secure aggregation frame in a round without it"), {
-            code: "E_PROTO_TYPE",
-          });
+          throw new FlotillaError("E_PROTO_TYPE", "secure aggregation frame in a round without it");
         msg = m;
       } catch (e) {
         opts.events?.onRejected?.(errorCode(e), errorMessage(e));
@@ -223,9 +219,10 @@ export async function runRound(
       } else {
         try {
           if (msg.layoutHash !== opts.layout.hash) {
-            throw Object.assign(new Error(`update from '${msg.deviceId}' has another weight layout`), {
-              code: "E_MODEL_LAYOUT",
-            });
+            throw new FlotillaError(
+              "E_MODEL_LAYOUT",
+              `update from '${msg.deviceId}' has another weight layout`,
+            );
           }
           aggregation.add({
             deviceId: msg.deviceId,

@@ -178,7 +178,7 @@ export async function compressUpdate(
     // ErrorFeedback leaves the residual intact when encoding throws, but a half-updated one must never be reused.
     await residuals.discard(ctx.jobId);
     if (isFlotillaError(e)) throw e;
-    return fail("E_COMPRESS_INTERNAL", `error-feedback compression failed: ${errorMessage(e)}`);
+    return fail("E_COMPRESS_INTERNAL", `error-feedback compression failed: ${errorMessage(e)}`, { cause: e });
   }
   await residuals.save(ctx.jobId, ef);
   return bytes;

@@ -213,7 +213,9 @@ export class SecAggClient {
       this.received.clear();
       this.state = "failed";
       if (isFlotillaError(e)) throw e;
-      return fail("E_SECAGG_MESSAGE", `malformed request: ${e instanceof Error ? e.message : String(e)}`);
+      return fail("E_SECAGG_MESSAGE", `malformed request: ${e instanceof Error ? e.message : String(e)}`, {
+        cause: e,
+      });
     }
   }
 

@@ -85,6 +85,7 @@ export class FileKeyProvider implements KeyProvider {
       throw new FlotillaError(
         "E_KEY_STORE",
         `cannot write the identity key of ${deviceId} in ${this.dir}: ${(e as Error).message}`,
+        { cause: e },
       );
     }
     const key = this.load(deviceId, file, false) as KeyObject;
@@ -123,7 +124,9 @@ export class FileKeyProvider implements KeyProvider {
         if (optional) return undefined;
         fail("E_KEY_NOT_FOUND", `no identity key for device ${deviceId} (${file})`);
       }
-      fail("E_KEY_STORE", `cannot read the identity key of ${deviceId}: ${(e as Error).message}`);
+      fail("E_KEY_STORE", `cannot read the identity key of ${deviceId}: ${(e as Error).message}`, {
+        cause: e,
+      });
     }
     let key: KeyObject;
     try {

@@ -260,7 +260,7 @@ export class FedAvg implements Strategy {
           decodeTensorInto(d.bytes, view, { length: acc.size });
         } catch (e) {
           if (isFlotillaError(e) && e.code === "E_ENVELOPE_LAYOUT") {
-            fail("E_STRATEGY_SIZE", `update from '${r.deviceId}': ${e.message}`);
+            fail("E_STRATEGY_SIZE", `update from '${r.deviceId}': ${e.message}`, { cause: e });
           }
           throw e;
         }

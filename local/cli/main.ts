@@ -129,20 +129,20 @@ function prepareOutDir(flag: string, dir: string): void {
   try {
     stat = fs.statSync(dir, { throwIfNoEntry: false });
   } catch (e) {
-    fail("E_CONFIG_OUT", `${flag} ${dir}: ${why(e)}`);
+    fail("E_CONFIG_OUT", `${flag} ${dir}: ${why(e)}`, { cause: e });
   }
   if (stat && !stat.isDirectory()) fail("E_CONFIG_OUT", `${flag} ${dir}: exists and is not a directory`);
   try {
     fs.mkdirSync(dir, { recursive: true });
   } catch (e) {
-    fail("E_CONFIG_OUT", `${flag} ${dir}: cannot create the directory (${why(e)})`);
+    fail("E_CONFIG_OUT", `${flag} ${dir}: cannot create the directory (${why(e)})`, { cause: e });
   }
   const probe = path.join(dir, `.flotilla-write-check-${process.pid}`);
   try {
     fs.writeFileSync(probe, "");
     fs.rmSync(probe, { force: true });
   } catch (e) {
-    fail("E_CONFIG_OUT", `${flag} ${dir}: directory is not writable (${why(e)})`);
+    fail("E_CONFIG_OUT", `${flag} ${dir}: directory is not writable (${why(e)})`, { cause: e });
   }
 }
 
@@ -306,7 +306,7 @@ async function runExport(o: RawOptions): Promise<number> {
     fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
     fs.writeFileSync(out, bytes);
   } catch (e) {
-    fail("E_EXPORT_WRITE", `${out}: cannot write: ${(e as Error).message.split("\n")[0]}`);
+    fail("E_EXPORT_WRITE", `${out}: cannot write: ${(e as Error).message.split("\n")[0]}`, { cause: e });
   }
   console.log(
     `exported ${out}: ${bytes.byteLength} bytes, ${spec.kind} ${weights.length} params, ${quantize ?? "fp32"} onnx`,

@@ -11,16 +11,16 @@ import {
 type RawOptions = Record<string, string | boolean | undefined>;
 
 function num(flag: string, raw: string | boolean | undefined): number {
-  if (typeof raw !== "string" || raw.trim() === "") fail("E_PRIVACY_INPUT", `--${flag} is required`);
+  if (typeof raw !== "string" || raw.trim() === "") fail("E_DP_CONFIG", `--${flag} is required`);
   const v = Number(raw);
-  if (!Number.isFinite(v)) fail("E_PRIVACY_INPUT", `--${flag} must be a number, got '${raw}'`);
+  if (!Number.isFinite(v)) fail("E_DP_CONFIG", `--${flag} must be a number, got '${raw}'`);
   return v;
 }
 
 function conversionOf(raw: string | boolean | undefined): RdpConversion {
   const c = raw === undefined ? "tight" : raw;
   if (c !== "tight" && c !== "classic") {
-    fail("E_PRIVACY_INPUT", `--conversion must be tight or classic, got '${String(c)}'`);
+    fail("E_DP_CONFIG", `--conversion must be tight or classic, got '${String(c)}'`);
   }
   return c;
 }
@@ -34,7 +34,7 @@ export function runPrivacy(o: RawOptions): string {
   const json = Boolean(o.json);
   if (o.targetEpsilon !== undefined) {
     if (o.noiseMultiplier !== undefined) {
-      fail("E_PRIVACY_INPUT", "give either --noise-multiplier or --target-epsilon, not both");
+      fail("E_DP_CONFIG", "give either --noise-multiplier or --target-epsilon, not both");
     }
     const targetEpsilon = num("target-epsilon", o.targetEpsilon);
     const r = solveNoiseMultiplier({ targetEpsilon, q, steps, delta, conversion });
@@ -50,7 +50,7 @@ export function runPrivacy(o: RawOptions): string {
   // JSON has no Infinity (JSON.stringify would print null): an unbounded ε is a coded error in both output modes.
   if (!Number.isFinite(r.epsilon)) {
     fail(
-      "E_PRIVACY_INFINITE",
+      "E_DP_INFINITE",
       `ε is infinite (no privacy) for noise multiplier ${sigma} at δ = ${delta} ` +
         `(q = ${q}, ${steps} rounds); use a noise multiplier > 0`,
     );

@@ -169,6 +169,7 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
     throw new FlotillaError(
       "E_HUB_LISTEN",
       `cannot listen for MQTT on ${host}:${opts.mqttPort ?? 0}: ${(e as Error).message}`,
+      { cause: e },
     );
   }
   link.front = front;
@@ -195,6 +196,7 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
     throw new FlotillaError(
       "E_HUB_LISTEN",
       `cannot listen for HTTPS on ${host}:${opts.httpsPort ?? 0}: ${(e as Error).message}`,
+      { cause: e },
     );
   }
   const owner = identities.policies.get("iothubowner");

@@ -364,6 +364,7 @@ export class IdentityStore {
       throw new FlotillaError(
         "E_HUB_STATE",
         `registry file ${file} is not valid JSON: ${(e as Error).message}`,
+        { cause: e },
       );
     }
     if (doc.format !== "flotilla-local-hub-registry/1") {

@@ -148,6 +148,7 @@ export async function ensureHubTls(stateDir: string, names: readonly string[]): 
     throw new FlotillaError(
       "E_HUB_TLS",
       `cannot prepare the hub certificates in ${stateDir}: ${(e as Error).message}`,
+      { cause: e },
     );
   }
 }

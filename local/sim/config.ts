@@ -340,6 +340,6 @@ function validateDpConfig(c: SimConfig): void {
   try {
     validateDpOptions(o);
   } catch (e) {
-    fail("E_CONFIG_VALUE", `differential privacy: ${(e as Error).message}`);
+    fail("E_CONFIG_VALUE", `differential privacy: ${(e as Error).message}`, { cause: e });
   }
 }

@@ -140,6 +140,7 @@ export async function createModuleClient(connection: ConnectionConfig): Promise<
       return fail(
         "E_CONFIG_CA_CERT",
         `FLOTILLA_CA_CERT: cannot read ${connection.caCertPath}: ${errorText(e)}`,
+        { cause: e },
       );
     }
     if (!ca.includes("-----BEGIN CERTIFICATE-----"))

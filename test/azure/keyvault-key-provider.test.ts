@@ -430,6 +430,10 @@ describe("key names, error mapping, configuration", () => {
       keyVaultError(Object.assign(new Error("x"), { name: "AuthenticationError" }), "op").code,
       "E_KEY_AUTH",
     );
+    // The SDK's error stays reachable as the cause (the message keeps one line of it).
+    const sdk = rest(500);
+    assert.equal(keyVaultError(sdk, "op").cause, sdk);
+    assert.equal(keyVaultError(rest(404), "op").cause instanceof Error, true);
   });
 
   test("keyProviderFromEnv: Key Vault when FLOTILLA_KEYVAULT_URL is set, else files", () => {

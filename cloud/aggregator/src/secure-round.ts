@@ -386,8 +386,14 @@ export class SecureRounds {
         if (out.status !== 200) {
           const p = (out.payload ?? {}) as { code?: unknown; message?: unknown };
           refused[id] = {
-            code: typeof p.code === "string" ? p.code : `E_SECAGG_STATUS_${out.status}`,
-            message: typeof p.message === "string" ? p.message : `${method} answered ${out.status}`,
+            // A refusal without a code keeps its HTTP status in the message (the code is a catalogued one).
+            code: typeof p.code === "string" ? p.code : "E_SECAGG_ANSWER",
+            message:
+              typeof p.message !== "string"
+                ? `${method} answered ${out.status}`
+                : typeof p.code === "string"
+                  ? p.message
+                  : `${method} answered ${out.status}: ${p.message}`,
           };
           log(
             `secagg ${st.jobId}/${st.round}: ${id} refused ${method}: ${refused[id].code}: ${refused[id].message}`,
@@ -588,7 +594,7 @@ export class SecureRounds {
     try {
       built = await this.serverAt(job, st, "unmask");
     } catch (e) {
-      if (e instanceof Abort) throw new FlotillaError("E_SECAGG_ABORTED", e.message);
+      if (e instanceof Abort) throw new FlotillaError("E_SECAGG_ABORTED", e.message, { cause: e });
       throw e;
     }
     this.forget(st);

@@ -129,7 +129,7 @@ export interface TrainerHandle {
 }
 
 export const REPORTED_KEY = "flotilla";
-const ABORTED = "E_ROUND_ABORTED";
+const ABORTED = "E_ABORTED";
 const SUPERSEDED = "E_ROUND_SUPERSEDED";
 const DEADLINE = "E_ROUND_DEADLINE";
 const STOPPED = "E_TRAINER_STOPPED";
@@ -457,7 +457,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         const weights = decodeTensor(bytes, { layoutHash: order.layoutHash, length: params });
         return { weights, sha256: weightsHash(weights) };
       } catch (e) {
-        if (isFlotillaError(e)) throw new FlotillaError("E_MODEL_SIZE", `model envelope: ${e.message}`);
+        if (isFlotillaError(e))
+          throw new FlotillaError("E_MODEL_SIZE", `model envelope: ${e.message}`, { cause: e });
         throw e;
       }
     }
@@ -480,13 +481,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     try {
       res = await doFetch(url, { signal: timeout });
     } catch (e) {
-      throw new FlotillaError("E_MODEL_DOWNLOAD", `GET ${redact(url)} failed: ${errorText(e)}`);
+      throw new FlotillaError("E_MODEL_DOWNLOAD", `GET ${redact(url)} failed: ${errorText(e)}`, { cause: e });
     }
     if (!res.ok) throw new FlotillaError("E_MODEL_DOWNLOAD", `GET ${redact(url)} answered ${res.status}`);
     try {
       return new Uint8Array(await res.arrayBuffer());
     } catch (e) {
-      throw new FlotillaError("E_MODEL_DOWNLOAD", `reading ${redact(url)} failed: ${errorText(e)}`);
+      throw new FlotillaError("E_MODEL_DOWNLOAD", `reading ${redact(url)} failed: ${errorText(e)}`, {
+        cause: e,
+      });
     }
   };
 
@@ -512,6 +515,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
             throw new FlotillaError(
               "E_UPLOAD",
               `sending ${msg.messageId} failed ${attempt} times: ${errorText(e)}`,
+              { cause: e },
             );
           const delay = Math.min(60_000, retryDelayMs * 2 ** (attempt - 1));
           log("warn", `trainer: sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`);

@@ -20,7 +20,7 @@ import { chunkEvents, makeDelta, post, ctx, SPEC, startJob, world, type World } 
 const layout = modelLayout(SPEC as unknown as ModelSpec);
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
 
-type Behaviour = "ok" | "unreachable" | "refuse" | "silent";
+type Behaviour = "ok" | "unreachable" | "refuse" | "refuse-bare" | "refuse-message" | "silent";
 
 /** A device: its identity key, its update, and how it behaves at each method step. */
 class Device {
@@ -75,6 +75,9 @@ function secureWorld(ids: string[], samples: (i: number) => number = (i) => 10 *
     d.asked.push({ method, payload: req });
     if (b === "refuse")
       return { reached: true, status: 400, payload: { code: "E_TEST_REFUSED", message: "no" } };
+    // A refusal without a code: no body at all, or a message only.
+    if (b === "refuse-bare") return { reached: true, status: 503, payload: null };
+    if (b === "refuse-message") return { reached: true, status: 500, payload: { message: "busy" } };
     try {
       switch (method) {
         case "secaggShareKeys":
@@ -343,6 +346,31 @@ test("a secure round end to end: all four steps, one dropout at each, the unmask
   // The job went on: round 2 opened and was dispatched as a secure round.
   assert.equal(job?.currentRound, 2);
   assert.equal((await round(w, jobId, 2)).secagg?.phase, "advertise");
+});
+
+test("a device that refuses a step without a code is refused with the catalogued E_SECAGG_ANSWER, status kept", async () => {
+  const all = ids(5);
+  const f = secureWorld(all);
+  const { w } = f;
+  const jobId = await startJob(w, {
+    strategyOptions: { clientsPerRound: 5, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    rounds: 1,
+    secureAggregation: { minSurvivors: 3 },
+  });
+  await tick(w);
+  f.devices.get("dev-d")!.behaviour.secaggShareKeys = "refuse-bare";
+  f.devices.get("dev-e")!.behaviour.secaggShareKeys = "refuse-message";
+  for (const id of all) await advertise(f, id, jobId, 1);
+  await tick(w); // everyone advertised: step 2 is asked; dev-d and dev-e refuse it
+  const st = await round(w, jobId, 1);
+  assert.deepEqual(st.secagg?.refused["dev-d"], {
+    code: "E_SECAGG_ANSWER",
+    message: "secaggShareKeys answered 503",
+  });
+  assert.deepEqual(st.secagg?.refused["dev-e"], {
+    code: "E_SECAGG_ANSWER",
+    message: "secaggShareKeys answered 500: busy",
+  });
 });
 
 test("too many dropouts: the round aborts before anything is unmasked, fails with E_SECAGG_ABORTED, the job goes on", async () => {

@@ -207,21 +207,21 @@ test("solveNoiseMultiplier round-trips", () => {
   close(back.noiseMultiplier, 1.3, 1e-5);
   throwsCode(
     () => solveNoiseMultiplier({ targetEpsilon: 1e-9, q: 0.5, steps: 1e6, delta: 1e-10 }),
-    "E_PRIVACY_UNREACHABLE",
+    "E_DP_UNREACHABLE",
   );
 });
 
-test("input validation is E_PRIVACY_INPUT", () => {
-  throwsCode(() => rdpSampledGaussian(1.5, 1, 2), "E_PRIVACY_INPUT");
-  throwsCode(() => rdpSampledGaussian(-0.1, 1, 2), "E_PRIVACY_INPUT");
-  throwsCode(() => rdpSampledGaussian(0.1, -1, 2), "E_PRIVACY_INPUT");
-  throwsCode(() => rdpSampledGaussian(0.1, 1, 1), "E_PRIVACY_INPUT");
-  throwsCode(() => computeRdp(0.1, 1, 2.5), "E_PRIVACY_INPUT");
-  throwsCode(() => computeRdp(0.1, 1, 0), "E_PRIVACY_INPUT");
-  throwsCode(() => epsilonFromRdp([2], [1], 0), "E_PRIVACY_INPUT");
-  throwsCode(() => epsilonFromRdp([2], [1], 1), "E_PRIVACY_INPUT");
-  throwsCode(() => epsilonFromRdp([2], [-1], 1e-5), "E_PRIVACY_INPUT");
-  throwsCode(() => epsilonFromRdp([2, 3], [1], 1e-5), "E_PRIVACY_INPUT");
+test("input validation is E_DP_CONFIG", () => {
+  throwsCode(() => rdpSampledGaussian(1.5, 1, 2), "E_DP_CONFIG");
+  throwsCode(() => rdpSampledGaussian(-0.1, 1, 2), "E_DP_CONFIG");
+  throwsCode(() => rdpSampledGaussian(0.1, -1, 2), "E_DP_CONFIG");
+  throwsCode(() => rdpSampledGaussian(0.1, 1, 1), "E_DP_CONFIG");
+  throwsCode(() => computeRdp(0.1, 1, 2.5), "E_DP_CONFIG");
+  throwsCode(() => computeRdp(0.1, 1, 0), "E_DP_CONFIG");
+  throwsCode(() => epsilonFromRdp([2], [1], 0), "E_DP_CONFIG");
+  throwsCode(() => epsilonFromRdp([2], [1], 1), "E_DP_CONFIG");
+  throwsCode(() => epsilonFromRdp([2], [-1], 1e-5), "E_DP_CONFIG");
+  throwsCode(() => epsilonFromRdp([2, 3], [1], 1e-5), "E_DP_CONFIG");
 });
 
 test("CLI: flotilla privacy prints ε or solves for σ", () => {
@@ -246,12 +246,12 @@ test("CLI: flotilla privacy prints ε or solves for σ", () => {
   assert.ok(solved.epsilon! <= 1);
   throwsCode(
     () => runPrivacy({ samplingRate: "x", noiseMultiplier: "1", rounds: "1", delta: "1e-5" }),
-    "E_PRIVACY_INPUT",
+    "E_DP_CONFIG",
   );
-  throwsCode(() => runPrivacy({ samplingRate: "0.1", rounds: "1", delta: "1e-5" }), "E_PRIVACY_INPUT");
+  throwsCode(() => runPrivacy({ samplingRate: "0.1", rounds: "1", delta: "1e-5" }), "E_DP_CONFIG");
   throwsCode(
     () =>
       runPrivacy({ samplingRate: "0.1", noiseMultiplier: "1", rounds: "1", delta: "1e-5", conversion: "x" }),
-    "E_PRIVACY_INPUT",
+    "E_DP_CONFIG",
   );
 });

@@ -79,7 +79,7 @@ test("CLI errors are one clear line", () => {
     ],
     [
       ["privacy", "--sampling-rate", "2", "--noise-multiplier", "1", "--rounds", "1", "--delta", "1e-5"],
-      /E_PRIVACY_INPUT/,
+      /E_DP_CONFIG/,
     ],
   ];
   fs.writeFileSync(path.join(tmp, "bad.csv"), "a,b,label\n1,2,x\n3,oops,y\n");

@@ -24,18 +24,18 @@ const zero = [
   "1e-5",
 ];
 
-test("flotilla privacy: an infinite ε is one E_PRIVACY_INFINITE line and a non-zero exit, never null", () => {
+test("flotilla privacy: an infinite ε is one E_DP_INFINITE line and a non-zero exit, never null", () => {
   for (const args of [[...zero, "--json"], zero]) {
     const r = run(args);
     assert.notEqual(r.code, 0, `${args.join(" ")} must fail:\n${r.stdout}`);
     assert.equal(r.stdout, "", 'nothing on stdout (no {"epsilon": null})');
     const lines = r.stderr.trim().split("\n");
     assert.equal(lines.length, 1, r.stderr);
-    assert.match(lines[0]!, /^flotilla: E_PRIVACY_INFINITE: ε is infinite .*noise multiplier 0/);
+    assert.match(lines[0]!, /^flotilla: E_DP_INFINITE: ε is infinite .*noise multiplier 0/);
   }
   assert.throws(
     () => runPrivacy({ samplingRate: "0.1", noiseMultiplier: "0", rounds: "10", delta: "1e-5", json: true }),
-    (e: unknown) => isFlotillaError(e) && e.code === "E_PRIVACY_INFINITE",
+    (e: unknown) => isFlotillaError(e) && e.code === "E_DP_INFINITE",
   );
 });
 

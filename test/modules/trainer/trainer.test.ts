@@ -292,7 +292,7 @@ test("trainer module against the local hub over TLS with real ModuleClients", as
     await trainer.idle();
     assert.ok(Date.now() - started < 5000, "training stopped soon after the abort");
     assert.equal(trainer.state().status, "error");
-    assert.equal(trainer.state().error?.code, "E_ROUND_ABORTED");
+    assert.equal(trainer.state().error?.code, "E_ABORTED");
     await new Promise((res) => setTimeout(res, 300));
     assert.equal(got.length, before2);
 

@@ -138,7 +138,7 @@ export function validateJob(input: unknown): JobDefinition {
     modelSpec = validateSpec(j.modelSpec);
     size = modelLayout(modelSpec).totalSize;
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_JOB_MODEL", `modelSpec: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_JOB_MODEL", `modelSpec: ${e.message}`, { cause: e });
     throw e;
   }
   if (size > MAX_MODEL_VALUES) fail("E_JOB_MODEL", `model has ${size} parameters, above ${MAX_MODEL_VALUES}`);
@@ -170,7 +170,7 @@ export function validateJob(input: unknown): JobDefinition {
   try {
     createStrategy(strategy, strategyOptions); // the strategy's own option checks
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_JOB_STRATEGY", e.message);
+    if (isFlotillaError(e)) fail("E_JOB_STRATEGY", e.message, { cause: e });
     throw e;
   }
   const roundDeadlineSeconds = int(j.roundDeadlineSeconds, "roundDeadlineSeconds", 1, 7 * 86_400, 600);
@@ -303,7 +303,7 @@ function differentialPrivacy(v: unknown, def: JobDefinition): DifferentialPrivac
   try {
     new DifferentialPrivacy(dpOptionsOf(out, fleetSize ?? n, n));
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_JOB_DP", `differentialPrivacy: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_JOB_DP", `differentialPrivacy: ${e.message}`, { cause: e });
     throw e;
   }
   return out;
@@ -399,7 +399,7 @@ function secureAggregation(v: unknown, def: JobDefinition): SecureAggregationOpt
   try {
     secAggParamsFor(n, { neighbours, threshold, clipRange });
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_JOB_SECAGG", `secureAggregation: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_JOB_SECAGG", `secureAggregation: ${e.message}`, { cause: e });
     throw e;
   }
   return {
@@ -430,7 +430,7 @@ function codec(v: unknown, what: string, sparseOk: boolean): string {
     if (spec.sparse && !sparseOk) fail("E_COMPRESS_SPEC", "the global model cannot be sparsified");
     return spec.text;
   } catch (e) {
-    if (isFlotillaError(e)) fail("E_JOB_COMPRESSION", `${what}: ${e.message}`);
+    if (isFlotillaError(e)) fail("E_JOB_COMPRESSION", `${what}: ${e.message}`, { cause: e });
     throw e;
   }
 }

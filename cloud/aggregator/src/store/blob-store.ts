@@ -183,7 +183,9 @@ export class AzureBlobStore implements BlobStore {
       return r.etag ?? fail("E_STORE_RESPONSE", `no ETag for '${name}'`);
     } catch (e) {
       if (e instanceof RestError && (e.statusCode === 412 || e.statusCode === 409)) {
-        fail(STORE_CONFLICT, `blob '${name}': condition failed (${e.statusCode} ${e.code ?? ""})`);
+        fail(STORE_CONFLICT, `blob '${name}': condition failed (${e.statusCode} ${e.code ?? ""})`, {
+          cause: e,
+        });
       }
       if (e instanceof RestError && e.statusCode === 404 && opts.ifMatch !== undefined) {
         fail(STORE_CONFLICT, `blob '${name}' no longer exists`);
