@@ -137,6 +137,18 @@ export const ERRORS = {
     group: "proto",
     meaning: "a frame's header is not valid JSON, lacks a field or does not fit its payload",
   },
+  E_CHUNK_HASH: {
+    group: "proto",
+    meaning: "a chunk body does not match its chunkSha256, or a reassembled frame its size and sha256",
+  },
+  E_CHUNK_MALFORMED: {
+    group: "proto",
+    meaning: "a chunk's properties break the chunk wire contract (names, id rules, index, count, size)",
+  },
+  E_CHUNK_OVERSIZED: {
+    group: "proto",
+    meaning: "a chunk body or frame larger than the chunk wire contract allows",
+  },
   E_PROTO_MAGIC: { group: "proto", meaning: "a frame does not start with the FLT1 magic" },
   E_PROTO_STALE: { group: "proto", meaning: "a frame for another job or round than the one in progress" },
   E_PROTO_TRUNCATED: { group: "proto", meaning: "a frame is shorter than its header says" },

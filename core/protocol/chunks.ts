@@ -89,7 +89,7 @@ export const CHUNK_ERROR_CODES: Readonly<Record<ChunkRejection, string>> = Objec
 });
 
 /** A chunk refused by the contract: a FlotillaError carrying its counted `reason`. */
-export class ChunkError extends FlotillaError {
+export class ChunkError extends FlotillaError<string> {
   constructor(
     readonly reason: ChunkRejection,
     message: string,
