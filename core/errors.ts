@@ -472,11 +472,6 @@ export const ERRORS = {
     group: "queue",
     meaning: "the update queue did not store an update (no code in its answer)",
   },
-  E_QUEUE_TIMEOUT: {
-    group: "queue",
-    meaning:
-      "synonym of E_TIMEOUT in modules/update-queue/src/main.ts; goes when the queue uses the shared host",
-  },
   E_QUEUE_TOO_LARGE: { group: "queue", meaning: "an update exceeds the queue's size limit" },
   E_PROFILER: { group: "profiler", meaning: "a profiler measurement failed" },
   E_PROFILER_STOPPED: { group: "profiler", meaning: "the profiler is stopping or stopped" },

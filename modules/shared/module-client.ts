@@ -236,12 +236,18 @@ export function respond(
     .catch((e: unknown) => log("warn", `method response failed: ${errorText(e)}`));
 }
 
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+export function withTimeout<T>(
+  p: Promise<T>,
+  ms: number,
+  what: string,
+  opts: { readonly keepAlive?: boolean } = {},
+): Promise<T> {
   let t: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     t = setTimeout(() => reject(new FlotillaError("E_TIMEOUT", `${what} got no answer in ${ms} ms`)), ms);
     // A pending SDK request must not keep a stopping process alive; the open client keeps a running one alive.
-    t.unref();
+    // `keepAlive`: the timeout itself holds the process (e.g. a start-up wait whose outcome decides what runs next).
+    if (!opts.keepAlive) t.unref();
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }

@@ -27,6 +27,7 @@ import {
   type TwinLike,
 } from "../../shared/module-client";
 import { Reassembler } from "../../shared/reassembly";
+import { Throttle } from "../../shared/throttle";
 import { DEFAULT_MAX_BYTES } from "./config";
 
 /**
@@ -845,28 +846,4 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     }, ms);
     signal.addEventListener("abort", onAbort, { once: true });
   });
-}
-
-/** Runs `fn` at most once per `intervalMs`; calls in between coalesce into one trailing run. */
-class Throttle {
-  private last = -Infinity;
-  private timer: NodeJS.Timeout | undefined;
-  constructor(
-    private readonly intervalMs: number,
-    private readonly fn: () => void,
-  ) {}
-  schedule(): void {
-    if (this.timer) return;
-    const wait = Math.max(0, this.last + this.intervalMs - Date.now());
-    this.timer = setTimeout(() => this.flush(), wait);
-  }
-  flush(): void {
-    this.cancel();
-    this.last = Date.now();
-    this.fn();
-  }
-  cancel(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-  }
 }

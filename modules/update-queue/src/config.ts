@@ -22,13 +22,9 @@ export const DEFAULT_QUEUE_MAX_BYTES = 256 * 1024 * 1024;
 /** Bounds for resendAfterMs taken from the environment or the twin, in ms: 1 s … 7 days. */
 export const RESEND_AFTER_MS_RANGE = [1000, 7 * 24 * 3600_000] as const;
 
-import { IOTEDGE_VARIABLES } from "../../shared/module-client";
+import { IOTEDGE_VARIABLES, type ConnectionConfig } from "../../shared/module-client";
 
-export { IOTEDGE_VARIABLES };
-
-export type ConnectionConfig =
-  | { readonly mode: "edge" }
-  | { readonly mode: "connectionString"; readonly connectionString: string; readonly caCertPath?: string };
+export { IOTEDGE_VARIABLES, type ConnectionConfig };
 
 export interface UpdateQueueConfig {
   readonly queueDir: string;

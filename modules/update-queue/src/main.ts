@@ -1,8 +1,7 @@
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { Message, ModuleClient } from "azure-iot-device";
-import { Mqtt } from "azure-iot-device-mqtt";
-import { FlotillaError, fail, isFlotillaError } from "../../../core/errors";
+import { fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
 import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
 import {
@@ -16,6 +15,14 @@ import {
 } from "./outbox";
 import { Sender } from "./sender";
 import { chunkMessage, inputChunkMeta } from "../../shared/chunks";
+import {
+  createModuleClient as createSharedModuleClient,
+  defaultLog,
+  errorText as message,
+  withTimeout,
+  type LogLevel,
+} from "../../shared/module-client";
+import { Throttle } from "../../shared/throttle";
 
 /**
  * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
@@ -79,7 +86,7 @@ export interface MethodResponseLike {
   send(status: number, payload?: unknown): Promise<void>;
 }
 
-export type LogLevel = "info" | "warn" | "error";
+export type { LogLevel };
 
 export interface UpdateQueueOptions {
   client: UpdateQueueClient;
@@ -309,7 +316,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   /** GETs the twin and applies it; true on success. */
   const readTwin = async (): Promise<boolean> => {
     try {
-      const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
+      const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin", { keepAlive: true });
       if (stopped) return false;
       if (t !== twin) {
         twin?.removeListener("properties.desired", onDesired);
@@ -750,78 +757,11 @@ function settle(p: Promise<unknown>, log: (level: LogLevel, message: string) => 
   p.catch((e: unknown) => log("warn", `update-queue: completing an input message failed: ${message(e)}`));
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let t: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    t = setTimeout(
-      () => reject(new FlotillaError("E_QUEUE_TIMEOUT", `${what} got no answer in ${ms} ms`)),
-      ms,
-    );
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
-}
-
-function message(e: unknown): string {
-  if (isFlotillaError(e)) return `${e.code}: ${e.message}`;
-  return e instanceof Error ? e.message : String(e);
-}
-
-function defaultLog(level: LogLevel, msg: string): void {
-  (level === "info" ? console.log : console.error)(`[${level}] ${msg}`);
-}
-
-/** Runs `fn` at most once per `intervalMs`; calls in between coalesce into one trailing run. */
-class Throttle {
-  private last = -Infinity;
-  private timer: NodeJS.Timeout | undefined;
-  constructor(
-    private readonly intervalMs: number,
-    private readonly fn: () => void,
-  ) {}
-  schedule(): void {
-    if (this.timer) return;
-    const wait = Math.max(0, this.last + this.intervalMs - Date.now());
-    this.timer = setTimeout(() => this.flush(), wait);
-  }
-  flush(): void {
-    this.cancel();
-    this.last = Date.now();
-    this.fn();
-  }
-  cancel(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = undefined;
-  }
-}
-
 // --- container entry ------------------------------------------------------------------------------------------
 
 /** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
-export async function createModuleClient(config: UpdateQueueConfig): Promise<ModuleClient> {
-  if (config.connection.mode === "edge") {
-    // The callback form: the promise form skipped the EdgeHubConnectionString branch in a version we read.
-    return new Promise((resolve, reject) =>
-      ModuleClient.fromEnvironment(Mqtt, (err, client) => (err || !client ? reject(err) : resolve(client))),
-    );
-  }
-  const client = ModuleClient.fromConnectionString(config.connection.connectionString, Mqtt);
-  if (config.connection.caCertPath) {
-    let ca: string;
-    try {
-      ca = readFileSync(config.connection.caCertPath, "utf8");
-    } catch (e) {
-      return fail(
-        "E_CONFIG_CA_CERT",
-        `FLOTILLA_CA_CERT: cannot read ${config.connection.caCertPath}: ${message(e)}`,
-      );
-    }
-    if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
-      fail("E_CONFIG_CA_CERT", `FLOTILLA_CA_CERT: ${config.connection.caCertPath} is not a PEM certificate`);
-    }
-    // PEM text, not the path: a path breaks the SDK's file-upload client.
-    await client.setOptions({ ca });
-  }
-  return client;
+export function createModuleClient(config: UpdateQueueConfig): Promise<ModuleClient> {
+  return createSharedModuleClient(config.connection);
 }
 
 /** Container entry: configuration from the environment, runs until SIGTERM/SIGINT. */

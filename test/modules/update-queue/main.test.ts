@@ -245,7 +245,7 @@ test("a twin GET that never answers times out: the queue goes online anyway and 
   client.twin.properties.desired.acks = [id]; // only the twin knows this one is acked
   const { queue } = await start(t, { client, dir, twinTimeoutMs: 20 });
   assert.equal(queue.status().online, true);
-  assert.match(queue.status().lastError ?? "", /E_QUEUE_TIMEOUT: getTwin got no answer in 20 ms/);
+  assert.match(queue.status().lastError ?? "", /E_TIMEOUT: getTwin got no answer in 20 ms/);
   await until(() => queue.outbox.get(id)?.state === "acked", 2000, "the twin to be read");
   assert.equal(client.getTwinCalls, 3);
 });
