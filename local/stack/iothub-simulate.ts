@@ -14,6 +14,7 @@
  * carries the round's DP record (clip, noise, released, ε so far), and a job stopped by its privacy budget ends
  * with `status: budget-exhausted` and the reason, as in the in-memory simulation.
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
@@ -67,6 +68,8 @@ export async function simulateOverIotHub(
       "--dropout is simulated by the memory transport only; over the IoT Hub stack devices drop out for real",
     );
   }
+  // A rerun into the same --out finds the previous run's hub state (device twins and queues that remember its job).
+  const freshState = !fs.existsSync(path.join(config.out, ".stack"));
   const stack = await startLocalStack({
     ...(config.secureAggregation ? { identityKeys: "keyvault" as const } : {}),
     data: data.devices,
@@ -83,12 +86,13 @@ export async function simulateOverIotHub(
   let finalWeights: Float32Array | undefined;
   let finalDoc: JobDocument | undefined;
   let targetReached = false;
-  // The memory transport's job id, so both transports derive the same codec seeds (core/round/update-pipeline.ts);
-  // a state directory that already holds that job (a rerun into the same --out) gets a fresh id.
-  let jobId = `sim-${config.seed}`;
+  // The memory transport's job id, so both transports derive the same codec seeds (core/round/update-pipeline.ts).
+  // Only in a fresh state directory: a rerun into the same --out gets a new id, or its devices, whose twins and
+  // queues remember the previous run's rounds of that job, would refuse them as already tried (409) and replay its
+  // old updates.
+  const jobId = freshState ? `sim-${config.seed}` : `sim-${config.seed}-${Date.now().toString(36)}`;
   try {
     const store = stack.aggregator.services.store;
-    if (await store.get(paths.job(jobId))) jobId = `sim-${config.seed}-${Date.now().toString(36)}`;
     await api(stack.host.url, "POST", "jobs", {
       jobId,
       modelSpec: data.spec,

@@ -74,3 +74,28 @@ test("a secure-aggregation job gives the same aggregate over both transports", a
   const { iothub } = await sameAggregate({ secureAggregation: true });
   assert.equal(iothub.config.secureAggregation, true);
 });
+
+test("a rerun into the same --out over the IoT Hub path completes (its devices remember the previous run's job)", async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-rerun-hub-"));
+  try {
+    const config: SimConfig = {
+      ...DEFAULT_CONFIG,
+      devices: 3,
+      clientsPerRound: 3,
+      rounds: 1,
+      samplesPerDevice: 20,
+      workers: 1,
+      roundTimeoutMs: 60_000,
+      out,
+    };
+    const first = await simulateOverIotHub(config);
+    assert.equal(first.rounds[0]?.completed, 3);
+    // Before the fix the second run reused the first's job id: every trainer answered startRound with 409 (round
+    // already tried) and the round waited for its deadline with no update.
+    const second = await simulateOverIotHub(config);
+    assert.equal(second.rounds.length, 1);
+    assert.equal(second.rounds[0]?.completed, 3, "every device trained the rerun's round");
+  } finally {
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
