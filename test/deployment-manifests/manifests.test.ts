@@ -71,7 +71,7 @@ const SCHEMA_ID = (file: string) => `https://json.schemastore.org/${file}`;
 function loadSchemas(): (file: string) => ValidateFunction {
   assert.ok(
     fs.existsSync(schemasDir),
-    `schemas not found at ${schemasDir}: shared/ must sit beside the repository (or set FLOTILLA_SCHEMAS_DIR)`,
+    `schemas not found at ${schemasDir}: they are vendored in deployment-manifests/schemas/ (or set FLOTILLA_SCHEMAS_DIR)`,
   );
   const ajv = new Ajv({ allErrors: true, allowUnionTypes: true });
   ajv.addVocabulary(["examples", "contentMediaType"]);
