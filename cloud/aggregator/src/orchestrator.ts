@@ -46,11 +46,10 @@ import type {
   StrategyOptions,
 } from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/plan";
-import { layoutSegments } from "../../../core/round/update-pipeline";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
 import { FlotillaError } from "../../../core/errors";
-import type { RoundDesired, TrainerInfo } from "./fleet/fleet";
+import type { TrainerInfo } from "./fleet/fleet";
 import { putJson } from "./store/blob-store";
 import {
   JobRepository,
@@ -61,7 +60,8 @@ import {
   type RoundState,
 } from "./jobs/state";
 import type { AggregatorServices } from "./services";
-import { initialSecAggState, secAggOrder, secAggRecord, SecureRounds } from "./secure-round";
+import { dispatchRound, pool, releaseDevices } from "./dispatch";
+import { initialSecAggState, secAggRecord, SecureRounds } from "./secure-round";
 import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
@@ -457,25 +457,9 @@ export class Orchestrator {
     return meta;
   }
 
-  /**
-   * At the end of a compressed job, removes it from the quantizer twin of every device that took part, so each
-   * quantizer deletes the job's error-feedback residual. Best effort: a device that misses it keeps a small file.
-   */
+  /** At the end of a job: dispatch.ts releaseDevices (the quantizers' job entries). */
   private async releaseQuantizers(job: JobDocument): Promise<void> {
-    const d = job.definition;
-    if (parseCompression(d.compression ?? "none").lossless) return;
-    const devices = new Set<string>();
-    for (let r = 1; r <= d.rounds; r++) {
-      const st = await this.repo.getRound(d.jobId, r);
-      if (!st) break;
-      for (const p of st.participants) devices.add(p.deviceId);
-    }
-    const work = [...devices].map((id) => async () => {
-      await this.services.fleet.configureQuantizer(id, d.jobId, null).catch((e: Error) => {
-        this.services.log(`job ${d.jobId}: quantizer of ${id} not released: ${e.message}`);
-      });
-    });
-    await pool(work, this.concurrency);
+    await releaseDevices(this.services, this.repo, job, this.concurrency);
   }
 
   /** Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline. */
@@ -558,69 +542,10 @@ export class Orchestrator {
     return true;
   }
 
-  /** Configures every participant (twin, startRound, update-queue openRounds); then marks the round dispatched. */
+  /** Sends every participant its round order (dispatch.ts); then marks the round dispatched. */
   private async dispatch(job: JobDocument, st: RoundState): Promise<RoundState> {
-    const d = job.definition;
-    const { fleet, store, log } = this.services;
-    const prev = st.round - 1;
-    const meta = await this.repo.getModelMeta(d.jobId, prev);
-    const encoded = meta?.downlink && meta.sha256 === st.modelSha256 ? meta.downlink : undefined;
-    const modelUrl = await store.url(
-      encoded ? paths.modelEncoded(d.jobId, prev) : paths.model(d.jobId, prev),
-      d.modelUrlMinutes,
-    );
-    const onnx = meta?.onnx
-      ? {
-          url: await store.url(paths.modelOnnx(d.jobId, prev, "fp32"), d.modelUrlMinutes),
-          sha256: meta.onnx.fp32.sha256,
-          int8Url: await store.url(paths.modelOnnx(d.jobId, prev, "int8"), d.modelUrlMinutes),
-          int8Sha256: meta.onnx.int8.sha256,
-        }
-      : undefined;
-    const compression = parseCompression(d.compression ?? "none");
-    // The quantizer's codec takes the layout's tensor sizes (per-tensor scales), as the simulator's devices do.
-    const quantizerLayout = compression.lossless
-      ? undefined
-      : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
-    const work = st.participants.map((p) => async () => {
-      const desired: RoundDesired = {
-        jobId: d.jobId,
-        round: st.round,
-        modelUrl,
-        modelSha256: encoded ? encoded.sha256 : st.modelSha256,
-        ...(encoded ? { modelEncoding: "flz" as const } : {}),
-        ...(onnx ? { onnx } : {}),
-        layoutHash: job.layoutHash,
-        modelSpec: d.modelSpec,
-        config: p.config,
-        deadline: st.deadline,
-        ...(d.secureAggregation ? { secagg: secAggOrder(d.secureAggregation) } : {}),
-        ...(st.dp?.order ? { dp: st.dp.order } : {}),
-      };
-      // The trainer's twin and the update-queue's twin are independent: update them concurrently. The
-      // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
-      const trainer = (async () => {
-        if (!compression.lossless) {
-          await fleet
-            .configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout)
-            .catch((e: Error) => {
-              log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
-            });
-        }
-        try {
-          await fleet.configureRound(p.deviceId, desired);
-        } catch (e) {
-          log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
-        }
-        await fleet.startRound(p.deviceId, desired).catch(() => false);
-      })();
-      const queue = fleet.setOpenRound(p.deviceId, d.jobId, st.round).catch((e: Error) => {
-        log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
-      });
-      await Promise.all([trainer, queue]);
-    });
-    await pool(work, this.concurrency);
-    const next = await this.repo.updateRound(d.jobId, st.round, (cur) =>
+    await dispatchRound(this.services, this.repo, job, st, this.concurrency);
+    const next = await this.repo.updateRound(job.definition.jobId, st.round, (cur) =>
       cur.dispatched ? undefined : { ...cur, dispatched: true },
     );
     return next ?? { ...st, dispatched: true };
@@ -981,12 +906,4 @@ function spentOf(dp: DifferentialPrivacy): JobDpState["spent"] {
 
 function sha256(b: Uint8Array): string {
   return createHash("sha256").update(b).digest("hex");
-}
-
-async function pool(work: (() => Promise<void>)[], n: number): Promise<void> {
-  let i = 0;
-  const runners = Array.from({ length: Math.min(n, work.length) }, async () => {
-    while (i < work.length) await work[i++]();
-  });
-  await Promise.all(runners);
 }
