@@ -519,9 +519,13 @@ function stepFinished(
   };
 }
 
+/**
+ * Aborts a secure round: nothing more is unmasked. From `finish` too (unmasking itself failed: too few answers
+ * for the server's threshold); never twice, and never a closed round.
+ */
 function abort(st: RoundState, code: string, message: string): StepResult {
   const sa = st.secagg;
-  if (!sa || sa.phase === "finish" || sa.phase === "aborted") return same(st);
+  if (!sa || sa.phase === "aborted" || st.status === "closed") return same(st);
   return {
     state: {
       ...st,

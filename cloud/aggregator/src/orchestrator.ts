@@ -679,9 +679,8 @@ export class Orchestrator {
       }
     }
     const sa = st.secagg!;
-    const closed: RoundState = abortError
-      ? { ...st, secagg: { ...sa, phase: "aborted", error: abortError } }
-      : st;
+    const aborted: RoundEvent | undefined = abortError && { type: "aborted", ...abortError };
+    const closed = aborted ? engineStep(st, aborted).state : st;
     const { record: secagg, failures, bytes } = secAggRecord(closed, result);
     for (const f of failures) closer.fail(f.deviceId, f.code, f.reason);
     if (result) {
@@ -696,13 +695,7 @@ export class Orchestrator {
         }),
       });
     }
-    if (abortError && sa.phase === "finish") {
-      await this.repo.updateRound(d.jobId, st.round, (cur) =>
-        cur.secagg && cur.secagg.phase === "finish"
-          ? { ...cur, secagg: { ...cur.secagg, phase: "aborted", error: abortError } }
-          : undefined,
-      );
-    }
+    if (aborted) await this.apply(st, aborted);
     return { secagg, bytes, ...(abortError ? { abortError } : {}) };
   }
 

@@ -111,15 +111,6 @@ export function secAggOrder(o: SecureAggregationOptions): SecAggOrder {
   };
 }
 
-/**
- * The round's SecAggParams: core's defaults for the round's participants with the job's overrides, exactly as
- * the in-memory simulation computes them (core/round/secure-round.ts secAggParamsFor). E_SECAGG_PARAMS when not
- * valid for that many devices.
- */
-export function roundParams(o: SecureAggregationOptions, participants: number): SecAggParams {
-  return secAggParamsFor(participants, o);
-}
-
 interface CachedServer {
   readonly jobId: string;
   readonly round: number;
@@ -246,7 +237,8 @@ export class SecureRounds {
     );
     let params: SecAggParams;
     try {
-      params = roundParams(opts, roster.length);
+      // core's defaults for the round's participants with the job's overrides, as the simulator computes them
+      params = secAggParamsFor(roster.length, opts);
     } catch (e) {
       if (!isFlotillaError(e)) throw e;
       throw new Abort(e.code, `advertise: parameters for ${roster.length} participants: ${e.message}`);
