@@ -291,6 +291,8 @@ export function step(st: RoundState, ev: RoundEvent, policy: RoundPolicy = {}): 
         return same(st);
       const key = ev.step === "advertise" ? "advertised" : "masked";
       if (sa[key][ev.deviceId]) return same(st);
+      // an advertisement after the device's failure frame, or a masked input from outside U2, is late
+      if (ev.step === "advertise" && st.received[ev.deviceId]) return same(st);
       if (ev.step === "mask" && !(sa.u2 ?? []).includes(ev.deviceId)) return same(st);
       return withSecAgg(st, { ...sa, [key]: { ...sa[key], [ev.deviceId]: ev.receipt } });
     }
