@@ -197,7 +197,7 @@ export class SecureRounds {
 
   /**
    * Reports a closed step's survivors to the engine (which fixes the survivor set, checks the job's minimums and
-   * moves to the next step or aborts); `mutate` may compute the event from the current persisted state.
+   * moves to the next step or aborts); `event` may compute it from the current persisted state.
    */
   private async finished(
     job: JobDocument,
