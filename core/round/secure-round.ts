@@ -4,9 +4,11 @@
  * of core/secagg (advertise -> share -> mask -> unmask) with `secagg` frames. The server only ever holds the ring
  * sum of the masked updates; the strategy receives the unmasked weighted mean through `addAggregate`.
  *
- * Each step closes when every device still in the protocol answered or its deadline passed; a device that does
- * not answer a step is a dropout from then on. With too few survivors the round aborts (E_SECAGG_ABORTED): nothing
- * is unmasked and the global model stays as it was.
+ * This is the simulator's SecAgg+ adapter; the phases are the round engine's (core/round/engine.ts, the same
+ * machine the Function drives): each step's deadline, the survivor sets U1..U4 and the aborts come from it. Each
+ * step closes when every device still in the protocol answered or its deadline passed; a device that does not
+ * answer a step is a dropout from then on. With too few survivors (the server's threshold, or distributed DP's n')
+ * the round aborts (E_SECAGG_ABORTED, E_DP_TOO_FEW): nothing is unmasked and the global model stays as it was.
  */
 import type { JsonWebKey } from "node:crypto";
 import { Rng } from "../data/rng";

@@ -76,9 +76,10 @@ export interface JobOptions {
 }
 
 /**
- * Drives a federated job: each round the strategy picks participants, the engine sends them the global model
- * through the transport, streams their updates into the strategy's aggregation as they arrive, and closes the round
- * when all have answered or the deadline passes (partial participation is part of the contract).
+ * Drives a federated job in-process: each round the strategy picks participants, this driver sends them the global
+ * model through the transport, streams their updates into the close routine (core/round/close.ts) as they arrive,
+ * and the round engine (core/round/engine.ts) closes the round when all have answered or the deadline passes
+ * (partial participation is part of the contract).
  * The job stops as soon as the global model is not finite (before round 1, or after any round): `onDiverged` says
  * which round and why. Every later round would train from that model, so none can help.
  */
