@@ -200,7 +200,10 @@ export class Orchestrator {
         let st = await this.repo.getRound(jobId, r);
         if (st && st.status === "open" && st.paused) st = await this.resumeRound(job, st, now, actions);
         if (st && st.status === "open") {
-          if (!st.dispatched) {
+          // What the engine says is due now: the orders (not sent yet), closing a plain round (every participant
+          // answered, or its deadline passed); a secure round's steps are secure-round.ts's to carry out.
+          const due = engineStep(st, { type: "tick", now }, roundPolicy(job.definition)).decisions;
+          if (due.some((x) => x.type === "sendOrders")) {
             st = await this.dispatch(job, st);
             actions.push(`dispatched round ${r}`);
           }
@@ -208,8 +211,7 @@ export class Orchestrator {
             st = await this.secure.advance(job, st, actions);
             if (st.status === "open") return;
           } else {
-            // The engine closes a plain round when every participant answered or its deadline passed.
-            if (!engineStep(st, { type: "tick", now }).decisions.some((x) => x.type === "aggregate")) return;
+            if (!due.some((x) => x.type === "aggregate")) return;
             st = (await this.apply(st, { type: "tick", now })) ?? (await this.repo.getRound(jobId, r));
           }
         }
