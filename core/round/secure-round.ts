@@ -4,9 +4,11 @@
  * of core/secagg (advertise -> share -> mask -> unmask) with `secagg` frames. The server only ever holds the ring
  * sum of the masked updates; the strategy receives the unmasked weighted mean through `addAggregate`.
  *
- * Each step closes when every device still in the protocol answered or its deadline passed; a device that does
- * not answer a step is a dropout from then on. With too few survivors the round aborts (E_SECAGG_ABORTED): nothing
- * is unmasked and the global model stays as it was.
+ * This is the simulator's SecAgg+ adapter; the phases are the round engine's (core/round/engine.ts, the same
+ * machine the Function drives): each step's deadline, the survivor sets U1..U4 and the aborts come from it. Each
+ * step closes when every device still in the protocol answered or its deadline passed; a device that does not
+ * answer a step is a dropout from then on. With too few survivors (the server's threshold, or distributed DP's n')
+ * the round aborts (E_SECAGG_ABORTED, E_DP_TOO_FEW): nothing is unmasked and the global model stays as it was.
  */
 import type { JsonWebKey } from "node:crypto";
 import { Rng } from "../data/rng";
@@ -23,7 +25,16 @@ import {
   type ShareKeysResponse,
   type UnmaskResponse,
 } from "../secagg/types";
-import type { FitFailure, FitInstruction, RoundAggregation, UpdateReport } from "../strategies/strategy";
+import type { FitInstruction, UpdateReport } from "../strategies/strategy";
+import type { RoundCloser } from "./close";
+import {
+  secAggFailures,
+  step,
+  type LostDevice,
+  type RoundEvent,
+  type RoundPolicy,
+  type RoundState,
+} from "./engine";
 
 export interface SecureAggregationOptions {
   /** k, t and the clip range; unset members take core/secagg defaultParams(n) for the round's n participants. */
@@ -61,17 +72,14 @@ export interface SecureRoundRecord {
 
 export interface SecureRoundContext {
   readonly transport: ServerTransport;
-  readonly jobId: string;
-  readonly round: number;
+  /** The round's engine state (core/round/engine.ts), with its `secagg` part: the phases are the engine's. */
+  readonly state: RoundState;
+  /** The round's close routine: the unmasked sum goes in as one aggregate, the lost devices as failures. */
+  readonly closer: RoundCloser;
   readonly instructions: readonly FitInstruction[];
-  readonly aggregation: RoundAggregation;
-  readonly failures: FitFailure[];
   readonly numValues: number;
-  /**
-   * The fewest masked inputs the round may unmask (differential privacy's distributed noise is calibrated for
-   * it): with fewer after the mask step the round aborts with E_DP_TOO_FEW and nothing is unmasked.
-   */
-  readonly minIncluded?: number;
+  /** The engine's policy: distributed DP's n' (a step leaving fewer aborts the round with E_DP_TOO_FEW). */
+  readonly policy: RoundPolicy;
   readonly roundTimeoutMs: number;
   readonly abortSignal?: AbortSignal;
   readonly onRejected?: (code: string, reason: string) => void;
@@ -82,8 +90,8 @@ export interface SecureRoundContext {
 
 export interface SecureRoundOutcome {
   readonly record: SecureRoundRecord;
-  readonly completed: string[];
-  readonly slowestTrainMs: number;
+  /** The engine state the round ended in (phase finish or aborted). */
+  readonly state: RoundState;
 }
 
 /** The parameters for a round of n participants: defaults for n, overridden by what the job set. */
@@ -121,11 +129,20 @@ export function dropoutPlan(
   return plan;
 }
 
+/**
+ * Drives the secure round's steps over the transport. The engine (core/round/engine.ts) fixes each survivor set,
+ * each step's deadline and when the round aborts; the SecAggServer does the crypto.
+ */
 export async function runSecureRound(
   ctx: SecureRoundContext,
   opts: SecureAggregationOptions,
 ): Promise<SecureRoundOutcome> {
-  const { transport, jobId, round } = ctx;
+  const { transport } = ctx;
+  let state = ctx.state;
+  const { jobId, round } = state;
+  const sa0 = state.secagg;
+  if (!sa0)
+    throw new FlotillaError("E_SECAGG_STATE", "a secure round's state has no secure-aggregation part");
   const participants = ctx.instructions.map((i) => i.deviceId);
   const params = secAggParamsFor(participants.length, opts);
   const bytes: Record<string, { up: number; down: number }> = {};
@@ -141,27 +158,33 @@ export async function runSecureRound(
   const server = new SecAggServer({ jobId, round }, params, participants, {
     length: ctx.numValues,
     identityKey: (id) => opts.identityKey(id),
+    graphSeed: new Uint8Array(Buffer.from(sa0.graphSeed, "base64url")),
   });
-  const completed: string[] = [];
   /** Each masked input's report (sample count, loss, accuracy), in arrival order; the included ones go with the sum. */
   const reports = new Map<string, UpdateReport>();
   let slowestTrainMs = 0;
-  const fail = (deviceId: string, code: string, reason: string) => {
-    ctx.failures.push({ deviceId, code, reason });
-    ctx.onDeviceDone?.(deviceId, false);
+  /** Why each device left the protocol at the current step (the engine keeps the first reason). */
+  let lost: Record<string, LostDevice> = {};
+  const fail = (deviceId: string, step: SecAggStep, code: string, reason: string) => {
+    lost[deviceId] ??= { step, code, reason };
   };
+  const apply = (event: RoundEvent): void => {
+    state = step(state, event, ctx.policy).state;
+  };
+  const phase = () => state.secagg?.phase;
 
   /**
-   * Sends each device its frame for `step` and collects the answers until every one arrived, the deadline passed
-   * or the job was aborted. Answers go to `onAnswer`; a device that throws there, sends a failure frame, or does
-   * not answer is a dropout at this step.
+   * Sends each device its frame for `step` and collects the answers until every one arrived, the step's deadline
+   * (the engine's) passed or the job was aborted. Answers go to `onAnswer`; a device that throws there, sends a
+   * failure frame, or does not answer is a dropout at this step.
    */
   const exchange = async (
     step: SecAggStep,
     frames: Map<string, Uint8Array>,
-    timeoutMs: number,
     onAnswer: (deviceId: string, frame: SecAggFrame) => void,
   ): Promise<void> => {
+    const timeoutMs = Math.max(0, (state.secagg?.stepDeadline ?? 0) - Date.now());
+    lost = {};
     const pending = new Set(frames.keys());
     const answered = new Set<string>();
     let timer: NodeJS.Timeout | undefined;
@@ -199,19 +222,20 @@ export async function runSecureRound(
         if (vanished(id, step)) {
           // Simulated: the answer is lost with the device. The server stops waiting for it at once, as it would
           // on the hub's disconnect notice, so simulated dropouts don't stall a round until its deadline.
+          fail(id, step, "E_SECAGG_DROPOUT", "the device vanished (simulated dropout)");
           check();
           return;
         }
         if (msg.type === "failure") {
-          fail(id, msg.code, msg.reason);
+          fail(id, step, msg.code, msg.reason);
         } else if (msg.type !== "secagg" || msg.step !== step) {
-          fail(id, "E_PROTO_TYPE", `expected a secure-aggregation '${step}' answer, got '${msg.type}'`);
+          fail(id, step, "E_PROTO_TYPE", `expected a secure-aggregation '${step}' answer, got '${msg.type}'`);
         } else {
           try {
             onAnswer(id, msg);
             answered.add(id);
           } catch (e) {
-            fail(id, errorCode(e), errorMessage(e));
+            fail(id, step, errorCode(e), errorMessage(e));
             ctx.onRejected?.(errorCode(e), errorMessage(e));
           }
         }
@@ -226,7 +250,7 @@ export async function runSecureRound(
         await transport.send(id, frame);
       } catch (e) {
         pending.delete(id);
-        fail(id, errorCode(e), errorMessage(e));
+        fail(id, step, errorCode(e), errorMessage(e));
       }
     }
     check();
@@ -237,86 +261,111 @@ export async function runSecureRound(
     for (const id of frames.keys()) {
       if (answered.has(id)) continue;
       dropouts[step].push(id);
-      if (pending.has(id))
-        fail(id, "E_SECAGG_DROPOUT", `no answer to secure-aggregation step '${step}' before its deadline`);
+      fail(
+        id,
+        step,
+        "E_SECAGG_DROPOUT",
+        `no answer to secure-aggregation step '${step}' before its deadline`,
+      );
     }
   };
   const down = (deviceId: string, step: SecAggStep, body: unknown): Uint8Array =>
     encodeMessage({ type: "secagg", step, direction: "down", jobId, round, deviceId, body });
+  const mapFrames = (reqs: Map<string, unknown>, step: SecAggStep) =>
+    new Map([...reqs].map(([id, body]) => [id, down(id, step, body)]));
+  /** Reports the closed step's survivors to the engine; false when it aborted the round. */
+  const finished = (
+    s: SecAggStep,
+    survivors: Iterable<string>,
+    extra: { params?: SecAggParams } = {},
+  ): boolean => {
+    apply({
+      type: "stepFinished",
+      step: s,
+      survivors: [...survivors],
+      lost,
+      now: Date.now(),
+      ...(extra.params ? { params: extra.params, roster: participants } : {}),
+    });
+    if (phase() !== "aborted") return true;
+    server.abort(state.secagg?.error?.message ?? "aborted");
+    return false;
+  };
 
-  const run = async (): Promise<SecAggResultLike | { aborted: { code: string; reason: string } }> => {
+  const run = async (): Promise<SecAggResultLike | undefined> => {
     try {
-      // Step 1: train, then advertise keys.
+      // Step 1: train, then advertise keys (due by the round's training deadline).
       const trainFrames = new Map(ctx.instructions.map((ins) => [ins.deviceId, ctx.trainFrame(ins)]));
-      await exchange("advertise", trainFrames, ctx.roundTimeoutMs, (_id, f) =>
+      await exchange("advertise", trainFrames, (_id, f) =>
         server.addAdvertisement(f.body as KeyAdvertisement),
       );
       // Step 2: relay neighbours' keys; collect encrypted shares.
       const shareReqs = server.closeAdvertise();
-      await exchange("share", mapFrames(shareReqs, "share"), opts.stepTimeoutMs, (_id, f) =>
+      if (!finished("advertise", shareReqs.keys(), { params })) return undefined;
+      await exchange("share", mapFrames(shareReqs, "share"), (_id, f) =>
         server.addShares(f.body as ShareKeysResponse),
       );
       // Step 3: deliver shares; collect masked inputs (streamed into the ring sum at once).
       const maskReqs = server.closeShares();
-      await exchange("mask", mapFrames(maskReqs, "mask"), opts.stepTimeoutMs, (id, f) => {
+      if (!finished("share", maskReqs.keys())) return undefined;
+      await exchange("mask", mapFrames(maskReqs, "mask"), (id, f) => {
         if (!f.masked) throw new FlotillaError("E_SECAGG_INPUT", `masked input from '${id}' has no vector`);
         server.addMaskedInput({ jobId, round, deviceId: id, masked: f.masked });
         const m = f.metrics;
         reports.set(id, { numSamples: f.numSamples ?? 0, loss: m?.loss, accuracy: m?.accuracy });
         if (m && Number.isFinite(m.trainMs)) slowestTrainMs = Math.max(slowestTrainMs, m.trainMs);
       });
-      const masked = participants.filter(
-        (id) =>
-          !dropouts.advertise.includes(id) && !dropouts.share.includes(id) && !dropouts.mask.includes(id),
-      ).length;
-      if (ctx.minIncluded && masked < ctx.minIncluded) {
-        const reason =
-          `${masked} masked input(s), fewer than the ${ctx.minIncluded} the distributed DP noise is calibrated ` +
-          `for: nothing is unmasked`;
-        server.abort(reason);
-        return { aborted: { code: "E_DP_TOO_FEW", reason } };
-      }
+      // The engine checks the masked inputs against distributed DP's n' before the server prepares unmasking.
+      if (!finished("mask", reports.keys())) return undefined;
       // Step 4: ask survivors for the shares that remove the masks.
       const unmaskReqs = server.closeMasked();
-      await exchange("unmask", mapFrames(unmaskReqs, "unmask"), opts.stepTimeoutMs, (_id, f) =>
+      apply({ type: "survivorsRevised", step: "mask", survivors: [...unmaskReqs.keys()] });
+      if (phase() === "aborted") return undefined;
+      await exchange("unmask", mapFrames(unmaskReqs, "unmask"), (_id, f) =>
         server.addUnmaskResponse(f.body as UnmaskResponse),
       );
-      return server.finish();
+      const result = server.finish();
+      finished("unmask", result.included);
+      return result;
     } catch (e) {
-      if (isFlotillaError(e) && e.code.startsWith("E_SECAGG_"))
-        return { aborted: { code: e.code, reason: e.message } };
+      if (isFlotillaError(e) && e.code.startsWith("E_SECAGG_")) {
+        // The server aborted (too few survivors for its threshold): the step's losses go with the abort.
+        apply({ type: "aborted", code: e.code, message: e.message, lost });
+        return undefined;
+      }
       throw e;
     }
   };
 
-  const mapFrames = (reqs: Map<string, unknown>, step: SecAggStep) =>
-    new Map([...reqs].map(([id, body]) => [id, down(id, step, body)]));
-
   const result = await run();
   let record: SecureRoundRecord;
-  if ("aborted" in result) {
-    record = { params, dropouts, included: [], unmaskMs: 0, bytesPerDevice: bytes, aborted: result.aborted };
-    for (const id of participants) ctx.onDeviceDone?.(id, false);
-  } else {
-    const included = new Set(result.included);
-    ctx.aggregation.addAggregate({
-      deviceIds: result.included,
-      totalSamples: result.totalWeight,
-      mean: result.mean,
-      reports: [...reports].filter(([id]) => included.has(id)).map(([, r]) => r),
-    });
-    completed.push(...result.included);
-    for (const id of result.included) ctx.onDeviceDone?.(id, true);
+  const included = result ? [...result.included] : [];
+  if (!result) {
+    const error = state.secagg?.error ?? { code: "E_SECAGG_ABORTED", message: "aborted" };
     record = {
       params,
       dropouts,
-      included: [...result.included],
-      unmaskMs: result.unmaskMs,
+      included: [],
+      unmaskMs: 0,
       bytesPerDevice: bytes,
+      aborted: { code: error.code, reason: error.message },
     };
+  } else {
+    const inSum = new Set(included);
+    ctx.closer.secure({
+      included,
+      totalWeight: result.totalWeight,
+      mean: result.mean,
+      reports: [...reports].filter(([id]) => inSum.has(id)).map(([, r]) => r),
+      slowestTrainMs,
+    });
+    record = { params, dropouts, included, unmaskMs: result.unmaskMs, bytesPerDevice: bytes };
   }
+  // Every participant not in the sum fails with the reason the engine recorded (core/round/engine.ts).
+  for (const f of secAggFailures(state, included)) ctx.closer.fail(f.deviceId, f.code, f.reason);
+  for (const id of participants) ctx.onDeviceDone?.(id, included.includes(id));
   if (plan.size > 0) record = { ...record, simulatedDropouts: Object.fromEntries(plan) };
-  return { record, completed, slowestTrainMs };
+  return { record, state };
 }
 
 interface SecAggResultLike {

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { encodeTensor, type CompressionSpec } from "../compress";
 import { FlotillaError, errorCode, errorMessage } from "../errors";
 import type { EncodedTensor } from "../compress/api";
@@ -7,6 +7,8 @@ import type { ServerTransport } from "../protocol/transport";
 import type { DifferentialPrivacy, DpRoundRecord } from "../privacy/dp";
 import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
 import type { FitFailure, Strategy } from "../strategies/strategy";
+import { RoundCloser } from "./close";
+import { openRound, step, type RoundEvent } from "./engine";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
 
@@ -74,9 +76,10 @@ export interface JobOptions {
 }
 
 /**
- * Drives a federated job: each round the strategy picks participants, the engine sends them the global model
- * through the transport, streams their updates into the strategy's aggregation as they arrive, and closes the round
- * when all have answered or the deadline passes (partial participation is part of the contract).
+ * Drives a federated job in-process: each round the strategy picks participants, this driver sends them the global
+ * model through the transport, streams their updates into the close routine (core/round/close.ts) as they arrive,
+ * and the round engine (core/round/engine.ts) closes the round when all have answered or the deadline passes
+ * (partial participation is part of the contract).
  * The job stops as soon as the global model is not finite (before round 1, or after any round): `onDiverged` says
  * which round and why. Every later round would train from that model, so none can help.
  */
@@ -103,6 +106,11 @@ export async function runJob(
   return records;
 }
 
+/**
+ * One round, driven in-process: the engine (core/round/engine.ts) holds the round's state and says when it closes;
+ * this driver moves its frames over the transport, streams each update into the close routine
+ * (core/round/close.ts) as it arrives, and builds the round's record.
+ */
 export async function runRound(
   strategy: Strategy,
   transport: ServerTransport,
@@ -129,7 +137,18 @@ export async function runRound(
         current: global,
       })
     : inner;
+  const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
+  let state = openRound({
+    jobId: opts.jobId,
+    round,
+    participants: instructions.map((i) => ({ deviceId: i.deviceId, config: i.config })),
+    now: Date.now(),
+    deadline,
+    modelSha256: modelHash,
+    ...(opts.secureAggregation ? { secagg: { graphSeed: randomBytes(32).toString("base64url") } } : {}),
+    ...(opts.dp ? { dp: { clip: opts.dp.clip, ...(dpOrder ? { order: dpOrder } : {}) } } : {}),
+  });
   const trainFrame = (ins: (typeof instructions)[number], secagg?: true) =>
     encodeMessage({
       type: "train",
@@ -146,17 +165,17 @@ export async function runRound(
     });
 
   if (opts.secureAggregation) {
-    const failures: FitFailure[] = [];
     const out = await runSecureRound(
       {
         transport,
-        jobId: opts.jobId,
-        round,
+        state,
+        closer,
         instructions,
-        aggregation,
-        failures,
         numValues: global.length + (opts.dp?.extraSecureValues() ?? 0),
-        minIncluded: opts.dp?.minSurvivors,
+        policy: {
+          secagg: { stepMs: opts.secureAggregation.stepTimeoutMs, minSurvivors: 0 },
+          dpMinSurvivors: opts.dp?.minSurvivors,
+        },
         roundTimeoutMs: opts.roundTimeoutInMs,
         abortSignal: opts.abortSignal,
         onRejected: opts.events?.onRejected,
@@ -165,32 +184,30 @@ export async function runRound(
       },
       opts.secureAggregation,
     );
-    return closeRound(strategy, transport, aggregation, opts, {
-      round,
+    return closeRound(strategy, transport, closer, opts, {
       participants,
-      completed: out.completed,
-      failures,
       t0,
       up0,
       down0,
-      slowestTrainMs: out.slowestTrainMs,
       secagg: out.record,
     });
   }
-  const pending = new Set(participants);
-  const failures: FitFailure[] = [];
-  const completed: string[] = [];
-  let slowestTrainMs = 0;
 
+  const advance = (event: RoundEvent): boolean => {
+    const r = step(state, event);
+    state = r.state;
+    return r.decisions.some((d) => d.type === "aggregate");
+  };
   let timer: NodeJS.Timeout | undefined;
   let off: () => void = () => {};
-  let finishIfDone: () => void = () => {};
-  const onAbort = () => finishIfDone();
+  let close: () => void = () => {};
+  const onAbort = () => close();
   const done = new Promise<void>((resolve) => {
-    finishIfDone = () => {
-      if (pending.size === 0 || opts.abortSignal?.aborted) resolve();
-    };
-    timer = setTimeout(resolve, opts.roundTimeoutInMs);
+    close = resolve;
+    // The engine closes the round at its deadline; the timer only wakes it then.
+    timer = setTimeout(() => {
+      if (advance({ type: "tick", now: Math.max(Date.now(), state.deadline) })) close();
+    }, opts.roundTimeoutInMs);
     opts.abortSignal?.addEventListener("abort", onAbort, { once: true });
     off = transport.onMessage((frame) => {
       let msg: DeviceMessage;
@@ -205,42 +222,37 @@ export async function runRound(
         opts.events?.onRejected?.(errorCode(e), errorMessage(e));
         return;
       }
-      if (msg.jobId !== opts.jobId || msg.round !== round || !pending.has(msg.deviceId)) {
+      const expected =
+        msg.jobId === opts.jobId &&
+        msg.round === round &&
+        state.status === "open" &&
+        participants.includes(msg.deviceId) &&
+        state.received[msg.deviceId] === undefined;
+      if (!expected) {
         opts.events?.onRejected?.(
           "E_PROTO_STALE",
           `update from '${msg.deviceId}' for job ${msg.jobId} round ${msg.round} is not expected (late or duplicate)`,
         );
         return;
       }
-      pending.delete(msg.deviceId);
+      const now = Date.now();
+      const update = {
+        updateId: `${msg.deviceId}/${round}`,
+        kind: msg.type,
+        bytes: frame.byteLength,
+        at: now,
+        ...(msg.type === "failure" ? { code: msg.code, reason: msg.reason } : { numSamples: msg.numSamples }),
+      } as const;
+      advance({ type: "updateReceived", deviceId: msg.deviceId, update });
       if (msg.type === "failure") {
-        failures.push({ deviceId: msg.deviceId, code: msg.code, reason: msg.reason });
+        closer.fail(msg.deviceId, msg.code, msg.reason);
         opts.events?.onDeviceDone?.(round, msg.deviceId, false);
       } else {
-        try {
-          if (msg.layoutHash !== opts.layout.hash) {
-            throw new FlotillaError(
-              "E_MODEL_LAYOUT",
-              `update from '${msg.deviceId}' has another weight layout`,
-            );
-          }
-          aggregation.add({
-            deviceId: msg.deviceId,
-            numSamples: msg.numSamples,
-            delta: msg.delta,
-            metrics: msg.metrics,
-            ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
-          });
-          completed.push(msg.deviceId);
-          slowestTrainMs = Math.max(slowestTrainMs, msg.metrics.trainMs);
-          opts.events?.onDeviceDone?.(round, msg.deviceId, true);
-        } catch (e) {
-          failures.push({ deviceId: msg.deviceId, code: errorCode(e), reason: errorMessage(e) });
-          opts.events?.onRejected?.(errorCode(e), errorMessage(e));
-          opts.events?.onDeviceDone?.(round, msg.deviceId, false);
-        }
+        const refused = closer.update(msg);
+        if (refused) opts.events?.onRejected?.(refused.code, refused.reason);
+        opts.events?.onDeviceDone?.(round, msg.deviceId, refused === undefined);
       }
-      finishIfDone();
+      if (advance({ type: "tick", now })) close();
     });
   });
 
@@ -249,67 +261,57 @@ export async function runRound(
     try {
       await transport.send(ins.deviceId, frame);
     } catch (e) {
-      pending.delete(ins.deviceId);
-      failures.push({ deviceId: ins.deviceId, code: errorCode(e), reason: errorMessage(e) });
+      closer.fail(ins.deviceId, errorCode(e), errorMessage(e));
+      advance({
+        type: "updateReceived",
+        deviceId: ins.deviceId,
+        update: { updateId: "", kind: "failure", bytes: 0, at: Date.now(), code: errorCode(e) },
+      });
     }
   }
-  finishIfDone();
+  advance({ type: "dispatched" });
+  if (advance({ type: "tick", now: Date.now() }) || opts.abortSignal?.aborted) close();
   await done;
   clearTimeout(timer);
   off();
   opts.abortSignal?.removeEventListener("abort", onAbort);
-  for (const id of pending) {
-    failures.push({ deviceId: id, code: "E_ROUND_TIMEOUT", reason: `no update before the round deadline` });
-  }
-  return closeRound(strategy, transport, aggregation, opts, {
-    round,
-    participants,
-    completed,
-    failures,
-    t0,
-    up0,
-    down0,
-    slowestTrainMs,
-  });
+  return closeRound(strategy, transport, closer, opts, { participants, t0, up0, down0 });
 }
 
-/** Produces the next global model, evaluates it, and builds the round's record. */
+/**
+ * Closes the round (core/round/close.ts: the devices that sent nothing fail with E_ROUND_TIMEOUT, the aggregation
+ * gives the next model and the training metrics), installs the model, evaluates it and builds the round's record.
+ */
 async function closeRound(
   strategy: Strategy,
   transport: ServerTransport,
-  aggregation: ReturnType<Strategy["beginAggregate"]>,
+  closer: RoundCloser,
   opts: JobOptions,
   r: {
-    round: number;
     participants: string[];
-    completed: string[];
-    failures: FitFailure[];
     t0: number;
     up0: number;
     down0: number;
-    slowestTrainMs: number;
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
-  // The strategy's metrics are the round's training metrics (core/strategies/metrics.ts: the sample-weighted
-  // loss of the aggregated updates; a device that withholds its loss under distributed or local DP sends null).
-  const { weights: next, metrics: train } = aggregation.finish(r.failures);
-  if (next !== strategy.weights) strategy.weights.set(next);
+  const out = closer.finish(r.participants);
+  if (out.weights !== strategy.weights) strategy.weights.set(out.weights);
   const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
   return {
-    round: r.round,
+    round: out.round,
     participants: r.participants,
-    completed: r.completed,
-    failures: r.failures,
+    completed: [...out.completed],
+    failures: [...out.failures],
     accuracy: metrics.accuracy,
     loss: metrics.loss,
-    trainLoss: train.trainLoss,
-    trainAccuracy: train.trainAccuracy,
+    trainLoss: out.metrics.trainLoss,
+    trainAccuracy: out.metrics.trainAccuracy,
     uplinkBytes: transport.stats.uplinkBytes - r.up0,
     downlinkBytes: transport.stats.downlinkBytes - r.down0,
     durationMs: performance.now() - r.t0,
-    slowestTrainMs: r.slowestTrainMs,
+    slowestTrainMs: out.slowestTrainMs,
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(opts.dp && dp ? { dp } : {}),
   };

@@ -34,17 +34,13 @@ import { createHash } from "node:crypto";
 import { parseCompression } from "../../../core/compress";
 import { exportOnnx } from "../../../core/export/onnx";
 import { decodeMessage } from "../../../core/protocol/messages";
+import { RoundCloser, type RoundOutcome } from "../../../core/round/close";
+import { openRound as newRound, step as engineStep, type RoundEvent } from "../../../core/round/engine";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
 import { createStrategy } from "../../../core/strategies/registry";
 import { decodeStrategyState, encodeStrategyState } from "../../../core/strategies/state";
-import type {
-  ClientInfo,
-  FitFailure,
-  RoundMetrics,
-  Strategy,
-  StrategyOptions,
-} from "../../../core/strategies/strategy";
+import type { ClientInfo, RoundMetrics, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import { modelLayout } from "../../../core/engine/plan";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
@@ -61,12 +57,11 @@ import {
 } from "./jobs/state";
 import type { AggregatorServices } from "./services";
 import { dispatchRound, pool, releaseDevices } from "./dispatch";
-import { initialSecAggState, secAggRecord, SecureRounds } from "./secure-round";
+import { initialSecAggState, roundPolicy, secAggRecord, SecureRounds } from "./secure-round";
 import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
-import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { JobDpState } from "./jobs/state";
 
 export interface TickReport {
@@ -205,7 +200,10 @@ export class Orchestrator {
         let st = await this.repo.getRound(jobId, r);
         if (st && st.status === "open" && st.paused) st = await this.resumeRound(job, st, now, actions);
         if (st && st.status === "open") {
-          if (!st.dispatched) {
+          // What the engine says is due now: the orders (not sent yet), closing a plain round (every participant
+          // answered, or its deadline passed); a secure round's steps are secure-round.ts's to carry out.
+          const due = engineStep(st, { type: "tick", now }, roundPolicy(job.definition)).decisions;
+          if (due.some((x) => x.type === "sendOrders")) {
             st = await this.dispatch(job, st);
             actions.push(`dispatched round ${r}`);
           }
@@ -213,10 +211,8 @@ export class Orchestrator {
             st = await this.secure.advance(job, st, actions);
             if (st.status === "open") return;
           } else {
-            if (!this.shouldClose(st, now)) return;
-            st = await this.repo.updateRound(jobId, r, (cur) =>
-              cur.status === "open" ? { ...cur, status: "closing" } : undefined,
-            );
+            if (!due.some((x) => x.type === "aggregate")) return;
+            st = (await this.apply(st, { type: "tick", now })) ?? (await this.repo.getRound(jobId, r));
           }
         }
         if (st && st.status === "closing") {
@@ -260,11 +256,9 @@ export class Orchestrator {
     const d = job.definition;
     const r = job.currentRound;
     if (job.status !== "stopped" || r < 1) return;
-    const st = await this.repo.updateRound(d.jobId, r, (cur) =>
-      cur.status !== "open" || cur.paused
-        ? undefined
-        : { ...cur, paused: { at: now, devicesReleased: false } },
-    );
+    const cur = await this.repo.getRound(d.jobId, r);
+    if (!cur) return;
+    const st = (await this.apply(cur, { type: "paused", now })) ?? (await this.repo.getRound(d.jobId, r));
     if (!st || st.status !== "open" || !st.paused || st.paused.devicesReleased) return;
     const { fleet, log } = this.services;
     let told = 0;
@@ -281,11 +275,7 @@ export class Orchestrator {
       if (cleared) told++;
     });
     await pool(work, this.concurrency);
-    await this.repo.updateRound(d.jobId, r, (cur) =>
-      cur.paused && !cur.paused.devicesReleased
-        ? { ...cur, paused: { ...cur.paused, devicesReleased: true } }
-        : undefined,
-    );
+    await this.apply(st, { type: "devicesReleased" });
     actions.push(
       `paused round ${r}: ${told}/${st.participants.length} trainer twins cleared, abortRound sent`,
     );
@@ -305,17 +295,7 @@ export class Orchestrator {
     now: number,
     actions: string[],
   ): Promise<RoundState | undefined> {
-    const next = await this.repo.updateRound(job.definition.jobId, st.round, (cur) => {
-      if (!cur.paused) return undefined;
-      const shift = Math.max(0, now - cur.paused.at);
-      const { paused, ...rest } = cur;
-      return {
-        ...rest,
-        deadline: cur.deadline + shift,
-        dispatched: paused.devicesReleased ? false : cur.dispatched,
-        ...(cur.secagg ? { secagg: { ...cur.secagg, stepDeadline: cur.secagg.stepDeadline + shift } } : {}),
-      };
-    });
+    const next = await this.apply(st, { type: "resumed", now }, job);
     actions.push(`resumed round ${st.round}`);
     return next;
   }
@@ -382,9 +362,16 @@ export class Orchestrator {
     return dp;
   }
 
-  private shouldClose(st: RoundState, now: number): boolean {
-    const answered = st.participants.filter((p) => st.received[p.deviceId] !== undefined).length;
-    return answered >= st.participants.length || now >= st.deadline;
+  /**
+   * Applies one engine event (core/round/engine.ts) to the persisted round state with a conditional write; undefined
+   * when it changed nothing (or the round is gone).
+   */
+  private apply(st: RoundState, event: RoundEvent, job?: JobDocument): Promise<RoundState | undefined> {
+    const policy = job ? roundPolicy(job.definition) : undefined;
+    return this.repo.updateRound(st.jobId, st.round, (cur) => {
+      const next = engineStep(cur, event, policy).state;
+      return next === cur ? undefined : next;
+    });
   }
 
   /** Publishes the initial model (round 0) once. */
@@ -508,10 +495,10 @@ export class Orchestrator {
       }
       const order = dp?.deviceOrder(d.secureAggregation !== undefined);
       const declared = new Map(available.map((a) => [a.deviceId, a.numSamples]));
-      const fresh: RoundState = {
+      const deadline = now + d.roundDeadlineSeconds * 1000;
+      const fresh: RoundState = newRound({
         jobId: d.jobId,
         round,
-        status: "open",
         participants: picks.map((p) => {
           const n = declared.get(p.deviceId);
           return {
@@ -520,14 +507,12 @@ export class Orchestrator {
             ...(n !== undefined ? { declaredSamples: n } : {}),
           };
         }),
-        received: {},
-        openedAt: now,
-        deadline: now + d.roundDeadlineSeconds * 1000,
+        now,
+        deadline,
         modelSha256: meta.sha256,
-        dispatched: false,
-        ...(d.secureAggregation ? { secagg: initialSecAggState(now + d.roundDeadlineSeconds * 1000) } : {}),
+        ...(d.secureAggregation ? { secagg: { graphSeed: initialSecAggState(deadline).graphSeed } } : {}),
         ...(dp ? { dp: { clip: dp.clip, ...(order ? { order } : {}) } } : {}),
-      };
+      });
       st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
       if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
       actions.push(`opened round ${round} with ${st.participants.length} participants`);
@@ -545,9 +530,7 @@ export class Orchestrator {
   /** Sends every participant its round order (dispatch.ts); then marks the round dispatched. */
   private async dispatch(job: JobDocument, st: RoundState): Promise<RoundState> {
     await dispatchRound(this.services, this.repo, job, st, this.concurrency);
-    const next = await this.repo.updateRound(job.definition.jobId, st.round, (cur) =>
-      cur.dispatched ? undefined : { ...cur, dispatched: true },
-    );
+    const next = await this.apply(st, { type: "dispatched" });
     return next ?? { ...st, dispatched: true };
   }
 
@@ -596,93 +579,126 @@ export class Orchestrator {
     }
   }
 
+  /**
+   * Closes a round with core's close routine (core/round/close.ts): a plain round streams each stored update
+   * through it one at a time (sample counts bounded by the job's policy); a secure round unmasks (secure-round.ts)
+   * and adds the mean of the included devices as one aggregate — or, aborted (too few survivors at any step),
+   * adds nothing and keeps the model (`failed`, with the abort's code). Then publishes the model with the
+   * strategy's state and records the round.
+   */
   private async closeRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
-    if (st.secagg) return this.closeSecureRound(job, st, now);
     const d = job.definition;
     const { strategy, reset } = await this.strategyAt(job, st.round - 1);
     const dp = this.dpForRound(job, st);
-    const agg = this.aggregation(job, st, strategy, dp);
-    const failures: FitFailure[] = [];
+    const closer = new RoundCloser({
+      round: st.round,
+      aggregation: this.aggregation(job, st, strategy, dp),
+      samplePolicy: d,
+      log: (line) => this.services.log(`round ${d.jobId}/${st.round}: ${line}`),
+    });
     let bytes = 0;
-    let clipped = 0;
-    let rejected = 0;
-    for (const p of st.participants) {
-      const rec = st.received[p.deviceId];
-      if (!rec) {
-        failures.push({
-          deviceId: p.deviceId,
-          code: "E_ROUND_TIMEOUT",
-          reason: "no update before the deadline",
-        });
-        continue;
-      }
-      bytes += rec.bytes;
-      if (rec.kind === "failure") {
-        failures.push({
-          deviceId: p.deviceId,
-          code: rec.code ?? "E_DEVICE",
-          reason: rec.reason ?? "device failure",
-        });
-        continue;
-      }
-      const blob = await this.services.store.get(paths.update(d.jobId, st.round, p.deviceId));
-      if (!blob) {
-        failures.push({ deviceId: p.deviceId, code: "E_ROUND_MISSING", reason: "stored update is missing" });
-        continue;
-      }
-      try {
-        const msg = decodeMessage(blob.bytes);
-        if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
-        const weight = boundSamples(d, p.deviceId, p.declaredSamples, msg.numSamples);
-        if (weight.outcome !== "ok") {
-          this.services.log(`round ${d.jobId}/${st.round}: sample count ${weight.outcome}: ${weight.reason}`);
-        }
-        if (weight.outcome === "rejected") {
-          rejected++;
-          failures.push({ deviceId: p.deviceId, code: E_ROUND_SAMPLES, reason: weight.reason });
+    let secagg: RoundRecord["secagg"];
+    let abortError: { code: string; message: string } | undefined;
+    if (st.secagg) {
+      ({ secagg, bytes, abortError } = await this.closeSecure(job, st, closer));
+    } else {
+      for (const p of st.participants) {
+        const rec = st.received[p.deviceId];
+        if (!rec) {
+          closer.fail(p.deviceId, "E_ROUND_TIMEOUT", "no update before the deadline");
           continue;
         }
-        if (weight.outcome === "clipped") clipped++;
-        agg.add({
-          deviceId: p.deviceId,
-          numSamples: weight.numSamples,
-          delta: msg.delta,
-          metrics: msg.metrics,
-          ...(msg.dpClipBit !== undefined ? { dpClipBit: msg.dpClipBit } : {}),
-        });
-      } catch (e) {
-        const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
-        failures.push({ deviceId: p.deviceId, code, reason: (e as Error).message });
+        bytes += rec.bytes;
+        if (rec.kind === "failure") {
+          closer.fail(p.deviceId, rec.code ?? "E_DEVICE", rec.reason ?? "device failure");
+          continue;
+        }
+        const blob = await this.services.store.get(paths.update(d.jobId, st.round, p.deviceId));
+        if (!blob) {
+          closer.fail(p.deviceId, "E_ROUND_MISSING", "stored update is missing");
+          continue;
+        }
+        try {
+          const msg = decodeMessage(blob.bytes);
+          if (msg.type !== "result") throw new Error(`stored frame is a ${msg.type}`);
+          closer.update(msg, p.declaredSamples);
+        } catch (e) {
+          const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
+          closer.fail(p.deviceId, code, (e as Error).message);
+        }
       }
     }
-    const completed = agg.count;
-    const { weights: next, metrics } = agg.finish(failures);
-    const diverged = nonFiniteModelReason(next, st.round);
-    if (diverged !== undefined) {
+    const out = closer.finish(st.participants.map((p) => p.deviceId));
+    if (out.diverged !== undefined) {
       this.strategies.delete(d.jobId);
-      throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
+      throw new FlotillaError(DIVERGED, `${out.diverged} (not published)`);
     }
-    const meta = await this.publishModel(job, st.round, next, now, strategy);
+    const meta = await this.publishModel(job, st.round, out.weights, now, strategy);
     this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
-    const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
-    const record: RoundRecord = {
-      round: st.round,
-      status: completed > 0 ? "aggregated" : "failed",
-      participants: st.participants.length,
-      completed,
-      failures,
-      ...trainMetrics(metrics),
-      bytesReceived: bytes,
-      durationMs: now - st.openedAt,
-      belowQuorum: completed < quorum,
+    const record = roundRecord(job, st, {
+      outcome: out,
+      bytes,
+      now,
       modelSha256: meta.sha256,
       optimizerStateReset: reset,
-      closedAt: now,
-      sampleCountClipped: clipped,
-      sampleCountRejected: rejected,
-      ...(dp?.lastRound ? { dp: dp.lastRound } : {}),
-    };
+      ...(abortError ? { code: abortError.code } : {}),
+      ...(secagg ? { secagg } : {}),
+      ...(dp?.lastRound
+        ? {
+            dp: abortError
+              ? { ...dp.lastRound, reason: `${abortError.code}: ${abortError.message}` }
+              : dp.lastRound,
+          }
+        : {}),
+    });
     await this.recordRound(job, st, record, dp);
+  }
+
+  /**
+   * A secure round's part of closing: unmasks (secure-round.ts; an abort then is recorded in the round state
+   * through the engine), fails every participant not in the sum with the reason it was lost, and adds the sum.
+   */
+  private async closeSecure(
+    job: JobDocument,
+    st: RoundState,
+    closer: RoundCloser,
+  ): Promise<{
+    secagg: RoundRecord["secagg"];
+    bytes: number;
+    abortError?: { code: string; message: string };
+  }> {
+    const d = job.definition;
+    let result: SecAggResult | undefined;
+    let abortError: { code: string; message: string } | undefined = st.secagg?.error;
+    if (!abortError) {
+      try {
+        result = await this.secure.finish(job, st);
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code !== "E_SECAGG_ABORTED") throw e;
+        abortError = { code, message: (e as Error).message };
+        this.services.log(`secagg ${d.jobId}/${st.round}: unmasking aborted: ${abortError.message}`);
+      }
+    }
+    const sa = st.secagg!;
+    const aborted: RoundEvent | undefined = abortError && { type: "aborted", ...abortError };
+    const closed = aborted ? engineStep(st, aborted).state : st;
+    const { record: secagg, failures, bytes } = secAggRecord(closed, result);
+    for (const f of failures) closer.fail(f.deviceId, f.code, f.reason);
+    if (result) {
+      // The devices' reports (sample count, loss) came in the clear beside their masked inputs.
+      closer.secure({
+        included: result.included,
+        totalWeight: result.totalWeight,
+        mean: result.mean,
+        reports: result.included.map((id) => {
+          const m = sa.masked[id];
+          return { numSamples: m?.numSamples ?? 0, loss: m?.loss };
+        }),
+      });
+    }
+    if (aborted) await this.apply(st, aborted);
+    return { secagg, bytes, ...(abortError ? { abortError } : {}) };
   }
 
   /** The round's aggregation: the strategy's, wrapped by differential privacy when the job has it. */
@@ -703,97 +719,6 @@ export class Orchestrator {
   }
 
   /**
-   * Closes a secure round: unmasks (secure-round.ts), adds the mean of the included devices as one aggregate, and
-   * publishes the model. An aborted round (too few survivors at any step) keeps the model: `failed`, with code
-   * E_SECAGG_ABORTED, and nothing was unmasked.
-   */
-  private async closeSecureRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
-    const d = job.definition;
-    const { strategy, reset } = await this.strategyAt(job, st.round - 1);
-    let result: SecAggResult | undefined;
-    let abortError: { code: string; message: string } | undefined = st.secagg?.error;
-    if (!abortError) {
-      try {
-        result = await this.secure.finish(job, st);
-      } catch (e) {
-        const code = (e as { code?: string }).code;
-        if (code !== "E_SECAGG_ABORTED") throw e;
-        abortError = { code, message: (e as Error).message };
-        this.services.log(`secagg ${d.jobId}/${st.round}: unmasking aborted: ${abortError.message}`);
-      }
-    }
-    const sa = st.secagg!;
-    const closed: RoundState = abortError
-      ? { ...st, secagg: { ...sa, phase: "aborted", error: abortError } }
-      : st;
-    const { record: secagg, failures, bytes } = secAggRecord(closed, result);
-    const dp = this.dpForRound(job, st);
-    const agg = this.aggregation(job, st, strategy, dp);
-    if (result && result.included.length > 0) {
-      // The devices' reports (sample count, loss) came in the clear beside their masked inputs.
-      const reports = result.included.map((id) => {
-        const m = sa.masked[id];
-        return { numSamples: m?.numSamples ?? 0, loss: m?.loss };
-      });
-      try {
-        agg.addAggregate({
-          deviceIds: result.included,
-          totalSamples: result.totalWeight,
-          mean: result.mean,
-          reports,
-        });
-      } catch (e) {
-        // e.g. a non-finite mean: the round fails like any refused update, and the model is kept.
-        const code = (e as { code?: string }).code ?? "E_ROUND_UPDATE";
-        for (const id of result.included) failures.push({ deviceId: id, code, reason: (e as Error).message });
-      }
-    }
-    const completed = agg.count;
-    const { weights: next, metrics } = agg.finish(failures);
-    const diverged = nonFiniteModelReason(next, st.round);
-    if (diverged !== undefined) {
-      this.strategies.delete(d.jobId);
-      throw new FlotillaError(DIVERGED, `${diverged} (not published)`);
-    }
-    const meta = await this.publishModel(job, st.round, next, now, strategy);
-    this.strategies.set(d.jobId, { strategy, round: st.round, sha256: meta.sha256 });
-    const quorum = Math.ceil(d.minCompletedFraction * st.participants.length);
-    const record: RoundRecord = {
-      round: st.round,
-      status: completed > 0 ? "aggregated" : "failed",
-      participants: st.participants.length,
-      completed,
-      failures,
-      ...trainMetrics(metrics),
-      bytesReceived: bytes,
-      durationMs: now - st.openedAt,
-      belowQuorum: completed < quorum,
-      modelSha256: meta.sha256,
-      optimizerStateReset: reset,
-      closedAt: now,
-      ...(abortError ? { code: abortError.code } : {}),
-      sampleCountClipped: 0,
-      sampleCountRejected: failures.filter((f) => f.code === E_ROUND_SAMPLES).length,
-      secagg,
-      ...(dp?.lastRound
-        ? {
-            dp: abortError
-              ? { ...dp.lastRound, reason: `${abortError.code}: ${abortError.message}` }
-              : dp.lastRound,
-          }
-        : {}),
-    };
-    if (abortError && sa.phase !== "aborted") {
-      await this.repo.updateRound(d.jobId, st.round, (cur) =>
-        cur.secagg && cur.secagg.phase === "finish"
-          ? { ...cur, secagg: { ...cur.secagg, phase: "aborted", error: abortError } }
-          : undefined,
-      );
-    }
-    await this.recordRound(job, st, record, dp);
-  }
-
-  /**
    * Ends a job whose global model is not finite (`message` names the round): the round is recorded `failed` with
    * code E_MODEL_DIVERGED, the job `failed` with stopReason "diverged", in one write; nothing is published, so
    * devices never download the model (a DP job keeping on would only spend budget at chance accuracy).
@@ -809,19 +734,13 @@ export class Orchestrator {
     const stopMessage = `round ${st.round}: ${message}`;
     const orphans = await this.dropRoundChunks(d.jobId, st.round);
     const record: RoundRecord = {
-      round: st.round,
-      status: "failed",
-      participants: st.participants.length,
-      completed: 0,
-      failures: [],
-      trainLoss: null,
-      bytesReceived: Object.values(st.received).reduce((s, u) => s + u.bytes, 0),
-      durationMs: now - st.openedAt,
-      belowQuorum: true,
-      modelSha256: st.modelSha256,
-      optimizerStateReset: false,
-      closedAt: now,
-      code: DIVERGED,
+      ...roundRecord(job, st, {
+        bytes: Object.values(st.received).reduce((s, u) => s + u.bytes, 0),
+        now,
+        modelSha256: st.modelSha256,
+        optimizerStateReset: false,
+        code: DIVERGED,
+      }),
       orphanChunksDeleted: orphans,
     };
     await this.repo.updateJob(d.jobId, (cur) =>
@@ -836,9 +755,7 @@ export class Orchestrator {
             updatedAt: now,
           },
     );
-    await this.repo.updateRound(d.jobId, st.round, (cur) =>
-      cur.status === "closed" ? undefined : { ...cur, status: "closed" },
-    );
+    await this.apply(st, { type: "closed" });
     this.strategies.delete(d.jobId);
     await this.releaseQuantizers(job);
     actions.push(`failed: ${stopMessage}`);
@@ -870,14 +787,54 @@ export class Orchestrator {
         updatedAt: now,
       };
     });
-    await this.repo.updateRound(d.jobId, st.round, (cur) =>
-      cur.status === "closed" ? undefined : { ...cur, status: "closed" },
-    );
+    await this.apply(st, { type: "closed" });
     if (st.round >= d.rounds) await this.releaseQuantizers(job);
     this.services.log(
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
     );
   }
+}
+
+/**
+ * The job document's record of a round — the one builder for every way a round ends: closed with the outcome of
+ * core's close routine (core/round/close.ts), aborted (secure rounds, `code`), or diverged (no outcome: nothing was
+ * aggregated, `code` E_MODEL_DIVERGED).
+ */
+function roundRecord(
+  job: JobDocument,
+  st: RoundState,
+  r: {
+    outcome?: RoundOutcome;
+    bytes: number;
+    now: number;
+    modelSha256: string;
+    optimizerStateReset: boolean;
+    code?: string;
+    secagg?: RoundRecord["secagg"];
+    dp?: RoundRecord["dp"];
+  },
+): RoundRecord {
+  const o = r.outcome;
+  const completed = o ? o.completed.length : 0;
+  const quorum = Math.ceil(job.definition.minCompletedFraction * st.participants.length);
+  return {
+    round: st.round,
+    status: o?.status ?? "failed",
+    participants: st.participants.length,
+    completed,
+    failures: o ? [...o.failures] : [],
+    ...(o ? trainMetrics(o.metrics) : { trainLoss: null }),
+    bytesReceived: r.bytes,
+    durationMs: r.now - st.openedAt,
+    belowQuorum: o ? completed < quorum : true,
+    modelSha256: r.modelSha256,
+    optimizerStateReset: r.optimizerStateReset,
+    closedAt: r.now,
+    ...(r.code ? { code: r.code } : {}),
+    ...(o ? { sampleCountClipped: o.sampleCountClipped, sampleCountRejected: o.sampleCountRejected } : {}),
+    ...(r.secagg ? { secagg: r.secagg } : {}),
+    ...(r.dp ? { dp: r.dp } : {}),
+  };
 }
 
 /** The round record's training metrics (the strategy's, core/strategies/metrics.ts), in the record's JSON form. */

@@ -12,15 +12,14 @@
  *   finish     the masked inputs are streamed one at a time into the server's ring sum, the masks removed, and the
  *              mean handed to the strategy with RoundAggregation.addAggregate
  *
- * Each step after the advertisements has its own deadline (`stepSeconds`). A device the hub cannot reach is asked
- * again on the next tick until the deadline; a device that answers with an error status has refused (final). The
- * persisted round state (jobs/state.ts SecAggRoundState) records every receipt and each survivor set U1..U4 when
- * its step closes; the SecAggServer is kept in memory between ticks and, after a restart (or on another instance),
- * rebuilt by replaying the stored messages in order with the persisted graph seed, identity keys and parameters.
- * A step that leaves fewer survivors than the server's threshold or the job's `minSurvivors` aborts the round
- * (E_SECAGG_ABORTED) before anything is unmasked. With differential privacy's distributed placement a step that
- * leaves fewer than the noise's n' devices aborts it too (E_DP_TOO_FEW): the devices' noise shares would add up to
- * less than the accounted noise. Under DP every advertisement must carry weight 1 (equal weights), and with adaptive
+ * The phases themselves are the round engine's (core/round/engine.ts, the same machine the simulator drives): it
+ * says when a step is due to close (every survivor answered, or the step's `stepSeconds` deadline passed), fixes
+ * each survivor set U1..U4, and aborts the round when a step leaves fewer than the job's `minSurvivors`
+ * (E_SECAGG_ABORTED) or than distributed DP's n' (E_DP_TOO_FEW) before anything is unmasked. This file keeps only
+ * the IoT Hub side: calling the trainers' methods (a device the hub cannot reach is asked again on the next tick
+ * until the deadline; an error status is a refusal, final), storing their answers, and the SecAggServer, kept in
+ * memory between ticks and, after a restart (or on another instance), rebuilt by replaying the stored messages in
+ * order with the persisted graph seed, identity keys and parameters. Under DP every advertisement must carry weight 1 (equal weights), and with adaptive
  * clipping the masked vector has one value more than the model (the clip indicator).
  */
 import { randomBytes } from "node:crypto";
@@ -39,7 +38,24 @@ import type {
   UnmaskResponse,
 } from "../../../core/secagg/types";
 import type { SecAggOrder } from "../../../core/protocol/round-order";
-import { dpMinSurvivors, secureExtraValues, type SecureAggregationOptions } from "./jobs/job";
+import {
+  initialSecAgg,
+  secAggDropouts,
+  secAggFailures,
+  shortfall,
+  silentLost,
+  step,
+  type LostDevice,
+  type RoundEvent,
+  type RoundPolicy,
+} from "../../../core/round/engine";
+import { boundSamples, E_ROUND_SAMPLES } from "../../../core/round/samples";
+import {
+  dpMinSurvivors,
+  secureExtraValues,
+  type JobDefinition,
+  type SecureAggregationOptions,
+} from "./jobs/job";
 import {
   JobRepository,
   paths,
@@ -50,7 +66,6 @@ import {
   type SecAggRoundState,
 } from "./jobs/state";
 import { getJson, isConflict, putJson } from "./store/blob-store";
-import { boundSamples, E_ROUND_SAMPLES } from "./jobs/samples";
 import type { AggregatorServices } from "./services";
 
 /** IoT Hub's direct-method payload limit. */
@@ -68,24 +83,21 @@ const STAGES: readonly Stage[] = ["share", "mask", "unmask"];
 
 /** The persisted state of a secure round when it opens. */
 export function initialSecAggState(trainingDeadline: number): SecAggRoundState {
+  return initialSecAgg(randomBytes(32).toString("base64url"), trainingDeadline);
+}
+
+/** The engine's policy for a job's rounds (core/round/engine.ts RoundPolicy). */
+export function roundPolicy(d: JobDefinition): RoundPolicy {
   return {
-    phase: "advertise",
-    graphSeed: randomBytes(32).toString("base64url"),
-    stepDeadline: trainingDeadline,
-    params: null,
-    roster: null,
-    advertised: {},
-    shared: {},
-    masked: {},
-    unmasked: {},
-    acked: {},
-    refused: {},
-    u1: null,
-    u2: null,
-    u3: null,
-    u4: null,
-    down: {},
-    lost: {},
+    ...(d.secureAggregation
+      ? {
+          secagg: {
+            stepMs: d.secureAggregation.stepSeconds * 1000,
+            minSurvivors: d.secureAggregation.minSurvivors,
+          },
+        }
+      : {}),
+    dpMinSurvivors: dpMinSurvivors(d),
   };
 }
 
@@ -97,15 +109,6 @@ export function secAggOrder(o: SecureAggregationOptions): SecAggOrder {
     ...(o.threshold !== undefined ? { threshold: o.threshold } : {}),
     ...(o.clipRange !== undefined ? { clipRange: o.clipRange } : {}),
   };
-}
-
-/**
- * The round's SecAggParams: core's defaults for the round's participants with the job's overrides, exactly as
- * the in-memory simulation computes them (core/round/secure-round.ts secAggParamsFor). E_SECAGG_PARAMS when not
- * valid for that many devices.
- */
-export function roundParams(o: SecureAggregationOptions, participants: number): SecAggParams {
-  return secAggParamsFor(participants, o);
 }
 
 interface CachedServer {
@@ -142,49 +145,35 @@ export class SecureRounds {
   }
 
   /**
-   * Moves an open secure round as far as it can go now (calling the trainers' methods of the current step);
+   * Moves an open secure round as far as it can go now: the engine (core/round/engine.ts) says what is due — the
+   * current step's requests to the devices that still owe an answer, closing the step — and this carries it out;
    * returns the state, `closing` once the round is ready to finish (or aborted).
    */
   async advance(job: JobDocument, st: RoundState, actions: string[]): Promise<RoundState> {
+    const policy = roundPolicy(job.definition);
     for (let guard = 0; guard < 8 && st.status === "open" && st.secagg; guard++) {
-      const sa = st.secagg;
-      const now = this.services.clock();
+      const phase = st.secagg.phase;
       try {
-        switch (sa.phase) {
-          case "advertise": {
-            const waiting = st.participants.filter(
-              (p) => !sa.advertised[p.deviceId] && !st.received[p.deviceId],
-            );
-            if (waiting.length > 0 && now < sa.stepDeadline) return st;
-            st = await this.closeAdvertise(job, st, actions);
-            break;
-          }
-          case "share":
-          case "mask":
-          case "unmask": {
-            const step = sa.phase;
-            if (step === "unmask")
-              requireSurvivors(job, `mask: ${(sa.u3 ?? []).length} masked input(s)`, (sa.u3 ?? []).length);
-            st = await this.callStep(job, st, step);
-            const cur = st.secagg;
-            if (!cur || cur.phase !== step) break; // another instance moved on
-            if (this.waiting(cur, step).length > 0 && this.services.clock() < cur.stepDeadline) return st;
-            st =
-              step === "share"
-                ? await this.closeShares(job, st, actions)
-                : step === "mask"
-                  ? await this.closeMasked(job, st, actions)
-                  : await this.closeUnmask(st, actions);
-            break;
-          }
-          case "finish":
-          case "aborted":
-            return (
-              (await this.repo.updateRound(st.jobId, st.round, (c) =>
-                c.status === "open" ? { ...c, status: "closing" } : undefined,
-              )) ?? st
-            );
+        if (phase === "finish" || phase === "aborted") {
+          // A round left here by an older version (the engine closes it with the step): close it now.
+          return (await this.apply(st, { type: "tick", now: this.services.clock() })) ?? st;
         }
+        let due = step(st, { type: "tick", now: this.services.clock() }, policy).decisions;
+        const ask = due.find((d) => d.type === "secaggRequest");
+        if (ask && ask.type === "secaggRequest") {
+          st = await this.callStep(job, st, ask.step, ask.devices);
+          if (st.secagg?.phase !== phase) continue; // another instance moved on
+          due = step(st, { type: "tick", now: this.services.clock() }, policy).decisions;
+        }
+        if (!due.some((d) => d.type === "closeStep")) return st;
+        st =
+          phase === "advertise"
+            ? await this.closeAdvertise(job, st, actions)
+            : phase === "share"
+              ? await this.closeShares(job, st, actions)
+              : phase === "mask"
+                ? await this.closeMasked(job, st, actions)
+                : await this.closeUnmask(job, st, actions);
       } catch (e) {
         if (!(e instanceof Abort) && !(isFlotillaError(e) && e.code === "E_SECAGG_ABORTED")) throw e;
         const code = e instanceof Abort ? e.code : "E_SECAGG_ABORTED";
@@ -194,11 +183,35 @@ export class SecureRounds {
     return st;
   }
 
-  /** Devices that still owe the current step an answer (and have not refused). */
-  private waiting(sa: SecAggRoundState, step: MethodStep): string[] {
-    const from = step === "share" ? sa.u1 : step === "mask" ? sa.u2 : sa.u3;
-    const got = step === "share" ? sa.shared : step === "mask" ? sa.masked : sa.unmasked;
-    return (from ?? []).filter((d) => !got[d] && !sa.refused[d]);
+  /** Applies one engine event to the persisted round (conditional write; undefined when it changed nothing). */
+  private async apply(
+    st: RoundState,
+    event: RoundEvent,
+    policy?: RoundPolicy,
+  ): Promise<RoundState | undefined> {
+    return this.repo.updateRound(st.jobId, st.round, (cur) => {
+      const next = step(cur, event, policy).state;
+      return next === cur ? undefined : next;
+    });
+  }
+
+  /**
+   * Reports a closed step's survivors to the engine (which fixes the survivor set, checks the job's minimums and
+   * moves to the next step or aborts); `event` may compute it from the current persisted state.
+   */
+  private async finished(
+    job: JobDocument,
+    st: RoundState,
+    event: (cur: RoundState) => Extract<RoundEvent, { type: "stepFinished" }>,
+  ): Promise<RoundState> {
+    const policy = roundPolicy(job.definition);
+    const next =
+      (await this.repo.updateRound(st.jobId, st.round, (cur) => {
+        const next = step(cur, event(cur), policy).state;
+        return next === cur ? undefined : next;
+      })) ?? st;
+    if (next.secagg?.phase === "aborted") this.forget(st);
+    return next;
   }
 
   // --- step 1 → 2 --------------------------------------------------------------------------------------------
@@ -207,7 +220,7 @@ export class SecureRounds {
     const opts = job.definition.secureAggregation as SecureAggregationOptions;
     const sa = st.secagg as SecAggRoundState;
     const roster = st.participants.map((p) => p.deviceId);
-    const lost: Record<string, { step: string; code: string; reason: string }> = {};
+    const lost: Record<string, LostDevice> = {};
     const candidates = roster.filter((id) => sa.advertised[id] && !st.received[id]).sort();
     for (const id of roster) {
       if (candidates.includes(id)) continue;
@@ -216,10 +229,16 @@ export class SecureRounds {
         ? { step: "advertise", code: f.code ?? "E_DEVICE", reason: f.reason ?? "device failure" }
         : { step: "advertise", code: "E_ROUND_TIMEOUT", reason: "no key advertisement before the deadline" };
     }
-    requireSurvivors(job, `advertise: ${candidates.length} device(s) advertised keys`, candidates.length);
+    requireSurvivors(
+      job,
+      "advertise",
+      candidates.length,
+      `advertise: ${candidates.length} device(s) advertised keys`,
+    );
     let params: SecAggParams;
     try {
-      params = roundParams(opts, roster.length);
+      // core's defaults for the round's participants with the job's overrides, as the simulator computes them
+      params = secAggParamsFor(roster.length, opts);
     } catch (e) {
       if (!isFlotillaError(e)) throw e;
       throw new Abort(e.code, `advertise: parameters for ${roster.length} participants: ${e.message}`);
@@ -260,19 +279,17 @@ export class SecureRounds {
     }
     const requests = server.closeAdvertise();
     const u1 = [...requests.keys()].sort();
-    requireSurvivors(job, `advertise: ${u1.length} valid advertisement(s)`, u1.length);
     const now = this.services.clock();
-    const next = await this.transition(st, "advertise", (c) => ({
-      ...c,
-      phase: "share",
+    const next = await this.finished(job, st, () => ({
+      type: "stepFinished",
+      step: "advertise",
+      survivors: u1,
+      lost,
+      now,
       params,
       roster,
-      u1,
-      acked: {},
-      refused: {},
-      stepDeadline: now + opts.stepSeconds * 1000,
-      lost: { ...lost, ...c.lost },
     }));
+    if (next.secagg?.phase === "aborted") return next;
     if (next.secagg?.phase === "share" && sameSet(next.secagg.u1 ?? [], u1))
       this.remember(st, { stage: "share", server, requests, built: u1 });
     actions.push(`secagg ${st.round}: ${u1.length}/${roster.length} advertised, sharing keys`);
@@ -283,7 +300,7 @@ export class SecureRounds {
   private async identityKeys(
     st: RoundState,
     ids: readonly string[],
-    lost: Record<string, { step: string; code: string; reason: string }>,
+    lost: Record<string, LostDevice>,
   ): Promise<Record<string, JsonWebKey>> {
     const path = paths.secaggIdentityKeys(st.jobId, st.round);
     const stored = (await getJson<Record<string, JsonWebKey>>(this.services.store, path))?.value;
@@ -339,9 +356,13 @@ export class SecureRounds {
    * Calls the step's method on every device that still owes an answer, at most `concurrency` at a time, each
    * within the step's remaining time; stores answers (blobs) and records them in the round state in one write.
    */
-  private async callStep(job: JobDocument, st: RoundState, step: MethodStep): Promise<RoundState> {
+  private async callStep(
+    job: JobDocument,
+    st: RoundState,
+    step: MethodStep,
+    targets: readonly string[],
+  ): Promise<RoundState> {
     const sa = st.secagg as SecAggRoundState;
-    const targets = this.waiting(sa, step).filter((id) => !sa.acked[id]);
     if (targets.length === 0) return st;
     const requests = await this.requests(job, st, step);
     const { store, fleet, log } = this.services;
@@ -429,25 +450,7 @@ export class SecureRounds {
       }),
       this.concurrency,
     );
-    return (
-      (await this.repo.updateRound(st.jobId, st.round, (cur) => {
-        const c = cur.secagg;
-        if (!c || c.phase !== step || cur.status !== "open") return undefined;
-        const addDown = { ...c.down };
-        for (const [id, n] of Object.entries(down)) addDown[id] = (addDown[id] ?? 0) + n;
-        const got = step === "share" ? "shared" : "unmasked";
-        return {
-          ...cur,
-          secagg: {
-            ...c,
-            ...(step === "mask" ? {} : { [got]: { ...answered, ...c[got] } }),
-            acked: { ...c.acked, ...acked },
-            refused: { ...refused, ...c.refused },
-            down: addDown,
-          },
-        };
-      })) ?? st
-    );
+    return (await this.apply(st, { type: "stepAnswers", step, answered, acked, refused, down })) ?? st;
   }
 
   /** The current step's requests by device: from the cached server, else rebuilt by replay (unmask: stored). */
@@ -482,19 +485,12 @@ export class SecureRounds {
   // --- step 2 → 3 --------------------------------------------------------------------------------------------
 
   private async closeShares(job: JobDocument, st: RoundState, actions: string[]): Promise<RoundState> {
-    const opts = job.definition.secureAggregation as SecureAggregationOptions;
     const sa = st.secagg as SecAggRoundState;
     const built = await this.serverAt(job, st, "share");
     this.forget(st); // it changes now: cached again only once the transition is persisted
-    const lost: Record<string, { step: string; code: string; reason: string }> = {};
+    const lost: Record<string, LostDevice> = silentLost(sa, "share", sa.u1 ?? [], sa.shared);
     for (const id of sa.u1 ?? []) {
-      if (!sa.shared[id]) {
-        const r = sa.refused[id];
-        lost[id] = r
-          ? { step: "share", ...{ code: r.code, reason: r.message } }
-          : { step: "share", code: "E_SECAGG_TIMEOUT", reason: "no key shares before the step deadline" };
-        continue;
-      }
+      if (!sa.shared[id]) continue;
       try {
         built.server.addShares(await this.answerOf<ShareKeysResponse>(st, "share", id));
       } catch (e) {
@@ -504,82 +500,67 @@ export class SecureRounds {
     }
     const requests = built.server.closeShares();
     const u2 = [...requests.keys()].sort();
-    requireSurvivors(job, `share: ${u2.length} device(s) shared keys`, u2.length);
     const now = this.services.clock();
-    const next = await this.transition(st, "share", (c) => ({
-      ...c,
-      phase: "mask",
-      u2,
-      acked: {},
-      refused: {},
-      stepDeadline: now + opts.stepSeconds * 1000,
-      lost: { ...lost, ...c.lost },
+    const next = await this.finished(job, st, () => ({
+      type: "stepFinished",
+      step: "share",
+      survivors: u2,
+      lost,
+      now,
     }));
     if (next.secagg?.phase === "mask" && sameSet(next.secagg.u2 ?? [], u2))
       this.remember(st, { stage: "mask", server: built.server, requests, built: u2 });
-    actions.push(`secagg ${st.round}: ${u2.length} shared keys, masking`);
+    if (next.secagg?.phase === "mask") actions.push(`secagg ${st.round}: ${u2.length} shared keys, masking`);
     return next;
   }
 
   // --- step 3 → 4 --------------------------------------------------------------------------------------------
 
   private async closeMasked(job: JobDocument, st: RoundState, actions: string[]): Promise<RoundState> {
-    const opts = job.definition.secureAggregation as SecureAggregationOptions;
     const now = this.services.clock();
-    // Freeze the set of masked inputs first: from here on the ingest refuses masked inputs as late.
-    const frozen = await this.transition(st, "mask", (c) => ({
-      ...c,
-      phase: "unmask",
-      u3: Object.keys(c.masked).sort(),
-      acked: {},
-      refused: {},
-      stepDeadline: now + opts.stepSeconds * 1000,
-      lost: { ...maskLost(c), ...c.lost },
-    }));
+    // Freeze the set of masked inputs first: from here on the ingest refuses masked inputs as late. The engine
+    // aborts here when they are fewer than the job's minimum or distributed DP's n' (nothing is prepared then).
+    const frozen = await this.finished(job, st, (cur) => {
+      const c = cur.secagg as SecAggRoundState;
+      return {
+        type: "stepFinished",
+        step: "mask",
+        survivors: Object.keys(c.masked),
+        lost: silentLost(c, "mask", c.u2 ?? [], c.masked),
+        now,
+      };
+    });
     if (frozen.secagg?.phase !== "unmask") return frozen;
-    // Distributed DP: with fewer masked inputs than n' the server must not even prepare the unmasking.
-    const masked = (frozen.secagg.u3 ?? []).length;
-    if (masked < dpMinSurvivors(job.definition))
-      requireSurvivors(job, `mask: ${masked} masked input(s)`, masked);
     const built = await this.serverAt(job, frozen, "unmask");
     await this.storeUnmaskRequests(frozen, built.requests);
-    const u3 = frozen.secagg.u3 ?? [];
     const accepted = [...built.requests.keys()].sort();
-    let next = frozen;
-    if (!sameSet(accepted, u3)) {
-      // A stored masked input the server refused (cannot happen after the ingest's checks, but never trust it).
-      next =
-        (await this.repo.updateRound(st.jobId, st.round, (cur) =>
-          cur.secagg?.phase === "unmask" ? { ...cur, secagg: { ...cur.secagg, u3: accepted } } : undefined,
-        )) ?? frozen;
-    }
-    requireSurvivors(job, `mask: ${accepted.length} masked input(s)`, accepted.length);
-    actions.push(`secagg ${st.round}: ${accepted.length} masked inputs, unmasking`);
+    // A stored masked input the server refused (cannot happen after the ingest's checks, but never trust it).
+    const next =
+      (await this.apply(
+        frozen,
+        { type: "survivorsRevised", step: "mask", survivors: accepted },
+        roundPolicy(job.definition),
+      )) ?? frozen;
+    if (next.secagg?.phase === "unmask")
+      actions.push(`secagg ${st.round}: ${accepted.length} masked inputs, unmasking`);
     return next;
   }
 
   // --- step 4 → finish ---------------------------------------------------------------------------------------
 
-  private async closeUnmask(st: RoundState, actions: string[]): Promise<RoundState> {
-    const next = await this.repo.updateRound(st.jobId, st.round, (cur) => {
-      const c = cur.secagg;
-      if (!c || c.phase !== "unmask" || cur.status !== "open") return undefined;
-      const lost = { ...c.lost };
-      for (const id of c.u3 ?? []) {
-        if (c.unmasked[id] || lost[id]) continue;
-        const r = c.refused[id];
-        lost[id] = r
-          ? { step: "unmask", code: r.code, reason: r.message }
-          : { step: "unmask", code: "E_SECAGG_TIMEOUT", reason: "no unmask answer before the step deadline" };
-      }
+  private async closeUnmask(job: JobDocument, st: RoundState, actions: string[]): Promise<RoundState> {
+    const next = await this.finished(job, st, (cur) => {
+      const c = cur.secagg as SecAggRoundState;
       return {
-        ...cur,
-        status: "closing",
-        secagg: { ...c, phase: "finish", u4: Object.keys(c.unmasked).sort(), lost },
+        type: "stepFinished",
+        step: "unmask",
+        survivors: Object.keys(c.unmasked),
+        lost: silentLost(c, "unmask", c.u3 ?? [], c.unmasked),
+        now: this.services.clock(),
       };
     });
     actions.push(`secagg ${st.round}: unmask closed`);
-    return next ?? st;
+    return next;
   }
 
   /**
@@ -616,17 +597,7 @@ export class SecureRounds {
     this.forget(st);
     actions.push(`secagg ${st.round}: aborted: ${message}`);
     this.services.log(`secagg ${st.jobId}/${st.round}: aborted (${code}): ${message}`);
-    return (
-      (await this.repo.updateRound(st.jobId, st.round, (cur) => {
-        const c = cur.secagg;
-        if (!c || c.phase === "finish" || c.phase === "aborted") return undefined;
-        return {
-          ...cur,
-          status: cur.status === "open" ? "closing" : cur.status,
-          secagg: { ...c, phase: "aborted", error: { code, message } },
-        };
-      })) ?? st
-    );
+    return (await this.apply(st, { type: "aborted", code, message })) ?? st;
   }
 
   // --- the server: cached or replayed -------------------------------------------------------------------------
@@ -754,49 +725,15 @@ export class SecureRounds {
     if (!got) throw new Abort("E_SECAGG_ABORTED", `the stored ${step} answer of ${id} is missing`);
     return got.value;
   }
-
-  /** Applies a phase change only if the round is still in `from` (another instance may have done it). */
-  private async transition(
-    st: RoundState,
-    from: SecAggRoundState["phase"],
-    mutate: (c: SecAggRoundState) => SecAggRoundState,
-  ): Promise<RoundState> {
-    return (
-      (await this.repo.updateRound(st.jobId, st.round, (cur) => {
-        const c = cur.secagg;
-        if (!c || c.phase !== from || cur.status !== "open") return undefined;
-        return { ...cur, secagg: mutate(c) };
-      })) ?? st
-    );
-  }
 }
 
 /**
- * Aborts the round when a step leaves `count` devices, fewer than the job's secure-aggregation `minSurvivors`
- * (E_SECAGG_ABORTED) or than distributed DP's n' (E_DP_TOO_FEW): nothing is unmasked.
+ * Aborts the round (an Abort, before the server is even built) when `count` devices are fewer than the job's
+ * minimums (core/round/engine.ts shortfall).
  */
-function requireSurvivors(job: JobDocument, what: string, count: number): void {
-  const secMin = (job.definition.secureAggregation as SecureAggregationOptions).minSurvivors;
-  if (count < secMin) throw new Abort("E_SECAGG_ABORTED", `${what}, the job needs at least ${secMin}`);
-  const dpMin = dpMinSurvivors(job.definition);
-  if (count < dpMin)
-    throw new Abort(
-      "E_DP_TOO_FEW",
-      `${what}, fewer than the ${dpMin} the distributed DP noise is calibrated for: nothing is unmasked`,
-    );
-}
-
-/** Devices of U2 without a masked input when the mask step closes. */
-function maskLost(c: SecAggRoundState): Record<string, { step: string; code: string; reason: string }> {
-  const out: Record<string, { step: string; code: string; reason: string }> = {};
-  for (const id of c.u2 ?? []) {
-    if (c.masked[id]) continue;
-    const r = c.refused[id];
-    out[id] = r
-      ? { step: "mask", code: r.code, reason: r.message }
-      : { step: "mask", code: "E_SECAGG_TIMEOUT", reason: "no masked input before the step deadline" };
-  }
-  return out;
+function requireSurvivors(job: JobDocument, stepName: "advertise", count: number, what: string): void {
+  const short = shortfall(roundPolicy(job.definition), stepName, count, what);
+  if (short) throw new Abort(short.code, short.message);
 }
 
 /** The round record's `secagg` part, and the devices not in the sum with their reasons. */
@@ -806,16 +743,7 @@ export function secAggRecord(
 ): { record: SecAggRecord; failures: { deviceId: string; code: string; reason: string }[]; bytes: number } {
   const sa = st.secagg as SecAggRoundState;
   const all = st.participants.map((p) => p.deviceId);
-  const u1 = sa.u1 ?? [];
-  const u2 = sa.u2 ?? [];
-  const u3 = sa.u3 ?? [];
-  const u4 = sa.u4 ?? [];
-  const dropouts: Record<SecAggStep, string[]> = {
-    advertise: sa.u1 ? all.filter((d) => !u1.includes(d)) : [],
-    share: sa.u2 ? u1.filter((d) => !u2.includes(d)) : [],
-    mask: sa.u3 ? u2.filter((d) => !u3.includes(d)) : [],
-    unmask: sa.u4 ? u3.filter((d) => !u4.includes(d)) : [],
-  };
+  const dropouts: Record<SecAggStep, string[]> = secAggDropouts(st);
   const included = result ? [...result.included].sort() : [];
   const bytes: Record<string, { up: number; down: number }> = {};
   let total = 0;
@@ -829,14 +757,7 @@ export function secAggRecord(
     total += up;
     bytes[d] = { up, down: sa.down[d] ?? 0 };
   }
-  const failures = all
-    .filter((d) => !included.includes(d))
-    .map((d) => {
-      const l = sa.lost[d];
-      if (l) return { deviceId: d, code: l.code, reason: `${l.step}: ${l.reason}` };
-      if (sa.error) return { deviceId: d, code: sa.error.code, reason: sa.error.message };
-      return { deviceId: d, code: "E_SECAGG_EXCLUDED", reason: "not in the secure sum" };
-    });
+  const failures = secAggFailures(st, included);
   return {
     record: {
       dropouts,

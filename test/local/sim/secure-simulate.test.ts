@@ -58,6 +58,13 @@ test("dropouts at random steps still give a round; the record says who dropped w
     for (const [id, step] of Object.entries(s.simulatedDropouts ?? {})) {
       assert.ok(s.dropouts[step].includes(id), `${id} is recorded as dropped at ${step}`);
     }
+    // Every participant is in the sum or has a failure saying where it was lost (the engine's lost reasons).
+    for (const id of lostBeforeSum) {
+      const f = round.failures.find((x) => x.deviceId === id);
+      assert.equal(f?.code, "E_SECAGG_DROPOUT", `${id}'s failure`);
+      assert.match(f?.reason ?? "", new RegExp(`^${s.simulatedDropouts?.[id]}: `));
+    }
+    assert.equal(round.completed + round.failures.length, round.participants.length);
     assert.ok(Number.isFinite(round.accuracy));
   }
 });

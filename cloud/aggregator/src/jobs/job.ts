@@ -14,7 +14,11 @@ import {
   type DpPlacement,
 } from "../../../../core/privacy/dp";
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
-import { DEFAULT_MAX_SAMPLES_PER_DEVICE, SAMPLE_COUNT_POLICIES, type SampleCountPolicy } from "./samples";
+import {
+  DEFAULT_MAX_SAMPLES_PER_DEVICE,
+  SAMPLE_COUNT_POLICIES,
+  type SampleCountPolicy,
+} from "../../../../core/round/samples";
 
 export interface JobDefinition {
   readonly jobId: string;

@@ -10,9 +10,8 @@
  * older version) restarts the optimizer from zero: the round record then says `optimizerStateReset: true`.
  */
 import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
-import type { DpOrder } from "../../../../core/protocol/messages";
+import type { RoundState } from "../../../../core/round/engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
-import type { FitConfig } from "../../../../core/strategies/strategy";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
 
@@ -103,100 +102,17 @@ export interface JobDpState {
   readonly spent: { readonly epsilon: number; readonly delta: number; readonly steps: number };
 }
 
-export interface Participant {
-  readonly deviceId: string;
-  readonly config: FitConfig;
-  /** The sample count the device's trainer reported when the round opened (bounds its weight: jobs/samples.ts). */
-  readonly declaredSamples?: number;
-}
-
-export interface ReceivedUpdate {
-  readonly updateId: string;
-  readonly kind: "result" | "failure";
-  readonly bytes: number;
-  readonly numSamples?: number;
-  readonly loss?: number;
-  readonly code?: string;
-  readonly reason?: string;
-  readonly at: number;
-}
-
-export interface RoundState {
-  readonly jobId: string;
-  readonly round: number;
-  /** open: collecting; closing: aggregation began over `received` as frozen then; closed: done. */
-  readonly status: "open" | "closing" | "closed";
-  readonly participants: readonly Participant[];
-  readonly received: Readonly<Record<string, ReceivedUpdate>>;
-  readonly openedAt: number;
-  readonly deadline: number;
-  /** sha256 of the model the round trains from (models/{round-1}.f32). */
-  readonly modelSha256: string;
-  /** True once every participant's twin was configured and startRound attempted. */
-  readonly dispatched: boolean;
-  /** Secure rounds only: the protocol's persisted state (advertisements, answers, survivor sets, deadlines). */
-  readonly secagg?: SecAggRoundState;
-  /** DP jobs: the clip norm the round's updates are clipped to (fixed when it opens), and the devices' order. */
-  readonly dp?: { readonly clip: number; readonly order?: DpOrder };
-  /**
-   * Set while its job is stopped: since when, and whether every participant was told (trainer twin `flotilla`
-   * cleared, `abortRound` called). Updates that arrive meanwhile are kept; when the job starts again the deadlines
-   * move by the time stopped and the round is dispatched again.
-   */
-  readonly paused?: { readonly at: number; readonly devicesReleased: boolean };
-}
-
 /**
- * A secure round's progress. The phase moves advertise → share → mask → unmask → finish (or aborted); each
- * `UX` survivor set is frozen when its step closes. Every device message is kept (frames and method answers as
- * blobs under rounds/{r}/secagg/), so a restarted Function rebuilds the SecAggServer by replaying them in order
- * (the graph seed and the identity keys used are persisted too).
+ * A round's persisted state (rounds/{r}/state.json) is the round engine's state (core/round/engine.ts), stored as
+ * it is: the orchestrator feeds it events and persists what the engine returns.
  */
-export interface SecAggRoundState {
-  readonly phase: "advertise" | "share" | "mask" | "unmask" | "finish" | "aborted";
-  /** base64url, 32 random bytes chosen when the round opened. */
-  readonly graphSeed: string;
-  /** Deadline of the current step, ms since epoch (advertise: the round's training deadline). */
-  readonly stepDeadline: number;
-  /** Fixed when the advertisements close (they depend on |U1|). */
-  readonly params: SecAggParams | null;
-  /** The devices the SecAggServer was created with (advertised, with an identity key), fixed with `params`. */
-  readonly roster: readonly string[] | null;
-  /** Step 1: advertisement frames received (blob secagg/advertise/{device}.frame). */
-  readonly advertised: Readonly<Record<string, SecAggReceipt>>;
-  /** Step 2: key-share answers received (blob secagg/share/{device}.json). */
-  readonly shared: Readonly<Record<string, SecAggReceipt>>;
-  /** Step 3: masked-input frames received (blob secagg/mask/{device}.frame). */
-  readonly masked: Readonly<Record<string, SecAggReceipt>>;
-  /** Step 4: unmask answers received (blob secagg/unmask/{device}.json). */
-  readonly unmasked: Readonly<Record<string, SecAggReceipt>>;
-  /** Step 3: devices that accepted the mask request (their masked input is on its way). */
-  readonly acked: Readonly<Record<string, true>>;
-  /** Devices whose answer to the current step's method was a refusal (final: not asked again). */
-  readonly refused: Readonly<Record<string, { readonly code: string; readonly message: string }>>;
-  /** Survivor sets, fixed as each step closes. */
-  readonly u1: readonly string[] | null;
-  readonly u2: readonly string[] | null;
-  readonly u3: readonly string[] | null;
-  readonly u4: readonly string[] | null;
-  /** Request bytes sent to each device (direct-method payloads). */
-  readonly down: Readonly<Record<string, number>>;
-  /** Why each lost device was lost (first reason). */
-  readonly lost: Readonly<
-    Record<string, { readonly step: string; readonly code: string; readonly reason: string }>
-  >;
-  readonly error?: { readonly code: string; readonly message: string };
-}
-
-export interface SecAggReceipt {
-  readonly bytes: number;
-  readonly at: number;
-  /** Frames: the update id (duplicates are recognised by it). */
-  readonly updateId?: string;
-  /** Masked inputs: the device's reported training summary. */
-  readonly numSamples?: number;
-  readonly loss?: number;
-}
+export type {
+  Participant,
+  ReceivedUpdate,
+  RoundState,
+  SecAggReceipt,
+  SecAggRoundState,
+} from "../../../../core/round/engine";
 
 export interface ModelMeta {
   readonly jobId: string;

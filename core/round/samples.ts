@@ -14,7 +14,12 @@
  * either way the round record counts it (`sampleCountClipped`, `sampleCountRejected`) and a log line names the
  * device, its claim and the bound.
  */
-import type { JobDefinition } from "./job";
+/** A job's sample-count policy (cloud/aggregator JobDefinition has these members; the simulator has none). */
+export interface SamplePolicy {
+  /** The per-device cap (default DEFAULT_MAX_SAMPLES_PER_DEVICE). */
+  readonly maxSamplesPerDevice?: number;
+  readonly sampleCountPolicy?: SampleCountPolicy;
+}
 
 /** The per-device cap of a job that sets none. */
 export const DEFAULT_MAX_SAMPLES_PER_DEVICE = 100_000;
@@ -31,7 +36,7 @@ export interface SampleBound {
 }
 
 /** The most samples `declared` (the device's reported count, if any) lets a device of this job claim. */
-export function sampleBound(d: JobDefinition, declared: number | undefined): SampleBound {
+export function sampleBound(d: SamplePolicy, declared: number | undefined): SampleBound {
   const cap = d.maxSamplesPerDevice ?? DEFAULT_MAX_SAMPLES_PER_DEVICE;
   if (declared !== undefined && Number.isFinite(declared) && declared >= 1 && declared < cap) {
     return { bound: Math.floor(declared), source: "declared" };
@@ -45,7 +50,7 @@ export type BoundedSamples =
 
 /** Applies the job's policy to a claim of `claimed` samples. */
 export function boundSamples(
-  d: JobDefinition,
+  d: SamplePolicy,
   deviceId: string,
   declared: number | undefined,
   claimed: number,
