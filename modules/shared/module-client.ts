@@ -240,16 +240,27 @@ export function withTimeout<T>(
   p: Promise<T>,
   ms: number,
   what: string,
-  opts: { readonly keepAlive?: boolean } = {},
+  opts: { readonly keepAlive?: boolean; readonly signal?: AbortSignal } = {},
 ): Promise<T> {
   let t: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
   const timeout = new Promise<never>((_, reject) => {
     t = setTimeout(() => reject(new FlotillaError("E_TIMEOUT", `${what} got no answer in ${ms} ms`)), ms);
     // A pending SDK request must not keep a stopping process alive; the open client keeps a running one alive.
-    // `keepAlive`: the timeout itself holds the process (e.g. a start-up wait whose outcome decides what runs next).
+    // `keepAlive`: the timeout itself holds the process (e.g. a start-up wait whose outcome decides what runs next);
+    // `signal` (a module stopping) then ends the wait at once.
     if (!opts.keepAlive) t.unref();
+    const signal = opts.signal;
+    if (signal) {
+      onAbort = () => reject(signal.reason);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
   });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+  return Promise.race([p, timeout]).finally(() => {
+    clearTimeout(t);
+    if (onAbort) opts.signal?.removeEventListener("abort", onAbort);
+  });
 }
 
 export type LogLevel = "info" | "warn" | "error";
