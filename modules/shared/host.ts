@@ -59,12 +59,15 @@ export interface ModuleHooks {
   onTwin?(twin: TwinLike, fresh: boolean): void | Promise<void>;
   /** A desired-properties patch (the SDK has already merged it into `twin.properties.desired`). */
   onDesiredPatch?(delta: Record<string, unknown>, twin: TwinLike): void;
+  /** The transport connected (the client's `connect`, or open() resolved), before the twin GET. */
+  onLinkUp?(): void;
   /** The link is up (open succeeded, or the SDK reconnected), after the twin GET was tried. */
   onOnline?(): void;
   /** The link is down (`disconnect`, or `error` with `errorIsDisconnect`). */
   onOffline?(): void;
-  /** The module's whole reported patch, sent (throttled) after `changed()` and after each reconnection. */
-  reported?(): Record<string, unknown>;
+  /** The module's whole reported patch (undefined: nothing to report yet), sent (throttled) after `changed()`
+   * and after each reconnection. */
+  reported?(): Record<string, unknown> | undefined;
   /** A reported patch went out. */
   onReported?(patch: Record<string, unknown>): void;
   /** A link or twin problem the host logged, as `CODE: message` text (the module may keep it as its last error). */
@@ -201,9 +204,10 @@ export class ModuleHost {
   private pushReported(): void {
     const reported = this.hooks.reported;
     if (!reported) return;
-    let patch: Record<string, unknown>;
+    let patch: Record<string, unknown> | undefined;
     try {
       patch = reported();
+      if (!patch) return;
     } catch (e) {
       this.problem("cannot read the state to report", e);
       return;
@@ -212,8 +216,8 @@ export class ModuleHost {
       const twin = this.currentTwin;
       if (!twin || !this.up) return; // sent again on the next connection
       try {
-        await updateReported(twin, patch, this.twinTimeoutMs);
-        this.hooks.onReported?.(patch);
+        await updateReported(twin, patch!, this.twinTimeoutMs);
+        this.hooks.onReported?.(patch!);
       } catch (e) {
         this.log.warn(`${this.opts.name}: reporting the state failed: ${errorText(e)}`, { err: e });
       }
@@ -351,7 +355,9 @@ export class ModuleHost {
     }
     this.opening = false;
     this.reconnectFailures = 0;
-    if (!this.stopping) await this.sync();
+    if (this.stopping) return;
+    this.hooks.onLinkUp?.();
+    await this.sync();
   }
 
   private scheduleReconnect(): void {
@@ -443,7 +449,9 @@ export class ModuleHost {
   };
   private readonly onConnect = (): void => {
     // The SDK reconnected by itself (or open() is connecting): either way the twin must be read again.
-    if (this.stopping || this.opening) return;
+    if (this.stopping) return;
+    this.hooks.onLinkUp?.();
+    if (this.opening) return;
     void this.sync();
   };
   private readonly onDisconnect = (err?: unknown): void => {
