@@ -219,7 +219,7 @@ export class ModuleHost {
         await updateReported(twin, patch!, this.twinTimeoutMs);
         this.hooks.onReported?.(patch!);
       } catch (e) {
-        this.log.warn(`${this.opts.name}: reporting the state failed: ${errorText(e)}`, { err: e });
+        this.log.warn(`reporting the state failed: ${errorText(e)}`, { err: e });
       }
     });
   }
@@ -235,7 +235,7 @@ export class ModuleHost {
     const answer = (r: MethodResult): void => {
       if (!response) return;
       response.send(r.status, r.payload).catch((e: unknown) =>
-        this.log.warn(`${this.opts.name}: method response failed: ${errorText(e)}`, {
+        this.log.warn(`method response failed: ${errorText(e)}`, {
           method: name,
           err: e,
         }),
@@ -248,15 +248,11 @@ export class ModuleHost {
     const fail = (e: unknown): void => {
       const err = this.errorOf(e);
       const status = this.opts.methodErrorStatus?.(err.code) ?? 400;
-      this.log.log(
-        status >= 500 ? "warn" : "info",
-        `${this.opts.name}: ${name}: ${err.code}: ${err.message}`,
-        {
-          method: name,
-          status,
-          code: err.code,
-        },
-      );
+      this.log.log(status >= 500 ? "warn" : "info", `${name}: ${err.code}: ${err.message}`, {
+        method: name,
+        status,
+        code: err.code,
+      });
       answer({ status, payload: err });
     };
     try {
@@ -271,7 +267,7 @@ export class ModuleHost {
     if (this.stopping) return;
     const handler = this.opts.inputs?.[name];
     if (!handler) {
-      this.log.warn(`${this.opts.name}: ignoring a message on unknown input '${name}'`, { input: name });
+      this.log.warn(`ignoring a message on unknown input '${name}'`, { input: name });
       this.complete(msg);
       return;
     }
@@ -288,7 +284,7 @@ export class ModuleHost {
     const c = this.client as unknown as InputClient;
     if (typeof c.complete !== "function") return;
     c.complete(msg).catch((e: unknown) =>
-      this.log.warn(`${this.opts.name}: completing an input message failed: ${errorText(e)}`, { err: e }),
+      this.log.warn(`completing an input message failed: ${errorText(e)}`, { err: e }),
     );
   }
 
@@ -324,15 +320,12 @@ export class ModuleHost {
               },
             );
           const delay = Math.min(60_000, this.retryDelayMs * 2 ** (attempt - 1));
-          this.log.warn(
-            `${this.opts.name}: sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`,
-            {
-              messageId: msg.messageId,
-              attempt,
-              delayMs: delay,
-              err: e,
-            },
-          );
+          this.log.warn(`sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`, {
+            messageId: msg.messageId,
+            attempt,
+            delayMs: delay,
+            err: e,
+          });
           await sleep(delay, signal);
         }
       }
@@ -364,7 +357,7 @@ export class ModuleHost {
     if (this.stopping || this.opening || this.reconnectTimer) return;
     this.reconnectFailures++;
     const delay = this.delay(this.reconnectFailures);
-    this.log.info(`${this.opts.name}: reconnecting in ${delay} ms`, {
+    this.log.info(`reconnecting in ${delay} ms`, {
       attempt: this.reconnectFailures,
       delayMs: delay,
     });
@@ -474,7 +467,7 @@ export class ModuleHost {
   /** Logs a link problem on one line (`name: what: CODE: message`) and tells the module. */
   private problem(what: string, e: unknown): void {
     const text = e === undefined ? what : `${what}: ${errorText(e)}`;
-    this.log.warn(`${this.opts.name}: ${text}`, e === undefined ? {} : { err: e });
+    this.log.warn(text, e === undefined ? {} : { err: e });
     this.hooks.onProblem?.(`${this.opts.name}: ${text}`);
   }
 
@@ -510,7 +503,7 @@ export class ModuleHost {
     try {
       await o.drain?.();
     } catch (e) {
-      this.log.warn(`${this.opts.name}: stopping: ${errorText(e)}`, { err: e });
+      this.log.warn(`stopping: ${errorText(e)}`, { err: e });
     }
     if (o.finalReport) this.pushReported();
     // The last reported state goes out before the client closes.
@@ -525,7 +518,7 @@ export class ModuleHost {
         // close() never settles while the SDK is reconnecting: bounded.
         await withTimeout(this.client.close(), 5000, "client close");
       } catch (e) {
-        this.log.warn(`${this.opts.name}: closing the client failed: ${errorText(e)}`, { err: e });
+        this.log.warn(`closing the client failed: ${errorText(e)}`, { err: e });
       }
     }
   }

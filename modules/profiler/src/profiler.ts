@@ -126,7 +126,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
         const r = await bench({ model, batchSize: opts.batchSize ?? 32, seconds: benchSeconds });
         samplesPerSecond[model] = Math.round(r.samplesPerSecond * 10) / 10;
       } catch (e) {
-        log.warn(`profiler: benchmark of ${model} failed: ${errorText(e)}`, { model, err: e });
+        log.warn(`benchmark of ${model} failed: ${errorText(e)}`, { model, err: e });
       }
     }
     let freeDiskBytes: number | null = null;
@@ -165,7 +165,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
         await updateReported(twin, { profilerProbe: { seq: i } }, twinTimeoutMs);
         times.push(performance.now() - t0);
       } catch (e) {
-        log.warn(`profiler: RTT probe failed: ${errorText(e)}`, { err: e });
+        log.warn(`RTT probe failed: ${errorText(e)}`, { err: e });
       }
     }
     if (times.length === 0) return null;
@@ -181,7 +181,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     try {
       await host.sendOnce(outputName, msg, 30_000);
     } catch (e) {
-      log.warn(`profiler: uplink probe failed: ${errorText(e)}`, { err: e });
+      log.warn(`uplink probe failed: ${errorText(e)}`, { err: e });
       return null;
     }
     const s = Math.max(1e-4, (performance.now() - t0) / 1000);
@@ -214,12 +214,12 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     if (minutes > 0 && !host.stopped) {
       timer = setInterval(() => {
         measure().catch((e: unknown) =>
-          log.warn(`profiler: scheduled measurement failed: ${errorText(e)}`, { err: e }),
+          log.warn(`scheduled measurement failed: ${errorText(e)}`, { err: e }),
         );
       }, minutes * minuteMs);
       timer.unref?.();
     }
-    log.info(`profiler: schedule every ${minutes} min`, { scheduleMinutes: minutes });
+    log.info(`schedule every ${minutes} min`, { scheduleMinutes: minutes });
   };
 
   /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */
@@ -228,7 +228,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     const v = desired.scheduleMinutes ?? delta.scheduleMinutes;
     if (v === null || v === undefined) return reschedule(0);
     if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 7 * 24 * 60) {
-      log.warn(`profiler: desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`, {
+      log.warn(`desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`, {
         scheduleMinutes: v,
       });
       return;
