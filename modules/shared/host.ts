@@ -468,7 +468,7 @@ export class ModuleHost {
   private problem(what: string, e: unknown): void {
     const text = e === undefined ? what : `${what}: ${errorText(e)}`;
     this.log.warn(text, e === undefined ? {} : { err: e });
-    this.hooks.onProblem?.(`${this.opts.name}: ${text}`);
+    this.hooks.onProblem?.(text);
   }
 
   errorOf(e: unknown): { code: string; message: string } {
@@ -539,9 +539,8 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 
 /**
  * The container entry of a module: its logger from FLOTILLA_LOG_LEVEL/FLOTILLA_LOG_FORMAT, `start` (configuration,
- * client, module), then SIGTERM/SIGINT, a graceful stop and exit. A start-up failure is one line with its code and
- * exit code 1; the process exits within 5 s of the stop even if the SDK is still retrying against an unreachable
- * hub (its retry policy runs for minutes).
+ * client, module), then SIGTERM/SIGINT, a graceful stop and exit (at once: the SDK may still be retrying against an
+ * unreachable hub, its retry policy runs for minutes). A start-up failure is one line with its code, exit code 1.
  */
 export function runModule(
   name: string,
@@ -557,16 +556,15 @@ export function runModule(
   }
   const main = async (): Promise<void> => {
     const module = await start(log);
-    log.info(`${name}: running`);
+    log.info("running");
     const signal = await untilSignal();
-    log.info(`${name}: stopping (${signal})`);
-    setTimeout(() => process.exit(0), 5000).unref();
+    log.info(`stopping (${signal})`);
     await module.stop();
   };
   main().then(
     () => process.exit(0),
     (e: unknown) => {
-      log.error(`${name}: ${errorText(e)}`, { err: e });
+      log.error(errorText(e), { err: e });
       process.exit(1);
     },
   );
