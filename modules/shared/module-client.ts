@@ -224,18 +224,6 @@ export function parsePayload(payload: unknown): Record<string, unknown> | undefi
     : undefined;
 }
 
-export function respond(
-  response: MethodResponseLike | undefined,
-  status: number,
-  payload: unknown,
-  log: (level: LogLevel, message: string) => void,
-): void {
-  if (!response) return;
-  response
-    .send(status, payload)
-    .catch((e: unknown) => log("warn", `method response failed: ${errorText(e)}`));
-}
-
 export function withTimeout<T>(
   p: Promise<T>,
   ms: number,
@@ -263,34 +251,7 @@ export function withTimeout<T>(
   });
 }
 
-export type LogLevel = "info" | "warn" | "error";
-export type Log = (level: LogLevel, message: string) => void;
-
-export function defaultLog(level: LogLevel, msg: string): void {
-  (level === "info" ? console.log : console.error)(`[${level}] ${msg}`);
-}
-
 export function errorText(e: unknown): string {
   if (isFlotillaError(e)) return `${e.code}: ${e.message}`;
   return e instanceof Error ? e.message : String(e);
-}
-
-/** Runs a module until SIGTERM/SIGINT, then stops it and closes the client. */
-export async function runUntilSignal(
-  name: string,
-  stop: () => Promise<void>,
-  client: { close(): Promise<unknown> },
-): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const done = (): void => resolve();
-    process.once("SIGTERM", done);
-    process.once("SIGINT", done);
-  });
-  console.log(`[info] ${name}: stopping`);
-  await stop();
-  try {
-    await withTimeout(client.close(), 5000, "client close");
-  } catch (e) {
-    console.error(`[warn] ${name}: closing the client failed: ${errorText(e)}`);
-  }
 }
