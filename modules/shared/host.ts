@@ -564,7 +564,7 @@ export function runModule(
   main().then(
     () => process.exit(0),
     (e: unknown) => {
-      log.error(errorText(e), { err: e });
+      log.error(errorText(e), { code: errorFields(e).code });
       process.exit(1);
     },
   );
