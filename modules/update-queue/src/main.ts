@@ -213,6 +213,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     log.error(
       `E_QUEUE_CORRUPT: ${r.reason}; moved ${r.file} aside${r.movedTo ? ` to ${r.movedTo}` : ""} ` +
         `and started a fresh queue; updates lost: ${r.lostUpdates}`,
+      { code: "E_QUEUE_CORRUPT", file: r.file, lostUpdates: r.lostUpdates },
     );
   const outbox = new Outbox(join(opts.dir, QUEUE_FILE), {
     maxChunkBytes: opts.maxChunkBytes,
@@ -277,7 +278,12 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
         const n = outbox.dropClosedRounds(jobId, round);
-        if (n > 0) log.info(`dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`);
+        if (n > 0)
+          log.info(`dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`, {
+            jobId,
+            openRound: round,
+            dropped: n,
+          });
       }
     } catch (e) {
       problem("warn", `applying desired properties failed: ${message(e)}`);
@@ -326,7 +332,10 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
           // E.g. a duplicate chunk that now conflicts: a redelivery cannot fix it either.
           release(h);
           invalidInputs++;
-          problem("warn", `rejected a held input message: ${e.code}: ${e.message}`);
+          problem("warn", `rejected a held input message: ${e.code}: ${e.message}`, {
+            updateId: h.updateId,
+            code: e.code,
+          });
           host.complete(h.msg);
           continue;
         }
@@ -338,7 +347,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       }
       release(h);
       storeFailures = 0;
-      log.info(`stored update ${h.updateId} after the disk refused it`);
+      log.info(`stored update ${h.updateId} after the disk refused it`, { updateId: h.updateId });
       host.complete(h.msg);
       // An update split into chunks is told about once: when its last held chunk is stored.
       if (!holding(h.updateId)) notifyTrainer("updateStored", h);
@@ -394,7 +403,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     } catch (e) {
       if (isFlotillaError(e) && INPUT_ERRORS.has(e.code)) {
         invalidInputs++;
-        problem("warn", `rejected an input message: ${e.code}: ${e.message}`);
+        problem("warn", `rejected an input message: ${e.code}: ${e.message}`, { code: e.code });
         host.complete(msg); // a redelivery would fail the same way
         host.changed();
       } else {
@@ -431,6 +440,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         "error",
         `could not store update ${entry.updateId} (${message(e)}) and cannot hold it: ` +
           `${heldBytes} bytes are held already (max ${maxHeldBytes}); it is lost unless edgeHub redelivers it`,
+        { updateId: entry.updateId, jobId: entry.jobId, round: entry.round, code },
       );
       notifyTrainer("updateNotStored", entry, { code, message: message(e), held: false });
     } else {
@@ -440,6 +450,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         "error",
         `could not store update ${entry.updateId} (${message(e)}); holding it in memory ` +
           `(${held.size} held) and trying again`,
+        { updateId: entry.updateId, jobId: entry.jobId, round: entry.round, code },
       );
       const told = already !== undefined || holding(entry.updateId, entry.key);
       if (!told) notifyTrainer("updateNotStored", entry, { code, message: message(e), held: true });
@@ -491,10 +502,16 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   });
 
   sender.on("sent", () => host.changed());
-  sender.on("dropped", ({ updateId, error }) => problem("error", `dropped ${updateId}: ${message(error)}`));
-  sender.on("fault", ({ error }) => problem("error", `queue failure: ${message(error)}`));
+  sender.on("dropped", ({ updateId, error }) =>
+    problem("error", `dropped ${updateId}: ${message(error)}`, { updateId, err: error }),
+  );
+  sender.on("fault", ({ error }) => problem("error", `queue failure: ${message(error)}`, { err: error }));
   sender.on("retry", ({ updateId, error, delayMs }) =>
-    log.warn(`sending ${updateId} failed (${message(error)}); retrying in ${delayMs} ms`),
+    log.warn(`sending ${updateId} failed (${message(error)}); retrying in ${delayMs} ms`, {
+      updateId,
+      delayMs,
+      err: error,
+    }),
   );
 
   sender.start();
