@@ -234,12 +234,13 @@ export class ModuleHost {
   ): void {
     const answer = (r: MethodResult): void => {
       if (!response) return;
-      response.send(r.status, r.payload).catch((e: unknown) =>
-        this.log.warn(`method response failed: ${errorText(e)}`, {
-          method: name,
-          err: e,
-        }),
-      );
+      const failed = (e: unknown): void =>
+        this.log.warn(`method response failed: ${errorText(e)}`, { method: name, err: e });
+      try {
+        Promise.resolve(response.send(r.status, r.payload)).catch(failed);
+      } catch (e) {
+        failed(e); // a response that throws at once must not escape either
+      }
     };
     if (this.stopping) {
       const message = this.opts.stoppedMessage ?? `the ${this.opts.name} is stopped`;

@@ -122,6 +122,25 @@ test("host: the method table answers; a bad payload is 400 {code, message}; noth
   assert.equal(logged?.level, "warn");
   assert.equal(logged?.fields.code, "E_QUEUE_IO");
 
+  // A response that fails (the link dropped mid-answer), at once or later, is logged, never thrown.
+  const handler = client.methods.get("echo")!;
+  assert.doesNotThrow(() =>
+    handler(
+      { payload: {} },
+      {
+        send: () => {
+          throw new Error("gone at once");
+        },
+      },
+    ),
+  );
+  handler({ payload: {} }, { send: () => Promise.reject(new Error("gone later")) });
+  await until(
+    () => records.filter((r) => r.msg.startsWith("method response failed: gone")).length === 2,
+    5000,
+    "both failures logged",
+  );
+
   await host.stop();
   assert.deepEqual(await client.invoke("echo", { x: 1 }), {
     status: 503,
