@@ -10,8 +10,10 @@ import { FlotillaError, fail, isFlotillaError } from "../../core/errors";
  *
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ *   FLOTILLA_LOG_LEVEL           debug | info | warn | error (default info; core/log.ts)
+ *   FLOTILLA_LOG_FORMAT          json | text (default json: one object per line)
  *
- * On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
+ * The link, the twin, methods and stopping are the module host's (./host.ts). On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
  */
 export type Env = Readonly<Record<string, string | undefined>>;
 
