@@ -1,6 +1,7 @@
 import { Command, CommanderError, Option } from "commander";
 import * as path from "node:path";
 import { isFlotillaError, fail } from "../../core/errors";
+import { loggerFromEnv, type Logger } from "../../core/log";
 import {
   DEFAULT_CONFIG,
   PRESETS,
@@ -360,6 +361,14 @@ async function runBenchSecAgg(o: RawOptions): Promise<number> {
   return 0;
 }
 
+/**
+ * The CLI's log (not its output: results and tables stay on stdout): human lines on stderr, or JSON lines with
+ * FLOTILLA_LOG_FORMAT=json; FLOTILLA_LOG_LEVEL filters (core/log.ts). An invalid value is E_CONFIG_INVALID.
+ */
+export function cliLogger(component: string, env: NodeJS.ProcessEnv = process.env): Logger {
+  return loggerFromEnv(component, env, { format: "text", out: process.stderr, err: process.stderr });
+}
+
 async function runHub(o: RawOptions): Promise<number> {
   const mqttPort = nonNegativeInt("mqtt-port", o.mqttPort as string, MAX_PORT);
   const httpsPort = nonNegativeInt("https-port", o.httpsPort as string, MAX_PORT);
@@ -368,7 +377,10 @@ async function runHub(o: RawOptions): Promise<number> {
   prepareOutDir("--state-dir", stateDir);
   prepareOutDir("the connection-info directory", path.dirname(file));
   const { startLocalHub, writeHubInfo } = await import("../hub/index.js");
+  const log = cliLogger("hub");
   const hub = await startLocalHub({
+    // The hub's own diagnostics (refused connections, failed sends): warnings on the CLI's log.
+    log: (line) => log.warn(line),
     mqttPort,
     httpsPort,
     stateDir,

@@ -19,6 +19,7 @@ import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { FlotillaError } from "../../core/errors";
+import { loggerFromEnv } from "../../core/log";
 import { getJson } from "../../cloud/aggregator/src/store/blob-store";
 import {
   paths,
@@ -70,6 +71,9 @@ export async function simulateOverIotHub(
   }
   // A rerun into the same --out finds the previous run's hub state (device twins and queues that remember its job).
   const freshState = !fs.existsSync(path.join(config.out, ".stack"));
+  const stackLog = process.env.FLOTILLA_STACK_LOG
+    ? loggerFromEnv("stack", process.env, { format: "text", out: process.stderr })
+    : undefined;
   const stack = await startLocalStack({
     ...(config.secureAggregation ? { identityKeys: "keyvault" as const } : {}),
     data: data.devices,
@@ -77,10 +81,9 @@ export async function simulateOverIotHub(
     workers: Math.max(1, config.workers),
     stateDir: path.join(config.out, ".stack"),
     timerIntervalMs: 250,
-    // FLOTILLA_STACK_LOG=1 prints the hub's and the Function's log lines with timestamps (debugging).
-    log: process.env.FLOTILLA_STACK_LOG
-      ? (l) => console.error(`${new Date().toISOString()} ${l}`)
-      : undefined,
+    // FLOTILLA_STACK_LOG=1 prints the hub's, the Function's and the devices' modules' log records on stderr (text,
+    // or FLOTILLA_LOG_FORMAT=json; FLOTILLA_LOG_LEVEL applies), for debugging.
+    ...(stackLog ? { log: (l: string) => stackLog.info(l), moduleLogger: stackLog.child("device") } : {}),
   });
   const summaries: RoundSummary[] = [];
   let finalWeights: Float32Array | undefined;

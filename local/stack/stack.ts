@@ -10,6 +10,7 @@
  * trainers sign their advertisements with it and the aggregation Function reads the public keys from the same
  * provider (in Azure: Key Vault, with the Function's managed identity).
  */
+import type { Logger } from "../../core/log";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -80,6 +81,8 @@ export interface LocalStackOptions {
   stateDir?: string;
   timerIntervalMs?: number;
   log?: (line: string) => void;
+  /** The in-process devices' modules log here (each record with its deviceId); absent: they are quiet. */
+  moduleLogger?: Logger;
   onProgress?: (deviceId: string, line: string) => void;
   /**
    * Secure aggregation: create every device's identity key at start, in the Key Vault stand-in ("keyvault") or a
@@ -203,6 +206,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     return measured.get(key)!;
   };
   const quiet = () => undefined;
+  const moduleLog = (deviceId: string): Logger | (() => undefined) =>
+    opts.moduleLogger?.child({ deviceId }) ?? quiet;
   // Connect in small batches: hundreds of TLS handshakes at once starve the event loop on 2 cores.
   const batch = 10;
   const external = new Set(opts.externalDevices ?? []);
@@ -229,14 +234,14 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             dir: dirs.queue,
             closeClient: true,
             resendAfterMs: 60_000,
-            log: quiet,
+            log: moduleLog(deviceId),
           });
           const quantizer = await startQuantizer({
             client: zc,
             stateDir: dirs.quantizer,
             deviceId,
             closeClient: true,
-            log: quiet,
+            log: moduleLog(deviceId),
           });
           const trainer = await startTrainer({
             client: tc,
@@ -244,14 +249,14 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             data,
             trainExecutor: pool,
             closeClient: true,
-            log: quiet,
+            log: moduleLog(deviceId),
             ...(keys ? { keys } : {}),
           });
           const profiler = await startProfiler({
             client: pc,
             closeClient: true,
             bench: sharedBench,
-            log: quiet,
+            log: moduleLog(deviceId),
           });
           return { deviceId, trainer, quantizer, queue, profiler, clients: [tc, qc, pc, zc] };
         }),

@@ -10,8 +10,10 @@ import { FlotillaError, fail, isFlotillaError } from "../../core/errors";
  *
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ *   FLOTILLA_LOG_LEVEL           debug | info | warn | error (default info; core/log.ts)
+ *   FLOTILLA_LOG_FORMAT          json | text (default json: one object per line)
  *
- * On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
+ * The link, the twin, methods and stopping are the module host's (./host.ts). On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
  */
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -224,62 +226,34 @@ export function parsePayload(payload: unknown): Record<string, unknown> | undefi
     : undefined;
 }
 
-export function respond(
-  response: MethodResponseLike | undefined,
-  status: number,
-  payload: unknown,
-  log: (level: LogLevel, message: string) => void,
-): void {
-  if (!response) return;
-  response
-    .send(status, payload)
-    .catch((e: unknown) => log("warn", `method response failed: ${errorText(e)}`));
-}
-
 export function withTimeout<T>(
   p: Promise<T>,
   ms: number,
   what: string,
-  opts: { readonly keepAlive?: boolean } = {},
+  opts: { readonly keepAlive?: boolean; readonly signal?: AbortSignal } = {},
 ): Promise<T> {
   let t: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
   const timeout = new Promise<never>((_, reject) => {
     t = setTimeout(() => reject(new FlotillaError("E_TIMEOUT", `${what} got no answer in ${ms} ms`)), ms);
     // A pending SDK request must not keep a stopping process alive; the open client keeps a running one alive.
-    // `keepAlive`: the timeout itself holds the process (e.g. a start-up wait whose outcome decides what runs next).
+    // `keepAlive`: the timeout itself holds the process (e.g. a start-up wait whose outcome decides what runs next);
+    // `signal` (a module stopping) then ends the wait at once.
     if (!opts.keepAlive) t.unref();
+    const signal = opts.signal;
+    if (signal) {
+      onAbort = () => reject(signal.reason);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    }
   });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
-}
-
-export type LogLevel = "info" | "warn" | "error";
-export type Log = (level: LogLevel, message: string) => void;
-
-export function defaultLog(level: LogLevel, msg: string): void {
-  (level === "info" ? console.log : console.error)(`[${level}] ${msg}`);
+  return Promise.race([p, timeout]).finally(() => {
+    clearTimeout(t);
+    if (onAbort) opts.signal?.removeEventListener("abort", onAbort);
+  });
 }
 
 export function errorText(e: unknown): string {
   if (isFlotillaError(e)) return `${e.code}: ${e.message}`;
   return e instanceof Error ? e.message : String(e);
-}
-
-/** Runs a module until SIGTERM/SIGINT, then stops it and closes the client. */
-export async function runUntilSignal(
-  name: string,
-  stop: () => Promise<void>,
-  client: { close(): Promise<unknown> },
-): Promise<void> {
-  await new Promise<void>((resolve) => {
-    const done = (): void => resolve();
-    process.once("SIGTERM", done);
-    process.once("SIGINT", done);
-  });
-  console.log(`[info] ${name}: stopping`);
-  await stop();
-  try {
-    await withTimeout(client.close(), 5000, "client close");
-  } catch (e) {
-    console.error(`[warn] ${name}: closing the client failed: ${errorText(e)}`);
-  }
 }

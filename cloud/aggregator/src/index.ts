@@ -6,10 +6,16 @@
 import { app, trigger, type HttpRequest, type InvocationContext } from "@azure/functions";
 import { createAggregator, servicesFromEnv, type Aggregator } from "./aggregator";
 import type { HttpApi } from "./http-api";
+import { logLines } from "./services";
+import { loggerFromEnv } from "../../../core/log";
 
 let instance: Aggregator | null = null;
 function aggregator(): Aggregator {
-  instance ??= createAggregator(servicesFromEnv());
+  if (!instance) {
+    // JSON lines on stdout/stderr (FLOTILLA_LOG_LEVEL, FLOTILLA_LOG_FORMAT: core/log.ts).
+    const logger = loggerFromEnv("aggregator");
+    instance = createAggregator({ ...servicesFromEnv(process.env, logLines(logger)), logger });
+  }
   return instance;
 }
 

@@ -1,29 +1,23 @@
-import { createModuleClient, errorText, runUntilSignal, type Env } from "../../shared/module-client";
+import { createModuleClient, type Env } from "../../shared/module-client";
+import { runModule } from "../../shared/host";
+import type { Logger } from "../../../core/log";
 import { loadProfilerConfig } from "./config";
-import { startProfiler } from "./profiler";
+import { startProfiler, type ProfilerHandle } from "./profiler";
 
 export { loadProfilerConfig, type ProfilerConfig } from "./config";
 export * from "./profiler";
 
-/** Container entry: configuration from the environment (validated, naming what is missing), runs until SIGTERM. */
-export async function run(env: Env = process.env): Promise<void> {
+/** Container entry: configuration from the environment (validated, naming what is missing); the module owns its client. */
+export async function start(log: Logger, env: Env = process.env): Promise<ProfilerHandle> {
   const config = loadProfilerConfig(env);
   const client = await createModuleClient(config.connection);
-  const profiler = await startProfiler({
+  return startProfiler({
     client,
     dataDir: config.dataDir,
     benchSeconds: config.benchSeconds,
+    log,
+    closeClient: true,
   });
-  console.log("[info] profiler: running");
-  await runUntilSignal("profiler", () => profiler.stop(), client);
 }
 
-if (require.main === module) {
-  run().then(
-    () => process.exit(0),
-    (e: unknown) => {
-      console.error(`[error] profiler: ${errorText(e)}`);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) runModule("profiler", (log) => start(log));

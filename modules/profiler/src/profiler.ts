@@ -3,16 +3,9 @@ import * as os from "node:os";
 import { Message } from "azure-iot-device";
 import { benchTrain, type BenchTrainOptions, type BenchTrainResult } from "../../../core/engine/bench";
 import { MODEL_KINDS } from "../../../core/engine/model-spec";
-import {
-  defaultLog,
-  errorText,
-  respond,
-  updateReported,
-  withTimeout,
-  type EdgeModuleClient,
-  type Log,
-  type TwinLike,
-} from "../../shared/module-client";
+import { toLogger, type LineLog, type Logger } from "../../../core/log";
+import { errorText, updateReported, type EdgeModuleClient } from "../../shared/module-client";
+import { ModuleHost } from "../../shared/host";
 
 /**
  * The profiler IoT Edge module: measures what the cloud's device selection needs and reports it in the module
@@ -33,6 +26,9 @@ import {
  * on start and on demand) and by the `profile` direct method, which answers with the capabilities. Measurements
  * never overlap: a request during one joins it. The benchmark is injectable (`bench`), so a fleet launcher can
  * share one measurement among simulated devices on the same machine.
+ *
+ * The link, the twin, the `profile` method's dispatch and stopping are the module host's (modules/shared/host.ts);
+ * the capabilities are sent again after a reconnection.
  */
 export interface Capabilities {
   readonly samplesPerSecond: Record<string, number>;
@@ -57,7 +53,8 @@ export interface ProfilerOptions {
   /** Free disk is measured on this directory's file system (default /data, else the working directory). */
   dataDir?: string;
   bench?: BenchFn;
-  log?: Log;
+  /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
+  log?: Logger | LineLog;
   /** Bytes of the uplink probe message (default 64 KiB). */
   uplinkProbeBytes?: number;
   outputName?: string;
@@ -80,7 +77,7 @@ export const REPORTED_KEY = "capabilities";
 
 export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHandle> {
   const { client } = opts;
-  const log = opts.log ?? defaultLog;
+  const log = toLogger(opts.log, "profiler");
   const bench = opts.bench ?? benchTrain;
   const benchSeconds = opts.benchSeconds ?? 5;
   const minuteMs = opts.minuteMs ?? 60_000;
@@ -92,13 +89,10 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
   const startedAt = Date.now();
   let connectedMs = 0;
   let connectedSince: number | undefined;
-  let stopped = false;
-  let twin: TwinLike | undefined;
   let last: Capabilities | undefined;
   let inFlight: Promise<Capabilities> | undefined;
   let schedule = 0;
   let timer: NodeJS.Timeout | undefined;
-  let opening = false;
 
   const setOnline = (on: boolean): void => {
     const now = Date.now();
@@ -117,7 +111,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
 
   const modelsToBench = (): string[] => {
     if (opts.models && opts.models.length > 0) return opts.models;
-    const d = twin?.properties.desired ?? {};
+    const d = host.twin?.properties.desired ?? {};
     const fromDesired = Array.isArray(d.models) ? d.models : typeof d.model === "string" ? [d.model] : [];
     const ok = fromDesired.filter(
       (m): m is string => typeof m === "string" && MODEL_KINDS.includes(m as never),
@@ -132,7 +126,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
         const r = await bench({ model, batchSize: opts.batchSize ?? 32, seconds: benchSeconds });
         samplesPerSecond[model] = Math.round(r.samplesPerSecond * 10) / 10;
       } catch (e) {
-        log("warn", `profiler: benchmark of ${model} failed: ${errorText(e)}`);
+        log.warn(`benchmark of ${model} failed: ${errorText(e)}`, { model, err: e });
       }
     }
     let freeDiskBytes: number | null = null;
@@ -162,6 +156,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
 
   /** Median of 3 reported-property PATCH round trips (a tiny patch of the probe's own key). */
   const measureRtt = async (): Promise<number | null> => {
+    const twin = host.twin;
     if (!twin) return null;
     const times: number[] = [];
     for (let i = 0; i < 3; i++) {
@@ -170,7 +165,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
         await updateReported(twin, { profilerProbe: { seq: i } }, twinTimeoutMs);
         times.push(performance.now() - t0);
       } catch (e) {
-        log("warn", `profiler: RTT probe failed: ${errorText(e)}`);
+        log.warn(`RTT probe failed: ${errorText(e)}`, { err: e });
       }
     }
     if (times.length === 0) return null;
@@ -184,9 +179,9 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     msg.properties.add("flotilla-content-type", "profile-probe");
     const t0 = performance.now();
     try {
-      await withTimeout(client.sendOutputEvent(outputName, msg), 30_000, "uplink probe");
+      await host.sendOnce(outputName, msg, 30_000);
     } catch (e) {
-      log("warn", `profiler: uplink probe failed: ${errorText(e)}`);
+      log.warn(`uplink probe failed: ${errorText(e)}`, { err: e });
       return null;
     }
     const s = Math.max(1e-4, (performance.now() - t0) / 1000);
@@ -199,10 +194,9 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
       try {
         const caps = await measureOnce();
         last = caps;
-        if (twin && !stopped) {
-          await updateReported(twin, { [REPORTED_KEY]: caps }, twinTimeoutMs).catch((e: unknown) =>
-            log("warn", `profiler: reporting capabilities failed: ${errorText(e)}`),
-          );
+        if (!host.stopped) {
+          host.reportNow();
+          await host.reportsSettled();
         }
         return caps;
       } finally {
@@ -217,91 +211,71 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     schedule = minutes;
     if (timer) clearInterval(timer);
     timer = undefined;
-    if (minutes > 0 && !stopped) {
+    if (minutes > 0 && !host.stopped) {
       timer = setInterval(() => {
         measure().catch((e: unknown) =>
-          log("warn", `profiler: scheduled measurement failed: ${errorText(e)}`),
+          log.warn(`scheduled measurement failed: ${errorText(e)}`, { err: e }),
         );
       }, minutes * minuteMs);
       timer.unref?.();
     }
-    log("info", `profiler: schedule every ${minutes} min`);
+    log.info(`schedule every ${minutes} min`, { scheduleMinutes: minutes });
   };
 
-  const onDesired = (delta: Record<string, unknown>): void => {
-    if (stopped || !delta || !("scheduleMinutes" in delta)) return;
-    const v = twin?.properties.desired.scheduleMinutes ?? delta.scheduleMinutes;
+  /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */
+  const onDesired = (delta: Record<string, unknown>, desired: Record<string, unknown>): void => {
+    if (!delta || !("scheduleMinutes" in delta)) return;
+    const v = desired.scheduleMinutes ?? delta.scheduleMinutes;
     if (v === null || v === undefined) return reschedule(0);
     if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 7 * 24 * 60) {
-      log("warn", `profiler: desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`);
+      log.warn(`desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`, {
+        scheduleMinutes: v,
+      });
       return;
     }
     reschedule(v);
   };
 
-  const readTwin = async (): Promise<void> => {
-    const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
-    if (stopped) return;
-    if (t !== twin) {
-      twin?.removeListener("properties.desired", onDesired);
-      twin = t;
-      t.on("properties.desired", onDesired);
-    }
-    onDesired(t.properties.desired);
-  };
-
-  const onConnect = (): void => {
-    setOnline(true);
-    if (stopped || opening) return;
-    readTwin().catch((e: unknown) => log("warn", `profiler: reading the twin failed: ${errorText(e)}`));
-  };
-  const onDisconnect = (err?: unknown): void => {
-    setOnline(false);
-    if (!stopped) log("warn", `profiler: disconnected${err ? `: ${errorText(err)}` : ""}`);
-  };
-  const onError = (err?: unknown): void => {
-    if (!stopped) log("warn", `profiler: client error: ${errorText(err)}`);
-  };
-  client.on("error", onError);
-  client.on("disconnect", onDisconnect);
-  client.on("connect", onConnect);
-  client.onMethod("profile", (_request, response) => {
-    if (stopped) return respond(response, 503, { code: "E_PROFILER_STOPPED", message: "stopped" }, log);
-    measure().then(
-      (caps) => respond(response, 200, caps, log),
-      (e: unknown) => respond(response, 500, { code: "E_PROFILER", message: errorText(e) }, log),
-    );
+  const host: ModuleHost = new ModuleHost({
+    name: "profiler",
+    client,
+    log,
+    stoppedCode: "E_PROFILER_STOPPED",
+    stoppedMessage: "stopped",
+    twinTimeoutMs,
+    reportIntervalMs: 0,
+    closeClient: opts.closeClient,
+    hooks: {
+      onTwin: (twin) => onDesired(twin.properties.desired, twin.properties.desired),
+      onDesiredPatch: (delta, twin) => onDesired(delta, twin.properties.desired),
+      onLinkUp: () => setOnline(true),
+      onOffline: () => setOnline(false),
+      reported: () => (last ? { [REPORTED_KEY]: last } : undefined),
+    },
+    methods: {
+      profile: async () => {
+        try {
+          return { status: 200, payload: await measure() };
+        } catch (e) {
+          return { status: 500, payload: { code: "E_PROFILER", message: errorText(e) } };
+        }
+      },
+    },
   });
 
-  opening = true;
-  try {
-    await client.open();
-  } finally {
-    opening = false;
-  }
-  setOnline(true);
-  await readTwin();
+  await host.start();
   await measure();
 
   return {
     measure,
     last: () => last,
     scheduleMinutes: () => schedule,
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      if (timer) clearInterval(timer);
-      await inFlight?.catch(() => undefined);
-      client.removeListener("connect", onConnect);
-      client.removeListener("disconnect", onDisconnect);
-      twin?.removeListener("properties.desired", onDesired);
-      if (opts.closeClient) {
-        try {
-          await withTimeout(client.close(), 5000, "client close");
-        } catch (e) {
-          log("warn", `profiler: closing the client failed: ${errorText(e)}`);
-        }
-      }
-    },
+    stop: () =>
+      host.stop({
+        drain: async () => {
+          if (timer) clearInterval(timer);
+          await inFlight?.catch(() => undefined);
+        },
+      }),
   };
 }

@@ -1,31 +1,26 @@
-import { createModuleClient, errorText, runUntilSignal, type Env } from "../../shared/module-client";
+import { createModuleClient, type Env } from "../../shared/module-client";
+import { runModule } from "../../shared/host";
+import type { Logger } from "../../../core/log";
 import { loadQuantizerConfig } from "./config";
-import { startQuantizer } from "./quantizer";
+import { startQuantizer, type QuantizerHandle } from "./quantizer";
 
 export { DEFAULT_STATE_DIR, loadQuantizerConfig, type QuantizerConfig } from "./config";
 export * from "./quantizer";
 
-/** Container entry: configuration from the environment (validated, naming what is missing), runs until SIGTERM. */
-export async function run(env: Env = process.env): Promise<void> {
+/** Container entry: configuration from the environment (validated, naming what is missing); the module owns its client. */
+export async function start(log: Logger, env: Env = process.env): Promise<QuantizerHandle> {
   const config = loadQuantizerConfig(env);
   const client = await createModuleClient(config.connection);
-  const quantizer = await startQuantizer({
+  log.info(`residuals in ${config.stateDir}`, { stateDir: config.stateDir });
+  return startQuantizer({
     client,
     deviceId: config.connection.deviceId,
     stateDir: config.stateDir,
     maxChunkBytes: config.maxChunkBytes,
     maxBytes: config.maxBytes,
+    log,
+    closeClient: true,
   });
-  console.log(`[info] quantizer: running (residuals in ${config.stateDir})`);
-  await runUntilSignal("quantizer", () => quantizer.stop(), client);
 }
 
-if (require.main === module) {
-  run().then(
-    () => process.exit(0),
-    (e: unknown) => {
-      console.error(`[error] quantizer: ${errorText(e)}`);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) runModule("quantizer", (log) => start(log));

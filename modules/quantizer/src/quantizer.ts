@@ -14,20 +14,10 @@ import {
   type ChunkMeta,
   type FrameMeta,
 } from "../../shared/chunks";
-import {
-  defaultLog,
-  errorText,
-  respond,
-  updateReported,
-  withTimeout,
-  type EdgeModuleClient,
-  type Log,
-  type MethodRequestLike,
-  type MethodResponseLike,
-  type TwinLike,
-} from "../../shared/module-client";
+import { toLogger, type LineLog, type Logger } from "../../../core/log";
+import { errorText, type EdgeModuleClient } from "../../shared/module-client";
+import { ModuleHost } from "../../shared/host";
 import { Reassembler } from "../../shared/reassembly";
-import { Throttle } from "../../shared/throttle";
 import { DEFAULT_MAX_BYTES } from "./config";
 
 /**
@@ -54,6 +44,9 @@ import { DEFAULT_MAX_BYTES } from "./config";
  * counts a message as delivered once the SDK has acknowledged it), and the cloud sees the device as missing from the
  * round, as for any dropout; the update-queue downstream is where updates become durable.
  *
+ * The link, the module twin, throttled reporting, the `status` method, input dispatch, sending with retry and
+ * stopping are the module host's (modules/shared/host.ts); this file is the quantizer's own logic.
+ *
  * `startQuantizer` takes an injected client and touches no globals, so a local fleet launcher can run many.
  */
 
@@ -77,7 +70,8 @@ export interface QuantizerOptions {
    * which the trainer sets to its device's id.
    */
   deviceId?: string;
-  log?: Log;
+  /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
+  log?: Logger | LineLog;
   /** Module input the trainer's updates arrive on (default "updates"). */
   inputName?: string;
   /** Module output routed to the update-queue (default "updates"). */
@@ -195,7 +189,7 @@ function parseLayout(jobId: string, v: Record<string, unknown>): JobConfig["layo
 
 export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerHandle> {
   const { client, stateDir } = opts;
-  const log = opts.log ?? defaultLog;
+  const log = toLogger(opts.log, "quantizer");
   const inputName = opts.inputName ?? "updates";
   const outputName = opts.outputName ?? "updates";
   const maxChunkBytes = opts.maxChunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -203,7 +197,6 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   const reportIntervalMs = opts.reportIntervalMs ?? 10_000;
   const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;
   const sendAttempts = opts.sendAttempts ?? 8;
-  const retryDelayMs = opts.retryDelayMs ?? 1000;
   if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes < 1 || maxChunkBytes > MAX_CHUNK_BYTES)
     throw new FlotillaError("E_QUANT_CONFIG", `maxChunkBytes must be from 1 to ${MAX_CHUNK_BYTES}`);
   try {
@@ -215,14 +208,6 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     maxBytes: opts.maxBytes ?? DEFAULT_MAX_BYTES,
     ttlMs: opts.partialTtlMs,
   });
-
-  let stopped = false;
-  const stopSignal = new AbortController();
-  let twin: TwinLike | undefined;
-  let online = false;
-  let opening = false;
-  let reconnectTimer: NodeJS.Timeout | undefined;
-  let reconnectFailures = 0;
 
   let jobs = new Map<string, JobConfig>();
   /** Jobs of the last well-formed configuration: a job leaving it is removed (and its residual deleted). */
@@ -249,7 +234,6 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   /** Updates are processed one at a time, in arrival order; residual file changes go through the same chain. */
   let chain: Promise<void> = Promise.resolve();
   let queued = 0;
-  let reportChain: Promise<void> = Promise.resolve();
 
   // Updates wait for the first twin read (their job's configuration), at most twinTimeoutMs.
   let configured!: () => void;
@@ -273,31 +257,25 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     const { code, message } = errorOf(e);
     counters.errors++;
     lastError = `${code}: ${message}`;
-    log("warn", `quantizer: ${context}: ${code}: ${oneLine(message)}`);
+    log.warn(`${context}: ${code}: ${oneLine(message)}`, { code });
     changed();
   };
 
-  // --- reported state ---------------------------------------------------------------------------------------------
-  const pushReported = (): void => {
-    reportChain = reportChain.then(async () => {
-      if (!twin || !online) return; // sent again on the next connection
-      const snapshot = state();
-      const jobsPatch: Record<string, string | null> = { ...snapshot.jobs };
-      for (const id of reportedJobs) if (!(id in jobsPatch)) jobsPatch[id] = null;
-      try {
-        await updateReported(twin, { [REPORTED_KEY]: { ...snapshot, jobs: jobsPatch } }, twinTimeoutMs);
-        reportedJobs = new Set(Object.keys(snapshot.jobs));
-      } catch (e) {
-        log("warn", `quantizer: reporting the state failed: ${errorText(e)}`);
-      }
-    });
+  // --- reported state (sent by the host, throttled) ------------------------------------------------------------------
+  /** The whole state; a job no longer configured is reported as null (reported patches merge). */
+  const reported = (): Record<string, unknown> => {
+    const snapshot = state();
+    const jobsPatch: Record<string, string | null> = { ...snapshot.jobs };
+    for (const id of reportedJobs) if (!(id in jobsPatch)) jobsPatch[id] = null;
+    return { [REPORTED_KEY]: { ...snapshot, jobs: jobsPatch } };
   };
-  const reporter = new Throttle(reportIntervalMs, () => {
-    if (!stopped) pushReported();
-  });
+  const onReported = (patch: Record<string, unknown>): void => {
+    const jobsSent = (patch[REPORTED_KEY] as { jobs: Record<string, string | null> }).jobs;
+    reportedJobs = new Set(Object.keys(jobsSent).filter((id) => jobsSent[id] !== null));
+  };
   function changed(): void {
     updatedAt = new Date().toISOString();
-    if (!stopped) reporter.schedule();
+    host.changed();
   }
 
   // --- configuration (module twin) -----------------------------------------------------------------------------------
@@ -324,7 +302,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
    * malformed as a whole: then nothing is compressed, but no residual is deleted (a typo must not lose them).
    */
   const applyDesired = (desired: Record<string, unknown> | undefined): boolean => {
-    if (stopped) return false;
+    if (host.stopped) return false;
     const value = desired?.[DESIRED_KEY];
     let raw: unknown =
       typeof value === "object" && value !== null ? (value as { jobs?: unknown }).jobs : undefined;
@@ -347,13 +325,13 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       const old = before.get(jobId);
       if (old && old.text === job.text && old.error?.message === job.error?.message) continue;
       if (job.error) {
-        log(
-          "warn",
-          `quantizer: job ${jobId}: ${job.error.code}: ${oneLine(job.error.message)}; passing through`,
-        );
+        log.warn(`job ${jobId}: ${job.error.code}: ${oneLine(job.error.message)}; passing through`, {
+          jobId,
+          code: job.error.code,
+        });
         lastError = `${job.error.code}: ${job.error.message}`;
       } else {
-        log("info", `quantizer: job ${jobId}: ${job.text}`);
+        log.info(`job ${jobId}: ${job.text}`, { jobId, compression: job.text });
       }
     }
     if (!shapeError) {
@@ -364,7 +342,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     configError = shapeError ?? (bad ? { ...bad[1].error!, jobId: bad[0] } : null);
     if (shapeError) {
       lastError = `${shapeError.code}: ${shapeError.message}`;
-      log("warn", `quantizer: ${lastError}`);
+      log.warn(lastError, { code: shapeError.code });
     }
     changed();
     return !shapeError;
@@ -372,7 +350,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
 
   /** Forgets a job and deletes its residual, in turn with the updates already queued (which may still save it). */
   const removeJob = (jobId: string): void => {
-    log("info", `quantizer: job ${jobId} removed`);
+    log.info(`job ${jobId} removed`, { jobId });
     enqueueWork(async () => {
       if (jobs.has(jobId)) return; // configured again meanwhile: its residual stays
       residuals.delete(jobId);
@@ -397,7 +375,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       for (const name of names) {
         const temp = name.startsWith(RESIDUAL_PREFIX) && name.includes(".bin.tmp-");
         if (temp || (name.startsWith(RESIDUAL_PREFIX) && name.endsWith(".bin") && !keep.has(name))) {
-          log("info", `quantizer: deleting ${name} (no such job configured)`);
+          log.info(`deleting ${name} (no such job configured)`);
           await deleteFile(join(stateDir, name));
         }
       }
@@ -415,7 +393,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   // --- residuals -----------------------------------------------------------------------------------------------------
   const discardResidual = (jobId: string, why: string): void => {
     counters.residualsDiscarded++;
-    log("warn", `quantizer: discarding the residual of job ${jobId}: ${oneLine(why)}`);
+    log.warn(`discarding the residual of job ${jobId}: ${oneLine(why)}`, { jobId });
     changed();
   };
 
@@ -441,7 +419,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
             new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength),
             length,
           );
-          log("info", `quantizer: job ${jobId}: residual of ${length} values loaded`);
+          log.info(`job ${jobId}: residual of ${length} values loaded`, { jobId, length });
         } catch (e) {
           discardResidual(jobId, errorText(e));
         }
@@ -535,8 +513,8 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
 
   const processUpdate = async (u: Update): Promise<void> => {
     await configReady;
-    if (stopped) {
-      log("warn", `quantizer: an update of ${u.frame.byteLength} bytes was not sent: the quantizer stopped`);
+    if (host.stopped) {
+      log.warn(`an update of ${u.frame.byteLength} bytes was not sent: the quantizer stopped`);
       return;
     }
     let msg;
@@ -584,7 +562,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       await sendFrame(out, meta);
     } catch (e) {
       if (isFlotillaError(e) && e.code === STOPPED)
-        return log("warn", `quantizer: job ${meta.jobId} round ${meta.round}: ${e.message}`);
+        return log.warn(`job ${meta.jobId} round ${meta.round}: ${e.message}`, { ...meta, code: e.code });
       return problem(e, `job ${meta.jobId} round ${meta.round}`);
     }
     if (compressed) counters.compressed++;
@@ -643,40 +621,13 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     return encodeMessage({ ...msg, delta: { encoding: "flz", bytes } });
   };
 
-  /** Sends a frame as chunks on the output, retrying each chunk with backoff (like the trainer). */
+  /** Sends a frame as chunks on the output, each retried with backoff (the host's sendWithRetry). */
   const sendFrame = async (frame: Uint8Array, meta: FrameMeta): Promise<void> => {
     const { messages } = frameChunks(frame, meta, maxChunkBytes);
-    for (const msg of messages) {
-      for (let attempt = 1; ; attempt++) {
-        if (stopSignal.signal.aborted)
-          throw new FlotillaError(STOPPED, `${msg.messageId} not sent: stopping`);
-        try {
-          await withTimeout(client.sendOutputEvent(outputName, msg), 60_000, "sendOutputEvent");
-          break;
-        } catch (e) {
-          if (attempt >= sendAttempts)
-            throw new FlotillaError(
-              "E_QUANT_SEND",
-              `sending ${msg.messageId} failed ${attempt} times: ${errorText(e)}`,
-            );
-          const delay = Math.min(60_000, retryDelayMs * 2 ** (attempt - 1));
-          log(
-            "warn",
-            `quantizer: sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`,
-          );
-          await sleep(delay, stopSignal.signal);
-        }
-      }
-    }
+    await host.sendWithRetry(outputName, messages, { failCode: "E_QUANT_SEND", attempts: sendAttempts });
   };
 
-  const onInput = (name: string, msg: Message): void => {
-    if (stopped) return;
-    if (name !== inputName) {
-      log("warn", `quantizer: ignoring a message on unknown input '${name}'`);
-      settle(client.complete(msg), log);
-      return;
-    }
+  const onInput = (msg: Message): void => {
     try {
       const body = msg.getBytes();
       const meta = inputChunkMeta(msg);
@@ -691,88 +642,43 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     } catch (e) {
       problem(e, "input");
     }
-    settle(client.complete(msg), log);
+    host.complete(msg);
   };
 
-  // --- link ----------------------------------------------------------------------------------------------------------
-  const onDesired = (): void => {
-    if (!stopped) applyDesired(twin?.properties.desired);
-  };
-  const onTwinError = (err: Error): void => log("warn", `quantizer: twin error: ${errorText(err)}`);
-
-  const readTwin = async (): Promise<void> => {
-    const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
-    if (stopped) return;
-    if (t !== twin) {
-      twin?.removeListener("properties.desired", onDesired);
-      twin?.removeListener("error", onTwinError);
-      twin = t;
-      const r = t.properties.reported?.[REPORTED_KEY] as { jobs?: unknown } | undefined;
-      if (r && typeof r.jobs === "object" && r.jobs !== null)
-        for (const id of Object.keys(r.jobs)) reportedJobs.add(id);
-      t.on("error", onTwinError);
-      t.on("properties.desired", onDesired);
-    }
-    // The SDK re-subscribes after a reconnect but does not re-read the twin: changes made meanwhile are read here.
-    const wellFormed = applyDesired(t.properties.desired);
-    if (!firstTwinApplied) {
-      firstTwinApplied = true;
-      if (wellFormed) removeOrphans();
-      configured();
-    }
-  };
-
-  const connect = async (): Promise<void> => {
-    reconnectTimer = undefined;
-    if (stopped) return;
-    opening = true;
-    try {
-      await client.open();
-      opening = false;
-      online = true;
-      reconnectFailures = 0;
-      await readTwin();
-      reporter.flush();
-    } catch (e) {
-      opening = false;
-      log("warn", `quantizer: connecting failed: ${errorText(e)}`);
-      scheduleReconnect();
-    }
-  };
-  const scheduleReconnect = (): void => {
-    if (stopped || reconnectTimer) return;
-    reconnectFailures++;
-    const delay = Math.min(60_000, retryDelayMs * 2 ** (reconnectFailures - 1)) * (0.5 + Math.random() / 2);
-    reconnectTimer = setTimeout(() => void connect(), delay);
-  };
-  const onConnect = (): void => {
-    if (stopped || opening) return;
-    online = true;
-    readTwin()
-      .then(() => reporter.flush())
-      .catch((e: unknown) => log("warn", `quantizer: reading the twin failed: ${errorText(e)}`));
-  };
-  const onDisconnect = (err?: unknown): void => {
-    if (stopped) return;
-    online = false;
-    log("warn", `quantizer: disconnected${err ? `: ${errorText(err)}` : ""}`);
-    scheduleReconnect();
-  };
-  const onError = (err?: unknown): void => {
-    if (!stopped) log("warn", `quantizer: client error: ${errorText(err)}`);
-  };
-
-  // Link listeners first: registering methods and inputs makes the SDK subscribe, and failures come as "error".
-  client.on("error", onError);
-  client.on("disconnect", onDisconnect);
-  client.on("connect", onConnect);
-  client.onMethod("status", (_request?: MethodRequestLike, response?: MethodResponseLike) => {
-    if (stopped) return respond(response, 503, { code: STOPPED, message: "the quantizer is stopped" }, log);
-    respond(response, 200, state(), log);
+  // --- the host: link, twin, reporting, methods, inputs ----------------------------------------------------------------
+  const host: ModuleHost = new ModuleHost({
+    name: "quantizer",
+    client,
+    log,
+    stoppedCode: STOPPED,
+    internalCode: "E_QUANT_INTERNAL",
+    twinTimeoutMs,
+    reportIntervalMs,
+    retryDelayMs: opts.retryDelayMs,
+    closeClient: opts.closeClient,
+    hooks: {
+      onTwin: (twin, fresh) => {
+        if (fresh) {
+          const r = twin.properties.reported?.[REPORTED_KEY] as { jobs?: unknown } | undefined;
+          if (r && typeof r.jobs === "object" && r.jobs !== null)
+            for (const id of Object.keys(r.jobs)) reportedJobs.add(id);
+        }
+        // Read at every connection: changes made while the link was down are applied here.
+        const wellFormed = applyDesired(twin.properties.desired);
+        if (!firstTwinApplied) {
+          firstTwinApplied = true;
+          if (wellFormed) removeOrphans();
+          configured();
+        }
+      },
+      onDesiredPatch: (_delta, twin) => void applyDesired(twin.properties.desired),
+      reported,
+      onReported,
+    },
+    methods: { status: () => ({ status: 200, payload: state() }) },
+    inputs: { [inputName]: onInput },
   });
-  client.on("inputMessage", onInput);
-
-  await connect();
+  await host.start();
 
   return {
     state,
@@ -781,38 +687,21 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
         await c;
         if (c === chain) break;
       }
-      await reportChain;
+      await host.reportsSettled();
     },
-    reportNow: () => reporter.flush(),
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      if (reconnectTimer) clearTimeout(reconnectTimer);
-      clearTimeout(configTimer);
-      configured(); // queued updates are dropped, not processed
-      reporter.cancel();
-      stopSignal.abort(new FlotillaError(STOPPED, "the quantizer is stopping"));
-      client.removeListener("inputMessage", onInput);
-      await chain.catch(() => undefined);
-      reassembler.clear();
-      status = "stopped";
-      updatedAt = new Date().toISOString();
-      pushReported();
-      // The last reported state goes out before the client closes.
-      await withTimeout(reportChain, 2000, "reported state").catch(() => undefined);
-      client.removeListener("connect", onConnect);
-      client.removeListener("disconnect", onDisconnect);
-      // The "error" listener stays (inert): unsubscribing the input may fail, which the SDK emits as "error".
-      twin?.removeListener("properties.desired", onDesired);
-      twin?.removeListener("error", onTwinError);
-      if (opts.closeClient) {
-        try {
-          await withTimeout(client.close(), 5000, "client close");
-        } catch (e) {
-          log("warn", `quantizer: closing the client failed: ${errorText(e)}`);
-        }
-      }
-    },
+    reportNow: () => host.reportNow(),
+    stop: () =>
+      host.stop({
+        drain: async () => {
+          clearTimeout(configTimer);
+          configured(); // queued updates are dropped, not processed
+          await chain.catch(() => undefined);
+          reassembler.clear();
+          status = "stopped";
+          updatedAt = new Date().toISOString();
+        },
+        finalReport: true, // the last state goes out before the client closes
+      }),
   };
 }
 
@@ -827,23 +716,4 @@ function errorOf(e: unknown): { code: string; message: string } {
 
 function oneLine(s: string): string {
   return s.replace(/\s*\n\s*/g, " ");
-}
-
-function settle(p: Promise<unknown>, log: Log): void {
-  p.catch((e: unknown) => log("warn", `quantizer: completing an input message failed: ${errorText(e)}`));
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<void>((resolve, reject) => {
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
 }

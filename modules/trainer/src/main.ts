@@ -1,7 +1,9 @@
-import { createModuleClient, errorText, runUntilSignal, type Env } from "../../shared/module-client";
+import { createModuleClient, type Env } from "../../shared/module-client";
+import { runModule } from "../../shared/host";
+import type { Logger } from "../../../core/log";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 import { loadTrainerConfig } from "./config";
-import { startTrainer } from "./trainer";
+import { startTrainer, type TrainerHandle } from "./trainer";
 
 export { loadTrainerConfig, type TrainerConfig } from "./config";
 export * from "./executor";
@@ -9,11 +11,12 @@ export * from "./trainer";
 export { frameChunks } from "../../shared/chunks";
 export { parseRoundOrder, type RoundOrder } from "./round";
 
-/** Container entry: configuration from the environment (validated, naming what is missing), runs until SIGTERM. */
-export async function run(env: Env = process.env): Promise<void> {
+/** Container entry: configuration from the environment (validated, naming what is missing); the module owns its client. */
+export async function start(log: Logger, env: Env = process.env): Promise<TrainerHandle> {
   const config = loadTrainerConfig(env);
   const client = await createModuleClient(config.connection);
-  const trainer = await startTrainer({
+  log.info(`data in ${config.dataDir}`, { dataDir: config.dataDir });
+  return startTrainer({
     client,
     deviceId: config.connection.deviceId,
     dataDir: config.dataDir,
@@ -21,17 +24,9 @@ export async function run(env: Env = process.env): Promise<void> {
     // Secure aggregation's identity key: Key Vault when FLOTILLA_KEYVAULT_URL is set, else the key file in
     // FLOTILLA_KEY_DIR (azure/keyvault-key-provider.ts).
     keys: keyProviderFromEnv(env as NodeJS.ProcessEnv),
+    log,
+    closeClient: true,
   });
-  console.log(`[info] trainer: running (data ${config.dataDir})`);
-  await runUntilSignal("trainer", () => trainer.stop(), client);
 }
 
-if (require.main === module) {
-  run().then(
-    () => process.exit(0),
-    (e: unknown) => {
-      console.error(`[error] trainer: ${errorText(e)}`);
-      process.exit(1);
-    },
-  );
-}
+if (require.main === module) runModule("trainer", (log) => start(log));

@@ -5,18 +5,9 @@ import { FlotillaError, isFlotillaError } from "../../../core/errors";
 import { decodeTensor } from "../../../core/compress";
 import { encodeMessage } from "../../../core/protocol/messages";
 import { weightsHash } from "../../../core/tensor/layout";
-import {
-  defaultLog,
-  errorText,
-  parsePayload,
-  respond,
-  updateReported,
-  withTimeout,
-  type EdgeModuleClient,
-  type Log,
-  type MethodResponseLike,
-  type TwinLike,
-} from "../../shared/module-client";
+import { toLogger, type LineLog, type Logger } from "../../../core/log";
+import { errorText, type EdgeModuleClient, type TwinLike } from "../../shared/module-client";
+import { ModuleHost, type MethodTable } from "../../shared/host";
 import { frameChunks } from "../../shared/chunks";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_DATA_DIR } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
@@ -41,6 +32,10 @@ import type { IdentitySigner, SecAggStep } from "../../../core/secagg/types";
  * Failures never crash the module: each is reported as status `error` with its code. A failure frame is sent so
  * the cloud need not wait, except for E_MODEL_HASH (the order or the blob cannot be trusted), rounds aborted by the
  * cloud (`abortRound`) and rounds superseded by a newer one.
+ *
+ * The link, the module twin, reporting, method dispatch, sending with retry and stopping are the module host's
+ * (modules/shared/host.ts); this file is the trainer's own logic: order intake (one section, "round order intake"),
+ * rounds, secure aggregation's steps, inference, and its method table.
  *
  * `startTrainer` takes an injected client and touches no globals, so a local fleet launcher can run many trainers
  * in one process (sharing a model cache and a TrainExecutor backed by a worker pool).
@@ -92,7 +87,8 @@ export interface TrainerOptions {
   data?: Dataset;
   modelCache?: ModelCache;
   trainExecutor?: TrainExecutor;
-  log?: Log;
+  /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
+  log?: Logger | LineLog;
   fetch?: FetchLike;
   maxChunkBytes?: number;
   outputName?: string;
@@ -129,6 +125,9 @@ export interface TrainerHandle {
 }
 
 export const REPORTED_KEY = "flotilla";
+/** Where round orders arrive: the module twin's desired property, and the direct method. */
+export const ORDER_DESIRED_KEY = "flotilla";
+export const ORDER_METHOD = "startRound";
 const ABORTED = "E_ABORTED";
 const SUPERSEDED = "E_ROUND_SUPERSEDED";
 const DEADLINE = "E_ROUND_DEADLINE";
@@ -144,7 +143,7 @@ interface Run {
 
 export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle> {
   const { client } = opts;
-  const log = opts.log ?? defaultLog;
+  const log = toLogger(opts.log, "trainer");
   const executor = opts.trainExecutor ?? new InProcessTrainExecutor();
   const doFetch: FetchLike = opts.fetch ?? ((url, init) => fetch(url, init));
   const cache: ModelCache = opts.modelCache ?? new Map<string, Promise<Uint8Array>>();
@@ -155,14 +154,9 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   const maxChunkBytes = opts.maxChunkBytes ?? DEFAULT_CHUNK_BYTES;
   const progressIntervalMs = opts.progressIntervalMs ?? 2000;
   const downloadTimeoutMs = opts.downloadTimeoutMs ?? 120_000;
-  const twinTimeoutMs = opts.twinTimeoutMs ?? 30_000;
   const sendAttempts = opts.sendAttempts ?? 8;
-  const retryDelayMs = opts.retryDelayMs ?? 1000;
   const deviceId = opts.deviceId ?? (await deviceIdOf(client));
 
-  let stopped = false;
-  let twin: TwinLike | undefined;
-  let online = false;
   let state: TrainerState = {
     status: "idle",
     jobId: null,
@@ -181,69 +175,61 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   let active: Run | undefined;
   let pending: Run | undefined;
   let chain: Promise<void> = Promise.resolve();
-  let reportChain: Promise<void> = Promise.resolve();
-  let reconnectTimer: NodeJS.Timeout | undefined;
-  let reconnectFailures = 0;
-  let opening = false;
   const secagg = new SecAggSessions(deviceId);
   /** Masked inputs being sent (apart from `chain`: a training round of another job must not hold them up). */
   let maskChain: Promise<void> = Promise.resolve();
 
-  // --- reported state ---------------------------------------------------------------------------------------
+  // --- reported state: every change goes out (the host's reportIntervalMs 0), one patch at a time -----------------
   const setState = (patch: Partial<TrainerState>): void => {
     state = { ...state, ...patch, updatedAt: new Date().toISOString() };
-    pushReported();
-  };
-  const pushReported = (): void => {
-    const snapshot = state;
-    reportChain = reportChain.then(async () => {
-      if (stopped || !twin || !online) return; // sent again on the next connection
-      try {
-        await updateReported(twin, { [REPORTED_KEY]: snapshot }, twinTimeoutMs);
-      } catch (e) {
-        log("warn", `trainer: reporting ${snapshot.status} failed: ${errorText(e)}`);
-      }
-    });
+    host.changed();
   };
 
   // --- ONNX inference ---------------------------------------------------------------------------------------------
   const inference =
     opts.inference === "off"
       ? undefined
-      : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, stopSignal.signal));
+      : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, host.stopSignal));
   let inferenceChain: Promise<void> = Promise.resolve();
   let localData: { key: string; data: Dataset } | undefined;
   const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
-    if (!inference || !order.onnx || stopped) return;
+    if (!inference || !order.onnx || host.stopped) return;
     try {
       await inference.update(order);
       // The local data as this job's model reads it (loaded once per input shape).
       const key = JSON.stringify(order.modelSpec.inputShape);
       if (localData?.key !== key) localData = { key, data: resolveData(dataRef, order.modelSpec) };
       const report = await inference.evaluate(localData.data);
-      if (report && !stopped) setState({ inference: report });
+      if (report && !host.stopped) setState({ inference: report });
     } catch (e) {
       const err = errorOf(e);
-      log("warn", `trainer: ONNX inference on round ${order.round - 1}'s model: ${err.code}: ${err.message}`);
-      if (!stopped) setState({ inference: { error: err } });
+      log.warn(`ONNX inference on round ${order.round - 1}'s model: ${err.code}: ${err.message}`, {
+        jobId: order.jobId,
+        round: order.round - 1,
+        code: err.code,
+      });
+      if (!host.stopped) setState({ inference: { error: err } });
     }
   };
 
-  // --- round orders ---------------------------------------------------------------------------------------------
+  // --- round order intake --------------------------------------------------------------------------------------
+  // Orders arrive through the module twin's desired `flotilla` (read at every connection and on each patch) and the
+  // `startRound` direct method (docs/iothub-protocol.md); both end in `onOrder`. This section is the only place that
+  // knows where orders come from.
   const keyOf = (o: { jobId: string; round: number }): string => `${o.jobId}\u0000${o.round}`;
 
-  /** Accepts an order from the twin or the startRound method; returns whether a round was started. */
+  /** Accepts an order; returns whether a round was started. Throws E_ROUND_INVALID for a malformed one. */
   const onOrder = (value: unknown, source: string): boolean => {
-    if (stopped) return false;
+    if (host.stopped) return false;
     const order = parseRoundOrder(value); // throws E_ROUND_INVALID
     if (!order) return false;
     const key = keyOf(order);
     if (tried.has(key)) return false;
     if ((latestRound.get(order.jobId) ?? -1) > order.round) {
-      log(
-        "info",
-        `trainer: ignoring round ${order.round} of ${order.jobId} from ${source}: a newer one was seen`,
-      );
+      log.info(`ignoring round ${order.round} of ${order.jobId} from ${source}: a newer one was seen`, {
+        jobId: order.jobId,
+        round: order.round,
+      });
       return false;
     }
     tried.add(key);
@@ -254,7 +240,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     active?.controller.abort(new FlotillaError(SUPERSEDED, "a newer round was ordered"));
     pending?.controller.abort(new FlotillaError(SUPERSEDED, "a newer round was ordered"));
     pending = run;
-    log("info", `trainer: round ${order.round} of ${order.jobId} ordered through ${source}`);
+    log.info(`round ${order.round} of ${order.jobId} ordered through ${source}`, {
+      jobId: order.jobId,
+      round: order.round,
+      source,
+    });
     chain = chain.then(async () => {
       if (pending === run) pending = undefined;
       active = run;
@@ -267,27 +257,61 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     return true;
   };
 
-  const onDesiredValue = (value: unknown): void => {
+  /** The desired order (the whole desired `flotilla`): a bad one is reported as this trainer's error. */
+  const onDesiredOrder = (value: unknown): void => {
     try {
       onOrder(value, "the module twin");
     } catch (e) {
-      log("warn", `trainer: ${errorText(e)}`);
+      const err = errorOf(e);
+      log.warn(`${err.code}: ${err.message}`, { code: err.code });
       const o = (value ?? {}) as { jobId?: unknown; round?: unknown };
       setState({
         status: "error",
         jobId: typeof o.jobId === "string" ? o.jobId : null,
         round: typeof o.round === "number" ? o.round : null,
         progress: null,
-        error: errorOf(e),
+        error: err,
       });
     }
   };
-  const onDesired = (delta: Record<string, unknown>): void => {
-    if (stopped || typeof delta !== "object" || delta === null || !("flotilla" in delta)) return;
-    // The SDK has merged the patch into properties.desired: read the whole object from there.
-    onDesiredValue(twin?.properties.desired.flotilla ?? delta.flotilla);
+
+  /** Every twin GET: rounds this device already finished (before a restart) are not trained again. */
+  const onTwin = (t: TwinLike, fresh: boolean): void => {
+    if (fresh) {
+      const r = t.properties.reported?.[REPORTED_KEY] as Partial<TrainerState> | undefined;
+      if (r && typeof r.jobId === "string" && typeof r.round === "number") {
+        // A secure round in progress is not retried either: its session (keys, update) died with the process.
+        if (["done", "queued", "uploading", "secagg"].includes(r.status as string))
+          tried.add(keyOf(r as RoundOrder));
+        latestRound.set(r.jobId, Math.max(latestRound.get(r.jobId) ?? -1, r.round));
+      }
+    }
+    // The SDK re-subscribes after a reconnect but does not re-read the twin: an order set meanwhile is read here.
+    onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY]);
   };
-  const onTwinError = (err: Error): void => log("warn", `trainer: twin error: ${errorText(err)}`);
+  const onDesiredPatch = (delta: Record<string, unknown>, t: TwinLike): void => {
+    if (!(ORDER_DESIRED_KEY in delta)) return;
+    // The SDK has merged the patch into properties.desired: read the whole object from there.
+    onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY] ?? delta[ORDER_DESIRED_KEY]);
+  };
+
+  /** The `startRound` method: 200 accepted, 409 E_ROUND_SEEN (tried already, or older), 400 E_ROUND_INVALID. */
+  const startRoundMethod: MethodTable[string] = (payload) => {
+    if (!payload) throw new FlotillaError("E_ROUND_INVALID", `${ORDER_METHOD} payload must be a JSON object`);
+    if (!parseRoundOrder(payload))
+      throw new FlotillaError("E_ROUND_INVALID", `${ORDER_METHOD} payload has no jobId`);
+    const started = onOrder(payload, ORDER_METHOD);
+    return started
+      ? { status: 200, payload: { accepted: true, jobId: payload.jobId, round: payload.round } }
+      : {
+          status: 409,
+          payload: {
+            accepted: false,
+            code: "E_ROUND_SEEN",
+            message: "this round was already started (or is older)",
+          },
+        };
+  };
 
   // --- one round ------------------------------------------------------------------------------------------------
   const runRound = async (run: Run): Promise<void> => {
@@ -381,7 +405,10 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         }
         const updateId = await sendFrame(encodeMessage(advertise), order, signal);
         setState({ status: "secagg", secaggStep: "advertise", updateId });
-        log("info", `trainer: round ${order.round} of ${order.jobId}: keys advertised (secure aggregation)`);
+        log.info(`round ${order.round} of ${order.jobId}: keys advertised (secure aggregation)`, {
+          ...base,
+          updateId,
+        });
         inferenceChain = inferenceChain.then(() => evaluateOnnx(order));
         return;
       }
@@ -397,23 +424,31 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       });
       const updateId = await sendFrame(frame, order, signal);
       setState({ status: "done", updateId });
-      log("info", `trainer: round ${order.round} of ${order.jobId} done (${outcome.numSamples} samples)`);
+      log.info(`round ${order.round} of ${order.jobId} done (${outcome.numSamples} samples)`, {
+        ...base,
+        updateId,
+        numSamples: outcome.numSamples,
+      });
       // After the update is out (never on the round's critical path): the round's starting model, as ONNX.
       inferenceChain = inferenceChain.then(() => evaluateOnnx(order));
     } catch (e) {
       const err = signal.aborted && isFlotillaError(signal.reason) ? signal.reason : e;
       const { code, message } = errorOf(err);
-      log(
+      log.log(
         code === SUPERSEDED ? "info" : "warn",
-        `trainer: round ${order.round} of ${order.jobId}: ${code}: ${message}`,
+        `round ${order.round} of ${order.jobId}: ${code}: ${message}`,
+        {
+          ...base,
+          code,
+        },
       );
       if (!SILENT.has(code)) {
         try {
           const frame = encodeMessage({ type: "failure", ...base, deviceId, code, reason: message });
           // A failure frame is still worth sending after the deadline; abort only if the trainer stops.
-          await sendFrame(frame, order, stopSignal.signal);
+          await sendFrame(frame, order, host.stopSignal);
         } catch (e2) {
-          log("warn", `trainer: sending the failure frame failed: ${errorText(e2)}`);
+          log.warn(`sending the failure frame failed: ${errorText(e2)}`, { ...base, err: e2 });
         }
       }
       if (code !== STOPPED) setState({ ...base, status: "error", progress: null, error: { code, message } });
@@ -421,8 +456,6 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       clearTimeout(deadlineTimer);
     }
   };
-  const stopSignal = new AbortController();
-
   /** The global model: from the cache or over http(s), checked against modelSha256 and the spec's size. */
   /** The round's global weights, and the sha256 of their float32 bytes. */
   const download = async (
@@ -493,7 +526,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
   };
 
-  /** Sends a frame as chunks on the `updates` output, retrying each chunk with backoff. Returns the updateId. */
+  /** Sends a frame as chunks on the `updates` output, each retried with backoff (the host's). Returns the updateId. */
   const sendFrame = async (
     frame: Uint8Array,
     order: { jobId: string; round: number },
@@ -504,125 +537,13 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       { jobId: order.jobId, round: order.round, deviceId },
       maxChunkBytes,
     );
-    for (const msg of messages) {
-      for (let attempt = 1; ; attempt++) {
-        if (signal.aborted) throw signal.reason;
-        try {
-          await withTimeout(client.sendOutputEvent(outputName, msg), 60_000, "sendOutputEvent");
-          break;
-        } catch (e) {
-          if (attempt >= sendAttempts)
-            throw new FlotillaError(
-              "E_UPLOAD",
-              `sending ${msg.messageId} failed ${attempt} times: ${errorText(e)}`,
-              { cause: e },
-            );
-          const delay = Math.min(60_000, retryDelayMs * 2 ** (attempt - 1));
-          log("warn", `trainer: sending ${msg.messageId} failed (${errorText(e)}); retrying in ${delay} ms`);
-          await sleep(delay, signal);
-        }
-      }
-    }
+    await host.sendWithRetry(outputName, messages, { failCode: "E_UPLOAD", attempts: sendAttempts, signal });
     return updateId;
   };
 
-  // --- link -------------------------------------------------------------------------------------------------------
-  const readTwin = async (): Promise<void> => {
-    const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin");
-    if (stopped) return;
-    if (t !== twin) {
-      twin?.removeListener("properties.desired", onDesired);
-      twin?.removeListener("error", onTwinError);
-      twin = t;
-      // Rounds already finished before a restart are not trained again.
-      const r = t.properties.reported?.[REPORTED_KEY] as Partial<TrainerState> | undefined;
-      if (r && typeof r.jobId === "string" && typeof r.round === "number") {
-        // A secure round in progress is not retried either: its session (keys, update) died with the process.
-        if (["done", "queued", "uploading", "secagg"].includes(r.status as string))
-          tried.add(keyOf(r as RoundOrder));
-        latestRound.set(r.jobId, Math.max(latestRound.get(r.jobId) ?? -1, r.round));
-      }
-      t.on("error", onTwinError);
-      t.on("properties.desired", onDesired);
-    }
-    // The SDK re-subscribes after a reconnect but does not re-read the twin: an order set meanwhile is read here.
-    onDesiredValue(t.properties.desired.flotilla);
-  };
-
-  const connect = async (): Promise<void> => {
-    reconnectTimer = undefined;
-    if (stopped) return;
-    opening = true;
-    try {
-      await client.open();
-      opening = false;
-      online = true;
-      reconnectFailures = 0;
-      await readTwin();
-      pushReported();
-    } catch (e) {
-      opening = false;
-      log("warn", `trainer: connecting failed: ${errorText(e)}`);
-      scheduleReconnect();
-    }
-  };
-  const scheduleReconnect = (): void => {
-    if (stopped || reconnectTimer) return;
-    reconnectFailures++;
-    const delay = Math.min(60_000, retryDelayMs * 2 ** (reconnectFailures - 1)) * (0.5 + Math.random() / 2);
-    reconnectTimer = setTimeout(() => void connect(), delay);
-  };
-  const onConnect = (): void => {
-    if (stopped || opening) return;
-    online = true;
-    readTwin()
-      .then(() => pushReported())
-      .catch((e: unknown) => log("warn", `trainer: reading the twin failed: ${errorText(e)}`));
-  };
-  const onDisconnect = (err?: unknown): void => {
-    if (stopped) return;
-    online = false;
-    log("warn", `trainer: disconnected${err ? `: ${errorText(err)}` : ""}`);
-    scheduleReconnect();
-  };
-  const onError = (err?: unknown): void => {
-    if (!stopped) log("warn", `trainer: client error: ${errorText(err)}`);
-  };
-
-  client.on("error", onError);
-  client.on("disconnect", onDisconnect);
-  client.on("connect", onConnect);
-
-  // --- direct methods -----------------------------------------------------------------------------------------------
-  const stoppedAnswer = (response?: MethodResponseLike): void =>
-    respond(response, 503, { code: STOPPED, message: "the trainer is stopped" }, log);
-  client.onMethod("startRound", (request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    try {
-      const payload = parsePayload(request?.payload);
-      if (!payload) throw new FlotillaError("E_ROUND_INVALID", "startRound payload must be a JSON object");
-      if (!parseRoundOrder(payload))
-        throw new FlotillaError("E_ROUND_INVALID", "startRound payload has no jobId");
-      const started = onOrder(payload, "startRound");
-      respond(
-        response,
-        started ? 200 : 409,
-        started
-          ? { accepted: true, jobId: payload.jobId, round: payload.round }
-          : {
-              accepted: false,
-              code: "E_ROUND_SEEN",
-              message: "this round was already started (or is older)",
-            },
-        log,
-      );
-    } catch (e) {
-      respond(response, 400, errorOf(e), log);
-    }
-  });
-  client.onMethod("abortRound", (request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    const p = parsePayload(request?.payload) ?? {};
+  // --- direct methods (besides startRound, in the order intake above) ------------------------------------------------
+  const abortRound: MethodTable[string] = (payload) => {
+    const p = payload ?? {};
     const aborted: string[] = [];
     for (const run of [active, pending]) {
       if (!run || run.controller.signal.aborted) continue;
@@ -639,40 +560,42 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       const round = typeof p.round === "number" ? p.round : undefined;
       if (secagg.drop(p.jobId, round) > 0) aborted.push(`${p.jobId}/${round ?? "*"} (secure aggregation)`);
     }
-    respond(response, aborted.length > 0 ? 200 : 404, { aborted: aborted.length > 0, rounds: aborted }, log);
-  });
-  client.onMethod("predict", (request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    if (!inference) {
-      respond(
-        response,
-        501,
-        { code: "E_PREDICT_DISABLED", message: "inference is off on this trainer" },
-        log,
-      );
-      return;
+    return {
+      status: aborted.length > 0 ? 200 : 404,
+      payload: { aborted: aborted.length > 0, rounds: aborted },
+    };
+  };
+
+  const predict: MethodTable[string] = async (payload) => {
+    if (!inference)
+      return {
+        status: 501,
+        payload: { code: "E_PREDICT_DISABLED", message: "inference is off on this trainer" },
+      };
+    try {
+      return { status: 200, payload: await inference.predict(payload) };
+    } catch (e) {
+      const err = errorOf(e);
+      return { status: err.code === "E_PREDICT_NO_MODEL" ? 404 : 400, payload: err };
     }
-    inference.predict(parsePayload(request?.payload)).then(
-      (answer) => respond(response, 200, answer, log),
-      (e) => {
-        const err = errorOf(e);
-        respond(response, err.code === "E_PREDICT_NO_MODEL" ? 404 : 400, err, log);
-      },
-    );
-  });
-  // Secure aggregation, steps 2-4 (./secagg.ts): 200 with the step's answer, 400 {code, message} otherwise.
-  for (const { method, step } of SECAGG_METHODS) {
-    client.onMethod(method, (request, response) => {
-      if (stopped) return stoppedAnswer(response);
-      const payload = parsePayload(request?.payload);
+  };
+
+  /** Secure aggregation, steps 2-4 (./secagg.ts): 200 with the step's answer, 400 {code, message} otherwise. */
+  const secaggMethod =
+    (method: string, step: SecAggStep): MethodTable[string] =>
+    (payload) => {
       const answer = secagg.answer(step, payload);
-      respond(response, answer.status, answer.payload, log);
       const jobId = payload?.jobId;
       const round = payload?.round;
       if (answer.status !== 200) {
         const err = answer.payload as { code: string; message: string };
-        log("warn", `trainer: ${method} for ${String(jobId)}/${String(round)}: ${err.code}: ${err.message}`);
-        return;
+        log.warn(`${method} for ${String(jobId)}/${String(round)}: ${err.code}: ${err.message}`, {
+          method,
+          jobId,
+          round,
+          code: err.code,
+        });
+        return { status: answer.status, payload: answer.payload };
       }
       if (state.jobId === jobId && state.round === round)
         setState({ status: step === "unmask" ? "done" : "secagg", secaggStep: step });
@@ -680,40 +603,45 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       if (frame) {
         // The masked input leaves on the updates output like any update (after the answer: it may be large).
         maskChain = maskChain.then(async () => {
+          await Promise.resolve(); // the method's answer first
           try {
-            const updateId = await sendFrame(encodeMessage(frame), frame, stopSignal.signal);
-            log("info", `trainer: round ${frame.round} of ${frame.jobId}: masked input sent (${updateId})`);
+            const updateId = await sendFrame(encodeMessage(frame), frame, host.stopSignal);
+            log.info(`round ${frame.round} of ${frame.jobId}: masked input sent (${updateId})`, {
+              jobId: frame.jobId,
+              round: frame.round,
+              updateId,
+            });
           } catch (e) {
             const err = errorOf(e);
-            log(
-              "warn",
-              `trainer: sending the masked input of ${frame.jobId}/${frame.round}: ${err.code}: ${err.message}`,
+            log.warn(
+              `sending the masked input of ${frame.jobId}/${frame.round}: ${err.code}: ${err.message}`,
+              {
+                jobId: frame.jobId,
+                round: frame.round,
+                code: err.code,
+              },
             );
             if (state.jobId === frame.jobId && state.round === frame.round)
               setState({ status: "error", error: err });
           }
         });
       }
-    });
-  }
-  client.onMethod("status", (_request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    respond(response, 200, state, log);
-  });
+      return { status: answer.status, payload: answer.payload };
+    };
+
   // The update-queue module tells the trainer when its disk refused an update (modules/update-queue/src/main.ts,
   // holdRefused): this trainer's output succeeded — edgeHub took the message — so this is the only way to learn it.
   // The round's state becomes `error` (E_QUEUE_*), which the cloud sees, until the queue reports it stored.
   let refused: { updateId: string; status: TrainerStatus } | undefined;
-  client.onMethod("updateNotStored", (request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    const p = parsePayload(request?.payload) ?? {};
+  const updateNotStored: MethodTable[string] = (payload) => {
+    const p = payload ?? {};
     const code = typeof p.code === "string" && /^E_[A-Z0-9_]+$/.test(p.code) ? p.code : "E_QUEUE_STORE";
     const detail = typeof p.message === "string" ? p.message.slice(0, 500) : "no detail";
     const ours = typeof p.updateId === "string" && p.updateId === state.updateId;
-    log(
-      "error",
-      `trainer: the update-queue could not store update ${String(p.updateId)}: ${code}: ${detail}`,
-    );
+    log.error(`the update-queue could not store update ${String(p.updateId)}: ${code}: ${detail}`, {
+      updateId: p.updateId,
+      code,
+    });
     if (ours && state.status !== "error") {
       refused = { updateId: p.updateId as string, status: state.status };
       const held = p.held === true ? "held in memory and retried" : "not held: lost unless redelivered";
@@ -722,55 +650,65 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         error: { code, message: `the update-queue could not store it (${held}): ${detail}` },
       });
     }
-    respond(response, 200, { known: ours }, log);
-  });
-  client.onMethod("updateStored", (request, response) => {
-    if (stopped) return stoppedAnswer(response);
-    const p = parsePayload(request?.payload) ?? {};
+    return { status: 200, payload: { known: ours } };
+  };
+  const updateStored: MethodTable[string] = (payload) => {
+    const p = payload ?? {};
     const ours = refused !== undefined && p.updateId === refused.updateId && p.updateId === state.updateId;
     if (ours && refused && state.status === "error") setState({ status: refused.status, error: null });
     if (ours) refused = undefined;
-    respond(response, 200, { known: ours }, log);
-  });
+    return { status: 200, payload: { known: ours } };
+  };
 
-  await connect();
+  const methods: MethodTable = {
+    [ORDER_METHOD]: startRoundMethod,
+    abortRound,
+    predict,
+    ...Object.fromEntries(SECAGG_METHODS.map(({ method, step }) => [method, secaggMethod(method, step)])),
+    status: () => ({ status: 200, payload: state }),
+    updateNotStored,
+    updateStored,
+  };
+
+  // --- the host: link, twin, reporting, method dispatch, sending, stop ---------------------------------------------
+  const host: ModuleHost = new ModuleHost({
+    name: "trainer",
+    client,
+    log,
+    stoppedCode: STOPPED,
+    internalCode: "E_TRAINER_INTERNAL",
+    twinTimeoutMs: opts.twinTimeoutMs,
+    reportIntervalMs: 0,
+    retryDelayMs: opts.retryDelayMs,
+    closeClient: opts.closeClient,
+    hooks: { onTwin, onDesiredPatch, reported: () => ({ [REPORTED_KEY]: state }) },
+    methods,
+  });
+  await host.start();
 
   return {
     state: () => state,
-    startRound: (order) => onOrder(order, "startRound"),
+    startRound: (order) => onOrder(order, ORDER_METHOD),
     idle: async () => {
       for (let c = chain, m = maskChain; ; c = chain, m = maskChain) {
         await c;
         await m;
         if (c === chain && m === maskChain) break;
       }
-      await reportChain;
+      await host.reportsSettled();
     },
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      if (reconnectTimer) clearTimeout(reconnectTimer);
-      const reason = new FlotillaError(STOPPED, "the trainer is stopping");
-      stopSignal.abort(reason);
-      active?.controller.abort(reason);
-      pending?.controller.abort(reason);
-      await chain.catch(() => undefined);
-      await maskChain.catch(() => undefined);
-      await inferenceChain;
-      await inference?.close();
-      // The last reported state (e.g. the final `done`) goes out before the client closes.
-      await withTimeout(reportChain, 2000, "reported state").catch(() => undefined);
-      client.removeListener("connect", onConnect);
-      client.removeListener("disconnect", onDisconnect);
-      twin?.removeListener("properties.desired", onDesired);
-      if (opts.closeClient) {
-        try {
-          await withTimeout(client.close(), 5000, "client close");
-        } catch (e) {
-          log("warn", `trainer: closing the client failed: ${errorText(e)}`);
-        }
-      }
-    },
+    stop: () =>
+      host.stop({
+        drain: async () => {
+          const reason = host.stopSignal.reason as unknown;
+          active?.controller.abort(reason);
+          pending?.controller.abort(reason);
+          await chain.catch(() => undefined);
+          await maskChain.catch(() => undefined);
+          await inferenceChain;
+          await inference?.close();
+        },
+      }),
   };
 }
 
@@ -812,8 +750,4 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
     signal.addEventListener("abort", onAbort, { once: true });
     p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return abortable(new Promise<void>((r) => setTimeout(r, ms).unref?.()), signal);
 }

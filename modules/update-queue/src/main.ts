@@ -15,14 +15,12 @@ import {
 } from "./outbox";
 import { Sender } from "./sender";
 import { chunkMessage, inputChunkMeta } from "../../shared/chunks";
+import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import {
   createModuleClient as createSharedModuleClient,
-  defaultLog,
   errorText as message,
-  withTimeout,
-  type LogLevel,
 } from "../../shared/module-client";
-import { Throttle } from "../../shared/throttle";
+import { ModuleHost, runModule } from "../../shared/host";
 
 /**
  * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
@@ -32,8 +30,13 @@ import { Throttle } from "../../shared/throttle";
  * the module twin (desired `acks`) or the `ack` direct method. An update the disk refuses is held, retried and
  * reported, and the trainer told (`holdRefused`); a damaged queue file is moved aside and reported (./queue-file.ts).
  *
+ * The link (reconnect with `reconnectBackoff`), the module twin (read again at every connection, a failed read
+ * retried), throttled reporting, the `ack`/`status` methods, input dispatch and stopping are the module host's
+ * (modules/shared/host.ts); this file is the queue's own logic. Sending is the Sender's (./sender.ts: an outbox
+ * drains with its own backoff, and resends after a reconnect).
+ *
  * `startUpdateQueue` takes an injected client and touches no globals (no process.env, signals or exit), so a local
- * fleet launcher can run many queues in one process; `run` is the container entry point.
+ * fleet launcher can run many queues in one process; `start` (with runModule) is the container entry point.
  */
 
 /** The slice of ModuleClient (azure-iot-device 1.18) the queue uses; a launcher or test may pass a look-alike. */
@@ -76,8 +79,6 @@ export interface TwinLike {
   removeListener(event: "error", listener: (err: Error) => void): unknown;
 }
 
-type ReportedUpdate = (patch: Record<string, unknown>, done: (err?: Error) => void) => void;
-
 export interface MethodRequestLike {
   payload?: unknown;
 }
@@ -86,7 +87,7 @@ export interface MethodResponseLike {
   send(status: number, payload?: unknown): Promise<void>;
 }
 
-export type { LogLevel };
+export type LogLevel = "info" | "warn" | "error";
 
 export interface UpdateQueueOptions {
   client: UpdateQueueClient;
@@ -120,7 +121,8 @@ export interface UpdateQueueOptions {
   trainerModuleId?: string;
   /** This device's id, for the module-to-module call (default: the update's deviceId). */
   deviceId?: string;
-  log?: (level: LogLevel, message: string) => void;
+  /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
+  log?: Logger | LineLog;
   random?: () => number;
 }
 
@@ -189,7 +191,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   const { client } = opts;
   const inputName = opts.inputName ?? DEFAULTS.inputName;
   const outputName = opts.outputName ?? DEFAULTS.outputName;
-  const log = opts.log ?? defaultLog;
+  const log = toLogger(opts.log, "update-queue");
   const random = opts.random ?? Math.random;
   const reconnectBackoff = checkBackoff(
     opts.reconnectBackoff ?? DEFAULTS.reconnectBackoff,
@@ -208,10 +210,10 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   }
   let onQuarantine: (report: QuarantineReport) => void = (report) => logQuarantine(report);
   const logQuarantine = (r: QuarantineReport): void =>
-    log(
-      "error",
-      `update-queue: E_QUEUE_CORRUPT: ${r.reason}; moved ${r.file} aside${r.movedTo ? ` to ${r.movedTo}` : ""} ` +
+    log.error(
+      `E_QUEUE_CORRUPT: ${r.reason}; moved ${r.file} aside${r.movedTo ? ` to ${r.movedTo}` : ""} ` +
         `and started a fresh queue; updates lost: ${r.lostUpdates}`,
+      { code: "E_QUEUE_CORRUPT", file: r.file, lostUpdates: r.lostUpdates },
     );
   const outbox = new Outbox(join(opts.dir, QUEUE_FILE), {
     maxChunkBytes: opts.maxChunkBytes,
@@ -228,26 +230,17 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     random,
   });
 
-  let stopped = false;
   let invalidInputs = 0;
   let lastError: string | null = null;
-  let twin: TwinLike | undefined;
-  let opening = false;
-  let syncing = false;
-  let resyncRequested = false;
-  let reconnectFailures = 0;
-  let reconnectTimer: NodeJS.Timeout | undefined;
-  let twinFailures = 0;
-  let twinTimer: NodeJS.Timeout | undefined;
   const held = new Map<string, HeldInput>();
   let heldBytes = 0;
   let lostInputs = 0;
   let storeFailures = 0;
   let storeTimer: NodeJS.Timeout | undefined;
 
-  const problem = (level: LogLevel, message: string): void => {
+  const problem = (level: LogLevel, message: string, fields?: Record<string, unknown>): void => {
     lastError = message;
-    log(level, message);
+    log.log(level, message, fields);
   };
 
   const status = (): UpdateQueueStatus => ({
@@ -262,37 +255,22 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     config: { maxChunkBytes: outbox.maxChunkBytes, resendAfterMs: sender.resendAfterMs },
   });
 
-  const reporter = new Throttle(opts.reportIntervalMs ?? DEFAULTS.reportIntervalMs, () => {
-    if (stopped || !twin || !sender.online) return;
-    let patch: Record<string, unknown>;
-    try {
-      patch = { [REPORTED_KEY]: { ...status(), reportedAt: new Date().toISOString() } };
-    } catch (e) {
-      return problem("warn", `update-queue: cannot read queue status: ${message(e)}`);
-    }
-    const update = twin.properties.reported.update as ReportedUpdate | undefined;
-    if (typeof update !== "function")
-      return problem("warn", "update-queue: the twin cannot update reported properties");
-    try {
-      update.call(twin.properties.reported, patch, (err) => {
-        if (err) log("warn", `update-queue: reporting status failed: ${message(err)}`);
-      });
-    } catch (e) {
-      log("warn", `update-queue: reporting status failed: ${message(e)}`);
-    }
+  /** The reported status (sent by the host, throttled). */
+  const reported = (): Record<string, unknown> => ({
+    [REPORTED_KEY]: { ...status(), reportedAt: new Date().toISOString() },
   });
   onQuarantine = (report) => {
     logQuarantine(report);
     lastError = `E_QUEUE_CORRUPT: ${report.reason}`;
-    reporter.schedule();
+    host.changed();
   };
   if (outbox.quarantined) logQuarantine(outbox.quarantined); // found while opening, before the log was wired
 
   // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
   const applyDesired = (desired: Record<string, unknown>): void => {
-    if (stopped || typeof desired !== "object" || desired === null) return;
+    if (host.stopped || typeof desired !== "object" || desired === null) return;
     const { config, errors } = parseDesiredConfig(desired);
-    for (const e of errors) problem("warn", `update-queue: ${e}`);
+    for (const e of errors) problem("warn", `${e}`);
     try {
       if (config.maxChunkBytes !== undefined) outbox.setMaxChunkBytes(config.maxChunkBytes);
       if (config.resendAfterMs !== undefined) sender.setResendAfterMs(config.resendAfterMs);
@@ -301,121 +279,18 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
         const n = outbox.dropClosedRounds(jobId, round);
         if (n > 0)
-          log("info", `update-queue: dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`);
+          log.info(`dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`, {
+            jobId,
+            openRound: round,
+            dropped: n,
+          });
       }
     } catch (e) {
-      problem("warn", `update-queue: applying desired properties failed: ${message(e)}`);
+      problem("warn", `applying desired properties failed: ${message(e)}`);
     }
     sender.kick();
-    reporter.schedule();
+    host.changed();
   };
-  const onDesired = (delta: Record<string, unknown>): void => applyDesired(delta);
-  const onTwinError = (err: Error): void => problem("warn", `update-queue: twin error: ${message(err)}`);
-
-  // --- link state ---------------------------------------------------------------------------------------------
-  /** GETs the twin and applies it; true on success. */
-  const readTwin = async (): Promise<boolean> => {
-    try {
-      const t = await withTimeout(client.getTwin(), twinTimeoutMs, "getTwin", { keepAlive: true });
-      if (stopped) return false;
-      if (t !== twin) {
-        twin?.removeListener("properties.desired", onDesired);
-        twin?.removeListener("error", onTwinError);
-        twin = t;
-        t.on("error", onTwinError);
-        t.on("properties.desired", onDesired);
-      }
-      applyDesired(t.properties.desired);
-      twinFailures = 0;
-      return true;
-    } catch (e) {
-      problem("warn", `update-queue: reading the module twin failed: ${message(e)}`);
-      return false;
-    }
-  };
-
-  /** A failed twin GET is retried on its own (with backoff) while the link is up, without resending anything. */
-  const retryTwinLater = (): void => {
-    if (stopped || twinTimer) return;
-    twinFailures++;
-    twinTimer = setTimeout(
-      () => {
-        twinTimer = undefined;
-        if (stopped || !sender.online || syncing) return;
-        void readTwin().then((ok) => (ok ? undefined : retryTwinLater()));
-      },
-      backoffDelay(twinFailures, reconnectBackoff, random),
-    );
-  };
-
-  /**
-   * After every (re)connection: GET the twin again (the SDK re-subscribes but does not re-GET, so acks and config
-   * set while offline would be missed), apply its acks, then resend everything still unacknowledged.
-   */
-  const sync = async (): Promise<void> => {
-    if (syncing) {
-      resyncRequested = true;
-      return;
-    }
-    syncing = true;
-    try {
-      do {
-        resyncRequested = false;
-        const ok = await readTwin();
-        if (stopped) return;
-        sender.resendUnacked();
-        sender.setOnline(true);
-        reporter.schedule();
-        if (!ok) retryTwinLater();
-      } while (resyncRequested && !stopped);
-    } finally {
-      syncing = false;
-    }
-  };
-
-  const connect = async (): Promise<void> => {
-    reconnectTimer = undefined;
-    if (stopped) return;
-    opening = true;
-    try {
-      await client.open();
-    } catch (e) {
-      opening = false;
-      problem("warn", `update-queue: connecting failed: ${message(e)}`);
-      scheduleReconnect();
-      return;
-    }
-    opening = false;
-    reconnectFailures = 0;
-    if (!stopped) await sync();
-  };
-
-  const scheduleReconnect = (): void => {
-    if (stopped || opening || reconnectTimer) return;
-    reconnectFailures++;
-    const delay = backoffDelay(reconnectFailures, reconnectBackoff, random);
-    log("info", `update-queue: reconnecting in ${delay} ms`);
-    reconnectTimer = setTimeout(() => void connect(), delay);
-  };
-
-  const onConnect = (): void => {
-    // The SDK reconnected by itself (or open() is connecting): either way the twin must be read again.
-    if (stopped || opening) return;
-    void sync();
-  };
-  const onDisconnect = (err?: unknown): void => {
-    if (stopped) return;
-    problem("warn", `update-queue: disconnected${err ? `: ${message(err)}` : ""}`);
-    sender.setOnline(false);
-    scheduleReconnect();
-  };
-  const onError = (err?: unknown): void => {
-    if (stopped) return;
-    problem("warn", `update-queue: client error: ${message(err)}`);
-    sender.setOnline(false);
-    scheduleReconnect();
-  };
-
   // --- trainer → module -----------------------------------------------------------------------------------------
   /**
    * Tells the trainer module (module-to-module direct method through edgeHub) that an update could not be stored,
@@ -441,14 +316,14 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       call = Promise.reject(e instanceof Error ? e : new Error(String(e)));
     }
     call.catch((e: unknown) =>
-      log("warn", `update-queue: telling module '${trainerModuleId}' ${methodName} failed: ${message(e)}`),
+      log.warn(`telling module '${trainerModuleId}' ${methodName} failed: ${message(e)}`),
     );
   };
 
   /** Tries the held inputs again (oldest first); completes each one stored. */
   const retryHeld = (): void => {
     storeTimer = undefined;
-    if (stopped) return;
+    if (host.stopped) return;
     for (const h of [...held.values()]) {
       try {
         h.store();
@@ -457,25 +332,28 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
           // E.g. a duplicate chunk that now conflicts: a redelivery cannot fix it either.
           release(h);
           invalidInputs++;
-          problem("warn", `update-queue: rejected a held input message: ${e.code}: ${e.message}`);
-          settle(client.complete(h.msg), log);
+          problem("warn", `rejected a held input message: ${e.code}: ${e.message}`, {
+            updateId: h.updateId,
+            code: e.code,
+          });
+          host.complete(h.msg);
           continue;
         }
         storeFailures++;
-        problem("warn", `update-queue: ${held.size} update(s) still not stored: ${message(e)}`);
+        problem("warn", `${held.size} update(s) still not stored: ${message(e)}`);
         scheduleStoreRetry();
-        reporter.schedule();
+        host.changed();
         return;
       }
       release(h);
       storeFailures = 0;
-      log("info", `update-queue: stored update ${h.updateId} after the disk refused it`);
-      settle(client.complete(h.msg), log);
+      log.info(`stored update ${h.updateId} after the disk refused it`, { updateId: h.updateId });
+      host.complete(h.msg);
       // An update split into chunks is told about once: when its last held chunk is stored.
       if (!holding(h.updateId)) notifyTrainer("updateStored", h);
     }
     sender.kick();
-    reporter.schedule();
+    host.changed();
   };
   /** Whether a message of this update other than `except` is held. */
   const holding = (updateId: string, except?: string): boolean => {
@@ -486,23 +364,17 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     if (held.delete(h.key)) heldBytes -= h.bytes;
   };
   const scheduleStoreRetry = (): void => {
-    if (stopped || storeTimer || held.size === 0) return;
+    if (host.stopped || storeTimer || held.size === 0) return;
     storeTimer = setTimeout(retryHeld, backoffDelay(Math.max(1, storeFailures), storeBackoff, random));
   };
   /** Space may have been freed (acks): try the held inputs at once. */
   const retryHeldSoon = (): void => {
-    if (held.size === 0 || stopped) return;
+    if (held.size === 0 || host.stopped) return;
     if (storeTimer) clearTimeout(storeTimer);
     storeTimer = setTimeout(retryHeld, 0);
   };
 
-  const onInput = (name: string, msg: Message): void => {
-    if (stopped) return;
-    if (name !== inputName) {
-      log("warn", `update-queue: ignoring a message on unknown input '${name}'`);
-      settle(client.complete(msg), log);
-      return;
-    }
+  const onInput = (msg: Message): void => {
     // Stored synchronously, inside the input event: over MQTT the SDK has already PUBACKed the message (complete()
     // is a no-op there), so the sooner the fsync the smaller the window; over AMQP complete() is the real ack and
     // is only sent below, after the commit.
@@ -531,17 +403,17 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     } catch (e) {
       if (isFlotillaError(e) && INPUT_ERRORS.has(e.code)) {
         invalidInputs++;
-        problem("warn", `update-queue: rejected an input message: ${e.code}: ${e.message}`);
-        settle(client.complete(msg), log); // a redelivery would fail the same way
-        reporter.schedule();
+        problem("warn", `rejected an input message: ${e.code}: ${e.message}`, { code: e.code });
+        host.complete(msg); // a redelivery would fail the same way
+        host.changed();
       } else {
         holdRefused(msg, entry!, e);
       }
       return;
     }
-    settle(client.complete(msg), log);
+    host.complete(msg);
     sender.kick();
-    reporter.schedule();
+    host.changed();
   };
 
   /**
@@ -556,7 +428,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   const holdRefused = (msg: Message, entry: HeldInput | undefined, e: unknown): void => {
     storeFailures++;
     if (!entry) {
-      problem("error", `update-queue: could not store an update: ${message(e)}`);
+      problem("error", `could not store an update: ${message(e)}`);
       return;
     }
     const code = isFlotillaError(e) ? e.code : "E_QUEUE_IO";
@@ -566,8 +438,9 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       lostInputs++;
       problem(
         "error",
-        `update-queue: could not store update ${entry.updateId} (${message(e)}) and cannot hold it: ` +
+        `could not store update ${entry.updateId} (${message(e)}) and cannot hold it: ` +
           `${heldBytes} bytes are held already (max ${maxHeldBytes}); it is lost unless edgeHub redelivers it`,
+        { updateId: entry.updateId, jobId: entry.jobId, round: entry.round, code },
       );
       notifyTrainer("updateNotStored", entry, { code, message: message(e), held: false });
     } else {
@@ -575,100 +448,97 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       heldBytes += entry.bytes;
       problem(
         "error",
-        `update-queue: could not store update ${entry.updateId} (${message(e)}); holding it in memory ` +
+        `could not store update ${entry.updateId} (${message(e)}); holding it in memory ` +
           `(${held.size} held) and trying again`,
+        { updateId: entry.updateId, jobId: entry.jobId, round: entry.round, code },
       );
       const told = already !== undefined || holding(entry.updateId, entry.key);
       if (!told) notifyTrainer("updateNotStored", entry, { code, message: message(e), held: true });
       scheduleStoreRetry();
     }
-    reporter.schedule();
+    host.changed();
   };
 
-  // Link listeners first: registering methods and inputs makes the SDK subscribe, and failures come as "error".
-  client.on("error", onError);
-  client.on("disconnect", onDisconnect);
-  client.on("connect", onConnect);
-
-  // --- direct methods -------------------------------------------------------------------------------------------
-  client.onMethod("ack", (request, response) => {
-    if (!response) return;
-    if (stopped)
-      return respond(response, 503, { code: "E_QUEUE_STOPPED", message: "the update queue is stopped" }, log);
-    try {
-      const ids = ackIdsOf(parsePayload(request?.payload)?.updateIds, true);
-      const acked = outbox.ackMany(ids);
-      if (acked > 0) retryHeldSoon();
-      sender.kick();
-      reporter.schedule();
-      respond(response, 200, { acked, depth: outbox.stats().depth }, log);
-    } catch (e) {
-      const code = isFlotillaError(e) ? e.code : "E_QUEUE_IO";
-      respond(response, code === "E_QUEUE_INVALID" ? 400 : 500, { code, message: message(e) }, log);
-    }
+  // --- the host: link, twin, reporting, methods, inputs ------------------------------------------------------------
+  const host: ModuleHost = new ModuleHost({
+    name: "update-queue",
+    client,
+    log,
+    stoppedCode: "E_QUEUE_STOPPED",
+    stoppedMessage: "the update queue is stopped",
+    internalCode: "E_QUEUE_IO",
+    methodErrorStatus: (code) => (code === "E_QUEUE_INVALID" ? 400 : 500),
+    twinTimeoutMs,
+    reportIntervalMs: opts.reportIntervalMs ?? DEFAULTS.reportIntervalMs,
+    reconnectDelay: (failures) => backoffDelay(failures, reconnectBackoff, random),
+    // An SDK `error` (e.g. a failed subscription) counts as the link being down: offline, reconnect.
+    errorIsDisconnect: true,
+    closeClient: opts.closeClient,
+    hooks: {
+      // Every twin GET (after each (re)connection, the SDK re-subscribes but does not re-GET): acks and
+      // configuration set while the link was down are applied before anything is resent.
+      onTwin: (twin) => applyDesired(twin.properties.desired),
+      onDesiredPatch: (delta) => applyDesired(delta),
+      onOnline: () => {
+        sender.resendUnacked();
+        sender.setOnline(true);
+      },
+      onOffline: () => sender.setOnline(false),
+      onProblem: (text) => void (lastError = text),
+      reported,
+    },
+    methods: {
+      ack: (payload) => {
+        const ids = ackIdsOf(payload?.updateIds, true);
+        const acked = outbox.ackMany(ids);
+        if (acked > 0) retryHeldSoon();
+        sender.kick();
+        host.changed();
+        return { status: 200, payload: { acked, depth: outbox.stats().depth } };
+      },
+      status: () => ({ status: 200, payload: status() }),
+    },
+    inputs: { [inputName]: onInput },
   });
-  client.onMethod("status", (_request, response) => {
-    if (!response) return;
-    if (stopped)
-      return respond(response, 503, { code: "E_QUEUE_STOPPED", message: "the update queue is stopped" }, log);
-    try {
-      respond(response, 200, status(), log);
-    } catch (e) {
-      respond(response, 500, { code: isFlotillaError(e) ? e.code : "E_QUEUE_IO", message: message(e) }, log);
-    }
-  });
 
-  sender.on("sent", () => reporter.schedule());
+  sender.on("sent", () => host.changed());
   sender.on("dropped", ({ updateId, error }) =>
-    problem("error", `update-queue: dropped ${updateId}: ${message(error)}`),
+    problem("error", `dropped ${updateId}: ${message(error)}`, { updateId, err: error }),
   );
-  sender.on("fault", ({ error }) => problem("error", `update-queue: queue failure: ${message(error)}`));
+  sender.on("fault", ({ error }) => problem("error", `queue failure: ${message(error)}`, { err: error }));
   sender.on("retry", ({ updateId, error, delayMs }) =>
-    log("warn", `update-queue: sending ${updateId} failed (${message(error)}); retrying in ${delayMs} ms`),
+    log.warn(`sending ${updateId} failed (${message(error)}); retrying in ${delayMs} ms`, {
+      updateId,
+      delayMs,
+      err: error,
+    }),
   );
 
-  client.on("inputMessage", onInput);
   sender.start();
-  await connect();
+  await host.start();
 
   return {
     outbox,
     sender,
     status,
-    reportNow: () => reporter.flush(),
-    async stop() {
-      if (stopped) return;
-      stopped = true;
-      if (reconnectTimer) clearTimeout(reconnectTimer);
-      if (twinTimer) clearTimeout(twinTimer);
-      if (storeTimer) clearTimeout(storeTimer);
-      if (held.size > 0)
-        log(
-          "error",
-          `update-queue: stopping with ${held.size} update(s) not stored (not completed: edgeHub keeps them over AMQP)`,
-        );
-      reporter.cancel();
-      client.removeListener("inputMessage", onInput);
-      client.removeListener("connect", onConnect);
-      client.removeListener("disconnect", onDisconnect);
-      // The "error" listener stays (inert): removing the input listener makes the SDK unsubscribe, and a failure
-      // of that is emitted as "error", which would throw with no listener.
-      twin?.removeListener("properties.desired", onDesired);
-      await sender.stop();
-      try {
-        outbox.close();
-      } catch (e) {
-        log("warn", `update-queue: closing the queue file failed: ${message(e)}`);
-      }
-      if (opts.closeClient) {
-        try {
-          // close() never settles while the SDK is reconnecting: bound it, as the trainer and profiler do.
-          await withTimeout(client.close(), 5000, "client close");
-        } catch (e) {
-          log("warn", `update-queue: closing the client failed: ${message(e)}`);
-        }
-      }
-    },
+    reportNow: () => host.reportNow(),
+    stop: () =>
+      host.stop({
+        drain: async () => {
+          if (storeTimer) clearTimeout(storeTimer);
+          if (held.size > 0)
+            log.error(
+              `stopping with ${held.size} update(s) not stored (not completed: edgeHub keeps them over AMQP)`,
+              { unstored: held.size },
+            );
+          await sender.stop();
+          try {
+            outbox.close();
+          } catch (e) {
+            log.warn(`closing the queue file failed: ${message(e)}`, { err: e });
+          }
+        },
+      }),
   };
 }
 
@@ -729,34 +599,6 @@ export function openRoundsOf(value: unknown): [string, number][] {
   return out;
 }
 
-function parsePayload(payload: unknown): Record<string, unknown> | undefined {
-  let p = payload;
-  if (Buffer.isBuffer(p)) p = p.toString("utf8");
-  if (typeof p === "string") {
-    try {
-      p = JSON.parse(p);
-    } catch {
-      fail("E_QUEUE_INVALID", "method payload is not JSON");
-    }
-  }
-  return typeof p === "object" && p !== null ? (p as Record<string, unknown>) : undefined;
-}
-
-function respond(
-  response: MethodResponseLike,
-  status: number,
-  payload: unknown,
-  log: (level: LogLevel, message: string) => void,
-): void {
-  response
-    .send(status, payload)
-    .catch((e: unknown) => log("warn", `update-queue: method response failed: ${message(e)}`));
-}
-
-function settle(p: Promise<unknown>, log: (level: LogLevel, message: string) => void): void {
-  p.catch((e: unknown) => log("warn", `update-queue: completing an input message failed: ${message(e)}`));
-}
-
 // --- container entry ------------------------------------------------------------------------------------------
 
 /** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
@@ -764,11 +606,12 @@ export function createModuleClient(config: UpdateQueueConfig): Promise<ModuleCli
   return createSharedModuleClient(config.connection);
 }
 
-/** Container entry: configuration from the environment, runs until SIGTERM/SIGINT. */
-export async function run(env: Env = process.env): Promise<void> {
+/** Container entry: configuration from the environment (validated, naming what is missing); owns its client. */
+export async function start(log: Logger, env: Env = process.env): Promise<UpdateQueueHandle> {
   const config = loadConfig(env);
   const client = await createModuleClient(config);
-  const handle = await startUpdateQueue({
+  log.info(`queue in ${config.queueDir}`, { queueDir: config.queueDir });
+  return startUpdateQueue({
     client,
     dir: config.queueDir,
     maxChunkBytes: config.maxChunkBytes,
@@ -778,20 +621,10 @@ export async function run(env: Env = process.env): Promise<void> {
     // Told when an update cannot be stored (module-to-module direct method through edgeHub).
     trainerModuleId: env.FLOTILLA_TRAINER_MODULE?.trim() || undefined,
     deviceId: env.IOTEDGE_DEVICEID?.trim() || undefined,
+    log,
   });
-  await new Promise<void>((resolve) => {
-    process.once("SIGTERM", () => resolve());
-    process.once("SIGINT", () => resolve());
-  });
-  await handle.stop();
-  // Everything is on disk by now. The SDK may still be retrying an operation against an unreachable hub (its retry
-  // policy runs for up to 4 minutes); do not let that keep the container from stopping.
-  setTimeout(() => process.exit(), 5000).unref();
 }
 
-if (require.main === module) {
-  run().catch((e: unknown) => {
-    console.error(`update-queue: ${message(e)}`);
-    process.exitCode = 1;
-  });
-}
+// Everything is on disk once stop() resolves; the process then exits even if the SDK is still retrying an operation
+// against an unreachable hub (its retry policy runs for up to 4 minutes).
+if (require.main === module) runModule("update-queue", (log) => start(log));
