@@ -47,7 +47,10 @@ export interface Fleet {
   listTrainers(): Promise<TrainerInfo[]>;
   /** Replaces the trainer's desired `flotilla` (null = idle). */
   configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
-  /** Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). */
+  /**
+   * Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). The
+   * round dispatch no longer calls it (dispatch.ts: the trainer twin is the one order); kept for operators.
+   */
   startRound(deviceId: string, payload: RoundDesired): Promise<boolean>;
   /**
    * Calls the trainer's `abortRound` `{jobId, round}` (a stopped job); false (not thrown) when it did not get
