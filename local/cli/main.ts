@@ -583,6 +583,16 @@ export function buildProgram(): Command {
       exitCode = await runBenchSecAgg(opts);
     });
   bench
+    .command("compress")
+    .description("update codecs: compression ratio, encode/decode speed, and the aggregator's decode+sum")
+    .option("--params <n>", `values per update (at most ${BENCH_LIMITS.params})`, String(DEFAULT_BENCH_SIZE))
+    .option("--repeats <n>", `timed repeats (median; at most ${BENCH_LIMITS.repeats})`, "5")
+    .option("--codecs <list>", "comma-separated codec specs (default: a standard sweep)")
+    .option("--json", "print one JSON array")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchCompress(opts);
+    });
+  bench
     .command("stack")
     .description(
       "the IoT Hub path over the local stack: round wall time, training span, protocol overhead (medians), peak memory",
@@ -596,16 +606,6 @@ export function buildProgram(): Command {
     )
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchStack(opts);
-    });
-  bench
-    .command("compress")
-    .description("update codecs: compression ratio, encode/decode speed, and the aggregator's decode+sum")
-    .option("--params <n>", `values per update (at most ${BENCH_LIMITS.params})`, String(DEFAULT_BENCH_SIZE))
-    .option("--repeats <n>", `timed repeats (median; at most ${BENCH_LIMITS.repeats})`, "5")
-    .option("--codecs <list>", "comma-separated codec specs (default: a standard sweep)")
-    .option("--json", "print one JSON array")
-    .action(async (opts: RawOptions) => {
-      exitCode = await runBenchCompress(opts);
     });
   registerPrivacyCommand(program);
   return program;

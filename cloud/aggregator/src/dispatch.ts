@@ -79,7 +79,9 @@ export async function dispatchRound(
     // The quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
     const trainer = (async () => {
       if (!compression.lossless && !quantizers.has(p.deviceId)) {
-        await fleet.configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout).then(
+        await retried(() =>
+          fleet.configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout),
+        ).then(
           () => void configuredNow.push(p.deviceId),
           (e: Error) => {
             log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
@@ -87,14 +89,14 @@ export async function dispatchRound(
         );
       }
       try {
-        await fleet.configureRound(p.deviceId, desired);
+        await retried(() => fleet.configureRound(p.deviceId, desired));
       } catch (e) {
         log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
       }
     })();
     const queue =
       previous && !previous.received[p.deviceId]
-        ? fleet.setOpenRound(p.deviceId, d.jobId, st.round).catch((e: Error) => {
+        ? retried(() => fleet.setOpenRound(p.deviceId, d.jobId, st.round)).catch((e: Error) => {
             log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
           })
         : undefined;
@@ -104,6 +106,24 @@ export async function dispatchRound(
   if (!compression.lossless) {
     const next: DispatchRecord = { quantizers: [...new Set([...quantizers, ...configuredNow])].sort() };
     await putJson(store, paths.dispatch(d.jobId, st.round), next);
+  }
+}
+
+/** Attempts per twin write of a round order (a transient failure: a dropped keep-alive connection, a 429). */
+export const ORDER_ATTEMPTS = 3;
+
+/**
+ * Runs a twin write, again after 100 ms and 400 ms if it fails: with one order per device, one lost write would leave
+ * the device out of the round until its deadline.
+ */
+async function retried(write: () => Promise<void>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (e) {
+      if (attempt >= ORDER_ATTEMPTS) throw e;
+      await new Promise((r) => setTimeout(r, 100 * 4 ** (attempt - 1)));
+    }
   }
 }
 
