@@ -119,7 +119,9 @@ export class IotHubFleet implements Fleet {
     const q = this.registry.createQuery(sql, 100);
     const out: TwinDoc[] = [];
     do {
-      const page = await q.next();
+      // The token must be passed: the SDK's promise form `next()` without one asks for the first page again, and
+      // with more results than one page (100) the loop never ended (listTrainers hung at 200 devices).
+      const page = await q.next(q.continuationToken);
       out.push(...((page.result as TwinDoc[]) ?? []));
     } while (q.hasMoreResults);
     return out;
