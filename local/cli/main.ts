@@ -335,6 +335,21 @@ async function runBenchCompress(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runBenchStack(o: RawOptions): Promise<number> {
+  const devices = positiveInt("devices", (o.devices as string) ?? "10", SIM_LIMITS.devices);
+  const rounds = positiveInt("rounds", (o.rounds as string) ?? "4", SIM_LIMITS.rounds);
+  const out = o.out === undefined ? undefined : path.resolve(o.out as string);
+  const { benchStack, benchStackJson } = await import("../stack/bench-stack.js");
+  const r = await benchStack({ devices, rounds, out, onProgress: (l) => console.error(l) });
+  if (o.json) console.log(JSON.stringify(benchStackJson(r)));
+  else
+    console.log(
+      `${r.devices} devices, ${r.rounds} rounds (medians): round ${r.roundWallMs} ms, training span ` +
+        `${r.trainingSpanMs} ms, protocol overhead ${r.overheadMs} ms; peak memory ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
+    );
+  return 0;
+}
+
 async function runBenchSecAgg(o: RawOptions): Promise<number> {
   const clients = positiveInt("clients", o.clients as string, BENCH_LIMITS.secaggClients);
   const params = positiveInt("params", o.params as string, BENCH_LIMITS.secaggParams);
@@ -588,6 +603,21 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON array")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchCompress(opts);
+    });
+  bench
+    .command("stack")
+    .description(
+      "the IoT Hub path over the local stack: round wall time, training span, protocol overhead (medians), peak memory",
+    )
+    .option("--devices <n>", `devices, all taking part in every round (at most ${SIM_LIMITS.devices})`, "10")
+    .option("--rounds <n>", `rounds (at most ${SIM_LIMITS.rounds})`, "4")
+    .option("--out <dir>", "keep the run's state here (default: a temporary directory, removed)")
+    .option(
+      "--json",
+      "print one JSON object {devices, rounds, roundWallMs, trainingSpanMs, overheadMs, peakRssBytes}",
+    )
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchStack(opts);
     });
   registerPrivacyCommand(program);
   return program;

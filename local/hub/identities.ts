@@ -98,10 +98,14 @@ export interface TwinChange {
   desiredPatch?: JsonObject;
 }
 
+/** How long twin changes may wait to be written to the registry file (identity changes: 50 ms). */
+export const TWIN_SAVE_MS = 1000;
+
 export class IdentityStore {
   private readonly devices = new Map<string, DeviceEntry>();
   readonly policies = new Map<string, SharedAccessPolicy>();
   private saveTimer: NodeJS.Timeout | undefined;
+  private saveDue = 0;
   private readonly desiredListeners = new Set<(change: TwinChange) => void>();
   private readonly removedListeners = new Set<(clientIds: string[]) => void>();
 
@@ -261,7 +265,7 @@ export class IdentityStore {
     let desiredPatch: JsonObject | undefined;
     if (desired !== undefined) desiredPatch = next.patch("desired", desired);
     r.twin = next;
-    this.scheduleSave();
+    this.scheduleSave(TWIN_SAVE_MS);
     const change: TwinChange = {
       record: r,
       desiredPatch: desiredPatch && { ...desiredPatch, $version: next.desiredVersion },
@@ -285,7 +289,7 @@ export class IdentityStore {
       desiredPatch = { ...next.desired, ...Object.fromEntries(removed.map((k) => [k, null])) };
     }
     r.twin = next;
-    this.scheduleSave();
+    this.scheduleSave(TWIN_SAVE_MS);
     const change: TwinChange = {
       record: r,
       desiredPatch: desiredPatch && { ...desiredPatch, $version: next.desiredVersion },
@@ -298,7 +302,7 @@ export class IdentityStore {
   patchReported(deviceId: string, moduleId: string | undefined, patch: unknown): number {
     const r = this.require(deviceId, moduleId);
     r.twin.patch("reported", patch);
-    this.scheduleSave();
+    this.scheduleSave(TWIN_SAVE_MS);
     return r.twin.reportedVersion;
   }
 
@@ -316,12 +320,21 @@ export class IdentityStore {
     if (r) r.lastActivityTime = new Date().toISOString();
   }
 
-  private scheduleSave(): void {
-    if (!this.file || this.saveTimer) return;
+  /**
+   * Saves after `delayMs` unless a save is already due sooner. Identity changes are saved within 50 ms; twin
+   * changes are coalesced for up to TWIN_SAVE_MS: every save serialises the whole registry (about 1 MB at 200
+   * devices, tens of ms of the event loop), and during a round every trainer reports its progress several times.
+   */
+  private scheduleSave(delayMs = 50): void {
+    if (!this.file) return;
+    const due = Date.now() + delayMs;
+    if (this.saveTimer && this.saveDue <= due) return;
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveDue = due;
     this.saveTimer = setTimeout(() => {
       this.saveTimer = undefined;
       this.save();
-    }, 50);
+    }, delayMs);
     this.saveTimer.unref();
   }
 

@@ -146,6 +146,9 @@ function segments(pathname: string): string[] {
     });
 }
 
+/** How long the service API keeps an idle keep-alive connection open. */
+export const SERVICE_KEEP_ALIVE_MS = 120_000;
+
 export class ServiceApi {
   private readonly sockets = new Set<net.Socket>();
 
@@ -156,6 +159,10 @@ export class ServiceApi {
 
   static async start(o: ServiceApiOptions): Promise<ServiceApi> {
     const server = https.createServer({ cert: o.tls.cert, key: o.tls.key, minVersion: "TLSv1.2" });
+    // The service SDKs keep their connections alive and reuse an idle one without warning: with Node's default 5 s
+    // keep-alive timeout a request sent as the server closed its idle socket failed (ECONNRESET), e.g. a round
+    // order after a few seconds without hub calls. Idle connections now stay open two minutes.
+    server.keepAliveTimeout = SERVICE_KEEP_ALIVE_MS;
     const api = new ServiceApi(o, server);
     server.on("request", (req, res) => void api.handle(req, res));
     server.on("connection", (s: net.Socket) => {

@@ -11,7 +11,7 @@
  * orphan behind.
  */
 import { ModuleClient } from "azure-iot-device";
-import { Mqtt } from "azure-iot-device-mqtt";
+import { QuietMqtt } from "./quiet-mqtt";
 import type { Dataset } from "../../core/data/dataset";
 import { FlotillaError } from "../../core/errors";
 import { benchTrain } from "../../core/engine/bench";
@@ -127,7 +127,7 @@ export async function startDeviceProcess(
 // --- the child ------------------------------------------------------------------------------------------------------
 
 async function openModule(connectionString: string, ca: string): Promise<ModuleClient> {
-  const client = ModuleClient.fromConnectionString(connectionString, Mqtt);
+  const client = ModuleClient.fromConnectionString(connectionString, QuietMqtt);
   await client.setOptions({ ca });
   await client.open();
   return client;

@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ModuleClient } from "azure-iot-device";
-import { Mqtt } from "azure-iot-device-mqtt";
+import { QuietMqtt } from "./quiet-mqtt";
 import { createAggregator, type Aggregator } from "../../cloud/aggregator/src/aggregator";
 import { IotHubFleet } from "../../cloud/aggregator/src/fleet/fleet";
 import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregator/src/store/blob-store";
@@ -155,7 +155,7 @@ async function stackKeys(
 }
 
 async function openModule(hub: LocalHub, deviceId: string, moduleId: string): Promise<ModuleClient> {
-  const client = ModuleClient.fromConnectionString(hub.createModule(deviceId, moduleId), Mqtt);
+  const client = ModuleClient.fromConnectionString(hub.createModule(deviceId, moduleId), QuietMqtt);
   await client.setOptions({ ca: hub.caCertPem });
   await client.open();
   return client;

@@ -8,10 +8,24 @@ import { modelLayout } from "../../../core/engine/plan";
 import { layoutSegments } from "../../../core/round/update-pipeline";
 import type { RoundDesired } from "./fleet/fleet";
 import { paths, type JobDocument, type JobRepository, type RoundState } from "./jobs/state";
+import { getJson, putJson } from "./store/blob-store";
 import { secAggOrder } from "./secure-round";
 import type { AggregatorServices } from "./services";
 
-/** Configures every participant of an open round (quantizer, trainer twin, startRound, update-queue openRounds). */
+/**
+ * Sends every participant of an open round its round order: ONE write per device, the trainer module twin's desired
+ * `flotilla` (the trainer starts a round when its twin names a (jobId, round) it has not tried; the desired
+ * notification reaches a connected trainer at once, so no `startRound` method call is needed, and a disconnected
+ * one reads its twin when it reconnects, which a method call could not reach anyway).
+ *
+ * Two more writes go only to the devices that need them:
+ * - the quantizer twin's job entry (its codec and the job's layout), for a lossy job, to a device whose quantizer
+ *   has not been configured for the job yet: a job's codec never changes, so once set it stays set. Who has it is
+ *   kept beside the round (`paths.dispatch`, carried from round to round);
+ * - the update-queue's desired `openRounds[jobId]` (its queue drops the job's updates of earlier, closed rounds),
+ *   to a device that did not deliver in the previous round and so may still hold a stale update. One that
+ *   delivered has been (or will be) acknowledged; a stale update that is sent anyway is acknowledged as late.
+ */
 export async function dispatchRound(
   services: AggregatorServices,
   repo: JobRepository,
@@ -22,7 +36,11 @@ export async function dispatchRound(
   const d = job.definition;
   const { fleet, store, log } = services;
   const prev = st.round - 1;
-  const meta = await repo.getModelMeta(d.jobId, prev);
+  const [meta, previous, record] = await Promise.all([
+    repo.getModelMeta(d.jobId, prev),
+    prev >= 1 ? repo.getRound(d.jobId, prev) : Promise.resolve(undefined),
+    prev >= 1 ? getJson<DispatchRecord>(store, paths.dispatch(d.jobId, prev)) : Promise.resolve(undefined),
+  ]);
   const encoded = meta?.downlink && meta.sha256 === st.modelSha256 ? meta.downlink : undefined;
   const modelUrl = await store.url(
     encoded ? paths.modelEncoded(d.jobId, prev) : paths.model(d.jobId, prev),
@@ -41,6 +59,8 @@ export async function dispatchRound(
   const quantizerLayout = compression.lossless
     ? undefined
     : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
+  const quantizers = new Set(record?.value.quantizers ?? []);
+  const configuredNow: string[] = [];
   const work = st.participants.map((p) => async () => {
     const desired: RoundDesired = {
       jobId: d.jobId,
@@ -56,29 +76,61 @@ export async function dispatchRound(
       ...(d.secureAggregation ? { secagg: secAggOrder(d.secureAggregation) } : {}),
       ...(st.dp?.order ? { dp: st.dp.order } : {}),
     };
-    // The trainer's twin and the update-queue's twin are independent: update them concurrently. The
-    // quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
+    // The quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
     const trainer = (async () => {
-      if (!compression.lossless) {
-        await fleet
-          .configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout)
-          .catch((e: Error) => {
+      if (!compression.lossless && !quantizers.has(p.deviceId)) {
+        await retried(() =>
+          fleet.configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout),
+        ).then(
+          () => void configuredNow.push(p.deviceId),
+          (e: Error) => {
             log(`round ${d.jobId}/${st.round}: quantizer of ${p.deviceId} not configured: ${e.message}`);
-          });
+          },
+        );
       }
       try {
-        await fleet.configureRound(p.deviceId, desired);
+        await retried(() => fleet.configureRound(p.deviceId, desired));
       } catch (e) {
         log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
       }
-      await fleet.startRound(p.deviceId, desired).catch(() => false);
     })();
-    const queue = fleet.setOpenRound(p.deviceId, d.jobId, st.round).catch((e: Error) => {
-      log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
-    });
+    const queue =
+      previous && !previous.received[p.deviceId]
+        ? retried(() => fleet.setOpenRound(p.deviceId, d.jobId, st.round)).catch((e: Error) => {
+            log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
+          })
+        : undefined;
     await Promise.all([trainer, queue]);
   });
   await pool(work, concurrency);
+  if (!compression.lossless) {
+    const next: DispatchRecord = { quantizers: [...new Set([...quantizers, ...configuredNow])].sort() };
+    await putJson(store, paths.dispatch(d.jobId, st.round), next);
+  }
+}
+
+/** Attempts per twin write of a round order (a transient failure: a dropped keep-alive connection, a 429). */
+export const ORDER_ATTEMPTS = 3;
+
+/**
+ * Runs a twin write, again after 100 ms and 400 ms if it fails: with one order per device, one lost write would leave
+ * the device out of the round until its deadline.
+ */
+async function retried(write: () => Promise<void>): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (e) {
+      if (attempt >= ORDER_ATTEMPTS) throw e;
+      await new Promise((r) => setTimeout(r, 100 * 4 ** (attempt - 1)));
+    }
+  }
+}
+
+/** What dispatchRound keeps beside a round (`paths.dispatch`) for the next one. */
+export interface DispatchRecord {
+  /** Devices whose quantizer twin holds this job's entry (configured in this round or an earlier one). */
+  readonly quantizers: readonly string[];
 }
 
 /**

@@ -22,7 +22,8 @@ import {
 import { decodeMessage, type Message, type SecAggFrame } from "../../../core/protocol/messages";
 import { isFlotillaError } from "../../../core/errors";
 import { isConflict } from "./store/blob-store";
-import { JobRepository, paths, type JobDocument, type RoundState } from "./jobs/state";
+import { JobRepository, paths, type JobDocument, type ReceivedUpdate, type RoundState } from "./jobs/state";
+import { pool } from "./dispatch";
 import type { AggregatorServices } from "./services";
 import { secureExtraValues } from "./jobs/job";
 
@@ -72,6 +73,36 @@ const REJECTION_COUNTER: Readonly<Record<ChunkRejection, IngestCounter>> = {
   hash: "rejected_hash",
 };
 
+/** Store requests in flight at once while a batch completes (listings, chunk and update writes, deletes). */
+const STORE_CONCURRENCY = 16;
+
+/** An update whose chunks came in this batch: its properties (from its first chunk) and the bodies by index. */
+interface PendingUpdate {
+  readonly props: ChunkProps;
+  readonly job: JobDocument;
+  readonly secure: boolean;
+  readonly bodies: Map<number, Uint8Array>;
+}
+
+/** What one batch has read and held: jobs and round states (read once each), updates by chunk directory. */
+interface Batch {
+  readonly jobs: Map<string, JobDocument | undefined>;
+  readonly rounds: Map<string, RoundState | undefined>;
+  readonly pending: Map<string, PendingUpdate>;
+  /** Chunks earlier batches stored, by chunk directory. */
+  readonly stored: Map<string, string[]>;
+}
+
+/** A reassembled, checked update, ready to be recorded. */
+interface Completed {
+  readonly props: ChunkProps;
+  readonly job: JobDocument;
+  readonly msg: Exclude<Message, { type: "train" }>;
+  readonly frame: Uint8Array;
+  /** Its chunks in the store (from earlier batches), deleted once it is recorded. */
+  readonly storedNames: readonly string[];
+}
+
 class Reject extends Error {
   constructor(
     readonly counter: IngestCounter,
@@ -117,9 +148,14 @@ export class Ingestor {
     this.repo = new JobRepository(services.store);
   }
 
-  /** Handles a batch in order; returns how many events were accepted (stored or harmless duplicates). */
+  /**
+   * Handles a batch; returns how many events were accepted (held for reassembly or harmless duplicates) and how many
+   * were refused. Each event is checked in order; an update whose chunks are all in the batch is reassembled in
+   * memory (its chunks are never written), one whose rest has not come yet has its chunks stored for a later batch,
+   * and every update completed in the batch is recorded in its round state with one conditional write per round.
+   */
   async ingestEvents(events: readonly IngestEvent[]): Promise<{ accepted: number; rejected: number }> {
-    const jobs = new Map<string, JobDocument | undefined>();
+    const batch: Batch = { jobs: new Map(), rounds: new Map(), pending: new Map(), stored: new Map() };
     let accepted = 0;
     let rejected = 0;
     for (const ev of Array.isArray(events) ? events : []) {
@@ -130,32 +166,49 @@ export class Ingestor {
         continue;
       }
       try {
-        await this.ingestOne(ev, jobs);
+        await this.acceptChunk(ev, batch);
         accepted++;
       } catch (e) {
         rejected++;
-        if (e instanceof Reject) {
-          this.counters[e.counter]++;
-          this.services.log(`ingest: rejected (${e.counter}): ${e.message}`);
-        } else {
-          this.counters.errors++;
-          this.services.log(`ingest: error: ${e instanceof Error ? e.message : String(e)}`);
-        }
+        this.count(e);
       }
+    }
+    try {
+      // An update refused when it completes was counted as accepted when its last chunk came.
+      const refused = await this.completeBatch(batch);
+      accepted -= refused;
+      rejected += refused;
+    } catch (e) {
+      this.count(e);
     }
     await Promise.all(this.pendingAcks.splice(0));
     return { accepted, rejected };
   }
 
-  private async job(
-    jobId: string,
-    cache: Map<string, JobDocument | undefined>,
-  ): Promise<JobDocument | undefined> {
-    if (!cache.has(jobId)) cache.set(jobId, await this.repo.getJob(jobId));
-    return cache.get(jobId);
+  private count(e: unknown): void {
+    if (e instanceof Reject) {
+      this.counters[e.counter]++;
+      this.services.log(`ingest: rejected (${e.counter}): ${e.message}`);
+    } else {
+      this.counters.errors++;
+      this.services.log(`ingest: error: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
-  private async ingestOne(ev: IngestEvent, jobs: Map<string, JobDocument | undefined>): Promise<void> {
+  private async job(jobId: string, batch: Batch): Promise<JobDocument | undefined> {
+    if (!batch.jobs.has(jobId)) batch.jobs.set(jobId, await this.repo.getJob(jobId));
+    return batch.jobs.get(jobId);
+  }
+
+  /** The round state as the batch began (one read per round and batch; the recording write checks it again). */
+  private async round(jobId: string, round: number, batch: Batch): Promise<RoundState | undefined> {
+    const key = `${jobId}\u0000${round}`;
+    if (!batch.rounds.has(key)) batch.rounds.set(key, await this.repo.getRound(jobId, round));
+    return batch.rounds.get(key);
+  }
+
+  /** Checks one chunk event and holds its body for reassembly (or acknowledges a duplicate of a complete update). */
+  private async acceptChunk(ev: IngestEvent, batch: Batch): Promise<void> {
     if (!ev || typeof ev !== "object") throw new Reject("rejected_malformed", "event is not an object");
     const p = parseChunkProps(ev.properties);
     const body = bodyBytes(ev.body);
@@ -171,7 +224,7 @@ export class Ingestor {
     if (body.byteLength === 0 || body.byteLength > MAX_CHUNK_BODY) {
       throw new Reject("rejected_oversized", `chunk body of ${body.byteLength} bytes`);
     }
-    const job = await this.job(p.jobId, jobs);
+    const job = await this.job(p.jobId, batch);
     if (!job) throw new Reject("rejected_unknown_job", `unknown job '${p.jobId}'`);
     if (p.size > job.modelLength * 4 + HEADER_ALLOWANCE) {
       throw new Reject(
@@ -179,7 +232,7 @@ export class Ingestor {
         `update of ${p.size} bytes for a model of ${job.modelLength} values`,
       );
     }
-    const round = await this.repo.getRound(p.jobId, p.round);
+    const round = await this.round(p.jobId, p.round, batch);
     if (!round || round.round > job.currentRound) {
       throw new Reject("rejected_malformed", `job '${p.jobId}' has no round ${p.round}`);
     }
@@ -209,43 +262,131 @@ export class Ingestor {
       );
     }
     asReject(() => checkChunkBody(body, p));
-    try {
-      await this.services.store.put(paths.chunk(p.jobId, p.round, p.updateId, p.chunkIndex), body, {
-        ifNoneMatch: "*",
-      });
-      this.counters.chunks_stored++;
-    } catch (e) {
-      if (!isConflict(e)) throw e;
-      this.counters.duplicate_chunks++;
+    const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
+    let u = batch.pending.get(dir);
+    if (!u) {
+      u = { props: p, job, secure: round.secagg !== undefined, bodies: new Map() };
+      batch.pending.set(dir, u);
     }
-    await this.tryComplete(p, job, round.secagg !== undefined);
+    if (u.bodies.has(p.chunkIndex)) {
+      this.counters.duplicate_chunks++;
+      return;
+    }
+    u.bodies.set(p.chunkIndex, body);
   }
 
-  private async tryComplete(p: ChunkProps, job: JobDocument, secure: boolean): Promise<void> {
+  /**
+   * The batch's updates: reassembled (from the batch's chunks, and from chunks stored by earlier batches), checked
+   * and recorded; the chunks of updates still incomplete are stored for a later batch. Returns how many of them
+   * were refused on completion.
+   */
+  private async completeBatch(batch: Batch): Promise<number> {
+    if (batch.pending.size === 0) return 0;
     const store = this.services.store;
-    const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
-    const names = await store.list(dir);
-    if (names.length < p.chunkCount) return;
-    // Reassemble one chunk at a time into one buffer of the announced size, checked against its size and sha256
-    // (the wire contract). A chunk still missing was deleted by a concurrent completion, which finishes the update.
+    // One listing per round of what earlier batches stored (usually nothing: an update's chunks travel together).
+    const rounds = new Map<string, { jobId: string; round: number }>();
+    for (const u of batch.pending.values())
+      rounds.set(`${u.props.jobId}\u0000${u.props.round}`, { jobId: u.props.jobId, round: u.props.round });
+    await pool(
+      [...rounds.values()].map(({ jobId, round }) => async () => {
+        const prefix = paths.chunksOfRound(jobId, round);
+        for (const name of await store.list(prefix)) {
+          const slash = name.lastIndexOf("/");
+          const dir = name.slice(0, slash + 1);
+          const list = batch.stored.get(dir) ?? [];
+          list.push(name);
+          batch.stored.set(dir, list);
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    let refused = 0;
+    const done: Completed[] = [];
+    await pool(
+      [...batch.pending].map(([dir, u]) => async () => {
+        const storedNames = batch.stored.get(dir) ?? [];
+        const storedAt = new Map<number, string>();
+        for (const n of storedNames) {
+          const i = Number(n.slice(dir.length));
+          if (Number.isSafeInteger(i)) storedAt.set(i, n);
+        }
+        for (const i of u.bodies.keys())
+          this.counters[storedAt.has(i) ? "duplicate_chunks" : "chunks_stored"]++;
+        let complete = true;
+        for (let i = 0; i < u.props.chunkCount && complete; i++)
+          complete = u.bodies.has(i) || storedAt.has(i);
+        if (!complete) {
+          // Kept for a later batch: only the chunks not stored yet (first writer wins).
+          for (const [i, body] of u.bodies) {
+            if (storedAt.has(i)) continue;
+            try {
+              await store.put(paths.chunk(u.props.jobId, u.props.round, u.props.updateId, i), body, {
+                ifNoneMatch: "*",
+              });
+            } catch (e) {
+              if (!isConflict(e)) throw e;
+            }
+          }
+          return;
+        }
+        try {
+          done.push(await this.reassemble(u, storedAt, storedNames));
+        } catch (e) {
+          refused++;
+          this.count(e);
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    // Secure frames are recorded one by one (their step's rules); results and failures with one write per round.
+    const plain = new Map<string, Completed[]>();
+    for (const c of done) {
+      if (c.msg.type === "secagg") {
+        try {
+          await this.completeSecAgg(c.props, c.job, c.msg, c.frame, c.storedNames);
+        } catch (e) {
+          refused++;
+          this.count(e);
+        }
+        continue;
+      }
+      const key = `${c.props.jobId}\u0000${c.props.round}`;
+      plain.set(key, [...(plain.get(key) ?? []), c]);
+    }
+    for (const group of plain.values()) refused += await this.recordUpdates(group);
+    return refused;
+  }
+
+  /** Assembles one update in chunkIndex order into one buffer of the announced size, and checks the frame. */
+  private async reassemble(
+    u: PendingUpdate,
+    storedAt: ReadonlyMap<number, string>,
+    storedNames: readonly string[],
+  ): Promise<Completed> {
+    const p = u.props;
+    // Checked against its size and sha256 (the wire contract).
     const asm = new FrameAssembler(p);
     let frame: Uint8Array;
     try {
       for (let i = 0; i < p.chunkCount; i++) {
-        const c = await store.get(paths.chunk(p.jobId, p.round, p.updateId, i));
-        if (!c) return;
-        asReject(() => asm.add(c.bytes));
+        let body = u.bodies.get(i);
+        if (!body) {
+          const c = await this.services.store.get(storedAt.get(i)!);
+          if (!c) throw new Reject("errors", `update ${p.updateId}: stored chunk ${i} vanished`);
+          body = c.bytes;
+        }
+        asReject(() => asm.add(body));
       }
       frame = asReject(() => asm.finish());
     } catch (e) {
-      if (e instanceof Reject) await this.dropChunks(names);
+      if (e instanceof Reject && e.counter !== "errors") await this.dropChunks(storedNames);
       throw e;
     }
     let msg: Message;
     try {
       msg = decodeMessage(frame);
     } catch (e) {
-      await this.dropChunks(names);
+      await this.dropChunks(storedNames);
       throw new Reject(
         "rejected_frame",
         `update ${p.updateId}: ${isFlotillaError(e) ? e.message : String(e)}`,
@@ -258,14 +399,14 @@ export class Ingestor {
       msg.round !== p.round ||
       msg.deviceId !== p.deviceId
     ) {
-      await this.dropChunks(names);
+      await this.dropChunks(storedNames);
       throw new Reject("rejected_frame", `update ${p.updateId}: frame does not match its properties`);
     }
-    if (msg.type === "secagg") return this.completeSecAgg(p, job, msg, frame, names);
-    if (msg.type === "result" && secure) {
+    if (msg.type === "secagg") return { props: p, job: u.job, msg, frame, storedNames };
+    if (msg.type === "result" && u.secure) {
       // A plaintext update in a secure round (e.g. a trainer without secure aggregation) is never stored or used;
       // it is acknowledged so the device's queue lets it go, and the device counts as not having advertised.
-      await this.dropChunks(names);
+      await this.dropChunks(storedNames);
       await this.ack(p.deviceId, p.updateId);
       throw new Reject(
         "rejected_frame",
@@ -273,6 +414,7 @@ export class Ingestor {
       );
     }
     if (msg.type === "result") {
+      const job = u.job;
       let layoutHash = msg.layoutHash;
       let length: number;
       try {
@@ -284,14 +426,14 @@ export class Ingestor {
           if (info.layoutHash !== msg.layoutHash) layoutHash = info.layoutHash;
         }
       } catch (e) {
-        await this.dropChunks(names);
+        await this.dropChunks(storedNames);
         throw new Reject(
           "rejected_frame",
           `update ${p.updateId}: ${isFlotillaError(e) ? e.message : String(e)}`,
         );
       }
       if (layoutHash !== job.layoutHash || length !== job.modelLength) {
-        await this.dropChunks(names);
+        await this.dropChunks(storedNames);
         throw new Reject(
           "rejected_frame",
           `update ${p.updateId}: layout ${String(layoutHash).slice(0, 12)}/${length} values, ` +
@@ -299,64 +441,91 @@ export class Ingestor {
         );
       }
       if (typeof msg.numSamples !== "number" || !(msg.numSamples > 0)) {
-        await this.dropChunks(names);
+        await this.dropChunks(storedNames);
         throw new Reject("rejected_frame", `update ${p.updateId}: numSamples ${String(msg.numSamples)}`);
       }
     }
-    const updatePath = paths.update(p.jobId, p.round, p.deviceId);
-    let stored = true;
-    try {
-      await store.put(updatePath, frame, { ifNoneMatch: "*" });
-    } catch (e) {
-      if (!isConflict(e)) throw e;
-      stored = false; // an earlier (or concurrent) completion stored this device's update
-    }
-    const now = this.services.clock();
-    let outcome = "duplicate" as "recorded" | "duplicate" | "late";
-    await this.repo.updateRound(p.jobId, p.round, (cur: RoundState) => {
-      const prev = cur.received[p.deviceId];
-      if (prev) {
-        outcome = "duplicate";
-        return undefined;
-      }
-      if (cur.status !== "open") {
-        outcome = "late";
-        return undefined;
-      }
-      outcome = "recorded";
-      const entry =
-        msg.type === "result"
-          ? {
-              updateId: p.updateId,
-              kind: "result" as const,
-              bytes: p.size,
-              numSamples: msg.numSamples,
-              loss: Number.isFinite(msg.metrics?.loss) ? msg.metrics.loss : undefined,
-              at: now,
-            }
-          : {
-              updateId: p.updateId,
-              kind: "failure" as const,
-              bytes: p.size,
-              code: msg.code,
-              reason: msg.reason,
-              at: now,
-            };
-      return { ...cur, received: { ...cur.received, [p.deviceId]: entry } };
-    });
-    if (outcome === "late" && stored) await store.delete(updatePath);
-    await this.dropChunks(names);
-    if (outcome === "recorded") {
-      this.counters[msg.type === "result" ? "updates_completed" : "failures_received"]++;
-      this.services.log(`ingest: ${msg.type} ${p.updateId} from ${p.deviceId} for ${p.jobId}/${p.round}`);
-    } else if (outcome === "duplicate") {
-      this.counters.duplicate_updates++;
-    }
-    await this.ack(p.deviceId, p.updateId);
-    if (outcome === "late")
-      throw new Reject("late", `${p.jobId}/${p.round} closed while ${p.updateId} completed`);
+    return { props: p, job: u.job, msg, frame, storedNames };
   }
 
+  /**
+   * Results and failure frames completed in one batch for one round: each frame stored as updates/{device}.frame
+   * (first writer wins), then all of them recorded in the round's `received` with one conditional write (a round no
+   * longer open takes none: they are late), then acknowledged. Returns how many were refused (late).
+   */
+  private async recordUpdates(group: readonly Completed[]): Promise<number> {
+    const store = this.services.store;
+    const { jobId, round } = group[0].props;
+    const stored = new Map<Completed, boolean>();
+    await pool(
+      group.map((c) => async () => {
+        try {
+          await store.put(paths.update(jobId, round, c.props.deviceId), c.frame, { ifNoneMatch: "*" });
+          stored.set(c, true);
+        } catch (e) {
+          if (!isConflict(e)) throw e;
+          stored.set(c, false); // an earlier (or concurrent) completion stored this device's update
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    const now = this.services.clock();
+    const outcome = new Map<Completed, "recorded" | "duplicate" | "late">();
+    await this.repo.updateRound(jobId, round, (cur: RoundState) => {
+      outcome.clear();
+      const received: Record<string, ReceivedUpdate> = { ...cur.received };
+      for (const c of group) {
+        const p = c.props;
+        const msg = c.msg as Exclude<Message, SecAggFrame | { type: "train" }>;
+        if (received[p.deviceId]) outcome.set(c, "duplicate");
+        else if (cur.status !== "open") outcome.set(c, "late");
+        else {
+          outcome.set(c, "recorded");
+          received[p.deviceId] =
+            msg.type === "result"
+              ? {
+                  updateId: p.updateId,
+                  kind: "result" as const,
+                  bytes: p.size,
+                  numSamples: msg.numSamples,
+                  loss: Number.isFinite(msg.metrics?.loss) ? msg.metrics.loss : undefined,
+                  at: now,
+                }
+              : {
+                  updateId: p.updateId,
+                  kind: "failure" as const,
+                  bytes: p.size,
+                  code: msg.code,
+                  reason: msg.reason,
+                  at: now,
+                };
+        }
+      }
+      return [...outcome.values()].includes("recorded") ? { ...cur, received } : undefined;
+    });
+    let refused = 0;
+    await pool(
+      group.map((c) => async () => {
+        const p = c.props;
+        const o = outcome.get(c) ?? "duplicate";
+        if (o === "late" && stored.get(c)) await store.delete(paths.update(jobId, round, p.deviceId));
+        await this.dropChunks(c.storedNames);
+        if (o === "recorded") {
+          this.counters[c.msg.type === "result" ? "updates_completed" : "failures_received"]++;
+          this.services.log(`ingest: ${c.msg.type} ${p.updateId} from ${p.deviceId} for ${jobId}/${round}`);
+        } else if (o === "duplicate") {
+          this.counters.duplicate_updates++;
+        }
+        await this.ack(p.deviceId, p.updateId);
+        if (o === "late") {
+          refused++;
+          this.count(new Reject("late", `${jobId}/${round} closed while ${p.updateId} completed`));
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    return refused;
+  }
   /**
    * A secure round's device frame (docs/iothub-protocol.md, "Secure aggregation"): the key advertisement (step 1)
    * or the masked input (step 3). Stored as rounds/{r}/secagg/{step}/{device}.frame and recorded in the round's

@@ -210,3 +210,55 @@ test("chunk properties are read as own properties only: a polluted Object.protot
     delete proto.chunkSha256;
   }
 });
+
+/** Counts the store's writes by kind of blob. */
+function countPuts(w: { store: { put: (...a: never[]) => Promise<string> } }) {
+  const puts = { chunk: 0, state: 0, update: 0 };
+  const put = w.store.put.bind(w.store);
+  (w.store as { put: unknown }).put = (name: string, ...rest: never[]) => {
+    if (name.includes("/chunks/")) puts.chunk++;
+    else if (name.endsWith("/state.json")) puts.state++;
+    else if (name.includes("/updates/")) puts.update++;
+    return (put as (n: string, ...r: never[]) => Promise<string>)(name as never, ...rest);
+  };
+  return puts;
+}
+
+test("a batch: updates complete in memory (no chunk written) and are recorded with one round-state write", async () => {
+  const w = await openRound();
+  const puts = countPuts(w as never);
+  const a = chunkEvents(result("dev-a"), { maxChunkBytes: 60 });
+  const b = chunkEvents(result("dev-b", { delta: makeDelta(layout.totalSize, 5) }), { maxChunkBytes: 60 });
+  const r = await w.agg.ingestUpdates(shuffle([...a.events, ...b.events], 7), ctxStub);
+  assert.equal(r.rejected, 0, w.logs.join("\n"));
+  assert.equal(w.agg.ingestor.counters.updates_completed, 2);
+  assert.deepEqual(puts, { chunk: 0, state: 1, update: 2 });
+  const st = await new JobRepository(w.store).getRound("job-1", 1);
+  assert.deepEqual(Object.keys(st!.received).sort(), ["dev-a", "dev-b"]);
+  assert.deepEqual(
+    w.fleet.acks.map((x) => x.deviceId).sort(),
+    ["dev-a", "dev-b"],
+    "each update acknowledged once",
+  );
+});
+
+test("an update split across batches: the first batch stores its chunks, the next completes it and deletes them", async () => {
+  const w = await openRound();
+  const { events, updateId, frame } = chunkEvents(result("dev-a"), { maxChunkBytes: 60 });
+  const half = Math.floor(events.length / 2);
+  const r1 = await w.agg.ingestUpdates([...events.slice(0, half), events[0]], ctxStub);
+  assert.equal(r1.rejected, 0);
+  assert.equal(w.agg.ingestor.counters.updates_completed, 0);
+  assert.equal((await w.store.list("jobs/job-1/rounds/1/chunks/")).length, half);
+  assert.equal(w.fleet.acks.length, 0, "nothing acknowledged before it is complete");
+  // the rest, with one chunk of the first half again (stored already: counted as a duplicate)
+  const r2 = await w.agg.ingestUpdates([events[1], ...events.slice(half)], ctxStub);
+  assert.equal(r2.rejected, 0, w.logs.join("\n"));
+  const c = w.agg.ingestor.counters;
+  assert.equal(c.updates_completed, 1);
+  assert.equal(c.chunks_stored, events.length);
+  assert.equal(c.duplicate_chunks, 2);
+  assert.deepEqual((await w.store.get(paths.update("job-1", 1, "dev-a")))?.bytes, frame);
+  assert.deepEqual(await w.store.list("jobs/job-1/rounds/1/chunks/"), [], "stored chunks deleted");
+  assert.deepEqual(w.fleet.acks, [{ deviceId: "dev-a", updateIds: [updateId] }]);
+});

@@ -257,3 +257,20 @@ test("stopping a job over the local hub: the trainer gets abortRound and its des
     if (fs.existsSync(hub.stateDir)) fs.rmSync(hub.stateDir, { recursive: true, force: true });
   }
 });
+
+test("listTrainers pages through more trainers than one query page (100) and ends", async () => {
+  const hub = await startLocalHub({ log: () => {} });
+  try {
+    const ids = Array.from({ length: 230 }, (_, i) => `edge-${String(i).padStart(3, "0")}`);
+    for (const id of ids) hub.createModule(id, "trainer");
+    const fleet = new IotHubFleet(createRegistry(hub), createServiceClient(hub));
+    const listed = await fleet.listTrainers();
+    assert.deepEqual(
+      listed.map((t) => t.deviceId),
+      ids,
+      "every trainer once, in order",
+    );
+  } finally {
+    await hub.close();
+  }
+});

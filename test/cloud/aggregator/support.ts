@@ -16,7 +16,15 @@ export { freePort, startAzurite, type Azurite } from "../../../local/stack/azuri
 export class RecordingFleet implements Fleet {
   trainers: TrainerInfo[] = [];
   readonly configured: { deviceId: string; desired: RoundDesired | null }[] = [];
-  readonly started: { deviceId: string; payload: RoundDesired }[] = [];
+  /**
+   * Round orders sent, in order: the trainer twin writes that name a round (dispatch.ts sends one order per device,
+   * through the twin; the trainer starts on it, so the `startRound` method is no longer called).
+   */
+  get started(): { deviceId: string; payload: RoundDesired }[] {
+    return this.configured.flatMap((c) => (c.desired ? [{ deviceId: c.deviceId, payload: c.desired }] : []));
+  }
+  /** `startRound` method calls (none from dispatch.ts). */
+  readonly startCalls: { deviceId: string; payload: RoundDesired }[] = [];
   readonly acks: { deviceId: string; updateIds: string[] }[] = [];
   readonly openRounds: { deviceId: string; jobId: string; round: number | null }[] = [];
   /** Devices whose startRound "fails" (offline). */
@@ -29,7 +37,7 @@ export class RecordingFleet implements Fleet {
     this.configured.push({ deviceId, desired });
   }
   async startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
-    this.started.push({ deviceId, payload });
+    this.startCalls.push({ deviceId, payload });
     return !this.offline.has(deviceId);
   }
   readonly aborted: { deviceId: string; jobId: string; round: number }[] = [];

@@ -74,9 +74,9 @@ test(
         [UPLINK, DOWNLINK],
       );
 
-      // What each device's quantizer holds whenever the orchestrator (re)configures it for the job: at round r's
-      // dispatch, the update of round r - 1 was compressed and its residual saved before it was sent, so the residual
-      // file must be there; at the release after the last round, likewise.
+      // What each device's quantizer holds when the cloud configures it for the job (once, before its first round
+      // order), at each later round's order (the update of round r - 1 was compressed and its residual saved before
+      // it was sent, so the residual file must be there), and at the release after the last round.
       const residualOf = (deviceId: string) =>
         path.join(f.stack.stateDir, "quantizers", deviceId, residualFileName(jobId));
       type Snapshot = {
@@ -86,20 +86,28 @@ test(
         residual?: Buffer;
       };
       const snapshots = new Map<string, Snapshot[]>(f.deviceIds.map((id) => [id, []]));
+      const orderSnapshots = new Map<string, Snapshot[]>(f.deviceIds.map((id) => [id, []]));
+      const snapshot = (deviceId: string, compression: string | null): Snapshot => {
+        const q = f.device(deviceId).quantizer.state();
+        const file = residualOf(deviceId);
+        return {
+          compression,
+          configured: q.jobs[jobId],
+          compressed: q.counters.compressed,
+          residual: fs.existsSync(file) ? fs.readFileSync(file) : undefined,
+        };
+      };
       const fleet = f.stack.aggregator.services.fleet;
       const configure = fleet.configureQuantizer.bind(fleet);
       fleet.configureQuantizer = async (deviceId, id, compression, layout) => {
-        if (id === jobId) {
-          const q = f.device(deviceId).quantizer.state();
-          const file = residualOf(deviceId);
-          snapshots.get(deviceId)?.push({
-            compression,
-            configured: q.jobs[jobId],
-            compressed: q.counters.compressed,
-            residual: fs.existsSync(file) ? fs.readFileSync(file) : undefined,
-          });
-        }
+        if (id === jobId) snapshots.get(deviceId)?.push(snapshot(deviceId, compression));
         return configure(deviceId, id, compression, layout);
+      };
+      const order = fleet.configureRound.bind(fleet);
+      fleet.configureRound = async (deviceId, desired) => {
+        if (desired?.jobId === jobId && desired.round >= 2)
+          orderSnapshots.get(deviceId)?.push(snapshot(deviceId, UPLINK));
+        return order(deviceId, desired);
       };
 
       await startJob(f, jobId);
@@ -173,8 +181,13 @@ test(
           [UPLINK, undefined],
           `${deviceId}: configured for round 1, no residual yet`,
         );
-        const configured = later.filter((x) => x.compression !== null);
-        assert.ok(configured.length >= rounds - 1, `${deviceId}: configured for every round`);
+        assert.deepEqual(
+          later.map((x) => x.compression),
+          [null],
+          `${deviceId}: the quantizer is configured once per job (then only released)`,
+        );
+        const configured = orderSnapshots.get(deviceId) ?? [];
+        assert.ok(configured.length >= rounds - 1, `${deviceId}: a snapshot at every later round's order`);
         const release = later.find((x) => x.compression === null);
         assert.ok(release, `${deviceId}'s quantizer is released at the end of the job`);
         for (const snap of [...configured, release]) {

@@ -47,7 +47,10 @@ export interface Fleet {
   listTrainers(): Promise<TrainerInfo[]>;
   /** Replaces the trainer's desired `flotilla` (null = idle). */
   configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
-  /** Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). */
+  /**
+   * Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). The
+   * round dispatch no longer calls it (dispatch.ts: the trainer twin is the one order); kept for operators.
+   */
   startRound(deviceId: string, payload: RoundDesired): Promise<boolean>;
   /**
    * Calls the trainer's `abortRound` `{jobId, round}` (a stopped job); false (not thrown) when it did not get
@@ -116,7 +119,9 @@ export class IotHubFleet implements Fleet {
     const q = this.registry.createQuery(sql, 100);
     const out: TwinDoc[] = [];
     do {
-      const page = await q.next();
+      // The token must be passed: the SDK's promise form `next()` without one asks for the first page again, and
+      // with more results than one page (100) the loop never ended (listTrainers hung at 200 devices).
+      const page = await q.next(q.continuationToken);
       out.push(...((page.result as TwinDoc[]) ?? []));
     } while (q.hasMoreResults);
     return out;

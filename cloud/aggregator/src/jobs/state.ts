@@ -141,6 +141,9 @@ export const paths = {
   modelState: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.state`,
   modelOnnx: (jobId: string, round: number, kind: "fp32" | "int8") =>
     `jobs/${jobId}/models/${round}${kind === "int8" ? ".int8" : ""}.onnx`,
+  /** What the round's dispatch leaves for the next one (cloud/aggregator/src/dispatch.ts DispatchRecord). */
+  dispatch: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/dispatch.json`,
+  chunksOfRound: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/chunks/`,
   chunkDir: (jobId: string, round: number, updateId: string) =>
     `jobs/${jobId}/rounds/${round}/chunks/${updateId}/`,
   chunk: (jobId: string, round: number, updateId: string, index: number) =>
