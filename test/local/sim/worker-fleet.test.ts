@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { DEFAULT_CONFIG, type SimConfig } from "../../../local/sim/config";
 import { WorkerFleet } from "../../../local/sim/worker-fleet";
