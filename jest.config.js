@@ -4,9 +4,14 @@ module.exports = {
   rootDir: __dirname,
   roots: ["<rootDir>/dist/test"],
   testMatch: ["**/*.test.js"],
-  testEnvironment: "node",
+  // Jest's node environment in the main realm: see jest.environment.js.
+  testEnvironment: "<rootDir>/jest.environment.js",
   transform: {},
   maxWorkers: 2,
+  // A fresh worker process for every test file (0: always restart), as `node --test` ran each file in a process of
+  // its own: process-wide state stays per file (onnxruntime-node initializes once per process and aborts when a
+  // second module registry loads it again; globals, process.env and listeners are shared in the main realm).
+  workerIdleMemoryLimit: 0,
   // node:test had no default timeout; the slowest tests (a simulation run as a child process) take minutes on two
   // busy cores. A test that sets its own timeout keeps it.
   testTimeout: 300_000,
