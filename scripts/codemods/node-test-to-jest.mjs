@@ -36,7 +36,13 @@ import ts from "typescript";
 import * as prettier from "prettier";
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
-const helper = path.join(repoRoot, "test", "helpers", "context");
+/** test/helpers/context of the tree the file is in: under its outermost `test` folder (else the repository's). */
+function helperFor(file) {
+  let testRoot = path.join(repoRoot, "test");
+  for (let dir = path.dirname(path.resolve(file)); dir !== path.dirname(dir); dir = path.dirname(dir))
+    if (path.basename(dir) === "test") testRoot = dir;
+  return path.join(testRoot, "helpers", "context");
+}
 const RENAME = {
   test: "test",
   it: "it",
@@ -110,8 +116,15 @@ function convert(file, text) {
     problems.push(`${line + 1}: ${why}`);
   };
   const edits = [];
+  const warnings = [];
+  // Converted, but to review: jest's module registry ignores require.cache (a fresh module instance is
+  // jest.isolateModules(() => require(…)) under jest).
+  for (const m of text.matchAll(/\brequire\.cache\b/g)) {
+    const { line } = sf.getLineAndCharacterOfPosition(m.index);
+    warnings.push(`${line + 1}: require.cache has no effect under jest: use jest.isolateModules`);
+  }
   let helperPath = path
-    .relative(path.dirname(path.resolve(file)), helper)
+    .relative(path.dirname(path.resolve(file)), helperFor(file))
     .split(path.sep)
     .join("/");
   if (!helperPath.startsWith(".")) helperPath = `./${helperPath}`;
@@ -360,7 +373,7 @@ function convert(file, text) {
   edits.sort((x, y) => y.start - x.start || y.end - x.end);
   let out = text;
   for (const e of edits) out = out.slice(0, e.start) + e.text + out.slice(e.end);
-  return { text: out };
+  return { text: out, warnings };
 }
 
 let changed = 0;
@@ -376,6 +389,7 @@ for (const root of roots) {
       continue;
     }
     if (result.text === null) continue;
+    for (const w of result.warnings) console.error(`REVIEW ${file}:${w}`);
     const options =
       (await prettier.resolveConfig(file)) ??
       (await prettier.resolveConfig(path.join(repoRoot, "package.json"))) ??
