@@ -7,6 +7,11 @@ import { createStrategy } from "../../../core/strategies/registry";
 import { createModel } from "../../../core/engine/models";
 import { loadFleetData } from "../../../local/sim/data";
 import { initBackend } from "../../../core/engine/backend";
+import { serverTransportContract } from "../../core/protocol/transport-contract";
+
+serverTransportContract("WorkerFleet (the simulator's devices in worker threads)", (config) =>
+  WorkerFleet.start(config),
+);
 
 test("a worker that dies mid-round: its requests fail with E_SIM_WORKER at once, later rounds use the others", async () => {
   const config: SimConfig = {
