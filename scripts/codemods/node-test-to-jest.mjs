@@ -18,7 +18,6 @@
 //   semantics); an unused context parameter is dropped (jest would take a one-parameter function for a `done`
 //   callback and wait for it).
 // - `node:assert/strict` assertions are kept: they work under jest.
-//
 // - `import("node:test").TestContext` → `import("<…>/helpers/context").TestContext`. A context passed on to a helper
 //   (`tempDir(t)`) is fine when the helper's parameter type fits that TestContext: tsc checks it, as it checks test
 //   functions not written inline (`test(name, withProvider(async (p) => …))`), which are kept as they are.
@@ -28,7 +27,8 @@
 // todo, only, concurrency, plan, signal), `test.skip/.only/.todo`, a test function taking a `done` callback,
 // context members other than after/test/diagnostic/name (t.mock, t.skip, t.todo, t.plan, t.signal, t.assert, …),
 // steps with options or their own context (`t.test(name, (t2) => …)`), async describe bodies, describe timeouts,
-// and a hook that uses its context.
+// and a hook that uses its context. Converted but listed as REVIEW: require.cache (jest's module registry ignores
+// it: a fresh module instance is `jest.isolateModules(() => require(…))`).
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
