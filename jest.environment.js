@@ -20,6 +20,15 @@
 const vm = require("node:vm");
 const { TestEnvironment } = require("jest-environment-node");
 
+// Node 20 flags USE_MAIN_CONTEXT_DEFAULT_LOADER as experimental and warns once per process, which with a fresh
+// process per test file is two lines per file in the output: that one warning, and only it, is not printed.
+const emitWarning = process.emitWarning;
+process.emitWarning = function (warning, ...rest) {
+  const text = typeof warning === "string" ? warning : warning?.message;
+  if (typeof text === "string" && text.startsWith("vm.USE_MAIN_CONTEXT_DEFAULT_LOADER ")) return;
+  return emitWarning.call(process, warning, ...rest);
+};
+
 const mainRealmContexts = new WeakSet();
 const compileFunction = vm.compileFunction;
 vm.compileFunction = function (code, params, options) {
