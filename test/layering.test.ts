@@ -3,7 +3,7 @@
  * project's own config on source text placed (not written) at a path in each layer, so a rule that vanishes or
  * stops matching fails here and not only in review.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { ESLint } from "eslint";

@@ -2,7 +2,7 @@
  * KeyVaultKeyProvider through the unmodified @azure/keyvault-keys + @azure/identity SDKs against the local
  * Key Vault stand-in (HTTPS, 401 challenge, Entra token endpoint checking the device certificate).
  */
-import { after, before, describe, test } from "node:test";
+import { afterAll, beforeAll, describe, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
@@ -55,8 +55,8 @@ const ready = (async () => {
   kv.registerClient(CLIENT_ID, good.pem);
 })();
 
-before(() => ready);
-after(async () => {
+beforeAll(() => ready);
+afterAll(async () => {
   await ready;
   await kv.close();
 });

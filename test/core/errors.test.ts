@@ -3,7 +3,7 @@
  * catalogued, every catalogued code is used, codes are literals (never built at runtime), and coded errors
  * are FlotillaErrors. Reads only files inside the repository.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";

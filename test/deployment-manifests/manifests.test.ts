@@ -4,7 +4,8 @@
  * Rendered manifests are validated against the public SchemaStore schemas Microsoft's tools use, vendored in
  * `deployment-manifests/schemas/` (source and licence in its README; FLOTILLA_SCHEMAS_DIR overrides).
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../helpers/context";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -953,36 +954,39 @@ function localImports(file: string): string[] {
   return resolved;
 }
 
-test("each module's sources live in folders its Dockerfiles copy into the build", async (t) => {
-  for (const name of MODULES) {
-    const entry = path.join(repoRoot, "modules", name, "src", "main.ts");
-    await t.test(name, () => {
-      assert.ok(fs.existsSync(entry), `modules/${name}/src/main.ts is missing`);
-      const seen = new Set<string>([entry]);
-      const queue = [entry];
-      while (queue.length > 0) {
-        for (const next of localImports(queue.pop() as string)) {
-          if (seen.has(next)) continue;
-          seen.add(next);
-          queue.push(next);
+test(
+  "each module's sources live in folders its Dockerfiles copy into the build",
+  withContext(async (t) => {
+    for (const name of MODULES) {
+      const entry = path.join(repoRoot, "modules", name, "src", "main.ts");
+      await t.test(name, () => {
+        assert.ok(fs.existsSync(entry), `modules/${name}/src/main.ts is missing`);
+        const seen = new Set<string>([entry]);
+        const queue = [entry];
+        while (queue.length > 0) {
+          for (const next of localImports(queue.pop() as string)) {
+            if (seen.has(next)) continue;
+            seen.add(next);
+            queue.push(next);
+          }
         }
-      }
-      for (const { platform, stages } of dockerfiles().filter((d) => d.name === name)) {
-        const build = stages.find((s) => / AS build$/i.test(s[0].args)) ?? [];
-        const copied = build
-          .filter((i) => i.op === "COPY" && !i.args.startsWith("--from"))
-          .flatMap((i) => i.args.split(" ").slice(0, -1));
-        for (const file of seen) {
-          const rel = path.relative(repoRoot, file);
-          assert.ok(
-            copied.some((src) => rel === src || rel.startsWith(`${src}/`)),
-            `${name} ${platform}: ${rel} is imported but the Dockerfile does not copy it`,
-          );
+        for (const { platform, stages } of dockerfiles().filter((d) => d.name === name)) {
+          const build = stages.find((s) => / AS build$/i.test(s[0].args)) ?? [];
+          const copied = build
+            .filter((i) => i.op === "COPY" && !i.args.startsWith("--from"))
+            .flatMap((i) => i.args.split(" ").slice(0, -1));
+          for (const file of seen) {
+            const rel = path.relative(repoRoot, file);
+            assert.ok(
+              copied.some((src) => rel === src || rel.startsWith(`${src}/`)),
+              `${name} ${platform}: ${rel} is imported but the Dockerfile does not copy it`,
+            );
+          }
         }
-      }
-    });
-  }
-});
+      });
+    }
+  }),
+);
 
 test(".dockerignore sends the daemon every path the Dockerfiles COPY from the build context", () => {
   // The context is the repository root and .dockerignore excludes everything ("*") but what it re-includes

@@ -2,7 +2,7 @@
  * provision-fleet against the local IoT Hub (real azure-iothub Registry over HTTPS) and the Key Vault stand-in
  * (real @azure/keyvault-keys + ClientCertificateCredential), as a function and as the CLI.
  */
-import { after, before, test } from "node:test";
+import { afterAll, beforeAll, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import * as fs from "node:fs";
@@ -25,7 +25,7 @@ let certFile: string;
 let certPem: string;
 let wrongPem: string;
 
-before(async () => {
+beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-provision-test-"));
   const rsa = (cn: string) =>
     generate([{ name: "commonName", value: cn }], { keyType: "rsa", keySize: 2048, algorithm: "sha256" });
@@ -44,7 +44,7 @@ before(async () => {
   kv.registerClient(CLIENT_ID, cert.cert);
 });
 
-after(async () => {
+afterAll(async () => {
   await hub?.close();
   await kv?.close();
   fs.rmSync(tmp, { recursive: true, force: true });

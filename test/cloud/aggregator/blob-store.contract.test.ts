@@ -1,4 +1,4 @@
-import { after, before, describe, test } from "node:test";
+import { afterAll, beforeAll, describe, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import {
   AzureBlobStore,
@@ -86,10 +86,10 @@ contract("memory", () => new MemoryBlobStore());
 describe("AzureBlobStore on Azurite", () => {
   let azurite: Azurite;
   let n = 0;
-  before(async () => {
+  beforeAll(async () => {
     azurite = await startAzurite();
   });
-  after(async () => {
+  afterAll(async () => {
     await azurite?.stop();
   });
   contract("azure (azurite)", () => {

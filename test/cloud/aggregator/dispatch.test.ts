@@ -2,7 +2,7 @@
  * dispatch.ts (issue 12): one order per device, so a transient failure of its twin write (a dropped keep-alive
  * connection, a throttled call) is retried instead of leaving the device out of the round until the deadline.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
 import type { RoundDesired } from "../../../cloud/aggregator/src/fleet/fleet";

@@ -4,7 +4,7 @@
  * between invocations, and distributed noise with secure aggregation (n' survivors or nothing is unmasked).
  * The test plays the devices through the ingest and the recording Fleet, and drives the clock and timer by hand.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import type { JsonWebKey } from "node:crypto";
 import { modelLayout } from "../../../core/engine/models";

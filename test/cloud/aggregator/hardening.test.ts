@@ -3,7 +3,7 @@
  * stopped, orphan chunks, stopping a job tells its devices, and a non-finite global model ends the job. The test
  * plays the devices through the ingest and the recording Fleet, and drives the clock and timer by hand.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";

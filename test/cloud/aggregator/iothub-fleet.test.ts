@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import { ModuleClient, type Twin } from "azure-iot-device";

@@ -3,7 +3,7 @@
  * not the training engine (core/engine/models.ts and the tfjs wasm backend). Checked in a fresh child process, whose
  * require.cache holds exactly what loading the Function's entry point pulled in.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import * as path from "node:path";

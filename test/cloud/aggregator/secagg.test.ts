@@ -3,7 +3,7 @@
  * core/secagg SecAggClients behind a recording Fleet (direct methods) and the ingest (their `secagg` frames),
  * and drives the clock and the timer by hand.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import type { JsonWebKey } from "node:crypto";
 import { modelLayout } from "../../../core/engine/models";

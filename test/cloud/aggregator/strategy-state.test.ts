@@ -3,7 +3,7 @@
  * persisted with each published model (models/{r}.state), so a job whose Function restarts between rounds
  * produces exactly the models of a job that never restarted.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";

@@ -27,8 +27,10 @@ export class RecordingFleet implements Fleet {
   readonly startCalls: { deviceId: string; payload: RoundDesired }[] = [];
   readonly acks: { deviceId: string; updateIds: string[] }[] = [];
   readonly openRounds: { deviceId: string; jobId: string; round: number | null }[] = [];
-  /** Devices whose startRound "fails" (offline). */
+  /** Devices that are not connected: every call to them fails. */
   readonly offline = new Set<string>();
+  /** Whether a connected device's module takes a method call (startRound, abortRound, ack); default: it does. */
+  accepts: (deviceId: string, moduleId: string, method: string, payload: unknown) => boolean = () => true;
 
   async listTrainers(): Promise<TrainerInfo[]> {
     return this.trainers.map((t) => ({ ...t }));
@@ -38,16 +40,19 @@ export class RecordingFleet implements Fleet {
   }
   async startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
     this.startCalls.push({ deviceId, payload });
-    return !this.offline.has(deviceId);
+    return !this.offline.has(deviceId) && this.accepts(deviceId, "trainer", "startRound", payload);
   }
   readonly aborted: { deviceId: string; jobId: string; round: number }[] = [];
   async abortRound(deviceId: string, jobId: string, round: number): Promise<boolean> {
     this.aborted.push({ deviceId, jobId, round });
-    return !this.offline.has(deviceId);
+    return !this.offline.has(deviceId) && this.accepts(deviceId, "trainer", "abortRound", { jobId, round });
   }
   async ack(deviceId: string, updateIds: readonly string[]): Promise<boolean> {
     this.acks.push({ deviceId, updateIds: [...updateIds] });
-    return true;
+    return (
+      !this.offline.has(deviceId) &&
+      this.accepts(deviceId, "update-queue", "ack", { updateIds: [...updateIds] })
+    );
   }
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
     this.openRounds.push({ deviceId, jobId, round });

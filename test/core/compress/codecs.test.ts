@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { decodeTensor, encodeTensor, parseCompression } from "../../../core/compress";
 import { floatFromHalfBits, halfFromFloatBits, halfTable, encodeFp16 } from "../../../core/compress/fp16";

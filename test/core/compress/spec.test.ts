@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { parseCompression, specFromStages, type CodecStage } from "../../../core/compress";
 import { codeOf } from "./helpers";

@@ -7,7 +7,7 @@
  * standardised sum of the errors within 5. Deterministic rounding (to nearest) is off by min(p, 1 - p) step, over
  * 0.07 step for every p in (0.1, 0.9) at T = 2000: each test first shows that its checker rejects it.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { decodeTensorInto, encodeTensor, parseCompression } from "../../../core/compress";
 import { HASH, roundUpF32, vector } from "./helpers";

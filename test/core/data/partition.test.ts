@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { formatPartition, parsePartition, partition, type PartitionSpec } from "../../../core/data/partition";
 import { errorCode as code } from "../../helpers/errors";

@@ -1,4 +1,4 @@
-import { before, test } from "node:test";
+import { beforeAll, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
@@ -85,7 +85,7 @@ function gradsOf(
   };
 }
 
-before(async () => {
+beforeAll(async () => {
   registerWasmTrainingKernels();
   assert.ok(await tf.setBackend("wasm"));
   await tf.ready();

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import * as assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { isFlotillaError } from "../../../core/errors";

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import * as assert from "node:assert/strict";
 import { isFlotillaError } from "../../../core/errors";
 import { makeDataset, reshape, subset } from "../../../core/data/dataset";

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { clipL2, GaussianNoise, l2Norm } from "../../../core/privacy/mechanism";
 import { PrivacyAccountant } from "../../../core/privacy/accountant";

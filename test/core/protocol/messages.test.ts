@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import type { EncodedTensor } from "../../../core/compress/api";
 import { encodeTensor, parseCompression } from "../../../core/compress";
 import assert from "node:assert/strict";

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { MemoryTransport } from "../../../core/protocol/memory-transport";
 import { encodeMessage } from "../../../core/protocol/messages";

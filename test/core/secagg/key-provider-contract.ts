@@ -2,7 +2,7 @@
  * The KeyProvider contract: every implementation (file-backed, Key Vault through the real SDK) must pass it.
  * Register it inside a test file: `keyProviderContract("file", async () => ({ provider, cleanup }))`.
  */
-import { describe, test } from "node:test";
+import { describe, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { isFlotillaError } from "../../../core/errors";

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { FedAvg } from "../../../core/strategies/fedavg";
 import { FEDPROX_DEFAULT_MU, FedProx } from "../../../core/strategies/fedprox";

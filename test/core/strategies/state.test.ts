@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { createStrategy, STRATEGY_NAMES } from "../../../core/strategies/registry";
 import { decodeStrategyState, encodeStrategyState } from "../../../core/strategies/state";

@@ -3,7 +3,7 @@
  * run starts: one coded line `bench-NAME: E_CODE: …` and exit code 1, instead of a sweep of runs of NaN or 1e9
  * rounds (or devices).
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { runScript, scratch } from "./spawn-cli";

@@ -2,7 +2,7 @@
  * `flotilla bench stack --json` (issue 12): one JSON object with exactly the documented keys, after a real run over
  * the local stack (2 devices, 1 round); progress goes to stderr, never into the JSON on stdout.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { run, scratch } from "./spawn-cli";
 

@@ -1,5 +1,5 @@
 /** Issue 11: commander's own parse errors follow `flotilla: E_CODE: …` on one line; --help/--version exit 0. */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { check, run, scratch } from "./spawn-cli";
 

@@ -1,5 +1,5 @@
 /** Issue 11: count and size flags have upper bounds (E_CONFIG_RANGE) or a memory estimate (E_CONFIG_MEMORY). */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { check, scratch } from "./spawn-cli";
 import { DEFAULT_CONFIG, validateConfig } from "../../../local/sim/config";

@@ -1,5 +1,5 @@
 /** Issue 11: bad --out / --state-dir / --model paths are coded errors before the job starts, never E_INTERNAL. */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";

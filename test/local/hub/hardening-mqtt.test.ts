@@ -2,7 +2,7 @@
  * Issue 11 (hardening): the MQTT endpoint bounds packet sizes on the wire (before and after authentication) and
  * closes connections that never send their CONNECT.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as net from "node:net";
 import * as tls from "node:tls";

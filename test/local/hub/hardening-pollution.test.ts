@@ -3,7 +3,7 @@
  * Object.prototype mapping a device's `$.x` message property onto iothub-connection-device-id, so that the
  * aggregator took its messages for another device's.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as https from "node:https";
 import type * as mqtt from "mqtt";

@@ -1,5 +1,5 @@
 /** Issue 11 (hardening): the service REST API authenticates first, never answers 500 on bad input, bounds queries. */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import * as https from "node:https";
 import { isFlotillaError } from "../../../core/errors";

@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { DEFAULT_CONFIG, type SimConfig } from "../../../local/sim/config";
 import { WorkerFleet } from "../../../local/sim/worker-fleet";
@@ -7,6 +7,11 @@ import { createStrategy } from "../../../core/strategies/registry";
 import { createModel } from "../../../core/engine/models";
 import { loadFleetData } from "../../../local/sim/data";
 import { initBackend } from "../../../core/engine/backend";
+import { serverTransportContract } from "../../core/protocol/transport-contract";
+
+serverTransportContract("WorkerFleet (the simulator's devices in worker threads)", (config) =>
+  WorkerFleet.start(config),
+);
 
 test("a worker that dies mid-round: its requests fail with E_SIM_WORKER at once, later rounds use the others", async () => {
   const config: SimConfig = {

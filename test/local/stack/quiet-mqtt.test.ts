@@ -2,7 +2,7 @@
  * local/stack/quiet-mqtt.ts: the stack's device transport sends and receives module messages like the SDK's Mqtt
  * transport, without serialising their bodies for a debug line (Buffer#toJSON on every 255,000-byte chunk).
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { Message, ModuleClient } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";

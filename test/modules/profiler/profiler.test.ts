@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import * as os from "node:os";
 import { ModuleClient } from "azure-iot-device";
@@ -28,88 +29,91 @@ function assertSane(c: Capabilities): void {
   assert.ok(Date.now() - Date.parse(c.measuredAt) < 60_000);
 }
 
-test("profiler against the local hub: capabilities on start, `profile` method, rescheduling", async (t) => {
-  const hub = await startLocalHub({ log: () => {} });
-  let stopProfiler: () => Promise<void> = async () => {};
-  // The client closes before the hub (t.after hooks run first-in first-out).
-  t.after(async () => {
-    await stopProfiler();
-    await hub.close();
-  });
-  const info = { serviceConnectionString: hub.serviceConnectionString, caCertPem: hub.caCertPem };
-  const registry = createRegistry(info);
-  const service = createServiceClient(info);
-  const client = ModuleClient.fromConnectionString(hub.createModule("edge-1", "profiler"), Mqtt);
-  await client.setOptions({ ca: hub.caCertPem });
+test(
+  "profiler against the local hub: capabilities on start, `profile` method, rescheduling",
+  withContext(async (t) => {
+    const hub = await startLocalHub({ log: () => {} });
+    let stopProfiler: () => Promise<void> = async () => {};
+    // The client closes before the hub (t.after hooks run first-in first-out).
+    t.after(async () => {
+      await stopProfiler();
+      await hub.close();
+    });
+    const info = { serviceConnectionString: hub.serviceConnectionString, caCertPem: hub.caCertPem };
+    const registry = createRegistry(info);
+    const service = createServiceClient(info);
+    const client = ModuleClient.fromConnectionString(hub.createModule("edge-1", "profiler"), Mqtt);
+    await client.setOptions({ ca: hub.caCertPem });
 
-  const benches: BenchTrainOptions[] = [];
-  const profiler = await startProfiler({
-    client: client as never,
-    benchSeconds: 0.2,
-    dataDir: os.tmpdir(),
-    minuteMs: 150,
-    closeClient: true,
-    // The real benchmark, counted.
-    bench: (o) => {
-      benches.push(o);
-      return benchTrain(o);
-    },
-    log: () => {},
-  });
-  stopProfiler = () => profiler.stop();
+    const benches: BenchTrainOptions[] = [];
+    const profiler = await startProfiler({
+      client: client as never,
+      benchSeconds: 0.2,
+      dataDir: os.tmpdir(),
+      minuteMs: 150,
+      closeClient: true,
+      // The real benchmark, counted.
+      bench: (o) => {
+        benches.push(o);
+        return benchTrain(o);
+      },
+      log: () => {},
+    });
+    stopProfiler = () => profiler.stop();
 
-  // On start: measured and reported.
-  const first = profiler.last();
-  assert.ok(first);
-  assertSane(first);
-  assert.deepEqual(
-    benches.map((b) => b.model),
-    ["mlp"],
-  );
-  assert.equal(benches[0].seconds, 0.2);
-  const twin = (await registry.getModuleTwin("edge-1", "profiler")).responseBody;
-  const reported = twin.properties.reported.capabilities as Capabilities;
-  assert.deepEqual(reported.samplesPerSecond, first.samplesPerSecond);
-  assert.equal(reported.measuredAt, first.measuredAt);
+    // On start: measured and reported.
+    const first = profiler.last();
+    assert.ok(first);
+    assertSane(first);
+    assert.deepEqual(
+      benches.map((b) => b.model),
+      ["mlp"],
+    );
+    assert.equal(benches[0].seconds, 0.2);
+    const twin = (await registry.getModuleTwin("edge-1", "profiler")).responseBody;
+    const reported = twin.properties.reported.capabilities as Capabilities;
+    assert.deepEqual(reported.samplesPerSecond, first.samplesPerSecond);
+    assert.equal(reported.measuredAt, first.measuredAt);
 
-  // The `profile` method re-measures and answers with the capabilities.
-  const r = await service.invokeDeviceMethod("edge-1", "profiler", {
-    methodName: "profile",
-    payload: {},
-    responseTimeoutInSeconds: 30,
-  });
-  assert.equal(r.result.status, 200);
-  const caps = r.result.payload as Capabilities;
-  assertSane(caps);
-  assert.ok(caps.measuredAt >= first.measuredAt);
-  assert.equal(benches.length, 2);
-  assert.deepEqual(profiler.last(), caps);
+    // The `profile` method re-measures and answers with the capabilities.
+    const r = await service.invokeDeviceMethod("edge-1", "profiler", {
+      methodName: "profile",
+      payload: {},
+      responseTimeoutInSeconds: 30,
+    });
+    assert.equal(r.result.status, 200);
+    const caps = r.result.payload as Capabilities;
+    assertSane(caps);
+    assert.ok(caps.measuredAt >= first.measuredAt);
+    assert.equal(benches.length, 2);
+    assert.deepEqual(profiler.last(), caps);
 
-  // Desired scheduleMinutes (1 "minute" = 150 ms here) starts periodic measurements; 0 stops them; models follow desired.
-  await registry.updateModuleTwin(
-    "edge-1",
-    "profiler",
-    { properties: { desired: { scheduleMinutes: 1, models: ["mlp", "autoencoder"] } } },
-    "*",
-  );
-  await until(() => profiler.scheduleMinutes() === 1, 5000, "schedule applied");
-  const n = benches.length;
-  await until(() => benches.length >= n + 4, 15_000, "two scheduled measurements");
-  assert.ok(benches.slice(n).some((b) => b.model === "autoencoder"));
-  await registry.updateModuleTwin(
-    "edge-1",
-    "profiler",
-    { properties: { desired: { scheduleMinutes: 0 } } },
-    "*",
-  );
-  await until(() => profiler.scheduleMinutes() === 0, 5000, "schedule stopped");
-  await profiler.measure().catch(() => undefined); // let a measurement in flight finish
-  const m = benches.length;
-  await new Promise((res) => setTimeout(res, 700));
-  assert.equal(benches.length, m, "no measurement after scheduleMinutes = 0");
-  const after = (await registry.getModuleTwin("edge-1", "profiler")).responseBody;
-  assert.ok((after.properties.reported.capabilities as Capabilities).samplesPerSecond.autoencoder > 0);
-});
+    // Desired scheduleMinutes (1 "minute" = 150 ms here) starts periodic measurements; 0 stops them; models follow desired.
+    await registry.updateModuleTwin(
+      "edge-1",
+      "profiler",
+      { properties: { desired: { scheduleMinutes: 1, models: ["mlp", "autoencoder"] } } },
+      "*",
+    );
+    await until(() => profiler.scheduleMinutes() === 1, 5000, "schedule applied");
+    const n = benches.length;
+    await until(() => benches.length >= n + 4, 15_000, "two scheduled measurements");
+    assert.ok(benches.slice(n).some((b) => b.model === "autoencoder"));
+    await registry.updateModuleTwin(
+      "edge-1",
+      "profiler",
+      { properties: { desired: { scheduleMinutes: 0 } } },
+      "*",
+    );
+    await until(() => profiler.scheduleMinutes() === 0, 5000, "schedule stopped");
+    await profiler.measure().catch(() => undefined); // let a measurement in flight finish
+    const m = benches.length;
+    await new Promise((res) => setTimeout(res, 700));
+    assert.equal(benches.length, m, "no measurement after scheduleMinutes = 0");
+    const after = (await registry.getModuleTwin("edge-1", "profiler")).responseBody;
+    assert.ok((after.properties.reported.capabilities as Capabilities).samplesPerSecond.autoencoder > 0);
+  }),
+);
 
 test("profiler configuration names what is missing or invalid", () => {
   assert.throws(() => loadProfilerConfig({}), /E_CONFIG_MISSING|FLOTILLA_CONNECTION_STRING/);

@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -30,8 +31,7 @@ async function open(hub: LocalHub, deviceId: string, moduleId: string): Promise<
 
 test(
   "embedded hub, real SDK clients, manifest routes: trainer chunks → quantizer → update-queue → $upstream",
-  { timeout: 20_000 },
-  async (t) => {
+  withContext(async (t) => {
     const events: D2CEvent[] = [];
     const hub = await startLocalHub({
       routes: manifestRoutes(),
@@ -155,5 +155,6 @@ test(
     }
     assert.deepEqual(reported!.jobs, { "job-1": "int8" });
     assert.equal(reported!.status, "running");
-  },
+  }),
+  20_000,
 );

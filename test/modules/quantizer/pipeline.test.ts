@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { decodeTensor, isEncoded } from "../../../core/compress";
 import type { Dataset } from "../../../core/data/dataset";
@@ -61,7 +62,7 @@ function trainFrame(uplink: string | undefined, weights: Float32Array, layoutHas
 }
 
 /** The update's delta, as the simulator's device sends it and as the trainer + quantizer send it. */
-async function bothPaths(spec: string, t: import("node:test").TestContext) {
+async function bothPaths(spec: string, t: import("../../helpers/context").TestContext) {
   const model = new TwoTensorModel();
   const global = new Float32Array(model.numParams).map((_, i) => (i % 5) / 10);
   const data = labelsDataset([1, 0, 1, 0]);
@@ -101,56 +102,62 @@ async function bothPaths(spec: string, t: import("node:test").TestContext) {
 }
 
 for (const spec of ["int8:tensor", "topk:0.05+int4", "int8", "randk:0.1+int8:tensor"]) {
-  test(`${spec}: the simulator's device and the quantizer module send the same bytes for the same update`, async (t) => {
-    const { sim, hub, raw, layoutHash } = await bothPaths(spec, t);
-    assert.deepEqual(Buffer.from(hub), Buffer.from(sim));
-    if (spec === "int8:tensor") {
-      // Per-tensor scales: the small tensor's error is a fraction of its own range, not of the large tensor's.
-      const decoded = decodeTensor(hub, { layoutHash, length: BIG + SMALL });
-      let err = 0;
-      for (let i = BIG; i < BIG + SMALL; i++) err = Math.max(err, Math.abs(decoded[i] - raw[i]));
-      assert.ok(err < 2e-6, `small-tensor error ${err}`);
-    }
-  });
+  test(
+    `${spec}: the simulator's device and the quantizer module send the same bytes for the same update`,
+    withContext(async (t) => {
+      const { sim, hub, raw, layoutHash } = await bothPaths(spec, t);
+      assert.deepEqual(Buffer.from(hub), Buffer.from(sim));
+      if (spec === "int8:tensor") {
+        // Per-tensor scales: the small tensor's error is a fraction of its own range, not of the large tensor's.
+        const decoded = decodeTensor(hub, { layoutHash, length: BIG + SMALL });
+        let err = 0;
+        for (let i = BIG; i < BIG + SMALL; i++) err = Math.max(err, Math.abs(decoded[i] - raw[i]));
+        assert.ok(err < 2e-6, `small-tensor error ${err}`);
+      }
+    }),
+  );
 }
 
-test("a per-tensor codec without the job's layout sends the update raw (E_QUANT_LAYOUT); a bad layout is E_QUANT_CONFIG", async (t) => {
-  const model = new TwoTensorModel();
-  const global = new Float32Array(model.numParams);
-  const raw = await new DeviceRuntime("dev-p", labelsDataset([1]), new TwoTensorModel()).handle(
-    trainFrame(undefined, global, model.layout.hash),
-  );
-  const segments = model.layout.entries.map((e) => e.size);
-  const h = await start(tempDir(t, "flotilla-pipeline-"), {
-    flotilla: {
-      jobs: {
-        "job-p": { compression: "int8:tensor" }, // no layout: an older cloud
-        "job-q": { compression: "int8:tensor", layoutHash: "ab".repeat(32), segments }, // another layout
-        "job-r": { compression: "int8", layoutHash: model.layout.hash, segments: [0, -1] },
+test(
+  "a per-tensor codec without the job's layout sends the update raw (E_QUANT_LAYOUT); a bad layout is E_QUANT_CONFIG",
+  withContext(async (t) => {
+    const model = new TwoTensorModel();
+    const global = new Float32Array(model.numParams);
+    const raw = await new DeviceRuntime("dev-p", labelsDataset([1]), new TwoTensorModel()).handle(
+      trainFrame(undefined, global, model.layout.hash),
+    );
+    const segments = model.layout.entries.map((e) => e.size);
+    const h = await start(tempDir(t, "flotilla-pipeline-"), {
+      flotilla: {
+        jobs: {
+          "job-p": { compression: "int8:tensor" }, // no layout: an older cloud
+          "job-q": { compression: "int8:tensor", layoutHash: "ab".repeat(32), segments }, // another layout
+          "job-r": { compression: "int8", layoutHash: model.layout.hash, segments: [0, -1] },
+        },
       },
-    },
-  });
-  t.after(() => h.quantizer.stop());
-  assert.deepEqual(h.quantizer.state().error?.code, "E_QUANT_CONFIG");
-  assert.equal(h.quantizer.state().error?.jobId, "job-r");
-  for (const jobId of ["job-p", "job-q", "job-r"]) {
-    const frame = encodeMessage({ ...(decodeMessage(raw) as TrainResultMessage), jobId });
-    const input = trainerChunks(frame, { jobId, round: 3, deviceId: "dev-p" }, 255_000);
-    for (const c of input.chunks) h.client.deliver("updates", c.body, c.properties);
-  }
-  await h.quantizer.idle();
-  const out = outputFrames(h.client);
-  assert.equal(out.length, 3, "nothing is lost");
-  for (const o of out) {
-    const msg = decodeMessage(new Uint8Array(o.frame)) as TrainResultMessage;
-    assert.ok(msg.delta instanceof Float32Array, `${msg.jobId} went out raw`);
-  }
-  const warnings = h.logs.filter((l) => l.includes("E_QUANT_LAYOUT"));
-  assert.equal(warnings.length, 2, h.logs.join("\n"));
-  assert.ok(
-    warnings.every((l) =>
-      /^warn quantizer: job job-[pq] round 3: compressing failed, sending it raw: /.test(l),
-    ),
-  );
-  assert.equal(h.quantizer.state().counters.passthrough, 3);
-});
+    });
+    t.after(() => h.quantizer.stop());
+    assert.deepEqual(h.quantizer.state().error?.code, "E_QUANT_CONFIG");
+    assert.equal(h.quantizer.state().error?.jobId, "job-r");
+    for (const jobId of ["job-p", "job-q", "job-r"]) {
+      const frame = encodeMessage({ ...(decodeMessage(raw) as TrainResultMessage), jobId });
+      const input = trainerChunks(frame, { jobId, round: 3, deviceId: "dev-p" }, 255_000);
+      for (const c of input.chunks) h.client.deliver("updates", c.body, c.properties);
+    }
+    await h.quantizer.idle();
+    const out = outputFrames(h.client);
+    assert.equal(out.length, 3, "nothing is lost");
+    for (const o of out) {
+      const msg = decodeMessage(new Uint8Array(o.frame)) as TrainResultMessage;
+      assert.ok(msg.delta instanceof Float32Array, `${msg.jobId} went out raw`);
+    }
+    const warnings = h.logs.filter((l) => l.includes("E_QUANT_LAYOUT"));
+    assert.equal(warnings.length, 2, h.logs.join("\n"));
+    assert.ok(
+      warnings.every((l) =>
+        /^warn quantizer: job job-[pq] round 3: compressing failed, sending it raw: /.test(l),
+      ),
+    );
+    assert.equal(h.quantizer.state().counters.passthrough, 3);
+  }),
+);

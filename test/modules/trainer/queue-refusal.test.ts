@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
@@ -67,77 +68,80 @@ const executor: TrainExecutor = {
   }),
 };
 
-test("the trainer reports an update the update-queue could not store, and clears it once stored", async (t) => {
-  const weights = new Uint8Array(countParams(SPEC) * 4);
-  const modelSha256 = createHash("sha256").update(weights).digest("hex");
-  const client = new Client();
-  const logged: string[] = [];
-  const trainer = await startTrainer({
-    client,
-    deviceId: "dev-1",
-    trainExecutor: executor,
-    inference: "off",
-    fetch: async () => ({ ok: true, status: 200, arrayBuffer: async () => weights.buffer.slice(0) }),
-    log: (level, message) => logged.push(`${level} ${message}`),
-  });
-  t.after(() => trainer.stop());
-  assert.ok(
-    trainer.startRound({
+test(
+  "the trainer reports an update the update-queue could not store, and clears it once stored",
+  withContext(async (t) => {
+    const weights = new Uint8Array(countParams(SPEC) * 4);
+    const modelSha256 = createHash("sha256").update(weights).digest("hex");
+    const client = new Client();
+    const logged: string[] = [];
+    const trainer = await startTrainer({
+      client,
+      deviceId: "dev-1",
+      trainExecutor: executor,
+      inference: "off",
+      fetch: async () => ({ ok: true, status: 200, arrayBuffer: async () => weights.buffer.slice(0) }),
+      log: (level, message) => logged.push(`${level} ${message}`),
+    });
+    t.after(() => trainer.stop());
+    assert.ok(
+      trainer.startRound({
+        jobId: "job-1",
+        round: 1,
+        modelUrl: "http://blob.local/model.f32",
+        modelSha256,
+        layoutHash: modelLayout(SPEC).hash,
+        modelSpec: SPEC,
+        config: { epochs: 1, batchSize: 4, lr: 0.1, seed: 1 },
+        deadline: 0,
+      }),
+    );
+    await trainer.idle();
+    const { status, updateId } = trainer.state();
+    assert.equal(status, "done");
+    assert.ok(updateId);
+
+    // Another update's refusal is logged but does not touch this round's state.
+    assert.deepEqual(
+      await client.invoke("updateNotStored", {
+        updateId: "someone-else",
+        code: "E_QUEUE_DISK_FULL",
+        message: "x",
+      }),
+      { status: 200, payload: { known: false } },
+    );
+    assert.equal(trainer.state().status, "done");
+
+    const refusal = {
+      updateId,
       jobId: "job-1",
       round: 1,
-      modelUrl: "http://blob.local/model.f32",
-      modelSha256,
-      layoutHash: modelLayout(SPEC).hash,
-      modelSpec: SPEC,
-      config: { epochs: 1, batchSize: 4, lr: 0.1, seed: 1 },
-      deadline: 0,
-    }),
-  );
-  await trainer.idle();
-  const { status, updateId } = trainer.state();
-  assert.equal(status, "done");
-  assert.ok(updateId);
-
-  // Another update's refusal is logged but does not touch this round's state.
-  assert.deepEqual(
-    await client.invoke("updateNotStored", {
-      updateId: "someone-else",
       code: "E_QUEUE_DISK_FULL",
-      message: "x",
-    }),
-    { status: 200, payload: { known: false } },
-  );
-  assert.equal(trainer.state().status, "done");
+      message: "enqueueing update: the disk is full",
+      held: true,
+    };
+    assert.deepEqual(await client.invoke("updateNotStored", refusal), {
+      status: 200,
+      payload: { known: true },
+    });
+    const s = trainer.state();
+    assert.equal(s.status, "error");
+    assert.equal(s.error?.code, "E_QUEUE_DISK_FULL");
+    assert.match(s.error?.message ?? "", /update-queue could not store it \(held in memory and retried\)/);
+    assert.ok(logged.some((l) => l.startsWith("error ") && l.includes(updateId)));
+    await trainer.idle();
+    assert.ok(
+      client.twin.patches.some(
+        (p) => (p.flotilla as { error?: { code?: string } } | undefined)?.error?.code === "E_QUEUE_DISK_FULL",
+      ),
+      "reported to the cloud",
+    );
 
-  const refusal = {
-    updateId,
-    jobId: "job-1",
-    round: 1,
-    code: "E_QUEUE_DISK_FULL",
-    message: "enqueueing update: the disk is full",
-    held: true,
-  };
-  assert.deepEqual(await client.invoke("updateNotStored", refusal), {
-    status: 200,
-    payload: { known: true },
-  });
-  const s = trainer.state();
-  assert.equal(s.status, "error");
-  assert.equal(s.error?.code, "E_QUEUE_DISK_FULL");
-  assert.match(s.error?.message ?? "", /update-queue could not store it \(held in memory and retried\)/);
-  assert.ok(logged.some((l) => l.startsWith("error ") && l.includes(updateId)));
-  await trainer.idle();
-  assert.ok(
-    client.twin.patches.some(
-      (p) => (p.flotilla as { error?: { code?: string } } | undefined)?.error?.code === "E_QUEUE_DISK_FULL",
-    ),
-    "reported to the cloud",
-  );
-
-  assert.deepEqual(await client.invoke("updateStored", { updateId }), {
-    status: 200,
-    payload: { known: true },
-  });
-  assert.equal(trainer.state().status, "done");
-  assert.equal(trainer.state().error, null);
-});
+    assert.deepEqual(await client.invoke("updateStored", { updateId }), {
+      status: 200,
+      payload: { known: true },
+    });
+    assert.equal(trainer.state().status, "done");
+    assert.equal(trainer.state().error, null);
+  }),
+);

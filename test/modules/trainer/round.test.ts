@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { initBackend } from "../../../core/engine/backend";
 import type { ModelSpec } from "../../../core/engine/model-spec";

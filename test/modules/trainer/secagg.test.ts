@@ -3,7 +3,8 @@
  * methods (secaggShareKeys, secaggMaskInput, secaggUnmask), driven by a real core/secagg SecAggServer playing the
  * cloud, with in-memory module clients and a deterministic TrainExecutor.
  */
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { createHash, type JsonWebKey } from "node:crypto";
 import type { Message } from "azure-iot-device";
@@ -154,192 +155,202 @@ async function advertiseAll(trainers: Trainer[], round: number): Promise<Map<str
   return ads;
 }
 
-test("a secure round on the trainer: advertisement instead of a result, then the three methods; the sum unmasks", async (t) => {
-  const keys = new MemoryKeys();
-  const ids = ["dev-1", "dev-2", "dev-3", "dev-4"];
-  for (const id of ids) await keys.createKey(id);
-  const trainers = await Promise.all(ids.map((id) => startOne(id, keys)));
-  t.after(() => Promise.all(trainers.map((x) => x.handle.stop())));
+test(
+  "a secure round on the trainer: advertisement instead of a result, then the three methods; the sum unmasks",
+  withContext(async (t) => {
+    const keys = new MemoryKeys();
+    const ids = ["dev-1", "dev-2", "dev-3", "dev-4"];
+    for (const id of ids) await keys.createKey(id);
+    const trainers = await Promise.all(ids.map((id) => startOne(id, keys)));
+    t.after(() => Promise.all(trainers.map((x) => x.handle.stop())));
 
-  const ads = await advertiseAll(trainers, 1);
-  for (const tr of trainers) {
-    // No result frame: the update stays on the device.
-    assert.ok(frames(tr.client).every((m) => m.type !== "result"));
-    const s = tr.handle.state();
-    assert.equal(s.status, "secagg");
-    assert.equal(s.secaggStep, "advertise");
-    assert.equal(s.numSamples, 10 * Number(tr.id.split("-")[1]));
-  }
-  const server = new SecAggServer({ jobId: "job-s", round: 1 }, defaultParams(4), ids, {
-    length: layout.totalSize,
-    identityKey: (id) => keys.getPublicKey(id),
-  });
-  for (const ad of ads.values()) server.addAdvertisement(ad);
-  const shareReqs = server.closeAdvertise();
-
-  // Step 2. The same request twice (a retry after a lost answer) gets the same answer.
-  const answers = new Map<string, ShareKeysResponse>();
-  for (const tr of trainers) {
-    const r = await call(tr, "secaggShareKeys", shareReqs.get(tr.id));
-    assert.equal(r.status, 200, JSON.stringify(r.payload));
-    answers.set(tr.id, r.payload as ShareKeysResponse);
-  }
-  const again = await call(trainers[0], "secaggShareKeys", shareReqs.get("dev-1"));
-  assert.equal(again.status, 200);
-  assert.deepEqual(again.payload, answers.get("dev-1"));
-  // Another round's request for a round this trainer has no session of: refused with a code.
-  const none = await call(trainers[0], "secaggShareKeys", { ...shareReqs.get("dev-1"), round: 9 });
-  assert.equal(none.status, 400);
-  assert.equal((none.payload as { code: string }).code, "E_SECAGG_STATE");
-  const junk = await trainers[0].client.invoke("secaggShareKeys", "not json");
-  assert.equal(junk.status, 400);
-  assert.equal((junk.payload as { code: string }).code, "E_SECAGG_INVALID");
-  for (const a of answers.values()) server.addShares(JSON.parse(JSON.stringify(a)) as ShareKeysResponse);
-  const maskReqs = server.closeShares();
-
-  // Step 3: accepted at once; the masked input follows on the `updates` output.
-  for (const tr of trainers) {
-    const r = await call(tr, "secaggMaskInput", maskReqs.get(tr.id));
-    assert.equal(r.status, 200, JSON.stringify(r.payload));
-    assert.deepEqual(r.payload, { accepted: true, jobId: "job-s", round: 1 });
-  }
-  // Asked again with the same request: the same answer, nothing sent twice.
-  assert.equal((await call(trainers[0], "secaggMaskInput", maskReqs.get("dev-1"))).status, 200);
-  // A different mask request after the update was masked: a replay, refused.
-  const replay = await call(trainers[0], "secaggMaskInput", {
-    ...maskReqs.get("dev-1"),
-    shares: [],
-  } as MaskInputRequest);
-  assert.equal(replay.status, 400);
-  assert.equal((replay.payload as { code: string }).code, "E_SECAGG_REPLAY");
-  for (const tr of trainers) {
-    await tr.handle.idle();
-    const masked = frames(tr.client).filter((m) => m.type === "secagg" && m.step === "mask");
-    assert.equal(masked.length, 1, `${tr.id}: one masked input`);
-    const m = masked[0];
-    assert.ok(m.type === "secagg");
-    assert.ok(m.masked instanceof Uint32Array && m.masked.length === layout.totalSize);
-    assert.deepEqual(m.body, { jobId: "job-s", round: 1, deviceId: tr.id });
-    assert.equal(m.numSamples, 10 * Number(tr.id.split("-")[1]));
-    assert.equal(m.metrics?.loss, 0.25);
-    server.addMaskedInput({ jobId: "job-s", round: 1, deviceId: tr.id, masked: m.masked });
-    assert.equal(tr.handle.state().secaggStep, "mask");
-  }
-  const unmaskReqs = server.closeMasked();
-
-  // Step 4.
-  for (const tr of trainers) {
-    const r = await call(tr, "secaggUnmask", unmaskReqs.get(tr.id));
-    assert.equal(r.status, 200, JSON.stringify(r.payload));
-    server.addUnmaskResponse(JSON.parse(JSON.stringify(r.payload)) as UnmaskResponse);
-    assert.equal(tr.handle.state().status, "done");
-  }
-  const result = server.finish();
-  // The server learns the weighted mean, and nothing else.
-  const total = ids.reduce((s, id) => s + 10 * Number(id.split("-")[1]), 0);
-  assert.equal(result.totalWeight, total);
-  for (let i = 0; i < layout.totalSize; i++) {
-    let want = 0;
-    for (const id of ids) {
-      const k = Number(id.split("-")[1]);
-      want += (10 * k * deltaOf(k)[i]) / total;
+    const ads = await advertiseAll(trainers, 1);
+    for (const tr of trainers) {
+      // No result frame: the update stays on the device.
+      assert.ok(frames(tr.client).every((m) => m.type !== "result"));
+      const s = tr.handle.state();
+      assert.equal(s.status, "secagg");
+      assert.equal(s.secaggStep, "advertise");
+      assert.equal(s.numSamples, 10 * Number(tr.id.split("-")[1]));
     }
-    assert.ok(Math.abs(result.mean[i] - want) < 1e-6, `mean[${i}] ${result.mean[i]} vs ${want}`);
-  }
-});
+    const server = new SecAggServer({ jobId: "job-s", round: 1 }, defaultParams(4), ids, {
+      length: layout.totalSize,
+      identityKey: (id) => keys.getPublicKey(id),
+    });
+    for (const ad of ads.values()) server.addAdvertisement(ad);
+    const shareReqs = server.closeAdvertise();
 
-test("trainer refusals are 400 {code}: bad signatures, both shares of a neighbour, and no identity key", async (t) => {
-  const keys = new MemoryKeys();
-  const ids = ["dev-1", "dev-2", "dev-3"];
-  for (const id of ids) await keys.createKey(id);
-  const trainers = await Promise.all(ids.map((id) => startOne(id, keys)));
-  t.after(() => Promise.all(trainers.map((x) => x.handle.stop())));
+    // Step 2. The same request twice (a retry after a lost answer) gets the same answer.
+    const answers = new Map<string, ShareKeysResponse>();
+    for (const tr of trainers) {
+      const r = await call(tr, "secaggShareKeys", shareReqs.get(tr.id));
+      assert.equal(r.status, 200, JSON.stringify(r.payload));
+      answers.set(tr.id, r.payload as ShareKeysResponse);
+    }
+    const again = await call(trainers[0], "secaggShareKeys", shareReqs.get("dev-1"));
+    assert.equal(again.status, 200);
+    assert.deepEqual(again.payload, answers.get("dev-1"));
+    // Another round's request for a round this trainer has no session of: refused with a code.
+    const none = await call(trainers[0], "secaggShareKeys", { ...shareReqs.get("dev-1"), round: 9 });
+    assert.equal(none.status, 400);
+    assert.equal((none.payload as { code: string }).code, "E_SECAGG_STATE");
+    const junk = await trainers[0].client.invoke("secaggShareKeys", "not json");
+    assert.equal(junk.status, 400);
+    assert.equal((junk.payload as { code: string }).code, "E_SECAGG_INVALID");
+    for (const a of answers.values()) server.addShares(JSON.parse(JSON.stringify(a)) as ShareKeysResponse);
+    const maskReqs = server.closeShares();
 
-  // Round 1: the server relays a forged identity key for dev-2: dev-1 refuses with E_SECAGG_SIGNATURE.
-  const ads = await advertiseAll(trainers, 1);
-  const server = new SecAggServer({ jobId: "job-s", round: 1 }, defaultParams(3), ids, {
-    length: layout.totalSize,
-    identityKey: (id) => keys.getPublicKey(id),
-  });
-  for (const ad of ads.values()) server.addAdvertisement(ad);
-  const reqs = server.closeAdvertise();
-  const forged = JSON.parse(JSON.stringify(reqs.get("dev-1"))) as ShareKeysRequest;
-  const other = LocalSigner.generate("dev-2").publicKey;
-  (forged.neighbours as { identityKey: JsonWebKey; advertisement: KeyAdvertisement }[]).find(
-    (n) => n.advertisement.deviceId === "dev-2",
-  )!.identityKey = other;
-  const sig = await call(trainers[0], "secaggShareKeys", forged);
-  assert.equal(sig.status, 400);
-  assert.equal((sig.payload as { code: string }).code, "E_SECAGG_SIGNATURE");
+    // Step 3: accepted at once; the masked input follows on the `updates` output.
+    for (const tr of trainers) {
+      const r = await call(tr, "secaggMaskInput", maskReqs.get(tr.id));
+      assert.equal(r.status, 200, JSON.stringify(r.payload));
+      assert.deepEqual(r.payload, { accepted: true, jobId: "job-s", round: 1 });
+    }
+    // Asked again with the same request: the same answer, nothing sent twice.
+    assert.equal((await call(trainers[0], "secaggMaskInput", maskReqs.get("dev-1"))).status, 200);
+    // A different mask request after the update was masked: a replay, refused.
+    const replay = await call(trainers[0], "secaggMaskInput", {
+      ...maskReqs.get("dev-1"),
+      shares: [],
+    } as MaskInputRequest);
+    assert.equal(replay.status, 400);
+    assert.equal((replay.payload as { code: string }).code, "E_SECAGG_REPLAY");
+    for (const tr of trainers) {
+      await tr.handle.idle();
+      const masked = frames(tr.client).filter((m) => m.type === "secagg" && m.step === "mask");
+      assert.equal(masked.length, 1, `${tr.id}: one masked input`);
+      const m = masked[0];
+      assert.ok(m.type === "secagg");
+      assert.ok(m.masked instanceof Uint32Array && m.masked.length === layout.totalSize);
+      assert.deepEqual(m.body, { jobId: "job-s", round: 1, deviceId: tr.id });
+      assert.equal(m.numSamples, 10 * Number(tr.id.split("-")[1]));
+      assert.equal(m.metrics?.loss, 0.25);
+      server.addMaskedInput({ jobId: "job-s", round: 1, deviceId: tr.id, masked: m.masked });
+      assert.equal(tr.handle.state().secaggStep, "mask");
+    }
+    const unmaskReqs = server.closeMasked();
 
-  // Round 2: all honest up to step 4, where dev-1 is asked for both shares of dev-2: E_SECAGG_REFUSED.
-  const ads2 = await advertiseAll(trainers, 2);
-  const s2 = new SecAggServer({ jobId: "job-s", round: 2 }, defaultParams(3), ids, {
-    length: layout.totalSize,
-    identityKey: (id) => keys.getPublicKey(id),
-  });
-  for (const ad of ads2.values()) s2.addAdvertisement(ad);
-  const share2 = s2.closeAdvertise();
-  for (const tr of trainers)
-    s2.addShares((await call(tr, "secaggShareKeys", share2.get(tr.id))).payload as ShareKeysResponse);
-  const mask2 = s2.closeShares();
-  for (const tr of trainers) assert.equal((await call(tr, "secaggMaskInput", mask2.get(tr.id))).status, 200);
-  const greedy: UnmaskRequest = {
-    jobId: "job-s",
-    round: 2,
-    survivors: ["dev-2", "dev-3"],
-    dropped: ["dev-2"],
-  };
-  const refused = await call(trainers[0], "secaggUnmask", greedy);
-  assert.equal(refused.status, 400);
-  assert.equal((refused.payload as { code: string }).code, "E_SECAGG_REFUSED");
-  // abortRound forgets the session: later steps are E_SECAGG_STATE.
-  assert.equal((await trainers[1].client.invoke("abortRound", { jobId: "job-s", round: 2 })).status, 200);
-  const gone = await call(trainers[1], "secaggUnmask", {
-    jobId: "job-s",
-    round: 2,
-    survivors: [],
-    dropped: [],
-  });
-  assert.equal((gone.payload as { code: string }).code, "E_SECAGG_STATE");
+    // Step 4.
+    for (const tr of trainers) {
+      const r = await call(tr, "secaggUnmask", unmaskReqs.get(tr.id));
+      assert.equal(r.status, 200, JSON.stringify(r.payload));
+      server.addUnmaskResponse(JSON.parse(JSON.stringify(r.payload)) as UnmaskResponse);
+      assert.equal(tr.handle.state().status, "done");
+    }
+    const result = server.finish();
+    // The server learns the weighted mean, and nothing else.
+    const total = ids.reduce((s, id) => s + 10 * Number(id.split("-")[1]), 0);
+    assert.equal(result.totalWeight, total);
+    for (let i = 0; i < layout.totalSize; i++) {
+      let want = 0;
+      for (const id of ids) {
+        const k = Number(id.split("-")[1]);
+        want += (10 * k * deltaOf(k)[i]) / total;
+      }
+      assert.ok(Math.abs(result.mean[i] - want) < 1e-6, `mean[${i}] ${result.mean[i]} vs ${want}`);
+    }
+  }),
+);
 
-  // A trainer without an identity key provider: the secure round fails with a failure frame E_SECAGG_NO_KEY.
-  const bare = await startOne("dev-9", undefined);
-  t.after(() => bare.handle.stop());
-  await bare.client.invoke("startRound", order(1));
-  await bare.handle.idle();
-  const f = frames(bare.client);
-  assert.equal(f.length, 1);
-  assert.ok(f[0].type === "failure");
-  assert.equal(f[0].code, "E_SECAGG_NO_KEY");
-  // A key provider without this device's key: E_KEY_NOT_FOUND, also as a failure frame.
-  const nokey = await startOne("dev-8", keys);
-  t.after(() => nokey.handle.stop());
-  await nokey.client.invoke("startRound", order(1));
-  await nokey.handle.idle();
-  const g = frames(nokey.client);
-  assert.ok(g[0].type === "failure" && g[0].code === "E_KEY_NOT_FOUND", JSON.stringify(g[0]));
-});
+test(
+  "trainer refusals are 400 {code}: bad signatures, both shares of a neighbour, and no identity key",
+  withContext(async (t) => {
+    const keys = new MemoryKeys();
+    const ids = ["dev-1", "dev-2", "dev-3"];
+    for (const id of ids) await keys.createKey(id);
+    const trainers = await Promise.all(ids.map((id) => startOne(id, keys)));
+    t.after(() => Promise.all(trainers.map((x) => x.handle.stop())));
 
-test("a trainer restarted mid-round does not train it again and answers the later steps with E_SECAGG_STATE", async (t) => {
-  const keys = new MemoryKeys();
-  await keys.createKey("dev-1");
-  const tr = await startOne("dev-1", keys, {
-    status: "secagg",
-    jobId: "job-s",
-    round: 1,
-    secaggStep: "share",
-  });
-  t.after(() => tr.handle.stop());
-  // The twin still orders round 1: not retrained (its keys and update died with the old process).
-  assert.equal(tr.handle.startRound(order(1)), false);
-  await tr.handle.idle();
-  assert.equal(tr.client.outputs.length, 0);
-  const r = await call(tr, "secaggMaskInput", { jobId: "job-s", round: 1, shares: [] });
-  assert.equal(r.status, 400);
-  assert.equal((r.payload as { code: string }).code, "E_SECAGG_STATE");
-  // A newer round is trained as usual.
-  assert.equal(tr.handle.startRound(order(2)), true);
-  await tr.handle.idle();
-  assert.equal(frames(tr.client)[0].type, "secagg");
-});
+    // Round 1: the server relays a forged identity key for dev-2: dev-1 refuses with E_SECAGG_SIGNATURE.
+    const ads = await advertiseAll(trainers, 1);
+    const server = new SecAggServer({ jobId: "job-s", round: 1 }, defaultParams(3), ids, {
+      length: layout.totalSize,
+      identityKey: (id) => keys.getPublicKey(id),
+    });
+    for (const ad of ads.values()) server.addAdvertisement(ad);
+    const reqs = server.closeAdvertise();
+    const forged = JSON.parse(JSON.stringify(reqs.get("dev-1"))) as ShareKeysRequest;
+    const other = LocalSigner.generate("dev-2").publicKey;
+    (forged.neighbours as { identityKey: JsonWebKey; advertisement: KeyAdvertisement }[]).find(
+      (n) => n.advertisement.deviceId === "dev-2",
+    )!.identityKey = other;
+    const sig = await call(trainers[0], "secaggShareKeys", forged);
+    assert.equal(sig.status, 400);
+    assert.equal((sig.payload as { code: string }).code, "E_SECAGG_SIGNATURE");
+
+    // Round 2: all honest up to step 4, where dev-1 is asked for both shares of dev-2: E_SECAGG_REFUSED.
+    const ads2 = await advertiseAll(trainers, 2);
+    const s2 = new SecAggServer({ jobId: "job-s", round: 2 }, defaultParams(3), ids, {
+      length: layout.totalSize,
+      identityKey: (id) => keys.getPublicKey(id),
+    });
+    for (const ad of ads2.values()) s2.addAdvertisement(ad);
+    const share2 = s2.closeAdvertise();
+    for (const tr of trainers)
+      s2.addShares((await call(tr, "secaggShareKeys", share2.get(tr.id))).payload as ShareKeysResponse);
+    const mask2 = s2.closeShares();
+    for (const tr of trainers)
+      assert.equal((await call(tr, "secaggMaskInput", mask2.get(tr.id))).status, 200);
+    const greedy: UnmaskRequest = {
+      jobId: "job-s",
+      round: 2,
+      survivors: ["dev-2", "dev-3"],
+      dropped: ["dev-2"],
+    };
+    const refused = await call(trainers[0], "secaggUnmask", greedy);
+    assert.equal(refused.status, 400);
+    assert.equal((refused.payload as { code: string }).code, "E_SECAGG_REFUSED");
+    // abortRound forgets the session: later steps are E_SECAGG_STATE.
+    assert.equal((await trainers[1].client.invoke("abortRound", { jobId: "job-s", round: 2 })).status, 200);
+    const gone = await call(trainers[1], "secaggUnmask", {
+      jobId: "job-s",
+      round: 2,
+      survivors: [],
+      dropped: [],
+    });
+    assert.equal((gone.payload as { code: string }).code, "E_SECAGG_STATE");
+
+    // A trainer without an identity key provider: the secure round fails with a failure frame E_SECAGG_NO_KEY.
+    const bare = await startOne("dev-9", undefined);
+    t.after(() => bare.handle.stop());
+    await bare.client.invoke("startRound", order(1));
+    await bare.handle.idle();
+    const f = frames(bare.client);
+    assert.equal(f.length, 1);
+    assert.ok(f[0].type === "failure");
+    assert.equal(f[0].code, "E_SECAGG_NO_KEY");
+    // A key provider without this device's key: E_KEY_NOT_FOUND, also as a failure frame.
+    const nokey = await startOne("dev-8", keys);
+    t.after(() => nokey.handle.stop());
+    await nokey.client.invoke("startRound", order(1));
+    await nokey.handle.idle();
+    const g = frames(nokey.client);
+    assert.ok(g[0].type === "failure" && g[0].code === "E_KEY_NOT_FOUND", JSON.stringify(g[0]));
+  }),
+);
+
+test(
+  "a trainer restarted mid-round does not train it again and answers the later steps with E_SECAGG_STATE",
+  withContext(async (t) => {
+    const keys = new MemoryKeys();
+    await keys.createKey("dev-1");
+    const tr = await startOne("dev-1", keys, {
+      status: "secagg",
+      jobId: "job-s",
+      round: 1,
+      secaggStep: "share",
+    });
+    t.after(() => tr.handle.stop());
+    // The twin still orders round 1: not retrained (its keys and update died with the old process).
+    assert.equal(tr.handle.startRound(order(1)), false);
+    await tr.handle.idle();
+    assert.equal(tr.client.outputs.length, 0);
+    const r = await call(tr, "secaggMaskInput", { jobId: "job-s", round: 1, shares: [] });
+    assert.equal(r.status, 400);
+    assert.equal((r.payload as { code: string }).code, "E_SECAGG_STATE");
+    // A newer round is trained as usual.
+    assert.equal(tr.handle.startRound(order(2)), true);
+    await tr.handle.idle();
+    assert.equal(frames(tr.client)[0].type, "secagg");
+  }),
+);

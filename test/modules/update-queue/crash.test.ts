@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -84,47 +85,50 @@ function writeUntilKilled(
   });
 }
 
-test("SIGKILL in the middle of enqueueing: every acknowledged update survives intact, nothing half-written", async (t) => {
-  const dir = tempDir(t);
-  const acknowledged: { index: number; id: string }[] = [];
-  let next = 0;
-  for (let run = 0; run < 3; run++) {
-    const acked = await writeUntilKilled(dir, next, 15, [0, 4, 9][run]);
-    acknowledged.push(...acked);
-    // The writer never closed the file, so its write-ahead log is still there (WAL mode).
-    const walFile = join(dir, "outbox.sqlite-wal");
-    assert.ok(existsSync(walFile), "no -wal file after the kill");
-    if (run === 1) tearWalTail(walFile);
-    next = acked[acked.length - 1].index + 1;
-    // The next writer restarts after the last acknowledged update: one that was committed but not yet
-    // acknowledged at the kill is enqueued again, a no-op (counted as a duplicate, not as enqueued).
-    // Reopen after each crash: the file must be usable (the WAL is replayed) before the next writer starts.
-    const outbox = new Outbox(join(dir, "outbox.sqlite"));
-    const stored = outbox.pending();
-    const ids = new Set(stored.map((u) => u.updateId));
-    for (const a of acknowledged)
-      assert.ok(ids.has(a.id), `acknowledged update ${a.index} lost after crash ${run}`);
-    // At most the one update in flight at the kill may be there beyond the acknowledged ones, and only whole.
-    assert.ok(
-      stored.length <= acknowledged.length + 1,
-      `${stored.length} stored, ${acknowledged.length} acked`,
-    );
-    for (const u of stored) {
-      const { frame } = crashFrame(u.round);
+test(
+  "SIGKILL in the middle of enqueueing: every acknowledged update survives intact, nothing half-written",
+  withContext(async (t) => {
+    const dir = tempDir(t);
+    const acknowledged: { index: number; id: string }[] = [];
+    let next = 0;
+    for (let run = 0; run < 3; run++) {
+      const acked = await writeUntilKilled(dir, next, 15, [0, 4, 9][run]);
+      acknowledged.push(...acked);
+      // The writer never closed the file, so its write-ahead log is still there (WAL mode).
+      const walFile = join(dir, "outbox.sqlite-wal");
+      assert.ok(existsSync(walFile), "no -wal file after the kill");
+      if (run === 1) tearWalTail(walFile);
+      next = acked[acked.length - 1].index + 1;
+      // The next writer restarts after the last acknowledged update: one that was committed but not yet
+      // acknowledged at the kill is enqueued again, a no-op (counted as a duplicate, not as enqueued).
+      // Reopen after each crash: the file must be usable (the WAL is replayed) before the next writer starts.
+      const outbox = new Outbox(join(dir, "outbox.sqlite"));
+      const stored = outbox.pending();
+      const ids = new Set(stored.map((u) => u.updateId));
+      for (const a of acknowledged)
+        assert.ok(ids.has(a.id), `acknowledged update ${a.index} lost after crash ${run}`);
+      // At most the one update in flight at the kill may be there beyond the acknowledged ones, and only whole.
       assert.ok(
-        reassemble(outbox.chunksOf(u.updateId)).equals(Buffer.from(frame)),
-        `update ${u.round} damaged`,
+        stored.length <= acknowledged.length + 1,
+        `${stored.length} stored, ${acknowledged.length} acked`,
       );
+      for (const u of stored) {
+        const { frame } = crashFrame(u.round);
+        assert.ok(
+          reassemble(outbox.chunksOf(u.updateId)).equals(Buffer.from(frame)),
+          `update ${u.round} damaged`,
+        );
+      }
+      const s = outbox.stats();
+      assert.equal(s.counters.enqueued, stored.length);
+      t.diagnostic(
+        `crash ${run}: ${stored.length} queued, ${s.stagedUpdates} partly staged (${s.stagedBytes} bytes)`,
+      );
+      outbox.close();
     }
-    const s = outbox.stats();
-    assert.equal(s.counters.enqueued, stored.length);
-    t.diagnostic(
-      `crash ${run}: ${stored.length} queued, ${s.stagedUpdates} partly staged (${s.stagedBytes} bytes)`,
-    );
-    outbox.close();
-  }
-  const raw = new Sqlite(join(dir, "outbox.sqlite"));
-  assert.equal(raw.pragma("integrity_check", { simple: true }), "ok");
-  raw.close();
-  assert.ok(acknowledged.length >= 45);
-});
+    const raw = new Sqlite(join(dir, "outbox.sqlite"));
+    assert.equal(raw.pragma("integrity_check", { simple: true }), "ok");
+    raw.close();
+    assert.ok(acknowledged.length >= 45);
+  }),
+);

@@ -1,4 +1,5 @@
-import { test } from "node:test";
+import { test } from "@jest/globals";
+import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { ModuleClient } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
@@ -13,8 +14,7 @@ import { resultFrame, sha256hex, tempDir, trainerChunks, until } from "./helpers
  */
 test(
   "with the real ModuleClient: input → durable queue → chunks on `upstream`; twin, methods, link loss",
-  { timeout: 20_000 },
-  async (t) => {
+  withContext(async (t) => {
     const hub = await LocalHub.start();
     hub.desired = { resendAfterMs: 600_000 };
     const client = ModuleClient.fromConnectionString(hub.connectionString(), Mqtt);
@@ -91,13 +91,13 @@ test(
     hub.patchDesired({ acks: { "edge-1-r3": true } });
     await until(() => queue.outbox.get("edge-1-r3")?.state === "acked", 5000, "the twin ack");
     assert.equal(queue.status().depth, 0);
-  },
+  }),
+  20_000,
 );
 
 test(
   "with the real ModuleClient and no SDK retries: `disconnect` reaches the queue, which reconnects itself",
-  { timeout: 20_000 },
-  async (t) => {
+  withContext(async (t) => {
     const hub = await LocalHub.start();
     const client = ModuleClient.fromConnectionString(hub.connectionString(), Mqtt);
     await client.setOptions({ ca: hub.ca });
@@ -131,5 +131,6 @@ test(
     assert.ok(logged.some((l) => l.includes("reconnecting in")));
     assert.equal(hub.events[1].messageId, "u1:0");
     assert.equal(queue.status().online, true);
-  },
+  }),
+  20_000,
 );
