@@ -22,6 +22,7 @@ import {
 import { decodeMessage, type Message, type SecAggFrame } from "../../../core/protocol/messages";
 import { isFlotillaError } from "../../../core/errors";
 import { isConflict } from "./store/blob-store";
+import { step as engineStep } from "../../../core/round/engine";
 import { JobRepository, paths, type JobDocument, type ReceivedUpdate, type RoundState } from "./jobs/state";
 import { pool } from "./dispatch";
 import type { AggregatorServices } from "./services";
@@ -471,37 +472,41 @@ export class Ingestor {
     );
     const now = this.services.clock();
     const outcome = new Map<Completed, "recorded" | "duplicate" | "late">();
+    // The round engine decides what an arriving update does to the round (core/round/engine.ts, updateReceived):
+    // recorded while the round is open, once per participant.
     await this.repo.updateRound(jobId, round, (cur: RoundState) => {
       outcome.clear();
-      const received: Record<string, ReceivedUpdate> = { ...cur.received };
+      let st = cur;
       for (const c of group) {
         const p = c.props;
         const msg = c.msg as Exclude<Message, SecAggFrame | { type: "train" }>;
-        if (received[p.deviceId]) outcome.set(c, "duplicate");
-        else if (cur.status !== "open") outcome.set(c, "late");
-        else {
-          outcome.set(c, "recorded");
-          received[p.deviceId] =
-            msg.type === "result"
-              ? {
-                  updateId: p.updateId,
-                  kind: "result" as const,
-                  bytes: p.size,
-                  numSamples: msg.numSamples,
-                  loss: Number.isFinite(msg.metrics?.loss) ? msg.metrics.loss : undefined,
-                  at: now,
-                }
-              : {
-                  updateId: p.updateId,
-                  kind: "failure" as const,
-                  bytes: p.size,
-                  code: msg.code,
-                  reason: msg.reason,
-                  at: now,
-                };
+        if (st.received[p.deviceId]) {
+          outcome.set(c, "duplicate");
+          continue;
         }
+        const update: ReceivedUpdate =
+          msg.type === "result"
+            ? {
+                updateId: p.updateId,
+                kind: "result" as const,
+                bytes: p.size,
+                numSamples: msg.numSamples,
+                loss: Number.isFinite(msg.metrics?.loss) ? msg.metrics.loss : undefined,
+                at: now,
+              }
+            : {
+                updateId: p.updateId,
+                kind: "failure" as const,
+                bytes: p.size,
+                code: msg.code,
+                reason: msg.reason,
+                at: now,
+              };
+        const next = engineStep(st, { type: "updateReceived", deviceId: p.deviceId, update }).state;
+        outcome.set(c, next === st ? "late" : "recorded");
+        st = next;
       }
-      return [...outcome.values()].includes("recorded") ? { ...cur, received } : undefined;
+      return st === cur ? undefined : st;
     });
     let refused = 0;
     await pool(
@@ -593,15 +598,6 @@ export class Ingestor {
         outcome = "duplicate";
         return undefined;
       }
-      const expected =
-        step === "advertise"
-          ? sa.phase === "advertise" && cur.received[p.deviceId] === undefined
-          : sa.phase === "mask" && (sa.u2 ?? []).includes(p.deviceId);
-      if (cur.status !== "open" || !expected) {
-        outcome = "late";
-        return undefined;
-      }
-      outcome = "recorded";
       const receipt = {
         updateId: p.updateId,
         bytes: p.size,
@@ -609,13 +605,11 @@ export class Ingestor {
         ...(step === "mask" && msg.numSamples !== undefined ? { numSamples: msg.numSamples } : {}),
         ...(step === "mask" && loss !== undefined ? { loss } : {}),
       };
-      return {
-        ...cur,
-        secagg:
-          step === "advertise"
-            ? { ...sa, advertised: { ...sa.advertised, [p.deviceId]: receipt } }
-            : { ...sa, masked: { ...sa.masked, [p.deviceId]: receipt } },
-      };
+      // The engine decides whether the frame is expected (core/round/engine.ts, secaggFrame): an advertisement
+      // while advertising and before the device's failure frame, a masked input from a device in U2.
+      const next = engineStep(cur, { type: "secaggFrame", step, deviceId: p.deviceId, receipt }).state;
+      outcome = next === cur ? "late" : "recorded";
+      return next === cur ? undefined : next;
     });
     if (outcome === "not-secure") {
       if (stored) await store.delete(blobPath);

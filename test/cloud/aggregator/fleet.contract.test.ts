@@ -67,7 +67,7 @@ fleetContract("RecordingFleet (the orchestrator tests' double)", async (): Promi
       const mine = <T extends { deviceId: string }>(xs: readonly T[]) =>
         xs.filter((x) => x.deviceId === deviceId);
       return [
-        ...mine(fleet.started).map((x) => ({
+        ...mine(fleet.startCalls).map((x) => ({
           moduleId: "trainer",
           method: "startRound",
           payload: x.payload,
