@@ -188,6 +188,7 @@ export class Orchestrator {
 
   /** Advances one job as far as it can go now. */
   async tickJob(jobId: string, now: number, actions: string[] = []): Promise<void> {
+    const tickStarted = this.services.clock();
     for (let step = 0; step < 4; step++) {
       const job = await this.repo.getJob(jobId);
       if (job?.status === "stopped") {
@@ -239,9 +240,11 @@ export class Orchestrator {
         );
         return;
       }
-      const next = await this.privacyAllows(job, r + 1, now, actions);
+      // A round opened after closing the previous one in the same tick opens now, not at the tick's start.
+      const openAt = now + Math.max(0, this.services.clock() - tickStarted);
+      const next = await this.privacyAllows(job, r + 1, openAt, actions);
       if (!next) return;
-      if (!(await this.openRound(next, r + 1, now, actions))) return;
+      if (!(await this.openRound(next, r + 1, openAt, actions))) return;
     }
   }
 
@@ -588,6 +591,9 @@ export class Orchestrator {
    */
   private async closeRound(job: JobDocument, st: RoundState, now: number): Promise<void> {
     const d = job.definition;
+    // The round closes when its model is published: the time spent aggregating and publishing is the round's.
+    const started = this.services.clock();
+    const closedAt = () => now + Math.max(0, this.services.clock() - started);
     const { strategy, reset } = await this.strategyAt(job, st.round - 1);
     const dp = this.dpForRound(job, st);
     const closer = new RoundCloser({
@@ -602,6 +608,14 @@ export class Orchestrator {
     if (st.secagg) {
       ({ secagg, bytes, abortError } = await this.closeSecure(job, st, closer));
     } else {
+      // Stored updates are read a few ahead of the one being aggregated (blob reads overlap the summing), and
+      // still added one at a time, in participant order.
+      const results = st.participants.filter((p) => st.received[p.deviceId]?.kind === "result");
+      const reads = prefetch(
+        results.map((p) => p.deviceId),
+        (id) => this.services.store.get(paths.update(d.jobId, st.round, id)),
+        UPDATE_READ_AHEAD,
+      );
       for (const p of st.participants) {
         const rec = st.received[p.deviceId];
         if (!rec) {
@@ -613,7 +627,7 @@ export class Orchestrator {
           closer.fail(p.deviceId, rec.code ?? "E_DEVICE", rec.reason ?? "device failure");
           continue;
         }
-        const blob = await this.services.store.get(paths.update(d.jobId, st.round, p.deviceId));
+        const blob = await reads.next(p.deviceId);
         if (!blob) {
           closer.fail(p.deviceId, "E_ROUND_MISSING", "stored update is missing");
           continue;
@@ -638,7 +652,7 @@ export class Orchestrator {
     const record = roundRecord(job, st, {
       outcome: out,
       bytes,
-      now,
+      now: closedAt(),
       modelSha256: meta.sha256,
       optimizerStateReset: reset,
       ...(abortError ? { code: abortError.code } : {}),
@@ -863,4 +877,39 @@ function spentOf(dp: DifferentialPrivacy): JobDpState["spent"] {
 
 function sha256(b: Uint8Array): string {
   return createHash("sha256").update(b).digest("hex");
+}
+
+/** Updates read ahead of the one being aggregated when a round closes. */
+const UPDATE_READ_AHEAD = 8;
+
+/**
+ * Reads `ids` in order, keeping up to `window` reads in flight ahead of the consumer; `next(id)` must be called
+ * for the ids in that order and returns that id's read.
+ */
+function prefetch<T>(
+  ids: readonly string[],
+  read: (id: string) => Promise<T>,
+  window: number,
+): { next(id: string): Promise<T> } {
+  const pending: Promise<T>[] = [];
+  let started = 0;
+  let taken = 0;
+  const fill = () => {
+    while (started < ids.length && started - taken < window) {
+      const p = read(ids[started++]);
+      p.catch(() => undefined); // rejections are seen by next(); never unhandled while waiting in the window
+      pending.push(p);
+    }
+  };
+  fill();
+  return {
+    next(id: string): Promise<T> {
+      if (ids[taken] !== id)
+        return Promise.reject(new FlotillaError("E_INTERNAL", `prefetch: expected ${ids[taken]}, got ${id}`));
+      const p = pending[taken];
+      pending[taken++] = undefined as unknown as Promise<T>;
+      fill();
+      return p;
+    },
+  };
 }

@@ -366,3 +366,28 @@ test("a job with an invalid codec is refused with E_JOB_COMPRESSION", async () =
     await assert.rejects(startJob(w, over), /E_JOB_COMPRESSION/);
   }
 });
+
+test("a round's wall time includes its aggregation and publishing, and the next round opens when it is opened", async () => {
+  const w = world();
+  const id = await startJob(w);
+  await w.agg.roundTimer({}, ctxStub);
+  const repo = new JobRepository(w.store);
+  const opened = (await repo.getRound(id, 1))!.openedAt;
+  for (const [i, dev] of ["dev-a", "dev-b", "dev-c"].entries())
+    await send(w, id, 1, dev, 10 + i, makeDelta(layout.totalSize, i + 1));
+  // Publishing model 1 takes 5 s on this clock (a large model, a slow store).
+  const put = w.store.put.bind(w.store);
+  w.store.put = async (name, bytes, opts) => {
+    if (name === paths.model(id, 1)) w.now.t += 5_000;
+    return put(name, bytes, opts);
+  };
+  const tickAt = w.now.t;
+  await w.agg.roundTimer({}, ctxStub);
+  const job = await repo.getJob(id);
+  const r1 = job!.rounds.find((r) => r.round === 1)!;
+  assert.equal(r1.closedAt, tickAt + 5_000, "closed once its model is published");
+  assert.equal(r1.durationMs, tickAt + 5_000 - opened);
+  const st2 = await repo.getRound(id, 2);
+  assert.ok(st2, "round 2 opened in the same tick");
+  assert.ok(st2.openedAt >= r1.closedAt, `round 2 opened at ${st2.openedAt}, before round 1 closed`);
+});
