@@ -87,7 +87,7 @@ export interface QuantizerOptions {
   /** Least time between two reported-property patches, ms (default 10,000). */
   reportIntervalMs?: number;
   twinTimeoutMs?: number;
-  /** Send attempts per output message before the update is dropped with E_QUANT_SEND (default 8). */
+  /** Send attempts per output message before the update is dropped with E_UPLOAD (default 8). */
   sendAttempts?: number;
   /** Delay after the first failed send / reconnect, ms (doubles up to 60 s; default 1000). */
   retryDelayMs?: number;
@@ -624,7 +624,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   /** Sends a frame as chunks on the output, each retried with backoff (the host's sendWithRetry). */
   const sendFrame = async (frame: Uint8Array, meta: FrameMeta): Promise<void> => {
     const { messages } = frameChunks(frame, meta, maxChunkBytes);
-    await host.sendWithRetry(outputName, messages, { failCode: "E_QUANT_SEND", attempts: sendAttempts });
+    await host.sendWithRetry(outputName, messages, { failCode: "E_UPLOAD", attempts: sendAttempts });
   };
 
   const onInput = (msg: Message): void => {

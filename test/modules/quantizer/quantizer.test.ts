@@ -389,7 +389,7 @@ test(
 );
 
 test(
-  "sends are retried with backoff; an update that cannot be sent is dropped with E_QUANT_SEND",
+  "sends are retried with backoff; an update that cannot be sent is dropped with E_UPLOAD",
   withContext(async (t) => {
     const dir = tempDir(t, "flotilla-quant-");
     const h = await start(dir, {}, { sendAttempts: 3 });
@@ -405,7 +405,7 @@ test(
     h.client.linkUp = false;
     send(h, result({ delta: deltaOf(100, 3), round: 3 }), { ...META, round: 3 });
     await h.quantizer.idle();
-    assert.match(h.quantizer.state().lastError ?? "", /^E_QUANT_SEND: sending [0-9a-f]{32}:0 failed 3 times/);
+    assert.match(h.quantizer.state().lastError ?? "", /^E_UPLOAD: sending [0-9a-f]{32}:0 failed 3 times/);
   }),
 );
 
