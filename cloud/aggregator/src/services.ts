@@ -27,9 +27,21 @@ export interface AggregatorServices {
 }
 
 /**
- * `services.log` over a Logger: each line becomes an info record of the logger's component (JSON lines in the
- * Function app, which Azure Functions forwards to Application Insights as traces).
+ * `services.log` over a Logger: each line becomes a record of the logger's component (JSON lines in the Function
+ * app, which Azure Functions forwards to Application Insights as traces). A line naming an error code
+ * (`E_…`, core/errors.ts) is a `warn` record with that `code` field, and the job id and round of lines written as
+ * `{jobId}/{round}` (or `job {jobId}`) go into `jobId`/`round` fields; any other line is `info`.
  */
 export function logLines(logger: Logger): (line: string) => void {
-  return (line) => logger.info(line);
+  return (line) => {
+    const fields: Record<string, string | number> = {};
+    const code = /\b(E_[A-Z0-9_]+)\b/.exec(line)?.[1];
+    if (code) fields.code = code;
+    const at = /\b(?:round|secagg|model) ([A-Za-z0-9._-]+)\/(\d+)\b/.exec(line);
+    const job = at ? at[1] : /\bjob ([A-Za-z0-9._-]+)\b/.exec(line)?.[1];
+    if (job) fields.jobId = job;
+    if (at) fields.round = Number(at[2]);
+    if (code) logger.warn(line, fields);
+    else logger.info(line, fields);
+  };
 }
