@@ -22,7 +22,7 @@ function assertSane(c: Capabilities): void {
   assert.equal(c.memoryBytes, os.totalmem());
   assert.ok(c.freeMemoryBytes > 0 && c.freeMemoryBytes <= c.memoryBytes);
   assert.ok(c.freeDiskBytes !== null && c.freeDiskBytes > 0);
-  assert.ok(c.rttMs !== null && c.rttMs > 0 && c.rttMs < 5000, `rtt ${c.rttMs}`);
+  assert.ok(c.rttMs !== null && c.rttMs > 0 && Number.isFinite(c.rttMs), `rtt ${c.rttMs}`);
   assert.ok(c.uplinkBytesPerSecond !== null && c.uplinkBytesPerSecond > 0);
   assert.ok(c.uptimeSeconds > 0);
   assert.ok(c.availability > 0.5 && c.availability <= 1, `availability ${c.availability}`);
