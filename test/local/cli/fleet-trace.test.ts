@@ -53,6 +53,7 @@ test("flotilla fleet-trace: bad input is one coded line, exit 2", async () => {
     ],
     [["fleet-trace", "synthetic", "--seed", "-1"], /^flotilla: E_CONFIG_VALUE: --seed/],
     [["fleet-trace"], /^flotilla: E_CONFIG_MISSING_ARGUMENT: /],
+    [["fleet-trace", "synthetic", "--out", dir], /^flotilla: E_CONFIG_OUT: --out .*cannot write/],
   ];
   for (const [args, pattern] of cases) {
     const r = await run(args, dir);
@@ -61,4 +62,10 @@ test("flotilla fleet-trace: bad input is one coded line, exit 2", async () => {
     assert.equal(r.stderr.trim().split("\n").length, 1, what);
     assert.match(r.stderr, pattern, what);
   }
+});
+
+test("flotilla --help lists fleet-trace", async () => {
+  const r = await run(["--help"], dir);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /fleet-trace \[options\] <source>/);
 });
