@@ -10,8 +10,9 @@
  * Availability: a share `intermittent` (default 30%) of devices alternate online sessions (exponential, mean
  * `session` minutes: tens of minutes) and offline gaps whose mean follows a day/night cycle in the device's local
  * time, longest at 04:00 (gap mean × (1 + diurnal·cos(2π(h − 4)/24))); the others are online all the time. Every
- * device has `maintenance` windows per day of `maintenanceMin` minutes at a fixed time of its local night (nightly
- * updates), during which it is offline.
+ * device has `maintenance` windows per day of `maintenanceMin` minutes, at the same times every day: the first at a
+ * random time of its local night (00:00 to 06:00, nightly updates), the others evenly spaced over the day; it is
+ * offline during them.
  */
 import { Rng } from "../data/rng";
 import { fail } from "../errors";
@@ -149,7 +150,7 @@ function intermittentSessions(rng: Rng, s: SyntheticSpec, horizonS: number, tzOf
   return sessions;
 }
 
-/** Daily maintenance windows inside [0, horizonS], at fixed times of the device's local night (00:00 to 06:00). */
+/** Daily maintenance windows inside [0, horizonS]: the first in the device's local night, the others evenly spaced. */
 function maintenanceWindows(rng: Rng, s: SyntheticSpec, horizonS: number, tzOffsetS: number): Interval[] {
   const len = s.maintenanceMin * 60;
   const count = s.maintenance;

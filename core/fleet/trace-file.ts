@@ -167,3 +167,20 @@ export function parseTrace(text: string, name = "trace"): FleetTrace {
   }
   return { horizonS, devices };
 }
+
+/**
+ * The sessions as CSV for a spreadsheet or a plotting tool: header `deviceId,kind,startS,endS`, one row per
+ * interval, kind `online` (a session) or `maintenance`. Write-only: the JSON lines file is the replayable format.
+ */
+export function formatSessionsCsv(trace: FleetTrace): string {
+  const rows = ["deviceId,kind,startS,endS"];
+  const id = (s: string) => (/[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+  for (const d of trace.devices) {
+    const all = [
+      ...d.sessions.map((iv) => ["online", iv] as const),
+      ...d.maintenance.map((iv) => ["maintenance", iv] as const),
+    ].sort((a, b) => a[1][0] - b[1][0]);
+    for (const [kind, [a, b]] of all) rows.push(`${id(d.deviceId)},${kind},${a},${b}`);
+  }
+  return rows.join("\n") + "\n";
+}

@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { fail } from "../../core/errors";
 import { generateSynthetic, parseSyntheticSpec } from "../../core/fleet/synthetic";
 import { summarize, type FleetTrace, type Spread } from "../../core/fleet/trace";
-import { formatTrace, parseTrace } from "../../core/fleet/trace-file";
+import { formatSessionsCsv, formatTrace, parseTrace } from "../../core/fleet/trace-file";
 import { nonNegativeInt, positiveInt, SIM_LIMITS } from "../sim/config";
 
 type RawOptions = Record<string, string | boolean | undefined>;
@@ -33,17 +33,20 @@ export function loadTrace(source: string, o: RawOptions): FleetTrace {
 /** Runs `flotilla fleet-trace`; returns the text it prints. Exported for tests. */
 export function runFleetTrace(source: string, o: RawOptions): string {
   const trace = loadTrace(source, o);
-  const out = o.out as string | undefined;
-  if (out !== undefined) {
+  const write = (flag: string, file: string, text: () => string) => {
     try {
-      fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-      fs.writeFileSync(out, formatTrace(trace));
+      fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+      fs.writeFileSync(file, text());
     } catch (e) {
-      fail("E_CONFIG_OUT", `--out ${out}: cannot write: ${(e as Error).message.split("\n")[0]}`, {
+      fail("E_CONFIG_OUT", `${flag} ${file}: cannot write: ${(e as Error).message.split("\n")[0]}`, {
         cause: e,
       });
     }
-  }
+  };
+  const out = o.out as string | undefined;
+  if (out !== undefined) write("--out", out, () => formatTrace(trace));
+  const csv = o.sessionsCsv as string | undefined;
+  if (csv !== undefined) write("--sessions-csv", csv, () => formatSessionsCsv(trace));
   const s = summarize(trace);
   if (o.json) return JSON.stringify(s);
   const g = (x: number) => Number(x.toPrecision(3)).toLocaleString("en-US");
@@ -73,6 +76,7 @@ export function registerFleetTraceCommand(program: Command): Command {
       `devices (synthetic: default ${DEFAULT_DEVICES}; a file: keep the first n; at most ${SIM_LIMITS.devices})`,
     )
     .option("--out <file>", "write the trace here (JSON lines)")
+    .option("--sessions-csv <file>", "also write the sessions as CSV: deviceId,kind,startS,endS")
     .option("--seed <n>", "seed of the synthetic generator (0 to 2^32-1, default 42)")
     .option("--json", "print the summary as one JSON object")
     .action((source: string, opts: RawOptions) => {

@@ -11,7 +11,7 @@ import {
   subtractIntervals,
   type DeviceTrace,
 } from "../../../core/fleet/trace";
-import { formatTrace, parseTrace } from "../../../core/fleet/trace-file";
+import { formatSessionsCsv, formatTrace, parseTrace } from "../../../core/fleet/trace-file";
 
 const dev = (sessions: [number, number][], maintenance: [number, number][] = []): DeviceTrace => ({
   deviceId: "d",
@@ -103,6 +103,23 @@ describe("trace file", () => {
     const t = generateSynthetic(parseSyntheticSpec("synthetic"), 50, 3);
     t.devices[0].modelSpeed = { cnn: 12.5 };
     assert.deepEqual(parseTrace(formatTrace(t)), t);
+  });
+
+  test("the sessions CSV has one row per session and maintenance window, in time order per device", () => {
+    const d = {
+      ...dev(
+        [
+          [0, 10],
+          [20, 30],
+        ],
+        [[10, 20]],
+      ),
+      deviceId: 'a,"b"',
+    };
+    assert.equal(
+      formatSessionsCsv({ horizonS: 30, devices: [d] }),
+      'deviceId,kind,startS,endS\n"a,""b""",online,0,10\n"a,""b""",maintenance,10,20\n"a,""b""",online,20,30\n',
+    );
   });
 
   test("without a header the horizon is the latest interval end; blank lines are skipped", () => {

@@ -9,8 +9,20 @@ const dir = scratch();
 
 test("flotilla fleet-trace synthetic:SPEC --devices N --out FILE writes a readable trace and prints its summary", async () => {
   const out = path.join(dir, "sub", "fleet.jsonl");
+  const csv = path.join(dir, "sessions.csv");
   const r = await run(
-    ["fleet-trace", "synthetic:hours=6", "--devices", "300", "--out", out, "--seed", "7"],
+    [
+      "fleet-trace",
+      "synthetic:hours=6",
+      "--devices",
+      "300",
+      "--out",
+      out,
+      "--seed",
+      "7",
+      "--sessions-csv",
+      csv,
+    ],
     dir,
   );
   assert.equal(r.code, 0, r.stderr);
@@ -20,6 +32,10 @@ test("flotilla fleet-trace synthetic:SPEC --devices N --out FILE writes a readab
   const t = parseTrace(fs.readFileSync(out, "utf8"), out);
   assert.equal(t.devices.length, 300);
   assert.equal(t.horizonS, 6 * 3600);
+  const rows = fs.readFileSync(csv, "utf8").trim().split("\n");
+  assert.equal(rows[0], "deviceId,kind,startS,endS");
+  const intervals = t.devices.reduce((n, d) => n + d.sessions.length + d.maintenance.length, 0);
+  assert.equal(rows.length - 1, intervals);
 
   // Reading the file back gives the same summary as generating it (--json), and --devices keeps the first n.
   const again = await run(
