@@ -83,6 +83,10 @@ export const ERRORS = {
     meaning: "a configuration value is malformed or contradicts another (not a number, a URL, a known name)",
   },
 
+  // ── trace: fleet device traces (core/fleet, `flotilla fleet-trace`) ──────────────────────────────────
+  E_TRACE_FILE: { group: "trace", meaning: "a fleet trace file cannot be read or a line of it is invalid" },
+  E_TRACE_SPEC: { group: "trace", meaning: "an invalid synthetic fleet spec (synthetic:KEY=VALUE,...)" },
+
   // ── data: datasets and loaders ───────────────────────────────────────────────────────────────────────
   E_DATA_LABEL: { group: "data", meaning: "a sample's label is outside the model's classes" },
   E_DATA_NOT_FOUND: { group: "data", meaning: "a data directory or file does not exist" },

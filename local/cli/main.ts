@@ -15,6 +15,7 @@ import {
 } from "../sim/config";
 import type { RoundSummary } from "../sim/simulate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
+import { registerFleetTraceCommand } from "./fleet-trace";
 import { registerPrivacyCommand } from "./privacy";
 import * as fs from "node:fs";
 
@@ -620,6 +621,7 @@ export function buildProgram(): Command {
       exitCode = await runBenchStack(opts);
     });
   registerPrivacyCommand(program);
+  registerFleetTraceCommand(program);
   return program;
 }
 
