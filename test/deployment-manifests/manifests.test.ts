@@ -2,7 +2,7 @@
  * The deployment manifests, the module projects (module.json) and their Dockerfiles.
  *
  * Rendered manifests are validated against the public SchemaStore schemas Microsoft's tools use, vendored in
- * `deployment-manifests/schemas/` (source and licence in its README; FLOTILLA_SCHEMAS_DIR overrides).
+ * `deployment-manifests/schemas/` (source and licence in its README).
  */
 import { test } from "@jest/globals";
 import { withContext } from "../helpers/context";
@@ -27,7 +27,7 @@ import {
 type Json = Record<string, unknown>;
 
 const repoRoot = path.resolve(__dirname, "..", "..", "..");
-const schemasDir = process.env.FLOTILLA_SCHEMAS_DIR ?? path.join(repoRoot, "deployment-manifests", "schemas");
+const schemasDir = path.join(repoRoot, "deployment-manifests", "schemas");
 const manifestsDir = path.join(repoRoot, "deployment-manifests");
 const baseTemplateFile = path.join(manifestsDir, "deployment.template.json");
 const layeredTemplateFile = path.join(manifestsDir, "layered", "flotilla-trainers.template.json");
@@ -72,7 +72,7 @@ const SCHEMA_ID = (file: string) => `https://json.schemastore.org/${file}`;
 function loadSchemas(): (file: string) => ValidateFunction {
   assert.ok(
     fs.existsSync(schemasDir),
-    `schemas not found at ${schemasDir}: they are vendored in deployment-manifests/schemas/ (or set FLOTILLA_SCHEMAS_DIR)`,
+    `schemas not found at ${schemasDir}: they are vendored in deployment-manifests/schemas/`,
   );
   const ajv = new Ajv({ allErrors: true, allowUnionTypes: true });
   ajv.addVocabulary(["examples", "contentMediaType"]);

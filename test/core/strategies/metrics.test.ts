@@ -5,7 +5,7 @@ import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { FitResult } from "../../../core/strategies/strategy";
 import { strategyOptions as opts } from "../../helpers/strategy";
 
-const fit = (deviceId: string, n: number, loss: number | null, accuracy: number | null): FitResult => ({
+const fitResult = (deviceId: string, n: number, loss: number | null, accuracy: number | null): FitResult => ({
   deviceId,
   numSamples: n,
   delta: Float32Array.from([0.1, -0.1]),
@@ -16,12 +16,12 @@ test("finish() returns the next model and the round's metrics: updates, samples,
   const s = createStrategy("fedadam", opts());
   s.initialize(Float32Array.from([1, 1]));
   const agg = s.beginAggregate(1);
-  agg.add(fit("a", 10, 2, 0.5));
-  agg.add(fit("b", 30, 1, 0.9));
+  agg.add(fitResult("a", 10, 2, 0.5));
+  agg.add(fitResult("b", 30, 1, 0.9));
   // a device under distributed or local DP withholds its loss (null): it weighs in the model, not in the loss
-  agg.add(fit("c", 60, null, null));
+  agg.add(fitResult("c", 60, null, null));
   // a refused update counts nowhere
-  assert.throws(() => agg.add({ ...fit("d", 1000, 100, 0), delta: new Float32Array(3) }));
+  assert.throws(() => agg.add({ ...fitResult("d", 1000, 100, 0), delta: new Float32Array(3) }));
   const { weights, metrics } = agg.finish([]);
   assert.equal(weights, s.weights);
   assert.deepEqual(metrics, {
@@ -55,7 +55,7 @@ test("a secure aggregate counts as its devices; its loss comes from the devices'
       { numSamples: 3, loss: NaN },
     ],
   });
-  agg.add(fit("c", 4, 2, 0.6));
+  agg.add(fitResult("c", 4, 2, 0.6));
   const { metrics } = agg.finish([]);
   assert.equal(metrics.updates, 3);
   assert.equal(metrics.totalSamples, 8);
@@ -80,8 +80,8 @@ test("under DP the updates weigh equally in the model, but the loss is weighted 
     length: 2,
     current: s.weights,
   });
-  agg.add(fit("a", 1, 3, 0.1));
-  agg.add(fit("b", 3, 1, 0.5));
+  agg.add(fitResult("a", 1, 3, 0.1));
+  agg.add(fitResult("b", 3, 1, 0.5));
   const { metrics } = agg.finish([]);
   assert.equal(metrics.updates, 2);
   assert.equal(metrics.totalSamples, 4);
