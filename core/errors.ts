@@ -40,6 +40,10 @@ export const ERRORS = {
   },
   E_CONFIG_CONFLICT: { group: "config", meaning: "two CLI options that exclude each other were both given" },
   E_CONFIG_DATASET: { group: "config", meaning: "an unknown or unusable dataset name" },
+  E_CONFIG_FLEET_TRACE: {
+    group: "config",
+    meaning: "--fleet-trace does not fit the job (device count, or an option virtual time cannot simulate)",
+  },
   E_CONFIG_INVALID: {
     group: "config",
     meaning: "a module setting (environment variable) has an invalid value",
@@ -58,6 +62,11 @@ export const ERRORS = {
     meaning: "a CLI command group was given without a subcommand",
   },
   E_CONFIG_MISSING_OPTION: { group: "config", meaning: "a mandatory CLI option was not given" },
+  E_CONFIG_MODE: {
+    group: "config",
+    meaning:
+      "an invalid round mode or asynchronous option (--mode, --concurrency, --buffer, --max-staleness, --staleness)",
+  },
   E_CONFIG_MODEL: { group: "config", meaning: "an unknown model kind or invalid model option" },
   E_CONFIG_OUT: { group: "config", meaning: "the output directory cannot be created or written" },
   E_CONFIG_PARTITION: {
@@ -65,6 +74,10 @@ export const ERRORS = {
     meaning: "an invalid data partition spec (iid, dirichlet:α, shards:k)",
   },
   E_CONFIG_RANGE: { group: "config", meaning: "a numeric flag is outside its allowed range" },
+  E_CONFIG_SELECTION: {
+    group: "config",
+    meaning: "an unknown participant selection or an invalid option of one",
+  },
   E_CONFIG_SENSORS: { group: "config", meaning: "an invalid option of the synthetic sensors dataset" },
   E_CONFIG_STRATEGY: { group: "config", meaning: "an unknown strategy or an invalid strategy option" },
   E_CONFIG_TRAIN: {
