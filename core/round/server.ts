@@ -8,6 +8,8 @@ import type { DifferentialPrivacy, DpRoundRecord } from "../privacy/dp";
 import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
 import type { FitFailure, Strategy } from "../strategies/strategy";
 import { RoundCloser } from "./close";
+import { RealClock, type RoundClock } from "./clock";
+import type { ClientInfo } from "../strategies/strategy";
 import { openRound, step, type RoundEvent } from "./engine";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
@@ -29,6 +31,9 @@ export interface RoundRecord {
   readonly uplinkBytes: number;
   readonly downlinkBytes: number;
   readonly durationMs: number;
+  /** When the round opened and closed, ms in the clock's time base (epoch ms, or a virtual fleet's trace ms). */
+  readonly startedAt: number;
+  readonly endedAt: number;
   /** Longest local training time among completed participants. */
   readonly slowestTrainMs: number;
   /** Secure aggregation: dropouts per step, who is in the sum, unmasking time, bytes per device, abort reason. */
@@ -43,6 +48,12 @@ export interface ServerEvents {
   /** One device's update arrived (or failed) during a round. */
   onDeviceDone?(round: number, deviceId: string, ok: boolean): void;
   onRoundEnd?(record: RoundRecord): void;
+  /**
+   * An update of this job for an earlier, closed round arrived (e.g. trained offline and delivered on reconnect).
+   * Synchronous rounds count it for `round` (the round it was ordered for) and do not aggregate it; it is also
+   * reported to onRejected as E_PROTO_STALE.
+   */
+  onLate?(round: number, deviceId: string): void;
   /** A frame that was rejected (malformed, late, duplicate, wrong layout): logged and counted, never fatal. */
   onRejected?(code: string, reason: string): void;
   /**
@@ -73,6 +84,20 @@ export interface JobOptions {
    * round that would exceed the budget; `dp.status` then says so.
    */
   readonly dp?: DifferentialPrivacy;
+  /**
+   * The time and arrivals the rounds run on (core/round/clock.ts): every time read and wait of a plain round goes
+   * through it. Default: a RealClock over the transport, one per round (secure rounds always run on real time).
+   */
+  readonly clock?: RoundClock;
+  /**
+   * Participant selection: the devices offered to the strategy's configureFit this round (default: every device
+   * the transport lists). `now` is the clock's time.
+   */
+  readonly selectParticipants?: (
+    round: number,
+    available: readonly ClientInfo[],
+    now: number,
+  ) => readonly ClientInfo[] | Promise<readonly ClientInfo[]>;
 }
 
 /**
@@ -120,14 +145,22 @@ export async function runRound(
   const t0 = performance.now();
   const up0 = transport.stats.uplinkBytes;
   const down0 = transport.stats.downlinkBytes;
-  const available = await transport.listDevices();
+  // Secure rounds keep real time (core/round/secure-round.ts waits on the transport itself).
+  const ownClock = opts.clock === undefined && !opts.secureAggregation;
+  const clock: RoundClock | undefined = opts.clock ?? (ownClock ? new RealClock(transport) : undefined);
+  const now = () => clock?.now() ?? Date.now();
+  const startedAt = now();
+  const listed = await transport.listDevices();
+  const available = opts.selectParticipants
+    ? await opts.selectParticipants(round, listed, startedAt)
+    : listed;
   const instructions = strategy.configureFit(round, available);
   const participants = instructions.map((i) => i.deviceId);
   opts.events?.onRoundStart?.(round, participants);
 
   const global = strategy.weights;
   const { weights: carried, modelHash } = downlinkModel(global, round, opts);
-  const deadline = Date.now() + opts.roundTimeoutInMs;
+  const deadline = startedAt + opts.roundTimeoutInMs;
   const inner = strategy.beginAggregate(round);
   const aggregation = opts.dp
     ? opts.dp.aggregate(inner, {
@@ -143,7 +176,7 @@ export async function runRound(
     jobId: opts.jobId,
     round,
     participants: instructions.map((i) => ({ deviceId: i.deviceId, config: i.config })),
-    now: Date.now(),
+    now: startedAt,
     deadline,
     modelSha256: modelHash,
     ...(opts.secureAggregation ? { secagg: { graphSeed: randomBytes(32).toString("base64url") } } : {}),
@@ -189,6 +222,8 @@ export async function runRound(
       t0,
       up0,
       down0,
+      startedAt,
+      endedAt: Date.now(),
       secagg: out.record,
     });
   }
@@ -198,84 +233,86 @@ export async function runRound(
     state = r.state;
     return r.decisions.some((d) => d.type === "aggregate");
   };
-  let timer: NodeJS.Timeout | undefined;
-  let off: () => void = () => {};
-  let close: () => void = () => {};
-  const onAbort = () => close();
-  const done = new Promise<void>((resolve) => {
-    close = resolve;
-    // The engine closes the round at its deadline; the timer only wakes it then.
-    timer = setTimeout(() => {
-      if (advance({ type: "tick", now: Math.max(Date.now(), state.deadline) })) close();
-    }, opts.roundTimeoutInMs);
-    opts.abortSignal?.addEventListener("abort", onAbort, { once: true });
-    off = transport.onMessage((frame) => {
-      let msg: DeviceMessage;
-      try {
-        const m = decodeMessage(frame);
-        if (m.type === "train" || (m.type === "secagg" && m.direction === "down"))
-          throw new FlotillaError("E_PROTO_TYPE", `device sent a server message ('${m.type}')`);
-        if (m.type === "secagg")
-          throw new FlotillaError("E_PROTO_TYPE", "secure aggregation frame in a round without it");
-        msg = m;
-      } catch (e) {
-        opts.events?.onRejected?.(errorCode(e), errorMessage(e));
-        return;
-      }
-      const expected =
-        msg.jobId === opts.jobId &&
-        msg.round === round &&
-        state.status === "open" &&
-        participants.includes(msg.deviceId) &&
-        state.received[msg.deviceId] === undefined;
-      if (!expected) {
-        opts.events?.onRejected?.(
-          "E_PROTO_STALE",
-          `update from '${msg.deviceId}' for job ${msg.jobId} round ${msg.round} is not expected (late or duplicate)`,
-        );
-        return;
-      }
-      const now = Date.now();
-      const update = {
-        updateId: `${msg.deviceId}/${round}`,
-        kind: msg.type,
-        bytes: frame.byteLength,
-        at: now,
-        ...(msg.type === "failure" ? { code: msg.code, reason: msg.reason } : { numSamples: msg.numSamples }),
-      } as const;
-      advance({ type: "updateReceived", deviceId: msg.deviceId, update });
-      if (msg.type === "failure") {
-        closer.fail(msg.deviceId, msg.code, msg.reason);
-        opts.events?.onDeviceDone?.(round, msg.deviceId, false);
-      } else {
-        const refused = closer.update(msg);
-        if (refused) opts.events?.onRejected?.(refused.code, refused.reason);
-        opts.events?.onDeviceDone?.(round, msg.deviceId, refused === undefined);
-      }
-      if (advance({ type: "tick", now })) close();
-    });
-  });
-
-  for (const ins of instructions) {
-    const frame = trainFrame(ins);
+  /** One device frame at `at`: fed to the engine and the close routine; true when the round is ready to close. */
+  const receive = (frame: Uint8Array, at: number): boolean => {
+    let msg: DeviceMessage;
     try {
-      await transport.send(ins.deviceId, frame);
+      const m = decodeMessage(frame);
+      if (m.type === "train" || (m.type === "secagg" && m.direction === "down"))
+        throw new FlotillaError("E_PROTO_TYPE", `device sent a server message ('${m.type}')`);
+      if (m.type === "secagg")
+        throw new FlotillaError("E_PROTO_TYPE", "secure aggregation frame in a round without it");
+      msg = m;
     } catch (e) {
-      closer.fail(ins.deviceId, errorCode(e), errorMessage(e));
-      advance({
-        type: "updateReceived",
-        deviceId: ins.deviceId,
-        update: { updateId: "", kind: "failure", bytes: 0, at: Date.now(), code: errorCode(e) },
-      });
+      opts.events?.onRejected?.(errorCode(e), errorMessage(e));
+      return false;
     }
+    const expected =
+      msg.jobId === opts.jobId &&
+      msg.round === round &&
+      state.status === "open" &&
+      participants.includes(msg.deviceId) &&
+      state.received[msg.deviceId] === undefined;
+    if (!expected) {
+      if (msg.jobId === opts.jobId && msg.round < round && msg.type === "result")
+        opts.events?.onLate?.(msg.round, msg.deviceId);
+      opts.events?.onRejected?.(
+        "E_PROTO_STALE",
+        `update from '${msg.deviceId}' for job ${msg.jobId} round ${msg.round} is not expected (late or duplicate)`,
+      );
+      return false;
+    }
+    const update = {
+      updateId: `${msg.deviceId}/${round}`,
+      kind: msg.type,
+      bytes: frame.byteLength,
+      at,
+      ...(msg.type === "failure" ? { code: msg.code, reason: msg.reason } : { numSamples: msg.numSamples }),
+    } as const;
+    advance({ type: "updateReceived", deviceId: msg.deviceId, update });
+    if (msg.type === "failure") {
+      closer.fail(msg.deviceId, msg.code, msg.reason);
+      opts.events?.onDeviceDone?.(round, msg.deviceId, false);
+    } else {
+      const refused = closer.update(msg);
+      if (refused) opts.events?.onRejected?.(refused.code, refused.reason);
+      opts.events?.onDeviceDone?.(round, msg.deviceId, refused === undefined);
+    }
+    return advance({ type: "tick", now: at });
+  };
+
+  let endedAt: number;
+  try {
+    for (const ins of instructions) {
+      const frame = trainFrame(ins);
+      try {
+        await transport.send(ins.deviceId, frame);
+      } catch (e) {
+        closer.fail(ins.deviceId, errorCode(e), errorMessage(e));
+        advance({
+          type: "updateReceived",
+          deviceId: ins.deviceId,
+          update: { updateId: "", kind: "failure", bytes: 0, at: now(), code: errorCode(e) },
+        });
+      }
+    }
+    advance({ type: "dispatched" });
+    // The engine closes the round when every participant answered or at its deadline; the clock hands out the
+    // frames that arrive before the deadline, in order, and says when the deadline is reached.
+    let closing = advance({ type: "tick", now: now() });
+    while (!closing && !opts.abortSignal?.aborted) {
+      const arrival = await clock!.next(state.deadline, opts.abortSignal);
+      if (arrival) closing = receive(arrival.frame, arrival.at);
+      else if (!opts.abortSignal?.aborted) {
+        closing = advance({ type: "tick", now: Math.max(now(), state.deadline) });
+        if (!closing) break;
+      }
+    }
+    endedAt = now();
+  } finally {
+    if (ownClock) clock!.close();
   }
-  advance({ type: "dispatched" });
-  if (advance({ type: "tick", now: Date.now() }) || opts.abortSignal?.aborted) close();
-  await done;
-  clearTimeout(timer);
-  off();
-  opts.abortSignal?.removeEventListener("abort", onAbort);
-  return closeRound(strategy, transport, closer, opts, { participants, t0, up0, down0 });
+  return closeRound(strategy, transport, closer, opts, { participants, t0, up0, down0, startedAt, endedAt });
 }
 
 /**
@@ -292,6 +329,8 @@ async function closeRound(
     t0: number;
     up0: number;
     down0: number;
+    startedAt: number;
+    endedAt: number;
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
@@ -311,6 +350,8 @@ async function closeRound(
     uplinkBytes: transport.stats.uplinkBytes - r.up0,
     downlinkBytes: transport.stats.downlinkBytes - r.down0,
     durationMs: performance.now() - r.t0,
+    startedAt: r.startedAt,
+    endedAt: r.endedAt,
     slowestTrainMs: out.slowestTrainMs,
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(opts.dp && dp ? { dp } : {}),

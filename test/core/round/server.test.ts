@@ -4,6 +4,7 @@ import { MemoryTransport } from "../../../core/protocol/memory-transport";
 import { encodeMessage } from "../../../core/protocol/messages";
 import { DeviceRuntime } from "../../../core/round/device";
 import { runJob, runRound, type JobOptions } from "../../../core/round/server";
+import { VirtualFleet } from "../../../core/fleet/virtual-fleet";
 import { createStrategy } from "../../../core/strategies/registry";
 import { FakeModel, labelsDataset } from "../../helpers/fake-model";
 
@@ -119,4 +120,61 @@ test("evaluation runs on each new global model", async () => {
     evaluate: async (w) => ({ loss: 1 - w[0], accuracy: w[0] }),
   });
   assert.ok(recs[1].accuracy > recs[0].accuracy);
+});
+
+test("on a virtual fleet's clock, rounds take trace time and an update delivered after its round is counted late", async () => {
+  const t = new MemoryTransport();
+  fleet(t);
+  const dev = (deviceId: string, sessions: [number, number][]) => ({
+    deviceId,
+    samplesPerSecond: 1,
+    uplinkBytesPerSecond: 1e9,
+    downlinkBytesPerSecond: 1e9,
+    rttMs: 10,
+    sessions,
+    maintenance: [],
+  });
+  // d2 (6 samples at 1 sample/s) loses its link 1 s into round 1, trains offline and reconnects at 62 s.
+  const trace = {
+    horizonS: 10_000,
+    devices: [
+      dev("d0", [[0, 10_000]]),
+      dev("d1", [[0, 10_000]]),
+      dev("d2", [
+        [0, 1],
+        [62, 10_000],
+      ]),
+    ],
+  };
+  const clock = await VirtualFleet.create(t, trace);
+  const late: [number, string][] = [];
+  const records = await runJob(strategy(3), clock, {
+    ...base,
+    rounds: 2,
+    roundTimeoutInMs: 60_000,
+    clock,
+    events: { onLate: (round, id) => late.push([round, id]) },
+  });
+  assert.equal(records[0].startedAt, 0);
+  assert.equal(records[0].endedAt, 60_000);
+  assert.deepEqual([...records[0].completed].sort(), ["d0", "d1"]);
+  assert.deepEqual(
+    records[0].failures.map((f) => [f.deviceId, f.code]),
+    [["d2", "E_ROUND_TIMEOUT"]],
+  );
+  // Round 2 offers only the idle devices; d2's round-1 update arrives during it (≈ 62 s) and is counted late.
+  assert.equal(records[1].startedAt, 60_000);
+  assert.deepEqual([...records[1].participants].sort(), ["d0", "d1"]);
+  assert.ok(records[1].endedAt > 64_000 && records[1].endedAt < 64_100, `${records[1].endedAt}`);
+  assert.deepEqual(late, [[1, "d2"]]);
+});
+
+test("selectParticipants decides which devices the strategy may pick", async () => {
+  const t = new MemoryTransport();
+  fleet(t);
+  const rec = await runRound(strategy(3), t, 1, {
+    ...base,
+    selectParticipants: (_round, available) => available.filter((d) => d.deviceId !== "d1"),
+  });
+  assert.deepEqual([...rec.participants].sort(), ["d0", "d2"]);
 });
