@@ -299,10 +299,13 @@ export async function runRound(
     advance({ type: "dispatched" });
     // The engine closes the round when every participant answered or at its deadline; the clock hands out the
     // frames that arrive before the deadline, in order, and says when the deadline is reached.
-    let closing = advance({ type: "tick", now: now() });
+    // On an injected clock (a virtual fleet) a round nobody could be asked to join waits out its deadline, so
+    // time moves on (devices come online, late updates arrive) instead of the job spinning through empty rounds.
+    const waitOut = instructions.length === 0 && opts.clock !== undefined;
+    let closing = advance({ type: "tick", now: now() }) && !waitOut;
     while (!closing && !opts.abortSignal?.aborted) {
       const arrival = await clock!.next(state.deadline, opts.abortSignal);
-      if (arrival) closing = receive(arrival.frame, arrival.at);
+      if (arrival) closing = receive(arrival.frame, arrival.at) && !waitOut;
       else if (!opts.abortSignal?.aborted) {
         closing = advance({ type: "tick", now: Math.max(now(), state.deadline) });
         if (!closing) break;

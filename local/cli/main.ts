@@ -115,6 +115,17 @@ function buildSimConfig(o: RawOptions): SimConfig {
       s("dpClipCountStddev")!,
       L.dpClipCountStddev,
     );
+  if (s("fleetTrace") !== undefined) c.fleetTrace = s("fleetTrace")!;
+  if (s("selection") !== undefined) c.selection = s("selection")!;
+  if (s("mode") !== undefined) c.mode = s("mode") as SimConfig["mode"];
+  if (s("concurrency") !== undefined)
+    c.concurrency = positiveInt("concurrency", s("concurrency")!, L.concurrency);
+  if (s("buffer") !== undefined) c.buffer = positiveInt("buffer", s("buffer")!, L.buffer);
+  if (s("maxStaleness") !== undefined)
+    c.maxStaleness = nonNegativeInt("max-staleness", s("maxStaleness")!, L.maxStaleness);
+  if (s("staleness") !== undefined) c.staleness = s("staleness")!;
+  if (s("roundDeadline") !== undefined)
+    c.roundDeadlineS = positiveNumber("round-deadline", s("roundDeadline")!, L.roundDeadlineS);
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -522,6 +533,23 @@ export function buildProgram(): Command {
     .option(
       "--dropout <p>",
       "fraction of each round's participants that vanish at a random secure-aggregation step",
+    )
+    .option(
+      "--fleet-trace <source>",
+      "run in a fleet trace's virtual time: a JSON lines FILE, synthetic or synthetic:KEY=VALUE,... (docs/simulation.md)",
+    )
+    .option(
+      "--selection <spec>",
+      "participant selection: random | deadline | oort[:KEY=VALUE,...] (default random)",
+    )
+    .option("--mode <mode>", "sync (rounds, default) | async (FedBuff; needs --fleet-trace)")
+    .option("--concurrency <c>", "async: devices kept training at all times (default --clients-per-round)")
+    .option("--buffer <k>", "async: updates per aggregation (default min(10, concurrency))")
+    .option("--max-staleness <s>", "async: refuse updates staler than this many model versions")
+    .option("--staleness <fn>", "async: staleness weight poly:0.5 (default) | hinge:a,b | const")
+    .option(
+      "--round-deadline <seconds>",
+      `with --fleet-trace: each round's deadline in virtual seconds (default --round-timeout; at most ${SIM_LIMITS.roundDeadlineS})`,
     )
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.

@@ -67,7 +67,29 @@ export interface SimConfig {
   dpTargetQuantile?: number;
   /** Adaptive clipping: σ_b, noise std of the clipped count (unset: clients per round / 20). */
   dpClipCountStddev?: number;
+  /**
+   * A fleet trace (docs/fleet-traces.md): a JSON lines FILE, `synthetic` or `synthetic:SPEC`. Set: the job runs in
+   * the trace's virtual time (core/fleet/virtual-fleet.ts, docs/simulation.md).
+   */
+  fleetTrace?: string;
+  /** Participant selection (core/selection): random | deadline | oort[:KEY=VALUE,...]; unset = random. */
+  selection?: string;
+  /** sync (rounds) or async (FedBuff); unset = sync. */
+  mode?: "sync" | "async";
+  /** Async: devices kept training at all times (C). */
+  concurrency?: number;
+  /** Async: updates per aggregation (K). */
+  buffer?: number;
+  /** Async: updates staler than this many model versions are refused. */
+  maxStaleness?: number;
+  /** Async: the staleness weight: poly:A | hinge:A,B | const. */
+  staleness?: string;
+  /** With a fleet trace: each round's deadline in virtual seconds (unset: --round-timeout). */
+  roundDeadlineS?: number;
 }
+
+/** Round modes of --mode. */
+export const MODES = ["sync", "async"] as const;
 
 export const DEFAULT_CONFIG: SimConfig = {
   devices: 20,
@@ -163,6 +185,11 @@ export const SIM_LIMITS = {
   dpClip: 3.4028234663852886e38,
   dpClipCountStddev: 1_000_000,
   secaggClip: 1_000,
+  /** Seconds of virtual time: a year. */
+  roundDeadlineS: 366 * 86_400,
+  concurrency: 100_000,
+  buffer: 100_000,
+  maxStaleness: 1_000_000,
 } as const;
 
 /** One E_CONFIG_RANGE line unless `v <= max` (`raw`: the value as the user typed it). */
@@ -243,6 +270,10 @@ function checkRanges(c: SimConfig): void {
     ["dp-clip", c.dpClip === "adaptive" ? undefined : c.dpClip, L.dpClip],
     ["dp-clip-count-stddev", c.dpClipCountStddev, L.dpClipCountStddev],
     ["secagg-clip", c.secaggClip, L.secaggClip],
+    ["round-deadline", c.roundDeadlineS, L.roundDeadlineS],
+    ["concurrency", c.concurrency, L.concurrency],
+    ["buffer", c.buffer, L.buffer],
+    ["max-staleness", c.maxStaleness, L.maxStaleness],
   ];
   for (const [name, v, max] of checks) if (v !== undefined) atMost(name, v, max);
 }
@@ -286,10 +317,46 @@ export function validateConfig(c: SimConfig): SimConfig {
     });
   }
   validateDpConfig(c);
+  validateFleetConfig(c);
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   return c;
+}
+
+/** --fleet-trace, --selection, --mode and the asynchronous flags: each mistake is one coded line. */
+function validateFleetConfig(c: SimConfig): void {
+  if (c.mode !== undefined && !(MODES as readonly string[]).includes(c.mode))
+    fail("E_CONFIG_MODE", `--mode must be sync or async, got '${c.mode}'`);
+  if (c.mode !== "async") {
+    const given = (
+      [
+        ["--concurrency", c.concurrency],
+        ["--buffer", c.buffer],
+        ["--max-staleness", c.maxStaleness],
+        ["--staleness", c.staleness],
+      ] as const
+    ).find(([, v]) => v !== undefined);
+    if (given) fail("E_CONFIG_MODE", `${given[0]} needs --mode async`);
+  }
+  if (c.concurrency !== undefined && c.concurrency > c.devices)
+    fail("E_CONFIG_MODE", `--concurrency ${c.concurrency} exceeds --devices ${c.devices}`);
+  if (c.buffer !== undefined && c.concurrency !== undefined && c.buffer > c.concurrency)
+    fail("E_CONFIG_MODE", `--buffer ${c.buffer} exceeds --concurrency ${c.concurrency}`);
+  if (c.fleetTrace === undefined) {
+    if (c.roundDeadlineS !== undefined) fail("E_CONFIG_FLEET_TRACE", "--round-deadline needs --fleet-trace");
+    if (c.mode === "async") fail("E_CONFIG_FLEET_TRACE", "--mode async needs --fleet-trace (virtual time)");
+    return;
+  }
+  if (c.fleetTrace.trim() === "")
+    fail("E_CONFIG_FLEET_TRACE", "--fleet-trace must name a file or synthetic[:SPEC]");
+  if (c.transport !== "memory")
+    fail("E_CONFIG_FLEET_TRACE", "--fleet-trace runs in virtual time: it needs --transport memory");
+  if (c.secureAggregation)
+    fail(
+      "E_CONFIG_FLEET_TRACE",
+      "--fleet-trace with --secure-aggregation is not supported (secure rounds run on real time)",
+    );
 }
 
 /** The DP options of a simulated job (undefined: DP off). */

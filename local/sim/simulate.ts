@@ -19,6 +19,11 @@ import type { SecureAggregationOptions, SecureRoundRecord } from "../../core/rou
 import { deviceName } from "./data";
 import { dpOptionsOf } from "./config";
 import { DifferentialPrivacy, type DpRoundRecord } from "../../core/privacy/dp";
+import { VirtualFleet } from "../../core/fleet/virtual-fleet";
+import type { FleetTrace } from "../../core/fleet/trace";
+import { loadTrace } from "../cli/fleet-trace";
+import { fail } from "../../core/errors";
+import { quantile } from "../../core/fleet/trace";
 
 export interface RoundSummary {
   round: number;
@@ -38,6 +43,23 @@ export interface RoundSummary {
   epsilon?: number;
   /** Differential privacy: clip norm, noise, released or not, and ε spent so far (after this round). */
   dp?: DpRoundRecord;
+  /** With a fleet trace: when the round opened and closed, virtual seconds from the trace's start. */
+  virtualStartS?: number;
+  virtualEndS?: number;
+  /**
+   * With a fleet trace, sync mode: updates ordered in this round that arrived after it closed (trained offline,
+   * delivered on reconnect), counted and not aggregated; includes orders not computed because they could only
+   * have arrived after the round's deadline (docs/simulation.md).
+   */
+  late?: number;
+}
+
+/** Per device: rounds it was picked for, and updates of it that were aggregated. */
+export interface Participation {
+  devices: Record<string, { selected: number; completed: number }>;
+  /** Min, median and max over every device of the fleet (devices never picked count as 0). */
+  selected: { min: number; median: number; max: number };
+  completed: { min: number; median: number; max: number };
 }
 
 /** How the job ended. "diverged": the global model turned non-finite (NaN/±Infinity); the reason names the round. */
@@ -62,8 +84,18 @@ export interface PrivacySummary {
 export interface SimulationResult {
   config: SimConfig & { modelSpec: unknown; params: number; layoutHash: string };
   rounds: RoundSummary[];
-  final: { accuracy: number; loss: number; rounds: number; wallMs: number };
+  final: {
+    accuracy: number;
+    loss: number;
+    rounds: number;
+    wallMs: number;
+    /** With a fleet trace: virtual seconds from the trace's start to the end of the last round. */
+    virtualTimeS?: number;
+    /** With a fleet trace and --target-accuracy: virtual seconds to first reach it (null: never reached). */
+    timeToTargetS?: number | null;
+  };
   rejected: Record<string, number>;
+  participation?: Participation;
   status?: JobStatus;
   privacy?: PrivacySummary;
 }
@@ -81,6 +113,7 @@ export async function simulate(
   reporter: SimulationReporter = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
+  const trace = config.fleetTrace !== undefined ? loadSimTrace(config) : undefined;
   await initBackend();
   const data = loadFleetData(config);
   const evalModel = await createModel(data.spec, config.seed);
@@ -139,6 +172,28 @@ export async function simulate(
       }
     : undefined;
   for (const d of await transport.listDevices()) samplesOf.set(d.deviceId, d.numSamples ?? 0);
+  // Virtual time: the fleet trace decides when each order arrives and each update comes back. In sync mode an
+  // order that could only arrive after its round's deadline is not computed (it is counted late).
+  let fleet: VirtualFleet | undefined;
+  if (trace) {
+    try {
+      fleet = await VirtualFleet.create(transport, trace, {
+        model: config.model,
+        ...(config.mode !== "async"
+          ? { cancelAfter: (_sent: number, deadline?: number) => deadline ?? Infinity }
+          : {}),
+      });
+    } catch (e) {
+      await transport.close();
+      if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
+      throw e;
+    }
+    transport = fleet;
+  }
+  const participation = new Map<string, { selected: number; completed: number }>(
+    [...samplesOf.keys()].map((id) => [id, { selected: 0, completed: 0 }]),
+  );
+  const lateByRound = new Map<number, number>();
 
   const dpOptions = dpOptionsOf(config);
   const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
@@ -155,13 +210,28 @@ export async function simulate(
       reporter.onRoundStart?.(r, participants, total);
     },
     onRoundEnd: (rec: RoundRecord) => {
+      for (const id of rec.participants) {
+        const p = participation.get(id);
+        if (p) p.selected++;
+      }
+      for (const id of rec.completed) {
+        const p = participation.get(id);
+        if (p) p.completed++;
+      }
       const s = summarize(rec);
+      if (fleet) {
+        s.virtualStartS = rec.startedAt / 1000;
+        s.virtualEndS = rec.endedAt / 1000;
+      }
       summaries.push(s);
       reporter.onRoundEnd?.(s);
       if (config.targetAccuracy > 0 && rec.accuracy >= config.targetAccuracy) abort.abort();
     },
     onRejected: (code) => {
       rejected[code] = (rejected[code] ?? 0) + 1;
+    },
+    onLate: (r) => {
+      lateByRound.set(r, (lateByRound.get(r) ?? 0) + 1);
     },
     onDiverged: (_round, reason) => {
       divergedReason = reason;
@@ -172,7 +242,10 @@ export async function simulate(
       jobId: `sim-${config.seed}`,
       rounds: config.rounds,
       layout: evalModel.layout,
-      roundTimeoutInMs: config.roundTimeoutMs,
+      roundTimeoutInMs: fleet
+        ? (config.roundDeadlineS ?? config.roundTimeoutMs / 1000) * 1000
+        : config.roundTimeoutMs,
+      ...(fleet ? { clock: fleet } : {}),
       evaluate: async (w) => {
         evalModel.setWeights(w);
         return evalModel.evaluate(data.test, 500);
@@ -196,9 +269,13 @@ export async function simulate(
         : abort.signal.aborted
           ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
           : { state: "completed" };
+  if (fleet) {
+    for (const s of summaries) s.late = (lateByRound.get(s.round) ?? 0) + (fleet.cancelled.get(s.round) ?? 0);
+  }
   const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights, {
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
+    participation: participationSummary(participation),
   });
   evalModel.dispose();
   return result;
@@ -213,9 +290,11 @@ export function finishResult(
   rejected: Record<string, number>,
   startedAt: number,
   finalWeights?: Float32Array,
-  end: { status?: JobStatus; privacy?: PrivacySummary } = {},
+  end: { status?: JobStatus; privacy?: PrivacySummary; participation?: Participation } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
+  const virtual = last?.virtualEndS !== undefined;
+  const reached = summaries.find((r) => r.accuracy >= config.targetAccuracy);
   const result: SimulationResult = {
     config: { ...config, modelSpec: spec, params: model.numParams, layoutHash: model.layout.hash },
     rounds: summaries,
@@ -224,8 +303,11 @@ export function finishResult(
       loss: last ? last.loss : NaN,
       rounds: summaries.length,
       wallMs: performance.now() - startedAt,
+      ...(virtual ? { virtualTimeS: last.virtualEndS } : {}),
+      ...(virtual && config.targetAccuracy > 0 ? { timeToTargetS: reached?.virtualEndS ?? null } : {}),
     },
     rejected,
+    ...(end.participation ? { participation: end.participation } : {}),
     ...(end.status ? { status: end.status } : {}),
     ...(end.privacy ? { privacy: end.privacy } : {}),
   };
@@ -240,6 +322,38 @@ export function finishResult(
     });
   }
   return result;
+}
+
+/** The fleet trace of a simulated job: a file must describe exactly --devices devices; synthetic is generated so. */
+function loadSimTrace(config: SimConfig): FleetTrace {
+  const source = config.fleetTrace!;
+  const synthetic = source === "synthetic" || source.startsWith("synthetic:");
+  const trace = loadTrace(
+    source,
+    synthetic ? { devices: String(config.devices), seed: String(config.seed) } : {},
+  );
+  if (trace.devices.length !== config.devices)
+    fail(
+      "E_CONFIG_FLEET_TRACE",
+      `--fleet-trace ${source} describes ${trace.devices.length} devices, --devices is ${config.devices}`,
+    );
+  return trace;
+}
+
+/** Per-device participation and its min/median/max over the fleet. */
+export function participationSummary(
+  byDevice: ReadonlyMap<string, { selected: number; completed: number }>,
+): Participation {
+  const stats = (v: number[]) =>
+    v.length === 0
+      ? { min: 0, median: 0, max: 0 }
+      : { min: Math.min(...v), median: quantile(v, 0.5), max: Math.max(...v) };
+  const all = [...byDevice.values()];
+  return {
+    devices: Object.fromEntries(byDevice),
+    selected: stats(all.map((d) => d.selected)),
+    completed: stats(all.map((d) => d.completed)),
+  };
 }
 
 function summarize(r: RoundRecord): RoundSummary {
