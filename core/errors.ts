@@ -76,7 +76,7 @@ export const ERRORS = {
   E_CONFIG_RANGE: { group: "config", meaning: "a numeric flag is outside its allowed range" },
   E_CONFIG_SELECTION: {
     group: "config",
-    meaning: "an unknown participant selection or an invalid option of one",
+    meaning: "an unknown participant selector or an invalid selector option (core/selection)",
   },
   E_CONFIG_SENSORS: { group: "config", meaning: "an invalid option of the synthetic sensors dataset" },
   E_CONFIG_STRATEGY: { group: "config", meaning: "an unknown strategy or an invalid strategy option" },
@@ -203,6 +203,12 @@ export const ERRORS = {
   E_STRATEGY_STATE: {
     group: "strategy",
     meaning: "a strategy is used out of order, or its saved state is invalid",
+  },
+
+  // ── selection: participant selection (core/selection) ────────────────────────────────────────────────
+  E_SELECTION_HISTORY: {
+    group: "selection",
+    meaning: "a stored participant-selection history is not valid (selection.json)",
   },
 
   // ── transport: the in-memory transport ───────────────────────────────────────────────────────────────

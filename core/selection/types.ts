@@ -38,6 +38,8 @@ export interface DeviceHistory {
   readonly completions: number;
   /** Picks that ended without an update (deadline, failure, refused as too stale). */
   readonly timeouts: number;
+  /** Timeouts since its last completion (reset by a completion); absent = 0. */
+  readonly consecutiveTimeouts?: number;
   /** Round of its last pick. */
   readonly lastSelectedRound?: number;
   /** Training loss it reported with its last update. */
