@@ -85,6 +85,14 @@ export class VirtualFleet implements ServerTransport, RoundClock {
   readonly stats: TransportStats = { uplinkBytes: 0, downlinkBytes: 0 };
   /** Requests not computed because they would have arrived after `cancelAfter`, by round. */
   readonly cancelled = new Map<number, number>();
+  /**
+   * Each device's last frame handed out: its round, when its order was sent and when it arrived (ms), and the
+   * training loss and samples a result reported (selection history: Oort's loss and measured duration).
+   */
+  readonly delivered = new Map<
+    string,
+    { round: number; sentAt: number; at: number; loss?: number; numSamples?: number }
+  >();
   private clockMs: number;
   private seq = 0;
   private readonly inFlight: Request[] = [];
@@ -360,6 +368,14 @@ export class VirtualFleet implements ServerTransport, RoundClock {
       this.clockMs = Math.max(this.clockMs, head.at);
       this.settleBusy(head.deviceId);
       this.stats.uplinkBytes += head.reply.byteLength;
+      const h = peekHeader(head.reply);
+      this.delivered.set(head.deviceId, {
+        round: head.round,
+        sentAt: head.sentAt,
+        at: head.at,
+        ...(typeof h?.metrics?.loss === "number" ? { loss: h.metrics.loss } : {}),
+        ...(typeof h?.numSamples === "number" ? { numSamples: h.numSamples } : {}),
+      });
       this.handlers.forEach((h) => h(head.reply!));
       return { frame: head.reply, at: head.at };
     }
@@ -388,6 +404,8 @@ function peekHeader(frame: Uint8Array):
       round?: number;
       deadline?: number;
       config?: { epochs?: number };
+      metrics?: { loss?: number };
+      numSamples?: number;
     }
   | undefined {
   try {

@@ -1,6 +1,7 @@
 import * as os from "node:os";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
+import { createSelector } from "../../core/selection";
 import { secAggParamsFor } from "../../core/round/secure-round";
 import { DP_PLACEMENTS, validateDpOptions, type DpOptions, type DpPlacement } from "../../core/privacy/dp";
 
@@ -326,6 +327,7 @@ export function validateConfig(c: SimConfig): SimConfig {
 
 /** --fleet-trace, --selection, --mode and the asynchronous flags: each mistake is one coded line. */
 function validateFleetConfig(c: SimConfig): void {
+  if (c.selection !== undefined) c.selection = createSelector(c.selection).spec;
   if (c.mode !== undefined && !(MODES as readonly string[]).includes(c.mode))
     fail("E_CONFIG_MODE", `--mode must be sync or async, got '${c.mode}'`);
   if (c.mode !== "async") {

@@ -24,6 +24,8 @@ import type { FleetTrace } from "../../core/fleet/trace";
 import { loadTrace } from "../cli/fleet-trace";
 import { fail } from "../../core/errors";
 import { quantile } from "../../core/fleet/trace";
+import { simSelection } from "./selection";
+import type { ClientInfo } from "../../core/strategies/strategy";
 
 export interface RoundSummary {
   round: number;
@@ -194,6 +196,21 @@ export async function simulate(
     [...samplesOf.keys()].map((id) => [id, { selected: 0, completed: 0 }]),
   );
   const lateByRound = new Map<number, number>();
+  const deadlineMs = fleet
+    ? (config.roundDeadlineS ?? config.roundTimeoutMs / 1000) * 1000
+    : config.roundTimeoutMs;
+  // --selection: the selector picks, the strategy trains the picked devices (unset: the strategy's own draw).
+  const selection =
+    config.selection !== undefined
+      ? simSelection(config.selection, {
+          count: config.clientsPerRound,
+          seed: config.seed,
+          deadlineS: deadlineMs / 1000,
+          epochs: config.localEpochs,
+          modelBytes: evalModel.numParams * 4,
+          fleet,
+        })
+      : undefined;
 
   const dpOptions = dpOptionsOf(config);
   const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
@@ -210,6 +227,7 @@ export async function simulate(
       reporter.onRoundStart?.(r, participants, total);
     },
     onRoundEnd: (rec: RoundRecord) => {
+      selection?.record(rec);
       for (const id of rec.participants) {
         const p = participation.get(id);
         if (p) p.selected++;
@@ -242,10 +260,11 @@ export async function simulate(
       jobId: `sim-${config.seed}`,
       rounds: config.rounds,
       layout: evalModel.layout,
-      roundTimeoutInMs: fleet
-        ? (config.roundDeadlineS ?? config.roundTimeoutMs / 1000) * 1000
-        : config.roundTimeoutMs,
+      roundTimeoutInMs: deadlineMs,
       ...(fleet ? { clock: fleet } : {}),
+      ...(selection
+        ? { selectParticipants: (r: number, available: readonly ClientInfo[]) => selection.pick(r, available) }
+        : {}),
       evaluate: async (w) => {
         evalModel.setWeights(w);
         return evalModel.evaluate(data.test, 500);

@@ -1,0 +1,79 @@
+/**
+ * Participant selection in the simulator (--selection): the selector of core/selection picks among the devices the
+ * transport offers (with a fleet trace: the devices online and idle at virtual now, profiled from the trace), and
+ * the strategy's configureFit sees only the picked devices. The history (picks, completions with their training
+ * loss, samples and measured duration, timeouts) is kept from the rounds' outcomes, as the Azure Function keeps it.
+ */
+import type { VirtualFleet } from "../../core/fleet/virtual-fleet";
+import { createSelector, SelectionHistory, type DeviceProfile } from "../../core/selection";
+import type { RoundRecord } from "../../core/round/server";
+import type { ClientInfo } from "../../core/strategies/strategy";
+
+export interface SimSelection {
+  readonly spec: string;
+  readonly history: SelectionHistory;
+  /** JobOptions.selectParticipants. */
+  pick(round: number, available: readonly ClientInfo[]): ClientInfo[];
+  /** Records a round's outcome (or an async dispatch's) into the history. */
+  record(
+    rec: Pick<RoundRecord, "completed" | "failures" | "participants" | "uplinkBytes" | "downlinkBytes">,
+  ): void;
+}
+
+export function simSelection(
+  spec: string,
+  o: {
+    count: number;
+    seed: number;
+    deadlineS: number;
+    epochs: number;
+    /** Bytes of the model as sent and of an update as sent, before the first round measured them. */
+    modelBytes: number;
+    fleet?: VirtualFleet;
+  },
+): SimSelection {
+  const selector = createSelector(spec);
+  const history = new SelectionHistory();
+  let downloadBytes = o.modelBytes;
+  let uploadBytes = o.modelBytes;
+  return {
+    spec: selector.spec,
+    history,
+    pick(round, available) {
+      const profiles: DeviceProfile[] = o.fleet
+        ? o.fleet.profiles(available)
+        : available.map((d) => ({
+            deviceId: d.deviceId,
+            numSamples: d.numSamples,
+            samplesPerSecond: d.samplesPerSecond,
+          }));
+      const ids = selector.select(profiles, history, {
+        round,
+        count: o.count,
+        seed: o.seed,
+        deadlineS: o.deadlineS,
+        downloadBytes,
+        uploadBytes,
+        epochs: o.epochs,
+      });
+      history.recordSelected(round, ids);
+      const byId = new Map(available.map((d) => [d.deviceId, d]));
+      return ids.flatMap((id) => byId.get(id) ?? []);
+    },
+    record(rec) {
+      for (const id of rec.completed) {
+        const d = o.fleet?.delivered.get(id);
+        history.recordCompleted(
+          id,
+          d ? { loss: d.loss, samples: d.numSamples, durationS: (d.at - d.sentAt) / 1000 } : {},
+        );
+      }
+      for (const f of rec.failures) history.recordTimeout(f.deviceId);
+      // Measured sizes for the next estimates (per participant, as sent and as received).
+      const n = rec.participants.length;
+      if (n > 0 && rec.downlinkBytes > 0) downloadBytes = rec.downlinkBytes / n;
+      if (rec.completed.length > 0 && rec.uplinkBytes > 0)
+        uploadBytes = rec.uplinkBytes / rec.completed.length;
+    },
+  };
+}
