@@ -263,7 +263,9 @@ export async function simulate(
       roundTimeoutInMs: deadlineMs,
       ...(fleet ? { clock: fleet } : {}),
       ...(selection
-        ? { selectParticipants: (r: number, available: readonly ClientInfo[]) => selection.pick(r, available) }
+        ? {
+            selectParticipants: (r: number, available: readonly ClientInfo[]) => selection.pick(r, available),
+          }
         : {}),
       evaluate: async (w) => {
         evalModel.setWeights(w);
