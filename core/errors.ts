@@ -66,6 +66,10 @@ export const ERRORS = {
   },
   E_CONFIG_RANGE: { group: "config", meaning: "a numeric flag is outside its allowed range" },
   E_CONFIG_SENSORS: { group: "config", meaning: "an invalid option of the synthetic sensors dataset" },
+  E_CONFIG_STALENESS: {
+    group: "config",
+    meaning: "an invalid staleness function spec (poly[:a], hinge:a,b, const) or staleness value",
+  },
   E_CONFIG_STRATEGY: { group: "config", meaning: "an unknown strategy or an invalid strategy option" },
   E_CONFIG_TRAIN: {
     group: "config",
