@@ -163,6 +163,14 @@ export const ERRORS = {
   E_PROTO_TYPE: { group: "proto", meaning: "an unknown message type, or one the receiver does not take" },
 
   // ── round: one federated round, server and device side ───────────────────────────────────────────────
+  E_ASYNC_CONFIG: {
+    group: "round",
+    meaning: "an invalid asynchronous-round option (concurrency, buffer, max staleness)",
+  },
+  E_ASYNC_STALE: {
+    group: "round",
+    meaning: "an asynchronous update is staler than the job's max staleness: refused and counted",
+  },
   E_ROUND_DEADLINE: { group: "round", meaning: "the device could not finish the round before its deadline" },
   E_ROUND_INVALID: { group: "round", meaning: "a malformed round order (startRound payload)" },
   E_ROUND_MISSING: { group: "round", meaning: "an update announced as stored is missing from the store" },
