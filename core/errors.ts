@@ -199,6 +199,10 @@ export const ERRORS = {
   E_STRATEGY_ROUND: { group: "strategy", meaning: "an invalid round number" },
   E_STRATEGY_SAMPLES: { group: "strategy", meaning: "an update's sample count is not a number > 0" },
   E_STRATEGY_SIZE: { group: "strategy", meaning: "weights, an update or an aggregate have the wrong length" },
+  E_STRATEGY_WEIGHT: {
+    group: "strategy",
+    meaning: "an update's staleness weight (asynchronous rounds) is not a number in (0, 1]",
+  },
   E_STRATEGY_STATE: {
     group: "strategy",
     meaning: "a strategy is used out of order, or its saved state is invalid",
