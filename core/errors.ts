@@ -167,6 +167,11 @@ export const ERRORS = {
     group: "round",
     meaning: "an invalid asynchronous-round option (concurrency, buffer, max staleness)",
   },
+  E_ASYNC_SECAGG: {
+    group: "round",
+    meaning:
+      "secure aggregation (or distributed DP) was asked for with asynchronous rounds, which cannot run it",
+  },
   E_ASYNC_STALE: {
     group: "round",
     meaning: "an asynchronous update is staler than the job's max staleness: refused and counted",
