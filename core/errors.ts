@@ -79,6 +79,10 @@ export const ERRORS = {
     meaning: "an unknown participant selector or an invalid selector option (core/selection)",
   },
   E_CONFIG_SENSORS: { group: "config", meaning: "an invalid option of the synthetic sensors dataset" },
+  E_CONFIG_STALENESS: {
+    group: "config",
+    meaning: "an invalid staleness function spec (poly[:a], hinge:a,b, const) or staleness value",
+  },
   E_CONFIG_STRATEGY: { group: "config", meaning: "an unknown strategy or an invalid strategy option" },
   E_CONFIG_TRAIN: {
     group: "config",
@@ -172,6 +176,19 @@ export const ERRORS = {
   E_PROTO_TYPE: { group: "proto", meaning: "an unknown message type, or one the receiver does not take" },
 
   // ── round: one federated round, server and device side ───────────────────────────────────────────────
+  E_ASYNC_CONFIG: {
+    group: "round",
+    meaning: "an invalid asynchronous-round option (concurrency, buffer, max staleness)",
+  },
+  E_ASYNC_SECAGG: {
+    group: "round",
+    meaning:
+      "secure aggregation (or distributed DP) was asked for with asynchronous rounds, which cannot run it",
+  },
+  E_ASYNC_STALE: {
+    group: "round",
+    meaning: "an asynchronous update is staler than the job's max staleness: refused and counted",
+  },
   E_ROUND_DEADLINE: { group: "round", meaning: "the device could not finish the round before its deadline" },
   E_ROUND_INVALID: { group: "round", meaning: "a malformed round order (startRound payload)" },
   E_ROUND_MISSING: { group: "round", meaning: "an update announced as stored is missing from the store" },
@@ -200,6 +217,10 @@ export const ERRORS = {
   E_STRATEGY_ROUND: { group: "strategy", meaning: "an invalid round number" },
   E_STRATEGY_SAMPLES: { group: "strategy", meaning: "an update's sample count is not a number > 0" },
   E_STRATEGY_SIZE: { group: "strategy", meaning: "weights, an update or an aggregate have the wrong length" },
+  E_STRATEGY_WEIGHT: {
+    group: "strategy",
+    meaning: "an update's staleness weight (asynchronous rounds) is not a number in (0, 1]",
+  },
   E_STRATEGY_STATE: {
     group: "strategy",
     meaning: "a strategy is used out of order, or its saved state is invalid",

@@ -35,6 +35,7 @@ import type {
   SecureAggregate,
 } from "../strategies/strategy";
 import { RoundMetricsSum } from "../strategies/metrics";
+import { checkDiscount } from "../strategies/fedavg";
 import { PrivacyAccountant, type PrivacySpent } from "./accountant";
 import { clipL2, GaussianNoise, l2Norm } from "./mechanism";
 import type { RdpConversion } from "./rdp";
@@ -407,7 +408,9 @@ class DpAggregation implements RoundAggregation {
         fail("E_DP_INPUT", `update from '${r.deviceId}' lacks its clip indicator (adaptive clipping)`);
       bit = b;
     }
-    this.acc.add(v, scale);
+    // Asynchronous rounds: the staleness weight s(τ) ≤ 1 scales the clipped update; the sensitivity stays ≤ C
+    // and the mean still divides by the count, so stale updates move the model less (docs/async.md).
+    this.acc.add(v, scale * checkDiscount(r), scale);
     this.bitSum += bit;
     this.seen.add(r.deviceId);
     this.ids.push(r.deviceId);

@@ -97,6 +97,7 @@ export class RoundCloser {
         delta: u.delta,
         metrics: u.metrics,
         ...(u.dpClipBit !== undefined ? { dpClipBit: u.dpClipBit } : {}),
+        ...(u.discount !== undefined ? { discount: u.discount } : {}),
       });
     } catch (e) {
       return this.fail(u.deviceId, updateCode(e), errorMessage(e));

@@ -21,6 +21,10 @@
  *
  * The crypto of SecAgg+ stays in core/secagg (SecAggServer), which the drivers feed; the close routine (updates or
  * the secure aggregate into the strategy's aggregation, failures, divergence) is core/round/close.ts.
+ *
+ * This is the synchronous mode. The asynchronous mode (FedBuff: C devices always training, updates applied in
+ * buffers of K with a staleness weight, no rounds) is core/round/async-engine.ts, `stepAsync(state, event)` in
+ * the same style; core/round/async-server.ts drives it in the simulator.
  */
 import type { DpOrder } from "../protocol/messages";
 import type { SecAggParams, SecAggStep } from "../secagg/types";

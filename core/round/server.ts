@@ -1,8 +1,9 @@
 import { createHash, randomBytes } from "node:crypto";
 import { encodeTensor, type CompressionSpec } from "../compress";
-import { FlotillaError, errorCode, errorMessage } from "../errors";
+import { errorCode, errorMessage } from "../errors";
 import type { EncodedTensor } from "../compress/api";
-import { decodeMessage, encodeMessage, type DeviceMessage } from "../protocol/messages";
+import type { DeviceMessage, SecAggFrame } from "../protocol/messages";
+import { decodeDeviceFrame, trainFrame as buildTrainFrame } from "./frames";
 import type { ServerTransport } from "../protocol/transport";
 import type { DifferentialPrivacy, DpRoundRecord } from "../privacy/dp";
 import { runSecureRound, type SecureAggregationOptions, type SecureRoundRecord } from "./secure-round";
@@ -183,8 +184,7 @@ export async function runRound(
     ...(opts.dp ? { dp: { clip: opts.dp.clip, ...(dpOrder ? { order: dpOrder } : {}) } } : {}),
   });
   const trainFrame = (ins: (typeof instructions)[number], secagg?: true) =>
-    encodeMessage({
-      type: "train",
+    buildTrainFrame({
       jobId: opts.jobId,
       round,
       modelHash,
@@ -192,9 +192,9 @@ export async function runRound(
       config: ins.config,
       deadline,
       weights: carried,
-      ...(opts.uplink && !opts.uplink.lossless ? { uplink: opts.uplink.text } : {}),
-      ...(secagg ? { secagg } : {}),
-      ...(dpOrder ? { dp: dpOrder } : {}),
+      uplink: opts.uplink,
+      secagg,
+      dp: dpOrder,
     });
 
   if (opts.secureAggregation) {
@@ -235,14 +235,9 @@ export async function runRound(
   };
   /** One device frame at `at`: fed to the engine and the close routine; true when the round is ready to close. */
   const receive = (frame: Uint8Array, at: number): boolean => {
-    let msg: DeviceMessage;
+    let msg: Exclude<DeviceMessage, SecAggFrame>;
     try {
-      const m = decodeMessage(frame);
-      if (m.type === "train" || (m.type === "secagg" && m.direction === "down"))
-        throw new FlotillaError("E_PROTO_TYPE", `device sent a server message ('${m.type}')`);
-      if (m.type === "secagg")
-        throw new FlotillaError("E_PROTO_TYPE", "secure aggregation frame in a round without it");
-      msg = m;
+      msg = decodeDeviceFrame(frame);
     } catch (e) {
       opts.events?.onRejected?.(errorCode(e), errorMessage(e));
       return false;

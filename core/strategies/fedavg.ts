@@ -1,7 +1,9 @@
 /**
  * FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from Decentralized Data"):
  * each round a uniform sample of the available devices trains locally, and the new global model is
- * `global + Σ n_k Δ_k / Σ n_k`, the sample-weighted mean of their deltas.
+ * `global + Σ n_k Δ_k / Σ n_k`, the sample-weighted mean of their deltas. In asynchronous rounds (FedBuff,
+ * Nguyen et al. AISTATS 2022) an update may carry a staleness weight s_k ≤ 1 (`FitResult.discount`): the mean is
+ * then Σ n_k s_k Δ_k / Σ n_k, so stale updates move the model less instead of being renormalised to full size.
  *
  * This class is also the base of every other strategy here (as in Flower, where FedProx, FedAvgM and FedOpt
  * derive from FedAvg): subclasses override exactly one hook,
@@ -243,6 +245,8 @@ export class FedAvg implements Strategy {
           `update from '${r.deviceId}' reports ${n} samples (expected a number > 0)`,
         );
       }
+      // FedBuff's staleness weight: n·s(τ) in the sum, n in the denominator (never normalised away).
+      const s = checkDiscount(r);
       if (d instanceof Float32Array) {
         if (d.length !== acc.size) {
           fail(
@@ -251,7 +255,7 @@ export class FedAvg implements Strategy {
           );
         }
         checkFinite(r.deviceId, d);
-        acc.add(d, n);
+        acc.add(d, n * s, n);
       } else if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
         // Decode inside the streaming loop, straight into the accumulator's input view: no float32 copy of
         // the update is ever made. A bad envelope throws E_ENVELOPE_* before anything is summed.
@@ -265,7 +269,7 @@ export class FedAvg implements Strategy {
           throw e;
         }
         checkFinite(r.deviceId, view);
-        acc.addAcquired(n);
+        acc.addAcquired(n * s, n);
       } else {
         fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' is neither a Float32Array nor an envelope`);
       }
@@ -352,6 +356,18 @@ export function allFinite(x: Float32Array): boolean {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i];
   return Number.isFinite(s);
+}
+
+/** An update's staleness discount s(τ): 1 when absent, else a number in (0, 1] (E_STRATEGY_WEIGHT). */
+export function checkDiscount(r: Pick<FitResult, "deviceId" | "discount">): number {
+  const s = r.discount;
+  if (s === undefined) return 1;
+  if (typeof s !== "number" || !(s > 0 && s <= 1))
+    fail(
+      "E_STRATEGY_WEIGHT",
+      `update from '${r.deviceId}' has staleness weight ${s} (expected a number in (0, 1])`,
+    );
+  return s;
 }
 
 function checkFinite(deviceId: string, d: Float32Array): void {

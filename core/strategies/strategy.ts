@@ -47,6 +47,12 @@ export interface FitResult {
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
   /** Differential privacy with adaptive clipping: the device's (noised) centred clip indicator b − ½. */
   readonly dpClipBit?: number;
+  /**
+   * Asynchronous rounds: the update's staleness weight s(τ) ∈ (0, 1] (core/round/staleness.ts). It scales the
+   * update's weight in the sum only — n_k·s_k in Σ n_k s_k Δ_k / Σ n_k — so a buffer of stale updates moves the
+   * model less than a fresh one (FedBuff, Nguyen et al. AISTATS 2022, Algorithm 1). Absent: 1.
+   */
+  readonly discount?: number;
 }
 
 /** What one device reported beside its update: its sample count and (when not withheld) training metrics. */

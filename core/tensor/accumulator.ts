@@ -3,7 +3,8 @@ import { SIMD_KERNELS_WASM_BASE64 } from "./simd-kernels.wasm";
 
 /**
  * Streaming weighted sum of equally sized Float32Array updates: the aggregator's hot loop.
- * Updates are added one at a time and never all held; `mean()` gives sum(w_i x_i) / sum(w_i).
+ * Updates are added one at a time and never all held; `mean()` gives sum(w_i x_i) / sum(w_i) (or
+ * sum(w_i x_i) / sum(v_i) when an add gives a separate denominator weight v_i).
  *
  * Kernel. Where WebAssembly SIMD is available (Node >= 16) the sum lives in the accumulator's own wasm linear
  * memory and each update is folded in by the f32x4 kernels of simd-kernels.wat; otherwise (e.g. `node --jitless`,
@@ -75,13 +76,18 @@ export class Accumulator {
     return this.weightTotal;
   }
 
-  add(x: Float32Array, weight = 1): void {
+  /**
+   * Adds `weight · x` to the sum and `normWeight` (default: `weight`) to the mean's denominator. A `normWeight`
+   * other than `weight` scales the update without renormalising it away: FedBuff's staleness discount, where an
+   * update counts n·s(τ) in the sum and n in the denominator (core/strategies/fedavg.ts).
+   */
+  add(x: Float32Array, weight = 1, normWeight = weight): void {
     const b = this.live();
     if (x.length !== this.size) {
       fail("E_STRATEGY_SIZE", `update has ${x.length} values, expected ${this.size}`);
     }
     b.add(x, weight);
-    this.weightTotal += weight;
+    this.weightTotal += normWeight;
     this.n++;
   }
 
@@ -94,12 +100,12 @@ export class Accumulator {
     return this.live().input();
   }
 
-  /** Adds the update currently held by the `acquireInput()` view, without copying it. */
-  addAcquired(weight = 1): void {
+  /** Adds the update currently held by the `acquireInput()` view, without copying it (`normWeight` as in add). */
+  addAcquired(weight = 1, normWeight = weight): void {
     const b = this.live();
     if (!b.acquired) fail("E_STRATEGY_STATE", "addAcquired() called before acquireInput()");
     b.add(null, weight);
-    this.weightTotal += weight;
+    this.weightTotal += normWeight;
     this.n++;
   }
 

@@ -99,6 +99,21 @@ test("central DP: the server clips each update and adds N(0, (zC)²) to the sum"
   assert.ok((dp.lastRound?.epsilon ?? 0) > 0);
 });
 
+test("central DP with staleness weights: clipped updates scaled by s(τ) ≤ 1, the mean still divides by the count", () => {
+  const d = 4;
+  const dp = new DifferentialPrivacy(opts({ noiseMultiplier: 1e-6, clip: 1, noiseSeed: 1 }));
+  const inner = capture();
+  const agg = dp.aggregate(inner, { round: 1, layoutHash: "x", length: d, current: new Float32Array(d) });
+  const m = { loss: 0, accuracy: 0, trainMs: 0 };
+  // norm 2 → clipped to norm 1 (0.5 per coordinate), then weighted 1 and 0.5: (0.5 + 0.25) / 2
+  agg.add({ deviceId: "a", numSamples: 5, delta: new Float32Array(d).fill(1), metrics: m, discount: 1 });
+  agg.add({ deviceId: "b", numSamples: 5, delta: new Float32Array(d).fill(1), metrics: m, discount: 0.5 });
+  const mean = agg.finish([]).weights;
+  for (const v of mean) assert.ok(Math.abs(v - 0.375) < 1e-4, `${v}`);
+  assert.equal(inner.got[0]!.totalSamples, 2);
+  assert.equal(dp.accountant.countedSteps, 1);
+});
+
 test("distributed DP: n devices each adding (zC)²/n give the central noise on the sum", () => {
   const d = 50_000;
   const n = 20;

@@ -356,3 +356,49 @@ test("compressed updates are decoded inside the streaming sum; a damaged envelop
     ],
   );
 });
+
+test("staleness weights scale the sum, not the denominator: a stale buffer moves the model less (FedBuff)", () => {
+  // Σ n_k s_k Δ_k / Σ n_k: updates 1 (n=10, s=1) and 3 (n=30, s=0.5) give (10 + 45) / 40.
+  const s = fedavg();
+  s.initialize(new Float32Array(2));
+  const agg = s.beginAggregate(1);
+  agg.add({ ...upd("a", 10, [1, 1]), discount: 1 });
+  agg.add({ ...upd("b", 30, [3, 3]), discount: 0.5 });
+  assertClose(agg.finish([]).weights, [55 / 40, 55 / 40]);
+  // A buffer of equally stale updates is not renormalised to full size: s = 1/√(1+3) halves the step.
+  const fresh = fedavg();
+  fresh.initialize(new Float32Array(2));
+  const f = fresh.beginAggregate(1);
+  f.add(upd("a", 10, [2, 2]));
+  f.add(upd("b", 10, [2, 2]));
+  const stale = fedavg();
+  stale.initialize(new Float32Array(2));
+  const st = stale.beginAggregate(1);
+  st.add({ ...upd("a", 10, [2, 2]), discount: 0.5 });
+  st.add({ ...upd("b", 10, [2, 2]), discount: 0.5 });
+  assertClose(f.finish([]).weights, [2, 2]);
+  assertClose(st.finish([]).weights, [1, 1]);
+  // the training loss stays weighted by samples alone
+  assert.equal(stale.lastRound?.totalSamples, 20);
+});
+
+test("a compressed update's staleness weight applies inside the streaming decode", () => {
+  const layoutHash = "ab".repeat(32);
+  const a = Float32Array.from({ length: 64 }, () => 0.5);
+  const s = fedavg();
+  s.initialize(new Float32Array(64));
+  const agg = s.beginAggregate(1);
+  const bytes = encodeTensor(a, parseCompression("fp16"), { layoutHash, seed: 1 });
+  agg.add({ ...upd("a", 10, []), delta: { encoding: "flz", bytes }, discount: 0.25 });
+  const w = agg.finish([]).weights;
+  for (const v of w) assert.ok(Math.abs(v - 0.125) < 1e-4, `${v}`);
+});
+
+test("a staleness weight outside (0, 1] is refused (E_STRATEGY_WEIGHT)", () => {
+  const s = fedavg();
+  s.initialize(new Float32Array(2));
+  const agg = s.beginAggregate(1);
+  for (const discount of [0, -0.5, 1.5, NaN])
+    assert.throws(() => agg.add({ ...upd(`x${discount}`, 10, [1, 1]), discount }), code("E_STRATEGY_WEIGHT"));
+  assert.equal(agg.count, 0);
+});
