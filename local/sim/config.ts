@@ -2,6 +2,7 @@ import * as os from "node:os";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 import { createSelector } from "../../core/selection";
+import { formatStaleness, parseStaleness } from "../../core/round/staleness";
 import { secAggParamsFor } from "../../core/round/secure-round";
 import { DP_PLACEMENTS, validateDpOptions, type DpOptions, type DpPlacement } from "../../core/privacy/dp";
 
@@ -341,6 +342,7 @@ function validateFleetConfig(c: SimConfig): void {
     ).find(([, v]) => v !== undefined);
     if (given) fail("E_CONFIG_MODE", `${given[0]} needs --mode async`);
   }
+  if (c.staleness !== undefined) c.staleness = formatStaleness(parseStaleness(c.staleness));
   if (c.concurrency !== undefined && c.concurrency > c.devices)
     fail("E_CONFIG_MODE", `--concurrency ${c.concurrency} exceeds --devices ${c.devices}`);
   if (c.buffer !== undefined && c.concurrency !== undefined && c.buffer > c.concurrency)

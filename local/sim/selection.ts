@@ -13,7 +13,7 @@ export interface SimSelection {
   readonly spec: string;
   readonly history: SelectionHistory;
   /** JobOptions.selectParticipants. */
-  pick(round: number, available: readonly ClientInfo[]): ClientInfo[];
+  pick(round: number, available: readonly ClientInfo[], count?: number): ClientInfo[];
   /** Records a round's outcome (or an async dispatch's) into the history. */
   record(
     rec: Pick<RoundRecord, "completed" | "failures" | "participants" | "uplinkBytes" | "downlinkBytes">,
@@ -39,7 +39,7 @@ export function simSelection(
   return {
     spec: selector.spec,
     history,
-    pick(round, available) {
+    pick(round, available, count = o.count) {
       const profiles: DeviceProfile[] = o.fleet
         ? o.fleet.profiles(available)
         : available.map((d) => ({
@@ -49,7 +49,7 @@ export function simSelection(
           }));
       const ids = selector.select(profiles, history, {
         round,
-        count: o.count,
+        count,
         seed: o.seed,
         deadlineS: o.deadlineS,
         downloadBytes,

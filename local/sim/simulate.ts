@@ -25,6 +25,7 @@ import { loadTrace } from "../cli/fleet-trace";
 import { fail } from "../../core/errors";
 import { quantile } from "../../core/fleet/trace";
 import { simSelection } from "./selection";
+import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
 
 export interface RoundSummary {
@@ -54,7 +55,12 @@ export interface RoundSummary {
    * have arrived after the round's deadline (docs/simulation.md).
    */
   late?: number;
+  /** Async mode: the staleness τ of each applied update (same order as participants). */
+  staleness?: number[];
 }
+
+/** --max-staleness when not given: updates more than this many versions old are refused. */
+export const DEFAULT_MAX_STALENESS = 100;
 
 /** Per device: rounds it was picked for, and updates of it that were aggregated. */
 export interface Participation {
@@ -255,29 +261,115 @@ export async function simulate(
       divergedReason = reason;
     },
   };
-  try {
-    await runJob(strategy, transport, {
+  const uplink = parseCompression(config.compression);
+  const downlink = parseCompression(config.downlinkCompression);
+  /**
+   * --mode async: FedBuff (core/round/async-server.ts) on the virtual fleet, which is both its transport and its
+   * clock; the selector (or the strategy's draw) picks whom to order among the idle online devices. Each flush of
+   * K updates is one entry of `rounds`.
+   */
+  const runAsync = async (vf: VirtualFleet): Promise<void> => {
+    const concurrency = config.concurrency ?? config.clientsPerRound;
+    let wall = performance.now();
+    let late0 = 0;
+    await runAsyncJob(strategy, vf, vf, {
       jobId: `sim-${config.seed}`,
-      rounds: config.rounds,
       layout: evalModel.layout,
-      roundTimeoutInMs: deadlineMs,
-      ...(fleet ? { clock: fleet } : {}),
-      ...(selection
-        ? {
-            selectParticipants: (r: number, available: readonly ClientInfo[]) => selection.pick(r, available),
-          }
-        : {}),
+      versions: config.rounds,
+      concurrency,
+      buffer: config.buffer ?? Math.min(10, concurrency),
+      maxStaleness: config.maxStaleness ?? DEFAULT_MAX_STALENESS,
+      ...(config.staleness !== undefined ? { staleness: config.staleness } : {}),
+      trainTimeoutInMs: deadlineMs,
       evaluate: async (w) => {
         evalModel.setWeights(w);
         return evalModel.evaluate(data.test, 500);
       },
-      events,
       abortSignal: abort.signal,
-      uplink: parseCompression(config.compression),
-      downlink: parseCompression(config.downlinkCompression),
-      secureAggregation,
+      uplink,
+      downlink,
       dp,
+      pick: async (count, exclude, version) => {
+        const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
+        const offered = selection ? selection.pick(version + 1, idle, count) : idle;
+        return strategy.configureFit(version + 1, offered).slice(0, count);
+      },
+      events: {
+        onOrdered: (_v, ids) => {
+          for (const id of ids) {
+            const p = participation.get(id);
+            if (p) p.selected++;
+          }
+        },
+        onRoundEnd: (rec: AsyncRecord) => {
+          selection?.record({
+            ...rec,
+            completed: rec.applied,
+            participants: rec.applied,
+            failures: rec.failures,
+          });
+          for (const id of rec.applied) {
+            const p = participation.get(id);
+            if (p) p.completed++;
+          }
+          const now = performance.now();
+          const s: RoundSummary = {
+            round: rec.round,
+            participants: rec.applied,
+            completed: rec.applied.length,
+            failures: [...rec.failures, ...rec.refused],
+            accuracy: rec.accuracy,
+            loss: rec.loss,
+            trainLoss: rec.trainLoss,
+            uplinkBytes: rec.uplinkBytes,
+            downlinkBytes: rec.downlinkBytes,
+            durationMs: Math.round(now - wall),
+            slowestTrainMs: 0,
+            virtualStartS: rec.startedAt / 1000,
+            virtualEndS: rec.endedAt / 1000,
+            late: rec.counters.late - late0,
+            staleness: rec.staleness,
+            ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
+          };
+          wall = now;
+          late0 = rec.counters.late;
+          summaries.push(s);
+          reporter.onRoundEnd?.(s);
+          if (config.targetAccuracy > 0 && rec.accuracy >= config.targetAccuracy) abort.abort();
+        },
+        onRejected: events.onRejected,
+        onDiverged: events.onDiverged,
+      },
     });
+  };
+  try {
+    if (config.mode === "async" && fleet) {
+      await runAsync(fleet);
+    } else {
+      await runJob(strategy, transport, {
+        jobId: `sim-${config.seed}`,
+        rounds: config.rounds,
+        layout: evalModel.layout,
+        roundTimeoutInMs: deadlineMs,
+        ...(fleet ? { clock: fleet } : {}),
+        ...(selection
+          ? {
+              selectParticipants: (r: number, available: readonly ClientInfo[]) =>
+                selection.pick(r, available),
+            }
+          : {}),
+        evaluate: async (w) => {
+          evalModel.setWeights(w);
+          return evalModel.evaluate(data.test, 500);
+        },
+        events,
+        abortSignal: abort.signal,
+        uplink: parseCompression(config.compression),
+        downlink: parseCompression(config.downlinkCompression),
+        secureAggregation,
+        dp,
+      });
+    }
   } finally {
     await transport.close();
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
@@ -290,7 +382,7 @@ export async function simulate(
         : abort.signal.aborted
           ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
           : { state: "completed" };
-  if (fleet) {
+  if (fleet && config.mode !== "async") {
     for (const s of summaries) s.late = (lateByRound.get(s.round) ?? 0) + (fleet.cancelled.get(s.round) ?? 0);
   }
   const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights, {
