@@ -167,8 +167,23 @@ function roundLine(r: RoundSummary, total: number, mb: (bytes: number) => string
     `participants ${r.completed}/${r.participants.length}  accuracy ${acc.padStart(7)}  loss ${loss}  ` +
     `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s` +
     secaggText(r) +
-    dpText(r)
+    dpText(r) +
+    virtualText(r)
   );
+}
+
+/** With a fleet trace: the round's virtual end (hours:minutes:seconds), late updates and async staleness. */
+function virtualText(r: RoundSummary): string {
+  if (r.virtualEndS === undefined) return "";
+  const late = r.late ? `  late ${r.late}` : "";
+  const tau = r.staleness?.length ? `  staleness max ${Math.max(...r.staleness)}` : "";
+  return `  virtual ${hms(r.virtualEndS)}${late}${tau}`;
+}
+
+function hms(seconds: number): string {
+  const s = Math.round(seconds);
+  const pad = (n: number) => String(n).padStart(2, "0");
+  return `${Math.floor(s / 3600)}:${pad(Math.floor(s / 60) % 60)}:${pad(s % 60)}`;
 }
 
 function dpText(r: RoundSummary): string {
@@ -235,6 +250,17 @@ async function runSimulate(o: RawOptions): Promise<number> {
   console.log(
     `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}`,
   );
+  if (result.final.virtualTimeS !== undefined) {
+    const t = result.final.timeToTargetS;
+    const pc = result.participation?.completed;
+    console.log(
+      `virtual time ${hms(result.final.virtualTimeS)} (${(result.final.virtualTimeS / 3600).toFixed(2)} h)` +
+        (t === undefined
+          ? ""
+          : `; time to ${config.targetAccuracy}: ${t === null ? "not reached" : hms(t)}`) +
+        (pc ? `; updates per device min ${pc.min} median ${pc.median} max ${pc.max}` : ""),
+    );
+  }
   if (result.privacy) {
     const p = result.privacy;
     console.log(
