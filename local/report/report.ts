@@ -21,8 +21,24 @@ export interface ReportInput {
       meanBytesPerDevice?: { up: number; down: number };
     };
     dp?: { epsilon: number; clip: number; noiseStd: number; released: boolean; unclippedFraction?: number };
+    /** With a fleet trace: the round's virtual end (s) and its late updates. */
+    virtualEndS?: number;
+    late?: number;
   }[];
-  final: { accuracy: number; loss: number; rounds: number; wallMs: number };
+  final: {
+    accuracy: number;
+    loss: number;
+    rounds: number;
+    wallMs: number;
+    virtualTimeS?: number;
+    timeToTargetS?: number | null;
+  };
+  /** Per-device participation (local/sim/simulate.ts participationSummary). */
+  participation?: {
+    devices: Record<string, { selected: number; completed: number }>;
+    selected: { min: number; median: number; max: number };
+    completed: { min: number; median: number; max: number };
+  };
   status?: { state: string; reason?: string };
   privacy?: {
     epsilon: number;
@@ -53,6 +69,30 @@ export function pct(v: number): string {
 
 export function mb(bytes: number): string {
   return `${(bytes / 1e6).toFixed(2)} MB`;
+}
+
+/** Accuracy (%) against virtual hours, one point per round that has both (a fleet-trace run), or null. */
+export function virtualSeries(r: Pick<ReportInput, "rounds">): { x: number; y: number }[] | null {
+  if (!r.rounds.some((x) => x.virtualEndS !== undefined)) return null;
+  return r.rounds
+    .filter((x) => x.virtualEndS !== undefined && Number.isFinite(x.accuracy))
+    .map((x) => ({ x: x.virtualEndS! / 3600, y: x.accuracy * 100 }));
+}
+
+/** Completed (and selected) updates per device, sorted by completed, most first; null without participation. */
+export function participationSeries(
+  r: Pick<ReportInput, "participation">,
+): { ids: string[]; completed: number[]; selected: number[] } | null {
+  const p = r.participation;
+  if (!p) return null;
+  const rows = Object.entries(p.devices).sort(
+    ([a, x], [b, y]) => y.completed - x.completed || y.selected - x.selected || (a < b ? -1 : 1),
+  );
+  return {
+    ids: rows.map(([id]) => id),
+    completed: rows.map(([, d]) => d.completed),
+    selected: rows.map(([, d]) => d.selected),
+  };
 }
 
 /** A self-contained HTML report: summary, configuration, and charts of accuracy, loss, bytes and time per round. */
@@ -109,6 +149,30 @@ ${r.status && r.status.state !== "completed" ? ` Job stopped: <b>${esc(r.status.
 <div><h2>Bytes per device (mean)</h2><canvas id="secaggBytes"></canvas></div>
 </div>`
     : "";
+  const virtual = virtualSeries(r);
+  const part = participationSeries(r);
+  const pc = r.participation?.completed;
+  const ps = r.participation?.selected;
+  const fleetHtml =
+    virtual || part
+      ? `<h2>Fleet</h2>
+<div class="grid">
+${virtual ? `<div><h2>Test accuracy against virtual time</h2><canvas id="accVirtual"></canvas></div>` : ""}
+${
+  part && pc && ps
+    ? `<div><h2>Updates per device (sorted)</h2><p>completed: min ${pc.min}, median ${pc.median}, max ${pc.max}; ` +
+      `selected: min ${ps.min}, median ${ps.median}, max ${ps.max}</p><canvas id="participation"></canvas></div>`
+    : ""
+}
+</div>`
+      : "";
+  const virtualCards =
+    r.final.virtualTimeS !== undefined
+      ? `<div class="card">virtual time<b>${(r.final.virtualTimeS / 3600).toFixed(2)} h</b></div>` +
+        (r.final.timeToTargetS !== undefined
+          ? `<div class="card">time to target<b>${r.final.timeToTargetS === null ? "not reached" : `${(r.final.timeToTargetS / 3600).toFixed(2)} h`}</b></div>`
+          : "")
+      : "";
   const totalUp = r.rounds.reduce((a, x) => a + x.uplinkBytes, 0);
   const totalDown = r.rounds.reduce((a, x) => a + x.downlinkBytes, 0);
   const configRows = Object.entries(r.config)
@@ -145,6 +209,7 @@ canvas{max-height:320px}
 <div class="card">wall time<b>${(r.final.wallMs / 1000).toFixed(1)} s</b></div>
 <div class="card">uplink total<b>${mb(totalUp)}</b></div>
 <div class="card">downlink total<b>${mb(totalDown)}</b></div>
+${virtualCards}
 </div>
 <div class="grid">
 <div><h2>Test accuracy per round</h2><canvas id="acc"></canvas></div>
@@ -152,6 +217,7 @@ canvas{max-height:320px}
 <div><h2>Bytes per round</h2><canvas id="bytes"></canvas></div>
 <div><h2>Round wall time</h2><canvas id="time"></canvas></div>
 </div>
+${fleetHtml}
 ${secaggHtml}
 ${dpHtml}
 <h2>Rounds</h2>
@@ -161,6 +227,8 @@ ${dpHtml}
 <script>
 const S = ${JSON.stringify(series)};
 const DP = ${JSON.stringify(dpSeries)};
+const VT = ${JSON.stringify(virtual)};
+const PART = ${JSON.stringify(part)};
 const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
   type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
@@ -170,6 +238,12 @@ line("time", "seconds", S.seconds, "#2ca02c", "s");
 new Chart(document.getElementById("bytes"), { type: "bar", data: { labels: S.rounds, datasets: [
   { label: "uplink (MB)", data: S.up, backgroundColor: "#ff7f0e" }, { label: "downlink (MB)", data: S.down, backgroundColor: "#9467bd" }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB" } } } } });
+if (VT) new Chart(document.getElementById("accVirtual"), { type: "line", data: { datasets: [
+  { label: "test accuracy (%)", data: VT, borderColor: "#1f77b4", backgroundColor: "#1f77b4", tension: 0.1 }] },
+  options: { animation: false, scales: { x: { type: "linear", title: { display: true, text: "virtual time (hours)" } }, y: { title: { display: true, text: "%" } } } } });
+if (PART) new Chart(document.getElementById("participation"), { type: "bar", data: { labels: PART.ids, datasets: [
+  { label: "completed", data: PART.completed, backgroundColor: "#2ca02c" }, { label: "selected", data: PART.selected, backgroundColor: "#c7c7c7" }] },
+  options: { animation: false, scales: { x: { ticks: { display: PART.ids.length <= 50 }, title: { display: true, text: "devices (sorted)" } }, y: { beginAtZero: true, title: { display: true, text: "updates" } } } } });
 if (DP) {
   const eps = [{ label: "ε spent", data: DP.epsilon, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 }];
   if (DP.budget !== null) eps.push({ label: "budget", data: S.rounds.map(() => DP.budget), borderColor: "#7f7f7f", borderDash: [6, 4], pointRadius: 0 });
