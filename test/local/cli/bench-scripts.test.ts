@@ -34,6 +34,12 @@ test("bench scripts reject out-of-range and malformed counts before running", as
       /^bench-privacy: E_CONFIG_RANGE: --rounds must be at most/,
     ],
     [
+      "bench-fleet.js",
+      ["sensors", "--rounds", "1e9"],
+      /^bench-fleet: E_CONFIG_RANGE: --rounds must be at most 100000 \(got 1e9\)$/,
+    ],
+    ["bench-fleet.js", ["nowhere"], /^bench-fleet: E_CONFIG_VALUE: unknown scenario 'nowhere'/],
+    [
       "bench-stack.js",
       ["1e9"],
       /^bench-stack: E_CONFIG_RANGE: --devices must be at most 100000 \(got 1e9\)$/,
