@@ -352,6 +352,9 @@ function validateFleetConfig(c: SimConfig): void {
     if (c.mode === "async") fail("E_CONFIG_FLEET_TRACE", "--mode async needs --fleet-trace (virtual time)");
     return;
   }
+  // Recorded in results.json: with a trace the run says how it picked and how it aggregated.
+  c.mode ??= "sync";
+  c.selection ??= "random";
   if (c.fleetTrace.trim() === "")
     fail("E_CONFIG_FLEET_TRACE", "--fleet-trace must name a file or synthetic[:SPEC]");
   if (c.transport !== "memory")

@@ -102,6 +102,11 @@ describe("VirtualFleet arrival times", () => {
     await fleet.send("a", trainFrame());
     inner.reply("a");
     near((await fleet.next(Infinity))?.at, 100_000 + DOWN + COMPUTE + UP);
+    // What selection learns: the measured order-to-update time, the loss and samples the result reported.
+    const d = fleet.delivered.get("a")!;
+    assert.equal(d.sentAt, 0);
+    near(d.at, 100_000 + DOWN + COMPUTE + UP);
+    assert.deepEqual([d.round, d.loss, d.numSamples], [1, 1, 100]);
   });
 
   test("offline during training: training goes on, the upload waits for the next session", async () => {

@@ -178,3 +178,33 @@ test("selectParticipants decides which devices the strategy may pick", async () 
   });
   assert.deepEqual([...rec.participants].sort(), ["d0", "d2"]);
 });
+
+test("on a virtual clock, a round nobody can join waits out its deadline, so time moves on", async () => {
+  const t = new MemoryTransport();
+  fleet(t);
+  const dev = (deviceId: string) => ({
+    deviceId,
+    samplesPerSecond: 1,
+    uplinkBytesPerSecond: 1e9,
+    downlinkBytesPerSecond: 1e9,
+    rttMs: 10,
+    sessions: [[100, 10_000]] as [number, number][],
+    maintenance: [],
+  });
+  const clock = await VirtualFleet.create(t, {
+    horizonS: 10_000,
+    devices: [dev("d0"), dev("d1"), dev("d2")],
+  });
+  const records = await runJob(strategy(3), clock, { ...base, rounds: 3, roundTimeoutInMs: 60_000, clock });
+  assert.deepEqual(
+    records.map((r) => [r.startedAt, r.endedAt, r.participants.length]),
+    [
+      [0, 60_000, 0],
+      [60_000, 120_000, 0],
+      [120_000, records[2].endedAt, 3],
+    ],
+  );
+  assert.deepEqual([...records[2].completed].sort(), ["d0", "d1", "d2"]);
+  // d0 (2 samples), d1 (4), d2 (6) each train at 1 sample/s after an rtt; the round ends with the slowest.
+  assert.ok(records[2].endedAt > 126_000 && records[2].endedAt < 126_100, `${records[2].endedAt}`);
+});
