@@ -247,6 +247,8 @@ export class AzureBlobStore implements BlobStore {
         .deleteIfExists(opts.ifMatch !== undefined ? { conditions: { ifMatch: opts.ifMatch } } : {});
       return r.succeeded;
     } catch (e) {
+      // If-Match on a blob that is gone may also answer 412 (Azurite does): gone is "did not exist".
+      if (e instanceof RestError && e.statusCode === 412 && !(await this.exists(name))) return false;
       if (e instanceof RestError && e.statusCode === 412)
         fail(STORE_CONFLICT, `blob '${name}': condition failed (412 ${e.code ?? ""})`, { cause: e });
       throw e;

@@ -1,0 +1,257 @@
+/**
+ * Participant selection in the Function (cloud/aggregator/src/selection.ts): the job's `selection` and `cohort`,
+ * the profiler's capabilities reaching the selector, the selection history, and the per-device leases that keep
+ * two running jobs from ordering the same device at once.
+ */
+import { test } from "@jest/globals";
+import assert from "node:assert/strict";
+import { validateJob } from "../../../cloud/aggregator/src/jobs/job";
+import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
+import { getJson, putJson } from "../../../cloud/aggregator/src/store/blob-store";
+import {
+  recordRoundInHistory,
+  selectionPaths,
+  type DeviceLease,
+} from "../../../cloud/aggregator/src/selection";
+import { FedAvg } from "../../../core/strategies/fedavg";
+import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
+import { SelectionHistory } from "../../../core/selection";
+import { isFlotillaError } from "../../../core/errors";
+import { modelLayout } from "../../../core/engine/models";
+import type { ModelSpec } from "../../../core/engine/model-spec";
+import { chunkEvents, jobBody, makeDelta, post, ctx, SPEC, startJob, world, type World } from "./support";
+
+const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
+const layout = modelLayout(SPEC as unknown as ModelSpec);
+
+async function participants(w: World, jobId: string, round: number): Promise<string[]> {
+  const st = await new JobRepository(w.store).getRound(jobId, round);
+  assert.ok(st, `round ${jobId}/${round} exists`);
+  return st.participants.map((p) => p.deviceId).sort();
+}
+
+async function lease(w: World, deviceId: string): Promise<DeviceLease | undefined> {
+  return (await getJson<DeviceLease>(w.store, selectionPaths.lease(deviceId)))?.value;
+}
+
+async function deliver(w: World, jobId: string, round: number, deviceId: string, loss: number) {
+  const msg = {
+    type: "result" as const,
+    jobId,
+    round,
+    deviceId,
+    layoutHash: layout.hash,
+    numSamples: 50,
+    metrics: { loss, accuracy: 0.5, trainMs: 10 },
+    delta: makeDelta(layout.totalSize, deviceId.length + round),
+  };
+  const r = await w.agg.ingestUpdates(chunkEvents(msg).events, ctxStub);
+  assert.equal(r.rejected, 0, w.logs.join("\n"));
+}
+
+function invalid(over: Record<string, unknown>, re: RegExp): void {
+  assert.throws(
+    () => validateJob(jobBody(over)),
+    (e: unknown) => {
+      assert.ok(isFlotillaError(e) && e.code === "E_JOB_INVALID", String(e));
+      assert.match(e.message, re);
+      assert.ok(!e.message.includes("\n"));
+      return true;
+    },
+  );
+}
+
+test("a job's selection defaults to random and is checked with createSelector; its cohort is a bounded condition", () => {
+  assert.equal(validateJob(jobBody()).selection, "random");
+  assert.equal(validateJob(jobBody()).cohort, undefined);
+  assert.equal(validateJob(jobBody({ selection: "oort:floor=5" })).selection, "oort:floor=5");
+  assert.equal(validateJob(jobBody({ selection: "Deadline" })).selection, "deadline");
+  invalid(
+    { selection: "fastest" },
+    /selection: unknown selection 'fastest' \(valid: random, deadline, oort\)/,
+  );
+  invalid({ selection: "oort:floor=-1" }, /floor='-1'/);
+  invalid({ selection: 5 }, /selection must be a string/);
+  const ok = "tags.flotilla.fleet = 'line-3' AND (tags.site IN ['a', 'b(1)'] OR NOT IS_DEFINED(tags.x))";
+  assert.equal(validateJob(jobBody({ cohort: ` ${ok} ` })).cohort, ok);
+  assert.equal(
+    validateJob(jobBody({ cohort: "tags.name = 'it''s Zürich'" })).cohort,
+    "tags.name = 'it''s Zürich'",
+  );
+  invalid({ cohort: "" }, /cohort must not be empty/);
+  invalid({ cohort: 3 }, /cohort must be a string/);
+  invalid({ cohort: "tags.a = 'x" }, /unterminated string/);
+  invalid({ cohort: "tags.a = 'x')" }, /unbalanced '\)'/);
+  invalid({ cohort: "(tags.a = 'x'" }, /unclosed '\('/);
+  invalid({ cohort: "tags.a = 'x'; DROP" }, /';'/);
+  invalid({ cohort: "tags.a = 1 FROM devices" }, /'FROM' is not allowed/);
+  invalid({ cohort: "tags.a = 'x'\n" + "OR 1 = 1" }, /control characters/);
+  invalid({ cohort: `tags.a = '${"x".repeat(1100)}'` }, /at most 1024/);
+  invalid({ minMemoryBytes: -1 }, /minMemoryBytes/);
+});
+
+test("the job's selector gets the profiler's capabilities: deadline picks the devices that finish in time", async () => {
+  const w = world([]);
+  const base = { connected: true, numSamples: 1000, uplinkBytesPerSecond: 1e6, rttMs: 20 };
+  w.fleet.trainers = [
+    { deviceId: "fast-1", ...base, samplesPerSecond: { mlp: 500 } },
+    { deviceId: "fast-2", ...base, samplesPerSecond: { mlp: 400 } },
+    // fast, but a 2 KB/s uplink makes its upload far longer than the 60 s deadline
+    { deviceId: "thin-link", ...base, samplesPerSecond: { mlp: 600 }, uplinkBytesPerSecond: 2 },
+    // fast, but too little memory for the job
+    { deviceId: "small", ...base, samplesPerSecond: { mlp: 600 }, memoryBytes: 1000 },
+    { deviceId: "slow", ...base, samplesPerSecond: { mlp: 20 } },
+  ] satisfies TrainerInfo[];
+  const id = await startJob(w, {
+    selection: "deadline",
+    minMemoryBytes: 1e6,
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  // slow: 1000 samples / 20 per s = 50 s + transfers; the deadline selector leaves out everything that cannot finish
+  assert.deepEqual(await participants(w, id, 1), ["fast-1", "fast-2", "slow"]);
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  assert.deepEqual(
+    st!.participants.map((p) => p.deviceId),
+    ["fast-1", "fast-2", "slow"],
+    "ordered fastest first (FedCS)",
+  );
+});
+
+test("random keeps FedAvg's draw and order; the history records loss, samples, duration and timeouts", async () => {
+  const w = world(["dev-a", "dev-b", "dev-c", "dev-d", "dev-e"]);
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  const ids = st!.participants.map((p) => p.deviceId);
+  assert.equal(ids.length, 3);
+  const fedavg = new FedAvg({ clientsPerRound: 3, seed: 7, fit: { epochs: 1, batchSize: 8, lr: 0.1 } });
+  assert.deepEqual(
+    ids,
+    fedavg
+      .configureFit(
+        1,
+        w.fleet.trainers.map((t) => ({ deviceId: t.deviceId })),
+      )
+      .map((f) => f.deviceId),
+  );
+  w.now.t += 5_000;
+  await deliver(w, id, 1, ids[0], 0.75);
+  await deliver(w, id, 1, ids[1], 1.25);
+  w.now.t += 60_000; // the third never delivers: the round closes at its deadline
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 1);
+  assert.deepEqual(h.get(ids[0]), {
+    selected: 1,
+    completions: 1,
+    timeouts: 0,
+    consecutiveTimeouts: 0,
+    lastSelectedRound: 1,
+    lastLoss: 0.75,
+    lastSamples: 50,
+    lastDurationS: 5,
+  });
+  assert.equal(h.get(ids[1])!.lastLoss, 1.25);
+  assert.deepEqual(h.get(ids[2]), {
+    selected: 1,
+    completions: 0,
+    timeouts: 1,
+    consecutiveTimeouts: 1,
+    lastSelectedRound: 1,
+  });
+  // round 2 opened in the same tick; a restarted Function closing round 1 again does not count it twice
+  assert.equal((await new JobRepository(w.store).getRound(id, 2))?.status, "open");
+  await recordRoundInHistory(w.store, st!, [ids[0]], () => {});
+  const again = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.deepEqual(again.toJSON(), h.toJSON());
+});
+
+test("two running jobs with overlapping cohorts never order the same device at once", async () => {
+  const w = world([]);
+  const dev = (deviceId: string, line: string): TrainerInfo => ({
+    deviceId,
+    connected: true,
+    numSamples: 100,
+    tags: { flotilla: { line } },
+  });
+  w.fleet.trainers = [
+    dev("x-1", "x"),
+    dev("x-2", "x"),
+    dev("s-1", "shared"),
+    dev("s-2", "shared"),
+    dev("s-3", "shared"),
+    dev("y-1", "y"),
+    dev("y-2", "y"),
+    dev("z-1", "z"),
+  ];
+  const opts = { clientsPerRound: 10, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 };
+  const a = await startJob(w, {
+    jobId: "job-a",
+    rounds: 1,
+    strategyOptions: opts,
+    cohort: "tags.flotilla.line IN ['x', 'shared']",
+  });
+  const b = await startJob(w, {
+    jobId: "job-b",
+    rounds: 3,
+    strategyOptions: opts,
+    cohort: "tags.flotilla.line = 'y' OR tags.flotilla.line = 'shared'",
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  assert.ok(w.fleet.cohorts.includes("tags.flotilla.line IN ['x', 'shared']"));
+  const a1 = await participants(w, a, 1);
+  const b1 = await participants(w, b, 1);
+  assert.deepEqual(a1, ["s-1", "s-2", "s-3", "x-1", "x-2"], "job-a ticks first and takes its whole cohort");
+  assert.deepEqual(b1, ["y-1", "y-2"], "job-b gets only the devices job-a does not hold");
+  assert.equal((await lease(w, "s-2"))?.jobId, "job-a");
+  assert.equal((await lease(w, "y-1"))?.jobId, "job-b");
+  // every device ordered once: the twin orders of both jobs are disjoint
+  const ordered = w.fleet.started.map((o) => o.deviceId);
+  assert.equal(new Set(ordered).size, ordered.length);
+
+  // job-a's only round closes at its deadline: the job completes and its leases are released; job-b's next round
+  // may then take the shared devices
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await new JobRepository(w.store).getJob(a))?.status, "completed");
+  for (const d of a1) assert.notEqual((await lease(w, d))?.jobId, "job-a", `${d} released`);
+  assert.deepEqual(await participants(w, b, 2), ["s-1", "s-2", "s-3", "y-1", "y-2"]);
+  assert.equal((await lease(w, "s-1"))?.jobId, "job-b");
+  assert.equal((await lease(w, "s-1"))?.round, 2);
+
+  // stopping job-b releases its devices
+  const stop = await w.agg.http.stopJob(post(`/api/jobs/${b}/stop`, undefined, { id: b }), ctx());
+  assert.equal(stop.status, 200);
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await w.store.list(selectionPaths.leases), []);
+});
+
+test("a stale lease (expired, or of a job that no longer runs) does not hold its device; a live one does", async () => {
+  const w = world(["d-1", "d-2", "d-3", "d-4"]);
+  const put = (deviceId: string, l: DeviceLease) => putJson(w.store, selectionPaths.lease(deviceId), l);
+  // d-1: a crashed aggregator's lease, expired; d-2: a job that does not exist (any more);
+  // d-3: a running job's open round, not expired
+  await put("d-1", { jobId: "ghost", round: 4, acquiredAt: 0, expiresAt: w.now.t - 1 });
+  await put("d-2", { jobId: "gone", round: 1, acquiredAt: 0, expiresAt: w.now.t + 3_600_000 });
+  const other = await startJob(w, {
+    jobId: "job-other",
+    strategyOptions: { clientsPerRound: 1, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 3 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const held = await participants(w, other, 1);
+  assert.equal(held.length, 1);
+  const id = await startJob(w, {
+    jobId: "job-mine",
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const mine = await participants(w, id, 1);
+  assert.deepEqual(
+    mine,
+    ["d-1", "d-2", "d-3", "d-4"].filter((d) => d !== held[0]),
+  );
+  for (const d of mine) assert.equal((await lease(w, d))?.jobId, "job-mine", d);
+  assert.equal((await lease(w, held[0]))?.jobId, "job-other");
+  assert.ok(w.logs.some((l) => /taking over the stale lease of (ghost\/4|gone\/1)/.test(l)));
+});
