@@ -267,7 +267,8 @@ function cohort(v: unknown): string | undefined {
   if (text.length === 0) return bad("must not be empty (leave it out for every trainer)");
   if (text.length > MAX_COHORT_CHARS)
     return bad(`is ${text.length} characters long (at most ${MAX_COHORT_CHARS})`);
-  if (/[\x00-\x1f\x7f]/.test(text)) return bad("may not contain control characters");
+  if ([...text].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f))
+    return bad("may not contain control characters");
   let quote: string | undefined;
   const stack: string[] = [];
   let outside = "";
