@@ -3,11 +3,19 @@
  * the profiler's capabilities reaching the selector, the selection history, and the per-device leases that keep
  * two running jobs from ordering the same device at once.
  */
-import { test } from "@jest/globals";
+import { afterAll, beforeAll, describe, test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { validateJob } from "../../../cloud/aggregator/src/jobs/job";
 import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
-import { getJson, putJson } from "../../../cloud/aggregator/src/store/blob-store";
+import {
+  AzureBlobStore,
+  MemoryBlobStore,
+  devStorageConnectionString,
+  getJson,
+  putJson,
+  type BlobStore,
+} from "../../../cloud/aggregator/src/store/blob-store";
+import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
 import {
   recordRoundInHistory,
   selectionPaths,
@@ -19,7 +27,20 @@ import { SelectionHistory } from "../../../core/selection";
 import { isFlotillaError } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
-import { chunkEvents, jobBody, makeDelta, post, ctx, SPEC, startJob, world, type World } from "./support";
+import {
+  RecordingFleet,
+  chunkEvents,
+  ctx,
+  jobBody,
+  makeDelta,
+  post,
+  SPEC,
+  startAzurite,
+  startJob,
+  world,
+  type Azurite,
+  type World,
+} from "./support";
 
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
 const layout = modelLayout(SPEC as unknown as ModelSpec);
@@ -254,4 +275,76 @@ test("a stale lease (expired, or of a job that no longer runs) does not hold its
   for (const d of mine) assert.equal((await lease(w, d))?.jobId, "job-mine", d);
   assert.equal((await lease(w, held[0]))?.jobId, "job-other");
   assert.ok(w.logs.some((l) => /taking over the stale lease of (ghost\/4|gone\/1)/.test(l)));
+});
+
+/**
+ * Two Function instances (two aggregators over one store) open rounds of two jobs with overlapping cohorts at the
+ * same time, many times over: every device is leased to one of them and ordered by that one only.
+ */
+async function concurrentOpenings(makeStore: () => BlobStore, repeats: number): Promise<void> {
+  for (let rep = 0; rep < repeats; rep++) {
+    const store = makeStore();
+    const fleet = new RecordingFleet();
+    fleet.trainers = Array.from({ length: 12 }, (_, i) => ({
+      deviceId: `dev-${String(i).padStart(2, "0")}`,
+      connected: true,
+      numSamples: 100,
+      tags: { line: i < 4 ? "a" : i < 8 ? "shared" : "b" },
+    }));
+    const now = { t: 1_700_000_000_000 };
+    const services = { store, fleet, clock: () => now.t, log: () => {} };
+    const one = createAggregator(services, { tickAfterIngest: false });
+    const two = createAggregator(services, { tickAfterIngest: false });
+    const opts = { clientsPerRound: 12, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: rep };
+    for (const [jobId, cohort] of [
+      ["job-a", "tags.line IN ['a', 'shared']"],
+      ["job-b", "tags.line IN ['b', 'shared']"],
+    ]) {
+      const body = jobBody({ jobId, strategyOptions: opts, cohort });
+      assert.equal((await one.http.createJob(post("/api/jobs", body), ctx())).status, 201);
+      const s = await one.http.startJob(post(`/api/jobs/${jobId}/start`, undefined, { id: jobId }), ctx());
+      assert.equal(s.status, 200);
+    }
+    await Promise.all([one.orchestrator.tickJob("job-a", now.t), two.orchestrator.tickJob("job-b", now.t)]);
+    const repo = new JobRepository(store);
+    const a = (await repo.getRound("job-a", 1))?.participants.map((p) => p.deviceId) ?? [];
+    const b = (await repo.getRound("job-b", 1))?.participants.map((p) => p.deviceId) ?? [];
+    assert.ok(a.length + b.length >= 8, `rep ${rep}: both jobs' own devices are ordered (${a} / ${b})`);
+    assert.deepEqual(
+      a.filter((id) => b.includes(id)),
+      [],
+      `rep ${rep}: no device in both rounds`,
+    );
+    for (const id of a)
+      assert.equal((await getJson<DeviceLease>(store, selectionPaths.lease(id)))?.value.jobId, "job-a");
+    for (const id of b)
+      assert.equal((await getJson<DeviceLease>(store, selectionPaths.lease(id)))?.value.jobId, "job-b");
+    const orders = fleet.started.map((o) => o.deviceId);
+    assert.equal(new Set(orders).size, orders.length, `rep ${rep}: one order per device`);
+  }
+}
+
+test("concurrent round openings of two jobs share no device (memory store)", async () => {
+  await concurrentOpenings(() => new MemoryBlobStore(), 20);
+});
+
+describe("over Azurite", () => {
+  let azurite: Azurite;
+  let n = 0;
+  beforeAll(async () => {
+    azurite = await startAzurite();
+  });
+  afterAll(async () => {
+    await azurite?.stop();
+  });
+  test("concurrent round openings of two jobs share no device (Azure Blob Storage ETags)", async () => {
+    await concurrentOpenings(
+      () =>
+        new AzureBlobStore({
+          connectionString: devStorageConnectionString(azurite.blobEndpoint),
+          containerName: `sel${process.pid}-${++n}`,
+        }),
+      3,
+    );
+  });
 });
