@@ -873,7 +873,11 @@ export class Orchestrator {
           },
     );
     await this.apply(st, { type: "closed" });
-    await this.roundSelectionDone(st, record);
+    // nothing was aggregated, through no device's fault: those that delivered count as completed
+    await this.roundSelectionDone(
+      st,
+      st.participants.map((p) => p.deviceId).filter((id) => st.received[id]?.kind === "result"),
+    );
     this.strategies.delete(d.jobId);
     await this.releaseQuantizers(job);
     actions.push(`failed: ${stopMessage}`);
@@ -882,13 +886,10 @@ export class Orchestrator {
 
   /**
    * A closed round's selection bookkeeping (selection.ts): the job's history learns who was picked, who delivered
-   * (with loss, samples, duration) and who timed out; the round's device leases are released. Failures are logged,
+   * (`completed`, with loss, samples, duration) and who timed out (the other participants); the round's device leases are released. Failures are logged,
    * never raised (the round is closed already).
    */
-  private async roundSelectionDone(st: RoundState, record: RoundRecord): Promise<void> {
-    const failed = new Set(record.failures.map((f) => f.deviceId));
-    const completed =
-      record.completed > 0 ? st.participants.map((p) => p.deviceId).filter((id) => !failed.has(id)) : [];
+  private async roundSelectionDone(st: RoundState, completed: readonly string[]): Promise<void> {
     await recordRoundInHistory(this.services.store, st, completed, this.services.log).catch((e: Error) => {
       this.services.log(`round ${st.jobId}/${st.round}: selection history not updated: ${e.message}`);
     });
@@ -925,7 +926,11 @@ export class Orchestrator {
       };
     });
     await this.apply(st, { type: "closed" });
-    await this.roundSelectionDone(st, record);
+    const failed = new Set(record.failures.map((f) => f.deviceId));
+    await this.roundSelectionDone(
+      st,
+      st.participants.map((p) => p.deviceId).filter((id) => !failed.has(id)),
+    );
     if (st.round >= d.rounds) await this.releaseQuantizers(job);
     this.services.log(
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
