@@ -246,6 +246,16 @@ test("two running jobs with overlapping cohorts never order the same device at o
   assert.equal(stop.status, 200);
   await w.agg.roundTimer({}, ctxStub);
   assert.deepEqual(await w.store.list(selectionPaths.leases), []);
+  // started again: the resumed round takes its devices' leases again
+  const start = await w.agg.http.startJob(post(`/api/jobs/${b}/start`, undefined, { id: b }), ctx());
+  assert.equal(start.status, 200);
+  await w.agg.roundTimer({}, ctxStub);
+  for (const d of ["s-1", "s-2", "s-3", "y-1", "y-2"])
+    assert.deepEqual(
+      [(await lease(w, d))?.jobId, (await lease(w, d))?.round],
+      ["job-b", 2],
+      `${d} leased again`,
+    );
 });
 
 test("a stale lease (expired, or of a job that no longer runs) does not hold its device; a live one does", async () => {
