@@ -3,8 +3,10 @@
  * persisted job and round state, does the next thing, and persists it before moving on, so a Function instance
  * killed at any point is resumed by the next tick (on any instance):
  *
- *   running job, no open round  → publish models/{r-1}.f32, select participants (connected, fast enough for the
- *                                 deadline, then the strategy's configureFit), write rounds/{r}/state.json,
+ *   running job, no open round  → publish models/{r-1}.f32, select participants (the job's cohort, connected,
+ *                                 fast enough for the deadline, not leased to another running job; then the
+ *                                 job's selector, core/selection, and the strategy's configureFit for their
+ *                                 configs), lease them (selection.ts), write rounds/{r}/state.json,
  *                                 advance job.currentRound, configure each trainer's twin + startRound +
  *                                 update-queue openRounds, mark the round dispatched
  *   open round                  → close when every participant answered (result or failure frame) or the
@@ -510,7 +512,7 @@ export class Orchestrator {
     now: number,
     downloadBytes: number,
     trainers: readonly TrainerInfo[],
-  ): Promise<FitInstruction[]> {
+  ): Promise<{ picks: FitInstruction[]; held: number }> {
     const d = job.definition;
     const eligible = this.eligible(job, trainers);
     const held = await this.leases.heldByOthers(
@@ -530,7 +532,7 @@ export class Orchestrator {
         )
         .map((f) => [f.deviceId, f]),
     );
-    return ids.flatMap((id) => fit.get(id) ?? []);
+    return { picks: ids.flatMap((id) => fit.get(id) ?? []), held: held.size };
   }
 
   /** When a round's device leases expire: its deadline, the secure-aggregation steps after it, and the grace. */
@@ -555,9 +557,11 @@ export class Orchestrator {
       if (!meta) throw new Error(`model ${round - 1} of ${d.jobId} is missing`);
       const trainers = await this.services.fleet.listTrainers(d.cohort);
       const downloadBytes = meta.downlink?.bytes ?? job.modelLength * 4;
-      let picks = await this.pickDevices(job, round, now, downloadBytes, trainers);
+      const picked = await this.pickDevices(job, round, now, downloadBytes, trainers);
+      let picks = picked.picks;
       if (picks.length === 0) {
-        actions.push(`round ${round}: no eligible trainer, waiting`);
+        const held = picked.held > 0 ? ` (${picked.held} held by other jobs)` : "";
+        actions.push(`round ${round}: no eligible trainer${held}, waiting`);
         return false;
       }
       const dp = dpOf(job);
@@ -886,8 +890,8 @@ export class Orchestrator {
 
   /**
    * A closed round's selection bookkeeping (selection.ts): the job's history learns who was picked, who delivered
-   * (`completed`, with loss, samples, duration) and who timed out (the other participants); the round's device leases are released. Failures are logged,
-   * never raised (the round is closed already).
+   * (`completed`, with loss, samples, duration) and who timed out (the other participants); the round's device
+   * leases are released. Failures are logged, never raised (the round is closed already).
    */
   private async roundSelectionDone(st: RoundState, completed: readonly string[]): Promise<void> {
     await recordRoundInHistory(this.services.store, st, completed, this.services.log).catch((e: Error) => {
