@@ -17,13 +17,15 @@ import {
 } from "../../../cloud/aggregator/src/store/blob-store";
 import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
 import {
+  deviceProfiles,
   recordRoundInHistory,
+  selectionContext,
   selectionPaths,
   type DeviceLease,
 } from "../../../cloud/aggregator/src/selection";
 import { FedAvg } from "../../../core/strategies/fedavg";
 import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
-import { SelectionHistory } from "../../../core/selection";
+import { SelectionHistory, createSelector } from "../../../core/selection";
 import { isFlotillaError } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
@@ -357,4 +359,47 @@ describe("over Azurite", () => {
       3,
     );
   });
+});
+
+test("an oort job's later rounds are the selector's picks over the stored history", async () => {
+  const w = world([]);
+  w.fleet.trainers = Array.from({ length: 10 }, (_, i) => ({
+    deviceId: `dev-${i}`,
+    connected: true,
+    numSamples: 100,
+    samplesPerSecond: { mlp: 10 * (i + 1) },
+  }));
+  const spec = "oort:floor=0,epsilon=0.5";
+  const id = await startJob(w, {
+    rounds: 3,
+    selection: spec,
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 5 },
+  });
+  const repo = new JobRepository(w.store);
+  for (let r = 1; r <= 2; r++) {
+    await w.agg.roundTimer({}, ctxStub);
+    const st = (await repo.getRound(id, r))!;
+    const job = (await repo.getJob(id))!;
+    const stored = await getJson(w.store, selectionPaths.history(id));
+    const history = stored ? SelectionHistory.fromJSON(stored.value) : new SelectionHistory();
+    const meta = (await repo.getModelMeta(id, r - 1))!;
+    const want = createSelector(spec).select(
+      deviceProfiles(job, w.fleet.trainers),
+      history,
+      selectionContext(job, r, meta.downlink?.bytes ?? job.modelLength * 4),
+    );
+    assert.deepEqual(
+      st.participants.map((p) => p.deviceId),
+      want,
+      `round ${r}`,
+    );
+    w.now.t += 2_000;
+    for (const [k, p] of st.participants.entries()) await deliver(w, id, r, p.deviceId, 0.5 + k);
+    w.now.t += 1_000;
+  }
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 2);
+  const picked = [...h.values()].reduce((s, x) => s + x.selected, 0);
+  assert.equal(picked, 8);
 });
