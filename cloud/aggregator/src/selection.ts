@@ -19,12 +19,11 @@ import {
   SelectionHistory,
   type DeviceProfile,
   type SelectionContext,
-  type SelectionHistoryJson,
 } from "../../../core/selection";
 import type { RoundState } from "../../../core/round/engine";
 import { isFlotillaError } from "../../../core/errors";
 import type { TrainerInfo } from "./fleet/fleet";
-import { getJson, isConflict, putJson, updateJson, type BlobStore } from "./store/blob-store";
+import { getJson, isConflict, putJson, type BlobStore } from "./store/blob-store";
 import { paths, type JobDocument } from "./jobs/state";
 
 export const selectionPaths = {
@@ -90,21 +89,25 @@ export function selectionContext(job: JobDocument, round: number, downloadBytes:
   };
 }
 
+/** Parses stored selection.json bytes; a damaged document (not JSON, or invalid) is logged and reads as empty. */
+function parseHistory(bytes: Uint8Array, jobId: string, log: (line: string) => void): SelectionHistory {
+  try {
+    return SelectionHistory.fromJSON(Buffer.from(bytes).toString("utf8"));
+  } catch (e) {
+    if (!isFlotillaError(e)) throw e;
+    log(`job ${jobId}: ${e.code}: ${e.message}; selection goes on from an empty history`);
+    return new SelectionHistory();
+  }
+}
+
 /** The job's selection history; a missing one is empty, a damaged one is logged and starts empty. */
 export async function loadHistory(
   store: BlobStore,
   jobId: string,
   log: (line: string) => void,
 ): Promise<SelectionHistory> {
-  const got = await getJson<SelectionHistoryJson>(store, selectionPaths.history(jobId));
-  if (!got) return new SelectionHistory();
-  try {
-    return SelectionHistory.fromJSON(got.value);
-  } catch (e) {
-    if (!isFlotillaError(e)) throw e;
-    log(`job ${jobId}: ${e.code}: ${e.message}; selection starts from an empty history`);
-    return new SelectionHistory();
-  }
+  const got = await store.get(selectionPaths.history(jobId));
+  return got ? parseHistory(got.bytes, jobId, log) : new SelectionHistory();
 }
 
 /** Picks the round's devices with the job's selector (jobs/job.ts validated the spec). */
@@ -129,16 +132,13 @@ export async function recordRoundInHistory(
   log: (line: string) => void,
 ): Promise<void> {
   const done = new Set(completed);
-  await updateJson<SelectionHistoryJson>(store, selectionPaths.history(st.jobId), (cur) => {
-    let h: SelectionHistory;
-    try {
-      h = cur ? SelectionHistory.fromJSON(cur) : new SelectionHistory();
-    } catch (e) {
-      if (!isFlotillaError(e)) throw e;
-      log(`job ${st.jobId}: ${e.code}: ${e.message}; the selection history restarts`);
-      h = new SelectionHistory();
-    }
-    if (h.lastRound >= st.round) return undefined;
+  const name = selectionPaths.history(st.jobId);
+  // A read-modify-write with the blob's ETag (as store/blob-store.ts updateJson, but a damaged document is
+  // replaced rather than failing every round).
+  for (let attempt = 0; ; attempt++) {
+    const cur = await store.get(name);
+    const h = cur ? parseHistory(cur.bytes, st.jobId, log) : new SelectionHistory();
+    if (h.lastRound >= st.round) return;
     h.recordSelected(
       st.round,
       st.participants.map((p) => p.deviceId),
@@ -157,8 +157,14 @@ export async function recordRoundInHistory(
         ...(at !== undefined ? { durationS: Math.max(0, at - st.openedAt) / 1000 } : {}),
       });
     }
-    return h.toJSON();
-  });
+    try {
+      await putJson(store, name, h.toJSON(), cur ? { ifMatch: cur.etag } : { ifNoneMatch: "*" });
+      return;
+    } catch (e) {
+      if (!isConflict(e) || attempt >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+    }
+  }
 }
 
 /** The cross-job device leases (see the file comment). */
@@ -168,14 +174,31 @@ export class DeviceLeases {
     private readonly log: (line: string) => void,
   ) {}
 
-  private async read(deviceId: string): Promise<{ lease: DeviceLease; etag: string } | undefined> {
-    const got = await getJson<DeviceLease>(this.store, selectionPaths.lease(deviceId)).catch(() => undefined);
-    return got ? { lease: got.value, etag: got.etag } : undefined;
+  /** The device's lease blob; `lease` is undefined when the blob is damaged (then it holds nothing). */
+  private async read(deviceId: string): Promise<{ lease?: DeviceLease; etag: string } | undefined> {
+    const got = await this.store.get(selectionPaths.lease(deviceId));
+    if (!got) return undefined;
+    try {
+      const l = JSON.parse(Buffer.from(got.bytes).toString("utf8")) as DeviceLease;
+      const ok =
+        typeof l === "object" &&
+        l !== null &&
+        typeof l.jobId === "string" &&
+        Number.isSafeInteger(l.round) &&
+        typeof l.expiresAt === "number";
+      return ok ? { lease: l, etag: got.etag } : { etag: got.etag };
+    } catch {
+      return { etag: got.etag };
+    }
   }
 
   /** Whether a lease still holds its device: not expired, its job running, and the leased round open. */
-  private async live(l: DeviceLease, now: number, cache: Map<string, Promise<boolean>>): Promise<boolean> {
-    if (typeof l !== "object" || l === null || !(l.expiresAt > now)) return false;
+  private async live(
+    l: DeviceLease | undefined,
+    now: number,
+    cache: Map<string, Promise<boolean>>,
+  ): Promise<boolean> {
+    if (!l || !(l.expiresAt > now)) return false;
     const key = `${l.jobId}/${l.round}`;
     let p = cache.get(key);
     if (!p) {
@@ -204,7 +227,7 @@ export class DeviceLeases {
     for (const id of ids) {
       if (!leased.has(id)) continue;
       const cur = await this.read(id);
-      if (cur && cur.lease.jobId !== jobId && (await this.live(cur.lease, now, cache))) out.add(id);
+      if (cur?.lease && cur.lease.jobId !== jobId && (await this.live(cur.lease, now, cache))) out.add(id);
     }
     return out;
   }
@@ -229,10 +252,12 @@ export class DeviceLeases {
       try {
         const cur = await this.read(id);
         if (!cur) await putJson(this.store, name, lease, { ifNoneMatch: "*" });
-        else if (cur.lease.jobId === jobId || !(await this.live(cur.lease, now, cache))) {
-          if (cur.lease.jobId !== jobId)
+        else if (cur.lease?.jobId === jobId || !(await this.live(cur.lease, now, cache))) {
+          if (cur.lease?.jobId !== jobId)
             this.log(
-              `lease of ${id}: taking over the stale lease of ${cur.lease.jobId}/${cur.lease.round} for ${jobId}/${round}`,
+              `lease of ${id}: taking over the ${
+                cur.lease ? `stale lease of ${cur.lease.jobId}/${cur.lease.round}` : "damaged lease"
+              } for ${jobId}/${round}`,
             );
           await putJson(this.store, name, lease, { ifMatch: cur.etag });
         } else continue;
@@ -249,7 +274,7 @@ export class DeviceLeases {
     let n = 0;
     for (const id of ids) {
       const cur = await this.read(id);
-      if (!cur || cur.lease.jobId !== jobId || cur.lease.round !== round) continue;
+      if (!cur?.lease || cur.lease.jobId !== jobId || cur.lease.round !== round) continue;
       try {
         if (await this.store.delete(selectionPaths.lease(id), { ifMatch: cur.etag })) n++;
       } catch (e) {

@@ -403,3 +403,22 @@ test("an oort job's later rounds are the selector's picks over the stored histor
   const picked = [...h.values()].reduce((s, x) => s + x.selected, 0);
   assert.equal(picked, 8);
 });
+
+test("a damaged selection.json or lease blob never stops a job: it is logged and replaced", async () => {
+  const w = world(["d-1", "d-2", "d-3"]);
+  const id = await startJob(w, { rounds: 2 });
+  const bytes = (text: string) => new Uint8Array(Buffer.from(text));
+  await w.store.put(selectionPaths.history(id), bytes("{not json"));
+  await w.store.put(selectionPaths.lease("d-2"), bytes("[]"));
+  await w.store.put(selectionPaths.lease("d-3"), bytes("garbage"));
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await participants(w, id, 1), ["d-1", "d-2", "d-3"]);
+  for (const d of ["d-1", "d-2", "d-3"]) assert.equal((await lease(w, d))?.jobId, id);
+  assert.ok(w.logs.some((l) => /E_SELECTION_HISTORY: selection history is not JSON/.test(l)));
+  assert.ok(w.logs.some((l) => /lease of d-3: taking over the damaged lease/.test(l)));
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 1);
+  assert.equal(h.get("d-1")?.timeouts, 1);
+});
