@@ -3,8 +3,10 @@
  * persisted job and round state, does the next thing, and persists it before moving on, so a Function instance
  * killed at any point is resumed by the next tick (on any instance):
  *
- *   running job, no open round  → publish models/{r-1}.f32, select participants (connected, fast enough for the
- *                                 deadline, then the strategy's configureFit), write rounds/{r}/state.json,
+ *   running job, no open round  → publish models/{r-1}.f32, select participants (the job's cohort, connected,
+ *                                 fast enough for the deadline, not leased to another running job; then the
+ *                                 job's selector, core/selection, and the strategy's configureFit for their
+ *                                 configs), lease them (selection.ts), write rounds/{r}/state.json,
  *                                 advance job.currentRound, configure each trainer's twin + startRound +
  *                                 update-queue openRounds, mark the round dispatched
  *   open round                  → close when every participant answered (result or failure frame) or the
@@ -40,7 +42,22 @@ import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
 import { createStrategy } from "../../../core/strategies/registry";
 import { decodeStrategyState, encodeStrategyState } from "../../../core/strategies/state";
-import type { ClientInfo, RoundMetrics, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
+import type {
+  FitInstruction,
+  RoundMetrics,
+  Strategy,
+  StrategyOptions,
+} from "../../../core/strategies/strategy";
+import type { DeviceProfile } from "../../../core/selection";
+import {
+  DeviceLeases,
+  LEASE_GRACE_MS,
+  deviceProfiles,
+  loadHistory,
+  recordRoundInHistory,
+  selectDevices,
+  selectionContext,
+} from "./selection";
 import { modelLayout } from "../../../core/engine/plan";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
@@ -103,6 +120,8 @@ export class Orchestrator {
   private readonly concurrency: number;
   private readonly secure: SecureRounds;
   private readonly createStrategy: (name: string, opts: StrategyOptions) => Strategy;
+  /** Per-device leases: two running jobs never order the same device at once (selection.ts). */
+  private readonly leases: DeviceLeases;
   private running: Promise<TickReport> | null = null;
 
   constructor(
@@ -113,6 +132,7 @@ export class Orchestrator {
     this.concurrency = opts.dispatchConcurrency ?? 32;
     this.secure = new SecureRounds(services, this.concurrency);
     this.createStrategy = opts.strategyFactory ?? createStrategy;
+    this.leases = new DeviceLeases(services.store, services.log);
     this.chunkMaxAgeMs = opts.chunkMaxAgeMs ?? 24 * 3600_000;
     this.chunkSweepIntervalMs = opts.chunkSweepIntervalMs ?? 3600_000;
   }
@@ -278,6 +298,11 @@ export class Orchestrator {
       if (cleared) told++;
     });
     await pool(work, this.concurrency);
+    await this.releaseLeases(
+      d.jobId,
+      r,
+      st.participants.map((p) => p.deviceId),
+    );
     await this.apply(st, { type: "devicesReleased" });
     actions.push(
       `paused round ${r}: ${told}/${st.participants.length} trainer twins cleared, abortRound sent`,
@@ -300,6 +325,22 @@ export class Orchestrator {
   ): Promise<RoundState | undefined> {
     const next = await this.apply(st, { type: "resumed", now }, job);
     actions.push(`resumed round ${st.round}`);
+    if (next) {
+      // the stop released the round's device leases: take them again (a device another job took meanwhile is
+      // logged; its order stands)
+      const ids = next.participants.map((p) => p.deviceId);
+      const got = await this.leases.acquire(
+        st.jobId,
+        st.round,
+        ids,
+        now,
+        this.leaseExpiry(job, next.deadline),
+      );
+      if (got.length < ids.length)
+        this.services.log(
+          `round ${st.jobId}/${st.round} resumed: ${ids.length - got.length} device(s) are leased to another job`,
+        );
+    }
     return next;
   }
 
@@ -322,7 +363,7 @@ export class Orchestrator {
     let doc = job;
     if (!doc.dp) {
       const n = d.strategyOptions.clientsPerRound;
-      const listed = o.fleetSize ?? (await this.services.fleet.listTrainers()).length;
+      const listed = o.fleetSize ?? (await this.services.fleet.listTrainers(d.cohort)).length;
       const fleetSize = Math.max(listed, n);
       const fresh = new DifferentialPrivacy(dpOptionsOf(o, fleetSize, n));
       const init: JobDpState = { fleetSize, state: fresh.exportState(), spent: spentOf(fresh) };
@@ -452,21 +493,59 @@ export class Orchestrator {
     await releaseDevices(this.services, this.repo, job, this.concurrency);
   }
 
-  /** Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline. */
-  eligible(job: JobDocument, trainers: readonly TrainerInfo[]): ClientInfo[] {
+  /**
+   * Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline, with what
+   * the profiler reported and their twin tags (selection.ts deviceProfiles).
+   */
+  eligible(job: JobDocument, trainers: readonly TrainerInfo[]): DeviceProfile[] {
+    return deviceProfiles(job, trainers);
+  }
+
+  /**
+   * The round's picks in the selector's order, each with its FitConfig from the strategy (configureFit over the
+   * picks only: clientsPerRound ≥ picks, so it keeps them all): the job's selector over the eligible devices of
+   * its cohort that no other running job holds, with the job's selection history.
+   */
+  private async pickDevices(
+    job: JobDocument,
+    round: number,
+    now: number,
+    downloadBytes: number,
+    trainers: readonly TrainerInfo[],
+  ): Promise<{ picks: FitInstruction[]; held: number }> {
     const d = job.definition;
-    const out: ClientInfo[] = [];
-    for (const t of trainers) {
-      if (!t.connected) continue;
-      const sps = t.samplesPerSecond?.[d.modelKey];
-      const n = t.numSamples ?? d.defaultNumSamples;
-      if (sps !== undefined && sps > 0) {
-        const seconds = (n * d.strategyOptions.fit.epochs) / sps;
-        if (seconds > d.roundDeadlineSeconds) continue;
-      }
-      out.push({ deviceId: t.deviceId, numSamples: t.numSamples, samplesPerSecond: sps });
-    }
-    return out;
+    const eligible = this.eligible(job, trainers);
+    const held = await this.leases.heldByOthers(
+      d.jobId,
+      eligible.map((p) => p.deviceId),
+      now,
+    );
+    const free = held.size > 0 ? eligible.filter((p) => !held.has(p.deviceId)) : eligible;
+    const history = await loadHistory(this.services.store, d.jobId, this.services.log);
+    const ids = selectDevices(job, free, history, selectionContext(job, round, downloadBytes));
+    const strategy = this.createStrategy(d.strategy, d.strategyOptions);
+    const fit = new Map(
+      strategy
+        .configureFit(
+          round,
+          ids.map((deviceId) => ({ deviceId })),
+        )
+        .map((f) => [f.deviceId, f]),
+    );
+    return { picks: ids.flatMap((id) => fit.get(id) ?? []), held: held.size };
+  }
+
+  /** When a round's device leases expire: its deadline, the secure-aggregation steps after it, and the grace. */
+  private leaseExpiry(job: JobDocument, deadline: number): number {
+    const sa = job.definition.secureAggregation;
+    return deadline + (sa ? 4 * sa.stepSeconds * 1000 : 0) + LEASE_GRACE_MS;
+  }
+
+  /** Releases the leases a round holds on its devices (a failure is logged: the leases then expire). */
+  private async releaseLeases(jobId: string, round: number, ids: readonly string[]): Promise<void> {
+    await this.leases.release(jobId, round, ids).catch((e: Error) => {
+      this.services.log(`round ${jobId}/${round}: device leases not released (${e.message}); they expire`);
+    });
   }
 
   private async openRound(job: JobDocument, round: number, now: number, actions: string[]): Promise<boolean> {
@@ -476,11 +555,13 @@ export class Orchestrator {
     if (!st) {
       const meta = await this.repo.getModelMeta(d.jobId, round - 1);
       if (!meta) throw new Error(`model ${round - 1} of ${d.jobId} is missing`);
-      const available = this.eligible(job, await this.services.fleet.listTrainers());
-      const strategy = this.createStrategy(d.strategy, d.strategyOptions);
-      const picks = strategy.configureFit(round, available);
+      const trainers = await this.services.fleet.listTrainers(d.cohort);
+      const downloadBytes = meta.downlink?.bytes ?? job.modelLength * 4;
+      const picked = await this.pickDevices(job, round, now, downloadBytes, trainers);
+      let picks = picked.picks;
       if (picks.length === 0) {
-        actions.push(`round ${round}: no eligible trainer, waiting`);
+        const held = picked.held > 0 ? ` (${picked.held} held by other jobs)` : "";
+        actions.push(`round ${round}: no eligible trainer${held}, waiting`);
         return false;
       }
       const dp = dpOf(job);
@@ -496,9 +577,26 @@ export class Orchestrator {
         );
         return false;
       }
-      const order = dp?.deviceOrder(d.secureAggregation !== undefined);
-      const declared = new Map(available.map((a) => [a.deviceId, a.numSamples]));
       const deadline = now + d.roundDeadlineSeconds * 1000;
+      const leased = new Set(
+        await this.leases.acquire(
+          d.jobId,
+          round,
+          picks.map((p) => p.deviceId),
+          now,
+          this.leaseExpiry(job, deadline),
+        ),
+      );
+      if (leased.size < picks.length) {
+        picks = picks.filter((p) => leased.has(p.deviceId));
+        if (picks.length < fewest) {
+          await this.releaseLeases(d.jobId, round, [...leased]);
+          actions.push(`round ${round}: its picks were taken by another job meanwhile; waiting`);
+          return false;
+        }
+      }
+      const order = dp?.deviceOrder(d.secureAggregation !== undefined);
+      const declared = new Map(trainers.map((t) => [t.deviceId, t.numSamples]));
       const fresh: RoundState = newRound({
         jobId: d.jobId,
         round,
@@ -518,6 +616,15 @@ export class Orchestrator {
       });
       st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
       if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
+      if (st !== fresh) {
+        // another instance opened the round with its own picks: free the devices it did not pick
+        const theirs = new Set(st.participants.map((p) => p.deviceId));
+        await this.releaseLeases(
+          d.jobId,
+          round,
+          [...leased].filter((id) => !theirs.has(id)),
+        );
+      }
       actions.push(`opened round ${round} with ${st.participants.length} participants`);
     }
     await this.repo.updateJob(d.jobId, (cur) =>
@@ -770,10 +877,31 @@ export class Orchestrator {
           },
     );
     await this.apply(st, { type: "closed" });
+    // nothing was aggregated, through no device's fault: those that delivered count as completed
+    await this.roundSelectionDone(
+      st,
+      st.participants.map((p) => p.deviceId).filter((id) => st.received[id]?.kind === "result"),
+    );
     this.strategies.delete(d.jobId);
     await this.releaseQuantizers(job);
     actions.push(`failed: ${stopMessage}`);
     this.services.log(`job ${d.jobId} failed (${DIVERGED}, diverged): ${stopMessage}`);
+  }
+
+  /**
+   * A closed round's selection bookkeeping (selection.ts): the job's history learns who was picked, who delivered
+   * (`completed`, with loss, samples, duration) and who timed out (the other participants); the round's device
+   * leases are released. Failures are logged, never raised (the round is closed already).
+   */
+  private async roundSelectionDone(st: RoundState, completed: readonly string[]): Promise<void> {
+    await recordRoundInHistory(this.services.store, st, completed, this.services.log).catch((e: Error) => {
+      this.services.log(`round ${st.jobId}/${st.round}: selection history not updated: ${e.message}`);
+    });
+    await this.releaseLeases(
+      st.jobId,
+      st.round,
+      st.participants.map((p) => p.deviceId),
+    );
   }
 
   /**
@@ -802,6 +930,11 @@ export class Orchestrator {
       };
     });
     await this.apply(st, { type: "closed" });
+    const failed = new Set(record.failures.map((f) => f.deviceId));
+    await this.roundSelectionDone(
+      st,
+      st.participants.map((p) => p.deviceId).filter((id) => !failed.has(id)),
+    );
     if (st.round >= d.rounds) await this.releaseQuantizers(job);
     this.services.log(
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,

@@ -55,6 +55,16 @@ function contract(name: string, make: () => BlobStore) {
       assert.deepEqual(await s.list("p/"), ["p/2", "p/sub/3"]);
     });
 
+    test("delete with ifMatch deletes only the blob as read; a changed one is E_STORE_CONFLICT", async () => {
+      const s = make();
+      const e1 = await s.put("lease/x", new Uint8Array([1]));
+      const e2 = await s.put("lease/x", new Uint8Array([2]), { ifMatch: e1 });
+      await assert.rejects(s.delete("lease/x", { ifMatch: e1 }), (e) => isConflict(e));
+      assert.ok(await s.exists("lease/x"));
+      assert.equal(await s.delete("lease/x", { ifMatch: e2 }), true);
+      assert.equal(await s.delete("lease/x", { ifMatch: e2 }), false);
+    });
+
     test("listInfo: names by prefix (sorted) with each blob's last write time", async () => {
       const s = make();
       const t0 = Date.now() - 60_000;

@@ -37,6 +37,8 @@ export interface FleetSubject {
   connect(deviceId: string, device: FleetDevice): Promise<void>;
   /** A device with a trainer identity that is not connected. */
   register(deviceId: string): Promise<void>;
+  /** Sets the device twin's tags (what a job's cohort condition reads). */
+  tag(deviceId: string, tags: Record<string, unknown>): Promise<void>;
   desired(deviceId: string): Promise<DesiredView>;
   /** The direct methods the device's modules got, in order. */
   received(deviceId: string): { moduleId: string; method: string; payload: unknown }[];
@@ -114,6 +116,25 @@ export function fleetContract(name: string, make: () => Promise<FleetSubject>): 
           { deviceId: "edge-r", connected: true },
         ],
       );
+    });
+
+    test("listTrainers(cohort) lists the trainers whose device twin matches the condition, with its tags", async () => {
+      await s.tag("edge-a", { flotilla: { fleet: "line-3", rack: 1 } });
+      await s.tag("edge-off", { flotilla: { fleet: "line-3", rack: 2 } });
+      await s.tag("edge-r", { flotilla: { fleet: "line-4", rack: 3 } });
+      const ids = async (cohort: string) =>
+        (await s.fleet.listTrainers(cohort)).map((t) => t.deviceId).sort();
+      assert.deepEqual(await ids("tags.flotilla.fleet = 'line-3'"), ["edge-a", "edge-off"]);
+      assert.deepEqual(await ids("tags.flotilla.fleet = 'line-3' AND tags.flotilla.rack > 1"), ["edge-off"]);
+      assert.deepEqual(await ids("tags.flotilla.fleet IN ['line-4', 'line-9'] OR deviceId = 'edge-a'"), [
+        "edge-a",
+        "edge-r",
+      ]);
+      assert.deepEqual(await ids("IS_DEFINED(tags.nothing)"), []);
+      const a = (await s.fleet.listTrainers("tags.flotilla.rack = 1"))[0];
+      assert.deepEqual(a.tags, { flotilla: { fleet: "line-3", rack: 1 } });
+      assert.deepEqual(a.samplesPerSecond, { mlp: 250, cnn: 12 });
+      assert.equal((await s.fleet.listTrainers()).length, 3);
     });
 
     test("configureRound gives the trainer the order; a later order replaces it whole; null clears it", async () => {

@@ -40,6 +40,9 @@ fleetContract("RecordingFleet (the orchestrator tests' double)", async (): Promi
       fleet.offline.add(deviceId);
       fleet.trainers.push({ deviceId, connected: false });
     },
+    tag: async (deviceId, tags) => {
+      fleet.trainers = fleet.trainers.map((t) => (t.deviceId === deviceId ? { ...t, tags } : t));
+    },
     desired: async (deviceId) => {
       const last = fleet.configured.filter((c) => c.deviceId === deviceId).at(-1);
       const openRounds: Record<string, unknown> = {};
@@ -162,6 +165,9 @@ fleetContract("IotHubFleet → local IoT Hub (real SDKs)", async (): Promise<Fle
     },
     register: async (deviceId) => {
       hub.createModule(deviceId, "trainer");
+    },
+    tag: async (deviceId, tags) => {
+      await registry.updateTwin(deviceId, { tags }, "*");
     },
     desired: async (deviceId) => {
       const trainer = (await desiredOf(deviceId, "trainer")).flotilla;

@@ -274,3 +274,69 @@ test("listTrainers pages through more trainers than one query page (100) and end
     await hub.close();
   }
 });
+
+test("listTrainers(cohort) asks IoT Hub for the device twins matching the cohort (paged), with tags and every capability", async () => {
+  const hub = await startLocalHub({ log: () => {} });
+  const clients: ModuleClient[] = [];
+  try {
+    const registry = createRegistry(hub);
+    const ids = Array.from({ length: 240 }, (_, i) => `edge-${String(i).padStart(3, "0")}`);
+    for (const id of ids) hub.createModule(id, "trainer");
+    // lines: every third device is on line-3 (80 devices, more than one page of 100 with the line-4 ones)
+    for (const [i, id] of ids.entries()) {
+      const line = i % 3 === 0 ? "line-3" : i % 3 === 1 ? "line-4" : "line-5";
+      await registry.updateTwin(id, { tags: { flotilla: { fleet: line, rack: i } } }, "*");
+    }
+    const profiler = ModuleClient.fromConnectionString(hub.createModule("edge-000", "profiler"), Mqtt);
+    await profiler.setOptions({ ca: hub.caCertPem });
+    await profiler.open();
+    clients.push(profiler);
+    const caps = {
+      samplesPerSecond: { mlp: 250, bad: -1 },
+      memoryBytes: 4e9,
+      freeMemoryBytes: 1e9,
+      freeDiskBytes: 2e10,
+      rttMs: 42.5,
+      uplinkBytesPerSecond: 300_000,
+      uptimeSeconds: 1000,
+      availability: 0.75,
+      measuredAt: "2026-12-07T05:00:00.000Z",
+    };
+    await reported(await profiler.getTwin(), { capabilities: caps });
+    const fleet = new IotHubFleet(registry, createServiceClient(hub));
+
+    const line3 = await fleet.listTrainers("tags.flotilla.fleet = 'line-3'");
+    assert.deepEqual(
+      line3.map((t) => t.deviceId),
+      ids.filter((_, i) => i % 3 === 0),
+    );
+    assert.deepEqual(line3[0], {
+      deviceId: "edge-000",
+      connected: false,
+      numSamples: undefined,
+      status: undefined,
+      samplesPerSecond: { mlp: 250 },
+      memoryBytes: 4e9,
+      freeMemoryBytes: 1e9,
+      freeDiskBytes: 2e10,
+      rttMs: 42.5,
+      uplinkBytesPerSecond: 300_000,
+      availability: 0.75,
+      measuredAt: "2026-12-07T05:00:00.000Z",
+      tags: { flotilla: { fleet: "line-3", rack: 0 } },
+    });
+    const two = await fleet.listTrainers(
+      "tags.flotilla.fleet IN ['line-3', 'line-4'] AND tags.flotilla.rack < 200",
+    );
+    assert.deepEqual(
+      two.map((t) => t.deviceId),
+      ids.filter((_, i) => i % 3 !== 2 && i < 200),
+    );
+    assert.equal((await fleet.listTrainers()).length, 240);
+    assert.deepEqual(await fleet.listTrainers("tags.flotilla.fleet = 'nowhere'"), []);
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await hub.close();
+    if (fs.existsSync(hub.stateDir)) fs.rmSync(hub.stateDir, { recursive: true, force: true });
+  }
+});

@@ -11,6 +11,8 @@ import type {
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 
 export { freePort, startAzurite, type Azurite } from "../../../local/stack/azurite";
+import { evaluate, parseCondition, resolveIn } from "../../../local/hub/query";
+import type { JsonObject } from "../../../local/hub/twin";
 
 /** A Fleet that records every call; the test plays the devices. */
 export class RecordingFleet implements Fleet {
@@ -32,8 +34,21 @@ export class RecordingFleet implements Fleet {
   /** Whether a connected device's module takes a method call (startRound, abortRound, ack); default: it does. */
   accepts: (deviceId: string, moduleId: string, method: string, payload: unknown) => boolean = () => true;
 
-  async listTrainers(): Promise<TrainerInfo[]> {
-    return this.trainers.map((t) => ({ ...t }));
+  /** The cohort conditions listTrainers was asked for, in order (undefined: every trainer). */
+  readonly cohorts: (string | undefined)[] = [];
+  /** Like IotHubFleet: with a cohort, the trainers whose device twin ({deviceId, tags}) matches the condition. */
+  async listTrainers(cohort?: string): Promise<TrainerInfo[]> {
+    this.cohorts.push(cohort);
+    const where = cohort === undefined ? undefined : parseCondition(cohort);
+    return this.trainers
+      .filter(
+        (t) =>
+          !where ||
+          evaluate(where, (p) =>
+            resolveIn({ deviceId: t.deviceId, tags: (t.tags ?? {}) as JsonObject }, p),
+          ) === true,
+      )
+      .map((t) => ({ ...t }));
   }
   async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
     this.configured.push({ deviceId, desired });

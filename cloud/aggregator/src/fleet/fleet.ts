@@ -35,6 +35,47 @@ export interface TrainerInfo {
   readonly status?: string;
   /** From the profiler's reported `capabilities.samplesPerSecond` (by model key). */
   readonly samplesPerSecond?: Readonly<Record<string, number>>;
+  /** The profiler's other reported capabilities (modules/profiler/src/profiler.ts), each when reported. */
+  readonly memoryBytes?: number;
+  readonly freeMemoryBytes?: number;
+  readonly freeDiskBytes?: number;
+  readonly rttMs?: number;
+  readonly uplinkBytesPerSecond?: number;
+  /** Fraction of the time the profiler has been connected (0..1). */
+  readonly availability?: number;
+  /** When the profiler measured them (ISO time). */
+  readonly measuredAt?: string;
+  /** The device twin's tags (cohort queries and operator hints), when it has any. */
+  readonly tags?: Readonly<Record<string, unknown>>;
+}
+
+/** The profiler's reported `capabilities` in TrainerInfo's terms: only well-formed figures are kept. */
+export function capabilitiesOf(
+  reported: unknown,
+): Omit<TrainerInfo, "deviceId" | "connected" | "numSamples" | "status" | "tags"> {
+  if (typeof reported !== "object" || reported === null || Array.isArray(reported)) return {};
+  const c = reported as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  const sps = c.samplesPerSecond;
+  if (sps && typeof sps === "object" && !Array.isArray(sps)) {
+    const clean: Record<string, number> = {};
+    for (const [k, v] of Object.entries(sps as Record<string, unknown>)) {
+      if (typeof v === "number" && Number.isFinite(v) && v > 0) clean[k] = v;
+    }
+    out.samplesPerSecond = clean;
+  }
+  const figure = (k: string, max = Number.MAX_SAFE_INTEGER) => {
+    const v = c[k];
+    if (typeof v === "number" && Number.isFinite(v) && v >= 0 && v <= max) out[k] = v;
+  };
+  figure("memoryBytes");
+  figure("freeMemoryBytes");
+  figure("freeDiskBytes");
+  figure("rttMs");
+  figure("uplinkBytesPerSecond");
+  figure("availability", 1);
+  if (typeof c.measuredAt === "string" && c.measuredAt.length <= 64) out.measuredAt = c.measuredAt;
+  return out;
 }
 
 /** A job's weight layout as the quantizer needs it: its hash and tensor sizes (core/round/update-pipeline.ts). */
@@ -44,7 +85,11 @@ export interface QuantizerLayout {
 }
 
 export interface Fleet {
-  listTrainers(): Promise<TrainerInfo[]>;
+  /**
+   * Every trainer identity with what its modules reported and its device twin's tags; with `cohort` (a twin
+   * condition, jobs/job.ts), only the devices whose device twin matches it.
+   */
+  listTrainers(cohort?: string): Promise<TrainerInfo[]>;
   /** Replaces the trainer's desired `flotilla` (null = idle). */
   configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
   /**
@@ -127,34 +172,46 @@ export class IotHubFleet implements Fleet {
     return out;
   }
 
-  async listTrainers(): Promise<TrainerInfo[]> {
-    const [trainers, profilers] = await Promise.all([
+  /**
+   * Three queries (each paged): the device twins (`SELECT deviceId, tags FROM devices`, `WHERE (<cohort>)` when
+   * given: IoT Hub evaluates the cohort condition), the trainer module twins and the profiler module twins; a
+   * trainer is listed when its device is among the device twins. (IoT Hub does not join devices with
+   * devices.modules, so the join is done here; one query over all trainers costs fewer query units than
+   * `deviceId IN [...]` batches.)
+   */
+  async listTrainers(cohort?: string): Promise<TrainerInfo[]> {
+    const where = cohort === undefined ? "" : ` WHERE (${cohort})`;
+    const [devices, trainers, profilers] = await Promise.all([
+      this.query(`SELECT deviceId, tags FROM devices${where}`),
       this.query(`SELECT * FROM devices.modules WHERE moduleId = '${TRAINER_MODULE}'`),
       this.query(`SELECT * FROM devices.modules WHERE moduleId = '${PROFILER_MODULE}'`),
     ]);
-    const caps = new Map<string, Record<string, number>>();
+    const tags = new Map<string, Record<string, unknown> | undefined>();
+    for (const d of devices) {
+      if (!d.deviceId) continue;
+      const t = (d as { tags?: unknown }).tags;
+      const ok = t && typeof t === "object" && !Array.isArray(t) && Object.keys(t).length > 0;
+      tags.set(d.deviceId, ok ? (t as Record<string, unknown>) : undefined);
+    }
+    const caps = new Map<string, ReturnType<typeof capabilitiesOf>>();
     for (const p of profilers) {
-      const c = p.properties?.reported?.capabilities as { samplesPerSecond?: unknown } | undefined;
-      const sps = c?.samplesPerSecond;
-      if (p.deviceId && sps && typeof sps === "object") {
-        const clean: Record<string, number> = {};
-        for (const [k, v] of Object.entries(sps as Record<string, unknown>)) {
-          if (typeof v === "number" && Number.isFinite(v) && v > 0) clean[k] = v;
-        }
-        caps.set(p.deviceId, clean);
-      }
+      if (p.deviceId) caps.set(p.deviceId, capabilitiesOf(p.properties?.reported?.capabilities));
     }
     const out: TrainerInfo[] = [];
     for (const t of trainers) {
-      if (!t.deviceId) continue;
+      if (!t.deviceId || !tags.has(t.deviceId)) continue;
       const rep = t.properties?.reported?.flotilla as { numSamples?: unknown; status?: unknown } | undefined;
       const n = rep?.numSamples;
+      const { samplesPerSecond, ...rest } = caps.get(t.deviceId) ?? {};
+      const tagged = tags.get(t.deviceId);
       out.push({
         deviceId: t.deviceId,
         connected: t.connectionState === "Connected",
         numSamples: typeof n === "number" && n > 0 ? n : undefined,
         status: typeof rep?.status === "string" ? rep.status : undefined,
-        samplesPerSecond: caps.get(t.deviceId),
+        samplesPerSecond,
+        ...rest,
+        ...(tagged ? { tags: tagged } : {}),
       });
     }
     return out.sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));

@@ -14,6 +14,7 @@ import {
   type DpPlacement,
 } from "../../../../core/privacy/dp";
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
+import { createSelector, DEFAULT_SELECTION } from "../../../../core/selection";
 import {
   DEFAULT_MAX_SAMPLES_PER_DEVICE,
   SAMPLE_COUNT_POLICIES,
@@ -52,6 +53,18 @@ export interface JobDefinition {
   readonly secureAggregation?: SecureAggregationOptions;
   /** Differential privacy (DP-FedAvg, core/privacy/dp.ts) of the global model; absent = none. */
   readonly differentialPrivacy?: DifferentialPrivacyOptions;
+  /**
+   * Participant selector (core/selection createSelector spec: random, deadline, oort[:K=V,...]); validateJob sets
+   * it (default "random"); absent in job documents written before it existed = "random".
+   */
+  readonly selection?: string;
+  /**
+   * IoT Hub twin condition picking the job's devices (e.g. `tags.flotilla.fleet = 'line-3'`), the WHERE clause of
+   * the fleet's device-twin query (docs/selection.md); absent = every trainer.
+   */
+  readonly cohort?: string;
+  /** Memory (bytes) a device must report (profiler `memoryBytes`) to be picked; absent = no requirement. */
+  readonly minMemoryBytes?: number;
 }
 
 /**
@@ -97,6 +110,8 @@ export const SECAGG_MAX_PARTICIPANTS = 1000;
 export const SECAGG_MAX_NEIGHBOURS = 100;
 
 export const JOB_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** Longest cohort condition (IoT Hub queries are at most 8 KB; the rest of the query is short). */
+export const MAX_COHORT_CHARS = 1024;
 export const MAX_ROUNDS = 10_000;
 export const MAX_MODEL_VALUES = 64 * 1024 * 1024;
 
@@ -214,7 +229,71 @@ export function validateJob(input: unknown): JobDefinition {
   const secure = secureAggregation(j.secureAggregation, def);
   const withSecure = secure ? { ...def, secureAggregation: secure } : def;
   const dp = differentialPrivacy(j.differentialPrivacy, withSecure);
-  return dp ? { ...withSecure, differentialPrivacy: dp } : withSecure;
+  const withDp = dp ? { ...withSecure, differentialPrivacy: dp } : withSecure;
+  const cohortText = cohort(j.cohort);
+  return {
+    ...withDp,
+    selection: selection(j.selection),
+    ...(cohortText !== undefined ? { cohort: cohortText } : {}),
+    ...defined(
+      "minMemoryBytes",
+      j.minMemoryBytes === undefined ? undefined : int(j.minMemoryBytes, "minMemoryBytes", 0, 2 ** 50),
+    ),
+  };
+}
+
+/** The `selection` spec: a core/selection spec (default "random"), kept in its canonical form. */
+function selection(v: unknown): string {
+  if (v === undefined || v === null) return DEFAULT_SELECTION;
+  if (typeof v !== "string") fail("E_JOB_INVALID", `selection must be a string, got ${JSON.stringify(v)}`);
+  try {
+    return createSelector(v).spec;
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_INVALID", `selection: ${e.message}`, { cause: e });
+    throw e;
+  }
+}
+
+/**
+ * The `cohort` condition: text without control characters, of at most MAX_COHORT_CHARS characters, its quotes closed and its
+ * parentheses and brackets balanced outside string literals, and no clause keyword (SELECT, FROM, WHERE, GROUP)
+ * outside them — it is put into the fleet's query as `WHERE (<cohort>)`, and IoT Hub checks the rest.
+ */
+function cohort(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  const bad = (why: string): never => fail("E_JOB_INVALID", `cohort ${why}`);
+  if (typeof v !== "string") return bad(`must be a string, got ${JSON.stringify(v)}`);
+  const text = v.trim();
+  if (text.length === 0) return bad("must not be empty (leave it out for every trainer)");
+  if (text.length > MAX_COHORT_CHARS)
+    return bad(`is ${text.length} characters long (at most ${MAX_COHORT_CHARS})`);
+  if ([...text].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f))
+    return bad("may not contain control characters");
+  let quote: string | undefined;
+  const stack: string[] = [];
+  let outside = "";
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quote !== undefined) {
+      if (c === quote) {
+        if (text[i + 1] === quote) i++;
+        else quote = undefined;
+      }
+      outside += " ";
+      continue;
+    }
+    if (c === "'" || c === '"') quote = c;
+    else if (c === "(" || c === "[") stack.push(c === "(" ? ")" : "]");
+    else if (c === ")" || c === "]") {
+      if (stack.pop() !== c) return bad(`has an unbalanced '${c}' at ${i}`);
+    } else if (c === ";") return bad(`may not contain ';' (at ${i})`);
+    outside += c;
+  }
+  if (quote !== undefined) return bad("has an unterminated string");
+  if (stack.length > 0) return bad(`has an unclosed '${stack[stack.length - 1] === ")" ? "(" : "["}'`);
+  const kw = /\b(SELECT|FROM|WHERE|GROUP|ORDER)\b/i.exec(outside);
+  if (kw) return bad(`is a condition only: '${kw[1]}' is not allowed`);
+  return text;
 }
 
 const DP_KEYS = [

@@ -38,8 +38,11 @@ export interface BlobStore {
   list(prefix: string): Promise<string[]>;
   /** Like `list`, with each blob's last write time (ms since epoch): what an age-based sweep needs. */
   listInfo(prefix: string): Promise<BlobInfo[]>;
-  /** Deletes if present; returns whether it existed. */
-  delete(name: string): Promise<boolean>;
+  /**
+   * Deletes if present; returns whether it existed. With `ifMatch`, deletes only while the blob still has that
+   * ETag: a changed blob throws E_STORE_CONFLICT (a missing one returns false).
+   */
+  delete(name: string, opts?: { readonly ifMatch?: string }): Promise<boolean>;
   /** A URL a device can GET the blob from for `readSasMinutes` minutes. */
   url(name: string, readSasMinutes: number): Promise<string>;
 }
@@ -103,7 +106,10 @@ export class MemoryBlobStore implements BlobStore {
     }));
   }
 
-  async delete(name: string): Promise<boolean> {
+  async delete(name: string, opts: { readonly ifMatch?: string } = {}): Promise<boolean> {
+    const cur = this.blobs.get(name);
+    if (cur && opts.ifMatch !== undefined && cur.etag !== opts.ifMatch)
+      fail(STORE_CONFLICT, `blob '${name}' changed (etag ${opts.ifMatch} no longer current)`);
     return this.blobs.delete(name);
   }
 
@@ -233,10 +239,20 @@ export class AzureBlobStore implements BlobStore {
     return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
-  async delete(name: string): Promise<boolean> {
+  async delete(name: string, opts: { readonly ifMatch?: string } = {}): Promise<boolean> {
     await this.ensureContainer();
-    const r = await this.container.getBlobClient(name).deleteIfExists();
-    return r.succeeded;
+    try {
+      const r = await this.container
+        .getBlobClient(name)
+        .deleteIfExists(opts.ifMatch !== undefined ? { conditions: { ifMatch: opts.ifMatch } } : {});
+      return r.succeeded;
+    } catch (e) {
+      // If-Match on a blob that is gone may also answer 412 (Azurite does): gone is "did not exist".
+      if (e instanceof RestError && e.statusCode === 412 && !(await this.exists(name))) return false;
+      if (e instanceof RestError && e.statusCode === 412)
+        fail(STORE_CONFLICT, `blob '${name}': condition failed (412 ${e.code ?? ""})`, { cause: e });
+      throw e;
+    }
   }
 
   async url(name: string, readSasMinutes: number): Promise<string> {

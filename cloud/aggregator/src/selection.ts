@@ -1,0 +1,286 @@
+/**
+ * Participant selection in the Function (docs/selection.md): the job's selector (core/selection, the same code the
+ * simulator runs) over the devices the fleet lists for the job's cohort, with the job's selection history, and a
+ * per-device lease so two running jobs never order the same device at once.
+ *
+ *   jobs/{id}/selection.json   the job's SelectionHistory (core/selection/history.ts), updated with an
+ *                              ETag-conditional write when a round closes (picks, completions with loss, samples
+ *                              and duration, timeouts for the participants that delivered nothing); each round
+ *                              is applied once (its `lastRound`).
+ *   leases/{deviceId}.json     {jobId, round, acquiredAt, expiresAt}: created with If-None-Match: * before the
+ *                              device is ordered, taken over (If-Match) only from a holder that is stale — its
+ *                              lease expired, its job is no longer running, or the leased round is no longer
+ *                              open — and deleted (If-Match) when the round closes or the job stops. The expiry
+ *                              is the round's deadline (plus the secure-aggregation steps) plus LEASE_GRACE_MS, so
+ *                              an aggregator that crashed holds no device for longer.
+ */
+import {
+  createSelector,
+  SelectionHistory,
+  type DeviceProfile,
+  type SelectionContext,
+} from "../../../core/selection";
+import type { RoundState } from "../../../core/round/engine";
+import { isFlotillaError } from "../../../core/errors";
+import type { TrainerInfo } from "./fleet/fleet";
+import { getJson, isConflict, putJson, type BlobStore } from "./store/blob-store";
+import { paths, type JobDocument } from "./jobs/state";
+
+export const selectionPaths = {
+  history: (jobId: string) => `jobs/${jobId}/selection.json`,
+  leases: "leases/",
+  lease: (deviceId: string) => `leases/${encodeURIComponent(deviceId)}.json`,
+};
+
+/** How long past its round's deadline a lease holds a device (a crashed aggregator frees it then). */
+export const LEASE_GRACE_MS = 10 * 60_000;
+
+export interface DeviceLease {
+  readonly jobId: string;
+  readonly round: number;
+  readonly acquiredAt: number;
+  /** ms since epoch; after it the lease is stale whatever its job does. */
+  readonly expiresAt: number;
+}
+
+/**
+ * The job's candidates: connected trainers that (if profiled for the job's model) could train their samples
+ * before the deadline — the filter the Function always applied, so `random` keeps its draw — with everything the
+ * profiler reported and the twin's tags.
+ */
+export function deviceProfiles(job: JobDocument, trainers: readonly TrainerInfo[]): DeviceProfile[] {
+  const d = job.definition;
+  const out: DeviceProfile[] = [];
+  for (const t of trainers) {
+    if (!t.connected) continue;
+    const sps = t.samplesPerSecond?.[d.modelKey];
+    const n = t.numSamples ?? d.defaultNumSamples;
+    if (sps !== undefined && sps > 0) {
+      const seconds = (n * d.strategyOptions.fit.epochs) / sps;
+      if (seconds > d.roundDeadlineSeconds) continue;
+    }
+    out.push({
+      deviceId: t.deviceId,
+      numSamples: n,
+      ...(sps !== undefined ? { samplesPerSecond: sps } : {}),
+      ...(t.memoryBytes !== undefined ? { memoryBytes: t.memoryBytes } : {}),
+      ...(t.freeDiskBytes !== undefined ? { freeDiskBytes: t.freeDiskBytes } : {}),
+      ...(t.uplinkBytesPerSecond !== undefined ? { uplinkBytesPerSecond: t.uplinkBytesPerSecond } : {}),
+      ...(t.rttMs !== undefined ? { rttMs: t.rttMs } : {}),
+      ...(t.availability !== undefined ? { availability: t.availability } : {}),
+      ...(t.tags !== undefined ? { tags: t.tags } : {}),
+    });
+  }
+  return out;
+}
+
+/** The selection context of a job's round (download: the model as devices fetch it; upload: a dense update). */
+export function selectionContext(job: JobDocument, round: number, downloadBytes: number): SelectionContext {
+  const d = job.definition;
+  return {
+    round,
+    count: d.strategyOptions.clientsPerRound,
+    seed: d.strategyOptions.seed,
+    deadlineS: d.roundDeadlineSeconds,
+    downloadBytes,
+    uploadBytes: job.modelLength * 4,
+    epochs: d.strategyOptions.fit.epochs,
+    ...(d.minMemoryBytes !== undefined ? { minMemoryBytes: d.minMemoryBytes } : {}),
+  };
+}
+
+/** Parses stored selection.json bytes; a damaged document (not JSON, or invalid) is logged and reads as empty. */
+function parseHistory(bytes: Uint8Array, jobId: string, log: (line: string) => void): SelectionHistory {
+  try {
+    return SelectionHistory.fromJSON(Buffer.from(bytes).toString("utf8"));
+  } catch (e) {
+    if (!isFlotillaError(e)) throw e;
+    log(`job ${jobId}: ${e.code}: ${e.message}; selection goes on from an empty history`);
+    return new SelectionHistory();
+  }
+}
+
+/** The job's selection history; a missing one is empty, a damaged one is logged and starts empty. */
+export async function loadHistory(
+  store: BlobStore,
+  jobId: string,
+  log: (line: string) => void,
+): Promise<SelectionHistory> {
+  const got = await store.get(selectionPaths.history(jobId));
+  return got ? parseHistory(got.bytes, jobId, log) : new SelectionHistory();
+}
+
+/** Picks the round's devices with the job's selector (jobs/job.ts validated the spec). */
+export function selectDevices(
+  job: JobDocument,
+  candidates: readonly DeviceProfile[],
+  history: ReadonlyMap<string, import("../../../core/selection").DeviceHistory>,
+  ctx: SelectionContext,
+): string[] {
+  return createSelector(job.definition.selection ?? "random").select(candidates, history, ctx);
+}
+
+/**
+ * Records a closed round in the job's history, once (a round at or below the history's lastRound is skipped):
+ * every participant was picked; `completed` delivered an aggregated update (with the loss and samples it
+ * reported and its order-to-arrival time); the others timed out.
+ */
+export async function recordRoundInHistory(
+  store: BlobStore,
+  st: RoundState,
+  completed: readonly string[],
+  log: (line: string) => void,
+): Promise<void> {
+  const done = new Set(completed);
+  const name = selectionPaths.history(st.jobId);
+  // A read-modify-write with the blob's ETag (as store/blob-store.ts updateJson, but a damaged document is
+  // replaced rather than failing every round).
+  for (let attempt = 0; ; attempt++) {
+    const cur = await store.get(name);
+    const h = cur ? parseHistory(cur.bytes, st.jobId, log) : new SelectionHistory();
+    if (h.lastRound >= st.round) return;
+    h.recordSelected(
+      st.round,
+      st.participants.map((p) => p.deviceId),
+    );
+    for (const p of st.participants) {
+      if (!done.has(p.deviceId)) {
+        h.recordTimeout(p.deviceId);
+        continue;
+      }
+      const rec = st.received[p.deviceId];
+      const masked = st.secagg?.masked?.[p.deviceId];
+      const at = rec?.at ?? masked?.at;
+      h.recordCompleted(p.deviceId, {
+        loss: rec?.loss ?? masked?.loss,
+        samples: rec?.numSamples ?? masked?.numSamples,
+        ...(at !== undefined ? { durationS: Math.max(0, at - st.openedAt) / 1000 } : {}),
+      });
+    }
+    try {
+      await putJson(store, name, h.toJSON(), cur ? { ifMatch: cur.etag } : { ifNoneMatch: "*" });
+      return;
+    } catch (e) {
+      if (!isConflict(e) || attempt >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+    }
+  }
+}
+
+/** The cross-job device leases (see the file comment). */
+export class DeviceLeases {
+  constructor(
+    private readonly store: BlobStore,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /** The device's lease blob; `lease` is undefined when the blob is damaged (then it holds nothing). */
+  private async read(deviceId: string): Promise<{ lease?: DeviceLease; etag: string } | undefined> {
+    const got = await this.store.get(selectionPaths.lease(deviceId));
+    if (!got) return undefined;
+    try {
+      const l = JSON.parse(Buffer.from(got.bytes).toString("utf8")) as DeviceLease;
+      const ok =
+        typeof l === "object" &&
+        l !== null &&
+        typeof l.jobId === "string" &&
+        Number.isSafeInteger(l.round) &&
+        typeof l.expiresAt === "number";
+      return ok ? { lease: l, etag: got.etag } : { etag: got.etag };
+    } catch {
+      return { etag: got.etag };
+    }
+  }
+
+  /** Whether a lease still holds its device: not expired, its job running, and the leased round open. */
+  private async live(
+    l: DeviceLease | undefined,
+    now: number,
+    cache: Map<string, Promise<boolean>>,
+  ): Promise<boolean> {
+    if (!l || !(l.expiresAt > now)) return false;
+    const key = `${l.jobId}/${l.round}`;
+    let p = cache.get(key);
+    if (!p) {
+      p = (async () => {
+        const job = await getJson<JobDocument>(this.store, paths.job(l.jobId));
+        if (job?.value.status !== "running") return false;
+        const st = await getJson<RoundState>(this.store, paths.round(l.jobId, l.round));
+        // A lease taken before its round state was written (the round is being opened) holds.
+        if (!st) return job.value.currentRound < l.round;
+        return st.value.status !== "closed";
+      })();
+      cache.set(key, p);
+    }
+    return p;
+  }
+
+  /** The devices among `ids` that another job holds with a live lease. */
+  async heldByOthers(jobId: string, ids: readonly string[], now: number): Promise<Set<string>> {
+    const leased = new Set(
+      (await this.store.list(selectionPaths.leases)).map((n) =>
+        decodeURIComponent(n.slice(selectionPaths.leases.length, -".json".length)),
+      ),
+    );
+    const cache = new Map<string, Promise<boolean>>();
+    const out = new Set<string>();
+    for (const id of ids) {
+      if (!leased.has(id)) continue;
+      const cur = await this.read(id);
+      if (cur?.lease && cur.lease.jobId !== jobId && (await this.live(cur.lease, now, cache))) out.add(id);
+    }
+    return out;
+  }
+
+  /**
+   * Leases `ids` to the job's round until `expiresAt`; returns the ids it got (a device another job holds, or
+   * won in a race, is left out). A lease of the same job (an earlier round, or this one after a restart) is
+   * renewed.
+   */
+  async acquire(
+    jobId: string,
+    round: number,
+    ids: readonly string[],
+    now: number,
+    expiresAt: number,
+  ): Promise<string[]> {
+    const lease: DeviceLease = { jobId, round, acquiredAt: now, expiresAt };
+    const cache = new Map<string, Promise<boolean>>();
+    const got: string[] = [];
+    for (const id of ids) {
+      const name = selectionPaths.lease(id);
+      try {
+        const cur = await this.read(id);
+        if (!cur) await putJson(this.store, name, lease, { ifNoneMatch: "*" });
+        else if (cur.lease?.jobId === jobId || !(await this.live(cur.lease, now, cache))) {
+          if (cur.lease?.jobId !== jobId)
+            this.log(
+              `lease of ${id}: taking over the ${
+                cur.lease ? `stale lease of ${cur.lease.jobId}/${cur.lease.round}` : "damaged lease"
+              } for ${jobId}/${round}`,
+            );
+          await putJson(this.store, name, lease, { ifMatch: cur.etag });
+        } else continue;
+        got.push(id);
+      } catch (e) {
+        if (!isConflict(e)) throw e; // another writer won: the device is not ours this round
+      }
+    }
+    return got;
+  }
+
+  /** Deletes the leases the job's `round` holds on `ids` (only while they are still that round's). */
+  async release(jobId: string, round: number, ids: readonly string[]): Promise<number> {
+    let n = 0;
+    for (const id of ids) {
+      const cur = await this.read(id);
+      if (!cur?.lease || cur.lease.jobId !== jobId || cur.lease.round !== round) continue;
+      try {
+        if (await this.store.delete(selectionPaths.lease(id), { ifMatch: cur.etag })) n++;
+      } catch (e) {
+        if (!isConflict(e)) throw e;
+      }
+    }
+    return n;
+  }
+}

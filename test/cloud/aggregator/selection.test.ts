@@ -1,0 +1,424 @@
+/**
+ * Participant selection in the Function (cloud/aggregator/src/selection.ts): the job's `selection` and `cohort`,
+ * the profiler's capabilities reaching the selector, the selection history, and the per-device leases that keep
+ * two running jobs from ordering the same device at once.
+ */
+import { afterAll, beforeAll, describe, test } from "@jest/globals";
+import assert from "node:assert/strict";
+import { validateJob } from "../../../cloud/aggregator/src/jobs/job";
+import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
+import {
+  AzureBlobStore,
+  MemoryBlobStore,
+  devStorageConnectionString,
+  getJson,
+  putJson,
+  type BlobStore,
+} from "../../../cloud/aggregator/src/store/blob-store";
+import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
+import {
+  deviceProfiles,
+  recordRoundInHistory,
+  selectionContext,
+  selectionPaths,
+  type DeviceLease,
+} from "../../../cloud/aggregator/src/selection";
+import { FedAvg } from "../../../core/strategies/fedavg";
+import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
+import { SelectionHistory, createSelector } from "../../../core/selection";
+import { isFlotillaError } from "../../../core/errors";
+import { modelLayout } from "../../../core/engine/models";
+import type { ModelSpec } from "../../../core/engine/model-spec";
+import {
+  RecordingFleet,
+  chunkEvents,
+  ctx,
+  jobBody,
+  makeDelta,
+  post,
+  SPEC,
+  startAzurite,
+  startJob,
+  world,
+  type Azurite,
+  type World,
+} from "./support";
+
+const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
+const layout = modelLayout(SPEC as unknown as ModelSpec);
+
+async function participants(w: World, jobId: string, round: number): Promise<string[]> {
+  const st = await new JobRepository(w.store).getRound(jobId, round);
+  assert.ok(st, `round ${jobId}/${round} exists`);
+  return st.participants.map((p) => p.deviceId).sort();
+}
+
+async function lease(w: World, deviceId: string): Promise<DeviceLease | undefined> {
+  return (await getJson<DeviceLease>(w.store, selectionPaths.lease(deviceId)))?.value;
+}
+
+async function deliver(w: World, jobId: string, round: number, deviceId: string, loss: number) {
+  const msg = {
+    type: "result" as const,
+    jobId,
+    round,
+    deviceId,
+    layoutHash: layout.hash,
+    numSamples: 50,
+    metrics: { loss, accuracy: 0.5, trainMs: 10 },
+    delta: makeDelta(layout.totalSize, deviceId.length + round),
+  };
+  const r = await w.agg.ingestUpdates(chunkEvents(msg).events, ctxStub);
+  assert.equal(r.rejected, 0, w.logs.join("\n"));
+}
+
+function invalid(over: Record<string, unknown>, re: RegExp): void {
+  assert.throws(
+    () => validateJob(jobBody(over)),
+    (e: unknown) => {
+      assert.ok(isFlotillaError(e) && e.code === "E_JOB_INVALID", String(e));
+      assert.match(e.message, re);
+      assert.ok(!e.message.includes("\n"));
+      return true;
+    },
+  );
+}
+
+test("a job's selection defaults to random and is checked with createSelector; its cohort is a bounded condition", () => {
+  assert.equal(validateJob(jobBody()).selection, "random");
+  assert.equal(validateJob(jobBody()).cohort, undefined);
+  assert.equal(validateJob(jobBody({ selection: "oort:floor=5" })).selection, "oort:floor=5");
+  assert.equal(validateJob(jobBody({ selection: "Deadline" })).selection, "deadline");
+  invalid(
+    { selection: "fastest" },
+    /selection: unknown selection 'fastest' \(valid: random, deadline, oort\)/,
+  );
+  invalid({ selection: "oort:floor=-1" }, /floor='-1'/);
+  invalid({ selection: 5 }, /selection must be a string/);
+  const ok = "tags.flotilla.fleet = 'line-3' AND (tags.site IN ['a', 'b(1)'] OR NOT IS_DEFINED(tags.x))";
+  assert.equal(validateJob(jobBody({ cohort: ` ${ok} ` })).cohort, ok);
+  assert.equal(
+    validateJob(jobBody({ cohort: "tags.name = 'it''s Zürich'" })).cohort,
+    "tags.name = 'it''s Zürich'",
+  );
+  invalid({ cohort: "" }, /cohort must not be empty/);
+  invalid({ cohort: 3 }, /cohort must be a string/);
+  invalid({ cohort: "tags.a = 'x" }, /unterminated string/);
+  invalid({ cohort: "tags.a = 'x')" }, /unbalanced '\)'/);
+  invalid({ cohort: "(tags.a = 'x'" }, /unclosed '\('/);
+  invalid({ cohort: "tags.a = 'x'; DROP" }, /';'/);
+  invalid({ cohort: "tags.a = 1 FROM devices" }, /'FROM' is not allowed/);
+  invalid({ cohort: "tags.a = 'x'\n" + "OR 1 = 1" }, /control characters/);
+  invalid({ cohort: `tags.a = '${"x".repeat(1100)}'` }, /at most 1024/);
+  invalid({ minMemoryBytes: -1 }, /minMemoryBytes/);
+});
+
+test("the job's selector gets the profiler's capabilities: deadline picks the devices that finish in time", async () => {
+  const w = world([]);
+  const base = { connected: true, numSamples: 1000, uplinkBytesPerSecond: 1e6, rttMs: 20 };
+  w.fleet.trainers = [
+    { deviceId: "fast-1", ...base, samplesPerSecond: { mlp: 500 } },
+    { deviceId: "fast-2", ...base, samplesPerSecond: { mlp: 400 } },
+    // fast, but a 2 KB/s uplink makes its upload far longer than the 60 s deadline
+    { deviceId: "thin-link", ...base, samplesPerSecond: { mlp: 600 }, uplinkBytesPerSecond: 2 },
+    // fast, but too little memory for the job
+    { deviceId: "small", ...base, samplesPerSecond: { mlp: 600 }, memoryBytes: 1000 },
+    { deviceId: "slow", ...base, samplesPerSecond: { mlp: 20 } },
+  ] satisfies TrainerInfo[];
+  const id = await startJob(w, {
+    selection: "deadline",
+    minMemoryBytes: 1e6,
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  // slow: 1000 samples / 20 per s = 50 s + transfers; the deadline selector leaves out everything that cannot finish
+  assert.deepEqual(await participants(w, id, 1), ["fast-1", "fast-2", "slow"]);
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  assert.deepEqual(
+    st!.participants.map((p) => p.deviceId),
+    ["fast-1", "fast-2", "slow"],
+    "ordered fastest first (FedCS)",
+  );
+});
+
+test("random keeps FedAvg's draw and order; the history records loss, samples, duration and timeouts", async () => {
+  const w = world(["dev-a", "dev-b", "dev-c", "dev-d", "dev-e"]);
+  const id = await startJob(w, { rounds: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const st = await new JobRepository(w.store).getRound(id, 1);
+  const ids = st!.participants.map((p) => p.deviceId);
+  assert.equal(ids.length, 3);
+  const fedavg = new FedAvg({ clientsPerRound: 3, seed: 7, fit: { epochs: 1, batchSize: 8, lr: 0.1 } });
+  assert.deepEqual(
+    ids,
+    fedavg
+      .configureFit(
+        1,
+        w.fleet.trainers.map((t) => ({ deviceId: t.deviceId })),
+      )
+      .map((f) => f.deviceId),
+  );
+  w.now.t += 5_000;
+  await deliver(w, id, 1, ids[0], 0.75);
+  await deliver(w, id, 1, ids[1], 1.25);
+  w.now.t += 60_000; // the third never delivers: the round closes at its deadline
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 1);
+  assert.deepEqual(h.get(ids[0]), {
+    selected: 1,
+    completions: 1,
+    timeouts: 0,
+    consecutiveTimeouts: 0,
+    lastSelectedRound: 1,
+    lastLoss: 0.75,
+    lastSamples: 50,
+    lastDurationS: 5,
+  });
+  assert.equal(h.get(ids[1])!.lastLoss, 1.25);
+  assert.deepEqual(h.get(ids[2]), {
+    selected: 1,
+    completions: 0,
+    timeouts: 1,
+    consecutiveTimeouts: 1,
+    lastSelectedRound: 1,
+  });
+  // round 2 opened in the same tick; a restarted Function closing round 1 again does not count it twice
+  assert.equal((await new JobRepository(w.store).getRound(id, 2))?.status, "open");
+  await recordRoundInHistory(w.store, st!, [ids[0]], () => {});
+  const again = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.deepEqual(again.toJSON(), h.toJSON());
+});
+
+test("two running jobs with overlapping cohorts never order the same device at once", async () => {
+  const w = world([]);
+  const dev = (deviceId: string, line: string): TrainerInfo => ({
+    deviceId,
+    connected: true,
+    numSamples: 100,
+    tags: { flotilla: { line } },
+  });
+  w.fleet.trainers = [
+    dev("x-1", "x"),
+    dev("x-2", "x"),
+    dev("s-1", "shared"),
+    dev("s-2", "shared"),
+    dev("s-3", "shared"),
+    dev("y-1", "y"),
+    dev("y-2", "y"),
+    dev("z-1", "z"),
+  ];
+  const opts = { clientsPerRound: 10, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 };
+  const a = await startJob(w, {
+    jobId: "job-a",
+    rounds: 1,
+    strategyOptions: opts,
+    cohort: "tags.flotilla.line IN ['x', 'shared']",
+  });
+  const b = await startJob(w, {
+    jobId: "job-b",
+    rounds: 3,
+    strategyOptions: opts,
+    cohort: "tags.flotilla.line = 'y' OR tags.flotilla.line = 'shared'",
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  assert.ok(w.fleet.cohorts.includes("tags.flotilla.line IN ['x', 'shared']"));
+  const a1 = await participants(w, a, 1);
+  const b1 = await participants(w, b, 1);
+  assert.deepEqual(a1, ["s-1", "s-2", "s-3", "x-1", "x-2"], "job-a ticks first and takes its whole cohort");
+  assert.deepEqual(b1, ["y-1", "y-2"], "job-b gets only the devices job-a does not hold");
+  assert.equal((await lease(w, "s-2"))?.jobId, "job-a");
+  assert.equal((await lease(w, "y-1"))?.jobId, "job-b");
+  // every device ordered once: the twin orders of both jobs are disjoint
+  const ordered = w.fleet.started.map((o) => o.deviceId);
+  assert.equal(new Set(ordered).size, ordered.length);
+
+  // job-a's only round closes at its deadline: the job completes and its leases are released; job-b's next round
+  // may then take the shared devices
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  assert.equal((await new JobRepository(w.store).getJob(a))?.status, "completed");
+  for (const d of a1) assert.notEqual((await lease(w, d))?.jobId, "job-a", `${d} released`);
+  assert.deepEqual(await participants(w, b, 2), ["s-1", "s-2", "s-3", "y-1", "y-2"]);
+  assert.equal((await lease(w, "s-1"))?.jobId, "job-b");
+  assert.equal((await lease(w, "s-1"))?.round, 2);
+
+  // stopping job-b releases its devices
+  const stop = await w.agg.http.stopJob(post(`/api/jobs/${b}/stop`, undefined, { id: b }), ctx());
+  assert.equal(stop.status, 200);
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await w.store.list(selectionPaths.leases), []);
+  // started again: the resumed round takes its devices' leases again
+  const start = await w.agg.http.startJob(post(`/api/jobs/${b}/start`, undefined, { id: b }), ctx());
+  assert.equal(start.status, 200);
+  await w.agg.roundTimer({}, ctxStub);
+  for (const d of ["s-1", "s-2", "s-3", "y-1", "y-2"])
+    assert.deepEqual(
+      [(await lease(w, d))?.jobId, (await lease(w, d))?.round],
+      ["job-b", 2],
+      `${d} leased again`,
+    );
+});
+
+test("a stale lease (expired, or of a job that no longer runs) does not hold its device; a live one does", async () => {
+  const w = world(["d-1", "d-2", "d-3", "d-4"]);
+  const put = (deviceId: string, l: DeviceLease) => putJson(w.store, selectionPaths.lease(deviceId), l);
+  // d-1: a crashed aggregator's lease, expired; d-2: a job that does not exist (any more);
+  // d-3: a running job's open round, not expired
+  await put("d-1", { jobId: "ghost", round: 4, acquiredAt: 0, expiresAt: w.now.t - 1 });
+  await put("d-2", { jobId: "gone", round: 1, acquiredAt: 0, expiresAt: w.now.t + 3_600_000 });
+  const other = await startJob(w, {
+    jobId: "job-other",
+    strategyOptions: { clientsPerRound: 1, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 3 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const held = await participants(w, other, 1);
+  assert.equal(held.length, 1);
+  const id = await startJob(w, {
+    jobId: "job-mine",
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const mine = await participants(w, id, 1);
+  assert.deepEqual(
+    mine,
+    ["d-1", "d-2", "d-3", "d-4"].filter((d) => d !== held[0]),
+  );
+  for (const d of mine) assert.equal((await lease(w, d))?.jobId, "job-mine", d);
+  assert.equal((await lease(w, held[0]))?.jobId, "job-other");
+  assert.ok(w.logs.some((l) => /taking over the stale lease of (ghost\/4|gone\/1)/.test(l)));
+});
+
+/**
+ * Two Function instances (two aggregators over one store) open rounds of two jobs with overlapping cohorts at the
+ * same time, many times over: every device is leased to one of them and ordered by that one only.
+ */
+async function concurrentOpenings(makeStore: () => BlobStore, repeats: number): Promise<void> {
+  for (let rep = 0; rep < repeats; rep++) {
+    const store = makeStore();
+    const fleet = new RecordingFleet();
+    fleet.trainers = Array.from({ length: 12 }, (_, i) => ({
+      deviceId: `dev-${String(i).padStart(2, "0")}`,
+      connected: true,
+      numSamples: 100,
+      tags: { line: i < 4 ? "a" : i < 8 ? "shared" : "b" },
+    }));
+    const now = { t: 1_700_000_000_000 };
+    const services = { store, fleet, clock: () => now.t, log: () => {} };
+    const one = createAggregator(services, { tickAfterIngest: false });
+    const two = createAggregator(services, { tickAfterIngest: false });
+    const opts = { clientsPerRound: 12, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: rep };
+    for (const [jobId, cohort] of [
+      ["job-a", "tags.line IN ['a', 'shared']"],
+      ["job-b", "tags.line IN ['b', 'shared']"],
+    ]) {
+      const body = jobBody({ jobId, strategyOptions: opts, cohort });
+      assert.equal((await one.http.createJob(post("/api/jobs", body), ctx())).status, 201);
+      const s = await one.http.startJob(post(`/api/jobs/${jobId}/start`, undefined, { id: jobId }), ctx());
+      assert.equal(s.status, 200);
+    }
+    await Promise.all([one.orchestrator.tickJob("job-a", now.t), two.orchestrator.tickJob("job-b", now.t)]);
+    const repo = new JobRepository(store);
+    const a = (await repo.getRound("job-a", 1))?.participants.map((p) => p.deviceId) ?? [];
+    const b = (await repo.getRound("job-b", 1))?.participants.map((p) => p.deviceId) ?? [];
+    assert.ok(a.length + b.length >= 8, `rep ${rep}: both jobs' own devices are ordered (${a} / ${b})`);
+    assert.deepEqual(
+      a.filter((id) => b.includes(id)),
+      [],
+      `rep ${rep}: no device in both rounds`,
+    );
+    for (const id of a)
+      assert.equal((await getJson<DeviceLease>(store, selectionPaths.lease(id)))?.value.jobId, "job-a");
+    for (const id of b)
+      assert.equal((await getJson<DeviceLease>(store, selectionPaths.lease(id)))?.value.jobId, "job-b");
+    const orders = fleet.started.map((o) => o.deviceId);
+    assert.equal(new Set(orders).size, orders.length, `rep ${rep}: one order per device`);
+  }
+}
+
+test("concurrent round openings of two jobs share no device (memory store)", async () => {
+  await concurrentOpenings(() => new MemoryBlobStore(), 20);
+});
+
+describe("over Azurite", () => {
+  let azurite: Azurite;
+  let n = 0;
+  beforeAll(async () => {
+    azurite = await startAzurite();
+  });
+  afterAll(async () => {
+    await azurite?.stop();
+  });
+  test("concurrent round openings of two jobs share no device (Azure Blob Storage ETags)", async () => {
+    await concurrentOpenings(
+      () =>
+        new AzureBlobStore({
+          connectionString: devStorageConnectionString(azurite.blobEndpoint),
+          containerName: `sel${process.pid}-${++n}`,
+        }),
+      3,
+    );
+  });
+});
+
+test("an oort job's later rounds are the selector's picks over the stored history", async () => {
+  const w = world([]);
+  w.fleet.trainers = Array.from({ length: 10 }, (_, i) => ({
+    deviceId: `dev-${i}`,
+    connected: true,
+    numSamples: 100,
+    samplesPerSecond: { mlp: 10 * (i + 1) },
+  }));
+  const spec = "oort:floor=0,epsilon=0.5";
+  const id = await startJob(w, {
+    rounds: 3,
+    selection: spec,
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 5 },
+  });
+  const repo = new JobRepository(w.store);
+  for (let r = 1; r <= 2; r++) {
+    await w.agg.roundTimer({}, ctxStub);
+    const st = (await repo.getRound(id, r))!;
+    const job = (await repo.getJob(id))!;
+    const stored = await getJson(w.store, selectionPaths.history(id));
+    const history = stored ? SelectionHistory.fromJSON(stored.value) : new SelectionHistory();
+    const meta = (await repo.getModelMeta(id, r - 1))!;
+    const want = createSelector(spec).select(
+      deviceProfiles(job, w.fleet.trainers),
+      history,
+      selectionContext(job, r, meta.downlink?.bytes ?? job.modelLength * 4),
+    );
+    assert.deepEqual(
+      st.participants.map((p) => p.deviceId),
+      want,
+      `round ${r}`,
+    );
+    w.now.t += 2_000;
+    for (const [k, p] of st.participants.entries()) await deliver(w, id, r, p.deviceId, 0.5 + k);
+    w.now.t += 1_000;
+  }
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 2);
+  const picked = [...h.values()].reduce((s, x) => s + x.selected, 0);
+  assert.equal(picked, 8);
+});
+
+test("a damaged selection.json or lease blob never stops a job: it is logged and replaced", async () => {
+  const w = world(["d-1", "d-2", "d-3"]);
+  const id = await startJob(w, { rounds: 2 });
+  const bytes = (text: string) => new Uint8Array(Buffer.from(text));
+  await w.store.put(selectionPaths.history(id), bytes("{not json"));
+  await w.store.put(selectionPaths.lease("d-2"), bytes("[]"));
+  await w.store.put(selectionPaths.lease("d-3"), bytes("garbage"));
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await participants(w, id, 1), ["d-1", "d-2", "d-3"]);
+  for (const d of ["d-1", "d-2", "d-3"]) assert.equal((await lease(w, d))?.jobId, id);
+  assert.ok(w.logs.some((l) => /E_SELECTION_HISTORY: selection history is not JSON/.test(l)));
+  assert.ok(w.logs.some((l) => /lease of d-3: taking over the damaged lease/.test(l)));
+  w.now.t += 61_000;
+  await w.agg.roundTimer({}, ctxStub);
+  const h = SelectionHistory.fromJSON((await getJson(w.store, selectionPaths.history(id)))!.value);
+  assert.equal(h.lastRound, 1);
+  assert.equal(h.get("d-1")?.timeouts, 1);
+});
