@@ -70,6 +70,11 @@ export interface ProfilerHandle {
   last(): Capabilities | undefined;
   /** Current schedule in minutes (0 = none). */
   scheduleMinutes(): number;
+  /**
+   * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
+   * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
+   */
+  setLinkEnabled(enabled: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -270,6 +275,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     measure,
     last: () => last,
     scheduleMinutes: () => schedule,
+    setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {
