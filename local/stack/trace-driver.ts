@@ -24,6 +24,9 @@ import {
 } from "../../core/fleet/trace";
 import type { TrainExecutor, TrainJob, TrainOutcome } from "../../modules/trainer/src/executor";
 
+/** The longest delay setTimeout takes (2^31 − 1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** What the driver switches: one device's link (all its modules). */
 export type SetOnline = (deviceId: string, online: boolean) => Promise<void>;
 
@@ -145,14 +148,16 @@ export class TraceDriver {
     const now = this.clock.nowS();
     const next = isOnline(dev, now) ? onlineUntil(dev, now) : nextOnline(dev, now);
     if (next === null) return; // offline for the rest of the trace (or online to its end: nothing changes)
+    const ms = this.clock.realMsUntil(next) + 1;
+    const far = ms > MAX_TIMER_MS; // beyond a timer's reach: wake up then, and look again
     const t = setTimeout(
       () => {
         this.timers.delete(id);
         // The state at the transition's virtual time (a late timer must not flip the device the wrong way).
-        this.apply(id, isOnline(dev, Math.max(next, this.clock.nowS())));
+        if (!far) this.apply(id, isOnline(dev, Math.max(next, this.clock.nowS())));
         this.schedule(id);
       },
-      this.clock.realMsUntil(next) + 1,
+      far ? MAX_TIMER_MS : ms,
     );
     t.unref?.();
     this.timers.set(id, t);
