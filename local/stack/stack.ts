@@ -221,7 +221,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   // The simulated devices share this machine: one real measurement per (model, batch size) serves them all.
   const measured = new Map<string, Promise<BenchTrainResult>>();
   const sharedBench: BenchFn = (o) => {
-    const key = `${o.model}/${o.batchSize}`;
+    const key = `${o.model}/${o.batchSize}/${o.spec ? JSON.stringify(o.spec) : ""}`;
     if (!measured.has(key)) measured.set(key, benchTrain({ ...o, seconds: Math.min(o.seconds ?? 2, 2) }));
     return measured.get(key)!;
   };
