@@ -2,7 +2,14 @@ import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import type { DeviceTrace, FleetTrace } from "../../../core/fleet/trace";
 import { DEVICE_MODULES } from "../../../local/stack/device-process";
-import { createJob, startJob, waitFor, waitJobDone, withFaultFleet as withFleet } from "./fault-support";
+import {
+  createJob,
+  roundState,
+  startJob,
+  waitFor,
+  waitJobDone,
+  withFaultFleet as withFleet,
+} from "./fault-support";
 
 /**
  * The local stack driven by a device trace (local/stack/trace-driver.ts): links that really go down and come back,
@@ -108,5 +115,48 @@ test("trace: offline training over IoT Hub — a device that loses its link mid-
     await f.stack.host.deliver([]);
     assert.equal(ingest.late_updates, 1, "counted once, as a late update");
     assert.equal(dev.queue.status().counters.dropped_closed, 0, "dropped by the cloud's ack, not locally");
+  });
+});
+
+test("trace: a device that is offline when its round order is written reads it when it reconnects, and trains", async () => {
+  await withFleet(2, {}, async (f) => {
+    const jobId = "order-while-offline";
+    const late = f.deviceIds[1];
+    const dev = f.device(late);
+    // The device is listed as connected when the round selects it, and its link goes down right after: its order
+    // is written into its trainer twin while it is offline.
+    const fleet = f.stack.aggregator.services.fleet;
+    const list = fleet.listTrainers.bind(fleet);
+    let once = true;
+    fleet.listTrainers = async () => {
+      const trainers = await list();
+      if (once) {
+        once = false;
+        await f.stack.setDeviceOnline(late, false);
+      }
+      return trainers;
+    };
+    await createJob(f, {
+      jobId,
+      clientsPerRound: 2,
+      rounds: 1,
+      roundDeadlineSeconds: 120,
+      minCompletedFraction: 1,
+    });
+    await startJob(f, jobId);
+    await waitFor(
+      "round 1 to be dispatched",
+      async () => (await roundState(f.store, jobId, 1))?.dispatched === true,
+      60_000,
+      50,
+      f.logs,
+    );
+    assert.equal(dev.trainer.state().jobId, null, "no order reached the offline trainer");
+    assert.equal(f.stack.hub.isOnline(late, "trainer"), false);
+    await f.stack.setDeviceOnline(late, true);
+    const doc = await waitJobDone(f, jobId, 120_000);
+    assert.equal(doc.status, "completed", doc.error);
+    assert.equal(doc.rounds[0].completed, 2, "the device read its order on reconnect and delivered");
+    assert.equal(dev.trainer.state().jobId, jobId);
   });
 });
