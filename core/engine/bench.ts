@@ -12,11 +12,19 @@ import { fail } from "../errors";
 import { makeDataset } from "../data/dataset";
 import type { Dataset } from "../data/dataset";
 import { Rng } from "../data/rng";
-import { defaultSpec, MODEL_KINDS } from "./model-spec";
+import { BENCH_SHAPES, defaultSpec, MODEL_KINDS, validateSpec, type ModelSpec } from "./model-spec";
+
+export { BENCH_SHAPES };
 import { createModel } from "./models";
 
 export interface BenchTrainOptions {
+  /** The model kind (its default spec is benchmarked), or the label of `spec`. */
   readonly model: string;
+  /**
+   * A full model spec to benchmark instead of the kind's default (a job's own model: hidden sizes, filters), on
+   * synthetic data of its input shape and classes.
+   */
+  readonly spec?: ModelSpec;
   readonly batchSize: number;
   /** Total time budget in seconds (default 5; at least a few steps always run). */
   readonly seconds?: number;
@@ -37,14 +45,6 @@ const REPS = 5;
 /** Synthetic samples generated (runs that need more samples run several epochs over them). */
 const MAX_SAMPLES = 4000;
 
-/** The synthetic-data shape of each model kind: [input shape, classes]. */
-export const BENCH_SHAPES: Readonly<Record<string, readonly [readonly number[], number]>> = {
-  mlp: [[784], 10],
-  cnn: [[28, 28, 1], 10],
-  cnn1d: [[64, 6], 5],
-  autoencoder: [[784], 2],
-};
-
 function syntheticData(inputShape: readonly number[], numClasses: number, n: number, seed: number): Dataset {
   const size = inputShape.reduce((a, b) => a * b, 1);
   const rng = new Rng(seed);
@@ -62,7 +62,10 @@ function median(a: readonly number[]): number {
 }
 
 export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainResult> {
-  const shape = BENCH_SHAPES[opts.model];
+  const given = opts.spec === undefined ? undefined : validateSpec(opts.spec);
+  const shape: readonly [readonly number[], number] | undefined = given
+    ? [given.inputShape, Math.max(2, given.numClasses)]
+    : BENCH_SHAPES[opts.model];
   if (shape === undefined) {
     fail("E_CONFIG_MODEL", `unknown model '${opts.model}' (expected one of ${MODEL_KINDS.join(", ")})`);
   }
@@ -75,7 +78,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
   const seed = opts.seed ?? 1;
   const bs = opts.batchSize;
   const [inputShape, numClasses] = shape;
-  const spec = defaultSpec(opts.model, inputShape, numClasses);
+  const spec = given ?? defaultSpec(opts.model, inputShape, numClasses);
   const model = await createModel(spec, seed);
   try {
     const train = async (data: Dataset, epochs: number): Promise<number> => {

@@ -27,6 +27,22 @@ export interface ModelSpec {
 
 export const MODEL_KINDS: readonly ModelKind[] = ["mlp", "cnn", "cnn1d", "autoencoder"];
 
+/** The synthetic-data shape of each model kind: [input shape, classes]. */
+export const BENCH_SHAPES: Readonly<Record<string, readonly [readonly number[], number]>> = {
+  mlp: [[784], 10],
+  cnn: [[28, 28, 1], 10],
+  cnn1d: [[64, 6], 5],
+  autoencoder: [[784], 2],
+};
+
+/** Whether the profiler benchmarks this model under this key already: a kind's default spec, keyed by the kind. */
+export function isDefaultBench(modelKey: string, spec: ModelSpec): boolean {
+  if (modelKey !== spec.kind) return false;
+  const shape = BENCH_SHAPES[spec.kind];
+  if (!shape) return false;
+  return JSON.stringify(defaultSpec(spec.kind, shape[0], shape[1])) === JSON.stringify(spec);
+}
+
 /** The default spec of a kind for a dataset's input shape and class count. */
 export function defaultSpec(kind: string, inputShape: readonly number[], numClasses: number): ModelSpec {
   const size = inputShape.reduce((a, b) => a * b, 1);

@@ -85,6 +85,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
     }
     c.transport = s("transport") as "memory" | "iothub";
   }
+  if (s("fleetTrace") !== undefined) c.fleetTrace = s("fleetTrace")!;
+  if (s("timeScale") !== undefined) c.timeScale = positiveNumber("time-scale", s("timeScale")!);
   if (s("compression") !== undefined) c.compression = s("compression")!;
   if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
   if (o.secureAggregation) c.secureAggregation = true;
@@ -513,6 +515,14 @@ export function buildProgram(): Command {
         "memory",
         "iothub",
       ]),
+    )
+    .option(
+      "--fleet-trace <source>",
+      "device trace: FILE | synthetic | synthetic:KEY=VALUE,... (docs/fleet-traces.md); over iothub the devices' links and training speed follow it",
+    )
+    .option(
+      "--time-scale <x>",
+      "iothub with --fleet-trace: virtual seconds of the trace per real second (default 600: a day in 2.4 minutes)",
     )
     .option(
       "--compression <spec>",

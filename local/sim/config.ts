@@ -47,6 +47,13 @@ export interface SimConfig {
   secaggNeighbours?: number;
   /** Shares needed to unmask (unset: ⌊k/2⌋+1). */
   secaggThreshold?: number;
+  /**
+   * The fleet's device trace: a JSON lines FILE, `synthetic` or `synthetic:SPEC` (docs/fleet-traces.md); unset: no
+   * trace (every device always online, at this machine's speed).
+   */
+  fleetTrace?: string;
+  /** Over the IoT Hub stack with a fleet trace: virtual seconds of the trace per real second (default 600). */
+  timeScale?: number;
   /** Clip range of the fixed-point encoding (unset: 8). */
   secaggClip?: number;
   /** Deadline of each secure-aggregation step after training. */

@@ -40,6 +40,7 @@ import { startLocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
 import { privacySummary, type JobStatus } from "../sim/simulate";
+import { loadTrace } from "../cli/fleet-trace";
 
 async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
   const res = await fetch(`${base}/api/${route}`, {
@@ -74,7 +75,12 @@ export async function simulateOverIotHub(
   const stackLog = process.env.FLOTILLA_STACK_LOG
     ? loggerFromEnv("stack", process.env, { format: "text", out: process.stderr })
     : undefined;
+  // --fleet-trace: each device's link and training speed follow its trace (local/stack/trace-driver.ts).
+  const fleetTrace = config.fleetTrace
+    ? loadTrace(config.fleetTrace, { devices: String(config.devices), seed: String(config.seed) })
+    : undefined;
   const stack = await startLocalStack({
+    ...(fleetTrace ? { fleetTrace, timeScale: config.timeScale ?? 600 } : {}),
     ...(config.secureAggregation ? { identityKeys: "keyvault" as const } : {}),
     data: data.devices,
     deviceIds,

@@ -34,6 +34,8 @@ import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { KeyProvider } from "../../core/secagg/identity";
 import { deviceCredential, KeyVaultKeyProvider } from "../../azure/keyvault-key-provider";
 import { startKeyVaultStandIn, type KeyVaultStandIn } from "../keyvault/server";
+import type { FleetTrace } from "../../core/fleet/trace";
+import { PacedExecutor, TraceDriver, traceFor, traceSpeed, VirtualClock } from "./trace-driver";
 
 /** The edgeHub routes of deployment-manifests/deployment.template.json. */
 export function manifestRoutes(): Record<string, unknown> {
@@ -69,6 +71,14 @@ export interface LocalStack {
   readonly keyVault?: KeyVaultStandIn;
   /** Drops one device's module connections (fault injection); the SDK clients reconnect by themselves. */
   dropConnections(deviceId: string): void;
+  /**
+   * Takes an in-process device's link down (its four module clients close: the hub sees them disconnected; the
+   * update-queue keeps its outbox, the trainer finishes and its output waits) or brings it back (they reconnect,
+   * read their twins, and the queue sends its backlog). Switches of one device run in order.
+   */
+  setDeviceOnline(deviceId: string, online: boolean): Promise<void>;
+  /** The fleet trace's driver, when the stack was started with `fleetTrace`. */
+  readonly trace?: TraceDriver;
   close(): Promise<void>;
 }
 
@@ -101,6 +111,14 @@ export interface LocalStackOptions {
    * over the same store and fleet (`LocalStack.aggregator`), whose handlers then serve nothing.
    */
   functionsHost?: (ctx: FunctionsHostContext) => Promise<FunctionsHost>;
+  /**
+   * Replays a device trace (local/stack/trace-driver.ts, docs/fleet-traces.md "The local IoT Hub stack"): each
+   * in-process device's link follows its sessions, and its training takes at least the trace's time. Absent: every
+   * device is always online and trains at this machine's speed.
+   */
+  fleetTrace?: FleetTrace;
+  /** Virtual seconds of the trace per real second (default 600). */
+  timeScale?: number;
 }
 
 /** What a Functions host started outside the stack's process needs to reach the stack's services. */
@@ -198,10 +216,12 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   hostRef.current = host;
   const pool = new TrainPool(opts.workers);
   const devices: StackDevice[] = [];
+  const clock = opts.fleetTrace ? new VirtualClock(opts.timeScale ?? 600) : undefined;
+  const traces = opts.fleetTrace ? traceFor(opts.fleetTrace, opts.deviceIds) : undefined;
   // The simulated devices share this machine: one real measurement per (model, batch size) serves them all.
   const measured = new Map<string, Promise<BenchTrainResult>>();
   const sharedBench: BenchFn = (o) => {
-    const key = `${o.model}/${o.batchSize}`;
+    const key = `${o.model}/${o.batchSize}/${o.spec ? JSON.stringify(o.spec) : ""}`;
     if (!measured.has(key)) measured.set(key, benchTrain({ ...o, seconds: Math.min(o.seconds ?? 2, 2) }));
     return measured.get(key)!;
   };
@@ -247,7 +267,10 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             client: tc,
             deviceId,
             data,
-            trainExecutor: pool,
+            trainExecutor:
+              clock && traces
+                ? new PacedExecutor(pool, clock, traceSpeed(traces.get(deviceId)!), () => data.n)
+                : pool,
             closeClient: true,
             log: moduleLog(deviceId),
             ...(keys ? { keys } : {}),
@@ -263,9 +286,39 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
       )),
     );
   }
+  // One device's link switches, in order: down upstream first along the route (nothing is sent into a closed
+  // module), up downstream first (each module listens before the one routing to it sends).
+  const switching = new Map<string, Promise<void>>();
+  const setDeviceOnline = (deviceId: string, online: boolean): Promise<void> => {
+    const d = devices.find((x) => x.deviceId === deviceId);
+    if (!d) return Promise.reject(new Error(`no in-process device ${deviceId}`));
+    const order = online
+      ? [d.queue, d.quantizer, d.profiler, d.trainer]
+      : [d.trainer, d.quantizer, d.queue, d.profiler];
+    const next = (switching.get(deviceId) ?? Promise.resolve()).then(async () => {
+      for (const m of order) await m.setLinkEnabled(online);
+    });
+    switching.set(
+      deviceId,
+      next.catch(() => undefined),
+    );
+    return next;
+  };
+  const trace =
+    clock && traces
+      ? new TraceDriver(
+          new Map(devices.map((d) => [d.deviceId, traces.get(d.deviceId)!])),
+          clock,
+          setDeviceOnline,
+          log,
+        )
+      : undefined;
+  await trace?.start();
   return {
     hub,
     azurite,
+    setDeviceOnline,
+    ...(trace ? { trace } : {}),
     aggregator,
     host,
     devices,
@@ -277,6 +330,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
       for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
     },
     async close() {
+      trace?.stop();
       for (const d of devices) {
         // Upstream first along the route, so no module is stopped while the one feeding it still sends.
         const stopPipeline = async (): Promise<void> => {

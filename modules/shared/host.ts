@@ -29,6 +29,10 @@ import { Throttle } from "./throttle";
  *   module's stopped code once it stops (the SDK cannot unregister a method);
  * - input messages dispatched by input name (an unknown input is logged and completed);
  * - `sendWithRetry`: output messages with a timeout per attempt and backoff between attempts;
+ * - `setLinkEnabled(false)`: the device's link is taken down on purpose (a launcher replaying a fleet trace, in
+ *   which the device is offline): the client is closed (its MQTT/TLS connection ends, so the hub sees the module
+ *   disconnected), no reconnect is tried, reported patches wait, and `sendWithRetry` waits for the link instead of
+ *   spending attempts; `setLinkEnabled(true)` connects again (twin GET, reported state, queued sends go on);
  * - `stop()`: no more work accepted, the module drains, the last report goes out, listeners go, the client is
  *   closed when the module owns it; `runModule` adds SIGTERM/SIGINT for the container entry (main.ts);
  * - the logger (core/log.ts).
@@ -139,6 +143,9 @@ export class ModuleHost {
   private twinFailures = 0;
   private twinTimer: NodeJS.Timeout | undefined;
   private reportChain: Promise<void> = Promise.resolve();
+  private linkEnabled = true;
+  /** Resolved (and replaced) each time the link is enabled again: what paused sends wait for. */
+  private linkBack: { promise: Promise<void>; resolve: () => void } | undefined;
 
   constructor(private readonly opts: ModuleHostOptions) {
     this.client = opts.client;
@@ -156,6 +163,10 @@ export class ModuleHost {
   }
   get online(): boolean {
     return this.up;
+  }
+  /** False while the link is taken down on purpose (setLinkEnabled(false)). */
+  get linkIsEnabled(): boolean {
+    return this.linkEnabled;
   }
   get stopped(): boolean {
     return this.stopping;
@@ -308,10 +319,16 @@ export class ModuleHost {
     for (const msg of messages) {
       for (let attempt = 1; ; attempt++) {
         if (signal.aborted) throw signal.reason;
+        // A link taken down on purpose: the message waits for it (no attempt is spent on a closed client).
+        while (!this.linkEnabled) await this.untilLinkEnabled(signal);
         try {
           await this.sendOnce(outputName, msg, o.timeoutMs);
           break;
         } catch (e) {
+          if (!this.linkEnabled) {
+            attempt--; // the link went down under this attempt: it does not count
+            continue;
+          }
           if (attempt >= attempts)
             throw new FlotillaError(
               o.failCode,
@@ -335,9 +352,61 @@ export class ModuleHost {
 
   // --- link -------------------------------------------------------------------------------------------------------
 
+  /**
+   * Takes the link down (false) or brings it back (true), for a launcher that replays a device's availability.
+   * Down: reconnect and twin retries stop, the module is told it is offline (`onOffline`), and the client is closed
+   * (bounded: 5 s) — the connection really ends. Up: connects again as after a disconnect (twin GET, `onOnline`,
+   * the reported state); resolves once that first attempt settled. Idempotent; no effect once stopped.
+   */
+  async setLinkEnabled(enabled: boolean): Promise<void> {
+    if (this.stopping || enabled === this.linkEnabled) return;
+    this.linkEnabled = enabled;
+    if (!enabled) {
+      if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = undefined;
+      if (this.twinTimer) clearTimeout(this.twinTimer);
+      this.twinTimer = undefined;
+      const wasUp = this.up;
+      this.up = false;
+      if (wasUp) this.hooks.onOffline?.();
+      this.log.info("link taken down");
+      try {
+        await withTimeout(this.client.close(), 5000, "client close");
+      } catch (e) {
+        this.log.warn(`closing the client failed: ${errorText(e)}`, { err: e });
+      }
+      return;
+    }
+    this.log.info("link brought back");
+    this.reconnectFailures = 0;
+    const back = this.linkBack;
+    this.linkBack = undefined;
+    back?.resolve();
+    await this.connect();
+  }
+
+  /** Resolves when the link is enabled again; rejects with the signal's reason when it aborts first. */
+  private untilLinkEnabled(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (!this.linkBack) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.linkBack = { promise, resolve };
+    }
+    const back = this.linkBack.promise;
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+      void back.then(() => {
+        signal.removeEventListener("abort", onAbort);
+        resolve();
+      });
+    });
+  }
+
   private async connect(): Promise<void> {
     this.reconnectTimer = undefined;
-    if (this.stopping) return;
+    if (this.stopping || !this.linkEnabled) return;
     this.opening = true;
     try {
       await this.client.open();
@@ -350,12 +419,17 @@ export class ModuleHost {
     this.opening = false;
     this.reconnectFailures = 0;
     if (this.stopping) return;
+    if (!this.linkEnabled) {
+      // Taken down while opening: close what just opened.
+      await withTimeout(this.client.close(), 5000, "client close").catch(() => undefined);
+      return;
+    }
     this.hooks.onLinkUp?.();
     await this.sync();
   }
 
   private scheduleReconnect(): void {
-    if (this.stopping || this.opening || this.reconnectTimer) return;
+    if (this.stopping || !this.linkEnabled || this.opening || this.reconnectTimer) return;
     this.reconnectFailures++;
     const delay = this.delay(this.reconnectFailures);
     this.log.info(`reconnecting in ${delay} ms`, {
@@ -381,7 +455,7 @@ export class ModuleHost {
       do {
         this.resync = false;
         const ok = await this.readTwin();
-        if (this.stopping) return;
+        if (this.stopping || !this.linkEnabled) return;
         this.up = true;
         this.hooks.onOnline?.();
         this.reportNow();
@@ -424,7 +498,7 @@ export class ModuleHost {
     this.twinFailures++;
     this.twinTimer = setTimeout(() => {
       this.twinTimer = undefined;
-      if (this.stopping || !this.up || this.syncing) return;
+      if (this.stopping || !this.linkEnabled || !this.up || this.syncing) return;
       void this.readTwin().then((ok) => (ok ? this.reportNow() : this.retryTwinLater()));
     }, this.delay(this.twinFailures));
   }
@@ -443,20 +517,20 @@ export class ModuleHost {
   };
   private readonly onConnect = (): void => {
     // The SDK reconnected by itself (or open() is connecting): either way the twin must be read again.
-    if (this.stopping) return;
+    if (this.stopping || !this.linkEnabled) return;
     this.hooks.onLinkUp?.();
     if (this.opening) return;
     void this.sync();
   };
   private readonly onDisconnect = (err?: unknown): void => {
-    if (this.stopping) return;
+    if (this.stopping || !this.linkEnabled) return;
     this.up = false;
     this.problem("disconnected", err);
     this.hooks.onOffline?.();
     this.scheduleReconnect();
   };
   private readonly onError = (err?: unknown): void => {
-    if (this.stopping) return;
+    if (this.stopping || !this.linkEnabled) return;
     this.problem("client error", err);
     if (this.opts.errorIsDisconnect) {
       this.up = false;

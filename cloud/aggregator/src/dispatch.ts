@@ -5,6 +5,7 @@
  */
 import { parseCompression } from "../../../core/compress";
 import { modelLayout } from "../../../core/engine/plan";
+import { isDefaultBench } from "../../../core/engine/model-spec";
 import { layoutSegments } from "../../../core/round/update-pipeline";
 import type { RoundDesired } from "./fleet/fleet";
 import { paths, type JobDocument, type JobRepository, type RoundState } from "./jobs/state";
@@ -60,6 +61,13 @@ export async function dispatchRound(
     ? undefined
     : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
   const quantizers = new Set(record?.value.quantizers ?? []);
+  // The profiler benchmarks the job's own model: its spec goes to each participant's profiler once per job (who
+  // has it is kept beside the round like the quantizers), so later rounds' eligibility reads
+  // samplesPerSecond[modelKey] measured on that model. Not for the default spec of a kind the profiler already
+  // benchmarks (`mlp` under the key `mlp`).
+  const profiled = new Set(record?.value.profilers ?? []);
+  const profiledNow: string[] = [];
+  const profileSpec = !isDefaultBench(d.modelKey, d.modelSpec);
   const configuredNow: string[] = [];
   const work = st.participants.map((p) => async () => {
     const desired: RoundDesired = {
@@ -94,17 +102,28 @@ export async function dispatchRound(
         log(`round ${d.jobId}/${st.round}: twin of ${p.deviceId} not updated: ${(e as Error).message}`);
       }
     })();
+    const profiler =
+      profileSpec && !profiled.has(p.deviceId)
+        ? retried(() => fleet.configureProfiler(p.deviceId, d.modelKey, d.modelSpec)).then(
+            () => void profiledNow.push(p.deviceId),
+            (e: Error) =>
+              log(`round ${d.jobId}/${st.round}: profiler of ${p.deviceId} not set: ${e.message}`),
+          )
+        : undefined;
     const queue =
       previous && !previous.received[p.deviceId]
         ? retried(() => fleet.setOpenRound(p.deviceId, d.jobId, st.round)).catch((e: Error) => {
             log(`round ${d.jobId}/${st.round}: openRounds of ${p.deviceId} not set: ${e.message}`);
           })
         : undefined;
-    await Promise.all([trainer, queue]);
+    await Promise.all([trainer, queue, profiler]);
   });
   await pool(work, concurrency);
-  if (!compression.lossless) {
-    const next: DispatchRecord = { quantizers: [...new Set([...quantizers, ...configuredNow])].sort() };
+  if (!compression.lossless || profileSpec) {
+    const next: DispatchRecord = {
+      quantizers: [...new Set([...quantizers, ...configuredNow])].sort(),
+      ...(profileSpec ? { profilers: [...new Set([...profiled, ...profiledNow])].sort() } : {}),
+    };
     await putJson(store, paths.dispatch(d.jobId, st.round), next);
   }
 }
@@ -131,6 +150,8 @@ async function retried(write: () => Promise<void>): Promise<void> {
 export interface DispatchRecord {
   /** Devices whose quantizer twin holds this job's entry (configured in this round or an earlier one). */
   readonly quantizers: readonly string[];
+  /** Devices whose profiler twin holds this job's model spec (`jobModels[modelKey]`). */
+  readonly profilers?: readonly string[];
 }
 
 /**

@@ -53,6 +53,8 @@ export const INGEST_COUNTERS = [
   "rejected_device",
   "rejected_frame",
   "late",
+  /** Updates (not chunks) that arrived after their round closed: acknowledged, not aggregated (sync policy). */
+  "late_updates",
   "ignored_other",
   "errors",
 ] as const;
@@ -257,6 +259,8 @@ export class Ingestor {
     // with it when the job starts again.
     if (round.status !== "open" || (job.status !== "running" && job.status !== "stopped")) {
       await this.ack(p.deviceId, p.updateId); // it can never be used: let the queue drop it
+      if (p.chunkIndex === 0) this.counters.late_updates++; // once per update: its first chunk
+
       throw new Reject(
         "late",
         `${p.jobId}/${p.round} is ${round.status} (job ${job.status}): update ${p.updateId}`,
@@ -524,6 +528,7 @@ export class Ingestor {
         await this.ack(p.deviceId, p.updateId);
         if (o === "late") {
           refused++;
+          this.counters.late_updates++;
           this.count(new Reject("late", `${jobId}/${round} closed while ${p.updateId} completed`));
         }
       }),

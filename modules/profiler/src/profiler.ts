@@ -2,7 +2,7 @@ import { statfs } from "node:fs/promises";
 import * as os from "node:os";
 import { Message } from "azure-iot-device";
 import { benchTrain, type BenchTrainOptions, type BenchTrainResult } from "../../../core/engine/bench";
-import { MODEL_KINDS } from "../../../core/engine/model-spec";
+import { MODEL_KINDS, validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, updateReported, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost } from "../../shared/host";
@@ -12,6 +12,9 @@ import { ModuleHost } from "../../shared/host";
  * twin's reported `capabilities` (docs/iothub-protocol.md):
  *
  *   samplesPerSecond      {[model]: samples/s} of LocalModel.train (core/engine/bench.ts benchTrain, synthetic data)
+ *                         for the default spec of each model kind in desired `models`/`model` (default mlp), and
+ *                         {[modelKey]: ...} for each job's own model spec in desired `jobModels` (the Function
+ *                         writes a job's spec there once per device per job: cloud/aggregator/src/dispatch.ts)
  *   memoryBytes, freeMemoryBytes   os.totalmem() / os.freemem()
  *   freeDiskBytes         fs.statfs on the data directory: bavail × bsize (space an unprivileged process can use)
  *   rttMs                 median of 3 reported-property PATCH round trips (publish → the hub's 204 response)
@@ -70,6 +73,11 @@ export interface ProfilerHandle {
   last(): Capabilities | undefined;
   /** Current schedule in minutes (0 = none). */
   scheduleMinutes(): number;
+  /**
+   * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
+   * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
+   */
+  setLinkEnabled(enabled: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -109,7 +117,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     return total <= 0 ? (connectedSince !== undefined ? 1 : 0) : Math.min(1, up / total);
   };
 
-  const modelsToBench = (): string[] => {
+  const kindsToBench = (): string[] => {
     if (opts.models && opts.models.length > 0) return opts.models;
     const d = host.twin?.properties.desired ?? {};
     const fromDesired = Array.isArray(d.models) ? d.models : typeof d.model === "string" ? [d.model] : [];
@@ -118,15 +126,39 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     );
     return ok.length > 0 ? ok : ["mlp"];
   };
+  /** Desired `jobModels`: {[modelKey]: ModelSpec}; an invalid entry is logged and skipped, null ones are removed. */
+  const jobModels = (): [string, ModelSpec][] => {
+    const jm = host.twin?.properties.desired?.jobModels as unknown;
+    if (typeof jm !== "object" || jm === null) return [];
+    const out: [string, ModelSpec][] = [];
+    for (const [key, spec] of Object.entries(jm as Record<string, unknown>)) {
+      if (spec === null || key.startsWith("$")) continue;
+      try {
+        out.push([key, validateSpec(spec)]);
+      } catch (e) {
+        log.warn(`desired jobModels.${key} ignored: ${errorText(e)}`, { modelKey: key });
+      }
+    }
+    return out;
+  };
+  const modelsToBench = (): { key: string; spec?: ModelSpec }[] => [
+    ...kindsToBench().map((key) => ({ key })),
+    ...jobModels().map(([key, spec]) => ({ key, spec })),
+  ];
 
   const measureOnce = async (): Promise<Capabilities> => {
     const samplesPerSecond: Record<string, number> = {};
-    for (const model of modelsToBench()) {
+    for (const { key, spec } of modelsToBench()) {
       try {
-        const r = await bench({ model, batchSize: opts.batchSize ?? 32, seconds: benchSeconds });
-        samplesPerSecond[model] = Math.round(r.samplesPerSecond * 10) / 10;
+        const r = await bench({
+          model: key,
+          ...(spec ? { spec } : {}),
+          batchSize: opts.batchSize ?? 32,
+          seconds: benchSeconds,
+        });
+        samplesPerSecond[key] = Math.round(r.samplesPerSecond * 10) / 10;
       } catch (e) {
-        log.warn(`benchmark of ${model} failed: ${errorText(e)}`, { model, err: e });
+        log.warn(`benchmark of ${key} failed: ${errorText(e)}`, { model: key, err: e });
       }
     }
     let freeDiskBytes: number | null = null;
@@ -224,6 +256,12 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
 
   /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */
   const onDesired = (delta: Record<string, unknown>, desired: Record<string, unknown>): void => {
+    if (delta && "jobModels" in delta && last !== undefined) {
+      // A job's model to measure (a twin read at start is measured by the first measurement).
+      const known = new Set(Object.keys(last.samplesPerSecond));
+      if (jobModels().some(([key]) => !known.has(key)))
+        measure().catch((e: unknown) => log.warn(`measurement failed: ${errorText(e)}`, { err: e }));
+    }
     if (!delta || !("scheduleMinutes" in delta)) return;
     const v = desired.scheduleMinutes ?? delta.scheduleMinutes;
     if (v === null || v === undefined) return reschedule(0);
@@ -270,6 +308,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     measure,
     last: () => last,
     scheduleMinutes: () => schedule,
+    setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {

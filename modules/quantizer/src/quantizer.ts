@@ -130,6 +130,11 @@ export interface QuantizerHandle {
   idle(): Promise<void>;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
+  /**
+   * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
+   * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
+   */
+  setLinkEnabled(enabled: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -690,6 +695,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       await host.reportsSettled();
     },
     reportNow: () => host.reportNow(),
+    setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {

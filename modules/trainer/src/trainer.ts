@@ -121,6 +121,11 @@ export interface TrainerHandle {
   startRound(order: unknown): boolean;
   /** Resolves when no round is running or waiting. */
   idle(): Promise<void>;
+  /**
+   * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
+   * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
+   */
+  setLinkEnabled(enabled: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -697,6 +702,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       }
       await host.reportsSettled();
     },
+    setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {

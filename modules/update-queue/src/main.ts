@@ -147,6 +147,11 @@ export interface UpdateQueueHandle {
   status(): UpdateQueueStatus;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
+  /**
+   * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
+   * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
+   */
+  setLinkEnabled(enabled: boolean): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -522,6 +527,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     sender,
     status,
     reportNow: () => host.reportNow(),
+    setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {

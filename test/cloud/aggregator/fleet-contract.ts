@@ -29,6 +29,8 @@ export interface DesiredView {
   openRounds: Record<string, unknown>;
   /** The quantizer's desired `flotilla.jobs`. */
   quantizerJobs: Record<string, unknown>;
+  /** The profiler's desired `jobModels`. */
+  jobModels: Record<string, unknown>;
 }
 
 export interface FleetSubject {
@@ -210,6 +212,16 @@ export function fleetContract(name: string, make: () => Promise<FleetSubject>): 
       });
       await s.fleet.configureQuantizer("edge-a", "job-c", null);
       assert.deepEqual((await s.desired("edge-a")).quantizerJobs, { "job-d": { compression: "int8" } });
+    });
+
+    test("configureProfiler sets one job's model spec in the profiler's jobModels; null removes it", async () => {
+      const a = { kind: "mlp", inputShape: [24], numClasses: 4, hidden: [16, 8] } as const;
+      const b = { kind: "cnn1d", inputShape: [64, 6], numClasses: 5, filters: [8], kernelSize: 3 } as const;
+      await s.fleet.configureProfiler("edge-a", "small", a);
+      await s.fleet.configureProfiler("edge-a", "conv", b);
+      assert.deepEqual((await s.desired("edge-a")).jobModels, { small: a, conv: b });
+      await s.fleet.configureProfiler("edge-a", "small", null);
+      assert.deepEqual((await s.desired("edge-a")).jobModels, { conv: b });
     });
 
     test("callTrainer returns the trainer's answer whatever its status; not reached (never thrown) when not connected", async () => {

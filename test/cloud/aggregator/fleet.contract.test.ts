@@ -59,10 +59,16 @@ fleetContract("RecordingFleet (the orchestrator tests' double)", async (): Promi
             ...(q.layout ? { layoutHash: q.layout.layoutHash, segments: [...q.layout.segments] } : {}),
           };
       }
+      const jobModels: Record<string, unknown> = {};
+      for (const p of fleet.profilers.filter((x) => x.deviceId === deviceId)) {
+        if (p.spec === null) delete jobModels[p.modelKey];
+        else jobModels[p.modelKey] = p.spec;
+      }
       return {
         trainer: last?.desired ? (withoutNulls(last.desired) as Record<string, unknown>) : null,
         openRounds,
         quantizerJobs,
+        jobModels,
       };
     },
     received: (deviceId) => {
@@ -182,6 +188,10 @@ fleetContract("IotHubFleet → local IoT Hub (real SDKs)", async (): Promise<Fle
           unknown
         >,
         quantizerJobs: withoutNulls(quantizer?.jobs ?? {}) as Record<string, unknown>,
+        jobModels: withoutNulls((await desiredOf(deviceId, "profiler")).jobModels ?? {}) as Record<
+          string,
+          unknown
+        >,
       };
     },
     received: (deviceId) => got.get(deviceId) ?? [],

@@ -335,6 +335,12 @@ test("a compressed job: quantizers configured, int8 model envelope + ONNX files 
   // Round 2 is ordered; the quantizers already hold the job's codec: configured once per job, not per round.
   assert.equal(w.fleet.configured.filter((c) => c.desired?.round === 2).length, 3);
   assert.equal(w.fleet.quantizers.length, 3);
+  // Likewise the profilers learn the job's model (SPEC is not mlp's default spec) once per job, not per round.
+  assert.deepEqual(w.fleet.profilers.map((p) => [p.deviceId, p.modelKey, p.spec]).sort(), [
+    ["dev-a", "mlp", SPEC],
+    ["dev-b", "mlp", SPEC],
+    ["dev-c", "mlp", SPEC],
+  ]);
   // What was received is exactly the compressed frames.
   assert.equal(rec.bytesReceived, frameBytes);
   const meta = await new JobRepository(w.store).getModelMeta(id, 1);

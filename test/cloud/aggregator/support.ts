@@ -78,6 +78,11 @@ export class RecordingFleet implements Fleet {
     compression: string | null;
     layout?: QuantizerLayout;
   }[] = [];
+  /** Profiler twin writes: the job models set (configureProfiler), in order. */
+  readonly profilers: { deviceId: string; modelKey: string; spec: unknown }[] = [];
+  async configureProfiler(deviceId: string, modelKey: string, spec: unknown): Promise<void> {
+    this.profilers.push({ deviceId, modelKey, spec });
+  }
   async configureQuantizer(
     deviceId: string,
     jobId: string,

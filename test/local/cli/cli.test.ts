@@ -56,6 +56,7 @@ test("CLI errors are one clear line", () => {
     [["simulate", "--dp-clip", "1"], /E_CONFIG_VALUE: --dp-clip needs --dp-noise/],
     [["simulate", "--dp-noise", "1"], /E_CONFIG_VALUE: --dp-noise needs --dp-clip/],
     [["simulate", "--dp-noise", "0", "--dp-clip", "1"], /--dp-noise must be a positive number/],
+    [["simulate", "--time-scale", "0"], /E_CONFIG_VALUE: --time-scale must be a positive number/],
     [["simulate", "--dp-noise", "1", "--dp-clip", "big"], /--dp-clip must be a positive number/],
     [
       ["simulate", "--dp-noise", "1", "--dp-clip", "1", "--dp-delta", "2"],

@@ -37,7 +37,10 @@ export interface FaultFleet {
 export async function startFaultFleet(
   devices: number,
   samplesPerDevice = 30,
-  opts: Pick<LocalStackOptions, "identityKeys" | "externalDevices" | "functionsHost"> = {},
+  opts: Pick<
+    LocalStackOptions,
+    "identityKeys" | "externalDevices" | "functionsHost" | "fleetTrace" | "timeScale"
+  > = {},
 ): Promise<FaultFleet> {
   const data = loadFleetData({ ...DEFAULT_CONFIG, devices, samplesPerDevice });
   const deviceIds = data.devices.map((_, i) => deviceName(i, devices));
@@ -50,6 +53,7 @@ export async function startFaultFleet(
     ...(opts.identityKeys ? { identityKeys: opts.identityKeys } : {}),
     ...(opts.externalDevices ? { externalDevices: opts.externalDevices } : {}),
     ...(opts.functionsHost ? { functionsHost: opts.functionsHost } : {}),
+    ...(opts.fleetTrace ? { fleetTrace: opts.fleetTrace, timeScale: opts.timeScale } : {}),
     log: (l) => {
       logs.push(l);
       if (process.env.FAULT_DEBUG) console.error(`${new Date().toISOString().slice(11, 23)} ${l}`);

@@ -128,3 +128,58 @@ test("profiler configuration names what is missing or invalid", () => {
   );
   assert.equal(loadProfilerConfig({ FLOTILLA_CONNECTION_STRING: cs }).benchSeconds, 5);
 });
+
+test(
+  "profiler benchmarks a job's own model spec from desired jobModels and reports it under the job's modelKey",
+  withContext(async (t) => {
+    const hub = await startLocalHub({ log: () => {} });
+    let stopProfiler: () => Promise<void> = async () => {};
+    t.after(async () => {
+      await stopProfiler();
+      await hub.close();
+    });
+    const info = { serviceConnectionString: hub.serviceConnectionString, caCertPem: hub.caCertPem };
+    const registry = createRegistry(info);
+    const client = ModuleClient.fromConnectionString(hub.createModule("edge-2", "profiler"), Mqtt);
+    await client.setOptions({ ca: hub.caCertPem });
+    const benches: BenchTrainOptions[] = [];
+    const profiler = await startProfiler({
+      client: client as never,
+      benchSeconds: 0.2,
+      dataDir: os.tmpdir(),
+      closeClient: true,
+      bench: (o) => {
+        benches.push(o);
+        return benchTrain(o);
+      },
+      log: () => {},
+    });
+    stopProfiler = () => profiler.stop();
+    assert.deepEqual(Object.keys(profiler.last()!.samplesPerSecond), ["mlp"]);
+    // A job's model: an mlp on 24 sensor features with other hidden sizes, keyed by the job's modelKey.
+    const spec = { kind: "mlp", inputShape: [24], numClasses: 4, hidden: [16, 8] };
+    await registry.updateModuleTwin(
+      "edge-2",
+      "profiler",
+      { properties: { desired: { jobModels: { "sensors-small": spec, broken: { kind: "nope" } } } } },
+      "*",
+    );
+    await until(
+      () => profiler.last()?.samplesPerSecond["sensors-small"] !== undefined,
+      30_000,
+      "the job's key",
+    );
+    const c = profiler.last()!;
+    assert.ok(c.samplesPerSecond["sensors-small"] > 0);
+    assert.equal(c.samplesPerSecond.broken, undefined, "an invalid spec is skipped");
+    const run = benches.find((b) => b.model === "sensors-small");
+    assert.deepEqual(run?.spec, spec, "the job's spec itself was benchmarked");
+    const r = await benchTrain({ model: "x", spec: spec as never, batchSize: 8, seconds: 0.1 });
+    assert.equal(r.params, 24 * 16 + 16 + 16 * 8 + 8 + 8 * 4 + 4, "benchTrain built the given spec");
+    // The report reaches the hub under the job's key.
+    const twin = (await registry.getModuleTwin("edge-2", "profiler")).responseBody as unknown as {
+      properties: { reported: { capabilities?: Capabilities } };
+    };
+    assert.ok((twin.properties.reported.capabilities?.samplesPerSecond["sensors-small"] ?? 0) > 0);
+  }),
+);

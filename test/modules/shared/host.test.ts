@@ -284,3 +284,60 @@ test(
     assert.equal(client.closes, 1);
   }),
 );
+
+test(
+  "host: setLinkEnabled(false) closes the client, stops reconnecting and holds sends (no attempt spent); true reconnects, reads the twin and sends",
+  withContext(async (t) => {
+    const client = new FakeModuleClient();
+    const events: string[] = [];
+    const { host } = hostOf(t, {
+      client,
+      hooks: {
+        onOnline: () => void events.push("online"),
+        onOffline: () => void events.push("offline"),
+      },
+    });
+    await host.start();
+    assert.equal(host.online, true);
+    assert.equal(client.getTwinCalls, 1);
+
+    await host.setLinkEnabled(false);
+    assert.equal(client.closes, 1, "the connection really ends");
+    assert.equal(host.online, false);
+    assert.equal(host.linkIsEnabled, false);
+    // A disconnect the SDK reports now is not followed by a reconnect.
+    client.emit("disconnect", new Error("socket closed"));
+    await host.setLinkEnabled(false); // idempotent
+    assert.equal(client.closes, 1);
+    const sent = host.sendWithRetry("out", [new Message("a")], { failCode: "E_UPLOAD", attempts: 1 });
+    let settled = false;
+    void sent.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(settled, false, "the send waits for the link");
+    assert.equal(client.outputs.length, 0);
+    assert.equal(client.opens, 1, "no reconnect while the link is down");
+
+    await host.setLinkEnabled(true);
+    assert.equal(client.opens, 2);
+    assert.equal(client.getTwinCalls, 2, "the twin is read again");
+    assert.equal(host.online, true);
+    await sent; // one attempt was allowed, and it was spent only once the link was back
+    assert.equal(client.outputs.length, 1);
+    assert.deepEqual(events, ["online", "offline", "online"]);
+  }),
+);
+
+test(
+  "host: a send waiting for a link taken down ends with the stop signal's reason when the module stops",
+  withContext(async (t) => {
+    const { host } = hostOf(t);
+    await host.start();
+    await host.setLinkEnabled(false);
+    const sent = host.sendWithRetry("out", [new Message("a")], { failCode: "E_UPLOAD" });
+    await host.stop();
+    await assert.rejects(sent, (e: unknown) => isFlotillaError(e) && e.code === "E_QUEUE_STOPPED");
+  }),
+);

@@ -60,6 +60,7 @@ export class FakeModuleClient extends EventEmitter implements UpdateQueueClient 
   }
   async close(): Promise<unknown> {
     this.closes++;
+    this.linkUp = false;
     return {};
   }
   async complete(msg: Message): Promise<unknown> {

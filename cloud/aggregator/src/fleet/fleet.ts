@@ -16,6 +16,7 @@ export const QUANTIZER_MODULE = "quantizer";
 
 import type { RoundOrder, SecAggOrder } from "../../../../core/protocol/round-order";
 
+import type { ModelSpec } from "../../../../core/engine/model-spec";
 /** The trainer's desired `flotilla` (also the `startRound` payload). */
 export type RoundDesired = RoundOrder;
 export type { SecAggOrder };
@@ -104,6 +105,11 @@ export interface Fleet {
   abortRound(deviceId: string, jobId: string, round: number): Promise<boolean>;
   /** Calls `ack` on the update-queue; false when it did not get through. */
   ack(deviceId: string, updateIds: readonly string[]): Promise<boolean>;
+  /**
+   * Sets the profiler's desired `jobModels[modelKey]`: the job's model spec, which the profiler benchmarks and
+   * reports as `capabilities.samplesPerSecond[modelKey]` (null removes it).
+   */
+  configureProfiler(deviceId: string, modelKey: string, spec: ModelSpec | null): Promise<void>;
   /** Sets the update-queue's desired `openRounds[jobId]` (null removes it). */
   setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void>;
   /**
@@ -317,6 +323,15 @@ export class IotHubFleet implements Fleet {
       deviceId,
       QUANTIZER_MODULE,
       { properties: { desired: { flotilla: { jobs: { [jobId]: job } } } } },
+      "*",
+    );
+  }
+
+  async configureProfiler(deviceId: string, modelKey: string, spec: ModelSpec | null): Promise<void> {
+    await this.registry.updateModuleTwin(
+      deviceId,
+      PROFILER_MODULE,
+      { properties: { desired: { jobModels: { [modelKey]: spec } } } },
       "*",
     );
   }
