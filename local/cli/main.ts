@@ -85,7 +85,6 @@ function buildSimConfig(o: RawOptions): SimConfig {
     }
     c.transport = s("transport") as "memory" | "iothub";
   }
-  if (s("fleetTrace") !== undefined) c.fleetTrace = s("fleetTrace")!;
   if (s("timeScale") !== undefined) c.timeScale = positiveNumber("time-scale", s("timeScale")!);
   if (s("compression") !== undefined) c.compression = s("compression")!;
   if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
@@ -517,10 +516,6 @@ export function buildProgram(): Command {
       ]),
     )
     .option(
-      "--fleet-trace <source>",
-      "device trace: FILE | synthetic | synthetic:KEY=VALUE,... (docs/fleet-traces.md); over iothub the devices' links and training speed follow it",
-    )
-    .option(
       "--time-scale <x>",
       "iothub with --fleet-trace: virtual seconds of the trace per real second (default 600: a day in 2.4 minutes)",
     )
@@ -572,7 +567,7 @@ export function buildProgram(): Command {
     )
     .option(
       "--fleet-trace <source>",
-      "run in a fleet trace's virtual time: a JSON lines FILE, synthetic or synthetic:KEY=VALUE,... (docs/simulation.md)",
+      "device trace: FILE | synthetic | synthetic:KEY=VALUE,...; memory: runs in its virtual time (docs/simulation.md); iothub: the devices' links and training speed follow it (docs/fleet-traces.md)",
     )
     .option(
       "--selection <spec>",

@@ -47,11 +47,6 @@ export interface SimConfig {
   secaggNeighbours?: number;
   /** Shares needed to unmask (unset: ⌊k/2⌋+1). */
   secaggThreshold?: number;
-  /**
-   * The fleet's device trace: a JSON lines FILE, `synthetic` or `synthetic:SPEC` (docs/fleet-traces.md); unset: no
-   * trace (every device always online, at this machine's speed).
-   */
-  fleetTrace?: string;
   /** Over the IoT Hub stack with a fleet trace: virtual seconds of the trace per real second (default 600). */
   timeScale?: number;
   /** Clip range of the fixed-point encoding (unset: 8). */
@@ -77,8 +72,10 @@ export interface SimConfig {
   /** Adaptive clipping: σ_b, noise std of the clipped count (unset: clients per round / 20). */
   dpClipCountStddev?: number;
   /**
-   * A fleet trace (docs/fleet-traces.md): a JSON lines FILE, `synthetic` or `synthetic:SPEC`. Set: the job runs in
-   * the trace's virtual time (core/fleet/virtual-fleet.ts, docs/simulation.md).
+   * A fleet trace (docs/fleet-traces.md): a JSON lines FILE, `synthetic` or `synthetic:SPEC`; unset: no trace (every
+   * device always online, at this machine's speed). Memory transport: the job runs in the trace's virtual time
+   * (core/fleet/virtual-fleet.ts, docs/simulation.md). IoT Hub transport: the local stack's devices follow it in
+   * real time scaled by `timeScale` (their links go down and up, training is paced to the trace's speed).
    */
   fleetTrace?: string;
   /** Participant selection (core/selection): random | deadline | oort[:KEY=VALUE,...]; unset = random. */
@@ -364,9 +361,20 @@ function validateFleetConfig(c: SimConfig): void {
   c.selection ??= "random";
   if (c.fleetTrace.trim() === "")
     fail("E_CONFIG_FLEET_TRACE", "--fleet-trace must name a file or synthetic[:SPEC]");
-  if (c.transport !== "memory")
-    fail("E_CONFIG_FLEET_TRACE", "--fleet-trace runs in virtual time: it needs --transport memory");
-  if (c.secureAggregation)
+  if (c.transport !== "memory") {
+    // Over the local IoT Hub stack the trace drives real links in scaled real time (local/stack/trace-driver.ts);
+    // selection and async rounds there are the Function's (its job definition), not the simulator's flags.
+    if (
+      c.mode === "async" ||
+      (c.selection !== undefined && c.selection !== "random") ||
+      c.roundDeadlineS !== undefined
+    )
+      fail(
+        "E_CONFIG_FLEET_TRACE",
+        "--transport iothub --fleet-trace follows the trace in scaled real time: --mode async, --selection and --round-deadline need --transport memory",
+      );
+  }
+  if (c.secureAggregation && c.transport === "memory")
     fail(
       "E_CONFIG_FLEET_TRACE",
       "--fleet-trace with --secure-aggregation is not supported (secure rounds run on real time)",

@@ -99,7 +99,8 @@ test("the fleet flags are checked with one coded line each", () => {
     [{ selection: "fastest" }, "E_CONFIG_SELECTION"],
     [{ roundDeadlineS: 10 }, "E_CONFIG_FLEET_TRACE"],
     [{ fleetTrace: "synthetic", secureAggregation: true }, "E_CONFIG_FLEET_TRACE"],
-    [{ fleetTrace: "synthetic", transport: "iothub" }, "E_CONFIG_FLEET_TRACE"],
+    [{ fleetTrace: "synthetic", transport: "iothub", mode: "async" }, "E_CONFIG_FLEET_TRACE"],
+    [{ fleetTrace: "synthetic", transport: "iothub", selection: "oort" }, "E_CONFIG_FLEET_TRACE"],
   ];
   for (const [patch, code] of bad) {
     assert.throws(
