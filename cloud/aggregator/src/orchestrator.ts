@@ -62,6 +62,7 @@ import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
+import { AsyncRounds, isAsync } from "./async-rounds";
 import type { JobDpState } from "./jobs/state";
 
 export interface TickReport {
@@ -191,6 +192,7 @@ export class Orchestrator {
     const tickStarted = this.services.clock();
     for (let step = 0; step < 4; step++) {
       const job = await this.repo.getJob(jobId);
+      if (job && isAsync(job)) return this.tickAsync(job, now, actions);
       if (job?.status === "stopped") {
         await this.pauseRound(job, now, actions); // idempotent: finishes a stop interrupted mid-way
         return;
@@ -246,6 +248,33 @@ export class Orchestrator {
       if (!next) return;
       if (!(await this.openRound(next, r + 1, openAt, actions))) return;
     }
+  }
+
+  /** An async job (async-rounds.ts): a running one advances, a stopped one is paused. */
+  private async tickAsync(job: JobDocument, now: number, actions: string[]): Promise<void> {
+    if (job.status === "stopped") return this.asyncRounds.pause(job, now);
+    if (job.status === "running") return this.asyncRounds.tick(job, now, actions);
+  }
+
+  private asyncDriver: AsyncRounds | undefined;
+
+  /** The async driver (async-rounds.ts), with the models, strategies and eligibility of this orchestrator. */
+  private get asyncRounds(): AsyncRounds {
+    this.asyncDriver ??= new AsyncRounds(
+      this.services,
+      this.repo,
+      {
+        ensureInitialModel: (job, now) => this.ensureInitialModel(job, now),
+        strategyAt: (job, version) => this.strategyAt(job, version),
+        publishModel: (job, version, w, now, s) => this.publishModel(job, version, w, now, s),
+        cache: (job, strategy, round, sha256) =>
+          this.strategies.set(job.definition.jobId, { strategy, round, sha256 }),
+        eligible: (job, trainers) => this.eligible(job, trainers),
+        createStrategy: (name, opts) => this.createStrategy(name, opts),
+      },
+      this.concurrency,
+    );
+    return this.asyncDriver;
   }
 
   /**
