@@ -18,7 +18,13 @@
  */
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser } from "../../../core/round/close";
-import { oldestAccepted, openAsync, stepAsync, type AsyncEvent } from "../../../core/round/async-engine";
+import {
+  flushable,
+  oldestAccepted,
+  openAsync,
+  stepAsync,
+  type AsyncEvent,
+} from "../../../core/round/async-engine";
 import type { ClientInfo, RoundMetrics, Strategy, StrategyOptions } from "../../../core/strategies/strategy";
 import type { TrainerInfo } from "./fleet/fleet";
 import { dispatchAsyncOrders } from "./dispatch";
@@ -122,7 +128,9 @@ export class AsyncRounds {
     const round = version + 1;
     const meta = await this.repo.getModelMeta(d.jobId, version);
     if (!meta) throw new Error(`model ${version} of ${d.jobId} is missing`);
-    const exclude = new Set(Object.keys(e.inFlight));
+    // Not twice from one version (a trainer runs a (job, round) once) and not while its update waits in the
+    // buffer (one update per device and flush).
+    const exclude = new Set([...Object.keys(e.inFlight), ...e.entries.map((x) => x.deviceId)]);
     for (const [id, r] of Object.entries(s.lastRound)) if (r >= round) exclude.add(id);
     const candidates = this.hooks
       .eligible(job, await this.services.fleet.listTrainers())
@@ -178,7 +186,7 @@ export class AsyncRounds {
     const d = job.definition;
     const e = s.engine;
     const next = e.version + 1;
-    const entries = e.entries.slice(0, e.buffer);
+    const entries = flushable(e);
     const { strategy, reset } = await this.hooks.strategyAt(job, e.version);
     const closer = new RoundCloser({
       round: next,
