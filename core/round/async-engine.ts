@@ -253,7 +253,8 @@ export function stepAsync(st: AsyncState, ev: AsyncEvent): AsyncStepResult {
     }
     case "flushed": {
       if (st.status !== "flushing" || !(ev.newVersion > st.version)) return same(st);
-      const flushed = Math.min(st.buffer, st.entries.length);
+      const done = new Set(flushable(st).map((e) => e.updateId));
+      const flushed = done.size;
       const version = ev.newVersion;
       // Late updates of expired orders older than maxStaleness would be refused: stop waiting for them.
       const oldest = version - st.maxStaleness;
@@ -264,7 +265,7 @@ export function stepAsync(st: AsyncState, ev: AsyncEvent): AsyncStepResult {
           ...st,
           version,
           status: "running",
-          entries: st.entries.slice(flushed),
+          entries: st.entries.filter((e) => !done.has(e.updateId)),
           expired,
           counters: count(st, "applied", flushed),
         },
@@ -358,14 +359,24 @@ function received(st: AsyncState, deviceId: string, baseVersion: number, u: Asyn
  */
 function settle(st: AsyncState, decisions: AsyncDecision[]): AsyncStepResult {
   if (st.status !== "running" || st.paused) return { state: st, decisions };
-  if (st.entries.length >= st.buffer) {
+  const batch = flushable(st);
+  if (batch.length >= st.buffer) {
     return {
       state: { ...st, status: "flushing" },
-      decisions: [...decisions, { type: "flush", entries: st.entries.slice(0, st.buffer) }],
+      decisions: [...decisions, { type: "flush", entries: batch }],
     };
   }
   const free = st.concurrency - Object.keys(st.inFlight).length;
   return { state: st, decisions: free > 0 ? [...decisions, { type: "order", count: free }] : decisions };
+}
+
+/**
+ * The entries the next flush applies: the first K of the buffer, in arrival order. The drivers order no device
+ * whose update waits in the buffer, so a flush holds one update per device (as the aggregation requires; a second
+ * one would be refused E_STRATEGY_DUPLICATE and counted).
+ */
+export function flushable(st: Pick<AsyncState, "entries" | "buffer">): BufferEntry[] {
+  return st.entries.slice(0, st.buffer);
 }
 
 /** The oldest base version a job at `version` still accepts (updates from before it are refused). */

@@ -96,8 +96,10 @@ export interface AsyncJobOptions extends Pick<
   /** A device's order times out after this long (its late update still counts while fresh enough). */
   readonly trainTimeoutInMs: number;
   /**
-   * Picks up to `count` devices to order now, none of `exclude` (those training already), each with its training
-   * config; `version` is the version they will train from. May return fewer (or none: the driver asks again).
+   * Picks up to `count` devices to order now, none of `exclude` (those training already, those whose update waits
+   * in the buffer, those whose order could not be sent just now), each with its training config; `version` is the
+   * version they will train from. May return fewer (or none: the driver asks again). A version needs K updates, so
+   * K must not exceed the devices that can deliver: with fewer, the job waits for them (or its abort signal).
    */
   pick(
     count: number,
@@ -187,7 +189,13 @@ export async function runAsyncJob(
 
   const order = async (count: number): Promise<void> => {
     const version = state.version;
-    const exclude = new Set([...Object.keys(state.inFlight), ...unreachable]);
+    // Not while its update waits in the buffer (one update per device and flush: the aggregation takes one per
+    // device, and DP's ledger counts devices).
+    const exclude = new Set([
+      ...Object.keys(state.inFlight),
+      ...state.entries.map((e) => e.deviceId),
+      ...unreachable,
+    ]);
     const picked = (await opts.pick(count, exclude, version))
       .filter(
         (p, i, all) => !exclude.has(p.deviceId) && all.findIndex((q) => q.deviceId === p.deviceId) === i,

@@ -4,11 +4,12 @@
  * travels over IoT Hub (docs/iothub-protocol.md), so the wire can change without touching the round logic.
  */
 import { parseCompression } from "../../../core/compress";
+import { errorCode, errorMessage } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/plan";
 import { isDefaultBench } from "../../../core/engine/model-spec";
 import { layoutSegments } from "../../../core/round/update-pipeline";
-import type { RoundDesired } from "./fleet/fleet";
-import { paths, type JobDocument, type JobRepository, type RoundState } from "./jobs/state";
+import type { QuantizerLayout, RoundDesired } from "./fleet/fleet";
+import { paths, type JobDocument, type JobRepository, type ModelMeta, type RoundState } from "./jobs/state";
 import { getJson, putJson } from "./store/blob-store";
 import { secAggOrder } from "./secure-round";
 import type { AggregatorServices } from "./services";
@@ -42,24 +43,8 @@ export async function dispatchRound(
     prev >= 1 ? repo.getRound(d.jobId, prev) : Promise.resolve(undefined),
     prev >= 1 ? getJson<DispatchRecord>(store, paths.dispatch(d.jobId, prev)) : Promise.resolve(undefined),
   ]);
-  const encoded = meta?.downlink && meta.sha256 === st.modelSha256 ? meta.downlink : undefined;
-  const modelUrl = await store.url(
-    encoded ? paths.modelEncoded(d.jobId, prev) : paths.model(d.jobId, prev),
-    d.modelUrlMinutes,
-  );
-  const onnx = meta?.onnx
-    ? {
-        url: await store.url(paths.modelOnnx(d.jobId, prev, "fp32"), d.modelUrlMinutes),
-        sha256: meta.onnx.fp32.sha256,
-        int8Url: await store.url(paths.modelOnnx(d.jobId, prev, "int8"), d.modelUrlMinutes),
-        int8Sha256: meta.onnx.int8.sha256,
-      }
-    : undefined;
-  const compression = parseCompression(d.compression ?? "none");
-  // The quantizer's codec takes the layout's tensor sizes (per-tensor scales), as the simulator's devices do.
-  const quantizerLayout = compression.lossless
-    ? undefined
-    : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
+  const { encoded, modelUrl, onnx } = await modelLinks(services, job, prev, meta, st.modelSha256);
+  const { compression, quantizerLayout } = uplinkOf(job);
   const quantizers = new Set(record?.value.quantizers ?? []);
   // The profiler benchmarks the job's own model: its spec goes to each participant's profiler once per job (who
   // has it is kept beside the round like the quantizers), so later rounds' eligibility reads
@@ -126,6 +111,117 @@ export async function dispatchRound(
     };
     await putJson(store, paths.dispatch(d.jobId, st.round), next);
   }
+}
+
+/** Where devices download model `prev` (the compressed copy when the job has one), and its ONNX files. */
+async function modelLinks(
+  services: AggregatorServices,
+  job: JobDocument,
+  prev: number,
+  meta: ModelMeta | undefined,
+  modelSha256: string,
+): Promise<{ encoded: ModelMeta["downlink"]; modelUrl: string; onnx: RoundDesired["onnx"] }> {
+  const d = job.definition;
+  const store = services.store;
+  const encoded = meta?.downlink && meta.sha256 === modelSha256 ? meta.downlink : undefined;
+  const modelUrl = await store.url(
+    encoded ? paths.modelEncoded(d.jobId, prev) : paths.model(d.jobId, prev),
+    d.modelUrlMinutes,
+  );
+  const onnx = meta?.onnx
+    ? {
+        url: await store.url(paths.modelOnnx(d.jobId, prev, "fp32"), d.modelUrlMinutes),
+        sha256: meta.onnx.fp32.sha256,
+        int8Url: await store.url(paths.modelOnnx(d.jobId, prev, "int8"), d.modelUrlMinutes),
+        int8Sha256: meta.onnx.int8.sha256,
+      }
+    : undefined;
+  return { encoded, modelUrl, onnx };
+}
+
+/** The job's uplink codec and, when lossy, the layout its quantizers need (per-tensor scales). */
+function uplinkOf(job: JobDocument): {
+  compression: ReturnType<typeof parseCompression>;
+  quantizerLayout: QuantizerLayout | undefined;
+} {
+  const d = job.definition;
+  const compression = parseCompression(d.compression ?? "none");
+  const quantizerLayout = compression.lossless
+    ? undefined
+    : { layoutHash: job.layoutHash, segments: layoutSegments(modelLayout(d.modelSpec)) };
+  return { compression, quantizerLayout };
+}
+
+/** One async order (core/round/async-engine.ts): a device and its training config. */
+export interface AsyncOrder {
+  readonly deviceId: string;
+  readonly config: RoundDesired["config"];
+}
+
+/**
+ * Sends async orders (FedBuff, docs/async.md): each device trains from model `version` as round `version + 1`
+ * (the trainer runs it exactly like a synchronous round: round r trains from model r − 1). Besides the trainer
+ * twin, every device's update-queue is told the oldest round the job still accepts (`openRounds[jobId]` =
+ * oldest accepted version + 1), so its queue drops only the updates the cloud would refuse as too stale; its
+ * quantizer is configured once for a lossy uplink. Returns the devices whose order could not be written, and the
+ * devices whose quantizer was configured now.
+ */
+export async function dispatchAsyncOrders(
+  services: AggregatorServices,
+  repo: JobRepository,
+  job: JobDocument,
+  o: {
+    version: number;
+    modelSha256: string;
+    deadline: number;
+    orders: readonly AsyncOrder[];
+    oldestRound: number;
+    quantizers: ReadonlySet<string>;
+  },
+  concurrency: number,
+): Promise<{ failed: { deviceId: string; code: string; reason: string }[]; configured: string[] }> {
+  const d = job.definition;
+  const { fleet, log } = services;
+  const meta = await repo.getModelMeta(d.jobId, o.version);
+  const { encoded, modelUrl, onnx } = await modelLinks(services, job, o.version, meta, o.modelSha256);
+  const { compression, quantizerLayout } = uplinkOf(job);
+  const failed: { deviceId: string; code: string; reason: string }[] = [];
+  const configured: string[] = [];
+  const round = o.version + 1;
+  const work = o.orders.map((p) => async () => {
+    const desired: RoundDesired = {
+      jobId: d.jobId,
+      round,
+      modelUrl,
+      modelSha256: encoded ? encoded.sha256 : o.modelSha256,
+      ...(encoded ? { modelEncoding: "flz" as const } : {}),
+      ...(onnx ? { onnx } : {}),
+      layoutHash: job.layoutHash,
+      modelSpec: d.modelSpec,
+      config: p.config,
+      deadline: o.deadline,
+    };
+    if (!compression.lossless && !o.quantizers.has(p.deviceId)) {
+      await retried(() =>
+        fleet.configureQuantizer(p.deviceId, d.jobId, compression.text, quantizerLayout),
+      ).then(
+        () => void configured.push(p.deviceId),
+        (e: Error) =>
+          log(`async ${d.jobId}/${round}: quantizer of ${p.deviceId} not configured: ${e.message}`),
+      );
+    }
+    const queue = retried(() => fleet.setOpenRound(p.deviceId, d.jobId, o.oldestRound)).catch((e: Error) =>
+      log(`async ${d.jobId}/${round}: openRounds of ${p.deviceId} not set: ${e.message}`),
+    );
+    try {
+      await retried(() => fleet.configureRound(p.deviceId, desired));
+    } catch (e) {
+      failed.push({ deviceId: p.deviceId, code: errorCode(e), reason: errorMessage(e) });
+    }
+    await queue;
+  });
+  await pool(work, concurrency);
+  return { failed, configured };
 }
 
 /** Attempts per twin write of a round order (a transient failure: a dropped keep-alive connection, a 429). */

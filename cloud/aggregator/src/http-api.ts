@@ -85,7 +85,10 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
         return await fn(req, ctx);
       } catch (e) {
         if (isFlotillaError(e)) {
-          const status = e.code.startsWith("E_JOB_") || e.code.startsWith("E_MODEL_") ? 400 : 500;
+          const status =
+            e.code.startsWith("E_JOB_") || e.code.startsWith("E_MODEL_") || e.code.startsWith("E_ASYNC_")
+              ? 400
+              : 500;
           return error(status, e.code, e.message);
         }
         ctx.error(

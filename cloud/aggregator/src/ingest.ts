@@ -23,7 +23,15 @@ import { decodeMessage, type Message, type SecAggFrame } from "../../../core/pro
 import { isFlotillaError } from "../../../core/errors";
 import { isConflict } from "./store/blob-store";
 import { step as engineStep } from "../../../core/round/engine";
-import { JobRepository, paths, type JobDocument, type ReceivedUpdate, type RoundState } from "./jobs/state";
+import {
+  JobRepository,
+  paths,
+  type AsyncJobState,
+  type JobDocument,
+  type ReceivedUpdate,
+  type RoundState,
+} from "./jobs/state";
+import { stepAsync } from "../../../core/round/async-engine";
 import { pool } from "./dispatch";
 import type { AggregatorServices } from "./services";
 import { secureExtraValues } from "./jobs/job";
@@ -55,6 +63,8 @@ export const INGEST_COUNTERS = [
   "late",
   /** Updates (not chunks) that arrived after their round closed: acknowledged, not aggregated (sync policy). */
   "late_updates",
+  /** Async jobs: updates trained from a version older than the job's maxStaleness (E_ASYNC_STALE). */
+  "refused_stale",
   "ignored_other",
   "errors",
 ] as const;
@@ -91,6 +101,8 @@ interface PendingUpdate {
 interface Batch {
   readonly jobs: Map<string, JobDocument | undefined>;
   readonly rounds: Map<string, RoundState | undefined>;
+  /** Async jobs' states (read once each). */
+  readonly asyncStates: Map<string, AsyncJobState | undefined>;
   readonly pending: Map<string, PendingUpdate>;
   /** Chunks earlier batches stored, by chunk directory. */
   readonly stored: Map<string, string[]>;
@@ -158,7 +170,13 @@ export class Ingestor {
    * and every update completed in the batch is recorded in its round state with one conditional write per round.
    */
   async ingestEvents(events: readonly IngestEvent[]): Promise<{ accepted: number; rejected: number }> {
-    const batch: Batch = { jobs: new Map(), rounds: new Map(), pending: new Map(), stored: new Map() };
+    const batch: Batch = {
+      jobs: new Map(),
+      rounds: new Map(),
+      asyncStates: new Map(),
+      pending: new Map(),
+      stored: new Map(),
+    };
     let accepted = 0;
     let rejected = 0;
     for (const ev of Array.isArray(events) ? events : []) {
@@ -235,6 +253,7 @@ export class Ingestor {
         `update of ${p.size} bytes for a model of ${job.modelLength} values`,
       );
     }
+    if (job.definition.mode === "async") return this.acceptAsyncChunk(p, body, job, batch);
     const round = await this.round(p.jobId, p.round, batch);
     if (!round || round.round > job.currentRound) {
       throw new Reject("rejected_malformed", `job '${p.jobId}' has no round ${p.round}`);
@@ -271,6 +290,51 @@ export class Ingestor {
     let u = batch.pending.get(dir);
     if (!u) {
       u = { props: p, job, secure: round.secagg !== undefined, bodies: new Map() };
+      batch.pending.set(dir, u);
+    }
+    if (u.bodies.has(p.chunkIndex)) {
+      this.counters.duplicate_chunks++;
+      return;
+    }
+    u.bodies.set(p.chunkIndex, body);
+  }
+
+  /**
+   * A chunk of an async job's update (docs/async.md): its round is the version it trained from plus one. Taken
+   * when the device has an order for that version (in flight, or timed out but still waited for); an update
+   * already in the buffer is acknowledged again; anything else can never be used and is acknowledged as late, so
+   * the device's queue lets it go. Whether it is fresh enough is the engine's call when it completes.
+   */
+  private async acceptAsyncChunk(
+    p: ChunkProps,
+    body: Uint8Array,
+    job: JobDocument,
+    batch: Batch,
+  ): Promise<void> {
+    if (!batch.asyncStates.has(p.jobId)) batch.asyncStates.set(p.jobId, await this.repo.getAsync(p.jobId));
+    const st = batch.asyncStates.get(p.jobId);
+    if (!st) throw new Reject("rejected_malformed", `async job '${p.jobId}' has not started`);
+    const e = st.engine;
+    if (e.entries.some((x) => x.updateId === p.updateId)) {
+      this.counters.duplicate_updates++;
+      await this.ack(p.deviceId, p.updateId);
+      return;
+    }
+    const base = p.round - 1;
+    const ordered = e.inFlight[p.deviceId]?.baseVersion === base || e.expired[p.deviceId] === base;
+    if (!ordered || (job.status !== "running" && job.status !== "stopped")) {
+      await this.ack(p.deviceId, p.updateId);
+      throw new Reject(
+        "late",
+        `${p.jobId}: update ${p.updateId} from '${p.deviceId}' trained from version ${base} is not awaited ` +
+          `(version ${e.version}, job ${job.status})`,
+      );
+    }
+    asReject(() => checkChunkBody(body, p));
+    const dir = paths.chunkDir(p.jobId, p.round, p.updateId);
+    let u = batch.pending.get(dir);
+    if (!u) {
+      u = { props: p, job, secure: false, bodies: new Map() };
       batch.pending.set(dir, u);
     }
     if (u.bodies.has(p.chunkIndex)) {
@@ -358,7 +422,11 @@ export class Ingestor {
       const key = `${c.props.jobId}\u0000${c.props.round}`;
       plain.set(key, [...(plain.get(key) ?? []), c]);
     }
-    for (const group of plain.values()) refused += await this.recordUpdates(group);
+    for (const group of plain.values())
+      refused +=
+        group[0].job.definition.mode === "async"
+          ? await this.recordAsyncUpdates(group)
+          : await this.recordUpdates(group);
     return refused;
   }
 
@@ -536,6 +604,100 @@ export class Ingestor {
     );
     return refused;
   }
+  /**
+   * An async job's results and failure frames completed in one batch: each result stored as
+   * async/updates/{updateId}.frame, then all of them fed to the async engine (core/round/async-engine.ts) in one
+   * conditional write of the job's async state: a result joins the buffer with its staleness weight, or is refused
+   * (E_ASYNC_STALE: trained from a version older than maxStaleness; counted by the engine and here as
+   * `refused_stale`); a failure frees the device's slot. Everything is acknowledged. Returns how many were refused.
+   */
+  private async recordAsyncUpdates(group: readonly Completed[]): Promise<number> {
+    const store = this.services.store;
+    const { jobId } = group[0].props;
+    await pool(
+      group.map((c) => async () => {
+        if (c.msg.type !== "result") return;
+        try {
+          await store.put(paths.asyncUpdate(jobId, c.props.updateId), c.frame, { ifNoneMatch: "*" });
+        } catch (e) {
+          if (!isConflict(e)) throw e;
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    const now = this.services.clock();
+    const outcome = new Map<Completed, "recorded" | "duplicate" | "stale" | "late">();
+    await this.repo.updateAsync(jobId, (cur: AsyncJobState) => {
+      outcome.clear();
+      let eng = cur.engine;
+      for (const c of group) {
+        const p = c.props;
+        const msg = c.msg as Exclude<Message, SecAggFrame | { type: "train" }>;
+        if (msg.type === "result") {
+          if (eng.entries.some((x) => x.updateId === p.updateId)) {
+            outcome.set(c, "duplicate");
+            continue;
+          }
+          const r = stepAsync(eng, {
+            type: "updateReceived",
+            deviceId: p.deviceId,
+            baseVersion: p.round - 1,
+            update: { updateId: p.updateId, numSamples: msg.numSamples, at: now },
+          });
+          const stale = r.decisions.some((x) => x.type === "refuse" && x.code === "E_ASYNC_STALE");
+          outcome.set(
+            c,
+            r.state.entries.some((x) => x.updateId === p.updateId) ? "recorded" : stale ? "stale" : "late",
+          );
+          eng = r.state;
+        } else {
+          const next = stepAsync(eng, {
+            type: "failure",
+            deviceId: p.deviceId,
+            baseVersion: p.round - 1,
+            code: msg.code,
+            reason: msg.reason,
+            now,
+          }).state;
+          outcome.set(c, next === eng ? "late" : "recorded");
+          eng = next;
+        }
+      }
+      return eng === cur.engine ? undefined : { ...cur, engine: eng };
+    });
+    let refused = 0;
+    await pool(
+      group.map((c) => async () => {
+        const p = c.props;
+        const o = outcome.get(c) ?? "duplicate";
+        if ((o === "late" || o === "stale") && c.msg.type === "result")
+          await store.delete(paths.asyncUpdate(jobId, p.updateId));
+        await this.dropChunks(c.storedNames);
+        if (o === "recorded") {
+          this.counters[c.msg.type === "result" ? "updates_completed" : "failures_received"]++;
+          this.services.log(`ingest: async ${c.msg.type} ${p.updateId} from ${p.deviceId} for ${jobId}`);
+        } else if (o === "duplicate") {
+          this.counters.duplicate_updates++;
+        }
+        await this.ack(p.deviceId, p.updateId);
+        if (o === "stale") {
+          refused++;
+          this.count(
+            new Reject(
+              "refused_stale",
+              `E_ASYNC_STALE: ${jobId}: ${p.updateId} trained from version ${p.round - 1}`,
+            ),
+          );
+        } else if (o === "late") {
+          refused++;
+          this.count(new Reject("late", `${jobId}: ${p.updateId} from '${p.deviceId}' is no longer awaited`));
+        }
+      }),
+      STORE_CONCURRENCY,
+    );
+    return refused;
+  }
+
   /**
    * A secure round's device frame (docs/iothub-protocol.md, "Secure aggregation"): the key advertisement (step 1)
    * or the masked input (step 3). Stored as rounds/{r}/secagg/{step}/{device}.frame and recorded in the round's

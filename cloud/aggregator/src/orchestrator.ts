@@ -57,7 +57,9 @@ import {
   recordRoundInHistory,
   selectDevices,
   selectionContext,
+  updateHistory,
 } from "./selection";
+import type { BufferEntry } from "../../../core/round/async-engine";
 import { modelLayout } from "../../../core/engine/plan";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
@@ -79,6 +81,7 @@ import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf } from "./jobs/job";
+import { AsyncRounds, isAsync } from "./async-rounds";
 import type { JobDpState } from "./jobs/state";
 
 export interface TickReport {
@@ -211,6 +214,7 @@ export class Orchestrator {
     const tickStarted = this.services.clock();
     for (let step = 0; step < 4; step++) {
       const job = await this.repo.getJob(jobId);
+      if (job && isAsync(job)) return this.tickAsync(job, now, actions);
       if (job?.status === "stopped") {
         await this.pauseRound(job, now, actions); // idempotent: finishes a stop interrupted mid-way
         return;
@@ -266,6 +270,34 @@ export class Orchestrator {
       if (!next) return;
       if (!(await this.openRound(next, r + 1, openAt, actions))) return;
     }
+  }
+
+  /** An async job (async-rounds.ts): a running one advances, a stopped one is paused. */
+  private async tickAsync(job: JobDocument, now: number, actions: string[]): Promise<void> {
+    if (job.status === "stopped") return this.asyncRounds.pause(job, now);
+    if (job.status === "running") return this.asyncRounds.tick(job, now, actions);
+  }
+
+  private asyncDriver: AsyncRounds | undefined;
+
+  /** The async driver (async-rounds.ts), with the models, strategies and eligibility of this orchestrator. */
+  private get asyncRounds(): AsyncRounds {
+    this.asyncDriver ??= new AsyncRounds(
+      this.services,
+      this.repo,
+      {
+        ensureInitialModel: (job, now) => this.ensureInitialModel(job, now),
+        strategyAt: (job, version) => this.strategyAt(job, version),
+        publishModel: (job, version, w, now, s) => this.publishModel(job, version, w, now, s),
+        cache: (job, strategy, round, sha256) =>
+          this.strategies.set(job.definition.jobId, { strategy, round, sha256 }),
+        pick: (job, round, free, exclude, now, deadline, downloadBytes) =>
+          this.pickAsync(job, round, free, exclude, now, deadline, downloadBytes),
+        flushed: (job, entries, applied) => this.asyncFlushed(job, entries, applied),
+      },
+      this.concurrency,
+    );
+    return this.asyncDriver;
   }
 
   /**
@@ -533,6 +565,71 @@ export class Orchestrator {
         .map((f) => [f.deviceId, f]),
     );
     return { picks: ids.flatMap((id) => fit.get(id) ?? []), held: held.size };
+  }
+
+  /**
+   * An async job's orders (async-rounds.ts): the job's selector over its cohort's eligible trainers that are not
+   * in `exclude` (in flight, buffered, or already ordered from this version) and that no other job holds; the picks
+   * are leased to the job (async leases: they hold until aggregated, the job stops, or the order's deadline plus
+   * the grace) and recorded as selected in the job's history.
+   */
+  private async pickAsync(
+    job: JobDocument,
+    round: number,
+    free: number,
+    exclude: ReadonlySet<string>,
+    now: number,
+    deadline: number,
+    downloadBytes: number,
+  ): Promise<FitInstruction[]> {
+    const d = job.definition;
+    const eligible = this.eligible(job, await this.services.fleet.listTrainers(d.cohort)).filter(
+      (p) => !exclude.has(p.deviceId),
+    );
+    if (eligible.length === 0 || free <= 0) return [];
+    const held = await this.leases.heldByOthers(
+      d.jobId,
+      eligible.map((p) => p.deviceId),
+      now,
+    );
+    const candidates = held.size > 0 ? eligible.filter((p) => !held.has(p.deviceId)) : eligible;
+    const history = await loadHistory(this.services.store, d.jobId, this.services.log);
+    const ctx = { ...selectionContext(job, round, downloadBytes), count: free };
+    const ids = selectDevices(job, candidates, history, ctx);
+    const leased = new Set(
+      await this.leases.acquire(d.jobId, round, ids, now, deadline + LEASE_GRACE_MS, { async: true }),
+    );
+    const picked = ids.filter((id) => leased.has(id));
+    if (picked.length === 0) return [];
+    await updateHistory(this.services.store, d.jobId, this.services.log, (h) =>
+      h.recordSelected(round, picked),
+    ).catch((e: Error) =>
+      this.services.log(`async ${d.jobId}/${round}: selection history not updated: ${e.message}`),
+    );
+    const fit = new Map(
+      this.createStrategy(d.strategy, d.strategyOptions)
+        .configureFit(
+          round,
+          picked.map((deviceId) => ({ deviceId })),
+        )
+        .map((f) => [f.deviceId, f]),
+    );
+    return picked.flatMap((id) => fit.get(id) ?? []);
+  }
+
+  /** After an async flush: the aggregated devices' leases are released and their completions recorded. */
+  private async asyncFlushed(
+    job: JobDocument,
+    entries: readonly BufferEntry[],
+    applied: ReadonlySet<string>,
+  ): Promise<void> {
+    const d = job.definition;
+    for (const x of entries) await this.releaseLeases(d.jobId, x.baseVersion + 1, [x.deviceId]);
+    await updateHistory(this.services.store, d.jobId, this.services.log, (h) => {
+      for (const x of entries)
+        if (applied.has(x.deviceId)) h.recordCompleted(x.deviceId, { samples: x.numSamples });
+        else h.recordTimeout(x.deviceId);
+    });
   }
 
   /** When a round's device leases expire: its deadline, the secure-aggregation steps after it, and the grace. */

@@ -41,6 +41,11 @@ export interface DeviceLease {
   readonly acquiredAt: number;
   /** ms since epoch; after it the lease is stale whatever its job does. */
   readonly expiresAt: number;
+  /**
+   * An async job's lease (docs/async.md): it holds while the job runs and it has not expired (its order's deadline
+   * plus the grace) or been released (when the device's update is aggregated); there is no round state to consult.
+   */
+  readonly async?: true;
 }
 
 /**
@@ -167,6 +172,31 @@ export async function recordRoundInHistory(
   }
 }
 
+/**
+ * A read-modify-write of the job's history with the blob's ETag (an async job records picks as it orders and
+ * completions as it aggregates; recordRoundInHistory does a sync round's whole outcome at once).
+ */
+export async function updateHistory(
+  store: BlobStore,
+  jobId: string,
+  log: (line: string) => void,
+  change: (h: SelectionHistory) => void,
+): Promise<void> {
+  const name = selectionPaths.history(jobId);
+  for (let attempt = 0; ; attempt++) {
+    const cur = await store.get(name);
+    const h = cur ? parseHistory(cur.bytes, jobId, log) : new SelectionHistory();
+    change(h);
+    try {
+      await putJson(store, name, h.toJSON(), cur ? { ifMatch: cur.etag } : { ifNoneMatch: "*" });
+      return;
+    } catch (e) {
+      if (!isConflict(e) || attempt >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 5 + Math.random() * 20 * (attempt + 1)));
+    }
+  }
+}
+
 /** The cross-job device leases (see the file comment). */
 export class DeviceLeases {
   constructor(
@@ -199,12 +229,13 @@ export class DeviceLeases {
     cache: Map<string, Promise<boolean>>,
   ): Promise<boolean> {
     if (!l || !(l.expiresAt > now)) return false;
-    const key = `${l.jobId}/${l.round}`;
+    const key = `${l.jobId}/${l.round}${l.async ? "/async" : ""}`;
     let p = cache.get(key);
     if (!p) {
       p = (async () => {
         const job = await getJson<JobDocument>(this.store, paths.job(l.jobId));
         if (job?.value.status !== "running") return false;
+        if (l.async) return true;
         const st = await getJson<RoundState>(this.store, paths.round(l.jobId, l.round));
         // A lease taken before its round state was written (the round is being opened) holds.
         if (!st) return job.value.currentRound < l.round;
@@ -243,8 +274,15 @@ export class DeviceLeases {
     ids: readonly string[],
     now: number,
     expiresAt: number,
+    opts: { async?: true } = {},
   ): Promise<string[]> {
-    const lease: DeviceLease = { jobId, round, acquiredAt: now, expiresAt };
+    const lease: DeviceLease = {
+      jobId,
+      round,
+      acquiredAt: now,
+      expiresAt,
+      ...(opts.async ? { async: true } : {}),
+    };
     const cache = new Map<string, Promise<boolean>>();
     const got: string[] = [];
     for (const id of ids) {

@@ -587,7 +587,11 @@ export function ackIdsOf(value: unknown, strict = false): string[] {
   return fail("E_QUEUE_INVALID", "expected { updateIds: string[] }");
 }
 
-/** Desired `openRounds`: `{ [jobId]: openRound }` or `[{ jobId, round }]` (job ids with '.' cannot be twin keys). */
+/**
+ * Desired `openRounds`: `{ [jobId]: openRound }` or `[{ jobId, round }]` (job ids with '.' cannot be twin keys).
+ * The round is the oldest one the cloud still accepts for the job (a synchronous job's open round; an async job's
+ * oldest accepted version + 1): updates of earlier rounds are dropped.
+ */
 export function openRoundsOf(value: unknown): [string, number][] {
   const out: [string, number][] = [];
   const add = (jobId: unknown, round: unknown): void => {

@@ -903,8 +903,11 @@ export class Outbox {
   }
 
   /**
-   * Drops the unacknowledged updates of `jobId` whose round is closed, i.e. every round before `openRound` (the
-   * server ignores late updates: core/round/server.ts), and counts them in `dropped_closed`. Returns the count.
+   * Drops the unacknowledged updates of `jobId` the cloud would refuse, i.e. of every round before `openRound`, and
+   * counts them in `dropped_closed`. Returns the count. `openRound` is the oldest round the job still accepts: a
+   * synchronous job's open round (an update of a closed round is late), an asynchronous job's oldest accepted
+   * version + 1 (version − maxStaleness + 1, docs/async.md): its updates of several rounds may wait here together
+   * (a device offline for a while), and those still fresh enough are kept and delivered.
    */
   dropClosedRounds(jobId: string, openRound: number): number {
     if (typeof jobId !== "string" || jobId.length === 0)

@@ -204,3 +204,24 @@ test("central DP: each flush is one accounted release", async () => {
   assert.ok(recs.every((r) => r.dp?.released === true && r.dp.count === 2));
   assert.ok(recs[1]!.dp!.epsilon > recs[0]!.dp!.epsilon);
 });
+
+test("a device is not ordered again while its update waits in the buffer", async () => {
+  const t = new MemoryTransport();
+  fleet(t, { d0: [1, 1], d1: [0, 0, 0, 0], d2: [0, 1, 0, 1, 0, 1] });
+  const clock = new RealClock(t);
+  const s = strategy();
+  const excluded: string[][] = [];
+  const recs = await runAsyncJob(s, t, clock, {
+    ...base({ versions: 2, concurrency: 2, buffer: 2 }),
+    pick: (count, exclude) => {
+      excluded.push([...exclude].sort());
+      return pickFrom(["d0", "d1", "d2"])(count, exclude);
+    },
+  });
+  clock.close();
+  assert.equal(recs.length, 2);
+  // The first answer (from d0 or d1) frees a slot: the other is in flight and the first one's update is buffered.
+  assert.deepEqual(excluded[0], []);
+  assert.deepEqual(excluded[1], ["d0", "d1"]);
+  for (const r of recs) assert.equal(new Set(r.applied).size, r.applied.length);
+});

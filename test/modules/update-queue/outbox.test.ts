@@ -242,6 +242,33 @@ test(
 );
 
 test(
+  "async jobs: openRound is the oldest round still accepted; fresher queued updates of several rounds are kept",
+  withContext((t) => {
+    const box = open(tempDir(t));
+    t.after(() => box.close());
+    const add = (round: number) => {
+      const { frame, meta } = resultFrame({ jobId: "A", round });
+      return box.enqueue(frame, meta);
+    };
+    // A device offline for a while queued updates trained from versions 1..4 (rounds 2..5).
+    const [r2, r3, r4, r5] = [add(2), add(3), add(4), add(5)];
+    // The cloud is at version 6 with maxStaleness 3: versions ≥ 3 (rounds ≥ 4) are still accepted.
+    assert.equal(box.dropClosedRounds("A", 4), 2);
+    assert.deepEqual(
+      [r2, r3].map((id) => box.get(id)?.dropReason),
+      ["closed_round", "closed_round"],
+    );
+    assert.deepEqual(
+      box.pending().map((u) => u.updateId),
+      [r4, r5],
+    );
+    // An older policy value (a twin patch delivered late) never brings anything back nor drops more.
+    assert.equal(box.dropClosedRounds("A", 2), 0);
+    assert.equal(box.pending().length, 2);
+  }),
+);
+
+test(
   "the queue is bounded: the oldest unacked updates are dropped (and counted) to make room",
   withContext((t) => {
     const one = resultFrame({ floats: 2500 }).frame.byteLength; // ~10 KB

@@ -4,6 +4,8 @@
 import { parseCompression } from "../../../../core/compress";
 import { secAggParamsFor } from "../../../../core/round/secure-round";
 import { fail, isFlotillaError } from "../../../../core/errors";
+import { validateAsyncOptions } from "../../../../core/round/async-engine";
+import { DEFAULT_STALENESS_SPEC, formatStaleness, parseStaleness } from "../../../../core/round/staleness";
 import { modelLayout } from "../../../../core/engine/plan";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
 import { createStrategy, isStrategyName, STRATEGY_NAMES } from "../../../../core/strategies/registry";
@@ -65,6 +67,26 @@ export interface JobDefinition {
   readonly cohort?: string;
   /** Memory (bytes) a device must report (profiler `memoryBytes`) to be picked; absent = no requirement. */
   readonly minMemoryBytes?: number;
+  /**
+   * "sync" (default): rounds. "async": FedBuff (docs/async.md) — `concurrency` devices always training, every
+   * `buffer` updates make a new model version, `rounds` is the number of versions to publish. Optional: job
+   * documents written before it existed read as "sync".
+   */
+  readonly mode?: "sync" | "async";
+  /** Async only: the options of core/round/async-engine.ts. */
+  readonly async?: AsyncOptions;
+}
+
+/** An async job's options (validated by core/round/async-engine.ts validateAsyncOptions). */
+export interface AsyncOptions {
+  /** C: devices kept training (default strategyOptions.clientsPerRound). */
+  readonly concurrency: number;
+  /** K: updates per new version (default ⌈C / 2⌉). */
+  readonly buffer: number;
+  /** Updates trained from more than this many versions ago are refused (default 4). */
+  readonly maxStaleness: number;
+  /** Staleness weight spec (core/round/staleness.ts; default "poly:0.5" = 1/√(1+τ)). */
+  readonly staleness: string;
 }
 
 /**
@@ -231,7 +253,7 @@ export function validateJob(input: unknown): JobDefinition {
   const dp = differentialPrivacy(j.differentialPrivacy, withSecure);
   const withDp = dp ? { ...withSecure, differentialPrivacy: dp } : withSecure;
   const cohortText = cohort(j.cohort);
-  return {
+  const withSelection: JobDefinition = {
     ...withDp,
     selection: selection(j.selection),
     ...(cohortText !== undefined ? { cohort: cohortText } : {}),
@@ -240,6 +262,7 @@ export function validateJob(input: unknown): JobDefinition {
       j.minMemoryBytes === undefined ? undefined : int(j.minMemoryBytes, "minMemoryBytes", 0, 2 ** 50),
     ),
   };
+  return asyncMode(j, withSelection);
 }
 
 /** The `selection` spec: a core/selection spec (default "random"), kept in its canonical form. */
@@ -294,6 +317,55 @@ function cohort(v: unknown): string | undefined {
   const kw = /\b(SELECT|FROM|WHERE|GROUP|ORDER)\b/i.exec(outside);
   if (kw) return bad(`is a condition only: '${kw[1]}' is not allowed`);
   return text;
+}
+
+/**
+ * `mode` ("sync" default, or "async") and the async options `concurrency`, `buffer`, `maxStaleness`, `staleness`
+ * (E_JOB_INVALID for a bad value; E_ASYNC_SECAGG for secure aggregation with async rounds).
+ */
+function asyncMode(j: Record<string, unknown>, def: JobDefinition): JobDefinition {
+  const mode = j.mode === undefined ? "sync" : j.mode;
+  const keys = ["concurrency", "buffer", "maxStaleness", "staleness"] as const;
+  if (mode !== "sync" && mode !== "async")
+    fail("E_JOB_INVALID", `mode must be "sync" or "async", got ${JSON.stringify(j.mode)}`);
+  if (mode === "sync") {
+    const extra = keys.find((k) => j[k] !== undefined);
+    if (extra !== undefined) fail("E_JOB_INVALID", `${extra} applies only with mode "async"`);
+    return def;
+  }
+  if (def.secureAggregation)
+    fail(
+      "E_ASYNC_SECAGG",
+      "secureAggregation cannot be combined with mode async: a buffer's updates come from whoever finished first, " +
+        "each from another model version, not from a fixed cohort that can run SecAgg+'s steps together",
+    );
+  if (def.differentialPrivacy)
+    fail(
+      "E_JOB_DP",
+      "differentialPrivacy is not available for mode async jobs in the Function yet (the simulator has it)",
+    );
+  const n = def.strategyOptions.clientsPerRound;
+  const concurrency = int(j.concurrency, "concurrency", 1, 100_000, n);
+  const staleness = j.staleness === undefined ? DEFAULT_STALENESS_SPEC : j.staleness;
+  if (typeof staleness !== "string")
+    fail(
+      "E_JOB_INVALID",
+      `staleness must be a spec string (poly:a, hinge:a,b, const), got ${JSON.stringify(staleness)}`,
+    );
+  const opts: AsyncOptions = {
+    concurrency,
+    buffer: int(j.buffer, "buffer", 1, 100_000, Math.ceil(concurrency / 2)),
+    maxStaleness: int(j.maxStaleness, "maxStaleness", 0, MAX_ROUNDS, 4),
+    staleness,
+  };
+  try {
+    validateAsyncOptions(opts);
+    const canonical = formatStaleness(parseStaleness(staleness));
+    return { ...def, mode: "async", async: { ...opts, staleness: canonical } };
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_INVALID", e.message, { cause: e });
+    throw e;
+  }
 }
 
 const DP_KEYS = [

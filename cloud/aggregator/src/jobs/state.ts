@@ -11,6 +11,7 @@
  */
 import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
 import type { RoundState } from "../../../../core/round/engine";
+import type { AsyncCounters, AsyncState } from "../../../../core/round/async-engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
@@ -52,6 +53,32 @@ export interface RoundRecord {
   readonly sampleCountRejected?: number;
   /** Chunks of updates that never completed, deleted when the round closed. */
   readonly orphanChunksDeleted?: number;
+  /** Async jobs: the flush that made this version (`round` is the version). */
+  readonly async?: AsyncFlushRecord;
+}
+
+/** What one flush of an async job applied (core/round/async-engine.ts). */
+export interface AsyncFlushRecord {
+  /** Devices whose update is in this version, in buffer order, and each one's staleness τ. */
+  readonly applied: readonly string[];
+  readonly staleness: readonly number[];
+  /** The engine's counters after the flush (ordered, applied, refusedStale, timeouts, failures, late, ...). */
+  readonly counters: AsyncCounters;
+}
+
+/**
+ * An async job's persisted state (jobs/{id}/async/state.json): the async engine's state, stored as it is, and
+ * what the orchestrator keeps beside it.
+ */
+export interface AsyncJobState {
+  readonly engine: AsyncState;
+  /**
+   * The round number of each device's last order (version + 1): a trainer never starts the same (job, round) twice
+   * (E_ROUND_SEEN), so a device is not ordered again before the version moves on.
+   */
+  readonly lastRound: Readonly<Record<string, number>>;
+  /** Devices whose quantizer twin holds the job's codec entry (lossy uplink). */
+  readonly quantizers: readonly string[];
 }
 
 /** The round record's account of a secure aggregation. */
@@ -155,6 +182,11 @@ export const paths = {
     `jobs/${jobId}/rounds/${round}/secagg/${step}/${encodeURIComponent(deviceId)}.${
       step === "advertise" || step === "mask" ? "frame" : "json"
     }`,
+  /** An async job's state (AsyncJobState). */
+  asyncState: (jobId: string) => `jobs/${jobId}/async/state.json`,
+  /** An async job's update (a result frame) while it waits in the buffer, by the update-queue's update id. */
+  asyncUpdate: (jobId: string, updateId: string) =>
+    `jobs/${jobId}/async/updates/${encodeURIComponent(updateId)}.frame`,
   /** Step 4's requests by device, fixed when the mask step closes (a restart resends the same ones). */
   secaggUnmaskRequests: (jobId: string, round: number) =>
     `jobs/${jobId}/rounds/${round}/secagg/unmask-requests.json`,
@@ -208,6 +240,31 @@ export class JobRepository {
     mutate: (cur: RoundState) => RoundState | undefined,
   ): Promise<RoundState | undefined> {
     return updateJson<RoundState>(this.store, paths.round(jobId, round), (cur) =>
+      cur ? mutate(cur) : undefined,
+    );
+  }
+
+  async getAsync(jobId: string): Promise<AsyncJobState | undefined> {
+    return (await getJson<AsyncJobState>(this.store, paths.asyncState(jobId)))?.value;
+  }
+
+  /** Creates an async job's state; false when it exists already (another instance created it). */
+  async createAsync(jobId: string, state: AsyncJobState): Promise<boolean> {
+    try {
+      await putJson(this.store, paths.asyncState(jobId), state, { ifNoneMatch: "*" });
+      return true;
+    } catch (e) {
+      if ((e as { code?: string }).code === "E_STORE_CONFLICT") return false;
+      throw e;
+    }
+  }
+
+  /** ETag-conditional update of an async job's state (undefined from `mutate`: no write). */
+  updateAsync(
+    jobId: string,
+    mutate: (cur: AsyncJobState) => AsyncJobState | undefined,
+  ): Promise<AsyncJobState | undefined> {
+    return updateJson<AsyncJobState>(this.store, paths.asyncState(jobId), (cur) =>
       cur ? mutate(cur) : undefined,
     );
   }
