@@ -231,6 +231,10 @@ export const ERRORS = {
     group: "selection",
     meaning: "a stored participant-selection history is not valid (selection.json)",
   },
+  E_SELECTION_WINDOWS: {
+    group: "selection",
+    meaning: "a device's declared availability windows (twin tag flotilla.availability) are not HH:MM-HH:MM UTC",
+  },
 
   // ── transport: the in-memory transport ───────────────────────────────────────────────────────────────
   E_TRANSPORT_CLOSED: { group: "transport", meaning: "the transport is closed" },

@@ -529,8 +529,8 @@ export class Orchestrator {
    * Devices that can take part: connected, and (if profiled) fast enough to finish before the deadline, with what
    * the profiler reported and their twin tags (selection.ts deviceProfiles).
    */
-  eligible(job: JobDocument, trainers: readonly TrainerInfo[]): DeviceProfile[] {
-    return deviceProfiles(job, trainers);
+  eligible(job: JobDocument, trainers: readonly TrainerInfo[], now?: number): DeviceProfile[] {
+    return deviceProfiles(job, trainers, now ?? this.services.clock(), this.services.log);
   }
 
   /**

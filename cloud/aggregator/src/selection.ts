@@ -14,6 +14,7 @@
  *                              is the round's deadline (plus the secure-aggregation steps) plus LEASE_GRACE_MS, so
  *                              an aggregator that crashed holds no device for longer.
  */
+import { availableForS, parseWindows } from "../../../core/selection/windows";
 import {
   createSelector,
   SelectionHistory,
@@ -53,11 +54,30 @@ export interface DeviceLease {
  * before the deadline — the filter the Function always applied, so `random` keeps its draw — with everything the
  * profiler reported and the twin's tags.
  */
-export function deviceProfiles(job: JobDocument, trainers: readonly TrainerInfo[]): DeviceProfile[] {
+export function deviceProfiles(
+  job: JobDocument,
+  trainers: readonly TrainerInfo[],
+  now?: number,
+  log?: (line: string) => void,
+): DeviceProfile[] {
   const d = job.definition;
   const out: DeviceProfile[] = [];
   for (const t of trainers) {
     if (!t.connected) continue;
+    // Declared availability windows (tags.flotilla.availability, core/selection/windows.ts): outside them the
+    // device is not a candidate; inside, selection knows how long it stays (onlineForS). A bad tag is logged and
+    // ignored (the device is then treated as undeclared), never fatal.
+    let onlineForS: number | undefined;
+    const declared = (t.tags?.flotilla as Record<string, unknown> | undefined)?.availability;
+    if (declared !== undefined && now !== undefined) {
+      try {
+        onlineForS = availableForS(parseWindows(declared), now);
+        if (onlineForS <= 0) continue;
+      } catch (e) {
+        if (!isFlotillaError(e)) throw e;
+        log?.(`device ${t.deviceId}: ${e.code}: ${e.message}; its availability tag is ignored`);
+      }
+    }
     const sps = t.samplesPerSecond?.[d.modelKey];
     const n = t.numSamples ?? d.defaultNumSamples;
     if (sps !== undefined && sps > 0) {
@@ -73,6 +93,7 @@ export function deviceProfiles(job: JobDocument, trainers: readonly TrainerInfo[
       ...(t.uplinkBytesPerSecond !== undefined ? { uplinkBytesPerSecond: t.uplinkBytesPerSecond } : {}),
       ...(t.rttMs !== undefined ? { rttMs: t.rttMs } : {}),
       ...(t.availability !== undefined ? { availability: t.availability } : {}),
+      ...(onlineForS !== undefined ? { onlineForS } : {}),
       ...(t.tags !== undefined ? { tags: t.tags } : {}),
     });
   }

@@ -422,3 +422,45 @@ test("a damaged selection.json or lease blob never stops a job: it is logged and
   assert.equal(h.lastRound, 1);
   assert.equal(h.get("d-1")?.timeouts, 1);
 });
+
+test("declared availability windows (tags.flotilla.availability): outside them a device is not picked, inside its remaining time reaches the selector, a bad tag is logged and ignored", async () => {
+  const w = world([]);
+  // world's clock: pick a time of day and declare windows around it
+  const day = 24 * 3600_000;
+  const minuteOfDay = Math.floor((w.now.t % day) / 60_000);
+  const hhmm = (m: number) => {
+    const x = ((m % 1440) + 1440) % 1440;
+    return `${String(Math.floor(x / 60)).padStart(2, "0")}:${String(x % 60).padStart(2, "0")}`;
+  };
+  const dev = (deviceId: string, availability?: unknown): TrainerInfo => ({
+    deviceId,
+    connected: true,
+    numSamples: 100,
+    ...(availability !== undefined ? { tags: { flotilla: { availability } } } : {}),
+  });
+  w.fleet.trainers = [
+    dev("in-window", [`${hhmm(minuteOfDay - 60)}-${hhmm(minuteOfDay + 30)}`]),
+    dev("out-of-window", [`${hhmm(minuteOfDay + 60)}-${hhmm(minuteOfDay + 120)}`]),
+    dev("bad-tag", ["soon"]),
+    dev("undeclared"),
+  ];
+  const id = await startJob(w, {
+    selection: "deadline",
+    strategyOptions: { clientsPerRound: 10, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 5 },
+  });
+  const job = (await new JobRepository(w.store).getJob(id))!;
+  const logs: string[] = [];
+  const profiles = deviceProfiles(job, w.fleet.trainers, w.now.t, (l) => logs.push(l));
+  assert.deepEqual(profiles.map((p) => p.deviceId).sort(), ["bad-tag", "in-window", "undeclared"]);
+  const inside = profiles.find((p) => p.deviceId === "in-window")!;
+  assert.ok(
+    Math.abs(inside.onlineForS! - (30 * 60 - (w.now.t % 60_000) / 1000)) < 1,
+    String(inside.onlineForS),
+  );
+  assert.ok(
+    logs.some((l) => l.includes("bad-tag") && l.includes("E_SELECTION_WINDOWS")),
+    logs.join("\n"),
+  );
+  await w.agg.roundTimer({}, ctxStub);
+  assert.deepEqual(await participants(w, id, 1), ["bad-tag", "in-window", "undeclared"]);
+});
