@@ -233,7 +233,8 @@ export const ERRORS = {
   },
   E_SELECTION_WINDOWS: {
     group: "selection",
-    meaning: "a device's declared availability windows (twin tag flotilla.availability) are not HH:MM-HH:MM UTC",
+    meaning:
+      "a device's declared availability windows (twin tag flotilla.availability) are not HH:MM-HH:MM UTC",
   },
 
   // ── transport: the in-memory transport ───────────────────────────────────────────────────────────────
