@@ -97,6 +97,8 @@ export interface FleetBenchRow {
   participation: { min: number; median: number; max: number } | null;
   /** Times each device was picked (ordered) over the run: min / median / max (the participation floor's measure). */
   selected: { min: number; median: number; max: number } | null;
+  /** Longest run of selections a device was offered and not picked: min / median / max (the floor's measure). */
+  longestWait: { min: number; median: number; max: number } | null;
   wallS: number;
 }
 
@@ -184,6 +186,7 @@ async function main(): Promise<void> {
         virtualTimeS: r.final.virtualTimeS ?? 0,
         participation: r.participation?.completed ?? null,
         selected: r.participation?.selected ?? null,
+        longestWait: r.participation?.longestWait ?? null,
         wallS: r.final.wallMs / 1000,
       };
       all.push(row);

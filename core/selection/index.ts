@@ -44,6 +44,7 @@ const RULES: Record<SelectionKind, Record<string, OptionRule>> = {
   deadline: { margin: { min: 1, max: 100 } },
   oort: {
     T: { min: 0, max: 7 * 86_400, minExclusive: true },
+    Tpct: { min: 0, max: 100, minExclusive: true },
     alpha: { min: 0, max: 10 },
     epsilon: { min: 0, max: 1 },
     decay: { min: 0, max: 1, minExclusive: true },

@@ -24,8 +24,10 @@
  * rounds' picks. So a device that stays eligible is picked at least once in every `floor + 1` rounds whenever the
  * fleet allows it (fewer than about count · (floor + 1) eligible devices). `floor=0` turns it off.
  *
- * Not implemented: Oort's pacer (widening T when the utility stalls); T is fixed (`T=` option, default half the
- * round deadline).
+ * T: the `T=` option when given, else the `Tpct`-th percentile (default 30) of the explored candidates' durations
+ * t_i this round — the default of Oort's artifact (FedScale's Oort, `round_threshold` = 30: the preferred duration
+ * is the duration at that percentile of the known clients'), so the straggler penalty bites on the slower 70%
+ * whatever the deadline. Not implemented: Oort's pacer (widening T when the utility stalls).
  */
 import { Rng } from "../data/rng";
 import { roundSeed } from "../strategies/base";
@@ -34,8 +36,10 @@ import { canonicalIds } from "./random";
 import type { DeviceHistory, DeviceProfile, SelectionContext, Selector } from "./types";
 
 export interface OortOptions {
-  /** Preferred round duration T (s); undefined = deadlineS · 0.5. */
+  /** Preferred round duration T (s); undefined = the Tpct-th percentile of the explored candidates' durations. */
   readonly T?: number;
+  /** Percentile (0–100] of the explored candidates' durations that sets T when T is not given. */
+  readonly Tpct: number;
   /** Straggler penalty exponent α. */
   readonly alpha: number;
   /** Initial exploration fraction ε. */
@@ -55,6 +59,7 @@ export interface OortOptions {
 }
 
 export const OORT_DEFAULTS: Readonly<OortOptions> = {
+  Tpct: 30,
   alpha: 2,
   epsilon: 0.9,
   decay: 0.98,
@@ -64,6 +69,12 @@ export const OORT_DEFAULTS: Readonly<OortOptions> = {
   maxTimeouts: 0,
   timeoutPenalty: 0.5,
 };
+
+/** The q-quantile (0 < q ≤ 1) of `v` (non-empty): the value at rank ⌈q·n⌉ of the sorted values. */
+function percentile(v: readonly number[], q: number): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+}
 
 /** The staleness bonus's weight (Alg. 1 line 6). */
 const STALENESS_WEIGHT = 0.1;
@@ -155,7 +166,12 @@ export class OortSelector implements Selector {
 
     // 3. Exploitation: utility, cutoff, sampling by utility.
     if (nExploit > 0) {
-      const T = o.T ?? ctx.deadlineS * 0.5;
+      const T =
+        o.T ??
+        percentile(
+          explored.map((r) => r.t),
+          o.Tpct / 100,
+        );
       const stat = (r: Row) => {
         const loss = r.h?.lastLoss;
         const n = r.h?.lastSamples ?? r.p.numSamples;

@@ -12,6 +12,11 @@ import type { ClientInfo } from "../../core/strategies/strategy";
 export interface SimSelection {
   readonly spec: string;
   readonly history: SelectionHistory;
+  /**
+   * Per device, the longest run of consecutive selections in which it was offered (online and idle) and not
+   * picked: the participation floor's measure (with `oort:floor=N` it stays ≤ N whenever the fleet allows it).
+   */
+  readonly longestWait: ReadonlyMap<string, number>;
   /** JobOptions.selectParticipants. */
   pick(round: number, available: readonly ClientInfo[], count?: number): ClientInfo[];
   /** Records a round's outcome (or an async dispatch's) into the history. */
@@ -36,9 +41,12 @@ export function simSelection(
   const history = new SelectionHistory();
   let downloadBytes = o.modelBytes;
   let uploadBytes = o.modelBytes;
+  const waiting = new Map<string, number>();
+  const longestWait = new Map<string, number>();
   return {
     spec: selector.spec,
     history,
+    longestWait,
     pick(round, available, count = o.count) {
       const profiles: DeviceProfile[] = o.fleet
         ? o.fleet.profiles(available)
@@ -57,6 +65,12 @@ export function simSelection(
         epochs: o.epochs,
       });
       history.recordSelected(round, ids);
+      const chosen = new Set(ids);
+      for (const p of profiles) {
+        const w = chosen.has(p.deviceId) ? 0 : (waiting.get(p.deviceId) ?? 0) + 1;
+        waiting.set(p.deviceId, w);
+        if (w > (longestWait.get(p.deviceId) ?? 0)) longestWait.set(p.deviceId, w);
+      }
       const byId = new Map(available.map((d) => [d.deviceId, d]));
       return ids.flatMap((id) => byId.get(id) ?? []);
     },

@@ -68,6 +68,12 @@ export interface Participation {
   /** Min, median and max over every device of the fleet (devices never picked count as 0). */
   selected: { min: number; median: number; max: number };
   completed: { min: number; median: number; max: number };
+  /**
+   * With --selection: each device's longest run of consecutive selections in which it was offered (online and
+   * idle) and not picked — min, median and max over the fleet (the participation floor keeps max ≤ its N when the
+   * fleet allows it; docs/selection.md).
+   */
+  longestWait?: { min: number; median: number; max: number };
 }
 
 /** How the job ended. "diverged": the global model turned non-finite (NaN/±Infinity); the reason names the round. */
@@ -388,7 +394,7 @@ export async function simulate(
   const result = finishResult(config, data.spec, evalModel, summaries, rejected, t0, strategy.weights, {
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
-    participation: participationSummary(participation),
+    participation: participationSummary(participation, selection?.longestWait),
   });
   evalModel.dispose();
   return result;
@@ -456,6 +462,7 @@ function loadSimTrace(config: SimConfig): FleetTrace {
 /** Per-device participation and its min/median/max over the fleet. */
 export function participationSummary(
   byDevice: ReadonlyMap<string, { selected: number; completed: number }>,
+  longestWait?: ReadonlyMap<string, number>,
 ): Participation {
   const stats = (v: number[]) =>
     v.length === 0
@@ -466,6 +473,9 @@ export function participationSummary(
     devices: Object.fromEntries(byDevice),
     selected: stats(all.map((d) => d.selected)),
     completed: stats(all.map((d) => d.completed)),
+    ...(longestWait
+      ? { longestWait: stats([...byDevice.keys()].map((id) => longestWait.get(id) ?? 0)) }
+      : {}),
   };
 }
 
