@@ -111,3 +111,23 @@ test("the fleet flags are checked with one coded line each", () => {
   }
   assert.equal(validateConfig({ ...small("x"), selection: "oort:floor=3" }).selection, "oort:floor=3");
 });
+
+test("the participation floor holds on an always-online fleet: no device waits more than N selections (longestWait)", async () => {
+  const run = (selection: string) =>
+    simulate({
+      ...small(tmp()),
+      devices: 8,
+      clientsPerRound: 2,
+      rounds: 12,
+      fleetTrace: "synthetic:intermittent=0,maintenance=0",
+      selection,
+      roundDeadlineS: 600,
+    });
+  const floored = await run("oort:floor=3");
+  const w = floored.participation!.longestWait!;
+  assert.ok(w.max <= 3, `longest wait ${w.max} > floor 3`);
+  assert.ok(floored.participation!.selected.min >= 1, "every device picked");
+  // deadline (FedCS) has no floor: it keeps the fastest devices, so some wait all along
+  const greedy = await run("deadline");
+  assert.ok(greedy.participation!.longestWait!.max > 3, JSON.stringify(greedy.participation!.longestWait));
+});
