@@ -97,7 +97,7 @@ export interface FleetBenchRow {
   participation: { min: number; median: number; max: number } | null;
   /** Times each device was picked (ordered) over the run: min / median / max (the participation floor's measure). */
   selected: { min: number; median: number; max: number } | null;
-  /** Longest run of selections a device was offered and not picked: min / median / max (the floor's measure). */
+  /** Longest run of rounds (async: versions) a device was offered and not picked: min / median / max (the floor's measure). */
   longestWait: { min: number; median: number; max: number } | null;
   wallS: number;
 }

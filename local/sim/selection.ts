@@ -13,8 +13,8 @@ export interface SimSelection {
   readonly spec: string;
   readonly history: SelectionHistory;
   /**
-   * Per device, the longest run of consecutive selections in which it was offered (online and idle) and not
-   * picked: the participation floor's measure (with `oort:floor=N` it stays ≤ N whenever the fleet allows it).
+   * Per device, the longest run of consecutive rounds (async: model versions) in which it was offered (online and
+   * idle) and not picked: the participation floor's measure (with `oort:floor=N` it stays ≤ N whenever the fleet allows it).
    */
   readonly longestWait: ReadonlyMap<string, number>;
   /** JobOptions.selectParticipants. */
@@ -43,6 +43,8 @@ export function simSelection(
   let uploadBytes = o.modelBytes;
   const waiting = new Map<string, number>();
   const longestWait = new Map<string, number>();
+  /** The round in which a device's wait was last counted (a round counts once however many selections it has). */
+  const countedIn = new Map<string, number>();
   return {
     spec: selector.spec,
     history,
@@ -65,11 +67,15 @@ export function simSelection(
         epochs: o.epochs,
       });
       history.recordSelected(round, ids);
+      // Waits count rounds (async: model versions, several selections each), not calls.
       const chosen = new Set(ids);
       for (const p of profiles) {
-        const w = chosen.has(p.deviceId) ? 0 : (waiting.get(p.deviceId) ?? 0) + 1;
-        waiting.set(p.deviceId, w);
-        if (w > (longestWait.get(p.deviceId) ?? 0)) longestWait.set(p.deviceId, w);
+        const id = p.deviceId;
+        if (chosen.has(id)) waiting.set(id, 0);
+        else if (countedIn.get(id) !== round) waiting.set(id, (waiting.get(id) ?? 0) + 1);
+        countedIn.set(id, round);
+        const w = waiting.get(id) ?? 0;
+        if (w > (longestWait.get(id) ?? 0)) longestWait.set(id, w);
       }
       const byId = new Map(available.map((d) => [d.deviceId, d]));
       return ids.flatMap((id) => byId.get(id) ?? []);

@@ -69,7 +69,7 @@ export interface Participation {
   selected: { min: number; median: number; max: number };
   completed: { min: number; median: number; max: number };
   /**
-   * With --selection: each device's longest run of consecutive selections in which it was offered (online and
+   * With --selection: each device's longest run of consecutive rounds (async: versions) in which it was offered (online and
    * idle) and not picked — min, median and max over the fleet (the participation floor keeps max ≤ its N when the
    * fleet allows it; docs/selection.md).
    */
