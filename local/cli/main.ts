@@ -127,6 +127,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("staleness") !== undefined) c.staleness = s("staleness")!;
   if (s("roundDeadline") !== undefined)
     c.roundDeadlineS = positiveNumber("round-deadline", s("roundDeadline")!, L.roundDeadlineS);
+  if (s("virtualHours") !== undefined)
+    c.virtualHours = positiveNumber("virtual-hours", s("virtualHours")!, L.roundDeadlineS / 3600);
   if (c.clientsPerRound > c.devices && s("clientsPerRound") === undefined) c.clientsPerRound = c.devices;
   return validateConfig(c);
 }
@@ -581,6 +583,10 @@ export function buildProgram(): Command {
     .option(
       "--round-deadline <seconds>",
       `with --fleet-trace: each round's deadline in virtual seconds (default --round-timeout; at most ${SIM_LIMITS.roundDeadlineS})`,
+    )
+    .option(
+      "--virtual-hours <h>",
+      "with --fleet-trace: stop after the round that ends at or past this many virtual hours (e.g. 24: a day of the fleet)",
     )
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.

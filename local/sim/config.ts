@@ -92,6 +92,11 @@ export interface SimConfig {
   staleness?: string;
   /** With a fleet trace: each round's deadline in virtual seconds (unset: --round-timeout). */
   roundDeadlineS?: number;
+  /**
+   * With a fleet trace: stop after the round (async: the version) that ends at or past this many virtual hours
+   * (unset: run --rounds); "simulate a day of the fleet" is --virtual-hours 24 with enough --rounds.
+   */
+  virtualHours?: number;
 }
 
 /** Round modes of --mode. */
@@ -277,6 +282,7 @@ function checkRanges(c: SimConfig): void {
     ["dp-clip-count-stddev", c.dpClipCountStddev, L.dpClipCountStddev],
     ["secagg-clip", c.secaggClip, L.secaggClip],
     ["round-deadline", c.roundDeadlineS, L.roundDeadlineS],
+    ["virtual-hours", c.virtualHours, L.roundDeadlineS / 3600],
     ["concurrency", c.concurrency, L.concurrency],
     ["buffer", c.buffer, L.buffer],
     ["max-staleness", c.maxStaleness, L.maxStaleness],
@@ -353,6 +359,7 @@ function validateFleetConfig(c: SimConfig): void {
     fail("E_CONFIG_MODE", `--buffer ${c.buffer} exceeds --concurrency ${c.concurrency}`);
   if (c.fleetTrace === undefined) {
     if (c.roundDeadlineS !== undefined) fail("E_CONFIG_FLEET_TRACE", "--round-deadline needs --fleet-trace");
+    if (c.virtualHours !== undefined) fail("E_CONFIG_FLEET_TRACE", "--virtual-hours needs --fleet-trace");
     if (c.mode === "async") fail("E_CONFIG_FLEET_TRACE", "--mode async needs --fleet-trace (virtual time)");
     return;
   }

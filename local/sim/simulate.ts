@@ -78,7 +78,7 @@ export interface Participation {
 
 /** How the job ended. "diverged": the global model turned non-finite (NaN/±Infinity); the reason names the round. */
 export interface JobStatus {
-  state: "completed" | "target-reached" | "budget-exhausted" | "diverged";
+  state: "completed" | "target-reached" | "time-limit" | "budget-exhausted" | "diverged";
   reason?: string;
 }
 
@@ -229,6 +229,16 @@ export async function simulate(
   const rejected: Record<string, number> = {};
   const summaries: RoundSummary[] = [];
   const abort = new AbortController();
+  // Why the job stopped early: the target accuracy, or --virtual-hours of the trace's time.
+  let stopped: JobStatus | undefined;
+  const stopIfDone = (accuracy: number, virtualEndS?: number) => {
+    if (stopped) return;
+    if (config.targetAccuracy > 0 && accuracy >= config.targetAccuracy)
+      stopped = { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` };
+    else if (config.virtualHours !== undefined && (virtualEndS ?? 0) >= config.virtualHours * 3600)
+      stopped = { state: "time-limit", reason: `${config.virtualHours} virtual hours of the fleet trace` };
+    if (stopped) abort.abort();
+  };
   let divergedReason: string | undefined;
   const events: ServerEvents = {
     onRoundStart: (r, participants) => {
@@ -255,7 +265,7 @@ export async function simulate(
       }
       summaries.push(s);
       reporter.onRoundEnd?.(s);
-      if (config.targetAccuracy > 0 && rec.accuracy >= config.targetAccuracy) abort.abort();
+      stopIfDone(s.accuracy, s.virtualEndS);
     },
     onRejected: (code) => {
       rejected[code] = (rejected[code] ?? 0) + 1;
@@ -341,7 +351,7 @@ export async function simulate(
           late0 = rec.counters.late;
           summaries.push(s);
           reporter.onRoundEnd?.(s);
-          if (config.targetAccuracy > 0 && rec.accuracy >= config.targetAccuracy) abort.abort();
+          stopIfDone(s.accuracy, s.virtualEndS);
         },
         onRejected: events.onRejected,
         onDiverged: events.onDiverged,
@@ -385,9 +395,7 @@ export async function simulate(
       ? { state: "diverged", reason: divergedReason }
       : dp?.status.state === "budget-exhausted"
         ? { state: "budget-exhausted", reason: dp.status.reason }
-        : abort.signal.aborted
-          ? { state: "target-reached", reason: `test accuracy reached ${config.targetAccuracy}` }
-          : { state: "completed" };
+        : (stopped ?? { state: "completed" });
   if (fleet && config.mode !== "async") {
     for (const s of summaries) s.late = (lateByRound.get(s.round) ?? 0) + (fleet.cancelled.get(s.round) ?? 0);
   }

@@ -131,3 +131,25 @@ test("the participation floor holds on an always-online fleet: no device waits m
   const greedy = await run("deadline");
   assert.ok(greedy.participation!.longestWait!.max > 3, JSON.stringify(greedy.participation!.longestWait));
 });
+
+test("--virtual-hours stops after the round that reaches that much of the trace's time", async () => {
+  const r = await simulate({
+    ...small(tmp()),
+    rounds: 50,
+    fleetTrace: "synthetic",
+    roundDeadlineS: 600,
+    virtualHours: 0.002,
+  });
+  assert.equal(r.status?.state, "time-limit");
+  const ends = r.rounds.map((x) => x.virtualEndS!);
+  assert.ok(ends[ends.length - 1] >= 7.2, "the last round reaches 0.002 h (7.2 s)");
+  assert.ok(
+    ends.slice(0, -1).every((e) => e < 7.2),
+    "no round after it",
+  );
+  assert.ok(r.rounds.length < 50);
+  assert.throws(
+    () => validateConfig({ ...small("x"), virtualHours: 1 }),
+    (e) => isFlotillaError(e) && e.code === "E_CONFIG_FLEET_TRACE",
+  );
+});
