@@ -17,7 +17,6 @@
 import { FlotillaError, errorCode, errorMessage } from "../errors";
 import type { DeviceMessage, SecAggFrame } from "../protocol/messages";
 import type { ServerTransport } from "../protocol/transport";
-import type { DpRoundRecord } from "../privacy/dp";
 import type { FitFailure, FitInstruction, FitResult, Strategy } from "../strategies/strategy";
 import type { EncodedTensor } from "../compress/api";
 import { nonFiniteModelReason } from "../tensor/finite";
@@ -33,36 +32,22 @@ import {
 import type { RoundClock } from "./clock";
 import { RoundCloser } from "./close";
 import { decodeDeviceFrame, trainFrame } from "./frames";
-import { downlinkModel, type JobOptions } from "./server";
+import { downlinkModel, type JobOptions, type ModelRecord } from "./server";
 
 /** One flush: a new global model version. */
-export interface AsyncRecord {
+export interface AsyncRecord extends ModelRecord {
   /** The version this flush produced (1, 2, ...). */
   readonly round: number;
+  /** Orders that failed or timed out since the previous flush. */
+  readonly failures: FitFailure[];
   /** Devices whose update is in this version, in buffer order. */
   readonly applied: string[];
   /** The staleness τ of each applied update (same order). */
   readonly staleness: number[];
   /** Updates refused since the previous flush (E_ASYNC_STALE, unexpected, or refused by the aggregation). */
   readonly refused: FitFailure[];
-  /** Orders that failed or timed out since the previous flush. */
-  readonly failures: FitFailure[];
-  /** Test metrics of the new global model (NaN without an evaluator). */
-  readonly accuracy: number;
-  readonly loss: number;
-  /** Sample-weighted training loss and accuracy of the applied updates. */
-  readonly trainLoss: number;
-  readonly trainAccuracy: number;
-  /** Bytes on the wire since the previous flush. */
-  readonly uplinkBytes: number;
-  readonly downlinkBytes: number;
-  /** When the previous version was published, and this one (ms, the clock's time base). */
-  readonly startedAt: number;
-  readonly endedAt: number;
   /** The engine's counters after this flush (ordered, applied, refusedStale, timeouts, failures, late, ...). */
   readonly counters: AsyncCounters;
-  /** Differential privacy: this flush's release and ε spent so far. */
-  readonly dp?: DpRoundRecord;
 }
 
 export interface AsyncServerEvents {

@@ -15,12 +15,13 @@ import { openRound, step, type RoundEvent } from "./engine";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
 
-export interface RoundRecord {
+/**
+ * What every new global model's record holds, whether a synchronous round (RoundRecord) or an asynchronous flush
+ * (core/round/async-server.ts AsyncRecord) produced it.
+ */
+export interface ModelRecord {
+  /** The round, or the async version, that produced the model. */
   readonly round: number;
-  /** Devices asked to train this round. */
-  readonly participants: string[];
-  /** Devices whose update was aggregated. */
-  readonly completed: string[];
   readonly failures: FitFailure[];
   /** Test metrics of the new global model (server-side evaluation), NaN when there is no evaluator. */
   readonly accuracy: number;
@@ -29,18 +30,26 @@ export interface RoundRecord {
   readonly trainLoss: number;
   /** The same for their training accuracy. */
   readonly trainAccuracy: number;
+  /** Bytes on the wire for this model (since the previous one). */
   readonly uplinkBytes: number;
   readonly downlinkBytes: number;
-  readonly durationMs: number;
-  /** When the round opened and closed, ms in the clock's time base (epoch ms, or a virtual fleet's trace ms). */
+  /** When it started collecting and when it was made, ms in the clock's time base (epoch ms, or trace ms). */
   readonly startedAt: number;
   readonly endedAt: number;
+  /** Differential privacy: clip norm, noise, whether anything was released, and ε spent so far. */
+  readonly dp?: DpRoundRecord;
+}
+
+export interface RoundRecord extends ModelRecord {
+  /** Devices asked to train this round. */
+  readonly participants: string[];
+  /** Devices whose update was aggregated. */
+  readonly completed: string[];
+  readonly durationMs: number;
   /** Longest local training time among completed participants. */
   readonly slowestTrainMs: number;
   /** Secure aggregation: dropouts per step, who is in the sum, unmasking time, bytes per device, abort reason. */
   readonly secagg?: SecureRoundRecord;
-  /** Differential privacy: clip norm, noise, whether the round released anything, and ε spent so far. */
-  readonly dp?: DpRoundRecord;
 }
 
 export interface ServerEvents {

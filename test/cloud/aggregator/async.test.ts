@@ -4,10 +4,20 @@ import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { validateJob } from "../../../cloud/aggregator/src/jobs/job";
 import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
-import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
 import { selectionPaths, type DeviceLease } from "../../../cloud/aggregator/src/selection";
 import { getJson } from "../../../cloud/aggregator/src/store/blob-store";
-import { chunkEvents, ctx, jobBody, makeDelta, post, SPEC, startJob, world, type World } from "./support";
+import {
+  chunkEvents,
+  ctx,
+  jobBody,
+  lineTrainer,
+  makeDelta,
+  post,
+  SPEC,
+  startJob,
+  world,
+  type World,
+} from "./support";
 
 const layout = modelLayout(SPEC as unknown as ModelSpec);
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
@@ -157,19 +167,13 @@ test("an async job completes after `rounds` versions", async () => {
 
 test("an async job orders through its selector and cohort, leases its devices against other jobs, and releases them when aggregated", async () => {
   const w = world([]);
-  const dev = (deviceId: string, line: string): TrainerInfo => ({
-    deviceId,
-    connected: true,
-    numSamples: 100,
-    tags: { flotilla: { line } },
-  });
   w.fleet.trainers = [
-    dev("a-1", "a"),
-    dev("s-1", "shared"),
-    dev("s-2", "shared"),
-    dev("b-1", "b"),
-    dev("b-2", "b"),
-    dev("c-1", "c"),
+    lineTrainer("a-1", "a"),
+    lineTrainer("s-1", "shared"),
+    lineTrainer("s-2", "shared"),
+    lineTrainer("b-1", "b"),
+    lineTrainer("b-2", "b"),
+    lineTrainer("c-1", "c"),
   ];
   const asyncJob = await startJob(w, {
     jobId: "job-async",

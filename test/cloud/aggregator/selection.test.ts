@@ -42,6 +42,7 @@ import {
   world,
   type Azurite,
   type World,
+  lineTrainer,
 } from "./support";
 
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
@@ -192,21 +193,15 @@ test("random keeps FedAvg's draw and order; the history records loss, samples, d
 
 test("two running jobs with overlapping cohorts never order the same device at once", async () => {
   const w = world([]);
-  const dev = (deviceId: string, line: string): TrainerInfo => ({
-    deviceId,
-    connected: true,
-    numSamples: 100,
-    tags: { flotilla: { line } },
-  });
   w.fleet.trainers = [
-    dev("x-1", "x"),
-    dev("x-2", "x"),
-    dev("s-1", "shared"),
-    dev("s-2", "shared"),
-    dev("s-3", "shared"),
-    dev("y-1", "y"),
-    dev("y-2", "y"),
-    dev("z-1", "z"),
+    lineTrainer("x-1", "x"),
+    lineTrainer("x-2", "x"),
+    lineTrainer("s-1", "shared"),
+    lineTrainer("s-2", "shared"),
+    lineTrainer("s-3", "shared"),
+    lineTrainer("y-1", "y"),
+    lineTrainer("y-2", "y"),
+    lineTrainer("z-1", "z"),
   ];
   const opts = { clientsPerRound: 10, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 };
   const a = await startJob(w, {

@@ -245,6 +245,14 @@ export async function startJob(w: World, over: Record<string, unknown> = {}): Pr
 }
 
 /** Deterministic pseudo-random delta. */
+/** A connected trainer with 100 samples whose device twin is tagged `flotilla.line = line` (cohort tests). */
+export const lineTrainer = (deviceId: string, line: string): TrainerInfo => ({
+  deviceId,
+  connected: true,
+  numSamples: 100,
+  tags: { flotilla: { line } },
+});
+
 export function makeDelta(n: number, seed: number): Float32Array {
   const d = new Float32Array(n);
   let x = seed >>> 0 || 1;
