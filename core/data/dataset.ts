@@ -12,6 +12,12 @@ export interface Dataset {
   readonly numClasses: number;
   /** Optional class names, index = label. */
   readonly classNames?: readonly string[];
+  /**
+   * Regression targets (task "regression", loss mse): n × targetSize values, row-major. `y` then holds zeros
+   * (or a class for stratified partitioning). Absent for classifiers and autoencoders.
+   */
+  readonly targets?: Float32Array;
+  readonly targetSize?: number;
 }
 
 export function sampleSize(inputShape: readonly number[]): number {

@@ -1,4 +1,5 @@
 import { fail } from "../errors";
+import type { GraphSpec } from "./graph-spec";
 
 /**
  * A model architecture as plain JSON, so the cloud and every device build the same network.
@@ -9,7 +10,13 @@ import { fail } from "../errors";
  */
 export type ModelKind = "mlp" | "cnn" | "cnn1d" | "autoencoder";
 
-export interface ModelSpec {
+/**
+ * A model: a built-in preset (trained by the hand-written fast path) or a layer graph (`graph-spec.ts`: imported
+ * Keras models and any other supported graph, trained by tfjs autograd unless it matches a preset).
+ */
+export type ModelSpec = PresetSpec | GraphSpec;
+
+export interface PresetSpec {
   readonly kind: ModelKind;
   /** Per-sample input shape, e.g. [784], [28, 28, 1], [64, 6]. */
   readonly inputShape: readonly number[];

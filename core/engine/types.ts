@@ -1,5 +1,6 @@
 import type { Dataset } from "../data/dataset";
 import type { WeightLayout } from "../tensor/layout";
+import type { OptimizerConfig } from "./graph-spec";
 import type { ModelSpec } from "./model-spec";
 
 export interface TrainOptions {
@@ -9,6 +10,8 @@ export interface TrainOptions {
   /** FedProx μ: adds μ/2·||w − w_global||² to the local loss (Li et al. 2020, "Federated Optimization in
    *  Heterogeneous Networks"). w_global is the weights the model held when train() was called. */
   readonly mu?: number;
+  /** On-device optimizer; absent = plain SGD (the fast path runs sgd and momentum, the generic path all). */
+  readonly optimizer?: OptimizerConfig;
   /** Seed for shuffling the local data each epoch. */
   readonly seed: number;
   /** Called after each batch with samples done so far (for progress bars). */

@@ -55,7 +55,7 @@
 import * as os from "node:os";
 import { FlotillaError, fail, isFlotillaError } from "../errors";
 import type { ModelSpec } from "../engine/model-spec";
-import { MODEL_KINDS } from "../engine/model-spec";
+import { MODEL_KINDS, type ModelKind } from "../engine/model-spec";
 import { modelLayout } from "../engine/plan";
 import type { WeightLayout } from "../tensor/layout";
 import { AttrType, DataType, INPUT_NAME, PROBABILITIES, RECONSTRUCTION, modelProtoType } from "./onnx-schema";
@@ -348,7 +348,7 @@ function conv(
 // ---------------------------------------------------------------------------------------------------------------
 
 function checkInputs(spec: ModelSpec, weights: Float32Array, opts: ExportOptions): WeightLayout {
-  if (!spec || typeof spec !== "object" || !MODEL_KINDS.includes(spec.kind)) {
+  if (!spec || typeof spec !== "object" || !MODEL_KINDS.includes(spec.kind as ModelKind)) {
     fail(
       "E_EXPORT_FORMAT",
       `cannot export model kind '${String(spec?.kind)}' (expected ${MODEL_KINDS.join(", ")})`,

@@ -1,3 +1,4 @@
+import type { OptimizerConfig } from "../engine/graph-spec";
 /**
  * The Strategy contract (after Flower's Strategy: configure / aggregate hooks, results *and* failures).
  * A strategy does no I/O: the round engine asks it who takes part and with what config, streams each device's
@@ -28,6 +29,8 @@ export interface FitConfig {
   readonly mu?: number;
   /** Seed for the device's batch shuffling this round. */
   readonly seed: number;
+  /** On-device optimizer (core/engine/graph-spec.ts); absent = plain SGD. FedProx's μ applies with each. */
+  readonly optimizer?: OptimizerConfig;
 }
 
 export interface FitInstruction {
