@@ -68,6 +68,10 @@ export const ERRORS = {
       "an invalid round mode or asynchronous option (--mode, --concurrency, --buffer, --max-staleness, --staleness)",
   },
   E_CONFIG_MODEL: { group: "config", meaning: "an unknown model kind or invalid model option" },
+  E_CONFIG_OPTIMIZER: {
+    group: "config",
+    meaning: "an invalid on-device optimizer (--optimizer sgd | momentum[:BETA] | adam, a fit config's optimizer)",
+  },
   E_CONFIG_OUT: { group: "config", meaning: "the output directory cannot be created or written" },
   E_CONFIG_PARTITION: {
     group: "config",
@@ -123,6 +127,28 @@ export const ERRORS = {
   },
   E_MODEL_DOWNLOAD: { group: "model", meaning: "the round's global model cannot be downloaded" },
   E_MODEL_HASH: { group: "model", meaning: "a downloaded global model does not match its sha256" },
+  E_MODEL_IMPORT: {
+    group: "model",
+    meaning:
+      "a Keras / tfjs model.json cannot be imported (not a Layers model, several inputs or outputs, shared layers)",
+  },
+  E_MODEL_INIT: {
+    group: "model",
+    meaning: "a warm-start model (--init-model, a job's initModel) does not fit the job's model (layout, spec)",
+  },
+  E_MODEL_LAYER: {
+    group: "model",
+    meaning: "an imported model has a layer class or layer option Flotilla cannot train (named in the message)",
+  },
+  E_MODEL_LOSS: {
+    group: "model",
+    meaning: "an imported model's loss is unsupported or does not fit its output (activation, width)",
+  },
+  E_MODEL_WEIGHTS: {
+    group: "model",
+    meaning:
+      "an imported model's weights are missing, misshapen, quantized or not float32, or a weight shard is short",
+  },
   E_MODEL_LAYOUT: {
     group: "model",
     meaning: "weights do not match the model's layout (count, tensor sizes)",

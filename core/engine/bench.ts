@@ -45,14 +45,27 @@ const REPS = 5;
 /** Synthetic samples generated (runs that need more samples run several epochs over them). */
 const MAX_SAMPLES = 4000;
 
-function syntheticData(inputShape: readonly number[], numClasses: number, n: number, seed: number): Dataset {
+function syntheticData(
+  inputShape: readonly number[],
+  numClasses: number,
+  n: number,
+  seed: number,
+  spec?: ModelSpec,
+): Dataset {
   const size = inputShape.reduce((a, b) => a * b, 1);
   const rng = new Rng(seed);
   const x = new Float32Array(n * size);
-  for (let i = 0; i < x.length; i++) x[i] = rng.next();
+  // A graph reading token ids (Embedding first) gets ids below its vocabulary size.
+  const first = spec?.kind === "graph" ? spec.layers[0] : undefined;
+  const vocab = first?.type === "Embedding" ? first.inputDim : 0;
+  for (let i = 0; i < x.length; i++) x[i] = vocab > 0 ? rng.int(vocab) : rng.next();
   const y = new Int32Array(n);
   for (let i = 0; i < n; i++) y[i] = rng.int(numClasses);
-  return makeDataset(x, y, inputShape, numClasses);
+  const d = makeDataset(x, y, inputShape, numClasses);
+  if (spec?.kind !== "graph" || spec.task !== "regression") return d;
+  const targets = new Float32Array(n * spec.numClasses);
+  for (let i = 0; i < targets.length; i++) targets[i] = rng.next();
+  return { ...d, targets, targetSize: spec.numClasses };
 }
 
 function median(a: readonly number[]): number {
@@ -86,9 +99,11 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       return s.samples / (s.ms / 1000);
     };
     const size = inputShape.reduce((p, q) => p * q, 1);
-    const data = syntheticData(inputShape, numClasses, Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)), seed);
-    const firstSamples = (m: number): Dataset =>
-      makeDataset(data.x.subarray(0, m * size), data.y.subarray(0, m), inputShape, numClasses);
+    const data = syntheticData(inputShape, numClasses, Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)), seed, given);
+    const firstSamples = (m: number): Dataset => ({
+      ...makeDataset(data.x.subarray(0, m * size), data.y.subarray(0, m), inputShape, numClasses),
+      ...(data.targets ? { targets: data.targets.subarray(0, m * data.targetSize!), targetSize: data.targetSize } : {}),
+    });
     const run = (samples: number): Promise<number> => {
       const m = Math.min(samples, data.n);
       return train(firstSamples(m), Math.max(1, Math.round(samples / m)));

@@ -5,6 +5,13 @@
  *   weights.bin  the weights, float32 little-endian, in the layout order of modelLayout(spec)
  *   layout.json  that WeightLayout (entries with names, shapes, offsets; totalSize; hash)
  *   meta.json    optional: { jobId?, round?, sha256 (of weights.bin), createdAt (ISO 8601) }
+ *   model.json   a TensorFlow.js Layers model.json whose one weight shard is weights.bin (the graph's layout is the
+ *                shard's order), written for every layer graph and every preset whose graph form has the same
+ *                layout: `tf.loadLayersModel` loads the directory, tensorflowjs_converter turns it into Keras
+ *                (core/engine/keras.ts). loadModelDir reads spec.json, not model.json.
+ *
+ * loadModelSource takes any model a job can start from: such a directory, a Keras / tfjs model.json, or a
+ * directory holding one (docs/byom.md).
  *
  * loadModelDir checks everything against the spec (the layout must be modelLayout(spec), weights.bin must hold
  * exactly its totalSize values, meta.json's sha256 must match) and throws E_MODEL_DIR with a one-line message.
@@ -13,6 +20,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fail, isFlotillaError } from "../errors";
+import type { GraphSpec } from "../engine/graph-spec";
+import { presetGraph } from "../engine/graph";
+import { kerasModelFile, kerasModelJson, readKerasModel, readKerasGraph, type KerasImportOptions } from "../engine/keras";
 import type { ModelSpec } from "../engine/model-spec";
 import { validateSpec } from "../engine/model-spec";
 import { modelLayout } from "../engine/plan";
@@ -23,6 +33,7 @@ export const SPEC_FILE = "spec.json";
 export const WEIGHTS_FILE = "weights.bin";
 export const LAYOUT_FILE = "layout.json";
 export const META_FILE = "meta.json";
+export const KERAS_FILE = "model.json";
 
 export interface ModelMeta {
   readonly jobId?: string;
@@ -99,12 +110,25 @@ export function saveModelDir(
     fs.writeFileSync(path.join(dir, WEIGHTS_FILE), toBytes(weights));
     fs.writeFileSync(path.join(dir, LAYOUT_FILE), JSON.stringify(layout, null, 2) + "\n");
     fs.writeFileSync(path.join(dir, META_FILE), JSON.stringify(full, null, 2) + "\n");
+    const graph = kerasGraphOf(spec, layout);
+    if (graph) fs.writeFileSync(path.join(dir, KERAS_FILE), JSON.stringify(kerasModelJson(graph)) + "\n");
   } catch (e) {
     fail("E_MODEL_DIR", `${dir}: cannot write the model directory: ${(e as Error).message.split("\n")[0]}`, {
       cause: e,
     });
   }
   return full;
+}
+
+/** The graph whose layout is `layout` (the spec itself, or a preset's graph form), or null when there is none. */
+function kerasGraphOf(spec: ModelSpec, layout: WeightLayout): GraphSpec | null {
+  if (spec.kind === "graph") return spec;
+  try {
+    const g = presetGraph(spec);
+    return modelLayout(g).hash === layout.hash ? g : null;
+  } catch {
+    return null;
+  }
 }
 
 function readJson(file: string): unknown {
@@ -202,4 +226,77 @@ export function loadModelDir(dir: string): ModelDir {
     meta = m as ModelMeta;
   }
   return { spec, weights, layout, meta };
+}
+
+/** A model a job can start from, and where it came from. */
+export interface ModelSource {
+  readonly spec: ModelSpec;
+  readonly weights: Float32Array;
+  /** "model-dir": a saved model directory (spec.json ...); "keras": a Keras / tfjs Layers model.json. */
+  readonly format: "model-dir" | "keras";
+}
+
+/** Whether `p` is a saved model directory (it has spec.json). */
+function isModelDir(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory() && fs.existsSync(path.join(p, SPEC_FILE));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reads any model a job can start from: a saved model directory (spec.json + weights.bin, e.g. a previous job's
+ * out/model), a Keras / TensorFlow.js Layers model.json, or a directory holding one. Throws E_MODEL_DIR,
+ * E_MODEL_IMPORT, E_MODEL_LAYER, E_MODEL_WEIGHTS or E_MODEL_LOSS (one line).
+ */
+export function loadModelSource(p: string, opts: KerasImportOptions = {}): ModelSource {
+  if (isModelDir(p)) {
+    const d = loadModelDir(p);
+    return { spec: d.spec, weights: d.weights, format: "model-dir" };
+  }
+  const m = readKerasModel(p, opts);
+  return { spec: m.spec, weights: m.weights, format: "keras" };
+}
+
+/** The spec of loadModelSource(p) without reading weights (a model directory's spec.json is checked as usual). */
+export function loadModelSourceSpec(p: string, opts: KerasImportOptions = {}): ModelSpec {
+  if (isModelDir(p)) return loadModelDir(p).spec;
+  return readKerasGraph(kerasModelFile(p), opts);
+}
+
+/**
+ * The weights a job warm-starts from (`--init-model`, a job's `initModel`): `from` must have the job model's
+ * layout (the same weight tensors, names and shapes); otherwise E_MODEL_INIT names the first difference.
+ */
+export function checkWarmStart(
+  spec: ModelSpec,
+  from: { readonly spec: ModelSpec; readonly weights: Float32Array },
+  what: string,
+): Float32Array {
+  const want = layoutOf(spec, "the job's model");
+  let got: WeightLayout;
+  try {
+    got = modelLayout(validateSpec(from.spec));
+  } catch (e) {
+    return fail("E_MODEL_INIT", `${what}: ${(e as Error).message}`, { cause: e });
+  }
+  if (got.hash !== want.hash) {
+    const i = want.entries.findIndex(
+      (e, k) => got.entries[k]?.name !== e.name || got.entries[k].shape.join(",") !== e.shape.join(","),
+    );
+    const a = want.entries[i];
+    const b = got.entries[i];
+    const diff =
+      i < 0
+        ? `it has ${got.entries.length} weight tensors, the job's model ${want.entries.length}`
+        : `tensor ${i}: the job's model has ${a.name} [${a.shape.join(", ")}], it has ${b ? `${b.name} [${b.shape.join(", ")}]` : "none"}`;
+    fail(
+      "E_MODEL_INIT",
+      `${what}: its layout ${got.hash.slice(0, 12)} does not match the job's model ${want.hash.slice(0, 12)} (${diff})`,
+    );
+  }
+  if (from.weights.length !== want.totalSize)
+    fail("E_MODEL_INIT", `${what}: has ${from.weights.length} values, the job's model needs ${want.totalSize}`);
+  return from.weights;
 }

@@ -130,6 +130,7 @@ export class DeviceRuntime {
       batchSize: req.config.batchSize,
       lr: req.config.lr,
       mu: req.config.mu,
+      ...(req.config.optimizer !== undefined ? { optimizer: req.config.optimizer } : {}),
       seed: req.config.seed,
       onProgress: this.onProgress ? (d, t) => this.onProgress?.(this.deviceId, d, t) : undefined,
     });

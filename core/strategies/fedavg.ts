@@ -94,12 +94,19 @@ export class FedAvg implements Strategy {
   }
 
   /**
-   * The training config sent to `deviceId` for `round`: epochs, batch size and lr, plus a per-device seed.
+   * The training config sent to `deviceId` for `round`: epochs, batch size, lr and the on-device optimizer (when
+   * set), plus a per-device seed.
    * `fit.mu` is not forwarded: a device given μ trains FedProx's proximal objective, which is FedProx's override.
    */
   protected fitConfig(round: number, deviceId: string): FitConfig {
-    const { epochs, batchSize, lr } = this.options.fit;
-    return { epochs, batchSize, lr, seed: deviceSeed(this.options.seed, round, deviceId) };
+    const { epochs, batchSize, lr, optimizer } = this.options.fit;
+    return {
+      epochs,
+      batchSize,
+      lr,
+      seed: deviceSeed(this.options.seed, round, deviceId),
+      ...(optimizer !== undefined ? { optimizer } : {}),
+    };
   }
 
   /** Summary of the most recently finished round. */

@@ -59,6 +59,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
     c.clientsPerRound = positiveInt("clients-per-round", s("clientsPerRound")!, L.clientsPerRound);
   if (s("dataset") !== undefined) c.dataset = s("dataset")!;
   if (s("model") !== undefined) c.model = s("model")!;
+  if (s("initModel") !== undefined) c.initModel = s("initModel")!;
+  if (s("optimizer") !== undefined) c.optimizer = s("optimizer")!;
   if (s("partition") !== undefined) c.partition = s("partition")!;
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
@@ -288,16 +290,17 @@ async function runSimulate(o: RawOptions): Promise<number> {
 
 async function runBenchTrain(o: RawOptions): Promise<number> {
   const model = (o.model as string) ?? "mlp";
-  if (!["mlp", "cnn", "cnn1d", "autoencoder"].includes(model)) {
-    fail("E_CONFIG_MODEL", `unknown model '${model}' (expected one of mlp, cnn, cnn1d, autoencoder)`);
-  }
+  // Not a kind: a model.json (or its directory) or a saved model directory, benchmarked on data of its shape.
+  const { isPresetKind } = await import("../../core/engine/graph.js");
+  const { loadModelSourceSpec } = await import("../../core/export/model-dir.js");
+  const spec = isPresetKind(model) ? undefined : loadModelSourceSpec(model);
   const batchSize = positiveInt("batch-size", (o.batchSize as string) ?? "10", BENCH_LIMITS.trainBatchSize);
   const seconds =
     o.seconds !== undefined
       ? positiveNumber("seconds", o.seconds as string, BENCH_LIMITS.seconds)
       : undefined;
   const { benchTrain } = await import("../../core/engine/bench.js");
-  const r = await benchTrain({ model, batchSize, seconds });
+  const r = await benchTrain({ model, batchSize, seconds, ...(spec ? { spec } : {}) });
   if (o.json) console.log(JSON.stringify(r));
   else
     console.log(
@@ -339,9 +342,9 @@ async function runExport(o: RawOptions): Promise<number> {
   if (quantize !== undefined && quantize !== "int8") {
     fail("E_EXPORT_FORMAT", `unsupported --quantize '${quantize}' (expected int8)`);
   }
-  const { loadModelDir } = await import("../../core/export/model-dir.js");
+  const { loadModelSource } = await import("../../core/export/model-dir.js");
   const { exportOnnx } = await import("../../core/export/onnx.js");
-  const { spec, weights } = loadModelDir(o.model as string);
+  const { spec, weights } = loadModelSource(o.model as string);
   const bytes = exportOnnx(spec, weights, quantize ? { quantize } : {});
   const out = o.out as string;
   try {
@@ -485,7 +488,15 @@ export function buildProgram(): Command {
     .option("--rounds <n>", `federated rounds (at most ${SIM_LIMITS.rounds})`)
     .option("--clients-per-round <n>", "devices asked to train each round (at most --devices)")
     .option("--dataset <name>", "mnist | sensors | dir:PATH")
-    .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder")
+    .option(
+      "--model <kind|path>",
+      "mlp | cnn | cnn1d | autoencoder, or a Keras / tfjs model.json (or its directory) or a saved model directory to train from its weights",
+    )
+    .option(
+      "--init-model <path>",
+      "warm start: the initial global model from a model directory (e.g. a previous job's out/model) or a model.json of the same layout",
+    )
+    .option("--optimizer <name>", "on-device optimizer: sgd (default) | momentum[:BETA] (default 0.9) | adam")
     .option(
       "--partition <spec>",
       "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)",
@@ -609,7 +620,10 @@ export function buildProgram(): Command {
   program
     .command("export")
     .description("export a saved model directory (spec.json, weights.bin, layout.json) for inference")
-    .requiredOption("--model <dir>", "model directory, e.g. the simulate output's model/")
+    .requiredOption(
+      "--model <path>",
+      "model directory, e.g. the simulate output's model/, or a Keras / tfjs model.json (or its directory)",
+    )
     .requiredOption("--format <name>", "onnx")
     .option("--quantize <type>", "int8: int8 weights (about 4x smaller)")
     .requiredOption("--out <file>", "output file")
@@ -626,7 +640,11 @@ export function buildProgram(): Command {
   bench
     .command("train")
     .description("local training throughput (samples/s)")
-    .option("--model <kind>", "mlp | cnn | cnn1d | autoencoder", "mlp")
+    .option(
+      "--model <kind|path>",
+      "mlp | cnn | cnn1d | autoencoder, or a model.json / model directory (synthetic data of its input shape)",
+      "mlp",
+    )
     .option("--batch-size <n>", `mini-batch size (at most ${BENCH_LIMITS.trainBatchSize})`, "10")
     .option("--seconds <s>", `measuring time (at most ${BENCH_LIMITS.seconds})`)
     .option("--json", "print one JSON object")

@@ -1,6 +1,7 @@
 import * as os from "node:os";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
+import { formatOptimizer, parseOptimizer } from "../../core/engine/optimizer-config";
 import { createSelector } from "../../core/selection";
 import { formatStaleness, parseStaleness } from "../../core/round/staleness";
 import { secAggParamsFor } from "../../core/round/secure-round";
@@ -13,8 +14,15 @@ export interface SimConfig {
   clientsPerRound: number;
   /** "mnist", "sensors" or "dir:PATH". */
   dataset: string;
-  /** mlp | cnn | cnn1d | autoencoder. */
+  /**
+   * mlp | cnn | cnn1d | autoencoder, or a path: a Keras / TensorFlow.js Layers model.json, a directory holding one,
+   * or a saved model directory (out/model); the job trains that graph from its weights (docs/byom.md).
+   */
   model: string;
+  /** Warm start: the initial global model from a model of the same layout (a model directory or model.json). */
+  initModel?: string;
+  /** On-device optimizer of the round's fit config: sgd | momentum[:BETA] | adam (unset: sgd). */
+  optimizer?: string;
   /** iid | shards[:K] | dirichlet:ALPHA; "natural" keeps each simulated sensor device's own data. */
   partition: string;
   strategy: string;
@@ -330,6 +338,10 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   validateDpConfig(c);
   validateFleetConfig(c);
+  if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
+  if (c.model.trim() === "") fail("E_CONFIG_MODEL", "--model must name a model kind or a path");
+  if (c.initModel !== undefined && c.initModel.trim() === "")
+    fail("E_CONFIG_MODEL", "--init-model must name a model directory or a model.json");
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }

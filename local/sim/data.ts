@@ -26,7 +26,10 @@ export function deviceName(i: number, total: number): string {
  * exactly the same partitions without shipping data between them.
  */
 export function loadFleetData(
-  c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model">,
+  c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model"> & {
+    /** The job's model when it is not a kind's default spec (an imported or saved model: `--model PATH`). */
+    modelSpec?: ModelSpec;
+  },
 ): FleetData {
   let devices: Dataset[];
   let test: Dataset;
@@ -59,7 +62,8 @@ export function loadFleetData(
   } else {
     return fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
-  const spec = defaultSpec(c.model, test.inputShape, test.numClasses);
+  const spec = c.modelSpec ?? defaultSpec(c.model, test.inputShape, test.numClasses);
+  if (c.modelSpec) checkModelFitsData(spec, test);
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
   return { devices: devices.map(view), test: view(test), spec };
 }
@@ -85,4 +89,24 @@ function concat(parts: Dataset[]): Dataset {
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** An imported or saved model must take the dataset's samples and know its classes (one coded line, not a failed fleet). */
+function checkModelFitsData(spec: ModelSpec, test: Dataset): void {
+  const size = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+  if (size(spec.inputShape) !== size(test.inputShape))
+    fail(
+      "E_DATA_SHAPE",
+      `the model takes samples of shape [${spec.inputShape.join(", ")}], the dataset has [${test.inputShape.join(", ")}]`,
+    );
+  const classifier = spec.kind === "graph" ? spec.task === "classification" : spec.kind !== "autoencoder";
+  if (classifier && spec.numClasses < test.numClasses)
+    fail(
+      "E_MODEL_SHAPE",
+      `the model has ${spec.numClasses} classes, the dataset ${test.numClasses}`,
+    );
+  if (spec.kind === "graph" && spec.task === "binary" && test.numClasses > 2)
+    fail("E_MODEL_SHAPE", `the model is binary, the dataset has ${test.numClasses} classes`);
+  if (spec.kind === "graph" && spec.task === "regression" && !test.targets)
+    fail("E_MODEL_SHAPE", "the model is a regression, the dataset has no regression targets");
 }

@@ -5,7 +5,10 @@ import { createModel } from "../../core/engine/models";
 import type { ServerTransport } from "../../core/protocol/transport";
 import { parseCompression } from "../../core/compress";
 import type { ModelSpec } from "../../core/engine/model-spec";
-import { saveModelDir } from "../../core/export/model-dir";
+import { checkWarmStart, loadModelSource, saveModelDir, type ModelSource } from "../../core/export/model-dir";
+import { isPresetKind } from "../../core/engine/graph";
+import { parseOptimizer } from "../../core/engine/optimizer-config";
+import type { EvalSummary } from "../../core/engine/types";
 import { runJob, type RoundRecord, type ServerEvents } from "../../core/round/server";
 import { createStrategy } from "../../core/strategies/registry";
 import { writeReport } from "../report/report";
@@ -35,6 +38,10 @@ export interface RoundSummary {
   failures: { deviceId: string; code: string; reason: string }[];
   accuracy: number;
   loss: number;
+  /** Binary models: ROC AUC of the test set (core/engine/metrics.ts). */
+  auc?: number;
+  /** Regression and reconstruction models: mean absolute error of the test set. */
+  mae?: number;
   trainLoss: number;
   uplinkBytes: number;
   downlinkBytes: number;
@@ -101,6 +108,9 @@ export interface SimulationResult {
   final: {
     accuracy: number;
     loss: number;
+    /** The last round's AUC (binary models) and MAE (regression, reconstruction), when the model reports them. */
+    auc?: number;
+    mae?: number;
     rounds: number;
     wallMs: number;
     /** With a fleet trace: virtual seconds from the trace's start to the end of the last round. */
@@ -128,18 +138,39 @@ export async function simulate(
 ): Promise<SimulationResult> {
   const t0 = performance.now();
   const trace = config.fleetTrace !== undefined ? loadSimTrace(config) : undefined;
+  // --model PATH (an imported Keras / tfjs model or a saved model directory) trains from its weights;
+  // --init-model warm-starts any job from a model of the same layout.
+  const source = simModelSource(config);
+  const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
   await initBackend();
-  const data = loadFleetData(config);
+  const data = loadFleetData({ ...config, modelSpec: source?.spec });
   const evalModel = await createModel(data.spec, config.seed);
+  if (source) evalModel.setWeights(source.weights);
+  if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
   const initial = evalModel.getWeights();
   reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
 
   const strategy = createStrategy(config.strategy, {
     clientsPerRound: config.clientsPerRound,
-    fit: { epochs: config.localEpochs, batchSize: config.batchSize, lr: config.lr, mu: config.mu },
+    fit: {
+      epochs: config.localEpochs,
+      batchSize: config.batchSize,
+      lr: config.lr,
+      mu: config.mu,
+      ...(config.optimizer !== undefined ? { optimizer: parseOptimizer(config.optimizer) } : {}),
+    },
     serverLr: config.serverLr,
     seed: config.seed,
   });
+  // The task's metrics beyond accuracy and loss (AUC of a binary model, MAE of a regression or reconstruction):
+  // the server evaluates each new model just before the round's record, which picks them up.
+  let extra: TaskMetrics = {};
+  const evaluate = async (w: Float32Array): Promise<EvalSummary> => {
+    evalModel.setWeights(w);
+    const e = evalModel.evaluate(data.test, 500);
+    extra = taskMetrics(e);
+    return e;
+  };
   strategy.initialize(initial);
 
   // Progress: samples trained so far this round, summed over devices.
@@ -169,7 +200,7 @@ export async function simulate(
     }
     transport =
       config.workers > 0
-        ? await WorkerFleet.start(config, onProgress, { keyDir })
+        ? await WorkerFleet.start(config, onProgress, { keyDir, modelSpec: source?.spec })
         : await startInProcessFleet(config, data, onProgress, keys);
   } catch (e) {
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
@@ -258,7 +289,8 @@ export async function simulate(
         const p = participation.get(id);
         if (p) p.completed++;
       }
-      const s = summarize(rec);
+      const s = { ...summarize(rec), ...extra };
+      extra = {};
       if (fleet) {
         s.virtualStartS = rec.startedAt / 1000;
         s.virtualEndS = rec.endedAt / 1000;
@@ -297,10 +329,7 @@ export async function simulate(
       maxStaleness: config.maxStaleness ?? DEFAULT_MAX_STALENESS,
       ...(config.staleness !== undefined ? { staleness: config.staleness } : {}),
       trainTimeoutInMs: deadlineMs,
-      evaluate: async (w) => {
-        evalModel.setWeights(w);
-        return evalModel.evaluate(data.test, 500);
-      },
+      evaluate,
       abortSignal: abort.signal,
       uplink,
       downlink,
@@ -346,7 +375,9 @@ export async function simulate(
             late: rec.counters.late - late0,
             staleness: rec.staleness,
             ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
+            ...extra,
           };
+          extra = {};
           wall = now;
           late0 = rec.counters.late;
           summaries.push(s);
@@ -374,10 +405,7 @@ export async function simulate(
                 selection.pick(r, available),
             }
           : {}),
-        evaluate: async (w) => {
-          evalModel.setWeights(w);
-          return evalModel.evaluate(data.test, 500);
-        },
+        evaluate,
         events,
         abortSignal: abort.signal,
         uplink: parseCompression(config.compression),
@@ -408,6 +436,23 @@ export async function simulate(
   return result;
 }
 
+type TaskMetrics = Pick<RoundSummary, "auc" | "mae">;
+
+/** AUC and MAE of an evaluation, when the model reports them (graph models of a binary or regression task). */
+function taskMetrics(e: EvalSummary): TaskMetrics {
+  const m = e as EvalSummary & TaskMetrics;
+  return {
+    ...(m.auc !== undefined ? { auc: m.auc } : {}),
+    ...(m.mae !== undefined ? { mae: m.mae } : {}),
+  };
+}
+
+/** The model `--model PATH` names, read once (undefined for a built-in kind). */
+export function simModelSource(config: Pick<SimConfig, "model">): ModelSource | undefined {
+  // Not a built-in kind: a path (a Keras / tfjs model.json, its directory, or a saved model directory).
+  return isPresetKind(config.model) ? undefined : loadModelSource(config.model);
+}
+
 /** Builds the results of a finished run and writes results.json and report.html into config.out. */
 export function finishResult(
   config: SimConfig,
@@ -428,6 +473,8 @@ export function finishResult(
     final: {
       accuracy: last ? last.accuracy : NaN,
       loss: last ? last.loss : NaN,
+      ...(last?.auc !== undefined ? { auc: last.auc } : {}),
+      ...(last?.mae !== undefined ? { mae: last.mae } : {}),
       rounds: summaries.length,
       wallMs: performance.now() - startedAt,
       ...(virtual ? { virtualTimeS: last.virtualEndS } : {}),

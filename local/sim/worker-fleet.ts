@@ -10,12 +10,13 @@ import { createModel } from "../../core/engine/models";
 import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
 import type { KeyProvider } from "../../core/secagg/identity";
 import type { SimConfig } from "./config";
+import type { ModelSpec } from "../../core/engine/model-spec";
 import { deviceName, type FleetData } from "./data";
 
 export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array; state?: Uint8Array };
 
 /** What each worker is started with: the job's config, and where the devices' identity keys are (secure aggregation). */
-export type FleetWorkerData = SimConfig & { keyDir?: string };
+export type FleetWorkerData = SimConfig & { keyDir?: string; modelSpec?: ModelSpec };
 export type FromWorker =
   | { kind: "ready"; devices: { deviceId: string; numSamples: number }[] }
   | { kind: "reply"; deviceId: string; frame: Uint8Array; state?: Uint8Array }
@@ -57,10 +58,10 @@ export class WorkerFleet implements ServerTransport {
   static async start(
     config: SimConfig,
     onProgress?: DeviceProgress,
-    opts: { keyDir?: string } = {},
+    opts: { keyDir?: string; modelSpec?: ModelSpec } = {},
   ): Promise<WorkerFleet> {
     const script = path.join(__dirname, "fleet-worker.js");
-    const workerData: FleetWorkerData = { ...config, keyDir: opts.keyDir };
+    const workerData: FleetWorkerData = { ...config, keyDir: opts.keyDir, modelSpec: opts.modelSpec };
     const workers = Array.from({ length: config.workers }, () => new Worker(script, { workerData }));
     const fleet = new WorkerFleet(workers, onProgress);
     try {

@@ -18,6 +18,7 @@ import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/fu
 import { isFlotillaError } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/plan";
 import { validateJob } from "./jobs/job";
+import { resolveJobModels } from "./jobs/model-source";
 import { JobRepository, paths, type JobDocument } from "./jobs/state";
 import { isConflict } from "./store/blob-store";
 import type { AggregatorServices } from "./services";
@@ -141,7 +142,9 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
       } catch {
         return error(400, "E_JOB_JSON", "body is not valid JSON");
       }
-      const definition = validateJob(body);
+      // `model` / `initModel` blob paths are read now: a bad model is refused before the job exists.
+      const models = await resolveJobModels(body, services.store);
+      const definition = validateJob(body, models.resolved);
       if (definition.secureAggregation && !services.identityKeys) {
         return error(
           400,
@@ -166,6 +169,11 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
       } catch (e) {
         if (isConflict(e)) return error(409, "E_JOB_EXISTS", `job '${definition.jobId}' exists`);
         throw e;
+      }
+      // The job's own initial model (an imported model's weights, a warm start): round 0 is published from it.
+      if (models.initWeights) {
+        const w = models.initWeights;
+        await services.store.put(paths.initModel(definition.jobId), new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
       }
       return { status: 201, jsonBody: { ...summary(doc), definition } };
     }),

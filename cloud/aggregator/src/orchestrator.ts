@@ -454,8 +454,24 @@ export class Orchestrator {
   private async ensureInitialModel(job: JobDocument, now: number): Promise<void> {
     const id = job.definition.jobId;
     if (await this.services.store.exists(paths.modelMeta(id, 0))) return;
-    const w = initialWeights(job.definition.modelSpec, job.definition.seed);
+    const w = job.definition.initModel
+      ? await this.storedInitModel(job)
+      : initialWeights(job.definition.modelSpec, job.definition.seed);
     await this.publishModel(job, 0, w, now);
+  }
+
+  /** The job's own initial model (jobs/{id}/init.f32, written when the job was created), checked against its record. */
+  private async storedInitModel(job: JobDocument): Promise<Float32Array> {
+    const d = job.definition;
+    const rec = d.initModel!;
+    const blob = await this.services.store.get(paths.initModel(d.jobId));
+    if (!blob) throw new FlotillaError("E_MODEL_INIT", `job ${d.jobId}: its initial model (${rec.source}) is missing`);
+    const b = blob.bytes;
+    const w = new Float32Array(b.byteLength >> 2);
+    new Uint8Array(w.buffer).set(b.subarray(0, w.length * 4));
+    if (b.byteLength !== rec.length * 4 || w.length !== job.modelLength || weightsHash(w) !== rec.sha256)
+      throw new FlotillaError("E_MODEL_INIT", `job ${d.jobId}: its initial model (${rec.source}) does not match its sha256 or size`);
+    return w;
   }
 
   /**

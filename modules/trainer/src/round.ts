@@ -1,5 +1,7 @@
 import { FlotillaError } from "../../../core/errors";
 import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
+import { validateOptimizer } from "../../../core/engine/optimizer-config";
+import type { OptimizerConfig } from "../../../core/engine/graph-spec";
 import type { FitConfig } from "../../../core/strategies/strategy";
 
 import type { RoundOrder, SecAggOrder } from "../../../core/protocol/round-order";
@@ -36,6 +38,14 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
   if (typeof cfg.lr !== "number" || !(cfg.lr > 0) || !Number.isFinite(cfg.lr)) bad("config.lr must be > 0");
   if (cfg.mu !== undefined && cfg.mu !== null && (typeof cfg.mu !== "number" || !(cfg.mu >= 0)))
     bad("config.mu must be ≥ 0");
+  let optimizer: OptimizerConfig | undefined;
+  if (cfg.optimizer !== undefined && cfg.optimizer !== null) {
+    try {
+      optimizer = validateOptimizer(cfg.optimizer, "config.optimizer");
+    } catch (e) {
+      return bad(e instanceof Error ? e.message : String(e));
+    }
+  }
   const seed = cfg.seed === undefined || cfg.seed === null ? 0 : cfg.seed;
   if (!Number.isSafeInteger(seed)) bad("config.seed must be an integer");
   const deadline = o.deadline === undefined || o.deadline === null ? 0 : o.deadline;
@@ -74,6 +84,7 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     lr: cfg.lr as number,
     seed: seed as number,
     ...(typeof cfg.mu === "number" && cfg.mu > 0 ? { mu: cfg.mu } : {}),
+    ...(optimizer ? { optimizer } : {}),
   };
   return {
     jobId: o.jobId as string,

@@ -8,6 +8,8 @@ import { validateAsyncOptions } from "../../../../core/round/async-engine";
 import { DEFAULT_STALENESS_SPEC, formatStaleness, parseStaleness } from "../../../../core/round/staleness";
 import { modelLayout } from "../../../../core/engine/plan";
 import { validateSpec, type ModelSpec } from "../../../../core/engine/model-spec";
+import type { OptimizerConfig } from "../../../../core/engine/graph-spec";
+import { validateOptimizer } from "../../../../core/engine/optimizer-config";
 import { createStrategy, isStrategyName, STRATEGY_NAMES } from "../../../../core/strategies/registry";
 import {
   DifferentialPrivacy,
@@ -25,7 +27,19 @@ import {
 
 export interface JobDefinition {
   readonly jobId: string;
+  /**
+   * The model: a preset or a layer graph. A job body gives it as `modelSpec`, as `model` (an inline GraphSpec, or
+   * the blob path of a Keras / tfjs model.json in the aggregator's container, imported when the job is created:
+   * jobs/model-source.ts), docs/byom.md.
+   */
   readonly modelSpec: ModelSpec;
+  /** The blob path `model` named (the imported model.json), for the record. */
+  readonly modelSource?: string;
+  /**
+   * The job's initial global model when it is not initialWeights(modelSpec, seed): an imported model's weights or
+   * a warm start (`initModel`), stored as jobs/{jobId}/init.f32 when the job is created.
+   */
+  readonly initModel?: InitModelRecord;
   /** Key of the profiler's `samplesPerSecond` map for this model; default modelSpec.kind. */
   readonly modelKey: string;
   readonly strategy: string;
@@ -75,6 +89,22 @@ export interface JobDefinition {
   readonly mode?: "sync" | "async";
   /** Async only: the options of core/round/async-engine.ts. */
   readonly async?: AsyncOptions;
+}
+
+/** Where a job's initial model came from, and the stored copy's sha256 and length (float32 values). */
+export interface InitModelRecord {
+  /** `blob:<path>` (a model.json or a model directory's spec.json) or `job:<jobId>/<round>` (a published model). */
+  readonly source: string;
+  readonly sha256: string;
+  readonly length: number;
+}
+
+/** What createJob read from blobs for a job body's `model` / `initModel` (jobs/model-source.ts). */
+export interface ResolvedModels {
+  /** The imported graph of a `model` blob path. */
+  readonly modelSpec?: ModelSpec;
+  readonly modelSource?: string;
+  readonly initModel?: InitModelRecord;
 }
 
 /** An async job's options (validated by core/round/async-engine.ts validateAsyncOptions). */
@@ -163,8 +193,26 @@ function optNum(v: unknown, what: string, min: number, max: number): number | un
   return v === undefined ? undefined : num(v, what, min, max);
 }
 
-/** Validates an untrusted job definition (e.g. a request body); fills defaults. */
-export function validateJob(input: unknown): JobDefinition {
+/**
+ * The job body's model: `modelSpec`, or `model` (an inline spec; a blob path must have been read into `resolved`
+ * by jobs/model-source.ts). Exactly one of them.
+ */
+export function jobModelSpecInput(j: Record<string, unknown>, resolved: ResolvedModels): unknown {
+  if (j.model !== undefined && j.modelSpec !== undefined)
+    fail("E_JOB_INVALID", "give the job's model as modelSpec or as model, not both");
+  if (typeof j.model === "string") {
+    if (!resolved.modelSpec)
+      fail("E_JOB_MODEL", `model '${j.model}': a blob path is imported when the job is created (POST /api/jobs)`);
+    return resolved.modelSpec;
+  }
+  return j.model !== undefined ? j.model : j.modelSpec;
+}
+
+/**
+ * Validates an untrusted job definition (e.g. a request body); fills defaults. `resolved`: what createJob read
+ * from blobs for `model` / `initModel` (jobs/model-source.ts resolveJobModels).
+ */
+export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobDefinition {
   const j = obj(input, "job");
   const jobId = j.jobId;
   if (typeof jobId !== "string" || !JOB_ID.test(jobId)) {
@@ -176,7 +224,7 @@ export function validateJob(input: unknown): JobDefinition {
   let modelSpec: ModelSpec;
   let size: number;
   try {
-    modelSpec = validateSpec(j.modelSpec);
+    modelSpec = validateSpec(jobModelSpecInput(j, resolved));
     size = modelLayout(modelSpec).totalSize;
   } catch (e) {
     if (isFlotillaError(e)) fail("E_JOB_MODEL", `modelSpec: ${e.message}`, { cause: e });
@@ -200,6 +248,9 @@ export function validateJob(input: unknown): JobDefinition {
       batchSize: int(fit.batchSize, "fit.batchSize", 1, 65_536),
       lr: num(fit.lr, "fit.lr", 0, 100),
       ...(fit.mu !== undefined ? { mu: num(fit.mu, "fit.mu", 0, 1000) } : {}),
+      ...(fit.optimizer !== undefined && fit.optimizer !== null
+        ? { optimizer: jobOptimizer(fit.optimizer) }
+        : {}),
     },
     seed: int(so.seed, "strategyOptions.seed", 0, 2 ** 32 - 1, seed),
     ...defined("serverLr", optNum(so.serverLr, "serverLr", 0, 1000)),
@@ -219,9 +270,13 @@ export function validateJob(input: unknown): JobDefinition {
   if (typeof modelKey !== "string" || modelKey.length === 0 || modelKey.length > 64) {
     fail("E_JOB_INVALID", "modelKey must be a non-empty string");
   }
+  if (j.initModel !== undefined && j.initModel !== null && !resolved.initModel)
+    fail("E_JOB_MODEL", "initModel is read from blobs when the job is created (POST /api/jobs)");
   const def: JobDefinition = {
     jobId,
     modelSpec,
+    ...(resolved.modelSource !== undefined ? { modelSource: resolved.modelSource } : {}),
+    ...(resolved.initModel ? { initModel: resolved.initModel } : {}),
     modelKey,
     strategy,
     strategyOptions,
@@ -263,6 +318,16 @@ export function validateJob(input: unknown): JobDefinition {
     ),
   };
   return asyncMode(j, withSelection);
+}
+
+/** `strategyOptions.fit.optimizer`: {name: sgd | momentum | adam, ...} or its text form (E_JOB_INVALID). */
+function jobOptimizer(v: unknown): OptimizerConfig {
+  try {
+    return validateOptimizer(v, "fit.optimizer");
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_INVALID", e.message, { cause: e });
+    throw e;
+  }
 }
 
 /** The `selection` spec: a core/selection spec (default "random"), kept in its canonical form. */

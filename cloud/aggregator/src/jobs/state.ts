@@ -162,6 +162,8 @@ export interface ModelMeta {
 export const paths = {
   job: (jobId: string) => `jobs/${jobId}/job.json`,
   round: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/state.json`,
+  /** The job's initial model when it has one of its own (JobDefinition.initModel): raw float32. */
+  initModel: (jobId: string) => `jobs/${jobId}/init.f32`,
   model: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.f32`,
   modelMeta: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.json`,
   modelEncoded: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.flz`,
