@@ -138,7 +138,8 @@ export const ERRORS = {
   },
   E_MODEL_LAYER: {
     group: "model",
-    meaning: "an imported model has a layer class or layer option Flotilla cannot train (named in the message)",
+    meaning:
+      "a layer graph or an imported model has a layer type or option Flotilla cannot train (the message names the layer and its type)",
   },
   E_MODEL_LOSS: {
     group: "model",
@@ -152,11 +153,6 @@ export const ERRORS = {
   E_MODEL_LAYOUT: {
     group: "model",
     meaning: "weights do not match the model's layout (count, tensor sizes)",
-  },
-  E_MODEL_LAYER: {
-    group: "model",
-    meaning:
-      "a layer graph has a layer type Flotilla cannot train (the message names the layer and its type)",
   },
   E_MODEL_NOT_FOUND: { group: "model", meaning: "the job has no stored model for that round" },
   E_MODEL_SHAPE: { group: "model", meaning: "the model cannot take samples of the data's shape" },

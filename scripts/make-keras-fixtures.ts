@@ -52,7 +52,10 @@ export function fixtureValues(rng: Rng, name: string, shape: readonly number[]):
 function seedWeights(model: tf.LayersModel, seed: number): void {
   const rng = new Rng(seed);
   model.setWeights(
-    model.weights.map((w) => tf.tensor(fixtureValues(rng, w.originalName, w.shape as number[]), w.shape)),
+    model.weights.map((w) => {
+      const shape = w.shape as number[];
+      return tf.tensor(fixtureValues(rng, w.originalName, shape), shape);
+    }),
   );
 }
 
@@ -73,6 +76,8 @@ export async function saveLayersModel(model: tf.LayersModel, dir: string): Promi
       fs.writeFileSync(path.join(dir, "weights.bin"), new Uint8Array(a.weightData as ArrayBuffer));
       return { modelArtifactsInfo: { dateSaved: new Date(), modelTopologyType: "JSON" } };
     }),
+    // With the optimizer tfjs writes the trainingConfig (the loss the importer reads) and the optimizer's weights.
+    { includeOptimizer: true },
   );
 }
 

@@ -50,6 +50,8 @@ export interface KerasWeightEntry {
   readonly shape: readonly number[];
   readonly dtype: string;
   readonly quantization?: unknown;
+  /** "optimizer" for an optimizer's weights (tfjs `includeOptimizer`). */
+  readonly group?: string;
 }
 
 export interface KerasManifestGroup {
@@ -459,7 +461,7 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       break;
     case "Concatenate": {
       const a = c.raw("axis") ?? -1;
-      if (typeof a !== "number" || !Number.isInteger(a)) c.refuse(`axis ${JSON.stringify(a)} is not supported`);
+      if (typeof a !== "number" || !Number.isInteger(a)) return c.refuse(`axis ${JSON.stringify(a)} is not supported`);
       axis = a;
       spec = { type: "Concatenate", name, axis: -1 };
       break;
@@ -910,6 +912,17 @@ function float32s(bytes: Uint8Array, offset: number, n: number): Float32Array {
   return out;
 }
 
+const DTYPE_BYTES: Readonly<Record<string, number>> = { float32: 4, int32: 4, float16: 2, uint16: 2, uint8: 1, bool: 1 };
+
+/** Bytes a manifest entry takes in its group's buffer (quantized entries: their quantized dtype). */
+function entryBytes(w: KerasWeightEntry): number {
+  const q = w.quantization as { dtype?: string } | undefined | null;
+  const dtype = q && typeof q.dtype === "string" ? q.dtype : w.dtype;
+  const b = DTYPE_BYTES[dtype];
+  if (b === undefined) importFail(`weight '${w.name}' has dtype ${String(dtype)}, whose size is not known`);
+  return b * w.shape.reduce((a, c) => a * c, 1);
+}
+
 /** Reads a shard by its path relative to model.json; undefined when it does not exist. */
 export type ShardReader = (path: string) => Uint8Array | undefined;
 
@@ -933,6 +946,11 @@ function readWeights(manifest: readonly KerasManifestGroup[], read: ShardReader)
     }
     let off = 0;
     for (const w of g.weights) {
+      if (w.group === "optimizer" || /^optimizer/i.test(w.name)) {
+        // The optimizer's state (tfjs includeOptimizer, Keras optimizer_weights): skipped, each round starts fresh.
+        off += entryBytes(w);
+        continue;
+      }
       if (w.quantization !== undefined && w.quantization !== null)
         fail("E_MODEL_WEIGHTS", `weight '${w.name}' is quantized: convert the model without quantization (float32 weights only)`);
       if (w.dtype !== "float32")
