@@ -70,7 +70,8 @@ export const ERRORS = {
   E_CONFIG_MODEL: { group: "config", meaning: "an unknown model kind or invalid model option" },
   E_CONFIG_OPTIMIZER: {
     group: "config",
-    meaning: "an invalid on-device optimizer (--optimizer sgd | momentum[:BETA] | adam, a fit config's optimizer)",
+    meaning:
+      "an invalid on-device optimizer (--optimizer sgd | momentum[:BETA] | adam, a fit config's optimizer)",
   },
   E_CONFIG_OUT: { group: "config", meaning: "the output directory cannot be created or written" },
   E_CONFIG_PARTITION: {
@@ -134,7 +135,8 @@ export const ERRORS = {
   },
   E_MODEL_INIT: {
     group: "model",
-    meaning: "a warm-start model (--init-model, a job's initModel) does not fit the job's model (layout, spec)",
+    meaning:
+      "a warm-start model (--init-model, a job's initModel) does not fit the job's model (layout, spec)",
   },
   E_MODEL_LAYER: {
     group: "model",

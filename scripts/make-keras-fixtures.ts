@@ -88,7 +88,15 @@ export function fixtureModels(): Record<string, () => tf.LayersModel> {
   return {
     "mnist-cnn": () => {
       const m = tf.sequential({ name: "mcmahan_cnn" });
-      m.add(L.conv2d({ inputShape: [28, 28, 1], filters: 32, kernelSize: 5, padding: "same", activation: "relu" }));
+      m.add(
+        L.conv2d({
+          inputShape: [28, 28, 1],
+          filters: 32,
+          kernelSize: 5,
+          padding: "same",
+          activation: "relu",
+        }),
+      );
       m.add(L.maxPooling2d({ poolSize: 2 }));
       m.add(L.conv2d({ filters: 64, kernelSize: 5, padding: "same", activation: "relu" }));
       m.add(L.maxPooling2d({ poolSize: 2 }));
@@ -115,9 +123,13 @@ export function fixtureModels(): Record<string, () => tf.LayersModel> {
     },
     functional: () => {
       const input = tf.input({ shape: [12, 12, 3], name: "image" });
-      const a = L.conv2d({ filters: 8, kernelSize: 3, padding: "same", activation: "relu", name: "conv" }).apply(
-        input,
-      ) as tf.SymbolicTensor;
+      const a = L.conv2d({
+        filters: 8,
+        kernelSize: 3,
+        padding: "same",
+        activation: "relu",
+        name: "conv",
+      }).apply(input) as tf.SymbolicTensor;
       const b = L.separableConv2d({ filters: 8, kernelSize: 3, padding: "same", name: "sep" }).apply(
         input,
       ) as tf.SymbolicTensor;

@@ -99,10 +99,18 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       return s.samples / (s.ms / 1000);
     };
     const size = inputShape.reduce((p, q) => p * q, 1);
-    const data = syntheticData(inputShape, numClasses, Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)), seed, given);
+    const data = syntheticData(
+      inputShape,
+      numClasses,
+      Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)),
+      seed,
+      given,
+    );
     const firstSamples = (m: number): Dataset => ({
       ...makeDataset(data.x.subarray(0, m * size), data.y.subarray(0, m), inputShape, numClasses),
-      ...(data.targets ? { targets: data.targets.subarray(0, m * data.targetSize!), targetSize: data.targetSize } : {}),
+      ...(data.targets
+        ? { targets: data.targets.subarray(0, m * data.targetSize!), targetSize: data.targetSize }
+        : {}),
     });
     const run = (samples: number): Promise<number> => {
       const m = Math.min(samples, data.n);

@@ -207,7 +207,11 @@ class LayerConfig {
       this.refuse(`needs ${key}`);
     }
     const a = typeof v === "number" ? [v, v] : v;
-    if (!Array.isArray(a) || a.length !== 2 || a.some((d) => typeof d !== "number" || !Number.isInteger(d) || d < 1))
+    if (
+      !Array.isArray(a) ||
+      a.length !== 2 ||
+      a.some((d) => typeof d !== "number" || !Number.isInteger(d) || d < 1)
+    )
       this.refuse(`${key} must be a positive integer or a pair of them, got ${JSON.stringify(v)}`);
     return [a[0] as number, a[1] as number];
   }
@@ -215,7 +219,8 @@ class LayerConfig {
   num(key: string, dflt: number): number {
     const v = this.raw(key);
     if (v === undefined || v === null) return dflt;
-    if (typeof v !== "number" || !Number.isFinite(v)) this.refuse(`${key} must be a number, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v))
+      this.refuse(`${key} must be a number, got ${JSON.stringify(v)}`);
     return v;
   }
 
@@ -228,7 +233,8 @@ class LayerConfig {
 
   /** A boolean option that must have this value (the graph has no other). */
   only(key: string, value: boolean, why: string): void {
-    if (this.bool(key, value) !== value) this.refuse(`${key}: ${JSON.stringify(!value)} is not supported (${why})`);
+    if (this.bool(key, value) !== value)
+      this.refuse(`${key}: ${JSON.stringify(!value)} is not supported (${why})`);
   }
 
   activation(key = "activation", dflt: ActivationName = "linear"): ActivationName {
@@ -237,13 +243,17 @@ class LayerConfig {
     if (isObj(v) && typeof v.class_name === "string") v = v.class_name; // {class_name: "relu"} forms
     if (typeof v !== "string") this.refuse(`${key} must be an activation name, got ${JSON.stringify(v)}`);
     const a = ACTIVATIONS[v] ?? ACTIVATIONS[v.replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase()];
-    if (!a) this.refuse(`${key} '${v}' is not supported (supported: ${[...new Set(Object.values(ACTIVATIONS))].join(", ")})`);
+    if (!a)
+      this.refuse(
+        `${key} '${v}' is not supported (supported: ${[...new Set(Object.values(ACTIVATIONS))].join(", ")})`,
+      );
     return a;
   }
 
   padding(): Padding {
     const v = this.raw("padding") ?? "valid";
-    if (v !== "valid" && v !== "same") this.refuse(`padding ${JSON.stringify(v)} is not supported (valid or same)`);
+    if (v !== "valid" && v !== "same")
+      this.refuse(`padding ${JSON.stringify(v)} is not supported (valid or same)`);
     return v;
   }
 
@@ -368,7 +378,10 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       break;
     case "Reshape": {
       const t = c.raw("target_shape");
-      if (!Array.isArray(t) || t.some((d) => typeof d !== "number" || !Number.isInteger(d) || (d < 1 && d !== -1)))
+      if (
+        !Array.isArray(t) ||
+        t.some((d) => typeof d !== "number" || !Number.isInteger(d) || (d < 1 && d !== -1))
+      )
         c.refuse(`target_shape must be positive integers (one may be -1), got ${JSON.stringify(t)}`);
       spec = { type: "Reshape", name, targetShape: t as number[] };
       break;
@@ -436,7 +449,9 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       c.only("use_cudnn_fallback_", false, "");
       c.raw("use_cudnn");
       if (c.num("dropout", 0) !== 0 || c.num("recurrent_dropout", 0) !== 0)
-        c.refuse("dropout inside the cell (dropout, recurrent_dropout) is not supported; use a Dropout layer");
+        c.refuse(
+          "dropout inside the cell (dropout, recurrent_dropout) is not supported; use a Dropout layer",
+        );
       const common = {
         name,
         units: c.int("units"),
@@ -461,7 +476,8 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       break;
     case "Concatenate": {
       const a = c.raw("axis") ?? -1;
-      if (typeof a !== "number" || !Number.isInteger(a)) return c.refuse(`axis ${JSON.stringify(a)} is not supported`);
+      if (typeof a !== "number" || !Number.isInteger(a))
+        return c.refuse(`axis ${JSON.stringify(a)} is not supported`);
       axis = a;
       spec = { type: "Concatenate", name, axis: -1 };
       break;
@@ -503,7 +519,9 @@ function history(layer: string, entry: unknown): string {
   if ((entry[1] ?? 0) !== 0)
     importFail(`layer '${layer}': shared layers (called more than once) are not supported`);
   if ((entry[2] ?? 0) !== 0)
-    importFail(`layer '${layer}': reads output ${String(entry[2])} of '${entry[0]}' (multi-output layers are not supported)`);
+    importFail(
+      `layer '${layer}': reads output ${String(entry[2])} of '${entry[0]}' (multi-output layers are not supported)`,
+    );
   return entry[0];
 }
 
@@ -584,7 +602,11 @@ function sequentialLayers(layers: unknown, top: Topology & { layers: RawLayer[] 
       continue;
     }
     if (cls === "Sequential") {
-      sequentialLayers(isObj(l.config) && Array.isArray(l.config.layers) ? l.config.layers : l.config, top, name);
+      sequentialLayers(
+        isObj(l.config) && Array.isArray(l.config.layers) ? l.config.layers : l.config,
+        top,
+        name,
+      );
       continue;
     }
     if (cls === "Model" || cls === "Functional")
@@ -621,7 +643,8 @@ function readTopology(modelTopology: unknown): Topology {
       `modelTopology class_name ${JSON.stringify(cls)} is not a Keras model (Sequential, Model or Functional); a graph model (tf.saved_model) is not a Layers model`,
     );
   }
-  if (!isObj(cfg) || !Array.isArray(cfg.layers)) return importFail("the functional model config has no layers list");
+  if (!isObj(cfg) || !Array.isArray(cfg.layers))
+    return importFail("the functional model config has no layers list");
   const inputs = endpoints(cfg.input_layers, "input_layers");
   const outputs = endpoints(cfg.output_layers, "output_layers");
   if (inputs.length !== 1) importFail(`the model has ${inputs.length} inputs (one input only)`);
@@ -676,7 +699,8 @@ const LOSSES: Readonly<Record<string, LossName>> = {
 function configLoss(tc: unknown): { loss: LossName; fromLogits: boolean } | null {
   if (!isObj(tc) || tc.loss === undefined || tc.loss === null) return null;
   let l: unknown = tc.loss;
-  if (Array.isArray(l)) l = l.length === 1 ? l[0] : importFail("training_config has one loss per output: one output only");
+  if (Array.isArray(l))
+    l = l.length === 1 ? l[0] : importFail("training_config has one loss per output: one output only");
   if (isObj(l) && l.class_name === undefined) {
     const v = Object.values(l);
     l = v.length === 1 ? v[0] : importFail("training_config has one loss per output: one output only");
@@ -688,7 +712,8 @@ function configLoss(tc: unknown): { loss: LossName; fromLogits: boolean } | null
     const c = isObj(l.config) ? l.config : {};
     fromLogits = c.from_logits === true;
   }
-  if (typeof name !== "string") return importFail(`training_config loss ${JSON.stringify(l)} is not a loss name`);
+  if (typeof name !== "string")
+    return importFail(`training_config loss ${JSON.stringify(l)} is not a loss name`);
   const loss = LOSSES[name.replace(/_/g, "").toLowerCase()];
   if (!loss)
     return fail(
@@ -751,7 +776,8 @@ export function kerasGraph(modelJson: unknown, opts: KerasImportOptions = {}): K
   const mt = modelJson.modelTopology;
   const topo = readTopology(mt);
   const inputShape = topo.inputShape;
-  if (!inputShape) return importFail("the model has no input shape (build it, or give its first layer input_shape)");
+  if (!inputShape)
+    return importFail("the model has no input shape (build it, or give its first layer input_shape)");
 
   // Graph names: the Keras names, except one equal to the model input's reserved name.
   const used = new Set(topo.layers.map((l) => l.name));
@@ -811,7 +837,8 @@ export function kerasGraph(modelJson: unknown, opts: KerasImportOptions = {}): K
     const p = mapLayer(l.cls, name, l.config);
     const inputs = l.inbound?.map((src) => ref(l.name, src));
     const merge = p.spec.type === "Add" || p.spec.type === "Concatenate";
-    if (!inputs && merge) importFail(`layer '${l.name}' (${l.cls}) needs 2+ inputs: not in a Sequential model`);
+    if (!inputs && merge)
+      importFail(`layer '${l.name}' (${l.cls}) needs 2+ inputs: not in a Sequential model`);
     layers.push(inputs ? { ...p.spec, inputs } : p.spec);
     kerasNames.set(name, l.name);
     if (p.axis !== undefined && p.axis !== -1) axes.push({ name, cls: l.cls, axis: p.axis });
@@ -867,7 +894,10 @@ export function kerasGraph(modelJson: unknown, opts: KerasImportOptions = {}): K
     // Keras counts the batch axis: the last axis of a per-sample shape of rank r is r.
     const rank = info.layers.find((x) => x.layer.name === a.name)!.inShapes[0].length;
     if (a.axis !== rank)
-      fail("E_MODEL_LAYER", `layer '${a.name}' (${a.cls}): axis ${a.axis} is not supported (the last axis only)`);
+      fail(
+        "E_MODEL_LAYER",
+        `layer '${a.name}' (${a.cls}): axis ${a.axis} is not supported (the last axis only)`,
+      );
   }
   const outShape = info.layers.find((x) => x.layer.name === outName)!.outShape;
   const outSize = outShape.reduce((x, y) => x * y, 1);
@@ -912,7 +942,14 @@ function float32s(bytes: Uint8Array, offset: number, n: number): Float32Array {
   return out;
 }
 
-const DTYPE_BYTES: Readonly<Record<string, number>> = { float32: 4, int32: 4, float16: 2, uint16: 2, uint8: 1, bool: 1 };
+const DTYPE_BYTES: Readonly<Record<string, number>> = {
+  float32: 4,
+  int32: 4,
+  float16: 2,
+  uint16: 2,
+  uint8: 1,
+  bool: 1,
+};
 
 /** Bytes a manifest entry takes in its group's buffer (quantized entries: their quantized dtype). */
 function entryBytes(w: KerasWeightEntry): number {
@@ -927,7 +964,10 @@ function entryBytes(w: KerasWeightEntry): number {
 export type ShardReader = (path: string) => Uint8Array | undefined;
 
 /** Every weight of the manifest by its (`:0`-stripped) name, as float32 values. */
-function readWeights(manifest: readonly KerasManifestGroup[], read: ShardReader): Map<string, { shape: readonly number[]; values: Float32Array }> {
+function readWeights(
+  manifest: readonly KerasManifestGroup[],
+  read: ShardReader,
+): Map<string, { shape: readonly number[]; values: Float32Array }> {
   const out = new Map<string, { shape: readonly number[]; values: Float32Array }>();
   manifest.forEach((g, gi) => {
     const parts: Uint8Array[] = [];
@@ -952,20 +992,30 @@ function readWeights(manifest: readonly KerasManifestGroup[], read: ShardReader)
         continue;
       }
       if (w.quantization !== undefined && w.quantization !== null)
-        fail("E_MODEL_WEIGHTS", `weight '${w.name}' is quantized: convert the model without quantization (float32 weights only)`);
+        fail(
+          "E_MODEL_WEIGHTS",
+          `weight '${w.name}' is quantized: convert the model without quantization (float32 weights only)`,
+        );
       if (w.dtype !== "float32")
         fail("E_MODEL_WEIGHTS", `weight '${w.name}' has dtype ${String(w.dtype)} (float32 weights only)`);
-      if (w.shape.some((d) => !Number.isInteger(d) || d < 0)) importFail(`weight '${w.name}' has shape [${w.shape.join(", ")}]`);
+      if (w.shape.some((d) => !Number.isInteger(d) || d < 0))
+        importFail(`weight '${w.name}' has shape [${w.shape.join(", ")}]`);
       const n = w.shape.reduce((a, b) => a * b, 1);
       if (off + 4 * n > total)
-        fail("E_MODEL_WEIGHTS", `weight shards of group ${gi} hold ${total} bytes, the manifest needs more (at '${w.name}')`);
+        fail(
+          "E_MODEL_WEIGHTS",
+          `weight shards of group ${gi} hold ${total} bytes, the manifest needs more (at '${w.name}')`,
+        );
       const name = w.name.replace(/:\d+$/, "");
       if (out.has(name)) importFail(`weight '${name}' appears twice in the manifest`);
       out.set(name, { shape: w.shape, values: float32s(buf, off, n) });
       off += 4 * n;
     }
     if (off !== total)
-      fail("E_MODEL_WEIGHTS", `weight shards of group ${gi} hold ${total} bytes, the manifest describes ${off}`);
+      fail(
+        "E_MODEL_WEIGHTS",
+        `weight shards of group ${gi} hold ${total} bytes, the manifest describes ${off}`,
+      );
   });
   return out;
 }
@@ -987,9 +1037,14 @@ function findWeight(names: readonly string[], layer: string, weight: string): st
  * layout. Every layout tensor must be in the manifest with the same shape; a manifest weight of a graph layer that
  * no layout tensor takes is refused (the graph would drop it). Optimizer weights are ignored.
  */
-export function importKeras(modelJson: unknown, read: ShardReader, opts: KerasImportOptions = {}): ImportedModel {
+export function importKeras(
+  modelJson: unknown,
+  read: ShardReader,
+  opts: KerasImportOptions = {},
+): ImportedModel {
   const g = kerasGraph(modelJson, opts);
-  if (g.manifest.length === 0) importFail("model.json has no weightsManifest (save the model with its weights)");
+  if (g.manifest.length === 0)
+    importFail("model.json has no weightsManifest (save the model with its weights)");
   const all = readWeights(g.manifest, read);
   const names = [...all.keys()];
   const layout = modelLayout(g.spec);
@@ -1001,10 +1056,14 @@ export function importKeras(modelJson: unknown, read: ShardReader, opts: KerasIm
     const keras = g.kerasNames.get(layer) ?? layer;
     const wname = e.name.slice(slash + 1);
     const found = findWeight(names, keras, wname);
-    if (found === undefined) fail("E_MODEL_WEIGHTS", `weight ${keras}/${wname} is not in the weights manifest`);
+    if (found === undefined)
+      fail("E_MODEL_WEIGHTS", `weight ${keras}/${wname} is not in the weights manifest`);
     const w = all.get(found)!;
     if (w.shape.length !== e.shape.length || w.shape.some((d, i) => d !== e.shape[i]))
-      fail("E_MODEL_WEIGHTS", `weight ${found} has shape [${w.shape.join(", ")}], the layer needs [${e.shape.join(", ")}]`);
+      fail(
+        "E_MODEL_WEIGHTS",
+        `weight ${found} has shape [${w.shape.join(", ")}], the layer needs [${e.shape.join(", ")}]`,
+      );
     weights.set(w.values, e.offset);
     taken.add(found);
   }
@@ -1013,7 +1072,10 @@ export function importKeras(modelJson: unknown, read: ShardReader, opts: KerasIm
     if (taken.has(n) || /(^|\/)optimizer/i.test(n)) continue;
     const seg = n.split("/");
     if (seg.slice(0, -1).some((s) => layerNames.has(s)))
-      fail("E_MODEL_WEIGHTS", `weight ${n} has no place in the graph (an option of its layer is not supported)`);
+      fail(
+        "E_MODEL_WEIGHTS",
+        `weight ${n} has no place in the graph (an option of its layer is not supported)`,
+      );
   }
   return { spec: g.spec, weights };
 }
@@ -1075,7 +1137,8 @@ export function kerasModelJson(spec: GraphSpec): Json {
     }
     if (l.type === "Conv1D") {
       // tfjs and Keras keep 1-D sizes as one-element lists.
-      for (const k of ["kernel_size", "strides", "dilation_rate"]) if (typeof config[k] === "number") config[k] = [config[k]];
+      for (const k of ["kernel_size", "strides", "dilation_rate"])
+        if (typeof config[k] === "number") config[k] = [config[k]];
     }
     if (l.type === "MaxPooling1D" || l.type === "AveragePooling1D") {
       for (const k of ["pool_size", "strides"]) if (typeof config[k] === "number") config[k] = [config[k]];

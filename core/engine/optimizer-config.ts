@@ -11,7 +11,10 @@ export const DEFAULT_MOMENTUM = 0.9;
 
 function beta(v: unknown, what: string, openTop: boolean): number {
   if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || (openTop ? v >= 1 : v > 1))
-    fail("E_CONFIG_OPTIMIZER", `${what} must be a number in [0, 1${openTop ? ")" : "]"}, got ${JSON.stringify(v)}`);
+    fail(
+      "E_CONFIG_OPTIMIZER",
+      `${what} must be a number in [0, 1${openTop ? ")" : "]"}, got ${JSON.stringify(v)}`,
+    );
   return v;
 }
 
@@ -19,7 +22,8 @@ function beta(v: unknown, what: string, openTop: boolean): number {
 export function parseOptimizer(text: string): OptimizerConfig {
   const t = text.trim().toLowerCase();
   const [name, arg, ...rest] = t.split(":");
-  if (rest.length > 0) fail("E_CONFIG_OPTIMIZER", `--optimizer '${text}': expected sgd, momentum[:BETA] or adam`);
+  if (rest.length > 0)
+    fail("E_CONFIG_OPTIMIZER", `--optimizer '${text}': expected sgd, momentum[:BETA] or adam`);
   if (name === "sgd" && arg === undefined) return { name: "sgd" };
   if (name === "adam" && arg === undefined) return { name: "adam" };
   if (name === "momentum") {
@@ -32,7 +36,8 @@ export function parseOptimizer(text: string): OptimizerConfig {
 
 /** The text form of an optimizer (parseOptimizer's input; adam's non-default options shown as JSON). */
 export function formatOptimizer(o: OptimizerConfig): string {
-  if (o.name === "momentum") return `momentum:${o.momentum ?? DEFAULT_MOMENTUM}${o.nesterov ? " (nesterov)" : ""}`;
+  if (o.name === "momentum")
+    return `momentum:${o.momentum ?? DEFAULT_MOMENTUM}${o.nesterov ? " (nesterov)" : ""}`;
   if (o.name === "adam" && (o.beta1 !== undefined || o.beta2 !== undefined || o.epsilon !== undefined))
     return `adam ${JSON.stringify(o)}`;
   return o.name;

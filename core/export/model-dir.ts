@@ -22,7 +22,13 @@ import * as path from "node:path";
 import { fail, isFlotillaError } from "../errors";
 import type { GraphSpec } from "../engine/graph-spec";
 import { presetGraph } from "../engine/graph";
-import { kerasModelFile, kerasModelJson, readKerasModel, readKerasGraph, type KerasImportOptions } from "../engine/keras";
+import {
+  kerasModelFile,
+  kerasModelJson,
+  readKerasModel,
+  readKerasGraph,
+  type KerasImportOptions,
+} from "../engine/keras";
 import type { ModelSpec } from "../engine/model-spec";
 import { validateSpec } from "../engine/model-spec";
 import { modelLayout } from "../engine/plan";
@@ -297,6 +303,9 @@ export function checkWarmStart(
     );
   }
   if (from.weights.length !== want.totalSize)
-    fail("E_MODEL_INIT", `${what}: has ${from.weights.length} values, the job's model needs ${want.totalSize}`);
+    fail(
+      "E_MODEL_INIT",
+      `${what}: has ${from.weights.length} values, the job's model needs ${want.totalSize}`,
+    );
   return from.weights;
 }

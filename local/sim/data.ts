@@ -101,10 +101,7 @@ function checkModelFitsData(spec: ModelSpec, test: Dataset): void {
     );
   const classifier = spec.kind === "graph" ? spec.task === "classification" : spec.kind !== "autoencoder";
   if (classifier && spec.numClasses < test.numClasses)
-    fail(
-      "E_MODEL_SHAPE",
-      `the model has ${spec.numClasses} classes, the dataset ${test.numClasses}`,
-    );
+    fail("E_MODEL_SHAPE", `the model has ${spec.numClasses} classes, the dataset ${test.numClasses}`);
   if (spec.kind === "graph" && spec.task === "binary" && test.numClasses > 2)
     fail("E_MODEL_SHAPE", `the model is binary, the dataset has ${test.numClasses} classes`);
   if (spec.kind === "graph" && spec.task === "regression" && !test.targets)

@@ -173,7 +173,10 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
       // The job's own initial model (an imported model's weights, a warm start): round 0 is published from it.
       if (models.initWeights) {
         const w = models.initWeights;
-        await services.store.put(paths.initModel(definition.jobId), new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
+        await services.store.put(
+          paths.initModel(definition.jobId),
+          new Uint8Array(w.buffer, w.byteOffset, w.byteLength),
+        );
       }
       return { status: 201, jsonBody: { ...summary(doc), definition } };
     }),

@@ -465,12 +465,16 @@ export class Orchestrator {
     const d = job.definition;
     const rec = d.initModel!;
     const blob = await this.services.store.get(paths.initModel(d.jobId));
-    if (!blob) throw new FlotillaError("E_MODEL_INIT", `job ${d.jobId}: its initial model (${rec.source}) is missing`);
+    if (!blob)
+      throw new FlotillaError("E_MODEL_INIT", `job ${d.jobId}: its initial model (${rec.source}) is missing`);
     const b = blob.bytes;
     const w = new Float32Array(b.byteLength >> 2);
     new Uint8Array(w.buffer).set(b.subarray(0, w.length * 4));
     if (b.byteLength !== rec.length * 4 || w.length !== job.modelLength || weightsHash(w) !== rec.sha256)
-      throw new FlotillaError("E_MODEL_INIT", `job ${d.jobId}: its initial model (${rec.source}) does not match its sha256 or size`);
+      throw new FlotillaError(
+        "E_MODEL_INIT",
+        `job ${d.jobId}: its initial model (${rec.source}) does not match its sha256 or size`,
+      );
     return w;
   }
 

@@ -66,9 +66,19 @@ export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
     );
   }
   // Labels are classes for classifiers (graph tasks classification and binary); a regression needs targets.
-  const labelled = spec.kind === "graph" ? spec.task === "classification" || spec.task === "binary" : spec.kind !== "autoencoder";
-  if (spec.kind === "graph" && spec.task === "regression" && (!data.targets || data.targetSize !== spec.numClasses))
-    fail("E_DATA_SHAPE", `the model is a regression of ${spec.numClasses} targets, the local data has ${data.targetSize ?? "no"} targets`);
+  const labelled =
+    spec.kind === "graph"
+      ? spec.task === "classification" || spec.task === "binary"
+      : spec.kind !== "autoencoder";
+  if (
+    spec.kind === "graph" &&
+    spec.task === "regression" &&
+    (!data.targets || data.targetSize !== spec.numClasses)
+  )
+    fail(
+      "E_DATA_SHAPE",
+      `the model is a regression of ${spec.numClasses} targets, the local data has ${data.targetSize ?? "no"} targets`,
+    );
   if (labelled) {
     for (let i = 0; i < data.n; i++) {
       if (data.y[i] < 0 || data.y[i] >= spec.numClasses) {

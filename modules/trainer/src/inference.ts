@@ -134,7 +134,12 @@ export class TrainerInference {
     const out = await l.model.predict(x, inputs.length);
     const width = out.length / inputs.length;
     const base = { jobId: l.jobId, modelRound: l.modelRound, precision: this.precision };
-    const task = l.spec.kind === "graph" ? l.spec.task : l.spec.kind === "autoencoder" ? "reconstruction" : "classification";
+    const task =
+      l.spec.kind === "graph"
+        ? l.spec.task
+        : l.spec.kind === "autoencoder"
+          ? "reconstruction"
+          : "classification";
     if (task === "reconstruction") {
       // Reconstruction error per sample (mean squared), the anomaly score.
       const errors: number[] = [];

@@ -202,7 +202,10 @@ export function jobModelSpecInput(j: Record<string, unknown>, resolved: Resolved
     fail("E_JOB_INVALID", "give the job's model as modelSpec or as model, not both");
   if (typeof j.model === "string") {
     if (!resolved.modelSpec)
-      fail("E_JOB_MODEL", `model '${j.model}': a blob path is imported when the job is created (POST /api/jobs)`);
+      fail(
+        "E_JOB_MODEL",
+        `model '${j.model}': a blob path is imported when the job is created (POST /api/jobs)`,
+      );
     return resolved.modelSpec;
   }
   return j.model !== undefined ? j.model : j.modelSpec;

@@ -88,14 +88,19 @@ export async function importBlobModel(
 }
 
 /** A blob model of either form: a Keras model.json, or a saved model directory's spec.json (+ weights.bin). */
-async function blobModel(store: BlobStore, v: string, what: string): Promise<{ spec: ModelSpec; weights: Float32Array }> {
+async function blobModel(
+  store: BlobStore,
+  v: string,
+  what: string,
+): Promise<{ spec: ModelSpec; weights: Float32Array }> {
   const file = blobPath(v, what);
   if (posix.basename(file) !== "spec.json") return importBlobModel(store, file, what);
   let spec: ModelSpec;
   try {
     spec = validateSpec(await readJsonBlob(store, file, what));
   } catch (e) {
-    if (isFlotillaError(e) && e.code !== "E_JOB_MODEL") fail("E_JOB_MODEL", `${what}: ${e.message}`, { cause: e });
+    if (isFlotillaError(e) && e.code !== "E_JOB_MODEL")
+      fail("E_JOB_MODEL", `${what}: ${e.message}`, { cause: e });
     throw e;
   }
   const bytes = await readBlob(store, posix.join(posix.dirname(file), "weights.bin"), what);
@@ -115,8 +120,16 @@ async function publishedModel(
     fail("E_JOB_MODEL", "initModel must be a blob path or { jobId, round } of a published model");
   const job = await new JobRepository(store).getJob(jobId);
   if (!job) return fail("E_JOB_MODEL", `initModel: job '${jobId}' does not exist`);
-  const bytes = await readBlob(store, paths.model(jobId, round as number), `initModel ${jobId}/${String(round)}`);
-  return { spec: job.definition.modelSpec, weights: float32s(bytes), source: `job:${jobId}/${String(round)}` };
+  const bytes = await readBlob(
+    store,
+    paths.model(jobId, round as number),
+    `initModel ${jobId}/${String(round)}`,
+  );
+  return {
+    spec: job.definition.modelSpec,
+    weights: float32s(bytes),
+    source: `job:${jobId}/${String(round)}`,
+  };
 }
 
 /**
@@ -146,7 +159,10 @@ export async function resolveJobModels(input: unknown, store: BlobStore): Promis
     }
     const from =
       typeof init === "string"
-        ? { ...(await blobModel(store, init, `initModel '${init}'`)), source: `blob:${blobPath(init, "initModel")}` }
+        ? {
+            ...(await blobModel(store, init, `initModel '${init}'`)),
+            source: `blob:${blobPath(init, "initModel")}`,
+          }
         : isObj(init)
           ? await publishedModel(store, init)
           : fail("E_JOB_MODEL", "initModel must be a blob path or { jobId, round } of a published model");
