@@ -257,6 +257,12 @@ class LayerConfig {
     return v;
   }
 
+  /** An option that must be null or absent. */
+  absent(key: string, what: string): void {
+    const v = this.raw(key);
+    if (v !== null && v !== undefined) this.refuse(`${key} is not supported (${what})`);
+  }
+
   /** Dilation must be 1 (for layers whose graph form has no dilation). */
   noDilation(): void {
     const d = this.raw("dilation_rate");
@@ -398,16 +404,12 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       if (typeof ax !== "number" || !Number.isInteger(ax))
         c.refuse(`axis ${JSON.stringify(a)} is not supported (the last axis only)`);
       axis = ax;
-      for (const k of ["renorm", "fused_not_supported_"]) c.only(k, false, "batch renormalization");
+      c.only("renorm", false, "batch renormalization");
       c.raw("renorm_clipping");
       c.raw("renorm_momentum");
       c.raw("fused");
-      c.raw("virtual_batch_size") === null || c.raw("virtual_batch_size") === undefined
-        ? undefined
-        : c.refuse("virtual_batch_size is not supported");
-      c.raw("adjustment") === null || c.raw("adjustment") === undefined
-        ? undefined
-        : c.refuse("adjustment is not supported");
+      c.absent("virtual_batch_size", "ghost batch normalization");
+      c.absent("adjustment", "a custom adjustment");
       c.only("synchronized", false, "synchronized batch statistics");
       spec = {
         type: "BatchNormalization",
@@ -446,7 +448,6 @@ function mapLayer(cls: string, name: string, config: Json): Pending {
       c.only("go_backwards", false, "forward sequences only");
       c.only("stateful", false, "stateless RNNs only");
       c.only("time_major", false, "batch-major sequences only");
-      c.only("use_cudnn_fallback_", false, "");
       c.raw("use_cudnn");
       if (c.num("dropout", 0) !== 0 || c.num("recurrent_dropout", 0) !== 0)
         c.refuse(

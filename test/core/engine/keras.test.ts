@@ -268,16 +268,19 @@ function tiny(): { json: Record<string, unknown>; shard: Uint8Array } {
   return { json, shard: new Uint8Array(new Float32Array(12 + 3 + 6 + 2).map((_, i) => i / 10).buffer) };
 }
 
-function mutate(f: (json: any) => void): { json: unknown; read: (p: string) => Uint8Array | undefined } {
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a JSON document mutated in place
+type AnyJson = any;
+
+function mutate(f: (json: AnyJson) => void): { json: unknown; read: (p: string) => Uint8Array | undefined } {
   const t = tiny();
   f(t.json);
   return { json: t.json, read: (p) => (p === "w.bin" ? t.shard : undefined) };
 }
 
-const d1 = (j: any) => j.modelTopology.config.layers[1].config;
+const d1 = (j: AnyJson) => j.modelTopology.config.layers[1].config;
 
 test("what a graph cannot express is refused with a coded one-line error naming the layer", () => {
-  const cases: [string, (j: any) => void, string, RegExp][] = [
+  const cases: [string, (j: AnyJson) => void, string, RegExp][] = [
     [
       "a regularizer",
       (j) => (d1(j).kernel_regularizer = { class_name: "L2", config: { l2: 0.01 } }),
