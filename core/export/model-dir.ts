@@ -21,7 +21,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { fail, isFlotillaError } from "../errors";
 import type { GraphSpec } from "../engine/graph-spec";
-import { presetGraph } from "../engine/graph";
+import { matchPreset, presetGraph } from "../engine/graph";
 import {
   kerasModelFile,
   kerasModelJson,
@@ -271,9 +271,21 @@ export function loadModelSourceSpec(p: string, opts: KerasImportOptions = {}): M
   return readKerasGraph(kerasModelFile(p), opts);
 }
 
+/** A preset and a graph of it (graph.ts matchPreset), or two graphs of one preset: the same network, other names. */
+function sameArchitecture(a: ModelSpec, b: ModelSpec, la: WeightLayout, lb: WeightLayout): boolean {
+  const shapes = (l: WeightLayout) => JSON.stringify(l.entries.map((e) => e.shape));
+  if (shapes(la) !== shapes(lb)) return false;
+  const preset = (s: ModelSpec) => (s.kind === "graph" ? matchPreset(s) : s);
+  const pa = preset(a);
+  const pb = preset(b);
+  return pa !== null && pb !== null && JSON.stringify(pa) === JSON.stringify(pb);
+}
+
 /**
  * The weights a job warm-starts from (`--init-model`, a job's `initModel`): `from` must have the job model's
- * layout (the same weight tensors, names and shapes); otherwise E_MODEL_INIT names the first difference.
+ * layout (the same weight tensors, names and shapes), or be the same network under other names (a built-in preset
+ * and an imported graph of it, graph.ts matchPreset: their layouts are the same tensors in the same order);
+ * otherwise E_MODEL_INIT names the first difference.
  */
 export function checkWarmStart(
   spec: ModelSpec,
@@ -287,7 +299,7 @@ export function checkWarmStart(
   } catch (e) {
     return fail("E_MODEL_INIT", `${what}: ${(e as Error).message}`, { cause: e });
   }
-  if (got.hash !== want.hash) {
+  if (got.hash !== want.hash && !sameArchitecture(spec, from.spec, want, got)) {
     const i = want.entries.findIndex(
       (e, k) => got.entries[k]?.name !== e.name || got.entries[k].shape.join(",") !== e.shape.join(","),
     );

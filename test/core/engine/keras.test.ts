@@ -554,6 +554,11 @@ test("a warm start must have the job model's layout (E_MODEL_INIT names the firs
     code: "E_MODEL_INIT",
     message: /--init-model gru: its layout .* does not match .*tensor 0/,
   });
+  // The imported McMahan cnn and the built-in cnn preset are the same network (other tensor names).
+  const cnn = readKerasModel(fixture("mnist-cnn"));
+  const preset = defaultSpec("cnn", [28, 28, 1], 10);
+  assert.equal(checkWarmStart(preset, cnn, "x"), cnn.weights);
+  assert.throws(() => checkWarmStart(defaultSpec("cnn", [28, 28, 1], 9), cnn, "x"), { code: "E_MODEL_INIT" });
   assert.throws(() => checkWarmStart(m.spec, { spec: m.spec, weights: m.weights.subarray(1) }, "x"), {
     code: "E_MODEL_INIT",
   });
