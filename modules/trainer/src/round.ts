@@ -24,7 +24,8 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
   if (typeof o.layoutHash !== "string" || o.layoutHash === "") bad("layoutHash must be a string");
   let modelSpec: ModelSpec;
   try {
-    modelSpec = validateSpec(o.modelSpec);
+    // Keys a twin patch cleared arrive as null (fleet.ts STALE_SPEC_KEYS): absent.
+    modelSpec = validateSpec(withoutNulls(o.modelSpec));
   } catch (e) {
     return bad(`modelSpec: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -41,7 +42,7 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
   let optimizer: OptimizerConfig | undefined;
   if (cfg.optimizer !== undefined && cfg.optimizer !== null) {
     try {
-      optimizer = validateOptimizer(cfg.optimizer, "config.optimizer");
+      optimizer = validateOptimizer(withoutNulls(cfg.optimizer), "config.optimizer");
     } catch (e) {
       return bad(e instanceof Error ? e.message : String(e));
     }
@@ -125,6 +126,12 @@ function parseDpOrder(v: unknown): DpOrder | undefined {
     noiseStd: x.noiseStd as number,
     ...(typeof bit === "number" ? { clipBitNoiseStd: bit } : {}),
   };
+}
+
+/** An object's top-level keys without the null ones (what a twin patch cleared); anything else as it is. */
+function withoutNulls(v: unknown): unknown {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return v;
+  return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null));
 }
 
 function bad(message: string): never {

@@ -148,6 +148,32 @@ export interface IotHubFleetOptions {
   readonly log?: (line: string) => void;
 }
 
+/**
+ * Keys of a model spec (preset or layer graph) and of an on-device optimizer, as null: a twin's desired properties
+ * are JSON merge patches (objects merge, arrays and values replace), so a round order clears what an earlier job's
+ * spec or optimizer set (a stale graph `output` or an Adam `beta1` under momentum would change the next job).
+ */
+const STALE_SPEC_KEYS = {
+  hidden: null,
+  filters: null,
+  kernelSize: null,
+  dense: null,
+  name: null,
+  inputDtype: null,
+  layers: null,
+  output: null,
+  loss: null,
+  task: null,
+  bnPolicy: null,
+} as const;
+const STALE_OPTIMIZER_KEYS = {
+  momentum: null,
+  nesterov: null,
+  beta1: null,
+  beta2: null,
+  epsilon: null,
+} as const;
+
 export class IotHubFleet implements Fleet {
   private readonly timeout: number;
   private readonly log: (line: string) => void;
@@ -235,7 +261,15 @@ export class IotHubFleet implements Fleet {
             secagg: null,
             dp: null,
             ...desired,
-            config: { mu: null, ...desired.config },
+            // Objects merge too: every key a previous job's spec or optimizer may have left is cleared.
+            modelSpec: { ...STALE_SPEC_KEYS, ...desired.modelSpec },
+            config: {
+              mu: null,
+              ...desired.config,
+              optimizer: desired.config.optimizer
+                ? { ...STALE_OPTIMIZER_KEYS, ...desired.config.optimizer }
+                : null,
+            },
             ...(desired.secagg
               ? { secagg: { neighbours: null, threshold: null, clipRange: null, ...desired.secagg } }
               : {}),
