@@ -226,8 +226,9 @@ export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobD
   }
   let modelSpec: ModelSpec;
   let size: number;
+  const specInput = jobModelSpecInput(j, resolved);
   try {
-    modelSpec = validateSpec(jobModelSpecInput(j, resolved));
+    modelSpec = validateSpec(specInput);
     size = modelLayout(modelSpec).totalSize;
   } catch (e) {
     if (isFlotillaError(e)) fail("E_JOB_MODEL", `modelSpec: ${e.message}`, { cause: e });
