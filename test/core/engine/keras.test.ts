@@ -26,7 +26,8 @@ import { modelLayout } from "../../../core/engine/plan";
 import { defaultSpec } from "../../../core/engine/model-spec";
 import { checkWarmStart, loadModelDir, loadModelSource, saveModelDir } from "../../../core/export/model-dir";
 import { parseOptimizer, validateOptimizer } from "../../../core/engine/optimizer-config";
-import { silenceTfjs } from "../../../core/engine/backend";
+import { initBackend, silenceTfjs } from "../../../core/engine/backend";
+import { createModel } from "../../../core/engine/models";
 
 silenceTfjs();
 
@@ -176,6 +177,33 @@ test("imported graphs written back as model.json + weights.bin give tfjs's outpu
     assert.equal(modelLayout(again.spec).hash, modelLayout(m.spec).hash, name);
     tf.dispose([x, original, back] as unknown as tf.Tensor[]);
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("imported models give the outputs of tf.loadLayersModel on the same files (Flotilla on wasm, tfjs on cpu)", async () => {
+  // tfjs's outputs first (cpu backend), then the imported graphs through createModel on the wasm backend.
+  await tf.setBackend("cpu");
+  const cases: { name: string; m: ImportedModel; x: Float32Array; n: number; want: Float32Array }[] = [];
+  for (const name of TFJS_FIXTURES) {
+    const m = readKerasModel(fixture(name));
+    const first = m.spec.layers[0];
+    const n = 6;
+    const xt = sampleInput(m.spec.inputShape, n, 11, first.type === "Embedding" ? first.inputDim : 0);
+    const tm = await tfjsLoad(fixture(name));
+    const want = (tm.predict(xt) as tf.Tensor).dataSync() as Float32Array;
+    cases.push({ name, m, x: xt.dataSync() as Float32Array, n, want });
+    tm.dispose();
+    xt.dispose();
+  }
+  await initBackend();
+  for (const c of cases) {
+    const model = await createModel(c.m.spec, 1);
+    model.setWeights(c.m.weights);
+    const got = model.predict!(c.x, c.n);
+    const d = maxAbsDiff(got, c.want);
+    assert.ok(d < 1e-4, `${c.name}: outputs differ by ${d}`);
+    assert.deepEqual(model.getWeights(), c.m.weights, `${c.name}: weights round-trip`);
+    model.dispose();
   }
 });
 
