@@ -61,6 +61,7 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("model") !== undefined) c.model = s("model")!;
   if (s("initModel") !== undefined) c.initModel = s("initModel")!;
   if (s("optimizer") !== undefined) c.optimizer = s("optimizer")!;
+  if (s("engine") !== undefined) c.engine = s("engine") as SimConfig["engine"];
   if (s("partition") !== undefined) c.partition = s("partition")!;
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
@@ -497,6 +498,10 @@ export function buildProgram(): Command {
       "warm start: the initial global model from a model directory (e.g. a previous job's out/model) or a model.json of the same layout",
     )
     .option("--optimizer <name>", "on-device optimizer: sgd (default) | momentum[:BETA] (default 0.9) | adam")
+    .option(
+      "--engine <path>",
+      "devices' training path: auto (default: fast path for presets and graphs of them, autograd otherwise) | fast | generic",
+    )
     .option(
       "--partition <spec>",
       "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)",

@@ -23,6 +23,11 @@ export interface SimConfig {
   initModel?: string;
   /** On-device optimizer of the round's fit config: sgd | momentum[:BETA] | adam (unset: sgd). */
   optimizer?: string;
+  /**
+   * The devices' training path (core/engine/models.ts createModel): auto (default: the hand-written fast path for
+   * presets and graphs of them, tfjs autograd for every other graph), fast, or generic (autograd for any model).
+   */
+  engine?: "auto" | "fast" | "generic";
   /** iid | shards[:K] | dirichlet:ALPHA; "natural" keeps each simulated sensor device's own data. */
   partition: string;
   strategy: string;
@@ -339,6 +344,8 @@ export function validateConfig(c: SimConfig): SimConfig {
   validateDpConfig(c);
   validateFleetConfig(c);
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
+  if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
+    fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);
   if (c.model.trim() === "") fail("E_CONFIG_MODEL", "--model must name a model kind or a path");
   if (c.initModel !== undefined && c.initModel.trim() === "")
     fail("E_CONFIG_MODEL", "--init-model must name a model directory or a model.json");

@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   try {
     await initBackend();
     const data = loadFleetData(config);
-    const model = await createModel(data.spec, config.seed);
+    const model = await createModel(data.spec, config.seed, { path: config.engine ?? "auto" });
     let lastProgress = 0;
     const runtimes = data.devices.map(
       (d, i) =>

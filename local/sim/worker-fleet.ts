@@ -201,7 +201,7 @@ export async function startInProcessFleet(
 ): Promise<MemoryTransport> {
   await initBackend();
   const transport = new MemoryTransport();
-  const model = await createModel(data.spec, config.seed);
+  const model = await createModel(data.spec, config.seed, { path: config.engine ?? "auto" });
   let queue: Promise<void> = Promise.resolve();
   data.devices.forEach((d, i) => {
     const deviceId = deviceName(i, config.devices);
