@@ -30,6 +30,8 @@ import {
 } from "../../cloud/aggregator/src/jobs/state";
 import type { SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
+import { checkWarmStart, loadModelSource } from "../../core/export/model-dir";
+import { parseOptimizer } from "../../core/engine/optimizer-config";
 import {
   finishResult,
   type RoundSummary,
@@ -39,7 +41,7 @@ import {
 import { startLocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
-import { privacySummary, type JobStatus } from "../sim/simulate";
+import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
 import { loadTrace } from "../cli/fleet-trace";
 
 async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
@@ -59,8 +61,12 @@ export async function simulateOverIotHub(
   reporter: SimulationReporter = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
+  // --model PATH / --init-model: the job starts from those weights (uploaded next to the job, its initModel).
+  const source = simModelSource(config);
+  const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
   await initBackend();
-  const data = loadFleetData(config);
+  const data = loadFleetData({ ...config, modelSpec: source?.spec });
+  const start = warm ? checkWarmStart(data.spec, warm, config.initModel!) : source?.weights;
   const evalModel = await createModel(data.spec, config.seed);
   reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
   const deviceIds = data.devices.map((_, i) => deviceName(i, config.devices));
@@ -102,9 +108,18 @@ export async function simulateOverIotHub(
   const jobId = freshState ? `sim-${config.seed}` : `sim-${config.seed}-${Date.now().toString(36)}`;
   try {
     const store = stack.aggregator.services.store;
+    if (start) {
+      // A saved model directory's form (spec.json + weights.bin) in the container: the job's initModel.
+      await store.put(`uploads/${jobId}/spec.json`, new TextEncoder().encode(JSON.stringify(data.spec)));
+      await store.put(
+        `uploads/${jobId}/weights.bin`,
+        new Uint8Array(start.buffer, start.byteOffset, start.byteLength),
+      );
+    }
     await api(stack.host.url, "POST", "jobs", {
       jobId,
       modelSpec: data.spec,
+      ...(start ? { initModel: `uploads/${jobId}/spec.json` } : {}),
       strategy: config.strategy,
       strategyOptions: {
         clientsPerRound: config.clientsPerRound,
@@ -113,6 +128,7 @@ export async function simulateOverIotHub(
           batchSize: config.batchSize,
           lr: config.lr,
           ...(config.mu !== undefined ? { mu: config.mu } : {}),
+          ...(config.optimizer !== undefined ? { optimizer: parseOptimizer(config.optimizer) } : {}),
         },
         ...(config.serverLr !== undefined ? { serverLr: config.serverLr } : {}),
         seed: config.seed,
