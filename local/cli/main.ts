@@ -171,6 +171,8 @@ function roundLine(r: RoundSummary, total: number, mb: (bytes: number) => string
   return (
     `round ${String(r.round).padStart(String(total).length)}/${total}  ` +
     `participants ${r.completed}/${r.participants.length}  accuracy ${acc.padStart(7)}  loss ${loss}  ` +
+    (r.auc !== undefined ? `AUC ${r.auc.toFixed(4)}  ` : "") +
+    (r.mae !== undefined ? `MAE ${r.mae.toFixed(4)}  ` : "") +
     `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s` +
     secaggText(r) +
     dpText(r) +
@@ -254,7 +256,9 @@ async function runSimulate(o: RawOptions): Promise<number> {
   });
   const acc = Number.isFinite(result.final.accuracy) ? `${(result.final.accuracy * 100).toFixed(2)}%` : "n/a";
   console.log(
-    `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}`,
+    `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}` +
+      (result.final.auc !== undefined ? `, AUC ${result.final.auc.toFixed(4)}` : "") +
+      (result.final.mae !== undefined ? `, MAE ${result.final.mae.toFixed(4)}` : ""),
   );
   if (result.final.virtualTimeS !== undefined) {
     const t = result.final.timeToTargetS;

@@ -8,6 +8,9 @@ export interface ReportInput {
     round: number;
     accuracy: number;
     loss: number;
+    /** Binary models: test AUC; regression and reconstruction: test MAE. */
+    auc?: number;
+    mae?: number;
     uplinkBytes: number;
     downlinkBytes: number;
     durationMs: number;
@@ -28,6 +31,8 @@ export interface ReportInput {
   final: {
     accuracy: number;
     loss: number;
+    auc?: number;
+    mae?: number;
     rounds: number;
     wallMs: number;
     virtualTimeS?: number;
@@ -180,11 +185,18 @@ ${
     .map(([k, v]) => `<tr><th>${esc(k)}</th><td>${esc(String(v))}</td></tr>`)
     .join("");
   const hasDp = r.rounds.some((x) => x.dp);
+  // The task's own metrics (AUC for binary models, MAE for regression/reconstruction), when the model has them.
+  const hasAuc = r.rounds.some((x) => x.auc !== undefined);
+  const hasMae = r.rounds.some((x) => x.mae !== undefined);
+  const num = (v: number | undefined, digits: number) =>
+    v !== undefined && Number.isFinite(v) ? v.toFixed(digits) : "n/a";
   const roundRows = r.rounds
     .map(
       (x) =>
         `<tr><td>${x.round}</td><td>${x.completed ?? x.participants.length}/${x.participants.length}</td>` +
         `<td>${pct(x.accuracy)}</td><td>${Number.isFinite(x.loss) ? x.loss.toFixed(4) : "n/a"}</td>` +
+        (hasAuc ? `<td>${num(x.auc, 4)}</td>` : "") +
+        (hasMae ? `<td>${num(x.mae, 4)}</td>` : "") +
         `<td>${mb(x.uplinkBytes)}</td><td>${mb(x.downlinkBytes)}</td><td>${(x.durationMs / 1000).toFixed(1)}</td>` +
         (hasDp
           ? `<td>${x.dp ? x.dp.epsilon.toFixed(3) + (x.dp.released ? "" : " (not released)") : ""}</td>`
@@ -205,6 +217,8 @@ canvas{max-height:320px}
 <div class="cards">
 <div class="card">final test accuracy<b>${pct(r.final.accuracy)}</b></div>
 <div class="card">final test loss<b>${Number.isFinite(r.final.loss) ? r.final.loss.toFixed(4) : "n/a"}</b></div>
+${r.final.auc !== undefined ? `<div class="card">final test AUC<b>${num(r.final.auc, 4)}</b></div>` : ""}
+${r.final.mae !== undefined ? `<div class="card">final test MAE<b>${num(r.final.mae, 4)}</b></div>` : ""}
 <div class="card">rounds<b>${r.final.rounds}</b></div>
 <div class="card">wall time<b>${(r.final.wallMs / 1000).toFixed(1)} s</b></div>
 <div class="card">uplink total<b>${mb(totalUp)}</b></div>
@@ -221,7 +235,7 @@ ${fleetHtml}
 ${secaggHtml}
 ${dpHtml}
 <h2>Rounds</h2>
-<table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th><th>uplink</th><th>downlink</th><th>seconds</th>${hasDp ? "<th>ε spent</th>" : ""}</tr>${roundRows}</table>
+<table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th>${hasAuc ? "<th>AUC</th>" : ""}${hasMae ? "<th>MAE</th>" : ""}<th>uplink</th><th>downlink</th><th>seconds</th>${hasDp ? "<th>ε spent</th>" : ""}</tr>${roundRows}</table>
 <h2>Configuration</h2><table>${configRows}</table>
 <script>${chartLibrary()}</script>
 <script>
