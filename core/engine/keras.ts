@@ -121,7 +121,6 @@ const HARMLESS = new Set([
   "batch_input_shape",
   "batch_shape",
   "input_shape",
-  "input_dim_",
   "kernel_initializer",
   "bias_initializer",
   "recurrent_initializer",

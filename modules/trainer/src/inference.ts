@@ -134,13 +134,7 @@ export class TrainerInference {
     const out = await l.model.predict(x, inputs.length);
     const width = out.length / inputs.length;
     const base = { jobId: l.jobId, modelRound: l.modelRound, precision: this.precision };
-    const task =
-      l.spec.kind === "graph"
-        ? l.spec.task
-        : l.spec.kind === "autoencoder"
-          ? "reconstruction"
-          : "classification";
-    if (task === "reconstruction") {
+    if (l.spec.kind === "autoencoder") {
       // Reconstruction error per sample (mean squared), the anomaly score.
       const errors: number[] = [];
       for (let i = 0; i < inputs.length; i++) {
@@ -155,13 +149,10 @@ export class TrainerInference {
     for (let i = 0; i < inputs.length; i++) {
       const row = Array.from(out.subarray(i * width, (i + 1) * width));
       let best = 0;
-      // A binary model's one output is P(class 1); a classifier's are its class probabilities.
-      if (task === "binary") best = row[0] >= 0.5 ? 1 : 0;
-      else for (let j = 1; j < width; j++) if (row[j] > row[best]) best = j;
+      for (let j = 1; j < width; j++) if (row[j] > row[best]) best = j;
       classes.push(best);
       outputs.push(row);
     }
-    if (task === "regression") return { ...base, outputs };
     return { ...base, classes, outputs };
   }
 
