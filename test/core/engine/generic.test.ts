@@ -311,7 +311,10 @@ for (const [kind, preset] of fastGeneric) {
       const ea = fast.evaluate(ds);
       const eb = generic.evaluate(ds);
       assert.ok(Math.abs(ea.loss - eb.loss) < 1e-4 * Math.max(1, ea.loss));
-      if (kind === "autoencoder") assert.equal(ea.accuracy, eb.accuracy);
+      if (kind === "autoencoder") {
+        assert.equal(ea.accuracy, eb.accuracy);
+        assert.ok(ea.mae !== undefined && eb.mae !== undefined && Math.abs(ea.mae - eb.mae) < 1e-5);
+      }
       fast.dispose();
       generic.dispose();
     }
