@@ -15,7 +15,8 @@ import { Rng } from "../data/rng";
 import { BENCH_SHAPES, defaultSpec, MODEL_KINDS, validateSpec, type ModelSpec } from "./model-spec";
 
 export { BENCH_SHAPES };
-import { createModel } from "./models";
+import { createModel, modelPath, type CreateModelOptions, type ModelPath } from "./models";
+import { analyzeGraph } from "./graph";
 
 export interface BenchTrainOptions {
   /** The model kind (its default spec is benchmarked), or the label of `spec`. */
@@ -29,6 +30,8 @@ export interface BenchTrainOptions {
   /** Total time budget in seconds (default 5; at least a few steps always run). */
   readonly seconds?: number;
   readonly seed?: number;
+  /** Training path: "auto" (default, what createModel picks), or force the fast or the generic path. */
+  readonly path?: CreateModelOptions["path"];
 }
 
 export interface BenchTrainResult {
@@ -39,6 +42,8 @@ export interface BenchTrainResult {
   readonly samplesPerSecond: number;
   /** Rate of every timed repetition, in run order. */
   readonly repetitions?: readonly number[];
+  /** The training path that ran. */
+  readonly path?: ModelPath;
 }
 
 const REPS = 5;
@@ -54,18 +59,21 @@ function syntheticData(
 ): Dataset {
   const size = inputShape.reduce((a, b) => a * b, 1);
   const rng = new Rng(seed);
+  // A layer graph's data: token ids for an Embedding, 0/1 labels for binary, targets for regression.
+  const info = spec?.kind === "graph" ? analyzeGraph(spec) : null;
+  const emb = info?.layers.find((l) => l.layer.type === "Embedding")?.layer;
+  const tokens = emb?.type === "Embedding" ? emb.inputDim : 0;
+  const classes = info?.spec.task === "binary" ? 2 : numClasses;
   const x = new Float32Array(n * size);
-  // A graph reading token ids (Embedding first) gets ids below its vocabulary size.
-  const first = spec?.kind === "graph" ? spec.layers[0] : undefined;
-  const vocab = first?.type === "Embedding" ? first.inputDim : 0;
-  for (let i = 0; i < x.length; i++) x[i] = vocab > 0 ? rng.int(vocab) : rng.next();
+  for (let i = 0; i < x.length; i++) x[i] = tokens > 0 ? rng.int(tokens) : rng.next();
   const y = new Int32Array(n);
-  for (let i = 0; i < n; i++) y[i] = rng.int(numClasses);
-  const d = makeDataset(x, y, inputShape, numClasses);
-  if (spec?.kind !== "graph" || spec.task !== "regression") return d;
-  const targets = new Float32Array(n * spec.numClasses);
+  for (let i = 0; i < n; i++) y[i] = rng.int(classes);
+  const ds = makeDataset(x, y, inputShape, classes);
+  if (info?.spec.task !== "regression") return ds;
+  const k = info.spec.numClasses;
+  const targets = new Float32Array(n * k);
   for (let i = 0; i < targets.length; i++) targets[i] = rng.next();
-  return { ...d, targets, targetSize: spec.numClasses };
+  return { ...ds, targets, targetSize: k };
 }
 
 function median(a: readonly number[]): number {
@@ -92,7 +100,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
   const bs = opts.batchSize;
   const [inputShape, numClasses] = shape;
   const spec = given ?? defaultSpec(opts.model, inputShape, numClasses);
-  const model = await createModel(spec, seed);
+  const model = await createModel(spec, seed, { path: opts.path });
   try {
     const train = async (data: Dataset, epochs: number): Promise<number> => {
       const s = await model.train(data, { epochs, batchSize: bs, lr: 0.01, seed });
@@ -104,14 +112,18 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       numClasses,
       Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)),
       seed,
-      given,
+      spec,
     );
-    const firstSamples = (m: number): Dataset => ({
-      ...makeDataset(data.x.subarray(0, m * size), data.y.subarray(0, m), inputShape, numClasses),
-      ...(data.targets
-        ? { targets: data.targets.subarray(0, m * data.targetSize!), targetSize: data.targetSize }
-        : {}),
-    });
+    const firstSamples = (m: number): Dataset => {
+      const k = data.targetSize ?? 0;
+      const head = makeDataset(
+        data.x.subarray(0, m * size),
+        data.y.subarray(0, m),
+        inputShape,
+        data.numClasses,
+      );
+      return data.targets ? { ...head, targets: data.targets.subarray(0, m * k), targetSize: k } : head;
+    };
     const run = (samples: number): Promise<number> => {
       const m = Math.min(samples, data.n);
       return train(firstSamples(m), Math.max(1, Math.round(samples / m)));
@@ -135,6 +147,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       params: model.numParams,
       samplesPerSecond: median(repetitions),
       repetitions,
+      path: opts.path === "fast" || opts.path === "generic" ? opts.path : modelPath(spec),
     };
   } finally {
     model.dispose();

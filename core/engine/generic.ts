@@ -26,6 +26,7 @@ import { makeLayout, type WeightLayout } from "../tensor/layout";
 import { analyzeGraph, bnLocalStart, bnMask, withBnFrom, type GraphInfo, type LayerInfo } from "./graph";
 import { INPUT_NODE, type ActivationName, type GraphSpec, type OptimizerConfig } from "./graph-spec";
 import { anomalyAccuracy, rocAuc, scoreLogits } from "./metrics";
+import { FUSED_ACTIVATIONS, gruSequence, lstmSequence } from "./recurrent";
 import type { EvalSummary, LocalModel, TrainOptions, TrainSummary } from "./types";
 
 const EVAL_BATCH = 256;
@@ -211,6 +212,78 @@ class DilatedConv extends tf.layers.Layer {
 }
 tf.serialization.registerClass(DilatedConv);
 
+/**
+ * LSTM / GRU on the fused recurrent ops of `recurrent.ts` (the time loop and its gradient in JS): the input
+ * projections of every step are one matmul; weights in Keras order and shapes (kernel, recurrent_kernel, bias).
+ */
+class FusedRecurrent extends tf.layers.Layer {
+  static className = "FlotillaFusedRecurrent";
+  private kernel!: tf.LayerVariable;
+  private recurrent!: tf.LayerVariable;
+  private bias: tf.LayerVariable | null = null;
+  constructor(
+    name: string,
+    private readonly cell: "LSTM" | "GRU",
+    private readonly units: number,
+    private readonly act: ActivationName,
+    private readonly recAct: ActivationName,
+    private readonly useBias: boolean,
+    private readonly returnSequences: boolean,
+    private readonly resetAfter: boolean,
+  ) {
+    super({ name });
+  }
+  private get gates(): number {
+    return this.cell === "LSTM" ? 4 : 3;
+  }
+  override build(inputShape: tf.Shape | tf.Shape[]): void {
+    const s = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    const f = s[s.length - 1] as number;
+    const G = this.gates * this.units;
+    this.kernel = this.addWeight("kernel", [f, G], "float32", tf.initializers.zeros());
+    this.recurrent = this.addWeight("recurrent_kernel", [this.units, G], "float32", tf.initializers.zeros());
+    if (this.useBias) {
+      const shape = this.cell === "GRU" && this.resetAfter ? [2, G] : [G];
+      this.bias = this.addWeight("bias", shape, "float32", tf.initializers.zeros());
+    }
+    this.built = true;
+  }
+  override computeOutputShape(inputShape: tf.Shape | tf.Shape[]): tf.Shape {
+    const s = (Array.isArray(inputShape[0]) ? inputShape[0] : inputShape) as tf.Shape;
+    return this.returnSequences ? [s[0], s[1], this.units] : [s[0], this.units];
+  }
+  override call(inputs: tf.Tensor | tf.Tensor[]): tf.Tensor {
+    return tf.tidy(() => {
+      const x = (Array.isArray(inputs) ? inputs[0] : inputs) as tf.Tensor3D;
+      const [b, t, f] = x.shape;
+      const u = this.units;
+      const G = this.gates * u;
+      const bias = this.bias?.read();
+      let xw = tf.matMul(tf.reshape(x, [b * t, f]), this.kernel.read() as tf.Tensor2D);
+      const split = this.cell === "GRU" && this.resetAfter;
+      if (bias) xw = tf.add(xw, split ? tf.reshape(tf.slice(bias, [0, 0], [1, G]), [G]) : bias);
+      const xw3 = tf.reshape(xw, [b, t, G]) as tf.Tensor3D;
+      const U = this.recurrent.read() as tf.Tensor2D;
+      const hs =
+        this.cell === "LSTM"
+          ? lstmSequence(xw3, U, this.act, this.recAct)
+          : gruSequence(
+              xw3,
+              U,
+              (bias && split
+                ? tf.reshape(tf.slice(bias, [1, 0], [1, G]), [G])
+                : tf.zeros([G])) as tf.Tensor1D,
+              this.resetAfter,
+              this.act,
+              this.recAct,
+            );
+      if (this.returnSequences) return hs;
+      return tf.reshape(tf.slice(hs, [0, t - 1, 0], [b, 1, u]), [b, u]);
+    });
+  }
+}
+tf.serialization.registerClass(FusedRecurrent);
+
 /** BatchNormalization without γ or β (tfjs-layers' training mode reads both unconditionally). */
 class PartialBatchNorm extends tf.layers.Layer {
   static className = "FlotillaBatchNorm";
@@ -307,9 +380,30 @@ function activate(a: TfActivation, x: tf.Tensor): tf.Tensor {
 const Z = "zeros";
 
 /** The tfjs-layers layer of one graph layer; `linear` forces a linear activation (the output's loss link). */
-function makeLayer(info: LayerInfo, linear: boolean, dropout: { rng: Rng }): tf.layers.Layer {
+function makeLayer(
+  info: LayerInfo,
+  linear: boolean,
+  dropout: { rng: Rng },
+  fusedRecurrent: boolean,
+): tf.layers.Layer {
   const l = info.layer;
   const name = l.name;
+  if ((l.type === "LSTM" || l.type === "GRU") && fusedRecurrent) {
+    const a = l.activation ?? "tanh";
+    const ra = l.recurrentActivation ?? "sigmoid";
+    if (FUSED_ACTIVATIONS.includes(a) && FUSED_ACTIVATIONS.includes(ra)) {
+      return new FusedRecurrent(
+        name,
+        l.type,
+        l.units,
+        a,
+        ra,
+        l.useBias ?? true,
+        l.returnSequences ?? false,
+        l.type === "GRU" && l.resetAfter === true,
+      );
+    }
+  }
   const act = (a: ActivationName | undefined) => (linear ? "linear" : tfAct(a));
   switch (l.type) {
     case "Dense":
@@ -557,8 +651,14 @@ export class GenericModel implements LocalModel {
   private hasLocalBn = false;
   private busy = false;
   private disposed = false;
+  private readonly fusedRecurrent: boolean;
 
-  constructor(spec: GraphSpec, weights: Float32Array) {
+  /**
+   * `opts.fusedRecurrent` (default true): LSTM/GRU on the fused ops of recurrent.ts; false builds tfjs-layers'
+   * cells (the reference the tests compare against).
+   */
+  constructor(spec: GraphSpec, weights: Float32Array, opts: { fusedRecurrent?: boolean } = {}) {
+    this.fusedRecurrent = opts.fusedRecurrent ?? true;
     this.info = analyzeGraph(spec);
     this.spec = this.info.spec;
     this.layout = makeLayout(this.info.tensors);
@@ -615,7 +715,7 @@ export class GenericModel implements LocalModel {
     const nodes = new Map<string, tf.SymbolicTensor>([[INPUT_NODE, input]]);
     for (const li of this.info.layers) {
       const isOut = li.layer.name === this.info.output;
-      const layer = makeLayer(li, isOut && this.info.head !== null, this.dropout);
+      const layer = makeLayer(li, isOut && this.info.head !== null, this.dropout, this.fusedRecurrent);
       const ins = li.inputs.map((n) => nodes.get(n) as tf.SymbolicTensor);
       nodes.set(li.layer.name, layer.apply(ins.length === 1 ? ins[0] : ins) as tf.SymbolicTensor);
     }

@@ -334,18 +334,27 @@ class WasmModel implements LocalModel {
       return { loss: ce / n, accuracy: correct / n, n };
     }
     const errors = new Float64Array(n);
+    let absSum = 0;
     for (let from = 0; from < n; from += batchSize) {
       const to = Math.min(from + batchSize, n);
-      const e = tf.tidy(() => {
+      const [e, a] = tf.tidy(() => {
         const b = this.net.batch(data, idx, from, to, false);
-        return tf.mean(tf.square(tf.sub(this.net.forward(b, false).outT, b.xT as tf.Tensor2D)), 0);
+        const diff = tf.sub(this.net.forward(b, false).outT, b.xT as tf.Tensor2D);
+        return [tf.mean(tf.square(diff), 0), tf.sum(tf.abs(diff))];
       });
       errors.set(e.dataSync(), from);
-      e.dispose();
+      absSum += a.dataSync()[0];
+      tf.dispose([e, a]);
     }
     let sum = 0;
     for (let i = 0; i < n; i++) sum += errors[i];
-    return { loss: sum / n, accuracy: anomalyAccuracy(errors, data.y), n };
+    // mae: mean absolute reconstruction error over all values, as the generic path reports it.
+    return {
+      loss: sum / n,
+      accuracy: anomalyAccuracy(errors, data.y),
+      n,
+      mae: absSum / (n * plan.inputSize),
+    };
   }
 
   predict(x: Float32Array, n: number, batchSize = EVAL_BATCH): Float32Array {

@@ -311,7 +311,10 @@ for (const [kind, preset] of fastGeneric) {
       const ea = fast.evaluate(ds);
       const eb = generic.evaluate(ds);
       assert.ok(Math.abs(ea.loss - eb.loss) < 1e-4 * Math.max(1, ea.loss));
-      if (kind === "autoencoder") assert.equal(ea.accuracy, eb.accuracy);
+      if (kind === "autoencoder") {
+        assert.equal(ea.accuracy, eb.accuracy);
+        assert.ok(ea.mae !== undefined && eb.mae !== undefined && Math.abs(ea.mae - eb.mae) < 1e-5);
+      }
       fast.dispose();
       generic.dispose();
     }
@@ -355,6 +358,52 @@ test("dispatch: presets and matching graphs take the fast path, others the gener
     })(),
     (e: unknown) => isFlotillaError(e) && e.code === "E_CONFIG_TRAIN",
   );
+});
+
+test("fused LSTM/GRU (recurrent.ts) train as tfjs-layers' cells (and the op-based reset-after GRU)", async () => {
+  const variants: LayerSpec[] = [
+    { name: "r", type: "LSTM", units: 4, returnSequences: true },
+    {
+      name: "r",
+      type: "LSTM",
+      units: 3,
+      recurrentActivation: "hard_sigmoid",
+      activation: "relu",
+      unitForgetBias: false,
+    },
+    { name: "r", type: "GRU", units: 4 },
+    { name: "r", type: "GRU", units: 3, returnSequences: true, recurrentActivation: "hard_sigmoid" },
+    { name: "r", type: "GRU", units: 4, resetAfter: true },
+    { name: "r", type: "GRU", units: 3, resetAfter: true, returnSequences: true, useBias: false },
+    { name: "r", type: "LSTM", units: 3, useBias: false },
+  ];
+  for (const layer of variants) {
+    const seq = (layer as { returnSequences?: boolean }).returnSequences === true;
+    const spec = classifier(
+      [6, 2],
+      [layer, ...(seq ? [{ name: "g", type: "GlobalAveragePooling1D" } as LayerSpec] : []), head()[1]],
+    );
+    const ds = data(spec, 8, 11);
+    const w0 = initialWeights(spec, 2).map((v, i) => v + 0.05 * Math.sin(i)); // non-zero biases
+    const run = async (fusedRecurrent: boolean) => {
+      const m = new GenericModel(spec, w0, { fusedRecurrent });
+      const s = await m.train(ds, {
+        epochs: 2,
+        batchSize: 4,
+        lr: 0.5,
+        seed: 1,
+        optimizer: { name: "momentum" },
+      });
+      const out = { w: m.getWeights(), loss: s.loss, p: m.predict(ds.x, ds.n) };
+      m.dispose();
+      return out;
+    };
+    const fused = await run(true);
+    const ref = await run(false);
+    close(fused.w, ref.w, 2e-5, JSON.stringify(layer));
+    close(fused.p, ref.p, 2e-5, `${JSON.stringify(layer)} predict`);
+    assert.ok(Math.abs(fused.loss - ref.loss) < 1e-5);
+  }
 });
 
 test("dilated convolutions and reset-after GRU compute what TensorFlow defines", async () => {
