@@ -36,7 +36,8 @@ import { initBackend, wasmBackend } from "./backend";
 import { anomalyAccuracy, scoreLogits } from "./metrics";
 import type { ModelSpec } from "./model-spec";
 import { Network } from "./network";
-import { initialWeights, planFor, type Plan } from "./plan";
+import { matchPreset } from "./graph";
+import { initialWeights, modelLayout, planFor, type Plan } from "./plan";
 import type { EvalSummary, LocalModel, TrainOptions, TrainSummary } from "./types";
 
 // Kept for the training-side callers that import them from here; tfjs-free code imports plan.ts / metrics.ts.
@@ -90,9 +91,10 @@ class WasmModel implements LocalModel {
   private busy = false;
   private disposed = false;
 
+  /** `spec` may be a layer graph matchPreset maps to `plan`'s preset: the layout then carries the graph's names. */
   constructor(spec: ModelSpec, plan: Plan, weights: Float32Array) {
     this.spec = spec;
-    this.layout = makeLayout(plan.tensors);
+    this.layout = spec.kind === "graph" ? modelLayout(spec) : makeLayout(plan.tensors);
     this.numParams = this.layout.totalSize;
     this.net = new Network(plan);
     this.net.load(weights, this.layout);
@@ -340,14 +342,21 @@ class WasmModel implements LocalModel {
  * initializing the backend if needed.
  */
 export async function createModel(spec: ModelSpec, seed: number): Promise<LocalModel> {
-  const plan = planFor(spec);
+  const plan = fastPlan(spec);
   await initBackend();
   return new WasmModel(spec, plan, initialWeights(spec, seed));
 }
 
+function fastPlan(spec: ModelSpec): Plan {
+  if (spec.kind !== "graph") return planFor(spec);
+  const preset = matchPreset(spec);
+  if (preset === null) fail("E_MODEL_SPEC", "this layer graph needs the generic training path");
+  return planFor(preset);
+}
+
 /** Same as createModel, for callers that already awaited initBackend(). */
 export function createModelSync(spec: ModelSpec, seed: number): LocalModel {
-  const plan = planFor(spec);
+  const plan = fastPlan(spec);
   wasmBackend();
   return new WasmModel(spec, plan, initialWeights(spec, seed));
 }
