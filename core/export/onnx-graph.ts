@@ -686,8 +686,8 @@ export class Lowering {
    * LSTM / GRU (ONNX LSTM-14, GRU-14, forward, layout 0 = time-major). Keras LSTM gates i, f, c, o become ONNX's
    * i, o, f, c; GRU gates z, r, h are in ONNX's order already. Kernels [in, g·u] transpose to W [1, g·u, in],
    * recurrent kernels to R [1, g·u, u]; the Keras bias is Wb (Rb = 0), or Wb and Rb for a reset-after GRU
-   * (bias [2, 3u], ONNX linear_before_reset 1). Defaults as tfjs-layers: activation tanh, recurrent activation
-   * hard_sigmoid.
+   * (bias [2, 3u], ONNX linear_before_reset 1). Defaults as graph.ts: activation tanh, recurrent activation
+   * sigmoid (Keras 2).
    */
   private recurrent(
     l: Extract<LayerSpec, { type: "LSTM" | "GRU" }>,
@@ -728,7 +728,7 @@ export class Lowering {
       }
       inputs.push(g.floatInit(`${l.name}/bias`, [1, 2 * gates * u], B));
     }
-    const f = this.rnnActivation(l.recurrentActivation ?? "hard_sigmoid", l.name);
+    const f = this.rnnActivation(l.recurrentActivation ?? "sigmoid", l.name);
     const act = this.rnnActivation(l.activation ?? "tanh", l.name);
     const acts = lstm ? [f, act, act] : [f, act];
     // onnxruntime reads activation_alpha/beta in order, one per activation that takes one.
@@ -768,10 +768,9 @@ export class Lowering {
       l.inputDim * l.outputDim,
     );
     const t = this.otherWeight(`${l.name}/embeddings`, table, [l.inputDim, l.outputDim], 0);
-    let ids = this.get(x, identity(x.shape.length + 1));
-    // Gather takes int32 or int64 indices; float ids are truncated to integers as Keras's cast does.
-    if (!x.ints) ids = this.g.op("Cast", [ids], [attrInt("to", DataType.INT64)]);
-    const y = this.g.op("Gather", [t, ids], [attrInt("axis", 0)]);
+    // The model's int32 token ids (graph.ts: an Embedding reads the input of an int32 model).
+    if (!x.ints) fail("E_EXPORT_LAYER", `${l.name}: an Embedding reads the model's int32 ids`);
+    const y = this.g.op("Gather", [t, this.get(x, identity(x.shape.length + 1))], [attrInt("axis", 0)]);
     return this.out(y, outShape, identity(outShape.length + 1));
   }
 }

@@ -65,13 +65,15 @@
  * dequantized to float use 127. With qmax 127 the AVX2 u8·s8 kernel's int16 pair sums saturate: the mlp's
  * probabilities then differ from exact integer arithmetic by up to 0.22 (1e-7 with qmax 63).
  */
-import { FlotillaError, fail } from "../errors";
-import type { GraphSpec, LayerSpec } from "../engine/graph-spec";
+import { FlotillaError, fail, isFlotillaError } from "../errors";
+import { analyzeGraph, isPresetKind, presetGraph, type GraphInfo } from "../engine/graph";
+import type { GraphSpec } from "../engine/graph-spec";
 import { INPUT_NODE } from "../engine/graph-spec";
-import type { ModelSpec } from "../engine/model-spec";
+import { MODEL_KINDS, type ModelSpec } from "../engine/model-spec";
+import { modelLayout } from "../engine/plan";
 import type { WeightLayout } from "../tensor/layout";
 import { GraphBuilder, valueInfo } from "./onnx-builder";
-import { type GraphFacts, Lowering, type QuantPolicy, type Value, valueOf } from "./onnx-graph";
+import { type GraphFacts, Lowering, type QuantPolicy, type Value, identity, valueOf } from "./onnx-graph";
 import {
   DataType,
   INPUT_NAME,
@@ -135,22 +137,6 @@ function entryAt(layout: WeightLayout, i: number): string {
   return layout.entries.find((e) => i >= e.offset && i < e.offset + e.size)?.name ?? "?";
 }
 
-/** Checks the weights against their layout: a Float32Array of its size, every value finite. */
-export function checkWeights(layout: WeightLayout, weights: Float32Array, what: string): void {
-  if (!(weights instanceof Float32Array)) fail("E_EXPORT_WEIGHTS", "weights must be a Float32Array");
-  if (weights.length !== layout.totalSize) {
-    fail(
-      "E_EXPORT_WEIGHTS",
-      `weights have ${weights.length} values, model ${what} needs ${layout.totalSize}`,
-    );
-  }
-  for (let i = 0; i < weights.length; i++) {
-    if (!Number.isFinite(weights[i])) {
-      fail("E_EXPORT_WEIGHTS", `weight ${i} (${entryAt(layout, i)}) is not finite: ${weights[i]}`);
-    }
-  }
-}
-
 function producerVersion(): string {
   try {
     return String((require("../../../package.json") as { version?: unknown }).version ?? "");
@@ -159,17 +145,60 @@ function producerVersion(): string {
   }
 }
 
+/** The graph of a spec (a preset's through presetGraph), its shapes and layout; invalid specs → E_EXPORT_*. */
+function analyze(spec: ModelSpec): { info: GraphInfo; layout: WeightLayout } {
+  if (!spec || typeof spec !== "object" || !(spec.kind === "graph" || isPresetKind(spec.kind))) {
+    fail(
+      "E_EXPORT_FORMAT",
+      `cannot export model kind '${String(spec?.kind)}' (expected graph, ${MODEL_KINDS.join(", ")})`,
+    );
+  }
+  try {
+    const layout = modelLayout(spec);
+    const info = analyzeGraph(spec.kind === "graph" ? spec : presetGraph(spec));
+    return { info, layout };
+  } catch (e) {
+    if (isFlotillaError(e)) {
+      const code = e.code === "E_MODEL_LAYER" ? "E_EXPORT_LAYER" : "E_EXPORT_WEIGHTS";
+      fail(code, `invalid model spec: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+}
+
 /**
- * The ONNX model of `graph` whose node shapes and weight tensors are `facts`; `spec` (the spec as given: a preset
- * or the graph) and `layout` go into the metadata.
+ * The ONNX model (ModelProto bytes) of `spec` (a layer graph, or a preset exported through its preset graph) with
+ * `weights` (layout order of modelLayout(spec)). Throws E_EXPORT_FORMAT (unknown kind or quantization),
+ * E_EXPORT_LAYER (a layer or option without an ONNX mapping, named) or E_EXPORT_WEIGHTS (invalid spec, wrong
+ * length, non-finite weights).
  */
-export function exportGraphOnnx(
-  graph: GraphSpec,
-  facts: GraphFacts,
-  meta: { spec: ModelSpec; layout: WeightLayout },
-  opts: ExportOptions = {},
-): Uint8Array {
+export function exportOnnx(spec: ModelSpec, weights: Float32Array, opts: ExportOptions = {}): Uint8Array {
   checkOptions(opts);
+  const { info, layout } = analyze(spec);
+  if (!(weights instanceof Float32Array)) fail("E_EXPORT_WEIGHTS", "weights must be a Float32Array");
+  if (weights.length !== layout.totalSize) {
+    fail(
+      "E_EXPORT_WEIGHTS",
+      `weights have ${weights.length} values, model ${spec.kind} needs ${layout.totalSize}`,
+    );
+  }
+  for (let i = 0; i < weights.length; i++) {
+    if (!Number.isFinite(weights[i])) {
+      fail("E_EXPORT_WEIGHTS", `weight ${i} (${entryAt(layout, i)}) is not finite: ${weights[i]}`);
+    }
+  }
+  const graph = info.spec;
+  const shapes = new Map<string, readonly number[]>([[INPUT_NODE, graph.inputShape]]);
+  for (const l of info.layers) shapes.set(l.layer.name, l.outShape);
+  const byName = new Map(layout.entries.map((e) => [e.name, e]));
+  const facts: GraphFacts = {
+    shape: (node) => shapes.get(node) ?? fail("E_EXPORT_LAYER", `no shape for '${node}'`),
+    weight: (layer, name) => {
+      const e = byName.get(`${layer}/${name}`);
+      return e ? weights.subarray(e.offset, e.offset + e.size) : null;
+    },
+  };
+
   const form = opts.quantize === "int8" ? (opts.int8Form ?? "mixed") : false;
   const q: QuantPolicy = {
     dense: form === false ? false : form === "qdq" ? "qdq" : "integer",
@@ -181,39 +210,33 @@ export function exportGraphOnnx(
   const g = new GraphBuilder();
   const lowering = new Lowering(g, q, facts);
   const ints = graph.inputDtype === "int32";
-  const values = new Map<string, Value>([[INPUT_NODE, valueOf(INPUT_NAME, facts.shape(INPUT_NODE), ints)]]);
-  let previous = INPUT_NODE;
-  for (const layer of graph.layers) {
-    const inputs = (layer.inputs ?? [previous]).map((n) => {
-      const v = values.get(n);
-      if (!v) return fail("E_EXPORT_LAYER", `${layer.name}: input '${n}' is not an earlier layer`);
-      return v;
-    });
-    if (inputs.some((v) => v.ints) && layer.type !== "Embedding") {
-      fail("E_EXPORT_LAYER", `${layer.name}: ${layer.type} cannot read integer ids (only Embedding can)`);
+  const values = new Map<string, Value>([[INPUT_NODE, valueOf(INPUT_NAME, graph.inputShape, ints)]]);
+  for (const l of info.layers) {
+    const inputs = l.inputs.map((n) => values.get(n)!);
+    if (inputs.some((v) => v.ints) && l.layer.type !== "Embedding") {
+      fail("E_EXPORT_LAYER", `${l.layer.name}: ${l.layer.type} cannot read integer ids (only Embedding can)`);
     }
-    values.set(layer.name, lowering.layer(layer as LayerSpec, inputs));
-    previous = layer.name;
+    values.set(l.layer.name, lowering.layer(l.layer, inputs));
   }
-  const last = graph.output ?? previous;
-  const out = values.get(last);
-  if (!out) return fail("E_EXPORT_LAYER", `the graph's output '${last}' is not a layer`);
+  let out = values.get(info.output)!;
+  if (graph.task === "reconstruction" && out.shape.join() !== graph.inputShape.join()) {
+    // A reconstruction has the input's shape (an autoencoder's dense output is flat).
+    const shape = g.int64Init("reconstruction_shape", [-1, ...graph.inputShape]);
+    const y = g.op("Reshape", [lowering.get(out, identity(out.shape.length + 1)), shape]);
+    out = valueOf(y, graph.inputShape);
+  }
   const outName = outputName(graph.task);
-  const x = lowering.get(
-    out,
-    Array.from({ length: out.shape.length + 1 }, (_, i) => i),
-  );
+  const x = lowering.get(out, identity(out.shape.length + 1));
   if (x === INPUT_NAME || g.initializers.some((t) => t.name === x)) g.op("Identity", [x], [], outName);
   else g.rename(x, outName);
 
-  const spec = meta.spec;
   const quant = form ? `int8-${form}${opts.reduceRange === false ? "-8bit" : ""}` : "none";
   const message = {
     ir_version: ONNX_IR_VERSION,
     opset_import: [{ domain: "", version: ONNX_OPSET }],
     producer_name: "flotilla",
     producer_version: producerVersion(),
-    doc_string: `flotilla ${spec.kind} model, ${meta.layout.totalSize} parameters, quantization ${quant}`,
+    doc_string: `flotilla ${spec.kind} model, ${layout.totalSize} parameters, quantization ${quant}`,
     graph: {
       name: opts.name ?? `flotilla_${spec.kind}`,
       node: g.nodes,
@@ -223,7 +246,7 @@ export function exportGraphOnnx(
     },
     metadata_props: [
       { key: "flotilla.spec", value: JSON.stringify(spec) },
-      { key: "flotilla.layout_hash", value: meta.layout.hash },
+      { key: "flotilla.layout_hash", value: layout.hash },
       { key: "flotilla.quantization", value: quant },
     ],
   };
@@ -232,25 +255,3 @@ export function exportGraphOnnx(
   if (err) throw new FlotillaError("E_EXPORT_FORMAT", `internal: the ONNX model does not verify: ${err}`);
   return type.encode(type.fromObject(message)).finish();
 }
-
-/** GraphFacts from node shapes and a weight layout over flat weights. */
-export function graphFacts(
-  shapes: ReadonlyMap<string, readonly number[]>,
-  layout: WeightLayout,
-  weights: Float32Array,
-): GraphFacts {
-  const byName = new Map(layout.entries.map((e) => [e.name, e]));
-  return {
-    shape: (node) => {
-      const s = shapes.get(node);
-      if (!s) return fail("E_EXPORT_LAYER", `no shape for '${node}'`);
-      return s;
-    },
-    weight: (layer, name) => {
-      const e = byName.get(`${layer}/${name}`);
-      return e ? weights.subarray(e.offset, e.offset + e.size) : null;
-    },
-  };
-}
-
-export { exportPresetLegacy as exportOnnx } from "./onnx-legacy";

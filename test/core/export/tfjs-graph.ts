@@ -81,13 +81,13 @@ function tfLayer(layer: LayerSpec, inputSize: number): any {
       return tf.layers.lstm({
         ...opts,
         activation: act(l.activation),
-        recurrentActivation: act(l.recurrentActivation),
+        recurrentActivation: act(l.recurrentActivation ?? "sigmoid"), // graph.ts's default (Keras 2)
       } as never);
     case "GRU":
       return tf.layers.gru({
         ...opts,
         activation: act(l.activation),
-        recurrentActivation: act(l.recurrentActivation),
+        recurrentActivation: act(l.recurrentActivation ?? "sigmoid"), // graph.ts's default (Keras 2)
       } as never);
     case "Embedding":
       return tf.layers.embedding({ name, inputDim: l.inputDim, outputDim: l.outputDim });
