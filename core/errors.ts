@@ -139,7 +139,10 @@ export const ERRORS = {
   E_ENGINE_BACKEND: { group: "engine", meaning: "the TensorFlow.js backend cannot be started" },
 
   // ── export and inference: ONNX export, ONNX Runtime, the trainer's predict method ────────────────────
-  E_EXPORT_FORMAT: { group: "export", meaning: "the model kind or layer cannot be exported to ONNX" },
+  E_EXPORT_FORMAT: {
+    group: "export",
+    meaning: "the model kind, export format or quantization option cannot be exported to ONNX",
+  },
   E_EXPORT_LAYER: {
     group: "export",
     meaning: "a layer, option or activation of the graph has no ONNX mapping (the layer is named)",
