@@ -579,7 +579,9 @@ test("whole graphs: McMahan cnn, LSTM and GRU sensor models, functional graph, E
     assert.ok(diff < 1e-4, `${g.name}: fp32 max |ORT − tfjs| = ${diff}`);
     const ref32 = classes(got, c.test.n);
     assert.equal(agreement(ref32, classes(want, c.test.n)), 1, `${g.name}: fp32 classes`);
-    const line = [`${g.name}: fp32 max diff ${diff.toExponential(1)}, accuracy ${ev.accuracy.toFixed(3)}`];
+    const line = [
+      `${g.name} (${ref.layout.totalSize} params): fp32 max diff ${diff.toExponential(1)}, accuracy ${ev.accuracy.toFixed(3)}`,
+    ];
     for (const int8Form of ["mixed", "integer", "qdq"] as const) {
       const bytes = exportRef(g, ref, { quantize: "int8", int8Form }, w);
       const q = await runOnnx(bytes, c.test.x, c.test.n);
