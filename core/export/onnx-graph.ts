@@ -134,6 +134,15 @@ export class Lowering {
     return name;
   }
 
+  /**
+   * A form of `v` with the Keras channel axis last, for layers on the last axis (Dense, softmax): the primary form
+   * when it has (channels-last, time-major), else channels-last.
+   */
+  private channelsLastForm(v: Value): readonly number[] {
+    const p = this.primaryOf(v);
+    return p[p.length - 1] === p.length - 1 ? p : identity(p.length);
+  }
+
   /** The primary form's permutation of `v` (identity for a lazy flatten). */
   private primaryOf(v: Value): readonly number[] {
     return v.flatOf ? identity(2) : v.primary;
@@ -273,7 +282,7 @@ export class Lowering {
     if (act === undefined || act === "linear") return v;
     const g = this.g;
     if (act === "softmax") {
-      const perm = identity(v.shape.length + 1);
+      const perm = this.channelsLastForm(v);
       return this.out(g.op("Softmax", [this.get(v, perm)], [attrInt("axis", -1)]), v.shape, perm);
     }
     const perm = this.primaryOf(v);
@@ -427,7 +436,7 @@ export class Lowering {
     let kernel = this.check(l.name, "kernel", this.weight(l.name, "kernel"), nin * nout);
     const bias = l.useBias === false ? null : this.check(l.name, "bias", this.weight(l.name, "bias"), nout);
     const rank = x.shape.length + 1;
-    let input: string;
+    let input: string | undefined;
     if (x.flatOf && !x.reps.has(key(identity(2)))) {
       // Flatten of a channels-first tensor: read it in channels-first order, permute the kernel rows instead.
       let flat = x.reps.get(FLAT_FIRST);
@@ -443,11 +452,11 @@ export class Lowering {
       const c = src.shape[src.shape.length - 1];
       kernel = lastRowsToFirst(kernel, nin / c, c, nout);
       input = flat;
-    } else {
-      input = this.get(x, identity(rank));
     }
+    const perm = this.channelsLastForm(x);
+    if (!input) input = this.get(x, perm);
     const y = this.matmul(input, l.name, kernel, bias, nin, nout, rank);
-    return this.activation(this.out(y, outShape, identity(rank)), l.activation, l.name);
+    return this.activation(this.out(y, outShape, perm), l.activation, l.name);
   }
 
   private convLayer(

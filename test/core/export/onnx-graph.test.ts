@@ -245,6 +245,22 @@ const LAYER_GRAPHS: GraphSpec[] = [
   graph([7, 3], [{ name: "r", type: "GRU", units: 5 }]),
   graph(
     [7, 3],
+    [
+      { name: "l", type: "LSTM", units: 5, returnSequences: true },
+      { name: "d", type: "Dense", units: 3, activation: "softmax" },
+    ],
+  ),
+  graph(
+    [7, 3],
+    [
+      { name: "r", type: "GRU", units: 5, returnSequences: true },
+      { name: "bn", type: "BatchNormalization" },
+      { name: "a", type: "Activation", activation: "softmax" },
+      { name: "p", type: "GlobalAveragePooling1D" },
+    ],
+  ),
+  graph(
+    [7, 3],
     [{ name: "r", type: "GRU", units: 5, returnSequences: true, recurrentActivation: "sigmoid" }],
   ),
   graph([7, 3], [{ name: "r", type: "GRU", units: 4, useBias: false, activation: "softsign" }]),
