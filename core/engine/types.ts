@@ -34,6 +34,10 @@ export interface EvalSummary {
   /** Fraction 0..1. The autoencoder reports anomaly-detection accuracy (label 0 = normal). */
   readonly accuracy: number;
   readonly n: number;
+  /** Binary tasks: ROC AUC of the output scores (Mann–Whitney, ties count ½; NaN with a single class). */
+  readonly auc?: number;
+  /** Regression and reconstruction: mean absolute error over all output values. */
+  readonly mae?: number;
 }
 
 /** A model on the TensorFlow.js wasm backend whose weights are read and written as one flat vector. */

@@ -195,6 +195,27 @@ test("maxPool gradients on wasm match cpu, ties included", async () => {
   }
 });
 
+test("unsortedSegmentSum (Gather's gradient: Embedding) on wasm matches cpu", async () => {
+  const cases: { x: number[]; ids: number[]; idsShape: number[]; segments: number }[] = [
+    { x: [6, 4], ids: [0, 2, 2, 5, 1, 0], idsShape: [6], segments: 7 },
+    { x: [6, 3, 2], ids: [1, 0, 1, 3, 3, 1], idsShape: [6], segments: 4 },
+    { x: [5], ids: [-1, 0, 4, 4, 9], idsShape: [5], segments: 5 },
+  ];
+  for (const [i, c] of cases.entries()) {
+    const xv = values(size(c.x), 900 + i);
+    await compareBackends(`unsortedSegmentSum x=[${c.x}] ids=${c.ids}`, () => {
+      const ids = tf.tensor(c.ids, c.idsShape, "int32") as unknown as tf.Tensor1D;
+      return [tf.unsortedSegmentSum(tf.tensor(xv, c.x), ids, c.segments)];
+    });
+  }
+  // And through Gather's gradient, as an Embedding layer trains.
+  await compareBackends("gather gradient", () => {
+    const table = tf.tensor2d(values(40, 950), [10, 4]);
+    const idx = tf.tensor2d([1, 3, 3, 9, 0, 1], [2, 3], "int32");
+    return [tf.grad((t: tf.Tensor) => tf.sum(tf.square(tf.gather(t, idx))))(table)];
+  });
+});
+
 test("matMul with transposed operands and its gradients on wasm match cpu", async () => {
   const shapes: [number, number, number][] = [
     [10, 64, 37],
@@ -266,7 +287,11 @@ test("registration is idempotent and keeps the replaced kernels", () => {
   ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul"].forEach((n, i) =>
     assert.equal(tf.getKernel(n, "wasm"), configs[i]),
   );
-  for (const name of ["DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput"]) {
+  for (const name of [
+    "DepthwiseConv2dNativeBackpropFilter",
+    "DepthwiseConv2dNativeBackpropInput",
+    "UnsortedSegmentSum",
+  ]) {
     assert.ok(tf.getKernel(name, "wasm"));
   }
 });
