@@ -104,6 +104,14 @@ function resolveTarget(target: readonly number[], size: number): number[] {
   return target.map((d) => (d === -1 ? size / known : d));
 }
 
+/** Seeded random weights for a layout (the same draws per tensor as `reference`). */
+export function randomWeights(layout: WeightLayout, seed: number): Float32Array {
+  const rng = new Rng(seed);
+  const out = new Float32Array(layout.totalSize);
+  for (const e of layout.entries) out.set(randomTensor(rng, e.name.split("/").pop()!, e.shape), e.offset);
+  return out;
+}
+
 /** Random weights for one tensor (Glorot-like kernels, non-zero biases, BN statistics around 0 / 1). */
 function randomTensor(rng: Rng, wname: string, shape: readonly number[]): Float32Array {
   const size = shape.reduce((a, b) => a * b, 1);
