@@ -6,6 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Rng } from "../../../core/data/rng";
+import { silenceTfjs } from "../../../core/engine/backend";
 import type { ActivationName, GraphSpec, LayerSpec } from "../../../core/engine/graph-spec";
 import { INPUT_NODE } from "../../../core/engine/graph-spec";
 import { makeLayout, type WeightLayout } from "../../../core/tensor/layout";
@@ -21,6 +22,7 @@ let ready: Promise<void> | null = null;
 
 /** Selects the tfjs cpu backend (once). */
 export function cpuBackend(): Promise<void> {
+  silenceTfjs();
   ready ??= tf.setBackend("cpu").then(async (ok) => {
     if (!ok) throw new Error("no tfjs cpu backend");
     await tf.ready();
