@@ -3,8 +3,12 @@
  *
  * The graph is built as a `onnx.ModelProto` message of the ONNX schema (onnx-schema.ts) and encoded by protobufjs.
  * IR version 8, default-domain opset 17; every operator is in the ONNX operator spec (onnx/onnx
- * docs/Operators.md) at the version opset 17 selects. The per-layer lowering is onnx-graph.ts; its op mapping
- * (docs/compression.md has the table):
+ * docs/Operators.md) at the version opset 17 selects: Gemm-13, MatMul-13, Conv-11, MaxPool-12, AveragePool-11,
+ * GlobalAveragePool-1, ReduceMean-13 (axes attribute), BatchNormalization-15, LSTM-14, GRU-14, Gather-13,
+ * Concat-13, Squeeze-13, Transpose-13, Flatten-13, Reshape-14, Identity-16, Add-14, Mul-14, Relu-14, Clip-13,
+ * Elu-6, Selu-6, Sigmoid-13, HardSigmoid-6, Tanh-13, Softmax-13, Softplus-1, Softsign-1, Cast-13,
+ * DynamicQuantizeLinear-11, MatMulInteger-10, ConvInteger-10, DequantizeLinear-13. The per-layer lowering is
+ * onnx-graph.ts; its op mapping (docs/compression.md has the table):
  *
  * - Dense: Gemm (2-D input) or MatMul + Add (higher rank, on the last axis, as Keras).
  * - Conv1D / Conv2D: Conv on channels-first data (kernels [k.., in, out] → OIHW), TF 'same' padding as explicit
