@@ -163,7 +163,14 @@ export const ERRORS = {
   E_ENGINE_BACKEND: { group: "engine", meaning: "the TensorFlow.js backend cannot be started" },
 
   // ── export and inference: ONNX export, ONNX Runtime, the trainer's predict method ────────────────────
-  E_EXPORT_FORMAT: { group: "export", meaning: "the model kind or layer cannot be exported to ONNX" },
+  E_EXPORT_FORMAT: {
+    group: "export",
+    meaning: "the model kind, export format or quantization option cannot be exported to ONNX",
+  },
+  E_EXPORT_LAYER: {
+    group: "export",
+    meaning: "a layer, option or activation of the graph has no ONNX mapping (the layer is named)",
+  },
   E_EXPORT_WEIGHTS: { group: "export", meaning: "the weights to export do not fit the model spec" },
   E_EXPORT_WRITE: { group: "export", meaning: "the exported ONNX file cannot be written" },
   E_ONNX_HASH: {

@@ -1,17 +1,20 @@
 /**
  * Inference on an exported ONNX model (onnx.ts) with onnxruntime-node (CPU execution provider).
  *
- * The model must have one float32 input of shape [N, ...sample] (N symbolic or any) and one float32 output:
- * `reconstruction` marks an autoencoder (evaluated by reconstruction error), any other output is a classifier's
- * class scores [N, classes] (evaluated by argmax). Samples are run in batches (default 256) so memory stays
- * bounded; every error is a FlotillaError E_ONNX_LOAD or E_ONNX_RUN with a one-line message.
+ * The model must have one input of shape [N, ...sample] (N symbolic or any): float32, or int32/int64 token ids
+ * (an Embedding model; the float samples given to predict/evaluate are converted) and one float32 output, whose
+ * name (onnx.ts) says the task: `reconstruction` an autoencoder (evaluated by reconstruction error),
+ * `probability` a binary classifier's P(label 1) [N, 1] (threshold 0.5), `prediction` a regression (mean squared
+ * and absolute error against Dataset.targets), any other a classifier's class scores [N, classes] (argmax).
+ * Samples are run in batches (default 256) so memory stays bounded; every error is a FlotillaError E_ONNX_LOAD or
+ * E_ONNX_RUN with a one-line message.
  *
  * This module does not load TensorFlow.js (devices that only run inference need not).
  */
 import * as ort from "onnxruntime-node";
 import type { Dataset } from "../data/dataset";
 import { FlotillaError, fail } from "../errors";
-import { RECONSTRUCTION } from "./onnx-schema";
+import { PREDICTION, PROBABILITY, RECONSTRUCTION } from "./onnx-schema";
 
 export interface OnnxLoadOptions {
   /** onnxruntime intra-op threads (default: onnxruntime's choice, one per physical core). */
@@ -24,18 +27,41 @@ export interface OnnxPredictOptions {
 }
 
 export interface OnnxEvaluation {
-  /** Classifiers: argmax accuracy; autoencoder: anomaly-detection accuracy (label 0 = normal, see models.ts). */
+  /**
+   * Classifiers: argmax accuracy; binary: accuracy of p > 0.5; autoencoder: anomaly-detection accuracy (label 0 =
+   * normal, see models.ts); regression: NaN.
+   */
   readonly accuracy: number;
-  /** Classifiers: mean cross-entropy −log p_y; autoencoder: mean reconstruction error. */
+  /**
+   * Classifiers: mean cross-entropy −log p_y; binary: mean binary cross-entropy; autoencoder: mean reconstruction
+   * error; regression: mean squared error.
+   */
   readonly loss: number;
   readonly n: number;
-  /** Classifiers: argmax class per sample. */
+  /** Regression: mean absolute error. */
+  readonly mae?: number;
+  /** Classifiers: argmax class per sample; binary: 1 when p > 0.5. */
   readonly predictions?: Int32Array;
   /** Autoencoder: mean squared reconstruction error per sample. */
   readonly errors?: Float32Array;
 }
 
 const DEFAULT_BATCH = 256;
+
+type InputType = "float32" | "int32" | "int64";
+const INPUT_TYPES: readonly InputType[] = ["float32", "int32", "int64"];
+
+/** The session input of float samples: as they are, or ids truncated to integers (as Keras's cast). */
+function inputTensor(type: InputType, x: Float32Array, dims: number[]): ort.Tensor {
+  if (type === "int32") return new ort.Tensor("int32", Int32Array.from(x, Math.trunc), dims);
+  if (type === "int64")
+    return new ort.Tensor(
+      "int64",
+      BigInt64Array.from(x, (v) => BigInt(Math.trunc(v))),
+      dims,
+    );
+  return new ort.Tensor("float32", x, dims);
+}
 
 /** First line of an error's message, bounded, so CLI and log output stays one line. */
 function oneLine(e: unknown): string {
@@ -70,16 +96,31 @@ export class OnnxModel {
   readonly inputSize: number;
   readonly inputName: string;
   readonly outputName: string;
-  /** "reconstruction" for autoencoders, else "classifier". */
-  readonly task: "classifier" | "reconstruction";
+  /** From the output's name (onnx.ts): "reconstruction", "binary", "regression", else "classifier". */
+  readonly task: "classifier" | "binary" | "regression" | "reconstruction";
+  /** The input's element type: float32, or int32/int64 token ids. */
+  readonly inputType: InputType;
 
-  private constructor(session: ort.InferenceSession, inputShape: number[], outputName: string) {
+  private constructor(
+    session: ort.InferenceSession,
+    inputShape: number[],
+    outputName: string,
+    inputType: InputType,
+  ) {
     this.session = session;
     this.inputShape = inputShape;
     this.inputSize = inputShape.reduce((a, b) => a * b, 1);
     this.inputName = session.inputNames[0];
     this.outputName = outputName;
-    this.task = outputName === RECONSTRUCTION ? "reconstruction" : "classifier";
+    this.inputType = inputType;
+    this.task =
+      outputName === RECONSTRUCTION
+        ? "reconstruction"
+        : outputName === PROBABILITY
+          ? "binary"
+          : outputName === PREDICTION
+            ? "regression"
+            : "classifier";
   }
 
   /** Creates an onnxruntime session for the model bytes. Rejects with E_ONNX_LOAD. */
@@ -117,13 +158,16 @@ export class OnnxModel {
     if (
       !meta ||
       !meta.isTensor ||
-      meta.type !== "float32" ||
+      !INPUT_TYPES.includes(meta.type as InputType) ||
       dims.some((d) => typeof d !== "number" || d < 1)
     ) {
       await close();
-      fail("E_ONNX_LOAD", "the ONNX model's input must be float32 [N, ...] with fixed sample dimensions");
+      fail(
+        "E_ONNX_LOAD",
+        "the ONNX model's input must be float32 (or int32/int64 ids) [N, ...] with fixed sample dimensions",
+      );
     }
-    return new OnnxModel(session, dims as number[], session.outputNames[0]);
+    return new OnnxModel(session, dims as number[], session.outputNames[0], meta.type as InputType);
   }
 
   private live(what: string): ort.InferenceSession {
@@ -150,7 +194,7 @@ export class OnnxModel {
     let width = 0;
     for (let from = 0; from < n; from += bs) {
       const to = Math.min(from + bs, n);
-      const input = new ort.Tensor("float32", x.subarray(from * this.inputSize, to * this.inputSize), [
+      const input = inputTensor(this.inputType, x.subarray(from * this.inputSize, to * this.inputSize), [
         to - from,
         ...this.inputShape,
       ]);
@@ -204,6 +248,36 @@ export class OnnxModel {
         sum += errors[i];
       }
       return { accuracy: anomalyAccuracy(errors, ds.y), loss: sum / n, n, errors };
+    }
+    if (this.task === "regression") {
+      const t = ds.targets;
+      if (!t || t.length !== out.length) {
+        fail(
+          "E_ONNX_RUN",
+          `evaluate: the model predicts ${width} values per sample, the data has no such targets`,
+        );
+      }
+      let se = 0;
+      let ae = 0;
+      for (let i = 0; i < out.length; i++) {
+        se += (out[i] - t[i]) ** 2;
+        ae += Math.abs(out[i] - t[i]);
+      }
+      return { accuracy: NaN, loss: se / out.length, mae: ae / out.length, n };
+    }
+    if (this.task === "binary") {
+      if (width !== 1) fail("E_ONNX_RUN", `evaluate: a binary model has 1 output per sample, not ${width}`);
+      const predictions = new Int32Array(n);
+      let correct = 0;
+      let bce = 0;
+      for (let i = 0; i < n; i++) {
+        const p = out[i];
+        predictions[i] = p > 0.5 ? 1 : 0;
+        const y = ds.y[i] !== 0 ? 1 : 0;
+        if (predictions[i] === y) correct++;
+        bce += -Math.log(Math.max(y === 1 ? p : 1 - p, 1e-30));
+      }
+      return { accuracy: correct / n, loss: bce / n, n, predictions };
     }
     const predictions = new Int32Array(n);
     let correct = 0;

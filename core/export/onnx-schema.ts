@@ -235,11 +235,17 @@ export function modelProtoType(): protobuf.Type {
 
 /** Names of the exported graph's input and outputs (onnx.ts). */
 export const INPUT_NAME = "input";
+/** Classifiers (task classification): softmax class probabilities [N, classes]. */
 export const PROBABILITIES = "probabilities";
+/** Autoencoders (task reconstruction): the reconstructed input [N, ...inputShape]. */
 export const RECONSTRUCTION = "reconstruction";
+/** Binary classifiers (task binary): P(label 1) [N, 1], the sigmoid output. */
+export const PROBABILITY = "probability";
+/** Regression (task regression): the predicted targets [N, ...outputShape]. */
+export const PREDICTION = "prediction";
 
 /** TensorProto.DataType values used by the exporter. */
 export const DataType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7 } as const;
 
 /** AttributeProto.AttributeType values used by the exporter. */
-export const AttrType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOATS: 6, INTS: 7 } as const;
+export const AttrType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOATS: 6, INTS: 7, STRINGS: 8 } as const;

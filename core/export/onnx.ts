@@ -1,33 +1,49 @@
 /**
- * ONNX export of a model (spec + flat weights in the layout of `modelLayout(spec)`, see core/engine/models.ts).
+ * ONNX export of a model: a layer graph (core/engine/graph-spec.ts) with its flat weights, fp32 or int8.
  *
  * The graph is built as a `onnx.ModelProto` message of the ONNX schema (onnx-schema.ts) and encoded by protobufjs.
- * IR version 8, default-domain opset 17; every operator below is in the ONNX operator spec (onnx/onnx
- * docs/Operators.md) at the version opset 17 selects: Gemm-13, Conv-11, MaxPool-12, Relu-14, Softmax-13,
- * GlobalAveragePool-1, Transpose-13, Flatten-13, Reshape-14, Add-14, Mul-14, Cast-13, DynamicQuantizeLinear-11,
- * MatMulInteger-10, ConvInteger-10 and DequantizeLinear-13.
+ * IR version 8, default-domain opset 17; every operator is in the ONNX operator spec (onnx/onnx
+ * docs/Operators.md) at the version opset 17 selects: Gemm-13, MatMul-13, Conv-11, MaxPool-12, AveragePool-11,
+ * GlobalAveragePool-1, ReduceMean-13 (axes attribute), BatchNormalization-15, LSTM-14, GRU-14, Gather-13,
+ * Concat-13, Squeeze-13, Transpose-13, Flatten-13, Reshape-14, Identity-16, Add-14, Mul-14, Relu-14, Clip-13,
+ * Elu-6, Selu-6, Sigmoid-13, HardSigmoid-6, Tanh-13, Softmax-13, Softplus-1, Softsign-1, Cast-13,
+ * DynamicQuantizeLinear-11, MatMulInteger-10, ConvInteger-10, DequantizeLinear-13. The per-layer lowering is
+ * onnx-graph.ts; its op mapping (docs/compression.md has the table):
  *
- * Graph (input `input` float32 [N, ...spec.inputShape], N symbolic):
- * - mlp / autoencoder: Flatten when the sample shape has more than one axis, then per dense layer
- *   Gemm(x, kernel [in, out], bias) (+ Relu on all but the last layer).
- * - cnn: the NHWC input is transposed once to NCHW; per conv layer Conv (kernel converted from Keras
- *   [kh, kw, in, out] to OIHW, explicit 'same' pads: TF puts the odd pixel after, as samePad in models.ts) + Relu +
- *   MaxPool 2×2 stride 2 (floor, like tfjs 'valid'); Flatten; the dense layers. The first dense kernel's rows are
- *   permuted from Keras's NHWC flatten order to NCHW flatten order, so no transpose back is needed.
- * - cnn1d: [N, T, C] transposed to [N, C, T]; Conv 1-D (kernel [k, in, out] → [out, in, k]) + Relu, MaxPool 2 on
- *   all but the last conv; GlobalAveragePool; Flatten; dense.
- * - Classifiers end in Softmax → output `probabilities` [N, numClasses]; the autoencoder's linear output is
- *   `reconstruction` [N, ...spec.inputShape].
+ * - Dense: Gemm (2-D input) or MatMul + Add (higher rank, on the last axis, as Keras).
+ * - Conv1D / Conv2D: Conv on channels-first data (kernels [k.., in, out] → OIHW), TF 'same' padding as explicit
+ *   pads (the odd pixel after), strides, dilations. DepthwiseConv2D: Conv with group = channels (kernel
+ *   [kh, kw, c, mult] → [c·mult, 1, kh, kw]). SeparableConv2D: that depthwise Conv, then a 1×1 Conv + bias.
+ * - Max/AveragePooling1D/2D: MaxPool / AveragePool (count_include_pad 0: TF averages valid cells only), 'same' as
+ *   explicit asymmetric pads. GlobalAveragePooling1D/2D: GlobalAveragePool + Flatten (channels-first data) or
+ *   ReduceMean over the spatial axes (channels-last data).
+ * - Flatten: Flatten in Keras's channels-last order; after convolutions the next Dense layer's kernel rows are
+ *   permuted instead of transposing back. Reshape: Reshape to [-1, ...target]. Dropout: nothing (inference).
+ * - BatchNormalization: the BatchNormalization operator (inference form) when channels are on axis 1, else
+ *   Mul + Add with γ/√(var+ε) and β − mean·γ/√(var+ε).
+ * - Activations: Relu, Clip (relu6), Elu, Selu, Sigmoid, HardSigmoid (0.2x + 0.5, tfjs/Keras 2), Tanh, Softmax (last
+ *   axis), Softplus, Softsign, x·Sigmoid(x) (swish); linear is nothing.
+ * - LSTM / GRU: the ONNX LSTM / GRU operators, time-major (one Transpose in, none between stacked layers); gate order
+ *   i, o, f, c (Keras i, f, c, o) and z, r, h; reset-after GRU as linear_before_reset 1 with Wb/Rb from the Keras
+ *   bias [2, 3u]; Y (returnSequences) or Y_h squeezed.
+ * - Embedding: Gather on the table with int32 ids (input dtype int32) or float ids cast to int64.
+ * - Add: Add; Concatenate (last axis): Concat on the channel axis of the inputs' common layout.
  *
- * int8 (`quantize: "int8"`): every dense and conv weight tensor is stored as an int8 initializer with symmetric
+ * Input `input` [N, ...inputShape] (float32, or int32 for token ids; N symbolic). Output by task:
+ * classification → `probabilities` [N, classes]; binary → `probability` [N, 1] (P(label 1)); regression →
+ * `prediction` [N, ...]; reconstruction → `reconstruction` [N, ...inputShape]. The built-in kinds export through
+ * their preset graph (presetGraph in core/engine/graph.ts), so mlp/cnn/cnn1d/autoencoder give the graphs they
+ * always did (cnn: Transpose, Conv, Relu, MaxPool, ..., Flatten, Gemm, Relu, Gemm, Softmax).
+ *
+ * int8 (`quantize: "int8"`): every weight matrix is stored as an int8 initializer with symmetric
  * per-output-channel scales s_c = max|w_c| / qmax, q = round(w / s_c) (zero point 0): the affine scheme
  * r = S(q − Z) of Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
  * Integer-Arithmetic-Only Inference" (CVPR), with per-channel weight scales (Krishnamoorthi 2018, "Quantizing
- * deep convolutional networks for efficient inference: A whitepaper"). Biases and scales stay float32 (< 1% of
- * the bytes), so the file is ~3.9× smaller. Three graph forms (`int8Form`):
+ * deep convolutional networks for efficient inference: A whitepaper"). Biases, BatchNormalization and scales
+ * stay float32 (< 1% of the bytes), so the file is ~3.9× smaller. Three graph forms (`int8Form`):
  *
  * - "integer": dynamic quantization, the pattern onnxruntime's `quantize_dynamic` emits. Activations are
- *   quantized at run time (per tensor, asymmetric uint8) and every layer runs on integer kernels:
+ *   quantized at run time (per tensor, asymmetric uint8) and dense and conv layers run on integer kernels:
  *     DynamicQuantizeLinear(x) → x_q (uint8), x_s, x_zp
  *     MatMulInteger(x_q, W_q, x_zp) | ConvInteger(x_q, W_q, x_zp) → int32 accumulators
  *     Cast(float) → Mul(x_s · s_c) → Add(bias)
@@ -40,6 +56,10 @@
  *   the int8 initializer, which onnxruntime's constant folding evaluates once at session load, so the convs run
  *   on its float NCHWc kernels.
  *
+ * Recurrent kernels (W, R; scale per gate unit) and embedding tables (scale per row) have no integer ONNX operator:
+ * they are stored int8 and computed in float in every form (DequantizeLinear in "qdq", Cast · Mul folded at load
+ * otherwise), so an LSTM/GRU runs the float LSTM/GRU kernel on int8-stored weights.
+ *
  * Measured with onnxruntime-node 1.29, 1 intra-op thread, AVX2 (no VNNI), trained MNIST models
  * (scripts/bench-onnx.ts --forms), ms per sample at batch 1 / 64: mlp fp32 0.073 / 0.0067, mixed (= integer
  * for an mlp) 0.065 / 0.0053, qdq 0.65 / 0.015; cnn fp32 0.55 / 0.32, mixed 0.40 / 0.31, integer 1.82 / 1.26,
@@ -48,21 +68,29 @@
  * Weights feeding integer kernels use qmax 63 (onnxruntime's `reduce_range`, see `reduceRange`); weights
  * dequantized to float use 127. With qmax 127 the AVX2 u8·s8 kernel's int16 pair sums saturate: the mlp's
  * probabilities then differ from exact integer arithmetic by up to 0.22 (1e-7 with qmax 63).
- *
- * Operator semantics: ONNX operator spec, onnx/onnx docs/Operators.md (DynamicQuantizeLinear, MatMulInteger,
- * ConvInteger, DequantizeLinear: per-axis since opset 13).
  */
-import * as os from "node:os";
 import { FlotillaError, fail, isFlotillaError } from "../errors";
-import type { ModelSpec } from "../engine/model-spec";
-import { MODEL_KINDS, type ModelKind } from "../engine/model-spec";
+import { analyzeGraph, isPresetKind, presetGraph, type GraphInfo } from "../engine/graph";
+import type { GraphSpec } from "../engine/graph-spec";
+import { INPUT_NODE } from "../engine/graph-spec";
+import { MODEL_KINDS, type ModelSpec } from "../engine/model-spec";
 import { modelLayout } from "../engine/plan";
 import type { WeightLayout } from "../tensor/layout";
-import { AttrType, DataType, INPUT_NAME, PROBABILITIES, RECONSTRUCTION, modelProtoType } from "./onnx-schema";
+import { GraphBuilder, valueInfo } from "./onnx-builder";
+import { type GraphFacts, Lowering, type QuantPolicy, type Value, identity, valueOf } from "./onnx-graph";
+import {
+  DataType,
+  INPUT_NAME,
+  PREDICTION,
+  PROBABILITIES,
+  PROBABILITY,
+  RECONSTRUCTION,
+  modelProtoType,
+} from "./onnx-schema";
 
 export const ONNX_IR_VERSION = 8;
 export const ONNX_OPSET = 17;
-export { INPUT_NAME, PROBABILITIES, RECONSTRUCTION };
+export { INPUT_NAME, PREDICTION, PROBABILITIES, PROBABILITY, RECONSTRUCTION };
 
 /** int8 graph forms, see the file comment; "mixed" is the default. */
 export type Int8Form = "mixed" | "integer" | "qdq";
@@ -83,277 +111,21 @@ export interface ExportOptions {
   readonly reduceRange?: boolean;
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Plain objects shaped like the schema's messages (field names as in onnx.proto3; protobufjs `fromObject`).
-// ---------------------------------------------------------------------------------------------------------------
-
-interface Attribute {
-  name: string;
-  type: number;
-  i?: number;
-  ints?: number[];
-}
-
-interface NodeMsg {
-  input: string[];
-  output: string[];
-  name: string;
-  op_type: string;
-  attribute: Attribute[];
-}
-
-interface TensorMsg {
-  name: string;
-  dims: number[];
-  data_type: number;
-  raw_data: Uint8Array;
-}
-
-interface ValueInfoMsg {
-  name: string;
-  type: {
-    tensor_type: { elem_type: number; shape: { dim: ({ dim_value: number } | { dim_param: string })[] } };
-  };
-}
-
-const LITTLE_ENDIAN = os.endianness() === "LE";
-
-function bytesOf(a: Float32Array | Int8Array | Uint8Array | BigInt64Array): Uint8Array {
-  if (LITTLE_ENDIAN || a.BYTES_PER_ELEMENT === 1) {
-    return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
-  }
-  const out = new Uint8Array(a.byteLength);
-  const v = new DataView(out.buffer);
-  if (a instanceof Float32Array) a.forEach((x, i) => v.setFloat32(4 * i, x, true));
-  else (a as BigInt64Array).forEach((x, i) => v.setBigInt64(8 * i, x, true));
-  return out;
-}
-
-const attrInt = (name: string, i: number): Attribute => ({ name, type: AttrType.INT, i });
-const attrInts = (name: string, ints: number[]): Attribute => ({ name, type: AttrType.INTS, ints });
-
-class GraphBuilder {
-  readonly nodes: NodeMsg[] = [];
-  readonly initializers: TensorMsg[] = [];
-  private count = 0;
-
-  /** Adds a node; returns its output names (fresh unless given). */
-  node(op: string, inputs: string[], attrs: Attribute[] = [], outputs?: string[] | number): string[] {
-    const n = this.count++;
-    const outs =
-      Array.isArray(outputs) && outputs.length > 0
-        ? outputs
-        : Array.from({ length: typeof outputs === "number" ? outputs : 1 }, (_, k) => `${op}_${n}_out${k}`);
-    this.nodes.push({ input: inputs, output: outs, name: `${op}_${n}`, op_type: op, attribute: attrs });
-    return outs;
-  }
-
-  /** One-output node. */
-  op(op: string, inputs: string[], attrs: Attribute[] = [], output?: string): string {
-    return this.node(op, inputs, attrs, output === undefined ? 1 : [output])[0];
-  }
-
-  floatInit(name: string, dims: number[], data: Float32Array): string {
-    this.initializers.push({ name, dims, data_type: DataType.FLOAT, raw_data: bytesOf(data) });
-    return name;
-  }
-
-  int8Init(name: string, dims: number[], data: Int8Array): string {
-    this.initializers.push({ name, dims, data_type: DataType.INT8, raw_data: bytesOf(data) });
-    return name;
-  }
-
-  int64Init(name: string, values: number[]): string {
-    const data = BigInt64Array.from(values.map((v) => BigInt(v)));
-    this.initializers.push({
-      name,
-      dims: [values.length],
-      data_type: DataType.INT64,
-      raw_data: bytesOf(data),
-    });
-    return name;
+/** The output name of a task. */
+export function outputName(task: GraphSpec["task"]): string {
+  switch (task) {
+    case "binary":
+      return PROBABILITY;
+    case "regression":
+      return PREDICTION;
+    case "reconstruction":
+      return RECONSTRUCTION;
+    default:
+      return PROBABILITIES;
   }
 }
 
-function valueInfo(name: string, dims: (number | string)[]): ValueInfoMsg {
-  return {
-    name,
-    type: {
-      tensor_type: {
-        elem_type: DataType.FLOAT,
-        shape: { dim: dims.map((d) => (typeof d === "number" ? { dim_value: d } : { dim_param: d })) },
-      },
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Weights: Keras layout → ONNX layout, and symmetric per-channel int8 quantization
-// ---------------------------------------------------------------------------------------------------------------
-
-/** Conv kernel [kh, kw, cin, cout] (Keras; conv1d: kh = 1, [k, cin, cout]) → [cout, cin, kh, kw] (ONNX OIHW). */
-function toOIHW(src: Float32Array, kh: number, kw: number, cin: number, cout: number): Float32Array {
-  const dst = new Float32Array(src.length);
-  for (let y = 0; y < kh; y++) {
-    for (let x = 0; x < kw; x++) {
-      for (let i = 0; i < cin; i++) {
-        const s = ((y * kw + x) * cin + i) * cout;
-        for (let o = 0; o < cout; o++) dst[((o * cin + i) * kh + y) * kw + x] = src[s + o];
-      }
-    }
-  }
-  return dst;
-}
-
-/** Rows of a dense kernel [h·w·c, out] from NHWC flatten order (p·c + ch) to NCHW order (ch·hw + p). */
-function nhwcRowsToNchw(src: Float32Array, hw: number, c: number, out: number): Float32Array {
-  const dst = new Float32Array(src.length);
-  for (let p = 0; p < hw; p++) {
-    for (let ch = 0; ch < c; ch++) {
-      dst.set(src.subarray((p * c + ch) * out, (p * c + ch + 1) * out), (ch * hw + p) * out);
-    }
-  }
-  return dst;
-}
-
-/**
- * Symmetric per-channel int8 quantization of `w`, whose channel of element e is `channelOf(e)`:
- * s_c = max|w_c| / qmax (1 for an all-zero channel), q = clamp(round(w / s_c), −qmax, qmax).
- */
-function quantizePerChannel(
-  w: Float32Array,
-  channels: number,
-  channelOf: (e: number) => number,
-  qmax: number,
-): { q: Int8Array; scale: Float32Array } {
-  const max = new Float64Array(channels);
-  for (let e = 0; e < w.length; e++) {
-    const c = channelOf(e);
-    const a = Math.abs(w[e]);
-    if (a > max[c]) max[c] = a;
-  }
-  const scale = new Float32Array(channels);
-  for (let c = 0; c < channels; c++) scale[c] = max[c] > 0 ? max[c] / qmax : 1;
-  const q = new Int8Array(w.length);
-  for (let e = 0; e < w.length; e++) {
-    const v = Math.round(w[e] / scale[channelOf(e)]);
-    q[e] = v > qmax ? qmax : v < -qmax ? -qmax : v;
-  }
-  return { q, scale };
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Layers
-// ---------------------------------------------------------------------------------------------------------------
-
-interface Ctx {
-  readonly g: GraphBuilder;
-  /** How dense / conv weights are stored and computed (false: float32). */
-  readonly dense: false | "integer" | "qdq";
-  readonly conv: false | "integer" | "qdq" | "folded";
-  /** Largest |q| of weights consumed by integer kernels / by float compute. */
-  readonly qmaxInteger: number;
-  readonly qmaxFloat: number;
-}
-
-/** x [N, in] · kernel [in, out] + bias. */
-function dense(
-  ctx: Ctx,
-  x: string,
-  name: string,
-  kernel: Float32Array,
-  bias: Float32Array,
-  nin: number,
-): string {
-  const { g } = ctx;
-  const nout = bias.length;
-  const b = g.floatInit(`${name}/bias`, [nout], bias);
-  if (!ctx.dense) {
-    const k = g.floatInit(`${name}/kernel`, [nin, nout], kernel);
-    return g.op("Gemm", [x, k, b]);
-  }
-  const qmax = ctx.dense === "integer" ? ctx.qmaxInteger : ctx.qmaxFloat;
-  const { q, scale } = quantizePerChannel(kernel, nout, (e) => e % nout, qmax);
-  const kq = g.int8Init(`${name}/kernel_quantized`, [nin, nout], q);
-  const ks = g.floatInit(`${name}/kernel_scale`, [nout], scale);
-  if (ctx.dense === "qdq") {
-    const k = g.op("DequantizeLinear", [kq, ks], [attrInt("axis", 1)]);
-    return g.op("Gemm", [x, k, b]);
-  }
-  const [xq, xs, xzp] = g.node("DynamicQuantizeLinear", [x], [], 3);
-  const acc = g.op("MatMulInteger", [xq, kq, xzp]);
-  const accF = g.op("Cast", [acc], [attrInt("to", DataType.FLOAT)]);
-  const s = g.op("Mul", [xs, ks]);
-  return g.op("Add", [g.op("Mul", [accF, s]), b]);
-}
-
-/** Conv (NCHW or NCW), stride 1, TF 'same' padding, + bias. */
-function conv(
-  ctx: Ctx,
-  x: string,
-  name: string,
-  kernel: Float32Array,
-  bias: Float32Array,
-  k: { kh: number; kw: number; cin: number; cout: number; oneD: boolean },
-): string {
-  const { g } = ctx;
-  const { kh, kw, cin, cout, oneD } = k;
-  const w = toOIHW(kernel, kh, kw, cin, cout);
-  const wDims = oneD ? [cout, cin, kw] : [cout, cin, kh, kw];
-  const padH = [Math.floor((kh - 1) / 2), kh - 1 - Math.floor((kh - 1) / 2)];
-  const padW = [Math.floor((kw - 1) / 2), kw - 1 - Math.floor((kw - 1) / 2)];
-  const attrs = oneD
-    ? [attrInts("kernel_shape", [kw]), attrInts("pads", [padW[0], padW[1]]), attrInts("strides", [1])]
-    : [
-        attrInts("kernel_shape", [kh, kw]),
-        attrInts("pads", [padH[0], padW[0], padH[1], padW[1]]),
-        attrInts("strides", [1, 1]),
-      ];
-  if (!ctx.conv) {
-    const wi = g.floatInit(`${name}/kernel`, wDims, w);
-    const b = g.floatInit(`${name}/bias`, [cout], bias);
-    return g.op("Conv", [x, wi, b], attrs);
-  }
-  const per = w.length / cout;
-  const qmax = ctx.conv === "integer" ? ctx.qmaxInteger : ctx.qmaxFloat;
-  const { q, scale } = quantizePerChannel(w, cout, (e) => Math.floor(e / per), qmax);
-  const wq = g.int8Init(`${name}/kernel_quantized`, wDims, q);
-  if (ctx.conv === "qdq" || ctx.conv === "folded") {
-    // Weight-only: W = s_c · q, then a float Conv. DequantizeLinear (per axis 0) is the standard form;
-    // Cast · Mul is the same value, which onnxruntime's constant folding computes once at session load.
-    let wf: string;
-    if (ctx.conv === "qdq") {
-      const ws = g.floatInit(`${name}/kernel_scale`, [cout], scale);
-      wf = g.op("DequantizeLinear", [wq, ws], [attrInt("axis", 0)]);
-    } else {
-      const ws = g.floatInit(`${name}/kernel_scale`, [cout, ...wDims.slice(1).map(() => 1)], scale);
-      wf = g.op("Mul", [g.op("Cast", [wq], [attrInt("to", DataType.FLOAT)]), ws]);
-    }
-    const b = g.floatInit(`${name}/bias`, [cout], bias);
-    return g.op("Conv", [x, wf, b], attrs);
-  }
-  // Per-channel factors broadcast over [N, C, H, W] (or [N, C, T]): shape [C, 1, 1] (or [C, 1]).
-  const bcast = oneD ? [cout, 1] : [cout, 1, 1];
-  const ws = g.floatInit(`${name}/kernel_scale`, bcast, scale);
-  const b = g.floatInit(`${name}/bias`, bcast, bias);
-  const [xq, xs, xzp] = g.node("DynamicQuantizeLinear", [x], [], 3);
-  const acc = g.op("ConvInteger", [xq, wq, xzp], attrs);
-  const accF = g.op("Cast", [acc], [attrInt("to", DataType.FLOAT)]);
-  const s = g.op("Mul", [xs, ws]);
-  return g.op("Add", [g.op("Mul", [accF, s]), b]);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Export
-// ---------------------------------------------------------------------------------------------------------------
-
-function checkInputs(spec: ModelSpec, weights: Float32Array, opts: ExportOptions): WeightLayout {
-  if (!spec || typeof spec !== "object" || !MODEL_KINDS.includes(spec.kind as ModelKind)) {
-    fail(
-      "E_EXPORT_FORMAT",
-      `cannot export model kind '${String(spec?.kind)}' (expected ${MODEL_KINDS.join(", ")})`,
-    );
-  }
+export function checkOptions(opts: ExportOptions): void {
   if (opts.quantize !== undefined && opts.quantize !== "int8") {
     fail("E_EXPORT_FORMAT", `unsupported quantization '${String(opts.quantize)}' (expected int8)`);
   }
@@ -363,26 +135,6 @@ function checkInputs(spec: ModelSpec, weights: Float32Array, opts: ExportOptions
       `unsupported int8 form '${String(opts.int8Form)}' (expected ${INT8_FORMS.join(", ")})`,
     );
   }
-  let layout: WeightLayout;
-  try {
-    layout = modelLayout(spec);
-  } catch (e) {
-    if (isFlotillaError(e)) fail("E_EXPORT_WEIGHTS", `invalid model spec: ${e.message}`, { cause: e });
-    throw e;
-  }
-  if (!(weights instanceof Float32Array)) fail("E_EXPORT_WEIGHTS", "weights must be a Float32Array");
-  if (weights.length !== layout.totalSize) {
-    fail(
-      "E_EXPORT_WEIGHTS",
-      `weights have ${weights.length} values, model ${spec.kind} needs ${layout.totalSize}`,
-    );
-  }
-  for (let i = 0; i < weights.length; i++) {
-    if (!Number.isFinite(weights[i])) {
-      fail("E_EXPORT_WEIGHTS", `weight ${i} (${entryAt(layout, i)}) is not finite: ${weights[i]}`);
-    }
-  }
-  return layout;
 }
 
 function entryAt(layout: WeightLayout, i: number): string {
@@ -397,94 +149,90 @@ function producerVersion(): string {
   }
 }
 
+/** The graph of a spec (a preset's through presetGraph), its shapes and layout; invalid specs → E_EXPORT_*. */
+function analyze(spec: ModelSpec): { info: GraphInfo; layout: WeightLayout } {
+  if (!spec || typeof spec !== "object" || !(spec.kind === "graph" || isPresetKind(spec.kind))) {
+    fail(
+      "E_EXPORT_FORMAT",
+      `cannot export model kind '${String(spec?.kind)}' (expected graph, ${MODEL_KINDS.join(", ")})`,
+    );
+  }
+  try {
+    const layout = modelLayout(spec);
+    const info = analyzeGraph(spec.kind === "graph" ? spec : presetGraph(spec));
+    return { info, layout };
+  } catch (e) {
+    if (isFlotillaError(e)) {
+      const code = e.code === "E_MODEL_LAYER" ? "E_EXPORT_LAYER" : "E_EXPORT_WEIGHTS";
+      fail(code, `invalid model spec: ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+}
+
 /**
- * The ONNX model (ModelProto bytes) of `spec` with `weights` (layout order of modelLayout(spec)).
- * Throws E_EXPORT_FORMAT (unknown kind or quantization) or E_EXPORT_WEIGHTS (invalid spec, wrong length,
- * non-finite weights).
+ * The ONNX model (ModelProto bytes) of `spec` (a layer graph, or a preset exported through its preset graph) with
+ * `weights` (layout order of modelLayout(spec)). Throws E_EXPORT_FORMAT (unknown kind or quantization),
+ * E_EXPORT_LAYER (a layer or option without an ONNX mapping, named) or E_EXPORT_WEIGHTS (invalid spec, wrong
+ * length, non-finite weights).
  */
 export function exportOnnx(spec: ModelSpec, weights: Float32Array, opts: ExportOptions = {}): Uint8Array {
-  const layout = checkInputs(spec, weights, opts);
+  checkOptions(opts);
+  const { info, layout } = analyze(spec);
+  if (!(weights instanceof Float32Array)) fail("E_EXPORT_WEIGHTS", "weights must be a Float32Array");
+  if (weights.length !== layout.totalSize) {
+    fail(
+      "E_EXPORT_WEIGHTS",
+      `weights have ${weights.length} values, model ${spec.kind} needs ${layout.totalSize}`,
+    );
+  }
+  for (let i = 0; i < weights.length; i++) {
+    if (!Number.isFinite(weights[i])) {
+      fail("E_EXPORT_WEIGHTS", `weight ${i} (${entryAt(layout, i)}) is not finite: ${weights[i]}`);
+    }
+  }
+  const graph = info.spec;
+  const shapes = new Map<string, readonly number[]>([[INPUT_NODE, graph.inputShape]]);
+  for (const l of info.layers) shapes.set(l.layer.name, l.outShape);
+  const byName = new Map(layout.entries.map((e) => [e.name, e]));
+  const facts: GraphFacts = {
+    shape: (node) => shapes.get(node) ?? fail("E_EXPORT_LAYER", `no shape for '${node}'`),
+    weight: (layer, name) => {
+      const e = byName.get(`${layer}/${name}`);
+      return e ? weights.subarray(e.offset, e.offset + e.size) : null;
+    },
+  };
+
   const form = opts.quantize === "int8" ? (opts.int8Form ?? "mixed") : false;
-  const ctx: Ctx = {
-    g: new GraphBuilder(),
+  const q: QuantPolicy = {
     dense: form === false ? false : form === "qdq" ? "qdq" : "integer",
     conv: form === false ? false : form === "mixed" ? "folded" : form,
+    other: form === false ? false : form === "qdq" ? "qdq" : "folded",
     qmaxInteger: opts.reduceRange === false ? 127 : 63,
     qmaxFloat: 127,
   };
-  const g = ctx.g;
-  const tensor = (name: string): Float32Array => {
-    const e = layout.entries.find((t) => t.name === name);
-    if (!e) return fail("E_EXPORT_WEIGHTS", `layout has no tensor '${name}'`);
-    return weights.subarray(e.offset, e.offset + e.size);
-  };
-  const shapeOf = (name: string): readonly number[] => layout.entries.find((t) => t.name === name)!.shape;
-  const inputShape = [...spec.inputShape];
-  const inputSize = inputShape.reduce((a, b) => a * b, 1);
-  let x = INPUT_NAME;
-  let features = inputSize;
-  let denseFirst: ((k: Float32Array) => Float32Array) | null = null;
-
-  if (spec.kind === "cnn" || spec.kind === "cnn1d") {
-    const oneD = spec.kind === "cnn1d";
-    x = g.op("Transpose", [x], [attrInts("perm", oneD ? [0, 2, 1] : [0, 3, 1, 2])]);
-    let [h, w, c] = oneD ? [1, inputShape[0], inputShape[1]] : [inputShape[0], inputShape[1], inputShape[2]];
-    const convNames = layout.entries.filter((e) => /^conv(1d)?_\d+\/kernel$/.test(e.name)).map((e) => e.name);
-    convNames.forEach((kname, i) => {
-      const name = kname.slice(0, -"/kernel".length);
-      const ks = shapeOf(kname);
-      const [kh, kw, cin, cout] = oneD ? [1, ks[0], ks[1], ks[2]] : [ks[0], ks[1], ks[2], ks[3]];
-      x = conv(ctx, x, name, tensor(kname), tensor(`${name}/bias`), { kh, kw, cin, cout, oneD });
-      x = g.op("Relu", [x]);
-      const pool = oneD ? i < convNames.length - 1 : true;
-      if (pool) {
-        const kshape = oneD ? [2] : [2, 2];
-        x = g.op("MaxPool", [x], [attrInts("kernel_shape", kshape), attrInts("strides", kshape)]);
-        if (!oneD) h = Math.floor(h / 2);
-        w = Math.floor(w / 2);
-      }
-      c = cout;
-    });
-    if (oneD) {
-      x = g.op("GlobalAveragePool", [x]);
-      features = c;
-    } else {
-      const hw = h * w;
-      const nout = shapeOf("dense_0/kernel")[1];
-      denseFirst = (k) => nhwcRowsToNchw(k, hw, c, nout);
-      features = hw * c;
+  const g = new GraphBuilder();
+  const lowering = new Lowering(g, q, facts);
+  const ints = graph.inputDtype === "int32";
+  const values = new Map<string, Value>([[INPUT_NODE, valueOf(INPUT_NAME, graph.inputShape, ints)]]);
+  for (const l of info.layers) {
+    const inputs = l.inputs.map((n) => values.get(n)!);
+    if (inputs.some((v) => v.ints) && l.layer.type !== "Embedding") {
+      fail("E_EXPORT_LAYER", `${l.layer.name}: ${l.layer.type} cannot read integer ids (only Embedding can)`);
     }
-    x = g.op("Flatten", [x], [attrInt("axis", 1)]);
-  } else if (inputShape.length > 1) {
-    x = g.op("Flatten", [x], [attrInt("axis", 1)]);
+    values.set(l.layer.name, lowering.layer(l.layer, inputs));
   }
-
-  const denseNames = layout.entries
-    .filter((e) => e.name.endsWith("/kernel") && !e.name.startsWith("conv"))
-    .map((e) => e.name.slice(0, -"/kernel".length));
-  denseNames.forEach((name, j) => {
-    let k = tensor(`${name}/kernel`);
-    if (j === 0 && denseFirst) k = denseFirst(k);
-    const nin = shapeOf(`${name}/kernel`)[0];
-    if (j === 0 && nin !== features) {
-      fail("E_EXPORT_WEIGHTS", `${name}: kernel takes ${nin} features, the graph produces ${features}`);
-    }
-    x = dense(ctx, x, name, k, tensor(`${name}/bias`), nin);
-    if (j < denseNames.length - 1) x = g.op("Relu", [x]);
-  });
-
-  let output: ValueInfoMsg;
-  if (spec.kind === "autoencoder") {
-    if (inputShape.length > 1) {
-      x = g.op("Reshape", [x, g.int64Init("reconstruction_shape", [-1, ...inputShape])], [], RECONSTRUCTION);
-    } else {
-      x = g.op("Identity", [x], [], RECONSTRUCTION);
-    }
-    output = valueInfo(RECONSTRUCTION, ["N", ...inputShape]);
-  } else {
-    g.op("Softmax", [x], [attrInt("axis", -1)], PROBABILITIES);
-    output = valueInfo(PROBABILITIES, ["N", spec.numClasses]);
+  let out = values.get(info.output)!;
+  if (graph.task === "reconstruction" && out.shape.join() !== graph.inputShape.join()) {
+    // A reconstruction has the input's shape (an autoencoder's dense output is flat).
+    const shape = g.int64Init("reconstruction_shape", [-1, ...graph.inputShape]);
+    const y = g.op("Reshape", [lowering.get(out, identity(out.shape.length + 1)), shape]);
+    out = valueOf(y, graph.inputShape);
   }
+  const outName = outputName(graph.task);
+  const x = lowering.get(out, identity(out.shape.length + 1));
+  if (x === INPUT_NAME || g.initializers.some((t) => t.name === x)) g.op("Identity", [x], [], outName);
+  else g.rename(x, outName);
 
   const quant = form ? `int8-${form}${opts.reduceRange === false ? "-8bit" : ""}` : "none";
   const message = {
@@ -497,8 +245,8 @@ export function exportOnnx(spec: ModelSpec, weights: Float32Array, opts: ExportO
       name: opts.name ?? `flotilla_${spec.kind}`,
       node: g.nodes,
       initializer: g.initializers,
-      input: [valueInfo(INPUT_NAME, ["N", ...inputShape])],
-      output: [output],
+      input: [valueInfo(INPUT_NAME, ["N", ...graph.inputShape], ints ? DataType.INT32 : DataType.FLOAT)],
+      output: [valueInfo(outName, ["N", ...out.shape])],
     },
     metadata_props: [
       { key: "flotilla.spec", value: JSON.stringify(spec) },

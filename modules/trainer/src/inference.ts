@@ -32,9 +32,10 @@ export interface PredictAnswer {
   readonly jobId: string;
   readonly modelRound: number;
   readonly precision: InferencePrecision;
-  /** argmax class per input (classifiers) */
+  /** argmax class per input (classifiers; binary: p > 0.5) */
   readonly classes?: number[];
-  /** per input: class probabilities, or the reconstruction error (autoencoder) */
+  /** per input: class probabilities (binary: [P(label 1)]), predictions (regression), or the reconstruction error
+   *  (autoencoder, reconstruction graphs) */
   readonly outputs: number[][] | number[];
 }
 
@@ -134,7 +135,8 @@ export class TrainerInference {
     const out = await l.model.predict(x, inputs.length);
     const width = out.length / inputs.length;
     const base = { jobId: l.jobId, modelRound: l.modelRound, precision: this.precision };
-    if (l.spec.kind === "autoencoder") {
+    // The task is the ONNX output's (onnx-runtime.ts): an autoencoder preset and a reconstruction graph alike.
+    if (l.model.task === "reconstruction") {
       // Reconstruction error per sample (mean squared), the anomaly score.
       const errors: number[] = [];
       for (let i = 0; i < inputs.length; i++) {
@@ -150,9 +152,12 @@ export class TrainerInference {
       const row = Array.from(out.subarray(i * width, (i + 1) * width));
       let best = 0;
       for (let j = 1; j < width; j++) if (row[j] > row[best]) best = j;
-      classes.push(best);
+      // A binary model's one output is P(label 1).
+      classes.push(l.model.task === "binary" ? (row[0] > 0.5 ? 1 : 0) : best);
       outputs.push(row);
     }
+    // A regression's outputs are its predictions, no classes.
+    if (l.model.task === "regression") return { ...base, outputs };
     return { ...base, classes, outputs };
   }
 

@@ -4,11 +4,14 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { Rng } from "../../../core/data/rng";
+import type { GraphSpec } from "../../../core/engine/graph-spec";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { initialWeights } from "../../../core/engine/models";
 import { saveModelDir } from "../../../core/export/model-dir";
 import { OnnxModel } from "../../../core/export/onnx-runtime";
 import { modelProtoType } from "../../../core/export/onnx-schema";
+import { reference, referencePredict } from "./tfjs-graph";
 
 const bin = path.join(__dirname, "..", "..", "..", "..", "bin", "flotilla.js");
 
@@ -78,4 +81,42 @@ test("flotilla export errors are one line with exit code 2", () => {
     assert.match(lines[0], pattern);
   }
   assert.ok(!fs.existsSync(out));
+});
+
+test("flotilla export of a layer-graph model directory: fp32 matches tfjs-layers, int8 agrees", async () => {
+  const graph: GraphSpec = {
+    kind: "graph",
+    name: "sensor-lstm",
+    inputShape: [12, 4],
+    layers: [
+      { name: "conv", type: "Conv1D", filters: 8, kernelSize: 3, padding: "same", activation: "relu" },
+      { name: "lstm", type: "LSTM", units: 6 },
+      { name: "out", type: "Dense", units: 3, activation: "softmax" },
+    ],
+    loss: "sparse_categorical_crossentropy",
+    task: "classification",
+    numClasses: 3,
+  };
+  const ref = await reference(graph, 4);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-export-"));
+  const dir = path.join(tmp, "model");
+  saveModelDir(dir, graph, ref.weights, { jobId: "g", round: 1 });
+  const rng = new Rng(2);
+  const x = new Float32Array(16 * 48).map(() => rng.normal());
+  const want = referencePredict(ref, graph, x, 16);
+  for (const q of [[], ["--quantize", "int8"]]) {
+    const out = path.join(tmp, q.length ? "g-int8.onnx" : "g.onnx");
+    const r = run(["export", "--model", dir, "--format", "onnx", ...q, "--out", out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout.trim(),
+      new RegExp(`graph ${ref.weights.length} params, ${q.length ? "int8" : "fp32"} onnx$`),
+    );
+    const onnx = await OnnxModel.load(fs.readFileSync(out), { threads: 1 });
+    const got = await onnx.predict(x, 16);
+    await onnx.close();
+    let diff = 0;
+    for (let i = 0; i < got.length; i++) diff = Math.max(diff, Math.abs(got[i] - want[i]));
+    assert.ok(diff < (q.length ? 0.05 : 1e-5), `${q.join(" ") || "fp32"}: max |ORT − tfjs| = ${diff}`);
+  }
 });

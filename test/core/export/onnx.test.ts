@@ -5,7 +5,9 @@ import { makeDataset, reshape, subset } from "../../../core/data/dataset";
 import type { Dataset } from "../../../core/data/dataset";
 import { loadMnist } from "../../../core/data/mnist";
 import { Rng } from "../../../core/data/rng";
-import type { ModelSpec } from "../../../core/engine/model-spec";
+import { presetGraph } from "../../../core/engine/graph";
+import type { GraphSpec } from "../../../core/engine/graph-spec";
+import type { ModelSpec, PresetSpec } from "../../../core/engine/model-spec";
 import {
   anomalyAccuracy as tfjsAnomalyAccuracy,
   createModel,
@@ -343,4 +345,100 @@ test("anomalyAccuracy of onnx-runtime.ts is the rule of models.ts", () => {
     assert.ok(Object.is(a, b), `${a} vs ${b}`);
   }
   assert.ok(Number.isNaN(anomalyAccuracy([1, 2], [1, 2])));
+});
+
+test("a preset exports through its preset graph: the same ONNX graph as presetGraph(preset)", () => {
+  const type = modelProtoType();
+  const graphOf = (bytes: Uint8Array) =>
+    JSON.stringify(
+      (
+        type.toObject(type.decode(bytes), { bytes: Array }) as {
+          graph: { node: unknown; initializer: unknown };
+        }
+      ).graph.node,
+    ) +
+    JSON.stringify(
+      (type.toObject(type.decode(bytes), { bytes: Array }) as { graph: { initializer: unknown } }).graph
+        .initializer,
+    );
+  for (const [i, spec] of [...SMALL, MLP].entries()) {
+    const w = weightsFor(spec, 30 + i);
+    const g = presetGraph(spec as PresetSpec);
+    assert.equal(modelLayout(g).hash, modelLayout(spec).hash, `${spec.kind}: layout`);
+    for (const opts of [{}, { quantize: "int8" as const }]) {
+      assert.equal(
+        graphOf(exportOnnx(spec, w, opts)),
+        graphOf(exportOnnx(g, w, opts)),
+        `${spec.kind} ${JSON.stringify(opts)}`,
+      );
+    }
+  }
+});
+
+test("binary and regression graphs: outputs `probability` and `prediction`, evaluated by OnnxModel", async () => {
+  const binary: GraphSpec = {
+    kind: "graph",
+    inputShape: [6],
+    layers: [
+      { name: "h", type: "Dense", units: 5, activation: "relu" },
+      { name: "p", type: "Dense", units: 1, activation: "sigmoid" },
+    ],
+    loss: "binary_crossentropy",
+    task: "binary",
+    numClasses: 2,
+  };
+  const regression: GraphSpec = {
+    ...binary,
+    layers: [{ name: "r", type: "Dense", units: 2 }],
+    loss: "mse",
+    task: "regression",
+  };
+  const data = randomData([6], 2, 50, 4);
+  const wb = initialWeights(binary, 1);
+  const mb = await OnnxModel.load(exportOnnx(binary, wb));
+  assert.equal(mb.task, "binary");
+  assert.equal(mb.outputName, "probability");
+  const pb = await mb.predict(data.x, data.n);
+  const eb = await mb.evaluate(data);
+  await mb.close();
+  let correct = 0;
+  let bce = 0;
+  for (let i = 0; i < data.n; i++) {
+    if ((pb[i] > 0.5 ? 1 : 0) === data.y[i]) correct++;
+    bce -= Math.log(data.y[i] === 1 ? pb[i] : 1 - pb[i]);
+  }
+  assert.equal(eb.accuracy, correct / data.n);
+  assert.ok(Math.abs(eb.loss - bce / data.n) < 1e-6);
+
+  const wr = initialWeights({ ...regression, numClasses: 2 }, 2);
+  const mr = await OnnxModel.load(exportOnnx({ ...regression, numClasses: 2 }, wr));
+  assert.equal(mr.task, "regression");
+  const pr = await mr.predict(data.x, data.n);
+  const targets = new Float32Array(pr.length).map((_, i) => pr[i] + (i % 2 === 0 ? 0.5 : -0.5));
+  const er = await mr.evaluate({ ...data, targets, targetSize: 2 });
+  assert.ok(Number.isNaN(er.accuracy));
+  assert.ok(Math.abs(er.loss - 0.25) < 1e-6 && Math.abs(er.mae! - 0.5) < 1e-6, `${er.loss} ${er.mae}`);
+  await rejectsWith(mr.evaluate(data), "E_ONNX_RUN");
+  await mr.close();
+});
+
+test("graph export errors are one-line E_EXPORT_* codes naming the layer", () => {
+  const g: GraphSpec = {
+    kind: "graph",
+    inputShape: [6],
+    layers: [{ name: "odd", type: "SimpleRNN", units: 3 } as unknown as GraphSpec["layers"][number]],
+    loss: "mse",
+    task: "regression",
+    numClasses: 3,
+  };
+  assert.throws(
+    () => exportOnnx(g, new Float32Array(0)),
+    (e: unknown) =>
+      isFlotillaError(e) && e.code === "E_EXPORT_LAYER" && /odd/.test(e.message) && !e.message.includes("\n"),
+  );
+  const dense: GraphSpec = { ...g, layers: [{ name: "d", type: "Dense", units: 3 }] };
+  const w = initialWeights(dense, 1);
+  throwsWith(() => exportOnnx(dense, w.subarray(1)), "E_EXPORT_WEIGHTS");
+  throwsWith(() => exportOnnx({ ...dense, numClasses: 4 }, w), "E_EXPORT_WEIGHTS");
+  throwsWith(() => exportOnnx(dense, w, { int8Form: "x" as "qdq" }), "E_EXPORT_FORMAT");
 });
