@@ -75,6 +75,15 @@ test("--model PATH trains the imported model from its weights, in the main threa
     );
     assert.equal(first.config.optimizer, "momentum");
     const saved = loadModelSource(path.join(tmp, "b", "model"));
+    // ... and exports to ONNX like any model directory.
+    const onnx = path.join(tmp, "b.onnx");
+    const ex = spawnSync(
+      process.execPath,
+      [BIN, "export", "--model", path.join(tmp, "b", "model"), "--format", "onnx", "--out", onnx],
+      { encoding: "utf8", timeout: 300_000 },
+    );
+    assert.equal(ex.status, 0, ex.stderr);
+    assert.ok(fs.statSync(onnx).size > saved.weights.length * 4);
     assert.equal(saved.format, "model-dir");
     assert.deepEqual(readKerasModel(path.join(tmp, "b", "model")).weights, saved.weights);
     // Warm start from it: the first round starts where the previous job ended (same weights → same accuracy).
