@@ -257,7 +257,8 @@ function isModelDir(p: string): boolean {
  * E_MODEL_IMPORT, E_MODEL_LAYER, E_MODEL_WEIGHTS or E_MODEL_LOSS (one line).
  */
 export function loadModelSource(p: string, opts: KerasImportOptions = {}): ModelSource {
-  if (isModelDir(p)) {
+  // A path that names nothing: a model directory's error, unless it names a .json file (the importer's).
+  if (isModelDir(p) || (!fs.existsSync(p) && !p.endsWith(".json"))) {
     const d = loadModelDir(p);
     return { spec: d.spec, weights: d.weights, format: "model-dir" };
   }
@@ -267,7 +268,7 @@ export function loadModelSource(p: string, opts: KerasImportOptions = {}): Model
 
 /** The spec of loadModelSource(p) without reading weights (a model directory's spec.json is checked as usual). */
 export function loadModelSourceSpec(p: string, opts: KerasImportOptions = {}): ModelSpec {
-  if (isModelDir(p)) return loadModelDir(p).spec;
+  if (isModelDir(p) || (!fs.existsSync(p) && !p.endsWith(".json"))) return loadModelDir(p).spec;
   return readKerasGraph(kerasModelFile(p), opts);
 }
 

@@ -170,6 +170,7 @@ test("one imported-graph round end to end: the trainer trains the order's graph,
     const order = parseRoundOrder({
       ...JSON.parse(JSON.stringify(c.desired)),
       modelUrl: "http://blob/m.f32",
+      onnx: null,
     })!;
     assert.equal(order.modelSpec.kind, "graph");
     assert.deepEqual(order.config.optimizer, { name: "momentum", momentum: 0.5 });

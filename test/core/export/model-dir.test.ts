@@ -41,7 +41,14 @@ function rejects(dir: string, pattern: RegExp): void {
 
 test("saveModelDir / loadModelDir round-trip", () => {
   const { dir, weights } = saved({ jobId: "job-1", round: 12 });
-  assert.deepEqual(fs.readdirSync(dir).sort(), ["layout.json", "meta.json", "spec.json", "weights.bin"]);
+  // model.json: the same weights as a TensorFlow.js Layers model (weights.bin is its shard; docs/byom.md).
+  assert.deepEqual(fs.readdirSync(dir).sort(), [
+    "layout.json",
+    "meta.json",
+    "model.json",
+    "spec.json",
+    "weights.bin",
+  ]);
   assert.equal(fs.statSync(path.join(dir, "weights.bin")).size, weights.length * 4);
   const m = loadModelDir(dir);
   assert.deepEqual(m.spec, SPEC);
