@@ -242,10 +242,18 @@ export interface ModelSource {
   readonly format: "model-dir" | "keras";
 }
 
-/** Whether `p` is a saved model directory (it has spec.json). */
-function isModelDir(p: string): boolean {
+/**
+ * Whether `p` names a Keras / tfjs model: a `.json` file, or a directory holding model.json and no spec.json (a
+ * saved model directory holds both: its spec.json is read). Anything else is read as a model directory.
+ */
+function isKerasPath(p: string): boolean {
+  if (p.endsWith(".json")) return true;
   try {
-    return fs.statSync(p).isDirectory() && fs.existsSync(path.join(p, SPEC_FILE));
+    return (
+      fs.statSync(p).isDirectory() &&
+      fs.existsSync(path.join(p, KERAS_FILE)) &&
+      !fs.existsSync(path.join(p, SPEC_FILE))
+    );
   } catch {
     return false;
   }
@@ -253,12 +261,12 @@ function isModelDir(p: string): boolean {
 
 /**
  * Reads any model a job can start from: a saved model directory (spec.json + weights.bin, e.g. a previous job's
- * out/model), a Keras / TensorFlow.js Layers model.json, or a directory holding one. Throws E_MODEL_DIR,
+ * out/model), a Keras / TensorFlow.js Layers model.json, or a directory holding one (and no spec.json); any other
+ * path is read as a model directory (its errors are E_MODEL_DIR). Throws E_MODEL_DIR,
  * E_MODEL_IMPORT, E_MODEL_LAYER, E_MODEL_WEIGHTS or E_MODEL_LOSS (one line).
  */
 export function loadModelSource(p: string, opts: KerasImportOptions = {}): ModelSource {
-  // A path that names nothing: a model directory's error, unless it names a .json file (the importer's).
-  if (isModelDir(p) || (!fs.existsSync(p) && !p.endsWith(".json"))) {
+  if (!isKerasPath(p)) {
     const d = loadModelDir(p);
     return { spec: d.spec, weights: d.weights, format: "model-dir" };
   }
@@ -268,7 +276,7 @@ export function loadModelSource(p: string, opts: KerasImportOptions = {}): Model
 
 /** The spec of loadModelSource(p) without reading weights (a model directory's spec.json is checked as usual). */
 export function loadModelSourceSpec(p: string, opts: KerasImportOptions = {}): ModelSpec {
-  if (isModelDir(p) || (!fs.existsSync(p) && !p.endsWith(".json"))) return loadModelDir(p).spec;
+  if (!isKerasPath(p)) return loadModelDir(p).spec;
   return readKerasGraph(kerasModelFile(p), opts);
 }
 

@@ -11,6 +11,7 @@ import {
   positiveNumber,
   SIM_LIMITS,
   validateConfig,
+  checkModelArg,
   type SimConfig,
 } from "../sim/config";
 import type { RoundSummary } from "../sim/simulate";
@@ -298,6 +299,7 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
   // Not a kind: a model.json (or its directory) or a saved model directory, benchmarked on data of its shape.
   const { isPresetKind } = await import("../../core/engine/graph.js");
   const { loadModelSourceSpec } = await import("../../core/export/model-dir.js");
+  checkModelArg(model, "--model");
   const spec = isPresetKind(model) ? undefined : loadModelSourceSpec(model);
   const batchSize = positiveInt("batch-size", (o.batchSize as string) ?? "10", BENCH_LIMITS.trainBatchSize);
   const seconds =

@@ -1,4 +1,7 @@
+import * as fs from "node:fs";
 import * as os from "node:os";
+import { isPresetKind } from "../../core/engine/graph";
+import { MODEL_KINDS } from "../../core/engine/model-spec";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 import { formatOptimizer, parseOptimizer } from "../../core/engine/optimizer-config";
@@ -346,13 +349,26 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);
-  if (c.model.trim() === "") fail("E_CONFIG_MODEL", "--model must name a model kind or a path");
+  checkModelArg(c.model, "--model");
   if (c.initModel !== undefined && c.initModel.trim() === "")
     fail("E_CONFIG_MODEL", "--init-model must name a model directory or a model.json");
   if (!/^(mnist|sensors|dir:.+)$/.test(c.dataset)) {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   return c;
+}
+
+/**
+ * `--model`: a built-in kind, or the path of a model (a model.json, its directory, a saved model directory). A word
+ * that is neither is an unknown kind (E_CONFIG_MODEL), not a missing directory.
+ */
+export function checkModelArg(model: string, flag: string): void {
+  if (isPresetKind(model)) return;
+  if (model.trim() === "" || (!fs.existsSync(model) && !/[/\\.]/.test(model)))
+    fail(
+      "E_CONFIG_MODEL",
+      `unknown model '${model}' (expected one of ${MODEL_KINDS.join(", ")}, or the path of a model.json or model directory for ${flag})`,
+    );
 }
 
 /** --fleet-trace, --selection, --mode and the asynchronous flags: each mistake is one coded line. */
