@@ -398,7 +398,7 @@ export function loadRecords(dir: string, files: readonly DataFile[], s: Resolved
     const g = series[longest];
     fail(
       "E_DATA_WINDOW",
-      `${dir}: no series has the ${L} rows a window needs (window.length in ${s.where}); the longest, from ${t.where(g[0])}, has ${g.length}`,
+      `${t.where(g[0])}: no window can be cut: the longest series (from this row) has ${g.length} rows, a window needs ${L} (window.length in ${s.where})`,
     );
   }
   if (windows * L * F > MAX_VALUES) {

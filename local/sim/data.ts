@@ -1,7 +1,7 @@
-import { reshape, subset, type Dataset } from "../../core/data/dataset";
+import { concat, reshape, subset, type Dataset } from "../../core/data/dataset";
 import { loadDirectory } from "../../core/data/dirloader";
 import { loadMnist } from "../../core/data/mnist";
-import { parsePartition, partition } from "../../core/data/partition";
+import { parsePartition, partitionDataset } from "../../core/data/partition";
 import { Rng } from "../../core/data/rng";
 import { generateSensors } from "../../core/data/sensors";
 import { defaultSpec, type ModelSpec } from "../../core/engine/model-spec";
@@ -66,21 +66,7 @@ export function loadFleetData(
 
 function repartition(pool: Dataset, c: Pick<SimConfig, "devices" | "partition" | "seed">): Dataset[] {
   const spec = parsePartition(c.partition === "natural" ? "iid" : c.partition);
-  return partition(pool.y, c.devices, spec, c.seed).map((idx) => subset(pool, idx));
-}
-
-function concat(parts: Dataset[]): Dataset {
-  const n = parts.reduce((a, d) => a + d.n, 0);
-  const size = parts[0].x.length / Math.max(1, parts[0].n);
-  const x = new Float32Array(n * size);
-  const y = new Int32Array(n);
-  let o = 0;
-  for (const d of parts) {
-    x.set(d.x, o * size);
-    y.set(d.y, o);
-    o += d.n;
-  }
-  return { ...parts[0], x, y, n };
+  return partitionDataset(pool, c.devices, spec, c.seed);
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
