@@ -123,6 +123,10 @@ export const ERRORS = {
     group: "data",
     meaning: "the data's sample shape or size does not fit the model or loader",
   },
+  E_DATA_TASK: {
+    group: "data",
+    meaning: "the data schema's task (regression, binary, ...) or target count does not fit the model's",
+  },
   E_DATA_WINDOW: {
     group: "data",
     meaning: "time-series windows cannot be cut: no series is long enough, or a window's labels disagree",

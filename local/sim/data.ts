@@ -3,6 +3,7 @@ import { loadDirectory } from "../../core/data/dirloader";
 import { loadMnist } from "../../core/data/mnist";
 import { parsePartition, partitionDataset } from "../../core/data/partition";
 import { Rng } from "../../core/data/rng";
+import { checkDataTask } from "../../core/data/task";
 import { generateSensors } from "../../core/data/sensors";
 import { defaultSpec, type ModelSpec } from "../../core/engine/model-spec";
 import { fail } from "../../core/errors";
@@ -43,6 +44,7 @@ export function loadFleetData(
     test = m.test;
     devices = repartition(m.train, c);
   } else if (c.dataset.startsWith("dir:")) {
+    // The directory's schema.json, when there is one, says how its files become samples (docs/data.md).
     const all = loadDirectory(c.dataset.slice(4));
     // A fixed 20% of the rows (seeded) is held out for evaluation.
     const rng = new Rng(c.seed ^ 0x5eed);
@@ -60,6 +62,7 @@ export function loadFleetData(
     return fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   const spec = defaultSpec(c.model, test.inputShape, test.numClasses);
+  checkDataTask(test, spec);
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
   return { devices: devices.map(view), test: view(test), spec };
 }

@@ -5,7 +5,9 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  * The trainer module's settings, from the environment at start-up, validated at once with every missing or invalid
  * setting named (E_CONFIG_MISSING / E_CONFIG_INVALID):
  *
- *   FLOTILLA_DATA_DIR            the device's training data (see core/data/dirloader.ts)   default /data
+ *   FLOTILLA_DATA_DIR            the device's training data: CSV / JSON-lines files, and     default /data
+ *                                optionally schema.json saying how they become samples or time-series windows
+ *                                (docs/data.md; core/data/dirloader.ts), read at every round
  *   FLOTILLA_MAX_CHUNK_BYTES     body bytes per `updates` output message                   default 255,000
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)

@@ -5,6 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { DEFAULT_CONFIG } from "../../../local/sim/config";
 import { loadFleetData } from "../../../local/sim/data";
+import { errorCode } from "../../helpers/errors";
 
 /** The simulator's `dir:PATH` data source reads the directory's schema.json (docs/data.md). */
 
@@ -20,7 +21,7 @@ function dirWith(files: Record<string, string>): string {
   return dir;
 }
 
-test("dir: with a windowed schema gives [T, C] windows to cnn1d; regression targets survive split and partition", () => {
+test("dir: with a windowed schema gives [T, C] windows to cnn1d; regression data needs a regression model, its targets survive split and partition", () => {
   const rows = Array.from(
     { length: 200 },
     (_, i) => `${i % 2 === 0 ? "a" : "b"},${i},${i * 0.5},${-i},${i % 3}`,
@@ -41,12 +42,21 @@ test("dir: with a windowed schema gives [T, C] windows to cnn1d; regression targ
     "schema.json": JSON.stringify({ task: "regression", features: ["c1", "c2"], targets: ["t"] }),
     "d.csv": csv,
   });
-  const r = loadFleetData({ ...DEFAULT_CONFIG, dataset: `dir:${regression}`, devices: 5, model: "mlp" });
+  // A built-in preset classifies: regression data is refused, not trained on silently.
+  const e = errorCode(() => loadFleetData({ ...DEFAULT_CONFIG, dataset: `dir:${regression}`, model: "mlp" }));
+  assert.equal(e, "E_DATA_TASK");
+  // An autoencoder learns its inputs from any data.
+  const r = loadFleetData({
+    ...DEFAULT_CONFIG,
+    dataset: `dir:${regression}`,
+    devices: 5,
+    model: "autoencoder",
+  });
   for (const d of [r.test, ...r.devices]) {
     assert.equal(d.task, "regression");
     assert.equal(d.targetSize, 1);
     assert.equal(d.targets?.length, d.n);
-    // Row i is [i / 2, -i] with target i.
+    // Row i is [i / 2, -i] with target i: the targets stay with their samples through the split and partition.
     for (let i = 0; i < d.n; i++) assert.equal(d.targets?.[i], 2 * d.x[2 * i]);
   }
   assert.equal(r.test.n + r.devices.reduce((a, d) => a + d.n, 0), 200);
