@@ -2,8 +2,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fail } from "../errors";
 import { FLOAT32_MAX, NUMBER, UNSIGNED_INT, parseCsv, show } from "./csv";
-
-export { parseCsv };
 import {
   SCHEMA_FILE,
   checkDataSchema,
@@ -14,8 +12,15 @@ import {
 import { makeDataset, reshape, sampleSize, type Dataset } from "./dataset";
 import { loadRecords, type DataFile } from "./records";
 
+export { parseCsv };
+
 /**
  * Real device data from a directory (e.g. a volume mounted into an IoT Edge module).
+ *
+ * With a data schema (`schema.json` in the directory, or the `schema` option; data-schema.ts, records.ts and
+ * docs/data.md) every CSV row and every JSON-lines object is a record of named columns, and the schema says which
+ * are features, label or regression targets, the task, and how rows are cut into time-series windows. Without a
+ * schema the formats below apply, unchanged.
  *
  * Every `*.csv`, `*.jsonl` and `*.ndjson` file directly in the directory is read, in code-unit order of the file
  * names (sub-directories and names starting with "." are skipped; extensions are case-insensitive).
@@ -36,6 +41,11 @@ import { loadRecords, type DataFile } from "./records";
  *   E_DATA_NOT_FOUND  no such directory, no data files, no samples
  *   E_DATA_PARSE      malformed CSV or JSON, missing label, non-numeric feature, bad label, mixed label kinds
  *   E_DATA_SHAPE      rows with different feature counts or shapes, inputShape of another size
+ * and with a schema also
+ *   E_DATA_SCHEMA     the schema is invalid (the message names the schema file and the field)
+ *   E_DATA_COLUMN     a file lacks a column the schema names
+ *   E_DATA_LABEL      a label outside the schema's classes, or not 0/1 (or named) for task binary
+ *   E_DATA_WINDOW     no series is long enough for a window, or a window's labels disagree ("constant")
  */
 export interface LoadDirectoryOptions {
   /** Per-sample shape; its size must equal the feature count. Default: [features], or the shape of nested x. */
