@@ -36,6 +36,8 @@ export interface WindowSchema {
   readonly labelRule?: LabelRule;
   readonly groupBy?: string | readonly string[];
   readonly orderBy?: string;
+  /** The largest orderBy step inside a window (seconds for ISO times); a series is cut at larger gaps. */
+  readonly maxGap?: number;
 }
 
 /** A checked schema with its defaults filled in. `where` names the schema (a file path) in error messages. */
@@ -53,6 +55,7 @@ export interface ResolvedSchema {
     readonly labelRule: LabelRule;
     readonly groupBy: readonly string[];
     readonly orderBy?: string;
+    readonly maxGap?: number;
   };
   readonly normalize?: DataSchema["normalize"];
 }
@@ -173,7 +176,17 @@ export function checkDataSchema(value: unknown, where: string): ResolvedSchema {
     }
     const groupBy =
       w.groupBy === undefined ? [] : typeof w.groupBy === "string" ? [w.groupBy] : [...w.groupBy];
-    window = { length: w.length, stride: w.stride ?? w.length, labelRule, groupBy, orderBy: w.orderBy };
+    if (w.maxGap !== undefined && w.orderBy === undefined) {
+      schemaError(where, "window.maxGap: needs window.orderBy (the column whose steps it limits)");
+    }
+    window = {
+      length: w.length,
+      stride: w.stride ?? w.length,
+      labelRule,
+      groupBy,
+      orderBy: w.orderBy,
+      maxGap: w.maxGap,
+    };
   }
   // Every column has one role.
   const roles: [string, string][] = [];

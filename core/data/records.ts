@@ -230,7 +230,7 @@ class Table {
     );
   }
 
-  /** An order value: a number, or an ISO 8601 time (milliseconds since the epoch). */
+  /** An order value: a number, or an ISO 8601 time (seconds since the epoch). */
   private time(get: Get, c: string, where: string): number {
     const raw = this.value(get, c, where);
     if (typeof raw === "number" && Number.isFinite(raw)) return raw;
@@ -238,7 +238,7 @@ class Table {
       const s = raw.trim();
       if (NUMBER.test(s)) return Number(s);
       const ms = /^\d{4}-\d\d-\d\d/.test(s) ? Date.parse(s) : NaN;
-      if (Number.isFinite(ms)) return ms;
+      if (Number.isFinite(ms)) return ms / 1000;
     }
     return fail(
       "E_DATA_PARSE",
@@ -384,8 +384,23 @@ export function loadRecords(dir: string, files: readonly DataFile[], s: Resolved
     if (g) g.push(r);
     else byGroup.set(t.groups[r], [r]);
   }
-  const series = [...byGroup.values()];
+  let series = [...byGroup.values()];
   if (w.orderBy !== undefined) for (const g of series) g.sort((a, b) => t.order[a] - t.order[b] || a - b);
+  const maxGap = w.maxGap;
+  if (maxGap !== undefined) {
+    // Cut every series where consecutive rows are more than maxGap apart.
+    series = series.flatMap((g) => {
+      const pieces: number[][] = [];
+      let from = 0;
+      for (let i = 1; i <= g.length; i++) {
+        if (i === g.length || t.order[g[i]] - t.order[g[i - 1]] > maxGap) {
+          pieces.push(g.slice(from, i));
+          from = i;
+        }
+      }
+      return pieces;
+    });
+  }
   const L = w.length;
   const S = w.stride;
   let windows = 0;

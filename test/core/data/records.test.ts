@@ -140,6 +140,24 @@ test("windows: length, stride, channels in schema order, groups never crossed, r
   assert.deepEqual(Array.from(w.y), [0, 0, 1]);
 });
 
+test("window.maxGap cuts a series where the recording pauses (seconds for ISO times, else the column's units)", () => {
+  // Times 0, 1, 2, 3, then a pause, 10, 11, 12, 13 (seconds): windows of 3 never span the pause.
+  const times = [0, 1, 2, 3, 10, 11, 12, 13];
+  const iso = (s: number) => new Date(Date.UTC(2026, 11, 7, 8, 0, s)).toISOString();
+  const load = (maxGap: number | undefined, time: (s: number) => string | number) =>
+    loadDirectory(
+      dirWith({
+        "schema.json": { features: ["v"], window: { length: 3, stride: 1, orderBy: "t", maxGap } },
+        "a.jsonl": times.map((s) => JSON.stringify({ t: time(s), v: s, label: 0 })).join("\n"),
+      }),
+    );
+  const starts = (ds: ReturnType<typeof load>) => rows(ds.x, 3).map((r) => r[0]);
+  assert.deepEqual(starts(load(undefined, iso)), [0, 1, 2, 3, 10, 11]);
+  assert.deepEqual(starts(load(1.5, iso)), [0, 1, 10, 11]);
+  assert.deepEqual(starts(load(1.5, (s) => s)), [0, 1, 10, 11]);
+  assert.deepEqual(starts(load(7, (s) => s)), [0, 1, 2, 3, 10, 11]);
+});
+
 test("window label rules: last (default), majority (ties to the latest), constant", () => {
   const labels = ["a", "b", "b", "a", "c", "c", "a", "b"];
   const files = {
@@ -356,6 +374,8 @@ test("a bad schema is E_DATA_SCHEMA naming the schema file and the field", () =>
       { window: { length: 2, groupBy: "d", orderBy: "d" } },
       'window.orderBy: column "d" is already window.groupBy',
     ],
+    [{ window: { length: 2, orderBy: "t", maxGap: 0 } }, "window.maxGap: must be > 0"],
+    [{ window: { length: 2, maxGap: 5 } }, "window.maxGap: needs window.orderBy"],
     [[], "(top level): must be object"],
   ];
   for (const [schema, what] of cases) {
