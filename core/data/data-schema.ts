@@ -1,5 +1,5 @@
 import * as fs from "node:fs";
-import Ajv, { type ErrorObject, type ValidateFunction } from "ajv";
+import type { ErrorObject, ValidateFunction } from "ajv";
 import type { Task } from "../engine/graph-spec";
 import { fail } from "../errors";
 import jsonSchema from "./schemas/data-schema.json";
@@ -67,6 +67,8 @@ let validator: ValidateFunction | undefined;
 
 function validate(value: unknown): ErrorObject[] {
   if (validator === undefined) {
+    // Loaded on first use: Ajv takes ~0.1 s to load, and most data directories have no schema.
+    const { default: Ajv } = require("ajv") as typeof import("ajv");
     const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
     validator = ajv.compile(jsonSchema);
   }
