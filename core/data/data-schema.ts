@@ -47,6 +47,8 @@ export interface ResolvedSchema {
   /** undefined: every column without another role, in the first file's order. */
   readonly features?: readonly string[];
   readonly label?: string;
+  /** Regression and reconstruction without a `label` field: this column is the label when the data has it. */
+  readonly labelIfPresent?: string;
   readonly targets?: readonly string[];
   readonly classes?: readonly string[];
   readonly window?: {
@@ -219,6 +221,10 @@ export function checkDataSchema(value: unknown, where: string): ResolvedSchema {
     task,
     features: s.features,
     label: label ?? undefined,
+    // A "label" column is what it says, not a feature, unless the schema gives that column another role.
+    ...(s.label === undefined && label === undefined && !seen.has("label")
+      ? { labelIfPresent: "label" }
+      : {}),
     targets: s.targets,
     classes: s.classes,
     window,

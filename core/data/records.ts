@@ -44,6 +44,8 @@ class Floats {
 type Get = (column: string) => unknown;
 
 class Table {
+  /** The label column, decided with the features by the first file. */
+  label: string | undefined;
   features: string[] | undefined;
   featuresWhere = "";
   readonly x = new Floats();
@@ -70,7 +72,7 @@ class Table {
   private roleColumns(): Set<string> {
     const w = this.s.window;
     return new Set([
-      ...(this.s.label !== undefined ? [this.s.label] : []),
+      ...(this.label !== undefined ? [this.label] : []),
       ...(this.s.targets ?? []),
       ...(w?.groupBy ?? []),
       ...(w?.orderBy !== undefined ? [w.orderBy] : []),
@@ -80,6 +82,9 @@ class Table {
   /** The feature columns, the first time from this file's columns when the schema does not name them. */
   private defaultFeatures(columns: string[], where: string): string[] {
     if (this.features !== undefined) return this.features;
+    const optional = this.s.labelIfPresent;
+    this.label =
+      this.s.label ?? (optional !== undefined && columns.includes(optional) ? optional : undefined);
     const roles = this.roleColumns();
     const f = this.s.features ?? columns.filter((c) => !roles.has(c));
     if (f.length === 0) fail("E_DATA_SHAPE", `${where}: no feature columns (every column has another role)`);
@@ -162,7 +167,7 @@ class Table {
 
   private roleOf(c: string): string {
     const w = this.s.window;
-    if (c === this.s.label) return "the label column";
+    if (c === this.label) return "the label column";
     if (this.s.targets?.includes(c)) return "a target column";
     if (w?.groupBy.includes(c)) return "a window.groupBy column";
     if (c === w?.orderBy) return "the window.orderBy column";
@@ -192,7 +197,7 @@ class Table {
     const where = `${file}:${line}`;
     for (const c of this.features as string[]) this.x.push(this.number(get, c, where));
     for (const c of this.s.targets ?? []) this.t.push(this.number(get, c, where));
-    if (this.s.label !== undefined) this.labels.push(this.label(get, this.s.label, where));
+    if (this.label !== undefined) this.labels.push(this.labelOf(get, this.label, where));
     const w = this.s.window;
     if (w !== undefined) {
       if (w.groupBy.length > 0) {
@@ -215,7 +220,7 @@ class Table {
     this.lineOf.push(line);
   }
 
-  private label(get: Get, c: string, where: string): Label {
+  private labelOf(get: Get, c: string, where: string): Label {
     const v = this.value(get, c, where);
     if (typeof v === "string") {
       const s = v.trim();
@@ -254,7 +259,7 @@ function resolveLabels(
 ): { y: Int32Array; numClasses: number; classNames?: readonly string[] } {
   const n = t.rows;
   const y = new Int32Array(n);
-  if (s.label === undefined) return { y, numClasses: s.task === "binary" ? 2 : 1 };
+  if (t.label === undefined) return { y, numClasses: s.task === "binary" ? 2 : 1 };
   const labels = t.labels;
   if (s.classes !== undefined) {
     const index = new Map(s.classes.map((c, i) => [c, i]));
@@ -430,7 +435,7 @@ export function loadRecords(dir: string, files: readonly DataFile[], s: Resolved
       rows.forEach((r, k) => x.set(rowsX.subarray(r * F, (r + 1) * F), (o * L + k) * F));
       const last = rows[L - 1];
       // The label (regression: the targets, the label then follows the last row unless constant is asked).
-      if (s.label !== undefined) {
+      if (t.label !== undefined) {
         if (w.labelRule === "constant") {
           for (const r of rows) {
             if (rowY[r] !== rowY[rows[0]]) {

@@ -235,7 +235,18 @@ test("binary and reconstruction tasks", () => {
   assert.equal(e.code, "E_DATA_LABEL");
   assert.ok(e.message.includes("a.csv:2:") && e.message.includes("classes"), e.message);
 
-  // Reconstruction: no label column by default (every sample normal); every column is a feature.
+  // Reconstruction: without a label column every sample is normal and every column is a feature; a column
+  // named "label" is the label (0 = normal), not a feature, unless the schema says otherwise.
+  const own = dirWith({ "schema.json": { task: "reconstruction" }, "a.csv": "u,label\n1,0\n3,1\n" });
+  assert.deepEqual(loadDirectory(own).features, ["u"]);
+  assert.deepEqual(Array.from(loadDirectory(own).y), [0, 1]);
+  fs.writeFileSync(path.join(own, "schema.json"), JSON.stringify({ task: "reconstruction", label: null }));
+  assert.deepEqual(loadDirectory(own).features, ["u", "label"]);
+  fs.writeFileSync(
+    path.join(own, "schema.json"),
+    JSON.stringify({ task: "reconstruction", features: ["label"] }),
+  );
+  assert.deepEqual(Array.from(loadDirectory(own).x), [0, 1]);
   const rec = loadDirectory(
     dirWith({ "schema.json": { task: "reconstruction" }, "a.csv": "u,v\n1,2\n3,4\n" }),
   );
