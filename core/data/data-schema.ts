@@ -16,7 +16,10 @@ export interface DataSchema {
   readonly task?: Task;
   /** Feature columns (channels, with a window) in order. Default: every column that has no other role. */
   readonly features?: readonly string[];
-  /** Label column; null = none. Default "label" for classification and binary, none otherwise. */
+  /**
+   * Label column; null = none. Default "label": required for classification and binary, used for regression and
+   * reconstruction when the data has it.
+   */
   readonly label?: string | null;
   /** Regression: the target columns (required there, refused elsewhere). */
   readonly targets?: readonly string[];
