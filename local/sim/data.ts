@@ -62,8 +62,8 @@ export function loadFleetData(
     return fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   const spec = defaultSpec(c.model, test.inputShape, test.numClasses);
-  checkDataTask(test, spec);
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
+  checkDataTask(test, spec);
   return { devices: devices.map(view), test: view(test), spec };
 }
 

@@ -69,7 +69,6 @@ export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
       `local samples have shape [${data.inputShape}], the model expects [${spec.inputShape}]`,
     );
   }
-  checkDataTask(data, spec);
   if (spec.kind !== "autoencoder") {
     for (let i = 0; i < data.n; i++) {
       if (data.y[i] < 0 || data.y[i] >= spec.numClasses) {
@@ -77,6 +76,7 @@ export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
       }
     }
   }
+  checkDataTask(data, spec);
   return data;
 }
 
