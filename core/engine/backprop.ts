@@ -78,7 +78,8 @@ export function maxPoolReluBackward(
   const be = wasmBackend();
   const dzInfo = nhwc ? be.makeOutput([nb, h, w, c], "float32") : null;
   const dzTInfo = be.makeOutput([h, w, nb, c], "float32");
-  // Views only after the allocations (an allocation may grow, and so detach, the wasm memory).
+  // Views only after the allocations (an allocation may grow, and so detach, the wasm memory; heapView refreshes
+  // the module's views when a shared memory grew).
   const a = heapView(act);
   const p = heapView(out);
   const d = heapView(dOut);

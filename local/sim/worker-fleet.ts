@@ -9,7 +9,7 @@ import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
 import type { KeyProvider } from "../../core/secagg/identity";
-import type { SimConfig } from "./config";
+import { simThreads, type SimConfig } from "./config";
 import { deviceName, type FleetData } from "./data";
 
 export type ToWorker = { kind: "train"; deviceId: string; frame: Uint8Array; state?: Uint8Array };
@@ -198,7 +198,7 @@ export async function startInProcessFleet(
   onProgress?: DeviceProgress,
   keys?: KeyProvider,
 ): Promise<MemoryTransport> {
-  await initBackend();
+  await initBackend({ threads: simThreads(config) });
   const transport = new MemoryTransport();
   const model = await createModel(data.spec, config.seed);
   let queue: Promise<void> = Promise.resolve();
