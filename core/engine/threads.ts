@@ -30,7 +30,10 @@ export function parseThreads(value: unknown, what = "threads"): number | undefin
   if (value === undefined || value === null || value === "" || value === "auto") return undefined;
   const n = typeof value === "number" ? value : typeof value === "string" ? Number(value.trim()) : NaN;
   if (!Number.isInteger(n) || n < 1 || n > MAX_THREADS) {
-    fail("E_CONFIG_THREADS", `${what} must be an integer from 1 to ${MAX_THREADS} or 'auto', got '${String(value)}'`);
+    fail(
+      "E_CONFIG_THREADS",
+      `${what} must be an integer from 1 to ${MAX_THREADS} or 'auto', got '${String(value)}'`,
+    );
   }
   return n;
 }

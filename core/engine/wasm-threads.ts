@@ -35,7 +35,6 @@ import type { TransferListItem } from "node:worker_threads";
 function packageFiles(): { workerSource: string; mainScript: string } {
   const dist = path.dirname(require.resolve("@tensorflow/tfjs-backend-wasm"));
   const out = path.join(dist, "..", "wasm-out");
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { wasmWorkerContents } = require(path.join(out, "tfjs-backend-wasm-threaded-simd.worker.js")) as {
     wasmWorkerContents: string;
   };

@@ -656,7 +656,10 @@ export function buildProgram(): Command {
     .option("--batch-size <n>", `mini-batch size (at most ${BENCH_LIMITS.trainBatchSize})`, "10")
     .option("--seconds <s>", `measuring time (at most ${BENCH_LIMITS.seconds})`)
     .option("--threads <n>", "threads of the wasm backend (1 to 8; default: the cores, at most 4)")
-    .option("--reference <name>", "also measure the same training on PyTorch CPU (pytorch) and print the ratio")
+    .option(
+      "--reference <name>",
+      "also measure the same training on PyTorch CPU (pytorch) and print the ratio",
+    )
     .option("--reference-threads <n>", "PyTorch's threads with --reference (default 2)")
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {

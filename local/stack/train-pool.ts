@@ -31,7 +31,10 @@ export class TrainPool implements TrainExecutor {
   /** `threads`: each worker's backend threads (default: the cores divided among the workers, sharedThreads). */
   constructor(size: number, threads = sharedThreads(Math.max(1, size))) {
     const script = path.join(__dirname, "train-pool-worker.js");
-    this.workers = Array.from({ length: Math.max(1, size) }, () => new Worker(script, { workerData: { threads } }));
+    this.workers = Array.from(
+      { length: Math.max(1, size) },
+      () => new Worker(script, { workerData: { threads } }),
+    );
     this.load = this.workers.map(() => 0);
     this.workers.forEach((w, i) => {
       w.on("message", (m: Out) => this.onMessage(i, m));
