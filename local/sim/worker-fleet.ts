@@ -23,8 +23,8 @@ export type FromWorker =
   | { kind: "error"; message: string; code?: string };
 
 /**
- * The simulated fleet as a transport: devices live in worker threads (wasm is single-threaded, so threads are how
- * the simulation uses every core). Frames are posted between threads (transferred, never shared), and each request
+ * The simulated fleet as a transport: devices live in worker threads (several devices train at once; each worker's
+ * backend gets its share of the cores, config.ts simThreads, docs/threads.md). Frames are posted between threads (transferred, never shared), and each request
  * goes to the worker with the fewest requests in flight. Every worker can host every device: the data are rebuilt
  * deterministically in each worker.
  */

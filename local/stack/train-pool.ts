@@ -18,7 +18,7 @@ type Out =
 
 /**
  * A TrainExecutor shared by every simulated trainer module of the local fleet: training runs in worker threads
- * (the wasm backend is single-threaded, so threads are how one machine trains several devices at once). Each job
+ * (several devices train at once, each worker's backend on its share of the cores: docs/threads.md). Each job
  * goes to the worker with the fewest jobs queued.
  */
 export class TrainPool implements TrainExecutor {
