@@ -12,6 +12,7 @@
  * single-threaded build. The backend is one per isolate (the main thread, or each worker thread): the first
  * initBackend() call that starts it fixes its thread count; `backendThreads()` tells what it runs with.
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { getThreadsCount, setThreadsCount, setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
@@ -19,7 +20,13 @@ import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { fail } from "../errors";
 import { registerWasmTrainingKernels } from "./kernels/index";
 import { DEFAULT_MAX_THREADS, MAX_THREADS, defaultThreads, parseThreads } from "./threads";
-import { installPthreadWorker, syncHeapViews, withReportedCores } from "./wasm-threads";
+import {
+  THREADED_WASM,
+  findThreadpoolSlot,
+  installPthreadWorker,
+  syncHeapViews,
+  withReportedCores,
+} from "./wasm-threads";
 
 export const BACKEND = "wasm";
 
@@ -77,6 +84,78 @@ async function init(threads: number): Promise<void> {
   }
   await tf.ready();
   registerWasmTrainingKernels();
+  pool = threads > 1 ? locatePool(threads) : null;
+}
+
+/**
+ * Small kernels on one thread. A kernel on the pool wakes the pool's threads and waits for the slowest: worth it
+ * for a convolution of a few hundred MFLOP, a loss for the many small kernels of a step (a 784×200 matrix product
+ * at B = 10, a max-pool, a bias add), and a large one when the machine is busy and the pool's threads wait for a
+ * core. Every XNNPACK kernel of the backend reads the pool from one global of wasm memory
+ * (`tfjs::backend::threadpool`) when it runs, and runs on the calling thread when it is null: `pool` remembers its
+ * address and value so that the fast path (network.ts, backprop.ts) can run its steps serially
+ * (`serialKernels`) and put only the large products on the pool (`parallelIf`). Null on one thread, or when the
+ * global was not found (then every kernel runs on the pool, tfjs's own behaviour).
+ */
+let pool: { readonly slot: number; readonly ptr: number } | null = null;
+let poolOn = true;
+
+/** Below this many floating-point operations a kernel runs on the calling thread (see `pool`). */
+export const PARALLEL_MIN_FLOPS = 16e6;
+
+function heap32(): Int32Array {
+  return (wasmBackend().wasm as unknown as { HEAP32: Int32Array }).HEAP32;
+}
+
+/** Finds the pool global in the running module and checks it (get_threads_count reads -1 with it cleared). */
+function locatePool(threads: number): { slot: number; ptr: number } | null {
+  try {
+    const file = path.join(path.dirname(require.resolve("@tensorflow/tfjs-backend-wasm")), THREADED_WASM);
+    const slot = findThreadpoolSlot(fs.readFileSync(file));
+    if (slot === null || slot % 4 !== 0) return null;
+    const be = wasmBackend();
+    const h = heap32();
+    const ptr = h[slot >> 2];
+    if (ptr === 0 || be.wasm.tfjs.getThreadsCount() !== threads) return null;
+    h[slot >> 2] = 0;
+    const cleared = be.wasm.tfjs.getThreadsCount();
+    h[slot >> 2] = ptr;
+    return cleared === -1 && be.wasm.tfjs.getThreadsCount() === threads ? { slot, ptr } : null;
+  } catch {
+    return null;
+  }
+}
+
+function setPool(on: boolean): boolean {
+  const was = poolOn;
+  if (pool !== null && on !== was) heap32()[pool.slot >> 2] = on ? pool.ptr : 0;
+  poolOn = on;
+  return was;
+}
+
+/** True when small kernels can be kept off the thread pool (threads > 1 and the pool global was found). */
+export function poolSwitchable(): boolean {
+  return pool !== null;
+}
+
+/** Runs `fn` (synchronous tfjs kernels) with XNNPACK on the calling thread only; see `pool`. */
+export function serialKernels<T>(fn: () => T): T {
+  const was = setPool(false);
+  try {
+    return fn();
+  } finally {
+    setPool(was);
+  }
+}
+
+/** Runs `fn` on the thread pool when it does at least PARALLEL_MIN_FLOPS, else on the calling thread. */
+export function parallelIf<T>(flops: number, fn: () => T): T {
+  const was = setPool(flops >= PARALLEL_MIN_FLOPS);
+  try {
+    return fn();
+  } finally {
+    setPool(was);
+  }
 }
 
 /** The threads the running backend's XNNPACK uses (1 on the single-threaded build). */

@@ -48,6 +48,9 @@ function packageFiles(): { workerSource: string; mainScript: string } {
 
 let files: { workerSource: string; mainScript: string } | null = null;
 
+/** The threaded build's binary, in the package's dist/ directory. */
+export const THREADED_WASM = "tfjs-backend-wasm-threaded-simd.wasm";
+
 interface GlueMessage {
   cmd?: string;
   urlOrBlob?: unknown;
@@ -179,4 +182,98 @@ export function syncHeapViews(module: unknown): void {
   m.HEAPU32 = new Uint32Array(buf);
   m.HEAPF32 = new Float32Array(buf);
   m.HEAPF64 = new Float64Array(buf);
+}
+
+/**
+ * The address of tfjs's `tfjs::backend::threadpool` (the pthreadpool every XNNPACK kernel of the backend runs on)
+ * in wasm memory, read from the code of the exported `get_threads_count`, which starts by loading it
+ * (`i32.const A; i32.load offset=O`; tfjs-backend-wasm src/cc/backend.cc). Null when the code has another shape.
+ */
+export function findThreadpoolSlot(wasm: Uint8Array): number | null {
+  let p = 8;
+  const u = (): number => {
+    let r = 0;
+    let s = 0;
+    let b: number;
+    do {
+      b = wasm[p++];
+      r += (b & 0x7f) * 2 ** s;
+      s += 7;
+    } while (b & 0x80 && p < wasm.length);
+    return r;
+  };
+  const sleb = (): number => {
+    let r = 0;
+    let s = 0;
+    let b: number;
+    do {
+      b = wasm[p++];
+      r += (b & 0x7f) * 2 ** s;
+      s += 7;
+    } while (b & 0x80 && p < wasm.length);
+    return b & 0x40 ? r - 2 ** s : r;
+  };
+  const skipName = (): void => {
+    const l = u();
+    p += l;
+  };
+  let imported = 0;
+  let target = -1;
+  let code = -1;
+  while (p < wasm.length) {
+    const id = wasm[p++];
+    const size = u();
+    const start = p;
+    if (id === 2) {
+      for (let n = u(), i = 0; i < n; i++) {
+        skipName();
+        skipName();
+        const kind = wasm[p++];
+        if (kind === 0) {
+          u();
+          imported++;
+        } else if (kind === 1) {
+          p++; // element type
+          const flags = u();
+          u();
+          if (flags & 1) u();
+        } else if (kind === 2) {
+          const flags = u();
+          u();
+          if (flags & 1) u();
+        } else if (kind === 3) p += 2;
+        else return null;
+      }
+    } else if (id === 7) {
+      for (let n = u(), i = 0; i < n; i++) {
+        const l = u();
+        const name = Buffer.from(wasm.subarray(p, p + l)).toString("utf8");
+        p += l;
+        const kind = wasm[p++];
+        const index = u();
+        if (kind === 0 && name === "get_threads_count") target = index;
+      }
+    } else if (id === 10) code = start;
+    p = start + size;
+  }
+  if (target < imported || code < 0) return null;
+  p = code;
+  const count = u();
+  for (let i = 0; i < count; i++) {
+    const size = u();
+    const start = p;
+    if (i + imported === target) {
+      for (let groups = u(), g = 0; g < groups; g++) {
+        u();
+        p++;
+      }
+      if (wasm[p++] !== 0x41) return null; // i32.const
+      const base = sleb();
+      if (wasm[p++] !== 0x28) return null; // i32.load
+      u(); // alignment
+      return base + u();
+    }
+    p = start + size;
+  }
+  return null;
 }

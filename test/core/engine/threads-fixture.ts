@@ -13,6 +13,7 @@ export interface ThreadsJob {
 export interface ThreadsReply {
   readonly weights: Float32Array;
   readonly threads: number;
+  readonly switchable: boolean;
   readonly shared: boolean;
   readonly grew: boolean;
   readonly viewOk: boolean;

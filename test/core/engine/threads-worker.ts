@@ -4,7 +4,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import * as tf from "@tensorflow/tfjs";
-import { backendThreads, initBackend, wasmBackend } from "../../../core/engine/backend";
+import { backendThreads, initBackend, poolSwitchable, wasmBackend } from "../../../core/engine/backend";
 import { trainFixture, type ThreadsJob, type ThreadsReply } from "./threads-fixture";
 import { heapTensor, heapView } from "../../../core/engine/wasm-tensors";
 
@@ -32,6 +32,7 @@ async function main(): Promise<void> {
   const reply: ThreadsReply = {
     weights,
     threads: backendThreads(),
+    switchable: poolSwitchable(),
     shared: heapU8().buffer instanceof SharedArrayBuffer,
     grew: heapAfter > heapBefore,
     viewOk,

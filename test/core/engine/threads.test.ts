@@ -1,6 +1,7 @@
 import { test } from "@jest/globals";
 import * as assert from "node:assert/strict";
 import * as os from "node:os";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
 import { isFlotillaError } from "../../../core/errors";
@@ -13,6 +14,7 @@ import {
   sharedThreads,
 } from "../../../core/engine/threads";
 import { benchTrain } from "../../../core/engine/bench";
+import { findThreadpoolSlot, THREADED_WASM } from "../../../core/engine/wasm-threads";
 import { mainThreads, simThreads } from "../../../local/sim/config";
 import { loadTrainerConfig } from "../../../modules/trainer/src/config";
 import { loadProfilerConfig } from "../../../modules/profiler/src/config";
@@ -100,6 +102,7 @@ test("threaded training (2 threads, tfjs's threaded build in a worker thread) gi
     const [threaded, single] = await Promise.all([inWorker(job), trainFixture({ ...job, threads: 1 })]);
     assert.equal(threaded.threads, 2, "the worker's backend runs 2 threads");
     assert.equal(threaded.shared, true, "the threaded build's memory is shared");
+    assert.equal(threaded.switchable, true, "small kernels can be kept off the pool (its global was found)");
     const d = relDiff(single, threaded.weights);
     assert.ok(d < 1e-5, `${model}: threaded weights differ by ${d} (relative)`);
     // The heap views survive a memory growth (the shared memory's views are refreshed).
@@ -114,4 +117,13 @@ test("benchTrain reports the thread count it measured with", async () => {
   await initBackend({ threads: 1 });
   const r = await benchTrain({ model: "mlp", batchSize: 10, seconds: 0.2 });
   assert.equal(r.threads, 1);
+});
+
+test("findThreadpoolSlot reads the pool global's address from get_threads_count; anything else is null", () => {
+  const dist = path.dirname(require.resolve("@tensorflow/tfjs-backend-wasm"));
+  for (const file of [THREADED_WASM, "tfjs-backend-wasm-simd.wasm"]) {
+    const slot = findThreadpoolSlot(fs.readFileSync(path.join(dist, file)));
+    assert.ok(slot !== null && slot > 0 && slot % 4 === 0, `${file}: ${slot}`);
+  }
+  assert.equal(findThreadpoolSlot(new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0])), null);
 });
