@@ -34,6 +34,14 @@ export const ERRORS = {
 
   // ── config: configuration, CLI flags and module settings ─────────────────────────────────────────────
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
+  E_BENCH_REFERENCE: {
+    group: "config",
+    meaning: "bench train --reference pytorch: no Python with torch, or the PyTorch reference run failed",
+  },
+  E_CONFIG_THREADS: {
+    group: "config",
+    meaning: "an invalid training thread count (--threads, FLOTILLA_THREADS, the trainer's threads property)",
+  },
   E_CONFIG_CA_CERT: {
     group: "config",
     meaning: "the CA certificate named by FLOTILLA_CA_CERT cannot be read",
