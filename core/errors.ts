@@ -154,6 +154,11 @@ export const ERRORS = {
     group: "model",
     meaning: "weights do not match the model's layout (count, tensor sizes)",
   },
+  E_MODEL_LAYER: {
+    group: "model",
+    meaning:
+      "a layer graph has a layer type Flotilla cannot train (the message names the layer and its type)",
+  },
   E_MODEL_NOT_FOUND: { group: "model", meaning: "the job has no stored model for that round" },
   E_MODEL_SHAPE: { group: "model", meaning: "the model cannot take samples of the data's shape" },
   E_MODEL_SIZE: { group: "model", meaning: "a global model's envelope or byte size is invalid" },

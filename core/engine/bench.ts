@@ -16,7 +16,8 @@ import { BENCH_SHAPES, defaultSpec, MODEL_KINDS, validateSpec, type ModelSpec } 
 
 export { BENCH_SHAPES };
 import { backendThreads, initBackend } from "./backend";
-import { createModel } from "./models";
+import { createModel, modelPath, type CreateModelOptions, type ModelPath } from "./models";
+import { analyzeGraph } from "./graph";
 
 export interface BenchTrainOptions {
   /** The model kind (its default spec is benchmarked), or the label of `spec`. */
@@ -35,6 +36,8 @@ export interface BenchTrainOptions {
    * (once per isolate); the result's `threads` says what was measured.
    */
   readonly threads?: number;
+  /** Training path: "auto" (default, what createModel picks), or force the fast or the generic path. */
+  readonly path?: CreateModelOptions["path"];
 }
 
 export interface BenchTrainResult {
@@ -47,20 +50,38 @@ export interface BenchTrainResult {
   readonly repetitions?: readonly number[];
   /** The backend's XNNPACK threads during the measurement. */
   readonly threads?: number;
+  /** The training path that ran. */
+  readonly path?: ModelPath;
 }
 
 const REPS = 5;
 /** Synthetic samples generated (runs that need more samples run several epochs over them). */
 const MAX_SAMPLES = 4000;
 
-function syntheticData(inputShape: readonly number[], numClasses: number, n: number, seed: number): Dataset {
+function syntheticData(
+  inputShape: readonly number[],
+  numClasses: number,
+  n: number,
+  seed: number,
+  spec?: ModelSpec,
+): Dataset {
   const size = inputShape.reduce((a, b) => a * b, 1);
   const rng = new Rng(seed);
+  // A layer graph's data: token ids for an Embedding, 0/1 labels for binary, targets for regression.
+  const info = spec?.kind === "graph" ? analyzeGraph(spec) : null;
+  const emb = info?.layers.find((l) => l.layer.type === "Embedding")?.layer;
+  const tokens = emb?.type === "Embedding" ? emb.inputDim : 0;
+  const classes = info?.spec.task === "binary" ? 2 : numClasses;
   const x = new Float32Array(n * size);
-  for (let i = 0; i < x.length; i++) x[i] = rng.next();
+  for (let i = 0; i < x.length; i++) x[i] = tokens > 0 ? rng.int(tokens) : rng.next();
   const y = new Int32Array(n);
-  for (let i = 0; i < n; i++) y[i] = rng.int(numClasses);
-  return makeDataset(x, y, inputShape, numClasses);
+  for (let i = 0; i < n; i++) y[i] = rng.int(classes);
+  const ds = makeDataset(x, y, inputShape, classes);
+  if (info?.spec.task !== "regression") return ds;
+  const k = info.spec.numClasses;
+  const targets = new Float32Array(n * k);
+  for (let i = 0; i < targets.length; i++) targets[i] = rng.next();
+  return { ...ds, targets, targetSize: k };
 }
 
 function median(a: readonly number[]): number {
@@ -88,16 +109,30 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
   const [inputShape, numClasses] = shape;
   const spec = given ?? defaultSpec(opts.model, inputShape, numClasses);
   await initBackend({ threads: opts.threads });
-  const model = await createModel(spec, seed);
+  const model = await createModel(spec, seed, { path: opts.path });
   try {
     const train = async (data: Dataset, epochs: number): Promise<number> => {
       const s = await model.train(data, { epochs, batchSize: bs, lr: 0.01, seed });
       return s.samples / (s.ms / 1000);
     };
     const size = inputShape.reduce((p, q) => p * q, 1);
-    const data = syntheticData(inputShape, numClasses, Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)), seed);
-    const firstSamples = (m: number): Dataset =>
-      makeDataset(data.x.subarray(0, m * size), data.y.subarray(0, m), inputShape, numClasses);
+    const data = syntheticData(
+      inputShape,
+      numClasses,
+      Math.max(bs, MAX_SAMPLES - (MAX_SAMPLES % bs)),
+      seed,
+      spec,
+    );
+    const firstSamples = (m: number): Dataset => {
+      const k = data.targetSize ?? 0;
+      const head = makeDataset(
+        data.x.subarray(0, m * size),
+        data.y.subarray(0, m),
+        inputShape,
+        data.numClasses,
+      );
+      return data.targets ? { ...head, targets: data.targets.subarray(0, m * k), targetSize: k } : head;
+    };
     const run = (samples: number): Promise<number> => {
       const m = Math.min(samples, data.n);
       return train(firstSamples(m), Math.max(1, Math.round(samples / m)));
@@ -122,6 +157,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       samplesPerSecond: median(repetitions),
       repetitions,
       threads: backendThreads(),
+      path: opts.path === "fast" || opts.path === "generic" ? opts.path : modelPath(spec),
     };
   } finally {
     model.dispose();

@@ -6,6 +6,7 @@
  * accuracy with label 0 = normal and any other label = anomaly: a sample is flagged as an anomaly when its
  * reconstruction error (mean over features) exceeds the 95th percentile (linear interpolation) of the errors of
  * the label-0 samples of the evaluated data. Accuracy is NaN when the data has no label-0 sample.
+ * Binary layer graphs: ROC AUC (rocAuc) besides accuracy.
  */
 
 /** Sum of per-sample cross-entropies and number of correct argmax predictions for logits [n, c] vs labels. */
@@ -55,4 +56,31 @@ export function anomalyAccuracy(errors: ArrayLike<number>, labels: ArrayLike<num
   let correct = 0;
   for (let i = 0; i < labels.length; i++) if (errors[i] > threshold === (labels[i] !== 0)) correct++;
   return correct / labels.length;
+}
+
+/**
+ * ROC AUC of scores for binary labels (1 = positive): the Mann–Whitney U statistic over positives × negatives,
+ * U / (n₁·n₀), from average ranks (ties get their mean rank, i.e. count ½) — Hanley & McNeil 1982, "The meaning
+ * and use of the area under a receiver operating characteristic (ROC) curve". NaN when a class is missing.
+ */
+export function rocAuc(scores: ArrayLike<number>, labels: ArrayLike<number>): number {
+  const n = labels.length;
+  const idx = Array.from({ length: n }, (_, i) => i).sort((a, b) => scores[a] - scores[b]);
+  let rankSumPos = 0;
+  let pos = 0;
+  for (let i = 0; i < n;) {
+    let j = i;
+    while (j + 1 < n && scores[idx[j + 1]] === scores[idx[i]]) j++;
+    const rank = (i + j) / 2 + 1; // mean 1-based rank of the tie group i..j
+    for (let k = i; k <= j; k++) {
+      if (labels[idx[k]] === 1) {
+        rankSumPos += rank;
+        pos++;
+      }
+    }
+    i = j + 1;
+  }
+  const neg = n - pos;
+  if (pos === 0 || neg === 0) return NaN;
+  return (rankSumPos - (pos * (pos + 1)) / 2) / (pos * neg);
 }

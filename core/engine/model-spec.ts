@@ -1,5 +1,6 @@
 import { fail } from "../errors";
 import type { GraphSpec } from "./graph-spec";
+import { validateGraph } from "./graph";
 
 /**
  * A model architecture as plain JSON, so the cloud and every device build the same network.
@@ -83,8 +84,12 @@ export function defaultSpec(kind: string, inputShape: readonly number[], numClas
 export function validateSpec(spec: unknown): ModelSpec {
   const s = spec as Partial<ModelSpec> | null;
   if (!s || typeof s !== "object") fail("E_MODEL_SPEC", "model spec must be a JSON object");
+  if (s.kind === "graph") return validateGraph(s);
   if (!MODEL_KINDS.includes(s.kind as ModelKind))
-    fail("E_MODEL_SPEC", `model spec has unknown kind '${String(s.kind)}'`);
+    fail(
+      "E_MODEL_SPEC",
+      `model spec has unknown kind '${String(s.kind)}' (expected graph or ${MODEL_KINDS.join(", ")})`,
+    );
   if (!Array.isArray(s.inputShape) || s.inputShape.some((d) => !Number.isInteger(d) || d <= 0)) {
     fail("E_MODEL_SPEC", "model spec inputShape must be positive integers");
   }

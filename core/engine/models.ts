@@ -34,9 +34,11 @@ import { makeLayout } from "../tensor/layout";
 import type { WeightLayout } from "../tensor/layout";
 import { initBackend, serialKernels, wasmBackend } from "./backend";
 import { anomalyAccuracy, scoreLogits } from "./metrics";
-import type { ModelSpec } from "./model-spec";
+import type { ModelSpec, PresetSpec } from "./model-spec";
 import { Network } from "./network";
-import { initialWeights, planFor, type Plan } from "./plan";
+import { GenericModel, checkOptimizer } from "./generic";
+import { matchPreset, presetGraph } from "./graph";
+import { initialWeights, modelLayout, planFor, type Plan } from "./plan";
 import type { EvalSummary, LocalModel, TrainOptions, TrainSummary } from "./types";
 
 // Kept for the training-side callers that import them from here; tfjs-free code imports plan.ts / metrics.ts.
@@ -80,6 +82,7 @@ function checkTrainOptions(o: TrainOptions): void {
   if (o.mu !== undefined && (!Number.isFinite(o.mu) || o.mu < 0)) {
     fail("E_CONFIG_TRAIN", `mu must be a finite number >= 0, got ${o.mu}`);
   }
+  checkOptimizer(o.optimizer);
 }
 
 class WasmModel implements LocalModel {
@@ -89,10 +92,13 @@ class WasmModel implements LocalModel {
   private readonly net: Network;
   private busy = false;
   private disposed = false;
+  /** The generic-path twin that runs Adam rounds (built on first use). */
+  private generic: GenericModel | null = null;
 
+  /** `spec` may be a layer graph matchPreset maps to `plan`'s preset: the layout then carries the graph's names. */
   constructor(spec: ModelSpec, plan: Plan, weights: Float32Array) {
     this.spec = spec;
-    this.layout = makeLayout(plan.tensors);
+    this.layout = spec.kind === "graph" ? modelLayout(spec) : makeLayout(plan.tensors);
     this.numParams = this.layout.totalSize;
     this.net = new Network(plan);
     this.net.load(weights, this.layout);
@@ -131,10 +137,23 @@ class WasmModel implements LocalModel {
     checkData(this.net.plan, data, "train");
     this.busy = true;
     try {
+      if (opts.optimizer?.name === "adam") return await this.trainGeneric(data, opts);
       return await this.runTraining(data, opts);
     } finally {
       this.busy = false;
     }
+  }
+
+  /** Optimizers the fast path does not run (Adam): the same graph on the generic path, weights copied both ways. */
+  private async trainGeneric(data: Dataset, opts: TrainOptions): Promise<TrainSummary> {
+    const w = this.net.save(this.layout);
+    if (this.generic === null) {
+      const graph = this.spec.kind === "graph" ? this.spec : presetGraph(this.spec);
+      this.generic = new GenericModel(graph, w);
+    } else this.generic.setWeights(w);
+    const summary = await this.generic.train(data, opts);
+    this.net.load(this.generic.getWeights(), this.layout);
+    return summary;
   }
 
   private async runTraining(data: Dataset, opts: TrainOptions): Promise<TrainSummary> {
@@ -152,7 +171,22 @@ class WasmModel implements LocalModel {
     // μ/2·||w − w0||², w0 = the weights at the start of train(), whose gradient is μ(w − w0). With c = lr·μ the
     // update w − lr·(g + μ(w − w0)) is w·(1 − c) + c·w0 − lr·g; c·w0 is computed once.
     const c = opts.lr * mu;
-    const prox = c > 0 ? { keep: tf.scalar(1 - c), anchor: this.net.params.map((p) => tf.mul(p, c)) } : null;
+    const prox =
+      c > 0
+        ? { keep: tf.scalar(1 - c), c: tf.scalar(c), anchor: this.net.params.map((p) => tf.mul(p, c)) }
+        : null;
+    // Heavy-ball momentum with the learning rate folded into the gradient (every gradient here is already lr·g):
+    // v ← βv + lr·g, w ← w − v, which is tf.train.momentum's v ← βv + g, w ← w − lr·v for a constant lr
+    // (Nesterov: w ← w − (lr·g + βv)). The velocity starts at zero each train() call, as the generic path's.
+    const opt = opts.optimizer;
+    const momentum =
+      opt?.name === "momentum"
+        ? {
+            beta: tf.scalar(opt.momentum ?? 0.9),
+            nesterov: opt.nesterov === true,
+            v: this.net.params.map((p) => tf.zerosLike(p)),
+          }
+        : null;
 
     const kept: { t: tf.Tensor; from: number; to: number }[] = [];
     let steps = 0;
@@ -166,7 +200,7 @@ class WasmModel implements LocalModel {
         for (let from = 0; from < n; from += bs) {
           if (signal?.aborted) throw new FlotillaError("E_ABORTED", "training was aborted");
           const to = Math.min(from + bs, n);
-          const metric = this.step(data, order, from, to, opts.lr, prox);
+          const metric = this.step(data, order, from, to, opts.lr, prox, momentum);
           if (lastEpoch) kept.push({ t: metric, from, to });
           else metric.dispose();
           steps++;
@@ -207,7 +241,8 @@ class WasmModel implements LocalModel {
       return { loss, accuracy, samples: done, steps, ms: performance.now() - t0 };
     } finally {
       tf.dispose(kept.map((k) => k.t));
-      if (prox) tf.dispose([prox.keep, ...prox.anchor]);
+      if (prox) tf.dispose([prox.keep, prox.c, ...prox.anchor]);
+      if (momentum) tf.dispose([momentum.beta, ...momentum.v]);
     }
   }
 
@@ -221,7 +256,8 @@ class WasmModel implements LocalModel {
     from: number,
     to: number,
     lr: number,
-    prox: { keep: tf.Scalar; anchor: tf.Tensor[] } | null,
+    prox: { keep: tf.Scalar; c: tf.Scalar; anchor: tf.Tensor[] } | null,
+    momentum: { beta: tf.Scalar; nesterov: boolean; v: tf.Tensor[] } | null,
   ): tf.Tensor {
     const net = this.net;
     const plan = net.plan;
@@ -245,14 +281,31 @@ class WasmModel implements LocalModel {
           metric = tf.sum(tf.square(diff));
         }
         const grads = net.backward(b, tr, dzT);
+        if (momentum) {
+          // The step lr·(g + μ(w − w0)) = grads + c·w − c·w0, then the velocity.
+          const velocity = old.map((p, i) => {
+            const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
+            return tf.add(tf.mul(momentum.v[i], momentum.beta), g);
+          });
+          const next = old.map((p, i) => {
+            if (!momentum.nesterov) return tf.sub(p, velocity[i]);
+            const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
+            return tf.sub(p, tf.add(g, tf.mul(velocity[i], momentum.beta)));
+          });
+          return { next, metric, velocity };
+        }
         const next = old.map((p, i) =>
           prox ? tf.sub(tf.add(tf.mul(p, prox.keep), prox.anchor[i]), grads[i]) : tf.sub(p, grads[i]),
         );
-        return { next, metric };
+        return { next, metric, velocity: [] as tf.Tensor[] };
       }),
     );
     net.params = result.next;
     tf.dispose(old);
+    if (momentum) {
+      tf.dispose(momentum.v);
+      momentum.v.splice(0, momentum.v.length, ...result.velocity);
+    }
     return result.metric;
   }
 
@@ -284,18 +337,27 @@ class WasmModel implements LocalModel {
       return { loss: ce / n, accuracy: correct / n, n };
     }
     const errors = new Float64Array(n);
+    let absSum = 0;
     for (let from = 0; from < n; from += batchSize) {
       const to = Math.min(from + batchSize, n);
-      const e = tf.tidy(() => {
+      const [e, a] = tf.tidy(() => {
         const b = this.net.batch(data, idx, from, to, false);
-        return tf.mean(tf.square(tf.sub(this.net.forward(b, false).outT, b.xT as tf.Tensor2D)), 0);
+        const diff = tf.sub(this.net.forward(b, false).outT, b.xT as tf.Tensor2D);
+        return [tf.mean(tf.square(diff), 0), tf.sum(tf.abs(diff))];
       });
       errors.set(e.dataSync(), from);
-      e.dispose();
+      absSum += a.dataSync()[0];
+      tf.dispose([e, a]);
     }
     let sum = 0;
     for (let i = 0; i < n; i++) sum += errors[i];
-    return { loss: sum / n, accuracy: anomalyAccuracy(errors, data.y), n };
+    // mae: mean absolute reconstruction error over all values, as the generic path reports it.
+    return {
+      loss: sum / n,
+      accuracy: anomalyAccuracy(errors, data.y),
+      n,
+      mae: absSum / (n * plan.inputSize),
+    };
   }
 
   predict(x: Float32Array, n: number, batchSize = EVAL_BATCH): Float32Array {
@@ -335,22 +397,65 @@ class WasmModel implements LocalModel {
     if (this.busy) fail("E_MODEL_BUSY", "dispose: the model is training");
     this.disposed = true;
     this.net.dispose();
+    this.generic?.dispose();
   }
+}
+
+/** Which training path a model uses: the hand-written fast path or tfjs autograd (generic.ts). */
+export type ModelPath = "fast" | "generic";
+
+export interface CreateModelOptions {
+  /** "auto" (default): the fast path for presets and graphs matchPreset recognises, else the generic path.
+   *  "fast" / "generic" force one (tests, benchmarks); "fast" fails with E_MODEL_SPEC for a graph it cannot run. */
+  readonly path?: "auto" | ModelPath;
+}
+
+/** The path createModel picks for a spec under "auto" (Adam still trains on the generic path: see WasmModel). */
+export function modelPath(spec: ModelSpec): ModelPath {
+  return spec.kind !== "graph" || matchPreset(spec) !== null ? "fast" : "generic";
 }
 
 /**
  * Builds a model of `spec` with the initial weights of `seed` (see initialWeights) on the wasm backend,
- * initializing the backend if needed.
+ * initializing the backend if needed. Presets and the graphs matchPreset recognises train on the fast path (SGD
+ * and momentum; an Adam round runs on the generic path with the same weights), every other graph on the generic
+ * path.
  */
-export async function createModel(spec: ModelSpec, seed: number): Promise<LocalModel> {
-  const plan = planFor(spec);
+export async function createModel(
+  spec: ModelSpec,
+  seed: number,
+  opts: CreateModelOptions = {},
+): Promise<LocalModel> {
+  choosePath(spec, opts); // invalid specs fail before the backend starts
   await initBackend();
-  return new WasmModel(spec, plan, initialWeights(spec, seed));
+  return createModelSync(spec, seed, opts);
+}
+
+function choosePath(
+  spec: ModelSpec,
+  opts: CreateModelOptions,
+): { preset: PresetSpec | null; path: ModelPath } {
+  const want = opts.path ?? "auto";
+  if (want !== "auto" && want !== "fast" && want !== "generic") {
+    fail("E_CONFIG_MODEL", `model path must be auto, fast or generic, got ${JSON.stringify(want)}`);
+  }
+  let preset: PresetSpec | null;
+  if (spec.kind === "graph") preset = matchPreset(spec);
+  else {
+    planFor(spec); // checks the preset's sizes
+    preset = spec;
+  }
+  if (want === "fast" && preset === null) {
+    fail("E_MODEL_SPEC", "the fast path does not cover this layer graph (it needs the generic path)");
+  }
+  return { preset, path: want === "generic" || preset === null ? "generic" : "fast" };
 }
 
 /** Same as createModel, for callers that already awaited initBackend(). */
-export function createModelSync(spec: ModelSpec, seed: number): LocalModel {
-  const plan = planFor(spec);
+export function createModelSync(spec: ModelSpec, seed: number, opts: CreateModelOptions = {}): LocalModel {
+  const { preset, path } = choosePath(spec, opts);
   wasmBackend();
-  return new WasmModel(spec, plan, initialWeights(spec, seed));
+  const weights = initialWeights(spec, seed);
+  if (path === "fast" && preset !== null) return new WasmModel(spec, planFor(preset), weights);
+  return new GenericModel(spec.kind === "graph" ? spec : presetGraph(spec), weights);
 }

@@ -23,7 +23,8 @@ import { fail } from "../errors";
 import { Rng } from "../data/rng";
 import { makeLayout } from "../tensor/layout";
 import type { WeightLayout } from "../tensor/layout";
-import type { ModelSpec } from "./model-spec";
+import { graphInitialWeights, graphTensors } from "./graph";
+import type { ModelSpec, PresetSpec } from "./model-spec";
 
 export interface ConvPlan {
   readonly name: string;
@@ -47,7 +48,7 @@ export interface DensePlan {
 }
 
 export interface Plan {
-  readonly kind: ModelSpec["kind"];
+  readonly kind: PresetSpec["kind"];
   /** Flat input size per sample. */
   readonly inputSize: number;
   /** NHWC shape of one sample for conv nets ([1, T, C] for cnn1d). */
@@ -84,7 +85,8 @@ function positiveInts(v: readonly number[] | undefined, what: string): number[] 
   return [...a];
 }
 
-export function planFor(spec: ModelSpec): Plan {
+/** The plan of a preset (layer graphs have none: see graph.ts). */
+export function planFor(spec: PresetSpec): Plan {
   const inputShape = positiveInts(spec.inputShape, "inputShape");
   if (inputShape.length === 0) fail("E_MODEL_SPEC", "model spec inputShape is empty");
   const inputSize = inputShape.reduce((a, b) => a * b, 1);
@@ -231,9 +233,9 @@ export function planFor(spec: ModelSpec): Plan {
   }
 }
 
-/** The weight layout of a spec (names, Keras-style shapes, offsets, hash). Needs no tfjs backend. */
+/** The weight layout of a spec (names, Keras-style shapes, offsets, hash), preset or graph. Needs no tfjs backend. */
 export function modelLayout(spec: ModelSpec): WeightLayout {
-  return makeLayout(planFor(spec).tensors);
+  return makeLayout(spec.kind === "graph" ? graphTensors(spec) : planFor(spec).tensors);
 }
 
 /** Number of trainable parameters of a spec. */
@@ -242,10 +244,12 @@ export function countParams(spec: ModelSpec): number {
 }
 
 /**
- * The initial weights for (spec, seed) in layout order: Glorot uniform kernels (limit sqrt(6 / (fanIn + fanOut)),
+ * The initial weights for (spec, seed) in layout order (a layer graph: graph.ts's initializers): Glorot uniform kernels (limit sqrt(6 / (fanIn + fanOut)),
  * Keras's fans for convolutions: kernel area × channels), zero biases. Pure JS, bit-identical everywhere.
  */
 export function initialWeights(spec: ModelSpec, seed: number): Float32Array {
+  // A graph's initializers per tensor (graph.ts); a preset's graph draws the same numbers in the same order.
+  if (spec.kind === "graph") return graphInitialWeights(graphTensors(spec), seed);
   const plan = planFor(spec);
   const layout = makeLayout(plan.tensors);
   const out = new Float32Array(layout.totalSize);

@@ -34,6 +34,10 @@ export interface EvalSummary {
   /** Fraction 0..1. The autoencoder reports anomaly-detection accuracy (label 0 = normal). */
   readonly accuracy: number;
   readonly n: number;
+  /** Binary tasks: ROC AUC of the output scores (Mann–Whitney, ties count ½; NaN with a single class). */
+  readonly auc?: number;
+  /** Regression and reconstruction: mean absolute error over all output values. */
+  readonly mae?: number;
 }
 
 /** A model on the TensorFlow.js wasm backend whose weights are read and written as one flat vector. */
@@ -48,5 +52,9 @@ export interface LocalModel {
   /** The model's outputs for n samples x (n × input size, row-major): softmax probabilities [n, classes] for
    *  classifiers, the reconstruction [n, input size] for the autoencoder. Optional: test doubles may omit it. */
   predict?(x: Float32Array, n: number): Float32Array;
+  /** BatchNormalization policy "local" (FedBN, graph-spec.ts): the device's own weights after training, to carry
+   *  into the next round's model with restoreLocalState; null when there is nothing local. Generic path only. */
+  localState?(): Float32Array | null;
+  restoreLocalState?(w: Float32Array): void;
   dispose(): void;
 }

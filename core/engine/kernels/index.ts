@@ -2,7 +2,8 @@
  * Training kernels for the tfjs wasm backend.
  *
  * tfjs-backend-wasm 4.22 cannot train convolutional models: it has no Conv2DBackpropFilter,
- * DepthwiseConv2dNativeBackpropFilter or DepthwiseConv2dNativeBackpropInput. Several kernels it does have are
+ * DepthwiseConv2dNativeBackpropFilter or DepthwiseConv2dNativeBackpropInput; nor Embedding layers (no
+ * UnsortedSegmentSum, Gather's gradient). Several kernels it does have are
  * far slower than the forward ops they differentiate (Conv2DBackpropInput, MaxPoolGrad, transposed
  * BatchMatMul), and its MaxPoolGrad drops the gradient of windows whose values tie. This module adds the
  * missing kernels and replaces the slow ones with compositions of the backend's XNNPACK kernels (one file per
@@ -16,13 +17,16 @@ import { conv2dBackpropFilterConfig } from "./conv2d-backprop-filter";
 import { conv2dBackpropInputConfig } from "./conv2d-backprop-input";
 import { depthwiseBackpropFilterConfig, depthwiseBackpropInputConfig } from "./depthwise-conv2d-backprop";
 import { WASM } from "./kernel-scope";
+import { fusedMatMulConfig } from "./fused-mat-mul";
 import { maxPoolGradConfig } from "./max-pool-grad";
+import { unsortedSegmentSumConfig } from "./unsorted-segment-sum";
 
 /** Kernels the wasm backend lacks: registered only while nothing else provides them. */
 const MISSING: readonly KernelConfig[] = [
   conv2dBackpropFilterConfig,
   depthwiseBackpropInputConfig,
   depthwiseBackpropFilterConfig,
+  unsortedSegmentSumConfig, // Gather's gradient (Embedding layers)
 ];
 
 /** Kernels wasm has but that we replace; `make` receives the original (captured once, at first registration). */
@@ -30,6 +34,7 @@ const REPLACED: readonly { name: string; make: (original: KernelConfig) => Kerne
   { name: "Conv2DBackpropInput", make: conv2dBackpropInputConfig },
   { name: "MaxPoolGrad", make: () => maxPoolGradConfig },
   { name: "BatchMatMul", make: batchMatMulConfig },
+  { name: "_FusedMatMul", make: fusedMatMulConfig }, // Dense layers of the generic path
 ];
 
 const ours = new Set<KernelConfig>();

@@ -195,6 +195,68 @@ test("maxPool gradients on wasm match cpu, ties included", async () => {
   }
 });
 
+test("fused matMul (Dense layers: matmul + bias + activation) and its gradients on wasm match cpu", async () => {
+  const acts = ["linear", "relu", "relu6", "elu", "sigmoid", "leakyrelu", "prelu"] as const;
+  let seed = 1000;
+  for (const [i, act] of acts.entries()) {
+    for (const [ta, tb] of [
+      [false, false],
+      [true, false],
+      [false, true],
+    ] as const) {
+      const [m, k, n] = [7, 33, 12 + i];
+      const av = values(m * k, (seed += 3));
+      const bv = values(k * n, seed + 1);
+      const biasv = values(n, seed + 2);
+      await compareBackends(`fused matMul ${act} tA=${ta} tB=${tb}`, () => {
+        const a = tf.tensor2d(av, ta ? [k, m] : [m, k]);
+        const b = tf.tensor2d(bv, tb ? [n, k] : [k, n]);
+        const bias = tf.tensor1d(biasv);
+        const alpha = act === "prelu" ? tf.fill([n], 0.1) : undefined;
+        const f = (x: tf.Tensor, w: tf.Tensor, c: tf.Tensor) =>
+          tf.fused.matMul({
+            a: x as tf.Tensor2D,
+            b: w as tf.Tensor2D,
+            transposeA: ta,
+            transposeB: tb,
+            bias: c,
+            activation: act,
+            preluActivationWeights: alpha,
+            leakyreluAlpha: 0.2,
+          });
+        const y = f(a, b, bias);
+        const grads = tf.grads((x: tf.Tensor, w: tf.Tensor, c: tf.Tensor) => tf.sum(tf.square(f(x, w, c))))([
+          a,
+          b,
+          bias,
+        ]);
+        return [y, ...grads];
+      });
+    }
+  }
+});
+
+test("unsortedSegmentSum (Gather's gradient: Embedding) on wasm matches cpu", async () => {
+  const cases: { x: number[]; ids: number[]; idsShape: number[]; segments: number }[] = [
+    { x: [6, 4], ids: [0, 2, 2, 5, 1, 0], idsShape: [6], segments: 7 },
+    { x: [6, 3, 2], ids: [1, 0, 1, 3, 3, 1], idsShape: [6], segments: 4 },
+    { x: [5], ids: [-1, 0, 4, 4, 9], idsShape: [5], segments: 5 },
+  ];
+  for (const [i, c] of cases.entries()) {
+    const xv = values(size(c.x), 900 + i);
+    await compareBackends(`unsortedSegmentSum x=[${c.x}] ids=${c.ids}`, () => {
+      const ids = tf.tensor(c.ids, c.idsShape, "int32") as unknown as tf.Tensor1D;
+      return [tf.unsortedSegmentSum(tf.tensor(xv, c.x), ids, c.segments)];
+    });
+  }
+  // And through Gather's gradient, as an Embedding layer trains.
+  await compareBackends("gather gradient", () => {
+    const table = tf.tensor2d(values(40, 950), [10, 4]);
+    const idx = tf.tensor2d([1, 3, 3, 9, 0, 1], [2, 3], "int32");
+    return [tf.grad((t: tf.Tensor) => tf.sum(tf.square(tf.gather(t, idx))))(table)];
+  });
+});
+
 test("matMul with transposed operands and its gradients on wasm match cpu", async () => {
   const shapes: [number, number, number][] = [
     [10, 64, 37],
@@ -257,16 +319,24 @@ test("a small conv net's variable gradients on wasm match cpu", async () => {
 
 test("registration is idempotent and keeps the replaced kernels", () => {
   registerWasmTrainingKernels();
-  const configs = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul"].map((n) =>
-    tf.getKernel(n, "wasm"),
-  );
+  const configs = [
+    "Conv2DBackpropFilter",
+    "Conv2DBackpropInput",
+    "MaxPoolGrad",
+    "BatchMatMul",
+    "_FusedMatMul",
+  ].map((n) => tf.getKernel(n, "wasm"));
   registerWasmTrainingKernels();
   registerWasmTrainingKernels();
   assert.ok(wasmTrainingKernelsRegistered());
-  ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul"].forEach((n, i) =>
-    assert.equal(tf.getKernel(n, "wasm"), configs[i]),
+  ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul", "_FusedMatMul"].forEach(
+    (n, i) => assert.equal(tf.getKernel(n, "wasm"), configs[i]),
   );
-  for (const name of ["DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput"]) {
+  for (const name of [
+    "DepthwiseConv2dNativeBackpropFilter",
+    "DepthwiseConv2dNativeBackpropInput",
+    "UnsortedSegmentSum",
+  ]) {
     assert.ok(tf.getKernel(name, "wasm"));
   }
 });
