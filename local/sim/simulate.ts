@@ -17,7 +17,7 @@ import type { JsonWebKey } from "node:crypto";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { SecureAggregationOptions, SecureRoundRecord } from "../../core/round/secure-round";
 import { deviceName } from "./data";
-import { dpOptionsOf } from "./config";
+import { dpOptionsOf, mainThreads } from "./config";
 import { DifferentialPrivacy, type DpRoundRecord } from "../../core/privacy/dp";
 import { VirtualFleet } from "../../core/fleet/virtual-fleet";
 import type { FleetTrace } from "../../core/fleet/trace";
@@ -128,7 +128,7 @@ export async function simulate(
 ): Promise<SimulationResult> {
   const t0 = performance.now();
   const trace = config.fleetTrace !== undefined ? loadSimTrace(config) : undefined;
-  await initBackend();
+  await initBackend({ threads: mainThreads(config) });
   const data = loadFleetData(config);
   const evalModel = await createModel(data.spec, config.seed);
   const initial = evalModel.getWeights();

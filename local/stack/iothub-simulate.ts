@@ -28,7 +28,7 @@ import {
   type RoundState,
   type SecAggRecord,
 } from "../../cloud/aggregator/src/jobs/state";
-import type { SimConfig } from "../sim/config";
+import { simThreads, type SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
 import {
   finishResult,
@@ -59,7 +59,8 @@ export async function simulateOverIotHub(
   reporter: SimulationReporter = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
-  await initBackend();
+  // The main thread evaluates; the devices train in the stack's pool (its threads: simThreads).
+  await initBackend({ threads: 1 });
   const data = loadFleetData(config);
   const evalModel = await createModel(data.spec, config.seed);
   reporter.onStart?.({ devices: data.devices.length, params: evalModel.numParams, testSamples: data.test.n });
@@ -85,6 +86,7 @@ export async function simulateOverIotHub(
     data: data.devices,
     deviceIds,
     workers: Math.max(1, config.workers),
+    threads: simThreads({ threads: config.threads, workers: Math.max(1, config.workers) }),
     stateDir: path.join(config.out, ".stack"),
     timerIntervalMs: 250,
     // FLOTILLA_STACK_LOG=1 prints the hub's, the Function's and the devices' modules' log records on stderr (text,

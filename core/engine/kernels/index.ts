@@ -17,6 +17,7 @@ import { conv2dBackpropFilterConfig } from "./conv2d-backprop-filter";
 import { conv2dBackpropInputConfig } from "./conv2d-backprop-input";
 import { depthwiseBackpropFilterConfig, depthwiseBackpropInputConfig } from "./depthwise-conv2d-backprop";
 import { WASM } from "./kernel-scope";
+import { fusedMatMulConfig } from "./fused-mat-mul";
 import { maxPoolGradConfig } from "./max-pool-grad";
 import { unsortedSegmentSumConfig } from "./unsorted-segment-sum";
 
@@ -33,6 +34,7 @@ const REPLACED: readonly { name: string; make: (original: KernelConfig) => Kerne
   { name: "Conv2DBackpropInput", make: conv2dBackpropInputConfig },
   { name: "MaxPoolGrad", make: () => maxPoolGradConfig },
   { name: "BatchMatMul", make: batchMatMulConfig },
+  { name: "_FusedMatMul", make: fusedMatMulConfig }, // Dense layers of the generic path
 ];
 
 const ours = new Set<KernelConfig>();

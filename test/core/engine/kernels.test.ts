@@ -195,6 +195,47 @@ test("maxPool gradients on wasm match cpu, ties included", async () => {
   }
 });
 
+test("fused matMul (Dense layers: matmul + bias + activation) and its gradients on wasm match cpu", async () => {
+  const acts = ["linear", "relu", "relu6", "elu", "sigmoid", "leakyrelu", "prelu"] as const;
+  let seed = 1000;
+  for (const [i, act] of acts.entries()) {
+    for (const [ta, tb] of [
+      [false, false],
+      [true, false],
+      [false, true],
+    ] as const) {
+      const [m, k, n] = [7, 33, 12 + i];
+      const av = values(m * k, (seed += 3));
+      const bv = values(k * n, seed + 1);
+      const biasv = values(n, seed + 2);
+      await compareBackends(`fused matMul ${act} tA=${ta} tB=${tb}`, () => {
+        const a = tf.tensor2d(av, ta ? [k, m] : [m, k]);
+        const b = tf.tensor2d(bv, tb ? [n, k] : [k, n]);
+        const bias = tf.tensor1d(biasv);
+        const alpha = act === "prelu" ? tf.fill([n], 0.1) : undefined;
+        const f = (x: tf.Tensor, w: tf.Tensor, c: tf.Tensor) =>
+          tf.fused.matMul({
+            a: x as tf.Tensor2D,
+            b: w as tf.Tensor2D,
+            transposeA: ta,
+            transposeB: tb,
+            bias: c,
+            activation: act,
+            preluActivationWeights: alpha,
+            leakyreluAlpha: 0.2,
+          });
+        const y = f(a, b, bias);
+        const grads = tf.grads((x: tf.Tensor, w: tf.Tensor, c: tf.Tensor) => tf.sum(tf.square(f(x, w, c))))([
+          a,
+          b,
+          bias,
+        ]);
+        return [y, ...grads];
+      });
+    }
+  }
+});
+
 test("unsortedSegmentSum (Gather's gradient: Embedding) on wasm matches cpu", async () => {
   const cases: { x: number[]; ids: number[]; idsShape: number[]; segments: number }[] = [
     { x: [6, 4], ids: [0, 2, 2, 5, 1, 0], idsShape: [6], segments: 7 },
@@ -278,14 +319,18 @@ test("a small conv net's variable gradients on wasm match cpu", async () => {
 
 test("registration is idempotent and keeps the replaced kernels", () => {
   registerWasmTrainingKernels();
-  const configs = ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul"].map((n) =>
-    tf.getKernel(n, "wasm"),
-  );
+  const configs = [
+    "Conv2DBackpropFilter",
+    "Conv2DBackpropInput",
+    "MaxPoolGrad",
+    "BatchMatMul",
+    "_FusedMatMul",
+  ].map((n) => tf.getKernel(n, "wasm"));
   registerWasmTrainingKernels();
   registerWasmTrainingKernels();
   assert.ok(wasmTrainingKernelsRegistered());
-  ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul"].forEach((n, i) =>
-    assert.equal(tf.getKernel(n, "wasm"), configs[i]),
+  ["Conv2DBackpropFilter", "Conv2DBackpropInput", "MaxPoolGrad", "BatchMatMul", "_FusedMatMul"].forEach(
+    (n, i) => assert.equal(tf.getKernel(n, "wasm"), configs[i]),
   );
   for (const name of [
     "DepthwiseConv2dNativeBackpropFilter",
