@@ -1,4 +1,9 @@
 // Jest runs the compiled tests: `npm run build` (tsc) writes dist/test/**/*.test.js, no transform here.
+// The suite's processes (2 jest workers, the CLI runs they spawn) train on one thread each, as before issue 14, so
+// they do not oversubscribe the machine; test/core/engine/threads.test.ts asks for threads explicitly.
+// FLOTILLA_THREADS set by the caller wins (docs/threads.md).
+process.env.FLOTILLA_THREADS ??= "1";
+
 /** @type {import("jest").Config} */
 module.exports = {
   rootDir: __dirname,

@@ -34,6 +34,14 @@ export const ERRORS = {
 
   // ── config: configuration, CLI flags and module settings ─────────────────────────────────────────────
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
+  E_BENCH_REFERENCE: {
+    group: "config",
+    meaning: "bench train --reference pytorch: no Python with torch, or the PyTorch reference run failed",
+  },
+  E_CONFIG_THREADS: {
+    group: "config",
+    meaning: "an invalid training thread count (--threads, FLOTILLA_THREADS, the trainer's threads property)",
+  },
   E_CONFIG_CA_CERT: {
     group: "config",
     meaning: "the CA certificate named by FLOTILLA_CA_CERT cannot be read",
@@ -110,12 +118,31 @@ export const ERRORS = {
   E_TRACE_SPEC: { group: "trace", meaning: "an invalid synthetic fleet spec (synthetic:KEY=VALUE,...)" },
 
   // ── data: datasets and loaders ───────────────────────────────────────────────────────────────────────
-  E_DATA_LABEL: { group: "data", meaning: "a sample's label is outside the model's classes" },
+  E_DATA_COLUMN: {
+    group: "data",
+    meaning: "a data file lacks a column the data schema names (feature, label, target, group or order)",
+  },
+  E_DATA_LABEL: {
+    group: "data",
+    meaning: "a sample's label is outside the model's classes or the data schema's classes",
+  },
   E_DATA_NOT_FOUND: { group: "data", meaning: "a data directory or file does not exist" },
   E_DATA_PARSE: { group: "data", meaning: "a data file cannot be parsed (CSV, JSON, sample values)" },
+  E_DATA_SCHEMA: {
+    group: "data",
+    meaning: "a data schema (schema.json) is invalid: the message names the schema file and the field",
+  },
   E_DATA_SHAPE: {
     group: "data",
     meaning: "the data's sample shape or size does not fit the model or loader",
+  },
+  E_DATA_TASK: {
+    group: "data",
+    meaning: "the data schema's task (regression, binary, ...) or target count does not fit the model's",
+  },
+  E_DATA_WINDOW: {
+    group: "data",
+    meaning: "time-series windows cannot be cut: no series is long enough, or a window's labels disagree",
   },
 
   // ── model and engine: model specs, weights, TensorFlow.js ───────────────────────────────────────────

@@ -1,10 +1,26 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fail } from "../errors";
-import { makeDataset, sampleSize, type Dataset } from "./dataset";
+import { FLOAT32_MAX, NUMBER, UNSIGNED_INT, parseCsv, show } from "./csv";
+import {
+  SCHEMA_FILE,
+  checkDataSchema,
+  readDataSchema,
+  type DataSchema,
+  type ResolvedSchema,
+} from "./data-schema";
+import { makeDataset, reshape, sampleSize, type Dataset } from "./dataset";
+import { loadRecords, type DataFile } from "./records";
+
+export { parseCsv };
 
 /**
  * Real device data from a directory (e.g. a volume mounted into an IoT Edge module).
+ *
+ * With a data schema (`schema.json` in the directory, or the `schema` option; data-schema.ts, records.ts and
+ * docs/data.md) every CSV row and every JSON-lines object is a record of named columns, and the schema says which
+ * are features, label or regression targets, the task, and how rows are cut into time-series windows. Without a
+ * schema the formats below apply, unchanged.
  *
  * Every `*.csv`, `*.jsonl` and `*.ndjson` file directly in the directory is read, in code-unit order of the file
  * names (sub-directories and names starting with "." are skipped; extensions are case-insensitive).
@@ -25,29 +41,25 @@ import { makeDataset, sampleSize, type Dataset } from "./dataset";
  *   E_DATA_NOT_FOUND  no such directory, no data files, no samples
  *   E_DATA_PARSE      malformed CSV or JSON, missing label, non-numeric feature, bad label, mixed label kinds
  *   E_DATA_SHAPE      rows with different feature counts or shapes, inputShape of another size
+ * and with a schema also
+ *   E_DATA_SCHEMA     the schema is invalid (the message names the schema file and the field)
+ *   E_DATA_COLUMN     a file lacks a column the schema names
+ *   E_DATA_LABEL      a label outside the schema's classes, or not 0/1 (or named) for task binary
+ *   E_DATA_WINDOW     no series is long enough for a window, or a window's labels disagree ("constant")
  */
 export interface LoadDirectoryOptions {
   /** Per-sample shape; its size must equal the feature count. Default: [features], or the shape of nested x. */
   readonly inputShape?: readonly number[];
-  /** Name of the CSV label column. Default "label". */
+  /** Name of the CSV label column without a data schema. Default "label". */
   readonly labelColumn?: string;
+  /**
+   * The data schema: a file path, a schema object, or false to ignore the directory's schema.json. Default: the
+   * directory's `schema.json` when there is one, else no schema (the formats above).
+   */
+  readonly schema?: string | DataSchema | false;
 }
 
 const DATA_FILE = /\.(csv|jsonl|ndjson)$/i;
-const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-const UNSIGNED_INT = /^\d+$/;
-const FLOAT32_MAX = 3.4028234663852886e38;
-
-/** A value shown inside a one-line error message. */
-function show(v: unknown): string {
-  let s: string;
-  try {
-    s = typeof v === "string" ? JSON.stringify(v) : (JSON.stringify(v) ?? String(v));
-  } catch {
-    s = String(v);
-  }
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
 
 type Label =
   { readonly kind: "num"; readonly value: number } | { readonly kind: "name"; readonly value: string };
@@ -238,73 +250,6 @@ class Loader {
   }
 }
 
-/**
- * Parse CSV text (RFC 4180, plus bare LF line ends and a leading BOM) into records with the 1-based line number
- * each starts on. Blank lines are skipped. Errors name `file` and the line.
- */
-export function parseCsv(file: string, text: string): [string[], number][] {
-  const records: [string[], number][] = [];
-  let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
-  let line = 1;
-  const n = text.length;
-  while (i < n) {
-    // Skip a blank line.
-    if (text[i] === "\n" || (text[i] === "\r" && text[i + 1] === "\n")) {
-      i += text[i] === "\r" ? 2 : 1;
-      line++;
-      continue;
-    }
-    const startLine = line;
-    const fields: string[] = [];
-    for (;;) {
-      let field = "";
-      if (text[i] === '"') {
-        const quoteLine = line;
-        i++;
-        for (;;) {
-          if (i >= n) fail("E_DATA_PARSE", `${file}:${quoteLine}: quoted field is never closed`);
-          const ch = text[i];
-          if (ch === '"') {
-            if (text[i + 1] === '"') {
-              field += '"';
-              i += 2;
-              continue;
-            }
-            i++;
-            break;
-          }
-          if (ch === "\n") line++;
-          field += ch;
-          i++;
-        }
-        if (i < n && text[i] !== "," && text[i] !== "\n" && !(text[i] === "\r" && text[i + 1] === "\n")) {
-          fail("E_DATA_PARSE", `${file}:${line}: unexpected ${show(text[i])} after a closing quote`);
-        }
-      } else {
-        const from = i;
-        while (i < n && text[i] !== "," && text[i] !== "\n" && !(text[i] === "\r" && text[i + 1] === "\n")) {
-          if (text[i] === '"') fail("E_DATA_PARSE", `${file}:${line}: quote inside an unquoted field`);
-          i++;
-        }
-        field = text.slice(from, i);
-      }
-      fields.push(field);
-      if (i < n && text[i] === ",") {
-        i++;
-        continue;
-      }
-      // End of record: newline or end of text.
-      if (i < n) {
-        i += text[i] === "\r" ? 2 : 1;
-        line++;
-      }
-      break;
-    }
-    records.push([fields, startLine]);
-  }
-  return records;
-}
-
 /** Load every data file in `dir` into one dataset (see the module comment for the formats). */
 export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dataset {
   let st: fs.Stats;
@@ -321,12 +266,11 @@ export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dat
     .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   if (names.length === 0) fail("E_DATA_NOT_FOUND", `${dir}: no *.csv, *.jsonl or *.ndjson files`);
 
-  const loader = new Loader(opts.labelColumn ?? "label");
-  for (const name of names) {
+  const schema = resolveSchema(dir, opts.schema);
+  const files: DataFile[] = names.map((name) => {
     const file = path.join(dir, name);
-    let text: string;
     try {
-      text = fs.readFileSync(file, "utf8");
+      return { file, text: fs.readFileSync(file, "utf8"), kind: /\.csv$/i.test(name) ? "csv" : "jsonl" };
     } catch (e) {
       return fail(
         "E_DATA_NOT_FOUND",
@@ -334,7 +278,23 @@ export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dat
         { cause: e },
       );
     }
-    if (/\.csv$/i.test(name)) loader.csv(file, text);
+  });
+  if (schema !== undefined) {
+    const ds = loadRecords(dir, files, schema);
+    if (opts.inputShape === undefined) return ds;
+    checkInputShape(opts.inputShape);
+    if (sampleSize(opts.inputShape) !== sampleSize(ds.inputShape)) {
+      fail(
+        "E_DATA_SHAPE",
+        `${dir}: samples have shape [${ds.inputShape}] (${schema.where}), inputShape [${opts.inputShape}] needs ${sampleSize(opts.inputShape)} values`,
+      );
+    }
+    return reshape(ds, opts.inputShape);
+  }
+
+  const loader = new Loader(opts.labelColumn ?? "label");
+  for (const { file, text, kind } of files) {
+    if (kind === "csv") loader.csv(file, text);
     else loader.jsonl(file, text);
   }
   const n = loader.labels.length;
@@ -343,9 +303,7 @@ export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dat
   let inputShape: readonly number[] = loader.nestedShape ?? [loader.size];
   if (opts.inputShape !== undefined) {
     const s = opts.inputShape;
-    if (s.length === 0 || s.some((d) => !Number.isSafeInteger(d) || d <= 0)) {
-      fail("E_DATA_SHAPE", `inputShape [${s}] must be a list of positive integers`);
-    }
+    checkInputShape(s);
     if (sampleSize(s) !== loader.size) {
       fail(
         "E_DATA_SHAPE",
@@ -381,4 +339,19 @@ export function loadDirectory(dir: string, opts: LoadDirectoryOptions = {}): Dat
   const index = new Map(classNames.map((c, i) => [c, i]));
   for (let i = 0; i < n; i++) y[i] = index.get(loader.labels[i].value as string) as number;
   return makeDataset(loader.features(), y, inputShape, classNames.length, classNames);
+}
+
+function checkInputShape(s: readonly number[]): void {
+  if (s.length === 0 || s.some((d) => !Number.isSafeInteger(d) || d <= 0)) {
+    fail("E_DATA_SHAPE", `inputShape [${s}] must be a list of positive integers`);
+  }
+}
+
+/** The schema to load `dir` with: the option's, else the directory's schema.json, else none. */
+function resolveSchema(dir: string, given: LoadDirectoryOptions["schema"]): ResolvedSchema | undefined {
+  if (given === false) return undefined;
+  if (typeof given === "string") return readDataSchema(given);
+  if (given !== undefined) return checkDataSchema(given, "data schema");
+  const file = path.join(dir, SCHEMA_FILE);
+  return fs.existsSync(file) ? readDataSchema(file) : undefined;
 }

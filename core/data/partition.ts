@@ -1,4 +1,5 @@
 import { fail } from "../errors";
+import { subset, type Dataset } from "./dataset";
 import { Rng } from "./rng";
 
 /**
@@ -135,6 +136,21 @@ export function partition(
       return fail("E_CONFIG_PARTITION", `unknown partition kind '${(spec as { kind: string }).kind}'`);
   }
   return parts.map((p) => Int32Array.from(p).sort());
+}
+
+/**
+ * `ds` split over `numClients` clients by `partition` of its labels: each client's samples (features, label and
+ * regression targets) copied into a dataset of its own. A regression dataset's `y` holds zeros unless its schema
+ * names a label column, so shards and dirichlet then split by that class (stratified), else like one class.
+ */
+export function partitionDataset(
+  ds: Dataset,
+  numClients: number,
+  spec: PartitionSpec,
+  seed: number,
+  opts: PartitionOptions = {},
+): Dataset[] {
+  return partition(ds.y, numClients, spec, seed, opts).map((idx) => subset(ds, idx));
 }
 
 function iid(pool: number[], numClients: number, rng: Rng): number[][] {

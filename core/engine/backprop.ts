@@ -3,7 +3,7 @@
  * relu and max-pooling), built from forward kernels XNNPACK has and from JS passes over wasm memory.
  */
 import * as tf from "@tensorflow/tfjs";
-import { wasmBackend } from "./backend";
+import { parallelIf, wasmBackend } from "./backend";
 import { heapTensor, heapView } from "./wasm-tensors";
 
 /** "same" padding of a stride-1 conv: [before, after] for a kernel of size k. */
@@ -21,12 +21,17 @@ function samePad(k: number): [number, number] {
 export function convFilterGrad(inputC: tf.Tensor4D, dzT: tf.Tensor4D, kh: number, kw: number): tf.Tensor4D {
   const [pt, pb] = samePad(kh);
   const [pl, pr] = samePad(kw);
-  const g = tf.conv2d(inputC, dzT, 1, [
-    [0, 0],
-    [pt, pb],
-    [pl, pr],
-    [0, 0],
-  ]);
+  // As many operations as the forward convolution: Cin·KH·KW·Cout outputs, each a sum over B·H·W.
+  const [cin, h, w, b] = inputC.shape;
+  const flops = 2 * cin * kh * kw * dzT.shape[3] * h * w * b;
+  const g = parallelIf(flops, () =>
+    tf.conv2d(inputC, dzT, 1, [
+      [0, 0],
+      [pt, pb],
+      [pl, pr],
+      [0, 0],
+    ]),
+  );
   return tf.transpose(g, [1, 2, 0, 3]);
 }
 
@@ -48,12 +53,15 @@ export function convInputGrad(dz: tf.Tensor4D, filter: tf.Tensor4D): tf.Tensor4D
   });
   const [pt, pb] = samePad(kh);
   const [pl, pr] = samePad(kw);
-  return tf.conv2d(dz, flipped, 1, [
-    [0, 0],
-    [kh - 1 - pt, kh - 1 - pb],
-    [kw - 1 - pl, kw - 1 - pr],
-    [0, 0],
-  ]);
+  const flops = 2 * dz.shape[0] * dz.shape[1] * dz.shape[2] * kh * kw * ci * co;
+  return parallelIf(flops, () =>
+    tf.conv2d(dz, flipped, 1, [
+      [0, 0],
+      [kh - 1 - pt, kh - 1 - pb],
+      [kw - 1 - pl, kw - 1 - pr],
+      [0, 0],
+    ]),
+  );
 }
 
 /**
@@ -78,7 +86,8 @@ export function maxPoolReluBackward(
   const be = wasmBackend();
   const dzInfo = nhwc ? be.makeOutput([nb, h, w, c], "float32") : null;
   const dzTInfo = be.makeOutput([h, w, nb, c], "float32");
-  // Views only after the allocations (an allocation may grow, and so detach, the wasm memory).
+  // Views only after the allocations (an allocation may grow, and so detach, the wasm memory; heapView refreshes
+  // the module's views when a shared memory grew).
   const a = heapView(act);
   const p = heapView(out);
   const d = heapView(dOut);

@@ -15,6 +15,7 @@ import { Rng } from "../data/rng";
 import { BENCH_SHAPES, defaultSpec, MODEL_KINDS, validateSpec, type ModelSpec } from "./model-spec";
 
 export { BENCH_SHAPES };
+import { backendThreads, initBackend } from "./backend";
 import { createModel, modelPath, type CreateModelOptions, type ModelPath } from "./models";
 import { analyzeGraph } from "./graph";
 
@@ -30,6 +31,11 @@ export interface BenchTrainOptions {
   /** Total time budget in seconds (default 5; at least a few steps always run). */
   readonly seconds?: number;
   readonly seed?: number;
+  /**
+   * Threads of the wasm backend (default: defaultThreads()). Only takes effect when this call starts the backend
+   * (once per isolate); the result's `threads` says what was measured.
+   */
+  readonly threads?: number;
   /** Training path: "auto" (default, what createModel picks), or force the fast or the generic path. */
   readonly path?: CreateModelOptions["path"];
 }
@@ -42,6 +48,8 @@ export interface BenchTrainResult {
   readonly samplesPerSecond: number;
   /** Rate of every timed repetition, in run order. */
   readonly repetitions?: readonly number[];
+  /** The backend's XNNPACK threads during the measurement. */
+  readonly threads?: number;
   /** The training path that ran. */
   readonly path?: ModelPath;
 }
@@ -100,6 +108,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
   const bs = opts.batchSize;
   const [inputShape, numClasses] = shape;
   const spec = given ?? defaultSpec(opts.model, inputShape, numClasses);
+  await initBackend({ threads: opts.threads });
   const model = await createModel(spec, seed, { path: opts.path });
   try {
     const train = async (data: Dataset, epochs: number): Promise<number> => {
@@ -147,6 +156,7 @@ export async function benchTrain(opts: BenchTrainOptions): Promise<BenchTrainRes
       params: model.numParams,
       samplesPerSecond: median(repetitions),
       repetitions,
+      threads: backendThreads(),
       path: opts.path === "fast" || opts.path === "generic" ? opts.path : modelPath(spec),
     };
   } finally {

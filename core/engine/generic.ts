@@ -775,6 +775,27 @@ export class GenericModel implements LocalModel {
     this.load(w);
   }
 
+  /**
+   * BN policy "local": the device's own weights (its BN values included) once it has trained, else null (also
+   * under "aggregate"). A trainer that builds a new model per round keeps this and hands it to the next round's
+   * model with restoreLocalState before setWeights, so FedBN's statistics persist on the device.
+   */
+  localState(): Float32Array | null {
+    this.usable("localState", false);
+    return this.bnLocal && this.hasLocalBn ? this.save() : null;
+  }
+
+  /** BN policy "local": adopt a previous round's localState (its BN entries) as this device's own. */
+  restoreLocalState(w: Float32Array): void {
+    this.usable("restoreLocalState", true);
+    if (!this.bnLocal) return;
+    if (!(w instanceof Float32Array) || w.length !== this.numParams) {
+      fail("E_MODEL_LAYOUT", `local state has ${w?.length} values, the model needs ${this.numParams}`);
+    }
+    this.load(bnLocalStart(this.layout, this.mask, w, this.save()));
+    this.hasLocalBn = true;
+  }
+
   private checkData(data: Dataset, what: string, train: boolean): void {
     const size = data.inputShape.reduce((a, b) => a * b, 1);
     if (size !== this.inputSize)

@@ -32,7 +32,7 @@ import type { Dataset } from "../data/dataset";
 import { Rng } from "../data/rng";
 import { makeLayout } from "../tensor/layout";
 import type { WeightLayout } from "../tensor/layout";
-import { initBackend, wasmBackend } from "./backend";
+import { initBackend, serialKernels, wasmBackend } from "./backend";
 import { anomalyAccuracy, scoreLogits } from "./metrics";
 import type { ModelSpec, PresetSpec } from "./model-spec";
 import { Network } from "./network";
@@ -262,41 +262,44 @@ class WasmModel implements LocalModel {
     const net = this.net;
     const plan = net.plan;
     const old = net.params;
-    const result = tf.tidy(() => {
-      const b = net.batch(data, order, from, to, true);
-      const tr = net.forward(b, true);
-      let dzT: tf.Tensor2D;
-      let metric: tf.Tensor;
-      if (plan.task === "classifier") {
-        // d(mean CE)/dlogits = (softmax − onehot) / n, times lr.
-        const logits = tf.transpose(tr.outT);
-        dzT = tf.transpose(tf.mul(tf.sub(tf.softmax(logits), b.y as tf.Tensor2D), lr / b.n)) as tf.Tensor2D;
-        metric = logits;
-      } else {
-        // d(mean squared error over n·D values)/dout = 2 (out − x) / (n·D), times lr.
-        const diff = tf.sub(tr.outT, b.xT as tf.Tensor2D);
-        dzT = tf.mul(diff, (2 * lr) / (b.n * plan.inputSize));
-        metric = tf.sum(tf.square(diff));
-      }
-      const grads = net.backward(b, tr, dzT);
-      if (momentum) {
-        // The step lr·(g + μ(w − w0)) = grads + c·w − c·w0, then the velocity.
-        const velocity = old.map((p, i) => {
-          const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
-          return tf.add(tf.mul(momentum.v[i], momentum.beta), g);
-        });
-        const next = old.map((p, i) => {
-          if (!momentum.nesterov) return tf.sub(p, velocity[i]);
-          const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
-          return tf.sub(p, tf.add(g, tf.mul(velocity[i], momentum.beta)));
-        });
-        return { next, metric, velocity };
-      }
-      const next = old.map((p, i) =>
-        prox ? tf.sub(tf.add(tf.mul(p, prox.keep), prox.anchor[i]), grads[i]) : tf.sub(p, grads[i]),
-      );
-      return { next, metric, velocity: [] as tf.Tensor[] };
-    });
+    // Element-wise kernels and small products on this thread; the network puts its large products on the pool.
+    const result = serialKernels(() =>
+      tf.tidy(() => {
+        const b = net.batch(data, order, from, to, true);
+        const tr = net.forward(b, true);
+        let dzT: tf.Tensor2D;
+        let metric: tf.Tensor;
+        if (plan.task === "classifier") {
+          // d(mean CE)/dlogits = (softmax − onehot) / n, times lr.
+          const logits = tf.transpose(tr.outT);
+          dzT = tf.transpose(tf.mul(tf.sub(tf.softmax(logits), b.y as tf.Tensor2D), lr / b.n)) as tf.Tensor2D;
+          metric = logits;
+        } else {
+          // d(mean squared error over n·D values)/dout = 2 (out − x) / (n·D), times lr.
+          const diff = tf.sub(tr.outT, b.xT as tf.Tensor2D);
+          dzT = tf.mul(diff, (2 * lr) / (b.n * plan.inputSize));
+          metric = tf.sum(tf.square(diff));
+        }
+        const grads = net.backward(b, tr, dzT);
+        if (momentum) {
+          // The step lr·(g + μ(w − w0)) = grads + c·w − c·w0, then the velocity.
+          const velocity = old.map((p, i) => {
+            const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
+            return tf.add(tf.mul(momentum.v[i], momentum.beta), g);
+          });
+          const next = old.map((p, i) => {
+            if (!momentum.nesterov) return tf.sub(p, velocity[i]);
+            const g = prox ? tf.sub(tf.add(grads[i], tf.mul(p, prox.c)), prox.anchor[i]) : grads[i];
+            return tf.sub(p, tf.add(g, tf.mul(velocity[i], momentum.beta)));
+          });
+          return { next, metric, velocity };
+        }
+        const next = old.map((p, i) =>
+          prox ? tf.sub(tf.add(tf.mul(p, prox.keep), prox.anchor[i]), grads[i]) : tf.sub(p, grads[i]),
+        );
+        return { next, metric, velocity: [] as tf.Tensor[] };
+      }),
+    );
     net.params = result.next;
     tf.dispose(old);
     if (momentum) {

@@ -7,6 +7,7 @@ import type { Dataset } from "../data/dataset";
 import type { WeightLayout } from "../tensor/layout";
 import { convFilterGrad, convInputGrad, maxPoolReluBackward } from "./backprop";
 import type { Plan } from "./plan";
+import { parallelIf, serialKernels } from "./backend";
 import { heapTensor, heapView, transpose2d } from "./wasm-tensors";
 
 /** One mini-batch in the layouts a step needs. */
@@ -149,8 +150,15 @@ export class Network {
     return { n, x: tf.reshape(x as tf.Tensor, [n, h, w, c]), xT: null, xC, y };
   }
 
-  /** The forward pass; with `training`, also what the backward pass needs. */
+  /**
+   * The forward pass; with `training`, also what the backward pass needs. With threads, only the large products
+   * run on the thread pool (backend.ts `pool`).
+   */
   forward(b: Batch, training: boolean): ForwardTrace {
+    return serialKernels(() => this.forwardKernels(b, training));
+  }
+
+  private forwardKernels(b: Batch, training: boolean): ForwardTrace {
     const plan = this.plan;
     const convs: ConvTrace[] = [];
     let first: tf.Tensor2D | null;
@@ -162,7 +170,10 @@ export class Network {
       let h = b.x as tf.Tensor4D;
       plan.convs.forEach((c, i) => {
         const [filter, bias] = this.convParams(i);
-        const act = tf.fused.conv2d({ x: h, filter, bias, strides: 1, pad: "same", activation: "relu" });
+        const x = h;
+        const act = parallelIf(convFlops(x.shape, filter.shape), () =>
+          tf.fused.conv2d({ x, filter, bias, strides: 1, pad: "same", activation: "relu" }),
+        );
         const out = c.ph * c.pw > 1 ? tf.maxPool(act, [c.ph, c.pw], [c.ph, c.pw], "valid") : act;
         convs.push({ input: h, act, out });
         h = out;
@@ -176,7 +187,11 @@ export class Network {
     let aT = firstT;
     plan.dense.forEach((l, j) => {
       const [wt, bias] = this.denseParams(j);
-      const z = tf.add(tf.matMul(wt, aT), bias);
+      const a = aT;
+      const z = tf.add(
+        parallelIf(matMulFlops(wt, a), () => tf.matMul(wt, a)),
+        bias,
+      );
       aT = (l.relu ? tf.relu(z) : z) as tf.Tensor2D;
       if (training && j < plan.dense.length - 1) {
         denseInputsT.push(aT);
@@ -191,16 +206,23 @@ export class Network {
    * the learning rate).
    */
   backward(b: Batch, tr: ForwardTrace, dzOutT: tf.Tensor2D): tf.Tensor[] {
+    return serialKernels(() => this.backwardKernels(b, tr, dzOutT));
+  }
+
+  private backwardKernels(b: Batch, tr: ForwardTrace, dzOutT: tf.Tensor2D): tf.Tensor[] {
     const plan = this.plan;
     const grads: tf.Tensor[] = new Array(this.params.length);
     const nc = plan.convs.length;
     let dzT = dzOutT;
     for (let j = plan.dense.length - 1; j >= 0; j--) {
       const [wt] = this.denseParams(j);
-      grads[2 * (nc + j)] = tf.matMul(dzT, tr.denseInputs[j] as tf.Tensor2D);
+      const dz = dzT;
+      const input = tr.denseInputs[j] as tf.Tensor2D;
+      grads[2 * (nc + j)] = parallelIf(matMulFlops(dz, input), () => tf.matMul(dz, input));
       grads[2 * (nc + j) + 1] = tf.sum(dzT, 1, true);
       if (j === 0 && nc === 0) break;
-      const daT = tf.matMul(transpose2d(wt), dzT);
+      const w = transpose2d(wt);
+      const daT = parallelIf(matMulFlops(w, dz), () => tf.matMul(w, dz));
       dzT = (j > 0 ? tf.mul(daT, tf.step(tr.denseInputsT[j])) : daT) as tf.Tensor2D;
     }
     if (nc === 0) return grads;
@@ -242,4 +264,14 @@ export class Network {
     tf.dispose(this.params);
     this.params = [];
   }
+}
+
+/** Floating-point operations of a 'same' stride-1 convolution of x [B, H, W, Cin] with a [KH, KW, Cin, Cout] filter. */
+export function convFlops(x: readonly number[], filter: readonly number[]): number {
+  return 2 * x[0] * x[1] * x[2] * filter[0] * filter[1] * filter[2] * filter[3];
+}
+
+/** Floating-point operations of a · b for 2-D a [M, K] and b [K, N]. */
+export function matMulFlops(a: tf.Tensor2D, b: tf.Tensor2D): number {
+  return 2 * a.shape[0] * a.shape[1] * b.shape[1];
 }

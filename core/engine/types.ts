@@ -52,5 +52,9 @@ export interface LocalModel {
   /** The model's outputs for n samples x (n × input size, row-major): softmax probabilities [n, classes] for
    *  classifiers, the reconstruction [n, input size] for the autoencoder. Optional: test doubles may omit it. */
   predict?(x: Float32Array, n: number): Float32Array;
+  /** BatchNormalization policy "local" (FedBN, graph-spec.ts): the device's own weights after training, to carry
+   *  into the next round's model with restoreLocalState; null when there is nothing local. Generic path only. */
+  localState?(): Float32Array | null;
+  restoreLocalState?(w: Float32Array): void;
   dispose(): void;
 }

@@ -16,6 +16,7 @@ import {
 } from "../sim/config";
 import type { RoundSummary } from "../sim/simulate";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
+import { MAX_THREADS, parseThreads } from "../../core/engine/threads";
 import { registerFleetTraceCommand } from "./fleet-trace";
 import { registerPrivacyCommand } from "./privacy";
 import * as fs from "node:fs";
@@ -74,6 +75,7 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("serverLr") !== undefined) c.serverLr = positiveNumber("server-lr", s("serverLr")!);
   if (s("seed") !== undefined) c.seed = nonNegativeInt("seed", s("seed")!, L.seed);
   if (s("workers") !== undefined) c.workers = nonNegativeInt("workers", s("workers")!, L.workers);
+  if (s("threads") !== undefined) c.threads = parseThreads(s("threads"), "--threads");
   if (s("samplesPerDevice") !== undefined) {
     c.samplesPerDevice = positiveInt("samples-per-device", s("samplesPerDevice")!, L.samplesPerDevice);
   }
@@ -306,12 +308,32 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
     o.seconds !== undefined
       ? positiveNumber("seconds", o.seconds as string, BENCH_LIMITS.seconds)
       : undefined;
+  const threads = parseThreads(o.threads, "--threads");
+  const reference = o.reference as string | undefined;
+  if (reference !== undefined && reference !== "pytorch")
+    fail("E_CONFIG_BENCH", `--reference must be 'pytorch', got '${reference}'`);
+  if (reference !== undefined && !["mlp", "cnn"].includes(model))
+    fail("E_CONFIG_BENCH", `--reference pytorch has the mlp and cnn models only, got '${model}'`);
+  const refThreads = parseThreads(o.referenceThreads ?? "2", "--reference-threads") ?? 2;
+  // PyTorch's absence is one line before anything is measured.
+  const ref = reference !== undefined ? await import("./pytorch-reference.js") : undefined;
+  const python = ref?.findTorchPython();
   const { benchTrain } = await import("../../core/engine/bench.js");
-  const r = await benchTrain({ model, batchSize, seconds, ...(spec ? { spec } : {}) });
-  if (o.json) console.log(JSON.stringify(r));
+  const r = await benchTrain({ model, batchSize, seconds, threads, ...(spec ? { spec } : {}) });
+  const line = `${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params, ${r.threads} thread(s))`;
+  if (ref === undefined || python === undefined) {
+    if (o.json) console.log(JSON.stringify(r));
+    else console.log(`${line}: ${r.samplesPerSecond.toFixed(1)} samples/s`);
+    return 0;
+  }
+  const p = ref.runPytorchReference(python, { model, batchSize, threads: refThreads, seconds: seconds ?? 5 });
+  const ratio = r.samplesPerSecond / p.samplesPerSecond;
+  const loadAverage = (await import("node:os")).loadavg().map((x) => Math.round(x * 100) / 100);
+  if (o.json) console.log(JSON.stringify({ ...r, reference: { pytorch: p }, ratio, loadAverage }));
   else
     console.log(
-      `${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params): ${r.samplesPerSecond.toFixed(1)} samples/s`,
+      `${line}: ${r.samplesPerSecond.toFixed(1)} samples/s; PyTorch ${p.torch} (${p.threads} threads): ` +
+        `${p.samplesPerSecond.toFixed(1)} samples/s; ratio ${ratio.toFixed(2)}x (load average ${loadAverage.join(", ")})`,
     );
   return 0;
 }
@@ -524,6 +546,10 @@ export function buildProgram(): Command {
       `worker threads hosting the devices (0 = main thread; at most ${SIM_LIMITS.workers})`,
     )
     .option(
+      "--threads <n>",
+      `threads of each device's training (1 to ${MAX_THREADS}; default: the cores divided among the workers)`,
+    )
+    .option(
       "--samples-per-device <n>",
       `samples per simulated sensor device (at most ${SIM_LIMITS.samplesPerDevice})`,
     )
@@ -658,6 +684,12 @@ export function buildProgram(): Command {
     )
     .option("--batch-size <n>", `mini-batch size (at most ${BENCH_LIMITS.trainBatchSize})`, "10")
     .option("--seconds <s>", `measuring time (at most ${BENCH_LIMITS.seconds})`)
+    .option("--threads <n>", "threads of the wasm backend (1 to 8; default: the cores, at most 4)")
+    .option(
+      "--reference <name>",
+      "also measure the same training on PyTorch CPU (pytorch) and print the ratio",
+    )
+    .option("--reference-threads <n>", "PyTorch's threads with --reference (default 2)")
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchTrain(opts);

@@ -5,6 +5,7 @@ import { MODEL_KINDS } from "../../core/engine/model-spec";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
 import { formatOptimizer, parseOptimizer } from "../../core/engine/optimizer-config";
+import { sharedThreads } from "../../core/engine/threads";
 import { createSelector } from "../../core/selection";
 import { formatStaleness, parseStaleness } from "../../core/round/staleness";
 import { secAggParamsFor } from "../../core/round/secure-round";
@@ -44,6 +45,11 @@ export interface SimConfig {
   seed: number;
   /** Worker threads hosting the simulated devices (0 = all in the main thread). */
   workers: number;
+  /**
+   * Threads of each device's training (the wasm backend's XNNPACK pool in every thread that trains devices);
+   * unset: the cores divided among those threads (simThreads()), so they never oversubscribe the machine.
+   */
+  threads?: number;
   /** Samples per simulated sensor device. */
   samplesPerDevice: number;
   /** A round closes after this long even if some devices have not answered. */
@@ -473,4 +479,24 @@ function validateDpConfig(c: SimConfig): void {
   } catch (e) {
     fail("E_CONFIG_VALUE", `differential privacy: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * The threads of the backend in each thread that trains devices: --threads, else FLOTILLA_THREADS, else the
+ * machine's cores divided among the training threads (the workers, or the main thread with --workers 0), at most
+ * DEFAULT_MAX_THREADS. On 2 cores with the default 2 workers that is 1 (each worker already has a core).
+ */
+export function simThreads(
+  c: Pick<SimConfig, "threads" | "workers">,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): number {
+  return c.threads ?? sharedThreads(Math.max(1, c.workers), env);
+}
+
+/** The main thread's backend: the devices' threads with --workers 0; else 1 (it evaluates while workers train). */
+export function mainThreads(
+  c: Pick<SimConfig, "threads" | "workers">,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): number {
+  return c.workers === 0 ? simThreads(c, env) : 1;
 }

@@ -1,8 +1,9 @@
-import { reshape, subset, type Dataset } from "../../core/data/dataset";
+import { concat, reshape, subset, type Dataset } from "../../core/data/dataset";
 import { loadDirectory } from "../../core/data/dirloader";
 import { loadMnist } from "../../core/data/mnist";
-import { parsePartition, partition } from "../../core/data/partition";
+import { parsePartition, partitionDataset } from "../../core/data/partition";
 import { Rng } from "../../core/data/rng";
+import { checkDataTask } from "../../core/data/task";
 import { generateSensors } from "../../core/data/sensors";
 import { defaultSpec, type ModelSpec } from "../../core/engine/model-spec";
 import { fail } from "../../core/errors";
@@ -46,6 +47,7 @@ export function loadFleetData(
     test = m.test;
     devices = repartition(m.train, c);
   } else if (c.dataset.startsWith("dir:")) {
+    // The directory's schema.json, when there is one, says how its files become samples (docs/data.md).
     const all = loadDirectory(c.dataset.slice(4));
     // A fixed 20% of the rows (seeded) is held out for evaluation.
     const rng = new Rng(c.seed ^ 0x5eed);
@@ -65,26 +67,13 @@ export function loadFleetData(
   const spec = c.modelSpec ?? defaultSpec(c.model, test.inputShape, test.numClasses);
   if (c.modelSpec) checkModelFitsData(spec, test);
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
+  checkDataTask(test, spec);
   return { devices: devices.map(view), test: view(test), spec };
 }
 
 function repartition(pool: Dataset, c: Pick<SimConfig, "devices" | "partition" | "seed">): Dataset[] {
   const spec = parsePartition(c.partition === "natural" ? "iid" : c.partition);
-  return partition(pool.y, c.devices, spec, c.seed).map((idx) => subset(pool, idx));
-}
-
-function concat(parts: Dataset[]): Dataset {
-  const n = parts.reduce((a, d) => a + d.n, 0);
-  const size = parts[0].x.length / Math.max(1, parts[0].n);
-  const x = new Float32Array(n * size);
-  const y = new Int32Array(n);
-  let o = 0;
-  for (const d of parts) {
-    x.set(d.x, o * size);
-    y.set(d.y, o);
-    o += d.n;
-  }
-  return { ...parts[0], x, y, n };
+  return partitionDataset(pool, c.devices, spec, c.seed);
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {

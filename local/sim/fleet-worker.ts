@@ -7,6 +7,7 @@ import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { DeviceRuntime } from "../../core/round/device";
 import { deviceName, loadFleetData } from "./data";
+import { simThreads } from "./config";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { ToWorker, FromWorker, FleetWorkerData } from "./worker-fleet";
 
@@ -17,7 +18,7 @@ async function main(): Promise<void> {
   const keys = config.keyDir ? new FileKeyProvider(config.keyDir) : undefined;
   const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
   try {
-    await initBackend();
+    await initBackend({ threads: simThreads(config) });
     const data = loadFleetData(config);
     const model = await createModel(data.spec, config.seed, { path: config.engine ?? "auto" });
     let lastProgress = 0;

@@ -20,7 +20,7 @@ import type { JsonWebKey } from "node:crypto";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { SecureAggregationOptions, SecureRoundRecord } from "../../core/round/secure-round";
 import { deviceName } from "./data";
-import { dpOptionsOf } from "./config";
+import { dpOptionsOf, mainThreads } from "./config";
 import { DifferentialPrivacy, type DpRoundRecord } from "../../core/privacy/dp";
 import { VirtualFleet } from "../../core/fleet/virtual-fleet";
 import type { FleetTrace } from "../../core/fleet/trace";
@@ -142,7 +142,7 @@ export async function simulate(
   // --init-model warm-starts any job from a model of the same layout.
   const source = simModelSource(config);
   const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
-  await initBackend();
+  await initBackend({ threads: mainThreads(config) });
   const data = loadFleetData({ ...config, modelSpec: source?.spec });
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);

@@ -9,7 +9,7 @@ import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { DeviceRuntime, type DeviceProgress } from "../../core/round/device";
 import type { KeyProvider } from "../../core/secagg/identity";
-import type { SimConfig } from "./config";
+import { simThreads, type SimConfig } from "./config";
 import type { ModelSpec } from "../../core/engine/model-spec";
 import { deviceName, type FleetData } from "./data";
 
@@ -24,8 +24,8 @@ export type FromWorker =
   | { kind: "error"; message: string; code?: string };
 
 /**
- * The simulated fleet as a transport: devices live in worker threads (wasm is single-threaded, so threads are how
- * the simulation uses every core). Frames are posted between threads (transferred, never shared), and each request
+ * The simulated fleet as a transport: devices live in worker threads (several devices train at once; each worker's
+ * backend gets its share of the cores, config.ts simThreads, docs/threads.md). Frames are posted between threads (transferred, never shared), and each request
  * goes to the worker with the fewest requests in flight. Every worker can host every device: the data are rebuilt
  * deterministically in each worker.
  */
@@ -199,7 +199,7 @@ export async function startInProcessFleet(
   onProgress?: DeviceProgress,
   keys?: KeyProvider,
 ): Promise<MemoryTransport> {
-  await initBackend();
+  await initBackend({ threads: simThreads(config) });
   const transport = new MemoryTransport();
   const model = await createModel(data.spec, config.seed, { path: config.engine ?? "auto" });
   let queue: Promise<void> = Promise.resolve();

@@ -28,7 +28,7 @@ import {
   type RoundState,
   type SecAggRecord,
 } from "../../cloud/aggregator/src/jobs/state";
-import type { SimConfig } from "../sim/config";
+import { simThreads, type SimConfig } from "../sim/config";
 import { deviceName, loadFleetData } from "../sim/data";
 import { checkWarmStart, loadModelSource } from "../../core/export/model-dir";
 import { parseOptimizer } from "../../core/engine/optimizer-config";
@@ -64,7 +64,8 @@ export async function simulateOverIotHub(
   // --model PATH / --init-model: the job starts from those weights (uploaded next to the job, its initModel).
   const source = simModelSource(config);
   const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
-  await initBackend();
+  // The main thread evaluates; the devices train in the stack's pool (its threads: simThreads).
+  await initBackend({ threads: 1 });
   const data = loadFleetData({ ...config, modelSpec: source?.spec });
   const start = warm ? checkWarmStart(data.spec, warm, config.initModel!) : source?.weights;
   const evalModel = await createModel(data.spec, config.seed);
@@ -91,6 +92,7 @@ export async function simulateOverIotHub(
     data: data.devices,
     deviceIds,
     workers: Math.max(1, config.workers),
+    threads: simThreads({ threads: config.threads, workers: Math.max(1, config.workers) }),
     stateDir: path.join(config.out, ".stack"),
     timerIntervalMs: 250,
     // FLOTILLA_STACK_LOG=1 prints the hub's, the Function's and the devices' modules' log records on stderr (text,

@@ -88,6 +88,8 @@ export interface LocalStackOptions {
   deviceIds: string[];
   /** Worker threads for training. */
   workers: number;
+  /** Backend threads of each training worker (default: the cores divided among the workers). */
+  threads?: number;
   stateDir?: string;
   timerIntervalMs?: number;
   log?: (line: string) => void;
@@ -214,7 +216,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     ? await opts.functionsHost({ aggregator, blobEndpoint: azurite.blobEndpoint, hub, timerIntervalMs, log })
     : await startFunctionsHost(aggregator, { timerIntervalMs, log });
   hostRef.current = host;
-  const pool = new TrainPool(opts.workers);
+  const pool = new TrainPool(opts.workers, opts.threads);
   const devices: StackDevice[] = [];
   const clock = opts.fleetTrace ? new VirtualClock(opts.timeScale ?? 600) : undefined;
   const traces = opts.fleetTrace ? traceFor(opts.fleetTrace, opts.deviceIds) : undefined;

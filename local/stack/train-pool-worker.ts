@@ -1,5 +1,5 @@
 /** Worker-thread side of TrainPool: runs trainer jobs on this thread's wasm backend. */
-import { parentPort } from "node:worker_threads";
+import { parentPort, workerData } from "node:worker_threads";
 import { initBackend } from "../../core/engine/backend";
 import { InProcessTrainExecutor, type TrainJob } from "../../modules/trainer/src/executor";
 
@@ -8,7 +8,8 @@ type In = { kind: "run"; id: number; job: TrainJob } | { kind: "abort"; id: numb
 const executor = new InProcessTrainExecutor();
 const aborts = new Map<number, AbortController>();
 let queue: Promise<void> = Promise.resolve();
-const ready = initBackend();
+// The pool divides the machine's cores among its workers (TrainPool's `threads`).
+const ready = initBackend({ threads: (workerData as { threads?: number } | null)?.threads });
 
 parentPort?.on("message", (m: In) => {
   if (m.kind === "abort") {

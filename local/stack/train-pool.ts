@@ -1,6 +1,7 @@
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
 import { FlotillaError } from "../../core/errors";
+import { sharedThreads } from "../../core/engine/threads";
 import type { TrainExecutor, TrainJob, TrainOutcome } from "../../modules/trainer/src/executor";
 
 interface Pending {
@@ -17,7 +18,7 @@ type Out =
 
 /**
  * A TrainExecutor shared by every simulated trainer module of the local fleet: training runs in worker threads
- * (the wasm backend is single-threaded, so threads are how one machine trains several devices at once). Each job
+ * (several devices train at once, each worker's backend on its share of the cores: docs/threads.md). Each job
  * goes to the worker with the fewest jobs queued.
  */
 export class TrainPool implements TrainExecutor {
@@ -27,9 +28,13 @@ export class TrainPool implements TrainExecutor {
   private nextId = 1;
   private readonly spans = new Map<string, { start: number; end: number }>();
 
-  constructor(size: number) {
+  /** `threads`: each worker's backend threads (default: the cores divided among the workers, sharedThreads). */
+  constructor(size: number, threads = sharedThreads(Math.max(1, size))) {
     const script = path.join(__dirname, "train-pool-worker.js");
-    this.workers = Array.from({ length: Math.max(1, size) }, () => new Worker(script));
+    this.workers = Array.from(
+      { length: Math.max(1, size) },
+      () => new Worker(script, { workerData: { threads } }),
+    );
     this.load = this.workers.map(() => 0);
     this.workers.forEach((w, i) => {
       w.on("message", (m: Out) => this.onMessage(i, m));

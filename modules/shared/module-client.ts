@@ -1,3 +1,4 @@
+import { MAX_THREADS } from "../../core/engine/threads";
 import { readFileSync } from "node:fs";
 import { ModuleClient } from "azure-iot-device";
 import { Mqtt } from "azure-iot-device-mqtt";
@@ -62,6 +63,16 @@ export class ConfigProblems {
       return fallback;
     }
     return n;
+  }
+
+  /**
+   * FLOTILLA_THREADS, the training threads of the device's wasm backend (docs/threads.md): 1 to MAX_THREADS or
+   * "auto"; undefined (unset or "auto") = the device's cores, at most DEFAULT_MAX_THREADS.
+   */
+  threads(name = "FLOTILLA_THREADS"): number | undefined {
+    const raw = this.value(name);
+    if (raw === undefined || raw === "auto") return undefined;
+    return this.number(name, 1, 1, MAX_THREADS);
   }
 
   /** Throws E_CONFIG_MISSING / E_CONFIG_INVALID naming every problem found. */

@@ -16,6 +16,7 @@
  * where argmax is the first strictly greatest value in row-major window order (TensorFlow's rule; NaNs never
  * win). Overlapping windows accumulate. ~1.3 ms for the shape above (2×2 windows are unrolled).
  */
+import { syncHeapViews } from "../wasm-threads";
 import { backend_util, MaxPoolGrad } from "@tensorflow/tfjs";
 import type { KernelConfig, KernelFunc, MaxPoolGradAttrs, TensorInfo } from "@tensorflow/tfjs";
 import { WASM, WasmKernelArgs, requireInputs } from "./kernel-scope";
@@ -43,7 +44,9 @@ function maxPoolGrad({ inputs, backend, attrs = {} }: WasmKernelArgs): TensorInf
   const channels = inChannels;
 
   const out = backend.makeOutput(input.shape.slice(), "float32");
-  // Views are taken after makeOutput: an allocation may grow (and so detach) the wasm memory.
+  // Views are taken after makeOutput: an allocation may grow (and so detach) the wasm memory; with threads the
+  // memory is shared and a growth leaves the module's views short instead (syncHeapViews refreshes them).
+  syncHeapViews(backend.wasm);
   const dx = backend.typedArrayFromHeap(out) as Float32Array;
   const x = backend.typedArrayFromHeap(input) as Float32Array;
   const g = backend.typedArrayFromHeap(dy) as Float32Array;

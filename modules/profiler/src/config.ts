@@ -5,12 +5,16 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *
  *   FLOTILLA_DATA_DIR            directory whose file system's free space is reported   default /data
  *   FLOTILLA_BENCH_SECONDS       time budget of each training benchmark, s              default 5
+ *   FLOTILLA_THREADS             threads the benchmark trains with (1 to 8, or auto)    default auto (the cores,
+ *                                at most 4): set it as for the trainer module, whose speed it predicts
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
  */
 export interface ProfilerConfig {
   readonly dataDir: string;
   readonly benchSeconds: number;
+  /** FLOTILLA_THREADS; undefined = auto. */
+  readonly threads?: number;
   readonly connection: ConnectionConfig;
 }
 
@@ -18,7 +22,8 @@ export function loadProfilerConfig(env: Env): ProfilerConfig {
   const p = new ConfigProblems("profiler", env);
   const dataDir = p.value("FLOTILLA_DATA_DIR") ?? "/data";
   const benchSeconds = p.number("FLOTILLA_BENCH_SECONDS", 5, 0.1, 600, false);
+  const threads = p.threads();
   const connection = readConnection(p);
   p.check();
-  return { dataDir, benchSeconds, connection };
+  return { dataDir, benchSeconds, threads, connection };
 }

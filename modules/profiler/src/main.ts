@@ -15,6 +15,7 @@ export async function start(log: Logger, env: Env = process.env): Promise<Profil
     client,
     dataDir: config.dataDir,
     benchSeconds: config.benchSeconds,
+    threads: config.threads,
     log,
     closeClient: true,
   });

@@ -12,6 +12,7 @@ import { ModuleHost } from "../../shared/host";
  * twin's reported `capabilities` (docs/iothub-protocol.md):
  *
  *   samplesPerSecond      {[model]: samples/s} of LocalModel.train (core/engine/bench.ts benchTrain, synthetic data)
+ *   threads               the training threads those rates were measured with (the wasm backend's; docs/threads.md)
  *                         for the default spec of each model kind in desired `models`/`model` (default mlp), and
  *                         {[modelKey]: ...} for each job's own model spec in desired `jobModels` (the Function
  *                         writes a job's spec there once per device per job: cloud/aggregator/src/dispatch.ts)
@@ -35,6 +36,8 @@ import { ModuleHost } from "../../shared/host";
  */
 export interface Capabilities {
   readonly samplesPerSecond: Record<string, number>;
+  /** The backend threads samplesPerSecond was measured with (absent when no benchmark ran). */
+  readonly threads?: number;
   readonly memoryBytes: number;
   readonly freeMemoryBytes: number;
   readonly freeDiskBytes: number | null;
@@ -53,6 +56,8 @@ export interface ProfilerOptions {
   models?: string[];
   benchSeconds?: number;
   batchSize?: number;
+  /** Threads to measure with (default: FLOTILLA_THREADS, else the cores; docs/threads.md). */
+  threads?: number;
   /** Free disk is measured on this directory's file system (default /data, else the working directory). */
   dataDir?: string;
   bench?: BenchFn;
@@ -148,6 +153,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
 
   const measureOnce = async (): Promise<Capabilities> => {
     const samplesPerSecond: Record<string, number> = {};
+    let threads: number | undefined;
     for (const { key, spec } of modelsToBench()) {
       try {
         const r = await bench({
@@ -155,8 +161,10 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
           ...(spec ? { spec } : {}),
           batchSize: opts.batchSize ?? 32,
           seconds: benchSeconds,
+          ...(opts.threads !== undefined ? { threads: opts.threads } : {}),
         });
         samplesPerSecond[key] = Math.round(r.samplesPerSecond * 10) / 10;
+        if (r.threads !== undefined) threads = r.threads;
       } catch (e) {
         log.warn(`benchmark of ${key} failed: ${errorText(e)}`, { model: key, err: e });
       }
@@ -175,6 +183,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     const uplinkBytesPerSecond = await measureUplink();
     return {
       samplesPerSecond,
+      ...(threads !== undefined ? { threads } : {}),
       memoryBytes: os.totalmem(),
       freeMemoryBytes: os.freemem(),
       freeDiskBytes,

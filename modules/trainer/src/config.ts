@@ -5,8 +5,12 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  * The trainer module's settings, from the environment at start-up, validated at once with every missing or invalid
  * setting named (E_CONFIG_MISSING / E_CONFIG_INVALID):
  *
- *   FLOTILLA_DATA_DIR            the device's training data (see core/data/dirloader.ts)   default /data
+ *   FLOTILLA_DATA_DIR            the device's training data: CSV / JSON-lines files, and     default /data
+ *                                optionally schema.json saying how they become samples or time-series windows
+ *                                (docs/data.md; core/data/dirloader.ts), read at every round
  *   FLOTILLA_MAX_CHUNK_BYTES     body bytes per `updates` output message                   default 255,000
+ *   FLOTILLA_THREADS             threads of local training (1 to 8, or auto; docs/threads.md) default auto: the
+ *                                device's cores, at most 4. Fixed for the module's life (restart to change).
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
  *
@@ -22,6 +26,8 @@ export { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES };
 export interface TrainerConfig {
   readonly dataDir: string;
   readonly maxChunkBytes: number;
+  /** Training threads (FLOTILLA_THREADS); undefined = auto. */
+  readonly threads?: number;
   readonly connection: ConnectionConfig;
 }
 
@@ -29,7 +35,8 @@ export function loadTrainerConfig(env: Env): TrainerConfig {
   const p = new ConfigProblems("trainer", env);
   const dataDir = p.value("FLOTILLA_DATA_DIR") ?? DEFAULT_DATA_DIR;
   const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
+  const threads = p.threads();
   const connection = readConnection(p);
   p.check();
-  return { dataDir, maxChunkBytes, connection };
+  return { dataDir, maxChunkBytes, threads, connection };
 }

@@ -1,5 +1,6 @@
 import { loadDirectory } from "../../../core/data/dirloader";
 import { sampleSize, type Dataset } from "../../../core/data/dataset";
+import { checkDataTask } from "../../../core/data/task";
 import { createModel } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import type { LocalModel, TrainOptions } from "../../../core/engine/types";
@@ -55,7 +56,10 @@ export interface TrainExecutor {
   ): Promise<TrainOutcome>;
 }
 
-/** Loads the job's data and checks it fits the model: E_DATA_* on any problem. */
+/**
+ * Loads the job's data (a directory: with its schema.json when there is one, docs/data.md) and checks it fits the
+ * model: E_DATA_* on any problem.
+ */
 export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
   const data = ref.kind === "dir" ? loadDirectory(ref.dir, { inputShape: spec.inputShape }) : ref.dataset;
   if (data.n === 0) fail("E_DATA_NOT_FOUND", "the local dataset has no samples");
@@ -86,6 +90,7 @@ export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
       }
     }
   }
+  checkDataTask(data, spec);
   return data;
 }
 

@@ -3,6 +3,7 @@ import { runModule } from "../../shared/host";
 import type { Logger } from "../../../core/log";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 import { loadTrainerConfig } from "./config";
+import { backendThreads, initBackend } from "../../../core/engine/backend";
 import { startTrainer, type TrainerHandle } from "./trainer";
 
 export { loadTrainerConfig, type TrainerConfig } from "./config";
@@ -14,8 +15,13 @@ export { parseRoundOrder, type RoundOrder } from "./round";
 /** Container entry: configuration from the environment (validated, naming what is missing); the module owns its client. */
 export async function start(log: Logger, env: Env = process.env): Promise<TrainerHandle> {
   const config = loadTrainerConfig(env);
+  // The backend's thread pool is fixed for the process: started here, before any model, with FLOTILLA_THREADS.
+  await initBackend({ threads: config.threads });
   const client = await createModuleClient(config.connection);
-  log.info(`data in ${config.dataDir}`, { dataDir: config.dataDir });
+  log.info(`data in ${config.dataDir}; training on ${backendThreads()} thread(s)`, {
+    dataDir: config.dataDir,
+    threads: backendThreads(),
+  });
   return startTrainer({
     client,
     deviceId: config.connection.deviceId,

@@ -530,6 +530,16 @@ test("BN policy local (FedBN): BN stays on the device, uploads carry the global 
   const fresh = new GenericModel(spec, global2);
   assert.notDeepEqual(m.predict(ds.x, ds.n), fresh.predict(ds.x, ds.n));
   assert.deepEqual(m.getWeights(), global2);
+  // A new model per round (as the trainer builds them) carries the device's BN through localState.
+  const state = m.localState();
+  assert.ok(state !== null);
+  const next = new GenericModel(spec, initialWeights(spec, 1));
+  assert.equal(next.localState(), null);
+  next.restoreLocalState(state);
+  next.setWeights(global2);
+  assert.deepEqual(next.predict(ds.x, ds.n), m.predict(ds.x, ds.n));
+  assert.deepEqual(next.getWeights(), global2);
+  next.dispose();
   m.dispose();
   fresh.dispose();
   // Default "aggregate": the BN values travel.

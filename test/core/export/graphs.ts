@@ -173,6 +173,14 @@ export const LAYER_GRAPHS: GraphSpec[] = [
   graph([7, 3], [{ name: "r", type: "GRU", units: 5 }]),
   graph(
     [7, 3],
+    [{ name: "l", type: "LSTM", units: 4, activation: "linear", recurrentActivation: "hard_sigmoid" }],
+  ),
+  graph(
+    [7, 3],
+    [{ name: "r", type: "GRU", units: 4, activation: "elu", recurrentActivation: "hard_sigmoid" }],
+  ),
+  graph(
+    [7, 3],
     [
       { name: "l", type: "LSTM", units: 5, returnSequences: true },
       { name: "d", type: "Dense", units: 3, activation: "softmax" },

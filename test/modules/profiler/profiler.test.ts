@@ -49,6 +49,7 @@ test(
     const profiler = await startProfiler({
       client: client as never,
       benchSeconds: 0.2,
+      threads: 1,
       dataDir: os.tmpdir(),
       minuteMs: 150,
       closeClient: true,
@@ -70,10 +71,14 @@ test(
       ["mlp"],
     );
     assert.equal(benches[0].seconds, 0.2);
+    // The thread count is passed to the benchmark and reported with the rates it measured.
+    assert.equal(benches[0].threads, 1);
+    assert.equal(first.threads, 1);
     const twin = (await registry.getModuleTwin("edge-1", "profiler")).responseBody;
     const reported = twin.properties.reported.capabilities as Capabilities;
     assert.deepEqual(reported.samplesPerSecond, first.samplesPerSecond);
     assert.equal(reported.measuredAt, first.measuredAt);
+    assert.equal(reported.threads, 1);
 
     // The `profile` method re-measures and answers with the capabilities.
     const r = await service.invokeDeviceMethod("edge-1", "profiler", {
