@@ -19,16 +19,27 @@
  * - BatchNormalization policy "local" (FedBN, Li et al. 2021): see setWeights/getWeights below.
  */
 import * as tf from "@tensorflow/tfjs";
+import { PARALLEL_MIN_FLOPS, parallelIf } from "./backend";
 import { FlotillaError, fail } from "../errors";
 import type { Dataset } from "../data/dataset";
 import { Rng } from "../data/rng";
 import { makeLayout, type WeightLayout } from "../tensor/layout";
-import { analyzeGraph, bnLocalStart, bnMask, withBnFrom, type GraphInfo, type LayerInfo } from "./graph";
+import {
+  analyzeGraph,
+  bnLocalStart,
+  graphMacs,
+  bnMask,
+  withBnFrom,
+  type GraphInfo,
+  type LayerInfo,
+} from "./graph";
 import { INPUT_NODE, type ActivationName, type GraphSpec, type OptimizerConfig } from "./graph-spec";
 import { anomalyAccuracy, rocAuc, scoreLogits } from "./metrics";
 import { FUSED_ACTIVATIONS, gruSequence, lstmSequence } from "./recurrent";
 import type { EvalSummary, LocalModel, TrainOptions, TrainSummary } from "./types";
 
+/** A training step of at least this many FLOP runs its kernels on the XNNPACK pool (threads > 1). */
+const STEP_POOL_FLOPS = 50e6;
 const EVAL_BATCH = 256;
 const YIELD_MS = 50;
 
@@ -638,6 +649,8 @@ export class GenericModel implements LocalModel {
   readonly layout: WeightLayout;
   readonly numParams: number;
   private readonly info: GraphInfo;
+  /** Forward multiply-accumulates per sample (graphMacs): picks the thread pool or this thread per step. */
+  private readonly macs: number;
   private readonly model: tf.LayersModel;
   private readonly slots: Slot[];
   private readonly mask: boolean[];
@@ -660,6 +673,7 @@ export class GenericModel implements LocalModel {
   constructor(spec: GraphSpec, weights: Float32Array, opts: { fusedRecurrent?: boolean } = {}) {
     this.fusedRecurrent = opts.fusedRecurrent ?? true;
     this.info = analyzeGraph(spec);
+    this.macs = graphMacs(this.info);
     this.spec = this.info.spec;
     this.layout = makeLayout(this.info.tensors);
     this.numParams = this.layout.totalSize;
@@ -948,59 +962,63 @@ export class GenericModel implements LocalModel {
           const b = to - from;
           steps++;
           const t = steps;
-          tf.tidy(() => {
-            const x = this.input(data, order, from, to);
-            const target = this.target(data, order, from, to, x);
-            // variableGrads runs f in a tidy of its own: the output is kept for the epoch's accuracy, then freed.
-            let kept: tf.Tensor | null = null;
-            const { value, grads } = tf.variableGrads(() => {
-              const out = this.model.apply(x, { training: true }) as tf.Tensor;
-              if (lastEpoch && classifier) kept = tf.keep(out);
-              return this.loss(out, target);
-            }, vars);
-            const z = kept as tf.Tensor | null;
-            vars.forEach((v, i) => {
-              let g = grads[v.name];
-              if (anchor) g = tf.add(g, tf.mul(tf.sub(v, anchor[i]), mu));
-              let step: tf.Tensor;
-              if (opt.name === "sgd") step = tf.mul(g, lr);
-              else if (opt.name === "momentum") {
-                const beta = opt.momentum ?? 0.9;
-                const m = tf.add(tf.mul(state1![i], beta), g);
-                tf.dispose(state1![i]);
-                state1![i] = tf.keep(m);
-                step = tf.mul(opt.nesterov ? tf.add(g, tf.mul(m, beta)) : m, lr);
-              } else {
-                const b1 = opt.beta1 ?? 0.9;
-                const b2 = opt.beta2 ?? 0.999;
-                const eps = opt.epsilon ?? 1e-7;
-                const m = tf.add(tf.mul(state1![i], b1), tf.mul(g, 1 - b1));
-                const v2 = tf.add(tf.mul(state2![i], b2), tf.mul(tf.square(g), 1 - b2));
-                tf.dispose([state1![i], state2![i]]);
-                state1![i] = tf.keep(m);
-                state2![i] = tf.keep(v2);
-                const lrT = (lr * Math.sqrt(1 - Math.pow(b2, t))) / (1 - Math.pow(b1, t));
-                step = tf.mul(tf.div(m, tf.add(tf.sqrt(v2), eps)), lrT);
+          // A step of a small model (e.g. a sensor LSTM) runs faster on this thread than woken pool threads;
+          // a large one (the McMahan cnn) uses the pool for every kernel. Forward + backward ≈ 3 × 2 FLOP/MAC.
+          parallelIf(6 * this.macs * b >= STEP_POOL_FLOPS ? PARALLEL_MIN_FLOPS : 0, () =>
+            tf.tidy(() => {
+              const x = this.input(data, order, from, to);
+              const target = this.target(data, order, from, to, x);
+              // variableGrads runs f in a tidy of its own: the output is kept for the epoch's accuracy, then freed.
+              let kept: tf.Tensor | null = null;
+              const { value, grads } = tf.variableGrads(() => {
+                const out = this.model.apply(x, { training: true }) as tf.Tensor;
+                if (lastEpoch && classifier) kept = tf.keep(out);
+                return this.loss(out, target);
+              }, vars);
+              const z = kept as tf.Tensor | null;
+              vars.forEach((v, i) => {
+                let g = grads[v.name];
+                if (anchor) g = tf.add(g, tf.mul(tf.sub(v, anchor[i]), mu));
+                let step: tf.Tensor;
+                if (opt.name === "sgd") step = tf.mul(g, lr);
+                else if (opt.name === "momentum") {
+                  const beta = opt.momentum ?? 0.9;
+                  const m = tf.add(tf.mul(state1![i], beta), g);
+                  tf.dispose(state1![i]);
+                  state1![i] = tf.keep(m);
+                  step = tf.mul(opt.nesterov ? tf.add(g, tf.mul(m, beta)) : m, lr);
+                } else {
+                  const b1 = opt.beta1 ?? 0.9;
+                  const b2 = opt.beta2 ?? 0.999;
+                  const eps = opt.epsilon ?? 1e-7;
+                  const m = tf.add(tf.mul(state1![i], b1), tf.mul(g, 1 - b1));
+                  const v2 = tf.add(tf.mul(state2![i], b2), tf.mul(tf.square(g), 1 - b2));
+                  tf.dispose([state1![i], state2![i]]);
+                  state1![i] = tf.keep(m);
+                  state2![i] = tf.keep(v2);
+                  const lrT = (lr * Math.sqrt(1 - Math.pow(b2, t))) / (1 - Math.pow(b1, t));
+                  step = tf.mul(tf.div(m, tf.add(tf.sqrt(v2), eps)), lrT);
+                }
+                v.assign(tf.sub(v, step));
+              });
+              if (lastEpoch) {
+                const nextLoss = tf.add(lossSum, tf.mul(value, b));
+                tf.dispose(lossSum);
+                lossSum = tf.keep(nextLoss);
+                if (z !== null) {
+                  const zt = z;
+                  const hits =
+                    this.spec.task === "classification"
+                      ? tf.sum(tf.cast(tf.equal(tf.argMax(zt, 1), tf.argMax(target, 1)), "float32"))
+                      : tf.sum(tf.cast(tf.equal(tf.cast(tf.greater(zt, 0), "float32"), target), "float32"));
+                  const next = tf.add(correctSum, hits);
+                  tf.dispose(correctSum);
+                  correctSum = tf.keep(next);
+                  z.dispose();
+                }
               }
-              v.assign(tf.sub(v, step));
-            });
-            if (lastEpoch) {
-              const nextLoss = tf.add(lossSum, tf.mul(value, b));
-              tf.dispose(lossSum);
-              lossSum = tf.keep(nextLoss);
-              if (z !== null) {
-                const zt = z;
-                const hits =
-                  this.spec.task === "classification"
-                    ? tf.sum(tf.cast(tf.equal(tf.argMax(zt, 1), tf.argMax(target, 1)), "float32"))
-                    : tf.sum(tf.cast(tf.equal(tf.cast(tf.greater(zt, 0), "float32"), target), "float32"));
-                const next = tf.add(correctSum, hits);
-                tf.dispose(correctSum);
-                correctSum = tf.keep(next);
-                z.dispose();
-              }
-            }
-          });
+            }),
+          );
           if (lastEpoch) lastEpochSamples += b;
           done += b;
           opts.onProgress?.(done, total);

@@ -934,3 +934,45 @@ function pool2(
 export function isPresetKind(kind: unknown): kind is ModelKind {
   return kind === "mlp" || kind === "cnn" || kind === "cnn1d" || kind === "autoencoder";
 }
+
+/**
+ * Multiply-accumulates of one sample's forward pass through the graph's weighted layers (dense, convolutions,
+ * recurrent cells); pooling, normalisation and element-wise work are left out. The generic path uses it to decide
+ * whether a training step is large enough to gain from the XNNPACK thread pool (docs/threads.md).
+ */
+export function graphMacs(info: GraphInfo): number {
+  let macs = 0;
+  const positions = (s: readonly number[]) => s.slice(0, -1).reduce((a, b) => a * b, 1);
+  for (const li of info.layers) {
+    const l = li.layer;
+    const inShape = li.inShapes[0] ?? [];
+    const cin = inShape[inShape.length - 1] ?? 0;
+    const at = positions(li.outShape);
+    switch (l.type) {
+      case "Dense":
+        macs += cin * l.units * at;
+        break;
+      case "Conv1D":
+        macs += l.kernelSize * cin * l.filters * at;
+        break;
+      case "Conv2D":
+        macs += l.kernelSize[0] * l.kernelSize[1] * cin * l.filters * at;
+        break;
+      case "DepthwiseConv2D":
+        macs += l.kernelSize[0] * l.kernelSize[1] * cin * (l.depthMultiplier ?? 1) * at;
+        break;
+      case "SeparableConv2D": {
+        const mid = cin * (l.depthMultiplier ?? 1);
+        macs += (l.kernelSize[0] * l.kernelSize[1] * mid + mid * l.filters) * at;
+        break;
+      }
+      case "LSTM":
+      case "GRU":
+        macs += (l.type === "LSTM" ? 4 : 3) * l.units * (cin + l.units) * (inShape[0] ?? 1);
+        break;
+      default:
+        break;
+    }
+  }
+  return macs;
+}

@@ -41,9 +41,14 @@ interface SecAggSessionState {
   readonly metrics: { loss: number; accuracy: number; trainMs: number };
 }
 
+/** First word of a device state that carries local BN weights (see DeviceRuntime.exportState). */
+const BN_STATE_MARK = 0xffffffff;
+
 export class DeviceRuntime {
   /** Error-feedback residuals by job (uplink sparsification). */
   private readonly residuals = new MemoryResidualStore();
+  /** BN policy "local": this device's weights after its last round (only its BN entries are used). */
+  private bnLocal: Float32Array | null = null;
   /** Secure-aggregation rounds in progress, by `jobId/round` (in memory only: a restarted device drops out). */
   private readonly secagg = new Map<string, SecAggSessionState>();
   /** Differential-privacy noise (OS CSPRNG). */
@@ -59,14 +64,40 @@ export class DeviceRuntime {
   ) {}
 
   /**
-   * The device's carried state (its error-feedback residuals) as bytes, so a simulator can move a device between
-   * worker threads; `importState` restores it. Undefined when there is none.
+   * The device's carried state as bytes, so a simulator can move a device between worker threads; `importState`
+   * restores it. Undefined when there is none. It holds the error-feedback residuals (uplink sparsification) and,
+   * for a model under BN policy "local" (FedBN, graph-spec.ts), the device's own BatchNormalization weights:
+   * `u32 0xffffffff, u32 residual bytes, residuals, float32 weights` (a residual record never starts with that
+   * word: it is an id length).
    */
   exportState(): Uint8Array | undefined {
-    return this.residuals.toBytes();
+    const residuals = this.residuals.toBytes();
+    if (!this.bnLocal) return residuals;
+    const r = residuals ?? new Uint8Array(0);
+    const head = Buffer.alloc(8);
+    head.writeUInt32LE(BN_STATE_MARK, 0);
+    head.writeUInt32LE(r.length, 4);
+    const bn = new Uint8Array(this.bnLocal.buffer, this.bnLocal.byteOffset, this.bnLocal.byteLength);
+    return Buffer.concat([head, r, bn]);
   }
 
   importState(state: Uint8Array | undefined): void {
+    this.bnLocal = null;
+    if (state && state.length >= 8) {
+      const b = Buffer.from(state.buffer, state.byteOffset, state.byteLength);
+      if (b.readUInt32LE(0) === BN_STATE_MARK) {
+        const rLen = b.readUInt32LE(4);
+        const bnBytes = b.subarray(8 + rLen);
+        if (bnBytes.length !== this.model.numParams * 4) {
+          throw new FlotillaError("E_MODEL_LAYOUT", "the device's local BN state does not fit its model");
+        }
+        this.bnLocal = new Float32Array(
+          bnBytes.buffer.slice(bnBytes.byteOffset, bnBytes.byteOffset + bnBytes.length),
+        );
+        this.residuals.fromBytes(rLen > 0 ? b.subarray(8, 8 + rLen) : undefined, this.model.numParams);
+        return;
+      }
+    }
     this.residuals.fromBytes(state, this.model.numParams);
   }
 
@@ -125,6 +156,9 @@ export class DeviceRuntime {
         ? carried
         : decodeTensor(carried.bytes, { layoutHash: this.model.layout.hash, length: this.model.numParams });
     this.model.setWeights(global);
+    // BN policy "local" (FedBN): this device's own BN weights over the global model's; a device that has not
+    // trained yet starts from the global ones (the model may be shared by several simulated devices).
+    this.model.restoreLocalState?.(this.bnLocal ?? global);
     const summary = await this.model.train(this.data, {
       epochs: req.config.epochs,
       batchSize: req.config.batchSize,
@@ -136,6 +170,7 @@ export class DeviceRuntime {
     });
     // The update pipeline (core/round/update-pipeline.ts): delta, then differential privacy (clip and noise before
     // anything leaves the device), then the uplink codec.
+    this.bnLocal = this.model.localState?.() ?? null;
     const delta = takeDelta(this.model.getWeights(), global);
     const dp = privatizeDelta(delta, req.dp, this.noise);
     if (req.secagg) return this.advertise(req, delta, summary, dp?.clipBit);

@@ -315,12 +315,17 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
   if (reference !== undefined && !["mlp", "cnn"].includes(model))
     fail("E_CONFIG_BENCH", `--reference pytorch has the mlp and cnn models only, got '${model}'`);
   const refThreads = parseThreads(o.referenceThreads ?? "2", "--reference-threads") ?? 2;
+  const engine = (o.engine as string | undefined) ?? "auto";
+  if (engine !== "auto" && engine !== "fast" && engine !== "generic")
+    fail("E_CONFIG_BENCH", `--engine must be auto, fast or generic, got '${engine}'`);
   // PyTorch's absence is one line before anything is measured.
   const ref = reference !== undefined ? await import("./pytorch-reference.js") : undefined;
   const python = ref?.findTorchPython();
   const { benchTrain } = await import("../../core/engine/bench.js");
-  const r = await benchTrain({ model, batchSize, seconds, threads, ...(spec ? { spec } : {}) });
-  const line = `${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params, ${r.threads} thread(s))`;
+  const r = await benchTrain({ model, batchSize, seconds, threads, path: engine, ...(spec ? { spec } : {}) });
+  const line =
+    `${r.model} B=${r.batchSize} (${r.params.toLocaleString("en-US")} params, ${r.threads} thread(s), ` +
+    `${r.path ?? "fast"} path)`;
   if (ref === undefined || python === undefined) {
     if (o.json) console.log(JSON.stringify(r));
     else console.log(`${line}: ${r.samplesPerSecond.toFixed(1)} samples/s`);
@@ -690,6 +695,10 @@ export function buildProgram(): Command {
       "also measure the same training on PyTorch CPU (pytorch) and print the ratio",
     )
     .option("--reference-threads <n>", "PyTorch's threads with --reference (default 2)")
+    .option(
+      "--engine <path>",
+      "training path: auto (default: what training picks) | fast (presets and graphs of them) | generic (autograd)",
+    )
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchTrain(opts);

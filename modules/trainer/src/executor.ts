@@ -101,6 +101,12 @@ export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
  * (checked before every batch) through a thin wrapper around the model.
  */
 export class InProcessTrainExecutor implements TrainExecutor {
+  /**
+   * Each job's device state between rounds (DeviceRuntime.exportState): under BN policy "local" (FedBN) the
+   * device's own BatchNormalization weights. Held in memory: a restarted module starts its BN from the global model.
+   */
+  private readonly states = new Map<string, Uint8Array>();
+
   async run(
     job: TrainJob,
     signal: AbortSignal,
@@ -124,7 +130,10 @@ export class InProcessTrainExecutor implements TrainExecutor {
         weights: job.weights,
         ...(job.dp ? { dp: job.dp } : {}),
       });
+      runtime.importState(this.states.get(job.jobId));
       const answer = decodeMessage(await runtime.handle(frame));
+      const state = runtime.exportState();
+      if (state) this.states.set(job.jobId, state);
       if (answer.type === "failure") throw new FlotillaError(answer.code, answer.reason);
       if (answer.type !== "result")
         throw new FlotillaError("E_DEVICE_INTERNAL", `unexpected '${answer.type}'`);
@@ -158,6 +167,10 @@ function withAbort(model: LocalModel, signal: AbortSignal): LocalModel {
     setWeights: (w) => model.setWeights(w),
     train: (data, opts: TrainOptions) => model.train(data, { ...opts, abortSignal: signal }),
     evaluate: (data, batchSize) => model.evaluate(data, batchSize),
+    ...(model.localState ? { localState: () => model.localState?.() ?? null } : {}),
+    ...(model.restoreLocalState
+      ? { restoreLocalState: (w: Float32Array) => model.restoreLocalState?.(w) }
+      : {}),
     dispose: () => model.dispose(),
   };
 }
