@@ -23,6 +23,8 @@ export interface InferenceReport {
   readonly precision: InferencePrecision;
   /** Accuracy of the global model on this device's local data (classifiers; anomaly accuracy for autoencoders). */
   readonly accuracy: number;
+  /** Mean absolute error (regression graphs), when the model has one. */
+  readonly mae?: number;
   readonly n: number;
   readonly msPerSample: number;
   readonly updatedAt: string;
@@ -105,6 +107,7 @@ export class TrainerInference {
       modelRound: l.modelRound,
       precision: this.precision,
       accuracy: r.accuracy,
+      ...(r.mae !== undefined && Number.isFinite(r.mae) ? { mae: r.mae } : {}),
       n: r.n,
       msPerSample: r.n > 0 ? ms / r.n : 0,
       updatedAt: new Date().toISOString(),

@@ -5,6 +5,7 @@
 import { test } from "@jest/globals";
 import * as assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { makeDataset } from "../../../core/data/dataset";
 import type { GraphSpec } from "../../../core/engine/graph-spec";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { initialWeights } from "../../../core/engine/plan";
@@ -82,4 +83,29 @@ test("predict: binary graphs answer p > 0.5 as the class, regressions their pred
   await ir.close();
   assert.equal(rr.classes, undefined);
   assert.equal((rr.outputs as number[][])[0].length, 2);
+});
+
+test("the inference report of a regression graph carries its MAE on the local data", async () => {
+  const regression: GraphSpec = {
+    ...base,
+    layers: [{ name: "r", type: "Dense", units: 2 }],
+    loss: "mse",
+    task: "regression",
+    numClasses: 2,
+  };
+  const inf = await loaded(regression);
+  const x = new Float32Array([1, 2, 3, 4, 0, 1, 0, 1]);
+  const data = {
+    ...makeDataset(x, new Int32Array(2), [4], 2),
+    targets: new Float32Array([0.5, -1, 2, 0]),
+    targetSize: 2,
+  };
+  const report = await inf.evaluate(data);
+  await inf.close();
+  assert.ok(report, "a loaded model reports");
+  assert.equal(report.n, 2);
+  assert.ok(
+    report.mae !== undefined && Number.isFinite(report.mae) && report.mae > 0,
+    JSON.stringify(report),
+  );
 });
