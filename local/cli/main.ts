@@ -319,7 +319,7 @@ async function runBenchTrain(o: RawOptions): Promise<number> {
   if (engine !== "auto" && engine !== "fast" && engine !== "generic")
     fail("E_CONFIG_BENCH", `--engine must be auto, fast or generic, got '${engine}'`);
   // PyTorch's absence is one line before anything is measured.
-  const ref = reference !== undefined ? await import("./pytorch-reference.js") : undefined;
+  const ref = reference !== undefined ? await import("../../core/engine/bench-reference.js") : undefined;
   const python = ref?.findTorchPython();
   const { benchTrain } = await import("../../core/engine/bench.js");
   const r = await benchTrain({ model, batchSize, seconds, threads, path: engine, ...(spec ? { spec } : {}) });

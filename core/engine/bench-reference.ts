@@ -1,5 +1,5 @@
 /**
- * `flotilla bench train --reference pytorch`: runs scripts/bench-pytorch.py (the same model, SGD, batch size,
+ * `flotilla bench train --reference pytorch` and `npm run bench`: runs scripts/bench-pytorch.py (the same model, SGD, batch size,
  * synthetic data and median-of-repetitions method as core/engine/bench.ts) right after Flotilla's own measurement,
  * so both rates come from one run on one machine. PyTorch is optional: without it the command fails with one
  * E_BENCH_REFERENCE line before measuring anything.
@@ -7,7 +7,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { fail } from "../../core/errors";
+import { fail } from "../errors";
 
 export interface PytorchResult {
   readonly model: string;
