@@ -11,6 +11,8 @@ module.exports = {
   testMatch: ["**/*.test.js"],
   // Jest's node environment in the main realm: see jest.environment.js.
   testEnvironment: "<rootDir>/jest.environment.js",
+  // Writes the generated Keras fixtures (test/fixtures/keras/mnist-cnn/weights.bin is not tracked).
+  globalSetup: "<rootDir>/jest.global-setup.js",
   transform: {},
   maxWorkers: 2,
   // A fresh worker process for every test file (0: always restart), as `node --test` ran each file in a process of

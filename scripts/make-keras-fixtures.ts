@@ -197,24 +197,43 @@ export function keras3Weights(modelJson: {
   return out;
 }
 
-async function main(): Promise<void> {
-  const out = path.resolve(process.argv[2] ?? path.join("test", "fixtures", "keras"));
-  await tf.setBackend("cpu");
+/**
+ * Writes the fixtures named in `only` (default all) into `out`. Each fixture's seed is its place in the list, so a
+ * subset is written exactly as the whole run writes it.
+ */
+export async function writeFixtures(out: string, only?: readonly string[]): Promise<void> {
+  tf.env().set("PROD", true); // no "install tfjs-node" banner
+  if (tf.getBackend() !== "cpu") await tf.setBackend("cpu");
   let seed = 1;
   for (const [name, build] of Object.entries(fixtureModels())) {
+    const s = seed++;
+    if (only && !only.includes(name)) continue;
     const model = build();
-    seedWeights(model, seed++);
+    seedWeights(model, s);
     await saveLayersModel(model, path.join(out, name));
     process.stdout.write(`${name}: ${model.countParams()} parameters\n`);
     model.dispose();
   }
   const k3 = path.join(out, "keras3", "model.json");
-  if (fs.existsSync(k3)) {
+  if ((!only || only.includes("keras3")) && fs.existsSync(k3)) {
     const json = JSON.parse(fs.readFileSync(k3, "utf8")) as Parameters<typeof keras3Weights>[0];
     const w = keras3Weights(json);
     fs.writeFileSync(path.join(out, "keras3", json.weightsManifest[0].paths[0]), new Uint8Array(w.buffer));
     process.stdout.write(`keras3: ${w.length} parameters\n`);
   }
+}
+
+/** Fixtures too large to keep in git (6.5 MB of weights): written on first use, e.g. by the test suite's setup. */
+export const GENERATED_FIXTURES = ["mnist-cnn"] as const;
+
+/** Writes the generated fixtures that are missing from `out` (their weights.bin is not tracked). */
+export async function ensureGeneratedFixtures(out: string): Promise<void> {
+  const missing = GENERATED_FIXTURES.filter((n) => !fs.existsSync(path.join(out, n, "weights.bin")));
+  if (missing.length > 0) await writeFixtures(out, missing);
+}
+
+async function main(): Promise<void> {
+  await writeFixtures(path.resolve(process.argv[2] ?? path.join("test", "fixtures", "keras")));
 }
 
 if (require.main === module) {

@@ -216,7 +216,7 @@ export async function train(
     optimizer: tf.train.adam(0.01),
     loss: binary ? "binaryCrossentropy" : "categoricalCrossentropy",
   });
-  await ref.model.fit(xs, ys, { epochs, batchSize: 32, shuffle: false, verbose: 0 });
+  await ref.model.fit.call(ref.model, xs, ys, { epochs, batchSize: 32, shuffle: false, verbose: 0 });
   xs.dispose();
   ys.dispose();
   return currentWeights(ref, graph);
