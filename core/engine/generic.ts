@@ -20,7 +20,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { PARALLEL_MIN_FLOPS, parallelIf } from "./backend";
-import { FlotillaError, fail } from "../errors";
+import { forEachBatch } from "./batches";
+import { fail } from "../errors";
 import type { Dataset } from "../data/dataset";
 import { Rng } from "../data/rng";
 import { makeLayout, type WeightLayout } from "../tensor/layout";
@@ -41,7 +42,6 @@ import type { EvalSummary, LocalModel, TrainOptions, TrainSummary } from "./type
 /** A training step of at least this many FLOP runs its kernels on the XNNPACK pool (threads > 1). */
 const STEP_POOL_FLOPS = 50e6;
 const EVAL_BATCH = 256;
-const YIELD_MS = 50;
 
 type TfActivation =
   | "linear"
@@ -927,15 +927,10 @@ export class GenericModel implements LocalModel {
   private async runTraining(data: Dataset, opts: TrainOptions): Promise<TrainSummary> {
     const t0 = performance.now();
     const n = data.n;
-    const bs = opts.batchSize;
-    const total = n * opts.epochs;
     const mu = opts.mu ?? 0;
     const lr = opts.lr;
-    const rng = new Rng(opts.seed);
     // Dropout masks: a generator of their own, seeded from the round's seed (independent of the shuffles).
     this.dropout.rng = new Rng((opts.seed ^ 0x5bd1e995) >>> 0);
-    const order = new Int32Array(n);
-    for (let i = 0; i < n; i++) order[i] = i;
     const trainable = this.slots.filter((s) => s.trainable);
     const vars = trainable.map((s) => s.variable);
     const opt = opts.optimizer ?? { name: "sgd" };
@@ -947,94 +942,76 @@ export class GenericModel implements LocalModel {
     const classifier = this.spec.task === "classification" || this.spec.task === "binary";
     let lossSum: tf.Tensor = tf.scalar(0);
     let correctSum: tf.Tensor = tf.scalar(0);
-    let steps = 0;
-    let done = 0;
     let lastEpochSamples = 0;
-    let lastYield = performance.now();
-    const signal = opts.abortSignal;
     try {
-      for (let epoch = 0; epoch < opts.epochs; epoch++) {
-        rng.shuffle(order);
-        const lastEpoch = epoch === opts.epochs - 1;
-        for (let from = 0; from < n; from += bs) {
-          if (signal?.aborted) throw new FlotillaError("E_ABORTED", "training was aborted");
-          const to = Math.min(from + bs, n);
-          const b = to - from;
-          steps++;
-          const t = steps;
-          // A step of a small model (e.g. a sensor LSTM) runs faster on this thread than woken pool threads;
-          // a large one (the McMahan cnn) uses the pool for every kernel. Forward + backward ≈ 3 × 2 FLOP/MAC.
-          parallelIf(6 * this.macs * b >= STEP_POOL_FLOPS ? PARALLEL_MIN_FLOPS : 0, () =>
-            tf.tidy(() => {
-              const x = this.input(data, order, from, to);
-              const target = this.target(data, order, from, to, x);
-              // variableGrads runs f in a tidy of its own: the output is kept for the epoch's accuracy, then freed.
-              let kept: tf.Tensor | null = null;
-              const { value, grads } = tf.variableGrads(() => {
-                const out = this.model.apply(x, { training: true }) as tf.Tensor;
-                if (lastEpoch && classifier) kept = tf.keep(out);
-                return this.loss(out, target);
-              }, vars);
-              const z = kept as tf.Tensor | null;
-              vars.forEach((v, i) => {
-                let g = grads[v.name];
-                if (anchor) g = tf.add(g, tf.mul(tf.sub(v, anchor[i]), mu));
-                let step: tf.Tensor;
-                if (opt.name === "sgd") step = tf.mul(g, lr);
-                else if (opt.name === "momentum") {
-                  const beta = opt.momentum ?? 0.9;
-                  const m = tf.add(tf.mul(state1![i], beta), g);
-                  tf.dispose(state1![i]);
-                  state1![i] = tf.keep(m);
-                  step = tf.mul(opt.nesterov ? tf.add(g, tf.mul(m, beta)) : m, lr);
-                } else {
-                  const b1 = opt.beta1 ?? 0.9;
-                  const b2 = opt.beta2 ?? 0.999;
-                  const eps = opt.epsilon ?? 1e-7;
-                  const m = tf.add(tf.mul(state1![i], b1), tf.mul(g, 1 - b1));
-                  const v2 = tf.add(tf.mul(state2![i], b2), tf.mul(tf.square(g), 1 - b2));
-                  tf.dispose([state1![i], state2![i]]);
-                  state1![i] = tf.keep(m);
-                  state2![i] = tf.keep(v2);
-                  const lrT = (lr * Math.sqrt(1 - Math.pow(b2, t))) / (1 - Math.pow(b1, t));
-                  step = tf.mul(tf.div(m, tf.add(tf.sqrt(v2), eps)), lrT);
-                }
-                v.assign(tf.sub(v, step));
-              });
-              if (lastEpoch) {
-                const nextLoss = tf.add(lossSum, tf.mul(value, b));
-                tf.dispose(lossSum);
-                lossSum = tf.keep(nextLoss);
-                if (z !== null) {
-                  const zt = z;
-                  const hits =
-                    this.spec.task === "classification"
-                      ? tf.sum(tf.cast(tf.equal(tf.argMax(zt, 1), tf.argMax(target, 1)), "float32"))
-                      : tf.sum(tf.cast(tf.equal(tf.cast(tf.greater(zt, 0), "float32"), target), "float32"));
-                  const next = tf.add(correctSum, hits);
-                  tf.dispose(correctSum);
-                  correctSum = tf.keep(next);
-                  z.dispose();
-                }
+      const { steps, samples } = await forEachBatch(n, opts, (order, from, to, lastEpoch, t) => {
+        const b = to - from;
+        // A step of a small model (e.g. a sensor LSTM) runs faster on this thread than woken pool threads;
+        // a large one (the McMahan cnn) uses the pool for every kernel. Forward + backward ≈ 3 × 2 FLOP/MAC.
+        parallelIf(6 * this.macs * b >= STEP_POOL_FLOPS ? PARALLEL_MIN_FLOPS : 0, () =>
+          tf.tidy(() => {
+            const x = this.input(data, order, from, to);
+            const target = this.target(data, order, from, to, x);
+            // variableGrads runs f in a tidy of its own: the output is kept for the epoch's accuracy, then freed.
+            let kept: tf.Tensor | null = null;
+            const { value, grads } = tf.variableGrads(() => {
+              const out = this.model.apply(x, { training: true }) as tf.Tensor;
+              if (lastEpoch && classifier) kept = tf.keep(out);
+              return this.loss(out, target);
+            }, vars);
+            const z = kept as tf.Tensor | null;
+            vars.forEach((v, i) => {
+              let g = grads[v.name];
+              if (anchor) g = tf.add(g, tf.mul(tf.sub(v, anchor[i]), mu));
+              let step: tf.Tensor;
+              if (opt.name === "sgd") step = tf.mul(g, lr);
+              else if (opt.name === "momentum") {
+                const beta = opt.momentum ?? 0.9;
+                const m = tf.add(tf.mul(state1![i], beta), g);
+                tf.dispose(state1![i]);
+                state1![i] = tf.keep(m);
+                step = tf.mul(opt.nesterov ? tf.add(g, tf.mul(m, beta)) : m, lr);
+              } else {
+                const b1 = opt.beta1 ?? 0.9;
+                const b2 = opt.beta2 ?? 0.999;
+                const eps = opt.epsilon ?? 1e-7;
+                const m = tf.add(tf.mul(state1![i], b1), tf.mul(g, 1 - b1));
+                const v2 = tf.add(tf.mul(state2![i], b2), tf.mul(tf.square(g), 1 - b2));
+                tf.dispose([state1![i], state2![i]]);
+                state1![i] = tf.keep(m);
+                state2![i] = tf.keep(v2);
+                const lrT = (lr * Math.sqrt(1 - Math.pow(b2, t))) / (1 - Math.pow(b1, t));
+                step = tf.mul(tf.div(m, tf.add(tf.sqrt(v2), eps)), lrT);
               }
-            }),
-          );
-          if (lastEpoch) lastEpochSamples += b;
-          done += b;
-          opts.onProgress?.(done, total);
-          if (performance.now() - lastYield > YIELD_MS) {
-            await new Promise((r) => setImmediate(r));
-            lastYield = performance.now();
-          }
-        }
-      }
+              v.assign(tf.sub(v, step));
+            });
+            if (lastEpoch) {
+              const nextLoss = tf.add(lossSum, tf.mul(value, b));
+              tf.dispose(lossSum);
+              lossSum = tf.keep(nextLoss);
+              if (z !== null) {
+                const zt = z;
+                const hits =
+                  this.spec.task === "classification"
+                    ? tf.sum(tf.cast(tf.equal(tf.argMax(zt, 1), tf.argMax(target, 1)), "float32"))
+                    : tf.sum(tf.cast(tf.equal(tf.cast(tf.greater(zt, 0), "float32"), target), "float32"));
+                const next = tf.add(correctSum, hits);
+                tf.dispose(correctSum);
+                correctSum = tf.keep(next);
+                z.dispose();
+              }
+            }
+          }),
+        );
+        if (lastEpoch) lastEpochSamples += b;
+      });
       let loss = NaN;
       let accuracy = NaN;
       if (lastEpochSamples > 0) {
         loss = (lossSum.dataSync()[0] as number) / lastEpochSamples;
         if (classifier) accuracy = (correctSum.dataSync()[0] as number) / lastEpochSamples;
       }
-      return { loss, accuracy, samples: done, steps, ms: performance.now() - t0 };
+      return { loss, accuracy, samples, steps, ms: performance.now() - t0 };
     } finally {
       tf.dispose([lossSum, correctSum, ...(anchor ?? []), ...(state1 ?? []), ...(state2 ?? [])]);
     }

@@ -27,12 +27,12 @@
  * imports `plan.ts`, which loads no tfjs.
  */
 import * as tf from "@tensorflow/tfjs";
-import { FlotillaError, fail } from "../errors";
+import { fail } from "../errors";
 import type { Dataset } from "../data/dataset";
-import { Rng } from "../data/rng";
 import { makeLayout } from "../tensor/layout";
 import type { WeightLayout } from "../tensor/layout";
 import { initBackend, serialKernels, wasmBackend } from "./backend";
+import { forEachBatch } from "./batches";
 import { anomalyAccuracy, scoreLogits } from "./metrics";
 import type { ModelSpec, PresetSpec } from "./model-spec";
 import { Network } from "./network";
@@ -47,8 +47,6 @@ export { anomalyAccuracy, quantile } from "./metrics";
 
 /** Default evaluation batch: bounds activation memory (the CNN's first layer is 100 KB per sample). */
 const EVAL_BATCH = 256;
-/** Yield to the event loop (abort signals, timers, transports) at least this often during training. */
-const YIELD_MS = 50;
 
 function checkData(plan: Plan, data: Dataset, what: string): void {
   const size = data.inputShape.reduce((a, b) => a * b, 1);
@@ -160,12 +158,7 @@ class WasmModel implements LocalModel {
     const t0 = performance.now();
     const plan = this.net.plan;
     const n = data.n;
-    const bs = opts.batchSize;
-    const total = n * opts.epochs;
     const mu = opts.mu ?? 0;
-    const rng = new Rng(opts.seed);
-    const order = new Int32Array(n);
-    for (let i = 0; i < n; i++) order[i] = i;
 
     // FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks"): the local objective adds
     // μ/2·||w − w0||², w0 = the weights at the start of train(), whose gradient is μ(w − w0). With c = lr·μ the
@@ -189,29 +182,14 @@ class WasmModel implements LocalModel {
         : null;
 
     const kept: { t: tf.Tensor; from: number; to: number }[] = [];
-    let steps = 0;
-    let done = 0;
-    let lastYield = performance.now();
-    const signal = opts.abortSignal;
+    let order: Int32Array = new Int32Array(0);
     try {
-      for (let epoch = 0; epoch < opts.epochs; epoch++) {
-        rng.shuffle(order);
-        const lastEpoch = epoch === opts.epochs - 1;
-        for (let from = 0; from < n; from += bs) {
-          if (signal?.aborted) throw new FlotillaError("E_ABORTED", "training was aborted");
-          const to = Math.min(from + bs, n);
-          const metric = this.step(data, order, from, to, opts.lr, prox, momentum);
-          if (lastEpoch) kept.push({ t: metric, from, to });
-          else metric.dispose();
-          steps++;
-          done += to - from;
-          opts.onProgress?.(done, total);
-          if (performance.now() - lastYield > YIELD_MS) {
-            await new Promise((r) => setImmediate(r));
-            lastYield = performance.now();
-          }
-        }
-      }
+      const { steps, samples } = await forEachBatch(n, opts, (epochOrder, from, to, lastEpoch) => {
+        order = epochOrder;
+        const metric = this.step(data, order, from, to, opts.lr, prox, momentum);
+        if (lastEpoch) kept.push({ t: metric, from, to });
+        else metric.dispose();
+      });
       // Last epoch's loss and accuracy, from the outputs the steps kept (computed before each step's update,
       // like Keras's running epoch metrics). The loss is the data loss: without FedProx's proximal term.
       let loss = NaN;
@@ -238,7 +216,7 @@ class WasmModel implements LocalModel {
           loss = sum / (n * plan.inputSize);
         }
       }
-      return { loss, accuracy, samples: done, steps, ms: performance.now() - t0 };
+      return { loss, accuracy, samples, steps, ms: performance.now() - t0 };
     } finally {
       tf.dispose(kept.map((k) => k.t));
       if (prox) tf.dispose([prox.keep, prox.c, ...prox.anchor]);
