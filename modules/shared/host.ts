@@ -211,25 +211,41 @@ export class ModuleHost {
     return this.reportChain;
   }
 
+  /**
+   * Reports `patch` besides the module's state (e.g. Plug and Play acknowledgements of desired properties,
+   * modules/shared/pnp.ts), at once (not throttled). Kept until it went out: while offline it waits, merged with
+   * later extra patches, and goes out with the next reported patch after reconnecting.
+   */
+  reportPatch(patch: Record<string, unknown>): void {
+    if (this.stopping) return;
+    Object.assign(this.extraReported, patch);
+    this.pushReported();
+  }
+
+  private extraReported: Record<string, unknown> = {};
+
   /** Queues the module's current reported patch (sent when online and the twin is known; else at reconnect). */
   private pushReported(): void {
     const reported = this.hooks.reported;
-    if (!reported) return;
     let patch: Record<string, unknown> | undefined;
     try {
-      patch = reported();
-      if (!patch) return;
+      patch = reported?.();
     } catch (e) {
       this.problem("cannot read the state to report", e);
-      return;
     }
+    if (!patch && Object.keys(this.extraReported).length === 0) return;
     this.reportChain = this.reportChain.then(async () => {
       const twin = this.currentTwin;
       if (!twin || !this.up) return; // sent again on the next connection
+      const extra = this.extraReported;
+      const full = { ...extra, ...(patch ?? {}) };
+      if (Object.keys(full).length === 0) return;
+      this.extraReported = {};
       try {
-        await updateReported(twin, patch!, this.twinTimeoutMs);
-        this.hooks.onReported?.(patch!);
+        await updateReported(twin, full, this.twinTimeoutMs);
+        if (patch) this.hooks.onReported?.(patch);
       } catch (e) {
+        this.extraReported = { ...extra, ...this.extraReported }; // retried with the next patch
         this.log.warn(`reporting the state failed: ${errorText(e)}`, { err: e });
       }
     });
