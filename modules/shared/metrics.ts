@@ -185,3 +185,12 @@ export async function serveMetrics(
       }),
   };
 }
+
+/** Where one module instance's metrics are served (the local stack lists them for Prometheus and tests). */
+export interface MetricsEndpoint {
+  readonly deviceId: string;
+  /** trainer | quantizer | update-queue | profiler */
+  readonly module: string;
+  /** http://127.0.0.1:PORT/metrics */
+  readonly url: string;
+}
