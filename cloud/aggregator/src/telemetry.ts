@@ -63,6 +63,8 @@ export const AGGREGATOR_METRICS = {
 export const TELEMETRY_EVENTS = {
   roundClosed: "flotilla.round.closed",
   jobStatus: "flotilla.job.status",
+  /** A round record got its fleet-wide evaluation after it was closed (devices evaluate the published model). */
+  roundEvaluated: "flotilla.round.evaluated",
 } as const;
 
 export const JOB_STATUSES: readonly JobStatus[] = ["created", "running", "stopped", "completed", "failed"];
@@ -268,8 +270,15 @@ export function createTelemetry(opts: TelemetryOptions): AggregatorTelemetry {
           logger?.info(`job ${jobId} ${prev ? `${prev.status} → ` : ""}${next.status}`, fields);
           ai?.event(fields);
         }
-        const known = new Set((prev?.rounds ?? []).map((r) => r.round));
-        for (const r of next.rounds.filter((x) => !known.has(x.round))) {
+        const before = new Map((prev?.rounds ?? []).map((r) => [r.round, r]));
+        for (const r of next.rounds.filter((x) => before.has(x.round))) {
+          const was = before.get(r.round) as RoundRecord;
+          if (evaluationOf(was) !== undefined || evaluationOf(r) === undefined) continue;
+          const fields = { ...roundEventFields(next, r), event: TELEMETRY_EVENTS.roundEvaluated };
+          logger?.info(`round ${jobId}/${r.round} evaluated by the fleet`, fields);
+          ai?.evaluated(next, fields);
+        }
+        for (const r of next.rounds.filter((x) => !before.has(x.round))) {
           const fields = roundEventFields(next, r);
           const line = `round ${jobId}/${r.round} closed: ${r.status}, ${r.completed}/${r.participants} updates`;
           if (r.status === "failed") logger?.warn(line, fields);
@@ -288,6 +297,7 @@ export function createTelemetry(opts: TelemetryOptions): AggregatorTelemetry {
 
 interface AzureMonitorSink {
   roundClosed(job: JobDocument, r: RoundRecord, fields: Record<string, string | number | boolean>): void;
+  evaluated(job: JobDocument, fields: Record<string, string | number | boolean>): void;
   event(fields: Record<string, string | number | boolean>): void;
   flush(): Promise<void>;
   shutdown(): Promise<void>;
@@ -344,12 +354,16 @@ function azureMonitor(opts: TelemetryOptions, readJobs: () => Promise<JobDocumen
       gauge(M.roundParticipants).record(r.participants, attrs);
       gauge(M.roundCompleted).record(r.completed, attrs);
       gauge(M.roundBytesReceived).record(r.bytesReceived, attrs);
+      if (finite(fields.trainLoss)) gauge(M.trainLoss).record(fields.trainLoss, attrs);
+      if (finite(fields.epsilon)) gauge(M.epsilon).record(fields.epsilon, attrs);
+      this.evaluated(job, fields);
+    },
+    evaluated(job, fields) {
+      const attrs: Attributes = { job: job.definition.jobId };
       const numeric: Array<[string, unknown]> = [
-        [M.trainLoss, fields.trainLoss],
         [M.evalAccuracy, fields.evalAccuracy],
         [M.evalLoss, fields.evalLoss],
         [M.evalWorstDecileAccuracy, fields.evalWorstDecileAccuracy],
-        [M.epsilon, fields.epsilon],
       ];
       for (const [name, v] of numeric) if (finite(v)) gauge(name).record(v, attrs);
       this.event(fields);

@@ -162,11 +162,18 @@ test("GET /api/metrics: exactly the aggregator's metric names, counted from the 
     loss: 0.3,
     worstDecile: { value: 0.7, devices: ["dev-b"] },
   };
-  await new JobRepository(w.store).updateJob("job-1", (cur) => ({
+  // Written as the Function writes job documents (its repositories carry the telemetry as their observer).
+  await new JobRepository(w.store, w.agg.telemetry).updateJob("job-1", (cur) => ({
     ...cur,
     rounds: cur.rounds.map((r, i) => (i === 0 ? ({ ...r, evaluation } as RoundRecord) : r)),
     dp: { fleetSize: 3, state: {} as never, spent: { epsilon: 1.25, delta: 1e-5, steps: 2 } },
   }));
+  const evaluated = w.records.filter((r) => r.fields.event === TELEMETRY_EVENTS.roundEvaluated);
+  assert.deepEqual(
+    evaluated.map((r) => [r.fields.round, r.fields.evalAccuracy, r.fields.evalWorstDecileAccuracy]),
+    [[1, 0.91, 0.7]],
+    "an evaluation added to a closed round is an event of its own",
+  );
   const s2 = samples(String((await w.agg.http.metrics(get("/api/metrics"), ctx())).body));
   assert.equal(s2.get('flotilla_aggregator_eval_accuracy{job="job-1"}'), 0.91);
   assert.equal(s2.get('flotilla_aggregator_eval_loss{job="job-1"}'), 0.3);
