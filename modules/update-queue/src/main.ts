@@ -3,7 +3,14 @@ import { join } from "node:path";
 import { Message, ModuleClient } from "azure-iot-device";
 import { fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
-import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
+import {
+  loadConfig,
+  parseDesiredConfig,
+  WRITABLE_PROPERTIES,
+  type Env,
+  type UpdateQueueConfig,
+} from "./config";
+import { ACK_APPLIED, ACK_FAILED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../../shared/pnp";
 import {
   deriveUpdateId,
   frameMeta,
@@ -21,6 +28,9 @@ import {
   errorText as message,
 } from "../../shared/module-client";
 import { ModuleHost, runModule } from "../../shared/host";
+import type { ModuleMetrics } from "../../shared/metrics";
+import { defaultUpdateQueueModuleMetrics, updateQueueMetrics } from "./metrics";
+import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
 
 /**
  * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
@@ -124,6 +134,11 @@ export interface UpdateQueueOptions {
   /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
   log?: Logger | LineLog;
   random?: () => number;
+  /**
+   * The queue's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
+   * labels from the environment and `deviceId`.
+   */
+  metrics?: ModuleMetrics;
 }
 
 export interface UpdateQueueStatus extends OutboxStats {
@@ -144,6 +159,8 @@ export interface UpdateQueueStatus extends OutboxStats {
 export interface UpdateQueueHandle {
   readonly outbox: Outbox;
   readonly sender: Sender;
+  /** The queue's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
+  readonly metrics: ModuleMetrics;
   status(): UpdateQueueStatus;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
@@ -225,6 +242,15 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     maxBytes: opts.maxBytes,
     onQuarantine: (report) => onQuarantine(report),
   });
+  const moduleMetrics = opts.metrics ?? defaultUpdateQueueModuleMetrics(opts.deviceId);
+  const metered = updateQueueMetrics(moduleMetrics, {
+    outbox,
+    dir: opts.dir,
+    unstored: () => held.size,
+    lostInputs: () => lostInputs,
+    invalidInputs: () => invalidInputs,
+  });
+  if (outbox.quarantined) metered.quarantines.inc();
   const sender = new Sender(outbox, {
     send: (chunk) => client.sendOutputEvent(outputName, toMessage(chunk)).then(() => undefined),
     concurrency: opts.concurrency,
@@ -265,6 +291,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     [REPORTED_KEY]: { ...status(), reportedAt: new Date().toISOString() },
   });
   onQuarantine = (report) => {
+    metered.quarantines.inc();
     logQuarantine(report);
     lastError = `E_QUEUE_CORRUPT: ${report.reason}`;
     host.changed();
@@ -272,13 +299,49 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   if (outbox.quarantined) logQuarantine(outbox.quarantined); // found while opening, before the log was wired
 
   // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
+  /** The last acknowledgement sent per writable property (the same one is not sent again at each twin read). */
+  const acked = new Map<string, string>();
   const applyDesired = (desired: Record<string, unknown>): void => {
     if (host.stopped || typeof desired !== "object" || desired === null) return;
-    const { config, errors } = parseDesiredConfig(desired);
+    const { config, errors, refused } = parseDesiredConfig(desired);
     for (const e of errors) problem("warn", `${e}`);
+    // Plug and Play acknowledgements of the writable properties named (modules/shared/pnp.ts): 200 applied (null:
+    // the current value is kept), 400 refused (the value in effect stays), 500 failed while applying.
+    const current = {
+      maxChunkBytes: () => outbox.maxChunkBytes,
+      resendAfterMs: () => sender.resendAfterMs,
+    };
+    const apply = {
+      maxChunkBytes: (v: number) => outbox.setMaxChunkBytes(v),
+      resendAfterMs: (v: number) => sender.setResendAfterMs(v),
+    };
+    const outcomes: Record<string, AckOutcome> = {};
+    for (const name of WRITABLE_PROPERTIES) {
+      if (!(name in desired)) continue;
+      const why = refused[name];
+      const value = config[name];
+      if (why !== undefined) {
+        outcomes[name] = { value: current[name](), status: ACK_REFUSED, description: why };
+        continue;
+      }
+      try {
+        if (value !== undefined) apply[name](value);
+        outcomes[name] = { value: current[name](), status: ACK_APPLIED };
+      } catch (e) {
+        problem("warn", `applying desired ${name} failed: ${message(e)}`);
+        outcomes[name] = { value: current[name](), status: ACK_FAILED, description: message(e) };
+      }
+    }
+    const version = desiredVersion(desired);
+    const fresh: Record<string, AckOutcome> = {};
+    for (const [name, o] of Object.entries(outcomes)) {
+      const key = JSON.stringify([o, version]);
+      if (acked.get(name) === key) continue;
+      acked.set(name, key);
+      fresh[name] = o;
+    }
+    host.ackDesired(fresh, version);
     try {
-      if (config.maxChunkBytes !== undefined) outbox.setMaxChunkBytes(config.maxChunkBytes);
-      if (config.resendAfterMs !== undefined) sender.setResendAfterMs(config.resendAfterMs);
       const acks = ackIdsOf(desired.acks);
       if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
@@ -479,6 +542,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     // An SDK `error` (e.g. a failed subscription) counts as the link being down: offline, reconnect.
     errorIsDisconnect: true,
     closeClient: opts.closeClient,
+    metrics: moduleMetrics,
+    reportedKeys: [REPORTED_KEY],
     hooks: {
       // Every twin GET (after each (re)connection, the SDK re-subscribes but does not re-GET): acks and
       // configuration set while the link was down are applied before anything is resent.
@@ -525,6 +590,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   return {
     outbox,
     sender,
+    metrics: moduleMetrics,
     status,
     reportNow: () => host.reportNow(),
     setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
@@ -621,8 +687,10 @@ export async function start(log: Logger, env: Env = process.env): Promise<Update
   const config = loadConfig(env);
   const client = await createModuleClient(config);
   log.info(`queue in ${config.queueDir}`, { queueDir: config.queueDir });
-  return startUpdateQueue({
+  const metrics = containerModuleMetrics("update-queue", env);
+  const queue = await startUpdateQueue({
     client,
+    metrics,
     dir: config.queueDir,
     maxChunkBytes: config.maxChunkBytes,
     resendAfterMs: config.resendAfterMs,
@@ -633,6 +701,8 @@ export async function start(log: Logger, env: Env = process.env): Promise<Update
     deviceId: env.IOTEDGE_DEVICEID?.trim() || undefined,
     log,
   });
+  // Prometheus text on :9600/metrics (docs/metrics.md); a port that cannot be listened on is logged, not fatal.
+  return alsoClosing(queue, await serveContainerMetrics(metrics, config.metricsPort, log));
 }
 
 // Everything is on disk once stop() resolves; the process then exits even if the SDK is still retrying an operation
