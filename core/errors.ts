@@ -35,7 +35,8 @@ export const ERRORS = {
   // ── config: configuration, CLI flags and module settings ─────────────────────────────────────────────
   E_METRICS: {
     group: "general",
-    meaning: "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
+    meaning:
+      "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
   },
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
   E_BENCH_REFERENCE: {
@@ -263,7 +264,8 @@ export const ERRORS = {
   },
   E_EVAL_NOT_PARTICIPANT: {
     group: "round",
-    meaning: "an evaluation from a device that was never sent that model (not in the job's next round): refused",
+    meaning:
+      "an evaluation from a device that was never sent that model (not in the job's next round): refused",
   },
   E_EVAL_ROUND: {
     group: "round",

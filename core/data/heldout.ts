@@ -14,7 +14,8 @@ import { Rng } from "./rng";
  * size, seed).
  */
 export function heldOutSample(device: Dataset, pool: Dataset, size: number, seed: number): Dataset {
-  if (!Number.isInteger(size) || size < 1) fail("E_CONFIG_VALUE", `held-out size ${size} is not a positive integer`);
+  if (!Number.isInteger(size) || size < 1)
+    fail("E_CONFIG_VALUE", `held-out size ${size} is not a positive integer`);
   if (pool.n === 0) fail("E_CONFIG_VALUE", "the held-out pool is empty");
   const byClass = new Map<number, number[]>();
   for (let i = 0; i < pool.n; i++) {
@@ -42,7 +43,9 @@ export function heldOutSample(device: Dataset, pool: Dataset, size: number, seed
   const exact = classes.map((c) => (target * counts.get(c)!) / known);
   const take = exact.map(Math.floor);
   let left = target - take.reduce((a, b) => a + b, 0);
-  const byRemainder = classes.map((_, i) => i).sort((a, b) => exact[b] - take[b] - (exact[a] - take[a]) || a - b);
+  const byRemainder = classes
+    .map((_, i) => i)
+    .sort((a, b) => exact[b] - take[b] - (exact[a] - take[a]) || a - b);
   for (const i of byRemainder) {
     if (left === 0) break;
     take[i]++;
@@ -61,5 +64,8 @@ export function heldOutSample(device: Dataset, pool: Dataset, size: number, seed
       picked.push(a[j]);
     }
   });
-  return subset(pool, picked.sort((a, b) => a - b));
+  return subset(
+    pool,
+    picked.sort((a, b) => a - b),
+  );
 }

@@ -252,8 +252,12 @@ function decodeEvaluation(
   encoding: unknown,
 ): EvaluationFrame {
   if (header.v !== EVALUATION_VERSION)
-    fail("E_EVAL_VERSION", `evaluation frame version ${String(header.v)} (this code reads ${EVALUATION_VERSION})`);
-  if (payloadLength !== 0 || encoding !== undefined) fail("E_EVAL_INVALID", "an evaluation frame has no payload");
+    fail(
+      "E_EVAL_VERSION",
+      `evaluation frame version ${String(header.v)} (this code reads ${EVALUATION_VERSION})`,
+    );
+  if (payloadLength !== 0 || encoding !== undefined)
+    fail("E_EVAL_INVALID", "an evaluation frame has no payload");
   requireFields(header, ["jobId", "round", "deviceId", "samples"]);
   if (typeof header.jobId !== "string" || header.jobId.length === 0)
     fail("E_EVAL_INVALID", "evaluation jobId is not a non-empty string");

@@ -127,11 +127,16 @@ export function foldEvaluations(
   const byDevice = new Map<string, DeviceEvaluation>();
   for (const e of evaluations) {
     if (e.round !== round)
-      fail("E_EVAL_INVALID", `evaluation of round ${e.round} from '${e.deviceId}' folded into round ${round}`);
+      fail(
+        "E_EVAL_INVALID",
+        `evaluation of round ${e.round} from '${e.deviceId}' folded into round ${round}`,
+      );
     if (!byDevice.has(e.deviceId)) byDevice.set(e.deviceId, e);
   }
   // Sorted by id: the fold does not depend on arrival order.
-  const all = [...byDevice.values()].sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
+  const all = [...byDevice.values()].sort((a, b) =>
+    a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0,
+  );
   if (all.length === 0) return undefined;
   const weighted = (k: "accuracy" | "loss" | "mae"): number | undefined => {
     let w = 0;
@@ -161,7 +166,9 @@ export function foldEvaluations(
   const rated = all.filter((e) => e[main] !== undefined && Number.isFinite(e[main]));
   const values = rated.map((e) => e[main]!);
   // Worst first: lowest accuracy, highest MAE; ties by device id (sorted above, and the sort is stable).
-  const worstFirst = [...rated].sort((a, b) => (main === "accuracy" ? a[main]! - b[main]! : b[main]! - a[main]!));
+  const worstFirst = [...rated].sort((a, b) =>
+    main === "accuracy" ? a[main]! - b[main]! : b[main]! - a[main]!,
+  );
   const k = Math.max(1, Math.ceil(rated.length * WORST_DECILE));
   const worst = worstFirst.slice(0, k);
   const worstSamples = worst.reduce((a, e) => a + e.samples, 0);

@@ -859,7 +859,10 @@ export class Ingestor {
     } catch (e) {
       if (!errorCode(e).startsWith("E_EVAL_")) return undefined;
       await this.ack(p.deviceId, p.updateId);
-      throw new Reject("rejected_evaluation", `${errorCode(e)}: update ${p.updateId}: ${(e as Error).message}`);
+      throw new Reject(
+        "rejected_evaluation",
+        `${errorCode(e)}: update ${p.updateId}: ${(e as Error).message}`,
+      );
     }
     if (msg.type !== "evaluation") return undefined;
     if (msg.jobId !== p.jobId || msg.round !== p.round || msg.deviceId !== p.deviceId) {
@@ -900,14 +903,20 @@ export class Ingestor {
       let job = await this.job(jobId, batch);
       if (job && !job.rounds.some((r) => r.round === round)) job = await this.repo.getJob(jobId);
       if (!job || !job.rounds.some((r) => r.round === round)) {
-        for (const e of group) await refuse(e, "E_EVAL_ROUND", `the job has published no model of round ${round}`);
+        for (const e of group)
+          await refuse(e, "E_EVAL_ROUND", `the job has published no model of round ${round}`);
         continue;
       }
       const sentTo = await this.modelReceivers(job, round, batch);
       const fresh: PendingEvaluation[] = [];
       for (const e of group) {
         if (sentTo(e.props.deviceId)) fresh.push(e);
-        else await refuse(e, "E_EVAL_NOT_PARTICIPANT", `'${e.props.deviceId}' was never sent round ${round}'s model`);
+        else
+          await refuse(
+            e,
+            "E_EVAL_NOT_PARTICIPANT",
+            `'${e.props.deviceId}' was never sent round ${round}'s model`,
+          );
       }
       if (fresh.length === 0) continue;
       const now = this.services.clock();

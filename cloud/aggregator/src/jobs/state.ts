@@ -68,7 +68,9 @@ export interface RoundRecord {
 export interface RoundEvaluations {
   readonly jobId: string;
   readonly round: number;
-  readonly devices: Readonly<Record<string, DeviceEvaluation & { readonly at: number; readonly precision?: string }>>;
+  readonly devices: Readonly<
+    Record<string, DeviceEvaluation & { readonly at: number; readonly precision?: string }>
+  >;
 }
 
 /** What one flush of an async job applied (core/round/async-engine.ts). */
