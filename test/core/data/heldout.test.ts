@@ -24,7 +24,11 @@ test("the sample follows the device's label mix, without repeats, deterministica
 });
 
 test("sizes sum to the target by largest remainders; a class short in the pool gives what it has", () => {
-  const pool = labelled([...Array<number>(10).fill(0), ...Array<number>(2).fill(1), ...Array<number>(10).fill(2)]);
+  const pool = labelled([
+    ...Array<number>(10).fill(0),
+    ...Array<number>(2).fill(1),
+    ...Array<number>(10).fill(2),
+  ]);
   const device = labelled([0, 1, 2]);
   const s = heldOutSample(device, pool, 10, 1);
   const counts = [0, 0, 0];
@@ -32,7 +36,15 @@ test("sizes sum to the target by largest remainders; a class short in the pool g
   // 10/3 each: 4, 3, 3 by remainder order (ties: lower class first), class 1 capped at the pool's 2.
   assert.deepEqual(counts, [4, 2, 3]);
   // A device with no label the pool knows draws with the pool's mix.
-  const other = heldOutSample(makeDataset(new Float32Array(2), Int32Array.from([9, 9]), [1], 10), pool, 11, 1);
+  const other = heldOutSample(
+    makeDataset(new Float32Array(2), Int32Array.from([9, 9]), [1], 10),
+    pool,
+    11,
+    1,
+  );
   assert.equal(other.n, 11);
-  assert.throws(() => heldOutSample(device, pool, 0, 1), (e) => errorCode(e) === "E_CONFIG_VALUE");
+  assert.throws(
+    () => heldOutSample(device, pool, 0, 1),
+    (e) => errorCode(e) === "E_CONFIG_VALUE",
+  );
 });

@@ -60,7 +60,10 @@ test("a device counts once (its first evaluation); no evaluation folds to nothin
   assert.equal(f.samples, 20);
   assert.ok(Math.abs(f.accuracy! - 0.3) < 1e-12);
   assert.equal(foldEvaluations(4, []), undefined);
-  assert.throws(() => foldEvaluations(5, [ev("a", 10, 0.2)]), (e) => errorCode(e) === "E_EVAL_INVALID");
+  assert.throws(
+    () => foldEvaluations(5, [ev("a", 10, 0.2)]),
+    (e) => errorCode(e) === "E_EVAL_INVALID",
+  );
 });
 
 test("regressions rank by MAE (worst = highest); loss-only evaluations have no spread", () => {
@@ -112,7 +115,11 @@ test("checkDeviceEvaluation refuses bogus evaluations with E_EVAL_INVALID", () =
     { deviceId: "d", round: 1, samples: 5 },
     Object.assign(Object.create({ deviceId: "d", round: 1, samples: 5, accuracy: 0.5 }) as object, {}),
   ]) {
-    assert.throws(() => checkDeviceEvaluation(bad), (e) => errorCode(e) === "E_EVAL_INVALID", JSON.stringify(bad));
+    assert.throws(
+      () => checkDeviceEvaluation(bad),
+      (e) => errorCode(e) === "E_EVAL_INVALID",
+      JSON.stringify(bad),
+    );
   }
 });
 
