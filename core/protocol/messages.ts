@@ -108,6 +108,15 @@ export interface SecAggFrame {
 export const EVALUATION_VERSION = 1;
 /** Largest evaluation frame a receiver takes: always one small chunk (ids and a few numbers). */
 export const MAX_EVALUATION_FRAME = 4096;
+/**
+ * Evaluation frames travel with the update id `eval:` + the first 32 hex digits of their sha256, so the
+ * update-queue can tell them apart from updates: the cloud's `openRounds` drops a closed round's queued updates,
+ * never an evaluation (which is always of a closed round's model; docs/evaluation.md).
+ */
+export const EVALUATION_UPDATE_ID_PREFIX = "eval:";
+export function evaluationUpdateId(sha256: string): string {
+  return `${EVALUATION_UPDATE_ID_PREFIX}${sha256.slice(0, 32)}`;
+}
 
 /**
  * A device's evaluation of a published global model on its held-out data (docs/evaluation.md), device → cloud

@@ -3,7 +3,7 @@ import type { Dataset } from "../../../core/data/dataset";
 import { countParams, modelLayout } from "../../../core/engine/models";
 import { FlotillaError, isFlotillaError } from "../../../core/errors";
 import { decodeTensor } from "../../../core/compress";
-import { encodeMessage, EVALUATION_VERSION } from "../../../core/protocol/messages";
+import { encodeMessage, evaluationUpdateId, EVALUATION_VERSION } from "../../../core/protocol/messages";
 import { checkDeviceEvaluation } from "../../../core/round/evaluation";
 import { weightsHash } from "../../../core/tensor/layout";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
@@ -262,7 +262,12 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       ...evaluation,
       precision: r.precision,
     });
-    const updateId = await sendFrame(frame, { jobId: r.jobId, round: r.modelRound }, host.stopSignal);
+    const updateId = await sendFrame(
+      frame,
+      { jobId: r.jobId, round: r.modelRound },
+      host.stopSignal,
+      evaluationUpdateId(createHash("sha256").update(frame).digest("hex")),
+    );
     evaluated.add(key);
     log.info(
       `round ${r.modelRound}'s model of ${r.jobId} evaluated on ${r.samples} held-out samples` +
@@ -597,11 +602,13 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     frame: Uint8Array,
     order: { jobId: string; round: number },
     signal: AbortSignal,
+    id?: string,
   ): Promise<string> => {
     const { updateId, messages } = frameChunks(
       frame,
       { jobId: order.jobId, round: order.round, deviceId },
       maxChunkBytes,
+      id,
     );
     await host.sendWithRetry(outputName, messages, { failCode: "E_UPLOAD", attempts: sendAttempts, signal });
     return updateId;
