@@ -30,6 +30,12 @@ const ROUTES: Route[] = [
     params: ["id", "round"],
     handler: "getModel",
   },
+  {
+    method: "GET",
+    pattern: /^\/api\/jobs\/([^/]+)\/rounds\/([^/]+)\/evaluations$/,
+    params: ["id", "round"],
+    handler: "getEvaluations",
+  },
 ];
 
 export interface FunctionsHost {

@@ -15,6 +15,9 @@
  *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
  *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
+ *   GET  /api/jobs/{id}/rounds/{round}/evaluations
+ *                                      every device's evaluation of that round's model → 200
+ *                                      (`{round, evaluation, devices: {[id]: DeviceEvaluation}}`)
  */
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { isFlotillaError } from "../../../core/errors";
@@ -34,6 +37,7 @@ export interface HttpApi {
   getJob: HttpHandler;
   listJobs: HttpHandler;
   getModel: HttpHandler;
+  getEvaluations: HttpHandler;
 }
 
 const MAX_BODY = 64 * 1024;
@@ -244,6 +248,21 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
         return error(404, "E_MODEL_NOT_FOUND", `job '${found.definition.jobId}' has no model ${round}`);
       const url = await services.store.url(paths.model(meta.jobId, round), found.definition.modelUrlMinutes);
       return { status: 200, jsonBody: { ...meta, url } };
+    }),
+    getEvaluations: guard(async (req) => {
+      const found = await jobOr404(req);
+      if (!("definition" in found)) return found;
+      const round = Number(req.params.round);
+      if (!Number.isInteger(round) || round < 1)
+        return error(400, "E_JOB_ROUND", "round must be an integer >= 1");
+      const record = found.rounds.find((r) => r.round === round);
+      if (!record)
+        return error(404, "E_EVAL_ROUND", `job '${found.definition.jobId}' has no record of round ${round}`);
+      const stored = await repo.getEvaluations(found.definition.jobId, round);
+      return {
+        status: 200,
+        jsonBody: { round, evaluation: record.evaluation ?? null, devices: stored?.devices ?? {} },
+      };
     }),
   };
 }

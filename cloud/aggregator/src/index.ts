@@ -48,6 +48,12 @@ app.http("getModel", {
   authLevel: "function",
   handler: http("getModel"),
 });
+app.http("getEvaluations", {
+  methods: ["GET"],
+  route: "jobs/{id}/rounds/{round}/evaluations",
+  authLevel: "function",
+  handler: http("getEvaluations"),
+});
 
 app.timer("roundTimer", {
   schedule: "*/10 * * * * *",

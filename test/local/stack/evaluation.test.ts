@@ -112,6 +112,14 @@ test("round records gain the fleet's evaluation of their model; repeats count on
       detail.history.map((h) => h.evaluation?.devices),
       [3, 3, undefined],
     );
+    const perDevice = (await api(f.stack.host.url, "GET", `jobs/${jobId}/rounds/1/evaluations`)) as {
+      evaluation: FleetEvaluation;
+      devices: Record<string, { samples: number; accuracy: number }>;
+    };
+    assert.deepEqual(perDevice.evaluation, doc.rounds[0].evaluation);
+    assert.deepEqual(Object.keys(perDevice.devices).sort(), ["device-000", "device-001", "device-002"]);
+    const samples = Object.values(perDevice.devices).reduce((a, d) => a + d.samples, 0);
+    assert.equal(samples, doc.rounds[0].evaluation!.samples);
 
     // device-000 again, as its update-queue would send: its evaluation of round 1 repeated (an unacknowledged
     // resend) and a different one (a restarted trainer): both count once, the record does not change.
