@@ -31,6 +31,12 @@ const ROUTES: Route[] = [
     handler: "getModel",
   },
   { method: "GET", pattern: /^\/api\/metrics$/, params: [], handler: "metrics" },
+  {
+    method: "GET",
+    pattern: /^\/api\/jobs\/([^/]+)\/rounds\/([^/]+)\/evaluations$/,
+    params: ["id", "round"],
+    handler: "getEvaluations",
+  },
 ];
 
 export interface FunctionsHost {

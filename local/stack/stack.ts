@@ -92,6 +92,8 @@ export interface LocalStack {
 export interface LocalStackOptions {
   /** Each device's local data, index i = device i. */
   data: Dataset[];
+  /** Each device's held-out data (fleet-wide evaluation, docs/evaluation.md); absent: the trainers send none. */
+  evalData?: Dataset[];
   deviceIds: string[];
   /** Worker threads for training. */
   workers: number;
@@ -245,13 +247,17 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   for (const deviceId of external) {
     for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.createModule(deviceId, m);
   }
-  const entries = opts.deviceIds.map((deviceId, i) => ({ deviceId, data: opts.data[i] }));
+  const entries = opts.deviceIds.map((deviceId, i) => ({
+    deviceId,
+    data: opts.data[i],
+    evalData: opts.evalData?.[i],
+  }));
   const inProcess = entries.filter((d) => !external.has(d.deviceId));
   for (let i = 0; i < inProcess.length; i += batch) {
     const ids = inProcess.slice(i, i + batch);
     devices.push(
       ...(await Promise.all(
-        ids.map(async ({ deviceId, data }) => {
+        ids.map(async ({ deviceId, data, evalData }) => {
           const dirs = deviceStateDirs(stateDir, deviceId);
           const metrics = deviceModuleMetrics(hub.hubName, deviceId);
           const served = await serveDeviceMetrics(deviceId, metrics);
@@ -285,6 +291,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             client: tc,
             deviceId,
             data,
+            ...(evalData ? { evalData } : {}),
             trainExecutor:
               clock && traces
                 ? new PacedExecutor(pool, clock, traceSpeed(traces.get(deviceId)!), () => data.n)

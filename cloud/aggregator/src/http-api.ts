@@ -8,6 +8,8 @@
  *                                      (the open round is paused: its trainers get `abortRound` and an
  *                                      idle twin; updates arriving meanwhile are kept for the restart)
  *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
+ *                                      (each record's `evaluation`: the fleet's evaluation of its model on
+ *                                      held-out data, docs/evaluation.md; the newest one also as `evaluation`)
  *                                      (a job stopped by its privacy budget: status `completed`,
  *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`;
  *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
@@ -15,6 +17,9 @@
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
  *   GET  /api/metrics                  Prometheus text: the aggregator's metrics      → 200 text/plain
  *                                      (telemetry.ts, docs/azure-monitor.md)
+ *   GET  /api/jobs/{id}/rounds/{round}/evaluations
+ *                                      every device's evaluation of that round's model → 200
+ *                                      (`{round, evaluation, devices: {[id]: DeviceEvaluation}}`)
  */
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { isFlotillaError } from "../../../core/errors";
@@ -35,6 +40,7 @@ export interface HttpApi {
   listJobs: HttpHandler;
   getModel: HttpHandler;
   metrics: HttpHandler;
+  getEvaluations: HttpHandler;
 }
 
 const MAX_BODY = 64 * 1024;
@@ -45,6 +51,8 @@ function error(status: number, code: string, message: string): HttpResponseInit 
 
 function summary(job: JobDocument) {
   const d = job.definition;
+  // The newest model the fleet evaluated on its held-out data (docs/evaluation.md); every round's is in `history`.
+  const evaluation = [...job.rounds].reverse().find((r) => r.evaluation)?.evaluation;
   return {
     jobId: d.jobId,
     status: job.status,
@@ -55,6 +63,7 @@ function summary(job: JobDocument) {
     createdAt: job.createdAt,
     updatedAt: job.updatedAt,
     ...(job.stopReason ? { stopReason: job.stopReason, stopMessage: job.stopMessage } : {}),
+    ...(evaluation ? { evaluation } : {}),
     ...(d.differentialPrivacy && job.dp
       ? {
           privacy: {
@@ -251,6 +260,21 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
         return error(404, "E_MODEL_NOT_FOUND", `job '${found.definition.jobId}' has no model ${round}`);
       const url = await services.store.url(paths.model(meta.jobId, round), found.definition.modelUrlMinutes);
       return { status: 200, jsonBody: { ...meta, url } };
+    }),
+    getEvaluations: guard(async (req) => {
+      const found = await jobOr404(req);
+      if (!("definition" in found)) return found;
+      const round = Number(req.params.round);
+      if (!Number.isInteger(round) || round < 1)
+        return error(400, "E_JOB_ROUND", "round must be an integer >= 1");
+      const record = found.rounds.find((r) => r.round === round);
+      if (!record)
+        return error(404, "E_EVAL_ROUND", `job '${found.definition.jobId}' has no record of round ${round}`);
+      const stored = await repo.getEvaluations(found.definition.jobId, round);
+      return {
+        status: 200,
+        jsonBody: { round, evaluation: record.evaluation ?? null, devices: stored?.devices ?? {} },
+      };
     }),
   };
 }

@@ -52,6 +52,12 @@ app.http("getModel", {
   authLevel: "function",
   handler: http("getModel"),
 });
+app.http("getEvaluations", {
+  methods: ["GET"],
+  route: "jobs/{id}/rounds/{round}/evaluations",
+  authLevel: "function",
+  handler: http("getEvaluations"),
+});
 
 app.http("metrics", {
   methods: ["GET"],

@@ -42,6 +42,12 @@ test("create, list, get, start, stop, model metadata", async () => {
   assert.match(meta.url, /models\/0\.f32/);
   assert.equal((await api.getModel(get("/x", { id: "alpha", round: "5" }), ctx())).status, 404);
   assert.equal((await api.getModel(get("/x", { id: "alpha", round: "-1" }), ctx())).status, 400);
+  // Per-device evaluations (docs/evaluation.md): only of a round with a record.
+  const noRecord = await api.getEvaluations(get("/x", { id: "alpha", round: "1" }), ctx());
+  assert.deepEqual([noRecord.status, (noRecord.jsonBody as { code: string }).code], [404, "E_EVAL_ROUND"]);
+  for (const round of ["0", "x", "1.5"])
+    assert.equal((await api.getEvaluations(get("/x", { id: "alpha", round }), ctx())).status, 400, round);
+  assert.equal((await api.getEvaluations(get("/x", { id: "ghost", round: "1" }), ctx())).status, 404);
 
   const stopped = await api.stopJob(post("/api/jobs/alpha/stop", undefined, { id: "alpha" }), ctx());
   assert.equal((stopped.jsonBody as { status: string }).status, "stopped");

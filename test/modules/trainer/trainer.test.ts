@@ -425,6 +425,16 @@ test(
     writeLocalData(dataDir);
     const data = loadDirectory(dataDir, { inputShape: SPEC.inputShape });
     assert.equal(data.n, 12);
+    // Held-out data (FLOTILLA_EVAL_DIR): every other row of the local data's format, never trained on.
+    const evalDir = mkdtempSync(join(tmpdir(), "flotilla-trainer-eval-"));
+    t.after(() => rmSync(evalDir, { recursive: true, force: true }));
+    writeFileSync(
+      join(evalDir, "held-out.csv"),
+      ["a,b,c,d,label", "0,0.5,1,0,0", "0.3,0.1,2,1,1", "0.6,0.9,3,1,1", "0,0.2,4,0,0", "0.3,0.7,0,1,0"].join(
+        "\n",
+      ) + "\n",
+    );
+    const heldOut = loadDirectory(evalDir, { inputShape: SPEC.inputShape });
 
     const layoutHash = modelLayout(SPEC).hash;
     const global = initialWeights(SPEC, 11);
@@ -489,6 +499,7 @@ test(
     const trainer: TrainerHandle = await startTrainer({
       client: client as never,
       dataDir,
+      evalDir,
       progressIntervalMs: 0,
       closeClient: true,
       log: () => {},
@@ -682,6 +693,28 @@ test(
         );
         assert.ok(Number.isFinite(inf.msPerSample) && (inf.msPerSample as number) >= 0);
         await trainer.idle();
+
+        // Fleet-wide evaluation (docs/evaluation.md): after the result, the same model on the held-out data, sent
+        // as an `evaluation` frame of round 4's model (one chunk, update id eval:…) on the updates output.
+        const resultAt = got.findIndex((g) => g.props.round === "5");
+        assert.ok(resultAt >= 0, "the result of round 5");
+        const evalAt = resultAt + Number(got[resultAt].props.chunkCount);
+        const evalFrame = decodeMessage(await frameAt(evalAt));
+        assert.equal(evalFrame.type, "evaluation");
+        assert.equal(got[evalAt].props.round, "4");
+        assert.match(got[evalAt].props.updateId, /^eval:[0-9a-f]{32}$/);
+        const onHeldOut = await reference.evaluate(heldOut);
+        assert.deepEqual(evalFrame, {
+          type: "evaluation",
+          v: 1,
+          jobId: "job-z",
+          deviceId: "edge-z",
+          round: 4,
+          samples: 5,
+          accuracy: onHeldOut.accuracy,
+          loss: onHeldOut.loss,
+          precision: "int8",
+        });
 
         const inputs = [
           [0, 0, 0, 0],
