@@ -15,6 +15,7 @@ export const DASHBOARD_HTML = `<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Flotilla fleet</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="dashboard.css">
 <script src="chart.js" defer></script>
 <script src="dashboard.js" defer></script>
