@@ -52,7 +52,7 @@ async function main(): Promise<void> {
   try {
     d = await Promise.race([dashboard, run.then(() => undefined)]);
     if (!d) throw new Error("the job ended before the dashboard started");
-    const page = await browser.newPage({ viewport: { width: 1440, height: 960 }, deviceScaleFactor: 1 });
+    const page = await browser.newPage({ viewport: { width: 1360, height: 900 }, deviceScaleFactor: 1 });
     await page.goto(d.url);
     await page.waitForSelector(`#devices tr[data-device]`);
     await captureTime;

@@ -250,7 +250,7 @@ export interface DeviceRound {
   readonly round: number;
   /** Ordered to train in it (the open round's participants, seen while it was open). */
   readonly ordered: boolean;
-  /** Its update arrived at the Function (the open round's `received`). */
+  /** Its update arrived at the Function (the open round's `received`, or a closed round that does not list it as failed). */
   readonly received: boolean;
   readonly numSamples: number | null;
   readonly loss: number | null;
@@ -364,9 +364,19 @@ export class FleetHistory {
     for (const rec of detail.history) {
       const round = num(rec.round);
       if (round === null || !Array.isArray(rec.failures)) continue;
+      const failed = new Set<string>();
       for (const f of rec.failures as { deviceId?: unknown; code?: unknown }[]) {
-        if (typeof f?.deviceId === "string")
-          this.patch(f.deviceId, detail.jobId, round, { failure: str(f.code) ?? "failed" });
+        if (typeof f?.deviceId !== "string") continue;
+        failed.add(f.deviceId);
+        this.patch(f.deviceId, detail.jobId, round, { failure: str(f.code) ?? "failed" });
+      }
+      // A participant the closed round does not list as failed delivered its update (the open round may have
+      // closed between two polls, before its `received` was seen).
+      if (rec.status !== "aggregated") continue;
+      for (const [deviceId, m] of this.rounds) {
+        const r = m.get(`${detail.jobId}\u0000${round}`);
+        if (r?.ordered && !r.received && !failed.has(deviceId))
+          this.patch(deviceId, detail.jobId, round, { received: true });
       }
     }
   }

@@ -222,6 +222,33 @@ test("device history: state changes once each, a round's metrics and whether its
   ]);
   expect(d.current?.queueDepth).toBe(1);
   expect(h.history("nobody")).toBeUndefined();
+  // Ordered in round 2, which closed between two polls: received unless the record lists it as failed.
+  for (const [id, failures] of [
+    ["d1", []],
+    ["d2", [{ deviceId: "d2", code: "E_ROUND_TIMEOUT" }]],
+  ] as const) {
+    h.observeJob({
+      jobId: "j",
+      status: "running",
+      currentRound: 2,
+      rounds: 3,
+      history: [],
+      currentRoundState: { round: 2, status: "open", participants: [id], received: [] },
+    });
+    h.observeJob({
+      jobId: "j",
+      status: "running",
+      currentRound: 3,
+      rounds: 3,
+      history: [{ round: 2, status: "aggregated", failures }],
+      currentRoundState: null,
+    });
+  }
+  expect(h.history("d1")!.rounds.find((r) => r.round === 2)).toMatchObject({ received: true, failure: null });
+  expect(h.history("d2")!.rounds.find((r) => r.round === 2)).toMatchObject({
+    received: false,
+    failure: "E_ROUND_TIMEOUT",
+  });
 });
 
 test("the server: the page, Chart.js from node_modules, both sources' errors in the snapshot, loopback Host only", async () => {
