@@ -169,16 +169,24 @@ function evaluationOf(v: unknown): FleetEvaluation | null {
   return e as unknown as FleetEvaluation;
 }
 
-/** One point per round record of `GET /api/jobs/{id}`'s `history`. */
+/**
+ * One point per round record of `GET /api/jobs/{id}`'s `history`. A job whose records carry fleet-wide evaluations
+ * is drawn from them alone (a round whose model the fleet has not evaluated yet — the devices do it as the next
+ * round starts — has no accuracy or loss until then), never a mix of evaluation and training figures.
+ */
 export function roundPoints(history: readonly Record<string, unknown>[]): RoundPoint[] {
   const out: RoundPoint[] = [];
+  const evaluated = (r: Record<string, unknown>) => {
+    const e = evaluationOf(r.evaluation);
+    return e !== null && (num(e.accuracy) !== null || num(e.loss) !== null);
+  };
+  const fromEval = history.some(evaluated);
   for (const r of history) {
     const round = num(r.round);
     if (round === null) continue;
     const evaluation = evaluationOf(r.evaluation);
     const evalAcc = num(evaluation?.accuracy);
     const evalLoss = num(evaluation?.loss);
-    const fromEval = evaluation !== null && (evalAcc !== null || evalLoss !== null);
     out.push({
       round,
       status: str(r.status) ?? "aggregated",

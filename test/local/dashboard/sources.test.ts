@@ -132,7 +132,7 @@ test("the fleet's module twins through the Registry; a bad connection string, a 
   ).toBe("E_DASHBOARD_HUB_UNREACHABLE");
 });
 
-test("round points: fleet-wide evaluation when a record has one, else the training metrics; ε from the DP record", () => {
+test("round points: fleet-wide evaluation when the records have it, else the training metrics; ε from the DP record", () => {
   const points = roundPoints([
     {
       round: 2,
@@ -167,10 +167,13 @@ test("round points: fleet-wide evaluation when a record has one, else the traini
       },
     },
   ]);
+  // Round 2's model is not evaluated yet: no point rather than a training figure on an evaluation curve.
   expect(points.map((p) => [p.round, p.source, p.accuracy, p.loss, p.bytes, p.epsilon, p.failures])).toEqual([
     [1, "evaluation", 0.7, 0.8, 120, null, 0],
-    [2, "training", 0.8, 0.5, 100, 1.5, 1],
+    [2, "evaluation", null, null, 100, 1.5, 1],
   ]);
+  const training = roundPoints([{ round: 1, trainLoss: 0.5, trainAccuracy: 0.8, bytesReceived: 1 }]);
+  expect(training.map((p) => [p.source, p.accuracy, p.loss])).toEqual([["training", 0.8, 0.5]]);
   expect(points[0].evaluation?.worstDecile?.value).toBe(0.4);
 });
 
