@@ -257,6 +257,21 @@ export const ERRORS = {
     group: "round",
     meaning: "an asynchronous update is staler than the job's max staleness: refused and counted",
   },
+  E_EVAL_INVALID: {
+    group: "round",
+    meaning:
+      "a device's evaluation of a global model is malformed (samples, metric out of range, no metric, payload)",
+  },
+  E_EVAL_NOT_PARTICIPANT: {
+    group: "round",
+    meaning:
+      "an evaluation from a device that was never sent that model (not in the job's next round): refused",
+  },
+  E_EVAL_ROUND: {
+    group: "round",
+    meaning: "an evaluation of a model the job never published (no such round record): refused",
+  },
+  E_EVAL_VERSION: { group: "round", meaning: "an evaluation frame of a version this receiver does not know" },
   E_ROUND_DEADLINE: { group: "round", meaning: "the device could not finish the round before its deadline" },
   E_ROUND_INVALID: { group: "round", meaning: "a malformed round order (startRound payload)" },
   E_ROUND_MISSING: { group: "round", meaning: "an update announced as stored is missing from the store" },

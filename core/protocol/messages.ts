@@ -2,6 +2,7 @@ import type { EncodedTensor } from "../compress/api";
 import type { SecAggStep } from "../secagg/types";
 import { fail } from "../errors";
 import type { FitConfig } from "../strategies/strategy";
+import { checkDeviceEvaluation, type DeviceEvaluation } from "../round/evaluation";
 
 /**
  * Round protocol messages. Every message is one binary frame so that tensors never go through JSON:
@@ -103,9 +104,39 @@ export interface SecAggFrame {
   readonly metrics?: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
 }
 
+/** The evaluation frame versions this code reads and writes. */
+export const EVALUATION_VERSION = 1;
+/** Largest evaluation frame a receiver takes: always one small chunk (ids and a few numbers). */
+export const MAX_EVALUATION_FRAME = 4096;
+/**
+ * Evaluation frames travel with the update id `eval:` + the first 32 hex digits of their sha256, so the
+ * update-queue can tell them apart from updates: the cloud's `openRounds` drops a closed round's queued updates,
+ * never an evaluation (which is always of a closed round's model; docs/evaluation.md).
+ */
+export const EVALUATION_UPDATE_ID_PREFIX = "eval:";
+export function evaluationUpdateId(sha256: string): string {
+  return `${EVALUATION_UPDATE_ID_PREFIX}${sha256.slice(0, 32)}`;
+}
+
+/**
+ * A device's evaluation of a published global model on its held-out data (docs/evaluation.md), device → cloud
+ * through the same pipeline as updates (trainer → quantizer, passed through → update-queue → D2C), so an
+ * evaluation made offline is kept and sent like an update. `round` is the evaluated model's round (the model
+ * published after that round; the device got it as the starting model of round + 1). Header only, no payload;
+ * versioned (`v`), checked on decoding (E_EVAL_VERSION, E_EVAL_INVALID).
+ */
+export interface EvaluationFrame extends DeviceEvaluation {
+  readonly type: "evaluation";
+  readonly v: typeof EVALUATION_VERSION;
+  readonly jobId: string;
+  /** How the device ran the model (the trainer: onnxruntime, int8 by default). */
+  readonly precision?: "int8" | "fp32";
+}
+
 export type ServerMessage = TrainRequest | SecAggFrame;
+/** A round's device messages (the round engines take these; an evaluation is about a model, not a round). */
 export type DeviceMessage = TrainResultMessage | TrainFailureMessage | SecAggFrame;
-export type Message = ServerMessage | DeviceMessage;
+export type Message = ServerMessage | DeviceMessage | EvaluationFrame;
 
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
@@ -195,6 +226,8 @@ export function decodeMessage(bytes: Uint8Array): Message {
     case "failure":
       requireFields(header, ["jobId", "round", "deviceId", "code", "reason"]);
       return header as unknown as TrainFailureMessage;
+    case "evaluation":
+      return decodeEvaluation(header, payloadLength, encoding);
     default:
       return fail("E_PROTO_TYPE", `unknown message type '${String(header.type)}'`);
   }
@@ -220,6 +253,34 @@ function splitPayload(msg: Message): {
     default:
       return { header: { ...msg }, payload: null };
   }
+}
+
+function decodeEvaluation(
+  header: Record<string, unknown>,
+  payloadLength: number,
+  encoding: unknown,
+): EvaluationFrame {
+  if (header.v !== EVALUATION_VERSION)
+    fail(
+      "E_EVAL_VERSION",
+      `evaluation frame version ${String(header.v)} (this code reads ${EVALUATION_VERSION})`,
+    );
+  if (payloadLength !== 0 || encoding !== undefined)
+    fail("E_EVAL_INVALID", "an evaluation frame has no payload");
+  requireFields(header, ["jobId", "round", "deviceId", "samples"]);
+  if (typeof header.jobId !== "string" || header.jobId.length === 0)
+    fail("E_EVAL_INVALID", "evaluation jobId is not a non-empty string");
+  const precision = header.precision;
+  if (precision !== undefined && precision !== "int8" && precision !== "fp32")
+    fail("E_EVAL_INVALID", `evaluation precision '${String(precision)}' is not int8 or fp32`);
+  const e = checkDeviceEvaluation(header);
+  return {
+    type: "evaluation",
+    v: EVALUATION_VERSION,
+    jobId: header.jobId,
+    ...e,
+    ...(precision !== undefined ? { precision } : {}),
+  };
 }
 
 function requireFields(h: Record<string, unknown>, names: string[]): void {

@@ -60,5 +60,7 @@ export function decodeDeviceFrame(frame: Uint8Array, secagg = false): DeviceMess
     throw new FlotillaError("E_PROTO_TYPE", `device sent a server message ('${m.type}')`);
   if (m.type === "secagg" && !secagg)
     throw new FlotillaError("E_PROTO_TYPE", "secure aggregation frame in a round without it");
+  if (m.type === "evaluation")
+    throw new FlotillaError("E_PROTO_TYPE", "an evaluation frame is not a round's update");
   return m;
 }

@@ -99,6 +99,7 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("compression") !== undefined) c.compression = s("compression")!;
   if (s("downlinkCompression") !== undefined) c.downlinkCompression = s("downlinkCompression")!;
   if (o.secureAggregation) c.secureAggregation = true;
+  if (o.fleetEval === false) c.fleetEval = false;
   if (s("secaggNeighbours") !== undefined)
     c.secaggNeighbours = positiveInt("secagg-neighbours", s("secaggNeighbours")!, L.secaggNeighbours);
   if (s("secaggThreshold") !== undefined)
@@ -181,10 +182,23 @@ function roundLine(r: RoundSummary, total: number, mb: (bytes: number) => string
     (r.auc !== undefined ? `AUC ${r.auc.toFixed(4)}  ` : "") +
     (r.mae !== undefined ? `MAE ${r.mae.toFixed(4)}  ` : "") +
     `up ${mb(r.uplinkBytes)}  down ${mb(r.downlinkBytes)}  ${(r.durationMs / 1000).toFixed(1)} s` +
+    evalText(r) +
     secaggText(r) +
     dpText(r) +
     virtualText(r)
   );
+}
+
+/** Fleet-wide evaluation: the weighted accuracy (MAE) on the devices' held-out data and the worst decile's. */
+function evalText(r: RoundSummary): string {
+  const e = r.evaluation;
+  if (!e?.worstDecile) return "";
+  const pct = (v: number) => `${(v * 100).toFixed(2)}%`;
+  return e.accuracy !== undefined
+    ? `  fleet ${pct(e.accuracy)} (worst 10% ${pct(e.worstDecile.value)}, ${e.devices} devices)`
+    : e.mae !== undefined
+      ? `  fleet MAE ${e.mae.toFixed(4)} (worst 10% ${e.worstDecile.value.toFixed(4)}, ${e.devices} devices)`
+      : "";
 }
 
 /** With a fleet trace: the round's virtual end (hours:minutes:seconds), late updates and async staleness. */
@@ -685,6 +699,10 @@ export function buildProgram(): Command {
       "codec of the global model sent to devices: none | fp16 | int8 | ...",
     )
     .option("--secure-aggregation", "SecAgg+: the server sees only the sum of each round's updates")
+    .option(
+      "--no-fleet-eval",
+      "skip fleet-wide evaluation of each round's model on the devices' held-out data (docs/evaluation.md)",
+    )
     .option("--secagg-neighbours <k>", "neighbours per device in the masking graph (default 2·⌈log2 n⌉)")
     .option("--secagg-threshold <t>", "shares needed to unmask a device's secrets (default ⌊k/2⌋+1)")
     .option(

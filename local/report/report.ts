@@ -1,5 +1,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
+import type { FleetEvaluation } from "../../core/round/evaluation";
 
 /** The slice of a results.json the report draws. */
 export interface ReportInput {
@@ -27,6 +28,8 @@ export interface ReportInput {
     /** With a fleet trace: the round's virtual end (s) and its late updates. */
     virtualEndS?: number;
     late?: number;
+    /** Fleet-wide evaluation of the round's model on the devices' held-out data (core/round/evaluation.ts). */
+    evaluation?: FleetEvaluation;
   }[];
   final: {
     accuracy: number;
@@ -100,6 +103,38 @@ export function participationSeries(
   };
 }
 
+/**
+ * The fleet-wide evaluation curve (docs/evaluation.md): per round, the sample-weighted metric on the devices'
+ * held-out data, its p10–p90 band and min/max across devices, and the worst decile; in % for accuracy, raw for
+ * MAE (regressions). Null when no round has one. Rounds without one are gaps (null).
+ */
+export function evaluationSeries(r: Pick<ReportInput, "rounds">): {
+  metric: "accuracy" | "mae";
+  fleet: (number | null)[];
+  p10: (number | null)[];
+  p90: (number | null)[];
+  min: (number | null)[];
+  max: (number | null)[];
+  worst: (number | null)[];
+  devices: (number | null)[];
+} | null {
+  const evals = r.rounds.map((x) => x.evaluation);
+  if (!evals.some((e) => e?.spread)) return null;
+  const metric = evals.some((e) => e?.accuracy !== undefined) ? "accuracy" : "mae";
+  const scale = metric === "accuracy" ? 100 : 1;
+  const v = (x: number | undefined) => (x !== undefined && Number.isFinite(x) ? x * scale : null);
+  return {
+    metric,
+    fleet: evals.map((e) => v(e?.[metric])),
+    p10: evals.map((e) => v(e?.spread?.p10)),
+    p90: evals.map((e) => v(e?.spread?.p90)),
+    min: evals.map((e) => v(e?.spread?.min)),
+    max: evals.map((e) => v(e?.spread?.max)),
+    worst: evals.map((e) => v(e?.worstDecile?.value)),
+    devices: evals.map((e) => e?.devices ?? null),
+  };
+}
+
 /** A self-contained HTML report: summary, configuration, and charts of accuracy, loss, bytes and time per round. */
 export function renderReport(r: ReportInput, title = "Flotilla federated training report"): string {
   const rounds = r.rounds.map((x) => x.round);
@@ -154,6 +189,22 @@ ${r.status && r.status.state !== "completed" ? ` Job stopped: <b>${esc(r.status.
 <div><h2>Bytes per device (mean)</h2><canvas id="secaggBytes"></canvas></div>
 </div>`
     : "";
+  const evalSeries = evaluationSeries(r);
+  const lastEval = [...r.rounds].reverse().find((x) => x.evaluation?.worstDecile);
+  const fmtEval = (x: number) => (evalSeries?.metric === "mae" ? x.toFixed(4) : pct(x));
+  const evalHtml =
+    evalSeries && lastEval?.evaluation
+      ? `<h2>Fleet-wide evaluation</h2>
+<p>Each round's global model on the devices' own held-out data (docs/evaluation.md): the sample-weighted
+${evalSeries.metric === "mae" ? "MAE" : "accuracy"} over the devices, its spread across devices (p10–p90 band, min and
+max) and the worst 10% of devices, beside the central test set. Round ${lastEval.round}: ${fmtEval(lastEval.evaluation[evalSeries.metric] ?? NaN)}
+over ${lastEval.evaluation.devices} devices (${lastEval.evaluation.samples} samples), worst 10%
+${fmtEval(lastEval.evaluation.worstDecile!.value)} (${lastEval.evaluation.worstDecile!.devices.map(esc).join(", ")}).</p>
+<div class="grid">
+<div><h2>Fleet ${evalSeries.metric === "mae" ? "MAE" : "accuracy"} per round</h2><canvas id="fleetEval"></canvas></div>
+<div><h2>Devices evaluating per round</h2><canvas id="fleetEvalDevices"></canvas></div>
+</div>`
+      : "";
   const virtual = virtualSeries(r);
   const part = participationSeries(r);
   const pc = r.participation?.completed;
@@ -219,6 +270,12 @@ canvas{max-height:320px}
 <div class="card">final test loss<b>${Number.isFinite(r.final.loss) ? r.final.loss.toFixed(4) : "n/a"}</b></div>
 ${r.final.auc !== undefined ? `<div class="card">final test AUC<b>${num(r.final.auc, 4)}</b></div>` : ""}
 ${r.final.mae !== undefined ? `<div class="card">final test MAE<b>${num(r.final.mae, 4)}</b></div>` : ""}
+${
+  lastEval?.evaluation && evalSeries
+    ? `<div class="card">fleet ${evalSeries.metric === "mae" ? "MAE" : "accuracy"} (round ${lastEval.round})<b>${fmtEval(lastEval.evaluation[evalSeries.metric] ?? NaN)}</b></div>` +
+      `<div class="card">worst 10% of devices<b>${fmtEval(lastEval.evaluation.worstDecile!.value)}</b></div>`
+    : ""
+}
 <div class="card">rounds<b>${r.final.rounds}</b></div>
 <div class="card">wall time<b>${(r.final.wallMs / 1000).toFixed(1)} s</b></div>
 <div class="card">uplink total<b>${mb(totalUp)}</b></div>
@@ -231,6 +288,7 @@ ${virtualCards}
 <div><h2>Bytes per round</h2><canvas id="bytes"></canvas></div>
 <div><h2>Round wall time</h2><canvas id="time"></canvas></div>
 </div>
+${evalHtml}
 ${fleetHtml}
 ${secaggHtml}
 ${dpHtml}
@@ -243,6 +301,7 @@ const S = ${JSON.stringify(series)};
 const DP = ${JSON.stringify(dpSeries)};
 const VT = ${JSON.stringify(virtual)};
 const PART = ${JSON.stringify(part)};
+const EV = ${JSON.stringify(evalSeries)};
 const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
   type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
@@ -258,6 +317,23 @@ if (VT) new Chart(document.getElementById("accVirtual"), { type: "line", data: {
 if (PART) new Chart(document.getElementById("participation"), { type: "bar", data: { labels: PART.ids, datasets: [
   { label: "completed", data: PART.completed, backgroundColor: "#2ca02c" }, { label: "selected", data: PART.selected, backgroundColor: "#c7c7c7" }] },
   options: { animation: false, scales: { x: { ticks: { display: PART.ids.length <= 50 }, title: { display: true, text: "devices (sorted)" } }, y: { beginAtZero: true, title: { display: true, text: "updates" } } } } });
+if (EV) {
+  const acc = EV.metric === "accuracy";
+  const band = (label, data, fill, color) => ({ label, data, borderColor: color, backgroundColor: "rgba(31,119,180,0.15)", pointRadius: 0, borderWidth: 1, fill, spanGaps: false });
+  new Chart(document.getElementById("fleetEval"), { type: "line", data: { labels: S.rounds, datasets: [
+    band("", EV.p10, false, "rgba(31,119,180,0.4)"),
+    band("p10–p90 across devices", EV.p90, "-1", "rgba(31,119,180,0.4)"),
+    { label: "min / max device", data: EV.min, borderColor: "#aec7e8", borderDash: [4, 4], pointRadius: 0, borderWidth: 1 },
+    { label: "", data: EV.max, borderColor: "#aec7e8", borderDash: [4, 4], pointRadius: 0, borderWidth: 1 },
+    { label: acc ? "fleet accuracy (weighted, %)" : "fleet MAE (weighted)", data: EV.fleet, borderColor: "#1f77b4", backgroundColor: "#1f77b4", tension: 0.1 },
+    { label: "worst 10% of devices", data: EV.worst, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 },
+    ...(acc ? [{ label: "central test set (%)", data: S.accuracy, borderColor: "#7f7f7f", backgroundColor: "#7f7f7f", borderDash: [6, 3], tension: 0.1 }] : [])] },
+    options: { animation: false, plugins: { legend: { labels: { filter: (i) => i.text !== "" } } },
+      scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: acc ? "%" : "MAE" } } } } });
+  new Chart(document.getElementById("fleetEvalDevices"), { type: "bar", data: { labels: S.rounds, datasets: [
+    { label: "devices", data: EV.devices, backgroundColor: "#2ca02c" }] },
+    options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { beginAtZero: true, title: { display: true, text: "devices" } } } } });
+}
 if (DP) {
   const eps = [{ label: "ε spent", data: DP.epsilon, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 }];
   if (DP.budget !== null) eps.push({ label: "budget", data: S.rounds.map(() => DP.budget), borderColor: "#7f7f7f", borderDash: [6, 4], pointRadius: 0 });

@@ -65,6 +65,11 @@ export interface SimConfig {
   downlinkCompression: string;
   /** Secure aggregation (SecAgg+): the server learns only the sum of each round's updates. */
   secureAggregation: boolean;
+  /**
+   * Fleet-wide evaluation (docs/evaluation.md): each round's model evaluated on every device's held-out data
+   * (memory transport), or by the devices themselves (iothub); `--no-fleet-eval` turns it off. Default on.
+   */
+  fleetEval: boolean;
   /** SecAgg+ neighbours k per device (unset: 2·⌈log2 n⌉, n-1 = classic SecAgg). */
   secaggNeighbours?: number;
   /** Shares needed to unmask (unset: ⌊k/2⌋+1). */
@@ -145,6 +150,7 @@ export const DEFAULT_CONFIG: SimConfig = {
   compression: "none",
   downlinkCompression: "none",
   secureAggregation: false,
+  fleetEval: true,
   secaggStepTimeoutMs: 30_000,
   dropout: 0,
   dpDelta: 1e-5,

@@ -5,6 +5,7 @@ import { parsePartition, partitionDataset } from "../../core/data/partition";
 import { Rng } from "../../core/data/rng";
 import { checkDataTask } from "../../core/data/task";
 import { generateSensors } from "../../core/data/sensors";
+import { heldOutSample } from "../../core/data/heldout";
 import { defaultSpec, type ModelSpec } from "../../core/engine/model-spec";
 import { fail } from "../../core/errors";
 import type { SimConfig } from "./config";
@@ -69,6 +70,24 @@ export function loadFleetData(
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
   checkDataTask(test, spec);
   return { devices: devices.map(view), test: view(test), spec };
+}
+
+/**
+ * Each simulated device's held-out data for fleet-wide evaluation (docs/evaluation.md): a sample of the test set
+ * with the device's label mix (core/data/heldout.ts), sized as the device's share of the fleet's training data
+ * (so the fleet's held-out samples add up to about the test set), at least one. Training data is untouched:
+ * the test set is never trained on. Deterministic in (data, seed); device i draws with seed (seed, i).
+ */
+export function fleetHeldOut(data: Pick<FleetData, "devices" | "test">, seed: number): Dataset[] {
+  const total = data.devices.reduce((a, d) => a + d.n, 0);
+  return data.devices.map((d, i) =>
+    heldOutSample(
+      d,
+      data.test,
+      Math.max(1, Math.round((data.test.n * d.n) / Math.max(1, total))),
+      (Math.imul(seed >>> 0, 0x9e3779b1) ^ (i + 1)) >>> 0,
+    ),
+  );
 }
 
 function repartition(pool: Dataset, c: Pick<SimConfig, "devices" | "partition" | "seed">): Dataset[] {

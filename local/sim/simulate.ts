@@ -13,7 +13,9 @@ import { runJob, type RoundRecord, type ServerEvents } from "../../core/round/se
 import { createStrategy } from "../../core/strategies/registry";
 import { writeReport } from "../report/report";
 import type { SimConfig } from "./config";
-import { loadFleetData } from "./data";
+import { fleetHeldOut, loadFleetData } from "./data";
+import { foldEvaluations, type DeviceEvaluation, type FleetEvaluation } from "../../core/round/evaluation";
+import type { Dataset } from "../../core/data/dataset";
 import { WorkerFleet, startInProcessFleet } from "./worker-fleet";
 import * as os from "node:os";
 import type { JsonWebKey } from "node:crypto";
@@ -64,6 +66,12 @@ export interface RoundSummary {
   late?: number;
   /** Async mode: the staleness τ of each applied update (same order as participants). */
   staleness?: number[];
+  /**
+   * Fleet-wide evaluation of this round's model on the devices' held-out data (docs/evaluation.md): weighted
+   * accuracy / loss / MAE, their spread across devices and the worst decile. Memory transport: every device of the
+   * fleet; iothub: the devices that received the model (the next round's cohort), through the real pipeline.
+   */
+  evaluation?: FleetEvaluation;
 }
 
 /** --max-staleness when not given: updates more than this many versions old are refused. */
@@ -165,11 +173,28 @@ export async function simulate(
   // The task's metrics beyond accuracy and loss (AUC of a binary model, MAE of a regression or reconstruction):
   // the server evaluates each new model just before the round's record, which picks them up.
   let extra: TaskMetrics = {};
+  // Fleet-wide evaluation: the same model on every device's held-out data (label-matched samples of the test set,
+  // local/sim/data.ts fleetHeldOut), folded as the aggregation Function folds the devices' reports.
+  const heldOut = config.fleetEval ? fleetHeldOut(data, config.seed) : undefined;
+  let fleetEvals: Omit<DeviceEvaluation, "round">[] | undefined;
   const evaluate = async (w: Float32Array): Promise<EvalSummary> => {
     evalModel.setWeights(w);
     const e = evalModel.evaluate(data.test, 500);
     extra = taskMetrics(e);
+    if (heldOut) fleetEvals = evaluateHeldOut(evalModel, heldOut, config.devices);
     return e;
+  };
+  /** The round's fleet evaluation (once: the pending evaluations are consumed). */
+  const fleetEvaluation = (round: number): { evaluation?: FleetEvaluation } => {
+    const evals = fleetEvals;
+    fleetEvals = undefined;
+    const f = evals
+      ? foldEvaluations(
+          round,
+          evals.map((x) => ({ ...x, round })),
+        )
+      : undefined;
+    return f ? { evaluation: f } : {};
   };
   strategy.initialize(initial);
 
@@ -289,7 +314,7 @@ export async function simulate(
         const p = participation.get(id);
         if (p) p.completed++;
       }
-      const s = { ...summarize(rec), ...extra };
+      const s = { ...summarize(rec), ...extra, ...fleetEvaluation(rec.round) };
       extra = {};
       if (fleet) {
         s.virtualStartS = rec.startedAt / 1000;
@@ -376,6 +401,7 @@ export async function simulate(
             staleness: rec.staleness,
             ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
             ...extra,
+            ...fleetEvaluation(rec.round),
           };
           extra = {};
           wall = now;
@@ -437,6 +463,29 @@ export async function simulate(
 }
 
 type TaskMetrics = Pick<RoundSummary, "auc" | "mae">;
+
+/**
+ * Every device's evaluation of the model `evalModel` holds, on its held-out data: samples, accuracy, loss and MAE
+ * as the model reports them (non-finite ones left out, as a device leaves them out of its frame).
+ */
+export function evaluateHeldOut(
+  evalModel: { evaluate(d: Dataset, batchSize: number): EvalSummary },
+  heldOut: readonly Dataset[],
+  devices: number,
+): Omit<DeviceEvaluation, "round">[] {
+  return heldOut.map((d, i) => {
+    const e = evalModel.evaluate(d, 500) as EvalSummary & { mae?: number };
+    const finite = (k: "accuracy" | "loss" | "mae", v: number | undefined) =>
+      v !== undefined && Number.isFinite(v) ? { [k]: v } : {};
+    return {
+      deviceId: deviceName(i, devices),
+      samples: d.n,
+      ...finite("accuracy", e.accuracy),
+      ...finite("loss", e.loss),
+      ...finite("mae", e.mae),
+    };
+  });
+}
 
 /** AUC and MAE of an evaluation, when the model reports them (graph models of a binary or regression task). */
 function taskMetrics(e: EvalSummary): TaskMetrics {

@@ -20,7 +20,7 @@ import { initBackend } from "../../core/engine/backend";
 import { createModel } from "../../core/engine/models";
 import { FlotillaError } from "../../core/errors";
 import { loggerFromEnv } from "../../core/log";
-import { getJson } from "../../cloud/aggregator/src/store/blob-store";
+import { getJson, type BlobStore } from "../../cloud/aggregator/src/store/blob-store";
 import {
   paths,
   type JobDocument,
@@ -29,7 +29,7 @@ import {
   type SecAggRecord,
 } from "../../cloud/aggregator/src/jobs/state";
 import { simThreads, type SimConfig } from "../sim/config";
-import { deviceName, loadFleetData } from "../sim/data";
+import { deviceName, fleetHeldOut, loadFleetData } from "../sim/data";
 import { checkWarmStart, loadModelSource } from "../../core/export/model-dir";
 import { parseOptimizer } from "../../core/engine/optimizer-config";
 import {
@@ -109,6 +109,9 @@ export async function simulateOverIotHub(
     ...(fleetTrace ? { fleetTrace, timeScale: config.timeScale ?? 600 } : {}),
     ...(config.secureAggregation ? { identityKeys: "keyvault" as const } : {}),
     data: data.devices,
+    // Fleet-wide evaluation (docs/evaluation.md): each trainer evaluates every model it receives on its held-out
+    // data with onnxruntime and sends the result up the update pipeline; the Function folds them into the records.
+    ...(config.fleetEval ? { evalData: fleetHeldOut(data, config.seed) } : {}),
     deviceIds,
     workers: Math.max(1, config.workers),
     threads: simThreads({ threads: config.threads, workers: Math.max(1, config.workers) }),
@@ -256,7 +259,7 @@ export async function simulateOverIotHub(
       }
       if (doc.status === "completed" || doc.status === "failed" || doc.status === "stopped") {
         if (doc.status === "failed") throw new FlotillaError("E_JOB_FAILED", doc.error ?? "the job failed");
-        finalDoc = doc;
+        finalDoc = config.fleetEval ? await awaitEvaluations(store, jobId, doc) : doc;
         break;
       }
       if (config.targetAccuracy > 0 && summaries.some((s) => s.accuracy >= config.targetAccuracy)) {
@@ -270,6 +273,12 @@ export async function simulateOverIotHub(
   } finally {
     await dashboard?.freeze(`job ${jobId} ended; the local stack has stopped`);
     await stack.close();
+  }
+  // Round r's model is evaluated by the devices that start round r + 1 with it, after the round's record: the
+  // evaluations are read from the final job document (the last round's model goes to no device: none).
+  for (const s of summaries) {
+    const e = finalDoc?.rounds.find((r) => r.round === s.round)?.evaluation;
+    if (e) s.evaluation = e;
   }
   const status: JobStatus =
     finalDoc?.stopReason === "budget-exhausted"
@@ -300,6 +309,26 @@ export async function simulateOverIotHub(
   evalModel.dispose();
   return result;
 }
+
+/**
+ * The job document once the devices' evaluations have arrived: round r's model is evaluated by the devices that
+ * completed round r + 1 (each sends its evaluation after its update), so the job is done when every such round
+ * has that many; at most EVALUATION_WAIT_MS after the job ended (an evaluation lost to a failed device is not
+ * waited for longer).
+ */
+async function awaitEvaluations(store: BlobStore, jobId: string, doc: JobDocument): Promise<JobDocument> {
+  const until = Date.now() + EVALUATION_WAIT_MS;
+  for (let cur = doc; ;) {
+    const missing = cur.rounds.some((r) => {
+      const next = cur.rounds.find((x) => x.round === r.round + 1);
+      return next !== undefined && next.completed > 0 && (r.evaluation?.devices ?? 0) < next.completed;
+    });
+    if (!missing || Date.now() > until) return cur;
+    await new Promise((r) => setTimeout(r, 200));
+    cur = (await getJson<JobDocument>(store, paths.job(jobId)))?.value ?? cur;
+  }
+}
+const EVALUATION_WAIT_MS = 30_000;
 
 /** A secure round's record in the simulation's summary format (core/round/secure-round.ts SecureRoundRecord). */
 function secureSummary(s: SecAggRecord): NonNullable<RoundSummary["secagg"]> {

@@ -85,6 +85,8 @@ export interface LocalStack {
 export interface LocalStackOptions {
   /** Each device's local data, index i = device i. */
   data: Dataset[];
+  /** Each device's held-out data (fleet-wide evaluation, docs/evaluation.md); absent: the trainers send none. */
+  evalData?: Dataset[];
   deviceIds: string[];
   /** Worker threads for training. */
   workers: number;
@@ -236,13 +238,17 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   for (const deviceId of external) {
     for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.createModule(deviceId, m);
   }
-  const entries = opts.deviceIds.map((deviceId, i) => ({ deviceId, data: opts.data[i] }));
+  const entries = opts.deviceIds.map((deviceId, i) => ({
+    deviceId,
+    data: opts.data[i],
+    evalData: opts.evalData?.[i],
+  }));
   const inProcess = entries.filter((d) => !external.has(d.deviceId));
   for (let i = 0; i < inProcess.length; i += batch) {
     const ids = inProcess.slice(i, i + batch);
     devices.push(
       ...(await Promise.all(
-        ids.map(async ({ deviceId, data }) => {
+        ids.map(async ({ deviceId, data, evalData }) => {
           const dirs = deviceStateDirs(stateDir, deviceId);
           const [tc, qc, pc, zc] = await Promise.all([
             openModule(hub, deviceId, "trainer"),
@@ -269,6 +275,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             client: tc,
             deviceId,
             data,
+            ...(evalData ? { evalData } : {}),
             trainExecutor:
               clock && traces
                 ? new PacedExecutor(pool, clock, traceSpeed(traces.get(deviceId)!), () => data.n)

@@ -42,10 +42,17 @@ export function frameChunks(
   frame: Uint8Array,
   meta: FrameMeta,
   maxChunkBytes = DEFAULT_CHUNK_BYTES,
+  /** The update id (default: the first 32 hex digits of the frame's sha256). */
+  updateId?: string,
 ): { updateId: string; sha256: string; messages: Message[] } {
-  const { updateId, sha256, chunks } = splitFrame(frame, meta, { maxChunkBytes });
+  const split = splitFrame(frame, meta, { maxChunkBytes, ...(updateId !== undefined ? { updateId } : {}) });
+  const { sha256, chunks } = split;
   // Each message gets a copy of its slice: the caller may reuse the frame's memory once this returns.
-  return { updateId, sha256, messages: chunks.map((c) => chunkMessage({ ...c, body: Buffer.from(c.body) })) };
+  return {
+    updateId: split.updateId,
+    sha256,
+    messages: chunks.map((c) => chunkMessage({ ...c, body: Buffer.from(c.body) })),
+  };
 }
 
 /** A non-empty string application property of a message, or undefined. */

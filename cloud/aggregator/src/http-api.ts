@@ -8,6 +8,8 @@
  *                                      (the open round is paused: its trainers get `abortRound` and an
  *                                      idle twin; updates arriving meanwhile are kept for the restart)
  *   GET  /api/jobs/{id}                status + round records (+ open round)      → 200
+ *                                      (each record's `evaluation`: the fleet's evaluation of its model on
+ *                                      held-out data, docs/evaluation.md; the newest one also as `evaluation`)
  *                                      (a job stopped by its privacy budget: status `completed`,
  *                                      `stopReason: "budget-exhausted"`, `stopMessage`; DP jobs: `privacy`;
  *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
@@ -42,6 +44,8 @@ function error(status: number, code: string, message: string): HttpResponseInit 
 
 function summary(job: JobDocument) {
   const d = job.definition;
+  // The newest model the fleet evaluated on its held-out data (docs/evaluation.md); every round's is in `history`.
+  const evaluation = [...job.rounds].reverse().find((r) => r.evaluation)?.evaluation;
   return {
     jobId: d.jobId,
     status: job.status,
@@ -52,6 +56,7 @@ function summary(job: JobDocument) {
     createdAt: job.createdAt,
     updatedAt: job.updatedAt,
     ...(job.stopReason ? { stopReason: job.stopReason, stopMessage: job.stopMessage } : {}),
+    ...(evaluation ? { evaluation } : {}),
     ...(d.differentialPrivacy && job.dp
       ? {
           privacy: {

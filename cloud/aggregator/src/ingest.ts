@@ -19,8 +19,15 @@ import {
   type ChunkMeta,
   type ChunkRejection,
 } from "../../../core/protocol/chunks";
-import { decodeMessage, type Message, type SecAggFrame } from "../../../core/protocol/messages";
-import { isFlotillaError } from "../../../core/errors";
+import {
+  decodeMessage,
+  MAX_EVALUATION_FRAME,
+  type EvaluationFrame,
+  type Message,
+  type SecAggFrame,
+} from "../../../core/protocol/messages";
+import { errorCode, isFlotillaError } from "../../../core/errors";
+import { foldEvaluations } from "../../../core/round/evaluation";
 import { isConflict } from "./store/blob-store";
 import { step as engineStep } from "../../../core/round/engine";
 import {
@@ -66,6 +73,10 @@ export const INGEST_COUNTERS = [
   /** Async jobs: updates trained from a version older than the job's maxStaleness (E_ASYNC_STALE). */
   "refused_stale",
   "ignored_other",
+  /** Devices' evaluations of a published model (docs/evaluation.md): recorded, repeated, refused (E_EVAL_*). */
+  "evaluations",
+  "duplicate_evaluations",
+  "rejected_evaluation",
   "errors",
 ] as const;
 export type IngestCounter = (typeof INGEST_COUNTERS)[number];
@@ -106,13 +117,20 @@ interface Batch {
   readonly pending: Map<string, PendingUpdate>;
   /** Chunks earlier batches stored, by chunk directory. */
   readonly stored: Map<string, string[]>;
+  /** Evaluation frames (one chunk each), recorded after the batch's updates. */
+  readonly evaluations: PendingEvaluation[];
+}
+
+interface PendingEvaluation {
+  readonly props: ChunkProps;
+  readonly msg: EvaluationFrame;
 }
 
 /** A reassembled, checked update, ready to be recorded. */
 interface Completed {
   readonly props: ChunkProps;
   readonly job: JobDocument;
-  readonly msg: Exclude<Message, { type: "train" }>;
+  readonly msg: Exclude<Message, { type: "train" } | EvaluationFrame>;
   readonly frame: Uint8Array;
   /** Its chunks in the store (from earlier batches), deleted once it is recorded. */
   readonly storedNames: readonly string[];
@@ -176,6 +194,7 @@ export class Ingestor {
       asyncStates: new Map(),
       pending: new Map(),
       stored: new Map(),
+      evaluations: [],
     };
     let accepted = 0;
     let rejected = 0;
@@ -197,6 +216,13 @@ export class Ingestor {
     try {
       // An update refused when it completes was counted as accepted when its last chunk came.
       const refused = await this.completeBatch(batch);
+      accepted -= refused;
+      rejected += refused;
+    } catch (e) {
+      this.count(e);
+    }
+    try {
+      const refused = await this.recordEvaluations(batch);
       accepted -= refused;
       rejected += refused;
     } catch (e) {
@@ -252,6 +278,15 @@ export class Ingestor {
         "rejected_oversized",
         `update of ${p.size} bytes for a model of ${job.modelLength} values`,
       );
+    }
+    // An evaluation (docs/evaluation.md) is one small chunk about a published model, not an update of an open
+    // round: it is told apart by its frame before the round checks below.
+    if (p.chunkCount === 1 && p.size <= MAX_EVALUATION_FRAME) {
+      const msg = await this.peekEvaluation(p, body);
+      if (msg) {
+        batch.evaluations.push({ props: p, msg });
+        return;
+      }
     }
     if (job.definition.mode === "async") return this.acceptAsyncChunk(p, body, job, batch);
     const round = await this.round(p.jobId, p.round, batch);
@@ -475,6 +510,15 @@ export class Ingestor {
       await this.dropChunks(storedNames);
       throw new Reject("rejected_frame", `update ${p.updateId}: frame does not match its properties`);
     }
+    if (msg.type === "evaluation") {
+      // Evaluations travel as one small chunk (peekEvaluation); a larger or split one is refused.
+      await this.dropChunks(storedNames);
+      await this.ack(p.deviceId, p.updateId);
+      throw new Reject(
+        "rejected_evaluation",
+        `E_EVAL_INVALID: update ${p.updateId}: an evaluation frame of ${p.size} bytes in ${p.chunkCount} chunks`,
+      );
+    }
     if (msg.type === "secagg") return { props: p, job: u.job, msg, frame, storedNames };
     if (msg.type === "result" && u.secure) {
       // A plaintext update in a secure round (e.g. a trainer without secure aggregation) is never stored or used;
@@ -551,7 +595,7 @@ export class Ingestor {
       let st = cur;
       for (const c of group) {
         const p = c.props;
-        const msg = c.msg as Exclude<Message, SecAggFrame | { type: "train" }>;
+        const msg = c.msg as Exclude<Message, SecAggFrame | EvaluationFrame | { type: "train" }>;
         if (st.received[p.deviceId]) {
           outcome.set(c, "duplicate");
           continue;
@@ -632,7 +676,7 @@ export class Ingestor {
       let eng = cur.engine;
       for (const c of group) {
         const p = c.props;
-        const msg = c.msg as Exclude<Message, SecAggFrame | { type: "train" }>;
+        const msg = c.msg as Exclude<Message, SecAggFrame | EvaluationFrame | { type: "train" }>;
         if (msg.type === "result") {
           if (eng.entries.some((x) => x.updateId === p.updateId)) {
             outcome.set(c, "duplicate");
@@ -796,6 +840,141 @@ export class Ingestor {
         "late",
         `${p.jobId}/${p.round}: secagg ${step} ${p.updateId} arrived after its step closed`,
       );
+  }
+
+  /**
+   * The evaluation frame a one-chunk update carries (checked by the wire contract: body hash, frame size and
+   * sha256), or undefined when it is another frame (left to the update path). A frame that says `evaluation` but
+   * is malformed (E_EVAL_*) or does not match its chunk properties is refused and acknowledged: it can never
+   * become valid, so the device's queue must let it go.
+   */
+  private async peekEvaluation(p: ChunkProps, body: Uint8Array): Promise<EvaluationFrame | undefined> {
+    asReject(() => checkChunkBody(body, p));
+    const asm = new FrameAssembler(p);
+    asReject(() => asm.add(body));
+    const frame = asReject(() => asm.finish());
+    let msg: Message;
+    try {
+      msg = decodeMessage(frame);
+    } catch (e) {
+      if (!errorCode(e).startsWith("E_EVAL_")) return undefined;
+      await this.ack(p.deviceId, p.updateId);
+      throw new Reject(
+        "rejected_evaluation",
+        `${errorCode(e)}: update ${p.updateId}: ${(e as Error).message}`,
+      );
+    }
+    if (msg.type !== "evaluation") return undefined;
+    if (msg.jobId !== p.jobId || msg.round !== p.round || msg.deviceId !== p.deviceId) {
+      await this.ack(p.deviceId, p.updateId);
+      throw new Reject(
+        "rejected_evaluation",
+        `E_EVAL_INVALID: update ${p.updateId}: evaluation of ${msg.jobId}/${msg.round} by '${msg.deviceId}' ` +
+          `does not match its properties`,
+      );
+    }
+    return msg;
+  }
+
+  /**
+   * The batch's evaluations (docs/evaluation.md), per job and round: each device's first evaluation of round r's
+   * model is kept in rounds/{r}/evaluations.json (one ETag-conditional write per round and batch; a repeat is
+   * counted once), and round r's record gets the fold of all of them (core/round/evaluation.ts foldEvaluations),
+   * written only when it covers more devices than the record's (the evaluations only grow, so an instance that
+   * read fewer never overwrites a fuller fold). Refused, each with a code: a model the job never published
+   * (E_EVAL_ROUND: no record of round r) and a device that was never sent it (E_EVAL_NOT_PARTICIPANT: not a
+   * participant of round r + 1, whose order carried the model; async jobs: never ordered from version r on).
+   * Everything is acknowledged. Returns how many were refused.
+   */
+  private async recordEvaluations(batch: Batch): Promise<number> {
+    const groups = new Map<string, PendingEvaluation[]>();
+    for (const e of batch.evaluations) {
+      const key = `${e.props.jobId}\u0000${e.props.round}`;
+      groups.set(key, [...(groups.get(key) ?? []), e]);
+    }
+    let refused = 0;
+    const refuse = async (e: PendingEvaluation, code: string, reason: string): Promise<void> => {
+      refused++;
+      await this.ack(e.props.deviceId, e.props.updateId);
+      this.count(new Reject("rejected_evaluation", `${code}: ${e.props.jobId}/${e.props.round}: ${reason}`));
+    };
+    for (const group of groups.values()) {
+      const { jobId, round } = group[0].props;
+      let job = await this.job(jobId, batch);
+      if (job && !job.rounds.some((r) => r.round === round)) job = await this.repo.getJob(jobId);
+      if (!job || !job.rounds.some((r) => r.round === round)) {
+        for (const e of group)
+          await refuse(e, "E_EVAL_ROUND", `the job has published no model of round ${round}`);
+        continue;
+      }
+      const sentTo = await this.modelReceivers(job, round, batch);
+      const fresh: PendingEvaluation[] = [];
+      for (const e of group) {
+        if (sentTo(e.props.deviceId)) fresh.push(e);
+        else
+          await refuse(
+            e,
+            "E_EVAL_NOT_PARTICIPANT",
+            `'${e.props.deviceId}' was never sent round ${round}'s model`,
+          );
+      }
+      if (fresh.length === 0) continue;
+      const now = this.services.clock();
+      const outcome = new Map<PendingEvaluation, "recorded" | "duplicate">();
+      const all = await this.repo.updateEvaluations(jobId, round, (cur) => {
+        outcome.clear();
+        const devices = { ...cur.devices };
+        for (const e of fresh) {
+          const id = e.props.deviceId;
+          if (Object.hasOwn(devices, id)) {
+            outcome.set(e, "duplicate");
+            continue;
+          }
+          const { type: _t, v: _v, jobId: _j, ...evaluation } = e.msg;
+          devices[id] = { ...evaluation, at: now };
+          outcome.set(e, "recorded");
+        }
+        return [...outcome.values()].includes("recorded") ? { ...cur, devices } : undefined;
+      });
+      const fold = all ? foldEvaluations(round, Object.values(all.devices)) : undefined;
+      if (fold) {
+        await this.repo.updateJob(jobId, (cur) => {
+          const rec = cur.rounds.find((r) => r.round === round);
+          if (!rec || (rec.evaluation?.devices ?? 0) >= fold.devices) return undefined;
+          return {
+            ...cur,
+            rounds: cur.rounds.map((r) => (r === rec ? { ...r, evaluation: fold } : r)),
+            updatedAt: Math.max(cur.updatedAt, now),
+          };
+        });
+      }
+      for (const e of fresh) {
+        if (outcome.get(e) === "recorded") {
+          this.counters.evaluations++;
+          this.services.log(
+            `ingest: evaluation ${e.props.updateId} of ${jobId}/${round}'s model from ${e.props.deviceId}`,
+          );
+        } else this.counters.duplicate_evaluations++;
+        await this.ack(e.props.deviceId, e.props.updateId);
+      }
+    }
+    return refused;
+  }
+
+  /** Who was sent round r's model: the participants of round r + 1 (sync), or devices ordered since (async). */
+  private async modelReceivers(
+    job: JobDocument,
+    round: number,
+    batch: Batch,
+  ): Promise<(deviceId: string) => boolean> {
+    const jobId = job.definition.jobId;
+    if (job.definition.mode === "async") {
+      if (!batch.asyncStates.has(jobId)) batch.asyncStates.set(jobId, await this.repo.getAsync(jobId));
+      const lastRound = batch.asyncStates.get(jobId)?.lastRound ?? {};
+      return (id) => Object.hasOwn(lastRound, id) && lastRound[id] >= round + 1;
+    }
+    const next = await this.round(jobId, round + 1, batch);
+    return (id) => next?.participants.some((x) => x.deviceId === id) ?? false;
   }
 
   private async dropChunks(names: readonly string[]): Promise<void> {

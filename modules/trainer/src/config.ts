@@ -8,6 +8,9 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *   FLOTILLA_DATA_DIR            the device's training data: CSV / JSON-lines files, and     default /data
  *                                optionally schema.json saying how they become samples or time-series windows
  *                                (docs/data.md; core/data/dirloader.ts), read at every round
+ *   FLOTILLA_EVAL_DIR            the device's held-out data, in the same formats: each new    default: none
+ *                                global model is evaluated on it with onnxruntime and the result sent to the
+ *                                cloud (docs/evaluation.md); never trained on. Unset: no evaluation is sent
  *   FLOTILLA_MAX_CHUNK_BYTES     body bytes per `updates` output message                   default 255,000
  *   FLOTILLA_THREADS             threads of local training (1 to 8, or auto; docs/threads.md) default auto: the
  *                                device's cores, at most 4. Fixed for the module's life (restart to change).
@@ -25,6 +28,8 @@ export { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES };
 
 export interface TrainerConfig {
   readonly dataDir: string;
+  /** Held-out data for fleet-wide evaluation (FLOTILLA_EVAL_DIR); undefined = none. */
+  readonly evalDir?: string;
   readonly maxChunkBytes: number;
   /** Training threads (FLOTILLA_THREADS); undefined = auto. */
   readonly threads?: number;
@@ -34,9 +39,10 @@ export interface TrainerConfig {
 export function loadTrainerConfig(env: Env): TrainerConfig {
   const p = new ConfigProblems("trainer", env);
   const dataDir = p.value("FLOTILLA_DATA_DIR") ?? DEFAULT_DATA_DIR;
+  const evalDir = p.value("FLOTILLA_EVAL_DIR");
   const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
   const threads = p.threads();
   const connection = readConnection(p);
   p.check();
-  return { dataDir, maxChunkBytes, threads, connection };
+  return { dataDir, ...(evalDir !== undefined ? { evalDir } : {}), maxChunkBytes, threads, connection };
 }

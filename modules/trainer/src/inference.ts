@@ -114,6 +114,39 @@ export class TrainerInference {
     };
   }
 
+  /**
+   * Evaluates the loaded model on held-out data (fleet-wide evaluation, docs/evaluation.md): the model's job and
+   * round, the sample count and the metrics its task has (accuracy of classifiers and autoencoders, the mean
+   * loss, MAE of regressions; NaN ones left out).
+   */
+  async evaluateHeldOut(data: Dataset): Promise<
+    | {
+        readonly jobId: string;
+        readonly modelRound: number;
+        readonly precision: InferencePrecision;
+        readonly samples: number;
+        readonly accuracy?: number;
+        readonly loss?: number;
+        readonly mae?: number;
+      }
+    | undefined
+  > {
+    const l = this.loaded;
+    if (!l) return undefined;
+    const r = await l.model.evaluate(data);
+    const finite = (k: "accuracy" | "loss" | "mae", v: number | undefined) =>
+      v !== undefined && Number.isFinite(v) ? { [k]: v } : {};
+    return {
+      jobId: l.jobId,
+      modelRound: l.modelRound,
+      precision: this.precision,
+      samples: r.n,
+      ...finite("accuracy", r.accuracy),
+      ...finite("loss", r.loss),
+      ...finite("mae", r.mae),
+    };
+  }
+
   /** The `predict` method: `{ inputs: number[][] }`, each row one sample of the model's input size. */
   async predict(payload: unknown): Promise<PredictAnswer> {
     const l = this.loaded;

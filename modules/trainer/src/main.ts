@@ -18,14 +18,19 @@ export async function start(log: Logger, env: Env = process.env): Promise<Traine
   // The backend's thread pool is fixed for the process: started here, before any model, with FLOTILLA_THREADS.
   await initBackend({ threads: config.threads });
   const client = await createModuleClient(config.connection);
-  log.info(`data in ${config.dataDir}; training on ${backendThreads()} thread(s)`, {
-    dataDir: config.dataDir,
-    threads: backendThreads(),
-  });
+  log.info(
+    `data in ${config.dataDir}${config.evalDir ? `, held-out data in ${config.evalDir}` : ""}; training on ${backendThreads()} thread(s)`,
+    {
+      dataDir: config.dataDir,
+      evalDir: config.evalDir,
+      threads: backendThreads(),
+    },
+  );
   return startTrainer({
     client,
     deviceId: config.connection.deviceId,
     dataDir: config.dataDir,
+    ...(config.evalDir !== undefined ? { evalDir: config.evalDir } : {}),
     maxChunkBytes: config.maxChunkBytes,
     // Secure aggregation's identity key: Key Vault when FLOTILLA_KEYVAULT_URL is set, else the key file in
     // FLOTILLA_KEY_DIR (azure/keyvault-key-provider.ts).

@@ -3,7 +3,8 @@ import type { Dataset } from "../../../core/data/dataset";
 import { countParams, modelLayout } from "../../../core/engine/models";
 import { FlotillaError, isFlotillaError } from "../../../core/errors";
 import { decodeTensor } from "../../../core/compress";
-import { encodeMessage } from "../../../core/protocol/messages";
+import { encodeMessage, evaluationUpdateId, EVALUATION_VERSION } from "../../../core/protocol/messages";
+import { checkDeviceEvaluation } from "../../../core/round/evaluation";
 import { weightsHash } from "../../../core/tensor/layout";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, type EdgeModuleClient, type TwinLike } from "../../shared/module-client";
@@ -85,6 +86,13 @@ export interface TrainerOptions {
   /** Directory of the local data (default /data); ignored when `data` is given. */
   dataDir?: string;
   data?: Dataset;
+  /**
+   * Held-out data (never trained on): each new global model is evaluated on it with onnxruntime and the result
+   * sent to the cloud as an `evaluation` frame (docs/evaluation.md). A directory (FLOTILLA_EVAL_DIR) or, for
+   * launchers, a dataset; neither = no evaluation.
+   */
+  evalDir?: string;
+  evalData?: Dataset;
   modelCache?: ModelCache;
   trainExecutor?: TrainExecutor;
   /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
@@ -197,6 +205,14 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, host.stopSignal));
   let inferenceChain: Promise<void> = Promise.resolve();
   let localData: { key: string; data: Dataset } | undefined;
+  const evalRef: DataRef | undefined = opts.evalData
+    ? { kind: "dataset", dataset: opts.evalData }
+    : opts.evalDir !== undefined
+      ? { kind: "dir", dir: opts.evalDir }
+      : undefined;
+  let heldOut: { key: string; data: Dataset } | undefined;
+  /** Models already evaluated on the held-out data (jobId, round): each is sent once per process. */
+  const evaluated = new Set<string>();
   const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
     if (!inference || !order.onnx || host.stopped) return;
     try {
@@ -206,6 +222,10 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       if (localData?.key !== key) localData = { key, data: resolveData(dataRef, order.modelSpec) };
       const report = await inference.evaluate(localData.data);
       if (report && !host.stopped) setState({ inference: report });
+      if (evalRef) {
+        if (heldOut?.key !== key) heldOut = { key, data: resolveData(evalRef, order.modelSpec) };
+        await sendEvaluation(heldOut.data);
+      }
     } catch (e) {
       const err = errorOf(e);
       log.warn(`ONNX inference on round ${order.round - 1}'s model: ${err.code}: ${err.message}`, {
@@ -215,6 +235,52 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       });
       if (!host.stopped) setState({ inference: { error: err } });
     }
+  };
+
+  /**
+   * Fleet-wide evaluation (docs/evaluation.md): the loaded global model on the held-out data, sent as an
+   * `evaluation` frame through the same output as updates (the update-queue keeps it until the cloud acknowledges
+   * it, so one made offline is not lost). Models of round 0 (the initial model) have no round record: not sent.
+   */
+  const sendEvaluation = async (data: Dataset): Promise<void> => {
+    const r = await inference!.evaluateHeldOut(data);
+    if (!r || r.modelRound < 1 || host.stopped) return;
+    const key = keyOf({ jobId: r.jobId, round: r.modelRound });
+    if (evaluated.has(key)) return;
+    const evaluation = checkDeviceEvaluation({
+      deviceId,
+      round: r.modelRound,
+      samples: r.samples,
+      accuracy: r.accuracy,
+      loss: r.loss,
+      mae: r.mae,
+    });
+    const frame = encodeMessage({
+      type: "evaluation",
+      v: EVALUATION_VERSION,
+      jobId: r.jobId,
+      ...evaluation,
+      precision: r.precision,
+    });
+    const updateId = await sendFrame(
+      frame,
+      { jobId: r.jobId, round: r.modelRound },
+      host.stopSignal,
+      evaluationUpdateId(createHash("sha256").update(frame).digest("hex")),
+    );
+    evaluated.add(key);
+    log.info(
+      `round ${r.modelRound}'s model of ${r.jobId} evaluated on ${r.samples} held-out samples` +
+        (r.accuracy !== undefined ? ` (accuracy ${r.accuracy.toFixed(4)})` : ""),
+      {
+        jobId: r.jobId,
+        round: r.modelRound,
+        updateId,
+        samples: r.samples,
+        accuracy: r.accuracy,
+        loss: r.loss,
+      },
+    );
   };
 
   // --- round order intake --------------------------------------------------------------------------------------
@@ -536,11 +602,13 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     frame: Uint8Array,
     order: { jobId: string; round: number },
     signal: AbortSignal,
+    id?: string,
   ): Promise<string> => {
     const { updateId, messages } = frameChunks(
       frame,
       { jobId: order.jobId, round: order.round, deviceId },
       maxChunkBytes,
+      id,
     );
     await host.sendWithRetry(outputName, messages, { failCode: "E_UPLOAD", attempts: sendAttempts, signal });
     return updateId;

@@ -16,7 +16,7 @@ import {
   type ChunkMeta,
   CONTENT_TYPE_PROPERTY,
 } from "../../../core/protocol/chunks";
-import { decodeMessage } from "../../../core/protocol/messages";
+import { decodeMessage, EVALUATION_UPDATE_ID_PREFIX } from "../../../core/protocol/messages";
 import { openSqlite, queueError, type SqliteDatabase, type SqliteStatement } from "./sqlite";
 import {
   inspectQueueFile,
@@ -493,7 +493,7 @@ export class Outbox {
       ),
       dropClosed: db.prepare(
         `UPDATE updates SET state = 'dropped', drop_reason = 'closed_round', body = NULL, settled_at = ?
-         WHERE job_id = ? AND round < ? AND ${LIVE}`,
+         WHERE job_id = ? AND round < ? AND ${LIVE} AND update_id NOT LIKE '${EVALUATION_UPDATE_ID_PREFIX}%'`,
       ),
       dropId: db.prepare(
         `UPDATE updates SET state = 'dropped', drop_reason = ?, body = NULL, settled_at = ?
@@ -538,7 +538,10 @@ export class Outbox {
       staleStaged: db.prepare(
         `SELECT update_id FROM staged_chunks GROUP BY update_id HAVING MAX(received_at) < ?`,
       ),
-      closedStaged: db.prepare(`SELECT DISTINCT update_id FROM staged_chunks WHERE job_id = ? AND round < ?`),
+      closedStaged: db.prepare(
+        `SELECT DISTINCT update_id FROM staged_chunks WHERE job_id = ? AND round < ?
+         AND update_id NOT LIKE '${EVALUATION_UPDATE_ID_PREFIX}%'`,
+      ),
       stagedStats: db.prepare(
         `SELECT COUNT(DISTINCT update_id) AS updates, COALESCE(SUM(LENGTH(body)), 0) AS bytes FROM staged_chunks`,
       ),
@@ -907,7 +910,8 @@ export class Outbox {
    * counts them in `dropped_closed`. Returns the count. `openRound` is the oldest round the job still accepts: a
    * synchronous job's open round (an update of a closed round is late), an asynchronous job's oldest accepted
    * version + 1 (version − maxStaleness + 1, docs/async.md): its updates of several rounds may wait here together
-   * (a device offline for a while), and those still fresh enough are kept and delivered.
+   * (a device offline for a while), and those still fresh enough are kept and delivered. Evaluation frames (update
+   * id `eval:…`, docs/evaluation.md) are always of a closed round's model and are kept.
    */
   dropClosedRounds(jobId: string, openRound: number): number {
     if (typeof jobId !== "string" || jobId.length === 0)
@@ -1156,7 +1160,7 @@ export function frameMeta(frame: Uint8Array): UpdateMeta {
   if (msg.type === "train" || (msg.type === "secagg" && msg.direction !== "up")) {
     fail(
       "E_QUEUE_FRAME",
-      `update frame has type '${msg.type}'; only 'result', 'failure' and device 'secagg' frames go upstream`,
+      `update frame has type '${msg.type}'; only 'result', 'failure', 'evaluation' and device 'secagg' frames go upstream`,
     );
   }
   return { jobId: msg.jobId, round: msg.round, deviceId: msg.deviceId };

@@ -6,7 +6,7 @@ import { getJson } from "../../../cloud/aggregator/src/store/blob-store";
 import type { BlobStore } from "../../../cloud/aggregator/src/store/blob-store";
 import { paths, type JobDocument, type RoundState } from "../../../cloud/aggregator/src/jobs/state";
 import { DEFAULT_CONFIG } from "../../../local/sim/config";
-import { deviceName, loadFleetData, type FleetData } from "../../../local/sim/data";
+import { deviceName, fleetHeldOut, loadFleetData, type FleetData } from "../../../local/sim/data";
 import {
   deviceStateDirs,
   startLocalStack,
@@ -40,13 +40,17 @@ export async function startFaultFleet(
   opts: Pick<
     LocalStackOptions,
     "identityKeys" | "externalDevices" | "functionsHost" | "fleetTrace" | "timeScale"
-  > = {},
+  > & {
+    /** Give the in-process trainers held-out data (fleet-wide evaluation, local/sim/data.ts fleetHeldOut). */
+    heldOut?: boolean;
+  } = {},
 ): Promise<FaultFleet> {
   const data = loadFleetData({ ...DEFAULT_CONFIG, devices, samplesPerDevice });
   const deviceIds = data.devices.map((_, i) => deviceName(i, devices));
   const logs: string[] = [];
   const stack = await startLocalStack({
     data: data.devices,
+    ...(opts.heldOut ? { evalData: fleetHeldOut(data, DEFAULT_CONFIG.seed) } : {}),
     deviceIds,
     workers: 1,
     timerIntervalMs: 200,

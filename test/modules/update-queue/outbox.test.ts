@@ -3,7 +3,7 @@ import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { writeFileSync } from "node:fs";
-import { encodeMessage } from "../../../core/protocol/messages";
+import { encodeMessage, evaluationUpdateId, EVALUATION_VERSION } from "../../../core/protocol/messages";
 import {
   DEFAULT_MAX_CHUNK_BYTES,
   MAX_CHUNK_BYTES,
@@ -237,6 +237,33 @@ test(
     assert.equal(
       codeOf(() => box.dropClosedRounds("A", -1)),
       "E_QUEUE_INVALID",
+    );
+  }),
+);
+
+test(
+  "dropClosedRounds keeps evaluation frames (update id eval:…): they are always of a closed round's model",
+  withContext((t) => {
+    const box = open(tempDir(t));
+    t.after(() => box.close());
+    const frame = encodeMessage({
+      type: "evaluation",
+      v: EVALUATION_VERSION,
+      jobId: "A",
+      deviceId: "dev",
+      round: 1,
+      samples: 10,
+      accuracy: 0.5,
+    });
+    const meta = { jobId: "A", round: 1, deviceId: "dev" };
+    const evaluation = box.enqueue(frame, { ...meta, updateId: evaluationUpdateId(sha256hex(frame)) });
+    const update = box.enqueue(resultFrame(meta).frame, meta);
+    // A device offline for rounds 2..4: the update of round 1 is useless now, its evaluation of model 1 is not.
+    assert.equal(box.dropClosedRounds("A", 5), 1);
+    assert.equal(box.get(update)?.dropReason, "closed_round");
+    assert.deepEqual(
+      box.pending().map((u) => u.updateId),
+      [evaluation],
     );
   }),
 );

@@ -13,6 +13,7 @@ import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
 import type { RoundState } from "../../../../core/round/engine";
 import type { AsyncCounters, AsyncState } from "../../../../core/round/async-engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
+import type { DeviceEvaluation, FleetEvaluation } from "../../../../core/round/evaluation";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
 
@@ -55,6 +56,21 @@ export interface RoundRecord {
   readonly orphanChunksDeleted?: number;
   /** Async jobs: the flush that made this version (`round` is the version). */
   readonly async?: AsyncFlushRecord;
+  /**
+   * Fleet-wide evaluation of the global model this round published, on the devices' held-out data
+   * (docs/evaluation.md): folded from rounds/{round}/evaluations.json each time an evaluation arrives (after
+   * the round closed: the devices evaluate the model as they start the next round).
+   */
+  readonly evaluation?: FleetEvaluation;
+}
+
+/** rounds/{r}/evaluations.json: every device's evaluation of round r's model (first one per device kept). */
+export interface RoundEvaluations {
+  readonly jobId: string;
+  readonly round: number;
+  readonly devices: Readonly<
+    Record<string, DeviceEvaluation & { readonly at: number; readonly precision?: string }>
+  >;
 }
 
 /** What one flush of an async job applied (core/round/async-engine.ts). */
@@ -170,6 +186,8 @@ export const paths = {
   modelState: (jobId: string, round: number) => `jobs/${jobId}/models/${round}.state`,
   modelOnnx: (jobId: string, round: number, kind: "fp32" | "int8") =>
     `jobs/${jobId}/models/${round}${kind === "int8" ? ".int8" : ""}.onnx`,
+  /** Devices' evaluations of the model round r published (RoundEvaluations). */
+  evaluations: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/evaluations.json`,
   /** What the round's dispatch leaves for the next one (cloud/aggregator/src/dispatch.ts DispatchRecord). */
   dispatch: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/dispatch.json`,
   chunksOfRound: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/chunks/`,
@@ -243,6 +261,21 @@ export class JobRepository {
   ): Promise<RoundState | undefined> {
     return updateJson<RoundState>(this.store, paths.round(jobId, round), (cur) =>
       cur ? mutate(cur) : undefined,
+    );
+  }
+
+  async getEvaluations(jobId: string, round: number): Promise<RoundEvaluations | undefined> {
+    return (await getJson<RoundEvaluations>(this.store, paths.evaluations(jobId, round)))?.value;
+  }
+
+  /** ETag-conditional update of a round's evaluations (created when missing; undefined from `mutate`: no write). */
+  updateEvaluations(
+    jobId: string,
+    round: number,
+    mutate: (cur: RoundEvaluations) => RoundEvaluations | undefined,
+  ): Promise<RoundEvaluations | undefined> {
+    return updateJson<RoundEvaluations>(this.store, paths.evaluations(jobId, round), (cur) =>
+      mutate(cur ?? { jobId, round, devices: {} }),
     );
   }
 

@@ -1,0 +1,156 @@
+/**
+ * Fleet-wide evaluation end to end on the local stack (docs/evaluation.md), with the real SDKs: the trainers
+ * evaluate each global model they receive on their held-out data with onnxruntime and send an `evaluation` frame
+ * through quantizer → update-queue → IoT Hub → the Function, which folds round r's evaluations into round r's
+ * record (and the job detail of the HTTP API). Then frames sent as devices would send them: repeats are counted
+ * once, bogus ones and those of a device never sent the model, or of a model never published, are refused with a
+ * code and acknowledged.
+ */
+import { test } from "@jest/globals";
+import assert from "node:assert/strict";
+import { ModuleClient } from "azure-iot-device";
+import { paths, type RoundEvaluations } from "../../../cloud/aggregator/src/jobs/state";
+import { getJson } from "../../../cloud/aggregator/src/store/blob-store";
+import { encodeMessage, EVALUATION_VERSION } from "../../../core/protocol/messages";
+import type { FleetEvaluation } from "../../../core/round/evaluation";
+import { QuietMqtt } from "../../../local/stack/quiet-mqtt";
+import { frameChunks } from "../../../modules/shared/chunks";
+import {
+  api,
+  createJob,
+  jobDoc,
+  startFaultFleet,
+  startJob,
+  stopFaultFleet,
+  waitFor,
+  waitJobDone,
+  type FaultFleet,
+} from "./fault-support";
+
+/** An update-queue module client of `deviceId` (its own identity on the hub), sending on the `upstream` output. */
+async function upstream(f: FaultFleet, deviceId: string): Promise<ModuleClient> {
+  const client = ModuleClient.fromConnectionString(
+    f.stack.hub.createModule(deviceId, "update-queue"),
+    QuietMqtt,
+  );
+  await client.setOptions({ ca: f.stack.hub.caCertPem });
+  await client.open();
+  return client;
+}
+
+async function sendEvaluation(
+  client: ModuleClient,
+  jobId: string,
+  deviceId: string,
+  round: number,
+  fields: Record<string, unknown>,
+): Promise<void> {
+  const frame = encodeMessage({
+    type: "evaluation",
+    v: EVALUATION_VERSION,
+    jobId,
+    deviceId,
+    round,
+    samples: 20,
+    accuracy: 0.5,
+    ...fields,
+  } as Parameters<typeof encodeMessage>[0]);
+  const { messages } = frameChunks(frame, { jobId, round, deviceId });
+  for (const m of messages) await client.sendOutputEvent("upstream", m);
+}
+
+test("round records gain the fleet's evaluation of their model; repeats count once, bogus frames are refused", async () => {
+  // device-003 is registered but never started: never in the job.
+  const f = await startFaultFleet(4, 30, { externalDevices: ["device-003"], heldOut: true });
+  const clients: ModuleClient[] = [];
+  try {
+    const jobId = "evaluated";
+    await createJob(f, {
+      jobId,
+      clientsPerRound: 3,
+      rounds: 3,
+      roundDeadlineSeconds: 60,
+      minCompletedFraction: 1,
+    });
+    await startJob(f, jobId);
+    const done = await waitJobDone(f, jobId, 240_000);
+    assert.equal(done.status, "completed");
+    // Round r's model reaches the participants of round r + 1, which evaluate it after sending their update.
+    const doc = await waitFor(
+      "the evaluations of rounds 1 and 2",
+      async () => {
+        const d = await jobDoc(f.store, jobId);
+        return d && d.rounds.filter((r) => r.evaluation?.devices === 3).length === 2 ? d : undefined;
+      },
+      60_000,
+      100,
+      f.logs,
+    );
+    for (const r of doc.rounds.slice(0, 2)) {
+      const e = r.evaluation!;
+      assert.equal(e.round, r.round);
+      assert.equal(e.devices, 3);
+      assert.ok(e.accuracy! > 0 && e.accuracy! <= 1 && e.loss! > 0, JSON.stringify(e));
+      assert.equal(e.worstDecile!.devices.length, 1);
+      assert.equal(e.worstDecile!.value, e.spread!.min);
+      const stored = (await getJson<RoundEvaluations>(f.store, paths.evaluations(jobId, r.round)))!.value;
+      assert.deepEqual(Object.keys(stored.devices).sort(), ["device-000", "device-001", "device-002"]);
+    }
+    // The last model goes to no device (no round 4): no evaluation.
+    assert.equal(doc.rounds[2].evaluation, undefined);
+    const ingest = f.stack.aggregator.ingestor.counters;
+    assert.equal(ingest.evaluations, 6);
+    assert.equal(ingest.rejected_evaluation, 0);
+
+    // The job detail shows every record's evaluation, and the newest as `evaluation`.
+    const detail = (await api(f.stack.host.url, "GET", `jobs/${jobId}`)) as {
+      evaluation?: FleetEvaluation;
+      history: { round: number; evaluation?: FleetEvaluation }[];
+    };
+    assert.deepEqual(detail.evaluation, doc.rounds[1].evaluation);
+    assert.deepEqual(
+      detail.history.map((h) => h.evaluation?.devices),
+      [3, 3, undefined],
+    );
+
+    // device-000 again, as its update-queue would send: its evaluation of round 1 repeated (an unacknowledged
+    // resend) and a different one (a restarted trainer): both count once, the record does not change.
+    await f.stack.setDeviceOnline("device-000", false);
+    const d0 = await upstream(f, "device-000");
+    clients.push(d0);
+    await sendEvaluation(d0, jobId, "device-000", 1, { accuracy: 0.01, loss: 9 });
+    await sendEvaluation(d0, jobId, "device-000", 1, { accuracy: 0.01, loss: 9 });
+    // Bogus: an accuracy above 1 (E_EVAL_INVALID), an unknown version (E_EVAL_VERSION), a model never published
+    // (E_EVAL_ROUND).
+    await sendEvaluation(d0, jobId, "device-000", 2, { accuracy: 7 });
+    await sendEvaluation(d0, jobId, "device-000", 2, { v: 9 });
+    await sendEvaluation(d0, jobId, "device-000", 7, {});
+    // A device that was never in the job (E_EVAL_NOT_PARTICIPANT).
+    const d3 = await upstream(f, "device-003");
+    clients.push(d3);
+    await sendEvaluation(d3, jobId, "device-003", 1, { accuracy: 0.2 });
+    await waitFor(
+      "the injected evaluations to be handled",
+      () => ingest.duplicate_evaluations === 2 && ingest.rejected_evaluation === 4,
+      60_000,
+      50,
+      f.logs,
+    );
+    assert.equal(ingest.evaluations, 6);
+    const after = (await jobDoc(f.store, jobId))!;
+    assert.deepEqual(
+      after.rounds.map((r) => r.evaluation),
+      doc.rounds.map((r) => r.evaluation),
+    );
+    for (const code of ["E_EVAL_INVALID", "E_EVAL_VERSION", "E_EVAL_ROUND", "E_EVAL_NOT_PARTICIPANT"])
+      assert.ok(
+        f.logs.some((l) => l.includes("rejected_evaluation") && l.includes(code)),
+        `no ${code} in the Function's log`,
+      );
+    const r1 = (await getJson<RoundEvaluations>(f.store, paths.evaluations(jobId, 1)))!.value;
+    assert.equal(Object.hasOwn(r1.devices, "device-003"), false);
+  } finally {
+    await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+    await stopFaultFleet(f);
+  }
+});
