@@ -86,7 +86,7 @@ figure { margin: 0; background: var(--card); border: 1px solid var(--line); bord
 figcaption { font-weight: 600; font-size: 12px; margin-bottom: 4px; }
 .box { position: relative; height: 170px; }
 .box.small { height: 140px; }
-.none { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center; color: var(--muted); margin: 0; }
+.none { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center; color: var(--muted); margin: 0; background: var(--card); }
 .tables { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 12px; padding: 12px 18px 18px; }
 .panel { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 8px 10px; overflow: auto; }
 h2 { font-size: 13px; margin: 2px 0 6px; } h3 { font-size: 12px; margin: 10px 0 4px; }

@@ -98,3 +98,67 @@ test("wrong sources: the dashboard serves, says what is wrong in one coded line 
     child.kill("SIGKILL");
   }
 });
+
+test("simulate --dashboard --keep-dashboard: the URL is printed, the page ends on the job's final state until SIGINT", async () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-dash-sim-"));
+  const child = spawn(
+    process.execPath,
+    [
+      bin,
+      "simulate",
+      "--preset",
+      "default",
+      "--devices",
+      "3",
+      "--clients-per-round",
+      "2",
+      "--rounds",
+      "1",
+      "--out",
+      out,
+      "--dashboard",
+      "0",
+      "--keep-dashboard",
+    ],
+    { env: cleanEnv(), stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (s: string) => (stdout += s));
+  child.stderr.setEncoding("utf8").on("data", (s: string) => (stderr += s));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      const poll = setInterval(() => {
+        const m = /^dashboard: (http:\/\/127\.0\.0\.1:\d+\/) shows the final state/m.exec(stdout);
+        if (m) {
+          clearInterval(poll);
+          resolve(m[1]);
+        }
+      }, 100);
+      void exited.then((code) => {
+        clearInterval(poll);
+        reject(new Error(`simulate exited (${code}) before keeping the dashboard: ${stdout}\n${stderr}`));
+      });
+    });
+    expect(stdout).toMatch(/^dashboard: http:\/\/127\.0\.0\.1:\d+\/$/m); // printed when the stack was up
+    expect(stdout).toMatch(/^done: 1 rounds/m);
+    const snap = (await (await fetch(`${url}api/snapshot`)).json()) as {
+      final: string | null;
+      job: { status: string } | null;
+      rounds: unknown[];
+      devices: { deviceId: string }[];
+      errors: unknown[];
+    };
+    expect(snap.final).toMatch(/ended; the local stack has stopped/);
+    expect(snap.job?.status).toBe("completed");
+    expect(snap.rounds.length).toBe(1);
+    expect(snap.devices.map((d) => d.deviceId)).toHaveLength(3);
+    expect(snap.errors).toEqual([]);
+    child.kill("SIGINT");
+    expect(await exited).toBe(0);
+  } finally {
+    child.kill("SIGKILL");
+    fs.rmSync(out, { recursive: true, force: true });
+  }
+});
