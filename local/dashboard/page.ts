@@ -87,12 +87,12 @@ figcaption { font-weight: 600; font-size: 12px; margin-bottom: 4px; }
 .box { position: relative; height: 170px; }
 .box.small { height: 140px; }
 .none { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center; color: var(--muted); margin: 0; background: var(--card); }
-.tables { display: grid; grid-template-columns: minmax(0, 2fr) minmax(0, 1fr); gap: 12px; padding: 12px 18px 18px; }
+.tables { display: grid; grid-template-columns: minmax(0, 2.25fr) minmax(0, 1fr); gap: 12px; padding: 12px 18px 18px; }
 .panel { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 8px 10px; overflow: auto; }
 h2 { font-size: 13px; margin: 2px 0 6px; } h3 { font-size: 12px; margin: 10px 0 4px; }
 .muted, .hint { color: var(--muted); font-weight: 400; } .hint { margin: 6px 0 0; font-size: 11px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
-th, td { text-align: left; padding: 3px 6px; border-bottom: 1px solid var(--line); white-space: nowrap; }
+th, td { text-align: left; padding: 3px 5px; border-bottom: 1px solid var(--line); white-space: nowrap; }
 th { font-size: 11px; color: var(--muted); font-weight: 600; }
 #devices tbody tr { cursor: pointer; } #devices tbody tr:hover { background: #eff6ff; }
 #devices tbody tr.selected { background: #dbeafe; }
@@ -100,7 +100,7 @@ th { font-size: 11px; color: var(--muted); font-weight: 600; }
 .dot.on { background: var(--ok); }
 .state { font-weight: 600; } .state.training, .state.downloading, .state.uploading, .state.secagg { color: var(--accent); }
 .state.queued { color: var(--warn); } .state.error { color: var(--bad); } .state.done { color: var(--ok); }
-.bar { display: inline-block; width: 40px; height: 6px; background: var(--line); border-radius: 3px; vertical-align: middle; margin-left: 4px; }
+.bar { display: inline-block; width: 26px; height: 6px; background: var(--line); border-radius: 3px; vertical-align: middle; margin-left: 4px; }
 .bar i { display: block; height: 100%; background: var(--accent); border-radius: 3px; }
 .err { color: var(--bad); }
 #history { position: fixed; top: 0; right: 0; bottom: 0; width: 600px; max-width: 100%; background: var(--card);
@@ -128,7 +128,7 @@ export const DASHBOARD_JS = String.raw`(function () {
     if (b < 1024) return b + " B";
     if (b < 1048576) return (b / 1024).toFixed(1) + " KB";
     if (b < 1073741824) return (b / 1048576).toFixed(1) + " MB";
-    return (b / 1073741824).toFixed(2) + " GB";
+    return (b / 1073741824).toFixed(1) + " GB";
   }
   function ago(iso, now) {
     if (!iso) return "–";
@@ -292,7 +292,7 @@ export const DASHBOARD_JS = String.raw`(function () {
         d.queueDepth === null ? "–" : d.queueDepth + (d.queueBytes ? " (" + bytes(d.queueBytes) + ")" : ""),
         sps(c), c ? bytes(c.memoryBytes) : "–", c && c.rttMs !== null ? fixed(c.rttMs, 0) + " ms" : "–",
         c && c.uplinkBytesPerSecond !== null ? bytes(c.uplinkBytesPerSecond) + "/s" : "–",
-        c && c.availability !== null ? pct(c.availability).replace(".00", "") : "–",
+        c && c.availability !== null ? (c.availability * 100).toFixed(1).replace(/\.0$/, "") + "%" : "–",
         pct(d.inferenceAccuracy !== null ? d.inferenceAccuracy : d.accuracy)]);
       tr.setAttribute("data-device", d.deviceId);
       tr.setAttribute("data-state", d.state || "");
