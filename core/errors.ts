@@ -35,12 +35,17 @@ export const ERRORS = {
   // ── config: configuration, CLI flags and module settings ─────────────────────────────────────────────
   E_METRICS: {
     group: "general",
-    meaning: "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
+    meaning:
+      "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
   },
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
   E_BENCH_REFERENCE: {
     group: "config",
     meaning: "bench train --reference pytorch: no Python with torch, or the PyTorch reference run failed",
+  },
+  E_BENCH_METRICS: {
+    group: "config",
+    meaning: "bench metrics: an arm's worker process or the scraper process failed or exited early",
   },
   E_CONFIG_THREADS: {
     group: "config",

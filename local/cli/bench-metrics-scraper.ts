@@ -1,7 +1,7 @@
 /**
  * The scraper of `flotilla bench metrics` (./bench-metrics.ts), in a process of its own as Prometheus or the
- * metrics-collector module would be: GETs every URL at once and then every `intervalMs`, and on `stop` answers with
- * what it scraped and its own CPU time, then exits.
+ * metrics-collector module would be: GETs every URL at once and then every `intervalMs`; `counts` answers with what
+ * it scraped so far and its own CPU time, `stop` too and then it exits.
  */
 interface Start {
   readonly type: "start";
@@ -30,13 +30,18 @@ if (require.main === module) {
     );
   };
   process.on("disconnect", () => process.exit(0));
-  process.on("message", (m: Start | { type: "stop" }) => {
+  process.on("message", (m: Start | { type: "stop" | "counts" }) => {
     if (m.type === "start") {
       const tick = (): void => {
         running = running.then(() => scrapeAll(m.urls));
       };
       tick();
       timer = setInterval(tick, m.intervalMs);
+    } else if (m.type === "counts") {
+      // Between two scrapes (the one in progress, if any, finishes first).
+      void running.then(() =>
+        process.send?.({ type: "counts", scrapes, bytes, failures, cpu: process.cpuUsage() }),
+      );
     } else {
       if (timer) clearInterval(timer);
       void running.then(() => {

@@ -7,8 +7,8 @@
  * each run for `seconds`, in interleaved repeats (the order rotates so no arm always runs first or last):
  *
  * - `off`: training alone — no registries, no endpoints;
- * - `scrape <S> s`: the four modules' registries (trainer, quantizer, update-queue over a real outbox, profiler, and
- *   the module host's link metrics in each) updated as the modules update them each round, served on 127.0.0.1 as
+ * - `scrape <S> s`: the four modules' registries (trainer with the process metrics its container serves, quantizer,
+ *   update-queue over a real outbox, profiler, and the module host's link metrics in each) updated as the modules update them each round, served on 127.0.0.1 as
  *   each module serves them, and scraped every S seconds by a separate process (as Prometheus or the
  *   metrics-collector module would be).
  *
@@ -16,6 +16,7 @@
  * medians per arm, and each metrics arm's overhead over `off` in percent. The scraper's own CPU is reported apart.
  */
 import { fork } from "node:child_process";
+import { FlotillaError } from "../../core/errors";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -97,10 +98,13 @@ interface Fleet {
 
 /** The four modules' registries of one device, served on 127.0.0.1 as each module serves its own. */
 async function meteredDevice(dir: string, modelBytes: number): Promise<Fleet> {
+  // The trainer's registry with the process's own metrics, as its container serves them (main.ts); the three
+  // others are separate containers on a device, here in the trainer's process: an overstatement of the cost.
   const make = (module: string): ModuleMetrics =>
     new ModuleMetrics({
       module,
       labels: moduleMetricLabels(module, {}, { iothub: "bench.azure-devices.net", edge_device: "bench-1" }),
+      processMetrics: module === "trainer",
     });
   const [t, q, u, p] = ["trainer", "quantizer", "update-queue", "profiler"].map(make);
   const links = [t, q, u, p].map(linkMetrics);
@@ -153,36 +157,58 @@ async function meteredDevice(dir: string, modelBytes: number): Promise<Fleet> {
   };
 }
 
+interface ScraperCounts {
+  readonly scrapes: number;
+  readonly bytes: number;
+  readonly cpuSeconds: number;
+}
 interface Scraper {
-  stop(): Promise<{ scrapes: number; bytes: number; cpuSeconds: number }>;
+  /** What it scraped so far, and its CPU. */
+  counts(): Promise<ScraperCounts>;
+  /** The same, then it exits. */
+  stop(): Promise<ScraperCounts>;
 }
 
 function startScraper(urls: readonly string[], intervalMs: number): Scraper {
   const child = fork(path.join(__dirname, "bench-metrics-scraper.js"), [], { execArgv: [], stdio: "ignore" });
   child.send({ type: "start", urls, intervalMs });
-  return {
-    stop: () =>
-      new Promise((resolve, reject) => {
-        child.once("exit", (code) => reject(new Error(`the scraper exited (${code}) before answering`)));
-        child.once(
-          "message",
-          (m: { scrapes: number; bytes: number; cpu: { user: number; system: number } }) => {
-            child.removeAllListeners("exit");
-            resolve({ scrapes: m.scrapes, bytes: m.bytes, cpuSeconds: (m.cpu.user + m.cpu.system) / 1e6 });
-          },
-        );
-        child.send({ type: "stop" });
-      }),
-  };
+  const ask = (type: "counts" | "stop"): Promise<ScraperCounts> =>
+    new Promise((resolve, reject) => {
+      const onExit = (code: number | null): void =>
+        reject(new FlotillaError("E_BENCH_METRICS", `the scraper exited (${code}) before answering`));
+      child.once("exit", onExit);
+      child.once(
+        "message",
+        (m: { scrapes: number; bytes: number; cpu: { user: number; system: number } }) => {
+          child.off("exit", onExit);
+          resolve({ scrapes: m.scrapes, bytes: m.bytes, cpuSeconds: (m.cpu.user + m.cpu.system) / 1e6 });
+        },
+      );
+      child.send({ type });
+    });
+  return { counts: () => ask("counts"), stop: () => ask("stop") };
 }
 
-export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMetricsResult> {
-  const seconds = o.seconds ?? 30;
-  const repeats = o.repeats ?? 3;
-  const intervals = o.intervals ?? [15, 1];
-  const progress = o.onProgress ?? (() => undefined);
-  await initBackend({ threads: o.threads ?? 1 });
-  const data = loadFleetData({ ...DEFAULT_CONFIG, devices: 1, samplesPerDevice: o.samples ?? 200 });
+/** One arm's run, in a fresh process (forked by benchMetrics; ./bench-metrics-worker.ts). */
+export interface ArmSpec {
+  readonly arm: string;
+  /** Scrape interval, seconds (absent: the `off` arm). */
+  readonly interval?: number;
+  readonly seconds: number;
+  readonly warmupSeconds: number;
+  readonly threads: number;
+  readonly samples: number;
+}
+
+/**
+ * Runs one arm in this process: warm-up (JIT, wasm compilation; not counted), then `seconds` of training rounds
+ * (with the metered device when `interval` is set) measured with process.cpuUsage.
+ */
+export async function runArm(
+  a: ArmSpec,
+): Promise<ArmRun & { threads: number; model: string; samplesPerRound: number }> {
+  await initBackend({ threads: a.threads });
+  const data = loadFleetData({ ...DEFAULT_CONFIG, devices: 1, samplesPerDevice: a.samples });
   const dataset = data.devices[0];
   const spec = data.spec;
   const model = await createModel(spec, 7);
@@ -193,10 +219,12 @@ export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMe
     .digest("hex");
   const layoutHash = modelLayout(spec).hash;
   const executor = new InProcessTrainExecutor();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-bench-metrics-"));
   let round = 0;
   /** Trains rounds for `seconds`; `after` is called after each one. */
-  const train = async (after?: (samples: number, s: number, loss: number, acc: number) => void) => {
+  const train = async (
+    seconds: number,
+    after?: (samples: number, s: number, loss: number, acc: number) => void,
+  ) => {
     const end = performance.now() + seconds * 1000;
     let samples = 0;
     let rounds = 0;
@@ -226,62 +254,123 @@ export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMe
     const cpu = process.cpuUsage(cpu0);
     return { samples, rounds, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
   };
-  const arms = ["off", ...intervals.map((s) => `scrape ${s} s`)];
-  const runs: ArmRun[] = [];
+  const about = { threads: backendThreads(), model: spec.kind as string, samplesPerRound: dataset.n };
+  if (a.interval === undefined) {
+    await train(a.warmupSeconds);
+    const t = await train(a.seconds);
+    return {
+      arm: a.arm,
+      ...t,
+      cpuSecondsPerSample: t.cpuSeconds / t.samples,
+      scrapes: 0,
+      scrapeBytes: 0,
+      scraperCpuSeconds: 0,
+      ...about,
+    };
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-bench-metrics-"));
   try {
-    await train(); // warm-up (JIT, wasm compilation), not counted
-    for (let r = 0; r < repeats; r++) {
-      const order = arms.map((_, i) => arms[(i + r) % arms.length]);
-      for (const arm of order) {
-        let run: ArmRun;
-        if (arm === "off") {
-          const t = await train();
-          run = {
-            arm,
-            ...t,
-            cpuSecondsPerSample: t.cpuSeconds / t.samples,
-            scrapes: 0,
-            scrapeBytes: 0,
-            scraperCpuSeconds: 0,
-          };
-        } else {
-          const interval = intervals[arms.indexOf(arm) - 1];
-          const device = await meteredDevice(dir, weights.byteLength);
-          const scraper = startScraper(
-            device.servers.map((s) => s.url),
-            interval * 1000,
-          );
-          const frameBytes = weights.byteLength + 200;
-          const t = await train((n, s, loss, acc) => device.round(n, s, loss, acc, frameBytes));
-          const sc = await scraper.stop();
-          await device.close();
-          run = {
-            arm,
-            ...t,
-            cpuSecondsPerSample: t.cpuSeconds / t.samples,
-            scrapes: sc.scrapes,
-            scrapeBytes: sc.bytes,
-            scraperCpuSeconds: sc.cpuSeconds,
-          };
-        }
-        runs.push(run);
-        progress(
-          `repeat ${r + 1}/${repeats} ${arm}: ${run.samples} samples in ${run.rounds} rounds, ` +
-            `${(run.cpuSecondsPerSample * 1e6).toFixed(1)} µs CPU/sample` +
-            (run.scrapes ? `, ${run.scrapes} scrapes` : ""),
-        );
-      }
-    }
+    // The metered device exists from the start (as a module's registry does), warm-up included.
+    const device = await meteredDevice(dir, weights.byteLength);
+    const frameBytes = weights.byteLength + 200;
+    const update = (n: number, s: number, loss: number, acc: number) =>
+      device.round(n, s, loss, acc, frameBytes);
+    const scraper = startScraper(
+      device.servers.map((s) => s.url),
+      a.interval * 1000,
+    );
+    await train(a.warmupSeconds, update);
+    const before = await scraper.counts();
+    const t = await train(a.seconds, update);
+    const sc = await scraper.stop();
+    await device.close();
+    return {
+      arm: a.arm,
+      ...t,
+      cpuSecondsPerSample: t.cpuSeconds / t.samples,
+      scrapes: sc.scrapes - before.scrapes,
+      scrapeBytes: sc.bytes - before.bytes,
+      scraperCpuSeconds: sc.cpuSeconds - before.cpuSeconds,
+      ...about,
+    };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Forks ./bench-metrics-worker.js for one arm's run. */
+function forkArm(a: ArmSpec): Promise<ArmRun & { threads: number; model: string; samplesPerRound: number }> {
+  return new Promise((resolve, reject) => {
+    const child = fork(path.join(__dirname, "bench-metrics-worker.js"), [], {
+      execArgv: [],
+      stdio: ["ignore", "ignore", "inherit", "ipc"],
+    });
+    let done = false;
+    child.once(
+      "message",
+      (
+        m:
+          | { ok: true; run: ArmRun & { threads: number; model: string; samplesPerRound: number } }
+          | { ok: false; error: string },
+      ) => {
+        done = true;
+        if (m.ok) resolve(m.run);
+        else reject(new FlotillaError("E_BENCH_METRICS", `bench metrics, arm ${a.arm}: ${m.error}`));
+        child.disconnect();
+      },
+    );
+    child.once("exit", (code) => {
+      if (!done)
+        reject(
+          new FlotillaError("E_BENCH_METRICS", `bench metrics, arm ${a.arm}: the worker exited (${code})`),
+        );
+    });
+    child.send(a);
+  });
+}
+
+export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMetricsResult> {
+  const seconds = o.seconds ?? 30;
+  const repeats = o.repeats ?? 3;
+  const intervals = o.intervals ?? [15, 1];
+  const progress = o.onProgress ?? (() => undefined);
+  const threads = o.threads ?? 1;
+  const samples = o.samples ?? 200;
+  const warmupSeconds = Math.min(5, seconds);
+  const arms = ["off", ...intervals.map((s) => `scrape ${s} s`)];
+  const runs: ArmRun[] = [];
+  let about = { threads, model: "mlp", samplesPerRound: samples };
+  for (let r = 0; r < repeats; r++) {
+    const order = arms.map((_, i) => arms[(i + r) % arms.length]);
+    for (const arm of order) {
+      const i = arms.indexOf(arm);
+      const {
+        threads: t,
+        model,
+        samplesPerRound,
+        ...run
+      } = await forkArm({
+        arm,
+        ...(i > 0 ? { interval: intervals[i - 1] } : {}),
+        seconds,
+        warmupSeconds,
+        threads,
+        samples,
+      });
+      about = { threads: t, model, samplesPerRound };
+      runs.push(run);
+      progress(
+        `repeat ${r + 1}/${repeats} ${arm}: ${run.samples} samples in ${run.rounds} rounds, ` +
+          `${(run.cpuSecondsPerSample * 1e6).toFixed(1)} µs CPU/sample` +
+          (run.scrapes ? `, ${run.scrapes} scrapes` : ""),
+      );
+    }
   }
   const base = median(runs.filter((x) => x.arm === "off").map((x) => x.cpuSecondsPerSample));
   return {
     seconds,
     repeats,
-    threads: backendThreads(),
-    model: spec.kind,
-    samplesPerRound: dataset.n,
+    ...about,
     runs,
     arms: arms.map((arm) => {
       const mine = runs.filter((x) => x.arm === arm);
