@@ -1,7 +1,8 @@
 /**
  * The scraper of `flotilla bench metrics` (./bench-metrics.ts), in a process of its own as Prometheus or the
  * metrics-collector module would be: GETs every URL at once and then every `intervalMs`; `counts` answers with what
- * it scraped so far and its own CPU time, `stop` too and then it exits.
+ * it scraped so far and its own CPU time, `burst` does `count` scrapes back to back first (the periodic ones stop),
+ * `stop` answers and exits.
  */
 interface Start {
   readonly type: "start";
@@ -30,13 +31,25 @@ if (require.main === module) {
     );
   };
   process.on("disconnect", () => process.exit(0));
-  process.on("message", (m: Start | { type: "stop" | "counts" }) => {
+  let urls: readonly string[] = [];
+  process.on("message", (m: Start | { type: "stop" | "counts" } | { type: "burst"; count: number }) => {
     if (m.type === "start") {
+      urls = m.urls;
       const tick = (): void => {
         running = running.then(() => scrapeAll(m.urls));
       };
       tick();
       timer = setInterval(tick, m.intervalMs);
+    } else if (m.type === "burst") {
+      // `count` scrapes of every URL back to back (the periodic ones paused), then the counts.
+      if (timer) clearInterval(timer);
+      timer = undefined;
+      running = running.then(async () => {
+        for (let i = 0; i < m.count; i++) await scrapeAll(urls);
+      });
+      void running.then(() =>
+        process.send?.({ type: "counts", scrapes, bytes, failures, cpu: process.cpuUsage() }),
+      );
     } else if (m.type === "counts") {
       // Between two scrapes (the one in progress, if any, finishes first).
       void running.then(() =>

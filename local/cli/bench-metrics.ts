@@ -62,6 +62,12 @@ export interface ArmRun {
   readonly scrapes: number;
   readonly scrapeBytes: number;
   readonly scraperCpuSeconds: number;
+  /**
+   * Metrics arms: this process's CPU seconds per scrape of the four endpoints, measured apart (training paused,
+   * `BURST` scrapes back to back): the serving cost alone, which contention on a busy machine distorts far less
+   * than the whole workload's CPU per sample.
+   */
+  readonly cpuSecondsPerScrape?: number;
 }
 
 export interface BenchMetricsResult {
@@ -78,6 +84,13 @@ export interface BenchMetricsResult {
     readonly overheadPercent: number;
     readonly scrapesPerRun: number;
     readonly bytesPerScrape: number;
+    /** Median CPU seconds of this process per scrape of the four endpoints (training paused). */
+    readonly cpuSecondsPerScrape?: number;
+    /**
+     * The serving cost as a share of the training CPU: cpuSecondsPerScrape / interval ÷ the `off` arm's CPU
+     * seconds per second of training, percent.
+     */
+    readonly scrapeCostPercent?: number;
   }[];
   readonly loadAverage: readonly number[];
 }
@@ -165,6 +178,8 @@ interface ScraperCounts {
 interface Scraper {
   /** What it scraped so far, and its CPU. */
   counts(): Promise<ScraperCounts>;
+  /** `count` scrapes of every endpoint back to back (the periodic ones stop), then the counts. */
+  burst(count: number): Promise<ScraperCounts>;
   /** The same, then it exits. */
   stop(): Promise<ScraperCounts>;
 }
@@ -172,7 +187,7 @@ interface Scraper {
 function startScraper(urls: readonly string[], intervalMs: number): Scraper {
   const child = fork(path.join(__dirname, "bench-metrics-scraper.js"), [], { execArgv: [], stdio: "ignore" });
   child.send({ type: "start", urls, intervalMs });
-  const ask = (type: "counts" | "stop"): Promise<ScraperCounts> =>
+  const ask = (type: "counts" | "stop" | "burst", count = 0): Promise<ScraperCounts> =>
     new Promise((resolve, reject) => {
       const onExit = (code: number | null): void =>
         reject(new FlotillaError("E_BENCH_METRICS", `the scraper exited (${code}) before answering`));
@@ -184,10 +199,13 @@ function startScraper(urls: readonly string[], intervalMs: number): Scraper {
           resolve({ scrapes: m.scrapes, bytes: m.bytes, cpuSeconds: (m.cpu.user + m.cpu.system) / 1e6 });
         },
       );
-      child.send({ type });
+      child.send({ type, count });
     });
-  return { counts: () => ask("counts"), stop: () => ask("stop") };
+  return { counts: () => ask("counts"), burst: (n) => ask("burst", n), stop: () => ask("stop") };
 }
+
+/** Scrapes (of the four endpoints each) measured back to back for the serving cost. */
+const BURST = 200;
 
 /** One arm's run, in a fresh process (forked by benchMetrics; ./bench-metrics-worker.ts). */
 export interface ArmSpec {
@@ -282,15 +300,20 @@ export async function runArm(
     await train(a.warmupSeconds, update);
     const before = await scraper.counts();
     const t = await train(a.seconds, update);
-    const sc = await scraper.stop();
+    const mid = await scraper.counts();
+    const cpu0 = process.cpuUsage();
+    await scraper.burst(BURST);
+    const cpu = process.cpuUsage(cpu0);
+    await scraper.stop();
     await device.close();
     return {
       arm: a.arm,
       ...t,
       cpuSecondsPerSample: t.cpuSeconds / t.samples,
-      scrapes: sc.scrapes - before.scrapes,
-      scrapeBytes: sc.bytes - before.bytes,
-      scraperCpuSeconds: sc.cpuSeconds - before.cpuSeconds,
+      scrapes: mid.scrapes - before.scrapes,
+      scrapeBytes: mid.bytes - before.bytes,
+      scraperCpuSeconds: mid.cpuSeconds - before.cpuSeconds,
+      cpuSecondsPerScrape: (cpu.user + cpu.system) / 1e6 / BURST,
       ...about,
     };
   } finally {
@@ -367,12 +390,18 @@ export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMe
     }
   }
   const base = median(runs.filter((x) => x.arm === "off").map((x) => x.cpuSecondsPerSample));
+  /** CPU seconds per second of training without metrics (1 with one busy thread). */
+  const trainingCpu = median(runs.filter((x) => x.arm === "off").map((x) => x.cpuSeconds / seconds));
+  const perScrape = (mine: readonly ArmRun[], interval: number) => {
+    const c = median(mine.map((x) => x.cpuSecondsPerScrape ?? 0));
+    return { cpuSecondsPerScrape: c, scrapeCostPercent: (c / interval / trainingCpu) * 100 };
+  };
   return {
     seconds,
     repeats,
     ...about,
     runs,
-    arms: arms.map((arm) => {
+    arms: arms.map((arm, i) => {
       const mine = runs.filter((x) => x.arm === arm);
       const m = median(mine.map((x) => x.cpuSecondsPerSample));
       const scrapes = mine.reduce((a, x) => a + x.scrapes, 0);
@@ -382,6 +411,7 @@ export async function benchMetrics(o: BenchMetricsOptions = {}): Promise<BenchMe
         overheadPercent: ((m - base) / base) * 100,
         scrapesPerRun: scrapes / mine.length,
         bytesPerScrape: scrapes > 0 ? mine.reduce((a, x) => a + x.scrapeBytes, 0) / scrapes : 0,
+        ...(i > 0 ? perScrape(mine, intervals[i - 1]) : {}),
       };
     }),
     loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),

@@ -449,7 +449,9 @@ async function runBenchMetrics(o: RawOptions): Promise<number> {
           (a.arm === "off"
             ? ""
             : `  ${a.overheadPercent >= 0 ? "+" : ""}${a.overheadPercent.toFixed(2)} %  ` +
-              `(${a.scrapesPerRun.toFixed(0)} scrapes per run, ${(a.bytesPerScrape / 1024).toFixed(1)} KiB each)`),
+              `(${a.scrapesPerRun.toFixed(0)} endpoint scrapes per run, ${(a.bytesPerScrape / 1024).toFixed(1)} KiB ` +
+              `each; serving: ${((a.cpuSecondsPerScrape ?? 0) * 1e3).toFixed(2)} ms CPU per scrape of the four ` +
+              `endpoints = ${(a.scrapeCostPercent ?? 0).toFixed(3)} % of the training CPU)`),
       );
   }
   return 0;

@@ -26,6 +26,8 @@ test("bench metrics --json measures CPU per trained sample with and without scra
       medianCpuSecondsPerSample: number;
       overheadPercent: number;
       scrapesPerRun: number;
+      cpuSecondsPerScrape?: number;
+      scrapeCostPercent?: number;
     }[];
   };
   assert.equal(out.threads, 1);
@@ -43,6 +45,10 @@ test("bench metrics --json measures CPU per trained sample with and without scra
   for (const x of out.runs.filter((y) => y.arm !== "off")) assert.ok(x.scrapes >= 4, JSON.stringify(x));
   assert.equal(out.arms[0].overheadPercent, 0);
   assert.ok(Number.isFinite(out.arms[1].overheadPercent));
+  // The serving cost measured apart: CPU per scrape of the four endpoints, and its share of the training CPU.
+  assert.ok((out.arms[1].cpuSecondsPerScrape ?? 0) > 0, JSON.stringify(out.arms[1]));
+  assert.ok(Number.isFinite(out.arms[1].scrapeCostPercent) && (out.arms[1].scrapeCostPercent ?? 0) > 0);
+  assert.equal(out.arms[0].cpuSecondsPerScrape, undefined);
   assert.match(r.stderr, /repeat 2\/2 off: \d+ samples in \d+ rounds/);
 });
 
