@@ -43,6 +43,10 @@ export const ERRORS = {
     group: "config",
     meaning: "bench train --reference pytorch: no Python with torch, or the PyTorch reference run failed",
   },
+  E_BENCH_METRICS: {
+    group: "config",
+    meaning: "bench metrics: an arm's worker process or the scraper process failed or exited early",
+  },
   E_CONFIG_THREADS: {
     group: "config",
     meaning: "an invalid training thread count (--threads, FLOTILLA_THREADS, the trainer's threads property)",

@@ -94,8 +94,19 @@ export class ModuleMetrics {
   }
 
   /** A counter `<prefix><name>` (name without the prefix; Prometheus appends nothing: end it in `_total`). */
-  counter<L extends string = string>(name: string, help: string, labelNames: readonly L[] = []): Counter<L> {
-    return new Counter<L>({ name: this.prefix + name, help, labelNames, registers: [this.registry] });
+  counter<L extends string = string>(
+    name: string,
+    help: string,
+    labelNames: readonly L[] = [],
+    collect?: (this: Counter<L>) => void | Promise<void>,
+  ): Counter<L> {
+    return new Counter<L>({
+      name: this.prefix + name,
+      help,
+      labelNames,
+      registers: [this.registry],
+      collect,
+    });
   }
 
   gauge<L extends string = string>(

@@ -1,5 +1,5 @@
 import { statfsSync } from "node:fs";
-import { Counter } from "prom-client";
+import type { Counter } from "prom-client";
 import { ModuleMetrics, moduleMetricLabels } from "../../shared/metrics";
 import type { CounterName, Outbox, OutboxStats } from "./outbox";
 
@@ -105,14 +105,8 @@ export function updateQueueMetrics(m: ModuleMetrics, src: UpdateQueueMetricsSour
     update: (c: Counter<string>) => void,
     labelNames: readonly string[] = [],
   ): Counter<string> =>
-    new Counter<string>({
-      name: m.prefix + name,
-      help,
-      labelNames,
-      registers: [m.registry],
-      collect(this: Counter<string>) {
-        update(this);
-      },
+    m.counter(name, help, labelNames, function () {
+      update(this);
     });
   fromOutbox("sends_total", "Updates sent completely (every chunk out; resends included)", (c) =>
     grow(c, "sent_updates"),

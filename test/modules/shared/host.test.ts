@@ -7,6 +7,7 @@ import { createLogger, type LogRecord } from "../../../core/log";
 import { ModuleHost, type ModuleHooks, type ModuleHostOptions } from "../../../modules/shared/host";
 import { FakeModuleClient } from "../update-queue/fake-client";
 import { until } from "../update-queue/helpers";
+import { ModuleMetrics, moduleMetricLabels } from "../../../modules/shared/metrics";
 
 function hostOf(
   t: { after(fn: () => void | Promise<void>): void },
@@ -339,5 +340,59 @@ test(
     const sent = host.sendWithRetry("out", [new Message("a")], { failCode: "E_UPLOAD" });
     await host.stop();
     await assert.rejects(sent, (e: unknown) => isFlotillaError(e) && e.code === "E_QUEUE_STOPPED");
+  }),
+);
+
+test(
+  "host: link metrics — link up, reconnects, reported patches, method calls by method and status",
+  withContext(async (t) => {
+    const metrics = new ModuleMetrics({
+      module: "test-module",
+      labels: moduleMetricLabels("test-module", {}, { edge_device: "d" }),
+    });
+    const { host, client } = hostOf(t, {
+      metrics,
+      reportIntervalMs: 0,
+      hooks: { reported: () => ({ state: { ok: true } }) },
+      methods: {
+        ping: () => ({ status: 200, payload: { pong: true } }),
+        fail: () => {
+          throw new FlotillaError("E_QUEUE_INVALID", "no");
+        },
+      },
+    });
+    const value = async (name: string, labels: Record<string, string> = {}): Promise<number | undefined> => {
+      const m = (await metrics.registry.getMetricsAsJSON()).find(
+        (x) => x.name === `flotilla_test_module_${name}`,
+      );
+      return m?.values.find((v) => Object.entries(labels).every(([k, l]) => String(v.labels[k]) === l))
+        ?.value;
+    };
+    assert.equal(await value("link_up"), 0);
+    await host.start();
+    await host.reportsSettled();
+    assert.equal(await value("link_up"), 1);
+    assert.equal(await value("reconnects_total"), 0, "the first connection is not a reconnect");
+    assert.equal(await value("reported_patches_total"), 1);
+
+    client.drop();
+    assert.equal(await value("link_up"), 0);
+    await until(() => host.online, 5000, "reconnected");
+    await host.reportsSettled();
+    assert.equal(await value("link_up"), 1);
+    assert.equal(await value("reconnects_total"), 1);
+    assert.equal(await value("reported_patches_total"), 2, "the state again after reconnecting");
+
+    await client.invoke("ping", {});
+    await client.invoke("ping", {});
+    await client.invoke("fail", {});
+    assert.equal(await value("method_calls_total", { method: "ping", status: "200" }), 2);
+    assert.equal(await value("method_calls_total", { method: "fail", status: "400" }), 1);
+
+    await host.stop();
+    assert.equal(await value("link_up"), 0, "stopped");
+    // A stopped host answers 503, counted too.
+    await client.invoke("ping", {});
+    assert.equal(await value("method_calls_total", { method: "ping", status: "503" }), 1);
   }),
 );

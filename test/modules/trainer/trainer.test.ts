@@ -237,6 +237,14 @@ test(
         responseTimeoutInSeconds: 5,
       });
       assert.equal((status.result.payload as TrainerState).error?.code, "E_MODEL_HASH");
+      // Counted by reason in the trainer's metrics (docs/metrics.md), and so are the method calls.
+      const text = await trainer.metrics.text();
+      assert.match(text, /^flotilla_trainer_rounds_failed_total\{reason="E_MODEL_HASH",[^}]*\} 1$/m);
+      assert.match(
+        text,
+        /^flotilla_trainer_method_calls_total\{method="startRound",status="200",[^}]*\} \d+$/m,
+      );
+      assert.match(text, /^flotilla_trainer_rounds_completed_total\{[^}]*edge_device="edge-1"[^}]*\} 1$/m);
       // The same round again is refused; a bad payload is a 400.
       const again = await service.invokeDeviceMethod("edge-1", "trainer", {
         methodName: "startRound",

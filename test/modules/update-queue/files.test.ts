@@ -229,6 +229,11 @@ test(
     );
     client.deliver("updates", resultFrame().frame);
     await until(() => client.outputs.length === 1);
+    // And the metrics count it (docs/metrics.md), next to the fresh queue's depth.
+    const text = await queue.metrics.text();
+    assert.match(text, /^flotilla_update_queue_quarantines_total\{[^}]*\} 1$/m);
+    assert.match(text, /^flotilla_update_queue_enqueued_total\{[^}]*\} 1$/m);
+    assert.match(text, /^flotilla_update_queue_queue_depth\{[^}]*\} 1$/m);
   }),
 );
 
