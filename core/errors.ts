@@ -35,7 +35,13 @@ export const ERRORS = {
   // ── config: configuration, CLI flags and module settings ─────────────────────────────────────────────
   E_METRICS: {
     group: "general",
-    meaning: "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
+    meaning:
+      "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
+  },
+  E_PROMETHEUS: {
+    group: "general",
+    meaning:
+      "the local Prometheus (Debian's package, `--prometheus`) is not installed, exited, or was not ready in time",
   },
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
   E_BENCH_REFERENCE: {

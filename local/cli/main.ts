@@ -216,8 +216,24 @@ function secaggText(r: RoundSummary): string {
   );
 }
 
+/** `--prometheus [port]`: undefined when absent, "default" without a port, else the port (1 to 65535). */
+function prometheusOption(v: unknown): number | "default" | undefined {
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return "default";
+  const port = Number(v);
+  if (!/^\d+$/.test(String(v)) || port < 1 || port > 65535) {
+    fail("E_CONFIG_VALUE", `--prometheus: the port must be an integer from 1 to 65535, got '${String(v)}'`);
+  }
+  return port;
+}
+
 async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
+  // --prometheus [port]: a real Prometheus over the stack's modules and the Function (docs/prometheus.md).
+  const prometheusPort = prometheusOption(o.prometheus);
+  if (prometheusPort !== undefined && config.transport !== "iothub") {
+    fail("E_CONFIG_VALUE", "--prometheus scrapes the IoT Hub stack's modules: it needs --transport iothub");
+  }
   prepareOutDir("--out", config.out);
   const { SingleBar, Presets } = await import("cli-progress");
   const { mb } = await import("../report/report.js");
@@ -234,11 +250,18 @@ async function runSimulate(o: RawOptions): Promise<number> {
     `flotilla simulate: ${config.devices} devices, ${config.clientsPerRound} per round, ${config.rounds} rounds, ` +
       `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
   );
-  const run =
-    config.transport === "iothub"
-      ? (await import("../stack/iothub-simulate.js")).simulateOverIotHub
-      : (await import("../sim/simulate.js")).simulate;
-  const result = await run(config, {
+  const attach =
+    prometheusPort === undefined
+      ? []
+      : [
+          async (stack: import("../stack/stack").LocalStack) =>
+            (await import("../monitoring/prometheus.js")).attachPrometheus(stack, {
+              dir: path.join(config.out, "prometheus"),
+              ...(prometheusPort === "default" ? {} : { port: prometheusPort }),
+              print: (line) => console.log(line),
+            }),
+        ];
+  const reporter: import("../sim/simulate").SimulationReporter = {
     onStart: (i) =>
       console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
     onRoundStart: (round, _p, total) => {
@@ -256,7 +279,11 @@ async function runSimulate(o: RawOptions): Promise<number> {
       }
       console.log(roundLine(r, config.rounds, mb));
     },
-  });
+  };
+  const result =
+    config.transport === "iothub"
+      ? await (await import("../stack/iothub-simulate.js")).simulateOverIotHub(config, reporter, { attach })
+      : await (await import("../sim/simulate.js")).simulate(config, reporter);
   const acc = Number.isFinite(result.final.accuracy) ? `${(result.final.accuracy * 100).toFixed(2)}%` : "n/a";
   console.log(
     `done: ${result.final.rounds} rounds in ${(result.final.wallMs / 1000).toFixed(1)} s, final test accuracy ${acc}` +
@@ -627,6 +654,10 @@ export function buildProgram(): Command {
     .option(
       "--selection <spec>",
       "participant selection: random | deadline | oort[:KEY=VALUE,...] (default random)",
+    )
+    .option(
+      "--prometheus [port]",
+      "--transport iothub: run Debian's Prometheus over the fleet's modules and the Function (port default 9090)",
     )
     .option("--mode <mode>", "sync (rounds, default) | async (FedBuff; needs --fleet-trace)")
     .option("--concurrency <c>", "async: devices kept training at all times (default --clients-per-round)")

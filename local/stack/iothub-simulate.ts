@@ -38,7 +38,7 @@ import {
   type SimulationReporter,
   type SimulationResult,
 } from "../sim/simulate";
-import { startLocalStack } from "./stack";
+import { startLocalStack, type LocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
@@ -56,9 +56,23 @@ async function api(base: string, method: string, route: string, body?: unknown):
   return json;
 }
 
+/** Something run beside the stack for the simulation's length (e.g. `--prometheus`); closed before the stack. */
+export interface StackAttachment {
+  close(): Promise<void>;
+}
+
+export interface IotHubSimulateOptions {
+  /**
+   * Started in order once the stack runs, before the job is created (local/monitoring/prometheus.ts
+   * `attachPrometheus`); each may return nothing (it chose not to run). Closed in reverse order before the stack.
+   */
+  readonly attach?: ReadonlyArray<(stack: LocalStack) => Promise<StackAttachment | undefined>>;
+}
+
 export async function simulateOverIotHub(
   config: SimConfig,
   reporter: SimulationReporter = {},
+  options: IotHubSimulateOptions = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
   // --model PATH / --init-model: the job starts from those weights (uploaded next to the job, its initModel).
@@ -108,7 +122,12 @@ export async function simulateOverIotHub(
   // queues remember the previous run's rounds of that job, would refuse them as already tried (409) and replay its
   // old updates.
   const jobId = freshState ? `sim-${config.seed}` : `sim-${config.seed}-${Date.now().toString(36)}`;
+  const attached: StackAttachment[] = [];
   try {
+    for (const attach of options.attach ?? []) {
+      const a = await attach(stack);
+      if (a) attached.push(a);
+    }
     const store = stack.aggregator.services.store;
     if (start) {
       // A saved model directory's form (spec.json + weights.bin) in the container: the job's initModel.
@@ -232,6 +251,7 @@ export async function simulateOverIotHub(
       await new Promise((r) => setTimeout(r, 200));
     }
   } finally {
+    for (const a of attached.reverse()) await a.close().catch(() => undefined);
     await stack.close();
   }
   const status: JobStatus =
