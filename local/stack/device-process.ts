@@ -20,6 +20,9 @@ import { startUpdateQueue, type UpdateQueueStatus } from "../../modules/update-q
 import { startQuantizer } from "../../modules/quantizer/src/quantizer";
 import { startProfiler } from "../../modules/profiler/src/profiler";
 import { forkChild, runAsChild, type ChildLifecycle } from "./child";
+import { csField } from "../../modules/shared/module-client";
+import type { MetricsEndpoint } from "../../modules/shared/metrics";
+import { deviceModuleMetrics, serveDeviceMetrics } from "./module-metrics";
 
 export const DEVICE_MODULES = ["trainer", "quantizer", "update-queue", "profiler"] as const;
 export type DeviceModule = (typeof DEVICE_MODULES)[number];
@@ -61,6 +64,8 @@ export interface DeviceProcess {
   /** Settles when the process has exited: its exit code, or the signal that ended it. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   status(): Promise<DeviceProcessStatus>;
+  /** Where the child's module instances serve their Prometheus metrics (127.0.0.1, a free port each). */
+  metricsEndpoints(): readonly MetricsEndpoint[];
   /** SIGKILLs the process (no module gets to stop, flush or close anything); resolves once it has exited. */
   kill(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Polite stop: the modules stop and close their clients, then the process exits (SIGKILL if it hangs). */
@@ -68,7 +73,10 @@ export interface DeviceProcess {
 }
 
 type ToChild = { type: "start"; spec: DeviceProcessSpec } | { type: "status"; id: number } | { type: "stop" };
-type FromChild = ChildLifecycle | { type: "status"; id: number; status: DeviceProcessStatus };
+type FromChild =
+  | ChildLifecycle
+  | { type: "status"; id: number; status: DeviceProcessStatus }
+  | { type: "metrics"; endpoints: MetricsEndpoint[] };
 
 /** Forks a device process and resolves once its four modules have started (connected and listening). */
 export async function startDeviceProcess(
@@ -83,7 +91,12 @@ export async function startDeviceProcess(
   });
   const waiting = new Map<number, (s: DeviceProcessStatus) => void>();
   let nextId = 1;
+  let endpoints: readonly MetricsEndpoint[] = [];
   onMessage((m) => {
+    if (m.type === "metrics") {
+      endpoints = m.endpoints;
+      return;
+    }
     waiting.get(m.id)?.(m.status);
     waiting.delete(m.id);
   });
@@ -99,6 +112,7 @@ export async function startDeviceProcess(
     deviceId: spec.deviceId,
     pid: child.pid as number,
     exited,
+    metricsEndpoints: () => endpoints,
     status: () =>
       new Promise<DeviceProcessStatus>((resolve, reject) => {
         if (child.exitCode !== null || child.signalCode !== null || !child.connected) {
@@ -140,12 +154,16 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
   const cs = spec.connectionStrings;
   const [tc, zc, qc, pc] = await Promise.all(DEVICE_MODULES.map((m) => openModule(cs[m], spec.caCertPem)));
   const quiet = () => undefined;
+  const metrics = deviceModuleMetrics(csField(cs.trainer, "HostName") ?? "unknown", spec.deviceId);
+  const served = await serveDeviceMetrics(spec.deviceId, metrics);
   // Downstream first along the route, as stack.ts starts them.
   const queue = await startUpdateQueue({
     client: qc,
     dir: spec.queueDir,
     closeClient: true,
     resendAfterMs: 60_000,
+    deviceId: spec.deviceId,
+    metrics: metrics["update-queue"],
     log: quiet,
   });
   if (spec.holdUplink) queue.sender.setOnline(false);
@@ -154,6 +172,7 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
     stateDir: spec.quantizerDir,
     deviceId: spec.deviceId,
     closeClient: true,
+    metrics: metrics.quantizer,
     log: quiet,
   });
   const trainer = await startTrainer({
@@ -161,11 +180,14 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
     deviceId: spec.deviceId,
     data: spec.data,
     closeClient: true,
+    metrics: metrics.trainer,
     log: quiet,
   });
   const profiler = await startProfiler({
     client: pc,
     closeClient: true,
+    deviceId: spec.deviceId,
+    metrics: metrics.profiler,
     bench: (o) => benchTrain({ ...o, seconds: Math.min(o.seconds ?? 1, 1) }),
     log: quiet,
   });
@@ -184,10 +206,12 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
         for (const stop of [() => trainer.stop(), () => quantizer.stop(), () => queue.stop()])
           await stop().catch(() => undefined);
         await profiler.stop().catch(() => undefined);
+        await Promise.all(served.servers.map((s) => s.close()));
         process.exit(0);
       })();
     }
   });
+  reply({ type: "metrics", endpoints: served.endpoints });
   reply({ type: "ready" });
 }
 

@@ -36,6 +36,8 @@ import { deviceCredential, KeyVaultKeyProvider } from "../../azure/keyvault-key-
 import { startKeyVaultStandIn, type KeyVaultStandIn } from "../keyvault/server";
 import type { FleetTrace } from "../../core/fleet/trace";
 import { PacedExecutor, TraceDriver, traceFor, traceSpeed, VirtualClock } from "./trace-driver";
+import type { MetricsEndpoint, MetricsServer } from "../../modules/shared/metrics";
+import { deviceModuleMetrics, serveDeviceMetrics } from "./module-metrics";
 
 /** The edgeHub routes of deployment-manifests/deployment.template.json. */
 export function manifestRoutes(): Record<string, unknown> {
@@ -79,6 +81,11 @@ export interface LocalStack {
   setDeviceOnline(deviceId: string, online: boolean): Promise<void>;
   /** The fleet trace's driver, when the stack was started with `fleetTrace`. */
   readonly trace?: TraceDriver;
+  /**
+   * Where each in-process module instance serves its Prometheus metrics (127.0.0.1, a free port each; docs/metrics.md).
+   * Devices in child processes list their own (DeviceProcess.metricsEndpoints).
+   */
+  metricsEndpoints(): readonly MetricsEndpoint[];
   close(): Promise<void>;
 }
 
@@ -218,6 +225,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   hostRef.current = host;
   const pool = new TrainPool(opts.workers, opts.threads);
   const devices: StackDevice[] = [];
+  const endpoints: MetricsEndpoint[] = [];
+  const metricsServers: MetricsServer[] = [];
   const clock = opts.fleetTrace ? new VirtualClock(opts.timeScale ?? 600) : undefined;
   const traces = opts.fleetTrace ? traceFor(opts.fleetTrace, opts.deviceIds) : undefined;
   // The simulated devices share this machine: one real measurement per (model, batch size) serves them all.
@@ -244,6 +253,10 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
       ...(await Promise.all(
         ids.map(async ({ deviceId, data }) => {
           const dirs = deviceStateDirs(stateDir, deviceId);
+          const metrics = deviceModuleMetrics(hub.hubName, deviceId);
+          const served = await serveDeviceMetrics(deviceId, metrics);
+          endpoints.push(...served.endpoints);
+          metricsServers.push(...served.servers);
           const [tc, qc, pc, zc] = await Promise.all([
             openModule(hub, deviceId, "trainer"),
             openModule(hub, deviceId, "update-queue"),
@@ -256,6 +269,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             dir: dirs.queue,
             closeClient: true,
             resendAfterMs: 60_000,
+            deviceId,
+            metrics: metrics["update-queue"],
             log: moduleLog(deviceId),
           });
           const quantizer = await startQuantizer({
@@ -263,6 +278,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             stateDir: dirs.quantizer,
             deviceId,
             closeClient: true,
+            metrics: metrics.quantizer,
             log: moduleLog(deviceId),
           });
           const trainer = await startTrainer({
@@ -274,6 +290,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
                 ? new PacedExecutor(pool, clock, traceSpeed(traces.get(deviceId)!), () => data.n)
                 : pool,
             closeClient: true,
+            metrics: metrics.trainer,
             log: moduleLog(deviceId),
             ...(keys ? { keys } : {}),
           });
@@ -281,6 +298,8 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
             client: pc,
             closeClient: true,
             bench: sharedBench,
+            deviceId,
+            metrics: metrics.profiler,
             log: moduleLog(deviceId),
           });
           return { deviceId, trainer, quantizer, queue, profiler, clients: [tc, qc, pc, zc] };
@@ -328,6 +347,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     stateDir,
     ...(keys ? { keys } : {}),
     ...(keyVault ? { keyVault } : {}),
+    metricsEndpoints: () => [...endpoints],
     dropConnections(deviceId) {
       for (const m of ["trainer", "quantizer", "update-queue", "profiler"]) hub.disconnect(deviceId, m);
     },
@@ -342,6 +362,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
         };
         await Promise.allSettled([stopPipeline(), d.profiler.stop()]);
       }
+      await Promise.all(metricsServers.map((s) => s.close()));
       await host.close();
       await pool.close();
       await hub.close();

@@ -12,6 +12,9 @@ import {
   type TwinLike,
 } from "./module-client";
 import { Throttle } from "./throttle";
+import type { ModuleMetrics } from "./metrics";
+import { linkMetrics, type LinkMetrics } from "./link-metrics";
+import { ackPatch, type AckOutcome } from "./pnp";
 
 /**
  * The module host: what every Flotilla edge module (trainer, quantizer, update-queue, profiler) needs around its
@@ -35,6 +38,9 @@ import { Throttle } from "./throttle";
  *   spending attempts; `setLinkEnabled(true)` connects again (twin GET, reported state, queued sends go on);
  * - `stop()`: no more work accepted, the module drains, the last report goes out, listeners go, the client is
  *   closed when the module owns it; `runModule` adds SIGTERM/SIGINT for the container entry (main.ts);
+ * - the link metrics every module shares (`metrics`: link up, reconnects, reported patches, method calls by
+ *   method and status; modules/shared/link-metrics.ts, docs/metrics.md), and Plug and Play acknowledgements of
+ *   desired properties (`ackDesired`, never under a key the module's own state is reported as);
  * - the logger (core/log.ts).
  *
  * A module is its own logic plus a method table on the host. The client is injected (the SDK's ModuleClient in a
@@ -111,6 +117,13 @@ export interface ModuleHostOptions {
   readonly errorIsDisconnect?: boolean;
   /** Close the client in stop() (the container entry owns its client; a launcher may not). */
   readonly closeClient?: boolean;
+  /** The module's metrics: the host keeps the link metrics in it (modules/shared/link-metrics.ts). */
+  readonly metrics?: ModuleMetrics;
+  /**
+   * The top-level reported keys the module's own state uses (`reported()`): a Plug and Play acknowledgement
+   * (`ackDesired`) is never sent under one of them, so an ack cannot overwrite the state or the state an ack.
+   */
+  readonly reportedKeys?: readonly string[];
 }
 
 export interface SendOptions {
@@ -144,6 +157,8 @@ export class ModuleHost {
   private twinTimer: NodeJS.Timeout | undefined;
   private reportChain: Promise<void> = Promise.resolve();
   private linkEnabled = true;
+  private everUp = false;
+  private readonly link: LinkMetrics | undefined;
   /** Resolved (and replaced) each time the link is enabled again: what paused sends wait for. */
   private linkBack: { promise: Promise<void>; resolve: () => void } | undefined;
 
@@ -155,6 +170,15 @@ export class ModuleHost {
     this.retryDelayMs = opts.retryDelayMs ?? 1000;
     const interval = opts.reportIntervalMs ?? 10_000;
     this.reporter = interval > 0 ? new Throttle(interval, () => this.pushReported()) : undefined;
+    this.link = opts.metrics ? linkMetrics(opts.metrics) : undefined;
+  }
+
+  /** The link is up or down (`up` and the link_up gauge together; a reconnection is counted). */
+  private setUp(up: boolean): void {
+    if (up && !this.up && this.everUp) this.link?.reconnects.inc();
+    if (up) this.everUp = true;
+    this.up = up;
+    this.link?.linkUp.set(up ? 1 : 0);
   }
 
   /** The module twin, once read. */
@@ -224,6 +248,24 @@ export class ModuleHost {
 
   private extraReported: Record<string, unknown> = {};
 
+  /**
+   * Acknowledges desired properties the Plug and Play way (modules/shared/pnp.ts): `{ [name]: { value, ac, av,
+   * ad } }` at desired `$version` `version`, sent like `reportPatch`. A name the module's state is reported under
+   * (`reportedKeys`) or starting with `$` is refused (E_INTERNAL: a programming error), so an ack never collides with
+   * another reported key.
+   */
+  ackDesired(outcomes: Readonly<Record<string, AckOutcome>>, version: number): void {
+    const reserved = new Set(this.opts.reportedKeys ?? []);
+    for (const name of Object.keys(outcomes)) {
+      if (reserved.has(name) || name.startsWith("$"))
+        throw new FlotillaError(
+          "E_INTERNAL",
+          `${this.opts.name}: cannot acknowledge desired '${name}': the module reports its own state under it`,
+        );
+    }
+    if (Object.keys(outcomes).length > 0) this.reportPatch(ackPatch(outcomes, version));
+  }
+
   /** Queues the module's current reported patch (sent when online and the twin is known; else at reconnect). */
   private pushReported(): void {
     const reported = this.hooks.reported;
@@ -243,6 +285,7 @@ export class ModuleHost {
       this.extraReported = {};
       try {
         await updateReported(twin, full, this.twinTimeoutMs);
+        this.link?.reportedPatches.inc();
         if (patch) this.hooks.onReported?.(patch);
       } catch (e) {
         this.extraReported = { ...extra, ...this.extraReported }; // retried with the next patch
@@ -260,6 +303,7 @@ export class ModuleHost {
     response: MethodResponseLike | undefined,
   ): void {
     const answer = (r: MethodResult): void => {
+      this.link?.methodCalls.inc({ method: name, status: String(r.status) });
       if (!response) return;
       const failed = (e: unknown): void =>
         this.log.warn(`method response failed: ${errorText(e)}`, { method: name, err: e });
@@ -383,7 +427,7 @@ export class ModuleHost {
       if (this.twinTimer) clearTimeout(this.twinTimer);
       this.twinTimer = undefined;
       const wasUp = this.up;
-      this.up = false;
+      this.setUp(false);
       if (wasUp) this.hooks.onOffline?.();
       this.log.info("link taken down");
       try {
@@ -472,7 +516,7 @@ export class ModuleHost {
         this.resync = false;
         const ok = await this.readTwin();
         if (this.stopping || !this.linkEnabled) return;
-        this.up = true;
+        this.setUp(true);
         this.hooks.onOnline?.();
         this.reportNow();
         if (!ok) this.retryTwinLater();
@@ -540,7 +584,7 @@ export class ModuleHost {
   };
   private readonly onDisconnect = (err?: unknown): void => {
     if (this.stopping || !this.linkEnabled) return;
-    this.up = false;
+    this.setUp(false);
     this.problem("disconnected", err);
     this.hooks.onOffline?.();
     this.scheduleReconnect();
@@ -549,7 +593,7 @@ export class ModuleHost {
     if (this.stopping || !this.linkEnabled) return;
     this.problem("client error", err);
     if (this.opts.errorIsDisconnect) {
-      this.up = false;
+      this.setUp(false);
       this.hooks.onOffline?.();
       this.scheduleReconnect();
     }
@@ -604,6 +648,8 @@ export class ModuleHost {
     // The "error" listeners stay (inert): unsubscribing inputs may fail, which the SDK emits as "error" — with no
     // listener that would throw.
     this.currentTwin?.removeListener("properties.desired", this.onDesired);
+    this.up = false;
+    this.link?.linkUp.set(0);
     if (this.opts.closeClient) {
       try {
         // close() never settles while the SDK is reconnecting: bounded.

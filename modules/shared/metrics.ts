@@ -82,7 +82,15 @@ export class ModuleMetrics {
     this.prefix = metricPrefix(options.module);
     this.labels = options.labels;
     this.registry.setDefaultLabels({ ...options.labels });
-    if (options.processMetrics) collectDefaultMetrics({ register: this.registry, prefix: this.prefix });
+    if (options.processMetrics) {
+      collectDefaultMetrics({ register: this.registry, prefix: this.prefix });
+      // prom-client's totals of active handles, requests and resources are gauges named `_total`, which
+      // `promtool check metrics` refuses (a non-counter must not end in _total); the same counts by type remain
+      // (nodejs_active_handles, nodejs_active_requests, nodejs_active_resources).
+      for (const metric of this.registry.getMetricsAsArray())
+        if (metric.name.endsWith("_total") && (metric as { type?: unknown }).type !== "counter")
+          this.registry.removeSingleMetric(metric.name);
+    }
   }
 
   /** A counter `<prefix><name>` (name without the prefix; Prometheus appends nothing: end it in `_total`). */

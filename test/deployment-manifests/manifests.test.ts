@@ -867,7 +867,7 @@ test("Dockerfiles: node 20 bookworm-slim for the platform, multi-stage build, pr
   }
 });
 
-test("Dockerfiles: run as a non-root user, CMD starts the module's own entry point, debug adds the inspector", () => {
+test("Dockerfiles: run as a non-root user, CMD starts the module's own entry point, expose /metrics, debug adds the inspector", () => {
   for (const { name, platform, stages } of dockerfiles()) {
     const where = `${name} ${platform}`;
     const runtime = stages[stages.length - 1];
@@ -884,10 +884,11 @@ test("Dockerfiles: run as a non-root user, CMD starts the module's own entry poi
     const exposes = runtime.filter((i) => i.op === "EXPOSE").map((i) => i.args);
     if (platform.endsWith(".debug")) {
       assert.ok(cmd.includes("--inspect=0.0.0.0:9229"), `${where}: inspector`);
-      assert.deepEqual(exposes, ["9229"], where);
+      assert.deepEqual(exposes, ["9229", "9600"], where);
     } else {
       assert.ok(!cmd.some((a) => a.startsWith("--inspect")), `${where}: no inspector in release images`);
-      assert.deepEqual(exposes, [], where);
+      // Prometheus /metrics (modules/shared/metrics.ts METRICS_PORT; docs/metrics.md)
+      assert.deepEqual(exposes, ["9600"], where);
     }
   }
 });

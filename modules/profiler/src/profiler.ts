@@ -6,6 +6,8 @@ import { MODEL_KINDS, validateSpec, type ModelSpec } from "../../../core/engine/
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, updateReported, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost } from "../../shared/host";
+import type { ModuleMetrics } from "../../shared/metrics";
+import { defaultProfilerModuleMetrics, profilerMetrics } from "./metrics";
 
 /**
  * The profiler IoT Edge module: measures what the cloud's device selection needs and reports it in the module
@@ -70,6 +72,13 @@ export interface ProfilerOptions {
   /** One scheduling minute in ms (tests shorten it; default 60,000). */
   minuteMs?: number;
   closeClient?: boolean;
+  /** This device's id (the metrics' edge_device label; default: IoT Edge's environment). */
+  deviceId?: string;
+  /**
+   * The profiler's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
+   * labels from the environment and `deviceId`.
+   */
+  metrics?: ModuleMetrics;
 }
 
 export interface ProfilerHandle {
@@ -78,6 +87,8 @@ export interface ProfilerHandle {
   last(): Capabilities | undefined;
   /** Current schedule in minutes (0 = none). */
   scheduleMinutes(): number;
+  /** The profiler's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
+  readonly metrics: ModuleMetrics;
   /**
    * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
    * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
@@ -87,6 +98,8 @@ export interface ProfilerHandle {
 }
 
 export const REPORTED_KEY = "capabilities";
+/** The reported key the RTT probe patches (never a desired property's ack). */
+export const PROBE_KEY = "profilerProbe";
 
 export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHandle> {
   const { client } = opts;
@@ -99,6 +112,8 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
   const probeBytes = opts.uplinkProbeBytes ?? 64 * 1024;
   const dataDir = opts.dataDir ?? "/data";
 
+  const moduleMetrics = opts.metrics ?? defaultProfilerModuleMetrics(opts.deviceId);
+  const metered = profilerMetrics(moduleMetrics);
   const startedAt = Date.now();
   let connectedMs = 0;
   let connectedSince: number | undefined;
@@ -203,7 +218,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     for (let i = 0; i < 3; i++) {
       const t0 = performance.now();
       try {
-        await updateReported(twin, { profilerProbe: { seq: i } }, twinTimeoutMs);
+        await updateReported(twin, { [PROBE_KEY]: { seq: i } }, twinTimeoutMs);
         times.push(performance.now() - t0);
       } catch (e) {
         log.warn(`RTT probe failed: ${errorText(e)}`, { err: e });
@@ -235,6 +250,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
       try {
         const caps = await measureOnce();
         last = caps;
+        metered.record(caps);
         if (!host.stopped) {
           host.reportNow();
           await host.reportsSettled();
@@ -292,6 +308,8 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     twinTimeoutMs,
     reportIntervalMs: 0,
     closeClient: opts.closeClient,
+    metrics: moduleMetrics,
+    reportedKeys: [REPORTED_KEY, PROBE_KEY],
     hooks: {
       onTwin: (twin) => onDesired(twin.properties.desired, twin.properties.desired),
       onDesiredPatch: (delta, twin) => onDesired(delta, twin.properties.desired),
@@ -314,6 +332,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
   await measure();
 
   return {
+    metrics: moduleMetrics,
     measure,
     last: () => last,
     scheduleMinutes: () => schedule,

@@ -1,5 +1,6 @@
 import { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES } from "../../shared/chunks";
 import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
+import { readMetricsPort } from "../../shared/metrics-entry";
 
 /**
  * The quantizer module's settings, from the environment at start-up, validated at once with every missing or
@@ -11,6 +12,7 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *   FLOTILLA_QUANTIZER_MAX_BYTES   bytes of partly received updates held in memory    default 64 MiB
  *   FLOTILLA_CONNECTION_STRING     module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT               PEM file of the gateway's CA, when not on IoT Edge (optional)
+ *   FLOTILLA_METRICS_PORT          Prometheus /metrics port (docs/metrics.md), 0 = off  default 9600
  */
 export const DEFAULT_STATE_DIR = "/var/lib/flotilla/quantizer";
 export const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
@@ -19,6 +21,8 @@ export interface QuantizerConfig {
   readonly stateDir: string;
   readonly maxChunkBytes: number;
   readonly maxBytes: number;
+  /** FLOTILLA_METRICS_PORT (0: not served). */
+  readonly metricsPort: number;
   readonly connection: ConnectionConfig;
 }
 
@@ -27,7 +31,8 @@ export function loadQuantizerConfig(env: Env): QuantizerConfig {
   const stateDir = p.value("FLOTILLA_QUANTIZER_DIR") ?? DEFAULT_STATE_DIR;
   const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
   const maxBytes = p.number("FLOTILLA_QUANTIZER_MAX_BYTES", DEFAULT_MAX_BYTES, 1024 * 1024, 2 ** 30);
+  const metricsPort = readMetricsPort(p);
   const connection = readConnection(p);
   p.check();
-  return { stateDir, maxChunkBytes, maxBytes, connection };
+  return { metricsPort, stateDir, maxChunkBytes, maxBytes, connection };
 }

@@ -2,6 +2,7 @@ import { createModuleClient, type Env } from "../../shared/module-client";
 import { runModule } from "../../shared/host";
 import type { Logger } from "../../../core/log";
 import { loadQuantizerConfig } from "./config";
+import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
 import { startQuantizer, type QuantizerHandle } from "./quantizer";
 
 export { DEFAULT_STATE_DIR, loadQuantizerConfig, type QuantizerConfig } from "./config";
@@ -12,8 +13,10 @@ export async function start(log: Logger, env: Env = process.env): Promise<Quanti
   const config = loadQuantizerConfig(env);
   const client = await createModuleClient(config.connection);
   log.info(`residuals in ${config.stateDir}`, { stateDir: config.stateDir });
-  return startQuantizer({
+  const metrics = containerModuleMetrics("quantizer", env);
+  const handle = await startQuantizer({
     client,
+    metrics,
     deviceId: config.connection.deviceId,
     stateDir: config.stateDir,
     maxChunkBytes: config.maxChunkBytes,
@@ -21,6 +24,8 @@ export async function start(log: Logger, env: Env = process.env): Promise<Quanti
     log,
     closeClient: true,
   });
+  // Prometheus text on :9600/metrics (docs/metrics.md); a port that cannot be listened on is logged, not fatal.
+  return alsoClosing(handle, await serveContainerMetrics(metrics, config.metricsPort, log));
 }
 
 if (require.main === module) runModule("quantizer", (log) => start(log));

@@ -19,6 +19,8 @@ import { errorText, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost } from "../../shared/host";
 import { Reassembler } from "../../shared/reassembly";
 import { DEFAULT_MAX_BYTES } from "./config";
+import type { ModuleMetrics } from "../../shared/metrics";
+import { defaultQuantizerModuleMetrics, quantizerMetrics } from "./metrics";
 
 /**
  * The quantizer IoT Edge module (docs/iothub-protocol.md), on the edgeHub route trainer → quantizer → update-queue:
@@ -93,6 +95,11 @@ export interface QuantizerOptions {
   retryDelayMs?: number;
   /** Close the client in stop() (the container entry owns its client; a launcher may not). */
   closeClient?: boolean;
+  /**
+   * The quantizer's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
+   * labels from the environment and `deviceId`.
+   */
+  metrics?: ModuleMetrics;
 }
 
 export interface QuantizerCounters {
@@ -130,6 +137,8 @@ export interface QuantizerHandle {
   idle(): Promise<void>;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
+  /** The quantizer's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
+  readonly metrics: ModuleMetrics;
   /**
    * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
    * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
@@ -209,6 +218,8 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   } catch (e) {
     throw new FlotillaError("E_QUANT_STATE_DIR", `cannot create ${stateDir}: ${errorText(e)}`);
   }
+  const moduleMetrics = opts.metrics ?? defaultQuantizerModuleMetrics(opts.deviceId);
+  const metered = quantizerMetrics(moduleMetrics);
   const reassembler = new Reassembler({
     maxBytes: opts.maxBytes ?? DEFAULT_MAX_BYTES,
     ttlMs: opts.partialTtlMs,
@@ -261,6 +272,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
   const problem = (e: unknown, context: string): void => {
     const { code, message } = errorOf(e);
     counters.errors++;
+    metered.errors.inc({ code });
     lastError = `${code}: ${message}`;
     log.warn(`${context}: ${code}: ${oneLine(message)}`, { code });
     changed();
@@ -506,6 +518,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     queued++;
     counters.received++;
     counters.bytesIn += u.frame.byteLength;
+    metered.bytesIn.inc(u.frame.byteLength);
     changed();
     enqueueWork(async () => {
       try {
@@ -553,10 +566,12 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     const job = msg.type === "result" ? jobs.get(msg.jobId) : undefined;
     if (msg.type === "result" && job?.spec && msg.delta instanceof Float32Array) {
       try {
+        const t0 = performance.now();
         out = await compress(msg as TrainResultMessage & { delta: Float32Array }, {
           ...job,
           spec: job.spec,
         });
+        metered.encodeSeconds.observe((performance.now() - t0) / 1000);
         compressed = true;
       } catch (e) {
         // The update still counts: it goes out raw (the aggregator takes both).
@@ -573,6 +588,13 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     if (compressed) counters.compressed++;
     else counters.passthrough++;
     counters.bytesOut += out.byteLength;
+    metered.bytesOut.inc(out.byteLength);
+    metered.updates.inc({ outcome: compressed ? "compressed" : "passthrough" });
+    if (compressed && out.byteLength > 0) {
+      const ratio = u.frame.byteLength / out.byteLength;
+      metered.lastRatio.set(ratio);
+      metered.ratio.observe(ratio);
+    }
     changed();
   };
 
@@ -661,6 +683,8 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     reportIntervalMs,
     retryDelayMs: opts.retryDelayMs,
     closeClient: opts.closeClient,
+    metrics: moduleMetrics,
+    reportedKeys: [REPORTED_KEY],
     hooks: {
       onTwin: (twin, fresh) => {
         if (fresh) {
@@ -687,6 +711,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
 
   return {
     state,
+    metrics: moduleMetrics,
     idle: async () => {
       for (let c = chain; ; c = chain) {
         await c;

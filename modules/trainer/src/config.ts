@@ -1,5 +1,6 @@
 import { DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES } from "../../shared/chunks";
 import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from "../../shared/module-client";
+import { readMetricsPort } from "../../shared/metrics-entry";
 
 /**
  * The trainer module's settings, from the environment at start-up, validated at once with every missing or invalid
@@ -13,6 +14,7 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
  *                                device's cores, at most 4. Fixed for the module's life (restart to change).
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
+ *   FLOTILLA_METRICS_PORT        Prometheus /metrics port (docs/metrics.md), 0 = off        default 9600
  *
  * Secure aggregation's identity key (read when a secure round needs it; azure/keyvault-key-provider.ts):
  *   FLOTILLA_KEYVAULT_URL        Key Vault holding the device's EC P-256 key (AZURE_TENANT_ID, AZURE_CLIENT_ID,
@@ -28,6 +30,8 @@ export interface TrainerConfig {
   readonly maxChunkBytes: number;
   /** Training threads (FLOTILLA_THREADS); undefined = auto. */
   readonly threads?: number;
+  /** FLOTILLA_METRICS_PORT (0: not served). */
+  readonly metricsPort: number;
   readonly connection: ConnectionConfig;
 }
 
@@ -36,7 +40,8 @@ export function loadTrainerConfig(env: Env): TrainerConfig {
   const dataDir = p.value("FLOTILLA_DATA_DIR") ?? DEFAULT_DATA_DIR;
   const maxChunkBytes = p.number("FLOTILLA_MAX_CHUNK_BYTES", DEFAULT_CHUNK_BYTES, 1024, MAX_CHUNK_BYTES);
   const threads = p.threads();
+  const metricsPort = readMetricsPort(p);
   const connection = readConnection(p);
   p.check();
-  return { dataDir, maxChunkBytes, threads, connection };
+  return { dataDir, maxChunkBytes, threads, metricsPort, connection };
 }

@@ -59,6 +59,8 @@ export class TrainerInference {
   constructor(
     private readonly precision: InferencePrecision,
     private readonly fetchBytes: (url: string) => Promise<Uint8Array>,
+    /** Told the duration of each inference call (metrics: ./metrics.ts onnx_inference_seconds). */
+    private readonly timed: (kind: "evaluate" | "predict", seconds: number) => void = () => undefined,
   ) {}
 
   get current(): { jobId: string; modelRound: number; sha256: string } | undefined {
@@ -102,6 +104,7 @@ export class TrainerInference {
     const t0 = performance.now();
     const r = await l.model.evaluate(data);
     const ms = performance.now() - t0;
+    this.timed("evaluate", ms / 1000);
     return {
       jobId: l.jobId,
       modelRound: l.modelRound,
@@ -135,7 +138,9 @@ export class TrainerInference {
         x[i * size + j] = v;
       }
     });
+    const t0 = performance.now();
     const out = await l.model.predict(x, inputs.length);
+    this.timed("predict", (performance.now() - t0) / 1000);
     const width = out.length / inputs.length;
     const base = { jobId: l.jobId, modelRound: l.modelRound, precision: this.precision };
     // The task is the ONNX output's (onnx-runtime.ts): an autoencoder preset and a reconstruction graph alike.

@@ -5,6 +5,7 @@ import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 import { loadTrainerConfig } from "./config";
 import { backendThreads, initBackend } from "../../../core/engine/backend";
 import { startTrainer, type TrainerHandle } from "./trainer";
+import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
 
 export { loadTrainerConfig, type TrainerConfig } from "./config";
 export * from "./executor";
@@ -22,8 +23,10 @@ export async function start(log: Logger, env: Env = process.env): Promise<Traine
     dataDir: config.dataDir,
     threads: backendThreads(),
   });
-  return startTrainer({
+  const metrics = containerModuleMetrics("trainer", env);
+  const trainer = await startTrainer({
     client,
+    metrics,
     deviceId: config.connection.deviceId,
     dataDir: config.dataDir,
     maxChunkBytes: config.maxChunkBytes,
@@ -33,6 +36,8 @@ export async function start(log: Logger, env: Env = process.env): Promise<Traine
     log,
     closeClient: true,
   });
+  // Prometheus text on :9600/metrics (docs/metrics.md); a port that cannot be listened on is logged, not fatal.
+  return alsoClosing(trainer, await serveContainerMetrics(metrics, config.metricsPort, log));
 }
 
 if (require.main === module) runModule("trainer", (log) => start(log));

@@ -16,6 +16,8 @@ import { parseRoundOrder, type RoundOrder } from "./round";
 import { resolveData } from "./executor";
 import { SECAGG_METHODS, SecAggSessions } from "./secagg";
 import type { IdentitySigner, SecAggStep } from "../../../core/secagg/types";
+import type { ModuleMetrics } from "../../shared/metrics";
+import { defaultTrainerModuleMetrics, trainerMetrics } from "./metrics";
 
 /**
  * The trainer IoT Edge module (docs/iothub-protocol.md). The cloud orders a round through the module twin's desired
@@ -113,6 +115,11 @@ export interface TrainerOptions {
    * fail with E_SECAGG_NO_KEY.
    */
   keys?: { signer(deviceId: string): IdentitySigner };
+  /**
+   * The trainer's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
+   * labels from the environment and this device's id.
+   */
+  metrics?: ModuleMetrics;
 }
 
 export interface TrainerHandle {
@@ -121,6 +128,8 @@ export interface TrainerHandle {
   startRound(order: unknown): boolean;
   /** Resolves when no round is running or waiting. */
   idle(): Promise<void>;
+  /** The trainer's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
+  readonly metrics: ModuleMetrics;
   /**
    * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
    * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
@@ -161,6 +170,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   const downloadTimeoutMs = opts.downloadTimeoutMs ?? 120_000;
   const sendAttempts = opts.sendAttempts ?? 8;
   const deviceId = opts.deviceId ?? (await deviceIdOf(client));
+  const moduleMetrics = opts.metrics ?? defaultTrainerModuleMetrics(deviceId);
+  const metered = trainerMetrics(moduleMetrics);
 
   let state: TrainerState = {
     status: "idle",
@@ -194,7 +205,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   const inference =
     opts.inference === "off"
       ? undefined
-      : new TrainerInference(opts.inference ?? "int8", (url) => fetchBlob(url, host.stopSignal));
+      : new TrainerInference(
+          opts.inference ?? "int8",
+          (url) => fetchBlob(url, host.stopSignal),
+          (kind, s) => metered.inferenceSeconds.observe({ kind }, s),
+        );
   let inferenceChain: Promise<void> = Promise.resolve();
   let localData: { key: string; data: Dataset } | undefined;
   const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
@@ -205,6 +220,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       const key = JSON.stringify(order.modelSpec.inputShape);
       if (localData?.key !== key) localData = { key, data: resolveData(dataRef, order.modelSpec) };
       const report = await inference.evaluate(localData.data);
+      if (report) metered.inferenceAccuracy.set(report.accuracy);
       if (report && !host.stopped) setState({ inference: report });
     } catch (e) {
       const err = errorOf(e);
@@ -336,6 +352,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     try {
       if (signal.aborted) throw signal.reason;
+      metered.roundsStarted.inc();
       setState({
         ...base,
         status: "downloading",
@@ -356,6 +373,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       }
       setState({ status: "training", progress: 0 });
       let lastProgress = Date.now();
+      let samplesTotal = 0;
       const outcome: TrainOutcome = await executor.run(
         {
           ...base,
@@ -370,6 +388,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         },
         signal,
         (done, total) => {
+          samplesTotal = total;
           const now = Date.now();
           if (now - lastProgress < progressIntervalMs || signal.aborted) return;
           lastProgress = now;
@@ -384,6 +403,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         trainMs: outcome.metrics.trainMs,
       };
       setState({ status: "queued", numSamples: outcome.numSamples, metrics, progress: 1 });
+      const trainSeconds = outcome.metrics.trainMs / 1000;
+      metered.trainingSeconds.observe(trainSeconds);
+      const epochs = (order.config as { epochs?: unknown }).epochs;
+      const trained =
+        samplesTotal > 0 ? samplesTotal : outcome.numSamples * (typeof epochs === "number" ? epochs : 1);
+      if (trainSeconds > 0) metered.samplesPerSecond.set(trained / trainSeconds);
+      if (Number.isFinite(metrics.loss)) metered.localLoss.set(metrics.loss);
+      if (Number.isFinite(metrics.accuracy)) metered.localAccuracy.set(metrics.accuracy);
+      metered.localSamples.set(outcome.numSamples);
       if (order.secagg) {
         // Secure aggregation, step 1: the update stays here; the signed key advertisement goes out instead.
         if (!opts.keys)
@@ -410,6 +438,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         }
         const updateId = await sendFrame(encodeMessage(advertise), order, signal);
         setState({ status: "secagg", secaggStep: "advertise", updateId });
+        metered.roundsCompleted.inc();
         log.info(`round ${order.round} of ${order.jobId}: keys advertised (secure aggregation)`, {
           ...base,
           updateId,
@@ -429,6 +458,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       });
       const updateId = await sendFrame(frame, order, signal);
       setState({ status: "done", updateId });
+      metered.roundsCompleted.inc();
       log.info(`round ${order.round} of ${order.jobId} done (${outcome.numSamples} samples)`, {
         ...base,
         updateId,
@@ -439,6 +469,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     } catch (e) {
       const err = signal.aborted && isFlotillaError(signal.reason) ? signal.reason : e;
       const { code, message } = errorOf(err);
+      if (code !== STOPPED) metered.roundsFailed.inc({ reason: code });
       log.log(
         code === SUPERSEDED ? "info" : "warn",
         `round ${order.round} of ${order.jobId}: ${code}: ${message}`,
@@ -515,6 +546,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     // The download itself stops only on its own timeout: other trainers sharing the cache may still want it.
     void signal;
     const timeout = AbortSignal.timeout(downloadTimeoutMs);
+    const t0 = performance.now();
     let res: Awaited<ReturnType<FetchLike>>;
     try {
       res = await doFetch(url, { signal: timeout });
@@ -523,7 +555,10 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     if (!res.ok) throw new FlotillaError("E_MODEL_DOWNLOAD", `GET ${redact(url)} answered ${res.status}`);
     try {
-      return new Uint8Array(await res.arrayBuffer());
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      metered.downloadSeconds.observe((performance.now() - t0) / 1000);
+      metered.downloadBytes.inc(bytes.byteLength);
+      return bytes;
     } catch (e) {
       throw new FlotillaError("E_MODEL_DOWNLOAD", `reading ${redact(url)} failed: ${errorText(e)}`, {
         cause: e,
@@ -686,12 +721,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     reportIntervalMs: 0,
     retryDelayMs: opts.retryDelayMs,
     closeClient: opts.closeClient,
+    metrics: moduleMetrics,
+    reportedKeys: [REPORTED_KEY],
     hooks: { onTwin, onDesiredPatch, reported: () => ({ [REPORTED_KEY]: state }) },
     methods,
   });
   await host.start();
 
   return {
+    metrics: moduleMetrics,
     state: () => state,
     startRound: (order) => onOrder(order, ORDER_METHOD),
     idle: async () => {

@@ -1,5 +1,6 @@
 import { fail } from "../../../core/errors";
 import { DEFAULT_MAX_CHUNK_BYTES, MAX_CHUNK_BYTES } from "./outbox";
+import { METRICS_PORT } from "../../shared/metrics";
 
 /**
  * The update-queue module's settings: environment at start-up, validated at once with every missing or invalid
@@ -13,6 +14,7 @@ import { DEFAULT_MAX_CHUNK_BYTES, MAX_CHUNK_BYTES } from "./outbox";
  *   FLOTILLA_CONNECTION_STRING   module connection string, when not on IoT Edge
  *   FLOTILLA_CA_CERT             PEM file of the gateway's CA, when not on IoT Edge (optional)
  *   FLOTILLA_TRAINER_MODULE      module told when the disk refuses an update (main.ts run())  default trainer
+ *   FLOTILLA_METRICS_PORT        Prometheus /metrics port (docs/metrics.md), 0 = off  default 9600
  *
  * On IoT Edge (any IOTEDGE_* variable, or EdgeHubConnectionString) the edge runtime's variables are used instead.
  */
@@ -31,6 +33,8 @@ export interface UpdateQueueConfig {
   readonly maxChunkBytes: number;
   readonly resendAfterMs: number;
   readonly maxBytes: number;
+  /** FLOTILLA_METRICS_PORT (0: not served). */
+  readonly metricsPort: number;
   readonly connection: ConnectionConfig;
 }
 
@@ -67,6 +71,8 @@ export function loadConfig(env: Env): UpdateQueueConfig {
     1024 * 1024,
     Number.MAX_SAFE_INTEGER,
   );
+
+  const metricsPort = integer("FLOTILLA_METRICS_PORT", METRICS_PORT, 0, 65535);
 
   let connection: ConnectionConfig;
   const onEdge =
@@ -105,7 +111,7 @@ export function loadConfig(env: Env): UpdateQueueConfig {
       `update-queue: invalid setting${invalid.length > 1 ? "s" : ""}: ${invalid.join(", ")}`,
     );
   }
-  return { queueDir, maxChunkBytes, resendAfterMs, maxBytes, connection };
+  return { queueDir, maxChunkBytes, resendAfterMs, maxBytes, metricsPort, connection };
 }
 
 export interface DesiredConfig {

@@ -21,6 +21,9 @@ import {
   errorText as message,
 } from "../../shared/module-client";
 import { ModuleHost, runModule } from "../../shared/host";
+import type { ModuleMetrics } from "../../shared/metrics";
+import { defaultUpdateQueueModuleMetrics, updateQueueMetrics } from "./metrics";
+import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
 
 /**
  * The update-queue IoT Edge module. edgeHub routes the trainer's updates here through the quantizer
@@ -124,6 +127,11 @@ export interface UpdateQueueOptions {
   /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
   log?: Logger | LineLog;
   random?: () => number;
+  /**
+   * The queue's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
+   * labels from the environment and `deviceId`.
+   */
+  metrics?: ModuleMetrics;
 }
 
 export interface UpdateQueueStatus extends OutboxStats {
@@ -144,6 +152,8 @@ export interface UpdateQueueStatus extends OutboxStats {
 export interface UpdateQueueHandle {
   readonly outbox: Outbox;
   readonly sender: Sender;
+  /** The queue's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
+  readonly metrics: ModuleMetrics;
   status(): UpdateQueueStatus;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
@@ -225,6 +235,15 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     maxBytes: opts.maxBytes,
     onQuarantine: (report) => onQuarantine(report),
   });
+  const moduleMetrics = opts.metrics ?? defaultUpdateQueueModuleMetrics(opts.deviceId);
+  const metered = updateQueueMetrics(moduleMetrics, {
+    outbox,
+    dir: opts.dir,
+    unstored: () => held.size,
+    lostInputs: () => lostInputs,
+    invalidInputs: () => invalidInputs,
+  });
+  if (outbox.quarantined) metered.quarantines.inc();
   const sender = new Sender(outbox, {
     send: (chunk) => client.sendOutputEvent(outputName, toMessage(chunk)).then(() => undefined),
     concurrency: opts.concurrency,
@@ -265,6 +284,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     [REPORTED_KEY]: { ...status(), reportedAt: new Date().toISOString() },
   });
   onQuarantine = (report) => {
+    metered.quarantines.inc();
     logQuarantine(report);
     lastError = `E_QUEUE_CORRUPT: ${report.reason}`;
     host.changed();
@@ -479,6 +499,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     // An SDK `error` (e.g. a failed subscription) counts as the link being down: offline, reconnect.
     errorIsDisconnect: true,
     closeClient: opts.closeClient,
+    metrics: moduleMetrics,
+    reportedKeys: [REPORTED_KEY],
     hooks: {
       // Every twin GET (after each (re)connection, the SDK re-subscribes but does not re-GET): acks and
       // configuration set while the link was down are applied before anything is resent.
@@ -525,6 +547,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   return {
     outbox,
     sender,
+    metrics: moduleMetrics,
     status,
     reportNow: () => host.reportNow(),
     setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
@@ -621,8 +644,10 @@ export async function start(log: Logger, env: Env = process.env): Promise<Update
   const config = loadConfig(env);
   const client = await createModuleClient(config);
   log.info(`queue in ${config.queueDir}`, { queueDir: config.queueDir });
-  return startUpdateQueue({
+  const metrics = containerModuleMetrics("update-queue", env);
+  const queue = await startUpdateQueue({
     client,
+    metrics,
     dir: config.queueDir,
     maxChunkBytes: config.maxChunkBytes,
     resendAfterMs: config.resendAfterMs,
@@ -633,6 +658,8 @@ export async function start(log: Logger, env: Env = process.env): Promise<Update
     deviceId: env.IOTEDGE_DEVICEID?.trim() || undefined,
     log,
   });
+  // Prometheus text on :9600/metrics (docs/metrics.md); a port that cannot be listened on is logged, not fatal.
+  return alsoClosing(queue, await serveContainerMetrics(metrics, config.metricsPort, log));
 }
 
 // Everything is on disk once stop() resolves; the process then exits even if the SDK is still retrying an operation
