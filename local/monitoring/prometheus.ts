@@ -181,7 +181,13 @@ export async function startPrometheus(
   child.once("error", (e) => (spawnError = e));
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const running = () => child.exitCode === null && child.signalCode === null && !spawnError;
+  // Never outlive the launcher: a Node process that exits without closing (an uncaught error) takes it along.
+  const killOnExit = () => {
+    if (running()) child.kill("SIGTERM");
+  };
+  process.once("exit", killOnExit);
   const close = async (): Promise<void> => {
+    process.removeListener("exit", killOnExit);
     if (running()) {
       child.kill("SIGTERM");
       const t = setTimeout(() => child.kill("SIGKILL"), 10_000);
