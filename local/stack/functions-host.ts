@@ -30,6 +30,7 @@ const ROUTES: Route[] = [
     params: ["id", "round"],
     handler: "getModel",
   },
+  { method: "GET", pattern: /^\/api\/metrics$/, params: [], handler: "metrics" },
 ];
 
 export interface FunctionsHost {
@@ -97,6 +98,9 @@ export async function startFunctionsHost(
       const handler = agg.http[route.handler] as HttpHandler;
       const out: HttpResponseInit = await handler(request, context(route.handler, log));
       const headers: Record<string, string> = { "content-type": "application/json" };
+      // The handler's own headers win (GET /api/metrics answers in Prometheus text).
+      for (const [k, v] of Object.entries((out.headers ?? {}) as Record<string, string>))
+        headers[k.toLowerCase()] = String(v);
       const payload =
         out.jsonBody !== undefined
           ? JSON.stringify(out.jsonBody)

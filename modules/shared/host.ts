@@ -263,7 +263,13 @@ export class ModuleHost {
           `${this.opts.name}: cannot acknowledge desired '${name}': the module reports its own state under it`,
         );
     }
-    if (Object.keys(outcomes).length > 0) this.reportPatch(ackPatch(outcomes, version));
+    if (Object.keys(outcomes).length === 0) return;
+    // Reported patches merge: an ack without a description sends `ad: null`, which removes the description an
+    // earlier ack (a refusal) left there.
+    const patch: Record<string, unknown> = {};
+    for (const [name, ack] of Object.entries(ackPatch(outcomes, version)))
+      patch[name] = ack.ad === undefined ? { ...ack, ad: null } : ack;
+    this.reportPatch(patch);
   }
 
   /** Queues the module's current reported patch (sent when online and the twin is known; else at reconnect). */

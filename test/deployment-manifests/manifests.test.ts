@@ -15,6 +15,7 @@ import Ajv from "ajv-draft-04";
 import type { ValidateFunction } from "ajv-draft-04";
 import { matchRoutes, parseRoutes } from "../../local/hub/routes";
 import { loadQuantizerConfig } from "../../modules/quantizer/src/config";
+import { METRICS_PATH, METRICS_PORT } from "../../modules/shared/metrics";
 import { loadConfig, parseDesiredConfig } from "../../modules/update-queue/src/config";
 import {
   CREATE_OPTIONS_CHUNK_CHARS,
@@ -39,11 +40,16 @@ const PLATFORMS = {
   "amd64.debug": "./Dockerfile.amd64.debug",
   arm64v8: "./Dockerfile.arm64v8",
 };
+const HUB_RESOURCE_ID =
+  "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/flotilla/providers/Microsoft.Devices/IotHubs/flotilla-hub";
+/** Microsoft's metrics-collector module (deployed by the base template beside the Flotilla modules). */
+const COLLECTOR = "metricsCollector";
 const VARS = {
   CONTAINER_REGISTRY: "flotillaacr.azurecr.io",
   CONTAINER_REGISTRY_USERNAME: "flotillaacr",
   CONTAINER_REGISTRY_PASSWORD: 'pa$$"word\\', // characters JSON must escape survive substitution
   FLOTILLA_FLEET: "pilot-7",
+  IOTHUB_RESOURCE_ID: HUB_RESOURCE_ID,
 };
 const packageVersion = (JSON.parse(fs.readFileSync(path.join(repoRoot, "package.json"), "utf8")) as Json)
   .version;
@@ -195,9 +201,10 @@ test("the base template deploys exactly the modules that have a module.json", ()
     .readdirSync(path.join(repoRoot, "modules"))
     .filter((d) => fs.existsSync(path.join(repoRoot, "modules", d, "module.json")))
     .sort();
-  assert.deepEqual(Object.keys(modulesOf(template)).sort(), packaged);
+  const ours = Object.keys(modulesOf(template)).filter((name) => name !== COLLECTOR);
+  assert.deepEqual(ours.sort(), packaged, "Flotilla's modules (besides Microsoft's metrics-collector)");
   assert.deepEqual([...MODULES].sort(), packaged);
-  for (const [name, module] of Object.entries(modulesOf(template))) {
+  for (const [name, module] of Object.entries(modulesOf(template)).filter(([n]) => n !== COLLECTOR)) {
     assert.equal(obj(obj(module, name).settings, name).image, `\${MODULES.${name}}`, name);
   }
 });
@@ -273,9 +280,11 @@ test("routes: trainer updates go through the quantizer to the update queue, the 
       'FROM /messages/modules/quantizer/outputs/updates INTO BrokeredEndpoint("/modules/update-queue/inputs/updates")',
       "FROM /messages/modules/profiler/outputs/* INTO $upstream",
       "FROM /messages/modules/update-queue/outputs/* INTO $upstream",
+      "FROM /messages/modules/metricsCollector/outputs/metricOutput INTO $upstream",
     ].sort(),
   );
   assert.deepEqual(Object.keys(obj(hubDesired(manifest).routes, "routes")).sort(), [
+    "metricsCollectorToUpstream",
     "profilerToUpstream",
     "quantizerToQueue",
     "queueToUpstream",
@@ -322,6 +331,61 @@ test("routes: an update takes exactly one path, trainer → quantizer → update
         assert.match(text, /^FROM \/messages\/modules\/quantizer\/outputs\/updates /, `${what}: ${text}`);
     }
   }
+});
+
+test("metrics-collector: pinned image, the IoT Hub's resource id, every module's :9600/metrics, both upload targets", () => {
+  const template = readJson(baseTemplateFile);
+  const rawEnv = obj(obj(modulesOf(template)[COLLECTOR], COLLECTOR).env, "env");
+  // The Log Analytics key is a placeholder filled at render time (like the registry password), never a literal.
+  assert.equal(obj(rawEnv.LogAnalyticsSharedKey, "key").value, "${LOG_ANALYTICS_SHARED_KEY:-}");
+  assert.equal(obj(rawEnv.ResourceId, "ResourceId").value, "${IOTHUB_RESOURCE_ID}");
+
+  const manifest = render(baseTemplateFile);
+  const collector = obj(modulesOf(manifest)[COLLECTOR], COLLECTOR);
+  const image = String(obj(collector.settings, "settings").image);
+  assert.match(image, /^mcr\.microsoft\.com\/azureiotedge-metrics-collector:\d+\.\d+(\.\d+)?$/, "pinned tag");
+  assert.equal(collector.status, "running");
+  assert.equal(collector.restartPolicy, "always");
+  const env = Object.fromEntries(
+    Object.entries(obj(collector.env, "env")).map(([k, v]) => [k, obj(v, k).value as string]),
+  );
+  assert.equal(env.ResourceId, HUB_RESOURCE_ID);
+  assert.match(
+    env.ResourceId,
+    /^\/subscriptions\/[^/]+\/resourceGroups\/[^/]+\/providers\/Microsoft\.Devices\/IotHubs\/[^/]+$/,
+  );
+  assert.equal(env.UploadTarget, "AzureMonitor", "default upload target: Log Analytics (InsightsMetrics)");
+  assert.equal(env.ScrapeFrequencyInSecs, "300");
+  assert.equal(env.LogAnalyticsWorkspaceId, "");
+  assert.equal(env.LogAnalyticsSharedKey, "");
+  // Every module the manifest runs (but the collector) and the two system modules, on the port the modules serve.
+  const endpoints = env.MetricsEndpointsCSV.split(",");
+  const expected = [
+    "edgeHub",
+    "edgeAgent",
+    ...Object.keys(modulesOf(manifest)).filter((m) => m !== COLLECTOR),
+  ].map((m) => `http://${m}:${METRICS_PORT}${METRICS_PATH}`);
+  assert.deepEqual([...endpoints].sort(), [...expected].sort());
+  for (const m of MODULES) assert.ok(endpoints.includes(`http://${m}:9600/metrics`), m);
+
+  const iot = render(baseTemplateFile, "amd64", {
+    ...VARS,
+    METRICS_UPLOAD_TARGET: "IoTMessage",
+    METRICS_SCRAPE_SECONDS: "60",
+    LOG_ANALYTICS_WORKSPACE_ID: "11111111-2222-3333-4444-555555555555",
+    LOG_ANALYTICS_SHARED_KEY: "c2VjcmV0",
+  });
+  validateDeployment(iot, "deployment with UploadTarget=IoTMessage");
+  const iotEnv = obj(obj(modulesOf(iot)[COLLECTOR], COLLECTOR).env, "env");
+  assert.equal(obj(iotEnv.UploadTarget, "UploadTarget").value, "IoTMessage");
+  assert.equal(obj(iotEnv.ScrapeFrequencyInSecs, "ScrapeFrequencyInSecs").value, "60");
+  assert.equal(obj(iotEnv.LogAnalyticsSharedKey, "key").value, "c2VjcmV0");
+  // UploadTarget=IoTMessage: the collector's `metricOutput` goes upstream (to IoT Hub), and nowhere else.
+  const routes = obj(hubDesired(manifest).routes, "routes");
+  assert.deepEqual(sinksOf(routes, COLLECTOR, "metricOutput"), ["$upstream"]);
+  const route = obj(routes.metricsCollectorToUpstream, "route");
+  assert.ok((route.priority as number) > 0, "metrics yield to model updates when the link is scarce");
+  assert.ok((route.timeToLiveSecs as number) <= 86400, "stale metrics are not kept for a week offline");
 });
 
 test("a route to a module that is not deployed is caught", () => {
@@ -522,7 +586,14 @@ function applyLayer(base: Json, layerContent: Json): Json {
 
 test("the layered trainers deployment: user modules only, dot-path keys, fleet target, priority, labels", () => {
   const layered = render(layeredTemplateFile);
-  assert.deepEqual(Object.keys(layered).sort(), ["content", "id", "labels", "priority", "targetCondition"]);
+  assert.deepEqual(Object.keys(layered).sort(), [
+    "content",
+    "id",
+    "labels",
+    "metrics",
+    "priority",
+    "targetCondition",
+  ]);
   const content = obj(obj(layered.content, "content").modulesContent, "modulesContent");
   for (const key of Object.keys(obj(content.$edgeAgent, "$edgeAgent"))) {
     assert.match(
@@ -604,7 +675,12 @@ test("unresolved placeholders fail with one line naming every one", () => {
   const e = err(() => render(baseTemplateFile, "amd64", {}));
   assert.equal(e.code, "E_MANIFEST_UNRESOLVED");
   assert.doesNotMatch(e.message, /\n/);
-  for (const name of ["CONTAINER_REGISTRY", "CONTAINER_REGISTRY_USERNAME", "CONTAINER_REGISTRY_PASSWORD"]) {
+  for (const name of [
+    "CONTAINER_REGISTRY",
+    "CONTAINER_REGISTRY_USERNAME",
+    "CONTAINER_REGISTRY_PASSWORD",
+    "IOTHUB_RESOURCE_ID",
+  ]) {
     assert.ok(e.message.includes(`\${${name}}`), `${name} named in: ${e.message}`);
   }
   const layered = err(() => render(layeredTemplateFile, "amd64", { ...VARS, FLOTILLA_FLEET: undefined }));
@@ -728,6 +804,8 @@ test("CLI: --set wins over the environment, --platform picks the tag, --out writ
         "CONTAINER_REGISTRY=flotillaacr.azurecr.io",
         "--set",
         "CONTAINER_REGISTRY_PASSWORD=from-set",
+        "--set",
+        `IOTHUB_RESOURCE_ID=${HUB_RESOURCE_ID}`,
         "--out",
         out,
       ],

@@ -11,12 +11,15 @@ import { Orchestrator, type TickReport } from "./orchestrator";
 import { AzureBlobStore, MemoryBlobStore } from "./store/blob-store";
 import type { AggregatorServices } from "./services";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
+import { createTelemetry, type AggregatorTelemetry } from "./telemetry";
 
 export interface Aggregator {
   readonly services: AggregatorServices;
   readonly orchestrator: Orchestrator;
   readonly ingestor: Ingestor;
   readonly http: HttpApi;
+  /** Round and job telemetry: /api/metrics, Application Insights export (telemetry.ts). */
+  readonly telemetry: AggregatorTelemetry;
   /** Timer trigger handler (roundTimer). */
   roundTimer(timer: Timer | unknown, context: InvocationContext): Promise<TickReport>;
   /** Event Hub trigger handler (ingestUpdates, cardinality many). Never throws. */
@@ -52,14 +55,19 @@ export interface AggregatorOptions {
   readonly tickAfterIngest?: boolean;
 }
 
-export function createAggregator(services: AggregatorServices, options: AggregatorOptions = {}): Aggregator {
+export function createAggregator(given: AggregatorServices, options: AggregatorOptions = {}): Aggregator {
   const tickAfterIngest = options.tickAfterIngest ?? true;
+  // Without one given: Prometheus metrics only; events go to the structured logger when there is one.
+  const telemetry: AggregatorTelemetry =
+    given.telemetry ?? createTelemetry({ store: given.store, logger: given.logger });
+  const services: AggregatorServices = { ...given, telemetry };
   const orchestrator = new Orchestrator(services);
   const ingestor = new Ingestor(services);
   return {
     services,
     orchestrator,
     ingestor,
+    telemetry,
     http: createHttpApi(services, {
       async onStopped(jobId) {
         const job = await orchestrator.repo.getJob(jobId);

@@ -13,6 +13,8 @@
  *                                      a non-finite global model: status `failed`, `stopReason: "diverged"`)
  *   GET  /api/jobs                     list                                       → 200 {jobs: [...]}
  *   GET  /api/jobs/{id}/models/{round} model metadata + a read URL                → 200
+ *   GET  /api/metrics                  Prometheus text: the aggregator's metrics      → 200 text/plain
+ *                                      (telemetry.ts, docs/azure-monitor.md)
  */
 import type { HttpRequest, HttpResponseInit, InvocationContext } from "@azure/functions";
 import { isFlotillaError } from "../../../core/errors";
@@ -32,6 +34,7 @@ export interface HttpApi {
   getJob: HttpHandler;
   listJobs: HttpHandler;
   getModel: HttpHandler;
+  metrics: HttpHandler;
 }
 
 const MAX_BODY = 64 * 1024;
@@ -77,7 +80,7 @@ export interface HttpApiOptions {
 }
 
 export function createHttpApi(services: AggregatorServices, options: HttpApiOptions = {}): HttpApi {
-  const repo = new JobRepository(services.store);
+  const repo = new JobRepository(services.store, services.telemetry);
 
   const guard =
     (fn: HttpHandler): HttpHandler =>
@@ -227,6 +230,15 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
         if (j) jobs.push(summary(j));
       }
       return { status: 200, jsonBody: { jobs } };
+    }),
+    metrics: guard(async () => {
+      const telemetry = services.telemetry;
+      if (!telemetry) return error(404, "E_METRICS", "this aggregator has no telemetry");
+      return {
+        status: 200,
+        headers: { "content-type": telemetry.contentType },
+        body: await telemetry.metricsText(),
+      };
     }),
     getModel: guard(async (req) => {
       const found = await jobOr404(req);

@@ -8,13 +8,17 @@ import { createAggregator, servicesFromEnv, type Aggregator } from "./aggregator
 import type { HttpApi } from "./http-api";
 import { logLines } from "./services";
 import { loggerFromEnv } from "../../../core/log";
+import { telemetryFromEnv } from "./telemetry";
 
 let instance: Aggregator | null = null;
 function aggregator(): Aggregator {
   if (!instance) {
     // JSON lines on stdout/stderr (FLOTILLA_LOG_LEVEL, FLOTILLA_LOG_FORMAT: core/log.ts).
     const logger = loggerFromEnv("aggregator");
-    instance = createAggregator({ ...servicesFromEnv(process.env, logLines(logger)), logger });
+    const services = servicesFromEnv(process.env, logLines(logger));
+    // Round/job metrics on /api/metrics; to Application Insights too when APPLICATIONINSIGHTS_CONNECTION_STRING is set.
+    const telemetry = telemetryFromEnv(process.env, { store: services.store, logger });
+    instance = createAggregator({ ...services, logger, telemetry });
   }
   return instance;
 }
@@ -47,6 +51,13 @@ app.http("getModel", {
   route: "jobs/{id}/models/{round}",
   authLevel: "function",
   handler: http("getModel"),
+});
+
+app.http("metrics", {
+  methods: ["GET"],
+  route: "metrics",
+  authLevel: "function",
+  handler: http("metrics"),
 });
 
 app.timer("roundTimer", {

@@ -160,7 +160,7 @@ export class Ingestor {
   private readonly repo: JobRepository;
 
   constructor(private readonly services: AggregatorServices) {
-    this.repo = new JobRepository(services.store);
+    this.repo = new JobRepository(services.store, services.telemetry);
   }
 
   /**

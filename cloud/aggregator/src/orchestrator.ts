@@ -131,7 +131,7 @@ export class Orchestrator {
     private readonly services: AggregatorServices,
     opts: OrchestratorOptions = {},
   ) {
-    this.repo = new JobRepository(services.store);
+    this.repo = new JobRepository(services.store, services.telemetry);
     this.concurrency = opts.dispatchConcurrency ?? 32;
     this.secure = new SecureRounds(services, this.concurrency);
     this.createStrategy = opts.strategyFactory ?? createStrategy;

@@ -141,7 +141,7 @@ export class SecureRounds {
     private readonly services: AggregatorServices,
     private readonly concurrency: number,
   ) {
-    this.repo = new JobRepository(services.store);
+    this.repo = new JobRepository(services.store, services.telemetry);
   }
 
   /**

@@ -3,6 +3,7 @@ import type { JsonWebKey } from "node:crypto";
 import type { Logger } from "../../../core/log";
 import type { Fleet } from "./fleet/fleet";
 import type { BlobStore } from "./store/blob-store";
+import type { AggregatorTelemetry } from "./telemetry";
 
 /**
  * Where the aggregator reads devices' identity public keys (the slice of core/secagg's KeyProvider it needs): in
@@ -24,6 +25,11 @@ export interface AggregatorServices {
   readonly logger?: Logger;
   /** Devices' identity keys; needed by secure-aggregation jobs only (creating one without it is refused). */
   readonly identityKeys?: IdentityKeyDirectory;
+  /**
+   * Round and job telemetry (telemetry.ts): told of every job document write; serves /api/metrics. createAggregator
+   * adds a Prometheus-only one over `store` when absent.
+   */
+  readonly telemetry?: AggregatorTelemetry;
 }
 
 /**

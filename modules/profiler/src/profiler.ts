@@ -8,6 +8,7 @@ import { errorText, updateReported, type EdgeModuleClient } from "../../shared/m
 import { ModuleHost } from "../../shared/host";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultProfilerModuleMetrics, profilerMetrics } from "./metrics";
+import { ACK_APPLIED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../../shared/pnp";
 
 /**
  * The profiler IoT Edge module: measures what the cloud's device selection needs and reports it in the module
@@ -279,24 +280,81 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     log.info(`schedule every ${minutes} min`, { scheduleMinutes: minutes });
   };
 
+  /**
+   * Plug and Play acknowledgements (modules/shared/pnp.ts) of the operator's writable properties named in `delta`:
+   * `scheduleMinutes`, `models` and `model`. `jobModels` is the Function's own entry (one spec per job, written
+   * by the cloud), not acked. An ack already sent is not sent again at the next twin read.
+   */
+  const acked = new Map<string, string>();
+  const ackWritable = (delta: Record<string, unknown>, refusedSchedule: string | undefined): void => {
+    const outcomes: Record<string, AckOutcome> = {};
+    if ("scheduleMinutes" in delta)
+      outcomes.scheduleMinutes =
+        refusedSchedule === undefined
+          ? { value: schedule, status: ACK_APPLIED }
+          : { value: schedule, status: ACK_REFUSED, description: refusedSchedule };
+    const unknownKinds = (v: unknown): string | undefined => {
+      const list = Array.isArray(v) ? v : [v];
+      const bad = list.filter((m) => typeof m !== "string" || !MODEL_KINDS.includes(m as never));
+      if (!Array.isArray(v) && typeof v !== "string") return `not a model kind (${MODEL_KINDS.join(", ")})`;
+      return bad.length > 0
+        ? `unknown model kind(s) ${bad.map((b) => JSON.stringify(b)).join(", ")} (known: ${MODEL_KINDS.join(", ")})`
+        : undefined;
+    };
+    for (const name of ["models", "model"] as const) {
+      if (!(name in delta)) continue;
+      const v = delta[name];
+      const why = v === null ? undefined : unknownKinds(v);
+      // The value in effect: the model kinds the next measurement benchmarks.
+      outcomes[name] =
+        why === undefined
+          ? { value: v === null ? null : v, status: ACK_APPLIED }
+          : { value: kindsToBench(), status: ACK_REFUSED, description: why };
+    }
+    const version = desiredVersion(delta);
+    const fresh: Record<string, AckOutcome> = {};
+    for (const [name, o] of Object.entries(outcomes)) {
+      const key = JSON.stringify([o, version]);
+      if (acked.get(name) === key) continue;
+      acked.set(name, key);
+      fresh[name] = o;
+    }
+    host.ackDesired(fresh, version);
+  };
+
   /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */
   const onDesired = (delta: Record<string, unknown>, desired: Record<string, unknown>): void => {
+    try {
+      ackWritable(delta, applySchedule(delta, desired));
+    } catch (e) {
+      log.warn(`acknowledging desired properties failed: ${errorText(e)}`, { err: e });
+    }
+  };
+  /** Applies desired scheduleMinutes when named; returns why it was refused, if it was. */
+  const applySchedule = (
+    delta: Record<string, unknown>,
+    desired: Record<string, unknown>,
+  ): string | undefined => {
     if (delta && "jobModels" in delta && last !== undefined) {
       // A job's model to measure (a twin read at start is measured by the first measurement).
       const known = new Set(Object.keys(last.samplesPerSecond));
       if (jobModels().some(([key]) => !known.has(key)))
         measure().catch((e: unknown) => log.warn(`measurement failed: ${errorText(e)}`, { err: e }));
     }
-    if (!delta || !("scheduleMinutes" in delta)) return;
+    if (!delta || !("scheduleMinutes" in delta)) return undefined;
     const v = desired.scheduleMinutes ?? delta.scheduleMinutes;
-    if (v === null || v === undefined) return reschedule(0);
+    if (v === null || v === undefined) {
+      reschedule(0);
+      return undefined;
+    }
     if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 7 * 24 * 60) {
       log.warn(`desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`, {
         scheduleMinutes: v,
       });
-      return;
+      return "not a number of minutes from 0 to 10080";
     }
     reschedule(v);
+    return undefined;
   };
 
   const host: ModuleHost = new ModuleHost({

@@ -126,19 +126,26 @@ export interface DesiredConfig {
 export function parseDesiredConfig(desired: Record<string, unknown>): {
   config: DesiredConfig;
   errors: string[];
+  /** Why each invalid property was refused (its Plug and Play acknowledgement's `ad`). */
+  refused: Partial<Record<keyof DesiredConfig, string>>;
 } {
   const config: DesiredConfig = {};
   const errors: string[] = [];
+  const refused: Partial<Record<keyof DesiredConfig, string>> = {};
   const read = (name: keyof DesiredConfig, min: number, max: number): void => {
     const v = desired[name];
     if (v === undefined || v === null) return;
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
-      errors.push(`desired ${name}=${JSON.stringify(v)} is not an integer from ${min} to ${max}`);
+      refused[name] = `not an integer from ${min} to ${max}`;
+      errors.push(`desired ${name}=${JSON.stringify(v)} is ${refused[name]}`);
       return;
     }
     config[name] = v;
   };
   read("maxChunkBytes", 1024, MAX_CHUNK_BYTES);
   read("resendAfterMs", ...RESEND_AFTER_MS_RANGE);
-  return { config, errors };
+  return { config, errors, refused };
 }
+
+/** The desired properties the update-queue acknowledges the Plug and Play way (docs/metrics.md "Acknowledgements"). */
+export const WRITABLE_PROPERTIES: readonly (keyof DesiredConfig)[] = ["maxChunkBytes", "resendAfterMs"];

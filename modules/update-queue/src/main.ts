@@ -3,7 +3,14 @@ import { join } from "node:path";
 import { Message, ModuleClient } from "azure-iot-device";
 import { fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
-import { loadConfig, parseDesiredConfig, type Env, type UpdateQueueConfig } from "./config";
+import {
+  loadConfig,
+  parseDesiredConfig,
+  WRITABLE_PROPERTIES,
+  type Env,
+  type UpdateQueueConfig,
+} from "./config";
+import { ACK_APPLIED, ACK_FAILED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../../shared/pnp";
 import {
   deriveUpdateId,
   frameMeta,
@@ -292,13 +299,49 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   if (outbox.quarantined) logQuarantine(outbox.quarantined); // found while opening, before the log was wired
 
   // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
+  /** The last acknowledgement sent per writable property (the same one is not sent again at each twin read). */
+  const acked = new Map<string, string>();
   const applyDesired = (desired: Record<string, unknown>): void => {
     if (host.stopped || typeof desired !== "object" || desired === null) return;
-    const { config, errors } = parseDesiredConfig(desired);
+    const { config, errors, refused } = parseDesiredConfig(desired);
     for (const e of errors) problem("warn", `${e}`);
+    // Plug and Play acknowledgements of the writable properties named (modules/shared/pnp.ts): 200 applied (null:
+    // the current value is kept), 400 refused (the value in effect stays), 500 failed while applying.
+    const current = {
+      maxChunkBytes: () => outbox.maxChunkBytes,
+      resendAfterMs: () => sender.resendAfterMs,
+    };
+    const apply = {
+      maxChunkBytes: (v: number) => outbox.setMaxChunkBytes(v),
+      resendAfterMs: (v: number) => sender.setResendAfterMs(v),
+    };
+    const outcomes: Record<string, AckOutcome> = {};
+    for (const name of WRITABLE_PROPERTIES) {
+      if (!(name in desired)) continue;
+      const why = refused[name];
+      const value = config[name];
+      if (why !== undefined) {
+        outcomes[name] = { value: current[name](), status: ACK_REFUSED, description: why };
+        continue;
+      }
+      try {
+        if (value !== undefined) apply[name](value);
+        outcomes[name] = { value: current[name](), status: ACK_APPLIED };
+      } catch (e) {
+        problem("warn", `applying desired ${name} failed: ${message(e)}`);
+        outcomes[name] = { value: current[name](), status: ACK_FAILED, description: message(e) };
+      }
+    }
+    const version = desiredVersion(desired);
+    const fresh: Record<string, AckOutcome> = {};
+    for (const [name, o] of Object.entries(outcomes)) {
+      const key = JSON.stringify([o, version]);
+      if (acked.get(name) === key) continue;
+      acked.set(name, key);
+      fresh[name] = o;
+    }
+    host.ackDesired(fresh, version);
     try {
-      if (config.maxChunkBytes !== undefined) outbox.setMaxChunkBytes(config.maxChunkBytes);
-      if (config.resendAfterMs !== undefined) sender.setResendAfterMs(config.resendAfterMs);
       const acks = ackIdsOf(desired.acks);
       if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {

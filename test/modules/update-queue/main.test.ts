@@ -393,6 +393,7 @@ test("configuration from the environment names every missing or invalid setting"
     maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES,
     resendAfterMs: 30000,
     maxBytes: 256 * 1024 * 1024,
+    metricsPort: 9600,
     connection: {
       mode: "connectionString",
       connectionString: "HostName=h;DeviceId=d;ModuleId=m;SharedAccessKey=k",

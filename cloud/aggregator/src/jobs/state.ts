@@ -197,8 +197,27 @@ export const paths = {
     `jobs/${jobId}/rounds/${round}/secagg/identity-keys.json`,
 };
 
+/**
+ * Told of every job document this process writes (telemetry.ts): `prev` is what the write replaced (undefined for a
+ * new job). Called after the write succeeded, once per write; it must not throw (a throw is swallowed).
+ */
+export interface JobObserver {
+  jobWritten(prev: JobDocument | undefined, next: JobDocument): void;
+}
+
 export class JobRepository {
-  constructor(readonly store: BlobStore) {}
+  constructor(
+    readonly store: BlobStore,
+    private readonly observer?: JobObserver,
+  ) {}
+
+  private written(prev: JobDocument | undefined, next: JobDocument): void {
+    try {
+      this.observer?.jobWritten(prev, next);
+    } catch {
+      // telemetry never fails a state write
+    }
+  }
 
   async getJob(jobId: string): Promise<JobDocument | undefined> {
     return (await getJson<JobDocument>(this.store, paths.job(jobId)))?.value;
@@ -207,13 +226,23 @@ export class JobRepository {
   /** Creates the job; E_STORE_CONFLICT if it exists. */
   async createJob(doc: JobDocument): Promise<void> {
     await putJson(this.store, paths.job(doc.definition.jobId), doc, { ifNoneMatch: "*" });
+    this.written(undefined, doc);
   }
 
-  updateJob(
+  async updateJob(
     jobId: string,
     mutate: (cur: JobDocument) => JobDocument | undefined,
   ): Promise<JobDocument | undefined> {
-    return updateJson<JobDocument>(this.store, paths.job(jobId), (cur) => (cur ? mutate(cur) : undefined));
+    // The last attempt's input and output (updateJson retries on a conflicting write).
+    let prev: JobDocument | undefined;
+    let next: JobDocument | undefined;
+    const out = await updateJson<JobDocument>(this.store, paths.job(jobId), (cur) => {
+      prev = cur;
+      next = cur ? mutate(cur) : undefined;
+      return next;
+    });
+    if (next !== undefined && out === next) this.written(prev, next);
+    return out;
   }
 
   async listJobIds(): Promise<string[]> {
