@@ -455,6 +455,33 @@ async function runBenchStack(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runBenchMetrics(o: RawOptions): Promise<number> {
+  const seconds = positiveNumber("seconds", (o.seconds as string) ?? "30", BENCH_LIMITS.seconds);
+  const repeats = positiveInt("repeats", (o.repeats as string) ?? "3", BENCH_LIMITS.repeats);
+  const intervals = String(o.intervals ?? "15,1")
+    .split(",")
+    .map((x) => positiveNumber("intervals", x.trim(), BENCH_LIMITS.seconds));
+  const threads = parseThreads(o.threads ?? "1", "--threads");
+  const { benchMetrics } = await import("./bench-metrics.js");
+  const r = await benchMetrics({ seconds, repeats, intervals, threads, onProgress: (l) => console.error(l) });
+  if (o.json) console.log(JSON.stringify(r));
+  else {
+    console.log(
+      `${r.model} on ${r.samplesPerRound} samples per round, ${r.threads} thread(s), ${r.seconds} s x ${r.repeats} ` +
+        `interleaved repeats (load average ${r.loadAverage.join(", ")}):`,
+    );
+    for (const a of r.arms)
+      console.log(
+        `  ${a.arm.padEnd(12)} ${(a.medianCpuSecondsPerSample * 1e6).toFixed(1).padStart(8)} µs CPU/sample` +
+          (a.arm === "off"
+            ? ""
+            : `  ${a.overheadPercent >= 0 ? "+" : ""}${a.overheadPercent.toFixed(2)} %  ` +
+              `(${a.scrapesPerRun.toFixed(0)} scrapes per run, ${(a.bytesPerScrape / 1024).toFixed(1)} KiB each)`),
+      );
+  }
+  return 0;
+}
+
 async function runBenchSecAgg(o: RawOptions): Promise<number> {
   const clients = positiveInt("clients", o.clients as string, BENCH_LIMITS.secaggClients);
   const params = positiveInt("params", o.params as string, BENCH_LIMITS.secaggParams);
@@ -785,6 +812,20 @@ export function buildProgram(): Command {
     )
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchStack(opts);
+    });
+  bench
+    .command("metrics")
+    .description(
+      "what the modules' Prometheus metrics cost a training device: CPU per trained sample with the four modules' " +
+        "registries updated and scraped every S seconds vs none (medians of interleaved repeats, overhead %)",
+    )
+    .option("--seconds <s>", `training time per arm and repeat (at most ${BENCH_LIMITS.seconds})`, "30")
+    .option("--repeats <n>", `interleaved repeats (at most ${BENCH_LIMITS.repeats})`, "3")
+    .option("--intervals <list>", "scrape intervals to measure, seconds, comma-separated", "15,1")
+    .option("--threads <n>", "threads of the wasm backend (1 to 8)", "1")
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchMetrics(opts);
     });
   registerPrivacyCommand(program);
   registerFleetTraceCommand(program);

@@ -9,6 +9,7 @@ import {
   type Exposition,
 } from "../../helpers/prometheus-text";
 import { deviceName } from "../../../local/sim/data";
+import { documentedMetrics } from "../../helpers/metrics-doc";
 import { api, startDevice, startFaultFleet, stopFaultFleet, waitFor, waitJobDone } from "./fault-support";
 
 /**
@@ -80,6 +81,7 @@ test("every module instance of the local stack serves metrics promtool accepts, 
       f.logs,
     );
 
+    const documented = documentedMetrics();
     for (const e of endpoints) {
       const { text, exp } = await scrape(e);
       const where = `${e.deviceId}/${e.module}`;
@@ -95,6 +97,20 @@ test("every module instance of the local stack serves metrics promtool accepts, 
           `${where}: ${s.name} instance_number`,
         );
         assert.equal(s.labels.module_name, e.module, `${where}: ${s.name} module_name`);
+      }
+      // Every family served is documented in docs/metrics.md, and every metric documented as always present is.
+      const docs = documented.filter((d) => d.module === e.module);
+      for (const family of exp.types.keys())
+        assert.ok(
+          docs.some((d) => d.name === family),
+          `${where}: ${family} is not in docs/metrics.md`,
+        );
+      for (const d of docs.filter((x) => x.always)) {
+        const sample = d.type === "histogram" ? `${d.name}_count` : d.name;
+        assert.ok(
+          exp.samples.some((x) => x.name === sample),
+          `${where}: no ${sample}`,
+        );
       }
       const v = (name: string, labels?: Record<string, string>): number =>
         sampleValue(exp, prefix + name, labels) ?? NaN;
