@@ -243,7 +243,7 @@ test("the dashboard and the rules read only documented metrics and recording rul
   assert.deepEqual(
     [
       ...metricNames(
-        'sum by (edge_device) (rate(a_total{x="y"}[5m])) / on (edge_device) b unless c offset 5m',
+        'sum by (edge_device) (rate(a_total{x="y"}[5m])) / on (edge_device) b unless c offset 5m > 1e3',
       ),
     ].sort(),
     ["a_total", "b", "c"],

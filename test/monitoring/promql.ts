@@ -35,6 +35,8 @@ export function metricNames(expr: string): Set<string> {
   if (/__name__/.test(expr)) throw new Error(`matching on __name__ is not checked: ${expr}`);
   s = s.replace(/\{[^}]*\}/g, " ").replace(/\[[^\]]*\]/g, " ");
   s = s.replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, " ");
+  // Numbers and durations (5m, 1e3, 0x1f): a token starting with a digit, not inside a name.
+  s = s.replace(/(?<![a-zA-Z0-9_:])\d[\w.]*/g, " ");
   for (const m of s.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*/g)) {
     const after = s.slice(m.index + m[0].length);
     if (/^\s*\(/.test(after)) continue; // a function or aggregation
