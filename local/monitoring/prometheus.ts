@@ -143,33 +143,38 @@ export interface LocalPrometheus {
   close(): Promise<void>;
 }
 
+/** A running Prometheus process. */
+export interface PrometheusProcess {
+  readonly url: string;
+  readonly pid: number | undefined;
+  close(): Promise<void>;
+}
+
+export interface RunPrometheusOptions {
+  readonly binary: string;
+  /** The working directory; `prometheus.log` (its stderr) goes there. */
+  readonly dir: string;
+  readonly port: number;
+  /** Arguments besides --web.listen-address (config, storage, feature flags). */
+  readonly args: readonly string[];
+  /** Environment additions (e.g. IOTEDGE_DEVICEID for expand-external-labels). */
+  readonly env?: Readonly<Record<string, string>>;
+  readonly readyTimeoutMs?: number;
+}
+
 /**
- * Starts Prometheus over `targets` and resolves once it answers /-/ready. Throws E_PROMETHEUS when the binary is
- * missing (the message says how to install it), exits early, or is not ready in time.
+ * Runs `prometheus` (server or agent, per `args`) on 127.0.0.1:port and resolves once it answers /-/ready. Throws
+ * E_PROMETHEUS when it exits early or is not ready in time (with its last error line). It never outlives the
+ * launcher's process.
  */
-export async function startPrometheus(
-  targets: PrometheusTargets,
-  opts: LocalPrometheusOptions,
-): Promise<LocalPrometheus> {
-  const binary = opts.binary ?? findPrometheus();
-  if (!binary) {
-    throw new FlotillaError("E_PROMETHEUS", `prometheus is not installed (${PROMETHEUS_INSTALL})`);
-  }
-  const dir = path.resolve(opts.dir);
-  const config = writePrometheusDir(dir, targets);
-  const port = opts.port ?? (await freePort());
-  const child: ChildProcess = spawn(
-    binary,
-    [
-      `--config.file=${config}`,
-      `--storage.tsdb.path=${path.join(dir, "data")}`,
-      `--web.listen-address=127.0.0.1:${port}`,
-      // The stack's run is short: keep the TSDB small, and let a test or the operator read it right away.
-      "--storage.tsdb.retention.time=1d",
-      "--web.enable-lifecycle",
-    ],
-    { cwd: dir, stdio: ["ignore", "ignore", "pipe"] },
-  );
+export async function runPrometheus(opts: RunPrometheusOptions): Promise<PrometheusProcess> {
+  const { binary, dir, port } = opts;
+  fs.mkdirSync(dir, { recursive: true });
+  const child: ChildProcess = spawn(binary, [...opts.args, `--web.listen-address=127.0.0.1:${port}`], {
+    cwd: dir,
+    stdio: ["ignore", "ignore", "pipe"],
+    env: { ...process.env, ...(opts.env ?? {}) },
+  });
   // Prometheus logs to stderr; keep the tail for error messages, and the whole of it in the run directory.
   const logFile = fs.createWriteStream(path.join(dir, "prometheus.log"));
   let tail = "";
@@ -226,12 +231,41 @@ export async function startPrometheus(
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-  return {
-    url,
+  return { url, pid: child.pid, close };
+}
+
+/**
+ * Starts Prometheus over `targets` and resolves once it answers /-/ready. Throws E_PROMETHEUS when the binary is
+ * missing (the message says how to install it), exits early, or is not ready in time.
+ */
+export async function startPrometheus(
+  targets: PrometheusTargets,
+  opts: LocalPrometheusOptions,
+): Promise<LocalPrometheus> {
+  const binary = opts.binary ?? findPrometheus();
+  if (!binary) {
+    throw new FlotillaError("E_PROMETHEUS", `prometheus is not installed (${PROMETHEUS_INSTALL})`);
+  }
+  const dir = path.resolve(opts.dir);
+  const config = writePrometheusDir(dir, targets);
+  const p = await runPrometheus({
+    binary,
     dir,
-    pid: child.pid,
+    port: opts.port ?? (await freePort()),
+    args: [
+      `--config.file=${config}`,
+      `--storage.tsdb.path=${path.join(dir, "data")}`,
+      // The stack's run is short: keep the TSDB small.
+      "--storage.tsdb.retention.time=1d",
+    ],
+    ...(opts.readyTimeoutMs !== undefined ? { readyTimeoutMs: opts.readyTimeoutMs } : {}),
+  });
+  return {
+    url: p.url,
+    dir,
+    pid: p.pid,
     setTargets: (t) => writeTargets(dir, t),
-    close,
+    close: () => p.close(),
   };
 }
 
