@@ -520,6 +520,36 @@ export const ERRORS = {
   E_HTTP_NOT_FOUND: { group: "stack", meaning: "the local Functions host has no such route" },
   E_SIM_WORKER: { group: "stack", meaning: "a simulator worker thread failed or exited" },
 
+  // ── dashboard: local/dashboard (`flotilla dashboard`, `simulate --dashboard`) ─────────────────────────
+  E_DASHBOARD_BROWSER: {
+    group: "dashboard",
+    meaning:
+      "headless Chromium is missing or failed (the dashboard's browser test and screenshot script need it)",
+  },
+  E_DASHBOARD_CONFIG: {
+    group: "dashboard",
+    meaning:
+      "the dashboard has no source (no Function URL, no IoT Hub connection), or its hub info file is unusable",
+  },
+  E_DASHBOARD_FUNCTION_AUTH: {
+    group: "dashboard",
+    meaning: "the Function refused the dashboard's request (401/403): a missing or wrong function key",
+  },
+  E_DASHBOARD_FUNCTION_RESPONSE: {
+    group: "dashboard",
+    meaning: "the Function's HTTP API answered with an uncoded error or a body that is not the expected JSON",
+  },
+  E_DASHBOARD_FUNCTION_UNREACHABLE: {
+    group: "dashboard",
+    meaning: "the Function's HTTP API cannot be reached (connection refused, unknown host, TLS, timeout)",
+  },
+  E_DASHBOARD_FUNCTION_URL: { group: "dashboard", meaning: "the Function URL is not an http(s) URL" },
+  E_DASHBOARD_HUB_UNREACHABLE: {
+    group: "dashboard",
+    meaning: "the IoT Hub's service API cannot be reached (connection refused, unknown host, TLS, timeout)",
+  },
+  E_DASHBOARD_LISTEN: { group: "dashboard", meaning: "the dashboard cannot listen on its host and port" },
+
   // ── manifest: scripts/render-manifest.ts ─────────────────────────────────────────────────────────────
   E_MANIFEST_ARGS: { group: "manifest", meaning: "invalid render-manifest arguments" },
   E_MANIFEST_CREATE_OPTIONS: {

@@ -14,7 +14,9 @@ import {
   checkModelArg,
   type SimConfig,
 } from "../sim/config";
-import type { RoundSummary } from "../sim/simulate";
+import type { RoundSummary, SimulationReporter } from "../sim/simulate";
+import type { IotHubRunOptions } from "../stack/iothub-simulate";
+import type { Dashboard } from "../dashboard/server";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
 import { MAX_THREADS, parseThreads } from "../../core/engine/threads";
 import { registerFleetTraceCommand } from "./fleet-trace";
@@ -43,6 +45,8 @@ const BENCH_LIMITS = {
   secaggParams: 10_000_000,
 } as const;
 const MAX_PORT = 65_535;
+/** The dashboard's default port (local/dashboard/server.ts DEFAULT_DASHBOARD_PORT; not imported: it loads the server). */
+const DEFAULT_DASHBOARD_PORT = 8090;
 
 function buildSimConfig(o: RawOptions): SimConfig {
   const presetName = (o.preset as string | undefined) ?? undefined;
@@ -216,25 +220,83 @@ function secaggText(r: RoundSummary): string {
   );
 }
 
-/** `--prometheus [port]`: undefined when absent, "default" without a port, else the port (1 to 65535). */
+/** `--prometheus [port]`: undefined when absent, "default" without a port, else the port (0: any free port). */
 function prometheusOption(v: unknown): number | "default" | undefined {
   if (v === undefined || v === false) return undefined;
   if (v === true) return "default";
-  const port = Number(v);
-  if (!/^\d+$/.test(String(v)) || port < 1 || port > 65535) {
-    fail("E_CONFIG_VALUE", `--prometheus: the port must be an integer from 1 to 65535, got '${String(v)}'`);
-  }
-  return port;
+  return nonNegativeInt("prometheus", v as string, MAX_PORT);
 }
 
 async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
   // --prometheus [port]: a real Prometheus over the stack's modules and the Function (docs/prometheus.md).
   const prometheusPort = prometheusOption(o.prometheus);
-  if (prometheusPort !== undefined && config.transport !== "iothub") {
-    fail("E_CONFIG_VALUE", "--prometheus scrapes the IoT Hub stack's modules: it needs --transport iothub");
-  }
+  if (prometheusPort !== undefined && config.transport !== "iothub")
+    fail("E_CONFIG_CONFLICT", "--prometheus scrapes the local stack's modules: it needs --transport iothub");
+  const dashboardPort =
+    o.dashboard === undefined
+      ? undefined
+      : o.dashboard === true
+        ? DEFAULT_DASHBOARD_PORT
+        : nonNegativeInt("dashboard", o.dashboard as string, MAX_PORT);
+  if (dashboardPort !== undefined && config.transport !== "iothub")
+    fail("E_CONFIG_CONFLICT", "--dashboard serves the local stack's fleet: it needs --transport iothub");
+  if (o.keepDashboard && dashboardPort === undefined)
+    fail("E_CONFIG_CONFLICT", "--keep-dashboard keeps the page of --dashboard: give --dashboard too");
   prepareOutDir("--out", config.out);
+  // Started once the stack runs, stopped with it; prints its URL, or one line why it does not run.
+  const base: IotHubRunOptions =
+    prometheusPort === undefined
+      ? {}
+      : {
+          attach: [
+            async (stack) =>
+              (await import("../monitoring/prometheus.js")).attachPrometheus(stack, {
+                dir: path.join(config.out, "prometheus"),
+                ...(prometheusPort === "default" ? {} : { port: prometheusPort }),
+                print: (line) => console.log(line),
+              }),
+          ],
+        };
+  if (dashboardPort === undefined) return simulateAndPrint(config, base);
+  // --dashboard: the live page over the local stack while the job runs (local/dashboard, docs/dashboard.md); when
+  // the job ends it shows the final state, until the command exits or, with --keep-dashboard, until Ctrl-C.
+  let dashboard: Dashboard | undefined;
+  try {
+    return await simulateAndPrint(config, {
+      ...base,
+      dashboard: {
+        port: dashboardPort,
+        log: (l) => console.error(`flotilla dashboard: ${l}`),
+        onStart: (d) => {
+          dashboard = d;
+          console.log(`dashboard: ${d.url}`);
+        },
+      },
+    });
+  } finally {
+    if (dashboard && o.keepDashboard) {
+      console.log(`dashboard: ${dashboard.url} shows the final state; Ctrl-C stops it`);
+      await untilInterrupted();
+    }
+    await dashboard?.close();
+  }
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function untilInterrupted(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      process.off("SIGINT", done);
+      process.off("SIGTERM", done);
+      resolve();
+    };
+    process.once("SIGINT", done);
+    process.once("SIGTERM", done);
+  });
+}
+
+async function simulateAndPrint(config: SimConfig, runOptions: IotHubRunOptions): Promise<number> {
   const { SingleBar, Presets } = await import("cli-progress");
   const { mb } = await import("../report/report.js");
   const interactive = Boolean(process.stderr.isTTY);
@@ -250,18 +312,7 @@ async function runSimulate(o: RawOptions): Promise<number> {
     `flotilla simulate: ${config.devices} devices, ${config.clientsPerRound} per round, ${config.rounds} rounds, ` +
       `dataset ${config.dataset}, model ${config.model}, partition ${config.partition}, strategy ${config.strategy}`,
   );
-  const attach =
-    prometheusPort === undefined
-      ? []
-      : [
-          async (stack: import("../stack/stack").LocalStack) =>
-            (await import("../monitoring/prometheus.js")).attachPrometheus(stack, {
-              dir: path.join(config.out, "prometheus"),
-              ...(prometheusPort === "default" ? {} : { port: prometheusPort }),
-              print: (line) => console.log(line),
-            }),
-        ];
-  const reporter: import("../sim/simulate").SimulationReporter = {
+  const reporter: SimulationReporter = {
     onStart: (i) =>
       console.log(`model: ${i.params.toLocaleString("en-US")} parameters; test set ${i.testSamples} samples`),
     onRoundStart: (round, _p, total) => {
@@ -282,7 +333,7 @@ async function runSimulate(o: RawOptions): Promise<number> {
   };
   const result =
     config.transport === "iothub"
-      ? await (await import("../stack/iothub-simulate.js")).simulateOverIotHub(config, reporter, { attach })
+      ? await (await import("../stack/iothub-simulate.js")).simulateOverIotHub(config, reporter, runOptions)
       : await (await import("../sim/simulate.js")).simulate(config, reporter);
   const acc = Number.isFinite(result.final.accuracy) ? `${(result.final.accuracy * 100).toFixed(2)}%` : "n/a";
   console.log(
@@ -552,6 +603,56 @@ async function runHub(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runDashboard(o: RawOptions): Promise<number> {
+  const env = process.env;
+  const s = (k: string) => (typeof o[k] === "string" ? (o[k] as string) : undefined);
+  const port = nonNegativeInt("port", s("port")!, MAX_PORT);
+  const interval = positiveNumber("interval", s("interval")!, 3600);
+  const hubInterval = positiveNumber("hub-interval", s("hubInterval")!, 3600);
+  const functionUrl = s("functionUrl") ?? (env.FLOTILLA_FUNCTION_URL || undefined);
+  const functionKey = s("functionKey") ?? (env.FLOTILLA_FUNCTION_KEY || undefined);
+  const hubInfo = s("hubInfo");
+  const hubConnectionString =
+    s("hubConnectionString") ??
+    (hubInfo === undefined ? env.IOTHUB_SERVICE_CONNECTION_STRING || undefined : undefined);
+  if (hubInfo !== undefined && s("hubConnectionString") !== undefined)
+    fail("E_CONFIG_CONFLICT", "give --hub-info or --hub-connection-string, not both");
+  if (functionUrl === undefined && hubInfo === undefined && hubConnectionString === undefined)
+    fail(
+      "E_DASHBOARD_CONFIG",
+      "nothing to show: give --function-url (FLOTILLA_FUNCTION_URL) and/or --hub-connection-string " +
+        "(IOTHUB_SERVICE_CONNECTION_STRING) or --hub-info",
+    );
+  const host = s("host")!;
+  const { startDashboardFrom } = await import("../dashboard/index.js");
+  const dashboard = await startDashboardFrom(
+    {
+      ...(functionUrl !== undefined ? { functionUrl } : {}),
+      ...(functionKey !== undefined ? { functionKey } : {}),
+      ...(hubConnectionString !== undefined ? { hubConnectionString } : {}),
+      ...(s("hubCa") !== undefined ? { hubCaPath: s("hubCa") } : {}),
+      ...(hubInfo !== undefined ? { hubInfo } : {}),
+    },
+    {
+      host,
+      port,
+      functionIntervalMs: interval * 1000,
+      hubIntervalMs: hubInterval * 1000,
+      ...(s("job") !== undefined ? { jobId: s("job") } : {}),
+      // Source errors, one coded line each as they appear (the page shows them too).
+      log: (l) => console.error(`flotilla dashboard: ${l}`),
+    },
+  );
+  if (!/^(127\.|::1$|localhost$)/.test(host))
+    console.error(
+      `flotilla dashboard: listening on ${host}: the page has no authentication; anyone who reaches the port sees the fleet`,
+    );
+  console.log(`dashboard: ${dashboard.url} (Ctrl-C stops it)`);
+  await untilInterrupted();
+  await dashboard.close();
+  return 0;
+}
+
 export function buildProgram(): Command {
   const program = new Command("flotilla")
     .description("Federated learning for Azure IoT Edge device fleets")
@@ -684,7 +785,7 @@ export function buildProgram(): Command {
     )
     .option(
       "--prometheus [port]",
-      "--transport iothub: run Debian's Prometheus over the fleet's modules and the Function (port default 9090)",
+      "--transport iothub: run Debian's Prometheus over the fleet's modules and the Function (port: default 9090, 0 any free)",
     )
     .option("--mode <mode>", "sync (rounds, default) | async (FedBuff; needs --fleet-trace)")
     .option("--concurrency <c>", "async: devices kept training at all times (default --clients-per-round)")
@@ -699,6 +800,11 @@ export function buildProgram(): Command {
       "--virtual-hours <h>",
       "with --fleet-trace: stop after the round that ends at or past this many virtual hours (e.g. 24: a day of the fleet)",
     )
+    .option(
+      "--dashboard [port]",
+      `iothub: serve the live fleet dashboard on 127.0.0.1 while the job runs (default port ${DEFAULT_DASHBOARD_PORT}; 0 = any free port)`,
+    )
+    .option("--keep-dashboard", "with --dashboard: after the job, keep serving its final state until Ctrl-C")
     .action(async (opts: RawOptions, cmd: Command) => {
       // --devices has a display default; only count it when given.
       if (cmd.getOptionValueSource("devices") === "default") delete opts.devices;
@@ -715,6 +821,38 @@ export function buildProgram(): Command {
     .option("--state-dir <dir>", "CA, certificates and registry", ".flotilla/hub")
     .action(async (opts: RawOptions) => {
       exitCode = await runHub(opts);
+    });
+
+  program
+    .command("dashboard")
+    .description(
+      "serve the live fleet dashboard over the aggregation Function's job API and the fleet's module twins (docs/dashboard.md)",
+    )
+    .option("--function-url <url>", "the Function app's base URL (default: $FLOTILLA_FUNCTION_URL)")
+    .option(
+      "--function-key <key>",
+      "a function key of its job API (default: $FLOTILLA_FUNCTION_KEY; prefer the variable: arguments show in ps)",
+    )
+    .option(
+      "--hub-connection-string <cs>",
+      "an IoT Hub service connection string with registry read (default: $IOTHUB_SERVICE_CONNECTION_STRING)",
+    )
+    .option("--hub-ca <file>", "the CA certificate of a local hub (a connection string with GatewayHostName)")
+    .option(
+      "--hub-info <file>",
+      "a local hub's connection info, as `flotilla hub` writes it (.flotilla/hub.json)",
+    )
+    .option("--job <id>", "follow this job (default: the running one, else the last updated)")
+    .option("--host <address>", "address to bind (default 127.0.0.1: this machine only)", "127.0.0.1")
+    .option("--port <n>", "port (0 = any free port)", String(DEFAULT_DASHBOARD_PORT))
+    .option("--interval <seconds>", "poll period of the Function's API", "2")
+    .option(
+      "--hub-interval <seconds>",
+      "poll period of the twin query (IoT Hub meters queries: an S1 unit allows 20 a minute)",
+      "10",
+    )
+    .action(async (opts: RawOptions) => {
+      exitCode = await runDashboard(opts);
     });
 
   program

@@ -124,7 +124,7 @@ function writeTargets(dir: string, targets: PrometheusTargets): void {
 export interface LocalPrometheusOptions {
   /** The run directory (config, rules, targets, and the TSDB under `data/`); created if missing. */
   readonly dir: string;
-  /** The web port (default: any free port). */
+  /** The web port (default or 0: any free port). */
   readonly port?: number;
   /** The binary (default: findPrometheus()). */
   readonly binary?: string;
@@ -251,7 +251,7 @@ export async function startPrometheus(
   const p = await runPrometheus({
     binary,
     dir,
-    port: opts.port ?? (await freePort()),
+    port: opts.port || (await freePort()), // 0: any free port
     args: [
       `--config.file=${config}`,
       `--storage.tsdb.path=${path.join(dir, "data")}`,
@@ -277,7 +277,7 @@ export function stackTargets(stack: LocalStack): PrometheusTargets {
 export interface AttachPrometheusOptions {
   /** The run directory (`<out>/prometheus` for `npm start --prometheus`). */
   readonly dir: string;
-  /** The web port; absent: 9090 (Prometheus' own) when free, else any free port. */
+  /** The web port (0: any free port); absent: 9090 (Prometheus' own) when free, else any free port. */
   readonly port?: number;
   readonly binary?: string;
   /** Where the one-line notices go (the URL, or why Prometheus does not run). */

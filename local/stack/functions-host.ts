@@ -5,6 +5,7 @@
  * would: with `HttpRequest` / `InvocationContext` objects from @azure/functions.
  */
 import { HttpRequest, InvocationContext, type HttpResponseInit } from "@azure/functions";
+import * as crypto from "node:crypto";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Aggregator } from "../../cloud/aggregator/src/aggregator";
@@ -49,6 +50,12 @@ export interface FunctionsHost {
 
 export interface FunctionsHostOptions {
   port?: number;
+  /**
+   * A function key: the HTTP routes then answer 401 (empty body, as the Functions host does for `authLevel:
+   * "function"`) unless the request carries it in `x-functions-key` or the `code` query parameter. Default: none
+   * (the local stack's runner calls without a key).
+   */
+  functionKey?: string;
   /** Timer period; the deployed app uses every 10 s. */
   timerIntervalMs?: number;
   log?: (line: string) => void;
@@ -81,6 +88,16 @@ export async function startFunctionsHost(
           JSON.stringify({ code: "E_HTTP_NOT_FOUND", message: `no route ${req.method} ${url.pathname}` }),
         );
         return;
+      }
+      if (opts.functionKey !== undefined) {
+        const given = req.headers["x-functions-key"] ?? url.searchParams.get("code") ?? "";
+        const a = Buffer.from(String(given));
+        const b = Buffer.from(opts.functionKey);
+        if (a.length !== b.length || !crypto.timingSafeEqual(a, b)) {
+          res.writeHead(401);
+          res.end();
+          return;
+        }
       }
       const m = route.pattern.exec(url.pathname)!;
       const params = Object.fromEntries(route.params.map((p, i) => [p, decodeURIComponent(m[i + 1])]));

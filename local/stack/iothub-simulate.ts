@@ -43,6 +43,8 @@ import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
 import { loadTrace } from "../cli/fleet-trace";
+import { startDashboard, type Dashboard } from "../dashboard/server";
+import { functionApi, twinSource } from "../dashboard/sources";
 
 async function api(base: string, method: string, route: string, body?: unknown): Promise<unknown> {
   const res = await fetch(`${base}/api/${route}`, {
@@ -61,7 +63,20 @@ export interface StackAttachment {
   close(): Promise<void>;
 }
 
-export interface IotHubSimulateOptions {
+/** What the IoT Hub run does besides the job. */
+export interface IotHubRunOptions {
+  /**
+   * Serves the live fleet dashboard (local/dashboard, docs/dashboard.md) over the stack's Function and hub while the
+   * job runs. When the job ends it polls once more and freezes on that final state (the stack then closes); the
+   * caller owns the dashboard (`onStart`) and closes it.
+   */
+  readonly dashboard?: {
+    readonly port: number;
+    readonly host?: string;
+    /** Source error lines (the page shows them too). */
+    readonly log?: (line: string) => void;
+    readonly onStart: (dashboard: Dashboard) => void;
+  };
   /**
    * Started in order once the stack runs, before the job is created (local/monitoring/prometheus.ts
    * `attachPrometheus`); each may return nothing (it chose not to run). Closed in reverse order before the stack.
@@ -72,7 +87,7 @@ export interface IotHubSimulateOptions {
 export async function simulateOverIotHub(
   config: SimConfig,
   reporter: SimulationReporter = {},
-  options: IotHubSimulateOptions = {},
+  run: IotHubRunOptions = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
   // --model PATH / --init-model: the job starts from those weights (uploaded next to the job, its initModel).
@@ -123,10 +138,27 @@ export async function simulateOverIotHub(
   // old updates.
   const jobId = freshState ? `sim-${config.seed}` : `sim-${config.seed}-${Date.now().toString(36)}`;
   const attached: StackAttachment[] = [];
+  let dashboard: Dashboard | undefined;
   try {
-    for (const attach of options.attach ?? []) {
+    for (const attach of run.attach ?? []) {
       const a = await attach(stack);
       if (a) attached.push(a);
+    }
+    if (run.dashboard) {
+      // The local hub has no query quota: its twins are read every second.
+      dashboard = await startDashboard({
+        functionApi: functionApi({ url: stack.host.url }),
+        twins: twinSource({
+          connectionString: stack.hub.serviceConnectionString,
+          caCertPem: stack.hub.caCertPem,
+        }),
+        port: run.dashboard.port,
+        ...(run.dashboard.host ? { host: run.dashboard.host } : {}),
+        functionIntervalMs: 500,
+        hubIntervalMs: 1000,
+        ...(run.dashboard.log ? { log: run.dashboard.log } : {}),
+      });
+      run.dashboard.onStart(dashboard);
     }
     const store = stack.aggregator.services.store;
     if (start) {
@@ -251,6 +283,7 @@ export async function simulateOverIotHub(
       await new Promise((r) => setTimeout(r, 200));
     }
   } finally {
+    await dashboard?.freeze(`job ${jobId} ended; the local stack has stopped`);
     for (const a of attached.reverse()) await a.close().catch(() => undefined);
     await stack.close();
   }

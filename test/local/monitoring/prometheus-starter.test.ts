@@ -138,11 +138,11 @@ test("--prometheus: a bad port or the memory transport is one coded line", async
   const cwd = tmp("flotilla-prom-cli-");
   for (const [args, pattern] of [
     [
-      ["simulate", "--prometheus", "0", "--transport", "iothub"],
-      /E_CONFIG_VALUE: --prometheus: the port must be/,
+      ["simulate", "--prometheus", "http"],
+      /E_CONFIG_VALUE: --prometheus must be a non-negative integer, got 'http'/,
     ],
-    [["simulate", "--prometheus", "http"], /E_CONFIG_VALUE: --prometheus: the port must be/],
-    [["simulate", "--prometheus"], /E_CONFIG_VALUE: --prometheus .*needs --transport iothub/],
+    [["simulate", "--prometheus", "70000", "--transport", "iothub"], /E_CONFIG_RANGE: --prometheus/],
+    [["simulate", "--prometheus"], /E_CONFIG_CONFLICT: --prometheus .*needs --transport iothub/],
   ] as const) {
     const r = await run([...args], cwd);
     assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
