@@ -184,3 +184,45 @@ async function runWithEnv(args: string[], cwd: string, env: Record<string, strin
     }
   }
 }
+
+test("npm start --prometheus: Prometheus runs beside the job, its URL printed, and stops with the stack", async () => {
+  prometheusBinary();
+  const cwd = tmp("flotilla-prom-run-");
+  const out = path.join(cwd, "out");
+  const r = await run(
+    [
+      ...[
+        "simulate",
+        "--preset",
+        "default",
+        "--prometheus",
+        "0",
+        "--devices",
+        "3",
+        "--clients-per-round",
+        "2",
+      ],
+      ...["--rounds", "2", "--samples-per-device", "30", "--out", out],
+    ],
+    cwd,
+    200_000,
+  );
+  assert.equal(r.code, 0, r.stderr);
+  const line = r.stdout.split("\n").find((l) => l.startsWith("prometheus:"));
+  assert.match(
+    line ?? "",
+    /^prometheus: http:\/\/127\.0\.0\.1:\d+ \(12 module endpoints and the Function, every 2 s; data in .*out\/prometheus\)$/,
+  );
+  assert.match(r.stdout, /done: 2 rounds/);
+  // Its run directory: the configuration, rules, targets (3 devices × 4 modules, and the Function), and a TSDB.
+  const dir = path.join(out, "prometheus");
+  const targets = JSON.parse(fs.readFileSync(path.join(dir, "targets", "modules.json"), "utf8")) as unknown[];
+  assert.equal(targets.length, 12);
+  assert.equal(
+    (JSON.parse(fs.readFileSync(path.join(dir, "targets", "function.json"), "utf8")) as unknown[]).length,
+    1,
+  );
+  assert.ok(fs.existsSync(path.join(dir, "data")));
+  // It stopped cleanly with the stack (Prometheus logs this last on SIGTERM).
+  assert.match(fs.readFileSync(path.join(dir, "prometheus.log"), "utf8"), /See you next time!/);
+}, 240_000);
