@@ -38,6 +38,11 @@ export const ERRORS = {
     meaning:
       "a module's Prometheus /metrics endpoint could not start (port in use) or a metric collect failed",
   },
+  E_PROMETHEUS: {
+    group: "general",
+    meaning:
+      "the local Prometheus (Debian's package, `--prometheus`) is not installed, exited, or was not ready in time",
+  },
   E_CONFIG_BENCH: { group: "config", meaning: "an invalid benchmark option (batch size, steps, ...)" },
   E_BENCH_REFERENCE: {
     group: "config",

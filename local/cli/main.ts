@@ -234,8 +234,19 @@ function secaggText(r: RoundSummary): string {
   );
 }
 
+/** `--prometheus [port]`: undefined when absent, "default" without a port, else the port (0: any free port). */
+function prometheusOption(v: unknown): number | "default" | undefined {
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return "default";
+  return nonNegativeInt("prometheus", v as string, MAX_PORT);
+}
+
 async function runSimulate(o: RawOptions): Promise<number> {
   const config = buildSimConfig(o);
+  // --prometheus [port]: a real Prometheus over the stack's modules and the Function (docs/prometheus.md).
+  const prometheusPort = prometheusOption(o.prometheus);
+  if (prometheusPort !== undefined && config.transport !== "iothub")
+    fail("E_CONFIG_CONFLICT", "--prometheus scrapes the local stack's modules: it needs --transport iothub");
   const dashboardPort =
     o.dashboard === undefined
       ? undefined
@@ -247,12 +258,27 @@ async function runSimulate(o: RawOptions): Promise<number> {
   if (o.keepDashboard && dashboardPort === undefined)
     fail("E_CONFIG_CONFLICT", "--keep-dashboard keeps the page of --dashboard: give --dashboard too");
   prepareOutDir("--out", config.out);
-  if (dashboardPort === undefined) return simulateAndPrint(config, {});
+  // Started once the stack runs, stopped with it; prints its URL, or one line why it does not run.
+  const base: IotHubRunOptions =
+    prometheusPort === undefined
+      ? {}
+      : {
+          attach: [
+            async (stack) =>
+              (await import("../monitoring/prometheus.js")).attachPrometheus(stack, {
+                dir: path.join(config.out, "prometheus"),
+                ...(prometheusPort === "default" ? {} : { port: prometheusPort }),
+                print: (line) => console.log(line),
+              }),
+          ],
+        };
+  if (dashboardPort === undefined) return simulateAndPrint(config, base);
   // --dashboard: the live page over the local stack while the job runs (local/dashboard, docs/dashboard.md); when
   // the job ends it shows the final state, until the command exits or, with --keep-dashboard, until Ctrl-C.
   let dashboard: Dashboard | undefined;
   try {
     return await simulateAndPrint(config, {
+      ...base,
       dashboard: {
         port: dashboardPort,
         log: (l) => console.error(`flotilla dashboard: ${l}`),
@@ -776,6 +802,10 @@ export function buildProgram(): Command {
     .option(
       "--selection <spec>",
       "participant selection: random | deadline | oort[:KEY=VALUE,...] (default random)",
+    )
+    .option(
+      "--prometheus [port]",
+      "--transport iothub: run Debian's Prometheus over the fleet's modules and the Function (port: default 9090, 0 any free)",
     )
     .option("--mode <mode>", "sync (rounds, default) | async (FedBuff; needs --fleet-trace)")
     .option("--concurrency <c>", "async: devices kept training at all times (default --clients-per-round)")

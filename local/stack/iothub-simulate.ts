@@ -38,7 +38,7 @@ import {
   type SimulationReporter,
   type SimulationResult,
 } from "../sim/simulate";
-import { startLocalStack } from "./stack";
+import { startLocalStack, type LocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
@@ -58,6 +58,11 @@ async function api(base: string, method: string, route: string, body?: unknown):
   return json;
 }
 
+/** Something run beside the stack for the simulation's length (e.g. `--prometheus`); closed before the stack. */
+export interface StackAttachment {
+  close(): Promise<void>;
+}
+
 /** What the IoT Hub run does besides the job. */
 export interface IotHubRunOptions {
   /**
@@ -72,6 +77,11 @@ export interface IotHubRunOptions {
     readonly log?: (line: string) => void;
     readonly onStart: (dashboard: Dashboard) => void;
   };
+  /**
+   * Started in order once the stack runs, before the job is created (local/monitoring/prometheus.ts
+   * `attachPrometheus`); each may return nothing (it chose not to run). Closed in reverse order before the stack.
+   */
+  readonly attach?: ReadonlyArray<(stack: LocalStack) => Promise<StackAttachment | undefined>>;
 }
 
 export async function simulateOverIotHub(
@@ -130,8 +140,13 @@ export async function simulateOverIotHub(
   // queues remember the previous run's rounds of that job, would refuse them as already tried (409) and replay its
   // old updates.
   const jobId = freshState ? `sim-${config.seed}` : `sim-${config.seed}-${Date.now().toString(36)}`;
+  const attached: StackAttachment[] = [];
   let dashboard: Dashboard | undefined;
   try {
+    for (const attach of run.attach ?? []) {
+      const a = await attach(stack);
+      if (a) attached.push(a);
+    }
     if (run.dashboard) {
       // The local hub has no query quota: its twins are read every second.
       dashboard = await startDashboard({
@@ -272,6 +287,7 @@ export async function simulateOverIotHub(
     }
   } finally {
     await dashboard?.freeze(`job ${jobId} ended; the local stack has stopped`);
+    for (const a of attached.reverse()) await a.close().catch(() => undefined);
     await stack.close();
   }
   // Round r's model is evaluated by the devices that start round r + 1 with it, after the round's record: the
