@@ -1,6 +1,6 @@
 /**
  * A parse-level checker for the Kusto (KQL) queries the Azure Monitor workbook and alert rules carry
- * (azure-monitor/*.json). Not a Kusto parser: it checks what can go wrong when a query is written by hand and never
+ * (monitoring/azure/*.json). Not a Kusto parser: it checks what can go wrong when a query is written by hand and never
  * run in this repository (no Azure subscription here), following the language reference
  * (https://learn.microsoft.com/kusto/query/): balanced brackets and closed string literals; a pipeline of a known
  * table then known tabular operators (`| where`, `| extend`, `| summarize … by …`, `| render <chart>`, …); every

@@ -1,5 +1,5 @@
 /**
- * azure-monitor/: the Flotilla workbook, its ARM template and the alert rules. Without an Azure subscription these
+ * monitoring/azure/: the Flotilla workbook, its ARM template and the alert rules. Without an Azure subscription these
  * are checked for structure (the workbook's Notebook/1.0 items, ARM templates' resources and expressions), their
  * KQL at parse level (test/helpers/kql.ts), and every metric name they use against the real metric sets: the
  * aggregator's (cloud/aggregator/src/telemetry.ts, Application Insights) and the modules' (their prom-client
@@ -22,7 +22,7 @@ import { checkKql, TABLES } from "../helpers/kql";
 
 type Json = Record<string, unknown>;
 const repoRoot = path.resolve(__dirname, "..", "..", "..");
-const dir = path.join(repoRoot, "azure-monitor");
+const dir = path.join(repoRoot, "monitoring", "azure");
 const readJson = (f: string): Json => JSON.parse(fs.readFileSync(path.join(dir, f), "utf8")) as Json;
 
 const WORKSPACE = "microsoft.operationalinsights/workspaces";
@@ -192,7 +192,7 @@ function checkArmExpressions(template: Json, what: string): void {
   assert.match(String(template.contentVersion), /^\d+\.\d+\.\d+\.\d+$/);
 }
 
-test("the workbook's ARM template deploys exactly azure-monitor/flotilla.workbook.json", () => {
+test("the workbook's ARM template deploys exactly monitoring/azure/flotilla.workbook.json", () => {
   const arm = readJson("flotilla-workbook.arm.json");
   checkArmExpressions(arm, "flotilla-workbook.arm.json");
   const resources = arm.resources as Json[];
