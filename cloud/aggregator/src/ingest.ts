@@ -28,7 +28,7 @@ import {
 } from "../../../core/protocol/messages";
 import { errorCode, isFlotillaError } from "../../../core/errors";
 import { foldEvaluations } from "../../../core/round/evaluation";
-import { isConflict } from "./store/blob-store";
+import { getJson, isConflict } from "./store/blob-store";
 import { step as engineStep } from "../../../core/round/engine";
 import {
   JobRepository,
@@ -39,7 +39,7 @@ import {
   type RoundState,
 } from "./jobs/state";
 import { stepAsync } from "../../../core/round/async-engine";
-import { pool } from "./dispatch";
+import { pool, type EvaluateOrderRecord } from "./dispatch";
 import type { AggregatorServices } from "./services";
 import { secureExtraValues } from "./jobs/job";
 
@@ -973,8 +973,15 @@ export class Ingestor {
       const lastRound = batch.asyncStates.get(jobId)?.lastRound ?? {};
       return (id) => Object.hasOwn(lastRound, id) && lastRound[id] >= round + 1;
     }
+    // The last model of a job goes to no round: the devices ordered to evaluate it (dispatch.ts
+    // orderFinalEvaluation) were sent it.
     const next = await this.round(jobId, round + 1, batch);
-    return (id) => next?.participants.some((x) => x.deviceId === id) ?? false;
+    const ordered = next
+      ? undefined
+      : await getJson<EvaluateOrderRecord>(this.services.store, paths.evaluateOrder(jobId, round));
+    return (id) =>
+      (next?.participants.some((x) => x.deviceId === id) ?? false) ||
+      (ordered?.value.devices.includes(id) ?? false);
   }
 
   private async dropChunks(names: readonly string[]): Promise<void> {

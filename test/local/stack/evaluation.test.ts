@@ -2,13 +2,15 @@
  * Fleet-wide evaluation end to end on the local stack (docs/evaluation.md), with the real SDKs: the trainers
  * evaluate each global model they receive on their held-out data with onnxruntime and send an `evaluation` frame
  * through quantizer → update-queue → IoT Hub → the Function, which folds round r's evaluations into round r's
- * record (and the job detail of the HTTP API). Then frames sent as devices would send them: repeats are counted
- * once, bogus ones and those of a device never sent the model, or of a model never published, are refused with a
- * code and acknowledged.
+ * record (and the job detail of the HTTP API); the last round's model, which no round order carries, is evaluated
+ * on the Function's evaluate-only order when the job completes. Then frames sent as devices would send them: repeats
+ * are counted once, bogus ones and those of a device never sent (or ordered to evaluate) the model, or of a model
+ * never published, are refused with a code and acknowledged.
  */
 import { test } from "@jest/globals";
 import assert from "node:assert/strict";
 import { ModuleClient } from "azure-iot-device";
+import type { EvaluateOrderRecord } from "../../../cloud/aggregator/src/dispatch";
 import { paths, type RoundEvaluations } from "../../../cloud/aggregator/src/jobs/state";
 import { getJson } from "../../../cloud/aggregator/src/store/blob-store";
 import { encodeMessage, EVALUATION_VERSION } from "../../../core/protocol/messages";
@@ -75,18 +77,19 @@ test("round records gain the fleet's evaluation of their model; repeats count on
     await startJob(f, jobId);
     const done = await waitJobDone(f, jobId, 240_000);
     assert.equal(done.status, "completed");
-    // Round r's model reaches the participants of round r + 1, which evaluate it after sending their update.
+    // Round r's model reaches the participants of round r + 1, which evaluate it after sending their update; the
+    // last one (round 3's) reaches the devices the Function orders to evaluate it when the job completes.
     const doc = await waitFor(
-      "the evaluations of rounds 1 and 2",
+      "the evaluations of rounds 1, 2 and 3",
       async () => {
         const d = await jobDoc(f.store, jobId);
-        return d && d.rounds.filter((r) => r.evaluation?.devices === 3).length === 2 ? d : undefined;
+        return d && d.rounds.filter((r) => r.evaluation?.devices === 3).length === 3 ? d : undefined;
       },
       60_000,
       100,
       f.logs,
     );
-    for (const r of doc.rounds.slice(0, 2)) {
+    for (const r of doc.rounds) {
       const e = r.evaluation!;
       assert.equal(e.round, r.round);
       assert.equal(e.devices, 3);
@@ -96,10 +99,14 @@ test("round records gain the fleet's evaluation of their model; repeats count on
       const stored = (await getJson<RoundEvaluations>(f.store, paths.evaluations(jobId, r.round)))!.value;
       assert.deepEqual(Object.keys(stored.devices).sort(), ["device-000", "device-001", "device-002"]);
     }
-    // The last model goes to no device (no round 4): no evaluation.
-    assert.equal(doc.rounds[2].evaluation, undefined);
+    // Who was ordered to evaluate the last model: the job's fleet as listed (the trainers, connected or not) and the
+    // last round's participants; the three running trainers were connected and evaluated it.
+    const ordered = (await getJson<EvaluateOrderRecord>(f.store, paths.evaluateOrder(jobId, 3)))!.value;
+    assert.equal(ordered.round, 3);
+    assert.deepEqual(ordered.connected, ["device-000", "device-001", "device-002"]);
+    for (const id of ordered.connected) assert.ok(ordered.devices.includes(id));
     const ingest = f.stack.aggregator.ingestor.counters;
-    assert.equal(ingest.evaluations, 6);
+    assert.equal(ingest.evaluations, 9);
     assert.equal(ingest.rejected_evaluation, 0);
 
     // The job detail shows every record's evaluation, and the newest as `evaluation`.
@@ -107,10 +114,10 @@ test("round records gain the fleet's evaluation of their model; repeats count on
       evaluation?: FleetEvaluation;
       history: { round: number; evaluation?: FleetEvaluation }[];
     };
-    assert.deepEqual(detail.evaluation, doc.rounds[1].evaluation);
+    assert.deepEqual(detail.evaluation, doc.rounds[2].evaluation);
     assert.deepEqual(
       detail.history.map((h) => h.evaluation?.devices),
-      [3, 3, undefined],
+      [3, 3, 3],
     );
     const perDevice = (await api(f.stack.host.url, "GET", `jobs/${jobId}/rounds/1/evaluations`)) as {
       evaluation: FleetEvaluation;
@@ -137,14 +144,21 @@ test("round records gain the fleet's evaluation of their model; repeats count on
     const d3 = await upstream(f, "device-003");
     clients.push(d3);
     await sendEvaluation(d3, jobId, "device-003", 1, { accuracy: 0.2 });
+    // A device that was not ordered to evaluate the last model (E_EVAL_NOT_PARTICIPANT), though the job is over.
+    const intruder = ordered.devices.includes("device-003") ? "device-intruder" : "device-003";
+    const di = intruder === "device-003" ? d3 : await upstream(f, intruder);
+    if (di !== d3) clients.push(di);
+    await sendEvaluation(di, jobId, intruder, 3, { accuracy: 0.2 });
+    // device-000's own evaluation of the last model again: a duplicate.
+    await sendEvaluation(d0, jobId, "device-000", 3, { accuracy: 0.01 });
     await waitFor(
       "the injected evaluations to be handled",
-      () => ingest.duplicate_evaluations === 2 && ingest.rejected_evaluation === 4,
+      () => ingest.duplicate_evaluations === 3 && ingest.rejected_evaluation === 5,
       60_000,
       50,
       f.logs,
     );
-    assert.equal(ingest.evaluations, 6);
+    assert.equal(ingest.evaluations, 9);
     const after = (await jobDoc(f.store, jobId))!;
     assert.deepEqual(
       after.rounds.map((r) => r.evaluation),
@@ -157,6 +171,8 @@ test("round records gain the fleet's evaluation of their model; repeats count on
       );
     const r1 = (await getJson<RoundEvaluations>(f.store, paths.evaluations(jobId, 1)))!.value;
     assert.equal(Object.hasOwn(r1.devices, "device-003"), false);
+    const r3 = (await getJson<RoundEvaluations>(f.store, paths.evaluations(jobId, 3)))!.value;
+    assert.equal(Object.hasOwn(r3.devices, intruder), false);
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
     await stopFaultFleet(f);
