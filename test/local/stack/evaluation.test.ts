@@ -119,6 +119,11 @@ test("round records gain the fleet's evaluation of their model; repeats count on
       detail.history.map((h) => h.evaluation?.devices),
       [3, 3, 3],
     );
+    // The telemetry follows: the eval_* gauges show the newest evaluated model, the last one.
+    const metrics = await (await fetch(`${f.stack.host.url}/api/metrics`)).text();
+    const gauge = metrics.match(/^flotilla_aggregator_eval_accuracy\{job="evaluated"\} (\S+)$/m);
+    assert.ok(gauge, "no eval_accuracy gauge for the job");
+    assert.equal(Number(gauge[1]), doc.rounds[2].evaluation!.accuracy);
     const perDevice = (await api(f.stack.host.url, "GET", `jobs/${jobId}/rounds/1/evaluations`)) as {
       evaluation: FleetEvaluation;
       devices: Record<string, { samples: number; accuracy: number }>;
