@@ -883,8 +883,9 @@ export class Ingestor {
    * written only when it covers more devices than the record's (the evaluations only grow, so an instance that
    * read fewer never overwrites a fuller fold). Refused, each with a code: a model the job never published
    * (E_EVAL_ROUND: no record of round r) and a device that was never sent it (E_EVAL_NOT_PARTICIPANT: not a
-   * participant of round r + 1, whose order carried the model; async jobs: never ordered from version r on).
-   * Everything is acknowledged. Returns how many were refused.
+   * participant of round r + 1, whose order carried the model, nor ordered to evaluate it when no round followed,
+   * as the last model of a completed job is: dispatch.ts orderFinalEvaluation; async jobs: never ordered from
+   * version r on). Everything is acknowledged. Returns how many were refused.
    */
   private async recordEvaluations(batch: Batch): Promise<number> {
     const groups = new Map<string, PendingEvaluation[]>();
@@ -961,7 +962,10 @@ export class Ingestor {
     return refused;
   }
 
-  /** Who was sent round r's model: the participants of round r + 1 (sync), or devices ordered since (async). */
+  /**
+   * Who was sent round r's model: the participants of round r + 1, or without one the devices ordered to evaluate
+   * it (`evaluate-order.json`) (sync); devices ordered since (async).
+   */
   private async modelReceivers(
     job: JobDocument,
     round: number,
