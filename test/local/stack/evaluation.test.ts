@@ -15,12 +15,14 @@ import { paths, type RoundEvaluations } from "../../../cloud/aggregator/src/jobs
 import { getJson } from "../../../cloud/aggregator/src/store/blob-store";
 import { encodeMessage, EVALUATION_VERSION } from "../../../core/protocol/messages";
 import type { FleetEvaluation } from "../../../core/round/evaluation";
+import { createRegistry } from "../../../local/hub";
 import { QuietMqtt } from "../../../local/stack/quiet-mqtt";
 import { frameChunks } from "../../../modules/shared/chunks";
 import {
   api,
   createJob,
   jobDoc,
+  reportedOf,
   startFaultFleet,
   startJob,
   stopFaultFleet,
@@ -132,6 +134,34 @@ test("round records gain the fleet's evaluation of their model; repeats count on
     assert.deepEqual(Object.keys(perDevice.devices).sort(), ["device-000", "device-001", "device-002"]);
     const samples = Object.values(perDevice.devices).reduce((a, d) => a + d.samples, 0);
     assert.equal(samples, doc.rounds[0].evaluation!.samples);
+
+    // A bad evaluate-only order (a version this trainer does not know): refused with its code, reported as the
+    // trainer's inference error, nothing evaluated; the trainer goes on.
+    const registry = createRegistry({
+      serviceConnectionString: f.stack.hub.serviceConnectionString,
+      caCertPem: f.stack.hub.caCertPem,
+    });
+    const twin = (await registry.getModuleTwin("device-001", "trainer")).responseBody.properties.desired as {
+      flotillaEvaluate: Record<string, unknown>;
+    };
+    await registry.updateModuleTwin(
+      "device-001",
+      "trainer",
+      { properties: { desired: { flotillaEvaluate: { ...twin.flotillaEvaluate, v: 9, round: 2 } } } },
+      "*",
+    );
+    await waitFor(
+      "device-001's trainer to refuse the evaluate-only order",
+      async () => {
+        const rep = (await reportedOf(f, "device-001", "trainer")).flotilla as {
+          inference?: { error?: { code: string } };
+        };
+        return rep.inference?.error?.code === "E_EVAL_ORDER_VERSION";
+      },
+      60_000,
+      100,
+      f.logs,
+    );
 
     // device-000 again, as its update-queue would send: its evaluation of round 1 repeated (an unacknowledged
     // resend) and a different one (a restarted trainer): both count once, the record does not change.
