@@ -282,7 +282,10 @@ export interface EvaluateOrderRecord {
   readonly round: number;
   /** Every device ordered (the ingest accepts their evaluations of `round`, and no one else's). */
   readonly devices: readonly string[];
-  /** Those that were connected when ordered (the others evaluate when they reconnect, if ever). */
+  /**
+   * Those listed connected when ordered (and participants the listing missed); the others evaluate when they
+   * reconnect, if ever.
+   */
   readonly connected: readonly string[];
   /** ms since epoch */
   readonly orderedAt: number;
@@ -321,9 +324,10 @@ export async function orderFinalEvaluation(
     return undefined;
   }
   const { onnx } = await modelLinks(services, job, round, meta, meta.sha256);
+  // Connected: as listed; a participant the listing does not have (it failed) is taken as connected.
+  const listed = new Set(trainers.map((t) => t.deviceId));
   const connected = new Set(trainers.filter((t) => t.connected).map((t) => t.deviceId));
-  for (const p of last?.participants ?? [])
-    if (!trainers.some((t) => t.deviceId === p.deviceId)) connected.add(p.deviceId);
+  for (const p of last?.participants ?? []) if (!listed.has(p.deviceId)) connected.add(p.deviceId);
   const devices = [
     ...new Set([...trainers.map((t) => t.deviceId), ...(last?.participants ?? []).map((p) => p.deviceId)]),
   ].sort();
