@@ -274,7 +274,15 @@ export const ERRORS = {
   E_EVAL_NOT_PARTICIPANT: {
     group: "round",
     meaning:
-      "an evaluation from a device that was never sent that model (not in the job's next round): refused",
+      "an evaluation from a device that was never sent that model (not in the job's next round, nor ordered to evaluate the last one): refused",
+  },
+  E_EVAL_ORDER_INVALID: {
+    group: "round",
+    meaning: "a malformed evaluate-only order (trainer twin's desired flotillaEvaluate): not evaluated",
+  },
+  E_EVAL_ORDER_VERSION: {
+    group: "round",
+    meaning: "an evaluate-only order of a version this trainer does not know: not evaluated",
   },
   E_EVAL_ROUND: {
     group: "round",

@@ -41,6 +41,7 @@ import {
 import { startLocalStack, type LocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
+import type { EvaluateOrderRecord } from "../../cloud/aggregator/src/dispatch";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
 import { loadTrace } from "../cli/fleet-trace";
 import { startDashboard, type Dashboard } from "../dashboard/server";
@@ -290,8 +291,9 @@ export async function simulateOverIotHub(
     for (const a of attached.reverse()) await a.close().catch(() => undefined);
     await stack.close();
   }
-  // Round r's model is evaluated by the devices that start round r + 1 with it, after the round's record: the
-  // evaluations are read from the final job document (the last round's model goes to no device: none).
+  // Round r's model is evaluated by the devices that start round r + 1 with it, after the round's record, and the
+  // last round's by the devices the Function ordered to evaluate it when the job completed: the evaluations are
+  // read from the final job document.
   for (const s of summaries) {
     const e = finalDoc?.rounds.find((r) => r.round === s.round)?.evaluation;
     if (e) s.evaluation = e;
@@ -328,16 +330,22 @@ export async function simulateOverIotHub(
 
 /**
  * The job document once the devices' evaluations have arrived: round r's model is evaluated by the devices that
- * completed round r + 1 (each sends its evaluation after its update), so the job is done when every such round
- * has that many; at most EVALUATION_WAIT_MS after the job ended (an evaluation lost to a failed device is not
- * waited for longer).
+ * completed round r + 1 (each sends its evaluation after its update), and the last round's by the devices ordered
+ * to evaluate it that were connected then (the Function's `evaluate-order.json`, written when the job completed),
+ * so the job is done when every such round has that many; at most EVALUATION_WAIT_MS after the job ended (an
+ * evaluation lost to a failed device is not waited for longer).
  */
 async function awaitEvaluations(store: BlobStore, jobId: string, doc: JobDocument): Promise<JobDocument> {
   const until = Date.now() + EVALUATION_WAIT_MS;
+  const last = doc.rounds.at(-1);
   for (let cur = doc; ;) {
+    const ordered = last
+      ? (await getJson<EvaluateOrderRecord>(store, paths.evaluateOrder(jobId, last.round)))?.value
+      : undefined;
     const missing = cur.rounds.some((r) => {
       const next = cur.rounds.find((x) => x.round === r.round + 1);
-      return next !== undefined && next.completed > 0 && (r.evaluation?.devices ?? 0) < next.completed;
+      const expected = next ? next.completed : r.round === last?.round ? (ordered?.connected.length ?? 1) : 0;
+      return expected > 0 && (r.evaluation?.devices ?? 0) < expected;
     });
     if (!missing || Date.now() > until) return cur;
     await new Promise((r) => setTimeout(r, 200));

@@ -8,6 +8,7 @@ import { errorCode, errorMessage } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/plan";
 import { isDefaultBench } from "../../../core/engine/model-spec";
 import { layoutSegments } from "../../../core/round/update-pipeline";
+import { EVALUATE_ORDER_VERSION, type EvaluateOrder } from "../../../core/protocol/round-order";
 import type { QuantizerLayout, RoundDesired } from "./fleet/fleet";
 import { paths, type JobDocument, type JobRepository, type ModelMeta, type RoundState } from "./jobs/state";
 import { getJson, putJson } from "./store/blob-store";
@@ -274,6 +275,90 @@ export async function releaseDevices(
     });
   });
   await pool(work, concurrency);
+}
+
+/** Who was ordered to evaluate a job's last model (`paths.evaluateOrder`), written before any order goes out. */
+export interface EvaluateOrderRecord {
+  readonly round: number;
+  /** Every device ordered (the ingest accepts their evaluations of `round`, and no one else's). */
+  readonly devices: readonly string[];
+  /**
+   * Those listed connected when ordered (and participants the listing missed); the others evaluate when they
+   * reconnect, if ever.
+   */
+  readonly connected: readonly string[];
+  /** ms since epoch */
+  readonly orderedAt: number;
+}
+
+/**
+ * When a synchronous job completes, its last model (round `round`'s) goes to no device: no round order carries it.
+ * This orders its evaluation (docs/evaluation.md): an evaluate-only order (core/protocol/round-order.ts
+ * EvaluateOrder) in the trainer twin's desired `flotillaEvaluate` of every device of the job's cohort (as
+ * listTrainers gives it, connected or not) and every participant of the last round. Who was ordered is written
+ * first (`paths.evaluateOrder`), so an evaluation never arrives before the ingest can check it. One twin write per
+ * device, retried like a round order; a device whose write fails is logged and left out. Nothing is ordered when the
+ * model has no ONNX files (its export failed). Returns the record (undefined: nothing ordered).
+ */
+export async function orderFinalEvaluation(
+  services: AggregatorServices,
+  repo: JobRepository,
+  job: JobDocument,
+  round: number,
+  concurrency: number,
+): Promise<EvaluateOrderRecord | undefined> {
+  const d = job.definition;
+  const { fleet, store, log, clock } = services;
+  const [meta, last, trainers] = await Promise.all([
+    repo.getModelMeta(d.jobId, round),
+    repo.getRound(d.jobId, round),
+    fleet.listTrainers(d.cohort).catch((e: Error) => {
+      log(
+        `job ${d.jobId}: fleet not listed for the final evaluation (last round's participants only): ${e.message}`,
+      );
+      return [];
+    }),
+  ]);
+  if (!meta?.onnx) {
+    log(`job ${d.jobId}: round ${round}'s model has no ONNX files: its evaluation is not ordered`);
+    return undefined;
+  }
+  const { onnx } = await modelLinks(services, job, round, meta, meta.sha256);
+  // Connected: as listed; a participant the listing does not have (it failed) is taken as connected.
+  const listed = new Set(trainers.map((t) => t.deviceId));
+  const connected = new Set(trainers.filter((t) => t.connected).map((t) => t.deviceId));
+  for (const p of last?.participants ?? []) if (!listed.has(p.deviceId)) connected.add(p.deviceId);
+  const devices = [
+    ...new Set([...trainers.map((t) => t.deviceId), ...(last?.participants ?? []).map((p) => p.deviceId)]),
+  ].sort();
+  if (devices.length === 0 || !onnx) return undefined;
+  const record: EvaluateOrderRecord = {
+    round,
+    devices,
+    connected: devices.filter((id) => connected.has(id)),
+    orderedAt: clock(),
+  };
+  await putJson(store, paths.evaluateOrder(d.jobId, round), record);
+  const order: EvaluateOrder = {
+    v: EVALUATE_ORDER_VERSION,
+    jobId: d.jobId,
+    round,
+    onnx,
+    modelSpec: d.modelSpec,
+  };
+  let failed = 0;
+  const work = devices.map((id) => async () => {
+    await retried(() => fleet.configureEvaluation(id, order)).catch((e: Error) => {
+      failed++;
+      log(`job ${d.jobId}: evaluation of round ${round}'s model not ordered from ${id}: ${e.message}`);
+    });
+  });
+  await pool(work, concurrency);
+  log(
+    `job ${d.jobId}: evaluation of round ${round}'s model ordered from ${devices.length - failed} device(s)` +
+      ` (${record.connected.length} connected)`,
+  );
+  return record;
 }
 
 export async function pool(work: (() => Promise<void>)[], n: number): Promise<void> {

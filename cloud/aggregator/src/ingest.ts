@@ -28,7 +28,7 @@ import {
 } from "../../../core/protocol/messages";
 import { errorCode, isFlotillaError } from "../../../core/errors";
 import { foldEvaluations } from "../../../core/round/evaluation";
-import { isConflict } from "./store/blob-store";
+import { getJson, isConflict } from "./store/blob-store";
 import { step as engineStep } from "../../../core/round/engine";
 import {
   JobRepository,
@@ -39,7 +39,7 @@ import {
   type RoundState,
 } from "./jobs/state";
 import { stepAsync } from "../../../core/round/async-engine";
-import { pool } from "./dispatch";
+import { pool, type EvaluateOrderRecord } from "./dispatch";
 import type { AggregatorServices } from "./services";
 import { secureExtraValues } from "./jobs/job";
 
@@ -883,8 +883,9 @@ export class Ingestor {
    * written only when it covers more devices than the record's (the evaluations only grow, so an instance that
    * read fewer never overwrites a fuller fold). Refused, each with a code: a model the job never published
    * (E_EVAL_ROUND: no record of round r) and a device that was never sent it (E_EVAL_NOT_PARTICIPANT: not a
-   * participant of round r + 1, whose order carried the model; async jobs: never ordered from version r on).
-   * Everything is acknowledged. Returns how many were refused.
+   * participant of round r + 1, whose order carried the model, nor ordered to evaluate it when no round followed,
+   * as the last model of a completed job is: dispatch.ts orderFinalEvaluation; async jobs: never ordered from
+   * version r on). Everything is acknowledged. Returns how many were refused.
    */
   private async recordEvaluations(batch: Batch): Promise<number> {
     const groups = new Map<string, PendingEvaluation[]>();
@@ -961,7 +962,10 @@ export class Ingestor {
     return refused;
   }
 
-  /** Who was sent round r's model: the participants of round r + 1 (sync), or devices ordered since (async). */
+  /**
+   * Who was sent round r's model: the participants of round r + 1, or without one the devices ordered to evaluate
+   * it (`evaluate-order.json`) (sync); devices ordered since (async).
+   */
   private async modelReceivers(
     job: JobDocument,
     round: number,
@@ -973,8 +977,15 @@ export class Ingestor {
       const lastRound = batch.asyncStates.get(jobId)?.lastRound ?? {};
       return (id) => Object.hasOwn(lastRound, id) && lastRound[id] >= round + 1;
     }
+    // The last model of a job goes to no round: the devices ordered to evaluate it (dispatch.ts
+    // orderFinalEvaluation) were sent it.
     const next = await this.round(jobId, round + 1, batch);
-    return (id) => next?.participants.some((x) => x.deviceId === id) ?? false;
+    const ordered = next
+      ? undefined
+      : await getJson<EvaluateOrderRecord>(this.services.store, paths.evaluateOrder(jobId, round));
+    return (id) =>
+      (next?.participants.some((x) => x.deviceId === id) ?? false) ||
+      (ordered?.value.devices.includes(id) ?? false);
   }
 
   private async dropChunks(names: readonly string[]): Promise<void> {

@@ -75,7 +75,7 @@ import {
   type RoundState,
 } from "./jobs/state";
 import type { AggregatorServices } from "./services";
-import { dispatchRound, pool, releaseDevices } from "./dispatch";
+import { dispatchRound, orderFinalEvaluation, pool, releaseDevices } from "./dispatch";
 import { initialSecAggState, roundPolicy, secAggRecord, SecureRounds } from "./secure-round";
 import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
@@ -424,6 +424,7 @@ export class Orchestrator {
     actions.push(`completed: ${reason}`);
     this.services.log(`job ${d.jobId}: ${reason}`);
     await this.releaseQuantizers(job);
+    if (round > 1) await this.orderFinalEvaluation(job, round - 1);
     return undefined;
   }
 
@@ -538,6 +539,18 @@ export class Orchestrator {
     };
     await putJson(this.services.store, paths.modelMeta(id, round), meta);
     return meta;
+  }
+
+  /**
+   * At the end of a synchronous job: the fleet evaluates its last model (dispatch.ts orderFinalEvaluation). Best
+   * effort: a failure is logged and never fails the tick (the job is complete either way).
+   */
+  private async orderFinalEvaluation(job: JobDocument, round: number): Promise<void> {
+    await orderFinalEvaluation(this.services, this.repo, job, round, this.concurrency).catch((e: Error) => {
+      this.services.log(
+        `job ${job.definition.jobId}: evaluation of round ${round}'s model not ordered: ${e.message}`,
+      );
+    });
   }
 
   /** At the end of a job: dispatch.ts releaseDevices (the quantizers' job entries). */
@@ -1052,7 +1065,10 @@ export class Orchestrator {
       st,
       st.participants.map((p) => p.deviceId).filter((id) => !failed.has(id)),
     );
-    if (st.round >= d.rounds) await this.releaseQuantizers(job);
+    if (st.round >= d.rounds) {
+      await this.releaseQuantizers(job);
+      await this.orderFinalEvaluation(job, st.round);
+    }
     this.services.log(
       `round ${d.jobId}/${st.round} closed: ${completed}/${st.participants.length} updates, model ${record.modelSha256.slice(0, 12)}`,
     );

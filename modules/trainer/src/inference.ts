@@ -69,7 +69,7 @@ export class TrainerInference {
   }
 
   /** Loads the round order's ONNX model (if it names one and it is not loaded yet). */
-  async update(order: RoundOrder): Promise<boolean> {
+  async update(order: Pick<RoundOrder, "jobId" | "round" | "onnx" | "modelSpec">): Promise<boolean> {
     const ref = order.onnx;
     if (!ref) return false;
     const int8 = this.precision === "int8" && ref.int8Url && ref.int8Sha256;

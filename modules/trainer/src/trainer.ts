@@ -14,6 +14,7 @@ import { DEFAULT_CHUNK_BYTES, DEFAULT_DATA_DIR } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
 import { TrainerInference, type InferencePrecision, type InferenceReport } from "./inference";
 import { parseRoundOrder, type RoundOrder } from "./round";
+import { parseEvaluateOrder } from "../../../core/protocol/round-order";
 import { resolveData } from "./executor";
 import { SECAGG_METHODS, SecAggSessions } from "./secagg";
 import type { IdentitySigner, SecAggStep } from "../../../core/secagg/types";
@@ -150,12 +151,17 @@ export const REPORTED_KEY = "flotilla";
 /** Where round orders arrive: the module twin's desired property, and the direct method. */
 export const ORDER_DESIRED_KEY = "flotilla";
 export const ORDER_METHOD = "startRound";
+/** Where evaluate-only orders arrive (the job's last model: docs/evaluation.md): the module twin's desired property. */
+export const EVALUATE_DESIRED_KEY = "flotillaEvaluate";
 const ABORTED = "E_ABORTED";
 const SUPERSEDED = "E_ROUND_SUPERSEDED";
 const DEADLINE = "E_ROUND_DEADLINE";
 const STOPPED = "E_TRAINER_STOPPED";
 /** Failures after which no failure frame is sent. */
 const SILENT = new Set(["E_MODEL_HASH", ABORTED, SUPERSEDED, STOPPED]);
+
+/** What evaluating a global model needs of an order: the round order whose starting model it is. */
+type ModelRef = Pick<RoundOrder, "jobId" | "round" | "onnx" | "modelSpec">;
 
 interface Run {
   readonly key: string;
@@ -228,7 +234,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   let heldOut: { key: string; data: Dataset } | undefined;
   /** Models already evaluated on the held-out data (jobId, round): each is sent once per process. */
   const evaluated = new Set<string>();
-  const evaluateOnnx = async (order: RoundOrder): Promise<void> => {
+  const evaluateOnnx = async (order: ModelRef): Promise<void> => {
     if (!inference || !order.onnx || host.stopped) return;
     try {
       await inference.update(order);
@@ -344,6 +350,44 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     return true;
   };
 
+  /** Evaluate-only orders taken ((jobId, round) of the model): each is evaluated once per process. */
+  const evaluateOrders = new Set<string>();
+  /**
+   * The desired evaluate-only order (`flotillaEvaluate`, core/protocol/round-order.ts): the model it names goes
+   * through the same evaluation as a round order's starting model (ONNX download, local data, held-out data, one
+   * `evaluation` frame), with no training and no update. A bad order is logged and reported as the `inference`
+   * error (E_EVAL_ORDER_INVALID / E_EVAL_ORDER_VERSION); the trainer's round state is left alone.
+   */
+  const onEvaluateOrder = (value: unknown): void => {
+    if (host.stopped) return;
+    try {
+      const order = parseEvaluateOrder(value);
+      if (!order) return;
+      const key = keyOf(order);
+      if (evaluateOrders.has(key)) return;
+      evaluateOrders.add(key);
+      if (!inference || !evalRef) {
+        log.info(
+          `round ${order.round}'s model of ${order.jobId}: evaluation ordered, but ` +
+            (inference ? "this trainer has no held-out data" : "inference is off"),
+          { jobId: order.jobId, round: order.round },
+        );
+        return;
+      }
+      log.info(`round ${order.round}'s model of ${order.jobId}: evaluation ordered`, {
+        jobId: order.jobId,
+        round: order.round,
+      });
+      // As the starting model of a round order round + 1 would be.
+      const ref: ModelRef = { ...order, round: order.round + 1 };
+      inferenceChain = inferenceChain.then(() => evaluateOnnx(ref));
+    } catch (e) {
+      const err = errorOf(e);
+      log.warn(`${err.code}: ${err.message}`, { code: err.code });
+      setState({ inference: { error: err } });
+    }
+  };
+
   /** The desired order (the whole desired `flotilla`): a bad one is reported as this trainer's error. */
   const onDesiredOrder = (value: unknown): void => {
     try {
@@ -375,8 +419,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     }
     // The SDK re-subscribes after a reconnect but does not re-read the twin: an order set meanwhile is read here.
     onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY]);
+    onEvaluateOrder(t.properties.desired[EVALUATE_DESIRED_KEY]);
   };
   const onDesiredPatch = (delta: Record<string, unknown>, t: TwinLike): void => {
+    if (EVALUATE_DESIRED_KEY in delta)
+      onEvaluateOrder(t.properties.desired[EVALUATE_DESIRED_KEY] ?? delta[EVALUATE_DESIRED_KEY]);
     if (!(ORDER_DESIRED_KEY in delta)) return;
     // The SDK has merged the patch into properties.desired: read the whole object from there.
     onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY] ?? delta[ORDER_DESIRED_KEY]);

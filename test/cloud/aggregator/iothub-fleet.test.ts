@@ -8,6 +8,11 @@ import { IotHubFleet, type RoundDesired } from "../../../cloud/aggregator/src/fl
 import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
 import { MemoryBlobStore } from "../../../cloud/aggregator/src/store/blob-store";
 import { ctx, jobBody, post } from "./support";
+import {
+  EVALUATE_ORDER_VERSION,
+  parseEvaluateOrder,
+  type EvaluateOrder,
+} from "../../../core/protocol/round-order";
 
 function reported(twin: Twin, patch: unknown): Promise<void> {
   const update = twin.properties.reported.update as (p: unknown, cb: (e?: Error) => void) => void;
@@ -190,6 +195,37 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
     });
     await fleet.configureQuantizer("edge-1", "job-x", null);
     assert.deepEqual(await quantTwin(), { jobs: { "job-y": { compression: "int8" } } });
+
+    // The evaluate-only order (core/protocol/round-order.ts): its own desired property, the round order untouched;
+    // a later order without the int8 pair clears it (twin patches merge), and what the twin holds parses back.
+    const sha = "ef".repeat(32);
+    const evalOrder: EvaluateOrder = {
+      v: EVALUATE_ORDER_VERSION,
+      jobId: "job-x",
+      round: 4,
+      onnx: { url: "https://h/m.onnx", sha256: sha, int8Url: "https://h/m.int8.onnx", int8Sha256: sha },
+      modelSpec: desired.modelSpec,
+    };
+    await fleet.configureEvaluation("edge-1", evalOrder);
+    await fleet.configureEvaluation("edge-1", {
+      ...evalOrder,
+      onnx: { url: "https://h/m.onnx", sha256: sha },
+    });
+    const evalTwin = (await registry.getModuleTwin("edge-1", "trainer")).responseBody.properties
+      .desired as Record<string, unknown>;
+    assert.deepEqual(parseEvaluateOrder(evalTwin.flotillaEvaluate), {
+      ...evalOrder,
+      onnx: { url: "https://h/m.onnx", sha256: sha },
+    });
+    assert.equal((evalTwin.flotilla as { jobId?: unknown }).jobId, desired.jobId, "the round order stays");
+    await fleet.configureEvaluation("edge-1", null);
+    const noEval = await registry.getModuleTwin("edge-1", "trainer");
+    assert.equal(
+      parseEvaluateOrder(
+        (noEval.responseBody.properties.desired as Record<string, unknown>).flotillaEvaluate,
+      ),
+      undefined,
+    );
 
     await fleet.configureRound("edge-1", null);
     const idle = await registry.getModuleTwin("edge-1", "trainer");

@@ -9,6 +9,7 @@ import type {
   QuantizerLayout,
 } from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
+import type { EvaluateOrder } from "../../../core/protocol/round-order";
 
 export { freePort, startAzurite, type Azurite } from "../../../local/stack/azurite";
 import { evaluate, parseCondition, resolveIn } from "../../../local/hub/query";
@@ -52,6 +53,11 @@ export class RecordingFleet implements Fleet {
   }
   async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
     this.configured.push({ deviceId, desired });
+  }
+  /** Evaluate-only orders written (trainer twin's desired `flotillaEvaluate`), in order. */
+  readonly evaluateOrders: { deviceId: string; order: EvaluateOrder | null }[] = [];
+  async configureEvaluation(deviceId: string, order: EvaluateOrder | null): Promise<void> {
+    this.evaluateOrders.push({ deviceId, order });
   }
   async startRound(deviceId: string, payload: RoundDesired): Promise<boolean> {
     this.startCalls.push({ deviceId, payload });

@@ -13,8 +13,10 @@ export const TRAINER_MODULE = "trainer";
 export const UPDATE_QUEUE_MODULE = "update-queue";
 export const PROFILER_MODULE = "profiler";
 export const QUANTIZER_MODULE = "quantizer";
+/** The trainer twin's desired property holding an evaluate-only order (docs/iothub-protocol.md). */
+export const EVALUATE_DESIRED_KEY = "flotillaEvaluate";
 
-import type { RoundOrder, SecAggOrder } from "../../../../core/protocol/round-order";
+import type { EvaluateOrder, RoundOrder, SecAggOrder } from "../../../../core/protocol/round-order";
 
 import type { ModelSpec } from "../../../../core/engine/model-spec";
 /** The trainer's desired `flotilla` (also the `startRound` payload). */
@@ -93,6 +95,11 @@ export interface Fleet {
   listTrainers(cohort?: string): Promise<TrainerInfo[]>;
   /** Replaces the trainer's desired `flotilla` (null = idle). */
   configureRound(deviceId: string, desired: RoundDesired | null): Promise<void>;
+  /**
+   * Replaces the trainer's desired `flotillaEvaluate`: an evaluate-only order (core/protocol/round-order.ts
+   * EvaluateOrder; null = none). The round order `flotilla` is left as it is.
+   */
+  configureEvaluation(deviceId: string, order: EvaluateOrder | null): Promise<void>;
   /**
    * Calls `startRound`; false (not thrown) when the device did not take it (offline, timeout, error status). The
    * round dispatch no longer calls it (dispatch.ts: the trainer twin is the one order); kept for operators.
@@ -278,6 +285,25 @@ export class IotHubFleet implements Fleet {
       deviceId,
       TRAINER_MODULE,
       { properties: { desired: { flotilla: value } } },
+      "*",
+    );
+  }
+
+  async configureEvaluation(deviceId: string, order: EvaluateOrder | null): Promise<void> {
+    // Desired properties merge: the whole object goes every time, with the keys it may have set before cleared
+    // (an int8 pair a previous order had, a previous job's model spec keys).
+    const value =
+      order === null
+        ? null
+        : {
+            ...order,
+            onnx: { int8Url: null, int8Sha256: null, ...order.onnx },
+            modelSpec: { ...STALE_SPEC_KEYS, ...order.modelSpec },
+          };
+    await this.registry.updateModuleTwin(
+      deviceId,
+      TRAINER_MODULE,
+      { properties: { desired: { [EVALUATE_DESIRED_KEY]: value } } },
       "*",
     );
   }

@@ -188,6 +188,11 @@ export const paths = {
     `jobs/${jobId}/models/${round}${kind === "int8" ? ".int8" : ""}.onnx`,
   /** Devices' evaluations of the model round r published (RoundEvaluations). */
   evaluations: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/evaluations.json`,
+  /**
+   * Who was ordered to evaluate the job's last model (dispatch.ts orderFinalEvaluation, EvaluateOrderRecord): the
+   * ingest accepts evaluations of that round from them only.
+   */
+  evaluateOrder: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/evaluate-order.json`,
   /** What the round's dispatch leaves for the next one (cloud/aggregator/src/dispatch.ts DispatchRecord). */
   dispatch: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/dispatch.json`,
   chunksOfRound: (jobId: string, round: number) => `jobs/${jobId}/rounds/${round}/chunks/`,
