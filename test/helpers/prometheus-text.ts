@@ -3,20 +3,11 @@
  * small parser of the samples a /metrics endpoint serves.
  */
 import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
-
-/** promtool: Debian's /usr/bin/promtool, else the one on PATH; a test that needs it fails without it. */
-export function promtoolPath(): string {
-  for (const p of ["/usr/bin/promtool", "/usr/local/bin/promtool"]) if (fs.existsSync(p)) return p;
-  const which = spawnSync("sh", ["-c", "command -v promtool"], { encoding: "utf8" });
-  const found = which.stdout.trim();
-  if (which.status === 0 && found) return found;
-  throw new Error("promtool is not installed: apt-get install -y prometheus (Debian's package has promtool)");
-}
+import { promtool } from "../monitoring/promtool";
 
 /** `promtool check metrics` on the text: its problems (empty when it passes). */
 export function promtoolCheckMetrics(text: string): string {
-  const r = spawnSync(promtoolPath(), ["check", "metrics"], { input: text, encoding: "utf8" });
+  const r = spawnSync(promtool(), ["check", "metrics"], { input: text, encoding: "utf8" });
   if (r.error) throw r.error;
   return r.status === 0 ? "" : `promtool exit ${r.status}: ${r.stdout}${r.stderr}`.trim();
 }
