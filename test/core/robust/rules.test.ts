@@ -1,0 +1,98 @@
+import { test } from "@jest/globals";
+import assert from "node:assert/strict";
+import {
+  boundNorms,
+  centeredClip,
+  coordinateMedian,
+  geometricMedian,
+  l2Norm,
+  multiKrum,
+  trimmedMean,
+  weightedMean,
+  type RobustInput,
+} from "../../../core/robust/rules";
+
+/** `honest` updates near `center` (seeded jitter) and `bad` updates at `attack`. */
+function round(honest: number, bad: number, center: number[], attack: number[]): RobustInput[] {
+  let s = 7;
+  const rand = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5) * 0.2;
+  const out: RobustInput[] = [];
+  for (let k = 0; k < honest; k++)
+    out.push({ deviceId: `h${k}`, delta: Float32Array.from(center, (c) => c + rand()), weight: 10 });
+  for (let k = 0; k < bad; k++) out.push({ deviceId: `b${k}`, delta: Float32Array.from(attack), weight: 10 });
+  return out;
+}
+
+const near = (a: Float32Array, b: number[], tol: number): boolean =>
+  a.every((v, i) => Math.abs(v - b[i]!) <= tol);
+
+test("the mean follows one large attacker; every robust rule stays near the honest centre", () => {
+  const center = [1, -2, 0.5];
+  const inputs = round(8, 2, center, [1000, 1000, -1000]);
+  assert.ok(!near(weightedMean(inputs).delta, center, 1), "the plain mean is dragged away");
+  assert.ok(near(coordinateMedian(inputs).delta, center, 0.2));
+  assert.ok(near(trimmedMean(inputs, 2).delta, center, 0.2));
+  assert.ok(near(geometricMedian(inputs).delta, center, 0.3));
+  const krum = multiKrum(inputs, 2, 3);
+  assert.ok(near(krum.delta, center, 0.2));
+  assert.deepEqual(
+    krum.dropped.filter((d) => d.deviceId.startsWith("b")).map((d) => d.deviceId),
+    ["b0", "b1"],
+  );
+  assert.equal(krum.kept.length, 3);
+  // Centered clipping from zero: each step moves an update's pull by at most τ, so the two attackers (at norm
+  // ~1700) shift the result by at most 2τ/10 per iteration while the eight honest ones pull it to the centre.
+  const cc = centeredClip(inputs, 5, { iterations: 10 });
+  assert.ok(l2Norm(Float32Array.from(cc.delta, (v, i) => v - center[i]!)) < 2.5);
+});
+
+test("the exact values: median of odd and even counts, trimmed mean, weighted mean", () => {
+  const inputs: RobustInput[] = [1, 5, 2, 9].map((v, k) => ({
+    deviceId: `d${k}`,
+    delta: Float32Array.of(v),
+    weight: k + 1,
+  }));
+  assert.equal(coordinateMedian(inputs).delta[0], 3.5);
+  assert.equal(coordinateMedian(inputs.slice(0, 3)).delta[0], 2);
+  assert.equal(trimmedMean(inputs, 1).delta[0], 3.5);
+  assert.equal(trimmedMean(inputs, 0).delta[0], 17 / 4);
+  assert.ok(Math.abs(weightedMean(inputs).delta[0]! - (1 + 10 + 6 + 36) / 10) < 1e-6);
+});
+
+test("the geometric median of points on a line is their median, and Weiszfeld converges", () => {
+  const inputs: RobustInput[] = [0, 1, 2, 3, 100].map((v, k) => ({
+    deviceId: `d${k}`,
+    delta: Float32Array.of(v, 0),
+    weight: 1,
+  }));
+  const g = geometricMedian(inputs, { maxIter: 500, tol: 1e-9 });
+  assert.ok(Math.abs(g.delta[0]! - 2) < 1e-3, `geomed ${g.delta[0]}`);
+  assert.ok(g.iterations < 500);
+});
+
+test("norm bounding: fixed and quantile bounds scale only the long updates", () => {
+  const inputs: RobustInput[] = [1, 2, 3, 40].map((v, k) => ({
+    deviceId: `d${k}`,
+    delta: Float32Array.of(v, 0),
+    weight: 1,
+  }));
+  const fixed = boundNorms(inputs, { fixed: 2.5 });
+  assert.deepEqual(fixed.clipped, ["d2", "d3"]);
+  assert.deepEqual(Array.from(fixed.inputs.map((u) => u.delta[0])), [1, 2, 2.5, 2.5]);
+  const median = boundNorms(inputs, { quantile: 0.5 });
+  assert.equal(median.bound, 2);
+  assert.deepEqual(median.clipped, ["d2", "d3"]);
+});
+
+test("bad parameters and shapes are coded errors", () => {
+  const inputs = round(3, 0, [0, 0], [0, 0]);
+  assert.throws(() => trimmedMean(inputs, 2), { code: "E_STRATEGY_SIZE" });
+  assert.throws(() => multiKrum(inputs, 1), { code: "E_STRATEGY_SIZE" });
+  assert.throws(() => coordinateMedian([]), { code: "E_STRATEGY_SIZE" });
+  assert.throws(
+    () => coordinateMedian([...inputs, { deviceId: "x", delta: new Float32Array(3), weight: 1 }]),
+    { code: "E_STRATEGY_SIZE" },
+  );
+  assert.throws(() => centeredClip(inputs, 0), { code: "E_STRATEGY_SIZE" });
+  assert.throws(() => boundNorms(inputs, { quantile: 0 }), { code: "E_STRATEGY_SIZE" });
+});
