@@ -59,6 +59,32 @@ export function weightedMean(inputs: readonly RobustInput[]): RobustOutput {
 }
 
 /**
+ * Rearranges `a[lo..hi]` so that a[k] holds the value a full sort would put there, smaller-or-equal values before
+ * it and larger-or-equal after (Hoare's selection, "Algorithm 65: FIND", CACM 1961), in expected linear time.
+ */
+function select(a: Float32Array, k: number, lo = 0, hi = a.length - 1): void {
+  while (hi > lo) {
+    const pivot = a[(lo + hi) >> 1]!;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! < pivot) i++;
+      while (a[j]! > pivot) j--;
+      if (i <= j) {
+        const t = a[i]!;
+        a[i] = a[j]!;
+        a[j] = t;
+        i++;
+        j--;
+      }
+    }
+    if (k <= j) hi = j;
+    else if (k >= i) lo = i;
+    else return;
+  }
+}
+
+/**
  * Coordinate-wise trimmed mean: per coordinate, drop the `b` largest and `b` smallest values and average the rest
  * (Yin et al. 2018, Definition 2). `b = 0` is the unweighted mean; needs n > 2b.
  */
@@ -74,7 +100,11 @@ export function trimmedMean(inputs: readonly RobustInput[], b: number): RobustOu
   const out = new Float32Array(d);
   for (let i = 0; i < d; i++) {
     for (let k = 0; k < n; k++) column[k] = inputs[k]!.delta[i]!;
-    column.sort();
+    if (b > 0) {
+      // The b smallest before index b, the b largest after n − b − 1: the middle is what stays.
+      select(column, b);
+      select(column, n - b - 1, b);
+    }
     let s = 0;
     for (let k = b; k < n - b; k++) s += column[k]!;
     out[i] = s / (n - 2 * b);
@@ -91,8 +121,14 @@ export function coordinateMedian(inputs: readonly RobustInput[]): RobustOutput {
   const mid = n >> 1;
   for (let i = 0; i < d; i++) {
     for (let k = 0; k < n; k++) column[k] = inputs[k]!.delta[i]!;
-    column.sort();
-    out[i] = n % 2 === 1 ? column[mid]! : (column[mid - 1]! + column[mid]!) / 2;
+    select(column, mid);
+    if (n % 2 === 1) out[i] = column[mid]!;
+    else {
+      // The lower middle is the largest value before `mid`.
+      let lower = column[0]!;
+      for (let k = 1; k < mid; k++) if (column[k]! > lower) lower = column[k]!;
+      out[i] = (lower + column[mid]!) / 2;
+    }
   }
   return { delta: out, kept: everyone(inputs), dropped: [] };
 }

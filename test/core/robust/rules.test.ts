@@ -96,3 +96,35 @@ test("bad parameters and shapes are coded errors", () => {
   assert.throws(() => centeredClip(inputs, 0), { code: "E_STRATEGY_SIZE" });
   assert.throws(() => boundNorms(inputs, { quantile: 0 }), { code: "E_STRATEGY_SIZE" });
 });
+
+test("median and trimmed mean (selection, not sorting) equal a sort-based reference, ties included", () => {
+  let s = 11;
+  const rand = (): number => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (const n of [1, 2, 3, 4, 5, 10, 21, 64]) {
+    const d = 50;
+    // Values from a small set, so coordinates have many ties.
+    const inputs: RobustInput[] = Array.from({ length: n }, (_, k) => ({
+      deviceId: `d${k}`,
+      delta: Float32Array.from({ length: d }, () => Math.floor(rand() * 7) - 3 + (rand() < 0.1 ? 0.5 : 0)),
+      weight: 1,
+    }));
+    const column = (i: number): number[] => inputs.map((u) => u.delta[i]!).sort((a, b) => a - b);
+    const median = coordinateMedian(inputs).delta;
+    for (let i = 0; i < d; i++) {
+      const c = column(i);
+      const want = n % 2 ? c[n >> 1]! : (c[(n >> 1) - 1]! + c[n >> 1]!) / 2;
+      assert.equal(median[i], Math.fround(want), `median n=${n} i=${i}`);
+    }
+    for (let b = 0; 2 * b < n; b++) {
+      const trimmed = trimmedMean(inputs, b).delta;
+      for (let i = 0; i < d; i++) {
+        const kept = column(i).slice(b, n - b);
+        const want = kept.reduce((x, y) => x + y, 0) / kept.length;
+        assert.ok(
+          Math.abs(trimmed[i]! - want) < 1e-5,
+          `trimmed n=${n} b=${b} i=${i}: ${trimmed[i]} vs ${want}`,
+        );
+      }
+    }
+  }
+});
