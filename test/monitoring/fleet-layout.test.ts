@@ -184,7 +184,12 @@ test("device agent → gateway → central: the modules' series arrive centrally
   assert.equal(reconnects.metric.instance_number, "3f6c");
   assert.equal(reconnects.metric.flotilla_gateway, "gw-1");
   // `up` names its device from the agent's environment (expand-external-labels), and the module from its target.
-  const up = await query(central, 'up{job="flotilla-modules", edge_device="dev-7"}');
+  // The agent scrapes its targets at different offsets, so the four arrive over one interval: waited for (CI once
+  // queried between the trainer's series and the update-queue's).
+  const up = await eventually("the four modules' up at the central server", async () => {
+    const r = await query(central, 'up{job="flotilla-modules", edge_device="dev-7"}');
+    return r.length >= 4 ? r : undefined;
+  });
   assert.deepEqual(up.map((s) => s.metric.module_name).sort(), [
     "profiler",
     "quantizer",
@@ -196,7 +201,10 @@ test("device agent → gateway → central: the modules' series arrive centrally
     assert.equal(s.metric.iothub, hub);
   }
   // The device's runtime targets are down (nothing listens here): that arrives too, as 0.
-  const runtime = await query(central, 'up{job="iotedge-runtime", edge_device="dev-7"}');
+  const runtime = await eventually("the runtime targets' up at the central server", async () => {
+    const r = await query(central, 'up{job="iotedge-runtime", edge_device="dev-7"}');
+    return r.length >= 2 ? r : undefined;
+  });
   assert.deepEqual(runtime.map((s) => [s.metric.module_name, s.value[1]]).sort(), [
     ["edgeAgent", "0"],
     ["edgeHub", "0"],
@@ -207,7 +215,9 @@ test("device agent → gateway → central: the modules' series arrive centrally
     async () => (await query(central, 'up{job="prometheus", edge_device="gw-1"}'))[0],
   );
   // Only what the rules and dashboards use leaves the device: scrape_series_added is dropped on the device.
-  assert.equal((await query(central, 'scrape_duration_seconds{edge_device="dev-7"}')).length, 6);
+  await eventually("the six targets' scrape durations at the central server", async () =>
+    (await query(central, 'scrape_duration_seconds{edge_device="dev-7"}')).length === 6 ? true : undefined,
+  );
   assert.deepEqual(await query(central, 'scrape_series_added{edge_device="dev-7"}'), []);
   // The central rules run over the forwarded series.
   const deviceUp = await eventually(
