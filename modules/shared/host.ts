@@ -254,6 +254,8 @@ export class ModuleHost {
    * (`reportedKeys`) or starting with `$` is refused (E_INTERNAL: a programming error), so an ack never collides with
    * another reported key.
    */
+  private readonly acked = new Map<string, string>();
+
   ackDesired(outcomes: Readonly<Record<string, AckOutcome>>, version: number): void {
     const reserved = new Set(this.opts.reportedKeys ?? []);
     for (const name of Object.keys(outcomes)) {
@@ -263,6 +265,16 @@ export class ModuleHost {
           `${this.opts.name}: cannot acknowledge desired '${name}': the module reports its own state under it`,
         );
     }
+    // An ack already sent for this value and version (the same desired document read again after a reconnect) is
+    // not sent again.
+    const fresh: Record<string, AckOutcome> = {};
+    for (const [name, o] of Object.entries(outcomes)) {
+      const key = JSON.stringify([o, version]);
+      if (this.acked.get(name) === key) continue;
+      this.acked.set(name, key);
+      fresh[name] = o;
+    }
+    outcomes = fresh;
     if (Object.keys(outcomes).length === 0) return;
     // Reported patches merge: an ack without a description sends `ad: null`, which removes the description an
     // earlier ack (a refusal) left there.

@@ -285,7 +285,6 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
    * `scheduleMinutes`, `models` and `model`. `jobModels` is the Function's own entry (one spec per job, written
    * by the cloud), not acked. An ack already sent is not sent again at the next twin read.
    */
-  const acked = new Map<string, string>();
   const ackWritable = (delta: Record<string, unknown>, refusedSchedule: string | undefined): void => {
     const outcomes: Record<string, AckOutcome> = {};
     if ("scheduleMinutes" in delta)
@@ -311,15 +310,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
           ? { value: v === null ? null : v, status: ACK_APPLIED }
           : { value: kindsToBench(), status: ACK_REFUSED, description: why };
     }
-    const version = desiredVersion(delta);
-    const fresh: Record<string, AckOutcome> = {};
-    for (const [name, o] of Object.entries(outcomes)) {
-      const key = JSON.stringify([o, version]);
-      if (acked.get(name) === key) continue;
-      acked.set(name, key);
-      fresh[name] = o;
-    }
-    host.ackDesired(fresh, version);
+    host.ackDesired(outcomes, desiredVersion(delta));
   };
 
   /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */

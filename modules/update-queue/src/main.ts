@@ -300,7 +300,6 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
 
   // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
   /** The last acknowledgement sent per writable property (the same one is not sent again at each twin read). */
-  const acked = new Map<string, string>();
   const applyDesired = (desired: Record<string, unknown>): void => {
     if (host.stopped || typeof desired !== "object" || desired === null) return;
     const { config, errors, refused } = parseDesiredConfig(desired);
@@ -332,15 +331,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         outcomes[name] = { value: current[name](), status: ACK_FAILED, description: message(e) };
       }
     }
-    const version = desiredVersion(desired);
-    const fresh: Record<string, AckOutcome> = {};
-    for (const [name, o] of Object.entries(outcomes)) {
-      const key = JSON.stringify([o, version]);
-      if (acked.get(name) === key) continue;
-      acked.set(name, key);
-      fresh[name] = o;
-    }
-    host.ackDesired(fresh, version);
+    host.ackDesired(outcomes, desiredVersion(desired));
     try {
       const acks = ackIdsOf(desired.acks);
       if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
