@@ -60,7 +60,11 @@ export const ERRORS = {
     group: "config",
     meaning: "the CA certificate named by FLOTILLA_CA_CERT cannot be read",
   },
-  E_CONFIG_CONFLICT: { group: "config", meaning: "two CLI options that exclude each other were both given" },
+  E_CONFIG_CONFLICT: {
+    group: "config",
+    meaning: "two options that exclude each other were both given (e.g. a robust aggregator with secure aggregation)",
+  },
+  E_CONFIG_AGGREGATOR: { group: "config", meaning: "an invalid --aggregator spec or job aggregator" },
   E_CONFIG_DATASET: { group: "config", meaning: "an unknown or unusable dataset name" },
   E_CONFIG_FLEET_TRACE: {
     group: "config",
@@ -315,6 +319,10 @@ export const ERRORS = {
   E_STRATEGY_NONFINITE: { group: "strategy", meaning: "weights or an update contain NaN or Infinity" },
   E_STRATEGY_OPTIONS: { group: "strategy", meaning: "an invalid strategy or accumulator option" },
   E_STRATEGY_ROUND: { group: "strategy", meaning: "an invalid round number" },
+  E_ROBUST_DROPPED: {
+    group: "strategy",
+    meaning: "a robust aggregator left a device's update out of the round's aggregate (reason in the round record)",
+  },
   E_STRATEGY_SAMPLES: { group: "strategy", meaning: "an update's sample count is not a number > 0" },
   E_STRATEGY_SIZE: { group: "strategy", meaning: "weights, an update or an aggregate have the wrong length" },
   E_STRATEGY_WEIGHT: {

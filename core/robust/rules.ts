@@ -281,3 +281,42 @@ export function boundNorms(
   });
   return { inputs: out, bound: c, clipped };
 }
+
+/**
+ * FLTrust (Cao, Fang, Liu, Gong, "FLTrust: Byzantine-robust Federated Learning via Trust Bootstrapping", NDSS 2021,
+ * Algorithm 1): the server trains its own update g₀ on a small clean root dataset; each update's trust score is
+ * TS_k = ReLU(cos(Δ_k, g₀)); each update is rescaled to ‖g₀‖ and the aggregate is Σ TS_k·(‖g₀‖/‖Δ_k‖)·Δ_k / Σ TS_k.
+ * Updates with TS_k = 0 are dropped; when every score is 0 the aggregate is zero (the model is kept).
+ */
+export function flTrust(
+  inputs: readonly RobustInput[],
+  root: Float32Array,
+): RobustOutput & { readonly scores: readonly number[] } {
+  const d = check(inputs, "fltrust");
+  if (root.length !== d) fail("E_STRATEGY_SIZE", `fltrust: the root update has ${root.length} values, expected ${d}`);
+  const rootNorm = l2Norm(root);
+  const out = new Float64Array(d);
+  const scores: number[] = [];
+  let total = 0;
+  const kept: string[] = [];
+  const dropped: { deviceId: string; reason: string }[] = [];
+  for (const u of inputs) {
+    const norm = l2Norm(u.delta);
+    let dot = 0;
+    for (let i = 0; i < d; i++) dot += u.delta[i]! * root[i]!;
+    const cos = norm > 0 && rootNorm > 0 ? dot / (norm * rootNorm) : 0;
+    const ts = Math.max(0, cos);
+    scores.push(ts);
+    if (ts === 0) {
+      dropped.push({ deviceId: u.deviceId, reason: `fltrust: cosine ${cos.toFixed(3)} to the root update is not positive` });
+      continue;
+    }
+    kept.push(u.deviceId);
+    total += ts;
+    const s = (ts * rootNorm) / norm;
+    for (let i = 0; i < d; i++) out[i]! += s * u.delta[i]!;
+  }
+  const delta = new Float32Array(d);
+  if (total > 0) for (let i = 0; i < d; i++) delta[i] = out[i]! / total;
+  return { delta, kept, dropped, scores };
+}

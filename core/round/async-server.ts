@@ -31,6 +31,7 @@ import {
 } from "./async-engine";
 import type { RoundClock } from "./clock";
 import { RoundCloser } from "./close";
+import { beginRoundAggregation } from "./aggregation";
 import { decodeDeviceFrame, trainFrame } from "./frames";
 import { downlinkModel, type JobOptions, type ModelRecord } from "./server";
 
@@ -66,7 +67,17 @@ export interface AsyncServerEvents {
 
 export interface AsyncJobOptions extends Pick<
   JobOptions,
-  "jobId" | "layout" | "evaluate" | "abortSignal" | "uplink" | "downlink" | "dp" | "secureAggregation"
+    | "jobId"
+  | "layout"
+  | "evaluate"
+  | "abortSignal"
+  | "uplink"
+  | "downlink"
+  | "dp"
+  | "secureAggregation"
+  | "aggregator"
+  | "rootUpdate"
+  | "interceptor"
 > {
   /** Flushes to run (the job stops after version `versions`). */
   readonly versions: number;
@@ -141,6 +152,8 @@ export async function runAsyncJob(
   });
   const ev = opts.events;
   const records: AsyncRecord[] = [];
+  /** The last global step: centered clipping's reference. */
+  let previousStep: Float32Array | undefined;
   const diverged = (version: number): boolean => {
     const reason = nonFiniteModelReason(strategy.weights, version, opts.layout);
     if (reason !== undefined) ev?.onDiverged?.(version, reason);
@@ -223,16 +236,18 @@ export async function runAsyncJob(
 
   const flush = async (entries: readonly BufferEntry[]): Promise<void> => {
     const next = state.version + 1;
-    const inner = strategy.beginAggregate(next);
     const global = strategy.weights;
-    const aggregation = opts.dp
-      ? opts.dp.aggregate(inner, {
-          round: next,
-          layoutHash: opts.layout.hash,
-          length: global.length,
-          current: global,
-        })
-      : inner;
+    const aggregation = beginRoundAggregation(strategy, next, {
+      layoutHash: opts.layout.hash,
+      ...(opts.dp ? { dp: opts.dp } : {}),
+      ...(opts.aggregator ? { aggregator: opts.aggregator } : {}),
+      ...(opts.aggregator?.rule === "fltrust" && opts.rootUpdate
+        ? { rootDelta: await opts.rootUpdate(global, next) }
+        : {}),
+      ...(previousStep ? { reference: previousStep } : {}),
+      ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+    });
+    const before = opts.aggregator?.rule === "centered-clip" ? global.slice() : undefined;
     const closer = new RoundCloser({ round: next, aggregation, layoutHash: opts.layout.hash });
     for (const e of entries) {
       const u = pending.get(e.updateId);
@@ -246,6 +261,7 @@ export async function runAsyncJob(
     }
     const out = closer.finish([]);
     if (out.weights !== strategy.weights) strategy.weights.set(out.weights);
+    if (before) previousStep = Float32Array.from(strategy.weights, (w, i) => w - before[i]!);
     const endedAt = clock.now();
     advance({ type: "flushed", newVersion: next, now: endedAt });
     const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
@@ -268,6 +284,7 @@ export async function runAsyncJob(
       endedAt,
       counters: state.counters,
       ...(opts.dp && dp ? { dp } : {}),
+      ...(out.robust ? { robust: out.robust } : {}),
     };
     records.push(record);
     ev?.onRoundEnd?.(record);

@@ -18,6 +18,7 @@ import type {
   UpdateReport,
 } from "../strategies/strategy";
 import { nonFiniteModelReason } from "../tensor/finite";
+import type { RobustReport, RobustRoundResult } from "../robust/aggregation";
 import type { WeightLayout } from "../tensor/layout";
 import { boundSamples, E_ROUND_SAMPLES, type SamplePolicy } from "./samples";
 
@@ -40,8 +41,13 @@ export interface RoundOutcome {
   readonly weights: Float32Array;
   /** The strategy's round metrics (training loss and accuracy of the aggregated updates). */
   readonly metrics: RoundMetrics;
-  /** Devices whose update is in the model, in arrival order. */
+  /**
+   * Devices whose update was accepted into the aggregation, in arrival order. A robust rule may still leave some
+   * of them out of the aggregate: `robust.kept` / `robust.dropped` say which.
+   */
   readonly completed: readonly string[];
+  /** The robust aggregation's report (core/robust/aggregation.ts), when the job has a robust aggregator. */
+  readonly robust?: RobustReport;
   readonly failures: readonly FitFailure[];
   /** `aggregated` when at least one update went in; `failed` otherwise (the model is kept). */
   readonly status: "aggregated" | "failed";
@@ -155,7 +161,7 @@ export class RoundCloser {
     for (const id of participants)
       if (!this.done.has(id)) this.fail(id, "E_ROUND_TIMEOUT", "no update before the round deadline");
     const count = this.o.aggregation.count;
-    const { weights, metrics } = this.o.aggregation.finish(this.failures);
+    const { weights, metrics, robust } = this.o.aggregation.finish(this.failures) as RobustRoundResult;
     const diverged = nonFiniteModelReason(weights, this.o.round, layout);
     return {
       round: this.o.round,
@@ -165,6 +171,7 @@ export class RoundCloser {
       failures: this.failures,
       status: count > 0 ? "aggregated" : "failed",
       ...(diverged !== undefined ? { diverged } : {}),
+      ...(robust ? { robust } : {}),
       slowestTrainMs: this.slowest,
       sampleCountClipped: this.clipped,
       sampleCountRejected: this.failures.filter((f) => f.code === E_ROUND_SAMPLES).length,

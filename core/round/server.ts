@@ -14,6 +14,9 @@ import type { ClientInfo } from "../strategies/strategy";
 import { openRound, step, type RoundEvent } from "./engine";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
+import type { RobustReport } from "../robust/aggregation";
+import type { AggregatorSpec } from "../robust/spec";
+import { beginRoundAggregation, type RoundInterceptor } from "./aggregation";
 
 /**
  * What every new global model's record holds, whether a synchronous round (RoundRecord) or an asynchronous flush
@@ -38,6 +41,8 @@ export interface ModelRecord {
   readonly endedAt: number;
   /** Differential privacy: clip norm, noise, whether anything was released, and ε spent so far. */
   readonly dp?: DpRoundRecord;
+  /** Robust aggregation: the rule, the bound, who was kept and dropped and why, per-device norm and cosine. */
+  readonly robust?: RobustReport;
 }
 
 export interface RoundRecord extends ModelRecord {
@@ -94,6 +99,12 @@ export interface JobOptions {
    * round that would exceed the budget; `dp.status` then says so.
    */
   readonly dp?: DifferentialPrivacy;
+  /** Robust aggregation (core/robust/spec.ts); unset: the strategy's own weighted mean. */
+  readonly aggregator?: AggregatorSpec;
+  /** FLTrust: the server's update on its root dataset from the round's global model. */
+  readonly rootUpdate?: (global: Float32Array, round: number) => Promise<Float32Array>;
+  /** Simulator only: an interceptor outermost in each round's aggregation chain (attacks). */
+  readonly interceptor?: RoundInterceptor;
   /**
    * The time and arrivals the rounds run on (core/round/clock.ts): every time read and wait of a plain round goes
    * through it. Default: a RealClock over the transport, one per round (secure rounds always run on real time).
@@ -130,10 +141,11 @@ export async function runJob(
     return reason !== undefined;
   };
   if (diverged(0)) return records;
+  const carry: RoundCarry = {};
   for (let round = 1; round <= opts.rounds; round++) {
     if (opts.abortSignal?.aborted) break;
     if (opts.dp && !opts.dp.allowsNextRound()) break;
-    const record = await runRound(strategy, transport, round, opts);
+    const record = await runRound(strategy, transport, round, opts, carry);
     records.push(record);
     opts.events?.onRoundEnd?.(record);
     if (diverged(round)) break;
@@ -151,6 +163,7 @@ export async function runRound(
   transport: ServerTransport,
   round: number,
   opts: JobOptions,
+  carry: RoundCarry = {},
 ): Promise<RoundRecord> {
   const t0 = performance.now();
   const up0 = transport.stats.uplinkBytes;
@@ -171,15 +184,16 @@ export async function runRound(
   const global = strategy.weights;
   const { weights: carried, modelHash } = downlinkModel(global, round, opts);
   const deadline = startedAt + opts.roundTimeoutInMs;
-  const inner = strategy.beginAggregate(round);
-  const aggregation = opts.dp
-    ? opts.dp.aggregate(inner, {
-        round,
-        layoutHash: opts.layout.hash,
-        length: global.length,
-        current: global,
-      })
-    : inner;
+  const aggregation = beginRoundAggregation(strategy, round, {
+    layoutHash: opts.layout.hash,
+    ...(opts.dp ? { dp: opts.dp } : {}),
+    ...(opts.aggregator ? { aggregator: opts.aggregator } : {}),
+    ...(opts.aggregator?.rule === "fltrust" && opts.rootUpdate
+      ? { rootDelta: await opts.rootUpdate(global, round) }
+      : {}),
+    ...(carry.previousStep ? { reference: carry.previousStep } : {}),
+    ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+  });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
   let state = openRound({
@@ -226,7 +240,7 @@ export async function runRound(
       },
       opts.secureAggregation,
     );
-    return closeRound(strategy, transport, closer, opts, {
+    return closeRound(strategy, transport, closer, opts, carry, {
       participants,
       t0,
       up0,
@@ -319,7 +333,7 @@ export async function runRound(
   } finally {
     if (ownClock) clock!.close();
   }
-  return closeRound(strategy, transport, closer, opts, { participants, t0, up0, down0, startedAt, endedAt });
+  return closeRound(strategy, transport, closer, opts, carry, { participants, t0, up0, down0, startedAt, endedAt });
 }
 
 /**
@@ -331,6 +345,7 @@ async function closeRound(
   transport: ServerTransport,
   closer: RoundCloser,
   opts: JobOptions,
+  carry: RoundCarry,
   r: {
     participants: string[];
     t0: number;
@@ -341,8 +356,11 @@ async function closeRound(
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
+  const before = opts.aggregator?.rule === "centered-clip" ? strategy.weights.slice() : undefined;
   const out = closer.finish(r.participants);
   if (out.weights !== strategy.weights) strategy.weights.set(out.weights);
+  // Centered clipping clips around the previous round's step (Karimireddy et al. 2021 use the momentum).
+  if (before) carry.previousStep = Float32Array.from(strategy.weights, (w, i) => w - before[i]!);
   const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
   return {
@@ -362,7 +380,13 @@ async function closeRound(
     slowestTrainMs: out.slowestTrainMs,
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(opts.dp && dp ? { dp } : {}),
+    ...(out.robust ? { robust: out.robust } : {}),
   };
+}
+
+/** What one round of a job leaves for the next: the last global step (centered clipping's reference). */
+export interface RoundCarry {
+  previousStep?: Float32Array;
 }
 
 /** The global model as sent: raw float32, or one envelope per round shared by every participant. */

@@ -245,13 +245,7 @@ export class FedAvg implements Strategy {
         fail("E_STRATEGY_DUPLICATE", `round ${state.round}: a second update from '${r.deviceId}'`);
       }
       const d = r.delta;
-      const n = r.numSamples;
-      if (typeof n !== "number" || !(n > 0 && n <= Number.MAX_SAFE_INTEGER)) {
-        fail(
-          "E_STRATEGY_SAMPLES",
-          `update from '${r.deviceId}' reports ${n} samples (expected a number > 0)`,
-        );
-      }
+      const n = checkSamples(r);
       // FedBuff's staleness weight: n·s(τ) in the sum, n in the denominator (never normalised away).
       const s = checkDiscount(r);
       if (d instanceof Float32Array) {
@@ -363,6 +357,15 @@ export function allFinite(x: Float32Array): boolean {
   let s = 0;
   for (let i = 0; i < x.length; i++) s += x[i];
   return Number.isFinite(s);
+}
+
+/** An update's sample count: a number in (0, 2^53) (E_STRATEGY_SAMPLES). */
+export function checkSamples(r: Pick<FitResult, "deviceId" | "numSamples">): number {
+  const n = r.numSamples;
+  if (typeof n !== "number" || !(n > 0 && n <= Number.MAX_SAFE_INTEGER)) {
+    fail("E_STRATEGY_SAMPLES", `update from '${r.deviceId}' reports ${n} samples (expected a number > 0)`);
+  }
+  return n;
 }
 
 /** An update's staleness discount s(τ): 1 when absent, else a number in (0, 1] (E_STRATEGY_WEIGHT). */

@@ -71,6 +71,7 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("partition") !== undefined) c.partition = s("partition")!;
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
+  if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -711,6 +712,10 @@ export function buildProgram(): Command {
       "iid | shards[:K] | dirichlet:ALPHA (sensors default: each device's own data)",
     )
     .option("--strategy <name>", "fedavg | fedprox | fedavgm | fedadam | fedyogi | fedadagrad")
+    .option(
+      "--aggregator <spec>",
+      "robust aggregation: mean (default) | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust | default; prefix norm:C+ or norm:qQ+ to bound update norms (docs/robustness.md)",
+    )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)
     .option("--lr <x>", "local learning rate")

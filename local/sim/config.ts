@@ -1,3 +1,4 @@
+import { checkAggregatorCompatible, formatAggregator, parseAggregator } from "../../core/robust/spec";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { isPresetKind } from "../../core/engine/graph";
@@ -35,6 +36,12 @@ export interface SimConfig {
   /** iid | shards[:K] | dirichlet:ALPHA; "natural" keeps each simulated sensor device's own data. */
   partition: string;
   strategy: string;
+  /**
+   * Robust aggregation (core/robust/spec.ts, docs/robustness.md): mean | median | trimmed-mean:B | krum:F |
+   * multi-krum:F,M | geomed | centered-clip:TAU | fltrust | default, optionally after norm:C or norm:qQ+;
+   * unset = mean (the strategy's own streaming weighted mean).
+   */
+  aggregator?: string;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -358,6 +365,11 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   validateDpConfig(c);
   validateFleetConfig(c);
+  if (c.aggregator !== undefined) {
+    const spec = parseAggregator(c.aggregator);
+    checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
+    c.aggregator = formatAggregator(spec);
+  }
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);

@@ -1,3 +1,5 @@
+import { parseAggregator } from "../../core/robust/spec";
+import type { RobustReport } from "../../core/robust/aggregation";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
@@ -55,6 +57,8 @@ export interface RoundSummary {
   epsilon?: number;
   /** Differential privacy: clip norm, noise, released or not, and ε spent so far (after this round). */
   dp?: DpRoundRecord;
+  /** Robust aggregation (docs/robustness.md): the rule, the bound, who was kept and dropped, per-device statistics. */
+  robust?: RobustReport;
   /** With a fleet trace: when the round opened and closed, virtual seconds from the trace's start. */
   virtualStartS?: number;
   virtualEndS?: number;
@@ -280,6 +284,7 @@ export async function simulate(
         })
       : undefined;
 
+  const aggregator = config.aggregator !== undefined ? parseAggregator(config.aggregator) : undefined;
   const dpOptions = dpOptionsOf(config);
   const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
   const rejected: Record<string, number> = {};
@@ -358,6 +363,7 @@ export async function simulate(
       abortSignal: abort.signal,
       uplink,
       downlink,
+      ...(aggregator ? { aggregator } : {}),
       dp,
       pick: async (count, exclude, version) => {
         const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
@@ -399,6 +405,7 @@ export async function simulate(
             virtualEndS: rec.endedAt / 1000,
             late: rec.counters.late - late0,
             staleness: rec.staleness,
+            ...(rec.robust ? { robust: rec.robust } : {}),
             ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
             ...extra,
             ...fleetEvaluation(rec.round),
@@ -438,6 +445,7 @@ export async function simulate(
         downlink: parseCompression(config.downlinkCompression),
         secureAggregation,
         dp,
+        ...(aggregator ? { aggregator } : {}),
       });
     }
   } finally {
@@ -598,6 +606,7 @@ function summarize(r: RoundRecord): RoundSummary {
     slowestTrainMs: Math.round(r.slowestTrainMs),
     ...(r.secagg ? { secagg: { ...r.secagg, meanBytesPerDevice: meanBytes(r.secagg.bytesPerDevice) } } : {}),
     ...(r.dp ? { epsilon: r.dp.epsilon, dp: r.dp } : {}),
+    ...(r.robust ? { robust: r.robust } : {}),
   };
 }
 

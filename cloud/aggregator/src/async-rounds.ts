@@ -18,6 +18,7 @@
  */
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser } from "../../../core/round/close";
+import { beginRoundAggregation } from "../../../core/round/aggregation";
 import {
   flushable,
   oldestAccepted,
@@ -199,7 +200,7 @@ export class AsyncRounds {
     const { strategy, reset } = await this.hooks.strategyAt(job, e.version);
     const closer = new RoundCloser({
       round: next,
-      aggregation: strategy.beginAggregate(next),
+      aggregation: beginRoundAggregation(strategy, next, { layoutHash: job.layoutHash }),
       samplePolicy: d,
       layoutHash: job.layoutHash,
       log: (line) => this.services.log(`async ${d.jobId}/${next}: ${line}`),

@@ -37,6 +37,7 @@ import { parseCompression } from "../../../core/compress";
 import { exportOnnx } from "../../../core/export/onnx";
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser, type RoundOutcome } from "../../../core/round/close";
+import { beginRoundAggregation } from "../../../core/round/aggregation";
 import { openRound as newRound, step as engineStep, type RoundEvent } from "../../../core/round/engine";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
@@ -959,13 +960,9 @@ export class Orchestrator {
     strategy: Strategy,
     dp: DifferentialPrivacy | undefined,
   ): RoundAggregation {
-    const inner = strategy.beginAggregate(st.round);
-    if (!dp) return inner;
-    return dp.aggregate(inner, {
-      round: st.round,
+    return beginRoundAggregation(strategy, st.round, {
       layoutHash: job.layoutHash,
-      length: job.modelLength,
-      current: strategy.weights,
+      ...(dp ? { dp } : {}),
     });
   }
 
