@@ -4,6 +4,7 @@ import {
   boundNorms,
   centeredClip,
   coordinateMedian,
+  flTrust,
   geometricMedian,
   l2Norm,
   multiKrum,
@@ -127,4 +128,39 @@ test("median and trimmed mean (selection, not sorting) equal a sort-based refere
       }
     }
   }
+});
+
+test("FLTrust by hand (Cao et al. 2021, Algorithm 1): ReLU-cosine trust, each update rescaled to the root's norm", () => {
+  const u = (id: string, ...v: number[]): RobustInput => ({
+    deviceId: id,
+    delta: Float32Array.from(v),
+    weight: 99,
+  });
+  const root = Float32Array.of(2, 0);
+  const r = flTrust(
+    [u("same", 4, 0), u("orthogonal", 0, 3), u("diagonal", 1, 1), u("against", -1, 0.1)],
+    root,
+  );
+  const c = Math.SQRT1_2;
+  // same: trust 1, rescaled to (2, 0); diagonal: trust 1/√2, rescaled to (√2, √2); the others trust 0.
+  assert.deepEqual(
+    r.scores.map((x) => Math.round(x * 1e6) / 1e6),
+    [1, 0, Math.round(c * 1e6) / 1e6, 0],
+  );
+  const want = [(2 + c * Math.SQRT2) / (1 + c), (c * Math.SQRT2) / (1 + c)];
+  assert.ok(near(r.delta, want, 1e-6), `${Array.from(r.delta)} vs ${want}`);
+  assert.deepEqual(r.kept, ["same", "diagonal"]);
+  assert.deepEqual(
+    r.dropped.map((d) => d.deviceId),
+    ["orthogonal", "against"],
+  );
+  // The weights (sample counts) do not enter: FLTrust weighs by trust only.
+  const light = flTrust([{ ...u("same", 4, 0), weight: 1 }, u("diagonal", 1, 1)], root);
+  const heavy = flTrust([u("same", 4, 0), { ...u("diagonal", 1, 1), weight: 1e6 }], root);
+  assert.deepEqual(Array.from(light.delta), Array.from(heavy.delta));
+  // Nobody trusted: a zero aggregate; a zero root trusts nobody; a zero update is dropped, not divided by.
+  assert.deepEqual(Array.from(flTrust([u("against", -1, 0)], root).delta), [0, 0]);
+  assert.deepEqual(flTrust([u("same", 4, 0)], new Float32Array(2)).kept, []);
+  assert.deepEqual(flTrust([u("zero", 0, 0), u("same", 4, 0)], root).kept, ["same"]);
+  assert.throws(() => flTrust([u("same", 4, 0)], Float32Array.of(1)), { code: "E_STRATEGY_SIZE" });
 });
