@@ -4,6 +4,7 @@ import { isFlotillaError, fail } from "../../core/errors";
 import { loggerFromEnv, type Logger } from "../../core/log";
 import {
   DEFAULT_CONFIG,
+  DEFAULT_ROOT_SAMPLES,
   PRESETS,
   nonNegativeInt,
   nonNegativeNumber,
@@ -72,6 +73,8 @@ function buildSimConfig(o: RawOptions): SimConfig {
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
   if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
+  if (s("rootSamples") !== undefined)
+    c.rootSamples = nonNegativeInt("root-samples", s("rootSamples")!, L.rootSamples);
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -715,6 +718,10 @@ export function buildProgram(): Command {
     .option(
       "--aggregator <spec>",
       "robust aggregation: mean (default) | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust | default; prefix norm:C+ or norm:qQ+ to bound update norms (docs/robustness.md)",
+    )
+    .option(
+      "--root-samples <n>",
+      `fltrust: the server's clean root dataset, held by no device and not in the test set (at most ${SIM_LIMITS.rootSamples}; default ${DEFAULT_ROOT_SAMPLES})`,
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

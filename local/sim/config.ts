@@ -42,6 +42,12 @@ export interface SimConfig {
    * unset = mean (the strategy's own streaming weighted mean).
    */
   aggregator?: string;
+  /**
+   * FLTrust (`--aggregator fltrust`): the size of the server's clean root dataset (Cao et al. 2021 use ~100
+   * samples), drawn from data no device holds and not from the test set (local/sim/data.ts). Set (default
+   * DEFAULT_ROOT_SAMPLES) only for fltrust; results.json's config records it.
+   */
+  rootSamples?: number;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -132,6 +138,9 @@ export interface SimConfig {
    */
   virtualHours?: number;
 }
+
+/** FLTrust's root dataset when --root-samples is not given (Cao et al. 2021 use 100 clean samples). */
+export const DEFAULT_ROOT_SAMPLES = 100;
 
 /** Round modes of --mode. */
 export const MODES = ["sync", "async"] as const;
@@ -235,6 +244,8 @@ export const SIM_LIMITS = {
   roundDeadlineS: 366 * 86_400,
   concurrency: 100_000,
   buffer: 100_000,
+  /** FLTrust's root dataset: a server-side training set, trained on every round. */
+  rootSamples: 100_000,
   maxStaleness: 1_000_000,
 } as const;
 
@@ -321,6 +332,7 @@ function checkRanges(c: SimConfig): void {
     ["concurrency", c.concurrency, L.concurrency],
     ["buffer", c.buffer, L.buffer],
     ["max-staleness", c.maxStaleness, L.maxStaleness],
+    ["root-samples", c.rootSamples, L.rootSamples],
   ];
   for (const [name, v, max] of checks) if (v !== undefined) atMost(name, v, max);
 }
@@ -365,10 +377,23 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   validateDpConfig(c);
   validateFleetConfig(c);
-  if (c.aggregator !== undefined) {
-    const spec = parseAggregator(c.aggregator);
+  const spec = c.aggregator !== undefined ? parseAggregator(c.aggregator) : undefined;
+  if (spec) {
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
     c.aggregator = formatAggregator(spec);
+  }
+  if (spec?.rule === "fltrust") {
+    c.rootSamples ??= DEFAULT_ROOT_SAMPLES;
+    if (!(Number.isSafeInteger(c.rootSamples) && c.rootSamples >= 1))
+      fail(
+        "E_CONFIG_AGGREGATOR",
+        `aggregator '${c.aggregator}' needs the server's root dataset: --root-samples must be a positive integer, got ${c.rootSamples}`,
+      );
+  } else if (c.rootSamples !== undefined) {
+    fail(
+      "E_CONFIG_CONFLICT",
+      `--root-samples is FLTrust's root dataset: it needs --aggregator fltrust (got ${c.aggregator ?? "mean"})`,
+    );
   }
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
