@@ -8,6 +8,7 @@ import {
   geometricMedian,
   l2Norm,
   multiKrum,
+  pairwiseSquaredDistances,
   trimmedMean,
   weightedMean,
   type RobustInput,
@@ -163,4 +164,67 @@ test("FLTrust by hand (Cao et al. 2021, Algorithm 1): ReLU-cosine trust, each up
   assert.deepEqual(flTrust([u("same", 4, 0)], new Float32Array(2)).kept, []);
   assert.deepEqual(flTrust([u("zero", 0, 0), u("same", 4, 0)], root).kept, ["same"]);
   assert.throws(() => flTrust([u("same", 4, 0)], Float32Array.of(1)), { code: "E_STRATEGY_SIZE" });
+});
+
+test("blocked pairwise distances equal the naive loop's (to float64 rounding), and Krum picks the same updates", () => {
+  let s = 5;
+  const rand = (): number => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5;
+  const naive = (a: Float32Array, b: Float32Array): number => {
+    let t = 0;
+    for (let i = 0; i < a.length; i++) t += (a[i]! - b[i]!) ** 2;
+    return t;
+  };
+  // Sizes around the block (1024 coordinates) and the four-wide register blocking (n mod 4).
+  for (const [n, d] of [
+    [1, 10],
+    [2, 1],
+    [3, 1023],
+    [5, 1024],
+    [6, 1025],
+    [9, 3000],
+    [12, 2049],
+  ] as const) {
+    const vs = Array.from({ length: n }, () => Float32Array.from({ length: d }, () => rand() * 10));
+    const got = pairwiseSquaredDistances(vs);
+    for (let a = 0; a < n; a++)
+      for (let b = 0; b < n; b++) {
+        const want = a === b ? 0 : naive(vs[a]!, vs[b]!);
+        assert.ok(
+          Math.abs(got[a * n + b]! - want) <= 1e-12 * Math.max(1, want),
+          `n=${n} d=${d} (${a}, ${b})`,
+        );
+        assert.equal(got[a * n + b], got[b * n + a]);
+      }
+  }
+  assert.throws(() => pairwiseSquaredDistances([new Float32Array(2), new Float32Array(3)]), {
+    code: "E_STRATEGY_SIZE",
+  });
+  // Krum on the blocked distances chooses what a naive Krum chooses.
+  const inputs = round(
+    15,
+    3,
+    Array.from({ length: 2500 }, (_, i) => Math.sin(i)),
+    Array(2500).fill(3),
+  );
+  for (const u of inputs) for (let i = 0; i < u.delta.length; i++) u.delta[i]! += rand();
+  const f = 3;
+  const scores = inputs.map((u, a) =>
+    inputs
+      .filter((_, b) => b !== a)
+      .map((v) => naive(u.delta, v.delta))
+      .sort((x, y) => x - y)
+      .slice(0, inputs.length - f - 2)
+      .reduce((x, y) => x + y, 0),
+  );
+  const best = scores
+    .map((sc, k) => [sc, k] as const)
+    .sort((x, y) => x[0] - y[0] || x[1] - y[1])
+    .slice(0, 5)
+    .map(([, k]) => inputs[k]!.deviceId);
+  assert.deepEqual(
+    multiKrum(inputs, f, 5).kept,
+    [...best].sort(
+      (x, y) => inputs.findIndex((u) => u.deviceId === x) - inputs.findIndex((u) => u.deviceId === y),
+    ),
+  );
 });
