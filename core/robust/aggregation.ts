@@ -263,7 +263,7 @@ class BufferedRobust implements RoundAggregation {
     let bound: number | undefined;
     let clipped = new Set<string>();
     if (spec.bound) {
-      const b = boundNorms(inputs, spec.bound);
+      const b = boundNorms(inputs, spec.bound, norms);
       inputs = b.inputs;
       bound = b.bound;
       clipped = new Set(b.clipped);

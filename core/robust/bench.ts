@@ -121,7 +121,8 @@ export function benchRobust(o: RobustBenchOptions): RobustBenchResult {
     strategy.initialize(new Float32Array(d));
     return { ms, ruleMs: out.robust?.ms ?? 0, held: mem.arrayBuffers - before, rss: mem.rss };
   };
-  for (let k = 0; k < specs.length; k++) once(k); // warm-up: JIT, first touch
+  // Warm-up: JIT, first touch of the pages.
+  for (let k = 0; k < specs.length; k++) o.onProgress?.(`${texts[k]}: warm-up ${once(k).ms.toFixed(0)} ms`);
   const runs = specs.map(() => ({ ms: [] as number[], ruleMs: [] as number[], held: 0, rss: 0 }));
   for (let r = 0; r < repeats; r++) {
     for (let k = 0; k < specs.length; k++) {

@@ -328,9 +328,11 @@ export function centeredClip(
 export function boundNorms(
   inputs: readonly RobustInput[],
   bound: { readonly fixed: number } | { readonly quantile: number },
+  /** The inputs' L2 norms when the caller has them already (one pass over the round saved). */
+  known?: readonly number[],
 ): { readonly inputs: RobustInput[]; readonly bound: number; readonly clipped: readonly string[] } {
   check(inputs, "norm-bound");
-  const norms = inputs.map((u) => l2Norm(u.delta));
+  const norms = known?.length === inputs.length ? known : inputs.map((u) => l2Norm(u.delta));
   let c: number;
   if ("fixed" in bound) {
     if (!(bound.fixed > 0))
