@@ -988,23 +988,6 @@ export function buildProgram(): Command {
       exitCode = await runBenchAggregate(opts);
     });
   bench
-    .command("robust")
-    .description(
-      "robust aggregators (docs/robustness.md): one round's time per rule next to the plain streaming mean " +
-        "(same process, interleaved runs, medians), and the memory a round holds",
-    )
-    .option("--updates <n>", `updates per round (at most ${BENCH_LIMITS.updates})`, "100")
-    .option("--params <n>", `parameters per update (at most ${BENCH_LIMITS.params})`, "1000000")
-    .option("--repeats <n>", `timed runs per rule (median; at most ${BENCH_LIMITS.repeats})`, "3")
-    .option(
-      "--rules <specs>",
-      "aggregator specs separated by spaces or ';' (norm:C+RULE: a fixed bound at the median norm; default: every rule)",
-    )
-    .option("--json", "print one JSON object")
-    .action(async (opts: RawOptions) => {
-      exitCode = await runBenchRobust(opts);
-    });
-  bench
     .command("secagg")
     .description(
       "secure aggregation (SecAgg+): one device's compute, the server's unmasking, bytes per device",
@@ -1056,6 +1039,23 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchMetrics(opts);
+    });
+  bench
+    .command("robust")
+    .description(
+      "robust aggregators (docs/robustness.md): one round's time per rule next to the plain streaming mean " +
+        "(same process, interleaved runs, medians), and the memory a round holds",
+    )
+    .option("--updates <n>", `updates per round (at most ${BENCH_LIMITS.updates})`, "100")
+    .option("--params <n>", `parameters per update (at most ${BENCH_LIMITS.params})`, "1000000")
+    .option("--repeats <n>", `timed runs per rule (median; at most ${BENCH_LIMITS.repeats})`, "3")
+    .option(
+      "--rules <specs>",
+      "aggregator specs separated by spaces or ';' (norm:C+RULE: a fixed bound at the median norm; default: every rule)",
+    )
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchRobust(opts);
     });
   registerPrivacyCommand(program);
   registerFleetTraceCommand(program);
