@@ -88,6 +88,11 @@ export interface RobustReport {
   readonly devices: readonly RobustDeviceStats[];
   /** Time the rule took, ms. */
   readonly ms: number;
+  /**
+   * Secure aggregation with `norm:C+mean`: the bound was applied by each device before masking (the round order
+   * carried it, core/round/update-pipeline.ts boundDelta); the server saw only the sum and could not check it.
+   */
+  readonly onDevices?: true;
 }
 
 /** A round result with the robust aggregation's report. */
@@ -154,6 +159,8 @@ function secureRefused(ctx: RobustContext): never {
 class StreamingBound implements RoundAggregation {
   private readonly seen = new Set<string>();
   private clipped = 0;
+  /** The round came as a secure sum (bounded on the devices). */
+  private onDevices = false;
   constructor(
     private readonly inner: RoundAggregation,
     private readonly ctx: RobustContext,
@@ -177,8 +184,13 @@ class StreamingBound implements RoundAggregation {
     this.seen.add(r.deviceId);
   }
   addAggregate(a: SecureAggregate): void {
-    if (this.ctx.spec.bound !== undefined) secureRefused(this.ctx);
+    // A secure sum: only a fixed bound can apply, and the devices applied it before masking (the round order says
+    // so: core/round/update-pipeline.ts boundDelta); the server cannot check it (docs/robustness.md).
+    const bound = this.ctx.spec.bound;
+    if (bound !== undefined && !("fixed" in bound)) secureRefused(this.ctx);
     this.inner.addAggregate(a);
+    for (const id of a.deviceIds) this.seen.add(id);
+    this.onDevices = true;
   }
   finish(failures: readonly FitFailure[]): RobustRoundResult {
     const out = this.inner.finish(failures);
@@ -194,6 +206,7 @@ class StreamingBound implements RoundAggregation {
         aggregateNorm: NaN,
         devices: [],
         ms: 0,
+        ...(this.onDevices ? { onDevices: true as const } : {}),
       },
     };
   }

@@ -368,6 +368,11 @@ export function validateConfig(c: SimConfig): SimConfig {
   if (c.aggregator !== undefined) {
     const spec = parseAggregator(c.aggregator);
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
+    if (spec.rule === "fltrust" && c.transport === "iothub")
+      fail(
+        "E_CONFIG_CONFLICT",
+        "--aggregator fltrust needs the server's root update each round: the Function trains nothing, so use --transport memory (docs/robustness.md)",
+      );
     c.aggregator = formatAggregator(spec);
   }
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
