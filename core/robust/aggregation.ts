@@ -53,6 +53,12 @@ export interface RobustContext {
   readonly rootDelta?: Float32Array;
   /** Centered clipping: the reference to clip around (the previous round's aggregate); unset: zero. */
   readonly reference?: Float32Array;
+  /**
+   * Secure rounds of a `norm:C+mean` job: the round order told each device to clip its update to C before masking
+   * (core/round/update-pipeline.ts boundDelta), so the secure sum is accepted as bounded. Without it a bounded
+   * spec refuses a secure sum.
+   */
+  readonly boundOnDevices?: boolean;
 }
 
 /** One device's update as the robust aggregation saw it. */
@@ -184,10 +190,9 @@ class StreamingBound implements RoundAggregation {
     this.seen.add(r.deviceId);
   }
   addAggregate(a: SecureAggregate): void {
-    // A secure sum: only a fixed bound can apply, and the devices applied it before masking (the round order says
-    // so: core/round/update-pipeline.ts boundDelta); the server cannot check it (docs/robustness.md).
-    const bound = this.ctx.spec.bound;
-    if (bound !== undefined && !("fixed" in bound)) secureRefused(this.ctx);
+    // A secure sum: only a fixed bound applied by the devices before masking (the round order said so:
+    // core/round/update-pipeline.ts boundDelta); the server cannot check it (docs/robustness.md).
+    if (this.ctx.spec.bound !== undefined && !this.ctx.boundOnDevices) secureRefused(this.ctx);
     this.inner.addAggregate(a);
     for (const id of a.deviceIds) this.seen.add(id);
     this.onDevices = true;

@@ -193,6 +193,8 @@ export async function runRound(
       : {}),
     ...(carry.previousStep ? { reference: carry.previousStep } : {}),
     ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+    // Secure rounds order each device to apply a `norm:C+mean` bound itself (trainFrame below).
+    ...(opts.secureAggregation && deviceNormBound(opts.aggregator) !== undefined ? { boundOnDevices: true } : {}),
   });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);

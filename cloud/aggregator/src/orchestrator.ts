@@ -81,7 +81,7 @@ import { initialSecAggState, roundPolicy, secAggRecord, SecureRounds } from "./s
 import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
-import { dpOptionsOf, jobAggregator } from "./jobs/job";
+import { dpOptionsOf, jobAggregator, jobDeviceNormBound } from "./jobs/job";
 import { AsyncRounds, isAsync } from "./async-rounds";
 import type { JobDpState } from "./jobs/state";
 
@@ -837,7 +837,7 @@ export class Orchestrator {
     const dp = this.dpForRound(job, st);
     const closer = new RoundCloser({
       round: st.round,
-      aggregation: await this.aggregation(job, st.round, strategy, dp),
+      aggregation: await this.aggregation(job, st.round, strategy, dp, st.secagg !== undefined),
       samplePolicy: d,
       log: (line) => this.services.log(`round ${d.jobId}/${st.round}: ${line}`),
     });
@@ -965,6 +965,7 @@ export class Orchestrator {
     round: number,
     strategy: Strategy,
     dp: DifferentialPrivacy | undefined,
+    secure = false,
   ): Promise<RoundAggregation> {
     const aggregator = jobAggregator(job.definition);
     let reference: Float32Array | undefined;
@@ -983,6 +984,8 @@ export class Orchestrator {
       ...(dp ? { dp } : {}),
       ...(aggregator ? { aggregator } : {}),
       ...(reference ? { reference } : {}),
+      // A secure round's devices were ordered to apply a `norm:C+mean` bound themselves (dispatch.ts).
+      ...(secure && jobDeviceNormBound(job.definition) !== undefined ? { boundOnDevices: true } : {}),
     });
   }
 
