@@ -12,6 +12,7 @@ import { DEFAULT_AGGREGATOR, formatAggregator, parseAggregator } from "../../../
 import { DEFAULT_ROBUST_MAX_BYTES } from "../../../cloud/aggregator/src/jobs/job";
 import { JobRepository, type RoundRecord } from "../../../cloud/aggregator/src/jobs/state";
 import { robustMaxBytesFromEnv } from "../../../cloud/aggregator/src/aggregator";
+import { roundEventFields } from "../../../cloud/aggregator/src/telemetry";
 import {
   chunkEvents,
   ctx,
@@ -195,6 +196,14 @@ test("a sync job with aggregator median: one device's update x1000 barely moves 
   const e = robust.devices.find((d) => d.deviceId === "dev-e")!;
   const a = robust.devices.find((d) => d.deviceId === "dev-a")!;
   assert.ok(e.norm > 100 * a.norm, `attacker norm ${e.norm} vs ${a.norm}`);
+  // The round-closed event carries the summary.
+  const job = (await new JobRepository(w.store).getJob(id))!;
+  const fields = roundEventFields(job, job.rounds[0]!);
+  assert.equal(fields.aggregator, "median");
+  assert.equal(fields.robustKept, 5);
+  assert.equal(fields.robustDropped, 0);
+  assert.equal(fields.robustClipped, 0);
+  assert.ok(typeof fields.robustAggregateNorm === "number" && fields.robustAggregateNorm > 0);
 });
 
 test("a sync job with centered clipping clips round 2 around the previous global step (model 1 − model 0)", async () => {
