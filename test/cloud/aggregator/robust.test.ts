@@ -105,7 +105,6 @@ test("the job's aggregator: canonical text kept, bad specs and conflicts are one
     [{ aggregator: 3 }, "E_CONFIG_AGGREGATOR", /must be a spec string/],
     [{ aggregator: "median", ...sec }, "E_CONFIG_CONFLICT", /secure aggregation/],
     [{ aggregator: "norm:q0.5+mean", ...sec }, "E_CONFIG_CONFLICT", /secure aggregation/],
-    [{ aggregator: "default", ...sec }, "E_CONFIG_CONFLICT", /secure aggregation/],
     [{ aggregator: "norm:1+mean", ...dp }, "E_CONFIG_CONFLICT", /differential privacy/],
     [{ aggregator: "geomed", ...dp }, "E_CONFIG_CONFLICT", /differential privacy/],
     [{ aggregator: "fltrust" }, "E_CONFIG_AGGREGATOR", /root dataset.*trains nothing/],
