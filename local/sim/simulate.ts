@@ -34,6 +34,7 @@ import { quantile } from "../../core/fleet/trace";
 import { simSelection } from "./selection";
 import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
+import { simAttack, type AttackRecord } from "./attacks";
 
 export interface RoundSummary {
   round: number;
@@ -76,6 +77,11 @@ export interface RoundSummary {
    * fleet; iothub: the devices that received the model (the next round's cohort), through the real pipeline.
    */
   evaluation?: FleetEvaluation;
+  /**
+   * --attack backdoor: the fraction of the test samples whose true class is not the backdoor's target that this
+   * round's model classifies as the target once the trigger is stamped on them (local/sim/attacks/data.ts).
+   */
+  backdoorSuccess?: number;
 }
 
 /** --max-staleness when not given: updates more than this many versions old are refused. */
@@ -123,6 +129,8 @@ export interface SimulationResult {
     /** The last round's AUC (binary models) and MAE (regression, reconstruction), when the model reports them. */
     auc?: number;
     mae?: number;
+    /** --attack backdoor: the last round's backdoor success rate. */
+    backdoorSuccess?: number;
     rounds: number;
     wallMs: number;
     /** With a fleet trace: virtual seconds from the trace's start to the end of the last round. */
@@ -134,6 +142,8 @@ export interface SimulationResult {
   participation?: Participation;
   status?: JobStatus;
   privacy?: PrivacySummary;
+  /** --attack: the attack, its parameter in force and the attacking devices (local/sim/attacks). */
+  attack?: AttackRecord;
 }
 
 export interface SimulationReporter {
@@ -156,6 +166,8 @@ export async function simulate(
   const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
   await initBackend({ threads: mainThreads(config) });
   const data = loadFleetData({ ...config, modelSpec: source?.spec });
+  // --attack: the attackers (chosen by seed); model poisoning intercepts each round's aggregation.
+  const attack = simAttack(config);
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);
   if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
@@ -364,6 +376,7 @@ export async function simulate(
       uplink,
       downlink,
       ...(aggregator ? { aggregator } : {}),
+      ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       dp,
       pick: async (count, exclude, version) => {
         const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
@@ -446,6 +459,7 @@ export async function simulate(
         secureAggregation,
         dp,
         ...(aggregator ? { aggregator } : {}),
+        ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       });
     }
   } finally {
@@ -465,6 +479,7 @@ export async function simulate(
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
     participation: participationSummary(participation, selection?.longestWait),
+    ...(attack ? { attack: attack.record } : {}),
   });
   evalModel.dispose();
   return result;
@@ -519,7 +534,12 @@ export function finishResult(
   rejected: Record<string, number>,
   startedAt: number,
   finalWeights?: Float32Array,
-  end: { status?: JobStatus; privacy?: PrivacySummary; participation?: Participation } = {},
+  end: {
+    status?: JobStatus;
+    privacy?: PrivacySummary;
+    participation?: Participation;
+    attack?: AttackRecord;
+  } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
   const virtual = last?.virtualEndS !== undefined;
@@ -532,6 +552,7 @@ export function finishResult(
       loss: last ? last.loss : NaN,
       ...(last?.auc !== undefined ? { auc: last.auc } : {}),
       ...(last?.mae !== undefined ? { mae: last.mae } : {}),
+      ...(last?.backdoorSuccess !== undefined ? { backdoorSuccess: last.backdoorSuccess } : {}),
       rounds: summaries.length,
       wallMs: performance.now() - startedAt,
       ...(virtual ? { virtualTimeS: last.virtualEndS } : {}),
@@ -541,6 +562,7 @@ export function finishResult(
     ...(end.participation ? { participation: end.participation } : {}),
     ...(end.status ? { status: end.status } : {}),
     ...(end.privacy ? { privacy: end.privacy } : {}),
+    ...(end.attack ? { attack: end.attack } : {}),
   };
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
