@@ -35,6 +35,7 @@ import { simSelection } from "./selection";
 import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
 import { simAttack, type AttackRecord } from "./attacks";
+import { backdoorSuccess, backdoorTrigger, poisonFleet, triggeredTestSet } from "./attacks/data";
 
 export interface RoundSummary {
   round: number;
@@ -168,6 +169,13 @@ export async function simulate(
   const data = loadFleetData({ ...config, modelSpec: source?.spec });
   // --attack: the attackers (chosen by seed); model poisoning intercepts each round's aggregation.
   const attack = simAttack(config);
+  // Data poisoning: the attackers' datasets (the worker threads poison theirs the same way, fleet-worker.ts).
+  const fleetData = poisonFleet(data, attack, config);
+  // Backdoor: the triggered test inputs its success rate is measured on, each round.
+  const triggered =
+    attack?.spec.kind === "backdoor"
+      ? triggeredTestSet(data.test, backdoorTrigger(config.dataset, data.test))
+      : undefined;
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);
   if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
@@ -197,6 +205,7 @@ export async function simulate(
     evalModel.setWeights(w);
     const e = evalModel.evaluate(data.test, 500);
     extra = taskMetrics(e);
+    if (triggered) extra.backdoorSuccess = backdoorSuccess(evalModel, triggered, data.spec.numClasses);
     if (heldOut) fleetEvals = evaluateHeldOut(evalModel, heldOut, config.devices);
     return e;
   };
@@ -242,7 +251,7 @@ export async function simulate(
     transport =
       config.workers > 0
         ? await WorkerFleet.start(config, onProgress, { keyDir, modelSpec: source?.spec })
-        : await startInProcessFleet(config, data, onProgress, keys);
+        : await startInProcessFleet(config, fleetData, onProgress, keys);
   } catch (e) {
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
     throw e;
@@ -485,7 +494,7 @@ export async function simulate(
   return result;
 }
 
-type TaskMetrics = Pick<RoundSummary, "auc" | "mae">;
+type TaskMetrics = Pick<RoundSummary, "auc" | "mae" | "backdoorSuccess">;
 
 /**
  * Every device's evaluation of the model `evalModel` holds, on its held-out data: samples, accuracy, loss and MAE

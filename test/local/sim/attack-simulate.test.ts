@@ -42,3 +42,14 @@ test("scaling at 20% collapses FedAvg, the median holds, and results.json record
   assert.equal(json.config.attack, "scaling:0.2");
   assert.equal(clean.attack, undefined);
 });
+
+test("a backdoor run records its success rate each round and at the end", async () => {
+  const r = await simulate(small({ attack: "backdoor:0.2", rounds: 3 }));
+  assert.equal(r.rounds.length, 3);
+  for (const x of r.rounds)
+    assert.ok(x.backdoorSuccess! >= 0 && x.backdoorSuccess! <= 1, `${x.backdoorSuccess}`);
+  assert.equal(r.final.backdoorSuccess, r.rounds[2]!.backdoorSuccess);
+  assert.equal(r.attack!.param, 0.5);
+  const json = JSON.parse(fs.readFileSync(path.join(r.config.out, "results.json"), "utf8"));
+  assert.equal(json.final.backdoorSuccess, r.final.backdoorSuccess);
+});
