@@ -133,7 +133,7 @@ export function craftUpdate(
     }
     case "gaussian": {
       // N(0, σ²) per coordinate (Blades' "noise" attack; Li et al. 2023).
-      const sigma = param ?? 1;
+      const sigma = param ?? 10;
       for (let i = 0; i < out.length; i++) out[i] = sigma * o.rng!.normal();
       return out;
     }
