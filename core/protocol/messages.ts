@@ -45,6 +45,11 @@ export interface TrainRequest {
    * before anything leaves it (distributed and local placements, or central with secure aggregation).
    */
   readonly dp?: DpOrder;
+  /**
+   * Norm bounding on the device (secure aggregation with a `norm:C+mean` aggregator, docs/robustness.md): the
+   * device scales its update to L2 norm ≤ `normBound` before masking (core/round/update-pipeline.ts boundDelta).
+   */
+  readonly normBound?: number;
 }
 
 /** A device's differential-privacy instructions for one round. */

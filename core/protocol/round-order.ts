@@ -52,6 +52,11 @@ export interface RoundOrder {
    * aggregation).
    */
   readonly dp?: DpOrder;
+  /**
+   * Secure rounds of a job whose aggregator is `norm:C+mean`: the trainer scales its update to L2 norm ≤ C before
+   * masking (core/round/update-pipeline.ts boundDelta); the cloud sees only the sum and cannot do it itself.
+   */
+  readonly normBound?: number;
 }
 
 /** The evaluate-only order's version (`v`); a trainer refuses any other with E_EVAL_ORDER_VERSION. */

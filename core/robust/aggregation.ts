@@ -54,6 +54,12 @@ export interface RobustContext {
   readonly rootDelta?: Float32Array;
   /** Centered clipping: the reference to clip around (the previous round's aggregate); unset: zero. */
   readonly reference?: Float32Array;
+  /**
+   * Secure rounds of a `norm:C+mean` job: the round order told each device to clip its update to C before masking
+   * (core/round/update-pipeline.ts boundDelta), so the secure sum is accepted as bounded. Without it a bounded
+   * spec refuses a secure sum.
+   */
+  readonly boundOnDevices?: boolean;
 }
 
 /** One device's update as the robust aggregation saw it. */
@@ -89,6 +95,11 @@ export interface RobustReport {
   readonly devices: readonly RobustDeviceStats[];
   /** Time the rule took, ms. */
   readonly ms: number;
+  /**
+   * Secure aggregation with `norm:C+mean`: the bound was applied by each device before masking (the round order
+   * carried it, core/round/update-pipeline.ts boundDelta); the server saw only the sum and could not check it.
+   */
+  readonly onDevices?: true;
 }
 
 /** A round result with the robust aggregation's report. */
@@ -180,6 +191,8 @@ function secureRefused(ctx: RobustContext): never {
 class StreamingBound implements RoundAggregation {
   private readonly seen = new Set<string>();
   private clipped = 0;
+  /** The round came as a secure sum (bounded on the devices). */
+  private onDevices = false;
   constructor(
     private readonly inner: RoundAggregation,
     private readonly ctx: RobustContext,
@@ -203,8 +216,12 @@ class StreamingBound implements RoundAggregation {
     this.seen.add(r.deviceId);
   }
   addAggregate(a: SecureAggregate): void {
-    if (this.ctx.spec.bound !== undefined) secureRefused(this.ctx);
+    // A secure sum: only a fixed bound applied by the devices before masking (the round order said so:
+    // core/round/update-pipeline.ts boundDelta); the server cannot check it (docs/robustness.md).
+    if (this.ctx.spec.bound !== undefined && !this.ctx.boundOnDevices) secureRefused(this.ctx);
     this.inner.addAggregate(a);
+    for (const id of a.deviceIds) this.seen.add(id);
+    this.onDevices = true;
   }
   finish(failures: readonly FitFailure[]): RobustRoundResult {
     const out = this.inner.finish(failures);
@@ -220,6 +237,7 @@ class StreamingBound implements RoundAggregation {
         aggregateNorm: NaN,
         devices: [],
         ms: 0,
+        ...(this.onDevices ? { onDevices: true as const } : {}),
       },
     };
   }

@@ -207,6 +207,14 @@ export function isPlainMean(s: AggregatorSpec): boolean {
   return s.rule === "mean" && s.bound === undefined;
 }
 
+/**
+ * The bound each device applies to its own update in a secure round: a fixed `norm:C` with the mean (the only
+ * bound secure aggregation allows); undefined otherwise.
+ */
+export function deviceNormBound(s: AggregatorSpec | undefined): number | undefined {
+  return s?.rule === "mean" && s.bound && "fixed" in s.bound ? s.bound.fixed : undefined;
+}
+
 export const E_CONFIG_CONFLICT = "E_CONFIG_CONFLICT";
 
 /**

@@ -41,6 +41,8 @@ export interface RoundAggregationOptions {
   /** Centered clipping: the previous round's aggregate delta. */
   readonly reference?: Float32Array;
   readonly interceptor?: RoundInterceptor;
+  /** Secure rounds of a `norm:C+mean` job: the devices were told to clip to C before masking (RobustContext). */
+  readonly boundOnDevices?: boolean;
 }
 
 /** Begins round `round`'s aggregation with the job's chain. */
@@ -60,6 +62,7 @@ export function beginRoundAggregation(
       length: global.length,
       ...(o.rootDelta ? { rootDelta: o.rootDelta } : {}),
       ...(o.reference ? { reference: o.reference } : {}),
+      ...(o.boundOnDevices ? { boundOnDevices: true } : {}),
     });
   }
   if (o.interceptor) agg = o.interceptor.wrap(agg, { round, global });

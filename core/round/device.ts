@@ -21,6 +21,7 @@ import {
   MemoryResidualStore,
   privatizeDelta,
   takeDelta,
+  boundDelta,
 } from "./update-pipeline";
 
 export interface DeviceProgress {
@@ -172,6 +173,7 @@ export class DeviceRuntime {
     // anything leaves the device), then the uplink codec.
     this.bnLocal = this.model.localState?.() ?? null;
     const delta = takeDelta(this.model.getWeights(), global);
+    boundDelta(delta, req.normBound);
     const dp = privatizeDelta(delta, req.dp, this.noise);
     if (req.secagg) return this.advertise(req, delta, summary, dp?.clipBit);
     return {

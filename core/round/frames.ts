@@ -29,6 +29,8 @@ export interface TrainFrameOptions {
   readonly uplink?: CompressionSpec;
   readonly secagg?: true;
   readonly dp?: DpOrder;
+  /** Device-side norm bound (secure rounds of a `norm:C+mean` job). */
+  readonly normBound?: number;
 }
 
 /** A device's train order as a frame. */
@@ -45,6 +47,7 @@ export function trainFrame(o: TrainFrameOptions): Uint8Array {
     ...(o.uplink && !o.uplink.lossless ? { uplink: o.uplink.text } : {}),
     ...(o.secagg ? { secagg: o.secagg } : {}),
     ...(o.dp ? { dp: o.dp } : {}),
+    ...(o.normBound !== undefined ? { normBound: o.normBound } : {}),
   });
 }
 

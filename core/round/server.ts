@@ -15,7 +15,7 @@ import { openRound, step, type RoundEvent } from "./engine";
 import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
 import type { RobustReport } from "../robust/aggregation";
-import type { AggregatorSpec } from "../robust/spec";
+import { deviceNormBound, type AggregatorSpec } from "../robust/spec";
 import { beginRoundAggregation, type RoundInterceptor } from "./aggregation";
 
 /**
@@ -193,6 +193,8 @@ export async function runRound(
       : {}),
     ...(carry.previousStep ? { reference: carry.previousStep } : {}),
     ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+    // Secure rounds order each device to apply a `norm:C+mean` bound itself (trainFrame below).
+    ...(opts.secureAggregation && deviceNormBound(opts.aggregator) !== undefined ? { boundOnDevices: true } : {}),
   });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
@@ -218,6 +220,8 @@ export async function runRound(
       uplink: opts.uplink,
       secagg,
       dp: dpOrder,
+      // Secure aggregation shows the server only the sum: a `norm:C+mean` bound is applied by each device.
+      ...(secagg ? { normBound: deviceNormBound(opts.aggregator) } : {}),
     });
 
   if (opts.secureAggregation) {

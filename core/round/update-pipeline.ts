@@ -10,6 +10,9 @@ import type { WeightLayout } from "../tensor/layout";
  * The device-side update pipeline, one implementation for every path an update takes off a device:
  *
  *   1. delta    Δ = w_trained − w_global (in place)                                   takeDelta
+ *   1b. bound   scale Δ to ‖Δ‖ ≤ B when the round order has `normBound` (secure        boundDelta
+ *               aggregation with a `norm:B+mean` aggregator: the server sees only the sum, so each device
+ *               bounds its own update before masking; Sun et al. 2019, docs/robustness.md)
  *   2. DP       clip to ‖Δ‖ ≤ C and add N(0, σ²) as the round order's `dp` says       privatizeDelta
  *               (DP-FedAvg, McMahan et al. 2018; adaptive clipping, Andrew et al. 2021: core/privacy/dp.ts)
  *   3. codec    the uplink codec chain (core/compress) with error feedback for sparsifiers
@@ -33,6 +36,25 @@ export function takeDelta(trained: Float32Array, global: Float32Array): Float32A
     );
   for (let i = 0; i < trained.length; i++) trained[i] -= global[i];
   return trained;
+}
+
+/**
+ * Step 1b: norm bounding on the device (the round order's `normBound`; nothing without it): Δ scaled in place to L2
+ * norm ≤ bound (Sun et al. 2019, "Can you really backdoor federated learning?"). Returns whether it was scaled.
+ * A device that skips this cannot be caught under secure aggregation without zero-knowledge range proofs
+ * (docs/robustness.md).
+ */
+export function boundDelta(delta: Float32Array, bound: number | undefined): boolean {
+  if (bound === undefined) return false;
+  if (!(bound > 0 && Number.isFinite(bound)))
+    fail("E_ROUND_INVALID", `normBound must be a number > 0, got ${bound}`);
+  let ss = 0;
+  for (let i = 0; i < delta.length; i++) ss += delta[i]! * delta[i]!;
+  const norm = Math.sqrt(ss);
+  if (!(norm > bound)) return false;
+  const k = bound / norm;
+  for (let i = 0; i < delta.length; i++) delta[i]! *= k;
+  return true;
 }
 
 /** Step 2: differential privacy as the round order says (nothing without `dp`); see core/privacy/dp.ts. */

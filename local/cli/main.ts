@@ -75,6 +75,7 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
   if (s("rootSamples") !== undefined)
     c.rootSamples = nonNegativeInt("root-samples", s("rootSamples")!, L.rootSamples);
+  if (s("attack") !== undefined) c.attack = s("attack")!;
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -376,6 +377,17 @@ async function simulateAndPrint(config: SimConfig, runOptions: IotHubRunOptions)
       `privacy: ε = ${p.epsilon.toFixed(4)} at δ = ${p.delta} (${p.placement} noise, z = ${p.noiseMultiplier}, ` +
         `${p.steps} released round(s), RDP order ${p.order}, ${p.conversion} conversion)` +
         (p.epsilonBudget !== undefined ? `; budget ε = ${p.epsilonBudget}` : ""),
+    );
+  }
+  if (result.attack) {
+    const a = result.attack;
+    console.log(
+      `attack: ${a.kind} by ${a.attackers.length} of ${config.devices} devices (fraction ${a.fraction}` +
+        (a.param !== undefined ? `, parameter ${a.param}` : "") +
+        `): ${a.attackers.join(", ")}` +
+        (result.final.backdoorSuccess !== undefined
+          ? `; backdoor success ${(result.final.backdoorSuccess * 100).toFixed(2)}%`
+          : ""),
     );
   }
   if (result.status && result.status.state !== "completed")
@@ -765,6 +777,10 @@ export function buildProgram(): Command {
     .option(
       "--root-samples <n>",
       `fltrust: the server's clean root dataset, held by no device and not in the test set (at most ${SIM_LIMITS.rootSamples}; default ${DEFAULT_ROOT_SAMPLES})`,
+    )
+    .option(
+      "--attack <spec>",
+      "simulator attacks, KIND:FRACTION[:PARAM]: sign-flip[:S] | gaussian[:SIGMA] | scaling[:LAMBDA] | alie[:Z] | ipm[:EPS] | label-flip[:CLASS] | backdoor[:POISONED]; ⌈FRACTION·devices⌉ attackers chosen by seed (memory transport; docs/robustness.md)",
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

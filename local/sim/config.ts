@@ -1,4 +1,5 @@
 import { checkAggregatorCompatible, formatAggregator, parseAggregator } from "../../core/robust/spec";
+import { chooseAttackers, formatAttack, isModelAttack, parseAttack } from "./attacks/spec";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { isPresetKind } from "../../core/engine/graph";
@@ -48,6 +49,11 @@ export interface SimConfig {
    * DEFAULT_ROOT_SAMPLES) only for fltrust; results.json's config records it.
    */
   rootSamples?: number;
+  /**
+   * Simulator attacks (local/sim/attacks, docs/robustness.md): KIND:FRACTION[:PARAM] with KIND sign-flip | gaussian |
+   * scaling | alie | ipm (model poisoning) | label-flip | backdoor (data poisoning); memory transport only.
+   */
+  attack?: string;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -380,6 +386,11 @@ export function validateConfig(c: SimConfig): SimConfig {
   const spec = c.aggregator !== undefined ? parseAggregator(c.aggregator) : undefined;
   if (spec) {
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
+    if (spec.rule === "fltrust" && c.transport === "iothub")
+      fail(
+        "E_CONFIG_CONFLICT",
+        "--aggregator fltrust needs the server's root update each round: the Function trains nothing, so use --transport memory (docs/robustness.md)",
+      );
     c.aggregator = formatAggregator(spec);
   }
   if (spec?.rule === "fltrust") {
@@ -395,6 +406,7 @@ export function validateConfig(c: SimConfig): SimConfig {
       `--root-samples is FLTrust's root dataset: it needs --aggregator fltrust (got ${c.aggregator ?? "mean"})`,
     );
   }
+  if (c.attack !== undefined) validateAttack(c);
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);
@@ -405,6 +417,23 @@ export function validateConfig(c: SimConfig): SimConfig {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   return c;
+}
+
+/** --attack: a valid spec, on the memory transport, leaving an honest device; model attacks need each update. */
+function validateAttack(c: SimConfig): void {
+  const a = parseAttack(c.attack!);
+  if (c.transport === "iothub")
+    fail(
+      "E_CONFIG_CONFLICT",
+      "--attack runs in the simulator only: it needs --transport memory (the local IoT Hub stack's devices are the real modules)",
+    );
+  if (isModelAttack(a.kind) && c.secureAggregation)
+    fail(
+      "E_CONFIG_CONFLICT",
+      `--attack ${a.kind} crafts each attacker's update from the round's updates: secure aggregation hides them`,
+    );
+  chooseAttackers(a.fraction, c.devices, c.seed);
+  c.attack = formatAttack(a);
 }
 
 /**

@@ -35,6 +35,8 @@ import { quantile } from "../../core/fleet/trace";
 import { simSelection } from "./selection";
 import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
+import { simAttack, type AttackRecord } from "./attacks";
+import { backdoorSuccess, backdoorTrigger, poisonFleet, triggeredTestSet } from "./attacks/data";
 
 export interface RoundSummary {
   round: number;
@@ -77,6 +79,11 @@ export interface RoundSummary {
    * fleet; iothub: the devices that received the model (the next round's cohort), through the real pipeline.
    */
   evaluation?: FleetEvaluation;
+  /**
+   * --attack backdoor: the fraction of the test samples whose true class is not the backdoor's target that this
+   * round's model classifies as the target once the trigger is stamped on them (local/sim/attacks/data.ts).
+   */
+  backdoorSuccess?: number;
 }
 
 /** --max-staleness when not given: updates more than this many versions old are refused. */
@@ -124,6 +131,8 @@ export interface SimulationResult {
     /** The last round's AUC (binary models) and MAE (regression, reconstruction), when the model reports them. */
     auc?: number;
     mae?: number;
+    /** --attack backdoor: the last round's backdoor success rate. */
+    backdoorSuccess?: number;
     rounds: number;
     wallMs: number;
     /** With a fleet trace: virtual seconds from the trace's start to the end of the last round. */
@@ -135,6 +144,8 @@ export interface SimulationResult {
   participation?: Participation;
   status?: JobStatus;
   privacy?: PrivacySummary;
+  /** --attack: the attack, its parameter in force and the attacking devices (local/sim/attacks). */
+  attack?: AttackRecord;
 }
 
 export interface SimulationReporter {
@@ -160,6 +171,15 @@ export async function simulate(
   const aggregator = config.aggregator !== undefined ? parseAggregator(config.aggregator) : undefined;
   if (aggregator?.rule === "fltrust" && !data.root)
     fail("E_CONFIG_AGGREGATOR", "aggregator 'fltrust' needs the server's root dataset (--root-samples N)");
+  // --attack: the attackers (chosen by seed); model poisoning intercepts each round's aggregation.
+  const attack = simAttack(config);
+  // Data poisoning: the attackers' datasets (the worker threads poison theirs the same way, fleet-worker.ts).
+  const fleetData = poisonFleet(data, attack, config);
+  // Backdoor: the triggered test inputs its success rate is measured on, each round.
+  const triggered =
+    attack?.spec.kind === "backdoor"
+      ? triggeredTestSet(data.test, backdoorTrigger(config.dataset, data.test))
+      : undefined;
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);
   if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
@@ -189,6 +209,7 @@ export async function simulate(
     evalModel.setWeights(w);
     const e = evalModel.evaluate(data.test, 500);
     extra = taskMetrics(e);
+    if (triggered) extra.backdoorSuccess = backdoorSuccess(evalModel, triggered, data.spec.numClasses);
     if (heldOut) fleetEvals = evaluateHeldOut(evalModel, heldOut, config.devices);
     return e;
   };
@@ -234,7 +255,7 @@ export async function simulate(
     transport =
       config.workers > 0
         ? await WorkerFleet.start(config, onProgress, { keyDir, modelSpec: source?.spec })
-        : await startInProcessFleet(config, data, onProgress, keys);
+        : await startInProcessFleet(config, fleetData, onProgress, keys);
   } catch (e) {
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
     throw e;
@@ -379,6 +400,7 @@ export async function simulate(
       downlink,
       ...(aggregator ? { aggregator } : {}),
       ...(rootUpdate ? { rootUpdate } : {}),
+      ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       dp,
       pick: async (count, exclude, version) => {
         const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
@@ -462,6 +484,7 @@ export async function simulate(
         dp,
         ...(aggregator ? { aggregator } : {}),
         ...(rootUpdate ? { rootUpdate } : {}),
+        ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       });
     }
   } finally {
@@ -481,12 +504,13 @@ export async function simulate(
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
     participation: participationSummary(participation, selection?.longestWait),
+    ...(attack ? { attack: attack.record } : {}),
   });
   evalModel.dispose();
   return result;
 }
 
-type TaskMetrics = Pick<RoundSummary, "auc" | "mae">;
+type TaskMetrics = Pick<RoundSummary, "auc" | "mae" | "backdoorSuccess">;
 
 /**
  * Every device's evaluation of the model `evalModel` holds, on its held-out data: samples, accuracy, loss and MAE
@@ -535,7 +559,12 @@ export function finishResult(
   rejected: Record<string, number>,
   startedAt: number,
   finalWeights?: Float32Array,
-  end: { status?: JobStatus; privacy?: PrivacySummary; participation?: Participation } = {},
+  end: {
+    status?: JobStatus;
+    privacy?: PrivacySummary;
+    participation?: Participation;
+    attack?: AttackRecord;
+  } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
   const virtual = last?.virtualEndS !== undefined;
@@ -548,6 +577,7 @@ export function finishResult(
       loss: last ? last.loss : NaN,
       ...(last?.auc !== undefined ? { auc: last.auc } : {}),
       ...(last?.mae !== undefined ? { mae: last.mae } : {}),
+      ...(last?.backdoorSuccess !== undefined ? { backdoorSuccess: last.backdoorSuccess } : {}),
       rounds: summaries.length,
       wallMs: performance.now() - startedAt,
       ...(virtual ? { virtualTimeS: last.virtualEndS } : {}),
@@ -557,6 +587,7 @@ export function finishResult(
     ...(end.participation ? { participation: end.participation } : {}),
     ...(end.status ? { status: end.status } : {}),
     ...(end.privacy ? { privacy: end.privacy } : {}),
+    ...(end.attack ? { attack: end.attack } : {}),
   };
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));

@@ -15,7 +15,7 @@
  */
 import type { ChildProcess } from "node:child_process";
 import { FlotillaError } from "../../core/errors";
-import { createAggregator } from "../../cloud/aggregator/src/aggregator";
+import { createAggregator, robustMaxBytesFromEnv } from "../../cloud/aggregator/src/aggregator";
 import { IotHubFleet } from "../../cloud/aggregator/src/fleet/fleet";
 import type { IngestCounter } from "../../cloud/aggregator/src/ingest";
 import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregator/src/store/blob-store";
@@ -229,11 +229,14 @@ async function runChild(spec: ChildSpec): Promise<void> {
   };
   const log = (line: string): void => send({ type: "log", line });
   const hub = { serviceConnectionString: spec.serviceConnectionString, caCertPem: spec.caCertPem };
+  const robustMaxBytes = robustMaxBytesFromEnv(process.env);
   const aggregator = createAggregator({
     store: new AzureBlobStore({ connectionString: devStorageConnectionString(spec.blobEndpoint) }),
     fleet: new IotHubFleet(createRegistry(hub), createServiceClient(hub), { log }),
     clock: Date.now,
     log,
+    // The Function's app setting, from the environment this child inherited.
+    ...(robustMaxBytes !== undefined ? { robustMaxBytes } : {}),
   });
   const host = await startFunctionsHost(aggregator, {
     port: spec.port,

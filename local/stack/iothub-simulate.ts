@@ -196,6 +196,8 @@ export async function simulateOverIotHub(
       seed: config.seed,
       compression: config.compression,
       downlinkCompression: config.downlinkCompression,
+      // The same --aggregator spec as the memory transport's, as the job's `aggregator` member.
+      ...(config.aggregator !== undefined ? { aggregator: config.aggregator } : {}),
       ...(config.secureAggregation
         ? {
             secureAggregation: {
@@ -269,6 +271,7 @@ export async function simulateOverIotHub(
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
           ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
           ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
+          ...(rec.robust ? { robust: rec.robust } : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);

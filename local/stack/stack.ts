@@ -16,7 +16,11 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { ModuleClient } from "azure-iot-device";
 import { QuietMqtt } from "./quiet-mqtt";
-import { createAggregator, type Aggregator } from "../../cloud/aggregator/src/aggregator";
+import {
+  createAggregator,
+  robustMaxBytesFromEnv,
+  type Aggregator,
+} from "../../cloud/aggregator/src/aggregator";
 import { IotHubFleet } from "../../cloud/aggregator/src/fleet/fleet";
 import { AzureBlobStore, devStorageConnectionString } from "../../cloud/aggregator/src/store/blob-store";
 import type { Dataset } from "../../core/data/dataset";
@@ -213,12 +217,15 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     for (let i = 0; i < opts.deviceIds.length; i += 16)
       await Promise.all(opts.deviceIds.slice(i, i + 16).map((id) => keys.createKey(id)));
   }
+  const robustMaxBytes = robustMaxBytesFromEnv(process.env);
   const aggregator = createAggregator({
     store,
     fleet,
     clock: Date.now,
     log,
     ...(keys ? { identityKeys: keys } : {}),
+    // The Function's app setting, read from this process's environment as the Functions host would.
+    ...(robustMaxBytes !== undefined ? { robustMaxBytes } : {}),
   });
   const timerIntervalMs = opts.timerIntervalMs ?? 1000;
   const host = opts.functionsHost

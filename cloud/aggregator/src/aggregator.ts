@@ -12,6 +12,7 @@ import { AzureBlobStore, MemoryBlobStore } from "./store/blob-store";
 import type { AggregatorServices } from "./services";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
 import { createTelemetry, type AggregatorTelemetry } from "./telemetry";
+import { FlotillaError } from "../../../core/errors";
 
 export interface Aggregator {
   readonly services: AggregatorServices;
@@ -103,7 +104,8 @@ export function createAggregator(given: AggregatorServices, options: AggregatorO
  *   FLOTILLA_CONTAINER (default "flotilla");
  *   IOTHUB_SERVICE_CONNECTION_STRING (a policy with registry read/write and service connect);
  *   FLOTILLA_KEYVAULT_URL (devices' identity keys for secure aggregation, read with the Function's managed identity
- *   through DefaultAzureCredential), else FLOTILLA_KEY_DIR (a key directory: local stacks); neither = no secure jobs.
+ *   through DefaultAzureCredential), else FLOTILLA_KEY_DIR (a key directory: local stacks); neither = no secure jobs;
+ *   FLOTILLA_ROBUST_MAX_BYTES (most bytes a job's buffered robust aggregator may hold per round; default 1 GiB).
  */
 export function servicesFromEnv(
   env: NodeJS.ProcessEnv = process.env,
@@ -119,6 +121,7 @@ export function servicesFromEnv(
             env.AZURE_STORAGE_CONNECTION_STRING ?? env.AzureWebJobsStorage ?? "UseDevelopmentStorage=true",
           containerName: env.FLOTILLA_CONTAINER ?? "flotilla",
         });
+  const robustMaxBytes = robustMaxBytesFromEnv(env);
   const identityKeys =
     env.FLOTILLA_KEYVAULT_URL || env.FLOTILLA_KEY_DIR ? keyProviderFromEnv(env) : undefined;
   return {
@@ -127,5 +130,19 @@ export function servicesFromEnv(
     clock: () => Date.now(),
     log,
     ...(identityKeys ? { identityKeys } : {}),
+    ...(robustMaxBytes !== undefined ? { robustMaxBytes } : {}),
   };
+}
+
+/** FLOTILLA_ROBUST_MAX_BYTES: unset = the default; else a whole number of bytes ≥ 1 (E_CONFIG_INVALID). */
+export function robustMaxBytesFromEnv(env: NodeJS.ProcessEnv): number | undefined {
+  const v = env.FLOTILLA_ROBUST_MAX_BYTES;
+  if (v === undefined || v.trim() === "") return undefined;
+  const n = Number(v.trim());
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < 1)
+    throw new FlotillaError(
+      "E_CONFIG_INVALID",
+      `app setting FLOTILLA_ROBUST_MAX_BYTES must be a whole number of bytes >= 1, got '${v}'`,
+    );
+  return n;
 }

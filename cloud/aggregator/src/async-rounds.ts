@@ -5,7 +5,8 @@
  *
  *   time passes       orders past their deadline time out (a late update from them still counts while fresh)
  *   flushing          the buffer holds K updates (the ingest recorded them): read each stored frame, aggregate
- *                     Σ n_k s(τ_k) Δ_k / Σ n_k through the strategy (core/round/close.ts, FitResult.discount),
+ *                     Σ n_k s(τ_k) Δ_k / Σ n_k through the strategy (core/round/close.ts, FitResult.discount)
+ *                     — or the job's robust aggregator over the staleness-weighted updates (core/robust),
  *                     publish models/{v+1} (with its meta, strategy state and ONNX copies, as a closed round does),
  *                     record version v+1 in job.json (`rounds`, currentRound = v+1), then report `flushed`
  *   free slots        fewer than C devices in flight: pick eligible trainers (not in flight, not ordered from this
@@ -18,7 +19,6 @@
  */
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser } from "../../../core/round/close";
-import { beginRoundAggregation } from "../../../core/round/aggregation";
 import {
   flushable,
   oldestAccepted,
@@ -27,7 +27,12 @@ import {
   type AsyncEvent,
   type BufferEntry,
 } from "../../../core/round/async-engine";
-import type { FitInstruction, RoundMetrics, Strategy } from "../../../core/strategies/strategy";
+import type {
+  FitInstruction,
+  RoundAggregation,
+  RoundMetrics,
+  Strategy,
+} from "../../../core/strategies/strategy";
 import { dispatchAsyncOrders } from "./dispatch";
 import {
   paths,
@@ -66,6 +71,11 @@ export interface AsyncHooks {
     deadline: number,
     downloadBytes: number,
   ): Promise<FitInstruction[]>;
+  /**
+   * Version `version`'s aggregation from the strategy holding version − 1 (the orchestrator's chain,
+   * core/round/aggregation.ts: the job's robust aggregator and centered clipping's reference).
+   */
+  aggregation(job: JobDocument, version: number, strategy: Strategy): Promise<RoundAggregation>;
   /** After a flush: the aggregated devices' leases are released and their completions recorded. */
   flushed(job: JobDocument, entries: readonly BufferEntry[], applied: ReadonlySet<string>): Promise<void>;
 }
@@ -200,7 +210,7 @@ export class AsyncRounds {
     const { strategy, reset } = await this.hooks.strategyAt(job, e.version);
     const closer = new RoundCloser({
       round: next,
-      aggregation: beginRoundAggregation(strategy, next, { layoutHash: job.layoutHash }),
+      aggregation: await this.hooks.aggregation(job, next, strategy),
       samplePolicy: d,
       layoutHash: job.layoutHash,
       log: (line) => this.services.log(`async ${d.jobId}/${next}: ${line}`),
@@ -262,6 +272,7 @@ export class AsyncRounds {
         staleness: kept.map((x) => x.staleness),
         counters: { ...e.counters, applied: e.counters.applied + entries.length },
       },
+      ...(out.robust ? { robust: out.robust } : {}),
     };
     await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === next)) return undefined;

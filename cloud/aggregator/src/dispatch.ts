@@ -10,6 +10,7 @@ import { isDefaultBench } from "../../../core/engine/model-spec";
 import { layoutSegments } from "../../../core/round/update-pipeline";
 import { EVALUATE_ORDER_VERSION, type EvaluateOrder } from "../../../core/protocol/round-order";
 import type { QuantizerLayout, RoundDesired } from "./fleet/fleet";
+import { jobDeviceNormBound } from "./jobs/job";
 import { paths, type JobDocument, type JobRepository, type ModelMeta, type RoundState } from "./jobs/state";
 import { getJson, putJson } from "./store/blob-store";
 import { secAggOrder } from "./secure-round";
@@ -39,6 +40,7 @@ export async function dispatchRound(
   const d = job.definition;
   const { fleet, store, log } = services;
   const prev = st.round - 1;
+  const normBound = jobDeviceNormBound(d);
   const [meta, previous, record] = await Promise.all([
     repo.getModelMeta(d.jobId, prev),
     prev >= 1 ? repo.getRound(d.jobId, prev) : Promise.resolve(undefined),
@@ -69,6 +71,7 @@ export async function dispatchRound(
       deadline: st.deadline,
       ...(d.secureAggregation ? { secagg: secAggOrder(d.secureAggregation) } : {}),
       ...(st.dp?.order ? { dp: st.dp.order } : {}),
+      ...(normBound !== undefined ? { normBound } : {}),
     };
     // The quantizer learns the job's codec before its trainer can produce an update (else it would pass it raw).
     const trainer = (async () => {

@@ -1,6 +1,7 @@
 /**
- * The job API (HTTP triggers). Errors are JSON `{code, message}`: 400 for invalid input (E_JOB_*), 404 for an
- * unknown job or model, 409 for a conflicting state change.
+ * The job API (HTTP triggers). Errors are JSON `{code, message}`: 400 for invalid input (E_JOB_*, E_CONFIG_*: e.g.
+ * a bad `aggregator`, or one the job's secure aggregation, DP or memory cap rules out), 404 for an unknown job or
+ * model, 409 for a conflicting state change.
  *
  *   POST /api/jobs                     create (body: JobDefinition JSON)          → 201 job
  *   POST /api/jobs/{id}/start          created|stopped → running                  → 200 job
@@ -99,7 +100,10 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
       } catch (e) {
         if (isFlotillaError(e)) {
           const status =
-            e.code.startsWith("E_JOB_") || e.code.startsWith("E_MODEL_") || e.code.startsWith("E_ASYNC_")
+            e.code.startsWith("E_JOB_") ||
+            e.code.startsWith("E_MODEL_") ||
+            e.code.startsWith("E_ASYNC_") ||
+            e.code.startsWith("E_CONFIG_")
               ? 400
               : 500;
           return error(status, e.code, e.message);
@@ -156,7 +160,9 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
       }
       // `model` / `initModel` blob paths are read now: a bad model is refused before the job exists.
       const models = await resolveJobModels(body, services.store);
-      const definition = validateJob(body, models.resolved);
+      const definition = validateJob(body, models.resolved, {
+        ...(services.robustMaxBytes !== undefined ? { robustMaxBytes: services.robustMaxBytes } : {}),
+      });
       if (definition.secureAggregation && !services.identityKeys) {
         return error(
           400,

@@ -81,7 +81,7 @@ import { initialSecAggState, roundPolicy, secAggRecord, SecureRounds } from "./s
 import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
-import { dpOptionsOf } from "./jobs/job";
+import { dpOptionsOf, jobAggregator, jobDeviceNormBound } from "./jobs/job";
 import { AsyncRounds, isAsync } from "./async-rounds";
 import type { JobDpState } from "./jobs/state";
 
@@ -295,6 +295,7 @@ export class Orchestrator {
         pick: (job, round, free, exclude, now, deadline, downloadBytes) =>
           this.pickAsync(job, round, free, exclude, now, deadline, downloadBytes),
         flushed: (job, entries, applied) => this.asyncFlushed(job, entries, applied),
+        aggregation: (job, version, strategy) => this.aggregation(job, version, strategy, undefined),
       },
       this.concurrency,
     );
@@ -836,7 +837,7 @@ export class Orchestrator {
     const dp = this.dpForRound(job, st);
     const closer = new RoundCloser({
       round: st.round,
-      aggregation: this.aggregation(job, st, strategy, dp),
+      aggregation: await this.aggregation(job, st.round, strategy, dp, st.secagg !== undefined),
       samplePolicy: d,
       log: (line) => this.services.log(`round ${d.jobId}/${st.round}: ${line}`),
     });
@@ -953,16 +954,38 @@ export class Orchestrator {
     return { secagg, bytes, ...(abortError ? { abortError } : {}) };
   }
 
-  /** The round's aggregation: the strategy's, wrapped by differential privacy when the job has it. */
-  private aggregation(
+  /**
+   * The round's aggregation (core/round/aggregation.ts): the strategy's, wrapped by differential privacy when the
+   * job has it and by its robust aggregator (definition `aggregator`) when it has one. Round (or async version)
+   * `round` is made from model round − 1 (the strategy's weights); centered clipping clips around the previous
+   * global step, model round − 1 minus model round − 2 (none for round 1: models/{r}.f32 are all kept).
+   */
+  private async aggregation(
     job: JobDocument,
-    st: RoundState,
+    round: number,
     strategy: Strategy,
     dp: DifferentialPrivacy | undefined,
-  ): RoundAggregation {
-    return beginRoundAggregation(strategy, st.round, {
+    secure = false,
+  ): Promise<RoundAggregation> {
+    const aggregator = jobAggregator(job.definition);
+    let reference: Float32Array | undefined;
+    if (aggregator?.rule === "centered-clip" && round >= 2) {
+      const before = await this.repo.getModel(job.definition.jobId, round - 2);
+      const now = strategy.weights;
+      if (before && before.weights.length === now.length)
+        reference = Float32Array.from(now, (w, i) => w - before.weights[i]!);
+      else
+        this.services.log(
+          `round ${job.definition.jobId}/${round}: model ${round - 2} is missing: centered clipping around 0`,
+        );
+    }
+    return beginRoundAggregation(strategy, round, {
       layoutHash: job.layoutHash,
       ...(dp ? { dp } : {}),
+      ...(aggregator ? { aggregator } : {}),
+      ...(reference ? { reference } : {}),
+      // A secure round's devices were ordered to apply a `norm:C+mean` bound themselves (dispatch.ts).
+      ...(secure && jobDeviceNormBound(job.definition) !== undefined ? { boundOnDevices: true } : {}),
     });
   }
 
@@ -1111,6 +1134,7 @@ function roundRecord(
     ...(o ? { sampleCountClipped: o.sampleCountClipped, sampleCountRejected: o.sampleCountRejected } : {}),
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(r.dp ? { dp: r.dp } : {}),
+    ...(o?.robust ? { robust: o.robust } : {}),
   };
 }
 

@@ -30,6 +30,11 @@ export interface AggregatorServices {
    * adds a Prometheus-only one over `store` when absent.
    */
   readonly telemetry?: AggregatorTelemetry;
+  /**
+   * Most bytes a job's buffered robust aggregator may hold for one round (app setting FLOTILLA_ROBUST_MAX_BYTES;
+   * default jobs/job.ts DEFAULT_ROBUST_MAX_BYTES, 1 GiB): a job over it is refused when created.
+   */
+  readonly robustMaxBytes?: number;
 }
 
 /**

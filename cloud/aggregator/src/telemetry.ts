@@ -108,6 +108,18 @@ export function roundEventFields(
     ...(ev && finite(ev.worstDecile?.value) ? { evalWorstDecileAccuracy: ev.worstDecile.value } : {}),
     ...(finite(epsilon) ? { epsilon } : {}),
     ...(r.code ? { code: r.code } : {}),
+    // Robust aggregation (docs/robustness.md): the rule, its bound and who it left out; per-device norms and
+    // cosines stay in the round record (GET /api/jobs/{id}).
+    ...(r.robust
+      ? {
+          aggregator: r.robust.aggregator,
+          robustKept: r.robust.kept.length,
+          robustDropped: r.robust.dropped.length,
+          robustClipped: r.robust.devices.filter((d) => d.clipped).length,
+          ...(finite(r.robust.bound) ? { robustBound: r.robust.bound } : {}),
+          ...(finite(r.robust.aggregateNorm) ? { robustAggregateNorm: r.robust.aggregateNorm } : {}),
+        }
+      : {}),
   };
 }
 

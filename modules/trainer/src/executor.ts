@@ -33,6 +33,8 @@ export interface TrainJob {
   readonly data: DataRef;
   /** Differential privacy: clip the delta and add noise before it leaves (the round order's `dp`). */
   readonly dp?: DpOrder;
+  /** Norm bound on the device (the round order's `normBound`: secure rounds of a `norm:C+mean` job). */
+  readonly normBound?: number;
 }
 
 export interface TrainOutcome {
@@ -129,6 +131,7 @@ export class InProcessTrainExecutor implements TrainExecutor {
         deadline: 0,
         weights: job.weights,
         ...(job.dp ? { dp: job.dp } : {}),
+        ...(job.normBound !== undefined ? { normBound: job.normBound } : {}),
       });
       runtime.importState(this.states.get(job.jobId));
       const answer = decodeMessage(await runtime.handle(frame));

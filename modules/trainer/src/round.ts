@@ -79,6 +79,11 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     secagg = { stepSeconds: step };
   }
   const dp = parseDpOrder(o.dp);
+  if (o.normBound !== undefined && o.normBound !== null) {
+    const b = o.normBound;
+    if (typeof b !== "number" || !Number.isFinite(b) || !(b > 0)) bad("normBound must be a number > 0");
+  }
+  const normBound = typeof o.normBound === "number" ? o.normBound : undefined;
   const config: FitConfig = {
     epochs: cfg.epochs as number,
     batchSize: cfg.batchSize as number,
@@ -100,6 +105,7 @@ export function parseRoundOrder(value: unknown): RoundOrder | undefined {
     ...(onnx ? { onnx } : {}),
     ...(secagg ? { secagg } : {}),
     ...(dp ? { dp } : {}),
+    ...(normBound !== undefined ? { normBound } : {}),
   };
 }
 

@@ -498,6 +498,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
           config: order.config,
           data: dataRef,
           ...(order.dp ? { dp: order.dp } : {}),
+          ...(order.normBound !== undefined ? { normBound: order.normBound } : {}),
         },
         signal,
         (done, total) => {

@@ -10,6 +10,7 @@ import { modelLayout } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { FlotillaError } from "../../../core/errors";
 import type { SecAggFrame } from "../../../core/protocol/messages";
+import { boundDelta } from "../../../core/round/update-pipeline";
 import { SecAggClient } from "../../../core/secagg/client";
 import { LocalSigner } from "../../../core/secagg/identity";
 import type { MaskInputRequest, ShareKeysRequest, UnmaskRequest } from "../../../core/secagg/types";
@@ -573,4 +574,48 @@ test("a secure round: an advertisement whose weight exceeds the device's bound i
       [...f.devices.values()].filter((d) => d.id !== "dev-e"),
     ),
   );
+});
+
+test("a secure norm:C+mean job: the order carries the bound, an update above it arrives clipped, the sum matches, the record says so", async () => {
+  const all = ids(4);
+  const f = secureWorld(all);
+  const { w } = f;
+  const jobId = await startJob(w, {
+    strategyOptions: { clientsPerRound: 4, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    rounds: 1,
+    secureAggregation: { stepSeconds: 10 },
+    aggregator: "norm:0.5+mean",
+  });
+  await tick(w);
+  const w0 = await model(w, jobId, 0);
+  // Every trainer is told the bound (the cloud sees only the sum, so it cannot bound anything itself).
+  assert.equal(w.fleet.configured.length, 4);
+  for (const c of w.fleet.configured) assert.equal(c.desired?.normBound, 0.5);
+  // dev-d's update is 1000 times too large; the others are under the bound.
+  const big = f.devices.get("dev-d")!;
+  big.delta.set(big.delta.map((x) => x * 1000));
+  const norm = (d: Float32Array) => Math.sqrt(d.reduce((s, x) => s + x * x, 0));
+  for (const d of f.devices.values()) if (d.id !== "dev-d") assert.ok(norm(d.delta) < 0.5);
+  const before = Float32Array.from(big.delta);
+  // Each device runs the update pipeline's bound step as its order says (modules/trainer, core/round/device.ts).
+  for (const d of f.devices.values()) {
+    const order = w.fleet.configured.find((c) => c.deviceId === d.id)!.desired!;
+    boundDelta(d.delta, order.normBound);
+  }
+  assert.ok(Math.abs(norm(big.delta) - 0.5) < 1e-5, `dev-d's update arrives at norm ${norm(big.delta)}`);
+  for (let i = 0; i < before.length; i++)
+    assert.ok(Math.abs(big.delta[i]! - (before[i]! * 0.5) / norm(before)) < 1e-6, "same direction");
+  for (const id of all) await advertise(f, id, jobId, 1);
+  await tick(w);
+  await deliverMasked(f);
+  await tick(w);
+  const rec = (await new JobRepository(w.store).getJob(jobId))!.rounds[0]!;
+  assert.equal(rec.status, "aggregated");
+  assert.deepEqual(rec.secagg?.included, all);
+  // The unmasked mean is FedAvg of the clipped updates.
+  assertClose(await model(w, jobId, 1), fedavg(w0, [...f.devices.values()]));
+  assert.equal(rec.robust?.aggregator, "norm:0.5+mean");
+  assert.equal(rec.robust?.bound, 0.5);
+  assert.equal(rec.robust?.onDevices, true);
+  assert.deepEqual(rec.robust?.kept, all);
 });

@@ -212,7 +212,7 @@ export interface World {
 
 export function world(
   devices = ["dev-a", "dev-b", "dev-c"],
-  extra: { identityKeys?: IdentityKeyDirectory } = {},
+  extra: { identityKeys?: IdentityKeyDirectory; robustMaxBytes?: number } = {},
 ): World {
   const store = new MemoryBlobStore();
   const fleet = new RecordingFleet();

@@ -18,6 +18,7 @@ import {
   needsSegments,
   privatizeDelta,
   takeDelta,
+  boundDelta,
   type ResidualStore,
 } from "../../../core/round/update-pipeline";
 import { makeLayout } from "../../../core/tensor/layout";
@@ -128,4 +129,18 @@ test("a failed compression discards the residual in the store and is a FlotillaE
   } as const;
   await assert.rejects(compressUpdate(delta(1), bad as never, CTX, store), (e) => isFlotillaError(e));
   assert.deepEqual(calls, ["load", "discard"]);
+});
+
+test("norm-bound step: scaled in place to the order's normBound, untouched below it or without one", () => {
+  const d = Float32Array.from([3, 4, 0]);
+  assert.equal(boundDelta(d, undefined), false);
+  assert.equal(boundDelta(d, 5), false);
+  assert.deepEqual([...d], [3, 4, 0]);
+  assert.equal(boundDelta(d, 1), true);
+  assert.ok(Math.abs(d[0]! - 0.6) < 1e-6 && Math.abs(d[1]! - 0.8) < 1e-6 && d[2] === 0, `${[...d]}`);
+  for (const bad of [0, -1, NaN, Infinity])
+    assert.throws(
+      () => boundDelta(d, bad),
+      (e) => isFlotillaError(e) && e.code === "E_ROUND_INVALID",
+    );
 });

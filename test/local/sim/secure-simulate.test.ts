@@ -122,3 +122,18 @@ test("secure-aggregation flags are checked: one line with a code", () => {
     assert.equal(run.stderr.trim().split("\n").length, 1);
   }
 });
+
+test("norm:C+mean with secure aggregation: each device clips before masking, so the sum is the plain run's bounded mean", async () => {
+  const over: Partial<SimConfig> = { rounds: 1, aggregator: "norm:0.05+mean" };
+  const free = await simulate(base({ rounds: 1 }));
+  const plain = await simulate(base(over));
+  const secure = await simulate(base({ ...over, secureAggregation: true }));
+  const [f, p, s] = [free.rounds[0]!, plain.rounds[0]!, secure.rounds[0]!];
+  // The bound is active (it changes the model) and the devices applied it exactly as the server would have.
+  assert.ok(Math.abs(p.loss - f.loss) > 1e-3, `bounded loss ${p.loss} vs unbounded ${f.loss}`);
+  assert.ok(Math.abs(s.loss - p.loss) < 1e-4, `secure ${s.loss} vs server-side bound ${p.loss}`);
+  assert.equal(s.robust?.aggregator, "norm:0.05+mean");
+  assert.equal(s.robust?.bound, 0.05);
+  assert.equal(s.robust?.onDevices, true);
+  assert.deepEqual(s.robust?.kept.slice().sort(), s.participants.slice().sort());
+});

@@ -99,3 +99,33 @@ test("a rerun into the same --out over the IoT Hub path completes (its devices r
     fs.rmSync(out, { recursive: true, force: true });
   }
 });
+
+// Robust aggregation (docs/robustness.md): `--aggregator` becomes the job's `aggregator` member over the hub, and
+// the Function clips around the same previous global step as the simulator (model r-1 minus model r-2).
+test("a robust job (--aggregator centered-clip) gives the same aggregate over both transports, with its report", async () => {
+  const { iothub } = await sameAggregate({ aggregator: "centered-clip:0.05" });
+  assert.equal(iothub.config.aggregator, "centered-clip:0.05");
+  for (const r of iothub.rounds) {
+    assert.equal(r.robust?.aggregator, "centered-clip:0.05");
+    assert.equal(r.robust?.devices.length, r.completed);
+  }
+});
+
+// With secure aggregation the real trainer modules bound their own updates (the round order's normBound) before
+// masking, as the simulator's devices do: the unmasked sums agree.
+test("a secure norm:C+mean job gives the same aggregate over both transports (devices clip before masking)", async () => {
+  const { memory, iothub } = await sameAggregate({
+    secureAggregation: true,
+    aggregator: "norm:0.05+mean",
+    rounds: 1,
+  });
+  // The bound is active: without it the model differs (so the trainer modules did clip).
+  const { aggregator: _bound, ...unbounded } = memory.config;
+  const free = await simulate({
+    ...unbounded,
+    out: fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-contract-free-")),
+  });
+  assert.ok(Math.abs(free.rounds[0]!.loss - memory.rounds[0]!.loss) > 1e-3, "the bound changes the model");
+  assert.equal(iothub.rounds[0]?.robust?.onDevices, true);
+  assert.equal(iothub.rounds[0]?.robust?.bound, 0.05);
+});

@@ -103,3 +103,57 @@ test("the executor honours the order's dp: the delta is clipped and the clip ind
   assert.ok(Math.abs(norm(dp.delta) - clip) < 1e-5, `clipped to ${norm(dp.delta)}, clip ${clip}`);
   assert.equal(dp.dpClipBit, -0.5, "the update was clipped: b − ½ = −½");
 });
+
+test("round order: `normBound` (secure norm:C+mean jobs) is parsed; a bad one is refused with E_ROUND_INVALID", () => {
+  assert.equal(parseRoundOrder(order())?.normBound, undefined);
+  assert.equal(parseRoundOrder(order({ normBound: null }))?.normBound, undefined);
+  assert.equal(parseRoundOrder(order({ normBound: 2.5 }))?.normBound, 2.5);
+  for (const normBound of [0, -1, "2", Infinity, {}])
+    assert.throws(
+      () => parseRoundOrder(order({ normBound })),
+      (e: unknown) =>
+        e instanceof FlotillaError && e.code === "E_ROUND_INVALID" && /normBound/.test(e.message),
+      JSON.stringify(normBound),
+    );
+});
+
+test("the executor honours the order's normBound: the update leaves the device scaled to it (same direction)", async () => {
+  await initBackend();
+  const n = 40;
+  const x = new Float32Array(n * 4);
+  const y = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    y[i] = i % 3;
+    for (let j = 0; j < 4; j++) x[i * 4 + j] = (y[i] === j ? 2 : 0) + ((i * 7 + j * 3) % 5) / 10;
+  }
+  const weights = initialWeights(SPEC, 1);
+  const job = {
+    jobId: "job-1",
+    round: 1,
+    deviceId: "dev-a",
+    spec: SPEC,
+    weights,
+    modelSha256: weightsHash(weights),
+    layoutHash: modelLayout(SPEC).hash,
+    config: { epochs: 2, batchSize: 8, lr: 0.5, seed: 3 },
+    data: { kind: "dataset" as const, dataset: { x, y, n, inputShape: [4], numClasses: 3 } },
+  };
+  const ex = new InProcessTrainExecutor();
+  const plain = await ex.run(job, new AbortController().signal, () => {});
+  const norm = (d: Float32Array) => Math.hypot(...d);
+  const bound = norm(plain.delta) / 3;
+  const bounded = await ex.run({ ...job, normBound: bound }, new AbortController().signal, () => {});
+  assert.ok(
+    Math.abs(norm(bounded.delta) - bound) < 1e-5,
+    `bounded to ${norm(bounded.delta)}, bound ${bound}`,
+  );
+  for (let i = 0; i < plain.delta.length; i++)
+    assert.ok(Math.abs(bounded.delta[i]! - plain.delta[i]! / 3) < 1e-5, `[${i}] same direction`);
+  // A bound above the update's norm leaves it as it is.
+  const loose = await ex.run(
+    { ...job, normBound: 10 * norm(plain.delta) },
+    new AbortController().signal,
+    () => {},
+  );
+  assert.deepEqual(loose.delta, plain.delta);
+});

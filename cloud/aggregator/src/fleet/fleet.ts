@@ -267,6 +267,7 @@ export class IotHubFleet implements Fleet {
             onnx: null,
             secagg: null,
             dp: null,
+            normBound: null,
             ...desired,
             // Objects merge too: every key a previous job's spec or optimizer may have left is cleared.
             modelSpec: { ...STALE_SPEC_KEYS, ...desired.modelSpec },

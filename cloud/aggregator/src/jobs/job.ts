@@ -20,6 +20,17 @@ import {
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
 import { createSelector, DEFAULT_SELECTION } from "../../../../core/selection";
 import {
+  checkAggregatorCompatible,
+  deviceNormBound,
+  E_CONFIG_AGGREGATOR,
+  E_CONFIG_CONFLICT,
+  formatAggregator,
+  isPlainMean,
+  isStreaming,
+  parseAggregator,
+  type AggregatorSpec,
+} from "../../../../core/robust/spec";
+import {
   DEFAULT_MAX_SAMPLES_PER_DEVICE,
   SAMPLE_COUNT_POLICIES,
   type SampleCountPolicy,
@@ -89,7 +100,24 @@ export interface JobDefinition {
   readonly mode?: "sync" | "async";
   /** Async only: the options of core/round/async-engine.ts. */
   readonly async?: AsyncOptions;
+  /**
+   * Robust aggregation (core/robust/spec.ts, docs/robustness.md "In the Function"): the canonical spec of the
+   * job's `aggregator` member (`default` expanded); absent (or written before it existed) = the plain mean.
+   */
+  readonly aggregator?: string;
 }
+
+/** What the Function allows a job (app settings, aggregator.ts servicesFromEnv). */
+export interface JobLimits {
+  /**
+   * Most bytes a buffered robust rule may hold for one round: clientsPerRound (async: buffer) × model values × 4
+   * (FLOTILLA_ROBUST_MAX_BYTES; default DEFAULT_ROBUST_MAX_BYTES).
+   */
+  readonly robustMaxBytes?: number;
+}
+
+/** Default cap on a buffered robust rule's round (1 GiB). */
+export const DEFAULT_ROBUST_MAX_BYTES = 2 ** 30;
 
 /** Where a job's initial model came from, and the stored copy's sha256 and length (float32 values). */
 export interface InitModelRecord {
@@ -215,7 +243,11 @@ export function jobModelSpecInput(j: Record<string, unknown>, resolved: Resolved
  * Validates an untrusted job definition (e.g. a request body); fills defaults. `resolved`: what createJob read
  * from blobs for `model` / `initModel` (jobs/model-source.ts resolveJobModels).
  */
-export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobDefinition {
+export function validateJob(
+  input: unknown,
+  resolved: ResolvedModels = {},
+  limits: JobLimits = {},
+): JobDefinition {
   const j = obj(input, "job");
   const jobId = j.jobId;
   if (typeof jobId !== "string" || !JOB_ID.test(jobId)) {
@@ -321,7 +353,65 @@ export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobD
       j.minMemoryBytes === undefined ? undefined : int(j.minMemoryBytes, "minMemoryBytes", 0, 2 ** 50),
     ),
   };
-  return asyncMode(j, withSelection);
+  return robustAggregator(j.aggregator, asyncMode(j, withSelection), size, limits);
+}
+
+/** The job's aggregator spec; undefined for the plain mean (absent, "mean"). */
+export function jobAggregator(d: JobDefinition): AggregatorSpec | undefined {
+  if (d.aggregator === undefined) return undefined;
+  const spec = parseAggregator(d.aggregator);
+  return isPlainMean(spec) ? undefined : spec;
+}
+
+/**
+ * The bound each device applies to its own update before masking: secure jobs whose aggregator is `norm:C+mean`
+ * (the server sees only the sum, so it cannot bound anything itself); undefined otherwise.
+ */
+export function jobDeviceNormBound(d: JobDefinition): number | undefined {
+  return d.secureAggregation ? deviceNormBound(jobAggregator(d)) : undefined;
+}
+
+/**
+ * The `aggregator` member (core/robust/spec.ts; "default" expands to DEFAULT_AGGREGATOR): a bad spec is
+ * E_CONFIG_AGGREGATOR; a rule that needs each update with secure aggregation, anything but the plain mean with
+ * differential privacy, and a buffered rule whose round would hold more than `limits.robustMaxBytes` are
+ * E_CONFIG_CONFLICT; FLTrust is refused (the Function trains nothing, so it has no root update:
+ * docs/robustness.md). The canonical text is kept.
+ */
+function robustAggregator(
+  v: unknown,
+  def: JobDefinition,
+  modelValues: number,
+  limits: JobLimits,
+): JobDefinition {
+  if (v === undefined || v === null) return def;
+  if (typeof v !== "string")
+    fail(
+      E_CONFIG_AGGREGATOR,
+      `aggregator must be a spec string (e.g. "median", "default"), got ${JSON.stringify(v)}`,
+    );
+  const spec = parseAggregator(v);
+  const text = formatAggregator(spec);
+  checkAggregatorCompatible(spec, {
+    secureAggregation: def.secureAggregation !== undefined,
+    dp: def.differentialPrivacy !== undefined,
+  });
+  if (spec.rule === "fltrust")
+    fail(
+      E_CONFIG_AGGREGATOR,
+      `aggregator '${text}' is not available in the Function: FLTrust needs the server's own update on a root dataset each round, and the Function trains nothing (use it in the simulator, or pick median, trimmed-mean:B, geomed, centered-clip:TAU, krum:F)`,
+    );
+  if (!isStreaming(spec)) {
+    const n = def.mode === "async" ? def.async!.buffer : def.strategyOptions.clientsPerRound;
+    const bytes = n * modelValues * 4;
+    const cap = limits.robustMaxBytes ?? DEFAULT_ROBUST_MAX_BYTES;
+    if (bytes > cap)
+      fail(
+        E_CONFIG_CONFLICT,
+        `aggregator '${text}' holds every update of a round: ${n} updates x ${modelValues} values x 4 = ${bytes} bytes, above the aggregator's cap of ${cap} bytes (FLOTILLA_ROBUST_MAX_BYTES; use fewer ${def.mode === "async" ? "buffered updates" : "clientsPerRound"}, mean or norm:C+mean)`,
+      );
+  }
+  return { ...def, aggregator: text };
 }
 
 /** `strategyOptions.fit.optimizer`: {name: sgd | momentum | adam, ...} or its text form (E_JOB_INVALID). */

@@ -10,6 +10,7 @@
  * older version) restarts the optimizer from zero: the round record then says `optimizerStateReset: true`.
  */
 import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
+import type { RobustReport } from "../../../../core/robust/aggregation";
 import type { RoundState } from "../../../../core/round/engine";
 import type { AsyncCounters, AsyncState } from "../../../../core/round/async-engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
@@ -62,6 +63,12 @@ export interface RoundRecord {
    * the round closed: the devices evaluate the model as they start the next round).
    */
   readonly evaluation?: FleetEvaluation;
+  /**
+   * Jobs with a robust `aggregator` (docs/robustness.md): what it did this round (core/robust/aggregation.ts
+   * RobustReport: the spec, the norm bound used, per device its norm, cosine to the aggregate, clipped, kept and
+   * why not).
+   */
+  readonly robust?: RobustReport;
 }
 
 /** rounds/{r}/evaluations.json: every device's evaluation of round r's model (first one per device kept). */
