@@ -16,6 +16,7 @@ import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
 import type { RobustReport } from "../robust/aggregation";
 import type { AggregatorSpec } from "../robust/spec";
+import type { DeviceObservation } from "../robust/quality";
 import { beginRoundAggregation, type RoundInterceptor } from "./aggregation";
 
 /**
@@ -43,6 +44,8 @@ export interface ModelRecord {
   readonly dp?: DpRoundRecord;
   /** Robust aggregation: the rule, the bound, who was kept and dropped and why, per-device norm and cosine. */
   readonly robust?: RobustReport;
+  /** Contribution quality (JobOptions.observe): each update's norm, cosine to the previous step and loss. */
+  readonly observed?: readonly DeviceObservation[];
 }
 
 export interface RoundRecord extends ModelRecord {
@@ -105,6 +108,8 @@ export interface JobOptions {
   readonly rootUpdate?: (global: Float32Array, round: number) => Promise<Float32Array>;
   /** Simulator only: an interceptor outermost in each round's aggregation chain (attacks). */
   readonly interceptor?: RoundInterceptor;
+  /** Contribution quality: observe each update (norm, cosine to the previous global step, loss) into `observed`. */
+  readonly observe?: boolean;
   /**
    * The time and arrivals the rounds run on (core/round/clock.ts): every time read and wait of a plain round goes
    * through it. Default: a RealClock over the transport, one per round (secure rounds always run on real time).
@@ -193,6 +198,7 @@ export async function runRound(
       : {}),
     ...(carry.previousStep ? { reference: carry.previousStep } : {}),
     ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+    ...(opts.observe ? { observe: true } : {}),
   });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
@@ -333,7 +339,14 @@ export async function runRound(
   } finally {
     if (ownClock) clock!.close();
   }
-  return closeRound(strategy, transport, closer, opts, carry, { participants, t0, up0, down0, startedAt, endedAt });
+  return closeRound(strategy, transport, closer, opts, carry, {
+    participants,
+    t0,
+    up0,
+    down0,
+    startedAt,
+    endedAt,
+  });
 }
 
 /**
@@ -356,10 +369,12 @@ async function closeRound(
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
-  const before = opts.aggregator?.rule === "centered-clip" ? strategy.weights.slice() : undefined;
+  const before =
+    opts.aggregator?.rule === "centered-clip" || opts.observe ? strategy.weights.slice() : undefined;
   const out = closer.finish(r.participants);
   if (out.weights !== strategy.weights) strategy.weights.set(out.weights);
-  // Centered clipping clips around the previous round's step (Karimireddy et al. 2021 use the momentum).
+  // Centered clipping clips around the previous round's step (Karimireddy et al. 2021 use the momentum); the
+  // quality observer measures each update's cosine to it.
   if (before) carry.previousStep = Float32Array.from(strategy.weights, (w, i) => w - before[i]!);
   const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };
@@ -381,6 +396,7 @@ async function closeRound(
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(opts.dp && dp ? { dp } : {}),
     ...(out.robust ? { robust: out.robust } : {}),
+    ...(out.observed ? { observed: out.observed } : {}),
   };
 }
 
