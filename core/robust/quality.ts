@@ -4,16 +4,17 @@
  * simulator keeps a QualityTracker in memory, the Function keeps its JSON in the job document.
  *
  * Each round, for every device that contributed, the tracker sees its update's L2 norm, its cosine (to the round's
- * aggregate when a robust rule reports it, else to the previous round's global step — core/round/aggregation.ts's
- * observer), its reported training loss, and the round's failures. It flags:
+ * aggregate when a robust rule reports it, else to the round's mean update, estimated by the streaming observer of
+ * core/round/aggregation.ts from count sketches), its reported training loss, and the round's failures. It flags:
  *
  *   E_QUALITY_NORM       norm far above the round's: modified z-score M = 0.6745 (x − median) / MAD > 3.5 (the
  *                        outlier rule of Iglewicz & Hoaglin 1993, "How to Detect and Handle Outliers") and
- *                        x > 3 × median (so a tight round's MAD does not flag an honest device a little above it)
+ *                        x > 5 × median (honest non-IID sensors devices reach 3 × the median: their data differ)
  *   E_QUALITY_DIRECTION  cosine < 0 while the round's median cosine is > 0 and M < −3.5 over the round's cosines
  *                        (the update points against the round; sign flipping and IPM do)
- *   E_QUALITY_LOSS       training loss a high outlier of the round's (M > 3.5 and > 2 × the median): loss drift
- *                        of a device whose data or training went wrong (label flipping, a stuck sensor)
+ *   E_QUALITY_LOSS       training loss a high outlier of the round's (M > 3.5 and > 8 × the median): loss drift
+ *                        of a device whose data or training went wrong (label flipping, a stuck sensor); honest
+ *                        non-IID devices of the sensors fleet reach 5 × the median late in training, hence 8
  *   E_QUALITY_REJECTED   its update was refused by validation (E_STRATEGY_*, E_MODEL_LAYOUT, E_ROUND_SAMPLES) or
  *                        left out by a robust rule (E_ROBUST_DROPPED)
  *
@@ -50,8 +51,9 @@ export const DEFAULT_QUALITY_POLICY: QualityPolicy = { excludeAfter: 3, window: 
 /** Rule thresholds (see the file comment). */
 export const QUALITY_THRESHOLDS = {
   modifiedZ: 3.5,
-  normRatio: 3,
-  lossRatio: 2,
+  normRatio: 5,
+  lossRatio: 8,
+  maxCosine: 0,
   minRoundDevices: 4,
   forgetting: 0.9,
 } as const;
@@ -85,7 +87,7 @@ export interface DeviceObservation {
   /** Cosine to the reference (NaN/undefined when there is none, e.g. round 1 without a robust rule). */
   readonly cosine?: number;
   /** What the cosine is to. */
-  readonly cosineTo?: "aggregate" | "previous-step";
+  readonly cosineTo?: "aggregate" | "round-mean";
   /** The device's reported training loss. */
   readonly loss?: number;
   readonly numSamples?: number;
@@ -260,7 +262,7 @@ export function detectAnomalies(input: QualityRoundInput): Anomaly[] {
       if (
         cz !== undefined &&
         withCos.length >= T.minRoundDevices &&
-        d.cosine! < 0 &&
+        d.cosine! < T.maxCosine &&
         cos.median > 0 &&
         cz < -T.modifiedZ
       )
@@ -269,7 +271,7 @@ export function detectAnomalies(input: QualityRoundInput): Anomaly[] {
           round,
           code: "E_QUALITY_DIRECTION",
           reason: `cosine ${fmt(d.cosine!)} to the ${
-            d.cosineTo === "previous-step" ? "previous global step" : "round's aggregate"
+            d.cosineTo === "round-mean" ? "round's mean update" : "round's aggregate"
           } (round median ${fmt(cos.median)}, modified z ${fz(cz)} < −${T.modifiedZ})`,
         });
       const lz = lossZ.get(d.deviceId);
@@ -499,7 +501,7 @@ export function exclusionLine(e: Exclusion): string {
 }
 
 /**
- * A round's quality input from its record: the observer's observations (norm, loss, cosine to the previous step),
+ * A round's quality input from its record: the observer's observations (norm, loss, cosine to the round's mean),
  * with the robust rule's cosine to the round's aggregate instead when it reports one; the failures plus the robust
  * drops.
  */

@@ -10,8 +10,8 @@
  * combine: core/robust/spec.ts checkAggregatorCompatible refuses it when the job is configured); the simulator may
  * put an interceptor outermost to play the round's attackers (local/sim/attacks). With `observe`, a light observer
  * (contribution quality, core/robust/quality.ts) sees each update as the aggregation receives it and records its
- * norm, its cosine to the previous round's global step and its reported loss, without buffering anything (one
- * scratch buffer for a compressed update); the result carries them as `observed`.
+ * norm, its reported loss and (by a count sketch, not by keeping the update) its cosine to the round's mean update;
+ * the result carries them as `observed`.
  */
 import { decodeTensorInto } from "../compress";
 import type { DifferentialPrivacy } from "../privacy/dp";
@@ -55,7 +55,7 @@ export interface RoundAggregationOptions {
   /** Centered clipping: the previous round's aggregate delta. */
   readonly reference?: Float32Array;
   readonly interceptor?: RoundInterceptor;
-  /** Contribution quality: record each update's norm, cosine to `reference` and loss (result `observed`). */
+  /** Contribution quality: record each update's norm, loss and cosine to the round's mean (result `observed`). */
   readonly observe?: boolean;
 }
 
@@ -83,28 +83,48 @@ export function beginRoundAggregation(
       ...(o.reference ? { reference: o.reference } : {}),
     });
   }
-  if (o.observe) agg = new ObservingAggregation(agg, global.length, o.reference);
+  if (o.observe) agg = new ObservingAggregation(agg, global.length);
   if (o.interceptor) agg = o.interceptor.wrap(agg, { round, global });
   return agg;
 }
 
+/** Count-sketch width: the cosine estimate's standard error is about 1/√SKETCH ≈ 0.03. */
+const SKETCH = 1024;
+
+/** Adds `v` into the count sketch `out` (bucket and sign of each index from one 32-bit integer mix). */
+function sketchInto(v: Float32Array, out: Float64Array): void {
+  const mask = out.length - 1;
+  for (let i = 0; i < v.length; i++) {
+    let h = Math.imul(i ^ 0x5bd1e995, 0x9e3779b1);
+    h ^= h >>> 15;
+    h = Math.imul(h, 0x85ebca77);
+    h ^= h >>> 13;
+    out[h & mask]! += h < 0 ? -v[i]! : v[i]!;
+  }
+}
+
+function dot(a: Float64Array, b: Float64Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) s += a[i]! * b[i]!;
+  return s;
+}
+
 /**
- * The quality observer: passes every update on unchanged and records its norm, its cosine to `reference` (the
- * previous global step; none in the first round) and its reported training loss. Nothing is buffered but one
- * scratch array to decode a compressed update into; an update the rest of the chain refuses is not recorded
+ * The quality observer: passes every update on unchanged and records its norm, its reported training loss and its
+ * cosine to the round's sample-weighted mean update. It keeps no update: each one is reduced to a count sketch of
+ * SKETCH values (Charikar, Chen & Farach-Colton 2002; the sketch FetchSGD, Rothchild et al. 2020, aggregates),
+ * whose inner products estimate the updates' without bias, so at `finish` the mean's sketch is the weighted mean of
+ * the sketches and each cosine is estimated from them (n × 8 KB for n updates, whatever the model size). A
+ * compressed update is decoded into one scratch array; an update the rest of the chain refuses is not recorded
  * (its failure is).
  */
 class ObservingAggregation implements RoundAggregation {
-  private readonly seen: DeviceObservation[] = [];
+  private readonly seen: { o: DeviceObservation; sketch: Float64Array; weight: number }[] = [];
   private scratch: Float32Array | undefined;
-  private readonly refNorm: number;
   constructor(
     private readonly inner: RoundAggregation,
     private readonly length: number,
-    private readonly reference?: Float32Array,
-  ) {
-    this.refNorm = reference ? l2Norm(reference) : 0;
-  }
+  ) {}
   get count(): number {
     return this.inner.count;
   }
@@ -112,21 +132,18 @@ class ObservingAggregation implements RoundAggregation {
     this.inner.add(r);
     const v = this.view(r);
     if (!v) return;
-    const norm = l2Norm(v);
-    let cosine: number | undefined;
-    const ref = this.reference;
-    if (ref && ref.length === v.length && this.refNorm > 0 && norm > 0) {
-      let dot = 0;
-      for (let i = 0; i < v.length; i++) dot += v[i]! * ref[i]!;
-      cosine = dot / (norm * this.refNorm);
-    }
+    const sketch = new Float64Array(SKETCH);
+    sketchInto(v, sketch);
     const loss = r.metrics?.loss;
     this.seen.push({
-      deviceId: r.deviceId,
-      norm,
-      ...(cosine !== undefined ? { cosine, cosineTo: "previous-step" as const } : {}),
-      ...(typeof loss === "number" && Number.isFinite(loss) ? { loss } : {}),
-      numSamples: r.numSamples,
+      o: {
+        deviceId: r.deviceId,
+        norm: l2Norm(v),
+        ...(typeof loss === "number" && Number.isFinite(loss) ? { loss } : {}),
+        numSamples: r.numSamples,
+      },
+      sketch,
+      weight: r.numSamples * (r.discount ?? 1),
     });
   }
   /** The update's values (decoded into the scratch array when compressed); undefined when unreadable. */
@@ -150,6 +167,19 @@ class ObservingAggregation implements RoundAggregation {
   finish(failures: readonly FitFailure[]): ObservedRoundResult {
     const out = this.inner.finish(failures);
     this.scratch = undefined;
-    return { ...out, observed: this.seen.splice(0) };
+    const seen = this.seen.splice(0);
+    const mean = new Float64Array(SKETCH);
+    const total = seen.reduce((s, x) => s + (x.weight > 0 ? x.weight : 0), 0);
+    if (total > 0)
+      for (const x of seen)
+        for (let i = 0; i < SKETCH; i++) mean[i]! += (x.sketch[i]! * Math.max(0, x.weight)) / total;
+    const meanNorm = Math.sqrt(dot(mean, mean));
+    const observed = seen.map(({ o, sketch }) => {
+      const n = Math.sqrt(dot(sketch, sketch));
+      if (!(n > 0 && meanNorm > 0) || seen.length < 2) return o;
+      const cosine = Math.max(-1, Math.min(1, dot(sketch, mean) / (n * meanNorm)));
+      return { ...o, cosine, cosineTo: "round-mean" as const };
+    });
+    return { ...out, observed };
   }
 }

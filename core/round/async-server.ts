@@ -249,7 +249,7 @@ export async function runAsyncJob(
       ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
       ...(opts.observe ? { observe: true } : {}),
     });
-    const before = opts.aggregator?.rule === "centered-clip" || opts.observe ? global.slice() : undefined;
+    const before = opts.aggregator?.rule === "centered-clip" ? global.slice() : undefined;
     const closer = new RoundCloser({ round: next, aggregation, layoutHash: opts.layout.hash });
     for (const e of entries) {
       const u = pending.get(e.updateId);

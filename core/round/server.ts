@@ -44,7 +44,7 @@ export interface ModelRecord {
   readonly dp?: DpRoundRecord;
   /** Robust aggregation: the rule, the bound, who was kept and dropped and why, per-device norm and cosine. */
   readonly robust?: RobustReport;
-  /** Contribution quality (JobOptions.observe): each update's norm, cosine to the previous step and loss. */
+  /** Contribution quality (JobOptions.observe): each update's norm, loss and cosine to the round's mean. */
   readonly observed?: readonly DeviceObservation[];
 }
 
@@ -108,7 +108,7 @@ export interface JobOptions {
   readonly rootUpdate?: (global: Float32Array, round: number) => Promise<Float32Array>;
   /** Simulator only: an interceptor outermost in each round's aggregation chain (attacks). */
   readonly interceptor?: RoundInterceptor;
-  /** Contribution quality: observe each update (norm, cosine to the previous global step, loss) into `observed`. */
+  /** Contribution quality: observe each update (norm, loss, cosine to the round's mean) into `observed`. */
   readonly observe?: boolean;
   /**
    * The time and arrivals the rounds run on (core/round/clock.ts): every time read and wait of a plain round goes
@@ -369,12 +369,10 @@ async function closeRound(
     secagg?: SecureRoundRecord;
   },
 ): Promise<RoundRecord> {
-  const before =
-    opts.aggregator?.rule === "centered-clip" || opts.observe ? strategy.weights.slice() : undefined;
+  const before = opts.aggregator?.rule === "centered-clip" ? strategy.weights.slice() : undefined;
   const out = closer.finish(r.participants);
   if (out.weights !== strategy.weights) strategy.weights.set(out.weights);
-  // Centered clipping clips around the previous round's step (Karimireddy et al. 2021 use the momentum); the
-  // quality observer measures each update's cosine to it.
+  // Centered clipping clips around the previous round's step (Karimireddy et al. 2021 use the momentum).
   if (before) carry.previousStep = Float32Array.from(strategy.weights, (w, i) => w - before[i]!);
   const dp = opts.dp?.lastRound;
   const metrics = opts.evaluate ? await opts.evaluate(strategy.weights) : { loss: NaN, accuracy: NaN };

@@ -72,6 +72,12 @@ function buildSimConfig(o: RawOptions): SimConfig {
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
   if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
+  if (s("quality") !== undefined) {
+    const q = s("quality")!;
+    if (q !== "on" && q !== "off") fail("E_CONFIG_QUALITY", `--quality must be on or off, got '${q}'`);
+    c.quality = q === "on";
+  }
+  if (s("excludeAfter") !== undefined) c.excludeAfter = s("excludeAfter")!;
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -345,6 +351,7 @@ async function simulateAndPrint(config: SimConfig, runOptions: IotHubRunOptions)
       }
       console.log(roundLine(r, config.rounds, mb));
     },
+    onQualityLine: (line) => console.log(line),
   };
   const result =
     config.transport === "iothub"
@@ -715,6 +722,14 @@ export function buildProgram(): Command {
     .option(
       "--aggregator <spec>",
       "robust aggregation: mean (default) | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust | default; prefix norm:C+ or norm:qQ+ to bound update norms (docs/robustness.md)",
+    )
+    .option(
+      "--quality <on|off>",
+      "contribution quality: per-device anomalies and reputation each round, exclusion of devices flagged repeatedly (default on; docs/robustness.md)",
+    )
+    .option(
+      "--exclude-after <K/W[:R]>",
+      "exclude a device flagged in K of its last W contributions, for R rounds (or 'end'); 'off': flag only (default 3/5:10)",
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

@@ -5,6 +5,7 @@ import { isPresetKind } from "../../core/engine/graph";
 import { MODEL_KINDS } from "../../core/engine/model-spec";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
+import { formatQualityPolicy, parseQualityPolicy } from "../../core/robust/quality";
 import { formatOptimizer, parseOptimizer } from "../../core/engine/optimizer-config";
 import { sharedThreads } from "../../core/engine/threads";
 import { createSelector } from "../../core/selection";
@@ -42,6 +43,13 @@ export interface SimConfig {
    * unset = mean (the strategy's own streaming weighted mean).
    */
   aggregator?: string;
+  /**
+   * Contribution quality (core/robust/quality.ts, docs/robustness.md): per-device anomalies and reputation each
+   * round, and the exclusion of devices flagged repeatedly. Default (and unset) on.
+   */
+  quality?: boolean;
+  /** The exclusion policy: K/W[:R|end] or off (core/robust/quality.ts parseQualityPolicy); default 3/5:10. */
+  excludeAfter: string;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -144,6 +152,8 @@ export const DEFAULT_CONFIG: SimConfig = {
   model: "mlp",
   partition: "natural",
   strategy: "fedavg",
+  quality: true,
+  excludeAfter: "3/5:10",
   localEpochs: 1,
   batchSize: 10,
   lr: 0.05,
@@ -370,6 +380,9 @@ export function validateConfig(c: SimConfig): SimConfig {
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
     c.aggregator = formatAggregator(spec);
   }
+  if (c.quality !== undefined && typeof c.quality !== "boolean")
+    fail("E_CONFIG_QUALITY", "--quality must be on or off");
+  if (c.excludeAfter !== undefined) c.excludeAfter = formatQualityPolicy(parseQualityPolicy(c.excludeAfter));
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);

@@ -146,7 +146,7 @@ test("rejections (validation failures and robust drops) are anomalies; timeouts 
 
 test("loss drift: a device whose training loss is far above the round's is flagged", () => {
   const devices = Array.from({ length: 8 }, (_, k) => ({ deviceId: `d${k}`, norm: 1, loss: 0.4 + k * 0.01 }));
-  devices.push({ deviceId: "lf", norm: 1.1, loss: 2.3 });
+  devices.push({ deviceId: "lf", norm: 1.1, loss: 4.5 });
   const a = detectAnomalies({ round: 2, devices, failures: [] });
   assert.deepEqual(
     a.map((x) => [x.deviceId, x.code]),
@@ -221,46 +221,49 @@ test("--exclude-after parses K/W[:R|end] and off; bad values are one E_CONFIG_QU
   assert.throws(() => checkQualityPolicy("3/5"), /must be an object/);
 });
 
-test("the observer in the aggregation chain records norm, cosine to the previous step and loss without changing the result", () => {
-  const strategy = createStrategy("fedavg", {
-    clientsPerRound: 2,
-    fit: { epochs: 1, batchSize: 8, lr: 0.1 },
-    seed: 1,
-  } as Parameters<typeof createStrategy>[1]);
-  strategy.initialize(new Float32Array(4));
-  const plain = createStrategy("fedavg", {
-    clientsPerRound: 2,
-    fit: { epochs: 1, batchSize: 8, lr: 0.1 },
-    seed: 1,
-  } as Parameters<typeof createStrategy>[1]);
-  plain.initialize(new Float32Array(4));
-  const reference = Float32Array.from([1, 0, 0, 0]);
-  const updates = [
-    {
-      deviceId: "a",
-      numSamples: 10,
-      delta: Float32Array.from([3, 4, 0, 0]),
-      metrics: { loss: 0.5, accuracy: 0.9, trainMs: 1 },
-    },
-    {
-      deviceId: "b",
-      numSamples: 10,
-      delta: Float32Array.from([-1, 0, 0, 0]),
-      metrics: { loss: 0.7, accuracy: 0.8, trainMs: 1 },
-    },
-  ];
-  const agg = beginRoundAggregation(strategy, 1, { layoutHash: "x", observe: true, reference });
+test("the observer in the aggregation chain records norm, loss and the cosine to the round's mean without changing the result", () => {
+  const opts = { clientsPerRound: 2, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 1 } as Parameters<
+    typeof createStrategy
+  >[1];
+  const strategy = createStrategy("fedavg", opts);
+  const plain = createStrategy("fedavg", opts);
+  const D = 4096;
+  strategy.initialize(new Float32Array(D));
+  plain.initialize(new Float32Array(D));
+  const rand = rng(11);
+  const base = Float32Array.from({ length: D }, () => rand());
+  const updates = [0, 1, 2, 3].map((k) => ({
+    deviceId: `d${k}`,
+    numSamples: 10 + k,
+    delta: Float32Array.from(base, (x) => (k === 3 ? -2 * x : x + 0.3 * rand())),
+    metrics: { loss: 0.5 + k, accuracy: 0.9, trainMs: 1 },
+  }));
+  const agg = beginRoundAggregation(strategy, 1, { layoutHash: "x", observe: true });
   const ref = beginRoundAggregation(plain, 1, { layoutHash: "x" });
   for (const u of updates) {
     agg.add(u);
     ref.add(u);
   }
   const out = agg.finish([]) as ObservedRoundResult;
-  assert.deepEqual([...out.weights], [...ref.finish([]).weights]);
-  assert.deepEqual(out.observed, [
-    { deviceId: "a", norm: 5, cosine: 0.6, cosineTo: "previous-step", loss: 0.5, numSamples: 10 },
-    { deviceId: "b", norm: 1, cosine: -1, cosineTo: "previous-step", loss: 0.7, numSamples: 10 },
-  ]);
+  assert.deepEqual([...out.weights], [...ref.finish([]).weights], "the observer changes nothing");
+  // The exact cosines to the weighted mean, against the sketch's estimates.
+  const total = updates.reduce((s, u) => s + u.numSamples, 0);
+  const mean = new Float64Array(D);
+  for (const u of updates) for (let i = 0; i < D; i++) mean[i]! += (u.delta[i]! * u.numSamples) / total;
+  const norm = (v: ArrayLike<number>) => Math.sqrt(Array.from(v).reduce((s, x) => s + x * x, 0));
+  assert.equal(out.observed!.length, 4);
+  out.observed!.forEach((o, k) => {
+    const u = updates[k]!;
+    let d = 0;
+    for (let i = 0; i < D; i++) d += u.delta[i]! * mean[i]!;
+    const exact = d / (norm(u.delta) * norm(mean));
+    assert.equal(o.deviceId, u.deviceId);
+    assert.ok(Math.abs(o.norm - norm(u.delta)) < 1e-3);
+    assert.equal(o.loss, 0.5 + k);
+    assert.equal(o.cosineTo, "round-mean");
+    assert.ok(Math.abs(o.cosine! - exact) < 0.1, `cosine ${o.cosine} vs exact ${exact}`);
+  });
+  assert.ok(out.observed![3]!.cosine! < -0.5, "the flipped update points against the mean");
   // qualityInput prefers a robust report's cosine to the aggregate and adds its drops.
   const input = qualityInput({
     round: 1,
@@ -268,16 +271,16 @@ test("the observer in the aggregation chain records norm, cosine to the previous
     observed: out.observed,
     robust: {
       aggregator: "median",
-      updates: 2,
-      kept: ["a"],
-      dropped: [{ deviceId: "b", code: "E_ROBUST_DROPPED", reason: "far" }],
+      updates: 4,
+      kept: ["d0"],
+      dropped: [{ deviceId: "d3", code: "E_ROBUST_DROPPED", reason: "far" }],
       aggregateNorm: 1,
-      devices: [{ deviceId: "a", norm: 5, cosine: 0.9, clipped: false, kept: true }],
+      devices: [{ deviceId: "d0", norm: 5, cosine: 0.9, clipped: false, kept: true }],
       ms: 0,
     },
   });
   assert.equal(input.devices[0]!.cosine, 0.9);
   assert.equal(input.devices[0]!.cosineTo, "aggregate");
-  assert.equal(input.devices[1]!.cosineTo, "previous-step");
-  assert.deepEqual(input.failures, [{ deviceId: "b", code: "E_ROBUST_DROPPED", reason: "far" }]);
+  assert.equal(input.devices[1]!.cosineTo, "round-mean");
+  assert.deepEqual(input.failures, [{ deviceId: "d3", code: "E_ROBUST_DROPPED", reason: "far" }]);
 });
