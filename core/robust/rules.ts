@@ -293,8 +293,7 @@ export function flTrust(
   root: Float32Array,
 ): RobustOutput & { readonly scores: readonly number[] } {
   const d = check(inputs, "fltrust");
-  if (root.length !== d)
-    fail("E_STRATEGY_SIZE", `fltrust: the root update has ${root.length} values, expected ${d}`);
+  if (root.length !== d) fail("E_STRATEGY_SIZE", `fltrust: the root update has ${root.length} values, expected ${d}`);
   const rootNorm = l2Norm(root);
   const out = new Float64Array(d);
   const scores: number[] = [];
@@ -309,10 +308,7 @@ export function flTrust(
     const ts = Math.max(0, cos);
     scores.push(ts);
     if (ts === 0) {
-      dropped.push({
-        deviceId: u.deviceId,
-        reason: `fltrust: cosine ${cos.toFixed(3)} to the root update is not positive`,
-      });
+      dropped.push({ deviceId: u.deviceId, reason: `fltrust: cosine ${cos.toFixed(3)} to the root update is not positive` });
       continue;
     }
     kept.push(u.deviceId);

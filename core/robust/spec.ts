@@ -106,10 +106,8 @@ export function parseAggregator(raw: string): AggregatorSpec {
   const r = parts[parts.length - 1]!;
   const [name, arg, ...rest] = r.split(":");
   if (rest.length > 0) bad(raw, `'${r}' has too many ':' parts`);
-  const noArg = (rule: RuleSpec): RuleSpec =>
-    arg === undefined ? rule : bad(raw, `${name} takes no parameter`);
-  const needArg = (): string =>
-    arg === undefined || arg === "" ? bad(raw, `${name} needs a parameter`) : arg;
+  const noArg = (rule: RuleSpec): RuleSpec => (arg === undefined ? rule : bad(raw, `${name} takes no parameter`));
+  const needArg = (): string => (arg === undefined || arg === "" ? bad(raw, `${name} needs a parameter`) : arg);
   let rule: RuleSpec;
   switch (name) {
     case "mean":
