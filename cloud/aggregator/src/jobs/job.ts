@@ -20,6 +20,12 @@ import {
 import type { StrategyOptions } from "../../../../core/strategies/strategy";
 import { createSelector, DEFAULT_SELECTION } from "../../../../core/selection";
 import {
+  checkQualityPolicy,
+  DEFAULT_QUALITY_POLICY,
+  parseQualityPolicy,
+  type QualityPolicy,
+} from "../../../../core/robust/quality";
+import {
   DEFAULT_MAX_SAMPLES_PER_DEVICE,
   SAMPLE_COUNT_POLICIES,
   type SampleCountPolicy,
@@ -89,6 +95,13 @@ export interface JobDefinition {
   readonly mode?: "sync" | "async";
   /** Async only: the options of core/round/async-engine.ts. */
   readonly async?: AsyncOptions;
+  /**
+   * Contribution quality (core/robust/quality.ts, docs/robustness.md): the exclusion policy — a device flagged in
+   * `excludeAfter` of its last `window` contributions is not selected for `cooldown` rounds (null: the rest of the
+   * job); false: quality off (no observation, no exclusion). Absent (and in documents written before it existed):
+   * on, with DEFAULT_QUALITY_POLICY. A job body gives an object, its text form "K/W[:R|end]", "off" or false.
+   */
+  readonly quality?: QualityPolicy | false;
 }
 
 /** Where a job's initial model came from, and the stored copy's sha256 and length (float32 values). */
@@ -315,6 +328,7 @@ export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobD
   const withSelection: JobDefinition = {
     ...withDp,
     selection: selection(j.selection),
+    quality: jobQuality(j.quality),
     ...(cohortText !== undefined ? { cohort: cohortText } : {}),
     ...defined(
       "minMemoryBytes",
@@ -322,6 +336,18 @@ export function validateJob(input: unknown, resolved: ResolvedModels = {}): JobD
     ),
   };
   return asyncMode(j, withSelection);
+}
+
+/** The `quality` policy (default DEFAULT_QUALITY_POLICY; false or "off": quality off), E_JOB_INVALID otherwise. */
+export function jobQuality(v: unknown): QualityPolicy | false {
+  if (v === undefined || v === null) return DEFAULT_QUALITY_POLICY;
+  if (v === false || v === "off") return false;
+  try {
+    return typeof v === "string" ? parseQualityPolicy(v) : checkQualityPolicy(v, "quality");
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_INVALID", `quality: ${e.message}`, { cause: e });
+    throw e;
+  }
 }
 
 /** `strategyOptions.fit.optimizer`: {name: sgd | momentum | adam, ...} or its text form (E_JOB_INVALID). */
