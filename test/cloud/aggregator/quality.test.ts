@@ -9,49 +9,10 @@ import { jobQuality, validateJob } from "../../../cloud/aggregator/src/jobs/job"
 import { JobRepository } from "../../../cloud/aggregator/src/jobs/state";
 import { withoutExcluded } from "../../../cloud/aggregator/src/selection";
 import { isFlotillaError } from "../../../core/errors";
-import { modelLayout } from "../../../core/engine/models";
-import type { ModelSpec } from "../../../core/engine/model-spec";
 import { DEFAULT_QUALITY_POLICY } from "../../../core/robust/quality";
-import { chunkEvents, jobBody, makeDelta, SPEC, startJob, world, type World } from "./support";
+import { jobBody, startJob, world } from "./support";
 
-const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
-const layout = modelLayout(SPEC as unknown as ModelSpec);
-const DEVICES = ["dev-a", "dev-b", "dev-c", "dev-d", "dev-e", "dev-f"];
-const BAD = new Set(["dev-e", "dev-f"]);
-
-/** Honest devices send the common direction plus a little noise; a bad one sends it sign-flipped. */
-async function deliver(w: World, jobId: string, round: number, deviceId: string, bad: boolean) {
-  const base = makeDelta(layout.totalSize, 1000 + round);
-  const noise = makeDelta(layout.totalSize, deviceId.charCodeAt(4) * 31 + round);
-  const delta = Float32Array.from(base, (b, i) => (bad ? -b : b + 0.2 * noise[i]!));
-  const msg = {
-    type: "result" as const,
-    jobId,
-    round,
-    deviceId,
-    layoutHash: layout.hash,
-    numSamples: 50,
-    metrics: { loss: 0.5, accuracy: 0.5, trainMs: 10 },
-    delta,
-  };
-  const r = await w.agg.ingestUpdates(chunkEvents(msg).events, ctxStub);
-  assert.equal(r.rejected, 0, w.logs.join("\n"));
-}
-
-async function participants(w: World, jobId: string, round: number): Promise<string[]> {
-  const st = await new JobRepository(w.store).getRound(jobId, round);
-  assert.ok(st, `round ${round} opened`);
-  return st.participants.map((p) => p.deviceId).sort();
-}
-
-/** Runs one round: every participant delivers (the bad ones flipped while `attack`), the round closes. */
-async function runRound(w: World, jobId: string, round: number, attack: boolean): Promise<string[]> {
-  const ids = await participants(w, jobId, round);
-  for (const id of ids) await deliver(w, jobId, round, id, attack && BAD.has(id));
-  w.now.t += 1_000;
-  await w.agg.roundTimer({}, ctxStub);
-  return ids;
-}
+import { DEVICES, participants, runRound } from "./quality-support";
 
 test("the Function flags sign-flipped updates, excludes the devices (never ordered, twin tag with the reason) and readmits them after the cool-down", async () => {
   const w = world(DEVICES);
@@ -60,7 +21,7 @@ test("the Function flags sign-flipped updates, excludes the devices (never order
     strategyOptions: { clientsPerRound: 6, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
     quality: "1/2:2",
   });
-  await w.agg.roundTimer({}, ctxStub);
+  await w.agg.roundTimer({}, { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never);
   assert.deepEqual(await runRound(w, id, 1, true), DEVICES);
   const repo = new JobRepository(w.store);
   let job = (await repo.getJob(id))!;
