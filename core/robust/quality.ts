@@ -152,7 +152,7 @@ export function isRejection(code: string): boolean {
   return (
     code.startsWith("E_STRATEGY_") ||
     code === "E_MODEL_LAYOUT" ||
-    code.startsWith("E_ROUND_SAMPLES") ||
+    code === "E_ROUND_SAMPLES" ||
     code === "E_ROBUST_DROPPED"
   );
 }

@@ -41,6 +41,7 @@ import {
 import { startLocalStack, type LocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
+import { anomalyLine, exclusionLine } from "../../core/robust/quality";
 import type { EvaluateOrderRecord } from "../../cloud/aggregator/src/dispatch";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
 import { loadTrace } from "../cli/fleet-trace";
@@ -196,6 +197,12 @@ export async function simulateOverIotHub(
       seed: config.seed,
       compression: config.compression,
       downlinkCompression: config.downlinkCompression,
+      // Contribution quality (docs/robustness.md): the job spec takes the simulator's policy text, or false.
+      ...(config.quality === false
+        ? { quality: false }
+        : config.excludeAfter !== undefined
+          ? { quality: config.excludeAfter }
+          : {}),
       ...(config.secureAggregation
         ? {
             secureAggregation: {
@@ -269,9 +276,24 @@ export async function simulateOverIotHub(
           slowestTrainMs: Math.round(stack.pool.trainingSpanMs(jobId, rec.round) ?? 0),
           ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
           ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
+          ...(rec.quality
+            ? {
+                quality: {
+                  ...rec.quality,
+                  reputation: Object.fromEntries(
+                    participants.flatMap((id) => {
+                      const d = doc.quality?.devices[id];
+                      return d ? [[id, Number(d.reputation.toFixed(4))]] : [];
+                    }),
+                  ),
+                },
+              }
+            : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);
+        for (const a of rec.quality?.anomalies ?? []) reporter.onQualityLine?.(anomalyLine(a));
+        for (const e of rec.quality?.newlyExcluded ?? []) reporter.onQualityLine?.(exclusionLine(e));
       }
       if (doc.status === "completed" || doc.status === "failed" || doc.status === "stopped") {
         if (doc.status === "failed") throw new FlotillaError("E_JOB_FAILED", doc.error ?? "the job failed");
@@ -322,7 +344,13 @@ export async function simulateOverIotHub(
     {},
     t0,
     finalWeights,
-    { status, ...(privacy ? { privacy } : {}) },
+    {
+      status,
+      ...(privacy ? { privacy } : {}),
+      ...(finalDoc?.quality
+        ? { quality: { policy: finalDoc.quality.policy, devices: { ...finalDoc.quality.devices } } }
+        : {}),
+    },
   );
   evalModel.dispose();
   return result;
