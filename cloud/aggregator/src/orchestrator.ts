@@ -1060,6 +1060,7 @@ export class Orchestrator {
     for (const a of q.anomalies) log(`job ${jobId}: ${anomalyLine(a)}`);
     for (const e of q.newlyExcluded ?? []) {
       log(`job ${jobId}: ${exclusionLine(e)}`);
+      if (lastRound) continue; // no round of the job is left to exclude it from: no tag
       const tag: QualityTag = {
         status: "excluded",
         reason: e.reason,
@@ -1074,13 +1075,7 @@ export class Orchestrator {
     }
     // The job's last round ends every exclusion it holds.
     const ended = lastRound
-      ? [
-          ...new Set([
-            ...(q.released ?? []),
-            ...q.excluded.map((e) => e.deviceId),
-            ...(q.newlyExcluded ?? []).map((e) => e.deviceId),
-          ]),
-        ]
+      ? [...new Set([...(q.released ?? []), ...q.excluded.map((e) => e.deviceId)])]
       : (q.released ?? []);
     for (const id of ended) {
       log(
