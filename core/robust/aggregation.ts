@@ -111,10 +111,7 @@ function decode(r: FitResult, length: number): Float32Array {
   const d = r.delta;
   if (d instanceof Float32Array) {
     if (d.length !== length)
-      fail(
-        "E_STRATEGY_SIZE",
-        `update from '${r.deviceId}' has ${d.length} values, expected ${length} values`,
-      );
+      fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' has ${d.length} values, expected ${length} values`);
     return d;
   }
   if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
@@ -133,8 +130,7 @@ function decode(r: FitResult, length: number): Float32Array {
 
 /** Validates one update and returns its decoded, staleness-scaled delta (a copy whenever it is scaled). */
 function admit(r: FitResult, length: number, seen: Set<string>, round: number): Float32Array {
-  if (seen.has(r.deviceId))
-    fail("E_STRATEGY_DUPLICATE", `round ${round}: a second update from '${r.deviceId}'`);
+  if (seen.has(r.deviceId)) fail("E_STRATEGY_DUPLICATE", `round ${round}: a second update from '${r.deviceId}'`);
   checkSamples(r);
   const s = checkDiscount(r);
   let delta = decode(r, length);
@@ -233,11 +229,7 @@ class BufferedRobust implements RoundAggregation {
     const t0 = performance.now();
     const spec = this.ctx.spec;
     const norms = updates.map((u) => l2Norm(u.delta));
-    let inputs: RobustInput[] = updates.map((u) => ({
-      deviceId: u.deviceId,
-      delta: u.delta,
-      weight: u.numSamples,
-    }));
+    let inputs: RobustInput[] = updates.map((u) => ({ deviceId: u.deviceId, delta: u.delta, weight: u.numSamples }));
     let bound: number | undefined;
     let clipped = new Set<string>();
     if (spec.bound) {
@@ -261,11 +253,7 @@ class BufferedRobust implements RoundAggregation {
     }));
     const ms = performance.now() - t0;
     const keptUpdates = updates.filter((u) => keptSet.has(u.deviceId));
-    const dropped: FitFailure[] = out.dropped.map((d) => ({
-      deviceId: d.deviceId,
-      code: E_ROBUST_DROPPED,
-      reason: d.reason,
-    }));
+    const dropped: FitFailure[] = out.dropped.map((d) => ({ deviceId: d.deviceId, code: E_ROBUST_DROPPED, reason: d.reason }));
     if (keptUpdates.length > 0) {
       this.inner.addAggregate({
         deviceIds: keptUpdates.map((u) => u.deviceId),
