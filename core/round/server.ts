@@ -339,14 +339,7 @@ export async function runRound(
   } finally {
     if (ownClock) clock!.close();
   }
-  return closeRound(strategy, transport, closer, opts, carry, {
-    participants,
-    t0,
-    up0,
-    down0,
-    startedAt,
-    endedAt,
-  });
+  return closeRound(strategy, transport, closer, opts, carry, { participants, t0, up0, down0, startedAt, endedAt });
 }
 
 /**
