@@ -69,6 +69,10 @@ export const ERRORS = {
     group: "config",
     meaning: "an invalid --attack spec (simulator attacks), or an attack the job's data or model cannot take",
   },
+  E_CONFIG_QUALITY: {
+    group: "config",
+    meaning: "an invalid --quality / --exclude-after value or job quality policy",
+  },
   E_CONFIG_DATASET: { group: "config", meaning: "an unknown or unusable dataset name" },
   E_CONFIG_FLEET_TRACE: {
     group: "config",
@@ -327,6 +331,28 @@ export const ERRORS = {
     group: "strategy",
     meaning: "a robust aggregator left a device's update out of the round's aggregate (reason in the round record)",
   },
+  E_QUALITY_NORM: {
+    group: "strategy",
+    meaning: "anomaly: an update's norm is an outlier far above the round's median (modified z-score)",
+  },
+  E_QUALITY_DIRECTION: {
+    group: "strategy",
+    meaning: "anomaly: an update points against the round (negative cosine, an outlier of the round's)",
+  },
+  E_QUALITY_LOSS: {
+    group: "strategy",
+    meaning: "anomaly: a device's training loss is an outlier far above the round's median",
+  },
+  E_QUALITY_REJECTED: {
+    group: "strategy",
+    meaning: "anomaly: a device's update was refused by validation or dropped by a robust rule",
+  },
+  E_QUALITY_EXCLUDED: {
+    group: "strategy",
+    meaning:
+      "a device flagged in K of its last W contributions is excluded from selection (its reason says why)",
+  },
+  E_QUALITY_STATE: { group: "strategy", meaning: "a stored contribution-quality state is invalid" },
   E_STRATEGY_SAMPLES: { group: "strategy", meaning: "an update's sample count is not a number > 0" },
   E_STRATEGY_SIZE: { group: "strategy", meaning: "weights, an update or an aggregate have the wrong length" },
   E_STRATEGY_WEIGHT: {

@@ -78,6 +78,7 @@ export interface AsyncJobOptions extends Pick<
   | "aggregator"
   | "rootUpdate"
   | "interceptor"
+  | "observe"
 > {
   /** Flushes to run (the job stops after version `versions`). */
   readonly versions: number;
@@ -246,6 +247,7 @@ export async function runAsyncJob(
         : {}),
       ...(previousStep ? { reference: previousStep } : {}),
       ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
+      ...(opts.observe ? { observe: true } : {}),
     });
     const before = opts.aggregator?.rule === "centered-clip" ? global.slice() : undefined;
     const closer = new RoundCloser({ round: next, aggregation, layoutHash: opts.layout.hash });
@@ -285,6 +287,7 @@ export async function runAsyncJob(
       counters: state.counters,
       ...(opts.dp && dp ? { dp } : {}),
       ...(out.robust ? { robust: out.robust } : {}),
+      ...(out.observed ? { observed: out.observed } : {}),
     };
     records.push(record);
     ev?.onRoundEnd?.(record);

@@ -19,6 +19,8 @@ import type {
 } from "../strategies/strategy";
 import { nonFiniteModelReason } from "../tensor/finite";
 import type { RobustReport, RobustRoundResult } from "../robust/aggregation";
+import type { DeviceObservation } from "../robust/quality";
+import type { ObservedRoundResult } from "./aggregation";
 import type { WeightLayout } from "../tensor/layout";
 import { boundSamples, E_ROUND_SAMPLES, type SamplePolicy } from "./samples";
 
@@ -48,6 +50,8 @@ export interface RoundOutcome {
   readonly completed: readonly string[];
   /** The robust aggregation's report (core/robust/aggregation.ts), when the job has a robust aggregator. */
   readonly robust?: RobustReport;
+  /** The quality observer's per-device norm, cosine and loss (core/round/aggregation.ts, `observe`). */
+  readonly observed?: readonly DeviceObservation[];
   readonly failures: readonly FitFailure[];
   /** `aggregated` when at least one update went in; `failed` otherwise (the model is kept). */
   readonly status: "aggregated" | "failed";
@@ -161,7 +165,9 @@ export class RoundCloser {
     for (const id of participants)
       if (!this.done.has(id)) this.fail(id, "E_ROUND_TIMEOUT", "no update before the round deadline");
     const count = this.o.aggregation.count;
-    const { weights, metrics, robust } = this.o.aggregation.finish(this.failures) as RobustRoundResult;
+    const { weights, metrics, robust, observed } = this.o.aggregation.finish(
+      this.failures,
+    ) as RobustRoundResult & ObservedRoundResult;
     const diverged = nonFiniteModelReason(weights, this.o.round, layout);
     return {
       round: this.o.round,
@@ -172,6 +178,7 @@ export class RoundCloser {
       status: count > 0 ? "aggregated" : "failed",
       ...(diverged !== undefined ? { diverged } : {}),
       ...(robust ? { robust } : {}),
+      ...(observed ? { observed } : {}),
       slowestTrainMs: this.slowest,
       sampleCountClipped: this.clipped,
       sampleCountRejected: this.failures.filter((f) => f.code === E_ROUND_SAMPLES).length,

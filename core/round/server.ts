@@ -16,6 +16,7 @@ import { weightsHash, type WeightLayout } from "../tensor/layout";
 import { nonFiniteModelReason } from "../tensor/finite";
 import type { RobustReport } from "../robust/aggregation";
 import { deviceNormBound, type AggregatorSpec } from "../robust/spec";
+import type { DeviceObservation } from "../robust/quality";
 import { beginRoundAggregation, type RoundInterceptor } from "./aggregation";
 
 /**
@@ -43,6 +44,8 @@ export interface ModelRecord {
   readonly dp?: DpRoundRecord;
   /** Robust aggregation: the rule, the bound, who was kept and dropped and why, per-device norm and cosine. */
   readonly robust?: RobustReport;
+  /** Contribution quality (JobOptions.observe): each update's norm, loss and cosine to the round's mean. */
+  readonly observed?: readonly DeviceObservation[];
 }
 
 export interface RoundRecord extends ModelRecord {
@@ -105,6 +108,8 @@ export interface JobOptions {
   readonly rootUpdate?: (global: Float32Array, round: number) => Promise<Float32Array>;
   /** Simulator only: an interceptor outermost in each round's aggregation chain (attacks). */
   readonly interceptor?: RoundInterceptor;
+  /** Contribution quality: observe each update (norm, loss, cosine to the round's mean) into `observed`. */
+  readonly observe?: boolean;
   /**
    * The time and arrivals the rounds run on (core/round/clock.ts): every time read and wait of a plain round goes
    * through it. Default: a RealClock over the transport, one per round (secure rounds always run on real time).
@@ -195,6 +200,7 @@ export async function runRound(
     ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
     // Secure rounds order each device to apply a `norm:C+mean` bound itself (trainFrame below).
     ...(opts.secureAggregation && deviceNormBound(opts.aggregator) !== undefined ? { boundOnDevices: true } : {}),
+    ...(opts.observe ? { observe: true } : {}),
   });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
   const dpOrder = opts.dp?.deviceOrder(opts.secureAggregation !== undefined);
@@ -385,6 +391,7 @@ async function closeRound(
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(opts.dp && dp ? { dp } : {}),
     ...(out.robust ? { robust: out.robust } : {}),
+    ...(out.observed ? { observed: out.observed } : {}),
   };
 }
 

@@ -76,6 +76,12 @@ function buildSimConfig(o: RawOptions): SimConfig {
   if (s("rootSamples") !== undefined)
     c.rootSamples = nonNegativeInt("root-samples", s("rootSamples")!, L.rootSamples);
   if (s("attack") !== undefined) c.attack = s("attack")!;
+  if (s("quality") !== undefined) {
+    const q = s("quality")!;
+    if (q !== "on" && q !== "off") fail("E_CONFIG_QUALITY", `--quality must be on or off, got '${q}'`);
+    c.quality = q === "on";
+  }
+  if (s("excludeAfter") !== undefined) c.excludeAfter = s("excludeAfter")!;
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -349,6 +355,7 @@ async function simulateAndPrint(config: SimConfig, runOptions: IotHubRunOptions)
       }
       console.log(roundLine(r, config.rounds, mb));
     },
+    onQualityLine: (line) => console.log(line),
   };
   const result =
     config.transport === "iothub"
@@ -781,6 +788,14 @@ export function buildProgram(): Command {
     .option(
       "--attack <spec>",
       "simulator attacks, KIND:FRACTION[:PARAM]: sign-flip[:S] | gaussian[:SIGMA] | scaling[:LAMBDA] | alie[:Z] | ipm[:EPS] | label-flip[:CLASS] | backdoor[:POISONED]; ⌈FRACTION·devices⌉ attackers chosen by seed (memory transport; docs/robustness.md)",
+    )
+    .option(
+      "--quality <on|off>",
+      "contribution quality: per-device anomalies and reputation each round, exclusion of devices flagged repeatedly (default on; docs/robustness.md)",
+    )
+    .option(
+      "--exclude-after <K/W[:R]>",
+      "exclude a device flagged in K of its last W contributions, for R rounds (or 'end'); 'off': flag only (default 3/5:10)",
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

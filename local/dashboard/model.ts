@@ -63,6 +63,30 @@ export interface RoundPoint {
   readonly evaluation: FleetEvaluation | null;
 }
 
+/** A device's contribution quality in the followed job (core/robust/quality.ts, through the Function's job API). */
+export interface DeviceQualityView {
+  /** Beta reputation in (0, 1); 0.5 for a device never seen. */
+  readonly reputation: number | null;
+  readonly contributions: number;
+  /** Contributions flagged with an anomaly. */
+  readonly flagged: number;
+  readonly lastAnomaly: { readonly round: number; readonly code: string; readonly reason: string } | null;
+  /** The exclusion holding it out of selection, when there is one. */
+  readonly excluded: {
+    readonly reason: string;
+    readonly since: number;
+    readonly until: number | null;
+  } | null;
+}
+
+/** One anomaly of a device (round record `quality.anomalies`). */
+export interface DeviceAnomaly {
+  readonly jobId: string;
+  readonly round: number;
+  readonly code: string;
+  readonly reason: string;
+}
+
 export interface DashboardError {
   /** function | hub | dashboard */
   readonly source: string;
@@ -90,6 +114,8 @@ export interface Snapshot {
     | null;
   readonly rounds: readonly RoundPoint[];
   readonly devices: readonly DeviceRow[];
+  /** The followed job's contribution quality by device id (empty when it keeps none). */
+  readonly quality: Readonly<Record<string, DeviceQualityView>>;
   readonly errors: readonly DashboardError[];
   /** Set when the data stopped changing for good (the local stack of `simulate --dashboard` was closed). */
   readonly final: string | null;
@@ -206,6 +232,31 @@ export function roundPoints(history: readonly Record<string, unknown>[]): RoundP
   return out.sort((a, b) => a.round - b.round);
 }
 
+/** Each device's contribution quality from a job detail's `quality` (malformed entries are left out). */
+export function qualityViews(detail: Pick<JobDetail, "quality">): Record<string, DeviceQualityView> {
+  const out: Record<string, DeviceQualityView> = {};
+  for (const [id, v] of Object.entries(obj(detail.quality?.devices) ?? {})) {
+    const d = obj(v);
+    if (!d) continue;
+    const a = obj(d.lastAnomaly);
+    const e = obj(d.excluded);
+    out[id] = {
+      reputation: num(d.reputation),
+      contributions: num(d.contributions) ?? 0,
+      flagged: num(d.flagged) ?? 0,
+      lastAnomaly:
+        a && num(a.round) !== null
+          ? { round: num(a.round)!, code: str(a.code) ?? "", reason: str(a.reason) ?? "" }
+          : null,
+      excluded:
+        e && num(e.since) !== null
+          ? { reason: str(e.reason) ?? "", since: num(e.since)!, until: num(e.until) }
+          : null,
+    };
+  }
+  return out;
+}
+
 /** The job the dashboard follows: the one asked for, else a running one, else the last updated. */
 export function pickJob(jobs: readonly JobSummary[], wanted?: string): JobSummary | undefined {
   if (wanted !== undefined) return jobs.find((j) => j.jobId === wanted);
@@ -272,6 +323,10 @@ export interface DeviceRound {
 export interface DeviceHistory {
   readonly deviceId: string;
   readonly current: DeviceRow | null;
+  /** Its contribution quality in the followed job, when the job keeps it. */
+  readonly quality: DeviceQualityView | null;
+  /** Its anomalies in the round records seen (newest last, bounded). */
+  readonly anomalies: readonly DeviceAnomaly[];
   readonly rounds: readonly DeviceRound[];
   readonly events: readonly DeviceEvent[];
 }
@@ -285,6 +340,8 @@ export class FleetHistory {
   private readonly events = new Map<string, DeviceEvent[]>();
   private readonly rounds = new Map<string, Map<string, DeviceRound>>();
   private readonly rows = new Map<string, DeviceRow>();
+  private readonly anomalies = new Map<string, Map<string, DeviceAnomaly>>();
+  private quality: Record<string, DeviceQualityView> = {};
 
   constructor(
     private readonly maxEvents = 200,
@@ -369,8 +426,27 @@ export class FleetHistory {
       for (const id of open.participants ?? []) this.patch(id, detail.jobId, open.round, { ordered: true });
       for (const id of open.received ?? []) this.patch(id, detail.jobId, open.round, { received: true });
     }
+    this.quality = qualityViews(detail);
     for (const rec of detail.history) {
       const round = num(rec.round);
+      const q = obj(rec.quality);
+      if (round !== null && q && Array.isArray(q.anomalies)) {
+        for (const a of q.anomalies as unknown[]) {
+          const x = obj(a);
+          const id = str(x?.deviceId);
+          if (!x || id === null) continue;
+          if (!this.anomalies.has(id)) this.anomalies.set(id, new Map());
+          const m = this.anomalies.get(id)!;
+          const code = str(x.code) ?? "";
+          m.set(`${detail.jobId}\u0000${round}\u0000${code}`, {
+            jobId: detail.jobId,
+            round,
+            code,
+            reason: str(x.reason) ?? "",
+          });
+          if (m.size > this.maxRounds) m.delete(m.keys().next().value as string);
+        }
+      }
       if (round === null || !Array.isArray(rec.failures)) continue;
       const failed = new Set<string>();
       for (const f of rec.failures as { deviceId?: unknown; code?: unknown }[]) {
@@ -395,6 +471,8 @@ export class FleetHistory {
     return {
       deviceId,
       current: this.rows.get(deviceId) ?? null,
+      quality: this.quality[deviceId] ?? null,
+      anomalies: [...(this.anomalies.get(deviceId)?.values() ?? [])],
       rounds: [...(this.rounds.get(deviceId)?.values() ?? [])].sort(
         (a, b) => (a.jobId < b.jobId ? -1 : a.jobId > b.jobId ? 1 : 0) || a.round - b.round,
       ),

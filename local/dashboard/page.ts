@@ -5,7 +5,8 @@
  * rounds table and one row per device; a click on a device opens its history (/api/devices/{id}). Text from the
  * sources is only ever set as textContent (never parsed as HTML).
  *
- * Hooks the browser test and the screenshot script use: `#devices tr[data-device]`, `#rounds tr[data-round]`,
+ * Hooks the browser test and the screenshot script use: `#devices tr[data-device]` (with `data-quality` ok | flagged |
+ * excluded when the followed job keeps contribution quality), `#history-anomalies tr[data-code]`, `#rounds tr[data-round]`,
  * `#errors .error[data-code]`, `#history[data-device]`, `body[data-live]` (the event stream is open).
  */
 
@@ -38,7 +39,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <div class="panel devices-panel">
     <h2>Devices <span id="fleet-count" class="muted"></span></h2>
     <table id="devices">
-      <thead><tr><th>device</th><th>link</th><th>last seen</th><th>state</th><th>job · round</th><th>queue</th><th>samples/s</th><th>memory</th><th>RTT</th><th>uplink</th><th>avail.</th><th>local acc.</th></tr></thead>
+      <thead><tr><th>device</th><th>link</th><th>last seen</th><th>state</th><th>job · round</th><th>queue</th><th>samples/s</th><th>memory</th><th>RTT</th><th>uplink</th><th>avail.</th><th>local acc.</th><th>quality</th></tr></thead>
       <tbody></tbody>
     </table>
     <p class="hint">Click a device for its history.</p>
@@ -57,6 +58,9 @@ export const DASHBOARD_HTML = `<!doctype html>
   <div class="box small"><canvas id="devchart"></canvas></div>
   <h3>Rounds</h3>
   <table id="history-rounds"><thead><tr><th>job</th><th>round</th><th>update</th><th>samples</th><th>loss</th><th>accuracy</th><th>model acc.</th><th>failure</th></tr></thead><tbody></tbody></table>
+  <h3>Anomalies</h3>
+  <p id="history-quality" class="muted"></p>
+  <table id="history-anomalies"><thead><tr><th>job</th><th>round</th><th>code</th><th>reason</th></tr></thead><tbody></tbody></table>
   <h3>Changes seen</h3>
   <table id="history-events"><thead><tr><th>time</th><th>link</th><th>state</th><th>job · round</th><th>queue</th><th>error</th></tr></thead><tbody></tbody></table>
 </aside>
@@ -96,6 +100,10 @@ th, td { text-align: left; padding: 3px 5px; border-bottom: 1px solid var(--line
 th { font-size: 11px; color: var(--muted); font-weight: 600; }
 #devices tbody tr { cursor: pointer; } #devices tbody tr:hover { background: #eff6ff; }
 #devices tbody tr.selected { background: #dbeafe; }
+#devices tbody tr.q-excluded td:first-child { box-shadow: inset 3px 0 0 #dc2626; }
+#devices tbody tr.q-flagged td:first-child { box-shadow: inset 3px 0 0 #f59e0b; }
+.qbadge { display: inline-block; margin-left: 4px; padding: 0 5px; border-radius: 8px; font-size: 10px; color: #fff; background: #f59e0b; }
+.qbadge.excluded { background: #dc2626; }
 .dot { display: inline-block; width: 8px; height: 8px; border-radius: 50%; background: var(--bad); margin-right: 4px; }
 .dot.on { background: var(--ok); }
 .state { font-weight: 600; } .state.training, .state.downloading, .state.uploading, .state.secagg { color: var(--accent); }
@@ -269,6 +277,22 @@ export const DASHBOARD_JS = String.raw`(function () {
     return keys.map(function (k) { return (keys.length > 1 ? k + " " : "") + Math.round(c.samplesPerSecond[k]); }).join(", ");
   }
 
+  /** Reputation, and a badge when the device is excluded (the reason in its title) or was flagged. */
+  function qualityCell(q) {
+    if (!q) return "–";
+    var span = el("span", q.reputation === null ? "–" : fixed(q.reputation, 2));
+    if (q.excluded) {
+      var b = el("span", "excluded", "qbadge excluded");
+      b.title = q.excluded.reason;
+      span.appendChild(b);
+    } else if (q.flagged > 0) {
+      var f = el("span", "flagged " + q.flagged, "qbadge");
+      if (q.lastAnomaly) f.title = "round " + q.lastAnomaly.round + " " + q.lastAnomaly.code + ": " + q.lastAnomaly.reason;
+      span.appendChild(f);
+    }
+    return span;
+  }
+
   function renderDevices(s) {
     var body = document.querySelector("#devices tbody");
     body.textContent = "";
@@ -293,10 +317,14 @@ export const DASHBOARD_JS = String.raw`(function () {
         sps(c), c ? bytes(c.memoryBytes) : "–", c && c.rttMs !== null ? fixed(c.rttMs, 0) + " ms" : "–",
         c && c.uplinkBytesPerSecond !== null ? bytes(c.uplinkBytesPerSecond) + "/s" : "–",
         c && c.availability !== null ? (c.availability * 100).toFixed(1).replace(/\.0$/, "") + "%" : "–",
-        pct(d.inferenceAccuracy !== null ? d.inferenceAccuracy : d.accuracy)]);
+        pct(d.inferenceAccuracy !== null ? d.inferenceAccuracy : d.accuracy), qualityCell(s.quality && s.quality[d.deviceId])]);
+      var q = s.quality && s.quality[d.deviceId];
+      var qs = !q ? "" : q.excluded ? "excluded" : q.flagged > 0 ? "flagged" : "ok";
       tr.setAttribute("data-device", d.deviceId);
+      if (qs) tr.setAttribute("data-quality", qs);
+      if (qs === "excluded" || qs === "flagged") tr.classList.add("q-" + qs);
       tr.setAttribute("data-state", d.state || "");
-      if (d.deviceId === selected) tr.className = "selected";
+      if (d.deviceId === selected) tr.classList.add("selected");
       tr.addEventListener("click", function () { openHistory(d.deviceId); });
       body.appendChild(tr);
     });
@@ -361,6 +389,18 @@ export const DASHBOARD_JS = String.raw`(function () {
       var tr = row([r.jobId, r.round, r.received ? "received" : r.ordered ? "ordered" : "–", r.numSamples, fixed(r.loss, 4), pct(r.accuracy), pct(r.inferenceAccuracy), r.failure || ""]);
       tr.setAttribute("data-round", r.round);
       rb.appendChild(tr);
+    });
+    var q = h.quality;
+    $("history-quality").textContent = !q ? "no quality record in the followed job" :
+      "reputation " + (q.reputation === null ? "–" : fixed(q.reputation, 2)) + " · " + q.flagged + " of " + q.contributions +
+      " contributions flagged" + (q.excluded ? " · excluded from round " + q.excluded.since +
+      (q.excluded.until === null ? " for the rest of the job" : " to " + q.excluded.until) + ": " + q.excluded.reason : "");
+    var ab = document.querySelector("#history-anomalies tbody");
+    ab.textContent = "";
+    (h.anomalies || []).slice().reverse().forEach(function (a) {
+      var tr = row([a.jobId, a.round, a.code, a.reason]);
+      tr.setAttribute("data-code", a.code);
+      ab.appendChild(tr);
     });
     var eb = document.querySelector("#history-events tbody");
     eb.textContent = "";

@@ -22,6 +22,8 @@ import { chartLibrary } from "../report/report";
 import {
   FleetHistory,
   deviceRows,
+  qualityViews,
+  type DeviceQualityView,
   jobView,
   pickJob,
   roundPoints,
@@ -101,6 +103,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
   let job: Snapshot["job"] = null;
   let rounds: RoundPoint[] = [];
   let devices: DeviceRow[] = [];
+  let quality: Record<string, DeviceQualityView> = {};
   let final: string | null = null;
   let current: Snapshot = build();
   let currentKey = keyOf(current);
@@ -114,6 +117,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
       job,
       rounds,
       devices,
+      quality,
       errors: [...errors.values()].sort((a, b) => (a.source < b.source ? -1 : 1)),
       final,
     };
@@ -160,12 +164,14 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
         jobs = list;
         job = null;
         rounds = [];
+        quality = {};
         throw new FlotillaError("E_JOB_NOT_FOUND", `the Function at ${api.url} has no job '${opts.jobId}'`);
       }
       const detail = chosen ? await api.getJob(chosen.jobId) : undefined;
       jobs = list;
       job = detail ? jobView(detail) : null;
       rounds = detail ? roundPoints(detail.history) : [];
+      quality = detail ? qualityViews(detail) : {};
       if (detail) history.observeJob(detail);
       clearError("function");
     } catch (e) {

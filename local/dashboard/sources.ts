@@ -46,6 +46,8 @@ export interface JobDetail extends JobSummary {
     readonly paused?: unknown;
   } | null;
   readonly definition?: { readonly strategyOptions?: { readonly clientsPerRound?: number } };
+  /** Contribution quality per device (cloud/aggregator/src/http-api.ts qualityView), when the job keeps it. */
+  readonly quality?: { readonly devices?: Readonly<Record<string, unknown>> };
 }
 
 export interface FunctionApi {

@@ -1,6 +1,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { FleetEvaluation } from "../../core/round/evaluation";
+import type { QualityRoundRecord } from "../../core/robust/quality";
 
 /** The slice of a results.json the report draws. */
 export interface ReportInput {
@@ -32,6 +33,8 @@ export interface ReportInput {
     evaluation?: FleetEvaluation;
     /** --attack backdoor: the round's backdoor success rate (local/sim/attacks/data.ts). */
     backdoorSuccess?: number;
+    /** Contribution quality (core/robust/quality.ts): the round's anomalies and exclusions. */
+    quality?: Pick<QualityRoundRecord, "anomalies" | "excluded" | "newlyExcluded" | "released">;
   }[];
   final: {
     accuracy: number;
@@ -60,6 +63,50 @@ export interface ReportInput {
     noiseMultiplier: number;
     epsilonBudget?: number;
   };
+  /** Contribution quality at the end: every device's reputation and flags. */
+  quality?: { devices: Record<string, { reputation: number; flagged: number; contributions: number }> };
+}
+
+/** The contribution-quality section: anomalies and exclusions tables, and each device's reputation (sorted). */
+export function qualitySection(r: Pick<ReportInput, "rounds" | "quality">): {
+  html: string;
+  chart: { ids: string[]; reputation: number[]; flagged: boolean[] } | null;
+} {
+  if (!r.rounds.some((x) => x.quality)) return { html: "", chart: null };
+  const anomalies = r.rounds.flatMap((x) => x.quality?.anomalies ?? []);
+  const exclusions = r.rounds.flatMap((x) => x.quality?.newlyExcluded ?? []);
+  const released = r.rounds.flatMap((x) => (x.quality?.released ?? []).map((id) => ({ id, round: x.round })));
+  const rows = anomalies
+    .map(
+      (a) =>
+        `<tr><td>${a.round}</td><td>${esc(a.deviceId)}</td><td><code>${esc(a.code)}</code></td><td>${esc(a.reason)}</td></tr>`,
+    )
+    .join("");
+  const exRows = exclusions
+    .map(
+      (e) =>
+        `<tr><td>${e.since}${e.until === null ? "–end" : `–${e.until}`}</td><td>${esc(e.deviceId)}</td><td>${esc(e.reason)}</td></tr>`,
+    )
+    .join("");
+  const devices = Object.entries(r.quality?.devices ?? {}).sort((a, b) => a[1].reputation - b[1].reputation);
+  const chart = devices.length
+    ? {
+        ids: devices.map(([id]) => id),
+        reputation: devices.map(([, d]) => d.reputation),
+        flagged: devices.map(([, d]) => d.flagged > 0),
+      }
+    : null;
+  const html = `<h2>Contribution quality</h2>
+<p>Per-device anomalies each round and the exclusion policy (docs/robustness.md, "Contribution quality and reputation").
+${anomalies.length} anomalies, ${exclusions.length} exclusions${released.length ? `, ${released.length} readmissions` : ""}.</p>
+${chart ? `<div><h2>Reputation per device (sorted; red: flagged at least once)</h2><canvas id="reputation"></canvas></div>` : ""}
+${
+  anomalies.length
+    ? `<h2>Anomalies</h2><table><tr><th>round</th><th>device</th><th>code</th><th>reason</th></tr>${rows}</table>`
+    : "<p>No anomalies.</p>"
+}
+${exclusions.length ? `<h2>Exclusions</h2><table><tr><th>rounds</th><th>device</th><th>reason</th></tr>${exRows}</table>` : ""}`;
+  return { html, chart };
 }
 
 let chartJs: string | undefined;
@@ -238,6 +285,7 @@ ${
           ? `<div class="card">time to target<b>${r.final.timeToTargetS === null ? "not reached" : `${(r.final.timeToTargetS / 3600).toFixed(2)} h`}</b></div>`
           : "")
       : "";
+  const quality = qualitySection(r);
   const totalUp = r.rounds.reduce((a, x) => a + x.uplinkBytes, 0);
   const totalDown = r.rounds.reduce((a, x) => a + x.downlinkBytes, 0);
   const configRows = Object.entries(r.config)
@@ -302,6 +350,7 @@ ${evalHtml}
 ${fleetHtml}
 ${secaggHtml}
 ${dpHtml}
+${quality.html}
 <h2>Rounds</h2>
 <table><tr><th>round</th><th>updates</th><th>accuracy</th><th>loss</th>${hasAuc ? "<th>AUC</th>" : ""}${hasMae ? "<th>MAE</th>" : ""}<th>uplink</th><th>downlink</th><th>seconds</th>${hasDp ? "<th>ε spent</th>" : ""}</tr>${roundRows}</table>
 <h2>Configuration</h2><table>${configRows}</table>
@@ -313,6 +362,7 @@ const VT = ${JSON.stringify(virtual)};
 const PART = ${JSON.stringify(part)};
 const EV = ${JSON.stringify(evalSeries)};
 const BD = ${JSON.stringify(backdoor)};
+const QR = ${JSON.stringify(quality.chart).replace(/</g, "\\u003c")};
 const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
   type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
@@ -349,6 +399,9 @@ if (EV) {
     { label: "devices", data: EV.devices, backgroundColor: "#2ca02c" }] },
     options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { beginAtZero: true, title: { display: true, text: "devices" } } } } });
 }
+if (QR) new Chart(document.getElementById("reputation"), { type: "bar", data: { labels: QR.ids, datasets: [
+  { label: "reputation", data: QR.reputation, backgroundColor: QR.flagged.map((f) => (f ? "#d62728" : "#2ca02c")) }] },
+  options: { animation: false, plugins: { legend: { display: false } }, scales: { x: { ticks: { display: QR.ids.length <= 50 }, title: { display: true, text: "devices (sorted)" } }, y: { min: 0, max: 1, title: { display: true, text: "reputation" } } } } });
 if (DP) {
   const eps = [{ label: "ε spent", data: DP.epsilon, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 }];
   if (DP.budget !== null) eps.push({ label: "budget", data: S.rounds.map(() => DP.budget), borderColor: "#7f7f7f", borderDash: [6, 4], pointRadius: 0 });

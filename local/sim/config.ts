@@ -6,6 +6,7 @@ import { isPresetKind } from "../../core/engine/graph";
 import { MODEL_KINDS } from "../../core/engine/model-spec";
 import { parseCompression } from "../../core/compress";
 import { fail } from "../../core/errors";
+import { formatQualityPolicy, parseQualityPolicy } from "../../core/robust/quality";
 import { formatOptimizer, parseOptimizer } from "../../core/engine/optimizer-config";
 import { sharedThreads } from "../../core/engine/threads";
 import { createSelector } from "../../core/selection";
@@ -54,6 +55,13 @@ export interface SimConfig {
    * scaling | alie | ipm (model poisoning) | label-flip | backdoor (data poisoning); memory transport only.
    */
   attack?: string;
+  /**
+   * Contribution quality (core/robust/quality.ts, docs/robustness.md): per-device anomalies and reputation each
+   * round, and the exclusion of devices flagged repeatedly. Default (and unset) on.
+   */
+  quality?: boolean;
+  /** The exclusion policy: K/W[:R|end] or off (core/robust/quality.ts parseQualityPolicy); default 3/5:10. */
+  excludeAfter: string;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -159,6 +167,8 @@ export const DEFAULT_CONFIG: SimConfig = {
   model: "mlp",
   partition: "natural",
   strategy: "fedavg",
+  quality: true,
+  excludeAfter: "3/5:10",
   localEpochs: 1,
   batchSize: 10,
   lr: 0.05,
@@ -407,6 +417,9 @@ export function validateConfig(c: SimConfig): SimConfig {
     );
   }
   if (c.attack !== undefined) validateAttack(c);
+  if (c.quality !== undefined && typeof c.quality !== "boolean")
+    fail("E_CONFIG_QUALITY", "--quality must be on or off");
+  if (c.excludeAfter !== undefined) c.excludeAfter = formatQualityPolicy(parseQualityPolicy(c.excludeAfter));
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);

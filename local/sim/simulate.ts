@@ -1,6 +1,16 @@
 import { parseAggregator } from "../../core/robust/spec";
 import { ROOT_DEVICE_ID, rootUpdater } from "../../core/robust/root";
 import type { RobustReport } from "../../core/robust/aggregation";
+import {
+  anomalyLine,
+  exclusionLine,
+  parseQualityPolicy,
+  qualityInput,
+  QualityTracker,
+  type DeviceQuality,
+  type QualityPolicy,
+  type QualityRoundRecord,
+} from "../../core/robust/quality";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { initBackend } from "../../core/engine/backend";
@@ -37,6 +47,7 @@ import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
 import { simAttack, type AttackRecord } from "./attacks";
 import { backdoorSuccess, backdoorTrigger, poisonFleet, triggeredTestSet } from "./attacks/data";
+import { chainInterceptors, type RoundInterceptor } from "../../core/round/aggregation";
 
 export interface RoundSummary {
   round: number;
@@ -62,6 +73,11 @@ export interface RoundSummary {
   dp?: DpRoundRecord;
   /** Robust aggregation (docs/robustness.md): the rule, the bound, who was kept and dropped, per-device statistics. */
   robust?: RobustReport;
+  /**
+   * Contribution quality (docs/robustness.md): the round's anomalies, the devices barred from its selection and
+   * why, who this round excluded or released, and the reputation of each contributor after it.
+   */
+  quality?: QualityRoundRecord & { reputation: Record<string, number> };
   /** With a fleet trace: when the round opened and closed, virtual seconds from the trace's start. */
   virtualStartS?: number;
   virtualEndS?: number;
@@ -146,6 +162,8 @@ export interface SimulationResult {
   privacy?: PrivacySummary;
   /** --attack: the attack, its parameter in force and the attacking devices (local/sim/attacks). */
   attack?: AttackRecord;
+  /** Contribution quality at the end: the policy and every device's record (reputation, flags, exclusion). */
+  quality?: { policy: QualityPolicy; devices: Record<string, DeviceQuality> };
 }
 
 export interface SimulationReporter {
@@ -153,12 +171,21 @@ export interface SimulationReporter {
   onRoundStart?(round: number, participants: readonly string[], totalSamples: number): void;
   onProgress?(round: number, samplesDone: number): void;
   onRoundEnd?(r: RoundSummary): void;
+  /** One line per anomaly, exclusion and release (contribution quality), after the round's onRoundEnd. */
+  onQualityLine?(line: string): void;
+}
+
+/** What a caller may add to a simulated job beyond its config (tests: a round interceptor playing a bad device). */
+export interface SimulationHooks {
+  /** Outermost in each round's aggregation chain (core/round/aggregation.ts), as the simulator's attacks are. */
+  readonly interceptor?: RoundInterceptor;
 }
 
 /** Runs a federated job on a simulated fleet and writes results.json and report.html into config.out. */
 export async function simulate(
   config: SimConfig,
   reporter: SimulationReporter = {},
+  hooks: SimulationHooks = {},
 ): Promise<SimulationResult> {
   const t0 = performance.now();
   const trace = config.fleetTrace !== undefined ? loadSimTrace(config) : undefined;
@@ -173,6 +200,8 @@ export async function simulate(
     fail("E_CONFIG_AGGREGATOR", "aggregator 'fltrust' needs the server's root dataset (--root-samples N)");
   // --attack: the attackers (chosen by seed); model poisoning intercepts each round's aggregation.
   const attack = simAttack(config);
+  // The attack's interceptor and a caller's (tests) both see every update; the caller's sits outermost.
+  const interceptor = chainInterceptors(hooks.interceptor, attack?.interceptor);
   // Data poisoning: the attackers' datasets (the worker threads poison theirs the same way, fleet-worker.ts).
   const fleetData = poisonFleet(data, attack, config);
   // Backdoor: the triggered test inputs its success rate is measured on, each round.
@@ -320,6 +349,39 @@ export async function simulate(
           data.devices.reduce((a, d) => a + d.n, 0) / data.devices.length,
         )
       : undefined;
+  // Contribution quality: the per-device record across rounds; excluded devices are never offered to selection.
+  const quality =
+    config.quality !== false
+      ? new QualityTracker(parseQualityPolicy(config.excludeAfter ?? "3/5:10"))
+      : undefined;
+  const notExcluded = <T extends { deviceId: string }>(round: number, ds: readonly T[]): T[] => {
+    if (!quality) return [...ds];
+    const out = new Set(quality.excludedAt(round).map((e) => e.deviceId));
+    return ds.filter((d) => !out.has(d.deviceId));
+  };
+  /** The round's quality record (the devices excluded from it taken before the round's outcome is observed). */
+  const qualityOf = (rec: Parameters<typeof qualityInput>[0]): { quality?: RoundSummary["quality"] } => {
+    if (!quality) return {};
+    const excluded = quality.excludedAt(rec.round);
+    const q = quality.observe(qualityInput(rec));
+    const reputation: Record<string, number> = {};
+    for (const id of new Set([
+      ...(rec.observed ?? []).map((o) => o.deviceId),
+      ...rec.failures.map((f) => f.deviceId),
+    ])) {
+      const d = quality.device(id);
+      if (d) reputation[id] = Number(d.reputation.toFixed(4));
+    }
+    return { quality: { ...q, excluded, reputation } };
+  };
+  const qualityLines = (s: RoundSummary) => {
+    const q = s.quality;
+    if (!q || !reporter.onQualityLine) return;
+    for (const a of q.anomalies) reporter.onQualityLine(anomalyLine(a));
+    for (const e of q.newlyExcluded ?? []) reporter.onQualityLine(exclusionLine(e));
+    for (const id of q.released ?? [])
+      reporter.onQualityLine(`quality: device ${id} readmitted from round ${s.round + 1} (exclusion ended)`);
+  };
   const dpOptions = dpOptionsOf(config);
   const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
   const rejected: Record<string, number> = {};
@@ -354,7 +416,7 @@ export async function simulate(
         const p = participation.get(id);
         if (p) p.completed++;
       }
-      const s = { ...summarize(rec), ...extra, ...fleetEvaluation(rec.round) };
+      const s = { ...summarize(rec), ...extra, ...fleetEvaluation(rec.round), ...qualityOf(rec) };
       extra = {};
       if (fleet) {
         s.virtualStartS = rec.startedAt / 1000;
@@ -362,6 +424,7 @@ export async function simulate(
       }
       summaries.push(s);
       reporter.onRoundEnd?.(s);
+      qualityLines(s);
       stopIfDone(s.accuracy, s.virtualEndS);
     },
     onRejected: (code) => {
@@ -400,10 +463,14 @@ export async function simulate(
       downlink,
       ...(aggregator ? { aggregator } : {}),
       ...(rootUpdate ? { rootUpdate } : {}),
-      ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
+      ...(interceptor ? { interceptor } : {}),
       dp,
+      ...(quality ? { observe: true } : {}),
       pick: async (count, exclude, version) => {
-        const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
+        const idle = notExcluded(
+          version + 1,
+          (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId)),
+        );
         const offered = selection ? selection.pick(version + 1, idle, count) : idle;
         return strategy.configureFit(version + 1, offered).slice(0, count);
       },
@@ -446,12 +513,14 @@ export async function simulate(
             ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
             ...extra,
             ...fleetEvaluation(rec.round),
+            ...qualityOf({ ...rec, failures: [...rec.failures, ...rec.refused] }),
           };
           extra = {};
           wall = now;
           late0 = rec.counters.late;
           summaries.push(s);
           reporter.onRoundEnd?.(s);
+          qualityLines(s);
           stopIfDone(s.accuracy, s.virtualEndS);
         },
         onRejected: events.onRejected,
@@ -469,12 +538,13 @@ export async function simulate(
         layout: evalModel.layout,
         roundTimeoutInMs: deadlineMs,
         ...(fleet ? { clock: fleet } : {}),
-        ...(selection
+        ...(selection || quality
           ? {
               selectParticipants: (r: number, available: readonly ClientInfo[]) =>
-                selection.pick(r, available),
+                selection ? selection.pick(r, notExcluded(r, available)) : notExcluded(r, available),
             }
           : {}),
+        ...(quality ? { observe: true } : {}),
         evaluate,
         events,
         abortSignal: abort.signal,
@@ -484,7 +554,7 @@ export async function simulate(
         dp,
         ...(aggregator ? { aggregator } : {}),
         ...(rootUpdate ? { rootUpdate } : {}),
-        ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
+        ...(interceptor ? { interceptor } : {}),
       });
     }
   } finally {
@@ -505,6 +575,7 @@ export async function simulate(
     ...(dp ? { privacy: privacySummary(dp) } : {}),
     participation: participationSummary(participation, selection?.longestWait),
     ...(attack ? { attack: attack.record } : {}),
+    ...(quality ? { quality: qualitySummary(quality) } : {}),
   });
   evalModel.dispose();
   return result;
@@ -564,6 +635,7 @@ export function finishResult(
     privacy?: PrivacySummary;
     participation?: Participation;
     attack?: AttackRecord;
+    quality?: SimulationResult["quality"];
   } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
@@ -588,6 +660,7 @@ export function finishResult(
     ...(end.status ? { status: end.status } : {}),
     ...(end.privacy ? { privacy: end.privacy } : {}),
     ...(end.attack ? { attack: end.attack } : {}),
+    ...(end.quality ? { quality: end.quality } : {}),
   };
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
@@ -655,6 +728,12 @@ function summarize(r: RoundRecord): RoundSummary {
     ...(r.dp ? { epsilon: r.dp.epsilon, dp: r.dp } : {}),
     ...(r.robust ? { robust: r.robust } : {}),
   };
+}
+
+/** The quality tracker's end state for results.json. */
+export function qualitySummary(t: QualityTracker): NonNullable<SimulationResult["quality"]> {
+  const s = t.toJSON();
+  return { policy: s.policy, devices: { ...s.devices } };
 }
 
 /** The guarantee a finished DP job gives (tight RDP conversion unless configured otherwise). */

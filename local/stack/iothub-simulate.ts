@@ -41,6 +41,7 @@ import {
 import { startLocalStack, type LocalStack } from "./stack";
 import { DifferentialPrivacy } from "../../core/privacy/dp";
 import { dpOptionsOf } from "../../cloud/aggregator/src/jobs/job";
+import { anomalyLine, exclusionLine } from "../../core/robust/quality";
 import type { EvaluateOrderRecord } from "../../cloud/aggregator/src/dispatch";
 import { privacySummary, simModelSource, type JobStatus } from "../sim/simulate";
 import { loadTrace } from "../cli/fleet-trace";
@@ -198,6 +199,12 @@ export async function simulateOverIotHub(
       downlinkCompression: config.downlinkCompression,
       // The same --aggregator spec as the memory transport's, as the job's `aggregator` member.
       ...(config.aggregator !== undefined ? { aggregator: config.aggregator } : {}),
+      // Contribution quality (docs/robustness.md): the job spec takes the simulator's policy text, or false.
+      ...(config.quality === false
+        ? { quality: false }
+        : config.excludeAfter !== undefined
+          ? { quality: config.excludeAfter }
+          : {}),
       ...(config.secureAggregation
         ? {
             secureAggregation: {
@@ -272,9 +279,24 @@ export async function simulateOverIotHub(
           ...(rec.secagg ? { secagg: secureSummary(rec.secagg) } : {}),
           ...(rec.dp ? { epsilon: rec.dp.epsilon, dp: rec.dp } : {}),
           ...(rec.robust ? { robust: rec.robust } : {}),
+          ...(rec.quality
+            ? {
+                quality: {
+                  ...rec.quality,
+                  reputation: Object.fromEntries(
+                    participants.flatMap((id) => {
+                      const d = doc.quality?.devices[id];
+                      return d ? [[id, Number(d.reputation.toFixed(4))]] : [];
+                    }),
+                  ),
+                },
+              }
+            : {}),
         };
         summaries.push(summary);
         reporter.onRoundEnd?.(summary);
+        for (const a of rec.quality?.anomalies ?? []) reporter.onQualityLine?.(anomalyLine(a));
+        for (const e of rec.quality?.newlyExcluded ?? []) reporter.onQualityLine?.(exclusionLine(e));
       }
       if (doc.status === "completed" || doc.status === "failed" || doc.status === "stopped") {
         if (doc.status === "failed") throw new FlotillaError("E_JOB_FAILED", doc.error ?? "the job failed");
@@ -325,7 +347,13 @@ export async function simulateOverIotHub(
     {},
     t0,
     finalWeights,
-    { status, ...(privacy ? { privacy } : {}) },
+    {
+      status,
+      ...(privacy ? { privacy } : {}),
+      ...(finalDoc?.quality
+        ? { quality: { policy: finalDoc.quality.policy, devices: { ...finalDoc.quality.devices } } }
+        : {}),
+    },
   );
   evalModel.dispose();
   return result;

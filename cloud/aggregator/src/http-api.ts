@@ -50,6 +50,30 @@ function error(status: number, code: string, message: string): HttpResponseInit 
   return { status, jsonBody: { code, message } };
 }
 
+/**
+ * The job's contribution quality per device (core/robust/quality.ts; the dashboard shows it): reputation, flags,
+ * the last anomaly and the exclusion holding it out, if any.
+ */
+function qualityView(q: NonNullable<JobDocument["quality"]>) {
+  return {
+    policy: q.policy,
+    round: q.round,
+    devices: Object.fromEntries(
+      Object.entries(q.devices).map(([id, d]) => [
+        id,
+        {
+          reputation: d.reputation,
+          contributions: d.contributions,
+          flagged: d.flagged,
+          rejections: d.rejections,
+          ...(d.lastAnomaly ? { lastAnomaly: d.lastAnomaly } : {}),
+          ...(d.excluded ? { excluded: d.excluded } : {}),
+        },
+      ]),
+    ),
+  };
+}
+
 function summary(job: JobDocument) {
   const d = job.definition;
   // The newest model the fleet evaluated on its held-out data (docs/evaluation.md); every round's is in `history`.
@@ -213,6 +237,7 @@ export function createHttpApi(services: AggregatorServices, options: HttpApiOpti
           layoutHash: found.layoutHash,
           modelLength: found.modelLength,
           history: found.rounds,
+          ...(found.quality ? { quality: qualityView(found.quality) } : {}),
           currentRoundState: openRound
             ? {
                 round: openRound.round,

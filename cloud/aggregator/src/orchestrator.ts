@@ -38,6 +38,13 @@ import { exportOnnx } from "../../../core/export/onnx";
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser, type RoundOutcome } from "../../../core/round/close";
 import { beginRoundAggregation } from "../../../core/round/aggregation";
+import {
+  anomalyLine,
+  exclusionLine,
+  qualityInput,
+  type QualityRoundInput,
+  type QualityRoundRecord,
+} from "../../../core/robust/quality";
 import { openRound as newRound, step as engineStep, type RoundEvent } from "../../../core/round/engine";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
@@ -54,6 +61,8 @@ import {
   DeviceLeases,
   LEASE_GRACE_MS,
   deviceProfiles,
+  qualityTracker,
+  withoutExcluded,
   loadHistory,
   recordRoundInHistory,
   selectDevices,
@@ -65,7 +74,7 @@ import { modelLayout } from "../../../core/engine/plan";
 import { weightsHash } from "../../../core/tensor/layout";
 import { nonFiniteModelReason } from "../../../core/tensor/finite";
 import { FlotillaError } from "../../../core/errors";
-import type { TrainerInfo } from "./fleet/fleet";
+import type { QualityTag, TrainerInfo } from "./fleet/fleet";
 import { putJson } from "./store/blob-store";
 import {
   JobRepository,
@@ -581,7 +590,8 @@ export class Orchestrator {
     trainers: readonly TrainerInfo[],
   ): Promise<{ picks: FitInstruction[]; held: number }> {
     const d = job.definition;
-    const eligible = this.eligible(job, trainers);
+    // Devices the job's contribution quality excludes are never candidates (core/robust/quality.ts).
+    const eligible = withoutExcluded(job, this.eligible(job, trainers), round, this.services.log);
     const held = await this.leases.heldByOthers(
       d.jobId,
       eligible.map((p) => p.deviceId),
@@ -618,9 +628,12 @@ export class Orchestrator {
     downloadBytes: number,
   ): Promise<FitInstruction[]> {
     const d = job.definition;
-    const eligible = this.eligible(job, await this.services.fleet.listTrainers(d.cohort)).filter(
-      (p) => !exclude.has(p.deviceId),
-    );
+    const eligible = withoutExcluded(
+      job,
+      this.eligible(job, await this.services.fleet.listTrainers(d.cohort)),
+      round,
+      this.services.log,
+    ).filter((p) => !exclude.has(p.deviceId));
     if (eligible.length === 0 || free <= 0) return [];
     const held = await this.leases.heldByOthers(
       d.jobId,
@@ -904,7 +917,7 @@ export class Orchestrator {
           }
         : {}),
     });
-    await this.recordRound(job, st, record, dp);
+    await this.recordRound(job, st, record, dp, qualityInput({ ...out, failures: out.failures }));
   }
 
   /**
@@ -986,6 +999,7 @@ export class Orchestrator {
       ...(reference ? { reference } : {}),
       // A secure round's devices were ordered to apply a `norm:C+mean` bound themselves (dispatch.ts).
       ...(secure && jobDeviceNormBound(job.definition) !== undefined ? { boundOnDevices: true } : {}),
+      ...(job.definition.quality !== false ? { observe: true } : {}),
     });
   }
 
@@ -1055,6 +1069,48 @@ export class Orchestrator {
   }
 
   /**
+   * After a round's quality record is committed: one log line per anomaly, exclusion and readmission, and the
+   * excluded devices' twin tag (tags.flotilla.quality) written or, when their exclusion ended, removed. A twin
+   * write that fails is logged (the exclusion itself holds: it is in the job document).
+   */
+  private async qualityDone(
+    jobId: string,
+    round: number,
+    q: QualityRoundRecord,
+    lastRound: boolean,
+  ): Promise<void> {
+    const log = this.services.log;
+    for (const a of q.anomalies) log(`job ${jobId}: ${anomalyLine(a)}`);
+    for (const e of q.newlyExcluded ?? []) {
+      log(`job ${jobId}: ${exclusionLine(e)}`);
+      if (lastRound) continue; // no round of the job is left to exclude it from: no tag
+      const tag: QualityTag = {
+        status: "excluded",
+        reason: e.reason,
+        job: jobId,
+        round,
+        since: e.since,
+        until: e.until,
+      };
+      await this.services.fleet
+        .setQualityTag(e.deviceId, jobId, tag)
+        .catch((err: Error) => log(`job ${jobId}: quality tag of ${e.deviceId} not written: ${err.message}`));
+    }
+    // The job's last round ends every exclusion it holds.
+    const ended = lastRound
+      ? [...new Set([...(q.released ?? []), ...q.excluded.map((e) => e.deviceId)])]
+      : (q.released ?? []);
+    for (const id of ended) {
+      log(
+        `job ${jobId}: quality: device ${id} ${lastRound ? "no longer excluded (the job ended)" : `readmitted from round ${round + 1} (exclusion ended)`}`,
+      );
+      await this.services.fleet
+        .setQualityTag(id, jobId, null)
+        .catch((err: Error) => log(`job ${jobId}: quality tag of ${id} not removed: ${err.message}`));
+    }
+  }
+
+  /**
    * Commits the round to the job document (with the DP state after it, in the same write), then marks its state
    * closed.
    */
@@ -1063,22 +1119,32 @@ export class Orchestrator {
     st: RoundState,
     record: RoundRecord,
     dp?: DifferentialPrivacy,
+    quality?: QualityRoundInput,
   ): Promise<void> {
     const d = job.definition;
     const now = record.closedAt;
     const completed = record.completed;
     const orphans = await this.dropRoundChunks(d.jobId, st.round);
-    await this.repo.updateJob(d.jobId, (cur) => {
+    // Contribution quality: the round's anomalies and exclusions, computed from the document being written (an
+    // ETag retry recomputes them from the fresh one) and committed with the round record.
+    let q: QualityRoundRecord | undefined;
+    const written = await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === st.round)) return undefined;
       const done = st.round >= cur.definition.rounds;
+      const tracker = quality ? qualityTracker(cur, this.services.log) : undefined;
+      q = undefined;
+      if (tracker && quality) q = { excluded: tracker.excludedAt(st.round), ...tracker.observe(quality) };
       return {
         ...cur,
-        rounds: [...cur.rounds, { ...record, orphanChunksDeleted: orphans }],
+        rounds: [...cur.rounds, { ...record, orphanChunksDeleted: orphans, ...(q ? { quality: q } : {}) }],
         status: done && cur.status === "running" ? "completed" : cur.status,
         ...(dp && cur.dp ? { dp: { ...cur.dp, state: dp.exportState(), spent: spentOf(dp) } } : {}),
+        ...(tracker ? { quality: tracker.toJSON() } : {}),
         updatedAt: now,
       };
     });
+    if (q && written?.rounds.some((x) => x.round === st.round && x.quality === q))
+      await this.qualityDone(d.jobId, st.round, q, st.round >= d.rounds);
     await this.apply(st, { type: "closed" });
     const failed = new Set(record.failures.map((f) => f.deviceId));
     await this.roundSelectionDone(

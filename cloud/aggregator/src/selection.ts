@@ -25,6 +25,7 @@ import type { RoundState } from "../../../core/round/engine";
 import { isFlotillaError } from "../../../core/errors";
 import type { TrainerInfo } from "./fleet/fleet";
 import { getJson, isConflict, putJson, type BlobStore } from "./store/blob-store";
+import { QualityTracker, type Exclusion } from "../../../core/robust/quality";
 import { paths, type JobDocument } from "./jobs/state";
 
 export const selectionPaths = {
@@ -134,6 +135,43 @@ export async function loadHistory(
 ): Promise<SelectionHistory> {
   const got = await store.get(selectionPaths.history(jobId));
   return got ? parseHistory(got.bytes, jobId, log) : new SelectionHistory();
+}
+
+/**
+ * The job's contribution-quality tracker (core/robust/quality.ts) from its document: undefined when the job has
+ * quality off; a damaged stored state is logged and starts empty.
+ */
+export function qualityTracker(job: JobDocument, log?: (line: string) => void): QualityTracker | undefined {
+  const policy = job.definition.quality;
+  if (policy === false) return undefined;
+  if (job.quality === undefined) return new QualityTracker(policy);
+  try {
+    return QualityTracker.fromJSON(job.quality, policy);
+  } catch (e) {
+    if (!isFlotillaError(e)) throw e;
+    log?.(`job ${job.definition.jobId}: ${e.code}: ${e.message}; quality goes on from an empty record`);
+    return new QualityTracker(policy);
+  }
+}
+
+/** The devices the job's contribution quality excludes from round `round`, with why. */
+export function qualityExclusions(
+  job: JobDocument,
+  round: number,
+  log?: (line: string) => void,
+): Exclusion[] {
+  return qualityTracker(job, log)?.excludedAt(round) ?? [];
+}
+
+/** `candidates` without the devices the job's contribution quality excludes from round `round`. */
+export function withoutExcluded<T extends { readonly deviceId: string }>(
+  job: JobDocument,
+  candidates: readonly T[],
+  round: number,
+  log?: (line: string) => void,
+): T[] {
+  const out = new Set(qualityExclusions(job, round, log).map((e) => e.deviceId));
+  return out.size ? candidates.filter((c) => !out.has(c.deviceId)) : [...candidates];
 }
 
 /** Picks the round's devices with the job's selector (jobs/job.ts validated the spec). */

@@ -7,6 +7,7 @@ import type {
   RoundDesired,
   TrainerInfo,
   QuantizerLayout,
+  QualityTag,
 } from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 import type { EvaluateOrder } from "../../../core/protocol/round-order";
@@ -77,6 +78,11 @@ export class RecordingFleet implements Fleet {
   }
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {
     this.openRounds.push({ deviceId, jobId, round });
+  }
+  /** Quality tags written (tags.flotilla.quality; null: removed), in order. */
+  readonly qualityTags: { deviceId: string; jobId: string; tag: QualityTag | null }[] = [];
+  async setQualityTag(deviceId: string, jobId: string, tag: QualityTag | null): Promise<void> {
+    this.qualityTags.push({ deviceId, jobId, tag });
   }
   readonly quantizers: {
     deviceId: string;

@@ -81,6 +81,23 @@ export function capabilitiesOf(
   return out;
 }
 
+/**
+ * The device twin's `tags.flotilla.quality` while a job excludes the device (contribution quality,
+ * core/robust/quality.ts): the cloud cannot write reported properties, so the reason goes in a tag the portal and
+ * twin queries show (e.g. a cohort `NOT IS_DEFINED(tags.flotilla.quality)`).
+ */
+export interface QualityTag {
+  readonly status: "excluded";
+  readonly reason: string;
+  readonly job: string;
+  /** The round whose anomalies excluded it. */
+  readonly round: number;
+  /** The first round it is excluded from. */
+  readonly since: number;
+  /** The last round it is excluded from (null: the rest of the job). */
+  readonly until: number | null;
+}
+
 /** A job's weight layout as the quantizer needs it: its hash and tensor sizes (core/round/update-pipeline.ts). */
 export interface QuantizerLayout {
   readonly layoutHash: string;
@@ -129,6 +146,11 @@ export interface Fleet {
     compression: string | null,
     layout?: QuantizerLayout,
   ): Promise<void>;
+  /**
+   * Writes the device twin's `tags.flotilla.quality` (a device excluded by `tag.job`), or with null removes it —
+   * only while it still names `jobId` (another job's exclusion is left alone).
+   */
+  setQualityTag(deviceId: string, jobId: string, tag: QualityTag | null): Promise<void>;
   /**
    * Calls a trainer direct method (secure aggregation: secaggShareKeys, secaggMaskInput, secaggUnmask) and
    * returns the device's answer whatever its status; never throws.
@@ -395,6 +417,20 @@ export class IotHubFleet implements Fleet {
       { properties: { desired: { jobModels: { [modelKey]: spec } } } },
       "*",
     );
+  }
+
+  async setQualityTag(deviceId: string, jobId: string, tag: QualityTag | null): Promise<void> {
+    if (tag !== null) {
+      await this.registry.updateTwin(deviceId, { tags: { flotilla: { quality: tag } } }, "*");
+      return;
+    }
+    // Removing: only the job's own tag, with the twin's etag (a tag another job wrote meanwhile stays).
+    const twin = (await this.registry.getTwin(deviceId)).responseBody as {
+      etag?: string;
+      tags?: { flotilla?: { quality?: { job?: unknown } } };
+    };
+    if (twin.tags?.flotilla?.quality?.job !== jobId) return;
+    await this.registry.updateTwin(deviceId, { tags: { flotilla: { quality: null } } }, twin.etag ?? "*");
   }
 
   async setOpenRound(deviceId: string, jobId: string, round: number | null): Promise<void> {

@@ -31,6 +31,12 @@ import {
   type AggregatorSpec,
 } from "../../../../core/robust/spec";
 import {
+  checkQualityPolicy,
+  DEFAULT_QUALITY_POLICY,
+  parseQualityPolicy,
+  type QualityPolicy,
+} from "../../../../core/robust/quality";
+import {
   DEFAULT_MAX_SAMPLES_PER_DEVICE,
   SAMPLE_COUNT_POLICIES,
   type SampleCountPolicy,
@@ -105,6 +111,13 @@ export interface JobDefinition {
    * job's `aggregator` member (`default` expanded); absent (or written before it existed) = the plain mean.
    */
   readonly aggregator?: string;
+  /**
+   * Contribution quality (core/robust/quality.ts, docs/robustness.md): the exclusion policy — a device flagged in
+   * `excludeAfter` of its last `window` contributions is not selected for `cooldown` rounds (null: the rest of the
+   * job); false: quality off (no observation, no exclusion). Absent (and in documents written before it existed):
+   * on, with DEFAULT_QUALITY_POLICY. A job body gives an object, its text form "K/W[:R|end]", "off" or false.
+   */
+  readonly quality?: QualityPolicy | false;
 }
 
 /** What the Function allows a job (app settings, aggregator.ts servicesFromEnv). */
@@ -347,6 +360,7 @@ export function validateJob(
   const withSelection: JobDefinition = {
     ...withDp,
     selection: selection(j.selection),
+    quality: jobQuality(j.quality),
     ...(cohortText !== undefined ? { cohort: cohortText } : {}),
     ...defined(
       "minMemoryBytes",
@@ -412,6 +426,18 @@ function robustAggregator(
       );
   }
   return { ...def, aggregator: text };
+}
+
+/** The `quality` policy (default DEFAULT_QUALITY_POLICY; false or "off": quality off), E_JOB_INVALID otherwise. */
+export function jobQuality(v: unknown): QualityPolicy | false {
+  if (v === undefined || v === null) return DEFAULT_QUALITY_POLICY;
+  if (v === false || v === "off") return false;
+  try {
+    return typeof v === "string" ? parseQualityPolicy(v) : checkQualityPolicy(v, "quality");
+  } catch (e) {
+    if (isFlotillaError(e)) fail("E_JOB_INVALID", `quality: ${e.message}`, { cause: e });
+    throw e;
+  }
 }
 
 /** `strategyOptions.fit.optimizer`: {name: sgd | momentum | adam, ...} or its text form (E_JOB_INVALID). */

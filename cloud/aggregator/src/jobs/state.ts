@@ -15,6 +15,7 @@ import type { RoundState } from "../../../../core/round/engine";
 import type { AsyncCounters, AsyncState } from "../../../../core/round/async-engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
 import type { DeviceEvaluation, FleetEvaluation } from "../../../../core/round/evaluation";
+import type { QualityRoundRecord, QualityState } from "../../../../core/robust/quality";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
 
@@ -69,6 +70,11 @@ export interface RoundRecord {
    * why not).
    */
   readonly robust?: RobustReport;
+  /**
+   * Contribution quality (core/robust/quality.ts): the round's anomalies, the devices excluded from its selection
+   * and why, and whom it excluded or readmitted.
+   */
+  readonly quality?: QualityRoundRecord;
 }
 
 /** rounds/{r}/evaluations.json: every device's evaluation of round r's model (first one per device kept). */
@@ -140,6 +146,8 @@ export interface JobDocument {
   readonly stopMessage?: string;
   /** Differential-privacy jobs: fixed when the job starts, updated with every round record. */
   readonly dp?: JobDpState;
+  /** Contribution quality: every device's record across rounds (QualityTracker.toJSON), with every round record. */
+  readonly quality?: QualityState;
 }
 
 /** A DP job's persisted privacy state. */
