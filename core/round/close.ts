@@ -175,7 +175,8 @@ export class RoundCloser {
       metrics,
       completed: this.completed,
       failures: this.failures,
-      status: count > 0 ? "aggregated" : "failed",
+      // A robust rule may leave every update out (FLTrust trusting nobody): then nothing was aggregated.
+      status: count > 0 && (robust === undefined || robust.kept.length > 0) ? "aggregated" : "failed",
       ...(diverged !== undefined ? { diverged } : {}),
       ...(robust ? { robust } : {}),
       ...(observed ? { observed } : {}),

@@ -540,3 +540,26 @@ test("end to end: one update scaled x1000 drags FedAvg far; every robust rule ke
     assert.ok(attacked < 0.5 * step, `${text}: ${attacked} from the honest model (one step is ${step})`);
   }
 });
+
+test("a round whose robust rule keeps no update is failed and keeps the model (FLTrust trusting nobody)", () => {
+  const s = strategy("fedavg", 4);
+  const before = s.weights.slice();
+  const root = Float32Array.from([1, 1, 1, 1]);
+  const closer = new RoundCloser({
+    round: 1,
+    aggregation: beginRoundAggregation(s, 1, {
+      layoutHash: LAYOUT,
+      aggregator: parseAggregator("fltrust"),
+      rootDelta: root,
+    }),
+  });
+  for (const id of ["a", "b"])
+    assert.equal(
+      closer.update({ ...upd(id, 10, []), delta: Float32Array.from([-1, -1, -1, -2]) }),
+      undefined,
+    );
+  const out = closer.finish(["a", "b"]);
+  assert.deepEqual([...out.weights], [...before], "the model is kept");
+  assert.equal(out.status, "failed");
+  assert.deepEqual(out.robust!.kept, []);
+});
