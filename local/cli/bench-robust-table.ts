@@ -81,7 +81,8 @@ export interface RobustTableOptions {
   /** Fraction of the devices that attack (default 0.2). */
   readonly attackers: number;
   readonly localEpochs?: number;
-  readonly workers?: number;
+  /** Worker threads of each job (0: its devices train in this process's main thread). */
+  readonly workers: number;
   readonly out: string;
   /** Write a PNG of the heatmap here. */
   readonly png?: string;
@@ -157,8 +158,8 @@ export function parseRobustTableOptions(o: RawOptions): RobustTableOptions {
     o.localEpochs === undefined
       ? undefined
       : positiveInt("local-epochs", o.localEpochs as string, SIM_LIMITS.localEpochs);
-  const workers =
-    o.workers === undefined ? undefined : nonNegativeInt("workers", o.workers as string, SIM_LIMITS.workers);
+  // Default 0: each job trains its devices in this process's main thread (no worker threads to start per cell).
+  const workers = nonNegativeInt("workers", (o.workers as string | undefined) ?? "0", SIM_LIMITS.workers);
   const out = (o.out as string | undefined) ?? path.join("bench-out", "robust-table");
   const png =
     o.png === undefined || o.png === false
@@ -176,7 +177,7 @@ export function parseRobustTableOptions(o: RawOptions): RobustTableOptions {
     out,
     ...(rounds !== undefined ? { rounds } : {}),
     ...(localEpochs !== undefined ? { localEpochs } : {}),
-    ...(workers !== undefined ? { workers } : {}),
+    workers,
     ...(png !== undefined ? { png } : {}),
   };
 }
@@ -244,7 +245,7 @@ export function planCells(opts: RobustTableOptions): PlannedCell[] {
             rounds: String(cell.rounds),
             localEpochs: String(cell.localEpochs),
             seed: String(seed),
-            ...(opts.workers !== undefined ? { workers: String(opts.workers) } : {}),
+            workers: String(opts.workers),
             ...(aggregator !== "mean" ? { aggregator } : {}),
             ...(attack !== "none" ? { attack: attackFlag(attack, opts.attackers) } : {}),
           };

@@ -1066,7 +1066,7 @@ export function buildProgram(): Command {
     .option("--rounds <n>", "rounds of every job (default: mnist 12, sensors 10)")
     .option("--local-epochs <n>", "local epochs per round (default 1)")
     .option("--seeds <list>", "comma-separated seeds; a cell's accuracy is their mean (default 42)")
-    .option("--workers <n>", "worker threads of each job (default: the simulator's)")
+    .option("--workers <n>", "worker threads of each job (default 0: the devices train in the main thread)")
     .option("--out <dir>", "where the table's JSON, markdown and HTML go (default bench-out/robust-table)")
     .option("--png [file]", "also a PNG of the heatmap (default <out>/robust-table.png; needs chromium)")
     .action(async (opts: RawOptions) => {
