@@ -65,6 +65,10 @@ export const ERRORS = {
     meaning: "two options that exclude each other were both given (e.g. a robust aggregator with secure aggregation)",
   },
   E_CONFIG_AGGREGATOR: { group: "config", meaning: "an invalid --aggregator spec or job aggregator" },
+  E_CONFIG_ATTACK: {
+    group: "config",
+    meaning: "an invalid --attack spec (simulator attacks), or an attack the job's data or model cannot take",
+  },
   E_CONFIG_DATASET: { group: "config", meaning: "an unknown or unusable dataset name" },
   E_CONFIG_FLEET_TRACE: {
     group: "config",

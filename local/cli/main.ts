@@ -73,6 +73,7 @@ export function buildSimConfig(o: RawOptions): SimConfig {
   else if (c.dataset !== "sensors" && c.partition === "natural") c.partition = "iid";
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
   if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
+  if (s("attack") !== undefined) c.attack = s("attack")!;
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -374,6 +375,17 @@ async function simulateAndPrint(config: SimConfig, runOptions: IotHubRunOptions)
       `privacy: ε = ${p.epsilon.toFixed(4)} at δ = ${p.delta} (${p.placement} noise, z = ${p.noiseMultiplier}, ` +
         `${p.steps} released round(s), RDP order ${p.order}, ${p.conversion} conversion)` +
         (p.epsilonBudget !== undefined ? `; budget ε = ${p.epsilonBudget}` : ""),
+    );
+  }
+  if (result.attack) {
+    const a = result.attack;
+    console.log(
+      `attack: ${a.kind} by ${a.attackers.length} of ${config.devices} devices (fraction ${a.fraction}` +
+        (a.param !== undefined ? `, parameter ${a.param}` : "") +
+        `): ${a.attackers.join(", ")}` +
+        (result.final.backdoorSuccess !== undefined
+          ? `; backdoor success ${(result.final.backdoorSuccess * 100).toFixed(2)}%`
+          : ""),
     );
   }
   if (result.status && result.status.state !== "completed")
@@ -771,6 +783,10 @@ export function buildProgram(): Command {
     .option(
       "--aggregator <spec>",
       "robust aggregation: mean (default) | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust | default; prefix norm:C+ or norm:qQ+ to bound update norms (docs/robustness.md)",
+    )
+    .option(
+      "--attack <spec>",
+      "simulator attacks, KIND:FRACTION[:PARAM]: sign-flip[:S] | gaussian[:SIGMA] | scaling[:LAMBDA] | alie[:Z] | ipm[:EPS] | label-flip[:CLASS] | backdoor[:POISONED]; ⌈FRACTION·devices⌉ attackers chosen by seed (memory transport; docs/robustness.md)",
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

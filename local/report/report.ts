@@ -30,6 +30,8 @@ export interface ReportInput {
     late?: number;
     /** Fleet-wide evaluation of the round's model on the devices' held-out data (core/round/evaluation.ts). */
     evaluation?: FleetEvaluation;
+    /** --attack backdoor: the round's backdoor success rate (local/sim/attacks/data.ts). */
+    backdoorSuccess?: number;
   }[];
   final: {
     accuracy: number;
@@ -40,6 +42,7 @@ export interface ReportInput {
     wallMs: number;
     virtualTimeS?: number;
     timeToTargetS?: number | null;
+    backdoorSuccess?: number;
   };
   /** Per-device participation (local/sim/simulate.ts participationSummary). */
   participation?: {
@@ -48,6 +51,8 @@ export interface ReportInput {
     completed: { min: number; median: number; max: number };
   };
   status?: { state: string; reason?: string };
+  /** --attack (simulator): the attack and its attackers. */
+  attack?: { kind: string; fraction: number; param?: number; attackers: string[] };
   privacy?: {
     epsilon: number;
     delta: number;
@@ -205,6 +210,10 @@ ${fmtEval(lastEval.evaluation.worstDecile!.value)} (${lastEval.evaluation.worstD
 <div><h2>Devices evaluating per round</h2><canvas id="fleetEvalDevices"></canvas></div>
 </div>`
       : "";
+  const attackHtml = attackSection(r);
+  const backdoor = r.rounds.some((x) => x.backdoorSuccess !== undefined)
+    ? r.rounds.map((x) => (x.backdoorSuccess !== undefined ? x.backdoorSuccess * 100 : null))
+    : null;
   const virtual = virtualSeries(r);
   const part = participationSeries(r);
   const pc = r.participation?.completed;
@@ -288,6 +297,7 @@ ${virtualCards}
 <div><h2>Bytes per round</h2><canvas id="bytes"></canvas></div>
 <div><h2>Round wall time</h2><canvas id="time"></canvas></div>
 </div>
+${attackHtml}
 ${evalHtml}
 ${fleetHtml}
 ${secaggHtml}
@@ -302,6 +312,7 @@ const DP = ${JSON.stringify(dpSeries)};
 const VT = ${JSON.stringify(virtual)};
 const PART = ${JSON.stringify(part)};
 const EV = ${JSON.stringify(evalSeries)};
+const BD = ${JSON.stringify(backdoor)};
 const line = (id, label, data, color, y) => new Chart(document.getElementById(id), {
   type: "line", data: { labels: S.rounds, datasets: [{ label, data, borderColor: color, backgroundColor: color, tension: 0.1 }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: y } } } } });
@@ -311,6 +322,10 @@ line("time", "seconds", S.seconds, "#2ca02c", "s");
 new Chart(document.getElementById("bytes"), { type: "bar", data: { labels: S.rounds, datasets: [
   { label: "uplink (MB)", data: S.up, backgroundColor: "#ff7f0e" }, { label: "downlink (MB)", data: S.down, backgroundColor: "#9467bd" }] },
   options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { title: { display: true, text: "MB" } } } } });
+if (BD) new Chart(document.getElementById("backdoor"), { type: "line", data: { labels: S.rounds, datasets: [
+  { label: "backdoor success (%)", data: BD, borderColor: "#d62728", backgroundColor: "#d62728", tension: 0.1 },
+  { label: "test accuracy (%)", data: S.accuracy, borderColor: "#1f77b4", backgroundColor: "#1f77b4", borderDash: [6, 3], tension: 0.1 }] },
+  options: { animation: false, scales: { x: { title: { display: true, text: "round" } }, y: { min: 0, max: 100, title: { display: true, text: "%" } } } } });
 if (VT) new Chart(document.getElementById("accVirtual"), { type: "line", data: { datasets: [
   { label: "test accuracy (%)", data: VT, borderColor: "#1f77b4", backgroundColor: "#1f77b4", tension: 0.1 }] },
   options: { animation: false, scales: { x: { type: "linear", title: { display: true, text: "virtual time (hours)" } }, y: { title: { display: true, text: "%" } } } } });
@@ -358,6 +373,17 @@ if (S.secagg) {
 </script>
 </body></html>
 `;
+}
+
+/** The attack's section (simulator --attack): who attacked, how, and the backdoor's success rate per round. */
+function attackSection(r: Pick<ReportInput, "attack" | "rounds" | "final">): string {
+  const a = r.attack;
+  if (!a) return "";
+  const bd = r.final.backdoorSuccess;
+  return `<h2>Attack</h2>
+<p><b>${esc(a.kind)}</b> by ${a.attackers.length} device(s) (fraction ${a.fraction}${a.param !== undefined ? `, parameter ${a.param}` : ""}; docs/robustness.md):
+${a.attackers.map(esc).join(", ")}.${bd !== undefined ? ` Final backdoor success rate: <b>${pct(bd)}</b> of the triggered test samples of other classes classified as the target.` : ""}</p>
+${bd !== undefined ? `<div class="grid"><div><h2>Backdoor success per round</h2><canvas id="backdoor"></canvas></div></div>` : ""}`;
 }
 
 export function writeReport(file: string, r: ReportInput, title?: string): void {

@@ -1,4 +1,5 @@
 import { checkAggregatorCompatible, formatAggregator, parseAggregator } from "../../core/robust/spec";
+import { chooseAttackers, formatAttack, isModelAttack, parseAttack } from "./attacks/spec";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { isPresetKind } from "../../core/engine/graph";
@@ -42,6 +43,11 @@ export interface SimConfig {
    * unset = mean (the strategy's own streaming weighted mean).
    */
   aggregator?: string;
+  /**
+   * Simulator attacks (local/sim/attacks, docs/robustness.md): KIND:FRACTION[:PARAM] with KIND sign-flip | gaussian |
+   * scaling | alie | ipm (model poisoning) | label-flip | backdoor (data poisoning); memory transport only.
+   */
+  attack?: string;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -370,6 +376,7 @@ export function validateConfig(c: SimConfig): SimConfig {
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
     c.aggregator = formatAggregator(spec);
   }
+  if (c.attack !== undefined) validateAttack(c);
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);
@@ -380,6 +387,23 @@ export function validateConfig(c: SimConfig): SimConfig {
     fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
   return c;
+}
+
+/** --attack: a valid spec, on the memory transport, leaving an honest device; model attacks need each update. */
+function validateAttack(c: SimConfig): void {
+  const a = parseAttack(c.attack!);
+  if (c.transport === "iothub")
+    fail(
+      "E_CONFIG_CONFLICT",
+      "--attack runs in the simulator only: it needs --transport memory (the local IoT Hub stack's devices are the real modules)",
+    );
+  if (isModelAttack(a.kind) && c.secureAggregation)
+    fail(
+      "E_CONFIG_CONFLICT",
+      `--attack ${a.kind} crafts each attacker's update from the round's updates: secure aggregation hides them`,
+    );
+  chooseAttackers(a.fraction, c.devices, c.seed);
+  c.attack = formatAttack(a);
 }
 
 /**

@@ -8,6 +8,8 @@ import { createModel } from "../../core/engine/models";
 import { DeviceRuntime } from "../../core/round/device";
 import { deviceName, loadFleetData } from "./data";
 import { simThreads } from "./config";
+import { simAttack } from "./attacks";
+import { poisonFleet } from "./attacks/data";
 import { FileKeyProvider } from "../../core/secagg/file-key-provider";
 import type { ToWorker, FromWorker, FleetWorkerData } from "./worker-fleet";
 
@@ -19,7 +21,8 @@ async function main(): Promise<void> {
   const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer);
   try {
     await initBackend({ threads: simThreads(config) });
-    const data = loadFleetData(config);
+    // --attack label-flip / backdoor: the attackers' datasets, poisoned as in the main thread (local/sim/attacks).
+    const data = poisonFleet(loadFleetData(config), simAttack(config), config);
     const model = await createModel(data.spec, config.seed, { path: config.engine ?? "auto" });
     let lastProgress = 0;
     const runtimes = data.devices.map(

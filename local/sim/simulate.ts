@@ -34,6 +34,8 @@ import { quantile } from "../../core/fleet/trace";
 import { simSelection } from "./selection";
 import { runAsyncJob, type AsyncRecord } from "../../core/round/async-server";
 import type { ClientInfo } from "../../core/strategies/strategy";
+import { simAttack, type AttackRecord } from "./attacks";
+import { backdoorSuccess, backdoorTrigger, poisonFleet, triggeredTestSet } from "./attacks/data";
 
 export interface RoundSummary {
   round: number;
@@ -76,6 +78,11 @@ export interface RoundSummary {
    * fleet; iothub: the devices that received the model (the next round's cohort), through the real pipeline.
    */
   evaluation?: FleetEvaluation;
+  /**
+   * --attack backdoor: the fraction of the test samples whose true class is not the backdoor's target that this
+   * round's model classifies as the target once the trigger is stamped on them (local/sim/attacks/data.ts).
+   */
+  backdoorSuccess?: number;
 }
 
 /** --max-staleness when not given: updates more than this many versions old are refused. */
@@ -123,6 +130,8 @@ export interface SimulationResult {
     /** The last round's AUC (binary models) and MAE (regression, reconstruction), when the model reports them. */
     auc?: number;
     mae?: number;
+    /** --attack backdoor: the last round's backdoor success rate. */
+    backdoorSuccess?: number;
     rounds: number;
     wallMs: number;
     /** With a fleet trace: virtual seconds from the trace's start to the end of the last round. */
@@ -134,6 +143,8 @@ export interface SimulationResult {
   participation?: Participation;
   status?: JobStatus;
   privacy?: PrivacySummary;
+  /** --attack: the attack, its parameter in force and the attacking devices (local/sim/attacks). */
+  attack?: AttackRecord;
 }
 
 export interface SimulationReporter {
@@ -156,6 +167,15 @@ export async function simulate(
   const warm = config.initModel !== undefined ? loadModelSource(config.initModel) : undefined;
   await initBackend({ threads: mainThreads(config) });
   const data = loadFleetData({ ...config, modelSpec: source?.spec });
+  // --attack: the attackers (chosen by seed); model poisoning intercepts each round's aggregation.
+  const attack = simAttack(config);
+  // Data poisoning: the attackers' datasets (the worker threads poison theirs the same way, fleet-worker.ts).
+  const fleetData = poisonFleet(data, attack, config);
+  // Backdoor: the triggered test inputs its success rate is measured on, each round.
+  const triggered =
+    attack?.spec.kind === "backdoor"
+      ? triggeredTestSet(data.test, backdoorTrigger(config.dataset, data.test))
+      : undefined;
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);
   if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
@@ -185,6 +205,7 @@ export async function simulate(
     evalModel.setWeights(w);
     const e = evalModel.evaluate(data.test, 500);
     extra = taskMetrics(e);
+    if (triggered) extra.backdoorSuccess = backdoorSuccess(evalModel, triggered, data.spec.numClasses);
     if (heldOut) fleetEvals = evaluateHeldOut(evalModel, heldOut, config.devices);
     return e;
   };
@@ -230,7 +251,7 @@ export async function simulate(
     transport =
       config.workers > 0
         ? await WorkerFleet.start(config, onProgress, { keyDir, modelSpec: source?.spec })
-        : await startInProcessFleet(config, data, onProgress, keys);
+        : await startInProcessFleet(config, fleetData, onProgress, keys);
   } catch (e) {
     if (keyDir) fs.rmSync(keyDir, { recursive: true, force: true });
     throw e;
@@ -364,6 +385,7 @@ export async function simulate(
       uplink,
       downlink,
       ...(aggregator ? { aggregator } : {}),
+      ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       dp,
       pick: async (count, exclude, version) => {
         const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
@@ -446,6 +468,7 @@ export async function simulate(
         secureAggregation,
         dp,
         ...(aggregator ? { aggregator } : {}),
+        ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
       });
     }
   } finally {
@@ -465,12 +488,13 @@ export async function simulate(
     status,
     ...(dp ? { privacy: privacySummary(dp) } : {}),
     participation: participationSummary(participation, selection?.longestWait),
+    ...(attack ? { attack: attack.record } : {}),
   });
   evalModel.dispose();
   return result;
 }
 
-type TaskMetrics = Pick<RoundSummary, "auc" | "mae">;
+type TaskMetrics = Pick<RoundSummary, "auc" | "mae" | "backdoorSuccess">;
 
 /**
  * Every device's evaluation of the model `evalModel` holds, on its held-out data: samples, accuracy, loss and MAE
@@ -519,7 +543,12 @@ export function finishResult(
   rejected: Record<string, number>,
   startedAt: number,
   finalWeights?: Float32Array,
-  end: { status?: JobStatus; privacy?: PrivacySummary; participation?: Participation } = {},
+  end: {
+    status?: JobStatus;
+    privacy?: PrivacySummary;
+    participation?: Participation;
+    attack?: AttackRecord;
+  } = {},
 ): SimulationResult {
   const last = summaries[summaries.length - 1];
   const virtual = last?.virtualEndS !== undefined;
@@ -532,6 +561,7 @@ export function finishResult(
       loss: last ? last.loss : NaN,
       ...(last?.auc !== undefined ? { auc: last.auc } : {}),
       ...(last?.mae !== undefined ? { mae: last.mae } : {}),
+      ...(last?.backdoorSuccess !== undefined ? { backdoorSuccess: last.backdoorSuccess } : {}),
       rounds: summaries.length,
       wallMs: performance.now() - startedAt,
       ...(virtual ? { virtualTimeS: last.virtualEndS } : {}),
@@ -541,6 +571,7 @@ export function finishResult(
     ...(end.participation ? { participation: end.participation } : {}),
     ...(end.status ? { status: end.status } : {}),
     ...(end.privacy ? { privacy: end.privacy } : {}),
+    ...(end.attack ? { attack: end.attack } : {}),
   };
   fs.mkdirSync(config.out, { recursive: true });
   fs.writeFileSync(path.join(config.out, "results.json"), JSON.stringify(result, jsonNumbers, 2));
