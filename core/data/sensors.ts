@@ -78,6 +78,12 @@ export interface SensorOptions {
   readonly noise?: number;
   /** Multiplier on how much device profiles differ from the nominal machine (0 = identical devices). Default 1. */
   readonly drift?: number;
+  /**
+   * Size of a clean server-side set drawn like the test set (fresh population profiles, balanced classes) but
+   * from a seed stream of its own, so it shares no window with the devices or the test set: FLTrust's root dataset
+   * (core/robust/root.ts). Default 0 (none); nothing else depends on it.
+   */
+  readonly rootSamples?: number;
 }
 
 /** The fixed characteristics of one (simulated) device and its machine. */
@@ -101,6 +107,8 @@ export interface DeviceProfile {
 export interface SensorData {
   readonly devices: Dataset[];
   readonly test: Dataset;
+  /** The server's root set, when `rootSamples` > 0. */
+  readonly root?: Dataset;
   readonly profiles: DeviceProfile[];
 }
 
@@ -350,14 +358,20 @@ export function generateSensors(opts: SensorOptions): SensorData {
     devices.push(makeDataset(x, y, shape, K, names));
   }
 
-  const trng = new Rng(mixSeed(seed, 3, 0));
-  const uniform = new Array<number>(K).fill(1 / K);
-  const ty = new Int32Array(testSamples);
-  for (let j = 0; j < testSamples; j++) ty[j] = j % K;
-  trng.shuffle(ty);
-  const tx = new Float32Array(testSamples * size);
-  for (let j = 0; j < testSamples; j++) {
-    writeWindow(tx, j * size, drawProfile(trng, drift, C, uniform), ty[j], trng, T, C, noise, axes);
-  }
-  return { devices, test: makeDataset(tx, ty, shape, K, names), profiles };
+  /** `count` windows from fresh population profiles, balanced classes, from seed stream `stream`. */
+  const population = (stream: number, count: number): Dataset => {
+    const trng = new Rng(mixSeed(seed, stream, 0));
+    const uniform = new Array<number>(K).fill(1 / K);
+    const ty = new Int32Array(count);
+    for (let j = 0; j < count; j++) ty[j] = j % K;
+    trng.shuffle(ty);
+    const tx = new Float32Array(count * size);
+    for (let j = 0; j < count; j++) {
+      writeWindow(tx, j * size, drawProfile(trng, drift, C, uniform), ty[j], trng, T, C, noise, axes);
+    }
+    return makeDataset(tx, ty, shape, K, names);
+  };
+  const test = population(3, testSamples);
+  const rootSamples = opts.rootSamples === undefined ? 0 : checkInt("rootSamples", opts.rootSamples, 0);
+  return { devices, test, profiles, ...(rootSamples > 0 ? { root: population(4, rootSamples) } : {}) };
 }

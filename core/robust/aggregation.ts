@@ -102,8 +102,24 @@ interface Buffered {
   readonly report: UpdateReport;
 }
 
-/** Wraps `inner` (the strategy's aggregation, possibly DP-wrapped) with the spec's rule. */
+/**
+ * Wraps `inner` (the strategy's aggregation, possibly DP-wrapped) with the spec's rule. FLTrust without the
+ * server's root update (or with one of another length) is refused here, when the round begins, before any device
+ * trains for it.
+ */
 export function robustAggregation(inner: RoundAggregation, ctx: RobustContext): RoundAggregation {
+  if (ctx.spec.rule === "fltrust") {
+    if (!ctx.rootDelta)
+      fail(
+        "E_CONFIG_AGGREGATOR",
+        `aggregator '${formatAggregator(ctx.spec)}' needs the server's root update, and the job has no root dataset`,
+      );
+    if (ctx.rootDelta.length !== ctx.length)
+      fail(
+        "E_STRATEGY_SIZE",
+        `fltrust: the root update has ${ctx.rootDelta.length} values, expected ${ctx.length}`,
+      );
+  }
   return isStreaming(ctx.spec) ? new StreamingBound(inner, ctx) : new BufferedRobust(inner, ctx);
 }
 
@@ -111,7 +127,10 @@ function decode(r: FitResult, length: number): Float32Array {
   const d = r.delta;
   if (d instanceof Float32Array) {
     if (d.length !== length)
-      fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' has ${d.length} values, expected ${length} values`);
+      fail(
+        "E_STRATEGY_SIZE",
+        `update from '${r.deviceId}' has ${d.length} values, expected ${length} values`,
+      );
     return d;
   }
   if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
@@ -128,9 +147,14 @@ function decode(r: FitResult, length: number): Float32Array {
   return fail("E_STRATEGY_SIZE", `update from '${r.deviceId}' is neither a Float32Array nor an envelope`);
 }
 
-/** Validates one update and returns its decoded, staleness-scaled delta (a copy whenever it is scaled). */
-function admit(r: FitResult, length: number, seen: Set<string>, round: number): Float32Array {
-  if (seen.has(r.deviceId)) fail("E_STRATEGY_DUPLICATE", `round ${round}: a second update from '${r.deviceId}'`);
+/**
+ * Validates one update and returns its decoded, staleness-scaled delta: a copy whenever it is scaled or decoded,
+ * and always when `own` (a buffered round keeps it past `add`, while the caller may reuse its array as soon as
+ * `add` returns: RoundAggregation streams).
+ */
+function admit(r: FitResult, length: number, seen: Set<string>, round: number, own = false): Float32Array {
+  if (seen.has(r.deviceId))
+    fail("E_STRATEGY_DUPLICATE", `round ${round}: a second update from '${r.deviceId}'`);
   checkSamples(r);
   const s = checkDiscount(r);
   let delta = decode(r, length);
@@ -140,6 +164,7 @@ function admit(r: FitResult, length: number, seen: Set<string>, round: number): 
     fail("E_STRATEGY_NONFINITE", `update from '${r.deviceId}' has NaN or Infinity at index ${i}`);
   }
   if (s !== 1) delta = Float32Array.from(delta, (x) => x * s);
+  else if (own && delta === r.delta) delta = delta.slice();
   return delta;
 }
 
@@ -211,7 +236,7 @@ class BufferedRobust implements RoundAggregation {
     return this.buffer.length;
   }
   add(r: FitResult): void {
-    const delta = admit(r, this.ctx.length, this.seen, this.ctx.round);
+    const delta = admit(r, this.ctx.length, this.seen, this.ctx.round, true);
     this.seen.add(r.deviceId);
     this.buffer.push({
       deviceId: r.deviceId,
@@ -229,7 +254,11 @@ class BufferedRobust implements RoundAggregation {
     const t0 = performance.now();
     const spec = this.ctx.spec;
     const norms = updates.map((u) => l2Norm(u.delta));
-    let inputs: RobustInput[] = updates.map((u) => ({ deviceId: u.deviceId, delta: u.delta, weight: u.numSamples }));
+    let inputs: RobustInput[] = updates.map((u) => ({
+      deviceId: u.deviceId,
+      delta: u.delta,
+      weight: u.numSamples,
+    }));
     let bound: number | undefined;
     let clipped = new Set<string>();
     if (spec.bound) {
@@ -253,7 +282,11 @@ class BufferedRobust implements RoundAggregation {
     }));
     const ms = performance.now() - t0;
     const keptUpdates = updates.filter((u) => keptSet.has(u.deviceId));
-    const dropped: FitFailure[] = out.dropped.map((d) => ({ deviceId: d.deviceId, code: E_ROBUST_DROPPED, reason: d.reason }));
+    const dropped: FitFailure[] = out.dropped.map((d) => ({
+      deviceId: d.deviceId,
+      code: E_ROBUST_DROPPED,
+      reason: d.reason,
+    }));
     if (keptUpdates.length > 0) {
       this.inner.addAggregate({
         deviceIds: keptUpdates.map((u) => u.deviceId),

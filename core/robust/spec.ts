@@ -9,6 +9,7 @@
  *           | "median"                     coordinate-wise median (Yin et al. 2018)
  *           | "trimmed-mean:" B            coordinate-wise trimmed mean; B < 1: fraction trimmed per side, else count
  *           | "krum:" F                    Krum (Blanchard et al. 2017); F < 1: fraction of the round, else count
+ *                                          (B and F: 0 is the count zero; a fraction must be in (0, 0.5))
  *           | "multi-krum:" F "," M        Multi-Krum: the M best-scoring updates averaged (M < 1: fraction)
  *           | "geomed"                     geometric median, smoothed Weiszfeld / RFA (Pillutla et al. 2022)
  *           | "centered-clip:" TAU         centered clipping around the previous aggregate (Karimireddy et al. 2021)
@@ -58,10 +59,17 @@ export const DEFAULT_AGGREGATOR = "norm:q0.5+centered-clip:1";
 
 export const E_CONFIG_AGGREGATOR = "E_CONFIG_AGGREGATOR";
 
+/** Control characters of the input shown escaped, so the error stays one line whatever was typed. */
+const oneLine = (text: string): string =>
+  // eslint-disable-next-line no-control-regex
+  text.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+
 const bad = (raw: string, why: string): never =>
   fail(
     E_CONFIG_AGGREGATOR,
-    `invalid aggregator '${raw}': ${why} (expected default | [norm:C|norm:qQ+]mean | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust)`,
+    oneLine(
+      `invalid aggregator '${raw}': ${why} (expected default | [norm:C|norm:qQ+]mean | median | trimmed-mean:B | krum:F | multi-krum:F,M | geomed | centered-clip:TAU | fltrust)`,
+    ),
   );
 
 function number(raw: string, text: string, what: string): number {
@@ -71,8 +79,16 @@ function number(raw: string, text: string, what: string): number {
   return x;
 }
 
-function countOrFraction(raw: string, text: string, what: string, maxFraction: number): CountOrFraction {
+/** `zero`: 0 is a count (trimming none, tolerating no attacker), not a fraction. */
+function countOrFraction(
+  raw: string,
+  text: string,
+  what: string,
+  maxFraction: number,
+  zero = false,
+): CountOrFraction {
   const x = number(raw, text, what);
+  if (x === 0 && zero) return { count: 0 };
   if (x < 1) {
     if (!(x > 0 && x < maxFraction)) bad(raw, `${what} as a fraction must be in (0, ${maxFraction})`);
     return { fraction: x };
@@ -106,8 +122,10 @@ export function parseAggregator(raw: string): AggregatorSpec {
   const r = parts[parts.length - 1]!;
   const [name, arg, ...rest] = r.split(":");
   if (rest.length > 0) bad(raw, `'${r}' has too many ':' parts`);
-  const noArg = (rule: RuleSpec): RuleSpec => (arg === undefined ? rule : bad(raw, `${name} takes no parameter`));
-  const needArg = (): string => (arg === undefined || arg === "" ? bad(raw, `${name} needs a parameter`) : arg);
+  const noArg = (rule: RuleSpec): RuleSpec =>
+    arg === undefined ? rule : bad(raw, `${name} takes no parameter`);
+  const needArg = (): string =>
+    arg === undefined || arg === "" ? bad(raw, `${name} needs a parameter`) : arg;
   let rule: RuleSpec;
   switch (name) {
     case "mean":
@@ -123,17 +141,17 @@ export function parseAggregator(raw: string): AggregatorSpec {
       rule = noArg({ rule: "fltrust" });
       break;
     case "trimmed-mean":
-      rule = { rule: "trimmed-mean", trim: countOrFraction(raw, needArg(), "B", 0.5) };
+      rule = { rule: "trimmed-mean", trim: countOrFraction(raw, needArg(), "B", 0.5, true) };
       break;
     case "krum":
-      rule = { rule: "krum", f: countOrFraction(raw, needArg(), "F", 0.5) };
+      rule = { rule: "krum", f: countOrFraction(raw, needArg(), "F", 0.5, true) };
       break;
     case "multi-krum": {
       const [f, m, more] = needArg().split(",");
       if (m === undefined || more !== undefined) bad(raw, "multi-krum takes F,M");
       rule = {
         rule: "multi-krum",
-        f: countOrFraction(raw, f!, "F", 0.5),
+        f: countOrFraction(raw, f!, "F", 0.5, true),
         m: countOrFraction(raw, m!, "M", 1),
       };
       break;

@@ -4,6 +4,7 @@ import { isFlotillaError, fail } from "../../core/errors";
 import { loggerFromEnv, type Logger } from "../../core/log";
 import {
   DEFAULT_CONFIG,
+  DEFAULT_ROOT_SAMPLES,
   PRESETS,
   nonNegativeInt,
   nonNegativeNumber,
@@ -74,6 +75,8 @@ export function buildSimConfig(o: RawOptions): SimConfig {
   if (s("strategy") !== undefined) c.strategy = s("strategy")!;
   if (s("aggregator") !== undefined) c.aggregator = s("aggregator")!;
   if (s("attack") !== undefined) c.attack = s("attack")!;
+  if (s("rootSamples") !== undefined)
+    c.rootSamples = nonNegativeInt("root-samples", s("rootSamples")!, L.rootSamples);
   if (s("localEpochs") !== undefined)
     c.localEpochs = positiveInt("local-epochs", s("localEpochs")!, L.localEpochs);
   if (s("batchSize") !== undefined) c.batchSize = positiveInt("batch-size", s("batchSize")!, L.batchSize);
@@ -787,6 +790,10 @@ export function buildProgram(): Command {
     .option(
       "--attack <spec>",
       "simulator attacks, KIND:FRACTION[:PARAM]: sign-flip[:S] | gaussian[:SIGMA] | scaling[:LAMBDA] | alie[:Z] | ipm[:EPS] | label-flip[:CLASS] | backdoor[:POISONED]; ⌈FRACTION·devices⌉ attackers chosen by seed (memory transport; docs/robustness.md)",
+    )
+    .option(
+      "--root-samples <n>",
+      `fltrust: the server's clean root dataset, held by no device and not in the test set (at most ${SIM_LIMITS.rootSamples}; default ${DEFAULT_ROOT_SAMPLES})`,
     )
     .option("--local-epochs <n>", `local epochs per round (at most ${SIM_LIMITS.localEpochs})`)
     .option("--batch-size <n>", `local mini-batch size (at most ${SIM_LIMITS.batchSize})`)

@@ -48,6 +48,12 @@ export interface SimConfig {
    * scaling | alie | ipm (model poisoning) | label-flip | backdoor (data poisoning); memory transport only.
    */
   attack?: string;
+  /**
+   * FLTrust (`--aggregator fltrust`): the size of the server's clean root dataset (Cao et al. 2021 use ~100
+   * samples), drawn from data no device holds and not from the test set (local/sim/data.ts). Set (default
+   * DEFAULT_ROOT_SAMPLES) only for fltrust; results.json's config records it.
+   */
+  rootSamples?: number;
   localEpochs: number;
   batchSize: number;
   lr: number;
@@ -138,6 +144,9 @@ export interface SimConfig {
    */
   virtualHours?: number;
 }
+
+/** FLTrust's root dataset when --root-samples is not given (Cao et al. 2021 use 100 clean samples). */
+export const DEFAULT_ROOT_SAMPLES = 100;
 
 /** Round modes of --mode. */
 export const MODES = ["sync", "async"] as const;
@@ -241,6 +250,8 @@ export const SIM_LIMITS = {
   roundDeadlineS: 366 * 86_400,
   concurrency: 100_000,
   buffer: 100_000,
+  /** FLTrust's root dataset: a server-side training set, trained on every round. */
+  rootSamples: 100_000,
   maxStaleness: 1_000_000,
 } as const;
 
@@ -327,6 +338,7 @@ function checkRanges(c: SimConfig): void {
     ["concurrency", c.concurrency, L.concurrency],
     ["buffer", c.buffer, L.buffer],
     ["max-staleness", c.maxStaleness, L.maxStaleness],
+    ["root-samples", c.rootSamples, L.rootSamples],
   ];
   for (const [name, v, max] of checks) if (v !== undefined) atMost(name, v, max);
 }
@@ -371,12 +383,25 @@ export function validateConfig(c: SimConfig): SimConfig {
   }
   validateDpConfig(c);
   validateFleetConfig(c);
-  if (c.aggregator !== undefined) {
-    const spec = parseAggregator(c.aggregator);
+  const spec = c.aggregator !== undefined ? parseAggregator(c.aggregator) : undefined;
+  if (spec) {
     checkAggregatorCompatible(spec, { secureAggregation: c.secureAggregation, dp: c.dpNoise !== undefined });
     c.aggregator = formatAggregator(spec);
   }
   if (c.attack !== undefined) validateAttack(c);
+  if (spec?.rule === "fltrust") {
+    c.rootSamples ??= DEFAULT_ROOT_SAMPLES;
+    if (!(Number.isSafeInteger(c.rootSamples) && c.rootSamples >= 1))
+      fail(
+        "E_CONFIG_AGGREGATOR",
+        `aggregator '${c.aggregator}' needs the server's root dataset: --root-samples must be a positive integer, got ${c.rootSamples}`,
+      );
+  } else if (c.rootSamples !== undefined) {
+    fail(
+      "E_CONFIG_CONFLICT",
+      `--root-samples is FLTrust's root dataset: it needs --aggregator fltrust (got ${c.aggregator ?? "mean"})`,
+    );
+  }
   if (c.optimizer !== undefined) c.optimizer = formatOptimizer(parseOptimizer(c.optimizer));
   if (c.engine !== undefined && !["auto", "fast", "generic"].includes(c.engine))
     fail("E_CONFIG_MODEL", `--engine must be auto, fast or generic, got '${c.engine}'`);

@@ -15,6 +15,11 @@ export interface FleetData {
   readonly devices: Dataset[];
   /** Held-out test set for server-side evaluation. */
   readonly test: Dataset;
+  /**
+   * FLTrust's root dataset (`rootSamples` > 0): clean samples the server trains on, held by no device and not in
+   * the test set.
+   */
+  readonly root?: Dataset;
   readonly spec: ModelSpec;
 }
 
@@ -28,16 +33,28 @@ export function deviceName(i: number, total: number): string {
  * exactly the same partitions without shipping data between them.
  */
 export function loadFleetData(
-  c: Pick<SimConfig, "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model"> & {
+  c: Pick<
+    SimConfig,
+    "dataset" | "devices" | "partition" | "seed" | "samplesPerDevice" | "model" | "rootSamples"
+  > & {
     /** The job's model when it is not a kind's default spec (an imported or saved model: `--model PATH`). */
     modelSpec?: ModelSpec;
   },
 ): FleetData {
   let devices: Dataset[];
   let test: Dataset;
+  let root: Dataset | undefined;
+  const rootSamples = c.rootSamples ?? 0;
   if (c.dataset === "sensors") {
-    const s = generateSensors({ devices: c.devices, samplesPerDevice: c.samplesPerDevice, seed: c.seed });
+    // The root set is drawn like the test set from a seed stream of its own: the devices' data are unchanged.
+    const s = generateSensors({
+      devices: c.devices,
+      samplesPerDevice: c.samplesPerDevice,
+      seed: c.seed,
+      ...(rootSamples > 0 ? { rootSamples } : {}),
+    });
     test = s.test;
+    root = s.root;
     if (c.partition === "natural") {
       devices = s.devices;
     } else {
@@ -46,7 +63,9 @@ export function loadFleetData(
   } else if (c.dataset === "mnist") {
     const m = loadMnist();
     test = m.test;
-    devices = repartition(m.train, c);
+    const split = splitRoot(m.train, rootSamples, c);
+    root = split.root;
+    devices = repartition(split.rest, c);
   } else if (c.dataset.startsWith("dir:")) {
     // The directory's schema.json, when there is one, says how its files become samples (docs/data.md).
     const all = loadDirectory(c.dataset.slice(4));
@@ -61,7 +80,9 @@ export function loadFleetData(
       );
     }
     test = subset(all, order.subarray(0, nTest));
-    devices = repartition(subset(all, order.subarray(nTest)), c);
+    const split = splitRoot(subset(all, order.subarray(nTest)), rootSamples, c);
+    root = split.root;
+    devices = repartition(split.rest, c);
   } else {
     return fail("E_CONFIG_DATASET", `unknown dataset '${c.dataset}' (expected mnist, sensors or dir:PATH)`);
   }
@@ -69,7 +90,28 @@ export function loadFleetData(
   if (c.modelSpec) checkModelFitsData(spec, test);
   const view = (d: Dataset) => (sameShape(d.inputShape, spec.inputShape) ? d : reshape(d, spec.inputShape));
   checkDataTask(test, spec);
-  return { devices: devices.map(view), test: view(test), spec };
+  return { devices: devices.map(view), test: view(test), ...(root ? { root: view(root) } : {}), spec };
+}
+
+/**
+ * FLTrust's root set out of a training pool: `count` samples drawn by seed (their own stream) and taken out of the
+ * pool, so no device holds them; with count 0 the pool is returned untouched (the devices' data are as without
+ * FLTrust).
+ */
+function splitRoot(
+  pool: Dataset,
+  count: number,
+  c: Pick<SimConfig, "devices" | "seed">,
+): { root?: Dataset; rest: Dataset } {
+  if (count <= 0) return { rest: pool };
+  if (pool.n - count < c.devices)
+    fail(
+      "E_CONFIG_VALUE",
+      `--root-samples ${count}: the training data has ${pool.n} samples, too few for a root set and ${c.devices} devices`,
+    );
+  const order = new Rng((c.seed ^ 0x2007) >>> 0).shuffle(Int32Array.from({ length: pool.n }, (_, i) => i));
+  const take = (idx: Int32Array) => subset(pool, Int32Array.from(idx).sort());
+  return { root: take(order.subarray(0, count)), rest: take(order.subarray(count)) };
 }
 
 /**

@@ -1,4 +1,5 @@
 import { parseAggregator } from "../../core/robust/spec";
+import { ROOT_DEVICE_ID, rootUpdater } from "../../core/robust/root";
 import type { RobustReport } from "../../core/robust/aggregation";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -176,6 +177,9 @@ export async function simulate(
     attack?.spec.kind === "backdoor"
       ? triggeredTestSet(data.test, backdoorTrigger(config.dataset, data.test))
       : undefined;
+  const aggregator = config.aggregator !== undefined ? parseAggregator(config.aggregator) : undefined;
+  if (aggregator?.rule === "fltrust" && !data.root)
+    fail("E_CONFIG_AGGREGATOR", "aggregator 'fltrust' needs the server's root dataset (--root-samples N)");
   const evalModel = await createModel(data.spec, config.seed);
   if (source) evalModel.setWeights(source.weights);
   if (warm) evalModel.setWeights(checkWarmStart(data.spec, warm, config.initModel!));
@@ -305,7 +309,17 @@ export async function simulate(
         })
       : undefined;
 
-  const aggregator = config.aggregator !== undefined ? parseAggregator(config.aggregator) : undefined;
+  // FLTrust: the server trains the round's global model on its root dataset with the job's local training config
+  // (the fit config a device would get, FedProx's μ included), on the evaluation model (evaluate sets its weights).
+  const rootUpdate =
+    aggregator?.rule === "fltrust" && data.root
+      ? rootUpdater(
+          evalModel,
+          data.root,
+          (r) => strategy.configureFit(r, [{ deviceId: ROOT_DEVICE_ID }])[0]!.config,
+          data.devices.reduce((a, d) => a + d.n, 0) / data.devices.length,
+        )
+      : undefined;
   const dpOptions = dpOptionsOf(config);
   const dp = dpOptions ? new DifferentialPrivacy(dpOptions) : undefined;
   const rejected: Record<string, number> = {};
@@ -386,6 +400,7 @@ export async function simulate(
       downlink,
       ...(aggregator ? { aggregator } : {}),
       ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
+      ...(rootUpdate ? { rootUpdate } : {}),
       dp,
       pick: async (count, exclude, version) => {
         const idle = (await vf.listDevices()).filter((d) => !exclude.has(d.deviceId));
@@ -469,6 +484,7 @@ export async function simulate(
         dp,
         ...(aggregator ? { aggregator } : {}),
         ...(attack?.interceptor ? { interceptor: attack.interceptor } : {}),
+        ...(rootUpdate ? { rootUpdate } : {}),
       });
     }
   } finally {

@@ -4,9 +4,11 @@ import {
   boundNorms,
   centeredClip,
   coordinateMedian,
+  flTrust,
   geometricMedian,
   l2Norm,
   multiKrum,
+  pairwiseSquaredDistances,
   trimmedMean,
   weightedMean,
   type RobustInput,
@@ -127,4 +129,102 @@ test("median and trimmed mean (selection, not sorting) equal a sort-based refere
       }
     }
   }
+});
+
+test("FLTrust by hand (Cao et al. 2021, Algorithm 1): ReLU-cosine trust, each update rescaled to the root's norm", () => {
+  const u = (id: string, ...v: number[]): RobustInput => ({
+    deviceId: id,
+    delta: Float32Array.from(v),
+    weight: 99,
+  });
+  const root = Float32Array.of(2, 0);
+  const r = flTrust(
+    [u("same", 4, 0), u("orthogonal", 0, 3), u("diagonal", 1, 1), u("against", -1, 0.1)],
+    root,
+  );
+  const c = Math.SQRT1_2;
+  // same: trust 1, rescaled to (2, 0); diagonal: trust 1/√2, rescaled to (√2, √2); the others trust 0.
+  assert.deepEqual(
+    r.scores.map((x) => Math.round(x * 1e6) / 1e6),
+    [1, 0, Math.round(c * 1e6) / 1e6, 0],
+  );
+  const want = [(2 + c * Math.SQRT2) / (1 + c), (c * Math.SQRT2) / (1 + c)];
+  assert.ok(near(r.delta, want, 1e-6), `${Array.from(r.delta)} vs ${want}`);
+  assert.deepEqual(r.kept, ["same", "diagonal"]);
+  assert.deepEqual(
+    r.dropped.map((d) => d.deviceId),
+    ["orthogonal", "against"],
+  );
+  // The weights (sample counts) do not enter: FLTrust weighs by trust only.
+  const light = flTrust([{ ...u("same", 4, 0), weight: 1 }, u("diagonal", 1, 1)], root);
+  const heavy = flTrust([u("same", 4, 0), { ...u("diagonal", 1, 1), weight: 1e6 }], root);
+  assert.deepEqual(Array.from(light.delta), Array.from(heavy.delta));
+  // Nobody trusted: a zero aggregate; a zero root trusts nobody; a zero update is dropped, not divided by.
+  assert.deepEqual(Array.from(flTrust([u("against", -1, 0)], root).delta), [0, 0]);
+  assert.deepEqual(flTrust([u("same", 4, 0)], new Float32Array(2)).kept, []);
+  assert.deepEqual(flTrust([u("zero", 0, 0), u("same", 4, 0)], root).kept, ["same"]);
+  assert.throws(() => flTrust([u("same", 4, 0)], Float32Array.of(1)), { code: "E_STRATEGY_SIZE" });
+});
+
+test("blocked pairwise distances equal the naive loop's (to float64 rounding), and Krum picks the same updates", () => {
+  let s = 5;
+  const rand = (): number => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31 - 0.5;
+  const naive = (a: Float32Array, b: Float32Array): number => {
+    let t = 0;
+    for (let i = 0; i < a.length; i++) t += (a[i]! - b[i]!) ** 2;
+    return t;
+  };
+  // Sizes around the block (1024 coordinates) and the four-wide register blocking (n mod 4).
+  for (const [n, d] of [
+    [1, 10],
+    [2, 1],
+    [3, 1023],
+    [5, 1024],
+    [6, 1025],
+    [9, 3000],
+    [12, 2049],
+  ] as const) {
+    const vs = Array.from({ length: n }, () => Float32Array.from({ length: d }, () => rand() * 10));
+    const got = pairwiseSquaredDistances(vs);
+    for (let a = 0; a < n; a++)
+      for (let b = 0; b < n; b++) {
+        const want = a === b ? 0 : naive(vs[a]!, vs[b]!);
+        assert.ok(
+          Math.abs(got[a * n + b]! - want) <= 1e-12 * Math.max(1, want),
+          `n=${n} d=${d} (${a}, ${b})`,
+        );
+        assert.equal(got[a * n + b], got[b * n + a]);
+      }
+  }
+  assert.throws(() => pairwiseSquaredDistances([new Float32Array(2), new Float32Array(3)]), {
+    code: "E_STRATEGY_SIZE",
+  });
+  // Krum on the blocked distances chooses what a naive Krum chooses.
+  const inputs = round(
+    15,
+    3,
+    Array.from({ length: 2500 }, (_, i) => Math.sin(i)),
+    Array(2500).fill(3),
+  );
+  for (const u of inputs) for (let i = 0; i < u.delta.length; i++) u.delta[i]! += rand();
+  const f = 3;
+  const scores = inputs.map((u, a) =>
+    inputs
+      .filter((_, b) => b !== a)
+      .map((v) => naive(u.delta, v.delta))
+      .sort((x, y) => x - y)
+      .slice(0, inputs.length - f - 2)
+      .reduce((x, y) => x + y, 0),
+  );
+  const best = scores
+    .map((sc, k) => [sc, k] as const)
+    .sort((x, y) => x[0] - y[0] || x[1] - y[1])
+    .slice(0, 5)
+    .map(([, k]) => inputs[k]!.deviceId);
+  assert.deepEqual(
+    multiKrum(inputs, f, 5).kept,
+    [...best].sort(
+      (x, y) => inputs.findIndex((u) => u.deviceId === x) - inputs.findIndex((u) => u.deviceId === y),
+    ),
+  );
 });
