@@ -37,8 +37,8 @@ export const TABLE_DATASETS: Record<
     readonly localEpochs: number;
   }
 > = {
-  mnist: { model: "mlp", partition: "iid", rounds: 12, localEpochs: 1 },
-  sensors: { model: "mlp", rounds: 10, localEpochs: 1 },
+  mnist: { model: "mlp", partition: "iid", rounds: 8, localEpochs: 1 },
+  sensors: { model: "mlp", rounds: 8, localEpochs: 1 },
 };
 
 /** The attacks of the table: kind[:param] (the fraction of attackers is --attackers). "none": the clean run. */
@@ -58,16 +58,16 @@ const ATTACK_KINDS = ["none", "sign-flip", "gaussian", "scaling", "label-flip", 
 /** The aggregators of the table: Blades' rules with their usual parameters (f = the 20% attackers), and candidates for the default. */
 export const TABLE_AGGREGATORS = [
   "mean",
+  "norm:q0.5+trimmed-mean:0.2",
+  "norm:q0.5+centered-clip:1",
   "median",
   "trimmed-mean:0.2",
-  "krum:0.2",
-  "multi-krum:0.2,0.8",
   "geomed",
+  "multi-krum:0.2,0.8",
+  "krum:0.2",
   "centered-clip:1",
   "fltrust",
   "norm:q0.5+mean",
-  "norm:q0.5+trimmed-mean:0.2",
-  "norm:q0.5+centered-clip:1",
 ];
 
 export interface RobustTableOptions {
@@ -215,13 +215,16 @@ const FLAG_OF: Record<string, string> = {
 
 const shellWord = (s: string) => (/^[\w:.,+=/@%-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
-/** The cells of the grid, dataset by dataset, attack by attack, aggregator by aggregator, seed by seed. */
+/**
+ * The cells of the grid, dataset by dataset, then aggregator by aggregator (a column at a time, in the order
+ * given: a run stopped early has whole columns), attack by attack, seed by seed.
+ */
 export function planCells(opts: RobustTableOptions): PlannedCell[] {
   const cells: PlannedCell[] = [];
   for (const dataset of opts.datasets) {
     const d = TABLE_DATASETS[dataset]!;
-    for (const attack of opts.attacks)
-      for (const aggregator of opts.aggregators)
+    for (const aggregator of opts.aggregators)
+      for (const attack of opts.attacks)
         for (const seed of opts.seeds) {
           const cell = {
             dataset,
