@@ -37,7 +37,7 @@ export const TABLE_DATASETS: Record<
     readonly localEpochs: number;
   }
 > = {
-  mnist: { model: "mlp", partition: "iid", rounds: 8, localEpochs: 1 },
+  mnist: { model: "mlp", partition: "iid", rounds: 10, localEpochs: 1 },
   sensors: { model: "mlp", rounds: 8, localEpochs: 1 },
 };
 
