@@ -133,7 +133,7 @@ export function craftUpdate(
     }
     case "gaussian": {
       // N(0, σ²) per coordinate (Blades' "noise" attack; Li et al. 2023).
-      const sigma = param ?? 1;
+      const sigma = param ?? 10;
       for (let i = 0; i < out.length; i++) out[i] = sigma * o.rng!.normal();
       return out;
     }
@@ -239,6 +239,8 @@ class AttackedRound implements RoundAggregation {
     let own: Float32Array | undefined;
     if (needOwn) {
       own = this.decode(r);
+      // Held until finish: a copy, since the caller may reuse its array once add returns.
+      if (own === r.delta) own = own.slice();
       if (!allFinite(own)) fail("E_STRATEGY_NONFINITE", `update from '${r.deviceId}' has NaN or Infinity`);
       this.own?.push(own);
     }

@@ -2,7 +2,7 @@
  * The simulator's attack suite (docs/robustness.md "Attacks (simulator)"): `--attack KIND:FRACTION[:PARAM]`.
  *
  *   sign-flip:F[:S]   the attacker sends −S·Δ (S default 1)                              model poisoning
- *   gaussian:F[:σ]    the attacker sends N(0, σ²) per coordinate (σ default 1)             model poisoning
+ *   gaussian:F[:σ]    the attacker sends N(0, σ²) per coordinate (σ default 10)            model poisoning
  *   scaling:F[:λ]     the attacker sends λ·Δ (λ default 100)                               model poisoning
  *   alie:F[:Z]        μ − z·σ of the honest updates, z from Baruch et al. 2019 (Z overrides) model poisoning
  *   ipm:F[:ε]         −ε·μ of the honest updates, Xie et al. 2020 (ε default 0.1)           model poisoning
@@ -34,7 +34,7 @@ export interface AttackSpec {
 /** Each kind's parameter when none is given (label-flip has none: it maps y → C−1−y). */
 export const DEFAULT_PARAM: Readonly<Record<AttackKind, number | undefined>> = {
   "sign-flip": 1,
-  gaussian: 1,
+  gaussian: 10, // σ = 1 only slows FedAvg on MNIST (89.8% -> 70.6% in 10 rounds); σ = 10 collapses it (9.95%)
   scaling: 100,
   alie: undefined, // z_max from Baruch et al.'s formula for the round's n and f
   ipm: 0.1,

@@ -53,3 +53,27 @@ test("a backdoor run records its success rate each round and at the end", async 
   const json = JSON.parse(fs.readFileSync(path.join(r.config.out, "results.json"), "utf8"));
   assert.equal(json.final.backdoorSuccess, r.final.backdoorSuccess);
 });
+
+test("worker threads poison the attackers' data as the main thread does (label flip)", async () => {
+  const tiny = { devices: 6, clientsPerRound: 6, rounds: 2, samplesPerDevice: 40, threads: 1 };
+  const inProcess = await simulate(small({ ...tiny, attack: "label-flip:0.5" }));
+  const workers = await simulate(small({ ...tiny, attack: "label-flip:0.5", workers: 1 }));
+  const clean = await simulate(small({ ...tiny, workers: 1 }));
+  const losses = (r: typeof clean) => r.rounds.map((x) => [x.trainLoss, x.loss]);
+  assert.deepEqual(losses(workers), losses(inProcess));
+  assert.notDeepEqual(losses(workers), losses(clean), "the workers trained on poisoned labels");
+  assert.deepEqual(workers.attack, inProcess.attack);
+});
+
+test("model attacks run in async mode too (IPM with ε = 100 on a synthetic trace)", async () => {
+  const over = { clientsPerRound: 5, mode: "async" as const, fleetTrace: "synthetic", rounds: 4 };
+  const clean = await simulate(small(over));
+  const r = await simulate(small({ ...over, attack: "ipm:0.3:100" }));
+  assert.equal(r.attack!.attackers.length, 3);
+  assert.equal(r.attack!.param, 100);
+  assert.ok(r.rounds.length >= 1);
+  assert.ok(
+    r.final.accuracy < clean.final.accuracy - 0.2 || r.status?.state === "diverged",
+    `ipm ${r.final.accuracy} vs clean ${clean.final.accuracy}`,
+  );
+});

@@ -162,7 +162,9 @@ test("the interceptor's sign flip reverses only the attackers, and refuses a dup
   const inner = new Recorder();
   const agg = attack.wrap(inner, { round: 3, global: new Float32Array(2) });
   agg.add(update("good", f32(1, 1)));
-  agg.add(update("bad", f32(2, -3)));
+  const reused = f32(2, -3);
+  agg.add(update("bad", reused));
+  reused.fill(0); // the caller may reuse its array once add returns
   assert.throws(() => agg.add(update("bad", f32(2, -3))), { code: "E_STRATEGY_DUPLICATE" });
   agg.finish([]);
   close(inner.added[0]!.delta as Float32Array, [1, 1]);

@@ -16,7 +16,7 @@ test("specs parse, with each kind's default parameter", () => {
   assert.deepEqual(parseAttack("IPM:0.2:100"), { kind: "ipm", fraction: 0.2, param: 100 });
   assert.deepEqual(parseAttack("label-flip:0.3:4"), { kind: "label-flip", fraction: 0.3, param: 4 });
   assert.equal(attackParam(parseAttack("scaling:0.2")), 100);
-  assert.equal(attackParam(parseAttack("gaussian:0.2")), 1);
+  assert.equal(attackParam(parseAttack("gaussian:0.2")), 10);
   assert.equal(attackParam(parseAttack("ipm:0.2")), 0.1);
   assert.equal(attackParam(parseAttack("backdoor:0.2")), 0.5);
   assert.equal(attackParam(parseAttack("alie:0.2")), undefined);
