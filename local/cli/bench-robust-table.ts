@@ -312,11 +312,7 @@ export function writeTable(out: string, table: RobustTableFile): void {
 
 /** The backdoor success rate a job reports (the attack's own figure in results.json), if any. */
 export function backdoorSuccessOf(result: SimulationResult): number | undefined {
-  const r = result as SimulationResult & {
-    final: { backdoorSuccess?: number };
-    rounds: { backdoorSuccess?: number }[];
-  };
-  const v = r.final.backdoorSuccess ?? r.rounds[r.rounds.length - 1]?.backdoorSuccess;
+  const v = result.final.backdoorSuccess ?? result.rounds[result.rounds.length - 1]?.backdoorSuccess;
   return typeof v === "number" && Number.isFinite(v) ? v : undefined;
 }
 
@@ -376,10 +372,18 @@ export async function runRobustTable(
       fs.rmSync(dir, { recursive: true, force: true });
     }
     const bd = p.cell.attack.split(":")[0] === "backdoor" ? backdoorSuccessOf(result) : undefined;
+    const attack = result.attack;
     const cell: RobustCell = {
       ...p.cell,
+      ...(attack?.param !== undefined ? { attackParam: attack.param } : {}),
+      ...(attack ? { attackerDevices: attack.attackers } : {}),
       finalAccuracy: finite(result.final.accuracy),
-      ...(bd !== undefined ? { backdoorSuccess: finite(bd) ?? undefined } : {}),
+      ...(bd !== undefined
+        ? {
+            backdoorSuccess: finite(bd) ?? undefined,
+            backdoorPerRound: result.rounds.map((r) => finite(r.backdoorSuccess ?? NaN)),
+          }
+        : {}),
       accuracyPerRound: result.rounds.map((r) => finite(r.accuracy)),
       status: result.status?.state ?? "completed",
       wallMs: Math.round(performance.now() - t0),

@@ -27,8 +27,14 @@ export interface RobustCell {
   readonly attackers: number;
   /** Final test accuracy in [0, 1]; null when the model diverged (not finite). */
   readonly finalAccuracy: number | null;
+  /** The attack's parameter in force (its default when the grid names none), as the job recorded it. */
+  readonly attackParam?: number;
+  /** The attacking devices, as the job chose them (by seed). */
+  readonly attackerDevices?: readonly string[];
   /** Backdoor attacks: the fraction of triggered test samples classified as the attacker's target (final model). */
   readonly backdoorSuccess?: number;
+  /** Backdoor attacks: the backdoor success after each round. */
+  readonly backdoorPerRound?: readonly (number | null)[];
   /** Test accuracy after each round (null: not finite). */
   readonly accuracyPerRound: readonly (number | null)[];
   /** How the job ended: completed, or diverged. */
