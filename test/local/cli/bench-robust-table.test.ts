@@ -68,8 +68,15 @@ test("a tiny grid writes its cells to JSON, markdown and HTML, and a rerun runs 
     assert.match(c.command, / --seed 7 /);
     if (c.aggregator === "median") assert.match(c.command, / --aggregator median /);
     else assert.doesNotMatch(c.command, /--aggregator/);
-    if (c.attack === "sign-flip") assert.match(c.command, / --attack sign-flip:0\.2 /);
-    else assert.doesNotMatch(c.command, /--attack/);
+    if (c.attack === "sign-flip") {
+      assert.match(c.command, / --attack sign-flip:0\.2 /);
+      // The job's own record: sign-flip's default S = 1, ⌈0.2 · 5⌉ = 1 attacker (the same for both aggregators).
+      assert.equal(c.attackParam, 1);
+      assert.equal(c.attackerDevices?.length, 1);
+    } else {
+      assert.doesNotMatch(c.command, /--attack/);
+      assert.equal(c.attackerDevices, undefined);
+    }
   }
   const md = fs.readFileSync(path.join(out, "robust-table.md"), "utf8");
   assert.match(
