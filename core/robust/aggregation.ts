@@ -33,6 +33,7 @@ import {
   geometricMedian,
   l2Norm,
   multiKrum,
+  scaled,
   trimmedMean,
   weightedMean,
   type RobustInput,
@@ -163,7 +164,7 @@ function admit(r: FitResult, length: number, seen: Set<string>, round: number, o
     while (Number.isFinite(delta[i])) i++;
     fail("E_STRATEGY_NONFINITE", `update from '${r.deviceId}' has NaN or Infinity at index ${i}`);
   }
-  if (s !== 1) delta = Float32Array.from(delta, (x) => x * s);
+  if (s !== 1) delta = scaled(delta, s);
   else if (own && delta === r.delta) delta = delta.slice();
   return delta;
 }
@@ -193,7 +194,7 @@ class StreamingBound implements RoundAggregation {
     const norm = l2Norm(delta);
     if (norm > bound.fixed) {
       const k = bound.fixed / norm;
-      delta = Float32Array.from(delta, (x) => x * k);
+      delta = scaled(delta, k);
       this.clipped++;
     }
     // The staleness weight is already in `delta`.
@@ -262,7 +263,7 @@ class BufferedRobust implements RoundAggregation {
     let bound: number | undefined;
     let clipped = new Set<string>();
     if (spec.bound) {
-      const b = boundNorms(inputs, spec.bound);
+      const b = boundNorms(inputs, spec.bound, norms);
       inputs = b.inputs;
       bound = b.bound;
       clipped = new Set(b.clipped);

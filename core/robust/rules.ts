@@ -45,6 +45,16 @@ function check(inputs: readonly RobustInput[], rule: string): number {
 
 const everyone = (inputs: readonly RobustInput[]): string[] => inputs.map((u) => u.deviceId);
 
+/**
+ * A new Float32Array of v[i] × k. A plain loop: `Float32Array.from(v, (x) => x * k)` goes through the iterator
+ * protocol and a call per element, ~30x slower at 1M values (it dominated norm bounding and Weiszfeld's steps).
+ */
+export function scaled(v: ArrayLike<number>, k: number): Float32Array {
+  const out = new Float32Array(v.length);
+  for (let i = 0; i < out.length; i++) out[i] = v[i]! * k;
+  return out;
+}
+
 /** Σ w_k Δ_k / Σ w_k: the plain FedAvg mean (the reference every rule is compared with). */
 export function weightedMean(inputs: readonly RobustInput[]): RobustOutput {
   const d = check(inputs, "mean");
@@ -55,7 +65,7 @@ export function weightedMean(inputs: readonly RobustInput[]): RobustOutput {
     for (let i = 0; i < d; i++) out[i]! += u.weight * u.delta[i]!;
   }
   if (!(total > 0)) fail("E_STRATEGY_SIZE", "mean: the updates' weights sum to zero");
-  return { delta: Float32Array.from(out, (v) => v / total), kept: everyone(inputs), dropped: [] };
+  return { delta: scaled(out, 1 / total), kept: everyone(inputs), dropped: [] };
 }
 
 /**
@@ -274,7 +284,7 @@ export function geometricMedian(
       total += beta;
       for (let i = 0; i < d; i++) next[i]! += beta * u.delta[i]!;
     }
-    const moved = Float32Array.from(next, (v) => v / total);
+    const moved = scaled(next, 1 / total);
     const step = Math.sqrt(squaredDistance(moved, z));
     z = moved;
     if (step <= tol * Math.max(1e-12, l2Norm(z))) {
@@ -318,9 +328,11 @@ export function centeredClip(
 export function boundNorms(
   inputs: readonly RobustInput[],
   bound: { readonly fixed: number } | { readonly quantile: number },
+  /** The inputs' L2 norms when the caller has them already (one pass over the round saved). */
+  known?: readonly number[],
 ): { readonly inputs: RobustInput[]; readonly bound: number; readonly clipped: readonly string[] } {
   check(inputs, "norm-bound");
-  const norms = inputs.map((u) => l2Norm(u.delta));
+  const norms = known?.length === inputs.length ? known : inputs.map((u) => l2Norm(u.delta));
   let c: number;
   if ("fixed" in bound) {
     if (!(bound.fixed > 0))
@@ -338,7 +350,7 @@ export function boundNorms(
     if (norm <= c || norm === 0) return u;
     clipped.push(u.deviceId);
     const s = c / norm;
-    return { ...u, delta: Float32Array.from(u.delta, (x) => x * s) };
+    return { ...u, delta: scaled(u.delta, s) };
   });
   return { inputs: out, bound: c, clipped };
 }

@@ -478,6 +478,49 @@ async function runBenchAggregate(o: RawOptions): Promise<number> {
   return 0;
 }
 
+async function runBenchRobust(o: RawOptions): Promise<number> {
+  const updates = positiveInt("updates", (o.updates as string) ?? "100", BENCH_LIMITS.updates);
+  const params = positiveInt("params", (o.params as string) ?? "1000000", BENCH_LIMITS.params);
+  const repeats = positiveInt("repeats", (o.repeats as string) ?? "3", BENCH_LIMITS.repeats);
+  const rules = typeof o.rules === "string" ? o.rules.split(/[\s;]+/).filter((r) => r !== "") : undefined;
+  // One clear E_CONFIG_AGGREGATOR line for a bad spec (norm:C stands for the median norm), before any allocation.
+  const { parseAggregator } = await import("../../core/robust/spec.js");
+  for (const r of rules ?? []) parseAggregator(r.replace(/^norm:C\+/i, "norm:1+"));
+  // The test updates, one buffered copy of them and the rules' scratch: about 3 x n x d x 4 bytes.
+  const bytes = updates * params * 4 * 3;
+  if (bytes > (await import("node:os")).totalmem())
+    fail(
+      "E_CONFIG_MEMORY",
+      `${updates} updates x ${params} params need about ${(bytes / 1e9).toFixed(1)} GB, more than this machine has`,
+    );
+  const { benchRobust } = await import("../../core/robust/bench.js");
+  const r = benchRobust({
+    updates,
+    params,
+    repeats,
+    ...(rules ? { rules } : {}),
+    onProgress: (l) => console.error(l),
+  });
+  if (o.json) console.log(JSON.stringify(r));
+  else {
+    const mb = (b: number) => `${(b / 1e6).toFixed(0)} MB`;
+    console.log(
+      `${r.updates} updates x ${r.params.toLocaleString("en-US")} params, median of ${r.repeats} ` +
+        `(load average ${r.loadAverage.join(", ")}); peak RSS ${mb(r.peakRssBytes)}:`,
+    );
+    console.log(
+      "aggregator                          round ms   rule ms   x mean   buffered    held   RSS at finish",
+    );
+    for (const x of r.rows)
+      console.log(
+        `${x.spec.padEnd(34)} ${x.ms.toFixed(0).padStart(9)} ${x.ruleMs.toFixed(0).padStart(9)} ` +
+          `${x.ratio.toFixed(1).padStart(7)}x ${mb(x.bufferedBytes).padStart(10)} ${mb(x.heldBytes).padStart(7)} ` +
+          `${mb(x.rssBytes).padStart(13)}`,
+      );
+  }
+  return 0;
+}
+
 async function runExport(o: RawOptions): Promise<number> {
   const format = o.format as string;
   if (format !== "onnx") fail("E_EXPORT_FORMAT", `unsupported --format '${format}' (expected onnx)`);
@@ -1068,6 +1111,23 @@ export function buildProgram(): Command {
     .option("--json", "print one JSON object")
     .action(async (opts: RawOptions) => {
       exitCode = await runBenchMetrics(opts);
+    });
+  bench
+    .command("robust")
+    .description(
+      "robust aggregators (docs/robustness.md): one round's time per rule next to the plain streaming mean " +
+        "(same process, interleaved runs, medians), and the memory a round holds",
+    )
+    .option("--updates <n>", `updates per round (at most ${BENCH_LIMITS.updates})`, "100")
+    .option("--params <n>", `parameters per update (at most ${BENCH_LIMITS.params})`, "1000000")
+    .option("--repeats <n>", `timed runs per rule (median; at most ${BENCH_LIMITS.repeats})`, "3")
+    .option(
+      "--rules <specs>",
+      "aggregator specs separated by spaces or ';' (norm:C+RULE: a fixed bound at the median norm; default: every rule)",
+    )
+    .option("--json", "print one JSON object")
+    .action(async (opts: RawOptions) => {
+      exitCode = await runBenchRobust(opts);
     });
   bench
     .command("robust-table")
