@@ -58,16 +58,17 @@ const ATTACK_KINDS = ["none", "sign-flip", "gaussian", "scaling", "label-flip", 
 /** The aggregators of the table: Blades' rules with their usual parameters (f = the 20% attackers), and candidates for the default. */
 export const TABLE_AGGREGATORS = [
   "mean",
-  "norm:q0.5+trimmed-mean:0.2",
-  "norm:q0.5+centered-clip:1",
   "median",
   "trimmed-mean:0.2",
   "geomed",
-  "multi-krum:0.2,0.8",
   "krum:0.2",
+  "multi-krum:0.2,0.8",
   "centered-clip:1",
   "fltrust",
   "norm:q0.5+mean",
+  "norm:q0.5+centered-clip:1",
+  "norm:q0.5+trimmed-mean:0.2",
+  "norm:q0.5+multi-krum:0.2,0.8",
 ];
 
 export interface RobustTableOptions {
