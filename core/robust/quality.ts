@@ -15,8 +15,8 @@
  *   E_QUALITY_LOSS       training loss a high outlier of the round's (M > 3.5 and > 8 × the median): loss drift
  *                        of a device whose data or training went wrong (label flipping, a stuck sensor); honest
  *                        non-IID devices of the sensors fleet reach 5 × the median late in training, hence 8
- *   E_QUALITY_REJECTED   its update was refused by validation (E_STRATEGY_*, E_MODEL_LAYOUT, E_ROUND_SAMPLES) or
- *                        left out by a robust rule (E_ROBUST_DROPPED)
+ *   E_QUALITY_REJECTED   its update was refused by validation (E_STRATEGY_*, E_MODEL_LAYOUT, E_ROUND_SAMPLES); a
+ *                        robust rule leaving it out (E_ROBUST_DROPPED) is not an anomaly by itself (isRejection)
  *
  * The relative rules need at least MIN_ROUND_DEVICES observations in the round (a MAD of two values says nothing).
  * The median and MAD tolerate up to half the round being outliers (breakdown point 50%), so 20% attackers do not
@@ -147,13 +147,17 @@ export interface QualityState {
   readonly devices: Readonly<Record<string, DeviceQuality>>;
 }
 
-/** Failure codes that mean "this update was refused for what it is" (not a timeout or a device-side failure). */
+/**
+ * Failure codes that mean "this update was refused for what it is" (not a timeout or a device-side failure). A
+ * robust rule's drop (E_ROBUST_DROPPED) is not one: Multi-Krum, the default, leaves out n − m updates every round by
+ * design, honest ones included, so counting drops excluded honest devices within a few rounds of a clean job; what
+ * made a rule drop a bad update shows in its norm and direction, which are checked on their own.
+ */
 export function isRejection(code: string): boolean {
   return (
     code.startsWith("E_STRATEGY_") ||
     code === "E_MODEL_LAYOUT" ||
-    code === "E_ROUND_SAMPLES" ||
-    code === "E_ROBUST_DROPPED"
+    code === "E_ROUND_SAMPLES"
   );
 }
 

@@ -109,6 +109,15 @@ test("devices sending sign-flipped updates are flagged, excluded with their reas
   assert.match(html, /device-006/);
 });
 
+test("a clean run under the default aggregator (Multi-Krum drops 20% every round) flags and excludes no device", async () => {
+  const r = await simulate({ ...small(tmp()), rounds: 6, aggregator: "default" });
+  for (const round of r.rounds) {
+    assert.ok(round.robust!.dropped.length > 0, "the rule drops updates every round");
+    assert.deepEqual(round.quality?.anomalies, [], `round ${round.round}`);
+    assert.deepEqual(round.quality?.excluded, [], `round ${round.round}`);
+  }
+});
+
 test("--quality and --exclude-after values are checked", () => {
   const base = small(tmp());
   assert.equal(validateConfig({ ...base, excludeAfter: "2/4" }).excludeAfter, "2/4:10");
