@@ -62,7 +62,8 @@ export const ERRORS = {
   },
   E_CONFIG_CONFLICT: {
     group: "config",
-    meaning: "two options that exclude each other were both given (e.g. a robust aggregator with secure aggregation)",
+    meaning:
+      "two options that exclude each other were both given (e.g. a robust aggregator with secure aggregation)",
   },
   E_CONFIG_AGGREGATOR: { group: "config", meaning: "an invalid --aggregator spec or job aggregator" },
   E_CONFIG_ATTACK: {
@@ -329,7 +330,8 @@ export const ERRORS = {
   E_STRATEGY_ROUND: { group: "strategy", meaning: "an invalid round number" },
   E_ROBUST_DROPPED: {
     group: "strategy",
-    meaning: "a robust aggregator left a device's update out of the round's aggregate (reason in the round record)",
+    meaning:
+      "a robust aggregator left a device's update out of the round's aggregate (reason in the round record)",
   },
   E_QUALITY_NORM: {
     group: "strategy",

@@ -154,11 +154,7 @@ export interface QualityState {
  * made a rule drop a bad update shows in its norm and direction, which are checked on their own.
  */
 export function isRejection(code: string): boolean {
-  return (
-    code.startsWith("E_STRATEGY_") ||
-    code === "E_MODEL_LAYOUT" ||
-    code === "E_ROUND_SAMPLES"
-  );
+  return code.startsWith("E_STRATEGY_") || code === "E_MODEL_LAYOUT" || code === "E_ROUND_SAMPLES";
 }
 
 /**

@@ -67,7 +67,7 @@ export interface AsyncServerEvents {
 
 export interface AsyncJobOptions extends Pick<
   JobOptions,
-    | "jobId"
+  | "jobId"
   | "layout"
   | "evaluate"
   | "abortSignal"

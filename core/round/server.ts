@@ -199,7 +199,9 @@ export async function runRound(
     ...(carry.previousStep ? { reference: carry.previousStep } : {}),
     ...(opts.interceptor ? { interceptor: opts.interceptor } : {}),
     // Secure rounds order each device to apply a `norm:C+mean` bound itself (trainFrame below).
-    ...(opts.secureAggregation && deviceNormBound(opts.aggregator) !== undefined ? { boundOnDevices: true } : {}),
+    ...(opts.secureAggregation && deviceNormBound(opts.aggregator) !== undefined
+      ? { boundOnDevices: true }
+      : {}),
     ...(opts.observe ? { observe: true } : {}),
   });
   const closer = new RoundCloser({ round, aggregation, layoutHash: opts.layout.hash });
@@ -343,7 +345,14 @@ export async function runRound(
   } finally {
     if (ownClock) clock!.close();
   }
-  return closeRound(strategy, transport, closer, opts, carry, { participants, t0, up0, down0, startedAt, endedAt });
+  return closeRound(strategy, transport, closer, opts, carry, {
+    participants,
+    t0,
+    up0,
+    down0,
+    startedAt,
+    endedAt,
+  });
 }
 
 /**
