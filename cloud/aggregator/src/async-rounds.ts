@@ -19,6 +19,7 @@
  */
 import { decodeMessage } from "../../../core/protocol/messages";
 import { RoundCloser } from "../../../core/round/close";
+import { qualityInput, type QualityRoundRecord } from "../../../core/robust/quality";
 import {
   flushable,
   oldestAccepted,
@@ -43,6 +44,7 @@ import {
   type RoundRecord,
 } from "./jobs/state";
 import type { AggregatorServices } from "./services";
+import { qualityTracker } from "./selection";
 
 /** What the async driver borrows from the orchestrator (models, strategies, eligibility). */
 export interface AsyncHooks {
@@ -76,6 +78,8 @@ export interface AsyncHooks {
    * core/round/aggregation.ts: the job's robust aggregator and centered clipping's reference).
    */
   aggregation(job: JobDocument, version: number, strategy: Strategy): Promise<RoundAggregation>;
+  /** After a version's quality record is committed: its log lines and the excluded devices' twin tags. */
+  qualityDone(jobId: string, version: number, q: QualityRoundRecord, last: boolean): Promise<void>;
   /** After a flush: the aggregated devices' leases are released and their completions recorded. */
   flushed(job: JobDocument, entries: readonly BufferEntry[], applied: ReadonlySet<string>): Promise<void>;
 }
@@ -274,17 +278,27 @@ export class AsyncRounds {
       },
       ...(out.robust ? { robust: out.robust } : {}),
     };
-    await this.repo.updateJob(d.jobId, (cur) => {
+    // Contribution quality, as a sync round records it: computed from the document being written (an ETag retry
+    // recomputes it) and committed with the version's record.
+    const observed = d.quality !== false ? qualityInput({ ...out, failures: out.failures }) : undefined;
+    let q: QualityRoundRecord | undefined;
+    const written = await this.repo.updateJob(d.jobId, (cur) => {
       if (cur.rounds.some((x) => x.round === next)) return undefined;
       const done = next >= cur.definition.rounds;
+      const tracker = observed ? qualityTracker(cur, this.services.log) : undefined;
+      q = undefined;
+      if (tracker && observed) q = { excluded: tracker.excludedAt(next), ...tracker.observe(observed) };
       return {
         ...cur,
-        rounds: [...cur.rounds, record],
+        rounds: [...cur.rounds, { ...record, ...(q ? { quality: q } : {}) }],
         currentRound: Math.max(cur.currentRound, next),
         status: done && cur.status === "running" ? "completed" : cur.status,
+        ...(tracker ? { quality: tracker.toJSON() } : {}),
         updatedAt: now,
       };
     });
+    if (q && written?.rounds.some((x) => x.round === next && x.quality === q))
+      await this.hooks.qualityDone(d.jobId, next, q, next >= d.rounds);
     await this.apply(job, { type: "flushed", newVersion: next, now });
     await this.hooks.flushed(job, entries, applied).catch((e: Error) => {
       this.services.log(

@@ -305,6 +305,7 @@ export class Orchestrator {
           this.pickAsync(job, round, free, exclude, now, deadline, downloadBytes),
         flushed: (job, entries, applied) => this.asyncFlushed(job, entries, applied),
         aggregation: (job, version, strategy) => this.aggregation(job, version, strategy, undefined),
+        qualityDone: (jobId, version, q, last) => this.qualityDone(jobId, version, q, last),
       },
       this.concurrency,
     );

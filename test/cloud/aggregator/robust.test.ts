@@ -274,3 +274,33 @@ test("an async job with aggregator median: a flush with one update x1000 stays n
   assert.equal(rec.robust?.updates, 3);
   assert.deepEqual(rec.async?.staleness, [0, 0, 0]);
 });
+
+test("an async job records contribution quality per version: an update x1000 is a norm anomaly in the version's record and the job's quality state", async () => {
+  const w = world(devices);
+  const id = await startJob(w, {
+    mode: "async",
+    rounds: 1,
+    buffer: 5,
+    strategyOptions: { clientsPerRound: 5, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+  });
+  await w.agg.roundTimer({}, ctxStub);
+  const ordered = w.fleet.configured.filter((c) => c.desired?.round === 1).map((c) => c.deviceId);
+  assert.equal(ordered.length, 5);
+  for (const [k, dev] of ordered.entries()) {
+    const d = makeDelta(layout.totalSize, k + 1);
+    await send(w, id, 1, dev, 50, k === 4 ? scaled(d, 1000) : d);
+  }
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  const job = (await new JobRepository(w.store).getJob(id))!;
+  const rec = job.rounds[0]!;
+  assert.deepEqual(
+    rec.quality?.anomalies.map((a) => [a.deviceId, a.code]),
+    [[ordered[4], "E_QUALITY_NORM"]],
+  );
+  assert.equal(job.quality?.devices[ordered[4]!]?.flagged, 1);
+  assert.ok(
+    w.logs.some((l) => l.includes(`quality: device ${ordered[4]} round 1 E_QUALITY_NORM`)),
+    w.logs.join("\n"),
+  );
+});
