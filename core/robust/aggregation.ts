@@ -135,7 +135,12 @@ export function robustAggregation(inner: RoundAggregation, ctx: RobustContext): 
   return isStreaming(ctx.spec) ? new StreamingBound(inner, ctx) : new BufferedRobust(inner, ctx);
 }
 
-function decode(r: FitResult, length: number): Float32Array {
+/**
+ * An update's values as a Float32Array of `length`: the array itself, or the envelope decoded (into `into` when
+ * given, else a new array). One home for the robust rules, the quality observer and the simulator's attacks. A wrong
+ * size or layout is E_STRATEGY_SIZE, as FedAvg's own check; a corrupt envelope throws its E_ENVELOPE_* error.
+ */
+export function updateValues(r: FitResult, length: number, into?: Float32Array): Float32Array {
   const d = r.delta;
   if (d instanceof Float32Array) {
     if (d.length !== length)
@@ -146,7 +151,7 @@ function decode(r: FitResult, length: number): Float32Array {
     return d;
   }
   if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
-    const out = new Float32Array(length);
+    const out = into ?? new Float32Array(length);
     try {
       decodeTensorInto(d.bytes, out, { length });
     } catch (e) {
@@ -169,7 +174,7 @@ function admit(r: FitResult, length: number, seen: Set<string>, round: number, o
     fail("E_STRATEGY_DUPLICATE", `round ${round}: a second update from '${r.deviceId}'`);
   checkSamples(r);
   const s = checkDiscount(r);
-  let delta = decode(r, length);
+  let delta = updateValues(r, length);
   if (!allFinite(delta)) {
     let i = 0;
     while (Number.isFinite(delta[i])) i++;

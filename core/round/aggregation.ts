@@ -13,9 +13,8 @@
  * norm, its reported loss and (by a count sketch, not by keeping the update) its cosine to the round's mean update;
  * the result carries them as `observed`.
  */
-import { decodeTensorInto } from "../compress";
 import type { DifferentialPrivacy } from "../privacy/dp";
-import { robustAggregation } from "../robust/aggregation";
+import { robustAggregation, updateValues } from "../robust/aggregation";
 import type { DeviceObservation } from "../robust/quality";
 import { l2Norm } from "../robust/rules";
 import { isPlainMean, type AggregatorSpec } from "../robust/spec";
@@ -151,19 +150,14 @@ class ObservingAggregation implements RoundAggregation {
   }
   /** The update's values (decoded into the scratch array when compressed); undefined when unreadable. */
   private view(r: FitResult): Float32Array | undefined {
-    const d = r.delta;
-    if (d instanceof Float32Array) return d.length === this.length ? d : undefined;
-    if (d && typeof d === "object" && d.encoding === "flz" && d.bytes instanceof Uint8Array) {
-      this.scratch ??= new Float32Array(this.length);
-      try {
-        decodeTensorInto(d.bytes, this.scratch, { length: this.length });
-        return this.scratch;
-      } catch {
-        return undefined; // the inner aggregation accepted it, so this does not happen; never fail the round
-      }
+    if (!(r.delta instanceof Float32Array)) this.scratch ??= new Float32Array(this.length);
+    try {
+      return updateValues(r, this.length, this.scratch);
+    } catch {
+      return undefined; // the inner aggregation accepted it, so this does not happen; never fail the round
     }
-    return undefined;
   }
+
   addAggregate(a: SecureAggregate): void {
     this.inner.addAggregate(a);
   }

@@ -18,6 +18,7 @@ import { DEFAULT_AGGREGATOR, formatAggregator, parseAggregator } from "../../cor
 import { nonNegativeInt, positiveInt, positiveNumber, SIM_LIMITS, type SimConfig } from "../sim/config";
 import type { SimulationResult } from "../sim/simulate";
 import {
+  ATTACK_ORDER,
   cellKey,
   renderHtml,
   renderMarkdown,
@@ -42,17 +43,7 @@ export const TABLE_DATASETS: Record<
 };
 
 /** The attacks of the table: kind[:param] (the fraction of attackers is --attackers). "none": the clean run. */
-export const TABLE_ATTACKS = [
-  "none",
-  "sign-flip",
-  "gaussian",
-  "scaling",
-  "label-flip",
-  "alie",
-  "ipm:0.1",
-  "ipm:100",
-  "backdoor",
-];
+export const TABLE_ATTACKS = ATTACK_ORDER;
 const ATTACK_KINDS = ["none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm", "backdoor"];
 
 /** The aggregators of the table: Blades' rules with their usual parameters (f = the 20% attackers), and candidates for the default. */

@@ -15,7 +15,7 @@
  * known) and added to the inner aggregation before it finishes. Compressed envelopes are decoded (core/compress).
  * With no honest update in a round, ALIE and IPM use the statistics of the attackers' own (true) updates.
  */
-import { decodeTensor } from "../../../core/compress";
+import { updateValues } from "../../../core/robust/aggregation";
 import { Rng } from "../../../core/data/rng";
 import { fail } from "../../../core/errors";
 import type { InterceptContext, RoundInterceptor } from "../../../core/round/aggregation";
@@ -208,17 +208,9 @@ class AttackedRound implements RoundAggregation {
     return this.inner.count + this.held.length;
   }
   private decode(r: FitResult): Float32Array {
-    const d = r.delta;
-    if (d instanceof Float32Array) {
-      if (d.length !== this.length)
-        fail(
-          "E_STRATEGY_SIZE",
-          `update from '${r.deviceId}' has ${d.length} values, expected ${this.length} values`,
-        );
-      return d;
-    }
-    return decodeTensor(d.bytes, { length: this.length });
+    return updateValues(r, this.length);
   }
+
   add(r: FitResult): void {
     if (!this.attackers.has(r.deviceId)) {
       // The honest update goes on as it came (the inner chain validates it); the attacker then reads it.
