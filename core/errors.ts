@@ -371,6 +371,20 @@ export const ERRORS = {
     group: "selection",
     meaning: "a stored participant-selection history is not valid (selection.json)",
   },
+  E_PROPERTY_INVALID: {
+    group: "selection",
+    meaning:
+      "an operator's writable property (module twin desired, IoT Plug and Play) has a wrong type or is out of range: acked 400, the last good value kept",
+  },
+  E_PROPERTY_UNKNOWN: {
+    group: "selection",
+    meaning: "a desired property the module's model does not have: acked 400 'unknown property'",
+  },
+  E_POLICY_EXCLUDED: {
+    group: "selection",
+    meaning:
+      "the device's policy (participation, training windows, resource floors, training cap, metered link) excludes it from a round: it is not ordered, and declines an order",
+  },
   E_SELECTION_WINDOWS: {
     group: "selection",
     meaning:
