@@ -20,6 +20,30 @@ export const MODEL_ID = "dtmi:flotilla:edge:Trainer;1";
 /** Desired keys the Function writes (round orders, evaluation orders): not operator properties, never acked. */
 export const CLOUD_DESIRED_KEYS = ["flotilla", "flotillaEvaluate"] as const;
 
+/**
+ * The trainer's direct methods: its method table (./trainer.ts) is typed with these names, and each is a Command in
+ * the model. The secure-aggregation three are ./secagg.ts SECAGG_METHODS.
+ */
+export const METHODS = [
+  "startRound",
+  "abortRound",
+  "predict",
+  "secaggShareKeys",
+  "secaggMaskInput",
+  "secaggUnmask",
+  "status",
+  "updateNotStored",
+  "updateStored",
+] as const;
+export type TrainerMethod = (typeof METHODS)[number];
+
+/**
+ * The top-level reported keys the trainer's own state uses (ModuleHost `reportedKeys`: never a desired property's
+ * ack): `flotilla` (round progress, TrainerState) and `participation` ({state, reason}: why the device takes part
+ * or not). Each is a read-only Property in the model.
+ */
+export const REPORTED_KEYS = ["flotilla", "participation"] as const;
+
 export interface TrainerPropertyDefaults {
   /** FLOTILLA_DATA_DIR (the default of `dataDir`). */
   readonly dataDir: string;

@@ -28,6 +28,8 @@ import {
   errorText as message,
 } from "../../shared/module-client";
 import { ModuleHost, runModule } from "../../shared/host";
+import type { MethodHandler } from "../../shared/host";
+import type { UpdateQueueMethod } from "./model";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultUpdateQueueModuleMetrics, updateQueueMetrics } from "./metrics";
 import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
@@ -558,7 +560,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         return { status: 200, payload: { acked, depth: outbox.stats().depth } };
       },
       status: () => ({ status: 200, payload: status() }),
-    },
+    } satisfies Record<UpdateQueueMethod, MethodHandler>,
     inputs: { [inputName]: onInput },
   });
 
