@@ -16,6 +16,14 @@ export type ModuleName = "trainer" | "update-queue" | "quantizer" | "profiler";
 
 export const MODULE_NAMES: readonly ModuleName[] = ["trainer", "update-queue", "quantizer", "profiler"];
 
+/** Each module's IoT Plug and Play model ID (its model.ts MODEL_ID), by module id. */
+export const MODEL_IDS: Readonly<Record<ModuleName, string>> = {
+  trainer: trainer.MODEL_ID,
+  "update-queue": updateQueue.MODEL_ID,
+  quantizer: quantizer.MODEL_ID,
+  profiler: profiler.MODEL_ID,
+};
+
 /** The code's side of each module's model. */
 export function moduleContracts(): Record<ModuleName, ModuleContract> {
   return {

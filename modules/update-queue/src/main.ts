@@ -29,7 +29,7 @@ import {
 } from "../../shared/module-client";
 import { ModuleHost, runModule } from "../../shared/host";
 import type { MethodHandler } from "../../shared/host";
-import type { UpdateQueueMethod } from "./model";
+import { MODEL_ID, type UpdateQueueMethod } from "./model";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultUpdateQueueModuleMetrics, updateQueueMetrics } from "./metrics";
 import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
@@ -670,9 +670,12 @@ export function openRoundsOf(value: unknown): [string, number][] {
 
 // --- container entry ------------------------------------------------------------------------------------------
 
-/** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
+/**
+ * Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local; it
+ * announces the queue's Plug and Play model ID (./model.ts MODEL_ID).
+ */
 export function createModuleClient(config: UpdateQueueConfig): Promise<ModuleClient> {
-  return createSharedModuleClient(config.connection);
+  return createSharedModuleClient(config.connection, MODEL_ID);
 }
 
 /** Container entry: configuration from the environment (validated, naming what is missing); owns its client. */
