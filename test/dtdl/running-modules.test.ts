@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { moduleContracts, type ModuleName } from "../../local/pnp/contracts";
+import { modelPath, moduleContracts, type ModuleName } from "../../local/pnp/contracts";
+import { objectFields } from "../../local/pnp/dtdl";
 import { startProfiler } from "../../modules/profiler/src/profiler";
 import { startQuantizer } from "../../modules/quantizer/src/quantizer";
 import { startTrainer } from "../../modules/trainer/src/trainer";
@@ -14,10 +15,11 @@ import { FakeModuleClient } from "../modules/update-queue/fake-client";
  * The running modules against their declarations (model.ts METHODS and REPORTED_KEYS, which test/dtdl/models.test.ts
  * compares with the model files): each module is started on an in-memory client, and the direct methods it
  * registers are exactly its METHODS, and every top-level key it reports is a REPORTED_KEYS entry or a writable
- * property's acknowledgement.
+ * property's acknowledgement, with no field its model's schema lacks.
  */
 
 const contracts = moduleContracts();
+const ROOT = path.join(__dirname, "..", "..", "..", "dtdl");
 
 async function check(
   name: ModuleName,
@@ -33,9 +35,20 @@ async function check(
   const allowed = new Set([...c.reportedKeys, ...Object.keys(c.specs)]);
   for (const k of keys)
     assert.ok(allowed.has(k), `${name}: reported key ${k} is neither a REPORTED_KEYS entry nor a property`);
+  // The module's own state, field by field: nothing it reports is missing from the model's Object schema.
+  const model = JSON.parse(fs.readFileSync(path.join(ROOT, modelPath(name)), "utf8")) as unknown;
+  for (const patch of client.twin.reportedPatches)
+    for (const key of c.reportedKeys) {
+      const value = patch[key];
+      if (value === null || typeof value !== "object" || Array.isArray(value)) continue;
+      const fields = objectFields(model, key);
+      assert.ok(fields, `${name}: reported ${key} is an object, its model Property is not`);
+      const missing = Object.keys(value).filter((f) => !fields.includes(f));
+      assert.deepEqual(missing, [], `${name}: fields of reported ${key} the model does not describe`);
+    }
 }
 
-test("each running module registers exactly its declared methods and reports only its declared keys", async () => {
+test("each running module registers exactly its declared methods and reports only its declared keys and fields", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flotilla-dtdl-"));
   try {
     await check("trainer", (client) =>
