@@ -10,6 +10,8 @@ import { startQuantizer } from "../../modules/quantizer/src/quantizer";
 import { startTrainer } from "../../modules/trainer/src/trainer";
 import { startUpdateQueue } from "../../modules/update-queue/src/main";
 import { FakeModuleClient } from "../modules/update-queue/fake-client";
+import type { MethodHandler } from "../../modules/shared/host";
+import { METHODS as TRAINER_METHODS, type TrainerMethod } from "../../modules/trainer/src/model";
 
 /**
  * The running modules against their declarations (model.ts METHODS and REPORTED_KEYS, which test/dtdl/models.test.ts
@@ -71,4 +73,19 @@ test("each running module registers exactly its declared methods and reports onl
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("a method table typed with the model's names (as each module's is) refuses a name outside them, or one missing", () => {
+  const handler: MethodHandler = () => ({ status: 200 });
+  const table = Object.fromEntries(TRAINER_METHODS.map((m) => [m, handler])) as Record<
+    TrainerMethod,
+    MethodHandler
+  >;
+  // tsc checks these: an unused @ts-expect-error fails the build, so the typing cannot silently stop refusing.
+  // @ts-expect-error a method that is not in the model's METHODS
+  const extra = { ...table, reboot: handler } satisfies Record<TrainerMethod, MethodHandler>;
+  // @ts-expect-error a table without one of the model's methods
+  const missing = { startRound: handler } satisfies Record<TrainerMethod, MethodHandler>;
+  assert.equal(Object.keys(extra).length, TRAINER_METHODS.length + 1);
+  assert.deepEqual(Object.keys(missing), ["startRound"]);
 });
