@@ -392,7 +392,7 @@ test(
 );
 
 test(
-  "metered deferral survives a SIGKILL: the deferred update is still queued, still deferred after the restart, and sent when the link is not metered",
+  "metered deferral survives a SIGKILL: the deferred update is still queued, still deferred after the restart (also before the twin can be read), and sent when the link is not metered",
   withContext(async (t) => {
     const dir = tempDir(t);
     // The child: a queue whose twin says metered, given a big and a small update; it prints `sent` once the
@@ -412,6 +412,20 @@ test(
     });
     assert.equal(await killed, "SIGKILL", `the child ended by itself: ${out} ${err}`);
     const { big, small } = meteredChildFrames();
+
+    // Restarted where the twin cannot be read (the GET never answers): the policy saved with the queue holds.
+    const blind = new TrainerAwareClient();
+    blind.hangTwinGets = 1_000_000;
+    const first = await startUpdateQueue({ client: blind, dir, twinTimeoutMs: 20, log: () => {} });
+    try {
+      assert.equal(first.status().online, true, "online without a twin");
+      await until(() => first.status().awaitingAck === 1, 5000, "the small update resent");
+      await first.sender.whenIdle();
+      assert.equal(first.status().deferred, 1, "the big one still deferred");
+      assert.equal(new Set(blind.sentChunks().map((c) => c.updateId)).size, 1);
+    } finally {
+      await first.stop();
+    }
 
     const client = new TrainerAwareClient();
     client.twin.properties.desired.meteredLink = true;
@@ -482,5 +496,26 @@ test(
     );
     assert.equal((acks().meteredLink as WritableAck).ac, 200);
     assert.equal((acks().meteredLink as WritableAck).av, 2);
+  }),
+);
+
+test(
+  "the saved metered-link policy gives way to the twin's at the first twin read (a property removed meanwhile is back to its default)",
+  withContext(async (t) => {
+    const dir = tempDir(t);
+    const before = new TrainerAwareClient();
+    before.twin.properties.desired.meteredLink = true;
+    before.twin.properties.desired.meteredMaxUploadBytes = 100_000;
+    const q1 = await startUpdateQueue({ client: before, dir, log: () => {} });
+    const big = resultFrame({ floats: 100_000, round: 1 });
+    before.deliver("updates", big.frame);
+    await q1.sender.whenIdle();
+    assert.equal(q1.status().deferred, 1);
+    await q1.stop();
+
+    const { client, queue } = await start(t, { dir }); // the operator removed both meanwhile
+    await until(() => queue.status().awaitingAck === 1, 5000, "the big update sent");
+    assert.equal(sentIds(client).length, 1);
+    assert.equal(queue.status().config.meteredLink, false);
   }),
 );
