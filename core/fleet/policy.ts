@@ -102,7 +102,12 @@ export function show(v: unknown): string {
   try {
     s = v === undefined ? "undefined" : JSON.stringify(v);
   } catch {
-    s = String(v);
+    // Nesting too deep for the stack (String() of a deep array recurses as well), or a value JSON cannot write.
+    s = Array.isArray(v)
+      ? "[an array nested too deep]"
+      : typeof v === "object"
+        ? "{an object nested too deep}"
+        : String(v);
   }
   // eslint-disable-next-line no-control-regex -- control characters would break the one-line message
   s = s.replace(/[\u0000-\u001f\u007f]/g, " ");

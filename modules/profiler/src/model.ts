@@ -13,6 +13,10 @@ export const MODEL_ID = "dtmi:flotilla:edge:Profiler;1";
 /** Desired keys the Function writes (each job's own model spec to benchmark): never acked. */
 export const CLOUD_DESIRED_KEYS = ["jobModels"] as const;
 
+/** The profiler's direct methods (its method table is typed with them; each is a Command in the model). */
+export const METHODS = ["profile"] as const;
+export type ProfilerMethod = (typeof METHODS)[number];
+
 /** The profiler's own top-level reported keys: the measurements, and the RTT probe's scratch key. */
 export const REPORTED_KEYS = ["capabilities", "profilerProbe"] as const;
 

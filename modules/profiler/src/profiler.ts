@@ -6,6 +6,8 @@ import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, updateReported, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost } from "../../shared/host";
+import type { MethodHandler } from "../../shared/host";
+import type { ProfilerMethod } from "./model";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultProfilerModuleMetrics, profilerMetrics } from "./metrics";
 import { WritableProperties } from "../../shared/writable";
@@ -342,7 +344,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
           return { status: 500, payload: { code: "E_PROFILER", message: errorText(e) } };
         }
       },
-    },
+    } satisfies Record<ProfilerMethod, MethodHandler>,
   });
 
   await host.start();

@@ -1,4 +1,5 @@
 import { createModuleClient, type Env } from "../../shared/module-client";
+import { MODEL_ID } from "./model";
 import { runModule } from "../../shared/host";
 import type { Logger } from "../../../core/log";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
@@ -35,7 +36,7 @@ export function trainingThreads(configured: number | undefined, maxThreads: numb
  */
 export async function start(log: Logger, env: Env = process.env): Promise<TrainerHandle> {
   const config = loadTrainerConfig(env);
-  const client = await createModuleClient(config.connection);
+  const client = await createModuleClient(config.connection, MODEL_ID);
   let backendStarted!: () => void;
   let backendFailed!: (e: unknown) => void;
   const backend = new Promise<void>((resolve, reject) => {

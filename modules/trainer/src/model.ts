@@ -24,6 +24,23 @@ export const MODEL_ID = "dtmi:flotilla:edge:Trainer;1";
 /** Desired keys the Function writes (round orders, evaluation orders): not operator properties, never acked. */
 export const CLOUD_DESIRED_KEYS = ["flotilla", "flotillaEvaluate"] as const;
 
+/**
+ * The trainer's direct methods: its method table (./trainer.ts) is typed with these names, and each is a Command in
+ * the model. The secure-aggregation three are ./secagg.ts SECAGG_METHODS.
+ */
+export const METHODS = [
+  "startRound",
+  "abortRound",
+  "predict",
+  "secaggShareKeys",
+  "secaggMaskInput",
+  "secaggUnmask",
+  "status",
+  "updateNotStored",
+  "updateStored",
+] as const;
+export type TrainerMethod = (typeof METHODS)[number];
+
 /** The trainer's round state (status, job, round, metrics, error: modules/trainer/src/trainer.ts TrainerState). */
 export const STATE_KEY = "flotilla";
 /** Why the trainer takes part in rounds or not (`Participation`): the portal's answer to "why is it not training?". */

@@ -10,7 +10,8 @@ import { checkDeviceEvaluation } from "../../../core/round/evaluation";
 import { weightsHash } from "../../../core/tensor/layout";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, type EdgeModuleClient, type TwinLike } from "../../shared/module-client";
-import { ModuleHost, type MethodTable } from "../../shared/host";
+import { ModuleHost, type MethodHandler, type MethodTable } from "../../shared/host";
+import type { TrainerMethod } from "./model";
 import { frameChunks } from "../../shared/chunks";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_DATA_DIR } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
@@ -1068,15 +1069,19 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     return { status: 200, payload: { known: ours } };
   };
 
-  const methods: MethodTable = {
+  // Typed with the model's names (./model.ts METHODS): a method missing here or not in the model does not compile.
+  const secaggMethods = Object.fromEntries(
+    SECAGG_METHODS.map(({ method, step }) => [method, secaggMethod(method, step)]),
+  ) as Record<(typeof SECAGG_METHODS)[number]["method"], MethodHandler>;
+  const methods = {
     [ORDER_METHOD]: startRoundMethod,
     abortRound,
     predict,
-    ...Object.fromEntries(SECAGG_METHODS.map(({ method, step }) => [method, secaggMethod(method, step)])),
+    ...secaggMethods,
     status: () => ({ status: 200, payload: state }),
     updateNotStored,
     updateStored,
-  };
+  } satisfies Record<TrainerMethod, MethodHandler>;
 
   // --- the host: link, twin, reporting, method dispatch, sending, stop ---------------------------------------------
   const host: ModuleHost = new ModuleHost({
