@@ -15,7 +15,9 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Message } from "azure-iot-device";
+import { ModuleClient, type Message } from "azure-iot-device";
+import { Mqtt } from "azure-iot-device-mqtt";
+import { createRegistry, createServiceClient, startLocalHub, type LocalHub } from "../../../local/hub";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import { countParams, initialWeights, modelLayout } from "../../../core/engine/models";
 import { decodeMessage } from "../../../core/protocol/messages";
@@ -312,7 +314,14 @@ test(
     assert.equal(executor.jobs.length, 1, "the round is training");
     assert.equal(executor.jobs[0].data.kind === "dir" && executor.jobs[0].data.dir, dir);
 
-    const v = twin.desire({ dataDir: other, maxThreads: 3, maxTrainingMinutes: 7, minFreeDiskBytes: 5 });
+    const schema = '{"label": "label"}';
+    const v = twin.desire({
+      dataDir: other,
+      dataSchema: schema,
+      maxThreads: 3,
+      maxTrainingMinutes: 7,
+      minFreeDiskBytes: 5,
+    });
     for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
     assert.deepEqual(twin.ack("dataDir"), {
       value: other,
@@ -322,6 +331,7 @@ test(
     });
     assert.equal(twin.ack("maxThreads")?.ac, 202);
     assert.equal(twin.ack("maxTrainingMinutes")?.ac, 202);
+    assert.equal(twin.ack("dataSchema")?.ac, 202);
     // A property that applies at once does so during the round too.
     assert.deepEqual(twin.ack("minFreeDiskBytes"), { value: 5, ac: 200, av: v });
     assert.equal(trainer.properties().dataDir, dir, "not yet: the running round reads the old one");
@@ -333,6 +343,7 @@ test(
     assert.deepEqual(twin.ack("dataDir"), { value: other, ac: 200, av: v });
     assert.deepEqual(twin.ack("maxThreads"), { value: 3, ac: 200, av: v });
     assert.deepEqual(twin.ack("maxTrainingMinutes"), { value: 7, ac: 200, av: v });
+    assert.deepEqual(twin.ack("dataSchema"), { value: schema, ac: 200, av: v });
     assert.deepEqual(threads, [3], "the thread setting is handed on when it takes effect");
 
     // The next round reads the new directory, with the cap.
@@ -340,6 +351,7 @@ test(
     await settle(trainer);
     const job = executor.jobs[1];
     assert.equal(job.data.kind === "dir" && job.data.dir, other);
+    assert.deepEqual(job.data.kind === "dir" && job.data.schema, { label: "label" });
     assert.equal(job.maxTrainMs, 7 * 60_000);
   }),
 );
@@ -748,3 +760,74 @@ test("maxThreads caps the container's training threads (FLOTILLA_THREADS or its 
   );
   assert.equal(loadTrainerConfig({ FLOTILLA_CONNECTION_STRING: cs }).workDir, undefined);
 });
+
+test(
+  "against the local hub with the real SDKs: an operator disables a trainer, the ack and participation are in its twin, startRound answers 403",
+  withContext(async (t) => {
+    const dir = dataDir();
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const hub: LocalHub = await startLocalHub({ log: () => {} });
+    const cleanup: (() => Promise<unknown>)[] = [() => hub.close()];
+    t.after(async () => {
+      for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
+    });
+    const info = { serviceConnectionString: hub.serviceConnectionString, caCertPem: hub.caCertPem };
+    const registry = createRegistry(info);
+    const service = createServiceClient(info);
+    const client = ModuleClient.fromConnectionString(hub.createModule("edge-p", "trainer"), Mqtt);
+    await client.setOptions({ ca: hub.caCertPem });
+    const trainer = await startTrainer({
+      client: client as never,
+      dataDir: dir,
+      inference: "off",
+      trainExecutor: new GatedExecutor(),
+      closeClient: true,
+      log: () => {},
+    });
+    cleanup.push(() => trainer.stop());
+    const reported = async () =>
+      (await registry.getModuleTwin("edge-p", "trainer")).responseBody.properties.reported as Record<
+        string,
+        unknown
+      >;
+    await registry.updateModuleTwin(
+      "edge-p",
+      "trainer",
+      { properties: { desired: { enabled: false, maxThreads: 99 } } },
+      "*",
+    );
+    const av = (await registry.getModuleTwin("edge-p", "trainer")).responseBody.properties.desired
+      .$version as number;
+    const end = Date.now() + 10_000;
+    let r = await reported();
+    while (
+      (r.enabled as { av?: number } | undefined)?.av !== av ||
+      (r.maxThreads as { av?: number })?.av !== av
+    ) {
+      if (Date.now() > end) throw new Error(`no acks at ${av}: ${JSON.stringify(r)}`);
+      await new Promise((res) => setTimeout(res, 30));
+      r = await reported();
+    }
+    assert.deepEqual(r.enabled, { value: false, ac: 200, av });
+    const threads = r.maxThreads as WritableAck;
+    assert.equal(threads.ac, 400);
+    assert.equal(threads.value, 0);
+    assert.match(threads.ad ?? "", /maxThreads 99 is out of range \(0 to 64\)/);
+    while ((r.participation as { state?: string } | undefined)?.state !== "disabled") {
+      if (Date.now() > end) throw new Error(`participation not reported: ${JSON.stringify(r)}`);
+      await new Promise((res) => setTimeout(res, 30));
+      r = await reported();
+    }
+    assert.deepEqual(r.participation, {
+      state: "disabled",
+      reason: "participation is disabled by the operator",
+    });
+    const answer = await service.invokeDeviceMethod("edge-p", "trainer", {
+      methodName: "startRound",
+      payload: order(1),
+      responseTimeoutInSeconds: 30,
+    });
+    assert.equal(answer.result.status, 403);
+    assert.equal((answer.result.payload as { code: string }).code, "E_POLICY_EXCLUDED");
+  }),
+);
