@@ -3,7 +3,8 @@ import { ConfigProblems, readConnection, type ConnectionConfig, type Env } from 
 import { readMetricsPort } from "../../shared/metrics-entry";
 
 /**
- * The quantizer module's settings, from the environment at start-up, validated at once with every missing or
+ * The quantizer module's settings, from the environment at start-up (FLOTILLA_QUANTIZER_MAX_BYTES is the default of
+ * the writable property maxPendingBytes, ./model.ts, which the operator may change in the module twin), validated at once with every missing or
  * invalid setting named (E_CONFIG_MISSING / E_CONFIG_INVALID). What to compress comes from the module twin
  * (docs/iothub-protocol.md), not from here.
  *

@@ -318,6 +318,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       maxChunkBytes: outbox.maxChunkBytes,
       resendAfterMs: sender.resendAfterMs,
       capacityBytes: outbox.capacityBytes,
+      meteredLink: meteredLink.on, // the saved policy until the twin is read
+      meteredMaxUploadBytes: meteredLink.maxUploadBytes,
     },
   });
 
