@@ -24,7 +24,6 @@ import {
   type DeviceLease,
 } from "../../../cloud/aggregator/src/selection";
 import { FedAvg } from "../../../core/strategies/fedavg";
-import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
 import { SelectionHistory, createSelector } from "../../../core/selection";
 import { isFlotillaError } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/models";
@@ -43,6 +42,8 @@ import {
   type Azurite,
   type World,
   lineTrainer,
+  asTrainers,
+  type TestTrainer,
 } from "./support";
 
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
@@ -125,7 +126,7 @@ test("the job's selector gets the profiler's capabilities: deadline picks the de
     // fast, but too little memory for the job
     { deviceId: "small", ...base, samplesPerSecond: { mlp: 600 }, memoryBytes: 1000 },
     { deviceId: "slow", ...base, samplesPerSecond: { mlp: 20 } },
-  ] satisfies TrainerInfo[];
+  ] satisfies TestTrainer[];
   const id = await startJob(w, {
     selection: "deadline",
     minMemoryBytes: 1e6,
@@ -379,7 +380,7 @@ test("an oort job's later rounds are the selector's picks over the stored histor
     const history = stored ? SelectionHistory.fromJSON(stored.value) : new SelectionHistory();
     const meta = (await repo.getModelMeta(id, r - 1))!;
     const want = createSelector(spec).select(
-      deviceProfiles(job, w.fleet.trainers),
+      deviceProfiles(job, asTrainers(w.fleet.trainers)),
       history,
       selectionContext(job, r, meta.downlink?.bytes ?? job.modelLength * 4),
     );
@@ -427,7 +428,7 @@ test("declared availability windows (tags.flotilla.availability): outside them a
     const x = ((m % 1440) + 1440) % 1440;
     return `${String(Math.floor(x / 60)).padStart(2, "0")}:${String(x % 60).padStart(2, "0")}`;
   };
-  const dev = (deviceId: string, availability?: unknown): TrainerInfo => ({
+  const dev = (deviceId: string, availability?: unknown): TestTrainer => ({
     deviceId,
     connected: true,
     numSamples: 100,
@@ -445,7 +446,7 @@ test("declared availability windows (tags.flotilla.availability): outside them a
   });
   const job = (await new JobRepository(w.store).getJob(id))!;
   const logs: string[] = [];
-  const profiles = deviceProfiles(job, w.fleet.trainers, w.now.t, (l) => logs.push(l));
+  const profiles = deviceProfiles(job, asTrainers(w.fleet.trainers), w.now.t, (l) => logs.push(l));
   assert.deepEqual(profiles.map((p) => p.deviceId).sort(), ["bad-tag", "in-window", "undeclared"]);
   const inside = profiles.find((p) => p.deviceId === "in-window")!;
   assert.ok(
