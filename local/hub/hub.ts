@@ -184,12 +184,19 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
   identities.onDesiredChanged(({ record, desiredPatch }) => {
     if (desiredPatch) front.notifyDesired(clientIdOf(record.deviceId, record.moduleId), desiredPatch);
   });
-  const configurations = new ConfigurationStore({
-    identities,
-    intervalMs: opts.configurationIntervalMs,
-    file: persist ? path.join(stateDir, "configurations.json") : undefined,
-    log,
-  });
+  let configurations: ConfigurationStore;
+  try {
+    configurations = new ConfigurationStore({
+      identities,
+      intervalMs: opts.configurationIntervalMs,
+      file: persist ? path.join(stateDir, "configurations.json") : undefined,
+      log,
+    });
+  } catch (e) {
+    await front.close();
+    dropTempState();
+    throw e;
+  }
   let api: ServiceApi;
   try {
     api = await ServiceApi.start({
