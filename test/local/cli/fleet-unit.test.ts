@@ -1,5 +1,7 @@
 import { test } from "@jest/globals";
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { FLEET_MODULES, parseAssignments } from "../../../local/cli/fleet-modules";
 import { ackRows, ackState, deviceViews, formatDevices } from "../../../local/cli/fleet-ops";
 import { rolloutConfiguration } from "../../../local/cli/fleet-rollout";
@@ -146,4 +148,16 @@ test("rolloutConfiguration: a module configuration on the module's twins, with P
   );
   assert.match(q.refused, /trainingWindows\.ac >= 400 OR properties\.reported\.maxThreads\.ac >= 400\)$/);
   assert.ok(Object.keys(FLEET_MODULES).includes("profiler"));
+});
+
+test("docs/operations.md names every writable property of every module, and the fleet commands", () => {
+  const doc = fs.readFileSync(path.join(__dirname, "..", "..", "..", "..", "docs", "operations.md"), "utf8");
+  const missing: string[] = [];
+  for (const [m, def] of Object.entries(FLEET_MODULES)) {
+    if (!doc.includes(`\`${m}\``)) missing.push(m);
+    for (const name of Object.keys(def.specs)) if (!doc.includes(`\`${name}\``)) missing.push(`${m}.${name}`);
+  }
+  for (const c of ["list", "set", "acks", "rollout", "rollouts"])
+    if (!doc.includes(`flotilla fleet ${c}`)) missing.push(`flotilla fleet ${c}`);
+  assert.deepEqual(missing, []);
 });
