@@ -15,7 +15,7 @@
  * evaluated at the zone's UTC offset at `nowMs`, so on a day the clocks change the window moves by the change.
  */
 import { FlotillaError, isFlotillaError } from "../errors";
-import { availableForS, parseWindows, type DailyWindow } from "../selection/windows";
+import { availableForS, parseWindows, type DailyWindow, type WindowsLabel } from "../selection/windows";
 
 /** Daily training windows in a time zone (`null` in the twin: no restriction). */
 export interface TrainingWindows {
@@ -100,12 +100,13 @@ export function numberIn(name: string, v: unknown, min: number, max: number, int
 export function show(v: unknown): string {
   let s: string;
   try {
-    s = v === undefined ? "undefined" : JSON.stringify(v);
+    // JSON has no NaN, Infinity or bigint: those read as themselves, not as "null" (or a TypeError).
+    s = typeof v === "number" && !Number.isFinite(v) ? String(v) : (JSON.stringify(v) ?? String(v));
   } catch {
     s = String(v);
   }
-  // eslint-disable-next-line no-control-regex -- control characters would break the one-line message
-  s = s.replace(/[\u0000-\u001f\u007f]/g, " ");
+  // eslint-disable-next-line no-control-regex -- control characters (and JS line separators) break the one line
+  s = s.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, " ");
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
@@ -117,6 +118,11 @@ export function isTimeZone(tz: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** How parseWindows names a trainer's windows: in the device's local time, E_PROPERTY_INVALID. */
+function windowsLabel(timeZone: string): WindowsLabel {
+  return { name: "trainingWindows.windows", clock: `${timeZone} local time`, code: "E_PROPERTY_INVALID" };
 }
 
 /** Parses a `trainingWindows` value (null: no restriction); E_PROPERTY_INVALID with the reason otherwise. */
@@ -132,17 +138,17 @@ export function parseTrainingWindows(v: unknown): TrainingWindows | null {
   if (typeof tz !== "string" || tz.length === 0 || tz.length > 64 || !isTimeZone(tz))
     invalid(`trainingWindows.timeZone ${show(tz)} is not an IANA time zone (e.g. "Europe/Berlin", "UTC")`);
   const windows = o.windows;
-  try {
-    parseWindows(windows);
-  } catch (e) {
-    if (!isFlotillaError(e)) throw e;
-    invalid(`trainingWindows.windows: ${e.message.replace(/ ?\(?UTC\)?/g, "")}`);
-  }
+  parseWindows(windows, windowsLabel(tz));
   return { timeZone: tz, windows: (typeof windows === "string" ? [windows] : (windows as string[])).slice() };
 }
 
-/** The zone's offset from UTC at `nowMs`, in ms (local = UTC + offset). */
+/**
+ * The zone's offset from UTC at `nowMs`, in ms (local = UTC + offset). A zone this runtime does not know is
+ * E_PROPERTY_INVALID (a zone the device knew may be unknown to an older runtime elsewhere), never a RangeError.
+ */
 export function zoneOffsetMs(timeZone: string, nowMs: number): number {
+  if (!isTimeZone(timeZone))
+    invalid(`trainingWindows.timeZone ${show(timeZone)} is not an IANA time zone this runtime knows`);
   const parts = new Intl.DateTimeFormat("en-US", {
     timeZone,
     hourCycle: "h23",
@@ -165,11 +171,24 @@ export function zoneOffsetMs(timeZone: string, nowMs: number): number {
   return local - Math.floor(nowMs / 1000) * 1000;
 }
 
-/** Seconds from `nowMs` until the device's training window ends; 0 outside every window; Infinity: no windows. */
+/**
+ * Seconds from `nowMs` until the device's training window ends; 0 outside every window; Infinity: no windows.
+ * Whether a window is open is judged at the zone's offset now; its end is a local time, converted back at the
+ * zone's offset then, so on a day the clocks change the seconds left are real seconds (a 00:00-06:00 window
+ * entered at 00:30 on the spring change day has 4.5 h left, not 5.5).
+ */
 export function trainingWindowOpenForS(w: TrainingWindows | null | undefined, nowMs: number): number {
   if (!w) return Infinity;
-  const daily: DailyWindow[] = parseWindows(w.windows);
-  return availableForS(daily, nowMs + zoneOffsetMs(w.timeZone, nowMs));
+  const daily: DailyWindow[] = parseWindows(w.windows, windowsLabel(w.timeZone));
+  const offset = zoneOffsetMs(w.timeZone, nowMs);
+  const local = nowMs + offset;
+  const leftLocalS = availableForS(daily, local);
+  if (leftLocalS <= 0) return 0;
+  const endLocal = local + leftLocalS * 1000;
+  // The UTC instant of that local time: the offset at a first guess, then at the instant it gives.
+  let end = endLocal - zoneOffsetMs(w.timeZone, endLocal - offset);
+  end = endLocal - zoneOffsetMs(w.timeZone, end);
+  return Math.max(0, (end - nowMs) / 1000);
 }
 
 /**
@@ -204,6 +223,12 @@ function mb(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 2 : 0)} MiB`;
 }
 
+/** "free X is below its floor of Y" in MiB, or in bytes when the two would read the same in MiB. */
+function belowFloor(what: string, free: number, floor: number): string {
+  const [a, b] = mb(free) === mb(floor) ? [`${free} bytes`, `${floor} bytes`] : [mb(free), mb(floor)];
+  return `free ${what} ${a} is below its floor of ${b}`;
+}
+
 /**
  * Does `policy` exclude the device from a round now? The first reason in POLICY_EXCLUSIONS order, or undefined.
  * Figures that are unknown never exclude (a device that has not been profiled yet is judged by what is known).
@@ -224,13 +249,13 @@ export function policyExclusion(
   if (minDisk > 0 && facts.freeDiskBytes !== undefined && facts.freeDiskBytes < minDisk)
     return {
       reason: "disk",
-      detail: `free disk ${mb(facts.freeDiskBytes)} is below its floor of ${mb(minDisk)}`,
+      detail: belowFloor("disk", facts.freeDiskBytes, minDisk),
     };
   const minMem = policy.minFreeMemoryBytes ?? 0;
   if (minMem > 0 && facts.freeMemoryBytes !== undefined && facts.freeMemoryBytes < minMem)
     return {
       reason: "memory",
-      detail: `free memory ${mb(facts.freeMemoryBytes)} is below its floor of ${mb(minMem)}`,
+      detail: belowFloor("memory", facts.freeMemoryBytes, minMem),
     };
   const maxMin = policy.maxTrainingMinutes ?? 0;
   if (maxMin > 0 && facts.trainingSeconds !== undefined && facts.trainingSeconds > maxMin * 60)
@@ -253,4 +278,83 @@ export type PolicyExclusionCounts = Partial<Record<PolicyExclusion, number>>;
 /** The error a device declines an order with when its policy excludes it (E_POLICY_EXCLUDED, the verdict's line). */
 export function policyError(v: PolicyVerdict): FlotillaError {
   return new FlotillaError("E_POLICY_EXCLUDED", `${v.reason}: ${v.detail}`);
+}
+
+/** A module that owns policy properties (POLICY_PROPERTIES). */
+export type PolicyModule = keyof typeof POLICY_PROPERTIES;
+
+/** The policy the cloud honours for a device, and how it was read. */
+export interface EffectivePolicy {
+  readonly policy: DevicePolicy;
+  /** Properties whose desired value is in effect although the module has not acknowledged it yet. */
+  readonly pending: readonly PolicyProperty[];
+  /** Desired values that do not parse (the module refuses them too): they never take effect. */
+  readonly refused: readonly { readonly name: PolicyProperty; readonly reason: string }[];
+}
+
+function desiredVersionOf(d: Readonly<Record<string, unknown>> | undefined): number {
+  const v = d?.["$version"];
+  return typeof v === "number" && Number.isFinite(v) ? v : 0;
+}
+
+/** A reported `{value, ac, av}` acknowledgement (IoT Plug and Play), or undefined when it is not one. */
+function ackOf(v: unknown): { value: unknown; ac: number; av: number } | undefined {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  if (!("value" in o) || typeof o.ac !== "number" || typeof o.av !== "number") return undefined;
+  return { value: o.value, ac: o.ac, av: o.av };
+}
+
+/**
+ * The policy in effect for a device as the cloud judges it from its module twins (`desired` and `reported` per
+ * module that owns policy properties, POLICY_PROPERTIES). Per property:
+ *
+ *   1. the desired value, when it parses (parsePolicyValue) and the module has not acknowledged this or a later
+ *      desired version (no ack, or the ack's `av` < desired `$version`): an operator's change takes effect in
+ *      selection at once, before the device acks it (`pending`);
+ *   2. else the module's acknowledged value (`value` of its `{value, ac, av}` ack, whatever `ac`: 200 and 202 carry
+ *      the value applied or about to be, 400 and 500 the last good value kept), when it parses;
+ *   3. else the default (also when the desired property is absent: the module goes back to its default then).
+ *
+ * A desired value that does not parse never takes effect (`refused`), exactly as the module refuses it with 400.
+ * Pure: the Function's fleet reads (cloud/aggregator/src/fleet/fleet.ts) and `flotilla fleet` share it.
+ */
+export function effectivePolicy(
+  desired: Partial<Record<PolicyModule, Readonly<Record<string, unknown>> | undefined>>,
+  reported: Partial<Record<PolicyModule, Readonly<Record<string, unknown>> | undefined>>,
+): EffectivePolicy {
+  const out: Record<string, unknown> = { ...DEFAULT_POLICY };
+  const pending: PolicyProperty[] = [];
+  const refused: { name: PolicyProperty; reason: string }[] = [];
+  for (const m of Object.keys(POLICY_PROPERTIES) as PolicyModule[]) {
+    const d = desired[m];
+    const r = reported[m];
+    const version = desiredVersionOf(d);
+    for (const name of POLICY_PROPERTIES[m] as readonly PolicyProperty[]) {
+      const want = d?.[name];
+      if (want === undefined || want === null) continue; // absent: the default
+      const ack = ackOf(r?.[name]);
+      let valid = false;
+      let value: unknown;
+      try {
+        value = parsePolicyValue(name, want);
+        valid = true;
+      } catch (e) {
+        if (!isFlotillaError(e)) throw e;
+        refused.push({ name, reason: e.message });
+      }
+      if (valid && (!ack || ack.av < version)) {
+        out[name] = value;
+        pending.push(name);
+        continue;
+      }
+      if (!ack) continue;
+      try {
+        out[name] = parsePolicyValue(name, ack.value);
+      } catch (e) {
+        if (!isFlotillaError(e)) throw e;
+      }
+    }
+  }
+  return { policy: out as unknown as DevicePolicy, pending, refused };
 }

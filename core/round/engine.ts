@@ -29,6 +29,7 @@
 import type { DpOrder } from "../protocol/messages";
 import type { SecAggParams, SecAggStep } from "../secagg/types";
 import type { FitConfig } from "../strategies/strategy";
+import type { PolicyExclusionCounts } from "../fleet/policy";
 
 export interface Participant {
   readonly deviceId: string;
@@ -71,6 +72,18 @@ export interface RoundState {
    * dispatched again.
    */
   readonly paused?: { readonly at: number; readonly devicesReleased: boolean };
+  /** How the participants were chosen, when the driver screens device policy (the Function; not the simulator). */
+  readonly selection?: RoundSelection;
+}
+
+/**
+ * What the round's selection chose from: `candidates` devices were left for the selector after every exclusion
+ * (connection, declared windows, deadline fit, device policy, contribution quality, other jobs' leases), and
+ * `policyExcluded` counts the devices each device-policy reason left out (core/fleet/policy.ts; absent reasons: 0).
+ */
+export interface RoundSelection {
+  readonly candidates: number;
+  readonly policyExcluded: PolicyExclusionCounts;
 }
 
 export type SecAggPhase = "advertise" | "share" | "mask" | "unmask" | "finish" | "aborted";
@@ -230,6 +243,7 @@ export interface OpenRound {
   /** Secure rounds: the masking graph's seed (base64url of 32 random bytes). */
   readonly secagg?: { readonly graphSeed: string };
   readonly dp?: { readonly clip: number; readonly order?: DpOrder };
+  readonly selection?: RoundSelection;
 }
 
 /** A new round's state: open, not dispatched yet. */
@@ -246,6 +260,7 @@ export function openRound(o: OpenRound): RoundState {
     dispatched: false,
     ...(o.secagg ? { secagg: initialSecAgg(o.secagg.graphSeed, o.deadline) } : {}),
     ...(o.dp ? { dp: o.dp } : {}),
+    ...(o.selection ? { selection: o.selection } : {}),
   };
 }
 

@@ -16,32 +16,54 @@ export interface DailyWindow {
 const DAY_MIN = 24 * 60;
 const TIME = /^([01]\d|2[0-4]):([0-5]\d)$/;
 
-function minutes(text: string, what: string): number {
+/** How parseWindows names what it parses in its messages (defaults: the availability tag, UTC). */
+export interface WindowsLabel {
+  /** The value's name ("availability", "trainingWindows.windows"). */
+  readonly name: string;
+  /** The clock the windows are in ("UTC", "Europe/Berlin local time"). */
+  readonly clock: string;
+  /** The error code (default E_SELECTION_WINDOWS). */
+  readonly code?: "E_SELECTION_WINDOWS" | "E_PROPERTY_INVALID";
+}
+
+const TAG_LABEL: WindowsLabel = { name: "availability", clock: "UTC" };
+
+/** An operator's text for a one-line message: control characters blanked, at most 40 characters. */
+function quote(text: string): string {
+  // eslint-disable-next-line no-control-regex -- control characters would break the one-line message
+  const s = text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, " ");
+  return `'${s.length > 40 ? `${s.slice(0, 37)}...` : s}'`;
+}
+
+function minutes(text: string, what: string, label: WindowsLabel): number {
+  const code = label.code ?? "E_SELECTION_WINDOWS";
   const m = TIME.exec(text.trim());
-  if (!m) fail("E_SELECTION_WINDOWS", `${what} '${text}' is not HH:MM (UTC)`);
+  if (!m) fail(code, `${label.name} ${what} ${quote(text)} is not HH:MM (${label.clock})`);
   const v = Number(m[1]) * 60 + Number(m[2]);
-  if (v > DAY_MIN) fail("E_SELECTION_WINDOWS", `${what} '${text}' is after 24:00`);
+  if (v > DAY_MIN) fail(code, `${label.name} ${what} ${quote(text)} is after 24:00`);
   return v;
 }
 
 /**
  * Parses the tag's value: an array of "HH:MM-HH:MM" strings (or one such string). Anything else is
- * E_SELECTION_WINDOWS with a one-line reason naming the bad entry.
+ * E_SELECTION_WINDOWS with a one-line reason naming the bad entry. `label` names the value and its clock in the
+ * messages (core/fleet/policy.ts parses a trainer's `trainingWindows.windows`, in the device's local time, with it).
  */
-export function parseWindows(value: unknown): DailyWindow[] {
+export function parseWindows(value: unknown, label: WindowsLabel = TAG_LABEL): DailyWindow[] {
+  const code = label.code ?? "E_SELECTION_WINDOWS";
   const list = typeof value === "string" ? [value] : value;
   if (!Array.isArray(list) || list.length === 0 || list.length > 48)
-    fail("E_SELECTION_WINDOWS", 'availability must be a list of 1 to 48 "HH:MM-HH:MM" UTC windows');
+    fail(code, `${label.name} must be a list of 1 to 48 "HH:MM-HH:MM" windows (${label.clock})`);
   const out: DailyWindow[] = [];
   for (const w of list) {
     if (typeof w !== "string")
-      fail("E_SELECTION_WINDOWS", `availability window ${JSON.stringify(w)} is not a string`);
+      fail(code, `${label.name} window ${String(JSON.stringify(w)).slice(0, 80)} is not a string`);
     const [a, b, extra] = w.split("-");
     if (a === undefined || b === undefined || extra !== undefined)
-      fail("E_SELECTION_WINDOWS", `availability window '${w}' is not HH:MM-HH:MM`);
-    const start = minutes(a, "window start");
-    const end = minutes(b, "window end");
-    if (start === end) fail("E_SELECTION_WINDOWS", `availability window '${w}' is empty`);
+      fail(code, `${label.name} window ${quote(w)} is not HH:MM-HH:MM`);
+    const start = minutes(a, "window start", label);
+    const end = minutes(b, "window end", label);
+    if (start === end) fail(code, `${label.name} window ${quote(w)} is empty`);
     if (start < end) out.push({ startMin: start, endMin: end });
     else {
       if (start < DAY_MIN) out.push({ startMin: start, endMin: DAY_MIN });

@@ -35,6 +35,7 @@ import type {
   Strategy,
 } from "../../../core/strategies/strategy";
 import { dispatchAsyncOrders } from "./dispatch";
+import type { RoundSelection } from "../../../core/round/engine";
 import {
   paths,
   type AsyncJobState,
@@ -72,7 +73,7 @@ export interface AsyncHooks {
     now: number,
     deadline: number,
     downloadBytes: number,
-  ): Promise<FitInstruction[]>;
+  ): Promise<AsyncPicks>;
   /**
    * Version `version`'s aggregation from the strategy holding version − 1 (the orchestrator's chain,
    * core/round/aggregation.ts: the job's robust aggregator and centered clipping's reference).
@@ -82,6 +83,12 @@ export interface AsyncHooks {
   qualityDone(jobId: string, version: number, q: QualityRoundRecord, last: boolean): Promise<void>;
   /** After a flush: the aggregated devices' leases are released and their completions recorded. */
   flushed(job: JobDocument, entries: readonly BufferEntry[], applied: ReadonlySet<string>): Promise<void>;
+}
+
+/** An async ordering pass's picks and what they were chosen from (RoundState's RoundSelection). */
+export interface AsyncPicks {
+  readonly picks: FitInstruction[];
+  readonly selection: RoundSelection;
 }
 
 export const isAsync = (job: JobDocument): boolean => job.definition.mode === "async";
@@ -163,14 +170,26 @@ export class AsyncRounds {
     for (const [id, r] of Object.entries(s.lastRound)) if (r >= round) exclude.add(id);
     const deadline = now + d.roundDeadlineSeconds * 1000;
     const downloadBytes = meta.downlink?.bytes ?? job.modelLength * 4;
-    const picks = await this.hooks.pick(job, round, free, exclude, now, deadline, downloadBytes);
+    const { picks, selection } = await this.hooks.pick(
+      job,
+      round,
+      free,
+      exclude,
+      now,
+      deadline,
+      downloadBytes,
+    );
     if (picks.length === 0) return;
     const ids = picks.map((p) => p.deviceId);
-    // Persisted before the orders go out: an update can only come for an order the state knows.
+    // Persisted before the orders go out: an update can only come for an order the state knows. The selection's
+    // counts go with them (the next version's record carries the last ordering pass's).
     const after = await this.apply(
       job,
       { type: "ordered", devices: ids, baseVersion: version, now, deadline },
-      (cur) => ({ lastRound: { ...cur.lastRound, ...Object.fromEntries(ids.map((id) => [id, round])) } }),
+      (cur) => ({
+        lastRound: { ...cur.lastRound, ...Object.fromEntries(ids.map((id) => [id, round])) },
+        selection,
+      }),
     );
     const { failed, configured } = await dispatchAsyncOrders(
       this.services,
@@ -277,6 +296,9 @@ export class AsyncRounds {
         counters: { ...e.counters, applied: e.counters.applied + entries.length },
       },
       ...(out.robust ? { robust: out.robust } : {}),
+      ...(s.selection
+        ? { candidates: s.selection.candidates, policyExcluded: { ...s.selection.policyExcluded } }
+        : {}),
     };
     // Contribution quality, as a sync round records it: computed from the document being written (an ETag retry
     // recomputes it) and committed with the version's record.

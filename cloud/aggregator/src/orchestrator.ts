@@ -45,7 +45,12 @@ import {
   type QualityRoundInput,
   type QualityRoundRecord,
 } from "../../../core/robust/quality";
-import { openRound as newRound, step as engineStep, type RoundEvent } from "../../../core/round/engine";
+import {
+  openRound as newRound,
+  step as engineStep,
+  type RoundEvent,
+  type RoundSelection,
+} from "../../../core/round/engine";
 import { downlinkModel } from "../../../core/round/server";
 import { initialWeights } from "../../../core/engine/plan";
 import { createStrategy } from "../../../core/strategies/registry";
@@ -61,6 +66,11 @@ import {
   DeviceLeases,
   LEASE_GRACE_MS,
   deviceProfiles,
+  eligibleDevices,
+  logPolicyExclusions,
+  policyCounts,
+  policySummary,
+  type PolicyExcludedDevice,
   qualityTracker,
   withoutExcluded,
   loadHistory,
@@ -91,7 +101,7 @@ import type { SecAggResult } from "../../../core/secagg/types";
 import { DifferentialPrivacy } from "../../../core/privacy/dp";
 import type { RoundAggregation } from "../../../core/strategies/strategy";
 import { dpOptionsOf, jobAggregator, jobDeviceNormBound } from "./jobs/job";
-import { AsyncRounds, isAsync } from "./async-rounds";
+import { AsyncRounds, isAsync, type AsyncPicks } from "./async-rounds";
 import type { JobDpState } from "./jobs/state";
 
 export interface TickReport {
@@ -589,16 +599,27 @@ export class Orchestrator {
     now: number,
     downloadBytes: number,
     trainers: readonly TrainerInfo[],
-  ): Promise<{ picks: FitInstruction[]; held: number }> {
+  ): Promise<{
+    picks: FitInstruction[];
+    held: number;
+    selection: RoundSelection;
+    policyExcluded: readonly PolicyExcludedDevice[];
+  }> {
     const d = job.definition;
-    // Devices the job's contribution quality excludes are never candidates (core/robust/quality.ts).
-    const eligible = withoutExcluded(job, this.eligible(job, trainers), round, this.services.log);
+    // Devices their policy excludes are never candidates (core/fleet/policy.ts), nor those the job's contribution
+    // quality excludes (core/robust/quality.ts).
+    const screened = eligibleDevices(job, trainers, now, this.services.log);
+    const eligible = withoutExcluded(job, screened.profiles, round, this.services.log);
     const held = await this.leases.heldByOthers(
       d.jobId,
       eligible.map((p) => p.deviceId),
       now,
     );
     const free = held.size > 0 ? eligible.filter((p) => !held.has(p.deviceId)) : eligible;
+    const selection: RoundSelection = {
+      candidates: free.length,
+      policyExcluded: policyCounts(screened.policyExcluded),
+    };
     const history = await loadHistory(this.services.store, d.jobId, this.services.log);
     const ids = selectDevices(job, free, history, selectionContext(job, round, downloadBytes));
     const strategy = this.createStrategy(d.strategy, d.strategyOptions);
@@ -610,7 +631,12 @@ export class Orchestrator {
         )
         .map((f) => [f.deviceId, f]),
     );
-    return { picks: ids.flatMap((id) => fit.get(id) ?? []), held: held.size };
+    return {
+      picks: ids.flatMap((id) => fit.get(id) ?? []),
+      held: held.size,
+      selection,
+      policyExcluded: screened.policyExcluded,
+    };
   }
 
   /**
@@ -627,21 +653,28 @@ export class Orchestrator {
     now: number,
     deadline: number,
     downloadBytes: number,
-  ): Promise<FitInstruction[]> {
+  ): Promise<AsyncPicks> {
     const d = job.definition;
-    const eligible = withoutExcluded(
+    // As a sync round (pickDevices): device policy, then contribution quality.
+    const screened = eligibleDevices(
       job,
-      this.eligible(job, await this.services.fleet.listTrainers(d.cohort)),
-      round,
+      await this.services.fleet.listTrainers(d.cohort),
+      now,
       this.services.log,
-    ).filter((p) => !exclude.has(p.deviceId));
-    if (eligible.length === 0 || free <= 0) return [];
+    );
+    const eligible = withoutExcluded(job, screened.profiles, round, this.services.log).filter(
+      (p) => !exclude.has(p.deviceId),
+    );
+    const policyExcluded = policyCounts(screened.policyExcluded);
+    if (eligible.length === 0 || free <= 0)
+      return { picks: [], selection: { candidates: 0, policyExcluded } };
     const held = await this.leases.heldByOthers(
       d.jobId,
       eligible.map((p) => p.deviceId),
       now,
     );
     const candidates = held.size > 0 ? eligible.filter((p) => !held.has(p.deviceId)) : eligible;
+    const selection: RoundSelection = { candidates: candidates.length, policyExcluded };
     const history = await loadHistory(this.services.store, d.jobId, this.services.log);
     const ctx = { ...selectionContext(job, round, downloadBytes), count: free };
     const ids = selectDevices(job, candidates, history, ctx);
@@ -649,7 +682,8 @@ export class Orchestrator {
       await this.leases.acquire(d.jobId, round, ids, now, deadline + LEASE_GRACE_MS, { async: true }),
     );
     const picked = ids.filter((id) => leased.has(id));
-    if (picked.length === 0) return [];
+    if (picked.length === 0) return { picks: [], selection };
+    logPolicyExclusions(this.services.log, `async ${d.jobId}/${round}`, screened.policyExcluded);
     await updateHistory(this.services.store, d.jobId, this.services.log, (h) =>
       h.recordSelected(round, picked),
     ).catch((e: Error) =>
@@ -663,7 +697,7 @@ export class Orchestrator {
         )
         .map((f) => [f.deviceId, f]),
     );
-    return picked.flatMap((id) => fit.get(id) ?? []);
+    return { picks: picked.flatMap((id) => fit.get(id) ?? []), selection };
   }
 
   /** After an async flush: the aggregated devices' leases are released and their completions recorded. */
@@ -707,7 +741,10 @@ export class Orchestrator {
       let picks = picked.picks;
       if (picks.length === 0) {
         const held = picked.held > 0 ? ` (${picked.held} held by other jobs)` : "";
-        actions.push(`round ${round}: no eligible trainer${held}, waiting`);
+        const policy = picked.policyExcluded.length
+          ? ` (${picked.policyExcluded.length} excluded by their policy: ${policySummary(picked.selection.policyExcluded)})`
+          : "";
+        actions.push(`round ${round}: no eligible trainer${held}${policy}, waiting`);
         return false;
       }
       const dp = dpOf(job);
@@ -759,9 +796,12 @@ export class Orchestrator {
         modelSha256: meta.sha256,
         ...(d.secureAggregation ? { secagg: { graphSeed: initialSecAggState(deadline).graphSeed } } : {}),
         ...(dp ? { dp: { clip: dp.clip, ...(order ? { order } : {}) } } : {}),
+        selection: picked.selection,
       });
       st = (await this.repo.createRound(fresh)) ? fresh : await this.repo.getRound(d.jobId, round);
       if (!st) throw new Error(`round ${round} of ${d.jobId} vanished`);
+      if (st === fresh)
+        logPolicyExclusions(this.services.log, `round ${d.jobId}/${round}`, picked.policyExcluded);
       if (st !== fresh) {
         // another instance opened the round with its own picks: free the devices it did not pick
         const theirs = new Set(st.participants.map((p) => p.deviceId));
@@ -1198,6 +1238,9 @@ function roundRecord(
     optimizerStateReset: r.optimizerStateReset,
     closedAt: r.now,
     ...(r.code ? { code: r.code } : {}),
+    ...(st.selection
+      ? { candidates: st.selection.candidates, policyExcluded: { ...st.selection.policyExcluded } }
+      : {}),
     ...(o ? { sampleCountClipped: o.sampleCountClipped, sampleCountRejected: o.sampleCountRejected } : {}),
     ...(r.secagg ? { secagg: r.secagg } : {}),
     ...(r.dp ? { dp: r.dp } : {}),

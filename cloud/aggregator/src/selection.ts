@@ -13,6 +13,11 @@
  *                              open — and deleted (If-Match) when the round closes or the job stops. The expiry
  *                              is the round's deadline (plus the secure-aggregation steps) plus LEASE_GRACE_MS, so
  *                              an aggregator that crashed holds no device for longer.
+ *
+ * Device policy (core/fleet/policy.ts, docs/operations.md "How the cloud honours policy"): a device whose policy
+ * excludes it from the round (disabled, outside its training windows, below its disk or memory floor, a round
+ * longer than its cap, an update its metered link defers) is never a candidate; `eligibleDevices` says who and why,
+ * the round record counts them per reason.
  */
 import { availableForS, parseWindows } from "../../../core/selection/windows";
 import {
@@ -24,6 +29,14 @@ import {
 import type { RoundState } from "../../../core/round/engine";
 import { isFlotillaError } from "../../../core/errors";
 import type { TrainerInfo } from "./fleet/fleet";
+import {
+  POLICY_EXCLUSIONS,
+  policyExclusion,
+  type PolicyExclusion,
+  type PolicyExclusionCounts,
+  type PolicyFacts,
+} from "../../../core/fleet/policy";
+import { parseCompression } from "../../../core/compress/spec";
 import { getJson, isConflict, putJson, type BlobStore } from "./store/blob-store";
 import { QualityTracker, type Exclusion } from "../../../core/robust/quality";
 import { paths, type JobDocument } from "./jobs/state";
@@ -50,21 +63,83 @@ export interface DeviceLease {
   readonly async?: true;
 }
 
+/** A device its policy left out of a round, and why (core/fleet/policy.ts PolicyVerdict). */
+export interface PolicyExcludedDevice {
+  readonly deviceId: string;
+  readonly reason: PolicyExclusion;
+  readonly detail: string;
+}
+
+/** The job's eligible devices and the connected ones its devices' policies left out. */
+export interface Eligibility {
+  readonly profiles: DeviceProfile[];
+  readonly policyExcluded: PolicyExcludedDevice[];
+}
+
 /**
- * The job's candidates: connected trainers that (if profiled for the job's model) could train their samples
- * before the deadline — the filter the Function always applied, so `random` keeps its draw — with everything the
- * profiler reported and the twin's tags.
+ * The bytes of the update a device would upload for the job's next round, when known: the mean update size the
+ * job's last recorded round received (after the codec, as it came), else for a job without lossy compression the
+ * dense float32 update; undefined when neither is known (a lossy codec before any round closed).
  */
-export function deviceProfiles(
+export function expectedUploadBytes(job: JobDocument): number | undefined {
+  for (let i = job.rounds.length - 1; i >= 0; i--) {
+    const r = job.rounds[i]!;
+    if (r.completed > 0 && r.bytesReceived > 0) return Math.round(r.bytesReceived / r.completed);
+  }
+  try {
+    const c = job.definition.compression;
+    if (c === undefined || parseCompression(c).stages.length === 0) return job.modelLength * 4;
+  } catch {
+    // a codec this build cannot parse: unknown size
+  }
+  return undefined;
+}
+
+/**
+ * The job's candidates: connected trainers whose device policy does not exclude them now (policyExclusion with the
+ * profiler's free disk and memory, the round's expected training time on the device and its upload size) and that
+ * (if profiled for the job's model) could train their samples before the deadline — the filter the Function always
+ * applied, so `random` keeps its draw — with everything the profiler reported and the twin's tags. The devices
+ * their policy excludes are returned with why (the round record counts them; logPolicyExclusions logs them).
+ * Without `now` training windows are not judged (unknown facts never exclude).
+ */
+export function eligibleDevices(
   job: JobDocument,
   trainers: readonly TrainerInfo[],
   now?: number,
   log?: (line: string) => void,
-): DeviceProfile[] {
+): Eligibility {
   const d = job.definition;
   const out: DeviceProfile[] = [];
+  const policyExcluded: PolicyExcludedDevice[] = [];
+  const uploadBytes = expectedUploadBytes(job);
   for (const t of trainers) {
     if (!t.connected) continue;
+    const sps = t.samplesPerSecond?.[d.modelKey];
+    const n = t.numSamples ?? d.defaultNumSamples;
+    const trainingSeconds =
+      sps !== undefined && sps > 0 ? (n * d.strategyOptions.fit.epochs) / sps : undefined;
+    // Device policy (core/fleet/policy.ts): the same judgement the device makes when it gets an order.
+    if (t.policy) {
+      const facts: PolicyFacts = {
+        ...(t.freeDiskBytes !== undefined ? { freeDiskBytes: t.freeDiskBytes } : {}),
+        ...(t.freeMemoryBytes !== undefined ? { freeMemoryBytes: t.freeMemoryBytes } : {}),
+        ...(trainingSeconds !== undefined ? { trainingSeconds } : {}),
+        ...(uploadBytes !== undefined ? { uploadBytes } : {}),
+      };
+      const policy = now === undefined ? { ...t.policy, trainingWindows: null } : t.policy;
+      try {
+        const v = policyExclusion(policy, facts, now ?? 0);
+        if (v) {
+          policyExcluded.push({ deviceId: t.deviceId, reason: v.reason, detail: v.detail });
+          continue;
+        }
+      } catch (e) {
+        // A policy this runtime cannot judge (a time zone it does not know): logged, the device is judged without it.
+        if (!isFlotillaError(e)) throw e;
+        log?.(`device ${t.deviceId}: ${e.code}: ${e.message}; its training windows are not judged`);
+      }
+    }
     // Declared availability windows (tags.flotilla.availability, core/selection/windows.ts): outside them the
     // device is not a candidate; inside, selection knows how long it stays (onlineForS). A bad tag is logged and
     // ignored (the device is then treated as undeclared), never fatal.
@@ -79,12 +154,7 @@ export function deviceProfiles(
         log?.(`device ${t.deviceId}: ${e.code}: ${e.message}; its availability tag is ignored`);
       }
     }
-    const sps = t.samplesPerSecond?.[d.modelKey];
-    const n = t.numSamples ?? d.defaultNumSamples;
-    if (sps !== undefined && sps > 0) {
-      const seconds = (n * d.strategyOptions.fit.epochs) / sps;
-      if (seconds > d.roundDeadlineSeconds) continue;
-    }
+    if (trainingSeconds !== undefined && trainingSeconds > d.roundDeadlineSeconds) continue;
     out.push({
       deviceId: t.deviceId,
       numSamples: n,
@@ -98,7 +168,57 @@ export function deviceProfiles(
       ...(t.tags !== undefined ? { tags: t.tags } : {}),
     });
   }
+  return { profiles: out, policyExcluded };
+}
+
+/** The job's candidates (eligibleDevices without the policy exclusions' details). */
+export function deviceProfiles(
+  job: JobDocument,
+  trainers: readonly TrainerInfo[],
+  now?: number,
+  log?: (line: string) => void,
+): DeviceProfile[] {
+  return eligibleDevices(job, trainers, now, log).profiles;
+}
+
+/** Devices excluded per policy reason, in POLICY_EXCLUSIONS order (reasons that excluded nobody are left out). */
+export function policyCounts(
+  excluded: readonly { readonly reason: PolicyExclusion }[],
+): PolicyExclusionCounts {
+  const counts: Record<string, number> = {};
+  for (const e of excluded) counts[e.reason] = (counts[e.reason] ?? 0) + 1;
+  const out: PolicyExclusionCounts = {};
+  for (const r of POLICY_EXCLUSIONS) if (counts[r]) (out as Record<string, number>)[r] = counts[r];
   return out;
+}
+
+/** "disabled 5, window 5" (the counts in POLICY_EXCLUSIONS order). */
+export function policySummary(counts: PolicyExclusionCounts): string {
+  return Object.entries(counts)
+    .map(([r, n]) => `${r} ${n}`)
+    .join(", ");
+}
+
+/** At most this many devices get their own policy log line per round; the rest are summarised in one line. */
+export const POLICY_LOG_LINES = 10;
+
+/**
+ * One log line per device its policy excluded from `what` (e.g. "round job-1/3"): device, reason, detail; past
+ * POLICY_LOG_LINES devices one summary line with the rest's counts per reason (a large fleet does not flood).
+ */
+export function logPolicyExclusions(
+  log: (line: string) => void,
+  what: string,
+  excluded: readonly PolicyExcludedDevice[],
+): void {
+  for (const e of excluded.slice(0, POLICY_LOG_LINES))
+    log(`${what}: device ${e.deviceId} not ordered: policy ${e.reason}: ${e.detail}`);
+  const rest = excluded.slice(POLICY_LOG_LINES);
+  if (rest.length > 0) {
+    log(
+      `${what}: ${rest.length} more device(s) not ordered by their policy (${policySummary(policyCounts(rest))})`,
+    );
+  }
 }
 
 /** The selection context of a job's round (download: the model as devices fetch it; upload: a dense update). */

@@ -108,6 +108,15 @@ export function roundEventFields(
     ...(ev && finite(ev.worstDecile?.value) ? { evalWorstDecileAccuracy: ev.worstDecile.value } : {}),
     ...(finite(epsilon) ? { epsilon } : {}),
     ...(r.code ? { code: r.code } : {}),
+    // Selection (docs/selection.md): how many devices the selector chose from, and the devices their policy left
+    // out per reason (core/fleet/policy.ts), e.g. {"disabled":5,"window":5}.
+    ...(finite(r.candidates) ? { candidates: r.candidates } : {}),
+    ...(r.policyExcluded
+      ? {
+          policyExcluded: JSON.stringify(r.policyExcluded),
+          policyExcludedTotal: Object.values(r.policyExcluded).reduce((a, n) => a + (n ?? 0), 0),
+        }
+      : {}),
     // Robust aggregation (docs/robustness.md): the rule, its bound and who it left out; per-device norms and
     // cosines stay in the round record (GET /api/jobs/{id}).
     ...(r.robust

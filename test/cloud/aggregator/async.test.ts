@@ -238,3 +238,30 @@ test("an async job orders through its selector and cohort, leases its devices ag
   assert.ok(s1 === undefined || s1.round !== 1 || s1.jobId !== asyncJob, "s-1's round-1 lease is released");
   assert.equal((await getJson<DeviceLease>(w.store, selectionPaths.lease("s-2")))?.value?.jobId, asyncJob);
 });
+
+test("an async job never orders a device its policy excludes; the version record counts the exclusions", async () => {
+  const w = world(["dev-a", "dev-b", "dev-c", "dev-d", "dev-e"]);
+  w.fleet.trainers = w.fleet.trainers.map((t) =>
+    t.deviceId === "dev-b" || t.deviceId === "dev-d" ? { ...t, policy: { enabled: false } } : t,
+  );
+  const id = await startJob(w, { mode: "async", rounds: 1, concurrency: 5, buffer: 2 });
+  await w.agg.roundTimer({}, ctxStub);
+  const first = orderedFor(w, 1);
+  assert.deepEqual([...first].sort(), ["dev-a", "dev-c", "dev-e"]);
+  assert.ok(
+    w.logs.some(
+      (l) =>
+        l ===
+        `async ${id}/1: device dev-b not ordered: policy disabled: participation is disabled by the operator`,
+    ),
+  );
+  for (const [i, dev] of first.slice(0, 2).entries())
+    assert.equal((await send(w, id, 1, dev, 10, i + 1)).rejected, 0, w.logs.join("\n"));
+  w.now.t += 1000;
+  await w.agg.roundTimer({}, ctxStub);
+  const job = await new JobRepository(w.store).getJob(id);
+  assert.equal(job?.rounds[0]?.round, 1);
+  assert.deepEqual(job?.rounds[0]?.policyExcluded, { disabled: 2 });
+  assert.equal(job?.rounds[0]?.candidates, 3);
+  assert.ok(!w.fleet.started.some((s) => s.deviceId === "dev-b" || s.deviceId === "dev-d"));
+});

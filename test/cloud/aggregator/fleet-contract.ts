@@ -18,6 +18,16 @@ export interface FleetDevice {
   numSamples?: number;
   status?: string;
   samplesPerSecond?: Record<string, number>;
+  /**
+   * Policy properties an operator set (desired) and the modules reported (acks), per module (trainer,
+   * update-queue): listTrainers gives the policy they make (core/fleet/policy.ts effectivePolicy).
+   */
+  twins?: Partial<
+    Record<
+      "trainer" | "update-queue",
+      { desired?: Record<string, unknown>; reported?: Record<string, unknown> }
+    >
+  >;
   /** How the device's modules answer direct methods (trainer: startRound, abortRound, secaggShareKeys; update-queue: ack). */
   answer: (moduleId: string, method: string, payload: unknown) => MethodAnswer;
 }
@@ -85,6 +95,15 @@ export function fleetContract(name: string, make: () => Promise<FleetSubject>): 
         answer: answers(),
       });
       await s.connect("edge-r", {
+        // Disabled by the operator (not acked yet: in effect at once); a refused metered-link value keeps the
+        // acked one.
+        twins: {
+          trainer: { desired: { enabled: false } },
+          "update-queue": {
+            desired: { meteredLink: "yes" },
+            reported: { meteredLink: { value: true, ac: 200, av: 1 } },
+          },
+        },
         answer: answers({
           "trainer/startRound": { status: 409, payload: { code: "E_ROUND_BUSY", message: "busy" } },
           "trainer/abortRound": {
@@ -100,7 +119,7 @@ export function fleetContract(name: string, make: () => Promise<FleetSubject>): 
       await s?.close();
     });
 
-    test("listTrainers lists every trainer identity with its connection state and what it reported", async () => {
+    test("listTrainers lists every trainer identity with its connection state, what it reported and its policy", async () => {
       const listed = (await s.fleet.listTrainers()).map((t) => withoutNulls({ ...t }));
       assert.deepEqual(
         listed.sort((a, b) =>
@@ -113,9 +132,10 @@ export function fleetContract(name: string, make: () => Promise<FleetSubject>): 
             numSamples: 600,
             status: "idle",
             samplesPerSecond: { mlp: 250, cnn: 12 },
+            policy: { enabled: true },
           },
-          { deviceId: "edge-off", connected: false },
-          { deviceId: "edge-r", connected: true },
+          { deviceId: "edge-off", connected: false, policy: { enabled: true } },
+          { deviceId: "edge-r", connected: true, policy: { enabled: false, meteredLink: true } },
         ],
       );
     });

@@ -12,6 +12,7 @@ import { createRegistry, createServiceClient, startLocalHub } from "../../../loc
 import { IotHubFleet } from "../../../cloud/aggregator/src/fleet/fleet";
 import { fleetContract, withoutNulls, type FleetDevice, type FleetSubject } from "./fleet-contract";
 import { RecordingFleet } from "./support";
+import { effectivePolicy } from "../../../core/fleet/policy";
 
 type Received = { moduleId: string; method: string; payload: unknown };
 
@@ -34,7 +35,16 @@ fleetContract("RecordingFleet (the orchestrator tests' double)", async (): Promi
     connect: async (deviceId, device) => {
       devices.set(deviceId, device);
       const { numSamples, status, samplesPerSecond } = device;
-      fleet.trainers.push({ deviceId, connected: true, numSamples, status, samplesPerSecond });
+      // The double is handed the policy the twins make (IotHubFleet reads it from the hub's module twins).
+      const twin = (m: "trainer" | "update-queue") => device.twins?.[m];
+      const policy = effectivePolicy(
+        {
+          trainer: { $version: 1, ...twin("trainer")?.desired },
+          "update-queue": { $version: 1, ...twin("update-queue")?.desired },
+        },
+        { trainer: twin("trainer")?.reported, "update-queue": twin("update-queue")?.reported },
+      ).policy;
+      fleet.trainers.push({ deviceId, connected: true, numSamples, status, samplesPerSecond, policy });
     },
     register: async (deviceId) => {
       fleet.offline.add(deviceId);
@@ -161,6 +171,16 @@ fleetContract("IotHubFleet → local IoT Hub (real SDKs)", async (): Promise<Fle
         await reported(await profiler.getTwin(), {
           capabilities: { samplesPerSecond: device.samplesPerSecond },
         });
+      // The operator's desired policy (as `az iot hub module-twin update` writes it) and the modules' acks.
+      for (const [m, client] of [
+        ["trainer", trainer],
+        ["update-queue", queue],
+      ] as const) {
+        const t = device.twins?.[m];
+        if (t?.desired)
+          await registry.updateModuleTwin(deviceId, m, { properties: { desired: t.desired } }, "*");
+        if (t?.reported) await reported(await client.getTwin(), t.reported);
+      }
       const methods = (m: string) =>
         hub.subscriptions(deviceId, m).some((s) => s.startsWith("$iothub/methods"));
       await waitFor(

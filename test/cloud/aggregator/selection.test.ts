@@ -18,13 +18,15 @@ import {
 import { createAggregator } from "../../../cloud/aggregator/src/aggregator";
 import {
   deviceProfiles,
+  eligibleDevices,
+  expectedUploadBytes,
+  policyCounts,
   recordRoundInHistory,
   selectionContext,
   selectionPaths,
   type DeviceLease,
 } from "../../../cloud/aggregator/src/selection";
 import { FedAvg } from "../../../core/strategies/fedavg";
-import type { TrainerInfo } from "../../../cloud/aggregator/src/fleet/fleet";
 import { SelectionHistory, createSelector } from "../../../core/selection";
 import { isFlotillaError } from "../../../core/errors";
 import { modelLayout } from "../../../core/engine/models";
@@ -43,6 +45,8 @@ import {
   type Azurite,
   type World,
   lineTrainer,
+  asTrainers,
+  type TestTrainer,
 } from "./support";
 
 const ctxStub = { log() {}, warn() {}, error() {}, triggerMetadata: {} } as never;
@@ -125,7 +129,7 @@ test("the job's selector gets the profiler's capabilities: deadline picks the de
     // fast, but too little memory for the job
     { deviceId: "small", ...base, samplesPerSecond: { mlp: 600 }, memoryBytes: 1000 },
     { deviceId: "slow", ...base, samplesPerSecond: { mlp: 20 } },
-  ] satisfies TrainerInfo[];
+  ] satisfies TestTrainer[];
   const id = await startJob(w, {
     selection: "deadline",
     minMemoryBytes: 1e6,
@@ -379,7 +383,7 @@ test("an oort job's later rounds are the selector's picks over the stored histor
     const history = stored ? SelectionHistory.fromJSON(stored.value) : new SelectionHistory();
     const meta = (await repo.getModelMeta(id, r - 1))!;
     const want = createSelector(spec).select(
-      deviceProfiles(job, w.fleet.trainers),
+      deviceProfiles(job, asTrainers(w.fleet.trainers)),
       history,
       selectionContext(job, r, meta.downlink?.bytes ?? job.modelLength * 4),
     );
@@ -427,7 +431,7 @@ test("declared availability windows (tags.flotilla.availability): outside them a
     const x = ((m % 1440) + 1440) % 1440;
     return `${String(Math.floor(x / 60)).padStart(2, "0")}:${String(x % 60).padStart(2, "0")}`;
   };
-  const dev = (deviceId: string, availability?: unknown): TrainerInfo => ({
+  const dev = (deviceId: string, availability?: unknown): TestTrainer => ({
     deviceId,
     connected: true,
     numSamples: 100,
@@ -445,7 +449,7 @@ test("declared availability windows (tags.flotilla.availability): outside them a
   });
   const job = (await new JobRepository(w.store).getJob(id))!;
   const logs: string[] = [];
-  const profiles = deviceProfiles(job, w.fleet.trainers, w.now.t, (l) => logs.push(l));
+  const profiles = deviceProfiles(job, asTrainers(w.fleet.trainers), w.now.t, (l) => logs.push(l));
   assert.deepEqual(profiles.map((p) => p.deviceId).sort(), ["bad-tag", "in-window", "undeclared"]);
   const inside = profiles.find((p) => p.deviceId === "in-window")!;
   assert.ok(
@@ -458,4 +462,183 @@ test("declared availability windows (tags.flotilla.availability): outside them a
   );
   await w.agg.roundTimer({}, ctxStub);
   assert.deepEqual(await participants(w, id, 1), ["bad-tag", "in-window", "undeclared"]);
+});
+
+describe("device policy (core/fleet/policy.ts) in selection", () => {
+  const now = Date.UTC(2026, 11, 7, 12); // 12:00 UTC
+  const closedWindow = { timeZone: "Asia/Kolkata", windows: ["08:00-12:00"] }; // 17:30 IST
+  const openWindow = { timeZone: "Asia/Kolkata", windows: ["17:00-18:00"] };
+
+  test("eligibleDevices: each reason from the device's figures and the job's needs; unknown figures never exclude", async () => {
+    const w = world([]);
+    const id = await startJob(w, {
+      strategyOptions: { clientsPerRound: 3, fit: { epochs: 2, batchSize: 8, lr: 0.1 }, seed: 7 },
+    });
+    const job = (await new JobRepository(w.store).getJob(id))!;
+    const dense = job.modelLength * 4;
+    const t = (deviceId: string, over: Partial<TestTrainer> = {}): TestTrainer => ({
+      deviceId,
+      connected: true,
+      numSamples: 100,
+      ...over,
+    });
+    const trainers = asTrainers([
+      t("ok"),
+      t("disabled", { policy: { enabled: false, trainingWindows: closedWindow } }),
+      t("window", { policy: { enabled: true, trainingWindows: closedWindow } }),
+      t("in-window", { policy: { enabled: true, trainingWindows: openWindow } }),
+      t("disk", { policy: { enabled: true, minFreeDiskBytes: 2 ** 30 }, freeDiskBytes: 2 ** 20 }),
+      t("disk-unknown", { policy: { enabled: true, minFreeDiskBytes: 2 ** 30 } }),
+      t("memory", { policy: { enabled: true, minFreeMemoryBytes: 2 ** 30 }, freeMemoryBytes: 2 ** 20 }),
+      // 100 samples × 2 epochs / 2 samples/s = 100 s > 1 min
+      t("duration", { policy: { enabled: true, maxTrainingMinutes: 1 }, samplesPerSecond: { mlp: 2 } }),
+      t("duration-unknown", { policy: { enabled: true, maxTrainingMinutes: 1 } }),
+      t("metered", { policy: { enabled: true, meteredLink: true, meteredMaxUploadBytes: dense - 1 } }),
+      t("metered-fits", { policy: { enabled: true, meteredLink: true, meteredMaxUploadBytes: dense } }),
+      t("offline", { connected: false, policy: { enabled: false } }),
+    ]);
+    const logs: string[] = [];
+    const got = eligibleDevices(job, trainers, now, (l) => logs.push(l));
+    assert.deepEqual(
+      got.profiles.map((p) => p.deviceId),
+      ["ok", "in-window", "disk-unknown", "duration-unknown", "metered-fits"],
+    );
+    assert.deepEqual(
+      got.policyExcluded.map((e) => [e.deviceId, e.reason]),
+      [
+        ["disabled", "disabled"],
+        ["window", "window"],
+        ["disk", "disk"],
+        ["memory", "memory"],
+        ["duration", "duration"],
+        ["metered", "metered"],
+      ],
+      "an offline device is not a candidate anyway and is not counted",
+    );
+    assert.deepEqual(policyCounts(got.policyExcluded), {
+      disabled: 1,
+      window: 1,
+      disk: 1,
+      memory: 1,
+      duration: 1,
+      metered: 1,
+    });
+    assert.deepEqual(logs, []);
+    // Without a clock windows are not judged.
+    assert.ok(eligibleDevices(job, trainers).profiles.some((p) => p.deviceId === "window"));
+    // A zone this runtime does not know: logged, the device judged without its windows.
+    const odd = asTrainers([
+      t("odd", {
+        policy: { enabled: true, trainingWindows: { timeZone: "Mars/Base", windows: ["01:00-02:00"] } },
+      }),
+    ]);
+    const oddLogs: string[] = [];
+    assert.deepEqual(
+      eligibleDevices(job, odd, now, (l) => oddLogs.push(l)).profiles.map((p) => p.deviceId),
+      ["odd"],
+    );
+    assert.match(
+      oddLogs[0] ?? "",
+      /^device odd: E_PROPERTY_INVALID: .*Mars\/Base.*; its training windows are not judged$/,
+    );
+  });
+
+  test("a lossy codec's upload size is unknown until a round was received; then it is the mean received update", async () => {
+    const w = world([]);
+    const id = await startJob(w, { compression: "int8" });
+    const job = (await new JobRepository(w.store).getJob(id))!;
+    assert.equal(expectedUploadBytes(job), undefined);
+    const none = (await new JobRepository(w.store).getJob(
+      (await startJob(w, { jobId: "job-2" })) as string,
+    ))!;
+    assert.equal(expectedUploadBytes(none), none.modelLength * 4);
+    const withRound = {
+      ...job,
+      rounds: [{ round: 1, completed: 4, bytesReceived: 4000 }],
+    } as unknown as typeof job;
+    assert.equal(expectedUploadBytes(withRound), 1000);
+  });
+
+  test("a sync round never orders a device its policy excludes; its state and record count them per reason", async () => {
+    const ids = Array.from({ length: 8 }, (_, i) => `d-${i}`);
+    const w = world(ids);
+    w.now.t = now;
+    const policies: Record<string, TestTrainer["policy"]> = {
+      "d-1": { enabled: false },
+      "d-2": { enabled: false },
+      "d-3": { enabled: true, trainingWindows: closedWindow },
+      "d-4": { enabled: true, trainingWindows: closedWindow },
+      "d-5": { enabled: true, minFreeDiskBytes: 2 ** 30 },
+    };
+    w.fleet.trainers = w.fleet.trainers.map((t) => ({
+      ...t,
+      ...(policies[t.deviceId] ? { policy: policies[t.deviceId] } : {}),
+      ...(t.deviceId === "d-5" ? { freeDiskBytes: 1000 } : {}),
+    }));
+    const id = await startJob(w, {
+      rounds: 2,
+      strategyOptions: { clientsPerRound: 8, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    });
+    await w.agg.roundTimer({}, ctxStub);
+    const repo = new JobRepository(w.store);
+    assert.deepEqual(await participants(w, id, 1), ["d-0", "d-6", "d-7"]);
+    assert.deepEqual((await repo.getRound(id, 1))?.selection, {
+      candidates: 3,
+      policyExcluded: { disabled: 2, window: 2, disk: 1 },
+    });
+    const lines = w.logs.filter((l) => l.includes("not ordered: policy"));
+    assert.deepEqual(lines.sort(), [
+      `round ${id}/1: device d-1 not ordered: policy disabled: participation is disabled by the operator`,
+      `round ${id}/1: device d-2 not ordered: policy disabled: participation is disabled by the operator`,
+      `round ${id}/1: device d-3 not ordered: policy window: outside its training windows (08:00-12:00 Asia/Kolkata)`,
+      `round ${id}/1: device d-4 not ordered: policy window: outside its training windows (08:00-12:00 Asia/Kolkata)`,
+      `round ${id}/1: device d-5 not ordered: policy disk: free disk 0.00 MiB is below its floor of 1024 MiB`,
+    ]);
+    for (const d of ["d-0", "d-6", "d-7"]) await deliver(w, id, 1, d, 1);
+    await w.agg.roundTimer({}, ctxStub);
+    const job = (await repo.getJob(id))!;
+    assert.equal(job.rounds[0]?.candidates, 3);
+    assert.deepEqual(job.rounds[0]?.policyExcluded, { disabled: 2, window: 2, disk: 1 });
+    // The operator re-enables d-1: it is a candidate of the next round at once.
+    w.fleet.trainers = w.fleet.trainers.map((t) =>
+      t.deviceId === "d-1" ? { ...t, policy: { enabled: true } } : t,
+    );
+    w.now.t += 1000;
+    const before = w.fleet.started.length;
+    await w.agg.roundTimer({}, ctxStub);
+    // Round 2 opened in round 1's closing tick (before the change) or now: either way nobody excluded is ordered.
+    const ordered = new Set(w.fleet.started.map((s) => s.deviceId));
+    for (const d of ["d-2", "d-3", "d-4", "d-5"]) assert.ok(!ordered.has(d), `${d} never ordered`);
+    assert.ok(w.fleet.started.length >= before);
+  });
+
+  test("when every device is excluded the round waits and says why; many exclusions are summarised in one line", async () => {
+    const ids = Array.from({ length: 14 }, (_, i) => `x-${String(i).padStart(2, "0")}`);
+    const w = world(ids);
+    w.now.t = now;
+    w.fleet.trainers = w.fleet.trainers.map((t, i) => ({
+      ...t,
+      policy: i < 12 ? { enabled: false } : { enabled: true, trainingWindows: closedWindow },
+    }));
+    const id = await startJob(w, {
+      strategyOptions: { clientsPerRound: 5, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    });
+    const r = await w.agg.roundTimer({}, ctxStub);
+    assert.equal(await new JobRepository(w.store).getRound(id, 1), undefined);
+    assert.match(
+      JSON.stringify(r),
+      /round 1: no eligible trainer \(14 excluded by their policy: disabled 12, window 2\), waiting/,
+    );
+    assert.ok(!w.logs.some((l) => l.includes("not ordered")), "a waiting round logs no device lines");
+    // 10 of them with a line each, the rest in one
+    w.fleet.trainers = [...w.fleet.trainers, { deviceId: "ok", connected: true, numSamples: 100 }];
+    await w.agg.roundTimer({}, ctxStub);
+    assert.deepEqual(await participants(w, id, 1), ["ok"]);
+    const lines = w.logs.filter((l) => l.startsWith(`round ${id}/1:`) && l.includes("policy"));
+    assert.equal(lines.length, 11, lines.join("\n"));
+    assert.equal(
+      lines[10],
+      `round ${id}/1: 4 more device(s) not ordered by their policy (disabled 2, window 2)`,
+    );
+  });
 });

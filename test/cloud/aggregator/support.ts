@@ -11,14 +11,22 @@ import type {
 } from "../../../cloud/aggregator/src/fleet/fleet";
 import type { IngestEvent } from "../../../cloud/aggregator/src/ingest";
 import type { EvaluateOrder } from "../../../core/protocol/round-order";
+import { DEFAULT_POLICY, type DevicePolicy } from "../../../core/fleet/policy";
 
 export { freePort, startAzurite, type Azurite } from "../../../local/stack/azurite";
 import { evaluate, parseCondition, resolveIn } from "../../../local/hub/query";
 import type { JsonObject } from "../../../local/hub/twin";
 
+/** A trainer as a test sets it up: its policy may be left out (the default policy). */
+export type TestTrainer = Omit<TrainerInfo, "policy"> & { readonly policy?: DevicePolicy };
+
+/** Test trainers as a Fleet lists them (the default policy where none is set). */
+export const asTrainers = (ts: readonly TestTrainer[]): TrainerInfo[] =>
+  ts.map((t) => ({ ...t, policy: t.policy ?? DEFAULT_POLICY }));
+
 /** A Fleet that records every call; the test plays the devices. */
 export class RecordingFleet implements Fleet {
-  trainers: TrainerInfo[] = [];
+  trainers: TestTrainer[] = [];
   readonly configured: { deviceId: string; desired: RoundDesired | null }[] = [];
   /**
    * Round orders sent, in order: the trainer twin writes that name a round (dispatch.ts sends one order per device,
@@ -50,7 +58,7 @@ export class RecordingFleet implements Fleet {
             resolveIn({ deviceId: t.deviceId, tags: (t.tags ?? {}) as JsonObject }, p),
           ) === true,
       )
-      .map((t) => ({ ...t }));
+      .map((t) => ({ ...t, policy: t.policy ?? DEFAULT_POLICY }));
   }
   async configureRound(deviceId: string, desired: RoundDesired | null): Promise<void> {
     this.configured.push({ deviceId, desired });
@@ -258,7 +266,7 @@ export async function startJob(w: World, over: Record<string, unknown> = {}): Pr
 
 /** Deterministic pseudo-random delta. */
 /** A connected trainer with 100 samples whose device twin is tagged `flotilla.line = line` (cohort tests). */
-export const lineTrainer = (deviceId: string, line: string): TrainerInfo => ({
+export const lineTrainer = (deviceId: string, line: string): TestTrainer => ({
   deviceId,
   connected: true,
   numSamples: 100,

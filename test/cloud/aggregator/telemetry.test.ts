@@ -209,6 +209,10 @@ test("structured events: every status change and every round record, once, with 
   assert.equal(rounds[0].fields.completed, 2);
   assert.equal(rounds[0].fields.failureCodes, JSON.stringify({ E_ROUND_TIMEOUT: 1 }));
   assert.equal(typeof rounds[0].fields.trainLoss, "number");
+  // What selection chose from, and no device policy excluded anyone.
+  assert.equal(typeof rounds[0].fields.candidates, "number");
+  assert.equal(rounds[0].fields.policyExcluded, "{}");
+  assert.equal(rounds[0].fields.policyExcludedTotal, 0);
 });
 
 test("the local Functions host serves GET /api/metrics in Prometheus text", async () => {

@@ -19,6 +19,7 @@ export const EVALUATE_DESIRED_KEY = "flotillaEvaluate";
 import type { EvaluateOrder, RoundOrder, SecAggOrder } from "../../../../core/protocol/round-order";
 
 import type { ModelSpec } from "../../../../core/engine/model-spec";
+import { effectivePolicy, type DevicePolicy } from "../../../../core/fleet/policy";
 /** The trainer's desired `flotilla` (also the `startRound` payload). */
 export type RoundDesired = RoundOrder;
 export type { SecAggOrder };
@@ -50,12 +51,18 @@ export interface TrainerInfo {
   readonly measuredAt?: string;
   /** The device twin's tags (cohort queries and operator hints), when it has any. */
   readonly tags?: Readonly<Record<string, unknown>>;
+  /**
+   * The device's policy as the cloud honours it (core/fleet/policy.ts effectivePolicy over the trainer's and the
+   * update-queue's module twins: an operator's valid desired value at once, else the module's acknowledged value,
+   * else the default; DEFAULT_POLICY when nothing is set). Selection never orders a device its policy excludes.
+   */
+  readonly policy: DevicePolicy;
 }
 
 /** The profiler's reported `capabilities` in TrainerInfo's terms: only well-formed figures are kept. */
 export function capabilitiesOf(
   reported: unknown,
-): Omit<TrainerInfo, "deviceId" | "connected" | "numSamples" | "status" | "tags"> {
+): Omit<TrainerInfo, "deviceId" | "connected" | "numSamples" | "status" | "tags" | "policy"> {
   if (typeof reported !== "object" || reported === null || Array.isArray(reported)) return {};
   const c = reported as Record<string, unknown>;
   const out: Record<string, unknown> = {};
@@ -234,19 +241,24 @@ export class IotHubFleet implements Fleet {
   }
 
   /**
-   * Three queries (each paged): the device twins (`SELECT deviceId, tags FROM devices`, `WHERE (<cohort>)` when
-   * given: IoT Hub evaluates the cohort condition), the trainer module twins and the profiler module twins; a
-   * trainer is listed when its device is among the device twins. (IoT Hub does not join devices with
+   * Four queries (each paged), one per kind of twin, never one twin read per device: the device twins
+   * (`SELECT deviceId, tags FROM devices`, `WHERE (<cohort>)` when given: IoT Hub evaluates the cohort condition),
+   * the trainer module twins, the profiler module twins and the update-queue module twins; a trainer is listed
+   * when its device is among the device twins. The trainer's and update-queue's desired and reported properties
+   * give the device's policy (core/fleet/policy.ts effectivePolicy). (IoT Hub does not join devices with
    * devices.modules, so the join is done here; one query over all trainers costs fewer query units than
    * `deviceId IN [...]` batches.)
    */
   async listTrainers(cohort?: string): Promise<TrainerInfo[]> {
     const where = cohort === undefined ? "" : ` WHERE (${cohort})`;
-    const [devices, trainers, profilers] = await Promise.all([
+    const [devices, trainers, profilers, queues] = await Promise.all([
       this.query(`SELECT deviceId, tags FROM devices${where}`),
       this.query(`SELECT * FROM devices.modules WHERE moduleId = '${TRAINER_MODULE}'`),
       this.query(`SELECT * FROM devices.modules WHERE moduleId = '${PROFILER_MODULE}'`),
+      this.query(`SELECT * FROM devices.modules WHERE moduleId = '${UPDATE_QUEUE_MODULE}'`),
     ]);
+    const queueTwins = new Map<string, TwinDoc["properties"]>();
+    for (const q of queues) if (q.deviceId) queueTwins.set(q.deviceId, q.properties);
     const tags = new Map<string, Record<string, unknown> | undefined>();
     for (const d of devices) {
       if (!d.deviceId) continue;
@@ -273,6 +285,10 @@ export class IotHubFleet implements Fleet {
         samplesPerSecond,
         ...rest,
         ...(tagged ? { tags: tagged } : {}),
+        policy: effectivePolicy(
+          { trainer: t.properties?.desired, "update-queue": queueTwins.get(t.deviceId)?.desired },
+          { trainer: t.properties?.reported, "update-queue": queueTwins.get(t.deviceId)?.reported },
+        ).policy,
       });
     }
     return out.sort((a, b) => (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));

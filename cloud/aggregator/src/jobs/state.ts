@@ -11,11 +11,12 @@
  */
 import type { DpRoundRecord, DpState } from "../../../../core/privacy/dp";
 import type { RobustReport } from "../../../../core/robust/aggregation";
-import type { RoundState } from "../../../../core/round/engine";
+import type { RoundSelection, RoundState } from "../../../../core/round/engine";
 import type { AsyncCounters, AsyncState } from "../../../../core/round/async-engine";
 import type { SecAggParams, SecAggStep } from "../../../../core/secagg/types";
 import type { DeviceEvaluation, FleetEvaluation } from "../../../../core/round/evaluation";
 import type { QualityRoundRecord, QualityState } from "../../../../core/robust/quality";
+import type { PolicyExclusionCounts } from "../../../../core/fleet/policy";
 import { getJson, putJson, sha256Hex, updateJson, type BlobStore } from "../store/blob-store";
 import type { JobDefinition } from "./job";
 
@@ -75,6 +76,17 @@ export interface RoundRecord {
    * and why, and whom it excluded or readmitted.
    */
   readonly quality?: QualityRoundRecord;
+  /**
+   * How many devices the round's selector chose from, after every exclusion (connection, declared windows,
+   * deadline fit, device policy, contribution quality, other jobs' leases). Async versions: at the last
+   * ordering pass before the version's flush.
+   */
+  readonly candidates?: number;
+  /**
+   * Devices their policy left out of the round, per reason (core/fleet/policy.ts POLICY_EXCLUSIONS; reasons that
+   * excluded nobody are absent, `{}`: none). Async versions: at the last ordering pass before the flush.
+   */
+  readonly policyExcluded?: PolicyExclusionCounts;
 }
 
 /** rounds/{r}/evaluations.json: every device's evaluation of round r's model (first one per device kept). */
@@ -108,6 +120,8 @@ export interface AsyncJobState {
   readonly lastRound: Readonly<Record<string, number>>;
   /** Devices whose quantizer twin holds the job's codec entry (lossy uplink). */
   readonly quantizers: readonly string[];
+  /** The last ordering pass's candidates and policy exclusions (the next version's record carries them). */
+  readonly selection?: RoundSelection;
 }
 
 /** The round record's account of a secure aggregation. */
