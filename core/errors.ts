@@ -720,6 +720,11 @@ export const ERRORS = {
   E_QUEUE_DISK_FULL: { group: "queue", meaning: "the disk holding the queue file is full" },
   E_QUEUE_FRAME: { group: "queue", meaning: "an update is not a valid FLT1 frame" },
   E_QUEUE_INVALID: { group: "queue", meaning: "an invalid update or queue request (type, size, id, chunk)" },
+  E_QUEUE_FULL: {
+    group: "queue",
+    meaning:
+      "the queue holds its capacity (capacityBytes): a new update is held in memory, the trainer told, until there is room",
+  },
   E_QUEUE_IO: { group: "queue", meaning: "any other queue-file I/O failure" },
   E_QUEUE_LOCKED: { group: "queue", meaning: "the queue file is in use by another process" },
   E_QUEUE_META_MISMATCH: { group: "queue", meaning: "an update's metadata differs from its frame's header" },

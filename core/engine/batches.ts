@@ -1,7 +1,8 @@
 /**
  * The local training loop both training paths share (models.ts fast path, generic.ts autograd path): each epoch
  * shuffles the sample order with the round's seed, then runs one step per mini-batch, checking the abort signal
- * before every batch, reporting progress after it, and yielding to the event loop at least every YIELD_MS (abort
+ * before every batch, reporting progress after it (then ending early, without an error, once the stop signal fired:
+ * the trainer's training-time cap), and yielding to the event loop at least every YIELD_MS (abort
  * signals, timers and transports keep running during training).
  */
 import { FlotillaError } from "../errors";
@@ -14,7 +15,8 @@ export const YIELD_MS = 50;
 /**
  * Runs `step(order, from, to, lastEpoch, stepNumber)` for every mini-batch of `opts.epochs` epochs over n samples
  * (`order[from..to)` are the batch's sample indices; stepNumber counts from 1). Resolves with the steps and samples
- * done; rejects with E_ABORTED when the signal fires.
+ * done; rejects with E_ABORTED when the abort signal fires; resolves early (after the batch in progress) when the
+ * stop signal fires.
  */
 export async function forEachBatch(
   n: number,
@@ -28,7 +30,7 @@ export async function forEachBatch(
   let steps = 0;
   let done = 0;
   let lastYield = performance.now();
-  for (let epoch = 0; epoch < opts.epochs; epoch++) {
+  epochs: for (let epoch = 0; epoch < opts.epochs; epoch++) {
     rng.shuffle(order);
     const lastEpoch = epoch === opts.epochs - 1;
     for (let from = 0; from < n; from += opts.batchSize) {
@@ -37,6 +39,7 @@ export async function forEachBatch(
       step(order, from, to, lastEpoch, ++steps);
       done += to - from;
       opts.onProgress?.(done, total);
+      if (opts.stopSignal?.aborted) break epochs;
       if (performance.now() - lastYield > YIELD_MS) {
         await new Promise((r) => setImmediate(r));
         lastYield = performance.now();

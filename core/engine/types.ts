@@ -17,6 +17,11 @@ export interface TrainOptions {
   /** Called after each batch with samples done so far (for progress bars). */
   readonly onProgress?: (samplesDone: number, samplesTotal: number) => void;
   readonly abortSignal?: AbortSignal;
+  /**
+   * Ends training early without an error (the trainer's cap on local training time, maxTrainingMinutes): checked
+   * after every batch, so at least one batch runs; train() then resolves with the steps and samples done so far.
+   */
+  readonly stopSignal?: AbortSignal;
 }
 
 export interface TrainSummary {

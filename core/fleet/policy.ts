@@ -103,7 +103,12 @@ export function show(v: unknown): string {
     // JSON has no NaN, Infinity or bigint: those read as themselves, not as "null" (or a TypeError).
     s = typeof v === "number" && !Number.isFinite(v) ? String(v) : (JSON.stringify(v) ?? String(v));
   } catch {
-    s = String(v);
+    // Nesting too deep for the stack (String() of a deep array recurses as well), or a value JSON cannot write.
+    s = Array.isArray(v)
+      ? "[an array nested too deep]"
+      : typeof v === "object"
+        ? "{an object nested too deep}"
+        : String(v);
   }
   // eslint-disable-next-line no-control-regex -- control characters (and JS line separators) break the one line
   s = s.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, " ");

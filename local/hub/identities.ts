@@ -42,6 +42,11 @@ export interface IdentityRecord {
   lastActivityTime: string;
   /** The automatic device management configurations targeting this twin ({id: {status}}; ./configurations.ts). */
   configurations?: JsonObject;
+  /**
+   * The IoT Plug and Play model ID the device or module announced when it last connected ("" when none): the
+   * twin's `modelId`, queryable (`SELECT * FROM devices.modules WHERE modelId = '...'`).
+   */
+  modelId: string;
 }
 
 export interface SharedAccessPolicy {
@@ -214,6 +219,7 @@ export class IdentityStore {
       connectionState: "Disconnected",
       connectionStateUpdatedTime: NEVER,
       lastActivityTime: NEVER,
+      modelId: "",
     };
     this.applySpec(record, spec);
     if (moduleId === undefined) this.devices.set(deviceId, { device: record, modules: new Map() });
@@ -321,10 +327,15 @@ export class IdentityStore {
     return r.twin.reportedVersion;
   }
 
-  setConnection(deviceId: string, moduleId: string | undefined, connected: boolean): void {
+  /** A connection opened (with the model ID it announced, "" for none) or closed (the model ID stays). */
+  setConnection(deviceId: string, moduleId: string | undefined, connected: boolean, modelId?: string): void {
     const r = this.get(deviceId, moduleId);
     if (!r) return;
     const now = new Date().toISOString();
+    if (connected && modelId !== undefined && modelId !== r.modelId) {
+      r.modelId = modelId;
+      this.scheduleSave();
+    }
     r.connectionState = connected ? "Connected" : "Disconnected";
     r.connectionStateUpdatedTime = now;
     r.lastActivityTime = now;
@@ -408,6 +419,7 @@ export class IdentityStore {
     const revive = (p: PersistedRecord): IdentityRecord => ({
       ...p,
       twin: TwinState.from(p.twin),
+      modelId: typeof p.modelId === "string" ? p.modelId : "",
       connectionState: "Disconnected",
       connectionStateUpdatedTime: NEVER,
       lastActivityTime: NEVER,
@@ -498,7 +510,7 @@ export function twinJson(r: IdentityRecord): JsonObject {
     cloudToDeviceMessageCount: 0,
     authenticationType: "sas",
     x509Thumbprint: { primaryThumbprint: null, secondaryThumbprint: null },
-    modelId: "",
+    modelId: r.modelId,
     version: r.twin.version,
     tags: JSON.parse(JSON.stringify(r.twin.tags)) as JsonObject,
     properties: r.twin.propertiesView(),

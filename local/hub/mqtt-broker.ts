@@ -4,6 +4,8 @@
  * Spec: "Communicate with an IoT hub using the MQTT protocol"
  * (https://learn.microsoft.com/azure/iot-hub/iot-hub-mqtt-support) and MQTT 3.1.1 (OASIS):
  *   - CONNECT: ClientId = {device_id} or {device_id}/{module_id}; Username = {iothubhostname}/{client id}/?api-version=...;
+ *     an IoT Plug and Play device or module adds `&model-id={DTMI}` (api-version 2020-09-30 or later: "IoT Plug and
+ *     Play device developer guide", model ID announcement); the hub keeps it as the twin's `modelId`.
  *     Password = a SAS token for {iothubhostname}/devices/{device_id}[/modules/{module_id}]. A bad or expired
  *     token gets CONNACK return code 5 (not authorized) [MQTT-3.2.2-3].
  *   - A client may only publish/subscribe inside its own namespace (topics.ts); a forbidden PUBLISH closes the
@@ -207,7 +209,10 @@ export class MqttFrontEnd implements MethodTransport {
       return reject((e as Error).message);
     }
     if (!check.ok) return reject(check.reason);
-    this.identityOf.set(client, { deviceId, moduleId, clientId });
+    const announced = connectModelId(username.slice(userPrefix.length));
+    if ("invalid" in announced) return reject(announced.invalid);
+    if (announced.ignored) log(`mqtt: ${clientId}: ${announced.ignored}`);
+    this.identityOf.set(client, { deviceId, moduleId, clientId, modelId: announced.modelId });
     // From now on packets may be as large as an authenticated client's messages.
     const conn = client.conn as unknown;
     if (conn instanceof GuardedConnection) {
@@ -329,7 +334,7 @@ export class MqttFrontEnd implements MethodTransport {
     if (!id) return;
     this.online.set(id.clientId, c);
     this.opts.metrics.connections++;
-    this.opts.identities.setConnection(id.deviceId, id.moduleId, true);
+    this.opts.identities.setConnection(id.deviceId, id.moduleId, true, id.modelId ?? "");
     this.onSubscribed(c);
   }
 
@@ -458,4 +463,43 @@ export class MqttFrontEnd implements MethodTransport {
 
 function errorBody(errorCode: number, message: string): Buffer {
   return Buffer.from(JSON.stringify({ errorCode, message, timestampUtc: new Date().toISOString() }));
+}
+
+/** The first api-version that carries an IoT Plug and Play model ID (IoT Hub's Plug and Play GA version). */
+export const PNP_API_VERSION = "2020-09-30";
+/** A DTMI (DTDL v3 "Digital Twin Model Identifier"): segments of letters, digits and '_', then ';' and a version. */
+const DTMI =
+  /^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*;[1-9][0-9]{0,8}$/;
+/** IoT Hub's limit on a model ID's length. */
+const MAX_MODEL_ID = 512;
+
+/**
+ * The model ID of a CONNECT user name's query (`?api-version=...&model-id=...&DeviceClientType=...`): "" when none
+ * is announced; `ignored` when the api-version predates Plug and Play (the ID is not kept); `invalid` for a model ID
+ * that is not a DTMI (the connection is refused).
+ */
+export function connectModelId(query: string): { modelId: string; ignored?: string } | { invalid: string } {
+  const params = new Map<string, string>();
+  for (const part of query.replace(/^\?/, "").split("&")) {
+    const i = part.indexOf("=");
+    if (i <= 0) continue;
+    let value = part.slice(i + 1);
+    try {
+      value = decodeURIComponent(value);
+    } catch {
+      // kept as sent
+    }
+    params.set(part.slice(0, i).toLowerCase(), value);
+  }
+  const modelId = params.get("model-id");
+  if (modelId === undefined || modelId === "") return { modelId: "" };
+  if (modelId.length > MAX_MODEL_ID || !DTMI.test(modelId))
+    return { invalid: `model-id ${JSON.stringify(modelId.slice(0, 80))} is not a valid DTMI` };
+  const apiVersion = params.get("api-version") ?? "";
+  if (apiVersion < PNP_API_VERSION)
+    return {
+      modelId: "",
+      ignored: `model-id ignored: api-version ${apiVersion || "(none)"} predates ${PNP_API_VERSION}`,
+    };
+  return { modelId };
 }

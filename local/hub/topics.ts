@@ -23,6 +23,8 @@ export interface ClientIdentity {
   readonly deviceId: string;
   readonly moduleId?: string;
   readonly clientId: string;
+  /** The IoT Plug and Play model ID announced in the CONNECT user name (`&model-id=`), "" when none. */
+  readonly modelId?: string;
 }
 
 export function clientIdOf(deviceId: string, moduleId?: string): string {

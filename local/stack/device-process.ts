@@ -23,6 +23,7 @@ import { forkChild, runAsChild, type ChildLifecycle } from "./child";
 import { csField } from "../../modules/shared/module-client";
 import type { MetricsEndpoint } from "../../modules/shared/metrics";
 import { deviceModuleMetrics, serveDeviceMetrics } from "./module-metrics";
+import { MODEL_IDS } from "../pnp/contracts";
 
 export const DEVICE_MODULES = ["trainer", "quantizer", "update-queue", "profiler"] as const;
 export type DeviceModule = (typeof DEVICE_MODULES)[number];
@@ -140,9 +141,14 @@ export async function startDeviceProcess(
 
 // --- the child ------------------------------------------------------------------------------------------------------
 
-async function openModule(connectionString: string, ca: string): Promise<ModuleClient> {
+async function openModule(
+  connectionString: string,
+  ca: string,
+  moduleId: DeviceModule,
+): Promise<ModuleClient> {
   const client = ModuleClient.fromConnectionString(connectionString, QuietMqtt);
-  await client.setOptions({ ca });
+  // The CA, and the module's Plug and Play model ID announced at connect (as the container entry does).
+  await client.setOptions({ ca, modelId: MODEL_IDS[moduleId] });
   await client.open();
   return client;
 }
@@ -152,7 +158,7 @@ async function runChild(spec: DeviceProcessSpec): Promise<void> {
     process.send?.(m);
   };
   const cs = spec.connectionStrings;
-  const [tc, zc, qc, pc] = await Promise.all(DEVICE_MODULES.map((m) => openModule(cs[m], spec.caCertPem)));
+  const [tc, zc, qc, pc] = await Promise.all(DEVICE_MODULES.map((m) => openModule(cs[m], spec.caCertPem, m)));
   const quiet = () => undefined;
   const metrics = deviceModuleMetrics(csField(cs.trainer, "HostName") ?? "unknown", spec.deviceId);
   const served = await serveDeviceMetrics(spec.deviceId, metrics);

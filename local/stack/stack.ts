@@ -42,6 +42,7 @@ import type { FleetTrace } from "../../core/fleet/trace";
 import { PacedExecutor, TraceDriver, traceFor, traceSpeed, VirtualClock } from "./trace-driver";
 import type { MetricsEndpoint, MetricsServer } from "../../modules/shared/metrics";
 import { deviceModuleMetrics, serveDeviceMetrics } from "./module-metrics";
+import { MODEL_IDS, type ModuleName } from "../pnp/contracts";
 
 /** The edgeHub routes of deployment-manifests/deployment.template.json. */
 export function manifestRoutes(): Record<string, unknown> {
@@ -187,9 +188,10 @@ async function stackKeys(
   return { keys, keyVault };
 }
 
-async function openModule(hub: LocalHub, deviceId: string, moduleId: string): Promise<ModuleClient> {
+async function openModule(hub: LocalHub, deviceId: string, moduleId: ModuleName): Promise<ModuleClient> {
   const client = ModuleClient.fromConnectionString(hub.createModule(deviceId, moduleId), QuietMqtt);
-  await client.setOptions({ ca: hub.caCertPem });
+  // The CA, and the module's Plug and Play model ID announced at connect (as the container entry does).
+  await client.setOptions({ ca: hub.caCertPem, modelId: MODEL_IDS[moduleId] });
   await client.open();
   return client;
 }

@@ -136,15 +136,24 @@ export function csField(cs: string, key: string): string | undefined {
   return undefined;
 }
 
-/** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
-export async function createModuleClient(connection: ConnectionConfig): Promise<ModuleClient> {
+/**
+ * Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. It
+ * announces the module's IoT Plug and Play model ID (`modelId`, the module's model.ts MODEL_ID) when it connects.
+ */
+export async function createModuleClient(
+  connection: ConnectionConfig,
+  modelId: string,
+): Promise<ModuleClient> {
   if (connection.mode === "edge") {
     // The callback form: the promise form skipped the EdgeHubConnectionString branch in a version we read.
-    return new Promise((resolve, reject) =>
+    const client = await new Promise<ModuleClient>((resolve, reject) =>
       ModuleClient.fromEnvironment(Mqtt, (err, client) => (err || !client ? reject(err) : resolve(client))),
     );
+    await announceModel(client, modelId);
+    return client;
   }
   const client = ModuleClient.fromConnectionString(connection.connectionString, Mqtt);
+  await announceModel(client, modelId);
   if (connection.caCertPath) {
     let ca: string;
     try {
@@ -162,6 +171,19 @@ export async function createModuleClient(connection: ConnectionConfig): Promise<
     await client.setOptions({ ca });
   }
   return client;
+}
+
+/**
+ * Announces an IoT Plug and Play model ID (a DTMI) at every connection: the SDK's `modelId` option, set before
+ * open(). The MQTT transport adds `&model-id={modelId}` to the CONNECT user name (azure-iot-device-mqtt 1.16);
+ * IoT Hub and edgeHub then show it as the module twin's `modelId`, and IoT Explorer, IoT Central and the portal
+ * render the module with its model (dtdl/, docs/operations.md "Plug and Play models").
+ */
+export async function announceModel(
+  client: { setOptions(options: { modelId: string }): Promise<unknown> },
+  modelId: string,
+): Promise<void> {
+  await client.setOptions({ modelId });
 }
 
 // --- twin / method helpers -------------------------------------------------------------------------------------

@@ -124,7 +124,16 @@ test(
       lostInputs: 0,
       quarantined: null,
       lastError: null,
-      config: { maxChunkBytes: 255000, resendAfterMs: 600000 },
+      deferred: 0,
+      deferredBytes: 0,
+      config: {
+        maxChunkBytes: 255000,
+        resendAfterMs: 600000,
+        capacityBytes: 268435456,
+        retentionHours: 0,
+        meteredLink: false,
+        meteredMaxUploadBytes: 0,
+      },
     });
 
     // Real trainers: edge-1 idle; edge-2 refuses a bad order from its twin and reports status `error`.

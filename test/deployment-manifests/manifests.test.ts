@@ -16,7 +16,8 @@ import type { ValidateFunction } from "ajv-draft-04";
 import { matchRoutes, parseRoutes } from "../../local/hub/routes";
 import { loadQuantizerConfig } from "../../modules/quantizer/src/config";
 import { METRICS_PATH, METRICS_PORT } from "../../modules/shared/metrics";
-import { loadConfig, parseDesiredConfig } from "../../modules/update-queue/src/config";
+import { loadConfig } from "../../modules/update-queue/src/config";
+import { updateQueueProperties } from "../../modules/update-queue/src/model";
 import {
   CREATE_OPTIONS_CHUNK_CHARS,
   CREATE_OPTIONS_MAX_CHARS,
@@ -537,12 +538,12 @@ test("module twins: the documented defaults, within IoT Hub's twin limits", () =
   assert.deepEqual(desired("profiler"), { scheduleMinutes: 60 });
   // The quantizer starts with no job to compress: every update passes through until the cloud configures a job.
   assert.deepEqual(desired("quantizer"), { flotilla: { jobs: {} } });
-  // The update-queue reads its twin with parseDesiredConfig: every key deployed must be one it takes, valid.
+  // Every key deployed to the update-queue is one of its writable properties (./model.ts), with a valid value.
   const queue = desired("update-queue");
   assert.deepEqual(Object.keys(queue).sort(), ["maxChunkBytes", "resendAfterMs"]);
-  const parsed = parseDesiredConfig(queue);
-  assert.deepEqual(parsed.errors, []);
-  assert.deepEqual(parsed.config, queue, "the update-queue reads every key the deployment sets");
+  const specs = updateQueueProperties({ maxChunkBytes: 1, resendAfterMs: 1, capacityBytes: 1 });
+  for (const [k, v] of Object.entries(queue))
+    assert.equal(specs[k as keyof typeof specs].parse(v), v, `the update-queue takes ${k} = ${String(v)}`);
   assert.ok(
     (queue.maxChunkBytes as number) <= 256 * 1024 - 4096,
     "a chunk and its properties fit one D2C message",

@@ -1,4 +1,5 @@
 import { createModuleClient, type Env } from "../../shared/module-client";
+import { MODEL_ID } from "./model";
 import { runModule } from "../../shared/host";
 import type { Logger } from "../../../core/log";
 import { loadProfilerConfig } from "./config";
@@ -11,7 +12,7 @@ export * from "./profiler";
 /** Container entry: configuration from the environment (validated, naming what is missing); the module owns its client. */
 export async function start(log: Logger, env: Env = process.env): Promise<ProfilerHandle> {
   const config = loadProfilerConfig(env);
-  const client = await createModuleClient(config.connection);
+  const client = await createModuleClient(config.connection, MODEL_ID);
   const metrics = containerModuleMetrics("profiler", env);
   const handle = await startProfiler({
     client,

@@ -2,13 +2,16 @@ import { statfs } from "node:fs/promises";
 import * as os from "node:os";
 import { Message } from "azure-iot-device";
 import { benchTrain, type BenchTrainOptions, type BenchTrainResult } from "../../../core/engine/bench";
-import { MODEL_KINDS, validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
+import { validateSpec, type ModelSpec } from "../../../core/engine/model-spec";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, updateReported, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost } from "../../shared/host";
+import type { MethodHandler } from "../../shared/host";
+import type { ProfilerMethod } from "./model";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultProfilerModuleMetrics, profilerMetrics } from "./metrics";
-import { ACK_APPLIED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../../shared/pnp";
+import { WritableProperties } from "../../shared/writable";
+import { CLOUD_DESIRED_KEYS, REPORTED_KEYS, profilerProperties, type ProfilerProperties } from "./model";
 
 /**
  * The profiler IoT Edge module: measures what the cloud's device selection needs and reports it in the module
@@ -30,7 +33,11 @@ import { ACK_APPLIED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../..
  *   measuredAt            ISO time
  *
  * Measured at start, every desired `scheduleMinutes` (the timer is rescheduled when it changes; 0/absent = only
- * on start and on demand) and by the `profile` direct method, which answers with the capabilities. Measurements
+ * on start and on demand) and by the `profile` direct method. The operator's writable properties scheduleMinutes,
+ * models and model (./model.ts) are validated and acknowledged the Plug and Play way (modules/shared/writable.ts);
+ * desired `jobModels` is the Function's own entry, never acked. The free disk and memory reported here are what
+ * the cloud judges a device's minFreeDiskBytes / minFreeMemoryBytes policy against (core/fleet/policy.ts); the
+ * trainer judges them again, measured, at each order. It which answers with the capabilities. Measurements
  * never overlap: a request during one joins it. The benchmark is injectable (`bench`), so a fleet launcher can
  * share one measurement among simulated devices on the same machine.
  *
@@ -98,9 +105,9 @@ export interface ProfilerHandle {
   stop(): Promise<void>;
 }
 
-export const REPORTED_KEY = "capabilities";
+export const REPORTED_KEY = REPORTED_KEYS[0];
 /** The reported key the RTT probe patches (never a desired property's ack). */
-export const PROBE_KEY = "profilerProbe";
+export const PROBE_KEY = REPORTED_KEYS[1];
 
 export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHandle> {
   const { client } = opts;
@@ -140,12 +147,8 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
 
   const kindsToBench = (): string[] => {
     if (opts.models && opts.models.length > 0) return opts.models;
-    const d = host.twin?.properties.desired ?? {};
-    const fromDesired = Array.isArray(d.models) ? d.models : typeof d.model === "string" ? [d.model] : [];
-    const ok = fromDesired.filter(
-      (m): m is string => typeof m === "string" && MODEL_KINDS.includes(m as never),
-    );
-    return ok.length > 0 ? ok : ["mlp"];
+    const models = props.get("models");
+    return models.length > 0 ? models : [props.get("model")];
   };
   /** Desired `jobModels`: {[modelKey]: ModelSpec}; an invalid entry is logged and skipped, null ones are removed. */
   const jobModels = (): [string, ModelSpec][] => {
@@ -281,71 +284,37 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
   };
 
   /**
-   * Plug and Play acknowledgements (modules/shared/pnp.ts) of the operator's writable properties named in `delta`:
-   * `scheduleMinutes`, `models` and `model`. `jobModels` is the Function's own entry (one spec per job, written
-   * by the cloud), not acked. An ack already sent is not sent again at the next twin read.
+   * The operator's writable properties (./model.ts), acked the Plug and Play way: scheduleMinutes reschedules at
+   * once, models/model are read by the next measurement.
    */
-  const ackWritable = (delta: Record<string, unknown>, refusedSchedule: string | undefined): void => {
-    const outcomes: Record<string, AckOutcome> = {};
-    if ("scheduleMinutes" in delta)
-      outcomes.scheduleMinutes =
-        refusedSchedule === undefined
-          ? { value: schedule, status: ACK_APPLIED }
-          : { value: schedule, status: ACK_REFUSED, description: refusedSchedule };
-    const unknownKinds = (v: unknown): string | undefined => {
-      const list = Array.isArray(v) ? v : [v];
-      const bad = list.filter((m) => typeof m !== "string" || !MODEL_KINDS.includes(m as never));
-      if (!Array.isArray(v) && typeof v !== "string") return `not a model kind (${MODEL_KINDS.join(", ")})`;
-      return bad.length > 0
-        ? `unknown model kind(s) ${bad.map((b) => JSON.stringify(b)).join(", ")} (known: ${MODEL_KINDS.join(", ")})`
-        : undefined;
-    };
-    for (const name of ["models", "model"] as const) {
-      if (!(name in delta)) continue;
-      const v = delta[name];
-      const why = v === null ? undefined : unknownKinds(v);
-      // The value in effect: the model kinds the next measurement benchmarks.
-      outcomes[name] =
-        why === undefined
-          ? { value: v === null ? null : v, status: ACK_APPLIED }
-          : { value: kindsToBench(), status: ACK_REFUSED, description: why };
-    }
-    host.ackDesired(outcomes, desiredVersion(delta));
-  };
+  const props: WritableProperties<ProfilerProperties> = new WritableProperties({
+    specs: profilerProperties(),
+    cloudKeys: CLOUD_DESIRED_KEYS,
+    reservedKeys: REPORTED_KEYS,
+    ack: (outcomes, version) => host.ackDesired(outcomes, version),
+    apply: (name, value) => {
+      if (name === "scheduleMinutes") reschedule(value as number);
+    },
+    log: (level, line) => log.log(level, `property ${line}`),
+  });
 
-  /** Desired `scheduleMinutes` (the whole desired at a twin read, or a patch naming it). */
-  const onDesired = (delta: Record<string, unknown>, desired: Record<string, unknown>): void => {
-    try {
-      ackWritable(delta, applySchedule(delta, desired));
-    } catch (e) {
-      log.warn(`acknowledging desired properties failed: ${errorText(e)}`, { err: e });
-    }
+  const onTwin = (desired: Record<string, unknown>, reported: Record<string, unknown> | undefined): void => {
+    props.onTwin(desired, reported);
+    // The schedule in effect (also when it was restored from the reported ack, which applies no change).
+    reschedule(props.get("scheduleMinutes"));
+    measureNewJobModels(desired);
   };
-  /** Applies desired scheduleMinutes when named; returns why it was refused, if it was. */
-  const applySchedule = (
-    delta: Record<string, unknown>,
-    desired: Record<string, unknown>,
-  ): string | undefined => {
-    if (delta && "jobModels" in delta && last !== undefined) {
+  const onDesiredPatch = (delta: Record<string, unknown>): void => {
+    props.onPatch(delta);
+    measureNewJobModels(delta);
+  };
+  const measureNewJobModels = (delta: Record<string, unknown>): void => {
+    if ("jobModels" in delta && last !== undefined) {
       // A job's model to measure (a twin read at start is measured by the first measurement).
       const known = new Set(Object.keys(last.samplesPerSecond));
       if (jobModels().some(([key]) => !known.has(key)))
         measure().catch((e: unknown) => log.warn(`measurement failed: ${errorText(e)}`, { err: e }));
     }
-    if (!delta || !("scheduleMinutes" in delta)) return undefined;
-    const v = desired.scheduleMinutes ?? delta.scheduleMinutes;
-    if (v === null || v === undefined) {
-      reschedule(0);
-      return undefined;
-    }
-    if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 7 * 24 * 60) {
-      log.warn(`desired scheduleMinutes=${JSON.stringify(v)} is not a number from 0 to 10080`, {
-        scheduleMinutes: v,
-      });
-      return "not a number of minutes from 0 to 10080";
-    }
-    reschedule(v);
-    return undefined;
   };
 
   const host: ModuleHost = new ModuleHost({
@@ -358,10 +327,11 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
     reportIntervalMs: 0,
     closeClient: opts.closeClient,
     metrics: moduleMetrics,
-    reportedKeys: [REPORTED_KEY, PROBE_KEY],
+    reportedKeys: REPORTED_KEYS,
     hooks: {
-      onTwin: (twin) => onDesired(twin.properties.desired, twin.properties.desired),
-      onDesiredPatch: (delta, twin) => onDesired(delta, twin.properties.desired),
+      onTwin: (twin) =>
+        onTwin(twin.properties.desired, twin.properties.reported as Record<string, unknown> | undefined),
+      onDesiredPatch: (delta) => onDesiredPatch(delta),
       onLinkUp: () => setOnline(true),
       onOffline: () => setOnline(false),
       reported: () => (last ? { [REPORTED_KEY]: last } : undefined),
@@ -374,7 +344,7 @@ export async function startProfiler(opts: ProfilerOptions): Promise<ProfilerHand
           return { status: 500, payload: { code: "E_PROFILER", message: errorText(e) } };
         }
       },
-    },
+    } satisfies Record<ProfilerMethod, MethodHandler>,
   });
 
   await host.start();

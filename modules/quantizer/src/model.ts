@@ -9,6 +9,13 @@ export const MODEL_ID = "dtmi:flotilla:edge:Quantizer;1";
 /** Desired keys the Function writes (each job's codec settings): never acked. */
 export const CLOUD_DESIRED_KEYS = ["flotilla"] as const;
 
+/** The quantizer's direct methods (its method table is typed with them; each is a Command in the model). */
+export const METHODS = ["status"] as const;
+export type QuantizerMethod = (typeof METHODS)[number];
+
+/** The top-level reported keys the quantizer's own state uses (`flotilla`: QuantizerState); read-only Properties. */
+export const REPORTED_KEYS = ["flotilla"] as const;
+
 export interface QuantizerPropertyDefaults {
   /** FLOTILLA_QUANTIZER_MAX_BYTES. */
   readonly maxPendingBytes: number;

@@ -16,7 +16,8 @@ import {
 } from "../../shared/chunks";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, type EdgeModuleClient } from "../../shared/module-client";
-import { ModuleHost } from "../../shared/host";
+import { ModuleHost, type MethodHandler } from "../../shared/host";
+import type { QuantizerMethod } from "./model";
 import { Reassembler } from "../../shared/reassembly";
 import { DEFAULT_MAX_BYTES } from "./config";
 import type { ModuleMetrics } from "../../shared/metrics";
@@ -704,7 +705,10 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
       reported,
       onReported,
     },
-    methods: { status: () => ({ status: 200, payload: state() }) },
+    methods: { status: () => ({ status: 200, payload: state() }) } satisfies Record<
+      QuantizerMethod,
+      MethodHandler
+    >,
     inputs: { [inputName]: onInput },
   });
   await host.start();

@@ -1,6 +1,7 @@
 import { loadDirectory } from "../../../core/data/dirloader";
 import { sampleSize, type Dataset } from "../../../core/data/dataset";
 import { checkDataTask } from "../../../core/data/task";
+import type { DataSchema } from "../../../core/data/data-schema";
 import { createModel } from "../../../core/engine/models";
 import type { ModelSpec } from "../../../core/engine/model-spec";
 import type { LocalModel, TrainOptions } from "../../../core/engine/types";
@@ -16,7 +17,16 @@ import type { FitConfig } from "../../../core/strategies/strategy";
  * (the weights can be transferred), and the data is referred to by directory unless a dataset was injected.
  */
 export type DataRef =
-  { readonly kind: "dir"; readonly dir: string } | { readonly kind: "dataset"; readonly dataset: Dataset };
+  | {
+      readonly kind: "dir";
+      readonly dir: string;
+      /**
+       * The data schema (the trainer's `dataSchema` property): a schema file path or the schema object; absent =
+       * the directory's own schema.json, if any (core/data/dirloader.ts).
+       */
+      readonly schema?: string | Readonly<Record<string, unknown>>;
+    }
+  | { readonly kind: "dataset"; readonly dataset: Dataset };
 
 export interface TrainJob {
   readonly jobId: string;
@@ -35,6 +45,11 @@ export interface TrainJob {
   readonly dp?: DpOrder;
   /** Norm bound on the device (the round order's `normBound`: secure rounds of a `norm:C+mean` job). */
   readonly normBound?: number;
+  /**
+   * The cap on local training time (the trainer's `maxTrainingMinutes`), ms: training stops after the batch during
+   * which it is reached, and the update of the steps done is sent (TrainOutcome.stopped). Absent/0: no cap.
+   */
+  readonly maxTrainMs?: number;
 }
 
 export interface TrainOutcome {
@@ -44,6 +59,15 @@ export interface TrainOutcome {
   readonly metrics: { readonly loss: number; readonly accuracy: number; readonly trainMs: number };
   /** DP with adaptive clipping: the noised centred clip indicator (job.dp.clipBitNoiseStd was set). */
   readonly dpClipBit?: number;
+  /**
+   * Training stopped at the job's maxTrainMs before its last batch: the samples and steps it did of the planned
+   * total. `numSamples` is then the distinct samples trained on (at most the local dataset's size).
+   */
+  readonly stopped?: {
+    readonly samplesDone: number;
+    readonly samplesPlanned: number;
+    readonly steps: number;
+  };
 }
 
 export interface TrainExecutor {
@@ -63,7 +87,13 @@ export interface TrainExecutor {
  * model: E_DATA_* on any problem.
  */
 export function resolveData(ref: DataRef, spec: ModelSpec): Dataset {
-  const data = ref.kind === "dir" ? loadDirectory(ref.dir, { inputShape: spec.inputShape }) : ref.dataset;
+  const data =
+    ref.kind === "dir"
+      ? loadDirectory(ref.dir, {
+          inputShape: spec.inputShape,
+          ...(ref.schema !== undefined ? { schema: ref.schema as string | DataSchema } : {}),
+        })
+      : ref.dataset;
   if (data.n === 0) fail("E_DATA_NOT_FOUND", "the local dataset has no samples");
   if (sampleSize(data.inputShape) !== sampleSize(spec.inputShape)) {
     fail(
@@ -109,6 +139,9 @@ export class InProcessTrainExecutor implements TrainExecutor {
    */
   private readonly states = new Map<string, Uint8Array>();
 
+  /** `now`: the clock the training-time cap reads (ms; tests inject one). */
+  constructor(private readonly now: () => number = () => performance.now()) {}
+
   async run(
     job: TrainJob,
     signal: AbortSignal,
@@ -118,8 +151,12 @@ export class InProcessTrainExecutor implements TrainExecutor {
     const data = resolveData(job.data, job.spec);
     const model = await createModel(job.spec, job.config.seed);
     try {
-      const runtime = new DeviceRuntime(job.deviceId, data, withAbort(model, signal), (_d, done, total) =>
-        onProgress(done, total),
+      const cap = new TrainingCap(job.maxTrainMs ?? 0, this.now);
+      const runtime = new DeviceRuntime(
+        job.deviceId,
+        data,
+        withAbort(model, signal, cap),
+        (_d, done, total) => onProgress(done, total),
       );
       const frame = encodeMessage({
         type: "train",
@@ -142,11 +179,16 @@ export class InProcessTrainExecutor implements TrainExecutor {
         throw new FlotillaError("E_DEVICE_INTERNAL", `unexpected '${answer.type}'`);
       if (!(answer.delta instanceof Float32Array))
         throw new FlotillaError("E_DEVICE_INTERNAL", "the runtime compressed an update it was not asked to");
+      const stopped = cap.stopped();
       return {
         delta: answer.delta.slice(),
-        numSamples: answer.numSamples,
+        // Stopped early: the update weighs the distinct samples it was trained on, not the whole dataset.
+        numSamples: stopped
+          ? Math.max(1, Math.min(answer.numSamples, stopped.samplesDone))
+          : answer.numSamples,
         metrics: answer.metrics,
         ...(answer.dpClipBit !== undefined ? { dpClipBit: answer.dpClipBit } : {}),
+        ...(stopped ? { stopped } : {}),
       };
     } finally {
       model.dispose();
@@ -154,8 +196,46 @@ export class InProcessTrainExecutor implements TrainExecutor {
   }
 }
 
-/** The model with `abortSignal` added to every train() call. */
-function withAbort(model: LocalModel, signal: AbortSignal): LocalModel {
+/**
+ * The training-time cap of one job: its clock starts when training starts, and after each batch (the progress
+ * callback) the stop signal fires once `maxMs` have passed; core/engine/batches.ts then ends training after that
+ * batch (at least one batch always runs).
+ */
+class TrainingCap {
+  private readonly controller = new AbortController();
+  private t0 = 0;
+  private summary: { samples: number; steps: number; planned: number } | undefined;
+  constructor(
+    private readonly maxMs: number,
+    private readonly now: () => number,
+  ) {}
+  /** The options of one train() call, with the cap's stop signal and clock. */
+  options(opts: TrainOptions, n: number): TrainOptions {
+    if (!(this.maxMs > 0)) return opts;
+    this.t0 = this.now();
+    this.summary = { samples: 0, steps: 0, planned: n * opts.epochs };
+    return {
+      ...opts,
+      stopSignal: this.controller.signal,
+      onProgress: (done, total) => {
+        opts.onProgress?.(done, total);
+        if (!this.controller.signal.aborted && this.now() - this.t0 >= this.maxMs) this.controller.abort();
+      },
+    };
+  }
+  trained(summary: { samples: number; steps: number }): void {
+    if (this.summary) this.summary = { ...this.summary, samples: summary.samples, steps: summary.steps };
+  }
+  /** Did training stop at the cap before its planned end? */
+  stopped(): TrainOutcome["stopped"] {
+    const s = this.summary;
+    if (!s || !this.controller.signal.aborted || s.samples >= s.planned) return undefined;
+    return { samplesDone: s.samples, samplesPlanned: s.planned, steps: s.steps };
+  }
+}
+
+/** The model with `abortSignal` (and the training-time cap) added to every train() call. */
+function withAbort(model: LocalModel, signal: AbortSignal, cap: TrainingCap): LocalModel {
   return {
     get spec() {
       return model.spec;
@@ -168,7 +248,11 @@ function withAbort(model: LocalModel, signal: AbortSignal): LocalModel {
     },
     getWeights: () => model.getWeights(),
     setWeights: (w) => model.setWeights(w),
-    train: (data, opts: TrainOptions) => model.train(data, { ...opts, abortSignal: signal }),
+    train: async (data, opts: TrainOptions) => {
+      const summary = await model.train(data, { ...cap.options(opts, data.n), abortSignal: signal });
+      cap.trained(summary);
+      return summary;
+    },
     evaluate: (data, batchSize) => model.evaluate(data, batchSize),
     ...(model.localState ? { localState: () => model.localState?.() ?? null } : {}),
     ...(model.restoreLocalState

@@ -1,4 +1,5 @@
 import { createModuleClient, type Env } from "../../shared/module-client";
+import { MODEL_ID } from "./model";
 import { runModule } from "../../shared/host";
 import type { Logger } from "../../../core/log";
 import { keyProviderFromEnv } from "../../../azure/keyvault-key-provider";
@@ -18,7 +19,7 @@ export async function start(log: Logger, env: Env = process.env): Promise<Traine
   const config = loadTrainerConfig(env);
   // The backend's thread pool is fixed for the process: started here, before any model, with FLOTILLA_THREADS.
   await initBackend({ threads: config.threads });
-  const client = await createModuleClient(config.connection);
+  const client = await createModuleClient(config.connection, MODEL_ID);
   log.info(
     `data in ${config.dataDir}${config.evalDir ? `, held-out data in ${config.evalDir}` : ""}; training on ${backendThreads()} thread(s)`,
     {

@@ -26,11 +26,11 @@ import type {
  */
 
 /** The three methods, by name, and the step each answers. */
-export const SECAGG_METHODS: readonly { readonly method: string; readonly step: SecAggStep }[] = [
+export const SECAGG_METHODS = [
   { method: "secaggShareKeys", step: "share" },
   { method: "secaggMaskInput", step: "mask" },
   { method: "secaggUnmask", step: "unmask" },
-];
+] as const satisfies readonly { readonly method: string; readonly step: SecAggStep }[];
 
 export interface SecAggAnswer {
   readonly status: number;

@@ -1,4 +1,6 @@
 import { createHash } from "node:crypto";
+import { statfsSync } from "node:fs";
+import * as os from "node:os";
 import type { Dataset } from "../../../core/data/dataset";
 import { countParams, modelLayout } from "../../../core/engine/models";
 import { FlotillaError, isFlotillaError } from "../../../core/errors";
@@ -8,7 +10,8 @@ import { checkDeviceEvaluation } from "../../../core/round/evaluation";
 import { weightsHash } from "../../../core/tensor/layout";
 import { toLogger, type LineLog, type Logger } from "../../../core/log";
 import { errorText, type EdgeModuleClient, type TwinLike } from "../../shared/module-client";
-import { ModuleHost, type MethodTable } from "../../shared/host";
+import { ModuleHost, type MethodHandler, type MethodTable } from "../../shared/host";
+import type { TrainerMethod } from "./model";
 import { frameChunks } from "../../shared/chunks";
 import { DEFAULT_CHUNK_BYTES, DEFAULT_DATA_DIR } from "./config";
 import { InProcessTrainExecutor, type DataRef, type TrainExecutor, type TrainOutcome } from "./executor";
@@ -20,6 +23,26 @@ import { SECAGG_METHODS, SecAggSessions } from "./secagg";
 import type { IdentitySigner, SecAggStep } from "../../../core/secagg/types";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultTrainerModuleMetrics, trainerMetrics } from "./metrics";
+import {
+  policyError,
+  policyExclusion,
+  type DevicePolicy,
+  type PolicyExclusion,
+  type PolicyFacts,
+  type PolicyVerdict,
+} from "../../../core/fleet/policy";
+import { WritableProperties, type ValuesOf } from "../../shared/writable";
+import {
+  CLOUD_DESIRED_KEYS,
+  PARTICIPATION_KEY,
+  REPORTED_KEYS,
+  STATE_KEY,
+  schemaOption,
+  trainerProperties,
+  type Participation,
+  type ParticipationState,
+  type TrainerProperties,
+} from "./model";
 
 /**
  * The trainer IoT Edge module (docs/iothub-protocol.md). The cloud orders a round through the module twin's desired
@@ -32,6 +55,13 @@ import { defaultTrainerModuleMetrics, trainerMetrics } from "./metrics";
  * update stays in memory (./secagg.ts) and a signed key advertisement goes out instead; the cloud then drives the
  * protocol with the direct methods secaggShareKeys, secaggMaskInput (the masked update then leaves on the same
  * `updates` output) and secaggUnmask. The identity key signs through `keys` (Key Vault or the file provider).
+ *
+ * The operator's writable properties (./model.ts, docs/operations.md "Trainer and profiler properties") are
+ * validated and acknowledged the Plug and Play way (modules/shared/writable.ts): participation (`enabled`), the
+ * resource policy (training windows, free disk and memory floors, a training-time cap, threads), the data
+ * directory and schema, and the retention of local artefacts. An order the policy forbids now is declined with
+ * E_POLICY_EXCLUDED like any failed round (a failure frame, the reported error), and the reported `participation`
+ * says why the device does not take part.
  *
  * Failures never crash the module: each is reported as status `error` with its code. A failure frame is sent so
  * the cloud need not wait, except for E_MODEL_HASH (the order or the blob cannot be trusted), rounds aborted by the
@@ -129,10 +159,33 @@ export interface TrainerOptions {
    * labels from the environment and this device's id.
    */
   metrics?: ModuleMetrics;
+  /**
+   * The directory of local training artefacts (FLOTILLA_WORK_DIR): each round's log and trained weights, kept for
+   * the `artifactRetentionHours` property (./artifacts.ts). Absent: none are written.
+   */
+  workDir?: string;
+  /** The wall clock (ms since the epoch) of training windows and artefact ages; tests inject one. */
+  now?: () => number;
+  /**
+   * The free disk (of the data directory's file system) and free memory the policy floors are judged against.
+   * Default: fs.statfs on the data directory in effect and os.freemem().
+   */
+  resources?: () => PolicyFacts;
+  /** How often the reported `participation` is re-evaluated besides at each order (ms, default 60,000). */
+  participationCheckMs?: number;
+  /**
+   * The `maxThreads` property took effect (at a round's end or when idle): the container entry resizes the training
+   * thread pool (./main.ts). Without it, the value is only passed to the executor in each job.
+   */
+  onMaxThreads?: (maxThreads: number) => void;
 }
 
 export interface TrainerHandle {
   state(): TrainerState;
+  /** The writable properties in effect (./model.ts). */
+  properties(): Readonly<ValuesOf<TrainerProperties>>;
+  /** The reported `participation`: whether the device takes orders now, and why not. */
+  participation(): Participation;
   /** Starts a round as the `startRound` method does; false if that (jobId, round) was already tried. */
   startRound(order: unknown): boolean;
   /** Resolves when no round is running or waiting. */
@@ -147,7 +200,7 @@ export interface TrainerHandle {
   stop(): Promise<void>;
 }
 
-export const REPORTED_KEY = "flotilla";
+export const REPORTED_KEY = STATE_KEY;
 /** Where round orders arrive: the module twin's desired property, and the direct method. */
 export const ORDER_DESIRED_KEY = "flotilla";
 export const ORDER_METHOD = "startRound";
@@ -175,9 +228,26 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   const executor = opts.trainExecutor ?? new InProcessTrainExecutor();
   const doFetch: FetchLike = opts.fetch ?? ((url, init) => fetch(url, init));
   const cache: ModelCache = opts.modelCache ?? new Map<string, Promise<Uint8Array>>();
-  const dataRef: DataRef = opts.data
-    ? { kind: "dataset", dataset: opts.data }
-    : { kind: "dir", dir: opts.dataDir ?? DEFAULT_DATA_DIR };
+  const now = opts.now ?? Date.now;
+  // The operator's writable properties (./model.ts): validated, applied and acknowledged by the framework; the
+  // next-round ones (data, threads, training-time cap) wait while a round runs and apply when it ends.
+  const props: WritableProperties<TrainerProperties> = new WritableProperties({
+    specs: trainerProperties({ dataDir: opts.dataDir ?? DEFAULT_DATA_DIR }),
+    cloudKeys: CLOUD_DESIRED_KEYS,
+    reservedKeys: REPORTED_KEYS,
+    ack: (outcomes, version) => host.ackDesired(outcomes, version),
+    busy: () => active !== undefined,
+    apply: (name, value) => {
+      if (name === "maxThreads") opts.onMaxThreads?.(value as number);
+    },
+    log: (level, line) => log.log(level, `property ${line}`),
+  });
+  /** The data a round reads: the dataDir and dataSchema properties in effect (or a launcher's dataset). */
+  const dataRefNow = (): DataRef => {
+    if (opts.data) return { kind: "dataset", dataset: opts.data };
+    const schema = schemaOption(props.get("dataSchema"));
+    return { kind: "dir", dir: props.get("dataDir"), ...(schema !== undefined ? { schema } : {}) };
+  };
   const outputName = opts.outputName ?? "updates";
   const maxChunkBytes = opts.maxChunkBytes ?? DEFAULT_CHUNK_BYTES;
   const progressIntervalMs = opts.progressIntervalMs ?? 2000;
@@ -239,13 +309,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     try {
       await inference.update(order);
       // The local data as this job's model reads it (loaded once per input shape).
-      const key = JSON.stringify(order.modelSpec.inputShape);
+      const dataRef = dataRefNow();
+      const key = JSON.stringify([order.modelSpec.inputShape, dataRef.kind === "dir" ? dataRef : null]);
       if (localData?.key !== key) localData = { key, data: resolveData(dataRef, order.modelSpec) };
       const report = await inference.evaluate(localData.data);
       if (report) metered.inferenceAccuracy.set(report.accuracy);
       if (report && !host.stopped) setState({ inference: report });
       if (evalRef) {
-        if (heldOut?.key !== key) heldOut = { key, data: resolveData(evalRef, order.modelSpec) };
+        const shape = JSON.stringify(order.modelSpec.inputShape);
+        if (heldOut?.key !== shape) heldOut = { key: shape, data: resolveData(evalRef, order.modelSpec) };
         await sendEvaluation(heldOut.data);
       }
     } catch (e) {
@@ -311,22 +383,38 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   // knows where orders come from.
   const keyOf = (o: { jobId: string; round: number }): string => `${o.jobId}\u0000${o.round}`;
 
-  /** Accepts an order; returns whether a round was started. Throws E_ROUND_INVALID for a malformed one. */
-  const onOrder = (value: unknown, source: string): boolean => {
-    if (host.stopped) return false;
+  /** Orders declined by the device's policy (key → the E_POLICY_EXCLUDED error), for the startRound method's answer. */
+  const declined = new Map<string, FlotillaError>();
+
+  /**
+   * Accepts an order: "started", "seen" (tried already, or older than one seen), or the policy's refusal (the
+   * order is declined: failure frame, reported error; a running round goes on). Throws E_ROUND_INVALID for a
+   * malformed one.
+   */
+  const takeOrder = (value: unknown, source: string): "started" | "seen" | FlotillaError => {
+    if (host.stopped) return "seen";
     const order = parseRoundOrder(value); // throws E_ROUND_INVALID
-    if (!order) return false;
+    if (!order) return "seen";
     const key = keyOf(order);
-    if (tried.has(key)) return false;
+    if (tried.has(key)) return declined.get(key) ?? "seen";
     if ((latestRound.get(order.jobId) ?? -1) > order.round) {
       log.info(`ignoring round ${order.round} of ${order.jobId} from ${source}: a newer one was seen`, {
         jobId: order.jobId,
         round: order.round,
       });
-      return false;
+      return "seen";
     }
     tried.add(key);
     latestRound.set(order.jobId, order.round);
+    // The device's own policy, judged now (the cloud's view of it may be stale): a refused order never
+    // supersedes the running round.
+    const verdict = judgeParticipation();
+    if (verdict) {
+      const err = policyError(verdict);
+      declined.set(key, err);
+      decline(order, err, source);
+      return err;
+    }
     secagg.dropJob(order.jobId, order.round); // a newer round supersedes an unfinished secure one
     const run: Run = { key, order, controller: new AbortController() };
     // One round at a time: a newer order supersedes the running and the waiting one.
@@ -345,9 +433,101 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         await runRound(run);
       } finally {
         active = undefined;
+        // Properties that waited for the round (202) take effect now, before the next one starts.
+        props.applyPending();
       }
     });
-    return true;
+    return "started";
+  };
+  const onOrder = (value: unknown, source: string): boolean => takeOrder(value, source) === "started";
+
+  /**
+   * An order the policy forbids: declined the way a failed round is (the one-line failure frame the Function
+   * counts, docs/iothub-protocol.md; the reported error when no round runs), never trained.
+   */
+  const decline = (order: RoundOrder, err: FlotillaError, source: string): void => {
+    const base = { jobId: order.jobId, round: order.round };
+    metered.roundsFailed.inc({ reason: err.code });
+    log.warn(`round ${order.round} of ${order.jobId} from ${source} declined: ${err.code}: ${err.message}`, {
+      ...base,
+      code: err.code,
+    });
+    if (!active)
+      setState({
+        ...base,
+        status: "error",
+        numSamples: 0,
+        metrics: null,
+        progress: null,
+        updateId: null,
+        error: { code: err.code, message: err.message },
+        secaggStep: null,
+      });
+    const frame = encodeMessage({ type: "failure", ...base, deviceId, code: err.code, reason: err.message });
+    void sendFrame(frame, order, host.stopSignal).catch((e: unknown) =>
+      log.warn(`sending the failure frame failed: ${errorText(e)}`, { ...base, err: e }),
+    );
+  };
+
+  // --- participation: the device's policy judged on the device --------------------------------------------------
+  const TAKING_PART: Participation = { state: "enabled", reason: "the policy allows training now" };
+  let participation: Participation = TAKING_PART;
+  const PARTICIPATION_OF: Partial<Record<PolicyExclusion, ParticipationState>> = {
+    disabled: "disabled",
+    window: "outside-window",
+    disk: "low-disk",
+    memory: "low-memory",
+  };
+  const policyNow = (): DevicePolicy => {
+    const v = props.values();
+    return {
+      enabled: v.enabled,
+      maxTrainingMinutes: v.maxTrainingMinutes,
+      maxThreads: v.maxThreads,
+      minFreeDiskBytes: v.minFreeDiskBytes,
+      minFreeMemoryBytes: v.minFreeMemoryBytes,
+      trainingWindows: v.trainingWindows,
+    };
+  };
+  /** Free disk of the data directory's file system (bytes an unprivileged process may use) and free memory. */
+  const resourcesNow = (): PolicyFacts => {
+    if (opts.resources) return opts.resources();
+    let freeDiskBytes: number | undefined;
+    for (const dir of opts.data ? [process.cwd()] : [props.get("dataDir"), process.cwd()]) {
+      try {
+        const st = statfsSync(dir);
+        freeDiskBytes = Number(st.bavail) * Number(st.bsize);
+        break;
+      } catch {
+        // the data directory may not be mounted (yet): the working directory's file system then
+      }
+    }
+    return { ...(freeDiskBytes !== undefined ? { freeDiskBytes } : {}), freeMemoryBytes: os.freemem() };
+  };
+  /**
+   * Judges the policy now (core/fleet/policy.ts policyExclusion: the same judgement as the cloud's selection) and
+   * reports `participation` when it changed. Returns the verdict (undefined: the device takes orders).
+   */
+  const judgeParticipation = (): PolicyVerdict | undefined => {
+    let verdict: PolicyVerdict | undefined;
+    try {
+      verdict = policyExclusion(policyNow(), resourcesNow(), now());
+    } catch (e) {
+      log.warn(`judging the device policy failed: ${errorText(e)}`, { err: e });
+    }
+    // Only the reasons policyExclusion gives without a round's own figures (duration, upload size) occur here.
+    const next: Participation = verdict
+      ? { state: PARTICIPATION_OF[verdict.reason] ?? "disabled", reason: verdict.detail }
+      : TAKING_PART;
+    if (next.state !== participation.state || next.reason !== participation.reason) {
+      if (next.state !== participation.state)
+        log.info(`participation: ${next.state} (${next.reason})`, {
+          participation: next.state,
+        });
+      participation = next;
+      host.changed();
+    }
+    return verdict;
   };
 
   /** Evaluate-only orders taken ((jobId, round) of the model): each is evaluated once per process. */
@@ -412,16 +592,25 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       const r = t.properties.reported?.[REPORTED_KEY] as Partial<TrainerState> | undefined;
       if (r && typeof r.jobId === "string" && typeof r.round === "number") {
         // A secure round in progress is not retried either: its session (keys, update) died with the process.
-        if (["done", "queued", "uploading", "secagg"].includes(r.status as string))
+        if (
+          ["done", "queued", "uploading", "secagg"].includes(r.status as string) ||
+          (r.status === "error" && r.error?.code === "E_POLICY_EXCLUDED")
+        )
           tried.add(keyOf(r as RoundOrder));
         latestRound.set(r.jobId, Math.max(latestRound.get(r.jobId) ?? -1, r.round));
       }
     }
+    // The operator's properties first (the last good values from the reported acks at the first read), so that an
+    // order in the same document is judged by them.
+    props.onTwin(t.properties.desired, t.properties.reported as Record<string, unknown> | undefined);
+    judgeParticipation();
     // The SDK re-subscribes after a reconnect but does not re-read the twin: an order set meanwhile is read here.
     onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY]);
     onEvaluateOrder(t.properties.desired[EVALUATE_DESIRED_KEY]);
   };
   const onDesiredPatch = (delta: Record<string, unknown>, t: TwinLike): void => {
+    props.onPatch(delta);
+    judgeParticipation();
     if (EVALUATE_DESIRED_KEY in delta)
       onEvaluateOrder(t.properties.desired[EVALUATE_DESIRED_KEY] ?? delta[EVALUATE_DESIRED_KEY]);
     if (!(ORDER_DESIRED_KEY in delta)) return;
@@ -429,13 +618,18 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     onDesiredOrder(t.properties.desired[ORDER_DESIRED_KEY] ?? delta[ORDER_DESIRED_KEY]);
   };
 
-  /** The `startRound` method: 200 accepted, 409 E_ROUND_SEEN (tried already, or older), 400 E_ROUND_INVALID. */
+  /**
+   * The `startRound` method: 200 accepted, 409 E_ROUND_SEEN (tried already, or older), 403 E_POLICY_EXCLUDED (the
+   * device's policy declines it now), 400 E_ROUND_INVALID.
+   */
   const startRoundMethod: MethodTable[string] = (payload) => {
     if (!payload) throw new FlotillaError("E_ROUND_INVALID", `${ORDER_METHOD} payload must be a JSON object`);
     if (!parseRoundOrder(payload))
       throw new FlotillaError("E_ROUND_INVALID", `${ORDER_METHOD} payload has no jobId`);
-    const started = onOrder(payload, ORDER_METHOD);
-    return started
+    const taken = takeOrder(payload, ORDER_METHOD);
+    if (typeof taken !== "string")
+      return { status: 403, payload: { accepted: false, code: taken.code, message: taken.message } };
+    return taken === "started"
       ? { status: 200, payload: { accepted: true, jobId: payload.jobId, round: payload.round } }
       : {
           status: 409,
@@ -485,6 +679,9 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         );
       }
       setState({ status: "training", progress: 0 });
+      // The operator's cap on local training time (maxTrainingMinutes, read at the round's start): training stops
+      // after the batch that reaches it and the update of the steps done goes out (docs/operations.md).
+      const maxTrainMs = props.get("maxTrainingMinutes") * 60_000;
       let lastProgress = Date.now();
       let samplesTotal = 0;
       const outcome: TrainOutcome = await executor.run(
@@ -496,7 +693,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
           modelSha256: weightsSha256,
           layoutHash: order.layoutHash,
           config: order.config,
-          data: dataRef,
+          data: dataRefNow(),
+          ...(maxTrainMs > 0 ? { maxTrainMs } : {}),
           ...(order.dp ? { dp: order.dp } : {}),
           ...(order.normBound !== undefined ? { normBound: order.normBound } : {}),
         },
@@ -511,6 +709,14 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       );
       if (signal.aborted) throw signal.reason;
       if (order.deadline > 0 && Date.now() > order.deadline) throw deadlineError;
+      if (outcome.stopped) {
+        const s = outcome.stopped;
+        log.info(
+          `round ${order.round} of ${order.jobId}: training stopped at the ${props.get("maxTrainingMinutes")} min cap ` +
+            `after ${s.steps} steps (${s.samplesDone} of ${s.samplesPlanned} samples); sending the update of the steps done`,
+          { ...base, steps: s.steps, samplesDone: s.samplesDone, samplesPlanned: s.samplesPlanned },
+        );
+      }
       const metrics = {
         loss: outcome.metrics.loss,
         accuracy: outcome.metrics.accuracy,
@@ -816,15 +1022,19 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     return { status: 200, payload: { known: ours } };
   };
 
-  const methods: MethodTable = {
+  // Typed with the model's names (./model.ts METHODS): a method missing here or not in the model does not compile.
+  const secaggMethods = Object.fromEntries(
+    SECAGG_METHODS.map(({ method, step }) => [method, secaggMethod(method, step)]),
+  ) as Record<(typeof SECAGG_METHODS)[number]["method"], MethodHandler>;
+  const methods = {
     [ORDER_METHOD]: startRoundMethod,
     abortRound,
     predict,
-    ...Object.fromEntries(SECAGG_METHODS.map(({ method, step }) => [method, secaggMethod(method, step)])),
+    ...secaggMethods,
     status: () => ({ status: 200, payload: state }),
     updateNotStored,
     updateStored,
-  };
+  } satisfies Record<TrainerMethod, MethodHandler>;
 
   // --- the host: link, twin, reporting, method dispatch, sending, stop ---------------------------------------------
   const host: ModuleHost = new ModuleHost({
@@ -838,15 +1048,25 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     retryDelayMs: opts.retryDelayMs,
     closeClient: opts.closeClient,
     metrics: moduleMetrics,
-    reportedKeys: [REPORTED_KEY],
-    hooks: { onTwin, onDesiredPatch, reported: () => ({ [REPORTED_KEY]: state }) },
+    reportedKeys: REPORTED_KEYS,
+    hooks: {
+      onTwin,
+      onDesiredPatch,
+      reported: () => ({ [REPORTED_KEY]: state, [PARTICIPATION_KEY]: participation }),
+    },
     methods,
   });
   await host.start();
+  // Training windows open and close, disk and memory change: participation is re-judged now and then (and at
+  // every order).
+  const participationTimer = setInterval(judgeParticipation, opts.participationCheckMs ?? 60_000);
+  participationTimer.unref?.();
 
   return {
     metrics: moduleMetrics,
     state: () => state,
+    properties: () => props.values(),
+    participation: () => participation,
     startRound: (order) => onOrder(order, ORDER_METHOD),
     idle: async () => {
       for (let c = chain, m = maskChain; ; c = chain, m = maskChain) {
@@ -860,6 +1080,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     stop: () =>
       host.stop({
         drain: async () => {
+          clearInterval(participationTimer);
           const reason = host.stopSignal.reason as unknown;
           active?.controller.abort(reason);
           pending?.controller.abort(reason);

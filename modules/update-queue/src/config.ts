@@ -4,8 +4,10 @@ import { METRICS_PORT } from "../../shared/metrics";
 
 /**
  * The update-queue module's settings: environment at start-up, validated at once with every missing or invalid
- * setting named (E_CONFIG_MISSING / E_CONFIG_INVALID); `maxChunkBytes` and `resendAfterMs` may later be changed
- * through the module twin's desired properties (`parseDesiredConfig`).
+ * setting named (E_CONFIG_MISSING / E_CONFIG_INVALID). FLOTILLA_MAX_CHUNK_BYTES, FLOTILLA_RESEND_AFTER_MS and
+ * FLOTILLA_QUEUE_MAX_BYTES are the defaults of the writable properties maxChunkBytes, resendAfterMs and capacityBytes
+ * (./model.ts), which the operator may change in the module twin (docs/operations.md "Update-queue and quantizer
+ * properties").
  *
  *   FLOTILLA_QUEUE_DIR           queue directory                       default /var/lib/flotilla/queue
  *   FLOTILLA_MAX_CHUNK_BYTES     body bytes per device-to-cloud chunk  default 255,000 (see outbox.ts)
@@ -113,39 +115,3 @@ export function loadConfig(env: Env): UpdateQueueConfig {
   }
   return { queueDir, maxChunkBytes, resendAfterMs, maxBytes, metricsPort, connection };
 }
-
-export interface DesiredConfig {
-  maxChunkBytes?: number;
-  resendAfterMs?: number;
-}
-
-/**
- * Reads `maxChunkBytes` and `resendAfterMs` from the module twin's desired properties (absent or null = keep).
- * Returns the valid values and one message per invalid one, so a bad value does not block the others.
- */
-export function parseDesiredConfig(desired: Record<string, unknown>): {
-  config: DesiredConfig;
-  errors: string[];
-  /** Why each invalid property was refused (its Plug and Play acknowledgement's `ad`). */
-  refused: Partial<Record<keyof DesiredConfig, string>>;
-} {
-  const config: DesiredConfig = {};
-  const errors: string[] = [];
-  const refused: Partial<Record<keyof DesiredConfig, string>> = {};
-  const read = (name: keyof DesiredConfig, min: number, max: number): void => {
-    const v = desired[name];
-    if (v === undefined || v === null) return;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
-      refused[name] = `not an integer from ${min} to ${max}`;
-      errors.push(`desired ${name}=${JSON.stringify(v)} is ${refused[name]}`);
-      return;
-    }
-    config[name] = v;
-  };
-  read("maxChunkBytes", 1024, MAX_CHUNK_BYTES);
-  read("resendAfterMs", ...RESEND_AFTER_MS_RANGE);
-  return { config, errors, refused };
-}
-
-/** The desired properties the update-queue acknowledges the Plug and Play way (docs/metrics.md "Acknowledgements"). */
-export const WRITABLE_PROPERTIES: readonly (keyof DesiredConfig)[] = ["maxChunkBytes", "resendAfterMs"];

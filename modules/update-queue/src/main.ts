@@ -3,14 +3,9 @@ import { join } from "node:path";
 import { Message, ModuleClient } from "azure-iot-device";
 import { fail, isFlotillaError } from "../../../core/errors";
 import { backoffDelay, checkBackoff, type BackoffOptions } from "./backoff";
-import {
-  loadConfig,
-  parseDesiredConfig,
-  WRITABLE_PROPERTIES,
-  type Env,
-  type UpdateQueueConfig,
-} from "./config";
-import { ACK_APPLIED, ACK_FAILED, ACK_REFUSED, desiredVersion, type AckOutcome } from "../../shared/pnp";
+import { loadConfig, type Env, type UpdateQueueConfig } from "./config";
+import { WritableProperties, type ValuesOf } from "../../shared/writable";
+import { CLOUD_DESIRED_KEYS, updateQueueProperties, type UpdateQueueProperties } from "./model";
 import {
   deriveUpdateId,
   frameMeta,
@@ -28,6 +23,8 @@ import {
   errorText as message,
 } from "../../shared/module-client";
 import { ModuleHost, runModule } from "../../shared/host";
+import type { MethodHandler } from "../../shared/host";
+import { MODEL_ID, type UpdateQueueMethod } from "./model";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultUpdateQueueModuleMetrics, updateQueueMetrics } from "./metrics";
 import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../../shared/metrics-entry";
@@ -44,6 +41,11 @@ import { alsoClosing, containerModuleMetrics, serveContainerMetrics } from "../.
  * retried), throttled reporting, the `ack`/`status` methods, input dispatch and stopping are the module host's
  * (modules/shared/host.ts); this file is the queue's own logic. Sending is the Sender's (./sender.ts: an outbox
  * drains with its own backoff, and resends after a reconnect).
+ *
+ * Operator settings are the module twin's writable properties (./model.ts, IoT Plug and Play; docs/operations.md
+ * "Update-queue and quantizer properties"), validated and acknowledged by WritableProperties
+ * (modules/shared/writable.ts): maxChunkBytes, resendAfterMs, capacityBytes, retentionHours, meteredLink and
+ * meteredMaxUploadBytes, each applied at once. The Function's own desired keys (`acks`, `openRounds`) are read here.
  *
  * `startUpdateQueue` takes an injected client and touches no globals (no process.env, signals or exit), so a local
  * fleet launcher can run many queues in one process; `start` (with runModule) is the container entry point.
@@ -134,6 +136,10 @@ export interface UpdateQueueOptions {
   /** A Logger, or a `(level, message)` callback; default: JSON lines (FLOTILLA_LOG_LEVEL/FORMAT). */
   log?: Logger | LineLog;
   random?: () => number;
+  /** Clock in ms since the epoch (the outbox's times, the resend timer, retention); injectable for tests. */
+  now?: () => number;
+  /** How often updates older than `retentionHours` are looked for, ms (default 60,000; also at each change). */
+  retentionSweepMs?: number;
   /**
    * The queue's Prometheus metrics (./metrics.ts, docs/metrics.md). Default: its own registry with IoT Edge's
    * labels from the environment and `deviceId`.
@@ -153,7 +159,14 @@ export interface UpdateQueueStatus extends OutboxStats {
   /** The last damaged queue file moved aside (a fresh queue was started), or null. */
   readonly quarantined: QuarantineReport | null;
   readonly lastError: string | null;
-  readonly config: { readonly maxChunkBytes: number; readonly resendAfterMs: number };
+  /**
+   * Updates not yet sent completely that are larger than meteredMaxUploadBytes while meteredLink is true: kept,
+   * sent when the link is no longer metered (or the limit rises); and their bytes.
+   */
+  readonly deferred: number;
+  readonly deferredBytes: number;
+  /** The writable properties in effect (./model.ts). */
+  readonly config: Readonly<ValuesOf<UpdateQueueProperties>>;
 }
 
 export interface UpdateQueueHandle {
@@ -164,6 +177,8 @@ export interface UpdateQueueHandle {
   status(): UpdateQueueStatus;
   /** Sends the reported properties now instead of at the next throttle slot. */
   reportNow(): void;
+  /** Drops the updates older than retentionHours now (also done every retentionSweepMs); returns how many. */
+  expireOld(): number;
   /**
    * Takes the module's link down (false: its client closes, as when the device loses its network) or brings it
    * back (true): the module host's setLinkEnabled (modules/shared/host.ts). For launchers replaying availability.
@@ -237,10 +252,12 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         `and started a fresh queue; updates lost: ${r.lostUpdates}`,
       { code: "E_QUEUE_CORRUPT", file: r.file, lostUpdates: r.lostUpdates },
     );
+  const now = opts.now ?? Date.now;
   const outbox = new Outbox(join(opts.dir, QUEUE_FILE), {
     maxChunkBytes: opts.maxChunkBytes,
     maxBytes: opts.maxBytes,
     onQuarantine: (report) => onQuarantine(report),
+    now,
   });
   const moduleMetrics = opts.metrics ?? defaultUpdateQueueModuleMetrics(opts.deviceId);
   const metered = updateQueueMetrics(moduleMetrics, {
@@ -249,6 +266,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     unstored: () => held.size,
     lostInputs: () => lostInputs,
     invalidInputs: () => invalidInputs,
+    deferred: () => deferredOf().deferred,
   });
   if (outbox.quarantined) metered.quarantines.inc();
   const sender = new Sender(outbox, {
@@ -259,6 +277,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     backoff: opts.sendBackoff,
     online: false,
     random,
+    now,
   });
 
   let invalidInputs = 0;
@@ -274,6 +293,14 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     log.log(level, message, fields);
   };
 
+  /** The updates a metered link defers now (not yet sent completely, larger than the upload limit). */
+  const deferredOf = (): { deferred: number; deferredBytes: number } => {
+    const limit = sender.uploadLimit;
+    if (limit === undefined) return { deferred: 0, deferredBytes: 0 };
+    const waiting = outbox.pending().filter((u) => u.state === "pending" && u.size > limit);
+    return { deferred: waiting.length, deferredBytes: waiting.reduce((n, u) => n + u.size, 0) };
+  };
+
   const status = (): UpdateQueueStatus => ({
     ...outbox.stats(),
     online: sender.online,
@@ -283,7 +310,13 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     lostInputs,
     quarantined: outbox.quarantined,
     lastError,
-    config: { maxChunkBytes: outbox.maxChunkBytes, resendAfterMs: sender.resendAfterMs },
+    ...deferredOf(),
+    config: {
+      ...props.values(),
+      maxChunkBytes: outbox.maxChunkBytes,
+      resendAfterMs: sender.resendAfterMs,
+      capacityBytes: outbox.capacityBytes,
+    },
   });
 
   /** The reported status (sent by the host, throttled). */
@@ -298,51 +331,98 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   };
   if (outbox.quarantined) logQuarantine(outbox.quarantined); // found while opening, before the log was wired
 
-  // --- cloud → module: acks, closed rounds, configuration -------------------------------------------------------
-  /** The last acknowledgement sent per writable property (the same one is not sent again at each twin read). */
-  const applyDesired = (desired: Record<string, unknown>): void => {
-    if (host.stopped || typeof desired !== "object" || desired === null) return;
-    const { config, errors, refused } = parseDesiredConfig(desired);
-    for (const e of errors) problem("warn", `${e}`);
-    // Plug and Play acknowledgements of the writable properties named (modules/shared/pnp.ts): 200 applied (null:
-    // the current value is kept), 400 refused (the value in effect stays), 500 failed while applying.
-    const current = {
-      maxChunkBytes: () => outbox.maxChunkBytes,
-      resendAfterMs: () => sender.resendAfterMs,
-    };
-    const apply = {
-      maxChunkBytes: (v: number) => outbox.setMaxChunkBytes(v),
-      resendAfterMs: (v: number) => sender.setResendAfterMs(v),
-    };
-    const outcomes: Record<string, AckOutcome> = {};
-    for (const name of WRITABLE_PROPERTIES) {
-      if (!(name in desired)) continue;
-      const why = refused[name];
-      const value = config[name];
-      if (why !== undefined) {
-        outcomes[name] = { value: current[name](), status: ACK_REFUSED, description: why };
-        continue;
-      }
-      try {
-        if (value !== undefined) apply[name](value);
-        outcomes[name] = { value: current[name](), status: ACK_APPLIED };
-      } catch (e) {
-        problem("warn", `applying desired ${name} failed: ${message(e)}`);
-        outcomes[name] = { value: current[name](), status: ACK_FAILED, description: message(e) };
-      }
+  // --- operator → module: the writable properties (./model.ts) ---------------------------------------------------
+  // Each applies at once (docs/operations.md "Update-queue and quantizer properties"): maxChunkBytes from the next
+  // send attempt, resendAfterMs to the resend timer, capacityBytes to the next update stored (lowered, it drops
+  // nothing), retentionHours at once and then every retentionSweepMs, the metered link at once (an update being
+  // sent stops before its next chunk).
+  let retentionHours = 0;
+  const meteredLink = { on: false, maxUploadBytes: 0 };
+  const uploadLimit = (): number | undefined =>
+    meteredLink.on && meteredLink.maxUploadBytes > 0 ? meteredLink.maxUploadBytes : undefined;
+  const applyProperty = (name: keyof UpdateQueueProperties, value: number | boolean): void => {
+    switch (name) {
+      case "maxChunkBytes":
+        outbox.setMaxChunkBytes(value as number);
+        break;
+      case "resendAfterMs":
+        sender.setResendAfterMs(value as number);
+        break;
+      case "capacityBytes":
+        outbox.setCapacityBytes(value as number);
+        retryHeldSoon(); // a larger capacity may make room for updates held meanwhile
+        break;
+      case "retentionHours":
+        retentionHours = value as number;
+        expireOld();
+        break;
+      case "meteredLink":
+        meteredLink.on = value as boolean;
+        sender.setUploadLimit(uploadLimit());
+        break;
+      case "meteredMaxUploadBytes":
+        meteredLink.maxUploadBytes = value as number;
+        sender.setUploadLimit(uploadLimit());
+        break;
     }
-    host.ackDesired(outcomes, desiredVersion(desired));
+    host.changed();
+  };
+  const props = new WritableProperties({
+    specs: updateQueueProperties({
+      maxChunkBytes: outbox.maxChunkBytes,
+      resendAfterMs: sender.resendAfterMs,
+      capacityBytes: outbox.capacityBytes,
+    }),
+    cloudKeys: CLOUD_DESIRED_KEYS,
+    reservedKeys: [REPORTED_KEY],
+    ack: (outcomes, version) => host.ackDesired(outcomes, version),
+    apply: (name, value) => applyProperty(name, value),
+    log: (level, line) => (level === "warn" ? problem("warn", line) : log.info(line)),
+  });
+
+  /** Drops the undelivered updates older than retentionHours, one log line each (counted: dropped_expired). */
+  const expireOld = (): number => {
+    if (retentionHours <= 0 || host.stopped) return 0;
+    let dropped;
+    try {
+      dropped = outbox.dropExpired(now() - retentionHours * 3600_000);
+    } catch (e) {
+      problem("warn", `dropping expired updates failed: ${message(e)}`);
+      return 0;
+    }
+    for (const u of dropped)
+      log.warn(
+        `dropped update ${u.updateId} (job ${u.jobId}, round ${u.round}, ${u.size} bytes): ` +
+          `undelivered for more than retentionHours ${retentionHours}`,
+        { updateId: u.updateId, jobId: u.jobId, round: u.round, bytes: u.size, reason: "expired" },
+      );
+    if (dropped.length > 0) {
+      retryHeldSoon();
+      sender.kick();
+      host.changed();
+    }
+    return dropped.length;
+  };
+  const retentionTimer = setInterval(() => void expireOld(), opts.retentionSweepMs ?? 60_000);
+  retentionTimer.unref();
+
+  // --- cloud → module: acks, closed rounds ------------------------------------------------------------------------
+  /** The Function's desired `acks` and `openRounds` (a twin read's whole document, or a patch). */
+  const applyCloudKeys = (desired: Record<string, unknown>): void => {
+    if (host.stopped || typeof desired !== "object" || desired === null) return;
     try {
       const acks = ackIdsOf(desired.acks);
       if (acks.length > 0 && outbox.ackMany(acks) > 0) retryHeldSoon();
       for (const [jobId, round] of openRoundsOf(desired.openRounds)) {
         const n = outbox.dropClosedRounds(jobId, round);
-        if (n > 0)
+        if (n > 0) {
+          retryHeldSoon();
           log.info(`dropped ${n} update(s) of closed rounds of ${jobId} (open: ${round})`, {
             jobId,
             openRound: round,
             dropped: n,
           });
+        }
       }
     } catch (e) {
       problem("warn", `applying desired properties failed: ${message(e)}`);
@@ -406,7 +486,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       }
       release(h);
       storeFailures = 0;
-      log.info(`stored update ${h.updateId} after the disk refused it`, { updateId: h.updateId });
+      log.info(`stored update ${h.updateId} after it was refused`, { updateId: h.updateId });
       host.complete(h.msg);
       // An update split into chunks is told about once: when its last held chunk is stored.
       if (!holding(h.updateId)) notifyTrainer("updateStored", h);
@@ -476,7 +556,8 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   };
 
   /**
-   * A valid update the disk refused (E_QUEUE_DISK_FULL, E_QUEUE_IO, E_QUEUE_CORRUPT, ...). IoT Edge semantics: over
+   * A valid update the queue refused: it is full (E_QUEUE_FULL: capacityBytes), or the disk refused it
+   * (E_QUEUE_DISK_FULL, E_QUEUE_IO, E_QUEUE_CORRUPT, ...). IoT Edge semantics: over
    * AMQP edgeHub redelivers an input message that is not completed; over MQTT the SDK has already PUBACKed it when
    * the event fires (azure-iot-device-mqtt's complete() is a no-op), so not completing alone would lose it. So the
    * update is (1) not completed — a restart gets it again over AMQP, (2) held in memory, bounded by maxHeldBytes,
@@ -538,9 +619,18 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     hooks: {
       // Every twin GET (after each (re)connection, the SDK re-subscribes but does not re-GET): acks and
       // configuration set while the link was down are applied before anything is resent.
-      onTwin: (twin) => applyDesired(twin.properties.desired),
-      onDesiredPatch: (delta) => applyDesired(delta),
+      onTwin: (twin) => {
+        if (host.stopped) return;
+        props.onTwin(twin.properties.desired, twin.properties.reported);
+        applyCloudKeys(twin.properties.desired);
+      },
+      onDesiredPatch: (delta) => {
+        if (host.stopped) return;
+        props.onPatch(delta);
+        applyCloudKeys(delta);
+      },
       onOnline: () => {
+        expireOld(); // nothing past its retention is resent
         sender.resendUnacked();
         sender.setOnline(true);
       },
@@ -558,7 +648,7 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         return { status: 200, payload: { acked, depth: outbox.stats().depth } };
       },
       status: () => ({ status: 200, payload: status() }),
-    },
+    } satisfies Record<UpdateQueueMethod, MethodHandler>,
     inputs: { [inputName]: onInput },
   });
 
@@ -584,11 +674,13 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
     metrics: moduleMetrics,
     status,
     reportNow: () => host.reportNow(),
+    expireOld: () => expireOld(),
     setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),
     stop: () =>
       host.stop({
         drain: async () => {
           if (storeTimer) clearTimeout(storeTimer);
+          clearInterval(retentionTimer);
           if (held.size > 0)
             log.error(
               `stopping with ${held.size} update(s) not stored (not completed: edgeHub keeps them over AMQP)`,
@@ -668,9 +760,12 @@ export function openRoundsOf(value: unknown): [string, number][] {
 
 // --- container entry ------------------------------------------------------------------------------------------
 
-/** Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local. */
+/**
+ * Creates the module client: from the IoT Edge environment, or from a connection string (+ CA) when local; it
+ * announces the queue's Plug and Play model ID (./model.ts MODEL_ID).
+ */
 export function createModuleClient(config: UpdateQueueConfig): Promise<ModuleClient> {
-  return createSharedModuleClient(config.connection);
+  return createSharedModuleClient(config.connection, MODEL_ID);
 }
 
 /** Container entry: configuration from the environment (validated, naming what is missing); owns its client. */

@@ -20,6 +20,8 @@ export interface UpdateQueueMetricsSource {
   unstored(): number;
   lostInputs(): number;
   invalidInputs(): number;
+  /** Updates a metered link defers (larger than meteredMaxUploadBytes while meteredLink is true); default 0. */
+  deferred?(): number;
 }
 
 export interface UpdateQueueMetrics {
@@ -32,6 +34,7 @@ export const DROP_REASONS = {
   closed_round: "dropped_closed",
   overflow: "dropped_overflow",
   corrupt: "dropped_corrupt",
+  expired: "dropped_expired",
   stale_chunks: "dropped_staged",
 } as const satisfies Record<string, CounterName>;
 
@@ -85,6 +88,18 @@ export function updateQueueMetrics(m: ModuleMetrics, src: UpdateQueueMetricsSour
   m.gauge("unstored_updates", "Valid updates the disk refused, held in memory until stored", [], function () {
     this.set(src.unstored());
   });
+  m.gauge(
+    "deferred_updates",
+    "Updates larger than meteredMaxUploadBytes kept, not sent, while the link is metered",
+    [],
+    function () {
+      try {
+        this.set(src.deferred?.() ?? 0);
+      } catch {
+        // the queue file cannot be read now: no value this time
+      }
+    },
+  );
   m.gauge(
     "disk_free_bytes",
     "Free bytes (for an unprivileged process) on the queue directory's file system",

@@ -13,6 +13,13 @@ export const MODEL_ID = "dtmi:flotilla:edge:UpdateQueue;1";
 /** Desired keys the Function writes (delivery acknowledgements, the open rounds): never acked. */
 export const CLOUD_DESIRED_KEYS = ["acks", "openRounds"] as const;
 
+/** The queue's direct methods (its method table in ./main.ts is typed with them; each is a Command in the model). */
+export const METHODS = ["ack", "status"] as const;
+export type UpdateQueueMethod = (typeof METHODS)[number];
+
+/** The top-level reported keys the queue's own state uses (`updateQueue`: UpdateQueueStatus); read-only Properties. */
+export const REPORTED_KEYS = ["updateQueue"] as const;
+
 export interface UpdateQueuePropertyDefaults {
   readonly maxChunkBytes: number;
   readonly resendAfterMs: number;

@@ -71,7 +71,7 @@ const CODES: ChunkErrorCodes = {
 
 const DEFAULTS = {
   maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES,
-  /** Bytes of unacknowledged updates kept; beyond it the oldest are dropped (counted as dropped_overflow). */
+  /** Bytes of unacknowledged updates kept (the capacity); a new update that does not fit is refused (E_QUEUE_FULL). */
   maxBytes: 256 * 1024 * 1024,
   /** Acked/dropped updates remembered (without their bodies) so a late duplicate enqueue stays a no-op. */
   tombstoneLimit: 10_000,
@@ -87,7 +87,8 @@ const DEFAULTS = {
 const SCHEMA_VERSION = 1;
 
 export type UpdateState = "pending" | "sent" | "acked" | "dropped";
-export type DropReason = "closed_round" | "overflow" | "corrupt";
+/** `overflow`: files written before the capacity refused new updates instead of dropping the oldest ones. */
+export type DropReason = "closed_round" | "overflow" | "corrupt" | "expired";
 
 export interface UpdateMeta {
   readonly jobId: string;
@@ -112,6 +113,7 @@ export interface StageResult {
 export interface OutboxOptions {
   /** Body bytes per chunk (1 … MAX_CHUNK_BYTES); default 255,000. */
   maxChunkBytes?: number;
+  /** The capacity: bytes of unacknowledged updates kept (default 256 MiB); `setCapacityBytes` changes it. */
   maxBytes?: number;
   tombstoneLimit?: number;
   /** Check that every frame is a well-formed FLT1 `result`/`failure`/up `secagg` frame agreeing with its meta; default true. */
@@ -179,6 +181,7 @@ export type CounterName =
   | "dropped_closed"
   | "dropped_overflow"
   | "dropped_corrupt"
+  | "dropped_expired"
   | "staged_chunks"
   | "rejected"
   | "dropped_staged";
@@ -193,6 +196,7 @@ export const COUNTER_NAMES: readonly CounterName[] = [
   "dropped_closed",
   "dropped_overflow",
   "dropped_corrupt",
+  "dropped_expired",
   "staged_chunks",
   "rejected",
   "dropped_staged",
@@ -334,7 +338,7 @@ export class Outbox {
   private db!: SqliteDatabase;
   private readonly now: () => number;
   private readonly validateFrames: boolean;
-  private readonly maxBytes: number;
+  private maxBytes: number;
   private readonly tombstoneLimit: number;
   private chunkBytes: number;
   private stmt!: Record<string, SqliteStatement>;
@@ -480,9 +484,8 @@ export class Outbox {
          VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)`,
       ),
       liveBytes: db.prepare(`SELECT COALESCE(SUM(size), 0) AS bytes FROM updates WHERE ${LIVE}`),
-      oldestLive: db.prepare(`SELECT seq, size FROM updates WHERE ${LIVE} ORDER BY seq LIMIT 1`),
-      dropSeq: db.prepare(
-        `UPDATE updates SET state = 'dropped', drop_reason = ?, body = NULL, settled_at = ? WHERE seq = ?`,
+      expired: db.prepare(
+        `SELECT ${ROW_COLUMNS} FROM updates WHERE ${LIVE} AND enqueued_at < ? ORDER BY seq`,
       ),
       count: db.prepare(
         `INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value`,
@@ -502,9 +505,9 @@ export class Outbox {
       live: db.prepare(`SELECT ${ROW_COLUMNS} FROM updates WHERE ${LIVE} ORDER BY seq`),
       due: db.prepare(
         `SELECT ${ROW_COLUMNS} FROM updates
-         WHERE state = 'pending' OR (state = 'sent' AND sent_at <= ?) ORDER BY seq LIMIT ?`,
+         WHERE (state = 'pending' OR (state = 'sent' AND sent_at <= ?)) AND size <= ? ORDER BY seq LIMIT ?`,
       ),
-      nextResend: db.prepare(`SELECT MIN(sent_at) AS t FROM updates WHERE state = 'sent'`),
+      nextResend: db.prepare(`SELECT MIN(sent_at) AS t FROM updates WHERE state = 'sent' AND size <= ?`),
       begin: db.prepare(
         `UPDATE updates SET state = 'pending', attempts = attempts + 1, last_attempt_at = ?, next_chunk = ?,
          chunk_bytes = ? WHERE update_id = ?`,
@@ -569,18 +572,17 @@ export class Outbox {
       return updateId;
     }
     const now = this.now();
-    let live = Number((this.stmt.liveBytes.get() as { bytes: number }).bytes);
-    let dropped = 0;
-    while (live + frame.byteLength > this.maxBytes) {
-      const oldest = this.stmt.oldestLive.get() as { seq: number; size: number } | undefined;
-      if (!oldest) break;
-      this.stmt.dropSeq.run("overflow", now, oldest.seq);
-      live -= oldest.size;
-      dropped++;
+    // A full queue refuses the new update and keeps every one it holds (also after its capacity was lowered below
+    // what it holds): the caller holds the update and tries again when acks, drops or a larger capacity make room.
+    const live = Number((this.stmt.liveBytes.get() as { bytes: number }).bytes);
+    if (live + frame.byteLength > this.maxBytes) {
+      fail(
+        "E_QUEUE_FULL",
+        `update ${updateId} of ${frame.byteLength} bytes does not fit: ${live} of the queue's ${this.maxBytes} bytes are taken`,
+      );
     }
     this.stmt.insert.run(updateId, meta.jobId, meta.round, meta.deviceId, sha, frame.byteLength, frame, now);
     this.bump("enqueued", 1);
-    if (dropped > 0) this.settled("dropped_overflow", dropped);
     return updateId;
   }
 
@@ -689,6 +691,19 @@ export class Outbox {
     this.chunkBytes = checkChunkBytes(bytes);
   }
 
+  /** The capacity: bytes of unacknowledged updates kept. */
+  get capacityBytes(): number {
+    return this.maxBytes;
+  }
+
+  /**
+   * Changes the capacity at once (e.g. from the module twin). Lowering it below what is stored drops nothing: new
+   * updates are refused (E_QUEUE_FULL) until acks and drops bring the stored bytes under it.
+   */
+  setCapacityBytes(bytes: number): void {
+    this.maxBytes = positiveInt(bytes, "capacityBytes");
+  }
+
   /**
    * Stores an update durably and returns its id. Only after this returns may the trainer's message be
    * acknowledged. Enqueueing the same update again (same id and content) changes nothing but the `duplicates`
@@ -700,6 +715,7 @@ export class Outbox {
     if (frame.byteLength === 0) fail("E_QUEUE_INVALID", "an update cannot be empty");
     validateMeta(meta);
     if (frame.byteLength > this.maxBytes) {
+      // Larger than the whole capacity: waiting cannot make room for it.
       fail(
         "E_QUEUE_TOO_LARGE",
         `update of ${frame.byteLength} bytes exceeds the queue's ${this.maxBytes} bytes`,
@@ -939,6 +955,24 @@ export class Outbox {
     });
   }
 
+  /**
+   * Drops the unacknowledged updates enqueued before `enqueuedBefore` (ms since the epoch; the retention limit), and
+   * counts them in `dropped_expired`. Returns them (no bodies), so each can be logged.
+   */
+  dropExpired(enqueuedBefore: number): UpdateInfo[] {
+    if (!Number.isFinite(enqueuedBefore))
+      fail("E_QUEUE_INVALID", `dropExpired: ${String(enqueuedBefore)} is not a time`);
+    const dropped = this.write("dropping expired updates", () => {
+      const rows = this.stmt.expired.all(enqueuedBefore) as UpdateRow[];
+      const now = this.now();
+      for (const r of rows) this.stmt.dropId.run("expired", now, r.update_id);
+      if (rows.length > 0) this.settled("dropped_expired", rows.length);
+      return rows.map((r) => ({ ...toInfo(r), state: "dropped" as const, dropReason: "expired" as const }));
+    });
+    for (const u of dropped) this.volatile.delete(u.updateId);
+    return dropped;
+  }
+
   /** Every update not yet acknowledged, oldest first (no bodies). */
   pending(): UpdateInfo[] {
     return this.live();
@@ -946,26 +980,33 @@ export class Outbox {
 
   /**
    * Updates to send now, oldest first: those not yet sent completely, and those sent at or before
-   * `resendSentBefore` without an ack.
+   * `resendSentBefore` without an ack; only those of at most `maxSize` bytes (larger ones are deferred: a metered
+   * link).
    */
-  due(resendSentBefore: number, limit: number): UpdateInfo[] {
+  due(resendSentBefore: number, limit: number, maxSize = Number.MAX_SAFE_INTEGER): UpdateInfo[] {
     if (this.volatile.size === 0) {
       return this.read("reading the queue", () =>
-        (this.stmt.due.all(resendSentBefore, limit) as UpdateRow[]).map(toInfo),
+        (this.stmt.due.all(resendSentBefore, maxSize, limit) as UpdateRow[]).map(toInfo),
       );
     }
     return this.live()
       .filter((u) => u.state === "pending" || (u.sentAt !== null && u.sentAt <= resendSentBefore))
+      .filter((u) => u.size <= maxSize)
       .slice(0, limit);
   }
 
-  /** Completion time of the oldest update awaiting an ack, or undefined. */
-  oldestSentAt(): number | undefined {
+  /** Completion time of the oldest update (of at most `maxSize` bytes) awaiting an ack, or undefined. */
+  oldestSentAt(maxSize = Number.MAX_SAFE_INTEGER): number | undefined {
     if (this.volatile.size > 0) {
-      const times = this.live().flatMap((u) => (u.state === "sent" && u.sentAt !== null ? [u.sentAt] : []));
+      const times = this.live().flatMap((u) =>
+        u.state === "sent" && u.sentAt !== null && u.size <= maxSize ? [u.sentAt] : [],
+      );
       return times.length > 0 ? Math.min(...times) : undefined;
     }
-    const t = this.read("reading the queue", () => (this.stmt.nextResend.get() as { t: number | null }).t);
+    const t = this.read(
+      "reading the queue",
+      () => (this.stmt.nextResend.get(maxSize) as { t: number | null }).t,
+    );
     return t === null ? undefined : Number(t);
   }
 

@@ -10,6 +10,10 @@ import type { Outbox, OutboxChunk } from "./outbox";
  * update sent completely but not acknowledged within `resendAfterMs` is sent again, and so is everything
  * unacknowledged after `start()` (process restart) and `resendUnacked()` (reconnect). Sending twice is harmless by
  * design: the cloud deduplicates on updateId + chunkIndex (the messageId).
+ *
+ * `setUploadLimit(bytes)` (a metered link, docs/operations.md "Update-queue and quantizer properties") defers every
+ * update larger than `bytes`: it is neither started nor resent, and one being sent stops before its next chunk (its
+ * progress is kept); `setUploadLimit(undefined)` sends them again.
  */
 
 export type SendChunk = (chunk: OutboxChunk) => Promise<void>;
@@ -58,6 +62,8 @@ export class Sender extends EventEmitter<SenderEvents> {
   private readonly random: () => number;
   private readonly now: () => number;
   private resendMs: number;
+  /** Updates larger than this wait (a metered link); MAX_SAFE_INTEGER: no limit. */
+  private maxUpload = Number.MAX_SAFE_INTEGER;
   private linkUp: boolean;
   /** Until start(): nothing is sent. */
   private stopped = true;
@@ -122,6 +128,20 @@ export class Sender extends EventEmitter<SenderEvents> {
     this.pump();
   }
 
+  /** Updates larger than `bytes` are deferred (undefined: none is). Takes effect at once. */
+  setUploadLimit(bytes: number | undefined): void {
+    if (bytes !== undefined && (!Number.isSafeInteger(bytes) || bytes < 0))
+      fail("E_QUEUE_CONFIG", `upload limit ${String(bytes)} must be a non-negative integer`);
+    this.maxUpload = bytes ?? Number.MAX_SAFE_INTEGER;
+    this.clearTimer();
+    this.pump();
+  }
+
+  /** The largest update sent now (undefined: no limit). */
+  get uploadLimit(): number | undefined {
+    return this.maxUpload === Number.MAX_SAFE_INTEGER ? undefined : this.maxUpload;
+  }
+
   setResendAfterMs(ms: number): void {
     this.resendMs = checkResendAfter(ms);
     this.clearTimer();
@@ -167,13 +187,17 @@ export class Sender extends EventEmitter<SenderEvents> {
     }
     const ok = this.guard(() => {
       while (this.inflight.size < this.concurrency) {
-        const due = this.outbox.due(now - this.resendMs, this.concurrency + this.inflight.size);
+        const due = this.outbox.due(
+          now - this.resendMs,
+          this.concurrency + this.inflight.size,
+          this.maxUpload,
+        );
         const next = due.find((u) => !this.inflight.has(u.updateId));
         if (!next) break;
         this.startWorker(next.updateId);
       }
       if (this.inflight.size === 0) {
-        const oldest = this.outbox.oldestSentAt();
+        const oldest = this.outbox.oldestSentAt(this.maxUpload);
         if (oldest !== undefined) this.wakeAt(oldest + this.resendMs);
       }
     });
@@ -204,8 +228,9 @@ export class Sender extends EventEmitter<SenderEvents> {
     }
     if (!plan) return;
     const { chunks, startChunk, attempt } = plan;
+    const size = chunks.reduce((n, c) => n + c.body.byteLength, 0);
     for (let i = startChunk; i < chunks.length; i++) {
-      if (this.paused()) return;
+      if (this.paused() || size > this.maxUpload) return; // deferred meanwhile: resumes from chunk i later
       await this.sendOne(chunks[i]);
       if (this.stopped) return;
       this.failures = 0;
@@ -297,7 +322,7 @@ export class Sender extends EventEmitter<SenderEvents> {
     if (this.stopped || !this.linkUp) return true;
     if (this.now() < this.backoffUntil) return false;
     try {
-      return this.outbox.due(this.now() - this.resendMs, 1).length === 0;
+      return this.outbox.due(this.now() - this.resendMs, 1, this.maxUpload).length === 0;
     } catch {
       return false;
     }

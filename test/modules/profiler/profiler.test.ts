@@ -188,3 +188,85 @@ test(
     assert.ok((twin.properties.reported.capabilities?.samplesPerSecond["sensors-small"] ?? 0) > 0);
   }),
 );
+
+test(
+  "profiler properties (modules/profiler/src/model.ts): refused values keep the last good one, which a restart restores",
+  withContext(async (t) => {
+    const hub = await startLocalHub({ log: () => {} });
+    const stops: (() => Promise<void>)[] = [];
+    t.after(async () => {
+      for (const s of stops.reverse()) await s().catch(() => undefined);
+      await hub.close();
+    });
+    const info = { serviceConnectionString: hub.serviceConnectionString, caCertPem: hub.caCertPem };
+    const registry = createRegistry(info);
+    const connection = hub.createModule("edge-3", "profiler");
+    const benches: BenchTrainOptions[] = [];
+    const startOne = async () => {
+      const client = ModuleClient.fromConnectionString(connection, Mqtt);
+      await client.setOptions({ ca: hub.caCertPem });
+      const p = await startProfiler({
+        client: client as never,
+        benchSeconds: 0.05,
+        threads: 1,
+        dataDir: os.tmpdir(),
+        minuteMs: 60_000,
+        closeClient: true,
+        bench: (o) => {
+          benches.push(o);
+          return benchTrain({ ...o, seconds: 0.05 });
+        },
+        log: () => {},
+      });
+      stops.push(() => p.stop());
+      return p;
+    };
+    const desire = async (desired: Record<string, unknown>): Promise<number> => {
+      await registry.updateModuleTwin("edge-3", "profiler", { properties: { desired } }, "*");
+      const twin = (await registry.getModuleTwin("edge-3", "profiler")).responseBody;
+      return twin.properties.desired.$version as number;
+    };
+    const ack = async (name: string, av: number) => {
+      let a: { value?: unknown; ac?: number; av?: number; ad?: string } | undefined;
+      const end = Date.now() + 10_000;
+      for (;;) {
+        const twin = (await registry.getModuleTwin("edge-3", "profiler")).responseBody;
+        a = twin.properties.reported[name] as typeof a;
+        if (a?.av === av) return a;
+        if (Date.now() > end) throw new Error(`no ack of ${name} at ${av}: ${JSON.stringify(a)}`);
+        await new Promise((r) => setTimeout(r, 30));
+      }
+    };
+
+    const first = await startOne();
+    const v1 = await desire({ scheduleMinutes: 30, models: [], model: "autoencoder" });
+    assert.deepEqual(await ack("scheduleMinutes", v1), { value: 30, ac: 200, av: v1 });
+    assert.deepEqual(await ack("model", v1), { value: "autoencoder", ac: 200, av: v1 });
+    // The next measurement benchmarks the kind in `model` (models is empty).
+    const n = benches.length;
+    await first.measure();
+    assert.deepEqual(
+      benches.slice(n).map((b) => b.model),
+      ["autoencoder"],
+    );
+    const v2 = await desire({ models: ["mlp", "resnet"] });
+    const models = await ack("models", v2);
+    assert.equal(models.ac, 400);
+    assert.deepEqual(models.value, [], "the last good value");
+    assert.match(models.ad ?? "", /^E_PROPERTY_INVALID: models\[1\]: unknown model kind "resnet"/);
+    await first.stop();
+
+    // While it is down the operator sets an invalid schedule: the restarted profiler keeps the last good one.
+    const v3 = await desire({ scheduleMinutes: "hourly" });
+    const second = await startOne();
+    const schedule = await ack("scheduleMinutes", v3);
+    assert.equal(schedule.ac, 400);
+    assert.equal(schedule.value, 30);
+    assert.match(schedule.ad ?? "", /scheduleMinutes must be a number from 0 to 10080/);
+    assert.equal(second.scheduleMinutes(), 30, "the restored schedule is running");
+    // Its measurements still carry the free disk and memory the cloud's policy check reads.
+    const caps = second.last()!;
+    assert.ok(caps.freeDiskBytes !== null && caps.freeDiskBytes > 0);
+    assert.ok(caps.freeMemoryBytes > 0);
+  }),
+);

@@ -13,7 +13,7 @@ import {
   type UpdateQueueHandle,
   type UpdateQueueOptions,
 } from "../../../modules/update-queue/src/main";
-import { loadConfig, parseDesiredConfig } from "../../../modules/update-queue/src/config";
+import { loadConfig } from "../../../modules/update-queue/src/config";
 import {
   D2C_MAX_MESSAGE_BYTES,
   DEFAULT_MAX_CHUNK_BYTES,
@@ -168,7 +168,15 @@ test(
     assert.equal(status.depth, 0);
     assert.equal(status.counters.acked, 5);
     assert.equal(status.counters.enqueued, 5);
-    assert.deepEqual(status.config, { maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES, resendAfterMs: 600_000 });
+    assert.deepEqual(status.config, {
+      maxChunkBytes: DEFAULT_MAX_CHUNK_BYTES,
+      resendAfterMs: 600_000,
+      capacityBytes: 256 * 1024 * 1024,
+      retentionHours: 0,
+      meteredLink: false,
+      meteredMaxUploadBytes: 0,
+    });
+    assert.equal(status.deferred, 0);
   }),
 );
 
@@ -184,8 +192,10 @@ test(
     client.twin.patchDesired({ maxChunkBytes: 10 * 1024 * 1024, resendAfterMs: 2000 });
     assert.equal(queue.outbox.maxChunkBytes, 4096);
     assert.equal(queue.sender.resendAfterMs, 2000);
-    assert.match(queue.status().lastError ?? "", /maxChunkBytes=10485760/);
-    assert.deepEqual(parseDesiredConfig({ maxChunkBytes: "big", resendAfterMs: null }).config, {});
+    assert.match(queue.status().lastError ?? "", /desired maxChunkBytes = 10485760 refused/);
+    client.twin.patchDesired({ maxChunkBytes: "big", resendAfterMs: null });
+    assert.equal(queue.outbox.maxChunkBytes, 4096, "refused: the last good value");
+    assert.equal(queue.sender.resendAfterMs, 600_000, "null: the default");
 
     queue.sender.setOnline(false);
     const add = (jobId: string, round: number) =>

@@ -296,30 +296,152 @@ test(
 );
 
 test(
-  "the queue is bounded: the oldest unacked updates are dropped (and counted) to make room",
+  "the queue is bounded: a full queue refuses a new update (E_QUEUE_FULL) and drops none it holds",
   withContext((t) => {
     const one = resultFrame({ floats: 2500 }).frame.byteLength; // ~10 KB
     const box = open(tempDir(t), { maxBytes: Math.floor(one * 2.5) });
     t.after(() => box.close());
-    const ids = [1, 2, 3, 4].map((round) => {
+    const add = (round: number) => {
       const { frame, meta } = resultFrame({ floats: 2500, round });
       return box.enqueue(frame, meta);
-    });
+    };
+    const ids = [add(1), add(2)];
     const s = box.stats();
+    assert.equal(
+      codeOf(() => add(3)),
+      "E_QUEUE_FULL",
+    );
+    assert.deepEqual(box.stats(), s, "nothing written, nothing dropped");
     assert.deepEqual(
       box.pending().map((u) => u.updateId),
-      ids.slice(2),
+      ids,
     );
-    assert.equal(s.counters.dropped_overflow, 2);
-    assert.ok(s.bytesPending <= one * 2.5);
-    assert.equal(box.get(ids[0])?.dropReason, "overflow");
-    // A single update larger than the whole queue is refused, and nothing is dropped for it.
+    assert.equal(s.counters.dropped_overflow, 0);
+    // An ack makes room.
+    box.ack(ids[0]);
+    const third = add(3);
+    assert.equal(box.get(third)?.state, "pending");
+    // A single update larger than the whole queue is refused for good (E_QUEUE_TOO_LARGE), and nothing is dropped.
     const huge = resultFrame({ floats: 10_000 });
+    const before = box.stats();
     assert.equal(
       codeOf(() => box.enqueue(huge.frame, huge.meta)),
       "E_QUEUE_TOO_LARGE",
     );
-    assert.deepEqual(box.stats(), s);
+    assert.deepEqual(box.stats(), before);
+  }),
+);
+
+test(
+  "the capacity changes live: lowered below what is stored it drops nothing and refuses new updates until there is room",
+  withContext((t) => {
+    const one = resultFrame({ floats: 2500 }).frame.byteLength;
+    const box = open(tempDir(t), { maxBytes: one * 10 });
+    t.after(() => box.close());
+    const add = (round: number) => {
+      const { frame, meta } = resultFrame({ floats: 2500, round });
+      return box.enqueue(frame, meta);
+    };
+    const ids = [1, 2, 3, 4].map(add);
+    box.setCapacityBytes(Math.floor(one * 2.5));
+    assert.equal(box.capacityBytes, Math.floor(one * 2.5));
+    assert.equal(box.stats().depth, 4, "nothing dropped");
+    assert.equal(
+      codeOf(() => add(5)),
+      "E_QUEUE_FULL",
+    );
+    box.ackMany(ids.slice(0, 2));
+    assert.equal(
+      codeOf(() => add(5)),
+      "E_QUEUE_FULL",
+      "still 2 of 2.5 updates' room taken",
+    );
+    box.ack(ids[2]);
+    add(5);
+    assert.equal(box.stats().depth, 2);
+    box.setCapacityBytes(one * 10);
+    add(6);
+    add(7);
+    assert.equal(box.stats().depth, 4);
+    assert.equal(
+      codeOf(() => box.setCapacityBytes(0)),
+      "E_QUEUE_CONFIG",
+    );
+    assert.equal(box.capacityBytes, one * 10);
+  }),
+);
+
+test(
+  "retention: dropExpired drops the undelivered updates enqueued before a time (pending and awaiting an ack), counted",
+  withContext((t) => {
+    let now = 1_000_000;
+    const box = open(tempDir(t), { now: () => now });
+    t.after(() => box.close());
+    const add = (round: number) => {
+      const { frame, meta } = resultFrame({ round });
+      return box.enqueue(frame, meta);
+    };
+    const a = add(1);
+    const b = add(2);
+    box.beginAttempt(b);
+    box.markSent(b);
+    now += 3600_000;
+    const c = add(3);
+    assert.deepEqual(box.dropExpired(now - 3600_000), [], "not older than the limit");
+    const dropped = box.dropExpired(now - 1800_000);
+    assert.deepEqual(
+      dropped.map((u) => [u.updateId, u.round, u.dropReason]),
+      [
+        [a, 1, "expired"],
+        [b, 2, "expired"],
+      ],
+    );
+    assert.equal(box.get(a)?.state, "dropped");
+    assert.equal(box.get(b)?.dropReason, "expired");
+    assert.deepEqual(
+      box.pending().map((u) => u.updateId),
+      [c],
+    );
+    assert.equal(box.stats().counters.dropped_expired, 2);
+    assert.equal(
+      codeOf(() => box.dropExpired(Number.NaN)),
+      "E_QUEUE_INVALID",
+    );
+  }),
+);
+
+test(
+  "due and oldestSentAt leave out updates larger than a size limit (a metered link defers them)",
+  withContext((t) => {
+    let now = 1_000_000;
+    const box = open(tempDir(t), { now: () => now });
+    t.after(() => box.close());
+    const small = resultFrame({ floats: 100, round: 1 });
+    const big = resultFrame({ floats: 10_000, round: 2 });
+    const s = box.enqueue(small.frame, small.meta);
+    const b = box.enqueue(big.frame, big.meta);
+    const limit = small.frame.byteLength + 100;
+    assert.deepEqual(
+      box.due(now, 10, limit).map((u) => u.updateId),
+      [s],
+    );
+    assert.deepEqual(
+      box.due(now, 10).map((u) => u.updateId),
+      [s, b],
+    );
+    for (const id of [s, b]) {
+      box.beginAttempt(id);
+      box.markSent(id);
+    }
+    now += 10;
+    assert.equal(box.oldestSentAt(), now - 10);
+    box.ack(s);
+    assert.equal(box.oldestSentAt(limit), undefined, "the big one's resend is deferred: no wake-up for it");
+    assert.deepEqual(box.due(now, 10, limit), []);
+    assert.deepEqual(
+      box.due(now, 10).map((u) => u.updateId),
+      [b],
+    );
   }),
 );
 
