@@ -9,6 +9,7 @@
  * `$version`; an ack with `av` at or above that answers the current value.
  */
 import { FlotillaError } from "../../core/errors";
+import { effectivePolicy, type PolicyModule } from "../../core/fleet/policy";
 import { isWritableAck, type WritableAck } from "../../modules/shared/pnp";
 import { FLEET_MODULES, POLICY_MODULES, fleetModule, parseAssignments } from "./fleet-modules";
 import { queryAll, sqlString, statusOf, type FleetHub } from "./fleet-hub";
@@ -337,7 +338,11 @@ export interface DeviceView {
   lastActivityTime: string | null;
   tags: Obj;
   capabilities: Obj | null;
-  /** Per policy property: the value in effect (the module's ack), and the desired one when it differs. */
+  /**
+   * Per policy property: the value the cloud honours (core/fleet/policy.ts effectivePolicy: a valid desired value at
+   * once, else the module's acknowledged value, else the default), where the module's ack stands, and the desired
+   * value when it differs from the value honoured.
+   */
   policy: Record<string, { value: unknown; desired?: unknown; state: AckState }>;
   trainer: { status: string | null; round: number | null; jobId: string | null } | null;
   participation: unknown;
@@ -368,15 +373,18 @@ export function deviceViews(
       const mod = (name: string) => mods.find((m) => m.moduleId === name);
       const reported = (name: string) => obj(mod(name)?.properties?.reported);
       const policy: DeviceView["policy"] = {};
-      for (const [m, props] of Object.entries(POLICY_MODULES)) {
-        const t = mod(m);
-        if (!t) continue;
+      const modules = Object.keys(POLICY_MODULES).filter((m) => mod(m)) as PolicyModule[];
+      const effective = effectivePolicy(
+        Object.fromEntries(modules.map((m) => [m, obj(mod(m)?.properties?.desired)])),
+        Object.fromEntries(modules.map((m) => [m, obj(mod(m)?.properties?.reported)])),
+      ).policy as unknown as Readonly<Record<string, unknown>>;
+      for (const m of modules) {
+        const t = mod(m)!;
         const des = obj(t.properties?.desired);
         const rep = obj(t.properties?.reported);
-        for (const p of props) {
-          const ack = rep[p];
+        for (const p of POLICY_MODULES[m]) {
           const spec = FLEET_MODULES[m]?.specs[p];
-          const value = isWritableAck(ack) ? ack.value : spec?.default;
+          const value = effective[p] !== undefined ? effective[p] : spec?.default;
           const entry: DeviceView["policy"][string] = { value, state: ackState(des, rep, p) };
           if (Object.hasOwn(des, p) && !same(des[p], value)) entry.desired = des[p];
           policy[p] = entry;
@@ -431,12 +439,14 @@ function policyText(p: DeviceView["policy"]): string {
   for (const [name, e] of Object.entries(p)) {
     const owner = Object.entries(POLICY_MODULES).find(([, ps]) => ps.includes(name))?.[0] ?? "";
     const def = FLEET_MODULES[owner]?.specs[name]?.default;
-    const mark =
-      e.state === "refused" ? " (refused " : e.state === "pending" || e.state === "stale" ? " (→ " : "";
-    if (same(e.value, def) && e.desired === undefined) continue;
-    parts.push(
-      `${name}=${short(e.value, 30)}${e.desired !== undefined ? `${mark || " (→ "}${short(e.desired, 30)})` : ""}`,
-    );
+    if (same(e.value, def) && e.desired === undefined && e.state !== "refused") continue;
+    const note =
+      e.state === "refused"
+        ? ` (refused ${short(e.desired, 30)})`
+        : e.state === "pending" || e.state === "stale"
+          ? " (not acked yet)"
+          : "";
+    parts.push(`${name}=${short(e.value, 30)}${note}`);
   }
   return parts.length ? parts.join(" ") : "defaults";
 }

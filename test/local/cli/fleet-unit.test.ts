@@ -161,3 +161,25 @@ test("docs/operations.md names every writable property of every module, and the 
     if (!doc.includes(`flotilla fleet ${c}`)) missing.push(`flotilla fleet ${c}`);
   assert.deepEqual(missing, []);
 });
+
+test("list's policy is what the cloud honours (effectivePolicy): a new valid value at once, a refused one never", () => {
+  const trainer = (desired: Record<string, unknown>, reported: Record<string, unknown>) => ({
+    deviceId: "d",
+    moduleId: "trainer",
+    properties: { desired: { $version: 5, ...desired }, reported },
+  });
+  const [pending] = deviceViews([{ deviceId: "d" }], [trainer({ maxThreads: 2 }, {})]);
+  assert.deepEqual(pending.policy.maxThreads, { value: 2, state: "pending" });
+  assert.match(formatDevices([pending]), /maxThreads=2 \(not acked yet\)$/);
+  const [refused] = deviceViews(
+    [{ deviceId: "d" }],
+    [
+      trainer(
+        { maxThreads: 99 },
+        { maxThreads: { value: 4, ac: 400, av: 5, ad: "E_PROPERTY_INVALID: ..." } },
+      ),
+    ],
+  );
+  assert.deepEqual(refused.policy.maxThreads, { value: 4, desired: 99, state: "refused" });
+  assert.match(formatDevices([refused]), /maxThreads=4 \(refused 99\)$/);
+});
