@@ -457,7 +457,8 @@ function participationText(p: unknown): string {
   const o = obj(p);
   const head = typeof o.status === "string" ? o.status : typeof o.state === "string" ? o.state : undefined;
   const reason = typeof o.reason === "string" ? o.reason : undefined;
-  return head ? `${head}${reason ? ` (${reason})` : ""}` : short(p, 30);
+  // "enabled" says enough; another state says why (the trainer's reported participation: {state, reason}).
+  return head ? `${head}${reason && head !== "enabled" ? ` (${reason})` : ""}` : short(p, 30);
 }
 
 export function formatDevices(views: readonly DeviceView[]): string {
