@@ -8,7 +8,7 @@
  * `$metadata.<name>.$lastUpdatedVersion` when the hub reports it (Azure IoT Hub does), else at the desired
  * `$version`; an ack with `av` at or above that answers the current value.
  */
-import { FlotillaError } from "../../core/errors";
+import { FlotillaError, isFlotillaError } from "../../core/errors";
 import { effectivePolicy, type PolicyModule } from "../../core/fleet/policy";
 import { isWritableAck, type WritableAck } from "../../modules/shared/pnp";
 import { FLEET_MODULES, POLICY_MODULES, fleetModule, parseAssignments } from "./fleet-modules";
@@ -246,9 +246,9 @@ export async function runSet(hub: FleetHub, o: SetOptions): Promise<{ text: stri
       const v = obj(body?.properties?.desired).$version;
       r.version = typeof v === "number" ? v : undefined;
     } catch (e) {
-      const status = statusOf(e);
-      if (status === 404) r.error = `no module ${o.module} on this device`;
-      else throw e;
+      // One device's failure (no such module, throttling, ...) does not stop the others: its row says why.
+      if (statusOf(e) === 404) r.error = `no module ${o.module} on this device`;
+      else r.error = isFlotillaError(e) ? `${e.code}: ${e.message}` : String(e);
     }
     o.progress?.(++done, results.length);
   });
@@ -319,11 +319,21 @@ async function waitForAcks(
   for (;;) {
     const final = Date.now() >= deadline;
     await eachLimited([...open], WRITE_CONCURRENCY, async (r) => {
-      const res = await hub.call(`getModuleTwin ${r.deviceId}/${o.module}`, () =>
-        hub.registry.getModuleTwin(r.deviceId, o.module),
-      );
-      if (settle(r, res.responseBody as unknown as ModuleTwinDoc, final)) open.delete(r);
-      else if (final) open.delete(r);
+      let twin: ModuleTwinDoc;
+      try {
+        const res = await hub.call(`getModuleTwin ${r.deviceId}/${o.module}`, () =>
+          hub.registry.getModuleTwin(r.deviceId, o.module),
+        );
+        twin = res.responseBody as unknown as ModuleTwinDoc;
+      } catch (e) {
+        // A failed read is tried again at the next poll; at the deadline the device's row says why.
+        if (final) {
+          r.error = isFlotillaError(e) ? `${e.code}: ${e.message}` : String(e);
+          open.delete(r);
+        }
+        return;
+      }
+      if (settle(r, twin, final) || final) open.delete(r);
     });
     if (open.size === 0) return;
     await new Promise((resolve) => setTimeout(resolve, o.pollMs ?? 1000));

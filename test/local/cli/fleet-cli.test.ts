@@ -128,6 +128,14 @@ test(
     assert.equal(r.code, 3, r.stderr);
     assert.match(r.stdout, /edge-3\s+retentionHours\s+-\s+-\s+-\s+timeout/);
 
+    // A device without the module: its row says so, the others are written, exit code 3.
+    hub.createDevice("edge-4", { edge: true });
+    for (const d of ["edge-3", "edge-4"]) await registry.updateTwin(d, { tags: { site: "hamburg" } }, "*");
+    r = await fleet("set", "update-queue", "retentionHours=2", "--where", "tags.site = 'hamburg'");
+    assert.equal(r.code, 3, r.stderr);
+    assert.match(r.stdout, /edge-3\s+retentionHours\s+-\s+-\s+\d+\s+written/);
+    assert.match(r.stdout, /edge-4\s+-\s+-\s+-\s+-\s+failed\s+no module update-queue on this device/);
+
     // A bad value written around the CLI (e.g. by az): the module refuses it and keeps the last good one.
     await registry.updateModuleTwin(
       "edge-1",
