@@ -88,6 +88,7 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
         numSamples: 600,
         status: "idle",
         samplesPerSecond: { mlp: 250, cnn: 12 },
+        policy: { enabled: true },
       },
       {
         deviceId: "edge-2",
@@ -95,6 +96,7 @@ test("IotHubFleet against the local hub with the real azure-iothub and azure-iot
         numSamples: undefined,
         status: undefined,
         samplesPerSecond: undefined,
+        policy: { enabled: true },
       },
     ]);
 
@@ -360,6 +362,7 @@ test("listTrainers(cohort) asks IoT Hub for the device twins matching the cohort
       availability: 0.75,
       measuredAt: "2026-12-07T05:00:00.000Z",
       tags: { flotilla: { fleet: "line-3", rack: 0 } },
+      policy: { enabled: true },
     });
     const two = await fleet.listTrainers(
       "tags.flotilla.fleet IN ['line-3', 'line-4'] AND tags.flotilla.rack < 200",

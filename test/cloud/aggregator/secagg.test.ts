@@ -619,3 +619,22 @@ test("a secure norm:C+mean job: the order carries the bound, an update above it 
   assert.equal(rec.robust?.onDevices, true);
   assert.deepEqual(rec.robust?.kept, all);
 });
+
+test("a secure round never orders a device its policy excludes; its state counts the exclusions", async () => {
+  const all = ids(6);
+  const f = secureWorld(all);
+  const { w } = f;
+  w.fleet.trainers = w.fleet.trainers.map((t) =>
+    t.deviceId === all[0] ? { ...t, policy: { enabled: false } } : t,
+  );
+  const jobId = await startJob(w, {
+    strategyOptions: { clientsPerRound: 6, fit: { epochs: 1, batchSize: 8, lr: 0.1 }, seed: 7 },
+    rounds: 1,
+    secureAggregation: { minSurvivors: 3 },
+  });
+  await tick(w);
+  const st = await round(w, jobId, 1);
+  assert.deepEqual(st.participants.map((p) => p.deviceId).sort(), all.slice(1).sort());
+  assert.deepEqual(st.selection, { candidates: 5, policyExcluded: { disabled: 1 } });
+  assert.ok(!w.fleet.started.some((s) => s.deviceId === all[0]), "never ordered");
+});
