@@ -4,8 +4,9 @@
  * Spec: "Communicate with an IoT hub using the MQTT protocol"
  * (https://learn.microsoft.com/azure/iot-hub/iot-hub-mqtt-support) and MQTT 3.1.1 (OASIS):
  *   - CONNECT: ClientId = {device_id} or {device_id}/{module_id}; Username = {iothubhostname}/{client id}/?api-version=...;
- *     an IoT Plug and Play device or module adds `&model-id={DTMI}` (api-version 2020-09-30 or later: "IoT Plug and
- *     Play device developer guide", model ID announcement); the hub keeps it as the twin's `modelId`.
+ *     an IoT Plug and Play device or module adds `&model-id={DTMI}` (api-version 2020-05-31-preview or later: "IoT
+ *     Plug and Play device developer guide", model ID announcement); the hub keeps it as the twin's `modelId`. A
+ *     model ID that is not a DTMI is refused (IoT Hub does not document what it does with one: this hub is strict).
  *     Password = a SAS token for {iothubhostname}/devices/{device_id}[/modules/{module_id}]. A bad or expired
  *     token gets CONNACK return code 5 (not authorized) [MQTT-3.2.2-3].
  *   - A client may only publish/subscribe inside its own namespace (topics.ts); a forbidden PUBLISH closes the
@@ -465,8 +466,12 @@ function errorBody(errorCode: number, message: string): Buffer {
   return Buffer.from(JSON.stringify({ errorCode, message, timestampUtc: new Date().toISOString() }));
 }
 
-/** The first api-version that carries an IoT Plug and Play model ID (IoT Hub's Plug and Play GA version). */
-export const PNP_API_VERSION = "2020-09-30";
+/**
+ * The first api-version that carries an IoT Plug and Play model ID: 2020-05-31-preview (the SDKs' Plug and Play
+ * preview; Azure/azure-iot-sdk-c PR 1552), then 2020-09-30 at general availability. Compared as text, so
+ * "2020-05-31-preview" counts.
+ */
+export const PNP_API_VERSION = "2020-05-31";
 /** A DTMI (DTDL v3 "Digital Twin Model Identifier"): segments of letters, digits and '_', then ';' and a version. */
 const DTMI =
   /^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*;[1-9][0-9]{0,8}$/;

@@ -300,3 +300,20 @@ export function compareModel(model: unknown, code: ModuleContract): string[] {
   }
   return diffs;
 }
+
+/**
+ * The field names of a Property's Object schema (a reference to the interface's `schemas` resolved), or undefined
+ * when the Property is absent or its schema is not an Object: what a reported value's own keys are checked against.
+ */
+export function objectFields(model: unknown, name: string): string[] | undefined {
+  const m = (model ?? {}) as Json;
+  const contents = (Array.isArray(m.contents) ? m.contents : []) as Json[];
+  const c = contents.find((x) => x.name === name);
+  if (!c) return undefined;
+  let schema = c.schema;
+  if (typeof schema === "string")
+    schema = ((Array.isArray(m.schemas) ? m.schemas : []) as Json[]).find((s) => s["@id"] === schema);
+  const s = schema as Json | undefined;
+  if (!s || s["@type"] !== "Object" || !Array.isArray(s.fields)) return undefined;
+  return (s.fields as Json[]).map((f) => String(f.name));
+}

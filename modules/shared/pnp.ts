@@ -25,7 +25,8 @@ export interface WritableAck<T = unknown> {
   readonly value: T;
   readonly ac: AckStatus;
   readonly av: number;
-  readonly ad?: string;
+  /** Why; `null` in a patch as sent (ModuleHost.ackDesired: it clears an earlier refusal's description). */
+  readonly ad?: string | null;
 }
 
 /** One property's outcome, as a module's handler decides it. */
@@ -66,6 +67,6 @@ export function isWritableAck(v: unknown): v is WritableAck {
     "value" in o &&
     typeof o.ac === "number" &&
     typeof o.av === "number" &&
-    (o.ad === undefined || typeof o.ad === "string")
+    (o.ad === undefined || o.ad === null || typeof o.ad === "string")
   );
 }

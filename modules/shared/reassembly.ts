@@ -84,7 +84,7 @@ interface Partial {
 }
 
 export class Reassembler {
-  readonly maxBytes: number;
+  private max: number;
   readonly ttlMs: number;
   private readonly remember: number;
   private readonly now: () => number;
@@ -96,10 +96,31 @@ export class Reassembler {
   private counts = { completed: 0, duplicates: 0, expired: 0, evicted: 0, rejected: 0 };
 
   constructor(opts: ReassemblerOptions = {}) {
-    this.maxBytes = positiveInt(opts.maxBytes ?? DEFAULTS.maxBytes, "maxBytes");
+    this.max = positiveInt(opts.maxBytes ?? DEFAULTS.maxBytes, "maxBytes");
     this.ttlMs = positiveInt(opts.ttlMs ?? DEFAULTS.ttlMs, "ttlMs");
     this.remember = Math.max(0, Math.floor(opts.rememberCompleted ?? DEFAULTS.rememberCompleted));
     this.now = opts.now ?? Date.now;
+  }
+
+  /** Bytes of chunk bodies held at once, and the largest update accepted. */
+  get maxBytes(): number {
+    return this.max;
+  }
+
+  /**
+   * Changes the bound at once (e.g. the quantizer's writable property maxPendingBytes): partial updates beyond a
+   * lowered bound are given up, the oldest first (counted as evicted); returns how many.
+   */
+  setMaxBytes(bytes: number): number {
+    this.max = positiveInt(bytes, "maxBytes");
+    let n = 0;
+    for (const id of [...this.partials.keys()]) {
+      if (this.held <= this.max) break;
+      this.drop(id);
+      n++;
+    }
+    this.counts.evicted += n;
+    return n;
   }
 
   /**
@@ -118,7 +139,7 @@ export class Reassembler {
   private addChunk(body: Uint8Array, meta: ChunkMeta): AddResult {
     checkChunkMeta(meta, CODES);
     checkChunkBody(body, meta, CODES);
-    if (meta.size > this.maxBytes)
+    if (meta.size > this.max)
       fail(
         "E_QUANT_TOO_LARGE",
         `update ${meta.updateId} of ${meta.size} bytes exceeds ${this.maxBytes} bytes`,

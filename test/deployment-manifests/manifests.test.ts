@@ -487,8 +487,12 @@ test("module containers: memory limits, init, no capabilities, volumes where the
   assert.equal(dataDir, "/data");
   assert.deepEqual(
     trainerHost.Binds,
-    ["/srv/flotilla/data:/data:ro", "flotilla-keys:/var/lib/flotilla/keys"],
-    "device data is mounted read-only; the identity key (file-backed default) lives on a named volume",
+    [
+      "/srv/flotilla/data:/data:ro",
+      "flotilla-keys:/var/lib/flotilla/keys",
+      "flotilla-trainer-work:/var/lib/flotilla/work",
+    ],
+    "device data is mounted read-only; the identity key (file-backed default) and the local training artefacts live on named volumes",
   );
   assert.equal(obj(env("trainer").FLOTILLA_KEY_DIR, "FLOTILLA_KEY_DIR").value, "/var/lib/flotilla/keys");
   const queueHost = obj(
@@ -528,7 +532,11 @@ test("module containers: memory limits, init, no capabilities, volumes where the
   );
   const custom = render(baseTemplateFile, "amd64", { ...VARS, FLOTILLA_HOST_DATA_DIR: "/mnt/plant-data" });
   const customHost = obj(createOptionsOf(modulesOf(custom).trainer).HostConfig, "trainer HostConfig");
-  assert.deepEqual(customHost.Binds, ["/mnt/plant-data:/data:ro", "flotilla-keys:/var/lib/flotilla/keys"]);
+  assert.deepEqual(customHost.Binds, [
+    "/mnt/plant-data:/data:ro",
+    "flotilla-keys:/var/lib/flotilla/keys",
+    "flotilla-trainer-work:/var/lib/flotilla/work",
+  ]);
 });
 
 test("module twins: the documented defaults, within IoT Hub's twin limits", () => {

@@ -19,6 +19,8 @@ import { errorText, type EdgeModuleClient } from "../../shared/module-client";
 import { ModuleHost, type MethodHandler } from "../../shared/host";
 import type { QuantizerMethod } from "./model";
 import { Reassembler } from "../../shared/reassembly";
+import { WritableProperties } from "../../shared/writable";
+import { CLOUD_DESIRED_KEYS, quantizerProperties } from "./model";
 import { DEFAULT_MAX_BYTES } from "./config";
 import type { ModuleMetrics } from "../../shared/metrics";
 import { defaultQuantizerModuleMetrics, quantizerMetrics } from "./metrics";
@@ -36,6 +38,10 @@ import { defaultQuantizerModuleMetrics, quantizerMetrics } from "./metrics";
  * feedback (the residual persisted in `stateDir/residual-<jobId>.bin`). The new frame goes out
  * on output `updates` in chunks (frameChunks). Failure frames, results of other jobs, deltas already encoded and
  * secure aggregation's device frames (`secagg`, direction up: never compressible) are forwarded unchanged.
+ *
+ * Operator settings: the writable property maxPendingBytes (./model.ts, IoT Plug and Play; docs/operations.md
+ * "Update-queue and quantizer properties"), acknowledged by WritableProperties (modules/shared/writable.ts) and
+ * applied at once; FLOTILLA_QUANTIZER_MAX_BYTES is its default.
  *
  * Configuration: module twin desired `flotilla: { jobs: { [jobId]: { compression: "topk:0.01+int8", layoutHash,
  * segments } | null } }` (layoutHash and segments: the job's weight layout, needed by per-tensor codecs).
@@ -81,7 +87,7 @@ export interface QuantizerOptions {
   outputName?: string;
   /** Body bytes per output message (default 255,000). */
   maxChunkBytes?: number;
-  /** Bytes of partly received updates held in memory (default 64 MiB). */
+  /** Bytes of partly received updates held in memory (default 64 MiB): the default of maxPendingBytes. */
   maxBytes?: number;
   /** A partly received update idle for longer than this is given up, ms (default 30 min). */
   partialTtlMs?: number;
@@ -129,6 +135,8 @@ export interface QuantizerState {
   readonly error: { readonly code: string; readonly message: string; readonly jobId?: string } | null;
   /** The last problem of any kind, as `CODE: message`. */
   readonly lastError: string | null;
+  /** The writable properties in effect (./model.ts). */
+  readonly config: { readonly maxPendingBytes: number };
   readonly updatedAt: string;
 }
 
@@ -267,6 +275,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     counters: { ...counters },
     error: configError,
     lastError,
+    config: { maxPendingBytes: reassembler.maxBytes },
     updatedAt,
   });
 
@@ -673,6 +682,26 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
     host.complete(msg);
   };
 
+  // --- operator → module: the writable properties (./model.ts) --------------------------------------------------------
+  // maxPendingBytes applies at once: partial updates beyond a lowered bound are given up (oldest first, counted as
+  // evicted), and an update larger than it is refused (E_QUANT_TOO_LARGE).
+  const props = new WritableProperties({
+    specs: quantizerProperties({ maxPendingBytes: reassembler.maxBytes }),
+    cloudKeys: CLOUD_DESIRED_KEYS,
+    reservedKeys: [REPORTED_KEY],
+    ack: (outcomes, version) => host.ackDesired(outcomes, version),
+    apply: (name, value) => {
+      if (name !== "maxPendingBytes") return;
+      const evicted = reassembler.setMaxBytes(value);
+      if (evicted > 0)
+        log.warn(`maxPendingBytes ${value}: gave up ${evicted} partly received update(s) to fit`, {
+          evicted,
+        });
+      changed();
+    },
+    log: (level, line) => (level === "warn" ? log.warn(line) : log.info(line)),
+  });
+
   // --- the host: link, twin, reporting, methods, inputs ----------------------------------------------------------------
   const host: ModuleHost = new ModuleHost({
     name: "quantizer",
@@ -694,6 +723,7 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
             for (const id of Object.keys(r.jobs)) reportedJobs.add(id);
         }
         // Read at every connection: changes made while the link was down are applied here.
+        if (!host.stopped) props.onTwin(twin.properties.desired, twin.properties.reported);
         const wellFormed = applyDesired(twin.properties.desired);
         if (!firstTwinApplied) {
           firstTwinApplied = true;
@@ -701,7 +731,10 @@ export async function startQuantizer(opts: QuantizerOptions): Promise<QuantizerH
           configured();
         }
       },
-      onDesiredPatch: (_delta, twin) => void applyDesired(twin.properties.desired),
+      onDesiredPatch: (delta, twin) => {
+        if (!host.stopped) props.onPatch(delta);
+        applyDesired(twin.properties.desired);
+      },
       reported,
       onReported,
     },

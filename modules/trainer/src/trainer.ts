@@ -32,6 +32,7 @@ import {
   type PolicyVerdict,
 } from "../../../core/fleet/policy";
 import { WritableProperties, type ValuesOf } from "../../shared/writable";
+import { RoundArtifacts, type RoundLog } from "./artifacts";
 import {
   CLOUD_DESIRED_KEYS,
   PARTICIPATION_KEY,
@@ -188,7 +189,7 @@ export interface TrainerHandle {
   participation(): Participation;
   /** Starts a round as the `startRound` method does; false if that (jobId, round) was already tried. */
   startRound(order: unknown): boolean;
-  /** Resolves when no round is running or waiting. */
+  /** Resolves when no round is running or waiting (and its artefacts and reports are written). */
   idle(): Promise<void>;
   /** The trainer's metrics (serve them with serveMetrics, modules/shared/metrics.ts). */
   readonly metrics: ModuleMetrics;
@@ -239,9 +240,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     busy: () => active !== undefined,
     apply: (name, value) => {
       if (name === "maxThreads") opts.onMaxThreads?.(value as number);
+      if (name === "artifactRetentionHours") void artifacts?.prune(value as number);
     },
     log: (level, line) => log.log(level, `property ${line}`),
   });
+  const artifacts = opts.workDir !== undefined ? new RoundArtifacts(opts.workDir, log, now) : undefined;
   /** The data a round reads: the dataDir and dataSchema properties in effect (or a launcher's dataset). */
   const dataRefNow = (): DataRef => {
     if (opts.data) return { kind: "dataset", dataset: opts.data };
@@ -657,6 +660,23 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         Math.max(0, order.deadline - Date.now()),
       );
     }
+    // The round's local artefacts (./artifacts.ts): its log, and the trained local model when training finished.
+    const startedAt = new Date(now()).toISOString();
+    const data = dataRefNow();
+    const roundLog: Record<string, unknown> = {
+      ...base,
+      deviceId,
+      startedAt,
+      modelSha256: order.modelSha256,
+      layoutHash: order.layoutHash,
+      modelSpec: order.modelSpec,
+      config: order.config,
+      data: data.kind === "dir" ? { dir: data.dir, schema: props.get("dataSchema") } : { dataset: true },
+      maxTrainingMinutes: props.get("maxTrainingMinutes"),
+      secure: order.secagg !== undefined,
+    };
+    let localModel: Float32Array | undefined;
+    let roundCode: string | undefined;
     try {
       if (signal.aborted) throw signal.reason;
       metered.roundsStarted.inc();
@@ -693,7 +713,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
           modelSha256: weightsSha256,
           layoutHash: order.layoutHash,
           config: order.config,
-          data: dataRefNow(),
+          data,
           ...(maxTrainMs > 0 ? { maxTrainMs } : {}),
           ...(order.dp ? { dp: order.dp } : {}),
           ...(order.normBound !== undefined ? { normBound: order.normBound } : {}),
@@ -723,6 +743,15 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         trainMs: outcome.metrics.trainMs,
       };
       setState({ status: "queued", numSamples: outcome.numSamples, metrics, progress: 1 });
+      if (artifacts && weights.length === outcome.delta.length) {
+        localModel = weights.slice();
+        for (let i = 0; i < localModel.length; i++) localModel[i] += outcome.delta[i];
+      }
+      Object.assign(roundLog, {
+        numSamples: outcome.numSamples,
+        metrics,
+        ...(outcome.stopped ? { stoppedAtCap: outcome.stopped } : {}),
+      });
       const trainSeconds = outcome.metrics.trainMs / 1000;
       metered.trainingSeconds.observe(trainSeconds);
       const epochs = (order.config as { epochs?: unknown }).epochs;
@@ -758,6 +787,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         }
         const updateId = await sendFrame(encodeMessage(advertise), order, signal);
         setState({ status: "secagg", secaggStep: "advertise", updateId });
+        roundLog.updateId = updateId;
         metered.roundsCompleted.inc();
         log.info(`round ${order.round} of ${order.jobId}: keys advertised (secure aggregation)`, {
           ...base,
@@ -778,6 +808,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       });
       const updateId = await sendFrame(frame, order, signal);
       setState({ status: "done", updateId });
+      roundLog.updateId = updateId;
       metered.roundsCompleted.inc();
       log.info(`round ${order.round} of ${order.jobId} done (${outcome.numSamples} samples)`, {
         ...base,
@@ -789,6 +820,8 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
     } catch (e) {
       const err = signal.aborted && isFlotillaError(signal.reason) ? signal.reason : e;
       const { code, message } = errorOf(err);
+      roundCode = code;
+      Object.assign(roundLog, { error: { code, message } });
       if (code !== STOPPED) metered.roundsFailed.inc({ reason: code });
       log.log(
         code === SUPERSEDED ? "info" : "warn",
@@ -810,6 +843,20 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
       if (code !== STOPPED) setState({ ...base, status: "error", progress: null, error: { code, message } });
     } finally {
       clearTimeout(deadlineTimer);
+      if (artifacts && roundCode !== STOPPED) {
+        const log: RoundLog = {
+          ...(roundLog as typeof roundLog & typeof base),
+          deviceId,
+          startedAt,
+          endedAt: new Date(now()).toISOString(),
+          status: roundCode === undefined ? "done" : "error",
+        };
+        void artifacts.record(
+          log,
+          roundCode === undefined ? localModel : undefined,
+          props.get("artifactRetentionHours"),
+        );
+      }
     }
   };
   /** The global model: from the cache or over http(s), checked against modelSha256 and the spec's size. */
@@ -1059,7 +1106,11 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
   await host.start();
   // Training windows open and close, disk and memory change: participation is re-judged now and then (and at
   // every order).
-  const participationTimer = setInterval(judgeParticipation, opts.participationCheckMs ?? 60_000);
+  const participationTimer = setInterval(() => {
+    judgeParticipation();
+    void artifacts?.prune(props.get("artifactRetentionHours"));
+  }, opts.participationCheckMs ?? 60_000);
+  void artifacts?.prune(props.get("artifactRetentionHours"));
   participationTimer.unref?.();
 
   return {
@@ -1074,6 +1125,7 @@ export async function startTrainer(opts: TrainerOptions): Promise<TrainerHandle>
         await m;
         if (c === chain && m === maskChain) break;
       }
+      await artifacts?.settled();
       await host.reportsSettled();
     },
     setLinkEnabled: (enabled: boolean) => host.setLinkEnabled(enabled),

@@ -188,6 +188,8 @@ export interface UpdateQueueHandle {
 }
 
 export const QUEUE_FILE = "outbox.sqlite";
+/** The outbox setting holding the metered-link policy in effect ({ on, maxUploadBytes }). */
+const METERED_SETTING = "metered";
 /** Reported property holding the queue's status. */
 export const REPORTED_KEY = "updateQueue";
 
@@ -337,9 +339,27 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
   // nothing), retentionHours at once and then every retentionSweepMs, the metered link at once (an update being
   // sent stops before its next chunk).
   let retentionHours = 0;
+  // The metered-link policy in effect is kept with the queue (outbox setting `metered`), so that after a restart it
+  // holds until the twin is read, even when that read fails and the link is used anyway.
   const meteredLink = { on: false, maxUploadBytes: 0 };
+  const saved = outbox.setting(METERED_SETTING) as { on?: unknown; maxUploadBytes?: unknown } | undefined;
+  if (typeof saved?.on === "boolean" && Number.isSafeInteger(saved.maxUploadBytes)) {
+    meteredLink.on = saved.on;
+    meteredLink.maxUploadBytes = Math.max(0, saved.maxUploadBytes as number);
+  }
   const uploadLimit = (): number | undefined =>
     meteredLink.on && meteredLink.maxUploadBytes > 0 ? meteredLink.maxUploadBytes : undefined;
+  sender.setUploadLimit(uploadLimit());
+  /** The metered-link policy took a new value: the sender and the saved setting follow. */
+  const meteredChanged = (): void => {
+    sender.setUploadLimit(uploadLimit());
+    try {
+      outbox.saveSetting(METERED_SETTING, meteredLink);
+    } catch (e) {
+      problem("warn", `saving the metered-link policy failed (it applies until a restart): ${message(e)}`);
+    }
+  };
+  let twinRead = false;
   const applyProperty = (name: keyof UpdateQueueProperties, value: number | boolean): void => {
     switch (name) {
       case "maxChunkBytes":
@@ -358,11 +378,11 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
         break;
       case "meteredLink":
         meteredLink.on = value as boolean;
-        sender.setUploadLimit(uploadLimit());
+        meteredChanged();
         break;
       case "meteredMaxUploadBytes":
         meteredLink.maxUploadBytes = value as number;
-        sender.setUploadLimit(uploadLimit());
+        meteredChanged();
         break;
     }
     host.changed();
@@ -622,6 +642,14 @@ export async function startUpdateQueue(opts: UpdateQueueOptions): Promise<Update
       onTwin: (twin) => {
         if (host.stopped) return;
         props.onTwin(twin.properties.desired, twin.properties.reported);
+        if (!twinRead) {
+          // The twin's values replace the saved ones (the properties start from their defaults, so a value equal to
+          // a default was not "applied").
+          twinRead = true;
+          meteredLink.on = props.get("meteredLink");
+          meteredLink.maxUploadBytes = props.get("meteredMaxUploadBytes");
+          meteredChanged();
+        }
         applyCloudKeys(twin.properties.desired);
       },
       onDesiredPatch: (delta) => {

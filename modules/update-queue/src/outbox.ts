@@ -282,6 +282,7 @@ CREATE TABLE IF NOT EXISTS staged_chunks (
   PRIMARY KEY (update_id, chunk_index)
 );
 CREATE INDEX IF NOT EXISTS staged_by_round ON staged_chunks (job_id, round);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 `;
 
 const LIVE = "state IN ('pending', 'sent')";
@@ -548,6 +549,10 @@ export class Outbox {
       stagedStats: db.prepare(
         `SELECT COUNT(DISTINCT update_id) AS updates, COALESCE(SUM(LENGTH(body)), 0) AS bytes FROM staged_chunks`,
       ),
+      setting: db.prepare(`SELECT value FROM settings WHERE name = ?`),
+      saveSetting: db.prepare(
+        `INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value`,
+      ),
       pruneTombstones: db.prepare(
         `DELETE FROM updates WHERE seq IN (SELECT seq FROM updates WHERE state IN ('acked', 'dropped')
          ORDER BY seq DESC LIMIT -1 OFFSET ?)`,
@@ -689,6 +694,24 @@ export class Outbox {
   /** Changes the chunk size for attempts started from now on (e.g. from the module twin). */
   setMaxChunkBytes(bytes: number): void {
     this.chunkBytes = checkChunkBytes(bytes);
+  }
+
+  /**
+   * A module setting kept with the queue (JSON), e.g. the metered-link policy in effect, so that it holds from the
+   * start of the next process, before the module twin is read; undefined when absent or unreadable.
+   */
+  setting(name: string): unknown {
+    try {
+      const row = this.stmt.setting.get(name) as { value: string } | undefined;
+      return row === undefined ? undefined : (JSON.parse(row.value) as unknown);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Stores a module setting (see `setting`); throws a coded error when the file cannot be written. */
+  saveSetting(name: string, value: unknown): void {
+    this.write(`saving setting ${name}`, () => void this.stmt.saveSetting.run(name, JSON.stringify(value)));
   }
 
   /** The capacity: bytes of unacknowledged updates kept. */

@@ -126,7 +126,10 @@ test("connectModelId reads the model ID of a CONNECT user name's query", () => {
   // Before the Plug and Play api-version the model ID is not kept.
   assert.deepEqual(connectModelId("?api-version=2019-10-01&model-id=dtmi:a:b;1"), {
     modelId: "",
-    ignored: "model-id ignored: api-version 2019-10-01 predates 2020-09-30",
+    ignored: "model-id ignored: api-version 2019-10-01 predates 2020-05-31",
+  });
+  assert.deepEqual(connectModelId("?api-version=2020-05-31-preview&model-id=dtmi:a:b;1"), {
+    modelId: "dtmi:a:b;1",
   });
   for (const bad of ["dtmi:a:b", "dtmi:1a:b;1", "dtmi:a:b;0", "urn:a:b;1", `dtmi:${"a".repeat(600)};1`])
     assert.ok("invalid" in connectModelId(`?api-version=2021-04-12&model-id=${bad}`), bad);

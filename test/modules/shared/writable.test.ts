@@ -4,7 +4,7 @@ import { FlotillaError } from "../../../core/errors";
 import { createLogger } from "../../../core/log";
 import { parsePolicyValue } from "../../../core/fleet/policy";
 import { ModuleHost } from "../../../modules/shared/host";
-import type { AckOutcome } from "../../../modules/shared/pnp";
+import { isWritableAck, type AckOutcome } from "../../../modules/shared/pnp";
 import {
   booleanProperty,
   customProperty,
@@ -437,6 +437,7 @@ test(
     const patches = client.twin.reportedPatches;
     const merged = Object.assign({}, ...patches) as Record<string, unknown>;
     assert.deepEqual(merged.size, { value: 42, ac: 200, av: 1, ad: null });
+    assert.ok(isWritableAck(merged.size), "an ack as sent (ad: null) is an ack");
     assert.deepEqual(Object.keys(merged).sort(), ["colour", "on", "size"]);
     const on = merged.on as { value: unknown; ac: number; av: number; ad: string };
     assert.equal(on.ac, 400);

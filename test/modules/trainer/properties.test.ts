@@ -3,7 +3,16 @@ import { withContext } from "../../helpers/context";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Message } from "azure-iot-device";
@@ -19,6 +28,7 @@ import {
   type TrainJob,
 } from "../../../modules/trainer/src/executor";
 import { REPORTED_KEYS, parseDataDir, parseDataSchema } from "../../../modules/trainer/src/model";
+import { loadTrainerConfig, trainingThreads } from "../../../modules/trainer/src/main";
 import { startTrainer, type TrainerHandle, type TrainerOptions } from "../../../modules/trainer/src/trainer";
 
 /**
@@ -653,3 +663,88 @@ test(
   }),
 );
 
+test(
+  "artifactRetentionHours: each round's log and trained local model are kept under the work dir, pruned by age; 0 keeps none",
+  withContext(async (t) => {
+    const dir = dataDir();
+    const workDir = mkdtempSync(join(tmpdir(), "flotilla-props-work-"));
+    t.after(() => [dir, workDir].forEach((d) => rmSync(d, { recursive: true, force: true })));
+    let clock = Date.UTC(2026, 5, 1, 12, 0);
+    const client = new Client();
+    const { trainer } = await start(client, {
+      dataDir: dir,
+      workDir,
+      trainExecutor: new GatedExecutor(),
+      now: () => clock,
+    });
+    t.after(() => trainer.stop());
+    const rounds = join(workDir, "rounds");
+    const kept = () => (existsSync(rounds) ? readdirSync(rounds).sort() : []);
+    /** Waits for the artefact writes queued at a round's end. */
+    const flush = async () => {
+      await settle(trainer);
+      for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    };
+
+    assert.equal((await client.invoke("startRound", order(1))).status, 200);
+    await flush();
+    const first = `${Date.UTC(2026, 5, 1, 12, 0)}-job-1-r1`;
+    assert.deepEqual(kept(), [first]);
+    const log = JSON.parse(readFileSync(join(rounds, first, "round.json"), "utf8")) as Record<
+      string,
+      unknown
+    >;
+    assert.equal(log.status, "done");
+    assert.equal(log.jobId, "job-1");
+    assert.equal(log.numSamples, 10);
+    assert.equal(log.modelSha256, SHA);
+    assert.deepEqual(log.data, { dir, schema: "" });
+    assert.equal(typeof log.updateId, "string");
+    // The trained local model: the global (zeros here) plus the update (0.01 everywhere).
+    const w = new Float32Array(new Uint8Array(readFileSync(join(rounds, first, "weights.f32"))).buffer);
+    assert.equal(w.length, countParams(SPEC));
+    assert.ok(w.every((x) => Math.abs(x - 0.01) < 1e-7));
+
+    // A failed round leaves its log (no weights); 25 hours later the first round's artefacts are gone.
+    clock += 25 * 3_600_000;
+    const failing = { ...order(2), modelSha256: "0".repeat(64) };
+    assert.equal((await client.invoke("startRound", failing)).status, 200);
+    await flush();
+    const second = `${clock}-job-1-r2`;
+    assert.deepEqual(kept(), [second]);
+    const failed = JSON.parse(readFileSync(join(rounds, second, "round.json"), "utf8")) as {
+      status: string;
+      error: { code: string };
+    };
+    assert.equal(failed.status, "error");
+    assert.equal(failed.error.code, "E_MODEL_HASH");
+    assert.equal(existsSync(join(rounds, second, "weights.f32")), false);
+    // Something else in the work dir is never touched.
+    writeFileSync(join(rounds, "notes.txt"), "mine");
+
+    // Retention 0: what is kept goes at once, and rounds leave nothing.
+    const v = client.twin.desire({ artifactRetentionHours: 0 });
+    await flush();
+    assert.deepEqual(client.twin.ack("artifactRetentionHours"), { value: 0, ac: 200, av: v });
+    assert.deepEqual(kept(), ["notes.txt"]);
+    assert.equal((await client.invoke("startRound", order(3))).status, 200);
+    await flush();
+    assert.equal(trainer.state().status, "done");
+    assert.deepEqual(kept(), ["notes.txt"]);
+  }),
+);
+
+test("maxThreads caps the container's training threads (FLOTILLA_THREADS or its default); FLOTILLA_WORK_DIR is read", () => {
+  assert.equal(trainingThreads(4, 0), 4);
+  assert.equal(trainingThreads(4, 2), 2);
+  assert.equal(trainingThreads(2, 8), 2, "a cap above the setting changes nothing");
+  assert.ok(trainingThreads(undefined, 1) === 1);
+  assert.ok(trainingThreads(undefined, 0) >= 1);
+  const cs = "HostName=h.azure-devices.net;DeviceId=d1;ModuleId=trainer;SharedAccessKey=aGk=";
+  assert.equal(
+    loadTrainerConfig({ FLOTILLA_CONNECTION_STRING: cs, FLOTILLA_WORK_DIR: "/var/lib/flotilla/work" })
+      .workDir,
+    "/var/lib/flotilla/work",
+  );
+  assert.equal(loadTrainerConfig({ FLOTILLA_CONNECTION_STRING: cs }).workDir, undefined);
+});
