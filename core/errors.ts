@@ -560,6 +560,15 @@ export const ERRORS = {
   E_HUB_BAD_URI: { group: "hub", meaning: "an HTTP request target that is too long, relative or not a URI" },
   E_HUB_CLOSED: { group: "hub", meaning: "the hub is closing or closed" },
   E_HUB_CONFLICT: { group: "hub", meaning: "the device or module identity exists" },
+  E_HUB_CONFIGURATION: {
+    group: "hub",
+    meaning:
+      "an invalid automatic device management configuration (id, content paths, target condition, priority, metrics) or a change the service does not allow",
+  },
+  E_HUB_CONFIGURATION_NOT_FOUND: {
+    group: "hub",
+    meaning: "no such automatic device management configuration",
+  },
   E_HUB_CONNECTION_STRING: { group: "hub", meaning: "a malformed IoT Hub connection string" },
   E_HUB_DEVICE_NOT_FOUND: { group: "hub", meaning: "no such device identity" },
   E_HUB_DEVICE_NOT_ONLINE: {
@@ -630,6 +639,25 @@ export const ERRORS = {
     meaning: "the IoT Hub's service API cannot be reached (connection refused, unknown host, TLS, timeout)",
   },
   E_DASHBOARD_LISTEN: { group: "dashboard", meaning: "the dashboard cannot listen on its host and port" },
+
+  // ── fleet: `flotilla fleet` (local/cli/fleet*.ts, docs/operations.md) ─────────────────────────────────
+  E_FLEET_HUB: {
+    group: "fleet",
+    meaning: "flotilla fleet has no IoT hub to talk to, or its hub info file is unusable",
+  },
+  E_FLEET_HUB_UNREACHABLE: {
+    group: "fleet",
+    meaning: "the IoT Hub's service API cannot be reached (connection refused, unknown host, TLS, timeout)",
+  },
+  E_FLEET_MODULE: {
+    group: "fleet",
+    meaning: "not one of the Flotilla modules (trainer, update-queue, quantizer, profiler)",
+  },
+  E_FLEET_NO_DEVICES: { group: "fleet", meaning: "the --device or --where selects no device" },
+  E_FLEET_ROLLOUT: {
+    group: "fleet",
+    meaning: "a rollout (ADM configuration) with an invalid id or target, or one whose id exists already",
+  },
 
   // ── manifest: scripts/render-manifest.ts ─────────────────────────────────────────────────────────────
   E_MANIFEST_ARGS: { group: "manifest", meaning: "invalid render-manifest arguments" },

@@ -20,6 +20,7 @@ import type { IotHubRunOptions } from "../stack/iothub-simulate";
 import type { Dashboard } from "../dashboard/server";
 import { benchCodecs, DEFAULT_BENCH_SIZE, parseCompression } from "../../core/compress";
 import { MAX_THREADS, parseThreads } from "../../core/engine/threads";
+import { registerFleetCommand } from "./fleet";
 import { registerFleetTraceCommand } from "./fleet-trace";
 import { registerPrivacyCommand } from "./privacy";
 import * as fs from "node:fs";
@@ -1175,6 +1176,9 @@ export function buildProgram(): Command {
     });
   registerPrivacyCommand(program);
   registerFleetTraceCommand(program);
+  registerFleetCommand(program, (code) => {
+    exitCode = code;
+  });
   return program;
 }
 

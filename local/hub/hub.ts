@@ -12,6 +12,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { FlotillaError } from "../../core/errors";
+import { ConfigurationStore } from "./configurations";
 import { D2CDispatcher, type OnEvent } from "./d2c";
 import { IdentityStore } from "./identities";
 import { MessageRouter } from "./message-router";
@@ -50,6 +51,11 @@ export interface LocalHubOptions {
   storeAndForwardTtlSecs?: number;
   /** MQTT: the TLS handshake, and then the CONNECT, must each complete within this many ms (default 10 000). */
   mqttConnectTimeoutMs?: number;
+  /**
+   * How often automatic device management configurations are re-evaluated, ms (default 30 000; IoT Hub: five
+   * minutes). They are also evaluated at once when one changes and soon after a twin's tags change.
+   */
+  configurationIntervalMs?: number;
   /** Log sink (default: console.warn with a "[local-hub]" prefix). */
   log?: (line: string) => void;
 }
@@ -178,6 +184,19 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
   identities.onDesiredChanged(({ record, desiredPatch }) => {
     if (desiredPatch) front.notifyDesired(clientIdOf(record.deviceId, record.moduleId), desiredPatch);
   });
+  let configurations: ConfigurationStore;
+  try {
+    configurations = new ConfigurationStore({
+      identities,
+      intervalMs: opts.configurationIntervalMs,
+      file: persist ? path.join(stateDir, "configurations.json") : undefined,
+      log,
+    });
+  } catch (e) {
+    await front.close();
+    dropTempState();
+    throw e;
+  }
   let api: ServiceApi;
   try {
     api = await ServiceApi.start({
@@ -186,11 +205,13 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
       hubName,
       tls,
       identities,
+      configurations,
       methods,
       metrics,
       log,
     });
   } catch (e) {
+    configurations.close();
     await front.close();
     dropTempState();
     throw new FlotillaError(
@@ -284,6 +305,7 @@ export async function startLocalHub(opts: LocalHubOptions = {}): Promise<LocalHu
     close() {
       closing ??= (async () => {
         methods.close();
+        configurations.close();
         await Promise.all([front.close(), api.close()]);
         await dispatcher.drain();
         identities.save();

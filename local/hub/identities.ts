@@ -40,6 +40,8 @@ export interface IdentityRecord {
   connectionState: "Connected" | "Disconnected";
   connectionStateUpdatedTime: string;
   lastActivityTime: string;
+  /** The automatic device management configurations targeting this twin ({id: {status}}; ./configurations.ts). */
+  configurations?: JsonObject;
   /**
    * The IoT Plug and Play model ID the device or module announced when it last connected ("" when none): the
    * twin's `modelId`, queryable (`SELECT * FROM devices.modules WHERE modelId = '...'`).
@@ -61,7 +63,7 @@ interface DeviceEntry {
 
 type PersistedRecord = Omit<
   IdentityRecord,
-  "twin" | "connectionState" | "connectionStateUpdatedTime" | "lastActivityTime"
+  "twin" | "connectionState" | "connectionStateUpdatedTime" | "lastActivityTime" | "configurations"
 > & {
   twin: TwinData;
 };
@@ -113,6 +115,7 @@ export class IdentityStore {
   private saveDue = 0;
   private readonly desiredListeners = new Set<(change: TwinChange) => void>();
   private readonly removedListeners = new Set<(clientIds: string[]) => void>();
+  private readonly twinListeners = new Set<(record: IdentityRecord) => void>();
 
   constructor(private readonly file?: string) {
     if (file) this.load(file);
@@ -133,6 +136,15 @@ export class IdentityStore {
 
   onRemoved(fn: (clientIds: string[]) => void): void {
     this.removedListeners.add(fn);
+  }
+
+  /** A twin's tags or reported properties changed, or an identity was created (configurations re-evaluate). */
+  onTwinChanged(fn: (record: IdentityRecord) => void): void {
+    this.twinListeners.add(fn);
+  }
+
+  private emitTwinChanged(r: IdentityRecord): void {
+    for (const fn of this.twinListeners) fn(r);
   }
 
   get(deviceId: string, moduleId?: string): IdentityRecord | undefined {
@@ -213,6 +225,7 @@ export class IdentityStore {
     if (moduleId === undefined) this.devices.set(deviceId, { device: record, modules: new Map() });
     else (this.devices.get(deviceId) as DeviceEntry).modules.set(moduleId, record);
     this.scheduleSave();
+    this.emitTwinChanged(record);
     return { record, created: true };
   }
 
@@ -277,6 +290,7 @@ export class IdentityStore {
       desiredPatch: desiredPatch && { ...desiredPatch, $version: next.desiredVersion },
     };
     if (change.desiredPatch) for (const fn of this.desiredListeners) fn(change);
+    if (tags !== undefined) this.emitTwinChanged(r);
     return change;
   }
 
@@ -301,6 +315,7 @@ export class IdentityStore {
       desiredPatch: desiredPatch && { ...desiredPatch, $version: next.desiredVersion },
     };
     if (change.desiredPatch) for (const fn of this.desiredListeners) fn(change);
+    if (tags !== undefined) this.emitTwinChanged(r);
     return change;
   }
 
@@ -357,7 +372,14 @@ export class IdentityStore {
       this.saveTimer = undefined;
     }
     const persist = (r: IdentityRecord): PersistedRecord => {
-      const { twin, connectionState: _c, connectionStateUpdatedTime: _u, lastActivityTime: _l, ...rest } = r;
+      const {
+        twin,
+        connectionState: _c,
+        connectionStateUpdatedTime: _u,
+        lastActivityTime: _l,
+        configurations: _g,
+        ...rest
+      } = r;
       return { ...rest, twin: twin.toData() };
     };
     const doc: PersistedRegistry = {
@@ -493,6 +515,8 @@ export function twinJson(r: IdentityRecord): JsonObject {
     tags: JSON.parse(JSON.stringify(r.twin.tags)) as JsonObject,
     properties: r.twin.propertiesView(),
   });
+  if (r.configurations && Object.keys(r.configurations).length > 0)
+    doc.configurations = JSON.parse(JSON.stringify(r.configurations)) as JsonObject;
   if (r.moduleId === undefined) doc.capabilities = { iotEdge: r.iotEdge };
   return doc;
 }

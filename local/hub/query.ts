@@ -9,7 +9,8 @@
  *   conditions: = != <> < <= > >=, AND OR NOT, IN / NIN [..], parentheses, dotted paths
  *   (tags.x, properties.reported.y, deviceId, moduleId, status, ...), string/number/boolean/null literals,
  *   functions IS_DEFINED IS_NULL IS_BOOL IS_NUMBER IS_STRING IS_OBJECT IS_PRIMITIVE, STARTSWITH ENDSWITH
- *   CONTAINS LOWER UPPER LENGTH.
+ *   CONTAINS LOWER UPPER LENGTH; a path segment after a dot may be bracketed, `configurations.[[my-config]].status`
+ *   (automatic device management's twin field, ./configurations.ts).
  * Semantics follow the document-query model the language is built on: a comparison between mismatched
  * types, or with an undefined path, is *undefined*, and only rows whose condition is exactly true match
  * (three-valued AND/OR/NOT).
@@ -78,6 +79,18 @@ export function tokenize(src: string): Token[] {
     if (num && (c !== "-" || !prevIsOperand(out))) {
       i += num[0].length;
       out.push({ kind: "num", text: num[0], value: Number(num[0]), pos: start });
+      continue;
+    }
+    // `configurations.[[my-config]].status`: a bracketed name after a dot (IDs with characters an identifier
+    // cannot have, as the automatic device management docs write them).
+    const prev = out[out.length - 1];
+    if (c === "[" && src[i + 1] === "[" && prev?.kind === "punct" && prev.text === ".") {
+      const end = src.indexOf("]]", i + 2);
+      if (end < 0) badQuery(`unterminated [[ at ${start}`);
+      const name = src.slice(i + 2, end);
+      if (name === "") badQuery(`empty [[]] at ${start}`);
+      i = end + 2;
+      out.push({ kind: "ident", text: name, pos: start });
       continue;
     }
     const ident = /^[A-Za-z_$][A-Za-z0-9_$]*/.exec(src.slice(i));

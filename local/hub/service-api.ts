@@ -12,6 +12,9 @@
  *   POST           /twins/{id}/methods          Devices - Invoke Method
  *   POST           /twins/{d}/modules/{m}/methods  Modules - Invoke Method
  *   GET            /statistics/devices          Statistics - Get Device Statistics
+ *   PUT/GET/DELETE /configurations/{id}         Configuration - Create Or Update / Get / Delete (./configurations.ts)
+ *   GET            /configurations              Configuration - Get Configurations (?top=)
+ *   POST           /devices/{id}/applyConfigurationContent  Configuration - Apply On Edge Device (modulesContent)
  * Authorization: `SharedAccessSignature sr={hub}&sig=..&se=..&skn={policy}` signed with the policy key
  * ("Control access to IoT Hub by using shared access signatures"). Errors use IoT Hub's body
  * `{"Message":"ErrorCode:<Code>;<text>","ExceptionMessage":"Tracking ID:..."}` plus an `iothub-errorcode`
@@ -24,6 +27,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import type * as net from "node:net";
 import { isFlotillaError } from "../../core/errors";
+import type { ConfigurationStore } from "./configurations";
 import { deviceJson, type IdentitySpec, type IdentityStore, moduleJson, twinJson } from "./identities";
 import type { HubMetrics } from "./metrics";
 import { type DirectMethods, parseInvocation } from "./methods";
@@ -42,6 +46,7 @@ export interface ServiceApiOptions {
   hubName: string;
   tls: { cert: string; key: string };
   identities: IdentityStore;
+  configurations: ConfigurationStore;
   methods: DirectMethods;
   metrics: HubMetrics;
   log: (line: string) => void;
@@ -102,6 +107,10 @@ function toHttpError(e: unknown, moduleScoped: boolean): HttpError {
           "Timed out waiting for the response from device.",
           504101,
         );
+      case "E_HUB_CONFIGURATION":
+        return new HttpError(400, "ArgumentInvalid", e.message);
+      case "E_HUB_CONFIGURATION_NOT_FOUND":
+        return new HttpError(404, "ConfigurationNotFound", e.message);
       case "E_HUB_CLOSED":
         return new HttpError(503, "ServiceUnavailable", e.message);
     }
@@ -330,6 +339,36 @@ export class ServiceApi {
       }
     }
 
+    if (p[0] === "configurations") {
+      const { configurations } = this.o;
+      if (p.length === 1 && m === "GET") {
+        const top = Math.min(Number(url.searchParams.get("top") ?? 100) || 100, 100);
+        return { status: 200, body: configurations.list(top) };
+      }
+      if (p.length === 2) {
+        const id = p[1];
+        if (m === "GET") return withEtag(configurations.get(id));
+        if (m === "DELETE") {
+          configurations.delete(id, ifMatch);
+          return { status: 204 };
+        }
+        if (m === "PUT") {
+          try {
+            return withEtag(configurations.put(id, body, ifMatch).doc);
+          } catch (e) {
+            if (isFlotillaError(e) && e.code === "E_HUB_CONFLICT")
+              throw new HttpError(409, "ConfigurationAlreadyExists", e.message);
+            throw e;
+          }
+        }
+      }
+    }
+
+    if (p.length === 3 && p[0] === "devices" && p[2] === "applyConfigurationContent" && m === "POST") {
+      this.applyOnEdgeDevice(p[1], body);
+      return { status: 200, body: {} };
+    }
+
     if (p.length === 2 && p[0] === "statistics" && p[1] === "devices" && m === "GET") {
       const all = identities.listDevices();
       const enabled = all.filter((r) => r.status === "enabled").length;
@@ -344,6 +383,33 @@ export class ServiceApi {
     }
 
     throw new HttpError(404, "NotFound", `no route for ${m} /${p.map(encodeURIComponent).join("/")}`);
+  }
+
+  /**
+   * Configuration - Apply On Edge Device: content.modulesContent {<module>: {"properties.desired": {...}}} replaces
+   * each named module twin's desired properties (the modules must exist; $edgeAgent/$edgeHub are skipped when the
+   * device has no such module identity, as the local hub runs no IoT Edge runtime).
+   */
+  private applyOnEdgeDevice(deviceId: string, body: Json | undefined): void {
+    const { identities } = this.o;
+    identities.require(deviceId);
+    const content = isJsonObject(body) && isJsonObject(body.content) ? body.content : body;
+    const modules = isJsonObject(content) ? content.modulesContent : undefined;
+    if (!isJsonObject(modules))
+      throw new HttpError(400, "ArgumentInvalid", "content.modulesContent must be an object of module twins");
+    const writes: [string, JsonObject][] = [];
+    for (const [moduleId, twin] of Object.entries(modules)) {
+      const desired = isJsonObject(twin) ? twin["properties.desired"] : undefined;
+      if (!isJsonObject(desired))
+        throw new HttpError(400, "ArgumentInvalid", `modulesContent.${moduleId} needs "properties.desired"`);
+      if (!identities.get(deviceId, moduleId)) {
+        if (moduleId.startsWith("$")) continue;
+        identities.require(deviceId, moduleId);
+      }
+      writes.push([moduleId, desired]);
+    }
+    for (const [moduleId, desired] of writes)
+      identities.replaceTwin(deviceId, moduleId, { properties: { desired } });
   }
 
   private query(req: http.IncomingMessage, body: Json | undefined) {

@@ -116,6 +116,11 @@ export interface TwinData {
   reportedVersion: number;
   /** Twin version: incremented on every change of tags/desired/reported. */
   version: number;
+  /**
+   * When each top-level desired property last changed: the desired `$version` and time of that write (the
+   * `$metadata.<name>.$lastUpdatedVersion` / `$lastUpdated` the service API shows).
+   */
+  desiredMeta?: Record<string, { version: number; time: string }>;
 }
 
 export class TwinState implements TwinData {
@@ -125,6 +130,7 @@ export class TwinState implements TwinData {
   desiredVersion = 1;
   reportedVersion = 1;
   version = 1;
+  desiredMeta: Record<string, { version: number; time: string }> = {};
 
   static from(d: Partial<TwinData> | undefined): TwinState {
     const t = new TwinState();
@@ -135,6 +141,7 @@ export class TwinState implements TwinData {
     t.desiredVersion = d.desiredVersion ?? 1;
     t.reportedVersion = d.reportedVersion ?? 1;
     t.version = d.version ?? 1;
+    t.desiredMeta = isJsonObject(d.desiredMeta as unknown) ? { ...d.desiredMeta } : {};
     return t;
   }
 
@@ -146,6 +153,7 @@ export class TwinState implements TwinData {
       desiredVersion: this.desiredVersion,
       reportedVersion: this.reportedVersion,
       version: this.version,
+      desiredMeta: this.desiredMeta,
     };
   }
 
@@ -165,6 +173,7 @@ export class TwinState implements TwinData {
     this.checkSize(section, next);
     this[section] = next;
     this.bump(section);
+    if (section === "desired") this.touchDesired(Object.keys(p));
     return p;
   }
 
@@ -175,8 +184,26 @@ export class TwinState implements TwinData {
     validateTwinObject(v, section);
     for (const k of Object.keys(v)) if (v[k] === null) delete v[k];
     this.checkSize(section, v);
+    const changed =
+      section === "desired"
+        ? [...new Set([...Object.keys(v), ...Object.keys(this.desired)])].filter(
+            (k) => JSON.stringify(v[k]) !== JSON.stringify(this.desired[k]),
+          )
+        : [];
     this[section] = v;
     this.bump(section);
+    if (section === "desired") this.touchDesired(changed);
+  }
+
+  /** Records the desired version and time at which `keys` changed (removed keys lose their metadata). */
+  private touchDesired(keys: readonly string[]): void {
+    const time = new Date().toISOString();
+    const meta = { ...this.desiredMeta };
+    for (const k of keys) {
+      if (Object.hasOwn(this.desired, k)) meta[k] = { version: this.desiredVersion, time };
+      else delete meta[k];
+    }
+    this.desiredMeta = meta;
   }
 
   private checkSize(section: TwinSection, value: JsonObject): void {
@@ -199,8 +226,22 @@ export class TwinState implements TwinData {
     };
   }
 
-  /** `properties` as the service API returns it. */
+  /**
+   * `properties` as the service API returns it: the device's view plus the desired properties' `$metadata` (when
+   * each top-level desired property last changed: `$lastUpdated`, `$lastUpdatedVersion`), as IoT Hub returns it.
+   */
   propertiesView(): { desired: JsonObject; reported: JsonObject } {
-    return this.deviceView();
+    const view = this.deviceView();
+    const meta: JsonObject = {};
+    let last: { version: number; time: string } | undefined;
+    for (const [k, m] of Object.entries(this.desiredMeta)) {
+      if (!Object.hasOwn(this.desired, k)) continue;
+      meta[k] = { $lastUpdated: m.time, $lastUpdatedVersion: m.version };
+      if (!last || m.version > last.version) last = m;
+    }
+    if (last) {
+      view.desired.$metadata = { $lastUpdated: last.time, $lastUpdatedVersion: last.version, ...meta };
+    }
+    return view;
   }
 }
