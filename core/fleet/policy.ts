@@ -302,12 +302,31 @@ function desiredVersionOf(d: Readonly<Record<string, unknown>> | undefined): num
   return typeof v === "number" && Number.isFinite(v) ? v : 0;
 }
 
-/** A reported `{value, ac, av}` acknowledgement (IoT Plug and Play), or undefined when it is not one. */
+/**
+ * The desired version `name` last changed at: `$metadata.<name>.$lastUpdatedVersion` when the twin carries it (IoT
+ * Hub's service view does), else the document's `$version`. The Function rewrites other desired keys every round
+ * (the trainer's round orders), so the document's version alone would make every ack look out of date.
+ */
+function changedAtVersion(d: Readonly<Record<string, unknown>> | undefined, name: string): number {
+  const meta = d?.["$metadata"];
+  if (typeof meta === "object" && meta !== null) {
+    const m = (meta as Record<string, unknown>)[name];
+    const v =
+      typeof m === "object" && m !== null ? (m as Record<string, unknown>).$lastUpdatedVersion : undefined;
+    if (typeof v === "number" && Number.isFinite(v)) return v;
+  }
+  return desiredVersionOf(d);
+}
+
+/**
+ * A reported `{value, ac, av}` acknowledgement (IoT Plug and Play), or undefined when it is not one. A missing
+ * `value` is null: reported patches are merge patches, so the hub drops a null value in effect.
+ */
 function ackOf(v: unknown): { value: unknown; ac: number; av: number } | undefined {
   if (typeof v !== "object" || v === null || Array.isArray(v)) return undefined;
   const o = v as Record<string, unknown>;
-  if (!("value" in o) || typeof o.ac !== "number" || typeof o.av !== "number") return undefined;
-  return { value: o.value, ac: o.ac, av: o.av };
+  if (typeof o.ac !== "number" || typeof o.av !== "number") return undefined;
+  return { value: "value" in o ? o.value : null, ac: o.ac, av: o.av };
 }
 
 /**
@@ -315,7 +334,8 @@ function ackOf(v: unknown): { value: unknown; ac: number; av: number } | undefin
  * module that owns policy properties, POLICY_PROPERTIES). Per property:
  *
  *   1. the desired value, when it parses (parsePolicyValue) and the module has not acknowledged this or a later
- *      desired version (no ack, or the ack's `av` < desired `$version`): an operator's change takes effect in
+ *      desired version (no ack, or the ack's `av` < the version it last changed at, changedAtVersion): an
+ *      operator's change takes effect in
  *      selection at once, before the device acks it (`pending`);
  *   2. else the module's acknowledged value (`value` of its `{value, ac, av}` ack, whatever `ac`: 200 and 202 carry
  *      the value applied or about to be, 400 and 500 the last good value kept), when it parses;
@@ -334,8 +354,8 @@ export function effectivePolicy(
   for (const m of Object.keys(POLICY_PROPERTIES) as PolicyModule[]) {
     const d = desired[m];
     const r = reported[m];
-    const version = desiredVersionOf(d);
     for (const name of POLICY_PROPERTIES[m] as readonly PolicyProperty[]) {
+      const version = changedAtVersion(d, name);
       const want = d?.[name];
       if (want === undefined || want === null) continue; // absent: the default
       const ack = ackOf(r?.[name]);

@@ -59,12 +59,15 @@ export function ackPatch(
   return patch;
 }
 
-/** Is this a well-formed acknowledgement (a test helper, and `flotilla fleet`'s reader)? */
+/**
+ * Is this a well-formed acknowledgement (a test helper, and `flotilla fleet`'s reader)? `value` may be absent: an
+ * ack whose value in effect is null (an unknown property's refusal, a property back to a null default) loses that
+ * member in the hub, because reported patches are JSON merge patches where null removes.
+ */
 export function isWritableAck(v: unknown): v is WritableAck {
   if (typeof v !== "object" || v === null) return false;
   const o = v as Record<string, unknown>;
   return (
-    "value" in o &&
     typeof o.ac === "number" &&
     typeof o.av === "number" &&
     (o.ad === undefined || o.ad === null || typeof o.ad === "string")

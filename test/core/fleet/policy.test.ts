@@ -440,6 +440,30 @@ describe("effectivePolicy (what the cloud honours before the device acks)", () =
     assert.equal(policyExclusion(e.policy, {}, 0), undefined);
   });
 
+  test("the ack is judged against the version the property last changed at ($metadata), not the document's", () => {
+    // The Function rewrites the trainer's desired `flotilla` (round orders) every round, so the document's $version
+    // moves past an ack that answers the operator's last change of `enabled`.
+    const e = effectivePolicy(
+      {
+        trainer: {
+          $version: 12,
+          enabled: false,
+          $metadata: { enabled: { $lastUpdated: "2026-12-07T10:00:00Z", $lastUpdatedVersion: 5 } },
+        },
+      },
+      { trainer: { enabled: ack(false, 200, 5) } },
+    );
+    assert.deepEqual(e.pending, [], "acked at the version it last changed at");
+    assert.equal(e.policy.enabled, false);
+    // An ack whose value the hub dropped (a null value in effect) still counts as an ack.
+    const w = effectivePolicy(
+      { trainer: { $version: 4, maxThreads: 2 } },
+      { trainer: { maxThreads: { ac: 500, av: 4, ad: "failed" } } },
+    );
+    assert.equal(w.policy.maxThreads, 0, "the value in effect: the default");
+    assert.deepEqual(w.pending, []);
+  });
+
   test("a current ack wins over the desired value (the cloud does not second-guess an applied change)", () => {
     const e = effectivePolicy(
       { trainer: { $version: 3, minFreeDiskBytes: 1000 } },

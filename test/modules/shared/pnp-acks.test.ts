@@ -110,6 +110,14 @@ test(
     );
     const specs = updateQueueProperties({ maxChunkBytes: 1, resendAfterMs: 1, capacityBytes: 1 });
     assert.ok(!(QUEUE_KEY in specs));
+
+    // An unknown property is refused; its ack has no value in effect (null), which the hub's merge patch drops, so
+    // the ack read back is {ac, av, ad} and must still read as an acknowledgement.
+    const v4 = await io.desire({ maxChunkByte: 1 });
+    const unknown = await io.ack("maxChunkByte", v4);
+    assert.equal(unknown.ac, 400);
+    assert.equal(unknown.value ?? null, null);
+    assert.match(unknown.ad ?? "", /^E_PROPERTY_UNKNOWN: unknown property 'maxChunkByte'/);
   }),
 );
 
