@@ -335,8 +335,7 @@ function ackOf(v: unknown): { value: unknown; ac: number; av: number } | undefin
  *
  *   1. the desired value, when it parses (parsePolicyValue) and the module has not acknowledged this or a later
  *      desired version (no ack, or the ack's `av` < the version it last changed at, changedAtVersion): an
- *      operator's change takes effect in
- *      selection at once, before the device acks it (`pending`);
+ *      operator's change takes effect in selection at once, before the device acks it (`pending`);
  *   2. else the module's acknowledged value (`value` of its `{value, ac, av}` ack, whatever `ac`: 200 and 202 carry
  *      the value applied or about to be, 400 and 500 the last good value kept), when it parses;
  *   3. else the default (also when the desired property is absent: the module goes back to its default then).
