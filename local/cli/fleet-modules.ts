@@ -6,10 +6,7 @@
  */
 import { FlotillaError, isFlotillaError } from "../../core/errors";
 import { POLICY_PROPERTIES } from "../../core/fleet/policy";
-import * as profiler from "../../modules/profiler/src/model";
-import * as quantizer from "../../modules/quantizer/src/model";
-import * as trainer from "../../modules/trainer/src/model";
-import * as updateQueue from "../../modules/update-queue/src/model";
+import { moduleContracts } from "../pnp/contracts";
 import type { PropertySpecs } from "../../modules/shared/writable";
 
 export interface FleetModule {
@@ -19,35 +16,15 @@ export interface FleetModule {
 }
 
 /**
- * The defaults passed to the spec builders only decide what `null` means on the device (its own configuration);
- * validation does not depend on them.
+ * Each module's model ID, Function keys and property specs with the modules' own defaults: the code's side of the
+ * Plug and Play models (local/pnp/contracts.ts, the one list the model-vs-code test reads too).
  */
-export const FLEET_MODULES: Readonly<Record<string, FleetModule>> = {
-  trainer: {
-    modelId: trainer.MODEL_ID,
-    cloudKeys: trainer.CLOUD_DESIRED_KEYS,
-    specs: trainer.trainerProperties({ dataDir: "/data" }),
-  },
-  "update-queue": {
-    modelId: updateQueue.MODEL_ID,
-    cloudKeys: updateQueue.CLOUD_DESIRED_KEYS,
-    specs: updateQueue.updateQueueProperties({
-      maxChunkBytes: 0,
-      resendAfterMs: 0,
-      capacityBytes: 0,
-    }),
-  },
-  quantizer: {
-    modelId: quantizer.MODEL_ID,
-    cloudKeys: quantizer.CLOUD_DESIRED_KEYS,
-    specs: quantizer.quantizerProperties({ maxPendingBytes: 0 }),
-  },
-  profiler: {
-    modelId: profiler.MODEL_ID,
-    cloudKeys: profiler.CLOUD_DESIRED_KEYS,
-    specs: profiler.profilerProperties(),
-  },
-};
+export const FLEET_MODULES: Readonly<Record<string, FleetModule>> = Object.fromEntries(
+  Object.entries(moduleContracts()).map(([name, c]) => [
+    name,
+    { modelId: c.modelId, cloudKeys: c.cloudDesiredKeys, specs: c.specs },
+  ]),
+);
 
 /** The device policy's properties per module (core/fleet/policy.ts POLICY_PROPERTIES). */
 export const POLICY_MODULES = POLICY_PROPERTIES as Readonly<Record<string, readonly string[]>>;
