@@ -6,8 +6,7 @@ import { withContext } from "../../helpers/context";
 import { createRegistry, startLocalHub } from "../../../local/hub";
 import { startQuantizer, type QuantizerState } from "../../../modules/quantizer/src/quantizer";
 import { isWritableAck, type WritableAck } from "../../../modules/shared/pnp";
-import type { FakeModuleClient } from "../update-queue/fake-client";
-import { tempDir, trainerChunks, until } from "../update-queue/helpers";
+import { ackOf, desire, tempDir, trainerChunks, until } from "../update-queue/helpers";
 import { deltaOf, jobsDesired, outputFrames, result, start } from "./support";
 
 /**
@@ -17,29 +16,6 @@ import { deltaOf, jobsDesired, outputFrames, result, start } from "./support";
  */
 
 const MiB = 1024 * 1024;
-
-async function ackOf(client: FakeModuleClient, name: string, av: number): Promise<WritableAck> {
-  let found: WritableAck | undefined;
-  await until(
-    () => {
-      for (const p of client.twin.reportedPatches) {
-        const a = p[name];
-        if (isWritableAck(a) && a.av === av) found = a;
-      }
-      return found !== undefined;
-    },
-    5000,
-    `the ack of ${name} at version ${av}`,
-  );
-  return found!;
-}
-
-let version = 1;
-function desire(client: FakeModuleClient, patch: Record<string, unknown>): number {
-  version++;
-  client.twin.patchDesired({ ...patch, $version: version });
-  return version;
-}
 
 /** A result frame of about `bytes` bytes, as the trainer's chunks of 100 KB. */
 function chunksOf(bytes: number, round: number) {

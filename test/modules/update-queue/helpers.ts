@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { isFlotillaError } from "../../../core/errors";
 import { encodeMessage } from "../../../core/protocol/messages";
 import type { OutboxChunk } from "../../../modules/update-queue/src/outbox";
+import { isWritableAck, type WritableAck } from "../../../modules/shared/pnp";
+import type { FakeModuleClient } from "./fake-client";
 
 /** A fresh temp directory, removed when the test ends. */
 export function tempDir(t: { after(fn: () => void): void }, prefix = "flotilla-uq-"): string {
@@ -144,4 +146,29 @@ export function chunkMetaOf(p: Record<string, string>) {
     size: Number(p.size),
     sha256: p.sha256,
   };
+}
+
+/** The last ack of `name` the module reported (FakeTwin's reported patches), once one answers version `av`. */
+export async function ackOf(client: FakeModuleClient, name: string, av: number): Promise<WritableAck> {
+  let found: WritableAck | undefined;
+  await until(
+    () => {
+      for (const p of client.twin.reportedPatches) {
+        const a = p[name];
+        if (isWritableAck(a) && a.av === av) found = a;
+      }
+      return found !== undefined;
+    },
+    5000,
+    `the ack of ${name} at version ${av}`,
+  );
+  return found!;
+}
+
+let version = 1;
+/** A desired patch as the hub sends it (its own $version). */
+export function desire(client: FakeModuleClient, patch: Record<string, unknown>): number {
+  version++;
+  client.twin.patchDesired({ ...patch, $version: version });
+  return version;
 }

@@ -15,7 +15,7 @@ import {
 import { isWritableAck, type WritableAck } from "../../../modules/shared/pnp";
 import { FakeModuleClient } from "./fake-client";
 import { LocalHub } from "./local-hub";
-import { resultFrame, tempDir, until } from "./helpers";
+import { ackOf, desire, resultFrame, tempDir, until } from "./helpers";
 import { METERED_CHILD_LIMIT, meteredChildFrames } from "./metered-child-frames";
 
 /**
@@ -55,31 +55,6 @@ async function start(
   });
   t.after(() => queue.stop());
   return { client, queue, dir, logged };
-}
-
-/** The last ack of `name` the module reported (FakeTwin's reported patches), once one answers version `av`. */
-async function ackOf(client: FakeModuleClient, name: string, av: number): Promise<WritableAck> {
-  let found: WritableAck | undefined;
-  await until(
-    () => {
-      for (const p of client.twin.reportedPatches) {
-        const a = p[name];
-        if (isWritableAck(a) && a.av === av) found = a;
-      }
-      return found !== undefined;
-    },
-    5000,
-    `the ack of ${name} at version ${av}`,
-  );
-  return found!;
-}
-
-let version = 1;
-/** A desired patch as the hub sends it (its own $version). */
-function desire(client: FakeModuleClient, patch: Record<string, unknown>): number {
-  version++;
-  client.twin.patchDesired({ ...patch, $version: version });
-  return version;
 }
 
 function sentIds(client: FakeModuleClient): string[] {
